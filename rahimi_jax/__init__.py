@@ -1,0 +1,22 @@
+"""rahimi_jax: simple experiments in deep learning, one XLA program per grid."""
+
+from rahimi_jax import components
+from rahimi_jax import data
+from rahimi_jax import models
+from rahimi_jax.ablation import AblationConfig
+from rahimi_jax.ablation import run as run_ablation
+from rahimi_jax.components import mix
+from rahimi_jax.data import Dataset
+from rahimi_jax.engine import run
+from rahimi_jax.grid import Choice
+from rahimi_jax.grid import Grid
+from rahimi_jax.grid import Seeds
+from rahimi_jax.grid import Values
+from rahimi_jax.results import load
+from rahimi_jax.results import Results
+from rahimi_jax.results import save
+from rahimi_jax.stats import mean_ci
+from rahimi_jax.train import make_train
+from rahimi_jax.train import TrainConfig
+
+__version__ = '0.1.0'

@@ -1,0 +1,128 @@
+"""The ablation study: a config, its grid, and one call that runs it.
+
+``AblationConfig`` is what ``python -m experiments.ablate`` builds from flags;
+it validates every field on construction, so bad input fails before anything
+compiles. ``run(config)`` loads the data, builds the grid and the training
+function, and runs the grid as one program.
+"""
+
+from collections.abc import Sequence
+import dataclasses
+import math
+from typing import Any
+
+from rahimi_jax import data as data_lib
+from rahimi_jax import engine
+from rahimi_jax import grid as grid_lib
+from rahimi_jax import results as results_lib
+from rahimi_jax import train as train_lib
+from rahimi_jax.components import relaxed
+
+# Flag-level choice axes (plural, as the launcher names them) -> train axes.
+CHOICE_FIELDS = {'optimizers': 'optimizer', 'norms': 'norm',
+                 'inits': 'init', 'activations': 'activation'}
+# Defaults of the choice fields the chosen model reads; others stay unset.
+DEFAULT_OPTIONS = {
+    'optimizers': ('sgd', 'momentum', 'adam'),
+    'norms': ('none', 'batch', 'layer'),
+    'inits': ('lecun_normal', 'he_normal', 'orthogonal'),
+}
+
+
+def parse_floats(name: str, items: Sequence[str] | str) -> tuple[float, ...]:
+  """Parses a comma list of numbers; the error names the bad item."""
+  if isinstance(items, str):
+    items = [s for s in items.split(',')]
+  items = [s.strip() for s in items if s.strip()]
+  if not items:
+    raise ValueError(f'{name}: empty list; give comma-separated numbers, '
+                     'e.g. 0.1,0.01.')
+  out = []
+  for s in items:
+    try:
+      value = float(s)
+    except ValueError:
+      raise ValueError(f'{name}: {s!r} is not a number; give comma-separated '
+                       'numbers, e.g. 0.1,0.01.') from None
+    if not math.isfinite(value) or value <= 0:
+      raise ValueError(f'{name}: {s!r} must be a finite number > 0.')
+    out.append(value)
+  return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class AblationConfig:
+  """An ablation study over choice axes, learning rates and seeds.
+
+  A choice field left as ``None`` takes its default when the model reads that
+  axis (e.g. ``norms`` for the MLP) and is not varied otherwise.
+  """
+  dataset: str = 'digits'
+  model: str = 'mlp'
+  hidden: tuple[int, ...] = (64, 64)
+  optimizers: tuple[str, ...] | None = None
+  norms: tuple[str, ...] | None = None
+  inits: tuple[str, ...] | None = None
+  activations: tuple[str, ...] | None = None
+  lrs: tuple[float, ...] = (0.01,)
+  seeds: int = 4
+  steps: int = 500
+  batch_size: int = 64
+  log_every: int = 50
+
+  def __post_init__(self):
+    data_lib.get_dataset(self.dataset)
+    reads = train_lib.TrainConfig(model=self.model).reads
+    for field, axis in CHOICE_FIELDS.items():
+      value = getattr(self, field)
+      if isinstance(value, str):
+        value = tuple(s.strip() for s in value.split(',') if s.strip())
+      if value is None and axis in reads and field in DEFAULT_OPTIONS:
+        value = DEFAULT_OPTIONS[field]
+      if value is not None:
+        registry = train_lib.CHOICE_AXES[axis][0]
+        if axis not in reads:
+          raise ValueError(f'{field}: model {self.model!r} has no {axis} axis; '
+                           f'it reads: {", ".join(reads)}.')
+        value = relaxed.check_options(registry, value, field)
+      object.__setattr__(self, field, value)
+    object.__setattr__(self, 'lrs', parse_floats('lrs', [str(v) for v in (
+        self.lrs.split(',') if isinstance(self.lrs, str) else self.lrs)]))
+    if (not isinstance(self.seeds, int) or isinstance(self.seeds, bool)
+        or self.seeds < 1):
+      raise ValueError(f'seeds must be a count >= 1; got {self.seeds!r}.')
+    self.train_config()  # validates steps, batch_size, log_every, hidden
+
+  def grid(self) -> grid_lib.Grid:
+    axes = [grid_lib.Choice(axis, getattr(self, field))
+            for field, axis in CHOICE_FIELDS.items()
+            if getattr(self, field) is not None]
+    axes.append(grid_lib.Values('learning_rate', self.lrs))
+    axes.append(grid_lib.Seeds(self.seeds))
+    return grid_lib.Grid(*axes)
+
+  def train_config(self) -> train_lib.TrainConfig:
+    return train_lib.TrainConfig(
+        model=self.model, hidden=self.hidden, steps=self.steps,
+        batch_size=self.batch_size, log_every=self.log_every,
+        options=tuple((axis, getattr(self, field))
+                      for field, axis in CHOICE_FIELDS.items()
+                      if getattr(self, field) is not None))
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def run(config: AblationConfig, **engine_kwargs) -> results_lib.Results:
+  """Trains every member of ``config``'s grid in one program."""
+  dataset = data_lib.get_dataset(config.dataset)()
+  grid = config.grid()
+  train_fn = train_lib.make_train(config.train_config().for_grid(grid))
+  metadata = {'config': config.to_dict(), 'task': dataset.task,
+              **results_lib.provenance()}
+  return engine.run(train_fn, grid, dataset, metadata=metadata, **engine_kwargs)
+
+
+def headline_metric(results: results_lib.Results) -> str:
+  """The metric a summary table reports: test accuracy, else test loss."""
+  return 'test_accuracy' if 'test_accuracy' in results.columns else 'test_loss'

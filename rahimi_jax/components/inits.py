@@ -1,0 +1,41 @@
+"""Weight initializers, one signature: ``init(key, shape, dtype) -> array``.
+
+The ``init_scale`` knob multiplies whichever initializer is chosen; for
+``gaussian`` (a standard normal) it is therefore the standard deviation, a
+traced value, so one compiled program serves every scale.
+"""
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from rahimi_jax.components import relaxed
+
+Init = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
+
+
+def _gaussian(key, shape, dtype=jnp.float32):
+  return jax.random.normal(key, shape, dtype)
+
+
+INITS: dict[str, Init] = {
+    'lecun_normal': jax.nn.initializers.lecun_normal(),
+    'glorot_normal': jax.nn.initializers.glorot_normal(),
+    'he_normal': jax.nn.initializers.he_normal(),
+    'orthogonal': jax.nn.initializers.orthogonal(),
+    'gaussian': _gaussian,
+}
+
+
+def get_init(name: str) -> Init:
+  return relaxed.get(INITS, name, 'init')
+
+
+def relaxed_init(names: Sequence[str]):
+  """``init(weights, key, shape, dtype)``: the weighted sum of the options.
+
+  Every option draws from the same ``key`` (common random numbers).
+  """
+  names = relaxed.check_options(INITS, names, 'init')
+  return relaxed.relax([INITS[n] for n in names])

@@ -1,0 +1,126 @@
+"""Normalization layers as pure ``(init, apply)`` pairs, and their relaxation.
+
+Every option shares one signature::
+
+  params, state = norm.init(features)
+  y, state = norm.apply(params, state, x, train)   # x: [batch, features]
+
+``state`` holds statistics that are not trained by gradients (batch norm's
+running averages); ``train`` is a static Python bool.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rahimi_jax.components import relaxed
+
+EPS = 1e-5
+BATCH_NORM_MOMENTUM = 0.9
+
+
+class Norm(NamedTuple):
+  init: Callable[[int], tuple[Any, Any]]
+  apply: Callable[[Any, Any, jax.Array, bool], tuple[jax.Array, Any]]
+
+
+def _affine(features):
+  return {'scale': jnp.ones((features,)), 'bias': jnp.zeros((features,))}
+
+
+def _none() -> Norm:
+  def init(features):
+    del features
+    return {}, {}
+
+  def apply(params, state, x, train):
+    del params, train
+    return x, state
+
+  return Norm(init, apply)
+
+
+def _batch(momentum: float = BATCH_NORM_MOMENTUM, eps: float = EPS) -> Norm:
+  """Batch norm: batch statistics in training, running averages in eval."""
+
+  def init(features):
+    state = {'mean': jnp.zeros((features,)), 'var': jnp.ones((features,))}
+    return _affine(features), state
+
+  def apply(params, state, x, train):
+    if train:
+      mean = jnp.mean(x, axis=0)
+      var = jnp.var(x, axis=0)
+      state = {
+          'mean': momentum * state['mean'] + (1 - momentum) * mean,
+          'var': momentum * state['var'] + (1 - momentum) * var,
+      }
+    else:
+      mean, var = state['mean'], state['var']
+    y = (x - mean) * jax.lax.rsqrt(var + eps)
+    return y * params['scale'] + params['bias'], state
+
+  return Norm(init, apply)
+
+
+def _layer(eps: float = EPS) -> Norm:
+  def init(features):
+    return _affine(features), {}
+
+  def apply(params, state, x, train):
+    del train
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.var(x, axis=-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + eps)
+    return y * params['scale'] + params['bias'], state
+
+  return Norm(init, apply)
+
+
+def _rms(eps: float = EPS) -> Norm:
+  def init(features):
+    return {'scale': jnp.ones((features,))}, {}
+
+  def apply(params, state, x, train):
+    del train
+    y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+    return y * params['scale'], state
+
+  return Norm(init, apply)
+
+
+NORMS: dict[str, Norm] = {
+    'none': _none(),
+    'batch': _batch(),
+    'layer': _layer(),
+    'rms': _rms(),
+}
+
+
+def get_norm(name: str) -> Norm:
+  return relaxed.get(NORMS, name, 'norm')
+
+
+def relaxed_norm(names: Sequence[str]):
+  """The mixture of ``names``: ``apply(params, state, x, weights, train)``.
+
+  Each option keeps its own parameters and state (dicts keyed by name); the
+  output is ``sum_i weights[i] * option_i(x)``.
+  """
+  names = relaxed.check_options(NORMS, names, 'norm')
+  norms = [NORMS[n] for n in names]
+
+  def init(features):
+    inits = [norm.init(features) for norm in norms]
+    return ({n: p for n, (p, _) in zip(names, inits)},
+            {n: s for n, (_, s) in zip(names, inits)})
+
+  def apply(params, state, x, weights, train):
+    outs = [norm.apply(params[n], state[n], x, train)
+            for n, norm in zip(names, norms)]
+    y = relaxed.mix(weights, [y for y, _ in outs])
+    return y, {n: s for n, (_, s) in zip(names, outs)}
+
+  return init, apply

@@ -1,0 +1,58 @@
+"""Optimizers on optax, one signature: ``make(hp: Hyperparams) -> GradientTransformation``.
+
+Hyperparameters are traced scalars (knobs) captured when the transformation is
+built inside the traced training function, so one compiled program serves
+every learning rate, momentum and weight decay of a grid.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import optax
+
+from rahimi_jax.components import relaxed
+
+
+class Hyperparams(NamedTuple):
+  """Scalar hyperparameters shared by every optimizer option."""
+  learning_rate: jax.typing.ArrayLike = 0.01
+  momentum: jax.typing.ArrayLike = 0.9  # momentum, nesterov; Adam's b1 stays 0.9
+  weight_decay: jax.typing.ArrayLike = 1e-4  # adamw (decoupled)
+
+
+OPTIMIZERS: dict[str, Callable[[Hyperparams], optax.GradientTransformation]] = {
+    'sgd': lambda hp: optax.sgd(hp.learning_rate),
+    'momentum': lambda hp: optax.sgd(hp.learning_rate, momentum=hp.momentum),
+    'nesterov': lambda hp: optax.sgd(
+        hp.learning_rate, momentum=hp.momentum, nesterov=True),
+    'adam': lambda hp: optax.adam(hp.learning_rate),
+    'adamw': lambda hp: optax.adamw(
+        hp.learning_rate, weight_decay=hp.weight_decay),
+    'rmsprop': lambda hp: optax.rmsprop(hp.learning_rate),
+}
+
+
+def get_optimizer(name: str):
+  return relaxed.get(OPTIMIZERS, name, 'optimizer')
+
+
+def relaxed_optimizer(names: Sequence[str], weights: jax.Array,
+                      hp: Hyperparams) -> optax.GradientTransformation:
+  """The mixture of optimizers ``names``: updates ``sum_i weights[i] * u_i``.
+
+  Every option keeps its own state and sees the same gradients; the parameters
+  move along the weighted sum of the options' updates.
+  """
+  names = relaxed.check_options(OPTIMIZERS, names, 'optimizer')
+  txs = [OPTIMIZERS[n](hp) for n in names]
+
+  def init(params):
+    return tuple(tx.init(params) for tx in txs)
+
+  def update(grads, state, params=None):
+    outs = [tx.update(grads, s, params) for tx, s in zip(txs, state)]
+    updates = relaxed.mix(weights, [u for u, _ in outs])
+    return updates, tuple(s for _, s in outs)
+
+  return optax.GradientTransformation(init, update)

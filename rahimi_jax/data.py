@@ -1,0 +1,150 @@
+"""Bundled and procedural datasets; nothing is downloaded.
+
+A ``Dataset`` is a pytree of arrays (passed to the compiled grid program as an
+argument, so new data of the same shapes does not recompile) with static
+``task`` and ``num_outputs``.
+"""
+
+from collections.abc import Callable
+
+from flax import struct
+import jax
+import numpy as np
+
+from rahimi_jax.components import relaxed
+
+TASKS = ('classification', 'regression')
+
+
+@struct.dataclass
+class Dataset:
+  """Train/test arrays; ``y`` holds int labels or float targets by ``task``."""
+  x_train: jax.Array  # [n_train, in_dim] float32
+  y_train: jax.Array  # [n_train] int32 | [n_train, out_dim] float32
+  x_test: jax.Array
+  y_test: jax.Array
+  task: str = struct.field(pytree_node=False, default='classification')
+  num_outputs: int = struct.field(pytree_node=False, default=0)
+
+  @property
+  def in_dim(self) -> int:
+    return self.x_train.shape[1]
+
+  @property
+  def n_train(self) -> int:
+    return self.x_train.shape[0]
+
+
+def check_dataset(data: Dataset) -> Dataset:
+  """Raises ``ValueError`` on bad shapes, dtypes or non-finite values."""
+  if data.task not in TASKS:
+    raise ValueError(f'Unknown task {data.task!r}; accepted: {", ".join(TASKS)}.')
+  for split in ('train', 'test'):
+    x = np.asarray(getattr(data, f'x_{split}'))
+    y = np.asarray(getattr(data, f'y_{split}'))
+    if x.ndim != 2 or x.shape[0] == 0:
+      raise ValueError(f'x_{split} must be [n > 0, features]; got {x.shape}.')
+    if y.shape[0] != x.shape[0]:
+      raise ValueError(
+          f'x_{split} has {x.shape[0]} rows but y_{split} has {y.shape[0]}.')
+    if not np.all(np.isfinite(x)):
+      raise ValueError(f'x_{split} has {np.sum(~np.isfinite(x))} non-finite '
+                       'values; data must be finite.')
+    if data.task == 'classification':
+      if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f'y_{split} must be integer labels [n]; got '
+                         f'{y.dtype}{list(y.shape)}.')
+      if y.min() < 0 or y.max() >= data.num_outputs:
+        raise ValueError(f'y_{split} labels must lie in [0, {data.num_outputs}).')
+    else:
+      if y.shape != (x.shape[0], data.num_outputs):
+        raise ValueError(f'y_{split} must be [n, {data.num_outputs}]; got '
+                         f'{list(y.shape)}.')
+      if not np.all(np.isfinite(y)):
+        raise ValueError(f'y_{split} has non-finite values; data must be finite.')
+  if data.x_train.shape[1] != data.x_test.shape[1]:
+    raise ValueError('x_train and x_test have different feature counts.')
+  return data
+
+
+def digits(*, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
+  """scikit-learn's bundled 8x8 digits, standardized with train statistics.
+
+  Args:
+    test_fraction: share of the 1797 images held out (a fixed split).
+    seed: the seed of the fixed split.
+
+  Returns:
+    A classification ``Dataset`` with 64 features and 10 classes.
+  """
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  x, y = datasets.load_digits(return_X_y=True)
+  x_train, x_test, y_train, y_test = model_selection.train_test_split(
+      x, y, test_size=test_fraction, random_state=seed, stratify=y)
+  mean, std = x_train.mean(0), x_train.std(0)
+  std = np.where(std > 0, std, 1.0)
+  return check_dataset(Dataset(
+      x_train=((x_train - mean) / std).astype(np.float32),
+      y_train=y_train.astype(np.int32),
+      x_test=((x_test - mean) / std).astype(np.float32),
+      y_test=y_test.astype(np.int32),
+      task='classification', num_outputs=10))
+
+
+def ill_conditioned_matrix(rng: np.random.Generator, rows: int, cols: int,
+                           condition_number: float) -> np.ndarray:
+  """A random ``[rows, cols]`` matrix with log-spaced singular values in [1/cond, 1]."""
+  k = min(rows, cols)
+  u, _ = np.linalg.qr(rng.standard_normal((rows, k)))
+  v, _ = np.linalg.qr(rng.standard_normal((cols, k)))
+  s = np.logspace(0.0, -np.log10(condition_number), k)
+  return (u * s) @ v.T
+
+
+def synthetic(*, n_train: int = 1000, n_test: int = 1000, in_dim: int = 6,
+              out_dim: int = 10, condition_number: float = 1e5,
+              noise: float = 0.0, seed: int = 0) -> Dataset:
+  """Linear regression ``y = x W* + noise`` with ``cond(W*) = condition_number``.
+
+  The defaults are the widths of the talk's two-layer linear network
+  demonstration (x in R^6, y in R^10, 1000 samples).
+
+  Args:
+    n_train: training samples.
+    n_test: test samples.
+    in_dim: input features, ``x ~ N(0, I)``.
+    out_dim: targets.
+    condition_number: ratio of the largest to smallest singular value of W*.
+    noise: standard deviation of Gaussian target noise (0: realizable by a
+      linear model).
+    seed: seed of the target and the samples.
+
+  Returns:
+    A regression ``Dataset``.
+  """
+  if condition_number < 1 or not np.isfinite(condition_number):
+    raise ValueError(f'condition_number must be a finite number >= 1; got '
+                     f'{condition_number}.')
+  rng = np.random.default_rng(seed)
+  w = ill_conditioned_matrix(rng, in_dim, out_dim, condition_number)
+
+  def sample(n):
+    x = rng.standard_normal((n, in_dim))
+    return x, x @ w + noise * rng.standard_normal((n, out_dim))
+
+  (x_train, y_train), (x_test, y_test) = sample(n_train), sample(n_test)
+  return check_dataset(Dataset(
+      x_train=x_train.astype(np.float32), y_train=y_train.astype(np.float32),
+      x_test=x_test.astype(np.float32), y_test=y_test.astype(np.float32),
+      task='regression', num_outputs=out_dim))
+
+
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    'digits': digits,
+    'synthetic': synthetic,
+}
+
+
+def get_dataset(name: str) -> Callable[..., Dataset]:
+  return relaxed.get(DATASETS, name, 'dataset')

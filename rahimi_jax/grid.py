@@ -1,0 +1,197 @@
+"""Declaring a grid of ablations and turning it into stacked, traced knobs.
+
+A grid is the product of its axes:
+
+* ``Choice(name, options)``: a finite set of named options (e.g. optimizers).
+  Its knob is a weight vector on the simplex, one-hot at grid points.
+* ``Values(name, values)``: numbers (e.g. learning rates). Its knob is a float.
+* ``Seeds(n)``: random seeds. Its knob is a PRNG key; everything random in a
+  run (initialization, data order) derives from it alone, so members that
+  differ only in a component share their random numbers (paired design).
+
+``Grid.knobs()`` stacks every member's knobs on a leading axis, ready for
+``jax.vmap``.
+"""
+
+from collections.abc import Iterable, Sequence
+import dataclasses
+import itertools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+SEED = 'seed'
+
+
+def _check_name(name):
+  if not isinstance(name, str) or not name.isidentifier():
+    raise ValueError(f'Axis name must be an identifier; got {name!r}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  """A choice among named options; its knob is a ``[k]`` simplex weight."""
+  name: str
+  options: tuple[str, ...]
+
+  def __post_init__(self):
+    _check_name(self.name)
+    options = tuple(self.options) if not isinstance(self.options, str) else (
+        self.options,)
+    if not options:
+      raise ValueError(f'{self.name}: empty list of options.')
+    if len(set(options)) != len(options):
+      raise ValueError(f'{self.name}: options listed twice in {list(options)}.')
+    object.__setattr__(self, 'options', options)
+
+  @property
+  def labels(self) -> tuple[str, ...]:
+    return self.options
+
+
+@dataclasses.dataclass(frozen=True)
+class Values:
+  """Numeric values of a hyperparameter; its knob is a float32 scalar."""
+  name: str
+  values: tuple[float, ...]
+
+  def __post_init__(self):
+    _check_name(self.name)
+    try:
+      values = tuple(float(v) for v in np.atleast_1d(self.values))
+    except (TypeError, ValueError):
+      raise ValueError(
+          f'{self.name}: values must be numbers; got {self.values!r}.') from None
+    if not values:
+      raise ValueError(f'{self.name}: empty list of values.')
+    bad = [v for v in values if not math.isfinite(v)]
+    if bad:
+      raise ValueError(f'{self.name}: values must be finite; got {bad}.')
+    if len(set(values)) != len(values):
+      raise ValueError(f'{self.name}: values listed twice in {list(values)}.')
+    object.__setattr__(self, 'values', values)
+
+  @property
+  def labels(self) -> tuple[float, ...]:
+    return self.values
+
+
+@dataclasses.dataclass(frozen=True)
+class Seeds:
+  """Random seeds: ``Seeds(4)`` is seeds 0..3, ``Seeds((7, 9))`` those two."""
+  seeds: int | tuple[int, ...]
+  name: str = SEED
+
+  def __post_init__(self):
+    seeds = self.seeds
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+      if seeds < 1:
+        raise ValueError(f'seeds must be a count >= 1; got {seeds}.')
+      seeds = tuple(range(int(seeds)))
+    try:
+      seeds = tuple(int(s) for s in seeds)
+    except (TypeError, ValueError):
+      raise ValueError(f'seeds must be a count or integers; got {seeds!r}.') from None
+    if not seeds:
+      raise ValueError('seeds: empty list of seeds.')
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+      raise ValueError(f'seeds must be distinct and >= 0; got {list(seeds)}.')
+    object.__setattr__(self, 'seeds', seeds)
+
+  @property
+  def labels(self) -> tuple[int, ...]:
+    return self.seeds
+
+
+Axis = Choice | Values | Seeds
+
+
+class Member(NamedTuple):
+  """One grid point: its position, readable name and axis values."""
+  index: int
+  name: str
+  values: dict[str, Any]
+
+
+def _format(value):
+  return f'{value:g}' if isinstance(value, float) else str(value)
+
+
+class Grid:
+  """The full product of ``axes``; seeds default to ``Seeds(1)``."""
+
+  def __init__(self, *axes: Axis):
+    if len(axes) == 1 and isinstance(axes[0], (list, tuple)):
+      axes = tuple(axes[0])
+    for axis in axes:
+      if not isinstance(axis, (Choice, Values, Seeds)):
+        raise ValueError(f'Grid axes must be Choice, Values or Seeds; got {axis!r}.')
+    names = [a.name for a in axes]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+      raise ValueError(f'Grid axes declared twice: {", ".join(duplicates)}.')
+    if sum(isinstance(a, Seeds) for a in axes) == 0:
+      axes = tuple(axes) + (Seeds(1),)
+    self.axes: tuple[Axis, ...] = tuple(axes)
+    self.members: tuple[Member, ...] = tuple(
+        Member(i, ','.join(f'{a.name}={_format(v)}'
+                           for a, v in zip(self.axes, point)),
+               {a.name: v for a, v in zip(self.axes, point)})
+        for i, point in enumerate(
+            itertools.product(*(a.labels for a in self.axes))))
+
+  def __len__(self) -> int:
+    return len(self.members)
+
+  def __repr__(self) -> str:
+    return f'Grid({", ".join(map(repr, self.axes))}) with {len(self)} members'
+
+  def axis(self, name: str) -> Axis:
+    for a in self.axes:
+      if a.name == name:
+        return a
+    raise ValueError(f'No axis {name!r}; axes: {", ".join(self.axis_names)}.')
+
+  @property
+  def axis_names(self) -> tuple[str, ...]:
+    return tuple(a.name for a in self.axes)
+
+  @property
+  def choices(self) -> dict[str, tuple[str, ...]]:
+    """The options of every choice axis (static: they shape the program)."""
+    return {a.name: a.options for a in self.axes if isinstance(a, Choice)}
+
+  def knobs(self, members: Iterable[int] | None = None) -> dict[str, Any]:
+    """Every member's knobs stacked on a leading axis of size ``len(grid)``.
+
+    Args:
+      members: indices of the members to stack (default: all, in order).
+
+    Returns:
+      ``{axis: array}``: ``[G, k]`` float32 one-hot weights for a choice axis,
+      ``[G]`` float32 for a value axis, ``[G]`` PRNG keys for the seeds.
+    """
+    rows = [self.members[i] for i in
+            (range(len(self)) if members is None else members)]
+    knobs = {}
+    for a in self.axes:
+      vals = [m.values[a.name] for m in rows]
+      if isinstance(a, Choice):
+        knobs[a.name] = np.eye(len(a.options), dtype=np.float32)[
+            [a.options.index(v) for v in vals]]
+      elif isinstance(a, Values):
+        knobs[a.name] = np.asarray(vals, np.float32)
+      else:
+        knobs[a.name] = jax.vmap(jax.random.key)(np.asarray(vals, np.uint32))
+    return knobs
+
+  def select(self, **where: Sequence[Any] | Any) -> list[Member]:
+    """Members whose axis values match ``where`` (a value or a list each)."""
+    for name in where:
+      self.axis(name)
+    wanted = {k: (v if isinstance(v, (list, tuple)) else [v])
+              for k, v in where.items()}
+    return [m for m in self.members
+            if all(m.values[k] in v for k, v in wanted.items())]

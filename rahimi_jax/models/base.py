@@ -1,0 +1,20 @@
+"""The model interface: a pure ``(init, apply)`` pair driven by knobs."""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+
+
+class Model(NamedTuple):
+  """A pure model.
+
+  Attributes:
+    init: ``init(key, in_dim, out_dim, knobs) -> (params, state)``.
+    apply: ``apply(params, state, x, knobs, train) -> (y, state)`` with
+      ``x: [batch, in_dim]`` and ``y: [batch, out_dim]``.
+    choice_axes: the choice axes whose knobs the model reads (e.g. ``norm``).
+  """
+  init: Callable[[jax.Array, int, int, dict[str, Any]], tuple[Any, Any]]
+  apply: Callable[..., tuple[jax.Array, Any]]
+  choice_axes: tuple[str, ...]

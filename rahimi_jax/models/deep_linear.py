@@ -1,0 +1,41 @@
+"""Deep linear network ``y = x W_1 W_2 ... W_L``: no bias, no nonlinearity."""
+
+from collections.abc import Mapping, Sequence
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from rahimi_jax import components
+from rahimi_jax.models.base import Model
+
+
+def deep_linear(hidden: Sequence[int],
+                options: Mapping[str, Sequence[str]]) -> Model:
+  """A product of ``len(hidden) + 1`` weight matrices.
+
+  Args:
+    hidden: widths between the factors; ``(6,)`` is the two-layer network
+      ``W_2 W_1 x`` of the talk.
+    options: option names for the ``init`` axis.
+
+  Returns:
+    A stateless ``Model`` whose knobs are the init weights and ``init_scale``.
+  """
+  hidden = tuple(hidden)
+  init_fn = components.relaxed_init(options['init'])
+
+  def init(key, in_dim, out_dim, knobs):
+    widths = (in_dim,) + hidden + (out_dim,)
+    params = [
+        knobs['init_scale'] * init_fn(knobs['init'], jax.random.fold_in(key, i),
+                                      (fan_in, fan_out), jnp.float32)
+        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]))
+    ]
+    return params, {}
+
+  def apply(params, state, x, knobs, train):
+    del knobs, train
+    return functools.reduce(jnp.matmul, params, x), state
+
+  return Model(init, apply, choice_axes=('init',))

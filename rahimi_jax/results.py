@@ -1,0 +1,241 @@
+"""Tidy results: one row per (member, logged step), saved atomically.
+
+``Results.columns`` maps a column name to a 1-D numpy array: ``member`` (its
+name), one column per grid axis (option name, number or seed), ``step``, the
+metrics, and per-member columns such as ``diverged_step`` repeated on each of
+the member's rows. ``save`` writes ``results.csv`` and ``metadata.json`` (the
+latter carries the column types, row count and the CSV's SHA-256, checked by
+``load``); each file is written to a temporary name and renamed into place.
+"""
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from rahimi_jax import grid as grid_lib
+from rahimi_jax import stats
+
+CSV = 'results.csv'
+METADATA = 'metadata.json'
+_KINDS = {'b': 'bool', 'i': 'int', 'u': 'int', 'f': 'float', 'U': 'str', 'O': 'str'}
+_DTYPES = {'bool': bool, 'int': np.int64, 'float': np.float64, 'str': str}
+
+
+@dataclasses.dataclass
+class Results:
+  columns: dict[str, np.ndarray]
+  metadata: dict[str, Any]
+
+  def __len__(self) -> int:
+    return len(next(iter(self.columns.values()))) if self.columns else 0
+
+  @property
+  def axes(self) -> list[str]:
+    return list(self.metadata.get('axes', {}))
+
+  def where(self, **equal) -> 'Results':
+    """The rows whose columns equal the given values."""
+    mask = np.ones(len(self), bool)
+    for name, value in equal.items():
+      mask &= self.columns[name] == value
+    return Results({k: v[mask] for k, v in self.columns.items()}, self.metadata)
+
+  def final(self) -> 'Results':
+    """Each member's last logged row."""
+    member = self.columns['member']
+    last = np.ones(len(self), bool)
+    last[:-1] = member[1:] != member[:-1]
+    return Results({k: v[last] for k, v in self.columns.items()}, self.metadata)
+
+  def summarize(self, metric: str, by: str, level: float = 0.95):
+    """For each value of axis ``by``: the final ``metric`` over seeds.
+
+    Each seed contributes the mean of ``metric`` over the members with that
+    value and seed (averaging the other axes out); the interval is over seeds.
+    Diverged members are excluded from the mean and counted.
+
+    Returns:
+      A list of ``(value, Interval, n_diverged)``.
+    """
+    if metric not in self.columns:
+      raise ValueError(f'Unknown metric {metric!r}; columns: '
+                       f'{", ".join(self.columns)}.')
+    final = self.final().columns
+    rows = []
+    for value in self.metadata['axes'][by]:
+      at = final[by] == value
+      per_seed = []
+      for seed in np.unique(final[grid_lib.SEED][at]):
+        vals = final[metric][at & (final[grid_lib.SEED] == seed)]
+        vals = vals[np.isfinite(vals)]
+        per_seed.append(np.mean(vals) if len(vals) else np.nan)
+      diverged = int(np.sum(final['diverged_step'][at] >= 0)) if (
+          'diverged_step' in final) else 0
+      rows.append((value, stats.mean_ci(per_seed, level), diverged))
+    return rows
+
+  def summary_table(self, metric: str, level: float = 0.95) -> str:
+    """A text table of ``summarize(metric, axis)`` for every non-seed axis."""
+    lines = [f'final {metric}: mean over seeds, {level:.0%} t-interval']
+    header = f'{"axis":<14}{"value":<16}{"mean":>9}{"low":>9}{"high":>9}{"seeds":>7}{"diverged":>10}'
+    lines += [header, '-' * len(header)]
+    for axis in self.axes:
+      if axis == grid_lib.SEED:
+        continue
+      for value, ci, diverged in self.summarize(metric, axis, level):
+        label = f'{value:g}' if isinstance(value, float) else str(value)
+        lines.append(f'{axis:<14}{label:<16}{ci.mean:>9.4f}{ci.low:>9.4f}'
+                     f'{ci.high:>9.4f}{ci.n:>7d}{diverged:>10d}')
+    return '\n'.join(lines)
+
+
+def from_outputs(grid: grid_lib.Grid, outputs: dict[str, np.ndarray],
+                 metadata: dict[str, Any] | None = None) -> Results:
+  """Tidy rows from stacked outputs: ``[G, L]`` per-log, ``[G]`` per-member."""
+  g = len(grid)
+  steps = np.asarray(outputs['step'])
+  if steps.ndim != 2 or steps.shape[0] != g:
+    raise ValueError(f'outputs["step"] must be [members={g}, logs]; got {steps.shape}.')
+  n_logs = steps.shape[1]
+  columns = {'member': np.repeat([m.name for m in grid.members], n_logs)}
+  for axis in grid.axes:
+    columns[axis.name] = np.repeat(
+        np.asarray([m.values[axis.name] for m in grid.members]), n_logs)
+  for name, value in outputs.items():
+    value = np.asarray(value)
+    if value.shape == (g, n_logs):
+      columns[name] = value.reshape(-1)
+    elif value.shape == (g,):
+      columns[name] = np.repeat(value, n_logs)
+    else:
+      raise ValueError(f'output {name!r} has shape {value.shape}; expected '
+                       f'({g}, {n_logs}) or ({g},).')
+  meta = {'axes': {a.name: list(a.labels) for a in grid.axes},
+          **(metadata or {})}
+  return Results(columns, meta)
+
+
+def provenance() -> dict[str, Any]:
+  """Library versions, devices and the git commit of this run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  versions = {'python': sys.version.split()[0]}
+  for name in ('jax', 'jaxlib', 'optax', 'flax', 'chex', 'numpy', 'scipy',
+               'sklearn', 'absl'):
+    try:
+      module = __import__(name)
+      versions[name] = getattr(module, '__version__', 'unknown')
+    except ImportError:
+      versions[name] = None
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def git(*args):
+    try:
+      return subprocess.run(['git', *args], cwd=root, capture_output=True,
+                            text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+      return None
+
+  devices = jax.devices()
+  return {
+      'versions': versions,
+      'platform': platform.platform(),
+      'devices': [str(d) for d in devices],
+      'device_kind': devices[0].device_kind,
+      'git_commit': git('rev-parse', 'HEAD'),
+      'git_dirty': bool(git('status', '--porcelain', '--untracked-files=no')),
+  }
+
+
+def _atomic_write(path: str, text: str) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path))
+  try:
+    with os.fdopen(fd, 'w', newline='') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def check_writable(out_dir: str) -> str:
+  """Creates ``out_dir`` if needed; raises ``ValueError`` if it is not writable."""
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out_dir):
+      pass
+  except OSError as e:
+    raise ValueError(f'out: cannot write to {out_dir!r} ({e.strerror}); '
+                     'give a writable directory.') from None
+  return out_dir
+
+
+def _cell(value, kind):
+  if kind == 'float':
+    return repr(float(value))
+  if kind == 'bool':
+    return '1' if value else '0'
+  return str(value)
+
+
+def save(results: Results, out_dir: str) -> None:
+  """Writes ``results.csv`` and ``metadata.json`` into ``out_dir`` atomically."""
+  check_writable(out_dir)
+  kinds = {k: _KINDS[v.dtype.kind] for k, v in results.columns.items()}
+  buf = io.StringIO()
+  writer = csv.writer(buf, lineterminator='\n')
+  writer.writerow(results.columns)
+  for row in zip(*results.columns.values()):
+    writer.writerow(_cell(v, kinds[k]) for k, v in zip(results.columns, row))
+  text = buf.getvalue()
+  meta = {**results.metadata, 'columns': kinds, 'rows': len(results),
+          'csv_sha256': hashlib.sha256(text.encode()).hexdigest()}
+  _atomic_write(os.path.join(out_dir, CSV), text)
+  _atomic_write(os.path.join(out_dir, METADATA),
+                json.dumps(meta, indent=2, default=_json_default) + '\n')
+
+
+def _json_default(value):
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  return str(value)
+
+
+def load(out_dir: str) -> Results:
+  """Reads what ``save`` wrote; checks the CSV against the metadata."""
+  with open(os.path.join(out_dir, METADATA)) as f:
+    meta = json.load(f)
+  with open(os.path.join(out_dir, CSV), newline='') as f:
+    text = f.read()
+  if hashlib.sha256(text.encode()).hexdigest() != meta.get('csv_sha256'):
+    raise ValueError(f'{CSV} in {out_dir!r} does not match {METADATA} '
+                     '(written by another run?).')
+  rows = list(csv.reader(io.StringIO(text)))
+  header, body = rows[0], rows[1:]
+  kinds = meta.pop('columns')
+  meta.pop('rows')
+  meta.pop('csv_sha256')
+  columns = {}
+  for j, name in enumerate(header):
+    cells = [r[j] for r in body]
+    kind = kinds[name]
+    if kind == 'bool':
+      columns[name] = np.asarray([c == '1' for c in cells], bool)
+    else:
+      columns[name] = np.asarray(cells).astype(_DTYPES[kind])
+  return Results(columns, meta)

@@ -1,0 +1,249 @@
+"""The pure training loop of one grid member: ``train(knobs, data) -> metrics``.
+
+``TrainConfig`` holds everything static (model, widths, the options of each
+choice axis, steps, batch size, logging cadence). Everything that varies across
+a grid is a knob: the simplex weights of each choice axis, hyperparameters, and
+the seed's PRNG key. ``make_train(config)`` returns a pure function whose loop
+is a ``lax.scan`` over steps (chunks of ``log_every`` steps, evaluated between
+chunks), ready for ``jax.jit(jax.vmap(train, in_axes=(0, None)))``.
+"""
+
+from collections.abc import Mapping
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rahimi_jax import components
+from rahimi_jax import grid as grid_lib
+from rahimi_jax import models
+from rahimi_jax.components import relaxed
+from rahimi_jax.data import Dataset
+
+# Choice axes: registry and the option used when a grid does not vary the axis.
+CHOICE_AXES: dict[str, tuple[Mapping[str, Any], str]] = {
+    'optimizer': (components.OPTIMIZERS, 'sgd'),
+    'norm': (components.NORMS, 'none'),
+    'activation': (components.ACTIVATIONS, 'relu'),
+    'init': (components.INITS, 'lecun_normal'),
+}
+# Value axes and their defaults when a grid does not vary them.
+VALUE_AXES: dict[str, float] = {
+    'learning_rate': 0.01,
+    'momentum': 0.9,
+    'weight_decay': 1e-4,
+    'init_scale': 1.0,
+}
+
+
+def _classification_loss(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def _regression_loss(pred, target):
+  return 0.5 * jnp.mean(jnp.sum(jnp.square(pred - target), axis=-1))
+
+
+LOSSES = {'classification': _classification_loss, 'regression': _regression_loss}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Static configuration of a training run (hashable; frozen).
+
+  Attributes:
+    model: a name in ``models.MODELS``.
+    hidden: hidden widths of the model.
+    options: ``((axis, (option, ...)), ...)`` for the choice axes a grid
+      varies; an axis left out uses its single default option.
+    steps: optimizer steps.
+    batch_size: minibatch size; 0 (or >= the training set) is full batch.
+    log_every: steps between evaluations (and at step 0 and the last step).
+  """
+  model: str = 'mlp'
+  hidden: tuple[int, ...] = (64, 64)
+  options: tuple[tuple[str, tuple[str, ...]], ...] = ()
+  steps: int = 500
+  batch_size: int = 64
+  log_every: int = 50
+
+  def __post_init__(self):
+    models.get_model(self.model)
+    hidden = tuple(self.hidden)
+    if any(not isinstance(h, (int, np.integer)) or h < 1 for h in hidden):
+      raise ValueError(f'hidden widths must be positive integers; got {list(hidden)}.')
+    object.__setattr__(self, 'hidden', tuple(int(h) for h in hidden))
+    options = tuple((axis, tuple(names)) for axis, names in dict(self.options).items())
+    object.__setattr__(self, 'options', options)
+    reads = self.reads
+    for axis, names in options:
+      if axis not in CHOICE_AXES:
+        raise ValueError(f'Unknown choice axis {axis!r}; accepted: '
+                         f'{", ".join(CHOICE_AXES)}.')
+      if axis not in reads:
+        raise ValueError(f'model {self.model!r} has no {axis} to choose; its '
+                         f'choice axes: {", ".join(reads)}.')
+      relaxed.check_options(CHOICE_AXES[axis][0], names, axis)
+    for name in ('steps', 'log_every'):
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f'{name} must be a positive integer; got {value!r}.')
+    if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 0:
+      raise ValueError(f'batch_size must be an integer >= 0 (0: full batch); '
+                       f'got {self.batch_size!r}.')
+    if self.log_every > self.steps:
+      raise ValueError(f'log_every ({self.log_every}) must be <= steps '
+                       f'({self.steps}).')
+
+  @property
+  def reads(self) -> tuple[str, ...]:
+    """The choice axes a run of this config reads."""
+    model = models.get_model(self.model)((), {a: (d,) for a, (_, d) in
+                                              CHOICE_AXES.items()})
+    return ('optimizer',) + model.choice_axes
+
+  def option_dict(self) -> dict[str, tuple[str, ...]]:
+    """Options of every choice axis, defaults filled in."""
+    given = dict(self.options)
+    return {a: given.get(a, (default,)) for a, (_, default) in CHOICE_AXES.items()}
+
+  def for_grid(self, grid: grid_lib.Grid) -> 'TrainConfig':
+    """This config with the grid's choice options; checks the grid's axes."""
+    for axis in grid.axes:
+      if isinstance(axis, grid_lib.Values) and axis.name not in VALUE_AXES:
+        raise ValueError(f'Unknown value axis {axis.name!r}; accepted: '
+                         f'{", ".join(VALUE_AXES)}.')
+      if isinstance(axis, grid_lib.Seeds) and axis.name != grid_lib.SEED:
+        raise ValueError(f'The seed axis must be named {grid_lib.SEED!r}; '
+                         f'got {axis.name!r}.')
+    return dataclasses.replace(self, options=tuple(grid.choices.items()))
+
+  def log_steps(self) -> np.ndarray:
+    """The steps at which metrics are logged: 0, log_every, ..., steps."""
+    steps = list(range(0, self.steps + 1, self.log_every))
+    if steps[-1] != self.steps:
+      steps.append(self.steps)
+    return np.asarray(steps, np.int32)
+
+
+def _resolve_knobs(config: TrainConfig, knobs: Mapping[str, Any]) -> dict[str, Any]:
+  """Fills knobs the grid does not vary with their static defaults."""
+  unknown = set(knobs) - set(CHOICE_AXES) - set(VALUE_AXES) - {grid_lib.SEED}
+  if unknown:
+    raise ValueError(f'Unknown knobs {sorted(unknown)}.')
+  resolved = {}
+  for axis, names in config.option_dict().items():
+    weights = knobs.get(axis, jnp.ones((1,), jnp.float32))
+    if jnp.shape(weights) != (len(names),):
+      raise ValueError(f'{axis} weights have shape {jnp.shape(weights)}; '
+                       f'expected ({len(names)},) for options {names}.')
+    resolved[axis] = weights
+  for name, default in VALUE_AXES.items():
+    resolved[name] = jnp.asarray(knobs.get(name, default), jnp.float32)
+  resolved[grid_lib.SEED] = knobs.get(grid_lib.SEED, jax.random.key(0))
+  return resolved
+
+
+def batch_indices(key: jax.Array, n: int, batch_size: int,
+                  steps: int) -> jax.Array:
+  """``[steps, batch_size]`` sample indices: a fresh permutation each epoch.
+
+  The incomplete last batch of each epoch is dropped.
+  """
+  per_epoch = n // batch_size
+  epochs = -(-steps // per_epoch)
+  perms = jax.vmap(lambda k: jax.random.permutation(k, n))(
+      jax.random.split(key, epochs))
+  return perms[:, :per_epoch * batch_size].reshape(-1, batch_size)[:steps]
+
+
+@functools.lru_cache(maxsize=None)
+def make_train(config: TrainConfig):
+  """Returns the pure ``train(knobs, data) -> outputs`` of ``config``.
+
+  Outputs: ``step`` ``[L]``; ``train_loss``, ``test_loss`` (and
+  ``test_accuracy`` for classification) ``[L]``, evaluated on the whole split in
+  eval mode and NaN from the step a run diverged; ``diverged_step`` ``[]``, the
+  first step whose training loss was non-finite, or -1.
+  """
+  options = config.option_dict()
+  model = models.get_model(config.model)(config.hidden, options)
+  log_steps = config.log_steps()
+
+  def train(knobs, data: Dataset):
+    k = _resolve_knobs(config, knobs)
+    init_key, data_key = jax.random.split(k[grid_lib.SEED])
+    params, state = model.init(init_key, data.in_dim, data.num_outputs, k)
+    hp = components.Hyperparams(k['learning_rate'], k['momentum'],
+                                k['weight_decay'])
+    opt = components.relaxed_optimizer(options['optimizer'], k['optimizer'], hp)
+    loss_fn = LOSSES[data.task]
+
+    def objective(params, state, x, y):
+      out, state = model.apply(params, state, x, k, train=True)
+      return loss_fn(out, y), state
+
+    def evaluate(params, state, x, y):
+      out, _ = model.apply(params, state, x, k, train=False)
+      metrics = {'loss': loss_fn(out, y)}
+      if data.task == 'classification':
+        metrics['accuracy'] = jnp.mean(jnp.argmax(out, -1) == y)
+      return metrics
+
+    full_batch = config.batch_size == 0 or config.batch_size >= data.n_train
+    ts = jnp.arange(1, config.steps + 1, dtype=jnp.int32)
+    xs = (ts,) if full_batch else (ts, batch_indices(
+        data_key, data.n_train, config.batch_size, config.steps))
+
+    def step(carry, xs_t):
+      params, state, opt_state, diverged_step = carry
+      if full_batch:
+        (t,), x, y = xs_t, data.x_train, data.y_train
+      else:
+        t, idx = xs_t
+        x, y = data.x_train[idx], data.y_train[idx]
+      (loss, state), grads = jax.value_and_grad(objective, has_aux=True)(
+          params, state, x, y)
+      updates, opt_state = opt.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      diverged_step = jnp.where((diverged_step < 0) & ~jnp.isfinite(loss),
+                                t, diverged_step)
+      return (params, state, opt_state, diverged_step), None
+
+    def log(carry, t):
+      params, state, opt_state, diverged_step = carry
+      train_m = evaluate(params, state, data.x_train, data.y_train)
+      test_m = evaluate(params, state, data.x_test, data.y_test)
+      metrics = {f'train_{m}': v for m, v in train_m.items()
+                 if m == 'loss'} | {f'test_{m}': v for m, v in test_m.items()}
+      finite = jnp.all(jnp.isfinite(jnp.stack(list(metrics.values()))))
+      diverged_step = jnp.where((diverged_step < 0) & ~finite, t, diverged_step)
+      metrics = {m: jnp.where(diverged_step >= 0, jnp.nan, v)
+                 for m, v in metrics.items()}
+      return (params, state, opt_state, diverged_step), metrics
+
+    def chunk(carry, xs_chunk):
+      carry, _ = jax.lax.scan(step, carry, xs_chunk)
+      return log(carry, xs_chunk[0][-1])
+
+    carry = (params, state, opt.init(params), jnp.asarray(-1, jnp.int32))
+    carry, first = log(carry, jnp.asarray(0, jnp.int32))
+    n_chunks = config.steps // config.log_every
+    split = n_chunks * config.log_every
+    head = jax.tree.map(
+        lambda a: a[:split].reshape((n_chunks, config.log_every) + a.shape[1:]),
+        xs)
+    carry, logged = jax.lax.scan(chunk, carry, head)
+    pieces = [jax.tree.map(lambda v: v[None], first), logged]
+    if split < config.steps:
+      carry, last = chunk(carry, jax.tree.map(lambda a: a[split:], xs))
+      pieces.append(jax.tree.map(lambda v: v[None], last))
+    metrics = jax.tree.map(lambda *vs: jnp.concatenate(vs), *pieces)
+    return {'step': jnp.asarray(log_steps), **metrics,
+            'diverged_step': carry[-1]}
+
+  return train
