@@ -7,7 +7,14 @@ Every option shares one signature::
 
 ``state`` holds statistics that are not trained by gradients (batch norm's
 running averages); ``train`` is a static Python bool.
+
+Norms carry a learned scale but no bias: the layer that uses a norm adds its
+bias after it (``norm(x @ w) + b``). A bias before a norm that removes the mean
+has, in exact arithmetic, zero gradient; in floats its gradient is rounding
+noise, which Adam rescales to full-size steps, so runs whose programs differ
+only in the last bit (a grid member and the same run alone) would drift apart.
 """
+
 
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -26,8 +33,8 @@ class Norm(NamedTuple):
   apply: Callable[[Any, Any, jax.Array, bool], tuple[jax.Array, Any]]
 
 
-def _affine(features):
-  return {'scale': jnp.ones((features,)), 'bias': jnp.zeros((features,))}
+def _scale(features):
+  return {'scale': jnp.ones((features,))}
 
 
 def _none() -> Norm:
@@ -47,7 +54,7 @@ def _batch(momentum: float = BATCH_NORM_MOMENTUM, eps: float = EPS) -> Norm:
 
   def init(features):
     state = {'mean': jnp.zeros((features,)), 'var': jnp.ones((features,))}
-    return _affine(features), state
+    return _scale(features), state
 
   def apply(params, state, x, train):
     if train:
@@ -60,28 +67,28 @@ def _batch(momentum: float = BATCH_NORM_MOMENTUM, eps: float = EPS) -> Norm:
     else:
       mean, var = state['mean'], state['var']
     y = (x - mean) * jax.lax.rsqrt(var + eps)
-    return y * params['scale'] + params['bias'], state
+    return y * params['scale'], state
 
   return Norm(init, apply)
 
 
 def _layer(eps: float = EPS) -> Norm:
   def init(features):
-    return _affine(features), {}
+    return _scale(features), {}
 
   def apply(params, state, x, train):
     del train
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.var(x, axis=-1, keepdims=True)
     y = (x - mean) * jax.lax.rsqrt(var + eps)
-    return y * params['scale'] + params['bias'], state
+    return y * params['scale'], state
 
   return Norm(init, apply)
 
 
 def _rms(eps: float = EPS) -> Norm:
   def init(features):
-    return {'scale': jnp.ones((features,))}, {}
+    return _scale(features), {}
 
   def apply(params, state, x, train):
     del train

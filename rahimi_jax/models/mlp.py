@@ -1,4 +1,4 @@
-"""Multilayer perceptron: ``[dense -> norm -> activation] * depth -> dense``."""
+"""Multilayer perceptron: ``[activation(norm(x @ w) + b)] * depth -> x @ w + b``."""
 
 from collections.abc import Mapping, Sequence
 
@@ -41,12 +41,14 @@ def mlp(hidden: Sequence[int], options: Mapping[str, Sequence[str]]) -> Model:
   def apply(params, state, x, knobs, train):
     new_norm_state = []
     for i, layer in enumerate(params['dense']):
-      x = x @ layer['w'] + layer['b']
+      x = x @ layer['w']
       if i < len(hidden):
         x, s = norm_apply(params['norm'][i], state['norm'][i], x,
                           knobs['norm'], train)
         new_norm_state.append(s)
-        x = act(knobs['activation'], x)
+        x = act(knobs['activation'], x + layer['b'])
+      else:
+        x = x + layer['b']
     return x, {'norm': new_norm_state}
 
   return Model(init, apply, choice_axes=('norm', 'activation', 'init'))

@@ -1,0 +1,20 @@
+"""Shared fixtures: tiny datasets that keep compiled programs small."""
+
+import pytest
+
+from rahimi_jax import data as data_lib
+
+
+@pytest.fixture(scope='session')
+def tiny_digits():
+  full = data_lib.digits()
+  return data_lib.Dataset(
+      x_train=full.x_train[:256], y_train=full.y_train[:256],
+      x_test=full.x_test[:128], y_test=full.y_test[:128],
+      task='classification', num_outputs=10)
+
+
+@pytest.fixture(scope='session')
+def tiny_synthetic():
+  return data_lib.synthetic(n_train=64, n_test=32, in_dim=4, out_dim=3,
+                            condition_number=10.0)

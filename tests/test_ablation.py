@@ -1,0 +1,151 @@
+"""Tests for rahimi_jax.ablation: config validation, defaults and its grid."""
+
+import dataclasses
+
+import chex
+import numpy as np
+import pytest
+
+from rahimi_jax import ablation
+from rahimi_jax import grid as grid_lib
+from rahimi_jax import results as results_lib
+
+OPTIMIZERS = 'adam, adamw, momentum, nesterov, rmsprop, sgd'
+NORMS = 'batch, layer, none, rms'
+
+# (kwargs, substrings the error must contain: the bad value, what is accepted)
+BAD_CONFIGS = {
+    'unknown_optimizer': (dict(optimizers=('sgd', 'sgdd')),
+                          ["'sgdd'", 'accepted:', OPTIMIZERS]),
+    'unknown_norm': (dict(norms=('bn',)), ["'bn'", 'accepted:', NORMS]),
+    'unknown_init': (dict(inits=('zeros',)),
+                     ["'zeros'", 'accepted:', 'lecun_normal', 'orthogonal']),
+    'unknown_activation': (dict(activations=('gelu2',)),
+                           ["'gelu2'", 'accepted:', 'relu']),
+    'unknown_dataset': (dict(dataset='mnist'),
+                        ["'mnist'", 'accepted: digits, synthetic']),
+    'unknown_model': (dict(model='cnn'),
+                      ["'cnn'", 'accepted: deep_linear, mlp']),
+    'empty_optimizers': (dict(optimizers=()),
+                         ['optimizers: empty list', 'accepted:', OPTIMIZERS]),
+    'empty_norms': (dict(norms=()), ['norms: empty list', 'accepted:', NORMS]),
+    'empty_norms_string': (dict(norms=''), ['norms: empty list', NORMS]),
+    'empty_lrs': (dict(lrs=()), ['lrs: empty list', 'comma-separated numbers']),
+    'duplicate_optimizer': (dict(optimizers=('sgd', 'adam', 'sgd')),
+                            ['optimizers', 'listed twice', 'sgd']),
+    'steps_zero': (dict(steps=0), ['steps', 'positive integer', 'got 0']),
+    'steps_negative': (dict(steps=-5), ['steps', 'positive integer', 'got -5']),
+    'steps_float': (dict(steps=2.5), ['steps', 'positive integer', 'got 2.5']),
+    'batch_size_negative': (dict(batch_size=-1),
+                            ['batch_size', '>= 0', 'got -1']),
+    'log_every_over_steps': (dict(steps=20, log_every=30),
+                             ['log_every (30)', 'steps (20)']),
+    'log_every_zero': (dict(log_every=0), ['log_every', 'positive', 'got 0']),
+    'lrs_not_a_number': (dict(lrs=('0.1', 'abc')),
+                         ["'abc'", 'not a number', 'e.g. 0.1,0.01']),
+    'lrs_negative': (dict(lrs=('-0.1',)), ["'-0.1'", 'finite number > 0']),
+    'lrs_zero': (dict(lrs=(0.0,)), ["'0.0'", 'finite number > 0']),
+    'lrs_nan': (dict(lrs=('nan',)), ["'nan'", 'finite number > 0']),
+    'lrs_inf': (dict(lrs=('inf',)), ["'inf'", 'finite number > 0']),
+    'lrs_string': (dict(lrs='0.1,abc'), ["'abc'", 'not a number']),
+    'seeds_zero': (dict(seeds=0), ['seeds', 'count >= 1', 'got 0']),
+    'seeds_negative': (dict(seeds=-2), ['seeds', 'count >= 1', 'got -2']),
+    'seeds_bool': (dict(seeds=True), ['seeds', 'count >= 1', 'got True']),
+    'seeds_float': (dict(seeds=2.0), ['seeds', 'count >= 1', 'got 2.0']),
+    'hidden_zero': (dict(hidden=(8, 0)), ['hidden', 'positive integers',
+                                          '[8, 0]']),
+    'norms_for_deep_linear': (
+        dict(model='deep_linear', norms=('none',)),
+        ['norms', "'deep_linear'", 'no norm axis', 'optimizer, init']),
+    'activations_for_deep_linear': (
+        dict(model='deep_linear', activations=('relu',)),
+        ['activations', "'deep_linear'", 'no activation axis']),
+}
+
+
+@pytest.mark.parametrize('kwargs,expected', BAD_CONFIGS.values(),
+                         ids=BAD_CONFIGS.keys())
+def test_bad_config_raises_naming_value(kwargs, expected):
+  with pytest.raises(ValueError) as info:
+    ablation.AblationConfig(**kwargs)
+  message = str(info.value)
+  for part in expected:
+    assert part in message, (part, message)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    'BUG: AblationConfig accepts duplicate learning rates; the error only comes '
+    'from grid_lib.Values inside config.grid(), after validation (the launcher '
+    'then dies with a traceback).'))
+def test_duplicate_lrs_rejected_on_construction():
+  with pytest.raises(ValueError, match='0.1'):
+    ablation.AblationConfig(lrs=(0.1, 0.1))
+
+
+def test_default_grid_has_108_members():
+  config = ablation.AblationConfig()
+  grid = config.grid()
+  assert len(grid) == 108
+  assert grid.axis_names == ('optimizer', 'norm', 'init', 'learning_rate',
+                             'seed')
+  assert grid.choices == {
+      'optimizer': ('sgd', 'momentum', 'adam'),
+      'norm': ('none', 'batch', 'layer'),
+      'init': ('lecun_normal', 'he_normal', 'orthogonal'),
+  }
+  chex.assert_trees_all_equal(grid.axis('learning_rate').values, (0.01,))
+  chex.assert_trees_all_equal(grid.axis('seed').seeds, (0, 1, 2, 3))
+  assert config.activations is None
+
+
+def test_deep_linear_default_grid_has_no_norm_axis():
+  config = ablation.AblationConfig(model='deep_linear')
+  grid = config.grid()
+  assert 'norm' not in grid.axis_names
+  assert config.norms is None
+  assert grid.axis_names == ('optimizer', 'init', 'learning_rate', 'seed')
+  assert len(grid) == 3 * 3 * 1 * 4
+  assert dict(config.train_config().options) == {
+      'optimizer': ('sgd', 'momentum', 'adam'),
+      'init': ('lecun_normal', 'he_normal', 'orthogonal')}
+
+
+def test_shrunk_config_grid_and_train_config():
+  config = ablation.AblationConfig(
+      optimizers='sgd, adam', norms=('none', 'batch'), inits=['lecun_normal'],
+      lrs='0.1,0.01', seeds=2, steps=20, log_every=10, hidden=(8,))
+  assert config.optimizers == ('sgd', 'adam')
+  assert config.inits == ('lecun_normal',)
+  chex.assert_trees_all_equal(config.lrs, (0.1, 0.01))
+  grid = config.grid()
+  assert len(grid) == 2 * 2 * 1 * 2 * 2
+  tc = config.train_config()
+  assert (tc.steps, tc.log_every, tc.hidden) == (20, 10, (8,))
+  assert dict(tc.options) == {'optimizer': ('sgd', 'adam'),
+                              'norm': ('none', 'batch'),
+                              'init': ('lecun_normal',)}
+  chex.assert_trees_all_equal(tc.log_steps(), np.asarray([0, 10, 20], np.int32))
+  assert tc.for_grid(grid) == tc
+  assert config.to_dict()['optimizers'] == ('sgd', 'adam')
+
+
+def test_config_is_frozen():
+  config = ablation.AblationConfig(steps=20, log_every=10)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    config.steps = 0  # pytype: disable=attribute-error
+
+
+def test_parse_floats():
+  chex.assert_trees_all_equal(ablation.parse_floats('lrs', ' 0.1, 1e-3 ,'),
+                              (0.1, 1e-3))
+  with pytest.raises(ValueError, match="x: '1..2' is not a number"):
+    ablation.parse_floats('x', ['1..2'])
+
+
+@pytest.mark.parametrize('columns,want', [
+    ({'test_accuracy': np.zeros(1), 'test_loss': np.zeros(1)}, 'test_accuracy'),
+    ({'test_loss': np.zeros(1)}, 'test_loss'),
+])
+def test_headline_metric(columns, want):
+  res = results_lib.Results(columns, {'axes': {grid_lib.SEED: [0]}})
+  assert ablation.headline_metric(res) == want
