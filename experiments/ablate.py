@@ -59,16 +59,16 @@ def main(argv):
         activations=FLAGS.activations, lrs=tuple(FLAGS.lrs), seeds=FLAGS.seeds,
         steps=FLAGS.steps, batch_size=FLAGS.batch_size,
         log_every=FLAGS.log_every)
-    results.check_writable(FLAGS.out)
+    grid = config.grid()
     budget = None
     if FLAGS.memory_budget_mb is not None:
       if FLAGS.memory_budget_mb <= 0:
         raise ValueError(f'memory_budget_mb must be > 0; got {FLAGS.memory_budget_mb}.')
       budget = int(FLAGS.memory_budget_mb * 2**20)
+    results.check_writable(FLAGS.out)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  grid = config.grid()
   print(f'{len(grid)} members: ' + ' x '.join(
       f'{len(a.labels)} {a.name}' for a in grid.axes))
   res = ablation.run(config, memory_budget_bytes=budget)

@@ -46,6 +46,8 @@ def parse_floats(name: str, items: Sequence[str] | str) -> tuple[float, ...]:
                        'numbers, e.g. 0.1,0.01.') from None
     if not math.isfinite(value) or value <= 0:
       raise ValueError(f'{name}: {s!r} must be a finite number > 0.')
+    if value in out:
+      raise ValueError(f'{name}: {s!r} is listed twice.')
     out.append(value)
   return tuple(out)
 

@@ -74,13 +74,14 @@ class Results:
     rows = []
     for value in self.metadata['axes'][by]:
       at = final[by] == value
+      alive = (final['diverged_step'] < 0 if 'diverged_step' in final
+               else np.ones_like(at))
       per_seed = []
       for seed in np.unique(final[grid_lib.SEED][at]):
-        vals = final[metric][at & (final[grid_lib.SEED] == seed)]
+        vals = final[metric][at & alive & (final[grid_lib.SEED] == seed)]
         vals = vals[np.isfinite(vals)]
         per_seed.append(np.mean(vals) if len(vals) else np.nan)
-      diverged = int(np.sum(final['diverged_step'][at] >= 0)) if (
-          'diverged_step' in final) else 0
+      diverged = int(np.sum(at & ~alive))
       rows.append((value, stats.mean_ci(per_seed, level), diverged))
     return rows
 
@@ -156,19 +157,41 @@ def provenance() -> dict[str, Any]:
   }
 
 
-def _atomic_write(path: str, text: str) -> None:
+def _write_temp(path: str, text: str) -> str:
+  """Writes ``text`` to a synced temporary file beside ``path``; returns it."""
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path))
   try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     with os.fdopen(fd, 'w', newline='') as f:
       f.write(text)
       f.flush()
       os.fsync(f.fileno())
-    os.replace(tmp, path)
   except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    os.remove(tmp)
     raise
+  return tmp
+
+
+def atomic_write(files: dict[str, str]) -> None:
+  """Writes ``{path: text}``: every file complete, or none replaced.
+
+  All contents are written and synced to temporary files first; only then are
+  they renamed into place, so a failure while writing leaves the previous
+  files untouched and no file is ever half-written.
+  """
+  temps = {}
+  try:
+    for path, text in files.items():
+      temps[path] = _write_temp(path, text)
+    for path, tmp in temps.items():
+      os.replace(tmp, path)
+  finally:
+    for tmp in temps.values():
+      if os.path.exists(tmp):
+        os.remove(tmp)
 
 
 def check_writable(out_dir: str) -> str:
@@ -203,9 +226,11 @@ def save(results: Results, out_dir: str) -> None:
   text = buf.getvalue()
   meta = {**results.metadata, 'columns': kinds, 'rows': len(results),
           'csv_sha256': hashlib.sha256(text.encode()).hexdigest()}
-  _atomic_write(os.path.join(out_dir, CSV), text)
-  _atomic_write(os.path.join(out_dir, METADATA),
-                json.dumps(meta, indent=2, default=_json_default) + '\n')
+  atomic_write({
+      os.path.join(out_dir, CSV): text,
+      os.path.join(out_dir, METADATA):
+          json.dumps(meta, indent=2, default=_json_default) + '\n',
+  })
 
 
 def _json_default(value):

@@ -8,10 +8,10 @@ is a ``lax.scan`` over steps (chunks of ``log_every`` steps, evaluated between
 chunks), ready for ``jax.jit(jax.vmap(train, in_axes=(0, None)))``.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -161,6 +161,92 @@ def batch_indices(key: jax.Array, n: int, batch_size: int,
   return perms[:, :per_epoch * batch_size].reshape(-1, batch_size)[:steps]
 
 
+class Loop(NamedTuple):
+  """The pieces of one member's training run, each pure.
+
+  Attributes:
+    init: ``init(knobs, data) -> (carry, xs)``: the initial carry (params,
+      model state, optimizer state, diverged step) and the per-step inputs
+      ``xs`` (step numbers and, for minibatches, sample indices), leading axis
+      ``steps``.
+    step: ``step(knobs, data, carry, xs_t) -> carry``: one optimizer step.
+    log: ``log(knobs, data, carry, t) -> (carry, metrics)``: evaluation after
+      step ``t``; marks divergence and masks metrics of a diverged run.
+  """
+  init: Callable[..., Any]
+  step: Callable[..., Any]
+  log: Callable[..., Any]
+
+
+@functools.lru_cache(maxsize=None)
+def make_loop(config: TrainConfig) -> Loop:
+  """The ``Loop`` of ``config``; ``make_train`` scans it."""
+  options = config.option_dict()
+  model = models.get_model(config.model)(config.hidden, options)
+
+  def setup(knobs, data):
+    k = _resolve_knobs(config, knobs)
+    hp = components.Hyperparams(k['learning_rate'], k['momentum'],
+                                k['weight_decay'])
+    opt = components.relaxed_optimizer(options['optimizer'], k['optimizer'], hp)
+    return k, opt, LOSSES[data.task]
+
+  def full_batch(data):
+    return config.batch_size == 0 or config.batch_size >= data.n_train
+
+  def init(knobs, data):
+    k, opt, _ = setup(knobs, data)
+    init_key, data_key = jax.random.split(k[grid_lib.SEED])
+    params, state = model.init(init_key, data.in_dim, data.num_outputs, k)
+    ts = jnp.arange(1, config.steps + 1, dtype=jnp.int32)
+    xs = (ts,) if full_batch(data) else (ts, batch_indices(
+        data_key, data.n_train, config.batch_size, config.steps))
+    return (params, state, opt.init(params), jnp.asarray(-1, jnp.int32)), xs
+
+  def step(knobs, data, carry, xs_t):
+    k, opt, loss_fn = setup(knobs, data)
+    params, state, opt_state, diverged_step = carry
+    if full_batch(data):
+      (t,), x, y = xs_t, data.x_train, data.y_train
+    else:
+      t, idx = xs_t
+      x, y = data.x_train[idx], data.y_train[idx]
+
+    def objective(params, state):
+      out, state = model.apply(params, state, x, k, train=True)
+      return loss_fn(out, y), state
+
+    (loss, state), grads = jax.value_and_grad(objective, has_aux=True)(
+        params, state)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    diverged_step = jnp.where((diverged_step < 0) & ~jnp.isfinite(loss),
+                              t, diverged_step)
+    return params, state, opt_state, diverged_step
+
+  def log(knobs, data, carry, t):
+    k, _, loss_fn = setup(knobs, data)
+    params, state, opt_state, diverged_step = carry
+
+    def evaluate(x, y):
+      out, _ = model.apply(params, state, x, k, train=False)
+      metrics = {'loss': loss_fn(out, y)}
+      if data.task == 'classification':
+        metrics['accuracy'] = jnp.mean(jnp.argmax(out, -1) == y)
+      return metrics
+
+    metrics = {'train_loss': evaluate(data.x_train, data.y_train)['loss']}
+    metrics |= {f'test_{m}': v for m, v in
+                evaluate(data.x_test, data.y_test).items()}
+    finite = jnp.all(jnp.isfinite(jnp.stack(list(metrics.values()))))
+    diverged_step = jnp.where((diverged_step < 0) & ~finite, t, diverged_step)
+    metrics = {m: jnp.where(diverged_step >= 0, jnp.nan, v)
+               for m, v in metrics.items()}
+    return (params, state, opt_state, diverged_step), metrics
+
+  return Loop(init, step, log)
+
+
 @functools.lru_cache(maxsize=None)
 def make_train(config: TrainConfig):
   """Returns the pure ``train(knobs, data) -> outputs`` of ``config``.
@@ -170,68 +256,19 @@ def make_train(config: TrainConfig):
   eval mode and NaN from the step a run diverged; ``diverged_step`` ``[]``, the
   first step whose training loss was non-finite, or -1.
   """
-  options = config.option_dict()
-  model = models.get_model(config.model)(config.hidden, options)
+  loop = make_loop(config)
   log_steps = config.log_steps()
 
   def train(knobs, data: Dataset):
-    k = _resolve_knobs(config, knobs)
-    init_key, data_key = jax.random.split(k[grid_lib.SEED])
-    params, state = model.init(init_key, data.in_dim, data.num_outputs, k)
-    hp = components.Hyperparams(k['learning_rate'], k['momentum'],
-                                k['weight_decay'])
-    opt = components.relaxed_optimizer(options['optimizer'], k['optimizer'], hp)
-    loss_fn = LOSSES[data.task]
-
-    def objective(params, state, x, y):
-      out, state = model.apply(params, state, x, k, train=True)
-      return loss_fn(out, y), state
-
-    def evaluate(params, state, x, y):
-      out, _ = model.apply(params, state, x, k, train=False)
-      metrics = {'loss': loss_fn(out, y)}
-      if data.task == 'classification':
-        metrics['accuracy'] = jnp.mean(jnp.argmax(out, -1) == y)
-      return metrics
-
-    full_batch = config.batch_size == 0 or config.batch_size >= data.n_train
-    ts = jnp.arange(1, config.steps + 1, dtype=jnp.int32)
-    xs = (ts,) if full_batch else (ts, batch_indices(
-        data_key, data.n_train, config.batch_size, config.steps))
-
     def step(carry, xs_t):
-      params, state, opt_state, diverged_step = carry
-      if full_batch:
-        (t,), x, y = xs_t, data.x_train, data.y_train
-      else:
-        t, idx = xs_t
-        x, y = data.x_train[idx], data.y_train[idx]
-      (loss, state), grads = jax.value_and_grad(objective, has_aux=True)(
-          params, state, x, y)
-      updates, opt_state = opt.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-      diverged_step = jnp.where((diverged_step < 0) & ~jnp.isfinite(loss),
-                                t, diverged_step)
-      return (params, state, opt_state, diverged_step), None
-
-    def log(carry, t):
-      params, state, opt_state, diverged_step = carry
-      train_m = evaluate(params, state, data.x_train, data.y_train)
-      test_m = evaluate(params, state, data.x_test, data.y_test)
-      metrics = {f'train_{m}': v for m, v in train_m.items()
-                 if m == 'loss'} | {f'test_{m}': v for m, v in test_m.items()}
-      finite = jnp.all(jnp.isfinite(jnp.stack(list(metrics.values()))))
-      diverged_step = jnp.where((diverged_step < 0) & ~finite, t, diverged_step)
-      metrics = {m: jnp.where(diverged_step >= 0, jnp.nan, v)
-                 for m, v in metrics.items()}
-      return (params, state, opt_state, diverged_step), metrics
+      return loop.step(knobs, data, carry, xs_t), None
 
     def chunk(carry, xs_chunk):
       carry, _ = jax.lax.scan(step, carry, xs_chunk)
-      return log(carry, xs_chunk[0][-1])
+      return loop.log(knobs, data, carry, xs_chunk[0][-1])
 
-    carry = (params, state, opt.init(params), jnp.asarray(-1, jnp.int32))
-    carry, first = log(carry, jnp.asarray(0, jnp.int32))
+    carry, xs = loop.init(knobs, data)
+    carry, first = loop.log(knobs, data, carry, jnp.asarray(0, jnp.int32))
     n_chunks = config.steps // config.log_every
     split = n_chunks * config.log_every
     head = jax.tree.map(

@@ -99,10 +99,6 @@ def test_unwritable_out_fails_early(tmp_path):
   assert blocker.read_text() == 'keep me'
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'BUG: duplicate --lrs pass AblationConfig validation; config.grid() then '
-    'raises outside the launcher\'s try (a Traceback, no "error:" line) after '
-    'check_writable has already created --out.'))
 def test_duplicate_lrs_fail_cleanly(tmp_path):
   out = tmp_path / 'out'
   proc = _launch(*TINY, '--lrs=0.1,0.1', f'--out={out}', timeout=60)

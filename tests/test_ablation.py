@@ -73,10 +73,6 @@ def test_bad_config_raises_naming_value(kwargs, expected):
     assert part in message, (part, message)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'BUG: AblationConfig accepts duplicate learning rates; the error only comes '
-    'from grid_lib.Values inside config.grid(), after validation (the launcher '
-    'then dies with a traceback).'))
 def test_duplicate_lrs_rejected_on_construction():
   with pytest.raises(ValueError, match='0.1'):
     ablation.AblationConfig(lrs=(0.1, 0.1))
