@@ -12,7 +12,6 @@ import math
 from typing import Any
 
 from rahimi_jax import data as data_lib
-from rahimi_jax import engine
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import results as results_lib
 from rahimi_jax import train as train_lib
@@ -118,11 +117,10 @@ class AblationConfig:
 def run(config: AblationConfig, **engine_kwargs) -> results_lib.Results:
   """Trains every member of ``config``'s grid in one program."""
   dataset = data_lib.get_dataset(config.dataset)()
-  grid = config.grid()
-  train_fn = train_lib.make_train(config.train_config().for_grid(grid))
   metadata = {'config': config.to_dict(), 'task': dataset.task,
               **results_lib.provenance()}
-  return engine.run(train_fn, grid, dataset, metadata=metadata, **engine_kwargs)
+  return train_lib.run_grid(config.train_config(), config.grid(), dataset,
+                            metadata=metadata, **engine_kwargs)
 
 
 def headline_metric(results: results_lib.Results) -> str:

@@ -123,9 +123,13 @@ def synthetic(*, n_train: int = 1000, n_test: int = 1000, in_dim: int = 6,
   Returns:
     A regression ``Dataset``.
   """
-  if condition_number < 1 or not np.isfinite(condition_number):
+  if (not isinstance(condition_number, (int, float, np.number))
+      or not np.isfinite(condition_number) or condition_number < 1):
     raise ValueError(f'condition_number must be a finite number >= 1; got '
-                     f'{condition_number}.')
+                     f'{condition_number!r}.')
+  if (not isinstance(noise, (int, float, np.number)) or not np.isfinite(noise)
+      or noise < 0):
+    raise ValueError(f'noise must be a finite number >= 0; got {noise!r}.')
   rng = np.random.default_rng(seed)
   w = ill_conditioned_matrix(rng, in_dim, out_dim, condition_number)
 

@@ -13,7 +13,7 @@ A grid is the product of its axes:
 ``jax.vmap``.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 import dataclasses
 import itertools
 import math
@@ -60,6 +60,9 @@ class Values:
   def __post_init__(self):
     _check_name(self.name)
     try:
+      if isinstance(self.values, str) or any(
+          isinstance(v, str) for v in np.atleast_1d(self.values)):
+        raise TypeError
       values = tuple(float(v) for v in np.atleast_1d(self.values))
     except (TypeError, ValueError):
       raise ValueError(
@@ -85,6 +88,7 @@ class Seeds:
   name: str = SEED
 
   def __post_init__(self):
+    _check_name(self.name)
     seeds = self.seeds
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
       if seeds < 1:
@@ -96,8 +100,9 @@ class Seeds:
       raise ValueError(f'seeds must be a count or integers; got {seeds!r}.') from None
     if not seeds:
       raise ValueError('seeds: empty list of seeds.')
-    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
-      raise ValueError(f'seeds must be distinct and >= 0; got {list(seeds)}.')
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) >= 2**32:
+      raise ValueError(f'seeds must be distinct integers in [0, 2**32); got '
+                       f'{list(seeds)}.')
     object.__setattr__(self, 'seeds', seeds)
 
   @property
@@ -113,6 +118,11 @@ class Member(NamedTuple):
   index: int
   name: str
   values: dict[str, Any]
+
+
+def _with_labels(axis: Axis, labels: tuple[Any, ...]) -> Axis:
+  field = {Choice: 'options', Values: 'values', Seeds: 'seeds'}[type(axis)]
+  return dataclasses.replace(axis, **{field: labels})
 
 
 def _format(value):
@@ -134,13 +144,50 @@ class Grid:
       raise ValueError(f'Grid axes declared twice: {", ".join(duplicates)}.')
     if sum(isinstance(a, Seeds) for a in axes) == 0:
       axes = tuple(axes) + (Seeds(1),)
-    self.axes: tuple[Axis, ...] = tuple(axes)
+    self._set(tuple(axes), itertools.product(*(a.labels for a in axes)))
+
+  def _set(self, axes, points):
+    self.axes: tuple[Axis, ...] = axes
     self.members: tuple[Member, ...] = tuple(
         Member(i, ','.join(f'{a.name}={_format(v)}'
-                           for a, v in zip(self.axes, point)),
-               {a.name: v for a, v in zip(self.axes, point)})
-        for i, point in enumerate(
-            itertools.product(*(a.labels for a in self.axes))))
+                           for a, v in zip(axes, point)),
+               {a.name: v for a, v in zip(axes, point)})
+        for i, point in enumerate(points))
+    names = [m.name for m in self.members]
+    if len(set(names)) != len(names):
+      raise ValueError('Grid members listed twice: ' + ', '.join(
+          sorted({n for n in names if names.count(n) > 1})))
+
+  @classmethod
+  def union(cls, *grids: 'Grid') -> 'Grid':
+    """The members of several grids over the same axes, in order.
+
+    For designs that are not a full product, e.g. gradient descent over many
+    step sizes beside Adam at one: ``Grid.union(Grid(Choice('optimizer',
+    ['sgd']), Values('learning_rate', lrs)), Grid(Choice('optimizer',
+    ['adam']), Values('learning_rate', [1e-3])))``. Each axis of the union has
+    the options (values, seeds) of all the grids, so the union runs as one
+    program.
+    """
+    if not grids:
+      raise ValueError('Grid.union needs at least one grid.')
+    names = grids[0].axis_names
+    for g in grids[1:]:
+      if g.axis_names != names:
+        raise ValueError(f'Grid.union needs the same axes in the same order; '
+                         f'got {list(names)} and {list(g.axis_names)}.')
+    axes = []
+    for i, first in enumerate(grids[0].axes):
+      kinds = {type(g.axes[i]) for g in grids}
+      if len(kinds) > 1:
+        raise ValueError(f'Axis {first.name!r} is of different kinds in '
+                         f'Grid.union: {sorted(k.__name__ for k in kinds)}.')
+      labels = tuple(dict.fromkeys(l for g in grids for l in g.axes[i].labels))
+      axes.append(_with_labels(first, labels))
+    grid = cls.__new__(cls)
+    grid._set(tuple(axes), [tuple(m.values[n] for n in names)
+                            for g in grids for m in g.members])
+    return grid
 
   def __len__(self) -> int:
     return len(self.members)
@@ -187,7 +234,22 @@ class Grid:
         knobs[a.name] = jax.vmap(jax.random.key)(np.asarray(vals, np.uint32))
     return knobs
 
-  def select(self, **where: Sequence[Any] | Any) -> list[Member]:
+  def subset(self, indices: Iterable[int]) -> 'Grid':
+    """A grid of the members at ``indices``; each axis keeps the labels used."""
+    rows = [self.members[i] for i in indices]
+    if not rows:
+      raise ValueError('Grid.subset needs at least one member.')
+    axes = []
+    for a in self.axes:
+      used = {m.values[a.name] for m in rows}
+      labels = tuple(l for l in a.labels if l in used)
+      axes.append(_with_labels(a, labels))
+    grid = Grid.__new__(Grid)
+    grid._set(tuple(axes), [tuple(m.values[a.name] for a in self.axes)
+                            for m in rows])
+    return grid
+
+  def select(self, **where: Any) -> list[Member]:
     """Members whose axis values match ``where`` (a value or a list each)."""
     for name in where:
       self.axis(name)

@@ -57,6 +57,16 @@ class Results:
     last[:-1] = member[1:] != member[:-1]
     return Results({k: v[last] for k, v in self.columns.items()}, self.metadata)
 
+  def configs(self) -> dict[tuple[tuple[str, Any], ...], 'Results']:
+    """Rows grouped by configuration: every axis value but the seed."""
+    axes = [a for a in self.axes if a != grid_lib.SEED]
+    keys = list(zip(*(self.columns[a].tolist() for a in axes)))
+    groups = {}
+    for i, key in enumerate(keys):
+      groups.setdefault(tuple(zip(axes, key)), []).append(i)
+    return {k: Results({c: v[np.asarray(idx)] for c, v in self.columns.items()},
+                       self.metadata) for k, idx in groups.items()}
+
   def summarize(self, metric: str, by: str, level: float = 0.95):
     """For each value of axis ``by``: the final ``metric`` over seeds.
 
@@ -98,6 +108,21 @@ class Results:
         lines.append(f'{axis:<14}{label:<16}{ci.mean:>9.4f}{ci.low:>9.4f}'
                      f'{ci.high:>9.4f}{ci.n:>7d}{diverged:>10d}')
     return '\n'.join(lines)
+
+
+def concat(parts: list[Results], metadata: dict[str, Any] | None = None
+           ) -> Results:
+  """Rows of several ``Results`` with the same columns, in order."""
+  if not parts:
+    raise ValueError('concat needs at least one Results.')
+  names = list(parts[0].columns)
+  for p in parts[1:]:
+    if list(p.columns) != names:
+      raise ValueError(f'concat needs the same columns; got {names} and '
+                       f'{list(p.columns)}.')
+  return Results({n: np.concatenate([p.columns[n] for p in parts])
+                  for n in names},
+                 parts[0].metadata if metadata is None else metadata)
 
 
 def from_outputs(grid: grid_lib.Grid, outputs: dict[str, np.ndarray],

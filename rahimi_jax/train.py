@@ -19,8 +19,11 @@ import numpy as np
 import optax
 
 from rahimi_jax import components
+from rahimi_jax import diagnostics as diagnostics_lib
+from rahimi_jax import engine
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import models
+from rahimi_jax import results as results_lib
 from rahimi_jax.components import relaxed
 from rahimi_jax.data import Dataset
 
@@ -49,6 +52,7 @@ def _regression_loss(pred, target):
 
 
 LOSSES = {'classification': _classification_loss, 'regression': _regression_loss}
+DTYPES = ('float32', 'float64')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +67,12 @@ class TrainConfig:
     steps: optimizer steps.
     batch_size: minibatch size; 0 (or >= the training set) is full batch.
     log_every: steps between evaluations (and at step 0 and the last step).
+    dtype: floating type of parameters, data and arithmetic ('float64' needs
+      ``jax.config.update('jax_enable_x64', True)``). Initial values are drawn
+      in float32 and cast, so runs in either precision start alike.
+    diagnostics: names in ``diagnostics.LOGGED`` computed at every log on the
+      full training set (e.g. 'grad_norm', 'hessian').
+    lanczos_iters: Krylov depth of Hessian diagnostics.
   """
   model: str = 'mlp'
   hidden: tuple[int, ...] = (64, 64)
@@ -70,6 +80,9 @@ class TrainConfig:
   steps: int = 500
   batch_size: int = 64
   log_every: int = 50
+  dtype: str = 'float32'
+  diagnostics: tuple[str, ...] = ()
+  lanczos_iters: int = 32
 
   def __post_init__(self):
     models.get_model(self.model)
@@ -95,6 +108,15 @@ class TrainConfig:
     if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 0:
       raise ValueError(f'batch_size must be an integer >= 0 (0: full batch); '
                        f'got {self.batch_size!r}.')
+    if self.dtype not in DTYPES:
+      raise ValueError(f'Unknown dtype {self.dtype!r}; accepted: '
+                       f'{", ".join(DTYPES)}.')
+    object.__setattr__(self, 'diagnostics', relaxed.check_options(
+        diagnostics_lib.LOGGED, self.diagnostics, 'diagnostics')
+                       if self.diagnostics else ())
+    if not isinstance(self.lanczos_iters, (int, np.integer)) or self.lanczos_iters < 1:
+      raise ValueError(f'lanczos_iters must be a positive integer; got '
+                       f'{self.lanczos_iters!r}.')
     if self.log_every > self.steps:
       raise ValueError(f'log_every ({self.log_every}) must be <= steps '
                        f'({self.steps}).')
@@ -183,28 +205,38 @@ def make_loop(config: TrainConfig) -> Loop:
   """The ``Loop`` of ``config``; ``make_train`` scans it."""
   options = config.option_dict()
   model = models.get_model(config.model)(config.hidden, options)
+  dtype = jnp.dtype(config.dtype)
+  least_squares = set(options['optimizer']) & set(components.LEAST_SQUARES)
 
   def setup(knobs, data):
+    if least_squares and data.task != 'regression':
+      raise ValueError(f'optimizer {sorted(least_squares)} needs a least-squares '
+                       f'(regression) task; this data is {data.task}.')
     k = _resolve_knobs(config, knobs)
     hp = components.Hyperparams(k['learning_rate'], k['momentum'],
                                 k['weight_decay'])
     opt = components.relaxed_optimizer(options['optimizer'], k['optimizer'], hp)
-    return k, opt, LOSSES[data.task]
+    data = jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+        data)
+    return k, opt, LOSSES[data.task], data
 
   def full_batch(data):
     return config.batch_size == 0 or config.batch_size >= data.n_train
 
   def init(knobs, data):
-    k, opt, _ = setup(knobs, data)
+    k, opt, _, data = setup(knobs, data)
     init_key, data_key = jax.random.split(k[grid_lib.SEED])
-    params, state = model.init(init_key, data.in_dim, data.num_outputs, k)
+    params, state = jax.tree.map(
+        lambda a: a.astype(dtype),
+        model.init(init_key, data.in_dim, data.num_outputs, k))
     ts = jnp.arange(1, config.steps + 1, dtype=jnp.int32)
     xs = (ts,) if full_batch(data) else (ts, batch_indices(
         data_key, data.n_train, config.batch_size, config.steps))
     return (params, state, opt.init(params), jnp.asarray(-1, jnp.int32)), xs
 
   def step(knobs, data, carry, xs_t):
-    k, opt, loss_fn = setup(knobs, data)
+    k, opt, loss_fn, data = setup(knobs, data)
     params, state, opt_state, diverged_step = carry
     if full_batch(data):
       (t,), x, y = xs_t, data.x_train, data.y_train
@@ -218,14 +250,20 @@ def make_loop(config: TrainConfig) -> Loop:
 
     (loss, state), grads = jax.value_and_grad(objective, has_aux=True)(
         params, state)
-    updates, opt_state = opt.update(grads, opt_state, params)
+    extra = {}
+    if data.task == 'regression':
+      # loss = 0.5 * ||residual||^2 for the least-squares optimizers.
+      scale = jnp.sqrt(jnp.asarray(x.shape[0], x.dtype))
+      extra['residual_fn'] = lambda p: (
+          model.apply(p, carry[1], x, k, train=True)[0] - y) / scale
+    updates, opt_state = opt.update(grads, opt_state, params, **extra)
     params = optax.apply_updates(params, updates)
     diverged_step = jnp.where((diverged_step < 0) & ~jnp.isfinite(loss),
                               t, diverged_step)
     return params, state, opt_state, diverged_step
 
   def log(knobs, data, carry, t):
-    k, _, loss_fn = setup(knobs, data)
+    k, _, loss_fn, data = setup(knobs, data)
     params, state, opt_state, diverged_step = carry
 
     def evaluate(x, y):
@@ -240,6 +278,14 @@ def make_loop(config: TrainConfig) -> Loop:
                 evaluate(data.x_test, data.y_test).items()}
     finite = jnp.all(jnp.isfinite(jnp.stack(list(metrics.values()))))
     diverged_step = jnp.where((diverged_step < 0) & ~finite, t, diverged_step)
+    if config.diagnostics:
+      def train_loss(p):  # full training set, train mode
+        out, _ = model.apply(p, state, data.x_train, k, train=True)
+        return loss_fn(out, data.y_train)
+      key = jax.random.fold_in(jax.random.fold_in(k[grid_lib.SEED], 2), t)
+      for name in config.diagnostics:
+        metrics |= diagnostics_lib.LOGGED[name](train_loss, params, key,
+                                                config.lanczos_iters)
     metrics = {m: jnp.where(diverged_step >= 0, jnp.nan, v)
                for m, v in metrics.items()}
     return (params, state, opt_state, diverged_step), metrics
@@ -284,3 +330,71 @@ def make_train(config: TrainConfig):
             'diverged_step': carry[-1]}
 
   return train
+
+
+def final_state(config: TrainConfig, knobs, data: Dataset):
+  """Trains one member (unstacked ``knobs``) without logging.
+
+  Returns:
+    ``(params, model_state)`` after ``config.steps`` steps: the point at which
+    a diagnostic (e.g. the Hessian spectrum where gradient descent stalls) is
+    evaluated. Pure and jittable; the same trajectory as the member's run in a
+    grid (to float tolerance).
+  """
+  loop = make_loop(config)
+  carry, xs = loop.init(knobs, data)
+  carry, _ = jax.lax.scan(
+      lambda c, x: (loop.step(knobs, data, c, x), None), carry, xs)
+  return carry[0], carry[1]
+
+
+def run_grid(config: TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
+             partition: tuple[str, ...] = (), metadata=None,
+             **engine_kwargs) -> results_lib.Results:
+  """Trains every member of ``grid`` under ``config``.
+
+  Args:
+    config: the static configuration; its options come from the grid.
+    grid: the members.
+    data: the dataset.
+    partition: choice axes to split the grid by: one program per combination
+      of their options instead of one relaxed program computing every option
+      (worth it when one option, e.g. Levenberg–Marquardt, dominates cost).
+    metadata: extra provenance stored with the results.
+    **engine_kwargs: passed to ``engine.run``.
+
+  Returns:
+    ``Results`` in the grid's member order.
+  """
+  for axis in partition:
+    if not isinstance(grid.axis(axis), grid_lib.Choice):
+      raise ValueError(f'partition: {axis!r} is not a choice axis of the grid; '
+                       f'choice axes: {", ".join(grid.choices)}.')
+  cells = {}
+  for m in grid.members:
+    cells.setdefault(tuple(m.values[a] for a in partition), []).append(m.index)
+  parts, infos = [], []
+  for indices in cells.values():
+    sub = grid.subset(indices)
+    part = engine.run(make_train(config.for_grid(sub)), sub, data,
+                      metadata=metadata, **engine_kwargs)
+    parts.append(part)
+    infos.append(part.metadata['engine'])
+  meta = dict(parts[0].metadata)
+  meta['axes'] = {a.name: list(a.labels) for a in grid.axes}
+  if len(parts) > 1:
+    meta['engine'] = {
+        'programs': len(parts), 'partition': list(partition),
+        'compile_s': sum(i['compile_s'] for i in infos),
+        'run_s': sum(i['run_s'] for i in infos),
+        'wall_s': sum(i['wall_s'] for i in infos), 'parts': infos,
+        'members': len(grid),
+        'member_batches': sum(i['member_batches'] for i in infos),
+        'member_batch_size': max(i['member_batch_size'] for i in infos)}
+  merged = results_lib.concat(parts, meta)
+  order = np.argsort(np.concatenate(list(cells.values())), kind='stable')
+  rows_per_member = len(merged) // len(grid)
+  rows = (order[:, None] * rows_per_member +
+          np.arange(rows_per_member)[None]).ravel()
+  return results_lib.Results({k: v[rows] for k, v in merged.columns.items()},
+                             meta)

@@ -18,3 +18,13 @@ def tiny_digits():
 def tiny_synthetic():
   return data_lib.synthetic(n_train=64, n_test=32, in_dim=4, out_dim=3,
                             condition_number=10.0)
+
+
+@pytest.fixture
+def x64():
+  """Enables float64 for one test."""
+  import jax  # pylint: disable=g-import-not-at-top
+  previous = jax.config.jax_enable_x64
+  jax.config.update('jax_enable_x64', True)
+  yield
+  jax.config.update('jax_enable_x64', previous)

@@ -12,6 +12,7 @@ from rahimi_jax.components.norms import NORMS
 from rahimi_jax.components.norms import relaxed_norm
 from rahimi_jax.components.optimizers import get_optimizer
 from rahimi_jax.components.optimizers import Hyperparams
+from rahimi_jax.components.optimizers import LEAST_SQUARES
 from rahimi_jax.components.optimizers import OPTIMIZERS
 from rahimi_jax.components.optimizers import relaxed_optimizer
 from rahimi_jax.components.relaxed import mix

@@ -1,5 +1,8 @@
 """Optimizers on optax, one signature: ``make(hp: Hyperparams) -> GradientTransformation``.
 
+``update`` may receive ``residual_fn=`` (passed for least-squares losses), which
+the Gauss–Newton and Levenberg–Marquardt options need and the others ignore.
+
 Hyperparameters are traced scalars (knobs) captured when the transformation is
 built inside the traced training function, so one compiled program serves
 every learning rate, momentum and weight decay of a grid.
@@ -11,6 +14,7 @@ from typing import NamedTuple
 import jax
 import optax
 
+from rahimi_jax import solvers
 from rahimi_jax.components import relaxed
 
 
@@ -30,7 +34,12 @@ OPTIMIZERS: dict[str, Callable[[Hyperparams], optax.GradientTransformation]] = {
     'adamw': lambda hp: optax.adamw(
         hp.learning_rate, weight_decay=hp.weight_decay),
     'rmsprop': lambda hp: optax.rmsprop(hp.learning_rate),
+    # Least squares only (they need residual_fn); the learning rate is unused.
+    'gauss_newton': lambda hp: solvers.gauss_newton(),
+    'levenberg_marquardt': lambda hp: solvers.levenberg_marquardt(),
 }
+# Optimizers that step from the residual function, not the gradient.
+LEAST_SQUARES = ('gauss_newton', 'levenberg_marquardt')
 
 
 def get_optimizer(name: str):
@@ -45,14 +54,15 @@ def relaxed_optimizer(names: Sequence[str], weights: jax.Array,
   move along the weighted sum of the options' updates.
   """
   names = relaxed.check_options(OPTIMIZERS, names, 'optimizer')
-  txs = [OPTIMIZERS[n](hp) for n in names]
+  txs = [optax.with_extra_args_support(OPTIMIZERS[n](hp)) for n in names]
 
   def init(params):
     return tuple(tx.init(params) for tx in txs)
 
-  def update(grads, state, params=None):
-    outs = [tx.update(grads, s, params) for tx, s in zip(txs, state)]
+  def update(grads, state, params=None, **extra_args):
+    outs = [tx.update(grads, s, params, **extra_args)
+            for tx, s in zip(txs, state)]
     updates = relaxed.mix(weights, [u for u, _ in outs])
     return updates, tuple(s for _, s in outs)
 
-  return optax.GradientTransformation(init, update)
+  return optax.GradientTransformationExtraArgs(init, update)

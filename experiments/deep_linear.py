@@ -1,0 +1,84 @@
+r"""Simple experiment 1: gradient descent stalls on a two-layer linear network.
+
+The talk's demonstration (x in R^6, hidden 6, y in R^10, 1000 samples, target
+condition number 1e5): gradient descent over several step sizes, Adam and
+Levenberg–Marquardt on the same problem and seeds.
+
+  python -m experiments.deep_linear --out=/tmp/rahimi_deep_linear
+
+Saxe et al.'s plateaus of small initialization across depths:
+
+  python -m experiments.deep_linear --methods=gd --gd_lrs=0.05 \
+      --init=gaussian --init_scales=0.001,0.1 --depths=1,2,3 --steps=4000
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+
+flags.DEFINE_float('condition_number', 1e5, 'Condition number of the target.')
+flags.DEFINE_float('noise', 0.0, 'Target noise std (0: realizable).')
+flags.DEFINE_integer('n_train', 1000, 'Samples (full batch).')
+flags.DEFINE_integer('in_dim', 6, 'Input width.')
+flags.DEFINE_integer('out_dim', 10, 'Output width.')
+flags.DEFINE_integer('width', 6, 'Hidden width.')
+flags.DEFINE_list('depths', ['1'], 'Hidden-layer counts (1: two-layer net).')
+flags.DEFINE_list('methods', ['gd', 'adam', 'lm'], 'Of gd, adam, lm, gn.')
+flags.DEFINE_list('gd_lrs', ['0.01', '0.03', '0.1', '0.3'],
+                  'Gradient-descent step sizes.')
+flags.DEFINE_list('adam_lrs', ['0.01'], 'Adam learning rates.')
+flags.DEFINE_string('init', 'orthogonal', 'Initializer name.')
+flags.DEFINE_list('init_scales', ['1.0'], 'Initializer multipliers.')
+flags.DEFINE_integer('seeds', 4, 'Initialization seeds.')
+flags.DEFINE_integer('steps', 2000, 'Iterations of every method.')
+flags.DEFINE_integer('log_every', 100, 'Steps between logged metrics.')
+flags.DEFINE_enum('dtype', 'float64', ['float32', 'float64'], 'Precision.')
+flags.DEFINE_string('out', '/tmp/rahimi_deep_linear', 'Output directory.')
+
+FLAGS = flags.FLAGS
+
+
+def _numbers(name, items, kind=float):
+  try:
+    return tuple(kind(s) for s in items)
+  except ValueError:
+    raise ValueError(f'{name}: {",".join(items)!r} must be a comma list of '
+                     f'{kind.__name__}s.') from None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.dtype == 'float64':
+    jax.config.update('jax_enable_x64', True)
+  from rahimi_jax import results  # pylint: disable=g-import-not-at-top
+  from rahimi_jax.studies import deep_linear  # pylint: disable=g-import-not-at-top
+  try:
+    config = deep_linear.DeepLinearConfig(
+        condition_number=FLAGS.condition_number, noise=FLAGS.noise,
+        n_train=FLAGS.n_train, in_dim=FLAGS.in_dim, out_dim=FLAGS.out_dim,
+        width=FLAGS.width, depths=_numbers('depths', FLAGS.depths, int),
+        methods=tuple(FLAGS.methods),
+        gd_lrs=_numbers('gd_lrs', FLAGS.gd_lrs),
+        adam_lrs=_numbers('adam_lrs', FLAGS.adam_lrs), init=FLAGS.init,
+        init_scales=_numbers('init_scales', FLAGS.init_scales),
+        seeds=FLAGS.seeds, steps=FLAGS.steps, log_every=FLAGS.log_every,
+        dtype=FLAGS.dtype)
+    results.check_writable(FLAGS.out)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(f'{len(config.grid())} members per depth, depths {list(config.depths)}')
+  res = deep_linear.run(config)
+  results.save(res, FLAGS.out)
+  print(deep_linear.report(config, res, FLAGS.out))
+  wall = sum(e['wall_s'] for e in res.metadata['engine'])
+  print(f'grid wall time {wall:.1f}s; wrote {FLAGS.out}/results.csv, '
+        'metadata.json and PNG plots')
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,78 @@
+"""Plots written as PNG files (matplotlib, no display needed)."""
+
+import os
+import tempfile
+
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+from rahimi_jax import grid as grid_lib
+from rahimi_jax import results as results_lib
+
+
+def save_figure(fig, path: str) -> None:
+  """Saves ``fig`` to ``path`` atomically and closes it."""
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix='.png', prefix='.plot')
+  os.close(fd)
+  try:
+    fig.savefig(tmp, dpi=120, bbox_inches='tight')
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  finally:
+    plt.close(fig)
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def curves(results: results_lib.Results, metric: str, path: str, *,
+           log_y: bool = True, title: str | None = None,
+           level: float = 0.95) -> None:
+  """One line per configuration (all axes but the seed) against the step.
+
+  The line is the mean over seeds (geometric on a log axis) and the band its
+  ``level`` t-interval; diverged runs are left out.
+  """
+  from rahimi_jax import stats  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for config, rows in results.configs().items():
+    steps = np.unique(rows.columns['step'])
+    values = np.stack([rows.where(seed=s).columns[metric]
+                       for s in np.unique(rows.columns[grid_lib.SEED])])
+    if log_y:
+      values = np.log10(np.where(values > 0, values, np.nan))
+    intervals = [stats.mean_ci(values[:, j], level) for j in range(len(steps))]
+    mean, low, high = (np.asarray([getattr(i, f) for i in intervals])
+                       for f in ('mean', 'low', 'high'))
+    if log_y:
+      mean, low, high = 10**mean, 10**low, 10**high
+    label = ', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}'
+                      for k, v in config)
+    line, = ax.plot(steps, mean, label=label)
+    ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+  if log_y:
+    ax.set_yscale('log')
+  ax.set_xlabel('step')
+  ax.set_ylabel(metric)
+  ax.set_title(title or f'{metric}: mean over seeds, {level:.0%} interval')
+  ax.legend(fontsize=7, loc='best')
+  ax.grid(True, which='both', alpha=0.3)
+  save_figure(fig, path)
+
+
+def spectrum(eigenvalues: np.ndarray, path: str, *, title: str) -> None:
+  """Histogram of ``log10 |lambda|`` of Hessian eigenvalues, signs split."""
+  eigenvalues = np.asarray(eigenvalues)
+  fig, ax = plt.subplots(figsize=(7, 4))
+  mags = np.log10(np.maximum(np.abs(eigenvalues), 1e-300))
+  bins = np.linspace(max(mags.min(), -20) - 0.5, mags.max() + 0.5, 40)
+  ax.hist([np.clip(mags[eigenvalues > 0], bins[0], None),
+           np.clip(mags[eigenvalues <= 0], bins[0], None)],
+          bins=bins, stacked=True, label=['λ > 0', 'λ ≤ 0'])
+  ax.set_xlabel('log10 |eigenvalue|')
+  ax.set_ylabel('count')
+  ax.set_title(title)
+  ax.legend()
+  save_figure(fig, path)

@@ -1,0 +1,1 @@
+"""Studies: the bundled simple experiments, each a config + run + report."""

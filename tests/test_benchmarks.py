@@ -1,0 +1,173 @@
+"""Shrunk end-to-end runs of ``python -m benchmarks.grid_throughput``.
+
+Timings are never asserted (they are measured, not promised); what is asserted
+is that the benchmark runs, writes the records it promises, that the grid's
+final numbers equal the per-member loop's, and that the PyTorch methods are
+skipped cleanly where torch is missing (CI does not install it).
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import chex
+import numpy as np
+import pytest
+
+from benchmarks import grid_throughput as gt
+
+ROOT = pathlib.Path(__file__).parents[1]
+REQUIRED = ('regime', 'workload', 'G', 'method', 'compile_s', 'run_s', 'gflops',
+            'peak_gflops')
+TINY = ['--regime=small', '--grid_sizes=2', '--steps=5', '--peak_n=128']
+
+
+def _env(extra_path=()):
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join(
+      [str(ROOT), *map(str, extra_path)] +
+      ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
+  return env
+
+
+def _start(*flags, extra_path=()):
+  return subprocess.Popen(
+      [sys.executable, '-m', 'benchmarks.grid_throughput', *flags], cwd=ROOT,
+      env=_env(extra_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+
+
+def _finish(proc, timeout=120):
+  try:
+    stdout, stderr = proc.communicate(timeout=timeout)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _torch_installed():
+  try:
+    return importlib.util.find_spec('torch') is not None
+  except (ImportError, ValueError):
+    return False
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """Both shrunk runs, started together (each is mostly single-threaded)."""
+  tmp = tmp_path_factory.mktemp('bench')
+  # A `torch` that fails to import, ahead of any installed one: the CI case.
+  fake = tmp / 'no_torch'
+  (fake / 'torch').mkdir(parents=True)
+  (fake / 'torch' / '__init__.py').write_text(
+      'raise ImportError("torch hidden by the test")\n')
+  procs = {'no_torch': (_start(*TINY, '--methods=a,b,c,d,e',
+                               f'--json_out={tmp / "no_torch.json"}',
+                               extra_path=[fake]), tmp / 'no_torch.json')}
+  if _torch_installed():
+    procs['torch'] = (_start(*TINY, '--methods=a,d,e', '--torch_threads=1',
+                             f'--json_out={tmp / "torch.json"}'),
+                      tmp / 'torch.json')
+  try:
+    return {name: (_finish(proc), out) for name, (proc, out) in procs.items()}
+  finally:
+    for proc, _ in procs.values():
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def _records(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _final_losses(records, method):
+  return {r['workload']: np.asarray(r['final_train_loss'])[
+      np.argsort(r['member_indices'])] for r in records if r['method'] == method}
+
+
+def test_shrunk_run_without_torch(runs):
+  proc, out = runs['no_torch']
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'SKIPPING methods d,e' in proc.stdout
+  assert 'scaling table: deep_linear' in proc.stdout
+  assert 'scaling table: mlp32' in proc.stdout
+
+  records = _records(out)
+  assert {(r['workload'], r['method']) for r in records} == {
+      (w, m) for w in ('deep_linear', 'mlp32') for m in 'abc'}
+  for r in records:
+    missing = [k for k in REQUIRED if k not in r]
+    assert not missing, (r['method'], missing)
+    assert r['regime'] == 'small' and r['G'] == 2
+    chex.assert_tree_all_finite(
+        [r['compile_s'], r['run_s'], r['gflops'], r['peak_gflops']])
+    assert r['run_s'] > 0 and r['peak_gflops'] > 0
+  a, b, c = (_final_losses(records, m) for m in 'abc')
+  chex.assert_trees_all_close(b, a, atol=1e-5, rtol=0)
+  chex.assert_trees_all_close(c, a, atol=1e-5, rtol=0)
+  assert all(r['agrees_with_a'] for r in records if r['method'] != 'a')
+  assert all(r['program_bytes'] for r in records if r['method'] == 'a')
+
+
+def test_torch_methods_train_the_same_runs(runs):
+  if 'torch' not in runs:
+    pytest.skip('torch is not installed (pip install -r requirements-bench.txt)')
+  proc, out = runs['torch']
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  if 'SKIPPING' in proc.stdout:
+    pytest.skip('torch is installed but does not import')
+  records = _records(out)
+  a = _final_losses(records, 'a')
+  for method in 'de':
+    got = _final_losses(records, method)
+    assert set(got) == {'deep_linear', 'mlp32'}
+    chex.assert_trees_all_close(got, a, atol=1e-4, rtol=0)
+
+
+BAD = {
+    'unknown_regime': (dict(regime='huge'), "'huge'"),
+    'unknown_method': (dict(methods=['a', 'f']), "'f'"),
+    'non_integer_size': (dict(grid_sizes=['8', 'x']), "'x'"),
+    'repeated_size': (dict(grid_sizes=['8', '8']), 'distinct'),
+    'zero_steps': (dict(steps=0), 'steps'),
+    'workload_of_other_regime': (dict(workloads=['mlp128']), "'mlp128'"),
+    'unwritable_json': (dict(json_out='/nonexistent/dir/x.json'), 'json_out'),
+}
+
+
+@pytest.mark.parametrize('name', list(BAD))
+def test_bad_options_fail_early(name):
+  kwargs, needle = BAD[name]
+  base = dict(regime='small', grid_sizes=['2'], methods=['a'])
+  with pytest.raises(ValueError) as err:
+    gt.make_bench_config(**(base | kwargs))
+  assert needle in str(err.value)
+
+
+def test_bad_flag_exits_with_message():
+  proc = _finish(_start('--methods=a,z'), timeout=60)
+  assert proc.returncode == 1
+  assert "'z'" in proc.stderr
+
+
+def test_loop_members_are_capped_and_spread():
+  chex.assert_trees_all_equal(gt._members_to_time('b', 8, 16), np.arange(8))
+  picked = gt._members_to_time('c', 256, 16)
+  assert len(picked) == 16 and picked[0] == 0 and picked[-1] == 255
+  chex.assert_trees_all_equal(gt._members_to_time('a', 256, 16), np.arange(256))
+  chex.assert_trees_all_equal(gt._members_to_time('e', 256, 16), np.arange(256))
+
+
+def test_flops_of_the_two_layer_linear_net():
+  from rahimi_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  bench = gt.Bench('deep_linear', 2, 10, data_lib.synthetic())
+  p = 6 * 6 + 6 * 10
+  # 10 full-batch steps of 6*B*P, and 2 evaluations of train+test forward.
+  assert bench.flops_per_member() == 10 * 6 * 1000 * p + 2 * 2 * 2000 * p

@@ -1,0 +1,246 @@
+"""Tests of rahimi_jax.data: bundled digits, synthetic regression, checks."""
+
+import dataclasses
+import functools
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import chex
+import jax
+import numpy as np
+
+from rahimi_jax import data as data_lib
+from rahimi_jax.data import Dataset
+
+
+@functools.lru_cache(maxsize=None)
+def _digits():
+  return data_lib.digits()
+
+
+def _lstsq(x, y):
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  w, *_ = np.linalg.lstsq(x, y, rcond=None)
+  return w
+
+
+def _small_regression(**overrides):
+  rng = np.random.default_rng(0)
+  fields = dict(
+      x_train=rng.standard_normal((8, 3)).astype(np.float32),
+      y_train=rng.standard_normal((8, 2)).astype(np.float32),
+      x_test=rng.standard_normal((4, 3)).astype(np.float32),
+      y_test=rng.standard_normal((4, 2)).astype(np.float32),
+      task='regression', num_outputs=2)
+  return Dataset(**(fields | overrides))
+
+
+def _small_classification(**overrides):
+  rng = np.random.default_rng(0)
+  fields = dict(
+      x_train=rng.standard_normal((8, 3)).astype(np.float32),
+      y_train=np.arange(8, dtype=np.int32) % 4,
+      x_test=rng.standard_normal((4, 3)).astype(np.float32),
+      y_test=np.arange(4, dtype=np.int32),
+      task='classification', num_outputs=4)
+  return Dataset(**(fields | overrides))
+
+
+class DigitsTest(absltest.TestCase):
+
+  def test_shapes(self):
+    d = _digits()
+    chex.assert_shape(d.x_train, (1347, 64))
+    chex.assert_shape(d.x_test, (450, 64))
+    chex.assert_shape(d.y_train, (1347,))
+    chex.assert_shape(d.y_test, (450,))
+    self.assertEqual((d.task, d.num_outputs, d.in_dim, d.n_train),
+                     ('classification', 10, 64, 1347))
+
+  def test_dtypes_and_labels(self):
+    d = _digits()
+    self.assertEqual(d.x_train.dtype, np.float32)
+    self.assertEqual(d.x_test.dtype, np.float32)
+    for y in (d.y_train, d.y_test):
+      self.assertEqual(y.dtype, np.int32)
+      self.assertGreaterEqual(int(y.min()), 0)
+      self.assertLess(int(y.max()), 10)
+    # Every class appears in both splits (a stratified split).
+    np.testing.assert_array_equal(np.unique(d.y_train), np.arange(10))
+    np.testing.assert_array_equal(np.unique(d.y_test), np.arange(10))
+
+  def test_train_features_standardized(self):
+    d = _digits()
+    x = np.asarray(d.x_train, np.float64)
+    std = x.std(0)
+    varying = std > 0
+    self.assertGreater(varying.sum(), 50)  # only a few pixels are constant
+    np.testing.assert_allclose(x.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(std[varying], 1.0, rtol=1e-4)
+    # Constant training features stay finite (0), not NaN.
+    np.testing.assert_array_equal(x[:, ~varying], 0.0)
+    self.assertTrue(np.all(np.isfinite(d.x_test)))
+
+  def test_test_split_uses_train_statistics(self):
+    # Test features are standardized with the training mean, not their own:
+    # their mean is near, but not exactly, zero.
+    x = np.asarray(_digits().x_test, np.float64)
+    self.assertGreater(np.abs(x.mean(0)).max(), 1e-3)
+    self.assertLess(np.abs(x.mean(0)).max(), 1.0)
+
+  def test_deterministic(self):
+    chex.assert_trees_all_equal(data_lib.digits(), _digits())
+
+  def test_seed_changes_the_split(self):
+    other = data_lib.digits(seed=1)
+    chex.assert_shape(other.x_train, (1347, 64))
+    self.assertFalse(np.array_equal(other.y_train, _digits().y_train))
+
+  def test_is_a_pytree_with_static_metadata(self):
+    d = _digits()
+    leaves, treedef = jax.tree.flatten(d)
+    self.assertLen(leaves, 4)
+    rebuilt = jax.tree.unflatten(treedef, leaves)
+    self.assertEqual((rebuilt.task, rebuilt.num_outputs),
+                     ('classification', 10))
+
+
+class SyntheticTest(parameterized.TestCase):
+
+  def test_default_shapes(self):
+    d = data_lib.synthetic()
+    chex.assert_shape(d.x_train, (1000, 6))
+    chex.assert_shape(d.y_train, (1000, 10))
+    chex.assert_shape(d.x_test, (1000, 6))
+    chex.assert_shape(d.y_test, (1000, 10))
+    self.assertEqual((d.task, d.num_outputs, d.in_dim), ('regression', 10, 6))
+    for a in (d.x_train, d.y_train, d.x_test, d.y_test):
+      self.assertEqual(a.dtype, np.float32)
+
+  def test_custom_shapes(self):
+    d = data_lib.synthetic(n_train=20, n_test=7, in_dim=3, out_dim=2)
+    chex.assert_shape([d.x_train, d.y_train, d.x_test, d.y_test],
+                      [(20, 3), (20, 2), (7, 3), (7, 2)])
+
+  def test_realizable_without_noise(self):
+    d = data_lib.synthetic(condition_number=1e3)
+    w = _lstsq(d.x_train, d.y_train)
+    chex.assert_shape(w, (6, 10))
+    residual = np.asarray(d.y_train, np.float64) - d.x_train @ w
+    # Only float32 rounding of the stored arrays remains.
+    self.assertLess(np.abs(residual).max(), 1e-5)
+    # The same W explains the test split.
+    test_residual = np.asarray(d.y_test, np.float64) - d.x_test @ w
+    self.assertLess(np.abs(test_residual).max(), 1e-5)
+
+  def test_noise_is_not_realizable(self):
+    d = data_lib.synthetic(condition_number=1e3, noise=0.1)
+    residual = d.y_train - d.x_train @ _lstsq(d.x_train, d.y_train)
+    self.assertGreater(residual.std(), 0.05)
+    self.assertLess(residual.std(), 0.15)
+
+  @parameterized.parameters(1.0, 10.0, 1e3)
+  def test_condition_number(self, cond):
+    d = data_lib.synthetic(condition_number=cond)
+    s = np.linalg.svd(_lstsq(d.x_train, d.y_train), compute_uv=False)
+    self.assertLen(s, 6)
+    np.testing.assert_allclose(s[0] / s[-1], cond, rtol=0.01)
+    np.testing.assert_allclose(s[0], 1.0, rtol=0.01)
+    # Log-spaced between 1/cond and 1.
+    np.testing.assert_allclose(s, np.logspace(0, -np.log10(cond), 6),
+                               rtol=0.01)
+
+  def test_deterministic_and_seeded(self):
+    chex.assert_trees_all_equal(data_lib.synthetic(n_train=10, n_test=5),
+                                data_lib.synthetic(n_train=10, n_test=5))
+    a = data_lib.synthetic(n_train=10, n_test=5, seed=0)
+    b = data_lib.synthetic(n_train=10, n_test=5, seed=1)
+    self.assertFalse(np.allclose(a.x_train, b.x_train))
+
+  @parameterized.parameters(0.5, 0.0, -10.0, float('nan'), float('inf'))
+  def test_invalid_condition_number(self, cond):
+    with self.assertRaisesRegex(ValueError, f'condition_number.*{cond}'):
+      data_lib.synthetic(condition_number=cond)
+
+
+class CheckDatasetTest(parameterized.TestCase):
+
+  def test_valid_datasets_pass_through(self):
+    for d in (_small_regression(), _small_classification()):
+      self.assertIs(data_lib.check_dataset(d), d)
+
+  @parameterized.named_parameters(
+      ('nan_in_x_train', _small_regression, 'x_train', np.nan,
+       'x_train has 1 non-finite'),
+      ('inf_in_x_test', _small_classification, 'x_test', np.inf,
+       'x_test has 1 non-finite'),
+      ('nan_in_y_train', _small_regression, 'y_train', np.nan,
+       'y_train has non-finite'),
+  )
+  def test_rejects_non_finite(self, make, field, value, pattern):
+    d = make()
+    bad = np.array(getattr(d, field))
+    bad[1, 0] = value
+    with self.assertRaisesRegex(ValueError, pattern):
+      data_lib.check_dataset(dataclasses.replace(d, **{field: bad}))
+
+  @parameterized.named_parameters(
+      ('too_large', 'y_train', 4, r'y_train labels must lie in \[0, 4\)'),
+      ('negative', 'y_test', -1, r'y_test labels must lie in \[0, 4\)'),
+  )
+  def test_rejects_label_out_of_range(self, field, label, pattern):
+    d = _small_classification()
+    bad = np.array(getattr(d, field))
+    bad[0] = label
+    with self.assertRaisesRegex(ValueError, pattern):
+      data_lib.check_dataset(dataclasses.replace(d, **{field: bad}))
+
+  @parameterized.named_parameters(
+      ('regression_train', _small_regression, 'y_train', 'x_train has 8 rows '
+       'but y_train has 7'),
+      ('classification_test', _small_classification, 'y_test',
+       'x_test has 4 rows but y_test has 3'),
+  )
+  def test_rejects_row_count_mismatch(self, make, field, pattern):
+    d = make()
+    with self.assertRaisesRegex(ValueError, pattern):
+      data_lib.check_dataset(
+          dataclasses.replace(d, **{field: getattr(d, field)[:-1]}))
+
+  def test_rejects_bad_shapes_and_types(self):
+    d = _small_classification()
+    cases = [
+        (dataclasses.replace(d, task='ranking'), "Unknown task 'ranking'"),
+        (dataclasses.replace(d, x_train=d.x_train[:, 0]), r'x_train must be'),
+        (dataclasses.replace(d, x_train=d.x_train[:0], y_train=d.y_train[:0]),
+         r'x_train must be \[n > 0'),
+        (dataclasses.replace(d, y_train=d.y_train.astype(np.float32)),
+         'y_train must be integer labels'),
+        (dataclasses.replace(d, x_test=d.x_test[:, :2]),
+         'different feature counts'),
+        (dataclasses.replace(_small_regression(), num_outputs=3),
+         r'y_train must be \[n, 3\]'),
+    ]
+    for bad, pattern in cases:
+      with self.subTest(pattern=pattern):
+        with self.assertRaisesRegex(ValueError, pattern):
+          data_lib.check_dataset(bad)
+
+
+class RegistryTest(parameterized.TestCase):
+
+  def test_unknown_dataset_lists_accepted(self):
+    with self.assertRaisesRegex(ValueError, r"'nope'.*digits.*synthetic"):
+      data_lib.get_dataset('nope')
+
+  @parameterized.parameters(sorted(data_lib.DATASETS))
+  def test_registry_entries_build_checked_datasets(self, name):
+    make = data_lib.get_dataset(name)
+    self.assertIs(make, data_lib.DATASETS[name])
+    d = _digits() if name == 'digits' else make()
+    self.assertIs(data_lib.check_dataset(d), d)
+    self.assertIn(d.task, data_lib.TASKS)
+
+
+if __name__ == '__main__':
+  absltest.main()

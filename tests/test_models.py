@@ -1,0 +1,281 @@
+"""Tests of rahimi_jax.models: every registry entry's (init, apply) pair.
+
+Knobs are built as ``train._resolve_knobs`` builds them: one weight vector per
+choice axis (one weight per option) and a float32 ``init_scale``.
+"""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import chex
+import jax
+from jax import test_util as jtu
+import jax.numpy as jnp
+import numpy as np
+
+from rahimi_jax import components
+from rahimi_jax import models
+
+MODEL_NAMES = sorted(models.MODELS)
+IN_DIM, OUT_DIM, BATCH = 5, 3, 4
+HIDDEN = ((), (4,), (4, 4))
+
+# One option per axis: the plain model.
+PLAIN = {'init': ('gaussian',), 'norm': ('none',), 'activation': ('relu',)}
+# Every option of every axis: the fully relaxed model. (Each initializer
+# compiles a program per weight shape, so the tests that use every
+# initializer keep to the shapes of hidden=(4,).)
+ALL = {'init': tuple(sorted(components.INITS)),
+       'norm': tuple(sorted(components.NORMS)),
+       'activation': tuple(sorted(components.ACTIVATIONS))}
+# Every norm and activation, one initializer.
+MIXED = ALL | {'init': ('gaussian',)}
+
+
+def _knobs(options, init_scale=1.0, dtype=np.float32, **vertex):
+  """Uniform weights per axis, or one-hot at ``vertex[axis]`` where given."""
+  knobs = {}
+  for axis, names in options.items():
+    if axis in vertex:
+      knobs[axis] = np.asarray([n == vertex[axis] for n in names], dtype)
+    else:
+      knobs[axis] = np.full(len(names), 1 / len(names), dtype)
+  knobs['init_scale'] = np.asarray(init_scale, dtype)
+  return knobs
+
+
+def _x(seed=0, dtype=np.float32):
+  return np.random.default_rng(seed).standard_normal((BATCH, IN_DIM)).astype(
+      dtype)
+
+
+def _weight_matrices(params):
+  return [l for l in jax.tree.leaves(params) if np.ndim(l) == 2]
+
+
+def _np(tree):
+  return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def _vertices(name):
+  """(axis, option) for every option of every choice axis ``name`` reads."""
+  model = models.get_model(name)((), PLAIN)
+  return [(f'{name}_{axis}_{option}', name, axis, option)
+          for axis in model.choice_axes for option in ALL[axis]]
+
+
+class ModelTest(parameterized.TestCase):
+
+  @parameterized.product(name=MODEL_NAMES, hidden=HIDDEN)
+  def test_shapes(self, name, hidden):
+    model = models.get_model(name)(hidden, MIXED)
+    knobs = _knobs(MIXED)
+    params, state = model.init(jax.random.key(0), IN_DIM, OUT_DIM, knobs)
+    mats = _weight_matrices(params)
+    widths = (IN_DIM,) + hidden + (OUT_DIM,)
+    self.assertEqual([m.shape for m in mats],
+                     list(zip(widths[:-1], widths[1:])))
+    for train in (True, False):
+      y, new_state = model.apply(params, state, _x(), knobs, train)
+      chex.assert_shape(y, (BATCH, OUT_DIM))
+      chex.assert_tree_all_finite(y)
+      chex.assert_trees_all_equal_structs(new_state, state)
+      chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
+
+  @parameterized.parameters(MODEL_NAMES)
+  def test_choice_axes_are_knobs(self, name):
+    model = models.get_model(name)((4,), ALL)
+    self.assertNotEmpty(model.choice_axes)
+    self.assertContainsSubset(model.choice_axes, set(ALL))
+    self.assertIn('init', model.choice_axes)
+
+  @parameterized.parameters(MODEL_NAMES)
+  def test_init_scale_scales_every_weight_matrix(self, name):
+    model = models.get_model(name)((4,), ALL)
+    key = jax.random.key(1)
+    p1, s1 = model.init(key, IN_DIM, OUT_DIM, _knobs(ALL, 1.0))
+    p2, s2 = model.init(key, IN_DIM, OUT_DIM, _knobs(ALL, 2.5))
+    p0, _ = model.init(key, IN_DIM, OUT_DIM, _knobs(ALL, 0.0))
+    self.assertLen(_weight_matrices(p1), 2)
+    for a, b, z in zip(jax.tree.leaves(p1), jax.tree.leaves(p2),
+                       jax.tree.leaves(p0)):
+      if np.ndim(a) == 2:  # a weight matrix: scaled linearly
+        self.assertGreater(np.abs(a).max(), 0.1)
+        np.testing.assert_allclose(b, 2.5 * np.asarray(a), rtol=1e-6)
+        np.testing.assert_array_equal(z, 0.0)
+      else:  # biases and norm parameters: untouched
+        chex.assert_trees_all_equal(a, b)
+        chex.assert_trees_all_equal(a, z)
+    chex.assert_trees_all_equal(s1, s2)
+
+  @parameterized.parameters(MODEL_NAMES)
+  def test_init_scale_is_traced(self, name):
+    model = models.get_model(name)((), PLAIN)
+    chex.clear_trace_counter()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def init(key, knobs):
+      return model.init(key, IN_DIM, OUT_DIM, knobs)[0]
+
+    a = init(jax.random.key(0), _knobs(PLAIN, 1.0))
+    b = init(jax.random.key(0), _knobs(PLAIN, 0.5))
+    for wa, wb in zip(_weight_matrices(a), _weight_matrices(b)):
+      np.testing.assert_allclose(wb, 0.5 * np.asarray(wa), rtol=1e-6)
+
+  @parameterized.parameters(MODEL_NAMES)
+  def test_key_determines_params(self, name):
+    model = models.get_model(name)((4,), PLAIN)
+    knobs = _knobs(PLAIN)
+    a, _ = model.init(jax.random.key(0), IN_DIM, OUT_DIM, knobs)
+    chex.assert_trees_all_equal(
+        a, model.init(jax.random.key(0), IN_DIM, OUT_DIM, knobs)[0])
+    b, _ = model.init(jax.random.key(1), IN_DIM, OUT_DIM, knobs)
+    mats_a, mats_b = _weight_matrices(a), _weight_matrices(b)
+    self.assertFalse(np.allclose(mats_a[0], mats_b[0]))
+    # Layers draw from different keys.
+    self.assertFalse(np.allclose(mats_a[0][:4, :3], mats_a[1][:4, :3]))
+
+  @parameterized.named_parameters(
+      *[v for name in MODEL_NAMES for v in _vertices(name)])
+  def test_vertex_of_relaxed_model_is_exactly_the_plain_model(
+      self, name, axis, option):
+    """A grid point of the relaxed model is the model with that one option."""
+    make = models.get_model(name)
+    relaxed = make((4,), ALL)
+    alone_options = {a: (option,) if a == axis else ALL[a][:1] for a in ALL}
+    alone = make((4,), alone_options)
+    vertex = {a: names[0] for a, names in alone_options.items()}
+    knobs_r = _knobs(ALL, 1.3, **vertex)
+    knobs_a = _knobs(alone_options, 1.3)
+    key = jax.random.key(2)
+    params_r, state_r = relaxed.init(key, IN_DIM, OUT_DIM, knobs_r)
+    params_a, state_a = alone.init(key, IN_DIM, OUT_DIM, knobs_a)
+    chex.assert_trees_all_equal(_weight_matrices(params_r),
+                                _weight_matrices(params_a))
+    y_r, _ = relaxed.apply(params_r, state_r, _x(), knobs_r, True)
+    y_a, _ = alone.apply(params_a, state_a, _x(), knobs_a, True)
+    chex.assert_trees_all_equal(y_r, y_a)
+
+  def test_unknown_model(self):
+    with self.assertRaisesRegex(ValueError, r"'resnet'.*deep_linear.*mlp"):
+      models.get_model('resnet')
+
+  @parameterized.parameters(MODEL_NAMES)
+  def test_unknown_option(self, name):
+    with self.assertRaisesRegex(ValueError, "'bogus'"):
+      models.get_model(name)((4,), ALL | {'init': ('bogus',)})
+
+
+class DeepLinearTest(parameterized.TestCase):
+
+  @parameterized.parameters([(h,) for h in HIDDEN])
+  def test_output_is_the_product(self, hidden):
+    model = models.get_model('deep_linear')(hidden, PLAIN)
+    knobs = _knobs(PLAIN)
+    params, state = model.init(jax.random.key(0), IN_DIM, OUT_DIM, knobs)
+    self.assertLen(params, len(hidden) + 1)
+    x = _x()
+    expected = x.astype(np.float64)
+    for w in _np(params):
+      expected = expected @ w
+    for train in (True, False):
+      y, new_state = model.apply(params, state, x, knobs, train)
+      np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+      self.assertEqual(new_state, state)
+
+  def test_two_layer(self):
+    model = models.get_model('deep_linear')((4,), PLAIN)
+    w1 = np.arange(20.0, dtype=np.float32).reshape(5, 4) / 20
+    w2 = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+    y, _ = model.apply([w1, w2], {}, _x(), _knobs(PLAIN), True)
+    np.testing.assert_allclose(y, _x() @ w1 @ w2, rtol=1e-5, atol=1e-6)
+
+
+class MlpTest(parameterized.TestCase):
+
+  def test_output_by_hand(self):
+    options = {'init': ('gaussian',), 'norm': ('layer',),
+               'activation': ('tanh',)}
+    model = models.get_model('mlp')((4,), options)
+    knobs = _knobs(options)
+    params, state = model.init(jax.random.key(0), IN_DIM, OUT_DIM, knobs)
+    # Non-trivial biases and norm scale.
+    params = jax.tree.map(lambda p: p + 0.1 * np.arange(p.shape[-1]), params)
+    y, _ = model.apply(params, state, _x(), knobs, True)
+    p = _np(params)
+    h = _x().astype(np.float64) @ p['dense'][0]['w']
+    h = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True)
+                                                  + 1e-5)
+    h = np.tanh(h * p['norm'][0]['layer']['scale'] + p['dense'][0]['b'])
+    expected = h @ p['dense'][1]['w'] + p['dense'][1]['b']
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+  def test_linear_when_no_hidden_layers(self):
+    model = models.get_model('mlp')((), MIXED)
+    knobs = _knobs(MIXED)
+    params, state = model.init(jax.random.key(0), IN_DIM, OUT_DIM, knobs)
+    params = jax.tree.map(lambda p: p + 0.5, params)
+    y, new_state = model.apply(params, state, _x(), knobs, True)
+    layer = _np(params)['dense'][0]
+    np.testing.assert_allclose(y, _x() @ layer['w'] + layer['b'], rtol=1e-5,
+                               atol=1e-6)
+    self.assertEqual(new_state, {'norm': []})
+
+  @parameterized.parameters(
+      ({'norm': ('batch',)}, {}),
+      (ALL, {'norm': 'batch'}),  # the batch-norm vertex of the relaxed model
+  )
+  def test_batch_norm_state(self, options, vertex):
+    options = PLAIN | options
+    model = models.get_model('mlp')((4, 4), options)
+    knobs = _knobs(options, **vertex)
+    params, state = model.init(jax.random.key(0), IN_DIM, OUT_DIM, knobs)
+    x = _x() + 3.0
+    _, train_state = model.apply(params, state, x, knobs, True)
+    y_eval, eval_state = model.apply(params, state, x, knobs, False)
+    chex.assert_trees_all_equal(eval_state, state)
+    chex.assert_trees_all_equal_structs(train_state, state)
+    for old, new in zip(state['norm'], train_state['norm']):
+      for key in ('mean', 'var'):
+        self.assertFalse(np.allclose(new['batch'][key], old['batch'][key]),
+                         f'running {key} not updated')
+    # Eval mode uses the running statistics, so they change its output.
+    y_eval2, _ = model.apply(params, train_state, x, knobs, False)
+    self.assertFalse(np.allclose(y_eval, y_eval2))
+
+  def test_stateless_norms_keep_state(self):
+    model = models.get_model('mlp')((4,), PLAIN | {'norm': ('layer', 'rms')})
+    knobs = _knobs(PLAIN | {'norm': ('layer', 'rms')})
+    params, state = model.init(jax.random.key(0), IN_DIM, OUT_DIM, knobs)
+    _, new_state = model.apply(params, state, _x(), knobs, True)
+    chex.assert_trees_all_equal(new_state, state)
+
+
+class GradTest(parameterized.TestCase):
+
+  @parameterized.parameters(MODEL_NAMES)
+  def test_apply_is_differentiable_wrt_params(self, name, train=True):
+    # Every option of every axis, at a point strictly inside the simplex.
+    model = models.get_model(name)((4,), ALL)
+    params, state = model.init(jax.random.key(0), IN_DIM, OUT_DIM, _knobs(ALL))
+    # Shifted, so that no pre-activation sits on relu's kink.
+    params = jax.tree.map(lambda p: np.asarray(p, np.float64) + 0.05, params)
+    state = _np(state)
+    with jax.enable_x64(True):
+      knobs = _knobs(ALL, dtype=np.float64)
+      x = _x(dtype=np.float64)
+
+      @jax.jit
+      def f(params):
+        return model.apply(params, state, x, knobs, train)[0]
+
+      jtu.check_grads(f, (params,), order=1, modes=('rev',))
+      grads = jax.grad(lambda p: jnp.sum(f(p) ** 2))(params)
+      chex.assert_tree_all_finite(grads)
+      # Every weight matrix receives a gradient.
+      for g in _weight_matrices(grads):
+        self.assertGreater(np.abs(g).max(), 0.0)
+
+
+if __name__ == '__main__':
+  absltest.main()

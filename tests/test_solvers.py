@@ -1,0 +1,135 @@
+"""Matrix-free Gauss–Newton and Levenberg–Marquardt."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rahimi_jax import data as data_lib
+from rahimi_jax import solvers
+from rahimi_jax.solvers import least_squares
+
+
+def _problem(condition_number, n=200, in_dim=4, out_dim=3):
+  """A two-layer linear net on a linear target; loss = 0.5 ||r||^2.
+
+  Returns the residual function, initial params and the optimal loss (the
+  net is realizable, width = in_dim, but float32 data makes it nonzero).
+  """
+  d = data_lib.synthetic(n_train=n, n_test=10, in_dim=in_dim, out_dim=out_dim,
+                         condition_number=condition_number)
+  x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
+
+  def residual(p):
+    return (x @ p['w1'] @ p['w2'] - y) / jnp.sqrt(n)
+
+  x64, y64 = np.asarray(d.x_train, np.float64), np.asarray(d.y_train, np.float64)
+  r = x64 @ np.linalg.lstsq(x64, y64, rcond=None)[0] - y64
+  keys = jax.random.split(jax.random.key(0))
+  params = {'w1': 0.5 * jax.random.normal(keys[0], (in_dim, in_dim)),
+            'w2': 0.5 * jax.random.normal(keys[1], (in_dim, out_dim))}
+  return residual, params, 0.5 * np.sum(r**2) / n
+
+
+def _minimize(tx, residual, params, steps):
+  state = tx.init(params)
+
+  def step(carry, _):
+    p, s = carry
+    u, s = tx.update(None, s, p, residual_fn=residual)
+    p = optax.apply_updates(p, u)
+    r = residual(p)
+    return (p, s), 0.5 * jnp.vdot(r, r)
+
+  (params, state), losses = jax.lax.scan(step, (params, state), None, steps)
+  return params, state, losses
+
+
+def test_direction_solves_damped_normal_equations():
+  residual, params, optimum = _problem(10.0, n=30)
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  jac = jax.jacfwd(lambda f: residual(unravel(f)).ravel())(flat)
+  r = residual(params).ravel()
+  damping = 0.1
+  explicit = -np.linalg.solve(jac.T @ jac + damping * np.eye(flat.size),
+                              jac.T @ r)
+  delta, r_out, jvp, grad = least_squares.gauss_newton_direction(
+      residual, params, damping)
+  chex.assert_trees_all_close(jax.flatten_util.ravel_pytree(delta)[0],
+                              explicit, rtol=2e-3, atol=1e-5)
+  chex.assert_trees_all_close(r_out, r, rtol=1e-6)
+  chex.assert_trees_all_close(jax.flatten_util.ravel_pytree(grad)[0],
+                              jac.T @ r, rtol=1e-4, atol=1e-6)
+  v = jax.random.normal(jax.random.key(1), flat.shape)
+  chex.assert_trees_all_close(jvp(unravel(v)), jac @ v, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('condition_number', [1.0, 1e3])
+def test_levenberg_marquardt_converges(condition_number, x64):
+  residual, params, optimum = _problem(condition_number)
+  params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+  _, state, losses = jax.jit(
+      lambda p: _minimize(solvers.levenberg_marquardt(), residual, p, 60))(
+          params)
+  assert losses[-1] <= optimum * (1 + 1e-6) + 1e-30, (losses[-1], optimum)
+  assert losses[0] > 1e3 * optimum
+  assert np.all(np.diff(np.asarray(losses)) <= 1e-18)  # never accepts an ascent
+  chex.assert_tree_all_finite(state)
+
+
+def test_levenberg_marquardt_beats_gradient_descent_on_ill_conditioned(x64):
+  residual, params, optimum = _problem(1e4)
+  params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+  _, _, lm = jax.jit(lambda p: _minimize(solvers.levenberg_marquardt(),
+                                         residual, p, 50))(params)
+  gd = optax.sgd(0.2)
+
+  def gd_run(p):
+    def step(p, _):
+      loss, g = jax.value_and_grad(
+          lambda q: 0.5 * jnp.sum(residual(q) ** 2))(p)
+      u, _ = gd.update(g, gd.init(p), p)
+      return optax.apply_updates(p, u), loss
+    return jax.lax.scan(step, p, None, 500)[1]
+
+  gd_losses = jax.jit(gd_run)(params)
+  assert lm[-1] <= optimum * (1 + 1e-6) + 1e-30, (lm[-1], optimum)
+  assert gd_losses[-1] > 1e3 * optimum, (gd_losses[-1], optimum)
+
+
+def test_rejected_step_keeps_params_and_raises_damping():
+  residual, params, _ = _problem(10.0, n=30)
+  # Any move away from `params` adds a jump the linear model cannot see, so
+  # the actual reduction is negative and every step must be rejected.
+  jumpy = lambda p: residual(p) + 10.0 * jnp.any(p['w1'] != params['w1'])
+  tx = solvers.levenberg_marquardt(initial_damping=1e-3)
+  state = tx.init(params)
+  dampings = []
+  for _ in range(3):
+    updates, state = tx.update(None, state, params, residual_fn=jumpy)
+    assert not bool(state.accepted)
+    chex.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like, params))
+    dampings.append(float(state.damping))
+  # Nielsen: the damping grows by 2, then 4, then 8 on successive rejections.
+  chex.assert_trees_all_close(np.asarray(dampings), 1e-3 * np.array([2, 8, 64]),
+                              rtol=1e-5)
+  # Accepted steps shrink it again.
+  _, state = tx.update(None, state, params, residual_fn=residual)
+  assert bool(state.accepted) and float(state.damping) < dampings[-1]
+
+
+def test_gauss_newton_takes_full_steps(x64):
+  residual, params, optimum = _problem(10.0)
+  params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+  _, _, losses = jax.jit(lambda p: _minimize(solvers.gauss_newton(),
+                                             residual, p, 30))(params)
+  assert losses[-1] <= optimum * (1 + 1e-6) + 1e-30, (losses[-1], optimum)
+
+
+def test_needs_residual_fn():
+  tx = solvers.levenberg_marquardt()
+  params = {'w': jnp.ones(3)}
+  with pytest.raises(ValueError, match='residual_fn'):
+    tx.update(params, tx.init(params), params)
