@@ -17,6 +17,16 @@ matmul peak (measured in the same run), peak memory, and checks that (a)'s final
 numbers equal (b)'s. The PyTorch runs start from rahimi_jax's initial weights
 and use its batch order, so every method trains the very same runs.
 
+Conventions: (a) reports the engine's own ``compile_s``/``run_s``; (b) times
+``jit(train).lower().compile()`` as compile; (c), (d) and (e) time their first
+calls (compile or one-time set-up, plus one step) as compile. Loop methods (b,
+c, d) time at most ``--loop_members_cap`` evenly spaced members and extrapolate
+linearly to G (printed in each row); (e) always runs the whole grid in one
+vmap. FLOPs count matmuls only: ``6*B*sum(fan_in*fan_out)`` per training step
+plus the forward passes of the two evaluations (step 0 and the last step).
+On a shared host, torch's default OpenMP threads can stall on tiny ops; pass
+``--torch_threads=1`` there.
+
 Default: two workloads where per-step overhead dominates (a few minutes on 2
 CPU cores):
 

@@ -140,3 +140,53 @@ def test_bad_config_fails_loudly(kwargs, match):
 def test_unknown_value_axis_fails_before_compiling():
   with pytest.raises(ValueError, match='learning_rat'):
     CONFIG.for_grid(grid_lib.Grid(grid_lib.Values('learning_rat', (0.1,))))
+
+
+def test_partitioned_grid_equals_one_relaxed_program(tiny_digits):
+  grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd', 'adam')),
+                       grid_lib.Choice('norm', ('none', 'layer')),
+                       grid_lib.Seeds(2))
+  relaxed = train_lib.run_grid(CONFIG, grid, tiny_digits)
+  split = train_lib.run_grid(CONFIG, grid, tiny_digits,
+                             partition=('optimizer', 'norm'))
+  assert split.metadata['engine']['programs'] == 4
+  chex.assert_trees_all_equal(split.columns['member'], relaxed.columns['member'])
+  chex.assert_trees_all_equal(split.columns['step'], relaxed.columns['step'])
+  chex.assert_trees_all_close(_columns(split), _columns(relaxed), atol=1e-6,
+                              rtol=0)
+  with pytest.raises(ValueError, match='seed'):
+    train_lib.run_grid(CONFIG, grid, tiny_digits, partition=('seed',))
+
+
+def test_union_grid_runs_as_one_program(tiny_digits):
+  grid = grid_lib.Grid.union(
+      grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd',)),
+                    grid_lib.Values('learning_rate', (0.1, 0.05))),
+      grid_lib.Grid(grid_lib.Choice('optimizer', ('adam',)),
+                    grid_lib.Values('learning_rate', (0.001,))))
+  res = train_lib.run_grid(CONFIG, grid, tiny_digits)
+  assert res.metadata['engine']['member_batches'] == 1
+  final = res.final()
+  assert final.columns['member'].tolist() == [m.name for m in grid.members]
+  solo = _run([grid_lib.Choice('optimizer', ('adam',)),
+               grid_lib.Values('learning_rate', (0.001,))], tiny_digits)
+  chex.assert_trees_all_close(_columns(res.where(optimizer='adam')),
+                              _columns(solo), atol=1e-6, rtol=0)
+
+
+def test_final_state_is_the_members_run(tiny_digits):
+  grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd', 'momentum')),
+                       grid_lib.Seeds(2))
+  config = CONFIG.for_grid(grid)
+  res = engine.run(train_lib.make_train(config), grid, tiny_digits)
+  knobs = jax.tree.map(lambda a: a[0], grid.knobs([3]))
+  params, state = jax.jit(train_lib.final_state, static_argnums=0)(
+      config, knobs, tiny_digits)
+  model = train_lib.models.get_model(config.model)(config.hidden,
+                                                   config.option_dict())
+  logits, _ = model.apply(params, state, tiny_digits.x_test,
+                          train_lib._resolve_knobs(config, knobs), train=False)
+  accuracy = np.mean(np.argmax(logits, -1) == tiny_digits.y_test)
+  chex.assert_trees_all_close(
+      accuracy, res.where(member=grid.members[3].name).final()
+      .columns['test_accuracy'][0], atol=1e-6)

@@ -1,0 +1,133 @@
+"""The two-layer linear network experiment, shrunk."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import chex
+import numpy as np
+import pytest
+
+from rahimi_jax import results as results_lib
+from rahimi_jax.studies import deep_linear
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMALL = dict(n_train=100, condition_number=1e3, steps=150, log_every=50,
+             seeds=2, gd_lrs=(0.1, 0.3), adam_lrs=(0.01,))
+
+
+def _optimal_loss(config):
+  d = config.dataset()
+  x = np.asarray(d.x_train, np.float64)
+  y = np.asarray(d.y_train, np.float64)
+  r = x @ np.linalg.lstsq(x, y, rcond=None)[0] - y
+  return 0.5 * np.mean(np.sum(r**2, -1))
+
+
+def test_gradient_descent_stalls_where_levenberg_marquardt_converges(
+    x64, tmp_path):
+  config = deep_linear.DeepLinearConfig(**SMALL)
+  res = deep_linear.run(config)
+  assert len(res) == len(config.grid()) * 4  # steps 0, 50, 100, 150
+  final = res.final()
+  optimum = _optimal_loss(config)
+  lm = final.where(optimizer='levenberg_marquardt').columns['train_loss']
+  gd = final.where(optimizer='sgd').columns['train_loss']
+  chex.assert_trees_all_close(lm, np.full_like(lm, optimum), rtol=1e-4)
+  assert np.all(gd > 100 * optimum), (gd, optimum)
+  assert np.all(final.columns['grad_norm'][final.columns['optimizer'] == 'sgd']
+                > 1e-6)
+  text = deep_linear.report(config, res, str(tmp_path))
+  assert 'ratio lambda_max / smallest positive' in text
+  assert 'orders of magnitude below gradient descent' in text
+  for name in ('loss_depth1.png', 'hessian_at_stall_depth1.png'):
+    assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_stall_spectrum_is_the_exact_hessian(x64):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import train  # pylint: disable=g-import-not-at-top
+  config = deep_linear.DeepLinearConfig(**{**SMALL, 'methods': ('gd',),
+                                           'gd_lrs': (0.1,), 'seeds': 1})
+  res = deep_linear.run(config)
+  member = res.columns['member'][0]
+  spec = deep_linear.stall_spectrum(config, res, 1, member)
+  grid = config.grid()
+  params, _ = train.final_state(config.train_config(1).for_grid(grid),
+                                jax.tree.map(lambda a: a[0], grid.knobs([0])),
+                                config.dataset())
+  d = config.dataset()
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+
+  def loss(f):
+    p = unravel(f)
+    return 0.5 * jnp.mean(jnp.sum((d.x_train @ p[0] @ p[1] - d.y_train)**2, -1))
+
+  exact = np.linalg.eigvalsh(jax.hessian(loss)(flat))
+  chex.assert_trees_all_close(np.sort(spec['eigenvalues']), exact,
+                              atol=1e-9 * exact.max())
+  # final_state is the member's run: the same final loss as the grid logged.
+  chex.assert_trees_all_close(spec['loss'], res.final().columns['train_loss'][0],
+                              rtol=1e-9)
+
+
+def test_depths_and_small_init(x64):
+  config = deep_linear.DeepLinearConfig(**{
+      **SMALL, 'methods': ('gd',), 'gd_lrs': (0.1,), 'depths': (1, 2),
+      'init': 'gaussian', 'init_scales': (0.01, 0.3)})
+  res = deep_linear.run(config)
+  assert sorted(set(res.columns['depth'].tolist())) == [1, 2]
+  start = res.where(step=0)
+  # A smaller initialization starts closer to zero output: the loss at step 0
+  # is the target's energy, the same for both depths.
+  small = start.where(init_scale=0.01).columns['train_loss']
+  chex.assert_trees_all_close(small, np.full_like(small, small[0]), rtol=1e-3)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    ({'methods': ('gd', 'newton')}, 'newton'),
+    ({'gd_lrs': ()}, 'gd_lrs'),
+    ({'gd_lrs': (0.1, -1.0)}, 'gd_lrs'),
+    ({'depths': (0,)}, 'depths'),
+    ({'condition_number': 0.5}, 'condition_number'),
+    ({'noise': -1.0}, 'noise'),
+    ({'init': 'zeros'}, 'zeros'),
+    ({'steps': 0}, 'steps'),
+])
+def test_bad_config(kwargs, match, x64):
+  with pytest.raises(ValueError, match=match):
+    deep_linear.DeepLinearConfig(**kwargs)
+
+
+def _launch(*flags):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, '-m', 'experiments.deep_linear',
+                         *flags], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_launcher_end_to_end(tmp_path):
+  proc = _launch('--n_train=100', '--condition_number=1e3', '--steps=100',
+                 '--log_every=50', '--seeds=2', '--gd_lrs=0.1',
+                 f'--out={tmp_path}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'lm' in proc.stdout and 'ratio lambda_max' in proc.stdout
+  res = results_lib.load(str(tmp_path))
+  assert set(res.columns['optimizer']) == {'sgd', 'adam', 'levenberg_marquardt'}
+  assert (tmp_path / 'loss_depth1.png').exists()
+
+
+@pytest.mark.parametrize('flag, bad', [
+    ('--methods=gd,newton', 'newton'),
+    ('--gd_lrs=0.1,abc', 'abc'),
+    ('--depths=0', 'depths'),
+])
+def test_launcher_bad_input(flag, bad, tmp_path):
+  proc = _launch(flag, f'--out={tmp_path / "out"}')
+  assert proc.returncode != 0
+  assert 'Traceback' not in proc.stderr
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and bad in errors[0], proc.stderr
+  assert not (tmp_path / 'out').exists()
