@@ -671,11 +671,13 @@ def run_benchmark(cfg: BenchConfig, out=print) -> list[dict[str, Any]]:
     else:
       if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
+      where = ('' if jax.default_backend() == 'cpu' else
+               f'; torch runs on the CPU, rahimi_jax on {jax.default_backend()}')
       out(f'torch {torch.__version__}, {torch.get_num_threads()} threads'
-          f'{"" if cfg.torch_threads else " (its default)"}')
+          f'{"" if cfg.torch_threads else " (its default)"}{where}')
   peak = measure_peak(cfg.peak_n)
-  out(f'float32 matmul peak ({cfg.peak_n}x{cfg.peak_n}, best of 5 after '
-      f'warm-up): jnp.dot {peak["jnp"]:.1f} GFLOP/s, np.dot {peak["np"]:.1f} '
+  out(f'float32 matmul peak ({cfg.peak_n}x{cfg.peak_n}, default precision, '
+      f'best of 5 after warm-up): jnp.dot {peak["jnp"]:.1f} GFLOP/s, np.dot {peak["np"]:.1f} '
       f'GFLOP/s -> peak {peak["peak"]:.1f} GFLOP/s')
   if any(m in LOOP_METHODS for m in methods) and max(cfg.grid_sizes) > cfg.loop_members_cap:
     out(f'Loop methods ({",".join(m for m in LOOP_METHODS if m in methods)}) '

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from rahimi_jax import ablation
+from rahimi_jax import components
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import results as results_lib
 
-OPTIMIZERS = 'adam, adamw, momentum, nesterov, rmsprop, sgd'
-NORMS = 'batch, layer, none, rms'
+OPTIMIZERS = ', '.join(sorted(components.OPTIMIZERS))
+NORMS = ', '.join(sorted(components.NORMS))
 
 # (kwargs, substrings the error must contain: the bad value, what is accepted)
 BAD_CONFIGS = {
