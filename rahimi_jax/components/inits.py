@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from rahimi_jax import linalg
 from rahimi_jax.components import relaxed
 
 Init = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
@@ -19,11 +20,26 @@ def _gaussian(key, shape, dtype=jnp.float32):
   return jax.random.normal(key, shape, dtype)
 
 
+def _orthogonal(key, shape, dtype=jnp.float32):
+  """A Haar-random matrix with orthonormal columns (or rows, if wider).
+
+  The same construction and draws as ``jax.nn.initializers.orthogonal()`` for
+  2-D shapes (Q of the QR of a Gaussian, signs fixed by diag(R)), but through
+  ``rahimi_jax.linalg.qr``, which cannot deadlock when vmapped on CPU.
+  """
+  rows, cols = shape
+  a = jax.random.normal(key, (cols, rows) if rows < cols else (rows, cols),
+                        dtype)
+  q, r = linalg.qr(a)
+  q = q * jnp.sign(jnp.diag(r))
+  return q.T if rows < cols else q
+
+
 INITS: dict[str, Init] = {
     'lecun_normal': jax.nn.initializers.lecun_normal(),
     'glorot_normal': jax.nn.initializers.glorot_normal(),
     'he_normal': jax.nn.initializers.he_normal(),
-    'orthogonal': jax.nn.initializers.orthogonal(),
+    'orthogonal': _orthogonal,
     'gaussian': _gaussian,
 }
 

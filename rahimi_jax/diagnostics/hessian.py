@@ -13,6 +13,8 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from matfree import decomp
 
+from rahimi_jax import linalg
+
 
 def hvp(loss_fn, params, v):
   """The Hessian of ``loss_fn`` at ``params`` times ``v`` (same pytree)."""
@@ -53,7 +55,7 @@ def lanczos(loss_fn, params, key, num_iters: int):
   start = start / jnp.linalg.norm(start)
   _, tridiag, *_ = decomp.tridiag_sym(k, materialize=True, custom_vjp=False)(
       matvec, start)
-  nodes, vecs = jnp.linalg.eigh(tridiag)
+  nodes, vecs = linalg.eigh(tridiag)
   return nodes, vecs[0] ** 2
 
 

@@ -1,0 +1,28 @@
+"""LAPACK-backed decompositions that are safe inside vmapped grid programs.
+
+On CPU, jaxlib 0.10's batched LAPACK kernels (``geqrf``, ``syevd``, ...) split
+their batch over XLA's intra-op thread pool and block until the pieces finish.
+When two such kernels run at once (e.g. the orthogonal initializations of two
+layers, vmapped over grid members) on a small pool (2 threads on a 2-core
+machine), every pool thread can end up blocked waiting for work that no thread
+is free to run: the program deadlocks, intermittently (seen here: ~10-30% of
+runs of a vmapped orthogonal init; native stacks in ``lapack_sgeqrf_ffi`` ->
+``jax::ParallelBatchMap`` -> ``BlockingCounter::Wait``). Under ``vmap`` these
+wrappers loop over the batch instead (``jax.custom_batching.sequential_vmap``),
+so each kernel sees a batch of one and never waits on the pool.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.custom_batching.sequential_vmap
+def qr(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Reduced QR of a single matrix ``a: [m, n]``."""
+  return jnp.linalg.qr(a)
+
+
+@jax.custom_batching.sequential_vmap
+def eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Eigenvalues (ascending) and eigenvectors of a symmetric ``a: [n, n]``."""
+  return jnp.linalg.eigh(a)
