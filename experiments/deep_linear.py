@@ -9,7 +9,7 @@ Levenberg–Marquardt on the same problem and seeds.
 Saxe et al.'s plateaus of small initialization across depths:
 
   python -m experiments.deep_linear --methods=gd --gd_lrs=0.05 \
-      --init=gaussian --init_scales=0.001,0.1 --depths=1,2,3 --steps=4000
+      --init=gaussian --init_scales=0.03,0.3 --depths=1,2,3 --steps=4000
 """
 
 import sys

@@ -40,6 +40,7 @@ def test_gradient_descent_stalls_where_levenberg_marquardt_converges(
                 > 1e-6)
   text = deep_linear.report(config, res, str(tmp_path))
   assert 'ratio lambda_max / smallest positive' in text
+  assert 'condition number of the least-squares target 1e+03' in text
   assert 'orders of magnitude below gradient descent' in text
   for name in ('loss_depth1.png', 'hessian_at_stall_depth1.png'):
     assert (tmp_path / name).stat().st_size > 1000

@@ -97,3 +97,10 @@ def test_logged_diagnostics_registry(x64):
                               (exact[0], exact[-1]), atol=1e-9)
   assert set(diagnostics.LOGGED['grad_norm'](loss, params, None, 1)) == {
       'grad_norm'}
+
+
+def test_condition_number(x64):
+  u, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((5, 5)))
+  matrix = u @ np.diag([10.0, 3.0, 1.0, 0.5, 0.01])
+  chex.assert_trees_all_close(diagnostics.condition_number(matrix), 1000.0,
+                              rtol=1e-9)

@@ -1,5 +1,6 @@
 """Diagnostics: pure functions of ``(loss_fn, params)``, vmappable and loggable."""
 
+from rahimi_jax.diagnostics.hessian import condition_number
 from rahimi_jax.diagnostics.hessian import gradient_norm
 from rahimi_jax.diagnostics.hessian import hessian_density
 from rahimi_jax.diagnostics.hessian import hessian_eigenvalues

@@ -27,6 +27,12 @@ def gradient_norm(loss_fn, params) -> jax.Array:
   return jnp.linalg.norm(flat)
 
 
+def condition_number(matrix: jax.Array) -> jax.Array:
+  """Ratio of the largest to the smallest singular value of ``matrix``."""
+  s = jnp.linalg.svd(matrix, compute_uv=False)
+  return s[0] / s[-1]
+
+
 def _flat_hvp(loss_fn, params):
   flat, unravel = ravel_pytree(params)
 

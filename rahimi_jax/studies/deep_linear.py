@@ -196,6 +196,12 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
   lines = []
   final = results.final()
   inverse = {v: k for k, v in METHODS.items()}
+  d = config.dataset()
+  x = np.asarray(d.x_train, np.float64)
+  target = np.linalg.lstsq(x, np.asarray(d.y_train, np.float64), rcond=None)[0]
+  lines.append(f'problem: condition number of the least-squares target '
+               f'{float(diagnostics.condition_number(target)):.3g}, of the '
+               f'inputs {float(diagnostics.condition_number(x)):.3g}')
   lines.append(f'target condition number {config.condition_number:g}; '
                f'{config.steps} full-batch steps; final train loss, geometric '
                f'mean over {config.seeds} seeds [95% interval]')
