@@ -116,6 +116,11 @@ flags.DEFINE_float('tolerance', 1e-5, 'Largest accepted |(a) - (b)| of the '
 flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads for (d, e); 0 '
                      'keeps torch\'s default (one per core). On a loaded host '
                      'OpenMP threads can stall tiny ops; 1 is the robust choice.')
+flags.DEFINE_integer('chunk_size', 0, '(a): members vmapped together per device '
+                     '(a lax.map over chunks); 0: all at once.')
+flags.DEFINE_integer('cpu_devices', 0, 'Treat the CPU as this many devices '
+                     '(--xla_force_host_platform_device_count), so (a) shards '
+                     'members over cores; 0: one device.')
 flags.DEFINE_string('json_out', None, 'Write the measurements here as a JSON '
                     'list of records (atomically).')
 
@@ -133,12 +138,13 @@ class BenchConfig(NamedTuple):
   tolerance: float
   json_out: str | None
   torch_threads: int = 0
+  chunk_size: int = 0
 
 
 def make_bench_config(*, regime: str, grid_sizes, methods, steps=None,
                       workloads=None, loop_members_cap=16, peak_n=2048,
                       tolerance=1e-5, json_out=None,
-                      torch_threads=0) -> BenchConfig:
+                      torch_threads=0, chunk_size=0) -> BenchConfig:
   """Validates the options; raises ``ValueError`` naming the bad value."""
   if regime not in REGIMES:
     raise ValueError(f'Unknown regime {regime!r}; accepted: {", ".join(REGIMES)}.')
@@ -169,6 +175,8 @@ def make_bench_config(*, regime: str, grid_sizes, methods, steps=None,
       raise ValueError(f'{name} must be a positive integer; got {value!r}.')
   if not isinstance(torch_threads, (int, np.integer)) or torch_threads < 0:
     raise ValueError(f'torch_threads must be an integer >= 0; got {torch_threads!r}.')
+  if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 0:
+    raise ValueError(f'chunk_size must be an integer >= 0; got {chunk_size!r}.')
   if not tolerance > 0:
     raise ValueError(f'tolerance must be > 0; got {tolerance}.')
   if json_out is not None:
@@ -179,7 +187,8 @@ def make_bench_config(*, regime: str, grid_sizes, methods, steps=None,
   methods = tuple(m for m in METHODS if m in methods)
   return BenchConfig(regime, workloads, tuple(sorted(sizes)), methods,
                      int(steps), int(loop_members_cap), int(peak_n),
-                     float(tolerance), json_out, int(torch_threads))
+                     float(tolerance), json_out, int(torch_threads),
+                     int(chunk_size))
 
 
 # ---------------------------------------------------------------------------
@@ -229,12 +238,14 @@ def measure_peak(n: int, reps: int = 5) -> dict[str, float]:
 class Bench:
   """One workload at one grid size: the config, grid and data every method uses."""
 
-  def __init__(self, workload: str, g: int, steps: int, data):
+  def __init__(self, workload: str, g: int, steps: int, data,
+               chunk_size: int = 0):
     from rahimi_jax import grid as grid_lib  # pylint: disable=g-import-not-at-top
     from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
     self.name = workload
     self.workload = w = WORKLOADS[workload]
     self.steps = steps
+    self.chunk_size = chunk_size
     self.data = data
     self.lrs = np.geomspace(*w.lr_range, g).astype(np.float32)
     self.grid = grid_lib.Grid(grid_lib.Values('learning_rate', tuple(self.lrs)),
@@ -295,7 +306,8 @@ def run_a(bench: Bench, members: np.ndarray) -> Timing:
   from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
   from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   jax.clear_caches()
-  res = engine.run(train_lib.make_train(bench.config), bench.grid, bench.data)
+  res = engine.run(train_lib.make_train(bench.config), bench.grid, bench.data,
+                   chunk_size=bench.chunk_size or None)
   info = res.metadata['engine']
   final = res.final().columns
   order = {m.name: m.index for m in bench.grid.members}
@@ -693,7 +705,7 @@ def run_benchmark(cfg: BenchConfig, out=print) -> list[dict[str, Any]]:
     out(f'\n== {name}: {w.about}; {cfg.steps} steps, sgd, lr geomspace'
         f'{w.lr_range}, Seeds((0,)) ==')
     for g in cfg.grid_sizes:
-      bench = Bench(name, g, cfg.steps, dataset)
+      bench = Bench(name, g, cfg.steps, dataset, cfg.chunk_size)
       out(f'-- G={g}: {bench.flops_per_member() / 1e6:.2f} MFLOP per run '
           f'(batch {bench.batch}) --')
       a_record, a_loss = None, None
@@ -734,10 +746,16 @@ def main(argv):
         steps=FLAGS.steps, workloads=FLAGS.workloads,
         loop_members_cap=FLAGS.loop_members_cap, peak_n=FLAGS.peak_n,
         tolerance=FLAGS.tolerance, json_out=FLAGS.json_out,
-        torch_threads=FLAGS.torch_threads)
+        torch_threads=FLAGS.torch_threads, chunk_size=FLAGS.chunk_size)
+    if FLAGS.cpu_devices < 0:
+      raise ValueError(f'cpu_devices must be >= 0; got {FLAGS.cpu_devices}.')
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
+  if FLAGS.cpu_devices:  # before JAX initializes its backend
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                               f' --xla_force_host_platform_device_count='
+                               f'{FLAGS.cpu_devices}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # the engine's progress lines
   start = time.perf_counter()

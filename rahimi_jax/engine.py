@@ -35,17 +35,33 @@ def device_memory_bytes() -> int:
   return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
 
 
-@functools.lru_cache(maxsize=None)
-def _program(train_fn: Callable[..., Any], num_devices: int):
+def _chunked(train_fn: Callable[..., Any], chunk: int | None):
+  """``vmap(train_fn)``, or a ``lax.map`` over vmapped chunks of ``chunk``."""
   vmapped = jax.vmap(train_fn, in_axes=(0, None))
+  if chunk is None:
+    return vmapped
+
+  def run_chunks(knobs, data):
+    stacked = jax.tree.map(lambda a: a.reshape((-1, chunk) + a.shape[1:]), knobs)
+    out = jax.lax.map(lambda k: vmapped(k, data), stacked)
+    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+
+  return run_chunks
+
+
+@functools.lru_cache(maxsize=None)
+def _program(train_fn: Callable[..., Any], num_devices: int,
+             chunk: int | None):
+  body = _chunked(train_fn, chunk)
   if num_devices == 1:
-    return jax.jit(vmapped)
+    return jax.jit(body)
   mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()[:num_devices]),
                            (MEMBER_AXIS,))
-  members = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(MEMBER_AXIS))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(vmapped, in_shardings=(members, replicated),
-                 out_shardings=members)
+  spec = jax.sharding.PartitionSpec(MEMBER_AXIS)
+  # Each device runs its own members (no communication between members).
+  return jax.jit(jax.shard_map(body, mesh=mesh,
+                               in_specs=(spec, jax.sharding.PartitionSpec()),
+                               out_specs=spec, check_vma=False))
 
 
 def _spec(tree):
@@ -60,13 +76,14 @@ def _key(tree):
 _COMPILED: dict[Any, Any] = {}
 
 
-def compile_program(train_fn, knobs, data, num_devices: int):
+def compile_program(train_fn, knobs, data, num_devices: int,
+                    chunk: int | None = None):
   """The compiled grid program for these shapes (cached), and compile seconds."""
-  key = (train_fn, num_devices, _key(knobs), _key(data))
+  key = (train_fn, num_devices, chunk, _key(knobs), _key(data))
   if key in _COMPILED:
     return _COMPILED[key], 0.0
   start = time.perf_counter()
-  compiled = _program(train_fn, num_devices).lower(knobs, data).compile()
+  compiled = _program(train_fn, num_devices, chunk).lower(knobs, data).compile()
   _COMPILED[key] = compiled
   return compiled, time.perf_counter() - start
 
@@ -92,6 +109,7 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         member_batch_size: int | None = None,
         memory_budget_bytes: int | None = None,
         num_devices: int | None = None,
+        chunk_size: int | None = None,
         metadata: dict[str, Any] | None = None) -> results_lib.Results:
   """Trains every member of ``grid`` with one compiled program.
 
@@ -105,6 +123,9 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     memory_budget_bytes: the most memory one call may use (default: half a
       device's memory).
     num_devices: local devices to shard members over (default: all).
+    chunk_size: members vmapped together on a device; a device's members run
+      as a ``lax.map`` over such chunks, so that one chunk's training state
+      stays in cache (default: all of a device's members at once).
     metadata: extra provenance to store with the results.
 
   Returns:
@@ -113,26 +134,32 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   start = time.perf_counter()
   g = len(grid)
   num_devices = num_devices or jax.local_device_count()
-  if member_batch_size is not None and member_batch_size < 1:
-    raise ValueError(f'member_batch_size must be >= 1; got {member_batch_size}.')
+  for name, value in (('member_batch_size', member_batch_size),
+                      ('chunk_size', chunk_size)):
+    if value is not None and value < 1:
+      raise ValueError(f'{name} must be >= 1; got {value}.')
   budget = memory_budget_bytes or int(
       DEFAULT_MEMORY_FRACTION * device_memory_bytes())
+  per_device = math.ceil(g / num_devices)
+  chunk = chunk_size if chunk_size and chunk_size < per_device else None
+  unit = num_devices * (chunk or 1)
 
   def round_up(b):
-    return min(math.ceil(b / num_devices) * num_devices,
-               math.ceil(g / num_devices) * num_devices)
+    return min(math.ceil(b / unit) * unit, math.ceil(g / unit) * unit)
 
   batch = round_up(member_batch_size or g)
   compiled, compile_s = compile_program(
-      train_fn, grid.knobs(_batch_indices(g, batch)[0]), data, num_devices)
+      train_fn, grid.knobs(_batch_indices(g, batch)[0]), data, num_devices,
+      chunk)
   need = program_bytes(compiled)
   if member_batch_size is None and need is not None and need > budget:
     per_member = need / batch
-    batch = max(num_devices, round_up(int(budget // per_member)))
+    batch = max(unit, round_up(int(budget // per_member)))
     logging.info('Grid of %d needs %.1f MB > budget %.1f MB; member-batches of %d.',
                  g, need / 2**20, budget / 2**20, batch)
     compiled, more = compile_program(
-        train_fn, grid.knobs(_batch_indices(g, batch)[0]), data, num_devices)
+        train_fn, grid.knobs(_batch_indices(g, batch)[0]), data, num_devices,
+        chunk)
     compile_s += more
 
   run_start = time.perf_counter()
@@ -150,6 +177,7 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
       'member_batch_size': batch,
       'member_batches': len(batches),
       'num_devices': num_devices,
+      'chunk_size': chunk,
       'program_bytes': need,
       'compile_s': compile_s,
       'run_s': run_s,

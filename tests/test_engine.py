@@ -77,6 +77,9 @@ _SHARDED = textwrap.dedent("""
                         x_test=full.x_test[:128], y_test=full.y_test[:128],
                         task='classification', num_outputs=10)
     res = engine.run(t._train(), t.GRID, tiny, member_batch_size=3)
+    chunked = engine.run(t._train(), t.GRID, tiny, chunk_size=2, num_devices=2)
+    assert chunked.metadata["engine"]["chunk_size"] == 2
+    results.save(chunked, {out!r} + "_chunked")
     assert res.metadata['engine']['num_devices'] == 8
     results.save(res, {out!r})
 """)
@@ -96,3 +99,21 @@ def test_sharded_over_eight_devices_matches_one(tiny_digits, tmp_path):
   chex.assert_trees_all_equal(sharded.columns['member'], single.columns['member'])
   chex.assert_trees_all_close(_metrics(sharded), _metrics(single), atol=1e-6,
                               rtol=0)
+  # 2 of the devices, 4 members each, in chunks of 2.
+  chunked = results_lib.load(str(tmp_path) + '_chunked')
+  chex.assert_trees_all_close(_metrics(chunked), _metrics(single), atol=1e-6,
+                              rtol=0)
+
+
+def test_chunks_of_members_match_one_vmap(tiny_digits):
+  whole = engine.run(_train(), GRID, tiny_digits)
+  chunked = engine.run(_train(), GRID, tiny_digits, chunk_size=3)
+  info = chunked.metadata['engine']
+  # 8 members in chunks of 3: one call of 9 (one padded copy), 3 chunks.
+  assert (info['chunk_size'], info['member_batch_size']) == (3, 9)
+  chex.assert_trees_all_equal(chunked.columns['member'], whole.columns['member'])
+  chex.assert_trees_all_close(_metrics(chunked), _metrics(whole), atol=1e-6,
+                              rtol=0)
+  # A chunk as large as the grid is the plain vmap.
+  assert engine.run(_train(), GRID, tiny_digits, chunk_size=64).metadata[
+      'engine']['chunk_size'] is None
