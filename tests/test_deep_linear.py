@@ -54,7 +54,7 @@ def test_stall_spectrum_is_the_exact_hessian(x64):
                                            'gd_lrs': (0.1,), 'seeds': 1})
   res = deep_linear.run(config)
   member = res.columns['member'][0]
-  spec = deep_linear.stall_spectrum(config, res, 1, member)
+  spec = deep_linear.stall_spectrum(config, 1, member)
   grid = config.grid()
   params, _ = train.final_state(config.train_config(1).for_grid(grid),
                                 jax.tree.map(lambda a: a[0], grid.knobs([0])),

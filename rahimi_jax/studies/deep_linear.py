@@ -153,8 +153,8 @@ def _log_interval(values):
   return stats.Interval(10**ci.mean, 10**ci.low, 10**ci.high, ci.n)
 
 
-def stall_spectrum(config: DeepLinearConfig, results: results_lib.Results,
-                   depth: int, member: str) -> dict[str, Any]:
+def stall_spectrum(config: DeepLinearConfig, depth: int,
+                   member: str) -> dict[str, Any]:
   """The Hessian spectrum at the end of ``member``'s run (exact: full Lanczos)."""
   grid = config.grid()
   index = next(m.index for m in grid.members if m.name == member)
@@ -178,7 +178,6 @@ def stall_spectrum(config: DeepLinearConfig, results: results_lib.Results,
   top = eigenvalues.max()
   null = np.abs(eigenvalues) <= NULL_TOLERANCE * top
   positive = eigenvalues[(eigenvalues > 0) & ~null]
-  del results
   return {
       'eigenvalues': eigenvalues, 'lambda_max': float(top),
       'lambda_min': float(eigenvalues.min()),
@@ -241,7 +240,7 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
         lines.append(f'  {other}: {best[(depth, other)][0]:.3e} '
                      f'({math.log10(loss / best[(depth, other)][0]):+.1f} '
                      'orders of magnitude below gradient descent)')
-    spec = stall_spectrum(config, results, depth, member)
+    spec = stall_spectrum(config, depth, member)
     lines.append(
         f'  at the stall: gradient norm {spec["grad_norm"]:.2e} (not zero: not '
         f'a critical point); Hessian ({len(spec["eigenvalues"])} eigenvalues, '
