@@ -79,6 +79,7 @@ def main(argv):
   print(f'compile {info["compile_s"]:.1f}s, run {info["run_s"]:.1f}s, '
         f'{info["member_batches"]} program call(s) of {info["member_batch_size"]} members')
   print(res.summary_table(ablation.headline_metric(res)))
+  print(res.effects_table(ablation.headline_metric(res)))
   print(f'wrote {FLAGS.out}/results.csv and metadata.json')
   return 0
 

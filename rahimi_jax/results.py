@@ -95,6 +95,65 @@ class Results:
       rows.append((value, stats.mean_ci(per_seed, level), diverged))
     return rows
 
+  def compare(self, metric: str, axis: str, baseline: Any,
+              level: float = 0.95):
+    """The effect of each value of ``axis`` against ``baseline``, paired.
+
+    Members are paired when they agree on every other axis and the seed
+    (common random numbers). Each seed contributes the mean difference
+    (value - baseline) of the final ``metric`` over its pairs; the effect is
+    the mean over seeds with a bootstrap interval over seeds (the resampling
+    unit, since members sharing a seed are not independent), beside the
+    probability that a value run beats a baseline run (Mann–Whitney).
+
+    Returns:
+      A list of ``(value, Interval of the difference, P(value > baseline))``.
+    """
+    if baseline not in self.metadata['axes'].get(axis, []):
+      raise ValueError(f'{axis}: baseline {baseline!r} is not among its values '
+                       f'{self.metadata["axes"].get(axis)}.')
+    final = self.final().columns
+    others = [a for a in self.axes if a != axis]
+    keys = list(zip(*(final[a].tolist() for a in others)))
+    base = {k: final[metric][i] for i, k in enumerate(keys)
+            if final[axis][i] == baseline}
+    seed_at = others.index(grid_lib.SEED)
+    rows = []
+    for value in self.metadata['axes'][axis]:
+      if value == baseline:
+        continue
+      pairs = [(k[seed_at], base[k], final[metric][i])
+               for i, k in enumerate(keys)
+               if final[axis][i] == value and k in base]
+      seeds = sorted({p[0] for p in pairs})
+      # One paired difference per seed (the resampling unit): members that
+      # share a seed are not independent.
+      a = np.asarray([np.mean([p[1] for p in pairs if p[0] == s]) for s in seeds])
+      b = np.asarray([np.mean([p[2] for p in pairs if p[0] == s]) for s in seeds])
+      rows.append((value, stats.paired_bootstrap_ci(a, b, level),
+                   stats.probability_of_improvement([p[1] for p in pairs],
+                                                    [p[2] for p in pairs])))
+    return rows
+
+  def effects_table(self, metric: str, level: float = 0.95) -> str:
+    """``compare`` for every non-seed axis, against its first value."""
+    lines = [f'paired effect on final {metric} vs each axis\'s first value: mean '
+             f'difference over seeds, {level:.0%} paired bootstrap interval over '
+             'seeds, P(better)']
+    header = (f'{"axis":<14}{"value":<16}{"baseline":<14}{"effect":>9}'
+              f'{"low":>9}{"high":>9}{"seeds":>7}{"P(>)":>7}')
+    lines += [header, '-' * len(header)]
+    for axis in self.axes:
+      values = self.metadata['axes'][axis]
+      if axis == grid_lib.SEED or len(values) < 2:
+        continue
+      for value, ci, p in self.compare(metric, axis, values[0], level):
+        fmt = lambda v: f'{v:g}' if isinstance(v, float) else str(v)
+        lines.append(f'{axis:<14}{fmt(value):<16}{fmt(values[0]):<14}'
+                     f'{ci.mean:>+9.4f}{ci.low:>+9.4f}{ci.high:>+9.4f}'
+                     f'{ci.n:>7d}{p:>7.2f}')
+    return '\n'.join(lines)
+
   def summary_table(self, metric: str, level: float = 0.95) -> str:
     """A text table of ``summarize(metric, axis)`` for every non-seed axis."""
     lines = [f'final {metric}: mean over seeds, {level:.0%} t-interval']
