@@ -73,6 +73,9 @@ class TrainConfig:
     diagnostics: names in ``diagnostics.LOGGED`` computed at every log on the
       full training set (e.g. 'grad_norm', 'hessian').
     lanczos_iters: Krylov depth of Hessian diagnostics.
+    remat: rematerialize each step in reverse-mode differentiation through
+      the whole run (``jax.checkpoint``): memory stays at one step's
+      activations plus the carry per step, for one extra forward per step.
   """
   model: str = 'mlp'
   hidden: tuple[int, ...] = (64, 64)
@@ -83,6 +86,7 @@ class TrainConfig:
   dtype: str = 'float32'
   diagnostics: tuple[str, ...] = ()
   lanczos_iters: int = 32
+  remat: bool = False
 
   def __post_init__(self):
     models.get_model(self.model)
@@ -217,8 +221,8 @@ def make_loop(config: TrainConfig) -> Loop:
                                 k['weight_decay'])
     opt = components.relaxed_optimizer(options['optimizer'], k['optimizer'], hp)
     data = jax.tree.map(
-        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-        data)
+        lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(a.dtype, jnp.floating)
+        else jnp.asarray(a), data)
     return k, opt, LOSSES[data.task], data
 
   def full_batch(data):
@@ -308,6 +312,9 @@ def make_train(config: TrainConfig):
   def train(knobs, data: Dataset):
     def step(carry, xs_t):
       return loop.step(knobs, data, carry, xs_t), None
+
+    if config.remat:
+      step = jax.checkpoint(step)
 
     def chunk(carry, xs_chunk):
       carry, _ = jax.lax.scan(step, carry, xs_chunk)
