@@ -19,11 +19,16 @@ Two modes, which agree (tests check both against central finite differences):
 
 from collections.abc import Callable, Sequence
 import functools
+import itertools
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from rahimi_jax import grid as grid_lib
+from rahimi_jax import stats
 from rahimi_jax import train as train_lib
 from rahimi_jax.data import Dataset
 
@@ -94,3 +99,112 @@ def member_sensitivities(f, stacked_knobs, data, axis, dirs, mode='fwd'):
   """``gate_sensitivities`` for every member of stacked knobs: ``[G, d]``."""
   return jax.vmap(lambda k: gate_sensitivities(f, k, data, axis, dirs,
                                                mode=mode))(stacked_knobs)
+
+
+# ---------------------------------------------------------------------------
+# Attribution of the discrete factorial grid.
+
+
+def _component_table(results, metric: str, components: Sequence[str],
+                     baselines: dict[str, Any] | None):
+  """Per seed, the final ``metric`` of every on/off pattern of ``components``.
+
+  Each component axis must have exactly two values: its baseline ('off', the
+  first value unless ``baselines`` names it) and the other ('on'). Other
+  non-seed axes are averaged out within a seed.
+
+  Returns:
+    ``(seeds, table)`` with ``table[s, pattern]`` where bit ``i`` of
+    ``pattern`` is component ``i`` on.
+  """
+  components = tuple(components)
+  if not components:
+    raise ValueError('components: give at least one on/off axis.')
+  axes = results.metadata['axes']
+  on = {}
+  for c in components:
+    values = axes.get(c)
+    if values is None:
+      raise ValueError(f'Unknown axis {c!r}; axes: {", ".join(axes)}.')
+    if len(values) != 2:
+      raise ValueError(f'{c}: Shapley/ANOVA need on/off axes with exactly two '
+                       f'values; got {values}.')
+    off = (baselines or {}).get(c, values[0])
+    if off not in values:
+      raise ValueError(f'{c}: baseline {off!r} is not one of {values}.')
+    on[c] = values[1] if off == values[0] else values[0]
+  final = results.final().columns
+  seeds = np.unique(final[grid_lib.SEED])
+  pattern = np.zeros(len(final[grid_lib.SEED]), int)
+  for i, c in enumerate(components):
+    pattern |= (final[c] == on[c]).astype(int) << i
+  table = np.full((len(seeds), 2 ** len(components)), np.nan)
+  for s_i, seed in enumerate(seeds):
+    for p in range(2 ** len(components)):
+      vals = final[metric][(final[grid_lib.SEED] == seed) & (pattern == p)]
+      vals = vals[np.isfinite(vals)]
+      if len(vals):
+        table[s_i, p] = vals.mean()
+  if np.isnan(table).any():
+    raise ValueError(f'{metric}: some on/off patterns have no finite result '
+                     '(diverged or missing members); the grid must be the full '
+                     'factorial of the components.')
+  return seeds, table
+
+
+def _shapley_from_table(table, n: int):
+  """Exact Shapley values ``[..., n]`` of the game ``v(pattern) = table``."""
+  values = np.zeros(table.shape[:-1] + (n,))
+  for i in range(n):
+    for p in range(2 ** n):
+      if p >> i & 1:
+        continue
+      size = bin(p).count('1')
+      weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+      values[..., i] += weight * (table[..., p | 1 << i] - table[..., p])
+  return values
+
+
+def shapley(results, metric: str, components: Sequence[str],
+            baselines: dict[str, Any] | None = None, level: float = 0.95):
+  """Exact Shapley value of each on/off component on the final ``metric``.
+
+  The game is ``v(S)`` = the metric with the components in ``S`` on and the
+  rest at their baselines (other axes averaged), computed per seed; each value
+  comes with a paired bootstrap interval over seeds. The values add up to
+  ``v(all) - v(none)`` (efficiency).
+
+  Returns:
+    ``{component: stats.Interval}``.
+  """
+  _, table = _component_table(results, metric, components, baselines)
+  per_seed = _shapley_from_table(table, len(components))
+  return {c: stats.paired_bootstrap_ci(np.zeros(len(per_seed)), per_seed[:, i],
+                                       level)
+          for i, c in enumerate(components)}
+
+
+def anova(results, metric: str, components: Sequence[str],
+          baselines: dict[str, Any] | None = None, level: float = 0.95):
+  """Main effects and two-way interactions of on/off components (2^n design).
+
+  Main effect of ``i``: mean metric with ``i`` on minus with ``i`` off (over
+  all patterns of the others). Interaction of ``i, j``: half the difference
+  between ``i``'s effect with ``j`` on and with ``j`` off. Per seed, with a
+  bootstrap interval over seeds.
+
+  Returns:
+    ``{component or (component, component): stats.Interval}``.
+  """
+  components = tuple(components)
+  _, table = _component_table(results, metric, components, baselines)
+  patterns = np.arange(2 ** len(components))
+  sign = {c: np.where(patterns >> i & 1, 1.0, -1.0)
+          for i, c in enumerate(components)}
+  scale = 2.0 ** (len(components) - 1)
+  effects = {c: table @ sign[c] / scale for c in components}
+  for a, b in itertools.combinations(components, 2):
+    effects[(a, b)] = table @ (sign[a] * sign[b]) / scale
+  zeros = np.zeros(len(table))
+  return {k: stats.paired_bootstrap_ci(zeros, v, level)
+          for k, v in effects.items()}

@@ -89,3 +89,60 @@ def test_bad_input():
     attribution.final_metric(train_lib.TrainConfig(), 'test_accuracy')
   with pytest.raises(ValueError, match='bogus'):
     attribution.directions(('none', 'batch'), 'bogus')
+
+
+def _factorial(effect, interaction=0.0, seeds=5):
+  """Results of a 2^3 grid with known additive effects (+ one interaction)."""
+  from rahimi_jax import results as results_lib  # pylint: disable=g-import-not-at-top
+  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'batch')),
+                       grid_lib.Choice('optimizer', ('sgd', 'momentum')),
+                       grid_lib.Choice('init', ('lecun_normal', 'orthogonal')),
+                       grid_lib.Seeds(seeds))
+  rng = np.random.default_rng(0)
+  seed_noise = rng.normal(0, 0.05, seeds)
+  on = {'norm': 'batch', 'optimizer': 'momentum', 'init': 'orthogonal'}
+  values = []
+  for m in grid.members:
+    x = {c: float(m.values[c] == on[c]) for c in on}
+    values.append(0.8 + sum(effect[c] * x[c] for c in on) +
+                  interaction * x['norm'] * x['optimizer'] +
+                  seed_noise[m.values['seed']])
+  outputs = {'step': np.zeros((len(grid), 1), np.int32),
+             'test_accuracy': np.asarray(values)[:, None],
+             'diverged_step': np.full(len(grid), -1, np.int32)}
+  return results_lib.from_outputs(grid, outputs)
+
+
+def test_shapley_recovers_additive_effects_and_a_null_component():
+  effect = {'norm': 0.05, 'optimizer': 0.02, 'init': 0.0}
+  res = _factorial(effect)
+  values = attribution.shapley(res, 'test_accuracy', list(effect))
+  for c, e in effect.items():
+    chex.assert_trees_all_close(values[c].mean, e, atol=1e-12)
+    assert values[c].n == 5
+
+
+def test_shapley_splits_an_interaction_and_is_efficient():
+  effect = {'norm': 0.05, 'optimizer': 0.02, 'init': 0.0}
+  res = _factorial(effect, interaction=0.04)
+  values = attribution.shapley(res, 'test_accuracy', list(effect))
+  # The interaction is shared equally between the two components.
+  chex.assert_trees_all_close(values['norm'].mean, 0.07, atol=1e-12)
+  chex.assert_trees_all_close(values['optimizer'].mean, 0.04, atol=1e-12)
+  total = sum(v.mean for v in values.values())
+  chex.assert_trees_all_close(total, 0.05 + 0.02 + 0.04, atol=1e-12)
+  effects = attribution.anova(res, 'test_accuracy', list(effect))
+  chex.assert_trees_all_close(effects['norm'].mean, 0.05 + 0.04 / 2, atol=1e-12)
+  chex.assert_trees_all_close(effects[('norm', 'optimizer')].mean, 0.02,
+                              atol=1e-12)
+  chex.assert_trees_all_close(effects[('norm', 'init')].mean, 0.0, atol=1e-12)
+
+
+def test_shapley_needs_on_off_axes():
+  res = _factorial({'norm': 0.0, 'optimizer': 0.0, 'init': 0.0})
+  with pytest.raises(ValueError, match='seed'):
+    attribution.shapley(res, 'test_accuracy', ['seed'])
+  with pytest.raises(ValueError, match='bogus'):
+    attribution.shapley(res, 'test_accuracy', ['norm', 'bogus'])
+  with pytest.raises(ValueError, match='baseline'):
+    attribution.shapley(res, 'test_accuracy', ['norm'], {'norm': 'layer'})
