@@ -15,10 +15,16 @@ GRID = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'batch', 'layer')),
                      grid_lib.Seeds(2))
 
 
-def _setup(tiny_digits, remat=False):
+# tanh: the final loss is smooth in the gates (ReLU makes it piecewise
+# smooth with many kinks, and path quadrature then converges slowly).
+SMOOTH = grid_lib.Grid(*GRID.axes[:2], grid_lib.Choice('activation', ('tanh',)),
+                       grid_lib.Seeds(2))
+
+
+def _setup(tiny_digits, remat=False, grid=GRID):
   config = train_lib.TrainConfig(hidden=(8,), steps=8, batch_size=32,
                                  log_every=8, dtype='float64',
-                                 remat=remat).for_grid(GRID)
+                                 remat=remat).for_grid(grid)
   f = attribution.final_metric(config, 'test_loss')
   knobs = jax.tree.map(lambda a: a[0], GRID.knobs([0]))  # none, sgd, seed 0
   return f, knobs
@@ -146,3 +152,22 @@ def test_shapley_needs_on_off_axes():
     attribution.shapley(res, 'test_accuracy', ['norm', 'bogus'])
   with pytest.raises(ValueError, match='baseline'):
     attribution.shapley(res, 'test_accuracy', ['norm'], {'norm': 'layer'})
+
+
+def test_aumann_shapley_is_complete_and_zero_for_a_null_component(
+    tiny_digits, x64):
+  f, knobs = _setup(tiny_digits, grid=SMOOTH)
+  components = {'norm': (0, 1), 'optimizer': (0, 1)}  # none->batch, sgd->momentum
+  credits = jax.jit(lambda k: attribution.aumann_shapley(
+      f, k, tiny_digits, components, nodes=6))(knobs)
+  chex.assert_shape(credits, (2,))
+
+  def at(norm, optimizer):
+    return f({**knobs, 'norm': jnp.eye(3)[norm], 'optimizer': jnp.eye(2)[optimizer]},
+             tiny_digits)
+
+  total = at(1, 1) - at(0, 0)
+  chex.assert_trees_all_close(jnp.sum(credits), total, rtol=1e-3)
+  null = attribution.aumann_shapley(f, {**knobs, 'momentum': jnp.asarray(0.0)},
+                                    tiny_digits, components, nodes=4)
+  chex.assert_trees_all_close(null[1], 0.0, atol=1e-12)
