@@ -76,3 +76,43 @@ def spectrum(eigenvalues: np.ndarray, path: str, *, title: str) -> None:
   ax.set_title(title)
   ax.legend()
   save_figure(fig, path)
+
+
+def contributions(rows, path: str, *, title: str) -> None:
+  """Bars of Shapley (grid) and Aumann–Shapley (gates) with intervals."""
+  fig, ax = plt.subplots(figsize=(7, 0.6 + 0.8 * len(rows)))
+  y = np.arange(len(rows))
+  for offset, key, label in ((-0.18, 'shapley', 'Shapley (grid)'),
+                             (0.18, 'aumann_shapley', 'Aumann–Shapley (gates)')):
+    means = np.asarray([r[key].mean for r in rows])
+    err = np.abs(np.asarray([[r[key].low, r[key].high] for r in rows]).T - means)
+    ax.barh(y + offset, means, height=0.34, xerr=np.nan_to_num(err),
+            label=label, capsize=3)
+  ax.set_yticks(y, [r['component'] for r in rows])
+  ax.axvline(0, color='black', lw=0.8)
+  ax.set_xlabel('contribution (95% interval over seeds)')
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+  save_figure(fig, path)
+
+
+def interactions(names, anova, path: str, *, title: str) -> None:
+  """Heatmap: main effects on the diagonal, two-way interactions off it."""
+  n = len(names)
+  grid = np.full((n, n), np.nan)
+  for i, a in enumerate(names):
+    grid[i, i] = anova[a].mean
+    for j, b in enumerate(names):
+      if (a, b) in anova:
+        grid[i, j] = grid[j, i] = anova[(a, b)].mean
+  fig, ax = plt.subplots(figsize=(1.5 + 1.2 * n, 1.2 + 1.0 * n))
+  bound = np.nanmax(np.abs(grid)) or 1.0
+  image = ax.imshow(grid, cmap='RdBu_r', vmin=-bound, vmax=bound)
+  for i in range(n):
+    for j in range(n):
+      ax.text(j, i, f'{grid[i, j]:+.3g}', ha='center', va='center', fontsize=8)
+  ax.set_xticks(range(n), names)
+  ax.set_yticks(range(n), names)
+  fig.colorbar(image, ax=ax)
+  ax.set_title(title)
+  save_figure(fig, path)

@@ -1,0 +1,62 @@
+"""The attribution launcher, shrunk, as a user runs it."""
+
+import csv
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from rahimi_jax.studies import attribute
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ('--hidden=8', '--steps=20', '--seeds=2', '--nodes=2', '--batch_size=32')
+
+
+def _launch(*flags):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, '-m', 'experiments.attribute', *flags],
+                        cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_end_to_end(tmp_path):
+  proc = _launch(*TINY, f'--out={tmp_path}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'Aumann-Shapley (gates)' in proc.stdout
+  assert 'completeness' in proc.stdout
+  with open(tmp_path / 'contributions.csv') as f:
+    rows = list(csv.DictReader(f))
+  methods = {(r['component'], r['method']) for r in rows}
+  for component in ('norm: none -> batch', 'optimizer: sgd -> momentum',
+                    'init: lecun_normal -> orthogonal'):
+    for method in ('shapley', 'aumann_shapley', 'difference'):
+      assert (component, method) in methods
+  assert all(r['seeds'] == '2' for r in rows)
+  for png in ('contributions.png', 'interactions.png', 'curves.png'):
+    assert (tmp_path / png).stat().st_size > 1000
+
+
+@pytest.mark.parametrize('flag, bad', [
+    ('--gates=norm:none', 'norm:none'),
+    ('--gates=norm:none>bogus', 'bogus'),
+    ('--gates=colour:red>blue', 'colour'),
+    ('--metric=test_accuracy', 'test_accuracy'),
+    ('--nodes=0', 'nodes'),
+    ('--learning_rate=-1', 'learning_rate'),
+])
+def test_bad_input(flag, bad, tmp_path):
+  proc = _launch(flag, f'--out={tmp_path / "out"}')
+  assert proc.returncode != 0
+  assert 'Traceback' not in proc.stderr
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and bad in errors[0], proc.stderr
+  assert not (tmp_path / 'out').exists()
+
+
+def test_parse_gates():
+  assert attribute.parse_gates('norm:none>batch, init:a>b') == (
+      ('norm', 'none', 'batch'), ('init', 'a', 'b'))
+  with pytest.raises(ValueError, match='axis:off>on'):
+    attribute.parse_gates('norm=none')
