@@ -9,6 +9,7 @@ from rahimi_jax.components import mix
 from rahimi_jax.data import Dataset
 from rahimi_jax.engine import run
 from rahimi_jax.grid import Choice
+from rahimi_jax.grid import Gate
 from rahimi_jax.grid import Grid
 from rahimi_jax.grid import Seeds
 from rahimi_jax.grid import Values

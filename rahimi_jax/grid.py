@@ -4,6 +4,9 @@ A grid is the product of its axes:
 
 * ``Choice(name, options)``: a finite set of named options (e.g. optimizers).
   Its knob is a weight vector on the simplex, one-hot at grid points.
+* ``Gate(name, off, on, gates)``: a component switched by a scalar gate in
+  [0, 1]; its knob is the weight pair ``(1 - g, g)`` on ``(off, on)``, so a
+  grid can hold relaxed (non-vertex) members beside discrete ones.
 * ``Values(name, values)``: numbers (e.g. learning rates). Its knob is a float.
 * ``Seeds(n)``: random seeds. Its knob is a PRNG key; everything random in a
   run (initialization, data order) derives from it alone, so members that
@@ -82,6 +85,45 @@ class Values:
 
 
 @dataclasses.dataclass(frozen=True)
+class Gate:
+  """A component switched by a scalar gate in [0, 1] between two options.
+
+  ``Gate('norm', 'none', 'batch', (0.0, 0.3, 1.0))``: the norm axis at weights
+  ``(1 - g, g)`` on ``(off, on)``; 0 is the ablated component, 1 the present
+  one, values between are the relaxed mixture (e.g. 70% batch norm + 30% none),
+  all in one program with the other members.
+  """
+  name: str
+  off: str
+  on: str
+  gates: tuple[float, ...] = (0.0, 1.0)
+
+  def __post_init__(self):
+    _check_name(self.name)
+    if self.off == self.on:
+      raise ValueError(f'{self.name}: off and on are the same option {self.on!r}.')
+    try:
+      gates = tuple(float(g) for g in np.atleast_1d(self.gates))
+    except (TypeError, ValueError):
+      raise ValueError(f'{self.name}: gates must be numbers; got '
+                       f'{self.gates!r}.') from None
+    if not gates or any(not 0 <= g <= 1 for g in gates):
+      raise ValueError(f'{self.name}: gates must be a non-empty list in [0, 1]; '
+                       f'got {list(gates)}.')
+    if len(set(gates)) != len(gates):
+      raise ValueError(f'{self.name}: gates listed twice in {list(gates)}.')
+    object.__setattr__(self, 'gates', gates)
+
+  @property
+  def options(self) -> tuple[str, str]:
+    return (self.off, self.on)
+
+  @property
+  def labels(self) -> tuple[float, ...]:
+    return self.gates
+
+
+@dataclasses.dataclass(frozen=True)
 class Seeds:
   """Random seeds: ``Seeds(4)`` is seeds 0..3, ``Seeds((7, 9))`` those two."""
   seeds: int | tuple[int, ...]
@@ -110,7 +152,7 @@ class Seeds:
     return self.seeds
 
 
-Axis = Choice | Values | Seeds
+Axis = Choice | Gate | Values | Seeds
 
 
 class Member(NamedTuple):
@@ -121,7 +163,8 @@ class Member(NamedTuple):
 
 
 def _with_labels(axis: Axis, labels: tuple[Any, ...]) -> Axis:
-  field = {Choice: 'options', Values: 'values', Seeds: 'seeds'}[type(axis)]
+  field = {Choice: 'options', Gate: 'gates', Values: 'values',
+           Seeds: 'seeds'}[type(axis)]
   return dataclasses.replace(axis, **{field: labels})
 
 
@@ -136,8 +179,9 @@ class Grid:
     if len(axes) == 1 and isinstance(axes[0], (list, tuple)):
       axes = tuple(axes[0])
     for axis in axes:
-      if not isinstance(axis, (Choice, Values, Seeds)):
-        raise ValueError(f'Grid axes must be Choice, Values or Seeds; got {axis!r}.')
+      if not isinstance(axis, (Choice, Gate, Values, Seeds)):
+        raise ValueError(f'Grid axes must be Choice, Gate, Values or Seeds; '
+                         f'got {axis!r}.')
     names = [a.name for a in axes]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -208,7 +252,8 @@ class Grid:
   @property
   def choices(self) -> dict[str, tuple[str, ...]]:
     """The options of every choice axis (static: they shape the program)."""
-    return {a.name: a.options for a in self.axes if isinstance(a, Choice)}
+    return {a.name: a.options for a in self.axes
+            if isinstance(a, (Choice, Gate))}
 
   def knobs(self, members: Iterable[int] | None = None) -> dict[str, Any]:
     """Every member's knobs stacked on a leading axis of size ``len(grid)``.
@@ -228,6 +273,9 @@ class Grid:
       if isinstance(a, Choice):
         knobs[a.name] = np.eye(len(a.options), dtype=np.float32)[
             [a.options.index(v) for v in vals]]
+      elif isinstance(a, Gate):
+        g = np.asarray(vals, np.float32)[:, None]
+        knobs[a.name] = np.concatenate([1 - g, g], axis=1)
       elif isinstance(a, Values):
         knobs[a.name] = np.asarray(vals, np.float32)
       else:

@@ -286,7 +286,7 @@ class AxisTest(parameterized.TestCase):
       ('grid_seeds_twice', lambda: Grid(Seeds(2), Seeds(3)),
        r'declared twice: seed'),
       ('grid_not_an_axis', lambda: Grid(Choice('norm', ('none',)), 'lr'),
-       r"Choice, Values or Seeds; got 'lr'"),
+       r"Choice, Gate, Values or Seeds; got 'lr'"),
   )
   def test_bad_input_names_the_bad_value(self, make, pattern):
     with self.assertRaisesRegex(ValueError, pattern):

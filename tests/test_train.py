@@ -190,3 +190,21 @@ def test_final_state_is_the_members_run(tiny_digits):
   chex.assert_trees_all_close(
       accuracy, res.where(member=grid.members[3].name).final()
       .columns['test_accuracy'][0], atol=1e-6)
+
+
+def test_gate_axis_interpolates_between_vertices(tiny_digits):
+  gated = _run([grid_lib.Gate('norm', 'none', 'batch', (0.0, 0.3, 1.0)),
+                grid_lib.Seeds(2)], tiny_digits)
+  chosen = _run([grid_lib.Choice('norm', ('none', 'batch')), grid_lib.Seeds(2)],
+                tiny_digits)
+  chex.assert_trees_all_close(_columns(gated.where(norm=0.0)),
+                              _columns(chosen.where(norm='none')), atol=1e-6,
+                              rtol=0)
+  chex.assert_trees_all_close(_columns(gated.where(norm=1.0)),
+                              _columns(chosen.where(norm='batch')), atol=1e-6,
+                              rtol=0)
+  middle = gated.where(norm=0.3).final().columns['test_loss']
+  ends = [gated.where(norm=g).final().columns['test_loss'] for g in (0.0, 1.0)]
+  assert np.all(middle != ends[0]) and np.all(middle != ends[1])
+  with pytest.raises(ValueError, match='1.5'):
+    grid_lib.Gate('norm', 'none', 'batch', (0.0, 1.5))
