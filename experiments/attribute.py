@@ -58,7 +58,7 @@ def main(argv):
   print(f'grid: compile {info["compile_s"]:.1f}s run {info["run_s"]:.1f}s; '
         f'gate paths {out["gate_s"]:.1f}s; wrote {FLAGS.out}/contributions.csv, '
         'results.csv, metadata.json, contributions.png, interactions.png, '
-        'curves.png')
+        'curves_<axis>.png')
   return 0
 
 

@@ -28,19 +28,34 @@ def save_figure(fig, path: str) -> None:
 
 
 def curves(results: results_lib.Results, metric: str, path: str, *,
-           log_y: bool = True, title: str | None = None,
-           level: float = 0.95) -> None:
-  """One line per configuration (all axes but the seed) against the step.
+           by: str | None = None, log_y: bool = True,
+           title: str | None = None, level: float = 0.95) -> None:
+  """Learning curves with interval bands over seeds.
 
-  The line is the mean over seeds (geometric on a log axis) and the band its
-  ``level`` t-interval; diverged runs are left out.
+  One line per configuration (all axes but the seed), or with ``by`` one line
+  per value of that axis, each seed averaging the members that share it. The
+  line is the mean over seeds (geometric on a log axis) and the band its
+  ``level`` t-interval; NaN (diverged) points are left out.
   """
   from rahimi_jax import stats  # pylint: disable=g-import-not-at-top
+  if by is None:
+    groups = {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}'
+                        for k, v in config): rows
+              for config, rows in results.configs().items()}
+  else:
+    if by not in results.columns:
+      raise ValueError(f'by: no axis {by!r}; axes: {", ".join(results.axes)}.')
+    groups = {f'{by}={v:g}' if isinstance(v, float) else f'{by}={v}':
+              results.where(**{by: v}) for v in results.metadata['axes'][by]}
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for config, rows in results.configs().items():
+  for label, rows in groups.items():
     steps = np.unique(rows.columns['step'])
-    values = np.stack([rows.where(seed=s).columns[metric]
-                       for s in np.unique(rows.columns[grid_lib.SEED])])
+    per_seed = []
+    for s in np.unique(rows.columns[grid_lib.SEED]):
+      at = rows.where(seed=s).columns
+      values = np.asarray([np.nanmean(at[metric][at['step'] == t]) for t in steps])
+      per_seed.append(values)
+    values = np.stack(per_seed)
     if log_y:
       values = np.log10(np.where(values > 0, values, np.nan))
     intervals = [stats.mean_ci(values[:, j], level) for j in range(len(steps))]
@@ -48,8 +63,6 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
                        for f in ('mean', 'low', 'high'))
     if log_y:
       mean, low, high = 10**mean, 10**low, 10**high
-    label = ', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}'
-                      for k, v in config)
     line, = ax.plot(steps, mean, label=label)
     ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
   if log_y:

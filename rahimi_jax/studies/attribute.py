@@ -91,7 +91,7 @@ class AttributeConfig:
   def train_config(self) -> train_lib.TrainConfig:
     return train_lib.TrainConfig(hidden=self.hidden, steps=self.steps,
                                  batch_size=self.batch_size,
-                                 log_every=self.steps, remat=True)
+                                 log_every=max(1, self.steps // 10), remat=True)
 
 
 def run(config: AttributeConfig) -> dict[str, Any]:
@@ -167,6 +167,8 @@ def report(config: AttributeConfig, out: dict[str, Any],
                        os.path.join(out_dir, 'interactions.png'),
                        title=f'main effects (diagonal) and two-way interactions\non final '
                        f'{config.metric}')
-    plots.curves(out['results'], config.metric,
-                 os.path.join(out_dir, 'curves.png'), log_y=False)
+    for name in out['names']:
+      plots.curves(out['results'], config.metric,
+                   os.path.join(out_dir, f'curves_{name}.png'), by=name,
+                   log_y=False)
   return '\n'.join(lines)
