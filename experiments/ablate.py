@@ -32,6 +32,9 @@ flags.DEFINE_integer('batch_size', 64, 'Minibatch size (0: full batch).')
 flags.DEFINE_integer('log_every', 50, 'Steps between evaluations.')
 flags.DEFINE_string('out', '/tmp/rahimi_ablate', 'Directory for results.csv '
                     'and metadata.json.')
+flags.DEFINE_list('partition', [], 'Choice axes to split the grid by (one '
+                  'program per option) instead of one relaxed program that '
+                  'computes every option, e.g. optimizer.')
 flags.DEFINE_float('memory_budget_mb', None, 'Most memory one program call may '
                    'use; the grid runs in member-batches beyond it.')
 
@@ -65,19 +68,25 @@ def main(argv):
       if FLAGS.memory_budget_mb <= 0:
         raise ValueError(f'memory_budget_mb must be > 0; got {FLAGS.memory_budget_mb}.')
       budget = int(FLAGS.memory_budget_mb * 2**20)
+    partition = tuple(FLAGS.partition)
+    for axis in partition:
+      if axis not in grid.choices:
+        raise ValueError(f'partition: {axis!r} is not a choice axis of this '
+                         f'grid; choice axes: {", ".join(grid.choices)}.')
     results.check_writable(FLAGS.out)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   print(f'{len(grid)} members: ' + ' x '.join(
       f'{len(a.labels)} {a.name}' for a in grid.axes))
-  res = ablation.run(config, memory_budget_bytes=budget)
+  res = ablation.run(config, memory_budget_bytes=budget, partition=partition)
   res.metadata['flags'] = {f.name: f.value for f in FLAGS.get_key_flags_for_module(
       sys.modules[__name__])}
   results.save(res, FLAGS.out)
   info = res.metadata['engine']
   print(f'compile {info["compile_s"]:.1f}s, run {info["run_s"]:.1f}s, '
-        f'{info["member_batches"]} program call(s) of {info["member_batch_size"]} members')
+        f'{info.get("programs", 1)} program(s), {info["member_batches"]} call(s) '
+        f'of up to {info["member_batch_size"]} members')
   print(res.summary_table(ablation.headline_metric(res)))
   print(res.effects_table(ablation.headline_metric(res)))
   print(f'wrote {FLAGS.out}/results.csv and metadata.json')

@@ -115,7 +115,10 @@ class AblationConfig:
 
 
 def run(config: AblationConfig, **engine_kwargs) -> results_lib.Results:
-  """Trains every member of ``config``'s grid in one program."""
+  """Trains every member of ``config``'s grid.
+
+  One program, or one per cell of ``partition=`` (see ``train.run_grid``).
+  """
   dataset = data_lib.get_dataset(config.dataset)()
   metadata = {'config': config.to_dict(), 'task': dataset.task,
               **results_lib.provenance()}

@@ -57,6 +57,7 @@ BAD_INPUTS = {
     'log_every_over_steps': (['--steps=10', '--log_every=20'],
                              'log_every (20)'),
     'non_integer_hidden': (['--hidden=8,x'], 'hidden'),
+    'partition_not_a_choice': (['--partition=seed'], "partition: 'seed'"),
 }
 
 
@@ -182,3 +183,17 @@ def test_grid_member_equals_config_run_alone(tmp_path):
   sgd = grid_res.where(optimizer='sgd')
   assert np.abs(sgd.columns['train_loss'][-1]
                 - in_grid.columns['train_loss'][-1]) > 1e-3
+
+
+def test_partitioned_launch_matches_relaxed(tmp_path):
+  runs = {}
+  for name, extra in (('relaxed', []), ('split', ['--partition=optimizer'])):
+    proc = _launch(*TINY, *extra, f'--out={tmp_path / name}', timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs[name] = results.load(str(tmp_path / name))
+  assert runs['split'].metadata['engine']['programs'] == 2
+  chex.assert_trees_all_equal(runs['split'].columns['member'],
+                              runs['relaxed'].columns['member'])
+  sgd = {k: v.where(optimizer='sgd', norm='none').columns['test_loss']
+         for k, v in runs.items()}
+  chex.assert_trees_all_close(sgd['split'], sgd['relaxed'], atol=1e-6, rtol=0)
