@@ -157,7 +157,7 @@ def aumann_shapley(f, knobs: dict[str, Any], data: Dataset,
 # Attribution of the discrete factorial grid.
 
 
-def _component_table(results, metric: str, components: Sequence[str],
+def component_table(results, metric: str, components: Sequence[str],
                      baselines: dict[str, Any] | None):
   """Per seed, the final ``metric`` of every on/off pattern of ``components``.
 
@@ -204,7 +204,7 @@ def _component_table(results, metric: str, components: Sequence[str],
   return seeds, table
 
 
-def _shapley_from_table(table, n: int):
+def shapley_from_table(table, n: int):
   """Exact Shapley values ``[..., n]`` of the game ``v(pattern) = table``."""
   values = np.zeros(table.shape[:-1] + (n,))
   for i in range(n):
@@ -229,8 +229,8 @@ def shapley(results, metric: str, components: Sequence[str],
   Returns:
     ``{component: stats.Interval}``.
   """
-  _, table = _component_table(results, metric, components, baselines)
-  per_seed = _shapley_from_table(table, len(components))
+  _, table = component_table(results, metric, components, baselines)
+  per_seed = shapley_from_table(table, len(components))
   return {c: stats.paired_bootstrap_ci(np.zeros(len(per_seed)), per_seed[:, i],
                                        level)
           for i, c in enumerate(components)}
@@ -249,7 +249,7 @@ def anova(results, metric: str, components: Sequence[str],
     ``{component or (component, component): stats.Interval}``.
   """
   components = tuple(components)
-  _, table = _component_table(results, metric, components, baselines)
+  _, table = component_table(results, metric, components, baselines)
   patterns = np.arange(2 ** len(components))
   sign = {c: np.where(patterns >> i & 1, 1.0, -1.0)
           for i, c in enumerate(components)}

@@ -104,8 +104,8 @@ def run(config: AttributeConfig) -> dict[str, Any]:
                                      **results_lib.provenance()})
   names = [g[0] for g in config.gates]
   baselines = {a: off for a, off, _ in config.gates}
-  _, table = attribution._component_table(res, config.metric, names, baselines)  # pylint: disable=protected-access
-  discrete = attribution._shapley_from_table(table, len(names))  # pylint: disable=protected-access
+  _, table = attribution.component_table(res, config.metric, names, baselines)
+  discrete = attribution.shapley_from_table(table, len(names))
   # The all-off member of each seed; its knobs anchor the gate path.
   off_members = [m.index for m in grid.members
                  if all(m.values[a] == off for a, off, _ in config.gates)]
