@@ -9,6 +9,8 @@ import chex
 import numpy as np
 import pytest
 
+import launchers
+
 from rahimi_jax import results
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -62,11 +64,7 @@ BAD_INPUTS = {
 
 
 def _assert_clean_error(proc, bad_value):
-  assert proc.returncode != 0, proc.stdout
-  assert 'Traceback' not in proc.stderr, proc.stderr
-  errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
-  assert len(errors) == 1, proc.stderr
-  assert bad_value in errors[0], errors[0]
+  launchers.assert_clean_error(proc, bad_value)
   # Failed during validation: the member count is printed only after it.
   assert 'members:' not in proc.stdout, proc.stdout
   assert 'compile' not in proc.stdout, proc.stdout

@@ -1,24 +1,18 @@
 """The attribution launcher, shrunk, as a user runs it."""
 
 import csv
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
+import launchers
+
 from rahimi_jax.studies import attribute
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ('--hidden=8', '--steps=20', '--seeds=2', '--nodes=2', '--batch_size=32')
 
 
 def _launch(*flags):
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, '-m', 'experiments.attribute', *flags],
-                        cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=300)
+  return launchers.launch('experiments.attribute', *flags)
 
 
 def test_end_to_end(tmp_path):
@@ -49,10 +43,7 @@ def test_end_to_end(tmp_path):
 ])
 def test_bad_input(flag, bad, tmp_path):
   proc = _launch(flag, f'--out={tmp_path / "out"}')
-  assert proc.returncode != 0
-  assert 'Traceback' not in proc.stderr
-  errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
-  assert len(errors) == 1 and bad in errors[0], proc.stderr
+  launchers.assert_clean_error(proc, bad)
   assert not (tmp_path / 'out').exists()
 
 

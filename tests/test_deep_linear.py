@@ -1,18 +1,15 @@
 """The two-layer linear network experiment, shrunk."""
 
-import os
-import pathlib
-import subprocess
-import sys
 
 import chex
 import numpy as np
 import pytest
 
+import launchers
+
 from rahimi_jax import results as results_lib
 from rahimi_jax.studies import deep_linear
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = dict(n_train=100, condition_number=1e3, steps=150, log_every=50,
              seeds=2, gd_lrs=(0.1, 0.3), adam_lrs=(0.01,))
 
@@ -103,10 +100,7 @@ def test_bad_config(kwargs, match, x64):
 
 
 def _launch(*flags):
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, '-m', 'experiments.deep_linear',
-                         *flags], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+  return launchers.launch('experiments.deep_linear', *flags)
 
 
 def test_launcher_end_to_end(tmp_path):
@@ -127,8 +121,5 @@ def test_launcher_end_to_end(tmp_path):
 ])
 def test_launcher_bad_input(flag, bad, tmp_path):
   proc = _launch(flag, f'--out={tmp_path / "out"}')
-  assert proc.returncode != 0
-  assert 'Traceback' not in proc.stderr
-  errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
-  assert len(errors) == 1 and bad in errors[0], proc.stderr
+  launchers.assert_clean_error(proc, bad)
   assert not (tmp_path / 'out').exists()

@@ -1,0 +1,25 @@
+"""Running the experiment launchers as a user would, and checking bad input."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def launch(module: str, *flags: str, timeout: int = 300):
+  """``python -m MODULE FLAGS`` from the repository root; a CompletedProcess."""
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, '-m', module, *flags], cwd=ROOT,
+                        env=env, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def assert_clean_error(proc, bad_value: str) -> None:
+  """Non-zero exit, no traceback, exactly one 'error:' line naming the value."""
+  assert proc.returncode != 0, proc.stdout
+  assert 'Traceback' not in proc.stderr, proc.stderr
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1, proc.stderr
+  assert bad_value in errors[0], errors[0]
