@@ -22,8 +22,9 @@ Conventions: (a) reports the engine's own ``compile_s``/``run_s``; (b) times
 calls (compile or one-time set-up, plus one step) as compile. Loop methods (b,
 c, d) time at most ``--loop_members_cap`` evenly spaced members and extrapolate
 linearly to G (printed in each row); (e) always runs the whole grid in one
-vmap. FLOPs count matmuls only: ``6*B*sum(fan_in*fan_out)`` per training step
-plus the forward passes of the two evaluations (step 0 and the last step).
+vmap. FLOPs count matmuls only, as traced in one member's training step and
+evaluation (``rahimi_jax.flops.matmul_flops``): the steps plus the two evaluations (step 0 and
+the last step).
 On a shared host, torch's default OpenMP threads can stall on tiny ops; pass
 ``--torch_threads=1`` there.
 
@@ -40,6 +41,7 @@ PyTorch (methods d and e) is optional: ``pip install -r requirements-bench.txt``
 """
 
 import dataclasses
+import functools
 import json
 import os
 import resource
@@ -118,9 +120,9 @@ flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads for (d, e); 0 '
                      'OpenMP threads can stall tiny ops; 1 is the robust choice.')
 flags.DEFINE_integer('chunk_size', 0, '(a): members vmapped together per device '
                      '(a lax.map over chunks); 0: all at once.')
-flags.DEFINE_integer('cpu_devices', 0, 'Treat the CPU as this many devices '
-                     '(--xla_force_host_platform_device_count), so (a) shards '
-                     'members over cores; 0: one device.')
+flags.DEFINE_integer('cpu_devices', 0, 'Treat the CPU as this many XLA devices '
+                     '(engine.use_host_cores), so (a) shards members over '
+                     'cores; 0: one per core; 1: a single device.')
 flags.DEFINE_string('json_out', None, 'Write the measurements here as a JSON '
                     'list of records (atomically).')
 
@@ -272,13 +274,24 @@ class Bench:
     return self.data.n_train if self.full_batch else self.workload.batch_size
 
   def flops_per_member(self) -> float:
-    """Matmul FLOPs of one run: 6*B*P per step, 2*n*P per evaluated sample."""
-    widths = (self.data.in_dim,) + self.workload.hidden + (
-        self.data.num_outputs,)
-    p = sum(i * o for i, o in zip(widths[:-1], widths[1:]))
-    n_eval = self.data.n_train + self.data.x_test.shape[0]
-    n_logs = len(self.config.log_steps())
-    return float(self.steps * 6 * self.batch * p + n_logs * 2 * n_eval * p)
+    """Matmul FLOPs of one run, counted in the programs that run.
+
+    ``steps`` training steps and ``len(log_steps)`` evaluations, each counted
+    by ``flops.matmul_flops`` on one member's step and log functions (so a model
+    that orders its products cheaply, like ``deep_linear``, is credited with
+    the FLOPs it does, not those of the textbook order).
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+    from rahimi_jax.flops import matmul_flops  # pylint: disable=g-import-not-at-top
+    loop = train_lib.make_loop(self.config)
+    knobs = self.member_knobs(0)
+    carry, xs = jax.eval_shape(loop.init, knobs, self.data)
+    xs_t = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
+    step = matmul_flops(loop.step, knobs, self.data, carry, xs_t)
+    log = matmul_flops(loop.log, knobs, self.data, carry,
+                       jax.ShapeDtypeStruct((), np.int32))
+    return float(self.steps * step + len(self.config.log_steps()) * log)
 
   def member_knobs(self, i: int) -> dict[str, Any]:
     import jax  # pylint: disable=g-import-not-at-top
@@ -416,7 +429,22 @@ def _torch_module(torch, bench: Bench, layers):
     mods.append(lin)
     if bench.workload.model == 'mlp' and j < len(layers) - 1:
       mods.append(torch.nn.ReLU())
+  if bench.workload.model == 'deep_linear':
+    return _chain(torch)(*mods)
   return torch.nn.Sequential(*mods)
+
+
+@functools.cache
+def _chain(torch):
+  """Bias-free linear layers multiplied as rahimi_jax's ``deep_linear`` does."""
+
+  class Chain(torch.nn.Sequential):
+
+    def forward(self, x):  # (W_L ... W_1) x^T in matrix-chain order, transposed
+      return torch.linalg.multi_dot(
+          [m.weight for m in reversed(self)] + [x.T]).T
+
+  return Chain
 
 
 def _torch_data(torch, bench: Bench):
@@ -752,10 +780,8 @@ def main(argv):
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  if FLAGS.cpu_devices:  # before JAX initializes its backend
-    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                               f' --xla_force_host_platform_device_count='
-                               f'{FLAGS.cpu_devices}')
+  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
+  engine.use_host_cores(FLAGS.cpu_devices or None)  # before JAX's first op
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # the engine's progress lines
   start = time.perf_counter()

@@ -32,9 +32,11 @@ flags.DEFINE_integer('batch_size', 64, 'Minibatch size (0: full batch).')
 flags.DEFINE_integer('log_every', 50, 'Steps between evaluations.')
 flags.DEFINE_string('out', '/tmp/rahimi_ablate', 'Directory for results.csv '
                     'and metadata.json.')
-flags.DEFINE_list('partition', [], 'Choice axes to split the grid by (one '
-                  'program per option) instead of one relaxed program that '
-                  'computes every option, e.g. optimizer.')
+flags.DEFINE_list('partition', ['auto'], 'Choice axes to split the grid by '
+                  '(one program per option) instead of one relaxed program '
+                  'that computes every option, e.g. optimizer; "none": one '
+                  'program; "auto": the axes whose options differ in matmul '
+                  'cost (train.auto_partition).')
 flags.DEFINE_float('memory_budget_mb', None, 'Most memory one program call may '
                    'use; the grid runs in member-batches beyond it.')
 
@@ -48,10 +50,23 @@ def _ints(name, items):
     raise ValueError(f'{name}: {items} must be integers.') from None
 
 
+def partition_line(choice) -> str:
+  """How the grid was split into programs, and why (for ``'auto'``)."""
+  axes = ','.join(choice['axes']) or 'none (one relaxed program)'
+  if choice['mode'] != 'auto':
+    return f'partition: {axes}'
+  ratios = ', '.join(f'{a} {r:.2f}x' for a, r in choice['ratios'].items())
+  return (f'partition: auto -> {axes}; relaxed step FLOPs over the members\' '
+          f'own, per axis: {ratios or "no axis with several options"} '
+          f'(split at >= {choice["threshold"]:g}x)')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # Imported here so that --help and flag errors answer before JAX loads.
+  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
+  engine.use_host_cores()  # before JAX's first operation
   from rahimi_jax import ablation  # pylint: disable=g-import-not-at-top
   from rahimi_jax import results  # pylint: disable=g-import-not-at-top
   try:
@@ -69,7 +84,9 @@ def main(argv):
         raise ValueError(f'memory_budget_mb must be > 0; got {FLAGS.memory_budget_mb}.')
       budget = int(FLAGS.memory_budget_mb * 2**20)
     partition = tuple(FLAGS.partition)
-    for axis in partition:
+    if partition in (('auto',), ('none',)):
+      partition = 'auto' if partition == ('auto',) else ()
+    for axis in () if partition == 'auto' else partition:
       if axis not in grid.choices:
         raise ValueError(f'partition: {axis!r} is not a choice axis of this '
                          f'grid; choice axes: {", ".join(grid.choices)}.')
@@ -86,7 +103,9 @@ def main(argv):
   info = res.metadata['engine']
   print(f'compile {info["compile_s"]:.1f}s, run {info["run_s"]:.1f}s, '
         f'{info.get("programs", 1)} program(s), {info["member_batches"]} call(s) '
-        f'of up to {info["member_batch_size"]} members')
+        f'of up to {info["member_batch_size"]} members on '
+        f'{info["num_devices"]} device(s)')
+  print(partition_line(res.metadata['partition']))
   print(res.summary_table(ablation.headline_metric(res)))
   print(res.effects_table(ablation.headline_metric(res)))
   print(f'wrote {FLAGS.out}/results.csv and metadata.json')

@@ -34,6 +34,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
+  engine.use_host_cores()  # before JAX's first operation
   from rahimi_jax import results  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import attribute  # pylint: disable=g-import-not-at-top
   try:

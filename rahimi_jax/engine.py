@@ -35,6 +35,36 @@ def device_memory_bytes() -> int:
   return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
 
 
+def use_host_cores(num: int | None = None) -> int:
+  """Makes each host core its own XLA CPU device, so ``run`` shards over cores.
+
+  One XLA CPU device runs a vmapped grid's many small matmuls largely on one
+  core; as separate devices the cores each run their share of the members
+  (2.0x on this 2-core host for the benchmark's grids; a single large matmul
+  still uses every core). Call it before JAX's first operation (the launchers
+  do, first thing). An explicit choice wins: nothing changes when
+  ``--xla_force_host_platform_device_count`` is in ``XLA_FLAGS`` or
+  ``jax_num_cpu_devices`` is set, nor once JAX's backends are initialized.
+
+  Args:
+    num: CPU devices wanted (default: one per core this process may use).
+
+  Returns:
+    The number of CPU devices this process will have.
+  """
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  if num is not None and num < 1:
+    raise ValueError(f'num must be >= 1; got {num}.')
+  explicit = ('xla_force_host_platform_device_count' in
+              os.environ.get('XLA_FLAGS', '')
+              or jax.config.jax_num_cpu_devices > 0)
+  if explicit or xla_bridge.backends_are_initialized():
+    return len(jax.devices('cpu'))
+  num = num or len(os.sched_getaffinity(0))
+  jax.config.update('jax_num_cpu_devices', num)
+  return num
+
+
 def _chunked(train_fn: Callable[..., Any], chunk: int | None):
   """``vmap(train_fn)``, or a ``lax.map`` over vmapped chunks of ``chunk``."""
   vmapped = jax.vmap(train_fn, in_axes=(0, None))
@@ -77,13 +107,17 @@ _COMPILED: dict[Any, Any] = {}
 
 
 def compile_program(train_fn, knobs, data, num_devices: int,
-                    chunk: int | None = None):
+                    chunk: int | None = None,
+                    compiler_options: dict[str, Any] | None = None):
   """The compiled grid program for these shapes (cached), and compile seconds."""
-  key = (train_fn, num_devices, chunk, _key(knobs), _key(data))
+  options = dict(compiler_options or {})
+  key = (train_fn, num_devices, chunk, _key(knobs), _key(data),
+         tuple(sorted(options.items())))
   if key in _COMPILED:
     return _COMPILED[key], 0.0
   start = time.perf_counter()
-  compiled = _program(train_fn, num_devices, chunk).lower(knobs, data).compile()
+  compiled = _program(train_fn, num_devices, chunk).lower(
+      knobs, data).compile(options or None)
   _COMPILED[key] = compiled
   return compiled, time.perf_counter() - start
 
@@ -110,6 +144,7 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         memory_budget_bytes: int | None = None,
         num_devices: int | None = None,
         chunk_size: int | None = None,
+        compiler_options: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None) -> results_lib.Results:
   """Trains every member of ``grid`` with one compiled program.
 
@@ -150,7 +185,7 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   batch = round_up(member_batch_size or g)
   compiled, compile_s = compile_program(
       train_fn, grid.knobs(_batch_indices(g, batch)[0]), data, num_devices,
-      chunk)
+      chunk, compiler_options)
   need = program_bytes(compiled)
   if member_batch_size is None and need is not None and need > budget:
     per_member = need / batch
@@ -159,7 +194,7 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
                  g, need / 2**20, budget / 2**20, batch)
     compiled, more = compile_program(
         train_fn, grid.knobs(_batch_indices(g, batch)[0]), data, num_devices,
-        chunk)
+        chunk, compiler_options)
     compile_s += more
 
   run_start = time.perf_counter()

@@ -185,11 +185,23 @@ def test_grid_member_equals_config_run_alone(tmp_path):
 
 def test_partitioned_launch_matches_relaxed(tmp_path):
   runs = {}
+  printed = {}
   for name, extra in (('relaxed', []), ('split', ['--partition=optimizer'])):
     proc = _launch(*TINY, *extra, f'--out={tmp_path / name}', timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs[name] = results.load(str(tmp_path / name))
+    printed[name] = proc.stdout
   assert runs['split'].metadata['engine']['programs'] == 2
+  # The default, --partition=auto, keeps sgd and adam in one program (their
+  # steps do the same matmuls) and says so.
+  assert 'programs' not in runs['relaxed'].metadata['engine']
+  assert runs['relaxed'].metadata['partition']['mode'] == 'auto'
+  assert ('partition: auto -> none (one relaxed program); relaxed step FLOPs '
+          "over the members' own, per axis: optimizer 1.00x") in printed['relaxed']
+  assert 'partition: optimizer\n' in printed['split']
+  # Launchers shard members over one XLA CPU device per core.
+  assert runs['relaxed'].metadata['engine']['num_devices'] == len(
+      os.sched_getaffinity(0))
   chex.assert_trees_all_equal(runs['split'].columns['member'],
                               runs['relaxed'].columns['member'])
   sgd = {k: v.where(optimizer='sgd', norm='none').columns['test_loss']

@@ -168,6 +168,11 @@ def test_loop_members_are_capped_and_spread():
 def test_flops_of_the_two_layer_linear_net():
   from rahimi_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   bench = gt.Bench('deep_linear', 2, 10, data_lib.synthetic())
-  p = 6 * 6 + 6 * 10
-  # 10 full-batch steps of 6*B*P, and 2 evaluations of train+test forward.
-  assert bench.flops_per_member() == 10 * 6 * 1000 * p + 2 * 2 * 2000 * p
+  n, d, h, k = 1000, 6, 6, 10
+  # The model forms M = W2^T W1^T first (matrix-chain order), then M x^T.
+  forward = 2 * k * h * d + 2 * k * d * n
+  # Backward: dM = ct x (k x n x d), then dW2^T = dM W1 and dW1^T = W2 dM.
+  step = forward + 2 * k * n * d + 2 * (2 * k * d * h)
+  # 10 full-batch steps; 2 evaluations, each a forward on train and test.
+  log = 2 * (2 * k * h * d + 2 * k * d * n)
+  assert bench.flops_per_member() == 10 * step + 2 * log

@@ -93,6 +93,33 @@ def test_diverging_member_is_recorded_and_isolated(tiny_digits):
                               rtol=0)
 
 
+def test_diverged_step_is_first_step_with_nonfinite_params(tiny_synthetic):
+  # Full-batch gradient descent on a deep linear net at a huge learning rate
+  # blows up within a few steps; the grid records exactly the first step after
+  # which a parameter is non-finite, found here by stepping a solo run by hand.
+  config = train_lib.TrainConfig(model='deep_linear', hidden=(3,), steps=40,
+                                 log_every=40, batch_size=0)
+  grid = grid_lib.Grid(grid_lib.Values('learning_rate', (3.0, 0.01)))
+  out = engine.run(train_lib.make_train(config), grid, tiny_synthetic)
+  loop = train_lib.make_loop(config)
+  knobs = jax.tree.map(lambda v: v[0], grid.knobs([0]))
+  carry, xs = loop.init(knobs, tiny_synthetic)
+  step = jax.jit(loop.step)
+  first = -1
+  for t in range(config.steps):
+    carry = step(knobs, tiny_synthetic, carry, jax.tree.map(lambda a: a[t], xs))
+    if not all(np.all(np.isfinite(p)) for p in jax.tree.leaves(carry[0])):
+      first = t + 1
+      break
+  assert 1 < first < config.steps
+  final = out.final()
+  chex.assert_trees_all_equal(final.where(learning_rate=3.0).columns[
+      'diverged_step'], np.asarray([first], np.int32))
+  chex.assert_trees_all_equal(final.where(learning_rate=0.01).columns[
+      'diverged_step'], np.asarray([-1], np.int32))
+  assert np.isnan(final.where(learning_rate=3.0).columns['train_loss'][0])
+
+
 def test_log_steps_with_remainder(tiny_synthetic):
   config = train_lib.TrainConfig(model='deep_linear', hidden=(3,), steps=7,
                                  log_every=3, batch_size=0)
@@ -156,6 +183,54 @@ def test_partitioned_grid_equals_one_relaxed_program(tiny_digits):
                               rtol=0)
   with pytest.raises(ValueError, match='seed'):
     train_lib.run_grid(CONFIG, grid, tiny_digits, partition=('seed',))
+
+
+def test_auto_partition_keeps_elementwise_options_in_one_program(tiny_digits):
+  grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd', 'adam')),
+                       grid_lib.Choice('norm', ('none', 'layer')),
+                       grid_lib.Seeds(2))
+  axes, ratios = train_lib.auto_partition(CONFIG, grid, tiny_digits)
+  assert axes == ()
+  assert set(ratios) == {'optimizer', 'norm'}
+  # Optax's updates and the norms add no matmuls: the relaxed step is the
+  # members' own step, matmul for matmul.
+  chex.assert_trees_all_close(ratios, {'optimizer': 1.0, 'norm': 1.0})
+  res = train_lib.run_grid(CONFIG, grid, tiny_digits, partition='auto')
+  assert res.metadata['partition'] == {
+      'mode': 'auto', 'axes': [], 'ratios': ratios,
+      'threshold': train_lib.AUTO_PARTITION_RATIO}
+  assert 'programs' not in res.metadata['engine']
+  with pytest.raises(ValueError, match='automatic'):
+    train_lib.run_grid(CONFIG, grid, tiny_digits, partition='automatic')
+
+
+def test_auto_partition_splits_off_levenberg_marquardt(tiny_synthetic):
+  config = train_lib.TrainConfig(model='deep_linear', hidden=(3,), steps=6,
+                                 log_every=3, batch_size=0)
+  grid = grid_lib.Grid.union(
+      grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd',)),
+                    grid_lib.Values('learning_rate', (0.1, 0.03, 0.01))),
+      grid_lib.Grid(grid_lib.Choice('optimizer', ('levenberg_marquardt',)),
+                    grid_lib.Values('learning_rate', (1.0,))))
+  # Per step, one GD member's own matmuls are a gradient; LM's are a gradient
+  # plus up to n_params CG iterations of a JVP and a VJP each.
+  relaxed = train_lib.step_flops(config, grid, tiny_synthetic)
+  gd = train_lib.step_flops(config, grid.subset([0, 1, 2]), tiny_synthetic)
+  lm = train_lib.step_flops(config, grid.subset([3]), tiny_synthetic)
+  assert gd < lm <= relaxed
+  axes, ratios = train_lib.auto_partition(config, grid, tiny_synthetic)
+  assert axes == ('optimizer',)
+  chex.assert_trees_all_close(ratios['optimizer'],
+                              relaxed / ((3 * gd + lm) / 4))
+  assert ratios['optimizer'] >= train_lib.AUTO_PARTITION_RATIO
+  auto = train_lib.run_grid(config, grid, tiny_synthetic, partition='auto')
+  given = train_lib.run_grid(config, grid, tiny_synthetic,
+                             partition=('optimizer',))
+  assert auto.metadata['engine']['programs'] == 2
+  assert auto.metadata['partition']['axes'] == ['optimizer']
+  assert given.metadata['partition'] == {'mode': 'given',
+                                         'axes': ['optimizer']}
+  chex.assert_trees_all_equal(auto.columns, given.columns)
 
 
 def test_union_grid_runs_as_one_program(tiny_digits):

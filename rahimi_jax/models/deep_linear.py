@@ -36,6 +36,6 @@ def deep_linear(hidden: Sequence[int],
 
   def apply(params, state, x, knobs, train):
     del knobs, train
-    return functools.reduce(jnp.matmul, params, x), state
+    return jnp.linalg.multi_dot([w.T for w in reversed(params)] + [x.T]).T, state
 
   return Model(init, apply, choice_axes=('init',))

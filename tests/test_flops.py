@@ -1,0 +1,46 @@
+"""Counting matmul FLOPs in traced programs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rahimi_jax import flops
+
+A = np.ones((3, 4), np.float32)
+B = np.ones((4, 4), np.float32)
+ONE = 2 * 3 * 4 * 4  # one [3, 4] @ [4, 4]
+
+
+def test_one_matmul_and_batched_matmul():
+  assert flops.matmul_flops(jnp.matmul, A, B) == ONE
+  assert flops.matmul_flops(jax.vmap(jnp.matmul), np.stack([A] * 5),
+                            np.stack([B] * 5)) == 5 * ONE
+  assert flops.matmul_flops(lambda a: jnp.tanh(a) + 1.0, A) == 0
+
+
+def test_scan_counts_its_length_and_nested_jit_counts():
+  scanned = lambda a, b: jax.lax.scan(lambda c, _: (c @ b, None), a, None,
+                                      length=7)[0]
+  assert flops.matmul_flops(scanned, A, B) == 7 * ONE
+  assert flops.matmul_flops(jax.jit(scanned), A, B) == 7 * ONE
+
+
+def test_gradient_of_a_product_counts_forward_and_backward():
+  loss = lambda a, b: jnp.sum(a @ b)
+  # Forward a @ b; backward ct @ b^T (for a) and a^T @ ct (for b).
+  assert flops.matmul_flops(jax.grad(loss, (0, 1)), A, B) == 3 * ONE
+  assert flops.matmul_flops(jax.grad(loss), A, B) == 2 * ONE
+
+
+def test_while_counts_while_trips_and_cond_its_costliest_branch():
+  looped = lambda a, b: jax.lax.while_loop(
+      lambda c: c[1] < 3, lambda c: (c[0] @ b, c[1] + 1), (a, 0))[0]
+  assert flops.matmul_flops(looped, A, B) == ONE
+  assert flops.matmul_flops(looped, A, B, while_trips=3) == 3 * ONE
+  branchy = lambda p, a, b: jax.lax.cond(p, lambda: a @ b @ b, lambda: a @ b)
+  assert flops.matmul_flops(branchy, True, A, B) == 2 * ONE
+
+
+def test_shape_structs_are_enough():
+  spec = jax.ShapeDtypeStruct((3, 4), jnp.float32)
+  assert flops.matmul_flops(jnp.matmul, spec, B) == ONE
