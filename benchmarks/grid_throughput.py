@@ -17,14 +17,17 @@ matmul peak (measured in the same run), peak memory, and checks that (a)'s final
 numbers equal (b)'s. The PyTorch runs start from rahimi_jax's initial weights
 and use its batch order, so every method trains the very same runs.
 
-Conventions: (a) reports the engine's own ``compile_s``/``run_s``; (b) times
-``jit(train).lower().compile()`` as compile; (c), (d) and (e) time their first
-calls (compile or one-time set-up, plus one step) as compile. Loop methods (b,
+Conventions: compile time includes each method's first call, whose one-time
+set-up (~60 ms for a fresh XLA executable on this CPU) would otherwise swamp
+small grids: (a) runs the grid twice through the engine and reports the second
+(warm) ``run_s``, the engine's ``compile_s`` plus the first call's extra as
+compile; (b) times ``jit(train).lower().compile()`` and one run; (c), (d) and
+(e) time their first calls (compile or one-time set-up, plus one step). Loop methods (b,
 c, d) time at most ``--loop_members_cap`` evenly spaced members and extrapolate
 linearly to G (printed in each row); (e) always runs the whole grid in one
 vmap. FLOPs count matmuls only, as traced in one member's training step and
-evaluation (``rahimi_jax.flops.matmul_flops``): the steps plus the two evaluations (step 0 and
-the last step).
+evaluation (``rahimi_jax.flops.matmul_flops``): the steps plus the two
+evaluations (step 0 and the last step).
 On a shared host, torch's default OpenMP threads can stall on tiny ops; pass
 ``--torch_threads=1`` there.
 
@@ -118,11 +121,15 @@ flags.DEFINE_float('tolerance', 1e-5, 'Largest accepted |(a) - (b)| of the '
 flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads for (d, e); 0 '
                      'keeps torch\'s default (one per core). On a loaded host '
                      'OpenMP threads can stall tiny ops; 1 is the robust choice.')
-flags.DEFINE_integer('chunk_size', 0, '(a): members vmapped together per device '
-                     '(a lax.map over chunks); 0: all at once.')
+flags.DEFINE_integer('chunk_size', None, '(a): members vmapped together per '
+                     'device (a lax.map over chunks); 0: all at once; default: '
+                     'the engine\'s (engine.default_chunk_size).')
 flags.DEFINE_integer('cpu_devices', 0, 'Treat the CPU as this many XLA devices '
                      '(engine.use_host_cores), so (a) shards members over '
                      'cores; 0: one per core; 1: a single device.')
+flags.DEFINE_bool('profile', False, 'Also trace one more run of (a) at the '
+                  'largest G and print where its device time goes, per XLA '
+                  'instruction (jax.profiler; stored in the JSON record).')
 flags.DEFINE_string('json_out', None, 'Write the measurements here as a JSON '
                     'list of records (atomically).')
 
@@ -140,13 +147,15 @@ class BenchConfig(NamedTuple):
   tolerance: float
   json_out: str | None
   torch_threads: int = 0
-  chunk_size: int = 0
+  chunk_size: int | None = None
+  profile: bool = False
 
 
 def make_bench_config(*, regime: str, grid_sizes, methods, steps=None,
                       workloads=None, loop_members_cap=16, peak_n=2048,
                       tolerance=1e-5, json_out=None,
-                      torch_threads=0, chunk_size=0) -> BenchConfig:
+                      torch_threads=0, chunk_size=None,
+                      profile=False) -> BenchConfig:
   """Validates the options; raises ``ValueError`` naming the bad value."""
   if regime not in REGIMES:
     raise ValueError(f'Unknown regime {regime!r}; accepted: {", ".join(REGIMES)}.')
@@ -177,7 +186,8 @@ def make_bench_config(*, regime: str, grid_sizes, methods, steps=None,
       raise ValueError(f'{name} must be a positive integer; got {value!r}.')
   if not isinstance(torch_threads, (int, np.integer)) or torch_threads < 0:
     raise ValueError(f'torch_threads must be an integer >= 0; got {torch_threads!r}.')
-  if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 0:
+  if chunk_size is not None and (
+      not isinstance(chunk_size, (int, np.integer)) or chunk_size < 0):
     raise ValueError(f'chunk_size must be an integer >= 0; got {chunk_size!r}.')
   if not tolerance > 0:
     raise ValueError(f'tolerance must be > 0; got {tolerance}.')
@@ -190,7 +200,8 @@ def make_bench_config(*, regime: str, grid_sizes, methods, steps=None,
   return BenchConfig(regime, workloads, tuple(sorted(sizes)), methods,
                      int(steps), int(loop_members_cap), int(peak_n),
                      float(tolerance), json_out, int(torch_threads),
-                     int(chunk_size))
+                     None if chunk_size is None else int(chunk_size),
+                     bool(profile))
 
 
 # ---------------------------------------------------------------------------
@@ -241,7 +252,7 @@ class Bench:
   """One workload at one grid size: the config, grid and data every method uses."""
 
   def __init__(self, workload: str, g: int, steps: int, data,
-               chunk_size: int = 0):
+               chunk_size: int | None = None):
     from rahimi_jax import grid as grid_lib  # pylint: disable=g-import-not-at-top
     from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
     self.name = workload
@@ -319,9 +330,15 @@ def run_a(bench: Bench, members: np.ndarray) -> Timing:
   from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
   from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   jax.clear_caches()
-  res = engine.run(train_lib.make_train(bench.config), bench.grid, bench.data,
-                   chunk_size=bench.chunk_size or None)
+
+  def run():
+    return engine.run(train_lib.make_train(bench.config), bench.grid,
+                      bench.data, chunk_size=bench.chunk_size)
+
+  first = run().metadata['engine']  # compiles; its first call warms up
+  res = run()  # the same program again, warm
   info = res.metadata['engine']
+  warm_up_s = max(0.0, first['run_s'] - info['run_s'])
   final = res.final().columns
   order = {m.name: m.index for m in bench.grid.members}
   idx = np.asarray([order[name] for name in final['member']])
@@ -329,8 +346,8 @@ def run_a(bench: Bench, members: np.ndarray) -> Timing:
   loss[idx] = final['train_loss']
   note = (f'{info["member_batches"]} call(s) of {info["member_batch_size"]}'
           if info['member_batches'] > 1 else '')
-  return Timing(info['compile_s'], info['run_s'], np.arange(len(bench)), loss,
-                info['program_bytes'], note)
+  return Timing(first['compile_s'] + warm_up_s, info['run_s'],
+                np.arange(len(bench)), loss, info['program_bytes'], note)
 
 
 def run_b(bench: Bench, members: np.ndarray) -> Timing:
@@ -343,6 +360,7 @@ def run_b(bench: Bench, members: np.ndarray) -> Timing:
   start = time.perf_counter()
   compiled = jax.jit(train_lib.make_train(bench.config)).lower(
       knobs[0], bench.data).compile()
+  jax.block_until_ready(compiled(knobs[0], bench.data))  # first-call warm-up
   compile_s = time.perf_counter() - start
   losses = []
   start = time.perf_counter()
@@ -584,6 +602,84 @@ def run_e(bench: Bench, members: np.ndarray) -> Timing:
                 f'all {g} members vmapped; torch threads={torch.get_num_threads()}')
 
 
+# Instructions that only hold others (their time is their contents').
+_CONTAINERS = ('while', 'call', 'conditional', 'tuple', 'get-tuple-element',
+               'parameter', 'constant', 'bitcast')
+
+
+def profile_ops(run: Callable[[], Any], hlo_text: str,
+                top: int = 10) -> list[dict[str, Any]]:
+  """Device time per XLA instruction during ``run()``, from a profiler trace.
+
+  Args:
+    run: runs the compiled program once (already compiled and warm).
+    hlo_text: the compiled program's HLO (``compiled.as_text()``), which
+      names the instructions the trace times.
+    top: how many of the costliest instructions to return.
+
+  Returns:
+    Records ``{op, opcode, shape, ms, calls, share}``, costliest first;
+    ``ms`` sums every device and call, ``share`` is of all instructions' time.
+  """
+  import gzip  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  defs = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r'\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(', line)
+    if m:
+      defs.setdefault(m.group(1), (m.group(3), m.group(2)))
+  with tempfile.TemporaryDirectory() as tmp:
+    jax.profiler.start_trace(tmp, create_perfetto_trace=True)
+    try:
+      run()
+    finally:
+      jax.profiler.stop_trace()
+    paths = glob.glob(os.path.join(tmp, '**', '*.trace.json.gz'),
+                      recursive=True)
+    events = []
+    for path in paths:
+      with gzip.open(path) as f:
+        events += json.load(f).get('traceEvents', [])
+  total_us, calls = {}, {}
+  for e in events:
+    name = e.get('name')
+    if (e.get('ph') == 'X' and name in defs
+        and defs[name][0] not in _CONTAINERS):
+      total_us[name] = total_us.get(name, 0.0) + e.get('dur', 0.0)
+      calls[name] = calls.get(name, 0) + 1
+  everything = sum(total_us.values()) or 1.0
+  ranked = sorted(total_us, key=total_us.get, reverse=True)[:top]
+  return [{'op': n, 'opcode': defs[n][0], 'shape': defs[n][1],
+           'ms': total_us[n] / 1e3, 'calls': calls[n],
+           'share': total_us[n] / everything} for n in ranked]
+
+
+def profile_a(bench: Bench) -> list[dict[str, Any]]:
+  """``profile_ops`` of (a)'s program on ``bench`` (compiled by ``run_a``)."""
+  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  train_fn = train_lib.make_train(bench.config)
+
+  def run():
+    return engine.run(train_fn, bench.grid, bench.data,
+                      chunk_size=bench.chunk_size)
+
+  run()  # compiled (cached) and warm
+  compiled = [c for k, c in engine._COMPILED.items() if k[0] is train_fn]  # pylint: disable=protected-access
+  return profile_ops(run, compiled[-1].as_text())
+
+
+def format_profile(ops: list[dict[str, Any]]) -> str:
+  lines = [f'{"share":>6} {"ms":>9} {"calls":>6}  {"opcode":<12} {"shape":<28} op']
+  for o in ops:
+    lines.append(f'{100 * o["share"]:>5.1f}% {o["ms"]:>9.1f} {o["calls"]:>6}  '
+                 f'{o["opcode"]:<12} {o["shape"][:28]:<28} {o["op"]}')
+  return '\n'.join(lines)
+
+
 RUNNERS: dict[str, Callable[[Bench, np.ndarray], Timing]] = {
     'a': run_a, 'b': run_b, 'c': run_c, 'd': run_d, 'e': run_e,
 }
@@ -749,6 +845,11 @@ def run_benchmark(cfg: BenchConfig, out=print) -> list[dict[str, Any]]:
           mismatches.append(rec)
           out(f'FLAG: (a) and (b) final train_loss differ by '
               f'{rec["max_abs_diff_vs_a"]:.3g} > {cfg.tolerance:g}')
+      if cfg.profile and g == max(cfg.grid_sizes) and a_record is not None:
+        a_record['profile'] = profile_a(bench)
+        out(f'\n(a) at G={g}: device time per XLA instruction (all devices '
+            f'and calls; top {len(a_record["profile"])}):')
+        out(format_profile(a_record['profile']))
       if cfg.json_out:
         _write_json(cfg.json_out, records)
     out(f'\n== scaling table: {name} (regime {cfg.regime}, {cfg.steps} steps; '
@@ -774,7 +875,8 @@ def main(argv):
         steps=FLAGS.steps, workloads=FLAGS.workloads,
         loop_members_cap=FLAGS.loop_members_cap, peak_n=FLAGS.peak_n,
         tolerance=FLAGS.tolerance, json_out=FLAGS.json_out,
-        torch_threads=FLAGS.torch_threads, chunk_size=FLAGS.chunk_size)
+        torch_threads=FLAGS.torch_threads, chunk_size=FLAGS.chunk_size,
+        profile=FLAGS.profile)
     if FLAGS.cpu_devices < 0:
       raise ValueError(f'cpu_devices must be >= 0; got {FLAGS.cpu_devices}.')
   except ValueError as e:

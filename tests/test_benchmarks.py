@@ -66,7 +66,7 @@ def runs(tmp_path_factory):
   (fake / 'torch').mkdir(parents=True)
   (fake / 'torch' / '__init__.py').write_text(
       'raise ImportError("torch hidden by the test")\n')
-  procs = {'no_torch': (_start(*TINY, '--methods=a,b,c,d,e',
+  procs = {'no_torch': (_start(*TINY, '--methods=a,b,c,d,e', '--profile',
                                f'--json_out={tmp / "no_torch.json"}',
                                extra_path=[fake]), tmp / 'no_torch.json')}
   if _torch_installed():
@@ -98,6 +98,16 @@ def test_shrunk_run_without_torch(runs):
   assert 'SKIPPING methods d,e' in proc.stdout
   assert 'scaling table: deep_linear' in proc.stdout
   assert 'scaling table: mlp32' in proc.stdout
+  # --profile: where (a)'s device time goes, per XLA instruction.
+  assert proc.stdout.count('device time per XLA instruction') == 2
+  for r in _records(out):
+    if r['method'] == 'a':
+      ops = r['profile']
+      assert 0 < len(ops) <= 10
+      shares = [o['share'] for o in ops]
+      assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
+      assert all(o['calls'] >= 1 and o['ms'] > 0 for o in ops)
+      assert any(o['opcode'] in ('dot', 'fusion') for o in ops)
 
   records = _records(out)
   assert {(r['workload'], r['method']) for r in records} == {

@@ -8,6 +8,7 @@ import textwrap
 
 import chex
 import numpy as np
+import pytest
 
 from rahimi_jax import engine
 from rahimi_jax import grid as grid_lib
@@ -114,6 +115,21 @@ def test_chunks_of_members_match_one_vmap(tiny_digits):
   chex.assert_trees_all_equal(chunked.columns['member'], whole.columns['member'])
   chex.assert_trees_all_close(_metrics(chunked), _metrics(whole), atol=1e-6,
                               rtol=0)
-  # A chunk as large as the grid is the plain vmap.
-  assert engine.run(_train(), GRID, tiny_digits, chunk_size=64).metadata[
-      'engine']['chunk_size'] is None
+  # A chunk as large as the grid is the plain vmap; so is chunk_size=0.
+  for size in (64, 0):
+    assert engine.run(_train(), GRID, tiny_digits, chunk_size=size).metadata[
+        'engine']['chunk_size'] is None
+
+
+def test_default_chunks_only_with_one_cpu_device_per_core():
+  # This process has one CPU device: no chunks by default (the device spreads
+  # a whole-grid vmap's matmuls over its cores).
+  assert engine.default_chunk_size(256, 1) == 0
+  # One device per core: equal chunks of at most CPU_CHUNK members.
+  assert engine.CPU_CHUNK == 16
+  assert engine.default_chunk_size(16, 2) == 0
+  assert engine.default_chunk_size(54, 2) == 14  # 4 chunks of 14 (2 padded)
+  assert engine.default_chunk_size(128, 2) == 16
+  assert engine.default_chunk_size(17, 2) == 9
+  with pytest.raises(ValueError, match='chunk_size'):
+    engine.run(_train(), GRID, np.zeros(3), chunk_size=-1)

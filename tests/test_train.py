@@ -149,6 +149,34 @@ def test_batch_indices_are_epoch_permutations():
   assert not np.array_equal(idx[0:3], idx[3:6])
 
 
+@pytest.mark.parametrize('n', [1, 2, 7, 1347, 5000])
+def test_permutation_is_a_permutation(n):
+  perms = np.asarray(jax.vmap(lambda k: train_lib.permutation(k, n))(
+      jax.random.split(jax.random.key(1), 8)))
+  chex.assert_shape(perms, (8, n))
+  for p in perms:
+    chex.assert_trees_all_equal(np.sort(p), np.arange(n, dtype=np.int32))
+  if n > 2:
+    assert len({tuple(p) for p in perms}) == 8
+
+
+def test_permutation_is_uniform():
+  # All 4! orderings, 24000 draws: a chi-square test (23 dof) at p >= 1e-3.
+  scipy_stats = pytest.importorskip('scipy.stats')
+  perms = np.asarray(jax.vmap(lambda k: train_lib.permutation(k, 4))(
+      jax.random.split(jax.random.key(0), 24000)))
+  codes = perms @ (4 ** np.arange(4))
+  _, counts = np.unique(codes, return_counts=True)
+  assert len(counts) == 24
+  assert scipy_stats.chisquare(counts).pvalue >= 1e-3
+  # At a size where ties between random keys occur (21 key bits for 1347
+  # samples), where an element lands is still uniform: its mean position.
+  perms = np.asarray(jax.vmap(lambda k: train_lib.permutation(k, 1347))(
+      jax.random.split(jax.random.key(2), 2000)))
+  where0 = np.argmax(perms == 0, axis=1)
+  assert abs(where0.mean() - 673) < 4 * 389 / np.sqrt(2000)
+
+
 @pytest.mark.parametrize('kwargs, match', [
     ({'steps': 0}, 'steps'),
     ({'log_every': 40}, 'log_every'),
