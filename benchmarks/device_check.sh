@@ -21,5 +21,5 @@ fi
       --methods=a,b,c --loop_members_cap=4 --json_out="$out/bench_small.json" 2>&1 | grep -v '^I1'
   echo "== grid_throughput compute =="
   python3 -m benchmarks.grid_throughput --regime=compute --grid_sizes=1,128,1024,4096 \
-      --methods=a,b,c --loop_members_cap=4 --json_out="$out/bench_compute.json" 2>&1 | grep -v '^I1'
+      --methods=a,b,c --loop_members_cap=4 --profile --json_out="$out/bench_compute.json" 2>&1 | grep -v '^I1'
 } 2>&1 | tee "$out/device_check.log"

@@ -424,8 +424,10 @@ def _layers(bench: Bench, params, i: int):
   """Member ``i``'s ``[(w [out, in], b or None)]`` from stacked JAX params."""
   if bench.workload.model == 'deep_linear':
     return [(np.ascontiguousarray(w[i].T), None) for w in params]
+  readout = params['readout']  # its weight is stored [out, in] already
   return [(np.ascontiguousarray(d['w'][i].T), np.asarray(d['b'][i]))
-          for d in params['dense']]
+          for d in params['dense']] + [
+              (np.ascontiguousarray(readout['w'][i]), np.asarray(readout['b'][i]))]
 
 
 def _check_torch_config(bench: Bench):

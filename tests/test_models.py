@@ -72,8 +72,10 @@ class ModelTest(parameterized.TestCase):
     params, state = model.init(jax.random.key(0), IN_DIM, OUT_DIM, knobs)
     mats = _weight_matrices(params)
     widths = (IN_DIM,) + hidden + (OUT_DIM,)
-    self.assertEqual([m.shape for m in mats],
-                     list(zip(widths[:-1], widths[1:])))
+    shapes = list(zip(widths[:-1], widths[1:]))
+    if name == 'mlp':  # the readout is stored [out, in]
+      shapes[-1] = shapes[-1][::-1]
+    self.assertEqual([m.shape for m in mats], shapes)
     for train in (True, False):
       y, new_state = model.apply(params, state, _x(), knobs, train)
       chex.assert_shape(y, (BATCH, OUT_DIM))
@@ -133,7 +135,7 @@ class ModelTest(parameterized.TestCase):
     mats_a, mats_b = _weight_matrices(a), _weight_matrices(b)
     self.assertFalse(np.allclose(mats_a[0], mats_b[0]))
     # Layers draw from different keys.
-    self.assertFalse(np.allclose(mats_a[0][:4, :3], mats_a[1][:4, :3]))
+    self.assertFalse(np.allclose(np.ravel(mats_a[0])[:6], np.ravel(mats_a[1])[:6]))
 
   @parameterized.named_parameters(
       *[v for name in MODEL_NAMES for v in _vertices(name)])
@@ -207,7 +209,8 @@ class MlpTest(parameterized.TestCase):
     h = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True)
                                                   + 1e-5)
     h = np.tanh(h * p['norm'][0]['layer']['scale'] + p['dense'][0]['b'])
-    expected = h @ p['dense'][1]['w'] + p['dense'][1]['b']
+    chex.assert_shape(p['readout']['w'], (OUT_DIM, 4))  # stored [out, in]
+    expected = h @ p['readout']['w'].T + p['readout']['b']
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
 
   def test_linear_when_no_hidden_layers(self):
@@ -216,8 +219,9 @@ class MlpTest(parameterized.TestCase):
     params, state = model.init(jax.random.key(0), IN_DIM, OUT_DIM, knobs)
     params = jax.tree.map(lambda p: p + 0.5, params)
     y, new_state = model.apply(params, state, _x(), knobs, True)
-    layer = _np(params)['dense'][0]
-    np.testing.assert_allclose(y, _x() @ layer['w'] + layer['b'], rtol=1e-5,
+    layer = _np(params)['readout']
+    self.assertEqual(_np(params)['dense'], [])
+    np.testing.assert_allclose(y, _x() @ layer['w'].T + layer['b'], rtol=1e-5,
                                atol=1e-6)
     self.assertEqual(new_state, {'norm': []})
 
