@@ -60,7 +60,9 @@ def use_host_cores(num: int | None = None) -> int:
               or jax.config.jax_num_cpu_devices > 0)
   if explicit or xla_bridge.backends_are_initialized():
     return len(jax.devices('cpu'))
-  num = num or len(os.sched_getaffinity(0))
+  if num is None:
+    num = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+           else os.cpu_count() or 1)
   jax.config.update('jax_num_cpu_devices', num)
   return num
 

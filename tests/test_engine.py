@@ -133,3 +133,35 @@ def test_default_chunks_only_with_one_cpu_device_per_core():
   assert engine.default_chunk_size(17, 2) == 9
   with pytest.raises(ValueError, match='chunk_size'):
     engine.run(_train(), GRID, np.zeros(3), chunk_size=-1)
+
+
+_HOST_CORES = textwrap.dedent("""
+    import jax
+    from rahimi_jax import engine
+    first = engine.use_host_cores(3)
+    again = engine.use_host_cores(5)  # the first choice stands
+    print(first, again, len(jax.devices('cpu')))
+    jax.numpy.zeros(1).block_until_ready()
+    print(engine.use_host_cores(7), len(jax.devices('cpu')))
+""")
+
+
+def _python(code, **env):
+  base = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  return subprocess.run(
+      [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+      timeout=120, env=dict(base, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu',
+                            **env))
+
+
+def test_use_host_cores_makes_cpu_devices_before_jax_starts():
+  proc = _python(_HOST_CORES)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split() == ['3', '3', '3', '3', '3']
+  # An explicit XLA flag wins.
+  proc = _python(_HOST_CORES,
+                 XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split() == ['2', '2', '2', '2', '2']
+  with pytest.raises(ValueError, match='num'):
+    engine.use_host_cores(0)
