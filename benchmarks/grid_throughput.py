@@ -670,8 +670,7 @@ def profile_a(bench: Bench) -> list[dict[str, Any]]:
                       chunk_size=bench.chunk_size)
 
   run()  # compiled (cached) and warm
-  compiled = [c for k, c in engine._COMPILED.items() if k[0] is train_fn]  # pylint: disable=protected-access
-  return profile_ops(run, compiled[-1].as_text())
+  return profile_ops(run, engine.compiled_programs(train_fn)[-1].as_text())
 
 
 def format_profile(ops: list[dict[str, Any]]) -> str:

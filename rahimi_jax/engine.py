@@ -145,6 +145,11 @@ def compile_program(train_fn, knobs, data, num_devices: int,
   return compiled, time.perf_counter() - start
 
 
+def compiled_programs(train_fn) -> list[Any]:
+  """The compiled grid programs of ``train_fn`` in the cache, oldest first."""
+  return [c for key, c in _COMPILED.items() if key[0] is train_fn]
+
+
 def program_bytes(compiled) -> int | None:
   """Peak bytes of a compiled program (arguments, outputs and temporaries)."""
   stats = compiled.memory_analysis()

@@ -418,8 +418,8 @@ def auto_partition(config: TrainConfig, grid: grid_lib.Grid, data: Dataset,
   chosen: its members would do that many times their own work in one relaxed
   program, which outweighs compiling one program per option. Options that
   differ only elementwise (optax's first-order optimizers, the norms) give
-  ratios near 1; Levenberg–Marquardt's CG solves beside gradient descent give
-  ratios in the tens.
+  ratio 1.00; Levenberg–Marquardt's CG solves beside gradient descent gave
+  5.85 in the deep linear study (where splitting ran 4x faster).
 
   Returns:
     ``(axes, ratios)``: the axes to partition by, and every candidate axis's

@@ -41,14 +41,14 @@ def mlp(hidden: Sequence[int], options: Mapping[str, Sequence[str]]) -> Model:
       w = knobs['init_scale'] * init_fn(
           knobs['init'], jax.random.fold_in(key, i), (fan_in, fan_out),
           jnp.float32)
-      layer = {'w': w, 'b': jnp.zeros((fan_out,))}
+      b = jnp.zeros((fan_out,))
       if i == len(hidden):
-        params['readout'] = {'w': w.T, 'b': layer['b']}
-        break
-      params['dense'].append(layer)
-      norm_params, norm_state = norm_init(fan_out)
-      params['norm'].append(norm_params)
-      state['norm'].append(norm_state)
+        params['readout'] = {'w': w.T, 'b': b}
+      else:
+        params['dense'].append({'w': w, 'b': b})
+        norm_params, norm_state = norm_init(fan_out)
+        params['norm'].append(norm_params)
+        state['norm'].append(norm_state)
     return params, state
 
   def apply(params, state, x, knobs, train):
