@@ -89,10 +89,16 @@ def default_chunk_size(per_device: int, num_devices: int) -> int:
 
 
 def _chunked(train_fn: Callable[..., Any], chunk: int | None):
-  """``vmap(train_fn)``, or a ``lax.map`` over vmapped chunks of ``chunk``."""
+  """``vmap(train_fn)``, or a ``lax.map`` over vmapped chunks of ``chunk``.
+
+  Chunks of one member map the unbatched ``train_fn``: the program of a solo
+  run, whose kernels beat a vmap of one (2x for an MLP step on CPU).
+  """
   vmapped = jax.vmap(train_fn, in_axes=(0, None))
   if chunk is None:
     return vmapped
+  if chunk == 1:
+    return lambda knobs, data: jax.lax.map(lambda k: train_fn(k, data), knobs)
 
   def run_chunks(knobs, data):
     stacked = jax.tree.map(lambda a: a.reshape((-1, chunk) + a.shape[1:]), knobs)
@@ -185,10 +191,12 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
       fewer when the memory budget requires).
     memory_budget_bytes: the most memory one call may use (default: half a
       device's memory).
-    num_devices: local devices to shard members over (default: all).
+    num_devices: local devices to shard members over (default: all; never
+      more than there are members).
     chunk_size: members vmapped together on a device; a device's members run
       as a ``lax.map`` over such chunks, so that one chunk's training state
-      stays in cache. 0: all of a device's members at once. Default
+      stays in cache; 1 maps the unbatched ``train_fn`` (what a device with
+      one member always runs). 0: all of a device's members at once. Default
       (``None``): ``default_chunk_size``.
     compiler_options: XLA options for this program's compilation, e.g.
       ``{'xla_cpu_experimental_ynn_fusion_type': ''}``.
@@ -199,7 +207,8 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   """
   start = time.perf_counter()
   g = len(grid)
-  num_devices = num_devices or jax.local_device_count()
+  # No more devices than members: padding a device with a copy costs time.
+  num_devices = min(num_devices or jax.local_device_count(), g)
   if member_batch_size is not None and member_batch_size < 1:
     raise ValueError(f'member_batch_size must be >= 1; got {member_batch_size}.')
   if chunk_size is not None and chunk_size < 0:
@@ -209,7 +218,10 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   per_device = math.ceil(g / num_devices)
   if chunk_size is None:
     chunk_size = default_chunk_size(per_device, num_devices)
-  chunk = chunk_size if chunk_size and chunk_size < per_device else None
+  if per_device == 1:
+    chunk = 1  # one member per device: the solo program, not a vmap of one
+  else:
+    chunk = chunk_size if chunk_size and chunk_size < per_device else None
   unit = num_devices * (chunk or 1)
 
   def round_up(b):
