@@ -89,16 +89,10 @@ def default_chunk_size(per_device: int, num_devices: int) -> int:
 
 
 def _chunked(train_fn: Callable[..., Any], chunk: int | None):
-  """``vmap(train_fn)``, or a ``lax.map`` over vmapped chunks of ``chunk``.
-
-  Chunks of one member map the unbatched ``train_fn``: the program of a solo
-  run, whose kernels beat a vmap of one (2x for an MLP step on CPU).
-  """
+  """``vmap(train_fn)``, or a ``lax.map`` over vmapped chunks of ``chunk``."""
   vmapped = jax.vmap(train_fn, in_axes=(0, None))
   if chunk is None:
     return vmapped
-  if chunk == 1:
-    return lambda knobs, data: jax.lax.map(lambda k: train_fn(k, data), knobs)
 
   def run_chunks(knobs, data):
     stacked = jax.tree.map(lambda a: a.reshape((-1, chunk) + a.shape[1:]), knobs)
@@ -195,8 +189,7 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
       more than there are members).
     chunk_size: members vmapped together on a device; a device's members run
       as a ``lax.map`` over such chunks, so that one chunk's training state
-      stays in cache; 1 maps the unbatched ``train_fn`` (what a device with
-      one member always runs). 0: all of a device's members at once. Default
+      stays in cache. 0: all of a device's members at once. Default
       (``None``): ``default_chunk_size``.
     compiler_options: XLA options for this program's compilation, e.g.
       ``{'xla_cpu_experimental_ynn_fusion_type': ''}``.
@@ -207,7 +200,8 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   """
   start = time.perf_counter()
   g = len(grid)
-  # No more devices than members: padding a device with a copy costs time.
+  # No more devices than members: a device padded with a copy of a member
+  # costs time (a grid of one on 2 CPU devices ran 1.5x slower than on one).
   num_devices = min(num_devices or jax.local_device_count(), g)
   if member_batch_size is not None and member_batch_size < 1:
     raise ValueError(f'member_batch_size must be >= 1; got {member_batch_size}.')
@@ -218,10 +212,7 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   per_device = math.ceil(g / num_devices)
   if chunk_size is None:
     chunk_size = default_chunk_size(per_device, num_devices)
-  if per_device == 1:
-    chunk = 1  # one member per device: the solo program, not a vmap of one
-  else:
-    chunk = chunk_size if chunk_size and chunk_size < per_device else None
+  chunk = chunk_size if chunk_size and chunk_size < per_device else None
   unit = num_devices * (chunk or 1)
 
   def round_up(b):
