@@ -22,14 +22,17 @@ set-up (~60 ms for a fresh XLA executable on this CPU) would otherwise swamp
 small grids: (a) runs the grid twice through the engine and reports the second
 (warm) ``run_s``, the engine's ``compile_s`` plus the first call's extra as
 compile; (b) times ``jit(train).lower().compile()`` and one run; (c), (d) and
-(e) time their first calls (compile or one-time set-up, plus one step). Loop methods (b,
-c, d) time at most ``--loop_members_cap`` evenly spaced members and extrapolate
-linearly to G (printed in each row); (e) always runs the whole grid in one
-vmap. FLOPs count matmuls only, as traced in one member's training step and
-evaluation (``rahimi_jax.flops.matmul_flops``): the steps plus the two
-evaluations (step 0 and the last step).
-On a shared host, torch's default OpenMP threads can stall on tiny ops; pass
-``--torch_threads=1`` there.
+(e) time their first calls (compile or one-time set-up, plus one step). Loop
+methods (b, c, d) time at most ``--loop_members_cap`` evenly spaced members and
+extrapolate linearly to G (printed in each row); (e) always runs the whole grid
+in one vmap. (a) runs with the engine's defaults, as the launchers do: one XLA
+CPU device per core (``engine.use_host_cores``; ``--cpu_devices=1`` for one)
+and chunks of members (``--chunk_size``). FLOPs count matmuls only, as traced
+in one member's training step and evaluation
+(``rahimi_jax.flops.matmul_flops``): the steps plus the two evaluations (step 0
+and the last step). ``--profile`` adds where (a)'s device time goes, per XLA
+instruction, at the largest G. On a shared host, torch's default OpenMP
+threads can stall on tiny ops; pass ``--torch_threads=1`` there.
 
 Default: two workloads where per-step overhead dominates (a few minutes on 2
 CPU cores):
@@ -38,7 +41,7 @@ CPU cores):
 
 A compute-bound MLP:
 
-  python -m benchmarks.grid_throughput --regime=compute --grid_sizes=1,8,64
+  python -m benchmarks.grid_throughput --regime=compute --grid_sizes=1,8,64,128
 
 PyTorch (methods d and e) is optional: ``pip install -r requirements-bench.txt``.
 """
