@@ -291,21 +291,22 @@ class Bench:
     """Matmul FLOPs of one run, counted in the programs that run.
 
     ``steps`` training steps and ``len(log_steps)`` evaluations, each counted
-    by ``flops.matmul_flops`` on one member's step and log functions (so a model
+    by ``train.step_flops`` on one member's step and log functions (so a model
     that orders its products cheaply, like ``deep_linear``, is credited with
     the FLOPs it does, not those of the textbook order).
     """
-    import jax  # pylint: disable=g-import-not-at-top
     from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-    from rahimi_jax.flops import matmul_flops  # pylint: disable=g-import-not-at-top
-    loop = train_lib.make_loop(self.config)
-    knobs = self.member_knobs(0)
-    carry, xs = jax.eval_shape(loop.init, knobs, self.data)
-    xs_t = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
-    step = matmul_flops(loop.step, knobs, self.data, carry, xs_t)
-    log = matmul_flops(loop.log, knobs, self.data, carry,
-                       jax.ShapeDtypeStruct((), np.int32))
+    step = train_lib.step_flops(self.config, self.grid, self.data)
+    log = train_lib.step_flops(self.config, self.grid, self.data,
+                               evaluation=True)
     return float(self.steps * step + len(self.config.log_steps()) * log)
+
+  def run_grid(self):
+    """(a): the whole grid through the engine (its compile cache reused)."""
+    from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
+    from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+    return engine.run(train_lib.make_train(self.config), self.grid, self.data,
+                      chunk_size=self.chunk_size)
 
   def member_knobs(self, i: int) -> dict[str, Any]:
     import jax  # pylint: disable=g-import-not-at-top
@@ -330,16 +331,9 @@ def run_a(bench: Bench, members: np.ndarray) -> Timing:
   """(a) the whole grid as one compiled program."""
   del members  # (a) always runs the whole grid
   import jax  # pylint: disable=g-import-not-at-top
-  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
-  from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   jax.clear_caches()
-
-  def run():
-    return engine.run(train_lib.make_train(bench.config), bench.grid,
-                      bench.data, chunk_size=bench.chunk_size)
-
-  first = run().metadata['engine']  # compiles; its first call warms up
-  res = run()  # the same program again, warm
+  first = bench.run_grid().metadata['engine']  # compiles; first call warms up
+  res = bench.run_grid()  # the same program again, warm
   info = res.metadata['engine']
   warm_up_s = max(0.0, first['run_s'] - info['run_s'])
   final = res.final().columns
@@ -666,14 +660,9 @@ def profile_a(bench: Bench) -> list[dict[str, Any]]:
   """``profile_ops`` of (a)'s program on ``bench`` (compiled by ``run_a``)."""
   from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
   from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  train_fn = train_lib.make_train(bench.config)
-
-  def run():
-    return engine.run(train_fn, bench.grid, bench.data,
-                      chunk_size=bench.chunk_size)
-
-  run()  # compiled (cached) and warm
-  return profile_ops(run, engine.compiled_programs(train_fn)[-1].as_text())
+  bench.run_grid()  # compiled (cached) and warm
+  program = engine.compiled_programs(train_lib.make_train(bench.config))[-1]
+  return profile_ops(bench.run_grid, program.as_text())
 
 
 def format_profile(ops: list[dict[str, Any]]) -> str:

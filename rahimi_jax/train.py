@@ -391,19 +391,25 @@ def final_state(config: TrainConfig, knobs, data: Dataset):
 AUTO_PARTITION_RATIO = 2.0
 
 
-def step_flops(config: TrainConfig, grid: grid_lib.Grid, data: Dataset) -> int:
+def step_flops(config: TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
+               evaluation: bool = False) -> int:
   """Matmul FLOPs of one training step of a member of ``grid`` (traced, not run).
 
   The step is that of the program ``grid`` compiles to: every option of the
   grid's choice axes is computed. A ``while_loop`` (the conjugate gradients of
   the least-squares optimizers) counts one trip per parameter, CG's bound.
+  With ``evaluation=True``: the FLOPs of one evaluation (``Loop.log``) instead.
   """
   loop = make_loop(config.for_grid(grid))
   knobs = jax.tree.map(lambda v: v[0], grid.knobs([0]))
   carry, xs = jax.eval_shape(loop.init, knobs, data)
-  xs_t = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
+  if evaluation:
+    fn, last = loop.log, jax.ShapeDtypeStruct((), jnp.int32)
+  else:
+    fn = loop.step
+    last = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
   n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(carry[0]))
-  return flops_lib.matmul_flops(loop.step, knobs, data, carry, xs_t,
+  return flops_lib.matmul_flops(fn, knobs, data, carry, last,
                                 while_trips=n_params)
 
 

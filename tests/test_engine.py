@@ -33,15 +33,20 @@ def _train():
   return train_lib.make_train(CONFIG.for_grid(GRID))
 
 
+def _assert_same_runs(res, reference):
+  """Same members in the same order, metrics equal to float tolerance."""
+  chex.assert_trees_all_equal(res.columns['member'], reference.columns['member'])
+  chex.assert_trees_all_close(_metrics(res), _metrics(reference), atol=1e-6,
+                              rtol=0)
+
+
 def test_member_batches_reuse_one_program_and_match(tiny_digits):
   whole = engine.run(_train(), GRID, tiny_digits)
   assert whole.metadata['engine']['member_batches'] == 1
   batched = engine.run(_train(), GRID, tiny_digits, member_batch_size=3)
   info = batched.metadata['engine']
   assert (info['member_batches'], info['member_batch_size']) == (3, 3)
-  chex.assert_trees_all_equal(batched.columns['member'], whole.columns['member'])
-  chex.assert_trees_all_close(_metrics(batched), _metrics(whole), atol=1e-6,
-                              rtol=0)
+  _assert_same_runs(batched, whole)
 
 
 def test_memory_budget_splits_the_grid(tiny_digits):
@@ -53,8 +58,7 @@ def test_memory_budget_splits_the_grid(tiny_digits):
   info = small.metadata['engine']
   assert info['member_batches'] > 1
   assert info['member_batch_size'] < len(GRID)
-  chex.assert_trees_all_close(_metrics(small), _metrics(whole), atol=1e-6,
-                              rtol=0)
+  _assert_same_runs(small, whole)
 
 
 def test_rows_are_tidy(tiny_digits):
@@ -101,13 +105,10 @@ def test_sharded_over_eight_devices_matches_one(tiny_digits, tmp_path):
   # 8 members on 8 devices: one call (batch rounded up to the device count).
   assert sharded.metadata['engine']['member_batch_size'] == 8
   single = engine.run(_train(), GRID, tiny_digits)
-  chex.assert_trees_all_equal(sharded.columns['member'], single.columns['member'])
-  chex.assert_trees_all_close(_metrics(sharded), _metrics(single), atol=1e-6,
-                              rtol=0)
+  _assert_same_runs(sharded, single)
   # 2 of the devices, 4 members each, in chunks of 2.
   chunked = results_lib.load(str(tmp_path) + '_chunked')
-  chex.assert_trees_all_close(_metrics(chunked), _metrics(single), atol=1e-6,
-                              rtol=0)
+  _assert_same_runs(chunked, single)
 
 
 def test_chunks_of_members_match_one_vmap(tiny_digits):
@@ -116,9 +117,7 @@ def test_chunks_of_members_match_one_vmap(tiny_digits):
   info = chunked.metadata['engine']
   # 8 members in chunks of 3: one call of 9 (one padded copy), 3 chunks.
   assert (info['chunk_size'], info['member_batch_size']) == (3, 9)
-  chex.assert_trees_all_equal(chunked.columns['member'], whole.columns['member'])
-  chex.assert_trees_all_close(_metrics(chunked), _metrics(whole), atol=1e-6,
-                              rtol=0)
+  _assert_same_runs(chunked, whole)
   # A chunk as large as the grid is the plain vmap; so is chunk_size=0.
   for size in (64, 0):
     assert engine.run(_train(), GRID, tiny_digits, chunk_size=size).metadata[
