@@ -83,10 +83,9 @@ def main(argv):
       if FLAGS.memory_budget_mb <= 0:
         raise ValueError(f'memory_budget_mb must be > 0; got {FLAGS.memory_budget_mb}.')
       budget = int(FLAGS.memory_budget_mb * 2**20)
-    partition = tuple(FLAGS.partition)
-    if partition in (('auto',), ('none',)):
-      partition = 'auto' if partition == ('auto',) else ()
-    for axis in () if partition == 'auto' else partition:
+    given = tuple(FLAGS.partition)
+    partition = {('auto',): 'auto', ('none',): ()}.get(given, given)
+    for axis in partition if partition != 'auto' else ():
       if axis not in grid.choices:
         raise ValueError(f'partition: {axis!r} is not a choice axis of this '
                          f'grid; choice axes: {", ".join(grid.choices)}.')

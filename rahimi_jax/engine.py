@@ -130,17 +130,13 @@ _COMPILED: dict[Any, Any] = {}
 
 
 def compile_program(train_fn, knobs, data, num_devices: int,
-                    chunk: int | None = None,
-                    compiler_options: dict[str, Any] | None = None):
+                    chunk: int | None = None):
   """The compiled grid program for these shapes (cached), and compile seconds."""
-  options = dict(compiler_options or {})
-  key = (train_fn, num_devices, chunk, _key(knobs), _key(data),
-         tuple(sorted(options.items())))
+  key = (train_fn, num_devices, chunk, _key(knobs), _key(data))
   if key in _COMPILED:
     return _COMPILED[key], 0.0
   start = time.perf_counter()
-  compiled = _program(train_fn, num_devices, chunk).lower(
-      knobs, data).compile(options or None)
+  compiled = _program(train_fn, num_devices, chunk).lower(knobs, data).compile()
   _COMPILED[key] = compiled
   return compiled, time.perf_counter() - start
 
@@ -172,7 +168,6 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         memory_budget_bytes: int | None = None,
         num_devices: int | None = None,
         chunk_size: int | None = None,
-        compiler_options: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None) -> results_lib.Results:
   """Trains every member of ``grid`` with one compiled program.
 
@@ -191,8 +186,6 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
       as a ``lax.map`` over such chunks, so that one chunk's training state
       stays in cache. 0: all of a device's members at once. Default
       (``None``): ``default_chunk_size``.
-    compiler_options: XLA options for this program's compilation, e.g.
-      ``{'xla_cpu_experimental_ynn_fusion_type': ''}``.
     metadata: extra provenance to store with the results.
 
   Returns:
@@ -221,7 +214,7 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   batch = round_up(member_batch_size or g)
   compiled, compile_s = compile_program(
       train_fn, grid.knobs(_batch_indices(g, batch)[0]), data, num_devices,
-      chunk, compiler_options)
+      chunk)
   need = program_bytes(compiled)
   if member_batch_size is None and need is not None and need > budget:
     per_member = need / batch
@@ -230,7 +223,7 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
                  g, need / 2**20, budget / 2**20, batch)
     compiled, more = compile_program(
         train_fn, grid.knobs(_batch_indices(g, batch)[0]), data, num_devices,
-        chunk, compiler_options)
+        chunk)
     compile_s += more
 
   run_start = time.perf_counter()
