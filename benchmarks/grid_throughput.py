@@ -774,8 +774,8 @@ def scaling_table(records: list[dict[str, Any]], workload: str) -> str:
 
 
 def _write_json(path: str, records: list[dict[str, Any]]):
-  from rahimi_jax import results  # pylint: disable=g-import-not-at-top
-  results.atomic_write({path: json.dumps(records, indent=1) + '\n'})
+  from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
+  storage.atomic_write({path: json.dumps(records, indent=1) + '\n'})
 
 
 def run_benchmark(cfg: BenchConfig, out=print) -> list[dict[str, Any]]:

@@ -68,7 +68,7 @@ def main(argv):
   from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
   engine.use_host_cores()  # before JAX's first operation
   from rahimi_jax import ablation  # pylint: disable=g-import-not-at-top
-  from rahimi_jax import results  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   try:
     config = ablation.AblationConfig(
         dataset=FLAGS.dataset, model=FLAGS.model,
@@ -89,7 +89,7 @@ def main(argv):
       if axis not in grid.choices:
         raise ValueError(f'partition: {axis!r} is not a choice axis of this '
                          f'grid; choice axes: {", ".join(grid.choices)}.')
-    results.check_writable(FLAGS.out)
+    storage.check_writable(FLAGS.out)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
@@ -98,7 +98,7 @@ def main(argv):
   res = ablation.run(config, memory_budget_bytes=budget, partition=partition)
   res.metadata['flags'] = {f.name: f.value for f in FLAGS.get_key_flags_for_module(
       sys.modules[__name__])}
-  results.save(res, FLAGS.out)
+  storage.save(res, FLAGS.out)
   info = res.metadata['engine']
   print(f'compile {info["compile_s"]:.1f}s, run {info["run_s"]:.1f}s, '
         f'{info.get("programs", 1)} program(s), {info["member_batches"]} call(s) '

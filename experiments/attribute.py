@@ -36,7 +36,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
   engine.use_host_cores()  # before JAX's first operation
-  from rahimi_jax import results  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import attribute  # pylint: disable=g-import-not-at-top
   try:
     try:
@@ -47,14 +47,14 @@ def main(argv):
         gates=FLAGS.gates, metric=FLAGS.metric, dataset=FLAGS.dataset,
         hidden=hidden, learning_rate=FLAGS.learning_rate, seeds=FLAGS.seeds,
         steps=FLAGS.steps, batch_size=FLAGS.batch_size, nodes=FLAGS.nodes)
-    results.check_writable(FLAGS.out)
+    storage.check_writable(FLAGS.out)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   print(f'{len(config.grid())} members (2^{len(config.gates)} x {config.seeds} '
         f'seeds) + {config.nodes} gate-path runs per seed')
   out = attribute.run(config)
-  results.save(out['results'], FLAGS.out)
+  storage.save(out['results'], FLAGS.out)
   print(attribute.report(config, out, FLAGS.out))
   info = out['results'].metadata['engine']
   print(f'grid: compile {info["compile_s"]:.1f}s run {info["run_s"]:.1f}s; '

@@ -55,7 +55,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.dtype == 'float64':
     jax.config.update('jax_enable_x64', True)
-  from rahimi_jax import results  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import deep_linear  # pylint: disable=g-import-not-at-top
   try:
     config = deep_linear.DeepLinearConfig(
@@ -68,13 +68,13 @@ def main(argv):
         init_scales=_numbers('init_scales', FLAGS.init_scales),
         seeds=FLAGS.seeds, steps=FLAGS.steps, log_every=FLAGS.log_every,
         dtype=FLAGS.dtype)
-    results.check_writable(FLAGS.out)
+    storage.check_writable(FLAGS.out)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   print(f'{len(config.grid())} members per depth, depths {list(config.depths)}')
   res = deep_linear.run(config)
-  results.save(res, FLAGS.out)
+  storage.save(res, FLAGS.out)
   print(deep_linear.report(config, res, FLAGS.out))
   wall = sum(e['wall_s'] for e in res.metadata['engine'])
   print(f'grid wall time {wall:.1f}s; wrote {FLAGS.out}/results.csv, '

@@ -13,9 +13,9 @@ from rahimi_jax.grid import Gate
 from rahimi_jax.grid import Grid
 from rahimi_jax.grid import Seeds
 from rahimi_jax.grid import Values
-from rahimi_jax.results import load
+from rahimi_jax.storage import load
 from rahimi_jax.results import Results
-from rahimi_jax.results import save
+from rahimi_jax.storage import save
 from rahimi_jax.stats import mean_ci
 from rahimi_jax.train import make_train
 from rahimi_jax.train import TrainConfig

@@ -13,6 +13,7 @@ from typing import Any
 
 from rahimi_jax import data as data_lib
 from rahimi_jax import grid as grid_lib
+from rahimi_jax import provenance
 from rahimi_jax import results as results_lib
 from rahimi_jax import train as train_lib
 from rahimi_jax.components import relaxed
@@ -121,7 +122,7 @@ def run(config: AblationConfig, **engine_kwargs) -> results_lib.Results:
   """
   dataset = data_lib.get_dataset(config.dataset)()
   metadata = {'config': config.to_dict(), 'task': dataset.task,
-              **results_lib.provenance()}
+              **provenance.provenance()}
   return train_lib.run_grid(config.train_config(), config.grid(), dataset,
                             metadata=metadata, **engine_kwargs)
 

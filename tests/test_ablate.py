@@ -11,7 +11,7 @@ import pytest
 
 import launchers
 
-from rahimi_jax import results
+from rahimi_jax import storage
 
 ROOT = pathlib.Path(__file__).parents[1]
 TINY = ['--steps=20', '--log_every=10', '--seeds=2', '--hidden=8',
@@ -131,7 +131,7 @@ def test_shrunk_end_to_end_run(tiny_run):
 def test_shrunk_run_results_load_back(tiny_run):
   proc, out = tiny_run
   assert proc.returncode == 0, proc.stderr[-3000:]
-  res = results.load(str(out))
+  res = storage.load(str(out))
   members, log_steps = 2 * 2 * 1 * 1 * 2, (0, 10, 20)
   assert len(res) == members * len(log_steps)
   for name in ('member', 'optimizer', 'norm', 'init', 'learning_rate', 'seed',
@@ -168,7 +168,7 @@ def test_grid_member_equals_config_run_alone(tmp_path):
   for proc in _launch_many(['--optimizers=sgd,adam', *common, f'--out={both}'],
                            ['--optimizers=adam', *common, f'--out={alone}']):
     assert proc.returncode == 0, proc.stderr[-3000:]
-  grid_res, alone_res = results.load(str(both)), results.load(str(alone))
+  grid_res, alone_res = storage.load(str(both)), storage.load(str(alone))
   assert len(grid_res) == 2 * 3 and len(alone_res) == 3
   in_grid = grid_res.where(optimizer='adam')
   assert list(alone_res.columns['optimizer']) == ['adam'] * 3
@@ -189,7 +189,7 @@ def test_partitioned_launch_matches_relaxed(tmp_path):
   for name, extra in (('relaxed', []), ('split', ['--partition=optimizer'])):
     proc = _launch(*TINY, *extra, f'--out={tmp_path / name}', timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    runs[name] = results.load(str(tmp_path / name))
+    runs[name] = storage.load(str(tmp_path / name))
     printed[name] = proc.stdout
   assert runs['split'].metadata['engine']['programs'] == 2
   # The default, --partition=auto, keeps sgd and adam in one program (their

@@ -7,7 +7,7 @@ import pytest
 
 import launchers
 
-from rahimi_jax import results as results_lib
+from rahimi_jax import storage
 from rahimi_jax.studies import deep_linear
 
 SMALL = dict(n_train=100, condition_number=1e3, steps=150, log_every=50,
@@ -109,7 +109,7 @@ def test_launcher_end_to_end(tmp_path):
                  f'--out={tmp_path}')
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'lm' in proc.stdout and 'ratio lambda_max' in proc.stdout
-  res = results_lib.load(str(tmp_path))
+  res = storage.load(str(tmp_path))
   assert set(res.columns['optimizer']) == {'sgd', 'adam', 'levenberg_marquardt'}
   assert (tmp_path / 'loss_depth1.png').exists()
 

@@ -12,7 +12,7 @@ import pytest
 
 from rahimi_jax import engine
 from rahimi_jax import grid as grid_lib
-from rahimi_jax import results as results_lib
+from rahimi_jax import storage
 from rahimi_jax import train as train_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def test_rows_are_tidy(tiny_digits):
 _SHARDED = textwrap.dedent("""
     import sys
     import jax
-    from rahimi_jax import data, engine, grid as grid_lib, results, train
+    from rahimi_jax import data, engine, grid as grid_lib, storage, train
     sys.path.insert(0, {tests!r})
     import test_engine as t
     assert jax.local_device_count() == 8, jax.devices()
@@ -84,9 +84,9 @@ _SHARDED = textwrap.dedent("""
     res = engine.run(t._train(), t.GRID, tiny, member_batch_size=3)
     chunked = engine.run(t._train(), t.GRID, tiny, chunk_size=2, num_devices=2)
     assert chunked.metadata["engine"]["chunk_size"] == 2
-    results.save(chunked, {out!r} + "_chunked")
+    storage.save(chunked, {out!r} + "_chunked")
     assert res.metadata['engine']['num_devices'] == 8
-    results.save(res, {out!r})
+    storage.save(res, {out!r})
     # Fewer members than devices: one device per member, none padded.
     few = engine.run(t._train(), t.GRID.subset([0, 5, 6]), tiny)
     info = few.metadata['engine']
@@ -101,13 +101,13 @@ def test_sharded_over_eight_devices_matches_one(tiny_digits, tmp_path):
   proc = subprocess.run([sys.executable, '-c', script], env=env, cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  sharded = results_lib.load(str(tmp_path))
+  sharded = storage.load(str(tmp_path))
   # 8 members on 8 devices: one call (batch rounded up to the device count).
   assert sharded.metadata['engine']['member_batch_size'] == 8
   single = engine.run(_train(), GRID, tiny_digits)
   _assert_same_runs(sharded, single)
   # 2 of the devices, 4 members each, in chunks of 2.
-  chunked = results_lib.load(str(tmp_path) + '_chunked')
+  chunked = storage.load(str(tmp_path) + '_chunked')
   _assert_same_runs(chunked, single)
 
 

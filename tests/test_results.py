@@ -1,7 +1,5 @@
-"""Tests for rahimi_jax.results (tidy table, save/load, summaries) and stats."""
+"""Tests for rahimi_jax.results (tidy table, summaries) and stats."""
 
-import json
-import os
 
 import chex
 import numpy as np
@@ -105,162 +103,6 @@ def test_from_outputs_rejects_bad_shapes(bad):
 # ------------------------------------------------------------------ save/load
 
 
-def test_save_load_round_trip(res, tmp_path):
-  results.save(res, str(tmp_path))
-  assert sorted(os.listdir(tmp_path)) == ['metadata.json', 'results.csv']
-  loaded = results.load(str(tmp_path))
-  assert list(loaded.columns) == list(res.columns)
-  assert len(loaded) == len(res)
-  for name, column in res.columns.items():
-    got = loaded.columns[name]
-    assert got.dtype.kind == {'U': 'U', 'i': 'i', 'f': 'f'}[column.dtype.kind], name
-    if column.dtype.kind == 'U':
-      assert list(got) == list(column), name
-    elif column.dtype.kind == 'f':
-      # float32 -> float64 is exact; NaN and inf survive in place.
-      assert got.dtype == np.float64, name
-      chex.assert_trees_all_equal(got, column.astype(np.float64))
-    else:
-      chex.assert_trees_all_equal(got, column.astype(np.int64))
-  assert loaded.metadata == res.metadata
-  assert loaded.axes == res.axes
-
-
-def test_save_load_round_trip_bool_and_awkward_strings(tmp_path):
-  awkward = np.asarray(['a,b', 'say "hi"', '', 'nan'])
-  res = results.Results(
-      {'name': awkward, 'flag': np.asarray([True, False, True, False]),
-       'x': np.asarray([0.1, -0.0, 1e-300, np.nan], np.float64)},
-      {'axes': {}})
-  results.save(res, str(tmp_path))
-  loaded = results.load(str(tmp_path))
-  assert list(loaded.columns['name']) == list(awkward)
-  assert loaded.columns['flag'].dtype == bool
-  chex.assert_trees_all_equal(loaded.columns['flag'], res.columns['flag'])
-  chex.assert_trees_all_equal(loaded.columns['x'], res.columns['x'])
-  assert np.signbit(loaded.columns['x'][1])
-
-
-def test_save_writes_row_count_and_types(res, tmp_path):
-  results.save(res, str(tmp_path))
-  with open(tmp_path / 'metadata.json') as f:
-    meta = json.load(f)
-  assert meta['rows'] == len(res)
-  assert meta['columns'] == {'member': 'str', 'optimizer': 'str',
-                             'learning_rate': 'float', 'seed': 'int',
-                             'step': 'int', 'train_loss': 'float',
-                             'diverged_step': 'int'}
-
-
-def test_load_rejects_modified_csv(res, tmp_path):
-  results.save(res, str(tmp_path))
-  path = tmp_path / 'results.csv'
-  text = path.read_text()
-  path.write_text(text.replace('1.25', '1.5', 1))
-  assert path.read_text() != text
-  with pytest.raises(ValueError, match='results.csv'):
-    results.load(str(tmp_path))
-
-
-def test_load_rejects_csv_of_another_run(res, tmp_path):
-  first, second = tmp_path / 'a', tmp_path / 'b'
-  results.save(res, str(first))
-  results.save(res.where(optimizer='adam'), str(second))
-  os.replace(second / 'results.csv', first / 'results.csv')
-  with pytest.raises(ValueError, match='does not match'):
-    results.load(str(first))
-
-
-def _failing_replace(monkeypatch, fail_on_call):
-  """Makes the ``fail_on_call``-th os.replace inside results raise."""
-  real = os.replace
-  calls = []
-
-  def replace(src, dst):
-    calls.append(dst)
-    if len(calls) == fail_on_call:
-      raise OSError('disk full (simulated)')
-    return real(src, dst)
-
-  monkeypatch.setattr(results.os, 'replace', replace)
-  return calls
-
-
-def _snapshot(directory):
-  return {name: (directory / name).read_bytes()
-          for name in sorted(os.listdir(directory))}
-
-
-@pytest.mark.parametrize('fail_on_call', [1, 2])
-def test_failed_save_leaves_no_partial_or_temp_files(res, tmp_path,
-                                                     monkeypatch, fail_on_call):
-  results.save(res, str(tmp_path))
-  before = _snapshot(tmp_path)
-  newer = res.where(optimizer='adam')
-  calls = _failing_replace(monkeypatch, fail_on_call)
-  with pytest.raises(OSError, match='simulated'):
-    results.save(newer, str(tmp_path))
-  assert len(calls) == fail_on_call
-  monkeypatch.undo()
-  # Only the two complete files; no temporary leftovers.
-  assert sorted(os.listdir(tmp_path)) == ['metadata.json', 'results.csv']
-  # Whatever is there is either a complete, consistent save or detected.
-  try:
-    loaded = results.load(str(tmp_path))
-  except ValueError as e:
-    assert 'does not match' in str(e)
-  else:
-    assert len(loaded) == len(res)
-    chex.assert_trees_all_equal(loaded.columns['train_loss'],
-                                res.columns['train_loss'].astype(np.float64))
-  if fail_on_call == 1:
-    assert _snapshot(tmp_path) == before
-
-
-
-def test_failed_write_removes_temp_file(res, tmp_path, monkeypatch):
-  def fsync(fd):
-    del fd
-    raise OSError('io error (simulated)')
-
-  monkeypatch.setattr(results.os, 'fsync', fsync)
-  with pytest.raises(OSError, match='simulated'):
-    results.save(res, str(tmp_path))
-  assert os.listdir(tmp_path) == []
-
-
-def test_check_writable_creates_nested_directory(tmp_path):
-  out = tmp_path / 'a' / 'b'
-  assert results.check_writable(str(out)) == str(out)
-  assert out.is_dir()
-  assert os.listdir(out) == []
-
-
-@pytest.mark.parametrize('make_path', [
-    lambda f: f / 'out',            # parent is a regular file
-    lambda f: f,                    # the path itself is a regular file
-])
-def test_check_writable_rejects_unwritable(tmp_path, make_path):
-  blocker = tmp_path / 'file'
-  blocker.write_text('not a directory')
-  path = str(make_path(blocker))
-  with pytest.raises(ValueError) as info:
-    results.check_writable(path)
-  assert repr(path) in str(info.value)
-  assert str(info.value).startswith('out: cannot write')
-  assert blocker.read_text() == 'not a directory'
-
-
-def test_save_rejects_unwritable(res, tmp_path):
-  blocker = tmp_path / 'file'
-  blocker.write_text('')
-  with pytest.raises(ValueError, match='cannot write'):
-    results.save(res, str(blocker / 'out'))
-
-
-# ---------------------------------------------------------- final/where/stats
-
-
 def test_final_is_last_row_of_each_member(res):
   grid = _grid()
   outputs = _outputs(grid)
@@ -348,18 +190,6 @@ def test_summarize_excludes_diverged_member_even_if_metric_finite():
       'train_loss', 'optimizer')
   assert diverged == 1
   chex.assert_trees_all_equal(tuple(ci), (1.0, np.nan, np.nan, 1))
-
-
-def test_summarize_survives_round_trip(res, tmp_path):
-  results.save(res, str(tmp_path))
-  loaded = results.load(str(tmp_path))
-  for axis in ('optimizer', 'learning_rate'):
-    want = res.summarize('train_loss', axis)
-    got = loaded.summarize('train_loss', axis)
-    assert [r[0] for r in got] == [r[0] for r in want]
-    assert [r[2] for r in got] == [r[2] for r in want]
-    chex.assert_trees_all_equal([tuple(r[1]) for r in got],
-                                [tuple(r[1]) for r in want])
 
 
 def test_summarize_unknown_metric(res):

@@ -23,8 +23,9 @@ from rahimi_jax import attribution
 from rahimi_jax import data as data_lib
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import plots
-from rahimi_jax import results as results_lib
+from rahimi_jax import provenance
 from rahimi_jax import stats
+from rahimi_jax import storage
 from rahimi_jax import train as train_lib
 from rahimi_jax.components import relaxed
 
@@ -101,7 +102,7 @@ def run(config: AttributeConfig) -> dict[str, Any]:
   tc = config.train_config().for_grid(grid)
   res = train_lib.run_grid(config.train_config(), grid, data,
                            metadata={'config': dataclasses.asdict(config),
-                                     **results_lib.provenance()})
+                                     **provenance.provenance()})
   names = [g[0] for g in config.gates]
   baselines = {a: off for a, off, _ in config.gates}
   _, table = attribution.component_table(res, config.metric, names, baselines)
@@ -159,7 +160,7 @@ def report(config: AttributeConfig, out: dict[str, Any],
     lines.append(f'  {label:<30}{fmt(ci):>30}')
     csv_rows.append(f'"{label}",anova,{ci.mean!r},{ci.low!r},{ci.high!r},{ci.n}')
   if out_dir:
-    results_lib.atomic_write({os.path.join(out_dir, 'contributions.csv'):
+    storage.atomic_write({os.path.join(out_dir, 'contributions.csv'):
                               '\n'.join(csv_rows) + '\n'})
     plots.contributions(out['rows'], os.path.join(out_dir, 'contributions.png'),
                         title=f'contributions to final {config.metric}')

@@ -27,6 +27,7 @@ import numpy as np
 from rahimi_jax import data as data_lib
 from rahimi_jax import diagnostics
 from rahimi_jax import grid as grid_lib
+from rahimi_jax import provenance
 from rahimi_jax import plots
 from rahimi_jax import results as results_lib
 from rahimi_jax import stats
@@ -138,7 +139,7 @@ def run(config: DeepLinearConfig) -> results_lib.Results:
     part = train_lib.run_grid(
         config.train_config(depth), grid, dataset, partition='auto',
         metadata={'config': dataclasses.asdict(config),
-                  **results_lib.provenance()})
+                  **provenance.provenance()})
     part.columns['depth'] = np.full(len(part), depth)
     parts.append(part)
   meta = dict(parts[0].metadata)

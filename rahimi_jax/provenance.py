@@ -1,0 +1,38 @@
+"""Provenance of a run: library versions, devices, platform and git state."""
+
+import os
+import platform
+import subprocess
+import sys
+from typing import Any
+
+
+def provenance() -> dict[str, Any]:
+  """Library versions, devices and the git commit of this run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  versions = {'python': sys.version.split()[0]}
+  for name in ('jax', 'jaxlib', 'optax', 'flax', 'chex', 'numpy', 'scipy',
+               'sklearn', 'absl'):
+    try:
+      module = __import__(name)
+      versions[name] = getattr(module, '__version__', 'unknown')
+    except ImportError:
+      versions[name] = None
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def git(*args):
+    try:
+      return subprocess.run(['git', *args], cwd=root, capture_output=True,
+                            text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+      return None
+
+  devices = jax.devices()
+  return {
+      'versions': versions,
+      'platform': platform.platform(),
+      'devices': [str(d) for d in devices],
+      'device_kind': devices[0].device_kind,
+      'git_commit': git('rev-parse', 'HEAD'),
+      'git_dirty': bool(git('status', '--porcelain', '--untracked-files=no')),
+  }
