@@ -223,16 +223,16 @@ def shapley(results, metric: str, components: Sequence[str],
 
   The game is ``v(S)`` = the metric with the components in ``S`` on and the
   rest at their baselines (other axes averaged), computed per seed; each value
-  comes with a paired bootstrap interval over seeds. The values add up to
-  ``v(all) - v(none)`` (efficiency).
+  comes with a ``stats.mean_ci`` interval over seeds (t, extended for skew).
+  The values add up to ``v(all) - v(none)`` (efficiency).
 
   Returns:
     ``{component: stats.Interval}``.
   """
   _, table = component_table(results, metric, components, baselines)
   per_seed = shapley_from_table(table, len(components))
-  return {c: stats.paired_bootstrap_ci(np.zeros(len(per_seed)), per_seed[:, i],
-                                       level)
+  bounds = stats.difference_range(metric)
+  return {c: stats.mean_ci(per_seed[:, i], level, bounds=bounds)
           for i, c in enumerate(components)}
 
 
@@ -243,7 +243,7 @@ def anova(results, metric: str, components: Sequence[str],
   Main effect of ``i``: mean metric with ``i`` on minus with ``i`` off (over
   all patterns of the others). Interaction of ``i, j``: half the difference
   between ``i``'s effect with ``j`` on and with ``j`` off. Per seed, with a
-  bootstrap interval over seeds.
+  ``stats.mean_ci`` interval over seeds (t, extended for skew).
 
   Returns:
     ``{component or (component, component): stats.Interval}``.
@@ -257,6 +257,5 @@ def anova(results, metric: str, components: Sequence[str],
   effects = {c: table @ sign[c] / scale for c in components}
   for a, b in itertools.combinations(components, 2):
     effects[(a, b)] = table @ (sign[a] * sign[b]) / scale
-  zeros = np.zeros(len(table))
-  return {k: stats.paired_bootstrap_ci(zeros, v, level)
-          for k, v in effects.items()}
+  bounds = stats.difference_range(metric)
+  return {k: stats.mean_ci(v, level, bounds=bounds) for k, v in effects.items()}

@@ -35,7 +35,8 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
   One line per configuration (all axes but the seed), or with ``by`` one line
   per value of that axis, each seed averaging the members that share it. The
   line is the mean over seeds (geometric on a log axis) and the band its
-  ``level`` t-interval; NaN (diverged) points are left out.
+  ``level`` interval (``stats.mean_ci``; in the metric's range); NaN
+  (diverged) points are left out.
   """
   from rahimi_jax import stats  # pylint: disable=g-import-not-at-top
   if by is None:
@@ -53,12 +54,15 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
     per_seed = []
     for s in np.unique(rows.columns[grid_lib.SEED]):
       at = rows.where(seed=s).columns
-      values = np.asarray([np.nanmean(at[metric][at['step'] == t]) for t in steps])
+      values = np.asarray([stats.finite_mean(at[metric][at['step'] == t])
+                           for t in steps])
       per_seed.append(values)
     values = np.stack(per_seed)
     if log_y:
       values = np.log10(np.where(values > 0, values, np.nan))
-    intervals = [stats.mean_ci(values[:, j], level) for j in range(len(steps))]
+    bounds = (-np.inf, np.inf) if log_y else stats.metric_range(metric)
+    intervals = [stats.mean_ci(values[:, j], level, bounds=bounds)
+                 for j in range(len(steps))]
     mean, low, high = (np.asarray([getattr(i, f) for i in intervals])
                        for f in ('mean', 'low', 'high'))
     if log_y:

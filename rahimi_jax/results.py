@@ -7,12 +7,47 @@ the member's rows. ``rahimi_jax.storage`` saves and loads them.
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import stats
+
+
+class Summary(NamedTuple):
+  """A row of ``Results.summarize``."""
+  value: Any
+  interval: stats.Interval  # over seeds, of the members that finished
+  diverged: int  # members excluded from the mean: they diverged
+  members: int  # all members with this value
+
+
+class Effect(NamedTuple):
+  """A row of ``Results.compare``."""
+  value: Any
+  interval: stats.Interval  # over seeds, of the pairs where both finished
+  p_better: float  # P(a value run beats a baseline run); diverged is worst
+  pairs: int  # all (baseline, value) pairs
+  dropped: int  # pairs left out of the interval: either run diverged
+  baseline_diverged: int  # pairs whose baseline run diverged
+  value_diverged: int  # pairs whose value run diverged
+
+
+def _finished(columns, metric: str) -> np.ndarray:
+  """Rows whose run finished: not marked diverged and ``metric`` finite."""
+  done = np.isfinite(columns[metric])
+  if 'diverged_step' in columns:
+    done &= columns['diverged_step'] < 0
+  return done
+
+
+def _label(value) -> str:
+  return f'{value:g}' if isinstance(value, float) else str(value)
+
+
+def _number(x: float, fmt: str) -> str:
+  return format(x, fmt) if np.isfinite(x) else '-'
 
 
 @dataclasses.dataclass
@@ -35,10 +70,15 @@ class Results:
     return Results({k: v[mask] for k, v in self.columns.items()}, self.metadata)
 
   def final(self) -> 'Results':
-    """Each member's last logged row."""
-    member = self.columns['member']
+    """Each member's last logged row.
+
+    A member's rows are consecutive with increasing steps; its last row is
+    the one before the step stops increasing or the member name changes (a
+    concatenation of runs may repeat a name), or the last row.
+    """
+    member, step = self.columns['member'], self.columns['step']
     last = np.ones(len(self), bool)
-    last[:-1] = member[1:] != member[:-1]
+    last[:-1] = (member[1:] != member[:-1]) | (step[1:] <= step[:-1])
     return Results({k: v[last] for k, v in self.columns.items()}, self.metadata)
 
   def configs(self) -> dict[tuple[tuple[str, Any], ...], 'Results']:
@@ -51,105 +91,137 @@ class Results:
     return {k: Results({c: v[np.asarray(idx)] for c, v in self.columns.items()},
                        self.metadata) for k, idx in groups.items()}
 
-  def summarize(self, metric: str, by: str, level: float = 0.95):
-    """For each value of axis ``by``: the final ``metric`` over seeds.
-
-    Each seed contributes the mean of ``metric`` over the members with that
-    value and seed (averaging the other axes out); the interval is over seeds.
-    Diverged members are excluded from the mean and counted.
-
-    Returns:
-      A list of ``(value, Interval, n_diverged)``.
-    """
+  def _check_metric(self, metric: str) -> None:
     if metric not in self.columns:
       raise ValueError(f'Unknown metric {metric!r}; columns: '
                        f'{", ".join(self.columns)}.')
+    stats.get_metric(metric)
+
+  def summarize(self, metric: str, by: str, level: float = 0.95
+                ) -> list[Summary]:
+    """For each value of axis ``by``: the final ``metric`` over seeds.
+
+    A member that diverged (``diverged_step >= 0`` or a non-finite final
+    metric) is left out of the mean and counted in ``diverged``: the mean is
+    over the members that finished, so it flatters a value whose bad runs
+    diverged (read it beside ``diverged``). Each seed contributes the mean of
+    ``metric`` over its finished members with that value (averaging the other
+    axes out); the interval (``stats.mean_ci``) is over those seeds, clipped
+    to the metric's range.
+    """
+    self._check_metric(metric)
     final = self.final().columns
+    done = _finished(final, metric)
+    seed = final[grid_lib.SEED]
     rows = []
     for value in self.metadata['axes'][by]:
       at = final[by] == value
-      alive = (final['diverged_step'] < 0 if 'diverged_step' in final
-               else np.ones_like(at))
-      per_seed = []
-      for seed in np.unique(final[grid_lib.SEED][at]):
-        vals = final[metric][at & alive & (final[grid_lib.SEED] == seed)]
-        vals = vals[np.isfinite(vals)]
-        per_seed.append(np.mean(vals) if len(vals) else np.nan)
-      diverged = int(np.sum(at & ~alive))
-      rows.append((value, stats.mean_ci(per_seed, level), diverged))
+      per_seed = [stats.finite_mean(final[metric][at & done & (seed == s)])
+                  for s in np.unique(seed[at])]
+      rows.append(Summary(value, stats.mean_ci(
+          per_seed, level, bounds=stats.metric_range(metric)),
+                          int(np.sum(at & ~done)), int(np.sum(at))))
     return rows
 
   def compare(self, metric: str, axis: str, baseline: Any,
-              level: float = 0.95):
+              level: float = 0.95) -> list[Effect]:
     """The effect of each value of ``axis`` against ``baseline``, paired.
 
     Members are paired when they agree on every other axis and the seed
-    (common random numbers). Each seed contributes the mean difference
-    (value - baseline) of the final ``metric`` over its pairs; the effect is
-    the mean over seeds with a bootstrap interval over seeds (the resampling
-    unit, since members sharing a seed are not independent), beside the
-    probability that a value run beats a baseline run (Mann–Whitney).
-
-    Returns:
-      A list of ``(value, Interval of the difference, P(value > baseline))``.
+    (common random numbers). The effect is the mean over seeds of each seed's
+    mean difference (value - baseline) of the final ``metric``, over the pairs
+    where both runs finished (pairs with a diverged run are dropped and
+    counted), with a ``stats.paired_ci`` interval over seeds (the resampling
+    unit: members sharing a seed are not independent). ``p_better`` is the
+    probability that a value run beats a baseline run in the metric's
+    direction (Mann–Whitney over all pairs' runs), a diverged run counting as
+    worse than any finished one.
     """
+    self._check_metric(metric)
     if baseline not in self.metadata['axes'].get(axis, []):
       raise ValueError(f'{axis}: baseline {baseline!r} is not among its values '
                        f'{self.metadata["axes"].get(axis)}.')
+    higher = stats.higher_is_better(metric)
     final = self.final().columns
+    done = _finished(final, metric)
+    values = np.where(done, final[metric], np.nan)
     others = [a for a in self.axes if a != axis]
     keys = list(zip(*(final[a].tolist() for a in others)))
-    base = {k: final[metric][i] for i, k in enumerate(keys)
-            if final[axis][i] == baseline}
-    seed_at = others.index(grid_lib.SEED)
+    base = {k: i for i, k in enumerate(keys) if final[axis][i] == baseline}
     rows = []
     for value in self.metadata['axes'][axis]:
       if value == baseline:
         continue
-      pairs = [(k[seed_at], base[k], final[metric][i])
-               for i, k in enumerate(keys)
-               if final[axis][i] == value and k in base]
-      seeds = sorted({p[0] for p in pairs})
-      # One paired difference per seed (the resampling unit): members that
-      # share a seed are not independent.
-      a = np.asarray([np.mean([p[1] for p in pairs if p[0] == s]) for s in seeds])
-      b = np.asarray([np.mean([p[2] for p in pairs if p[0] == s]) for s in seeds])
-      rows.append((value, stats.paired_bootstrap_ci(a, b, level),
-                   stats.probability_of_improvement([p[1] for p in pairs],
-                                                    [p[2] for p in pairs])))
+      b_at = np.asarray([i for i, k in enumerate(keys)
+                         if final[axis][i] == value and k in base], int)
+      a_at = np.asarray([base[keys[i]] for i in b_at], int)
+      both = done[a_at] & done[b_at]
+      seed = final[grid_lib.SEED][b_at]
+      # One paired difference per seed (the resampling unit).
+      kept = np.unique(seed[both])
+      a = [values[a_at[both & (seed == s)]].mean() for s in kept]
+      b = [values[b_at[both & (seed == s)]].mean() for s in kept]
+      rows.append(Effect(
+          value,
+          stats.paired_ci(a, b, level, bounds=stats.difference_range(metric)),
+          stats.probability_of_improvement(values[a_at], values[b_at],
+                                           higher_is_better=higher),
+          len(b_at), int(np.sum(~both)), int(np.sum(~done[a_at])),
+          int(np.sum(~done[b_at]))))
     return rows
 
   def effects_table(self, metric: str, level: float = 0.95) -> str:
     """``compare`` for every non-seed axis, against its first value."""
-    lines = [f'paired effect on final {metric} vs each axis\'s first value: mean '
-             f'difference over seeds, {level:.0%} paired bootstrap interval over '
-             'seeds, P(better)']
+    better = 'higher' if stats.higher_is_better(metric) else 'lower'
+    lines = [
+        f'paired effect on final {metric} ({better} is better) vs each axis\'s '
+        f'first value: mean over seeds of the difference value - baseline, '
+        f'{level:.0%} t-interval (extended for skew, Hall 1992) over seeds',
+        'pairs where either run diverged are dropped from the effect (column '
+        '"dropped"); P(better) = P(a value run beats a baseline run), a '
+        'diverged run counting as worse than any finished one']
     header = (f'{"axis":<14}{"value":<16}{"baseline":<14}{"effect":>9}'
-              f'{"low":>9}{"high":>9}{"seeds":>7}{"P(>)":>7}')
+              f'{"low":>9}{"high":>9}{"seeds":>7}{"dropped":>9}'
+              f'{"P(better)":>11}  note')
     lines += [header, '-' * len(header)]
     for axis in self.axes:
       values = self.metadata['axes'][axis]
       if axis == grid_lib.SEED or len(values) < 2:
         continue
-      for value, ci, p in self.compare(metric, axis, values[0], level):
-        fmt = lambda v: f'{v:g}' if isinstance(v, float) else str(v)
-        lines.append(f'{axis:<14}{fmt(value):<16}{fmt(values[0]):<14}'
-                     f'{ci.mean:>+9.4f}{ci.low:>+9.4f}{ci.high:>+9.4f}'
-                     f'{ci.n:>7d}{p:>7.2f}')
+      for e in self.compare(metric, axis, values[0], level):
+        ci = e.interval
+        note = '; '.join(f'{who} diverged in {k}/{e.pairs}' for who, k in (
+            ('baseline', e.baseline_diverged), ('value', e.value_diverged))
+                         if k)
+        lines.append(
+            f'{axis:<14}{_label(e.value):<16}{_label(values[0]):<14}'
+            f'{_number(ci.mean, "+.4f"):>9}{_number(ci.low, "+.4f"):>9}'
+            f'{_number(ci.high, "+.4f"):>9}{ci.n:>7d}'
+            f'{f"{e.dropped}/{e.pairs}":>9}{_number(e.p_better, ".2f"):>11}'
+            f'  {note}'.rstrip())
     return '\n'.join(lines)
 
   def summary_table(self, metric: str, level: float = 0.95) -> str:
     """A text table of ``summarize(metric, axis)`` for every non-seed axis."""
-    lines = [f'final {metric}: mean over seeds, {level:.0%} t-interval']
-    header = f'{"axis":<14}{"value":<16}{"mean":>9}{"low":>9}{"high":>9}{"seeds":>7}{"diverged":>10}'
+    low, high = stats.metric_range(metric)
+    lines = [f'final {metric}: mean over seeds, {level:.0%} t-interval '
+             f'(extended for skew, Hall 1992; clipped to [{low:g}, {high:g}]) '
+             'of the members that finished',
+             'diverged members are excluded from the mean (survivor bias: '
+             'read the mean beside "diverged", flagged !)']
+    header = (f'{"axis":<14}{"value":<16}{"mean":>9}{"low":>9}{"high":>9}'
+              f'{"seeds":>7}{"diverged":>10}')
     lines += [header, '-' * len(header)]
     for axis in self.axes:
       if axis == grid_lib.SEED:
         continue
-      for value, ci, diverged in self.summarize(metric, axis, level):
-        label = f'{value:g}' if isinstance(value, float) else str(value)
-        lines.append(f'{axis:<14}{label:<16}{ci.mean:>9.4f}{ci.low:>9.4f}'
-                     f'{ci.high:>9.4f}{ci.n:>7d}{diverged:>10d}')
+      for row in self.summarize(metric, axis, level):
+        ci = row.interval
+        flag = ' !' if row.diverged else ''
+        lines.append(f'{axis:<14}{_label(row.value):<16}'
+                     f'{_number(ci.mean, ".4f"):>9}{_number(ci.low, ".4f"):>9}'
+                     f'{_number(ci.high, ".4f"):>9}{ci.n:>7d}'
+                     f'{f"{row.diverged}/{row.members}":>10}{flag}')
     return '\n'.join(lines)
 
 

@@ -1,5 +1,44 @@
-"""Small statistics over seeds."""
+"""Small statistics over seeds: intervals that mean what they say.
 
+Every interval the project prints comes from ``mean_ci`` (one value per seed)
+or ``paired_ci`` (one paired difference per seed). Its method is the Student-t
+interval widened, where the seeds look skewed, to contain Hall's (1992)
+skewness-corrected interval; ``tests/test_stats.py`` simulates its coverage.
+Coverage of a nominal 95% interval (20,000 simulated draws per cell, Monte
+Carlo standard error 0.0015; the percentile bootstrap, which this replaces,
+4,000 draws):
+
+  ================================  =====  =====  =====  =====
+  method, seeds drawn from          n=4    n=8    n=16   n=32
+  ================================  =====  =====  =====  =====
+  percentile bootstrap, normal      0.809  0.883  0.924  0.932
+  Student-t, normal                 0.951  0.953  0.948  0.948
+  t + Hall (this), normal           0.966  0.963  0.959  0.956
+  percentile bootstrap, exponential 0.740  0.855  0.887  0.929
+  Student-t, exponential            0.881  0.893  0.911  0.929
+  Hall alone, exponential           0.915  0.934  0.944  0.946
+  t + Hall (this), exponential      0.927  0.939  0.951  0.957
+  t + Hall (this), lognormal(0, 1)  0.884  0.900  0.922  0.939
+  Hall alone, t(3)                  0.955  0.939  0.922  0.926
+  t + Hall (this), t(3)             0.973  0.966  0.959  0.956
+  ================================  =====  =====  =====  =====
+
+Student-t is exact for normal seeds but undercovers skewed ones (losses are
+skewed); Hall's correction fixes most of the skew but undercovers heavy
+symmetric tails; their union keeps both, at 21% more width than t at n=4 on
+normal seeds and 2% at n=32. (Bootstrap-t was about twice as wide as t at
+n=4 and undercovered t(3) at n=32; BCa covered 80% at n=4.) No interval for a
+mean can be exact for every distribution at a fixed n (Bahadur & Savage,
+1956): with seeds as skewed as an exponential (skewness 2) expect about 93%
+at n=4, and less for heavier skew (lognormal: 88%).
+
+References:
+  Hall, P. (1992). On the removal of skewness by transformation. JRSS B 54.
+  Bahadur, R. R. & Savage, L. J. (1956). The nonexistence of certain
+  statistical procedures in nonparametric problems. Ann. Math. Statist. 27.
+"""
+
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -13,10 +52,102 @@ class Interval(NamedTuple):
   n: int
 
 
-def mean_ci(values, level: float = 0.95) -> Interval:
-  """Mean and Student-t confidence interval of the finite ``values``.
+class Metric(NamedTuple):
+  """What a metric's values mean: which way is better, and their range."""
+  higher_is_better: bool | None  # None: no better direction (a curvature).
+  low: float
+  high: float
 
-  With fewer than two finite values the interval is NaN (unknown), never zero.
+
+# Every metric column the project writes: train.py's losses and accuracy,
+# diagnostics.LOGGED's columns. A new metric is one entry here.
+METRICS: dict[str, Metric] = {
+    'train_loss': Metric(False, 0.0, math.inf),
+    'test_loss': Metric(False, 0.0, math.inf),
+    'test_accuracy': Metric(True, 0.0, 1.0),
+    'grad_norm': Metric(False, 0.0, math.inf),
+    'hessian_max': Metric(None, -math.inf, math.inf),
+    'hessian_min': Metric(None, -math.inf, math.inf),
+}
+
+
+def get_metric(name: str) -> Metric:
+  """The ``Metric`` of column ``name``; unknown names raise ``ValueError``."""
+  if name not in METRICS:
+    raise ValueError(f'Unknown metric {name!r}: its direction and range are '
+                     f'not declared; known: {", ".join(METRICS)} (add it to '
+                     'stats.METRICS).')
+  return METRICS[name]
+
+
+def higher_is_better(name: str) -> bool:
+  """Whether a larger ``name`` is better (accuracy) or worse (a loss)."""
+  better = get_metric(name).higher_is_better
+  if better is None:
+    raise ValueError(f'metric {name!r} has no better direction.')
+  return better
+
+
+def metric_range(name: str) -> tuple[float, float]:
+  """``(low, high)``: the values ``name`` can take (a loss is >= 0)."""
+  m = get_metric(name)
+  return m.low, m.high
+
+
+def difference_range(name: str) -> tuple[float, float]:
+  """The range of a difference of two values of ``name``."""
+  low, high = metric_range(name)
+  return low - high, high - low
+
+
+def finite_mean(values) -> float:
+  """Mean of the finite ``values``; NaN (and no warning) when there are none."""
+  x = np.asarray(values, np.float64).ravel()
+  x = x[np.isfinite(x)]
+  return float(x.mean()) if len(x) else np.nan
+
+
+def t_skew_bounds(x, level: float = 0.95):
+  """Interval bounds for the mean of each sample ``x: [..., n]`` (n >= 2).
+
+  The union of the Student-t interval and Hall's (1992) interval: with
+  ``W = (mean - mu) / s`` and ``g`` the sample skewness (moment estimator),
+  ``sqrt(n) (W + g W^2 / 3 + g^2 W^3 / 27 + g / (6 n))`` is close to t with
+  ``n - 1`` degrees of freedom; the map is monotone, so inverting it at the t
+  quantiles gives the interval. With ``g = 0`` both are the t-interval.
+
+  Returns:
+    ``(low, high)``, each ``[...]``.
+  """
+  x = np.asarray(x, np.float64)
+  n = x.shape[-1]
+  mean = x.mean(-1)
+  d = x - mean[..., None]
+  m2, m3 = (d**2).mean(-1), (d**3).mean(-1)
+  with np.errstate(divide='ignore', invalid='ignore'):
+    g = np.where(m2 > 0, m3 / m2**1.5, 0.0)
+  s = np.sqrt(m2 * n / (n - 1))
+  q = stats.t.ppf(0.5 + level / 2, n - 1) / np.sqrt(n)
+
+  def w_at(u):
+    # The inverse of the transformation, in a form without division by g.
+    v = u - g / (6 * n)
+    c = np.cbrt(1 + g * v)
+    return 3 * v / (c * c + c + 1)
+
+  low = np.minimum(mean - q * s, mean - s * w_at(q))
+  high = np.maximum(mean + q * s, mean - s * w_at(-q))
+  return low, high
+
+
+def mean_ci(values, level: float = 0.95, *,
+            bounds: tuple[float, float] = (-math.inf, math.inf)) -> Interval:
+  """Mean of the finite ``values`` and its interval (``t_skew_bounds``).
+
+  The interval is clipped to ``bounds``, the range the mean can take (a loss
+  is >= 0; ``metric_range``): the truth lies in it, so clipping keeps the
+  coverage. With fewer than two finite values the interval is NaN (unknown),
+  never zero.
   """
   x = np.asarray(values, np.float64).ravel()
   x = x[np.isfinite(x)]
@@ -26,45 +157,18 @@ def mean_ci(values, level: float = 0.95) -> Interval:
   mean = float(np.mean(x))
   if n < 2:
     return Interval(mean, np.nan, np.nan, n)
-  half = stats.t.ppf(0.5 + level / 2, n - 1) * np.std(x, ddof=1) / np.sqrt(n)
-  return Interval(mean, mean - half, mean + half, n)
+  low, high = t_skew_bounds(x, level)
+  return Interval(mean, float(max(low, bounds[0])), float(min(high, bounds[1])),
+                  n)
 
 
-def interquartile_mean(values) -> float:
-  """Mean of the middle 50% of the finite ``values`` (robust to outlier seeds)."""
-  x = np.asarray(values, np.float64).ravel()
-  x = x[np.isfinite(x)]
-  return float(stats.trim_mean(x, 0.25)) if len(x) else np.nan
-
-
-def probability_of_improvement(a, b) -> float:
-  """P(B > A) for a draw of each (ties count half): the Mann–Whitney statistic.
-
-  Args:
-    a: metric values of the baseline, one per seed.
-    b: metric values of the alternative.
-
-  Returns:
-    A probability in [0, 1]; 0.5 means no stochastic ordering.
-  """
-  a = np.asarray(a, np.float64).ravel()
-  b = np.asarray(b, np.float64).ravel()
-  a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-  if not len(a) or not len(b):
-    return np.nan
-  greater = (b[:, None] > a[None, :]).mean()
-  ties = (b[:, None] == a[None, :]).mean()
-  return float(greater + 0.5 * ties)
-
-
-def paired_bootstrap_ci(a, b, level: float = 0.95, n_resamples: int = 9999,
-                        seed: int = 0) -> Interval:
-  """Mean of the paired differences ``b - a`` with a bootstrap interval.
+def paired_ci(a, b, level: float = 0.95, *,
+              bounds: tuple[float, float] = (-math.inf, math.inf)) -> Interval:
+  """Mean of the paired differences ``b - a`` and its ``mean_ci`` interval.
 
   Pairs share a seed (common random numbers), so the interval reflects the
   variance of the difference, not of each arm. Pairs with a non-finite value
-  are dropped. Uses ``scipy.stats.bootstrap`` (percentile method, which stays
-  defined for the few seeds typical of small experiments).
+  on either side are dropped; ``n`` counts the pairs used.
   """
   a = np.asarray(a, np.float64).ravel()
   b = np.asarray(b, np.float64).ravel()
@@ -72,15 +176,31 @@ def paired_bootstrap_ci(a, b, level: float = 0.95, n_resamples: int = 9999,
     raise ValueError(f'paired values need equal lengths; got {a.shape} and '
                      f'{b.shape}.')
   keep = np.isfinite(a) & np.isfinite(b)
-  d = b[keep] - a[keep]
-  n = len(d)
-  if n == 0:
-    return Interval(np.nan, np.nan, np.nan, 0)
-  if n < 2 or np.all(d == d[0]):
-    return Interval(float(d.mean()), np.nan if n < 2 else float(d[0]),
-                    np.nan if n < 2 else float(d[0]), n)
-  res = stats.bootstrap((d,), np.mean, confidence_level=level,
-                        n_resamples=n_resamples, method='percentile',
-                        random_state=np.random.default_rng(seed))
-  return Interval(float(d.mean()), float(res.confidence_interval.low),
-                  float(res.confidence_interval.high), n)
+  return mean_ci(b[keep] - a[keep], level, bounds=bounds)
+
+
+def probability_of_improvement(a, b, *, higher_is_better: bool) -> float:
+  """P(a draw of B is better than a draw of A), ties half: Mann–Whitney.
+
+  A non-finite value (a diverged run) counts as worse than every finite one
+  and ties with another non-finite one, so divergence lowers P rather than
+  vanishing from it.
+
+  Args:
+    a: metric values of the baseline, one per run.
+    b: metric values of the alternative.
+    higher_is_better: the metric's direction (``stats.higher_is_better``).
+
+  Returns:
+    A probability in [0, 1]; 0.5 means no stochastic ordering; NaN when a side
+    has no runs.
+  """
+  worst = -np.inf if higher_is_better else np.inf
+  a, b = (np.asarray(v, np.float64).ravel() for v in (a, b))
+  if not len(a) or not len(b):
+    return np.nan
+  a, b = (np.where(np.isfinite(v), v, worst) for v in (a, b))
+  sign = 1.0 if higher_is_better else -1.0
+  better = (sign * b[:, None] > sign * a[None, :]).mean()
+  ties = (b[:, None] == a[None, :]).mean()
+  return float(better + 0.5 * ties)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from rahimi_jax import attribution
 from rahimi_jax import grid as grid_lib
@@ -142,6 +143,28 @@ def test_shapley_splits_an_interaction_and_is_efficient():
   chex.assert_trees_all_close(effects[('norm', 'optimizer')].mean, 0.02,
                               atol=1e-12)
   chex.assert_trees_all_close(effects[('norm', 'init')].mean, 0.0, atol=1e-12)
+
+
+def test_shapley_and_anova_intervals_are_t_intervals_over_seeds():
+  # One on/off component, 4 seeds; the per-seed effect 0.05 + dev is
+  # symmetric about 0.05 (skewness 0), so the interval is Student-t's.
+  from rahimi_jax import results as results_lib  # pylint: disable=g-import-not-at-top
+  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'batch')),
+                       grid_lib.Seeds(4))
+  dev = np.asarray([-0.03, -0.01, 0.01, 0.03])
+  seed_level = np.asarray([0.5, 0.7, 0.6, 0.8])
+  loss = np.asarray([seed_level[m.values['seed']] +
+                     (m.values['norm'] == 'batch') * (0.05 + dev[m.values['seed']])
+                     for m in grid.members])
+  res = results_lib.from_outputs(grid, {
+      'step': np.zeros((len(grid), 1), np.int32), 'test_loss': loss[:, None],
+      'diverged_step': np.full(len(grid), -1, np.int32)})
+  want = scipy_stats.ttest_1samp(0.05 + dev, 0.0).confidence_interval(0.95)
+  for ci in (attribution.shapley(res, 'test_loss', ['norm'])['norm'],
+             attribution.anova(res, 'test_loss', ['norm'])['norm']):
+    chex.assert_trees_all_close((ci.mean, ci.low, ci.high),
+                                (0.05, want.low, want.high), rtol=1e-10)
+    assert ci.n == 4
 
 
 def test_shapley_needs_on_off_axes():

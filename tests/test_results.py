@@ -1,5 +1,6 @@
-"""Tests for rahimi_jax.results (tidy table, summaries) and stats."""
+"""Tests for rahimi_jax.results (tidy table, final rows, summaries)."""
 
+import warnings
 
 import chex
 import numpy as np
@@ -115,6 +116,28 @@ def test_final_is_last_row_of_each_member(res):
                               outputs['train_loss'][:, -1])
 
 
+def test_final_keeps_runs_that_repeat_a_member_name():
+  # A one-member grid run at two depths and concatenated: the same member
+  # name twice in a row; each run's last row is where the step resets.
+  grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd',)),
+                       grid_lib.Seeds(1))
+  parts = []
+  for depth, loss in ((2, [3.0, 2.0, 1.0]), (4, [5.0, 4.0, 0.5])):
+    part = results.from_outputs(grid, {
+        'step': np.asarray([[0, 5, 10]], np.int32),
+        'train_loss': np.asarray([loss], np.float32),
+        'diverged_step': np.asarray([-1], np.int32)})
+    part.columns['depth'] = np.full(len(part), depth)
+    parts.append(part)
+  joined = results.concat(parts)
+  assert len(set(joined.columns['member'])) == 1
+  final = joined.final()
+  chex.assert_trees_all_equal(final.columns['depth'], np.asarray([2, 4]))
+  chex.assert_trees_all_equal(final.columns['train_loss'],
+                              np.asarray([1.0, 0.5], np.float32))
+  chex.assert_trees_all_equal(final.columns['step'], np.asarray([10, 10]))
+
+
 def test_where_selects_equal_rows(res):
   sel = res.where(optimizer='adam', step=10)
   assert len(sel) == len(LRS) * N_SEEDS
@@ -126,31 +149,42 @@ def test_where_selects_equal_rows(res):
   assert len(res.where(optimizer='rmsprop')) == 0
 
 
-def _hand_interval(values, level=0.95):
+def _hand_t_interval(values, level=0.95, low=0.0):
+  """The textbook t-interval, clipped below at ``low`` (a loss is >= 0).
+
+  For two values the sample skewness is 0, so this is ``stats.mean_ci``.
+  """
   x = np.asarray(values, np.float64)
   n = len(x)
   mean = x.sum() / n
   sd = np.sqrt(np.sum((x - mean) ** 2) / (n - 1))
   half = scipy_stats.t.ppf(0.5 + level / 2, df=n - 1) * sd / np.sqrt(n)
-  return mean, mean - half, mean + half, n
+  return mean, max(mean - half, low), mean + half, n
 
 
 def test_summarize_by_hand(res):
   grid = _grid()
   final_loss = _outputs(grid)['train_loss'][:, -1].astype(np.float64)
   rows = res.summarize('train_loss', 'optimizer')
-  assert [r[0] for r in rows] == list(OPTIMIZERS)
-  for value, ci, diverged in rows:
+  assert [r.value for r in rows] == list(OPTIMIZERS)
+  for row in rows:
     per_seed = []
     for seed in range(N_SEEDS):
       vals = [final_loss[m.index] for m in grid.members
-              if m.values['optimizer'] == value and m.values['seed'] == seed
+              if m.values['optimizer'] == row.value
+              and m.values['seed'] == seed
               and m.index != 4]  # member 4 diverged: excluded.
       per_seed.append(sum(vals) / len(vals))
-    chex.assert_trees_all_close(tuple(ci), _hand_interval(per_seed),
-                                rtol=1e-12, atol=0)
+    # The interval method itself is checked against scipy in test_stats.
+    chex.assert_trees_all_close(
+        tuple(row.interval),
+        tuple(stats.mean_ci(per_seed, bounds=(0.0, np.inf))),
+        rtol=1e-12, atol=0)
+    chex.assert_trees_all_close(row.interval.mean, np.mean(per_seed),
+                                rtol=1e-12)
     # Member 4 (sgd, lr=0.01, seed 1) is the only diverged member.
-    assert diverged == (1 if value == 'sgd' else 0)
+    assert row.diverged == (1 if row.value == 'sgd' else 0)
+    assert row.members == len(LRS) * N_SEEDS
 
 
 def test_summarize_diverged_member_excluded_from_mean():
@@ -165,19 +199,21 @@ def test_summarize_diverged_member_excluded_from_mean():
                                        [9, 5.0]], np.float32),
              'diverged_step': np.asarray([-1, 0, -1, -1], np.int32)}
   res = results.from_outputs(grid, outputs)
-  (value, ci, diverged), = res.summarize('train_loss', 'optimizer')
-  assert value == 'sgd'
-  assert diverged == 1
-  # seed 0: mean(1, 3) = 2; seed 1: only 5 (the diverged member dropped).
-  chex.assert_trees_all_close(tuple(ci), _hand_interval([2.0, 5.0]),
-                              rtol=1e-12, atol=0)
+  (row,) = res.summarize('train_loss', 'optimizer')
+  assert row.value == 'sgd'
+  assert (row.diverged, row.members) == (1, 4)
+  # seed 0: mean(1, 3) = 2; seed 1: only 5 (the diverged member dropped). The
+  # t-interval's low end, -15.6, is clipped to 0: a loss is never negative.
+  chex.assert_trees_all_close(tuple(row.interval),
+                              _hand_t_interval([2.0, 5.0]), rtol=1e-12, atol=0)
+  assert row.interval.low == 0.0
   by_lr = res.summarize('train_loss', 'learning_rate')
-  assert [r[0] for r in by_lr] == [0.1, 0.01]
-  assert [r[2] for r in by_lr] == [1, 0]
+  assert [r.value for r in by_lr] == [0.1, 0.01]
+  assert [r.diverged for r in by_lr] == [1, 0]
   # At lr=0.1 only seed 0 is finite: one value, so the interval is unknown.
-  chex.assert_trees_all_equal(tuple(by_lr[0][1]), (1.0, np.nan, np.nan, 1))
-  chex.assert_trees_all_close(tuple(by_lr[1][1]), _hand_interval([3.0, 5.0]),
-                              rtol=1e-12, atol=0)
+  chex.assert_trees_all_equal(tuple(by_lr[0].interval), (1.0, np.nan, np.nan, 1))
+  chex.assert_trees_all_close(tuple(by_lr[1].interval),
+                              _hand_t_interval([3.0, 5.0]), rtol=1e-12, atol=0)
 
 
 def test_summarize_excludes_diverged_member_even_if_metric_finite():
@@ -186,23 +222,54 @@ def test_summarize_excludes_diverged_member_even_if_metric_finite():
   outputs = {'step': np.asarray([[0], [0]], np.int32),
              'train_loss': np.asarray([[1.0], [100.0]], np.float32),
              'diverged_step': np.asarray([-1, 3], np.int32)}
-  (_, ci, diverged), = results.from_outputs(grid, outputs).summarize(
+  (row,) = results.from_outputs(grid, outputs).summarize(
       'train_loss', 'optimizer')
-  assert diverged == 1
-  chex.assert_trees_all_equal(tuple(ci), (1.0, np.nan, np.nan, 1))
+  assert row.diverged == 1
+  chex.assert_trees_all_equal(tuple(row.interval), (1.0, np.nan, np.nan, 1))
+
+
+def _all_diverged():
+  """Two optimizers x 3 seeds; every 'adam' member diverged."""
+  grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd', 'adam')),
+                       grid_lib.Seeds(3))
+  loss = np.asarray([1.0, 1.2, 1.1, np.nan, np.nan, np.nan], np.float32)
+  outputs = {'step': np.zeros((6, 1), np.int32), 'train_loss': loss[:, None],
+             'diverged_step': np.asarray([-1, -1, -1, 2, 0, 5], np.int32)}
+  return results.from_outputs(grid, outputs)
+
+
+def test_summarize_all_diverged_group_is_unknown_and_warns_nothing():
+  res = _all_diverged()
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    rows = res.summarize('train_loss', 'optimizer')
+    table = res.summary_table('train_loss')
+  adam = rows[1]
+  assert (adam.value, adam.diverged, adam.members) == ('adam', 3, 3)
+  chex.assert_trees_all_equal(tuple(adam.interval), (np.nan, np.nan, np.nan, 0))
+  line = next(l for l in table.splitlines() if l.split()[:2] ==
+              ['optimizer', 'adam'])
+  assert line.split()[2:] == ['-', '-', '-', '0', '3/3', '!']
+  assert 'nan' not in table
 
 
 def test_summarize_unknown_metric(res):
   with pytest.raises(ValueError, match="'test_loss'.*train_loss"):
     res.summarize('test_loss', 'optimizer')
+  res.columns['sharpness'] = res.columns['train_loss']
+  with pytest.raises(ValueError, match="'sharpness'.*stats.METRICS"):
+    res.summarize('sharpness', 'optimizer')
 
 
 def test_summary_table_lists_axis_values(res):
   table = res.summary_table('train_loss')
   lines = table.splitlines()
-  assert lines[0] == 'final train_loss: mean over seeds, 95% t-interval'
-  assert 'mean' in lines[1] and 'diverged' in lines[1]
-  body = lines[3:]
+  assert lines[0].startswith('final train_loss: mean over seeds, 95% '
+                             't-interval')
+  assert 'clipped to [0, inf]' in lines[0]
+  assert 'diverged members are excluded from the mean' in lines[1]
+  assert 'mean' in lines[2] and 'diverged' in lines[2]
+  body = lines[4:]
   assert len(body) == len(OPTIMIZERS) + len(LRS)  # the seed axis is not a row
   for value in OPTIMIZERS:
     assert any(l.split()[:2] == ['optimizer', value] for l in body), value
@@ -210,38 +277,9 @@ def test_summary_table_lists_axis_values(res):
     assert any(l.split()[:2] == ['learning_rate', value] for l in body), value
   assert not any(l.startswith('seed') for l in body)
   sgd = next(l for l in body if l.split()[:2] == ['optimizer', 'sgd'])
-  ci = res.summarize('train_loss', 'optimizer')[0][1]
+  ci = res.summarize('train_loss', 'optimizer')[0].interval
+  # Member 4 diverged: 1 of the 6 sgd members, flagged.
   assert sgd.split()[2:] == [f'{ci.mean:.4f}', f'{ci.low:.4f}',
-                             f'{ci.high:.4f}', str(N_SEEDS), '1']
-
-
-def test_mean_ci_matches_scipy():
-  values = [0.3, 0.5, 0.4, 0.9]
-  chex.assert_trees_all_close(tuple(stats.mean_ci(values)),
-                              _hand_interval(values), rtol=1e-12, atol=0)
-  chex.assert_trees_all_close(tuple(stats.mean_ci(values, level=0.9)),
-                              _hand_interval(values, level=0.9),
-                              rtol=1e-12, atol=0)
-  # Non-finite values are dropped before the interval.
-  chex.assert_trees_all_close(
-      tuple(stats.mean_ci(values + [np.nan, np.inf])),
-      _hand_interval(values), rtol=1e-12, atol=0)
-
-
-def test_mean_ci_one_value_has_unknown_interval():
-  chex.assert_trees_all_equal(tuple(stats.mean_ci([2.5])),
-                              (2.5, np.nan, np.nan, 1))
-  chex.assert_trees_all_equal(tuple(stats.mean_ci([2.5, np.nan])),
-                              (2.5, np.nan, np.nan, 1))
-
-
-def test_mean_ci_no_values():
-  chex.assert_trees_all_equal(tuple(stats.mean_ci([])),
-                              (np.nan, np.nan, np.nan, 0))
-  chex.assert_trees_all_equal(tuple(stats.mean_ci([np.nan, -np.inf])),
-                              (np.nan, np.nan, np.nan, 0))
-
-
-def test_mean_ci_identical_values_zero_width():
-  chex.assert_trees_all_equal(tuple(stats.mean_ci([1.5, 1.5, 1.5])),
-                              (1.5, 1.5, 1.5, 3))
+                             f'{ci.high:.4f}', str(N_SEEDS), '1/6', '!']
+  adam = next(l for l in body if l.split()[:2] == ['optimizer', 'adam'])
+  assert adam.split()[-1] == '0/6'

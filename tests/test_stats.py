@@ -1,98 +1,366 @@
-"""Statistics over seeds: t-intervals, IQM, probability of improvement, paired bootstrap."""
+"""Statistics over seeds: interval coverage, the metric registry, P(better),
+paired effects and how they treat diverged runs."""
+
+import math
+import warnings
 
 import chex
 import numpy as np
 import pytest
+from scipy import optimize
 from scipy import stats as scipy_stats
 
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import results as results_lib
 from rahimi_jax import stats
 
+# ------------------------------------------------------------------ coverage
 
-def test_mean_ci_matches_scipy():
-  x = np.array([0.9, 0.95, 0.92, 0.97, 0.91])
-  ci = stats.mean_ci(x, 0.9)
-  low, high = scipy_stats.t.interval(0.9, len(x) - 1, loc=x.mean(),
-                                     scale=scipy_stats.sem(x))
-  chex.assert_trees_all_close((ci.mean, ci.low, ci.high), (x.mean(), low, high),
-                              rtol=1e-12)
-  assert ci.n == 5
-
-
-def test_interquartile_mean_ignores_outlier_seeds():
-  x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 1000.0]
-  chex.assert_trees_all_close(stats.interquartile_mean(x), 4.5)
-  assert np.isnan(stats.interquartile_mean([np.nan]))
-
-
-@pytest.mark.parametrize('a, b, expected', [
-    ([1, 2, 3], [4, 5, 6], 1.0),
-    ([4, 5, 6], [1, 2, 3], 0.0),
-    ([1, 2], [1, 2], 0.5),
-    ([0, 2], [1, 3], 0.75),
-])
-def test_probability_of_improvement(a, b, expected):
-  chex.assert_trees_all_close(stats.probability_of_improvement(a, b), expected)
+DRAWS = 4000
+# Coverage of the nominal 95% interval. The simulation is seeded, so these
+# are fixed numbers; with 4,000 draws a coverage near 0.95 has a Monte Carlo
+# standard error of 0.0034 (0.004 near 0.93).
+# * normal seeds: nominal minus 3 standard errors (0.94) up to 0.975 (the
+#   union with Hall's interval is conservative by design: 0.966 at n=4 in the
+#   20,000-draw table of stats.py; more would mean needlessly wide intervals).
+# * exponential seeds (skewness 2, like losses): no interval for a mean is
+#   exact for every distribution at fixed n (Bahadur & Savage, 1956), so the
+#   bound is the 20,000-draw coverage in stats.py (0.927, 0.939, 0.951) less
+#   0.015 (about 4 standard errors). Student-t (0.881 at n=4) and the
+#   percentile bootstrap it replaced (0.740) are below it: the test fails if
+#   the method regresses to either.
+NORMAL_RANGE = (0.94, 0.975)
+SKEWED_FLOOR = {4: 0.912, 8: 0.924, 16: 0.936}
 
 
-def test_paired_bootstrap_uses_the_pairing():
+def _coverage(low, high, truth):
+  return float(np.mean((low <= truth) & (truth <= high)))
+
+
+@pytest.mark.parametrize('n', [4, 8, 16])
+def test_interval_reaches_nominal_coverage(n):
+  rng = np.random.default_rng(n)
+  normal = rng.normal(3.0, 2.0, (DRAWS, n))
+  skewed = rng.exponential(1.0, (DRAWS, n))
+  left_skewed = 1.0 - rng.exponential(0.05, (DRAWS, n))  # accuracy near 1
+  cov = {name: _coverage(*stats.t_skew_bounds(x, 0.95), truth)
+         for name, x, truth in (('normal', normal, 3.0), ('skewed', skewed, 1.0),
+                                ('left_skewed', left_skewed, 0.95))}
+  assert NORMAL_RANGE[0] <= cov['normal'] <= NORMAL_RANGE[1], cov
+  assert cov['skewed'] >= SKEWED_FLOOR[n], cov
+  assert cov['left_skewed'] >= SKEWED_FLOOR[n], cov
+  if n == 4:  # the floor is above what plain Student-t reaches
+    t = scipy_stats.t.interval(0.95, n - 1, loc=skewed.mean(1),
+                               scale=scipy_stats.sem(skewed, axis=1))
+    assert _coverage(*t, 1.0) < SKEWED_FLOOR[n]
+
+
+def test_mean_ci_is_vectorized_bounds_per_sample():
+  x = np.random.default_rng(0).exponential(1.0, (5, 6))
+  low, high = stats.t_skew_bounds(x)
+  for i in range(5):
+    ci = stats.mean_ci(x[i])
+    chex.assert_trees_all_close((ci.low, ci.high), (low[i], high[i]),
+                                rtol=1e-12)
+
+
+# ------------------------------------------------------- intervals, by hand
+
+
+def _hall_by_root_finding(x, level):
+  """Hall's (1992) interval, solving the forward transformation numerically."""
+  n = len(x)
+  g = scipy_stats.skew(x, bias=True)
+  s = np.std(x, ddof=1)
+  q = scipy_stats.t.ppf(0.5 + level / 2, n - 1) / np.sqrt(n)
+  transform = lambda w: w + g * w**2 / 3 + g**2 * w**3 / 27 + g / (6 * n)
+  w_hi = optimize.brentq(lambda w: transform(w) - q, -100, 100, xtol=1e-14)
+  w_lo = optimize.brentq(lambda w: transform(w) + q, -100, 100, xtol=1e-14)
+  return x.mean() - s * w_hi, x.mean() - s * w_lo
+
+
+@pytest.mark.parametrize('level', [0.95, 0.9])
+def test_mean_ci_is_student_t_for_symmetric_seeds(level):
+  x = np.array([0.93, 0.90, 0.98, 0.95, 1.00, 0.92, 0.97])  # skewness 0
+  want = scipy_stats.ttest_1samp(x, 0.0).confidence_interval(level)
+  ci = stats.mean_ci(x, level)
+  chex.assert_trees_all_close((ci.mean, ci.low, ci.high),
+                              (x.mean(), want.low, want.high), rtol=1e-12)
+  assert ci.n == 7
+
+
+@pytest.mark.parametrize('x', [[0.3, 0.5, 0.4, 0.9], [1.0, 1.1, 1.05, 3.0, 1.2],
+                               [-2.0, 0.1, 0.2, 0.15]])
+def test_mean_ci_skewed_is_union_of_t_and_hall(x):
+  x = np.asarray(x)
+  t = scipy_stats.ttest_1samp(x, 0.0).confidence_interval(0.95)
+  hall = _hall_by_root_finding(x, 0.95)
+  ci = stats.mean_ci(x)
+  chex.assert_trees_all_close(
+      (ci.low, ci.high),
+      (min(t.low, hall[0]), max(t.high, hall[1])), rtol=1e-9)
+  # Skewed seeds extend the interval toward the long tail only.
+  right = scipy_stats.skew(x) > 0
+  chex.assert_trees_all_close(ci.low if right else ci.high,
+                              t.low if right else t.high, rtol=1e-12)
+  assert (ci.high > t.high) if right else (ci.low < t.low)
+
+
+def test_mean_ci_drops_non_finite():
+  x = [0.3, 0.5, 0.4, 0.9]
+  chex.assert_trees_all_close(tuple(stats.mean_ci(x + [np.nan, np.inf])),
+                              tuple(stats.mean_ci(x)), rtol=1e-12)
+
+
+def test_mean_ci_one_value_has_unknown_interval():
+  chex.assert_trees_all_equal(tuple(stats.mean_ci([2.5])),
+                              (2.5, np.nan, np.nan, 1))
+  chex.assert_trees_all_equal(tuple(stats.mean_ci([2.5, np.nan])),
+                              (2.5, np.nan, np.nan, 1))
+
+
+def test_mean_ci_no_values():
+  chex.assert_trees_all_equal(tuple(stats.mean_ci([])),
+                              (np.nan, np.nan, np.nan, 0))
+  chex.assert_trees_all_equal(tuple(stats.mean_ci([np.nan, -np.inf])),
+                              (np.nan, np.nan, np.nan, 0))
+
+
+def test_mean_ci_identical_values_zero_width():
+  chex.assert_trees_all_equal(tuple(stats.mean_ci([1.5, 1.5, 1.5])),
+                              (1.5, 1.5, 1.5, 3))
+
+
+def test_mean_ci_clipped_to_the_metric_range():
+  losses = [0.01, 0.02, 0.5]
+  free = stats.mean_ci(losses)
+  assert free.low < 0  # a negative loss: impossible
+  clipped = stats.mean_ci(losses, bounds=stats.metric_range('test_loss'))
+  chex.assert_trees_all_equal(tuple(clipped),
+                              (free.mean, 0.0, free.high, free.n))
+  accuracy = stats.mean_ci([0.99, 1.0, 0.9],
+                           bounds=stats.metric_range('test_accuracy'))
+  assert accuracy.high == 1.0 and accuracy.low > 0
+
+
+def test_finite_mean_has_no_warning_for_nothing_finite():
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    assert np.isnan(stats.finite_mean([np.nan, np.inf]))
+    assert np.isnan(stats.finite_mean([]))
+  assert stats.finite_mean([1.0, np.nan, 3.0]) == 2.0
+
+
+# ----------------------------------------------------------- paired effects
+
+
+def test_paired_ci_uses_the_pairing():
   rng = np.random.default_rng(0)
   seed_effect = rng.normal(0, 1.0, 12)  # large between-seed variation
   a = seed_effect
   b = seed_effect + 0.1 + rng.normal(0, 0.01, 12)  # a small, consistent gain
-  ci = stats.paired_bootstrap_ci(a, b, 0.95)
+  ci = stats.paired_ci(a, b, 0.95)
   chex.assert_trees_all_close(ci.mean, np.mean(b - a), rtol=1e-12)
   assert 0 < ci.low < 0.1 < ci.high < 0.2 and ci.n == 12
   # Unpaired, the same gain is lost in the seed noise.
   unpaired = stats.mean_ci(b, 0.95).low - stats.mean_ci(a, 0.95).high
   assert unpaired < 0
   with pytest.raises(ValueError, match='equal lengths'):
-    stats.paired_bootstrap_ci([1.0, 2.0], [1.0])
-  assert np.isnan(stats.paired_bootstrap_ci([1.0], [2.0]).low)
+    stats.paired_ci([1.0, 2.0], [1.0])
+  assert np.isnan(stats.paired_ci([1.0], [2.0]).low)
 
 
-def _results(effects, seeds=6, noise=0.0):
-  """Final accuracy = seed effect + option effect (+ noise), known answer."""
+def test_paired_ci_matches_scipy_and_drops_unfinished_pairs():
+  a = np.array([1.0, 2.0, 3.0, 4.0, np.nan, 6.0])
+  b = np.array([1.5, 2.3, 3.7, 4.5, 9.0, np.inf])  # differences symmetric
+  ci = stats.paired_ci(a, b)
+  want = scipy_stats.ttest_rel(b[:4], a[:4]).confidence_interval(0.95)
+  chex.assert_trees_all_close((ci.mean, ci.low, ci.high, ci.n),
+                              (0.5, want.low, want.high, 4), rtol=1e-12)
+
+
+# ---------------------------------------------------------- metric registry
+
+
+@pytest.mark.parametrize('name', sorted(stats.METRICS))
+def test_every_metric_has_a_range_and_a_declared_direction(name):
+  low, high = stats.metric_range(name)
+  assert low < high
+  d_low, d_high = stats.difference_range(name)
+  assert d_low == low - high and d_high == high - low
+  if stats.METRICS[name].higher_is_better is None:
+    with pytest.raises(ValueError, match='no better direction'):
+      stats.higher_is_better(name)
+  else:
+    assert stats.higher_is_better(name) == name.endswith('accuracy')
+
+
+def test_metric_registry_ranges_and_unknown_names():
+  assert stats.metric_range('test_accuracy') == (0.0, 1.0)
+  assert stats.metric_range('train_loss') == (0.0, math.inf)
+  assert stats.difference_range('test_accuracy') == (-1.0, 1.0)
+  assert not stats.higher_is_better('test_loss')
+  with pytest.raises(ValueError, match="'bogus'.*test_accuracy"):
+    stats.get_metric('bogus')
+
+
+@pytest.mark.parametrize('a, b, higher, expected', [
+    ([1, 2, 3], [4, 5, 6], True, 1.0),
+    ([1, 2, 3], [4, 5, 6], False, 0.0),  # a larger loss is worse
+    ([4, 5, 6], [1, 2, 3], False, 1.0),
+    ([1, 2], [1, 2], True, 0.5),
+    ([0, 2], [1, 3], True, 0.75),
+    ([0, 2], [1, 3], False, 0.25),
+    # A diverged run (NaN) is worse than every finished one, either direction.
+    ([1.0, np.nan], [2.0, 3.0], False, 0.5),
+    ([1.0, np.nan], [2.0, 3.0], True, 1.0),
+    ([np.nan], [np.nan], False, 0.5),  # two diverged runs tie
+    ([1.0], [np.inf], False, 0.0),
+])
+def test_probability_of_improvement(a, b, higher, expected):
+  chex.assert_trees_all_close(
+      stats.probability_of_improvement(a, b, higher_is_better=higher), expected)
+
+
+def test_probability_of_improvement_by_counting():
+  rng = np.random.default_rng(3)
+  a, b = rng.normal(size=7), rng.normal(0.5, size=5)
+  count = sum((bj < ai) + 0.5 * (bj == ai) for ai in a for bj in b)
+  chex.assert_trees_all_close(
+      stats.probability_of_improvement(a, b, higher_is_better=False),
+      count / 35, rtol=1e-12)
+  assert np.isnan(stats.probability_of_improvement([], b,
+                                                   higher_is_better=True))
+
+
+# ------------------------------------------------------------ Results.compare
+
+
+def _results(effects, seeds=6, noise=0.0, metric='test_accuracy',
+             diverged=()):
+  """Final metric = seed effect + option effect (+ noise), known answer.
+
+  ``diverged``: ``(norm, optimizer, seed)`` members that diverged (NaN metric).
+  """
   grid = grid_lib.Grid(grid_lib.Choice('norm', tuple(effects)),
                        grid_lib.Choice('optimizer', ('sgd', 'adam')),
                        grid_lib.Seeds(seeds))
   rng = np.random.default_rng(1)
   seed_effect = rng.normal(0, 0.05, seeds)
-  acc = np.asarray([effects[m.values['norm']] + seed_effect[m.values['seed']] +
-                    noise * rng.normal() for m in grid.members])
+  value = np.asarray([effects[m.values['norm']] + seed_effect[m.values['seed']]
+                      + noise * rng.normal() for m in grid.members])
+  step = np.full(len(grid), -1, np.int32)
+  for m in grid.members:
+    if tuple(m.values[a] for a in ('norm', 'optimizer', 'seed')) in diverged:
+      value[m.index], step[m.index] = np.nan, 3
   outputs = {'step': np.zeros((len(grid), 1), np.int32),
-             'test_accuracy': acc[:, None],
-             'diverged_step': np.full(len(grid), -1, np.int32)}
+             metric: value[:, None], 'diverged_step': step}
   return results_lib.from_outputs(grid, outputs)
 
 
 def test_compare_recovers_known_effects():
   res = _results({'none': 0.90, 'batch': 0.93, 'layer': 0.90})
-  rows = {v: (ci, p) for v, ci, p in
+  rows = {e.value: e for e in
           res.compare('test_accuracy', 'norm', baseline='none')}
   assert set(rows) == {'batch', 'layer'}
   batch, layer = rows['batch'], rows['layer']
-  chex.assert_trees_all_close(batch[0].mean, 0.03, atol=1e-9)
-  assert batch[0].n == 6  # one paired difference per seed
-  chex.assert_trees_all_close(layer[0].mean, 0.0, atol=1e-9)  # does nothing
-  assert batch[1] > 0.5
+  chex.assert_trees_all_close(batch.interval.mean, 0.03, atol=1e-9)
+  assert batch.interval.n == 6  # one paired difference per seed
+  assert (batch.pairs, batch.dropped) == (12, 0)
+  chex.assert_trees_all_close(layer.interval.mean, 0.0, atol=1e-9)
+  assert batch.p_better > 0.5
   with pytest.raises(ValueError, match='bogus'):
     res.compare('test_accuracy', 'norm', baseline='bogus')
 
 
+def test_compare_p_better_follows_the_metric_direction():
+  # 'batch' has the lower loss: it is better, and the effect is negative.
+  res = _results({'none': 0.50, 'batch': 0.40}, metric='test_loss')
+  (e,) = res.compare('test_loss', 'norm', baseline='none')
+  chex.assert_trees_all_close(e.interval.mean, -0.1, atol=1e-9)
+  assert e.interval.high < 0
+  assert e.p_better > 0.5
+  (worse,) = res.compare('test_loss', 'norm', baseline='batch')
+  chex.assert_trees_all_close(worse.p_better, 1 - e.p_better, atol=1e-12)
+
+
 def test_compare_interval_covers_effect_with_noise():
   res = _results({'none': 0.90, 'batch': 0.92}, seeds=20, noise=0.005)
-  (_, ci, _), = res.compare('test_accuracy', 'norm', baseline='none')
-  assert ci.low < 0.02 < ci.high
-  assert ci.high - ci.low < 0.01
+  (e,) = res.compare('test_accuracy', 'norm', baseline='none')
+  assert e.interval.low < 0.02 < e.interval.high
+  assert e.interval.high - e.interval.low < 0.01
+
+
+def test_compare_drops_diverged_pairs_and_counts_them_in_p():
+  effects = {'none': 0.90, 'batch': 0.93}
+  diverged = {('batch', 'sgd', 0), ('none', 'adam', 1), ('none', 'sgd', 2),
+              ('batch', 'adam', 2)}
+  res = _results(effects, diverged=diverged)
+  (e,) = res.compare('test_accuracy', 'norm', baseline='none')
+  assert (e.pairs, e.dropped, e.baseline_diverged, e.value_diverged) == (
+      12, 4, 2, 2)
+  # Seed 2 lost both its pairs; seeds 0 and 1 keep one pair each.
+  assert e.interval.n == 5
+  chex.assert_trees_all_close(e.interval.mean, 0.03, atol=1e-9)
+  # P(better) by counting: a diverged run loses to every finished run and
+  # ties with another diverged one.
+  final = res.final().columns
+  acc = final['test_accuracy']
+  a, b = acc[final['norm'] == 'none'], acc[final['norm'] == 'batch']
+  score = 0.0
+  for x in a:
+    for y in b:
+      if np.isnan(x) or np.isnan(y):
+        score += 0.5 if np.isnan(x) and np.isnan(y) else float(np.isnan(x))
+      else:
+        score += float(y > x) + 0.5 * float(y == x)
+  chex.assert_trees_all_close(e.p_better, score / (len(a) * len(b)),
+                              rtol=1e-12)
+  # Dropping the diverged runs instead would give a different number.
+  fin = stats.probability_of_improvement(a[np.isfinite(a)], b[np.isfinite(b)],
+                                         higher_is_better=True)
+  assert abs(fin - e.p_better) > 1e-3
+
+
+def test_compare_baseline_diverged_everywhere_is_said_not_hidden():
+  seeds = 3
+  diverged = {('none', o, s) for o in ('sgd', 'adam') for s in range(seeds)}
+  res = _results({'none': 0.90, 'batch': 0.93}, seeds=seeds, diverged=diverged)
+  (e,) = res.compare('test_accuracy', 'norm', baseline='none')
+  assert e.interval.n == 0 and np.isnan(e.interval.mean)
+  assert e.baseline_diverged == e.pairs == e.dropped == 6
+  assert e.p_better == 1.0  # every finished run beats a diverged one
+  row = next(l for l in res.effects_table('test_accuracy').splitlines()
+             if l.startswith('norm'))
+  assert 'baseline diverged in 6/6' in row
+  assert 'nan' not in row
+
+
+def _table_rows(table):
+  lines = table.splitlines()
+  rule = next(i for i, l in enumerate(lines) if set(l) == {'-'})
+  return lines[:rule - 1], [l.split() for l in lines[rule + 1:]]
 
 
 def test_effects_table_lists_each_option_against_the_first():
   res = _results({'none': 0.90, 'batch': 0.93})
-  table = res.effects_table('test_accuracy')
-  rows = [l.split() for l in table.splitlines()[3:]]
+  head, rows = _table_rows(res.effects_table('test_accuracy'))
+  assert '(higher is better)' in head[0]
   assert [r[:3] for r in rows] == [['norm', 'batch', 'none'],
                                    ['optimizer', 'adam', 'sgd']]
   chex.assert_trees_all_close(float(rows[0][3]), 0.03, atol=1e-4)
-  assert rows[0][6] == '6'
+  assert rows[0][6] == '6' and rows[0][7] == '0/12'
+  loss = _results({'none': 0.5, 'batch': 0.4}, metric='test_loss')
+  head, rows = _table_rows(loss.effects_table('test_loss'))
+  assert '(lower is better)' in head[0]
+  assert float(rows[0][8]) > 0.5  # P(better): batch has the lower loss
+
+
+def test_effects_table_notes_diverged_runs():
+  res = _results({'none': 0.90, 'batch': 0.93},
+                 diverged={('batch', 'sgd', 0), ('none', 'adam', 1)})
+  _, rows = _table_rows(res.effects_table('test_accuracy'))
+  norm = next(r for r in rows if r[0] == 'norm')
+  assert norm[7] == '2/12'
+  assert ' '.join(norm[9:]) == ('baseline diverged in 1/12; value diverged in '
+                                '1/12')

@@ -123,9 +123,9 @@ def run(config: AttributeConfig) -> dict[str, Any]:
   for i, name in enumerate(names):
     rows.append({
         'component': f'{name}: {config.gates[i][1]} -> {config.gates[i][2]}',
-        'shapley': stats.paired_bootstrap_ci(zeros, discrete[:, i]),
-        'aumann_shapley': stats.paired_bootstrap_ci(zeros, gates[:, i]),
-        'difference': stats.paired_bootstrap_ci(discrete[:, i], gates[:, i]),
+        'shapley': stats.paired_ci(zeros, discrete[:, i]),
+        'aumann_shapley': stats.paired_ci(zeros, gates[:, i]),
+        'difference': stats.paired_ci(discrete[:, i], gates[:, i]),
     })
   total = table[:, -1] - table[:, 0]
   return {'results': res, 'rows': rows, 'anova': attribution.anova(
@@ -138,7 +138,7 @@ def report(config: AttributeConfig, out: dict[str, Any],
   """The contribution table (and CSV + PNGs in ``out_dir``)."""
   n = config.seeds
   lines = [f'contributions to the final {config.metric} (off -> on), mean over '
-           f'{n} seeds [95% bootstrap interval over seeds]',
+           f'{n} seeds [95% t-interval over seeds, extended for skew]',
            f'{"component":<36}{"Shapley (grid)":>30}{"Aumann-Shapley (gates)":>30}'
            f'{"difference":>30}']
   fmt = lambda ci: f'{ci.mean:+.4f} [{ci.low:+.4f}, {ci.high:+.4f}]'

@@ -149,7 +149,14 @@ def run(config: DeepLinearConfig) -> results_lib.Results:
 
 
 def _log_interval(values):
-  """Geometric mean and 95% interval of positive ``values`` (log10 scale)."""
+  """Geometric mean of the positive ``values`` and its 95% interval.
+
+  ``stats.mean_ci`` of the log10 values (t, extended for skew), mapped back:
+  an interval for the geometric mean ``10**E[log10 x]`` (the median, for
+  log-symmetric seeds), not for the arithmetic mean; its coverage is
+  ``mean_ci``'s on the log values (nominal when they are normal). Positive by
+  construction, so a loss interval never goes below zero.
+  """
   values = np.asarray(values, np.float64)
   ci = stats.mean_ci(np.log10(values[values > 0]))
   return stats.Interval(10**ci.mean, 10**ci.low, 10**ci.high, ci.n)
@@ -205,7 +212,8 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
                f'inputs {float(diagnostics.condition_number(x)):.3g}')
   lines.append(f'target condition number {config.condition_number:g}; '
                f'{config.steps} full-batch steps; final train loss, geometric '
-               f'mean over {config.seeds} seeds [95% interval]')
+               f'mean over the seeds that finished (of {config.seeds}) [95% '
+               'interval of the geometric mean: t on log10, extended for skew]')
   header = (f'{"depth":>5} {"method":<6} {"lr":>8} {"init_scale":>10} '
             f'{"loss":>10} {"low":>10} {"high":>10} {"grad_norm":>10} '
             f'{"diverged":>8}')
