@@ -29,7 +29,8 @@ flags.DEFINE_list('lrs', ['0.01'], 'Learning rates (comma list of floats).')
 flags.DEFINE_integer('seeds', 4, 'Number of seeds.')
 flags.DEFINE_integer('steps', 500, 'Optimizer steps.')
 flags.DEFINE_integer('batch_size', 64, 'Minibatch size (0: full batch).')
-flags.DEFINE_integer('log_every', 50, 'Steps between evaluations.')
+flags.DEFINE_integer('log_every', None, 'Steps between evaluations (default: '
+                     '50, or --steps when fewer).')
 flags.DEFINE_string('out', '/tmp/rahimi_ablate', 'Directory for results.csv '
                     'and metadata.json.')
 flags.DEFINE_list('partition', ['auto'], 'Choice axes to split the grid by '
@@ -37,17 +38,12 @@ flags.DEFINE_list('partition', ['auto'], 'Choice axes to split the grid by '
                   'that computes every option, e.g. optimizer; "none": one '
                   'program; "auto": the axes whose options differ in matmul '
                   'cost (train.auto_partition).')
+flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
+                  'exit without running or writing anything.')
 flags.DEFINE_float('memory_budget_mb', None, 'Most memory one program call may '
                    'use; the grid runs in member-batches beyond it.')
 
 FLAGS = flags.FLAGS
-
-
-def _ints(name, items):
-  try:
-    return tuple(int(s) for s in items)
-  except ValueError:
-    raise ValueError(f'{name}: {items} must be integers.') from None
 
 
 def partition_line(choice) -> str:
@@ -68,11 +64,14 @@ def main(argv):
   from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
   engine.use_host_cores()  # before JAX's first operation
   from rahimi_jax import ablation  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
-  try:
+  cli.quiet_logging()
+
+  def build():
     config = ablation.AblationConfig(
         dataset=FLAGS.dataset, model=FLAGS.model,
-        hidden=_ints('hidden', FLAGS.hidden),
+        hidden=cli.parse_numbers('hidden', FLAGS.hidden, int, distinct=False),
         optimizers=FLAGS.optimizers, norms=FLAGS.norms, inits=FLAGS.inits,
         activations=FLAGS.activations, lrs=tuple(FLAGS.lrs), seeds=FLAGS.seeds,
         steps=FLAGS.steps, batch_size=FLAGS.batch_size,
@@ -89,27 +88,38 @@ def main(argv):
       if axis not in grid.choices:
         raise ValueError(f'partition: {axis!r} is not a choice axis of this '
                          f'grid; choice axes: {", ".join(grid.choices)}.')
-    storage.check_writable(FLAGS.out)
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  print(f'{len(grid)} members: ' + ' x '.join(
-      f'{len(a.labels)} {a.name}' for a in grid.axes))
-  res = ablation.run(config, memory_budget_bytes=budget, partition=partition)
-  res.metadata['flags'] = {f.name: f.value for f in FLAGS.get_key_flags_for_module(
-      sys.modules[__name__])}
-  storage.save(res, FLAGS.out)
-  info = res.metadata['engine']
-  print(f'compile {info["compile_s"]:.1f}s, run {info["run_s"]:.1f}s, '
-        f'{info.get("programs", 1)} program(s), {info["member_batches"]} call(s) '
-        f'of up to {info["member_batch_size"]} members on '
-        f'{info["num_devices"]} device(s)')
-  print(partition_line(res.metadata['partition']))
-  print(res.summary_table(ablation.headline_metric(res)))
-  print(res.effects_table(ablation.headline_metric(res)))
-  print(f'wrote {FLAGS.out}/results.csv and metadata.json')
-  return 0
+    return config, budget, partition
+
+  def describe(built):
+    grid = built[0].grid()
+    return f'{len(grid)} members: ' + ' x '.join(
+        f'{len(a.labels)} {a.name}' for a in grid.axes)
+
+  def run(built):
+    config, budget, partition = built
+    res = ablation.run(config, memory_budget_bytes=budget, partition=partition)
+    res.metadata['flags'] = {f.name: f.value for f in
+                             FLAGS.get_key_flags_for_module(sys.modules[__name__])}
+    return res
+
+  def write(built, res, directory):
+    del built
+    storage.write(res, directory)
+    info = res.metadata['engine']
+    metric = ablation.headline_metric(res)
+    return '\n'.join([
+        f'compile {info["compile_s"]:.1f}s, run {info["run_s"]:.1f}s, '
+        f'{info.get("programs", 1)} program(s), {info["member_batches"]} '
+        f'call(s) of up to {info["member_batch_size"]} members on '
+        f'{info["num_devices"]} device(s)',
+        partition_line(res.metadata['partition']),
+        res.summary_table(metric), res.effects_table(metric),
+        f'wrote {FLAGS.out}/results.csv and metadata.json'])
+
+  return cli.launch(build, describe, run, write, FLAGS.out,
+                    dry_run=FLAGS.dry_run)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run_app(main)

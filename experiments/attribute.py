@@ -5,18 +5,16 @@ orthogonal initialization, each switched off -> on:
 
   python -m experiments.attribute --out=/tmp/rahimi_attribute
 
-  python -m experiments.attribute --gates=norm:none>layer,activation:relu>tanh \
+  python -m experiments.attribute --gates=norm:none..layer,activation:relu..tanh \
       --metric=train_loss --nodes=8
 """
-
-import sys
 
 from absl import app
 from absl import flags
 
-flags.DEFINE_string('gates', 'norm:none>batch,optimizer:sgd>momentum,'
-                    'init:lecun_normal>orthogonal',
-                    'Components to attribute: comma list of axis:off>on.')
+flags.DEFINE_string('gates', 'norm:none..batch,optimizer:sgd..momentum,'
+                    'init:lecun_normal..orthogonal',
+                    'Components to attribute: comma list of axis:off..on.')
 flags.DEFINE_string('metric', 'test_loss',
                     'Final metric to attribute: test_loss | train_loss.')
 flags.DEFINE_string('dataset', 'digits', 'Dataset (classification).')
@@ -26,6 +24,8 @@ flags.DEFINE_integer('seeds', 4, 'Seeds.')
 flags.DEFINE_integer('steps', 500, 'Optimizer steps.')
 flags.DEFINE_integer('batch_size', 64, 'Minibatch size.')
 flags.DEFINE_integer('nodes', 8, 'Quadrature points on the gate path.')
+flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
+                  'exit without running or writing anything.')
 flags.DEFINE_string('out', '/tmp/rahimi_attribute', 'Output directory.')
 
 FLAGS = flags.FLAGS
@@ -36,33 +36,37 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
   engine.use_host_cores()  # before JAX's first operation
+  from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import attribute  # pylint: disable=g-import-not-at-top
-  try:
-    try:
-      hidden = tuple(int(h) for h in FLAGS.hidden)
-    except ValueError:
-      raise ValueError(f'hidden: {FLAGS.hidden} must be integers.') from None
-    config = attribute.AttributeConfig(
+  cli.quiet_logging()
+
+  def build():
+    return attribute.AttributeConfig(
         gates=FLAGS.gates, metric=FLAGS.metric, dataset=FLAGS.dataset,
-        hidden=hidden, learning_rate=FLAGS.learning_rate, seeds=FLAGS.seeds,
+        hidden=cli.parse_numbers('hidden', FLAGS.hidden, int, distinct=False),
+        learning_rate=FLAGS.learning_rate, seeds=FLAGS.seeds,
         steps=FLAGS.steps, batch_size=FLAGS.batch_size, nodes=FLAGS.nodes)
-    storage.check_writable(FLAGS.out)
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  print(f'{len(config.grid())} members (2^{len(config.gates)} x {config.seeds} '
-        f'seeds) + {config.nodes} gate-path runs per seed')
-  out = attribute.run(config)
-  storage.save(out['results'], FLAGS.out)
-  print(attribute.report(config, out, FLAGS.out))
-  info = out['results'].metadata['engine']
-  print(f'grid: compile {info["compile_s"]:.1f}s run {info["run_s"]:.1f}s; '
-        f'gate paths {out["gate_s"]:.1f}s; wrote {FLAGS.out}/contributions.csv, '
-        'results.csv, metadata.json, contributions.png, interactions.png, '
-        'curves_<axis>.png')
-  return 0
+
+  def describe(config):
+    return (f'{len(config.grid())} members (2^{len(config.gates)} x '
+            f'{config.seeds} seeds) + {config.nodes} gate-path runs per seed')
+
+  def write(config, out, directory):
+    storage.write(out['results'], directory)
+    info = out['results'].metadata['engine']
+    timing = (f'grid: compile {info["compile_s"]:.1f}s run '
+              f'{info["run_s"]:.1f}s; gate paths {out.get("gate_s", 0):.1f}s; ')
+    files = ('results.csv, metadata.json, contributions.csv, contributions.png, '
+             'interactions.png, curves_<axis>.png' if 'rows' in out
+             else 'results.csv, metadata.json')
+    return (f'{attribute.report(config, out, directory)}\n{timing}wrote '
+            f'{FLAGS.out}/: {files}')
+
+  return cli.launch(build, describe, attribute.run, write, FLAGS.out,
+                    dry_run=FLAGS.dry_run)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run_app(main)

@@ -12,7 +12,6 @@ Saxe et al.'s plateaus of small initialization across depths:
       --init=gaussian --init_scales=0.03,0.3 --depths=1,2,3 --steps=4000
 """
 
-import sys
 
 from absl import app
 from absl import flags
@@ -32,19 +31,14 @@ flags.DEFINE_string('init', 'orthogonal', 'Initializer name.')
 flags.DEFINE_list('init_scales', ['1.0'], 'Initializer multipliers.')
 flags.DEFINE_integer('seeds', 4, 'Initialization seeds.')
 flags.DEFINE_integer('steps', 2000, 'Iterations of every method.')
-flags.DEFINE_integer('log_every', 100, 'Steps between logged metrics.')
+flags.DEFINE_integer('log_every', None, 'Steps between logged metrics (default: '
+                     '100, or --steps when fewer).')
 flags.DEFINE_enum('dtype', 'float64', ['float32', 'float64'], 'Precision.')
+flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
+                  'exit without running or writing anything.')
 flags.DEFINE_string('out', '/tmp/rahimi_deep_linear', 'Output directory.')
 
 FLAGS = flags.FLAGS
-
-
-def _numbers(name, items, kind=float):
-  try:
-    return tuple(kind(s) for s in items)
-  except ValueError:
-    raise ValueError(f'{name}: {",".join(items)!r} must be a comma list of '
-                     f'{kind.__name__}s.') from None
 
 
 def main(argv):
@@ -55,32 +49,40 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.dtype == 'float64':
     jax.config.update('jax_enable_x64', True)
+  from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import deep_linear  # pylint: disable=g-import-not-at-top
-  try:
-    config = deep_linear.DeepLinearConfig(
+  cli.quiet_logging()
+
+  def build():
+    return deep_linear.DeepLinearConfig(
         condition_number=FLAGS.condition_number, noise=FLAGS.noise,
         n_train=FLAGS.n_train, in_dim=FLAGS.in_dim, out_dim=FLAGS.out_dim,
-        width=FLAGS.width, depths=_numbers('depths', FLAGS.depths, int),
+        width=FLAGS.width,
+        depths=cli.parse_numbers('depths', FLAGS.depths, int),
         methods=tuple(FLAGS.methods),
-        gd_lrs=_numbers('gd_lrs', FLAGS.gd_lrs),
-        adam_lrs=_numbers('adam_lrs', FLAGS.adam_lrs), init=FLAGS.init,
-        init_scales=_numbers('init_scales', FLAGS.init_scales),
+        gd_lrs=cli.parse_numbers('gd_lrs', FLAGS.gd_lrs),
+        adam_lrs=cli.parse_numbers('adam_lrs', FLAGS.adam_lrs),
+        init=FLAGS.init,
+        init_scales=cli.parse_numbers('init_scales', FLAGS.init_scales),
         seeds=FLAGS.seeds, steps=FLAGS.steps, log_every=FLAGS.log_every,
         dtype=FLAGS.dtype)
-    storage.check_writable(FLAGS.out)
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  print(f'{len(config.grid())} members per depth, depths {list(config.depths)}')
-  res = deep_linear.run(config)
-  storage.save(res, FLAGS.out)
-  print(deep_linear.report(config, res, FLAGS.out))
-  wall = sum(e['wall_s'] for e in res.metadata['engine'])
-  print(f'grid wall time {wall:.1f}s; wrote {FLAGS.out}/results.csv, '
-        'metadata.json and PNG plots')
-  return 0
+
+  def describe(config):
+    return (f'{len(config.grid())} members per depth, depths '
+            f'{list(config.depths)}')
+
+  def write(config, res, directory):
+    storage.write(res, directory)
+    wall = sum(e['wall_s'] for e in res.metadata['engine'])
+    return (f'{deep_linear.report(config, res, directory)}\n'
+            f'grid wall time {wall:.1f}s; wrote {FLAGS.out}/results.csv, '
+            'metadata.json and PNG plots')
+
+  return cli.launch(build, describe, deep_linear.run, write, FLAGS.out,
+                    dry_run=FLAGS.dry_run)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run_app(main)

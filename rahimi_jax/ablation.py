@@ -6,14 +6,12 @@ compiles. ``run(config)`` loads the data, builds the grid and the training
 function, and runs the grid as one program.
 """
 
-from collections.abc import Sequence
 import dataclasses
-import math
 from typing import Any
 
+from rahimi_jax import cli
 from rahimi_jax import data as data_lib
 from rahimi_jax import grid as grid_lib
-from rahimi_jax import provenance
 from rahimi_jax import results as results_lib
 from rahimi_jax import train as train_lib
 from rahimi_jax.components import relaxed
@@ -27,29 +25,6 @@ DEFAULT_OPTIONS = {
     'norms': ('none', 'batch', 'layer'),
     'inits': ('lecun_normal', 'he_normal', 'orthogonal'),
 }
-
-
-def parse_floats(name: str, items: Sequence[str] | str) -> tuple[float, ...]:
-  """Parses a comma list of numbers; the error names the bad item."""
-  if isinstance(items, str):
-    items = [s for s in items.split(',')]
-  items = [s.strip() for s in items if s.strip()]
-  if not items:
-    raise ValueError(f'{name}: empty list; give comma-separated numbers, '
-                     'e.g. 0.1,0.01.')
-  out = []
-  for s in items:
-    try:
-      value = float(s)
-    except ValueError:
-      raise ValueError(f'{name}: {s!r} is not a number; give comma-separated '
-                       'numbers, e.g. 0.1,0.01.') from None
-    if not math.isfinite(value) or value <= 0:
-      raise ValueError(f'{name}: {s!r} must be a finite number > 0.')
-    if value in out:
-      raise ValueError(f'{name}: {s!r} is listed twice.')
-    out.append(value)
-  return tuple(out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +45,12 @@ class AblationConfig:
   seeds: int = 4
   steps: int = 500
   batch_size: int = 64
-  log_every: int = 50
+  log_every: int | None = None  # None: every 50 steps, or once at the end
 
   def __post_init__(self):
     data_lib.get_dataset(self.dataset)
+    if self.log_every is None and isinstance(self.steps, int):
+      object.__setattr__(self, 'log_every', min(50, self.steps))
     reads = train_lib.TrainConfig(model=self.model).reads
     for field, axis in CHOICE_FIELDS.items():
       value = getattr(self, field)
@@ -88,12 +65,13 @@ class AblationConfig:
                            f'it reads: {", ".join(reads)}.')
         value = relaxed.check_options(registry, value, field)
       object.__setattr__(self, field, value)
-    object.__setattr__(self, 'lrs', parse_floats('lrs', [str(v) for v in (
+    object.__setattr__(self, 'lrs', cli.parse_numbers('lrs', [str(v) for v in (
         self.lrs.split(',') if isinstance(self.lrs, str) else self.lrs)]))
     if (not isinstance(self.seeds, int) or isinstance(self.seeds, bool)
         or self.seeds < 1):
       raise ValueError(f'seeds must be a count >= 1; got {self.seeds!r}.')
-    self.train_config()  # validates steps, batch_size, log_every, hidden
+    train_lib.check_task(self.train_config(),  # validates steps, widths...
+                         data_lib.get_dataset(self.dataset)().task)
 
   def grid(self) -> grid_lib.Grid:
     axes = [grid_lib.Choice(axis, getattr(self, field))
@@ -121,8 +99,7 @@ def run(config: AblationConfig, **engine_kwargs) -> results_lib.Results:
   One program, or one per cell of ``partition=`` (see ``train.run_grid``).
   """
   dataset = data_lib.get_dataset(config.dataset)()
-  metadata = {'config': config.to_dict(), 'task': dataset.task,
-              **provenance.provenance()}
+  metadata = {'config': config.to_dict(), 'task': dataset.task}
   return train_lib.run_grid(config.train_config(), config.grid(), dataset,
                             metadata=metadata, **engine_kwargs)
 

@@ -9,6 +9,7 @@ batch padded with copies of a real member, whose outputs are dropped).
 """
 
 from collections.abc import Callable
+import dataclasses
 import functools
 import math
 import os
@@ -20,6 +21,7 @@ import jax
 import numpy as np
 
 from rahimi_jax import grid as grid_lib
+from rahimi_jax import provenance
 from rahimi_jax import results as results_lib
 
 MEMBER_AXIS = 'members'
@@ -163,6 +165,41 @@ def _batch_indices(n: int, batch: int) -> list[np.ndarray]:
   return out
 
 
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C during a grid run; carries the members that had finished.
+
+  Attributes:
+    results: ``Results`` of the finished members (in grid order), or ``None``
+      when none had; ``metadata['interrupted']`` says how many of how many.
+  """
+
+  def __init__(self, results: results_lib.Results | None, finished: int,
+               total: int):
+    super().__init__(f'interrupted with {finished} of {total} members finished')
+    self.results = results
+    self.finished = finished
+    self.total = total
+
+
+def wait(outputs):
+  """Blocks until ``outputs`` are computed, answering Ctrl-C at once.
+
+  A blocking ``device_get`` holds Python's signal handling until the whole
+  program has run; polling lets ``KeyboardInterrupt`` through within ~20 ms
+  (the computation itself goes on in the background until the process exits).
+  """
+  leaves = jax.tree.leaves(outputs)
+  while not all(leaf.is_ready() for leaf in leaves):
+    time.sleep(0.02)
+  return jax.device_get(outputs)
+
+
+def train_config_of(train_fn) -> dict[str, Any] | None:
+  """The static config ``train.make_train`` closed over, as a dict, if any."""
+  config = getattr(train_fn, 'config', None)
+  return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None
+
+
 def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         member_batch_size: int | None = None,
         memory_budget_bytes: int | None = None,
@@ -186,10 +223,15 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
       as a ``lax.map`` over such chunks, so that one chunk's training state
       stays in cache. 0: all of a device's members at once. Default
       (``None``): ``default_chunk_size``.
-    metadata: extra provenance to store with the results.
+    metadata: extra provenance to store with the results (beside the
+      library's own: versions, devices, git state, the train config).
 
   Returns:
     Tidy ``Results``: one row per (member, logged step).
+
+  Raises:
+    Interrupted: on Ctrl-C, with the results of the member-batches that had
+      finished.
   """
   start = time.perf_counter()
   g = len(grid)
@@ -229,23 +271,36 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   run_start = time.perf_counter()
   chunks = []
   batches = _batch_indices(g, batch)
-  for i, idx in enumerate(batches):
-    out = jax.device_get(compiled(grid.knobs(idx), data))
-    chunks.append(out)
-    logging.info('member-batch %d/%d done (%.1fs)', i + 1, len(batches),
-                 time.perf_counter() - run_start)
-  outputs = jax.tree.map(lambda *xs: np.concatenate(xs)[:g], *chunks)
-  run_s = time.perf_counter() - run_start
-  info = {
-      'members': g,
-      'member_batch_size': batch,
-      'member_batches': len(batches),
-      'num_devices': num_devices,
-      'chunk_size': chunk,
-      'program_bytes': need,
-      'compile_s': compile_s,
-      'run_s': run_s,
-      'wall_s': time.perf_counter() - start,
-  }
-  return results_lib.from_outputs(grid, outputs,
-                                  metadata={**(metadata or {}), 'engine': info})
+  meta = {**provenance.provenance(), 'train_config': train_config_of(train_fn),
+          **(metadata or {})}
+
+  def info(run_s):
+    return {
+        'members': g,
+        'member_batch_size': batch,
+        'member_batches': len(batches),
+        'num_devices': num_devices,
+        'chunk_size': chunk,
+        'program_bytes': need,
+        'compile_s': compile_s,
+        'run_s': run_s,
+        'wall_s': time.perf_counter() - start,
+    }
+
+  def tidy(done, run_s, **extra):
+    outputs = jax.tree.map(lambda *xs: np.concatenate(xs)[:done], *chunks)
+    sub = grid if done == g else grid.subset(range(done))
+    return results_lib.from_outputs(
+        sub, outputs, metadata={**meta, 'engine': info(run_s), **extra})
+
+  try:
+    for i, idx in enumerate(batches):
+      chunks.append(wait(compiled(grid.knobs(idx), data)))
+      logging.info('member-batch %d/%d done (%.1fs)', i + 1, len(batches),
+                   time.perf_counter() - run_start)
+  except KeyboardInterrupt:
+    done = min(len(chunks) * batch, g)
+    partial = tidy(done, time.perf_counter() - run_start, interrupted={
+        'finished': done, 'members': g}) if done else None
+    raise Interrupted(partial, done, g) from None
+  return tidy(g, time.perf_counter() - run_start)

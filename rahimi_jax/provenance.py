@@ -8,7 +8,13 @@ from typing import Any
 
 
 def provenance() -> dict[str, Any]:
-  """Library versions, devices and the git commit of this run."""
+  """Library versions, devices and the git state of this run.
+
+  ``git_commit`` is the checked-out commit of the source tree this library was
+  imported from; ``git_dirty`` whether that tree differs from it (modified,
+  staged or untracked files, as ``git status --porcelain`` lists them). Both
+  are ``None`` (unknown) when git is missing or the source is not a checkout.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   versions = {'python': sys.version.split()[0]}
   for name in ('jax', 'jaxlib', 'optax', 'flax', 'chex', 'numpy', 'scipy',
@@ -27,6 +33,7 @@ def provenance() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
       return None
 
+  status = git('status', '--porcelain')
   devices = jax.devices()
   return {
       'versions': versions,
@@ -34,5 +41,5 @@ def provenance() -> dict[str, Any]:
       'devices': [str(d) for d in devices],
       'device_kind': devices[0].device_kind,
       'git_commit': git('rev-parse', 'HEAD'),
-      'git_dirty': bool(git('status', '--porcelain', '--untracked-files=no')),
+      'git_dirty': None if status is None else bool(status),
   }

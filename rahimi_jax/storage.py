@@ -1,14 +1,20 @@
-"""Saving and loading ``Results``: written atomically, checked on load.
+"""Saving and loading ``Results``: a results directory replaced whole, checked on load.
 
 ``save`` writes ``results.csv`` and ``metadata.json`` (the latter carries the
-column types, row count and the CSV's SHA-256, checked by ``load``).
+column types, row count and the CSV's SHA-256, checked by ``load``) into a new
+directory that then replaces the old one in one rename (``staged``): a killed
+or failed save leaves the previous results as they were.
 """
 
+import contextlib
 import csv
+import ctypes
+import errno
 import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -21,8 +27,8 @@ _KINDS = {'b': 'bool', 'i': 'int', 'u': 'int', 'f': 'float', 'U': 'str', 'O': 's
 _DTYPES = {'bool': bool, 'int': np.int64, 'float': np.float64, 'str': str}
 
 
-def _write_temp(path: str, text: str) -> str:
-  """Writes ``text`` to a synced temporary file beside ``path``; returns it."""
+def write_text(path: str, text: str) -> None:
+  """Writes one file atomically: a synced temporary file renamed into place."""
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path))
   try:
@@ -33,41 +39,119 @@ def _write_temp(path: str, text: str) -> str:
       f.write(text)
       f.flush()
       os.fsync(f.fileno())
+    os.replace(tmp, path)
   except BaseException:
-    os.remove(tmp)
+    if os.path.exists(tmp):
+      os.remove(tmp)
     raise
-  return tmp
 
 
-def atomic_write(files: dict[str, str]) -> None:
-  """Writes ``{path: text}``: every file complete, or none replaced.
-
-  All contents are written and synced to temporary files first; only then are
-  they renamed into place, so a failure while writing leaves the previous
-  files untouched and no file is ever half-written.
-  """
-  temps = {}
+def is_results_dir(path: str) -> bool:
+  """Whether ``path`` holds results this library wrote (its metadata file)."""
   try:
-    for path, text in files.items():
-      temps[path] = _write_temp(path, text)
-    for path, tmp in temps.items():
-      os.replace(tmp, path)
-  finally:
-    for tmp in temps.values():
-      if os.path.exists(tmp):
-        os.remove(tmp)
+    with open(os.path.join(path, METADATA)) as f:
+      return 'csv_sha256' in json.load(f)
+  except (OSError, ValueError):
+    return False
 
 
 def check_writable(out_dir: str) -> str:
-  """Creates ``out_dir`` if needed; raises ``ValueError`` if it is not writable."""
+  """Checks that ``out_dir`` can receive results; raises ``ValueError`` if not.
+
+  ``out_dir`` may be missing, an empty directory, or a results directory
+  written before (which a save replaces whole); its parent is created if
+  needed and must be writable. Any other existing path is refused, so that a
+  save never replaces a directory of other files.
+  """
+  out_dir = os.path.abspath(out_dir)
+  if os.path.lexists(out_dir):
+    if not os.path.isdir(out_dir) or os.path.islink(out_dir):
+      raise ValueError(f'out: {out_dir!r} exists and is not a directory; give '
+                       'a new directory or one that holds earlier results.')
+    if os.listdir(out_dir) and not is_results_dir(out_dir):
+      raise ValueError(
+          f'out: {out_dir!r} holds files that are not rahimi_jax results '
+          f'(no {METADATA} written by a save); a save replaces the whole '
+          'directory, so give a new or empty directory.')
+  parent = os.path.dirname(out_dir)
   try:
-    os.makedirs(out_dir, exist_ok=True)
-    with tempfile.TemporaryFile(dir=out_dir):
+    os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryFile(dir=parent):
       pass
   except OSError as e:
-    raise ValueError(f'out: cannot write to {out_dir!r} ({e.strerror}); '
-                     'give a writable directory.') from None
+    raise ValueError(f'out: cannot write beside {out_dir!r} ({e.strerror}); '
+                     'give a directory in a writable place.') from None
   return out_dir
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: str, b: str) -> bool:
+  """Atomically swaps two paths (Linux ``renameat2``); False if unsupported."""
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = libc.renameat2
+  except (OSError, AttributeError):
+    return False
+  at_fdcwd = -100
+  if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b),
+               _RENAME_EXCHANGE) == 0:
+    return True
+  err = ctypes.get_errno()
+  if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+    return False
+  raise OSError(err, os.strerror(err), b)
+
+
+def _fsync_dir(path: str) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def staged(out_dir: str):
+  """Yields a new directory that replaces ``out_dir`` whole on success.
+
+  Everything written into the yielded directory appears in ``out_dir`` at
+  once: it is synced, then swapped with ``out_dir`` in one rename (Linux's
+  ``renameat2(RENAME_EXCHANGE)``; elsewhere two renames). If the block
+  raises, ``out_dir`` keeps its previous contents and the staging directory
+  is removed. Files of an earlier save that this one does not write are gone
+  afterwards: one directory, one run.
+  """
+  out_dir = check_writable(out_dir)
+  parent, name = os.path.split(out_dir)
+  stage = tempfile.mkdtemp(dir=parent, prefix=f'.{name}.new-')
+  try:
+    os.chmod(stage, 0o777 & ~_umask())
+    yield stage
+    for entry in os.listdir(stage):
+      fd = os.open(os.path.join(stage, entry), os.O_RDONLY)
+      try:
+        os.fsync(fd)
+      finally:
+        os.close(fd)
+    _fsync_dir(stage)
+    if not os.path.exists(out_dir) or not os.listdir(out_dir):
+      os.replace(stage, out_dir)  # onto nothing or an empty directory
+    elif not _exchange(stage, out_dir):
+      old = tempfile.mkdtemp(dir=parent, prefix=f'.{name}.old-')
+      os.replace(out_dir, os.path.join(old, name))
+      os.replace(stage, out_dir)
+      shutil.rmtree(old)
+    _fsync_dir(parent)
+  finally:
+    shutil.rmtree(stage, ignore_errors=True)  # the old contents after a swap
+
+
+def _umask() -> int:
+  umask = os.umask(0)
+  os.umask(umask)
+  return umask
 
 
 def _cell(value, kind):
@@ -79,8 +163,17 @@ def _cell(value, kind):
 
 
 def save(results: Results, out_dir: str) -> None:
-  """Writes ``results.csv`` and ``metadata.json`` into ``out_dir`` atomically."""
-  check_writable(out_dir)
+  """Replaces ``out_dir`` with ``results.csv`` and ``metadata.json``, atomically.
+
+  To save other files (plots, reports) in the same atomic step, write them
+  and call ``write`` inside one ``staged(out_dir)`` block.
+  """
+  with staged(out_dir) as stage:
+    write(results, stage)
+
+
+def write(results: Results, directory: str) -> None:
+  """Writes ``results.csv`` and ``metadata.json`` into ``directory``."""
   kinds = {k: _KINDS[v.dtype.kind] for k, v in results.columns.items()}
   buf = io.StringIO()
   writer = csv.writer(buf, lineterminator='\n')
@@ -90,11 +183,10 @@ def save(results: Results, out_dir: str) -> None:
   text = buf.getvalue()
   meta = {**results.metadata, 'columns': kinds, 'rows': len(results),
           'csv_sha256': hashlib.sha256(text.encode()).hexdigest()}
-  atomic_write({
-      os.path.join(out_dir, CSV): text,
-      os.path.join(out_dir, METADATA):
-          json.dumps(meta, indent=2, default=_json_default) + '\n',
-  })
+  for name, content in ((CSV, text), (METADATA, json.dumps(
+      meta, indent=2, default=_json_default) + '\n')):
+    with open(os.path.join(directory, name), 'w', newline='') as f:
+      f.write(content)
 
 
 def _json_default(value):

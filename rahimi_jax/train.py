@@ -68,7 +68,8 @@ class TrainConfig:
       varies; an axis left out uses its single default option.
     steps: optimizer steps.
     batch_size: minibatch size; 0 (or >= the training set) is full batch.
-    log_every: steps between evaluations (and at step 0 and the last step).
+    log_every: steps between evaluations (and at step 0 and the last step);
+      default 50, or ``steps`` when fewer.
     dtype: floating type of parameters, data and arithmetic ('float64' needs
       ``jax.config.update('jax_enable_x64', True)``). Initial values are drawn
       in float32 and cast, so runs in either precision start alike.
@@ -84,7 +85,7 @@ class TrainConfig:
   options: tuple[tuple[str, tuple[str, ...]], ...] = ()
   steps: int = 500
   batch_size: int = 64
-  log_every: int = 50
+  log_every: int | None = None
   dtype: str = 'float32'
   diagnostics: tuple[str, ...] = ()
   lanczos_iters: int = 32
@@ -107,6 +108,8 @@ class TrainConfig:
         raise ValueError(f'model {self.model!r} has no {axis} to choose; its '
                          f'choice axes: {", ".join(reads)}.')
       relaxed.check_options(CHOICE_AXES[axis][0], names, axis)
+    if self.log_every is None and isinstance(self.steps, (int, np.integer)):
+      object.__setattr__(self, 'log_every', min(50, int(self.steps)))
     for name in ('steps', 'log_every'):
       value = getattr(self, name)
       if not isinstance(value, (int, np.integer)) or value < 1:
@@ -156,6 +159,23 @@ class TrainConfig:
     if steps[-1] != self.steps:
       steps.append(self.steps)
     return np.asarray(steps, np.int32)
+
+
+def check_task(config: TrainConfig, task: str) -> None:
+  """Raises ``ValueError`` if an option of ``config`` cannot train ``task``.
+
+  The least-squares optimizers (Gauss–Newton, Levenberg–Marquardt) need a
+  residual: a regression task. Call it before tracing (configs and
+  ``run_grid`` do), so the error is one line, not a trace-time traceback.
+  """
+  least_squares = sorted(set(config.option_dict()['optimizer'])
+                         & set(components.LEAST_SQUARES))
+  if least_squares and task != 'regression':
+    raise ValueError(
+        f'optimizer {", ".join(least_squares)} needs a least-squares '
+        f'(regression) task; this data is {task}. Use a first-order '
+        f'optimizer ({", ".join(o for o in components.OPTIMIZERS if o not in components.LEAST_SQUARES)}) '
+        'or a regression dataset (synthetic).')
 
 
 def _resolve_knobs(config: TrainConfig, knobs: Mapping[str, Any]) -> dict[str, Any]:
@@ -235,13 +255,15 @@ def make_loop(config: TrainConfig) -> Loop:
   """The ``Loop`` of ``config``; ``make_train`` scans it."""
   options = config.option_dict()
   model = models.get_model(config.model)(config.hidden, options)
+  if config.dtype == 'float64' and not jax.config.jax_enable_x64:
+    raise ValueError(
+        "dtype 'float64' needs 64-bit JAX, which is off: call "
+        "jax.config.update('jax_enable_x64', True) first (or use "
+        "'float32'); without it every array would silently be float32.")
   dtype = jnp.dtype(config.dtype)
-  least_squares = set(options['optimizer']) & set(components.LEAST_SQUARES)
 
   def setup(knobs, data):
-    if least_squares and data.task != 'regression':
-      raise ValueError(f'optimizer {sorted(least_squares)} needs a least-squares '
-                       f'(regression) task; this data is {data.task}.')
+    check_task(config, data.task)
     k = _resolve_knobs(config, knobs)
     hp = components.Hyperparams(k['learning_rate'], k['momentum'],
                                 k['weight_decay'])
@@ -367,6 +389,7 @@ def make_train(config: TrainConfig):
     return {'step': jnp.asarray(log_steps), **metrics,
             'diverged_step': carry[-1]}
 
+  train.config = config  # provenance: the engine records it with the results
   return train
 
 
@@ -467,7 +490,12 @@ def run_grid(config: TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
   Returns:
     ``Results`` in the grid's member order; ``metadata['partition']`` records
     the axes used (and, for ``'auto'``, every candidate's cost ratio).
+
+  Raises:
+    engine.Interrupted: on Ctrl-C, with the members of the programs and
+      member-batches that had finished.
   """
+  check_task(config.for_grid(grid), data.task)
   choice = {'mode': 'given'}
   if isinstance(partition, str):
     if partition != 'auto':
@@ -485,19 +513,36 @@ def run_grid(config: TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
   cells = {}
   for m in grid.members:
     cells.setdefault(tuple(m.values[a] for a in partition), []).append(m.index)
-  parts, infos = [], []
-  for indices in cells.values():
-    sub = grid.subset(indices)
-    part = engine.run(make_train(config.for_grid(sub)), sub, data,
-                      metadata=metadata, **engine_kwargs)
-    parts.append(part)
-    infos.append(part.metadata['engine'])
+  parts, indices = [], []
+  for cell in cells.values():
+    sub = grid.subset(cell)
+    try:
+      parts.append(engine.run(make_train(config.for_grid(sub)), sub, data,
+                              metadata=metadata, **engine_kwargs))
+    except KeyboardInterrupt as e:  # engine.Interrupted, or during a compile
+      if getattr(e, 'results', None) is not None:
+        parts.append(e.results)
+        indices.append(cell[:e.finished])
+      finished = sum(map(len, indices))
+      raise engine.Interrupted(
+          _merge(parts, indices, grid, config, choice, interrupted={
+              'finished': finished, 'members': len(grid)})
+          if parts else None, finished, len(grid)) from None
+    indices.append(cell)
+  return _merge(parts, indices, grid, config, choice)
+
+
+def _merge(parts, indices, grid, config, choice, **extra):
+  """One ``Results`` of the parts' members, in grid order."""
+  infos = [part.metadata['engine'] for part in parts]
   meta = dict(parts[0].metadata)
   meta['axes'] = {a.name: list(a.labels) for a in grid.axes}
+  meta['train_config'] = dataclasses.asdict(config.for_grid(grid))
   meta['partition'] = choice
+  meta.update(extra)
   if len(parts) > 1:
     meta['engine'] = {
-        'programs': len(parts), 'partition': list(partition),
+        'programs': len(parts), 'partition': choice['axes'],
         'compile_s': sum(i['compile_s'] for i in infos),
         'run_s': sum(i['run_s'] for i in infos),
         'wall_s': sum(i['wall_s'] for i in infos), 'parts': infos,
@@ -505,8 +550,8 @@ def run_grid(config: TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
         'member_batches': sum(i['member_batches'] for i in infos),
         'member_batch_size': max(i['member_batch_size'] for i in infos)}
   merged = results_lib.concat(parts, meta)
-  order = np.argsort(np.concatenate(list(cells.values())), kind='stable')
-  rows_per_member = len(merged) // len(grid)
+  order = np.argsort(np.concatenate(indices), kind='stable')
+  rows_per_member = len(merged) // len(order)
   rows = (order[:, None] * rows_per_member +
           np.arange(rows_per_member)[None]).ravel()
   return results_lib.Results({k: v[rows] for k, v in merged.columns.items()},

@@ -8,11 +8,15 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def env() -> dict[str, str]:
+  """The environment of a launcher run: this checkout first, CPU only."""
+  return dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu')
+
+
 def launch(module: str, *flags: str, timeout: int = 300):
   """``python -m MODULE FLAGS`` from the repository root; a CompletedProcess."""
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu')
   return subprocess.run([sys.executable, '-m', module, *flags], cwd=ROOT,
-                        env=env, capture_output=True, text=True,
+                        env=env(), capture_output=True, text=True,
                         timeout=timeout)
 
 

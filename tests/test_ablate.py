@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -207,3 +208,31 @@ def test_partitioned_launch_matches_relaxed(tmp_path):
   sgd = {k: v.where(optimizer='sgd', norm='none').columns['test_loss']
          for k, v in runs.items()}
   chex.assert_trees_all_close(sgd['split'], sgd['relaxed'], atol=1e-6, rtol=0)
+
+
+def test_ctrl_c_saves_finished_members_and_exits_cleanly(tmp_path):
+  """Ctrl-C after the first member-batch: one line, exit 130, batch saved."""
+  out = tmp_path / 'out'
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'experiments.ablate', *TINY, '--steps=4000',
+       '--memory_budget_mb=0.001', '--verbosity=0', f'--out={out}'],
+      cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+  try:
+    for line in proc.stderr:  # the engine logs each batch at --verbosity=0
+      if 'member-batch 1/' in line:
+        proc.send_signal(signal.SIGINT)
+        break
+    _, stderr = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 130, stderr
+  assert 'Traceback' not in stderr, stderr
+  interrupted = [l for l in stderr.splitlines() if l.startswith('interrupted:')]
+  assert len(interrupted) == 1 and 'of 8 members' in interrupted[0], stderr
+  res = storage.load(str(out))
+  finished = res.metadata['interrupted']['finished']
+  assert res.metadata['interrupted']['members'] == 8
+  assert 2 <= finished < 8
+  assert len(set(res.columns['member'])) == finished

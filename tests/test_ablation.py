@@ -132,13 +132,6 @@ def test_config_is_frozen():
     config.steps = 0  # pytype: disable=attribute-error
 
 
-def test_parse_floats():
-  chex.assert_trees_all_equal(ablation.parse_floats('lrs', ' 0.1, 1e-3 ,'),
-                              (0.1, 1e-3))
-  with pytest.raises(ValueError, match="x: '1..2' is not a number"):
-    ablation.parse_floats('x', ['1..2'])
-
-
 @pytest.mark.parametrize('columns,want', [
     ({'test_accuracy': np.zeros(1), 'test_loss': np.zeros(1)}, 'test_accuracy'),
     ({'test_loss': np.zeros(1)}, 'test_loss'),

@@ -35,8 +35,9 @@ def test_end_to_end(tmp_path):
 
 @pytest.mark.parametrize('flag, bad', [
     ('--gates=norm:none', 'norm:none'),
-    ('--gates=norm:none>bogus', 'bogus'),
-    ('--gates=colour:red>blue', 'colour'),
+    ('--gates=norm:none..bogus', 'bogus'),
+    ('--gates=colour:red..blue', 'colour'),
+    ('--gates=optimizer:sgd..levenberg_marquardt', 'levenberg_marquardt'),
     ('--metric=test_accuracy', 'test_accuracy'),
     ('--nodes=0', 'nodes'),
     ('--learning_rate=-1', 'learning_rate'),
@@ -48,7 +49,8 @@ def test_bad_input(flag, bad, tmp_path):
 
 
 def test_parse_gates():
-  assert attribute.parse_gates('norm:none>batch, init:a>b') == (
+  assert attribute.parse_gates('norm:none..batch, init:a..b') == (
       ('norm', 'none', 'batch'), ('init', 'a', 'b'))
-  with pytest.raises(ValueError, match='axis:off>on'):
-    attribute.parse_gates('norm=none')
+  for bad in ('norm=none', 'norm:none>batch'):
+    with pytest.raises(ValueError, match=r'axis:off\.\.on'):
+      attribute.parse_gates(bad)

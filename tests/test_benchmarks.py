@@ -13,11 +13,13 @@ import pathlib
 import subprocess
 import sys
 
+from absl.testing import flagsaver
 import chex
 import numpy as np
 import pytest
 
 from benchmarks import grid_throughput as gt
+from rahimi_jax import engine
 
 ROOT = pathlib.Path(__file__).parents[1]
 REQUIRED = ('regime', 'workload', 'G', 'method', 'compile_s', 'run_s', 'gflops',
@@ -128,6 +130,8 @@ def test_shrunk_run_without_torch(runs):
 
 def test_torch_methods_train_the_same_runs(runs):
   if 'torch' not in runs:
+    # CI installs requirements-bench.txt: there the cross-check must run.
+    assert not os.environ.get('CI'), 'torch is missing in CI'
     pytest.skip('torch is not installed (pip install -r requirements-bench.txt)')
   proc, out = runs['torch']
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -159,6 +163,19 @@ def test_bad_options_fail_early(name):
   with pytest.raises(ValueError) as err:
     gt.make_bench_config(**(base | kwargs))
   assert needle in str(err.value)
+
+
+def test_disagreeing_methods_exit_non_zero(monkeypatch, capsys):
+  records = [{'method': 'a'}, {'method': 'b', 'agrees_with_a': True},
+             {'method': 'd', 'agrees_with_a': False}]
+  monkeypatch.setattr(gt, 'run_benchmark', lambda cfg, out: records)
+  monkeypatch.setattr(engine, 'use_host_cores', lambda num=None: 1)
+  with flagsaver.flagsaver():
+    gt.FLAGS(['grid_throughput', '--methods=a,b,d'])
+    assert gt.main(['grid_throughput']) == 2
+    assert 'error: methods d trained different runs' in capsys.readouterr().err
+    records[2]['agrees_with_a'] = True
+    assert gt.main(['grid_throughput']) == 0
 
 
 def test_bad_flag_exits_with_message():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 
 import chex
 import numpy as np
@@ -115,83 +116,118 @@ def test_load_rejects_csv_of_another_run(res, tmp_path):
     storage.load(str(first))
 
 
-def _failing_replace(monkeypatch, fail_on_call):
-  """Makes the ``fail_on_call``-th os.replace inside results raise."""
-  real = os.replace
-  calls = []
-
-  def replace(src, dst):
-    calls.append(dst)
-    if len(calls) == fail_on_call:
-      raise OSError('disk full (simulated)')
-    return real(src, dst)
-
-  monkeypatch.setattr(storage.os, 'replace', replace)
-  return calls
-
-
 def _snapshot(directory):
   return {name: (directory / name).read_bytes()
           for name in sorted(os.listdir(directory))}
 
 
-@pytest.mark.parametrize('fail_on_call', [1, 2])
-def test_failed_save_leaves_no_partial_or_temp_files(res, tmp_path,
-                                                     monkeypatch, fail_on_call):
-  storage.save(res, str(tmp_path))
-  before = _snapshot(tmp_path)
+def _fail_on_write(monkeypatch, name):
+  """Makes opening ``name`` for writing inside storage raise OSError."""
+  real = open
+
+  def fake_open(path, mode='r', *args, **kwargs):
+    if 'w' in mode and os.path.basename(path) == name:
+      raise OSError('disk full (simulated)')
+    return real(path, mode, *args, **kwargs)
+
+  monkeypatch.setattr('builtins.open', fake_open)
+
+
+@pytest.mark.parametrize('failing', [storage.CSV, storage.METADATA])
+def test_failed_save_leaves_previous_results_intact(res, tmp_path, monkeypatch,
+                                                    failing):
+  out = tmp_path / 'out'
+  storage.save(res, str(out))
+  before = _snapshot(out)
+  with monkeypatch.context() as m:
+    _fail_on_write(m, failing)
+    with pytest.raises(OSError, match='simulated'):
+      storage.save(res.where(optimizer='adam'), str(out))
+  assert _snapshot(out) == before
+  assert os.listdir(tmp_path) == ['out']  # no staging directory left
+  chex.assert_trees_all_equal(storage.load(str(out)).columns['train_loss'],
+                              res.columns['train_loss'].astype(np.float64))
+
+
+def test_failure_inside_staged_block_keeps_previous_directory(res, tmp_path):
+  out = tmp_path / 'out'
+  storage.save(res, str(out))
+  before = _snapshot(out)
+  with pytest.raises(RuntimeError, match='plot failed'):
+    with storage.staged(str(out)) as stage:
+      storage.write(res.where(optimizer='adam'), stage)
+      raise RuntimeError('plot failed')
+  assert _snapshot(out) == before
+  assert os.listdir(tmp_path) == ['out']
+
+
+@pytest.mark.parametrize('exchange', [True, False])
+def test_save_replaces_the_whole_directory(res, tmp_path, monkeypatch,
+                                           exchange):
+  if not exchange:  # the two-rename path of systems without renameat2
+    monkeypatch.setattr(storage, '_exchange', lambda a, b: False)
+  out = tmp_path / 'out'
+  with storage.staged(str(out)) as stage:
+    storage.write(res, stage)
+    (pathlib.Path(stage) / 'curves.png').write_bytes(b'png')
   newer = res.where(optimizer='adam')
-  calls = _failing_replace(monkeypatch, fail_on_call)
-  with pytest.raises(OSError, match='simulated'):
-    storage.save(newer, str(tmp_path))
-  assert len(calls) == fail_on_call
-  monkeypatch.undo()
-  # Only the two complete files; no temporary leftovers.
-  assert sorted(os.listdir(tmp_path)) == ['metadata.json', 'results.csv']
-  # Whatever is there is either a complete, consistent save or detected.
-  try:
-    loaded = storage.load(str(tmp_path))
-  except ValueError as e:
-    assert 'does not match' in str(e)
-  else:
-    assert len(loaded) == len(res)
-    chex.assert_trees_all_equal(loaded.columns['train_loss'],
-                                res.columns['train_loss'].astype(np.float64))
-  if fail_on_call == 1:
-    assert _snapshot(tmp_path) == before
+  storage.save(newer, str(out))
+  # One directory, one run: the earlier run's plot does not linger.
+  assert sorted(os.listdir(out)) == sorted([storage.CSV, storage.METADATA])
+  assert len(storage.load(str(out))) == len(newer)
+  assert os.listdir(tmp_path) == ['out']
 
 
+def test_save_into_existing_empty_directory(res, tmp_path):
+  out = tmp_path / 'out'
+  out.mkdir()
+  storage.save(res, str(out))
+  assert len(storage.load(str(out))) == len(res)
 
-def test_failed_write_removes_temp_file(res, tmp_path, monkeypatch):
+
+def test_save_refuses_a_directory_of_other_files(res, tmp_path):
+  (tmp_path / 'notes.txt').write_text('mine')
+  with pytest.raises(ValueError, match='not rahimi_jax results') as info:
+    storage.save(res, str(tmp_path))
+  assert repr(str(tmp_path)) in str(info.value)
+  assert (tmp_path / 'notes.txt').read_text() == 'mine'
+
+
+def test_write_text_failure_leaves_no_temp_file(tmp_path, monkeypatch):
+  path = tmp_path / 'records.json'
+  path.write_text('old')
+
   def fsync(fd):
     del fd
     raise OSError('io error (simulated)')
 
   monkeypatch.setattr(storage.os, 'fsync', fsync)
   with pytest.raises(OSError, match='simulated'):
-    storage.save(res, str(tmp_path))
-  assert os.listdir(tmp_path) == []
+    storage.write_text(str(path), 'new')
+  assert os.listdir(tmp_path) == ['records.json']
+  assert path.read_text() == 'old'
 
 
-def test_check_writable_creates_nested_directory(tmp_path):
+def test_check_writable_creates_parents_not_the_directory(tmp_path):
   out = tmp_path / 'a' / 'b'
   assert storage.check_writable(str(out)) == str(out)
-  assert out.is_dir()
-  assert os.listdir(out) == []
+  assert (tmp_path / 'a').is_dir()
+  assert not out.exists()
 
 
-@pytest.mark.parametrize('make_path', [
-    lambda f: f / 'out',            # parent is a regular file
-    lambda f: f,                    # the path itself is a regular file
+@pytest.mark.parametrize('make_path, message', [
+    (lambda f: f / 'out', 'cannot write'),  # parent is a regular file
+    (lambda f: f, 'not a directory'),       # the path itself is a file
 ])
-def test_check_writable_rejects_unwritable(tmp_path, make_path):
+def test_check_writable_rejects_unwritable(tmp_path, make_path, message):
   blocker = tmp_path / 'file'
   blocker.write_text('not a directory')
   path = str(make_path(blocker))
   with pytest.raises(ValueError) as info:
     storage.check_writable(path)
   assert repr(path) in str(info.value)
-  assert str(info.value).startswith('out: cannot write')
+  assert str(info.value).startswith('out: ')
+  assert message in str(info.value)
   assert blocker.read_text() == 'not a directory'
 
 

@@ -21,9 +21,10 @@ import numpy as np
 
 from rahimi_jax import attribution
 from rahimi_jax import data as data_lib
+from rahimi_jax import engine
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import plots
-from rahimi_jax import provenance
+from rahimi_jax import results as results_lib
 from rahimi_jax import stats
 from rahimi_jax import storage
 from rahimi_jax import train as train_lib
@@ -31,18 +32,21 @@ from rahimi_jax.components import relaxed
 
 
 def parse_gates(spec: str) -> tuple[tuple[str, str, str], ...]:
-  """``'norm:none>batch,optimizer:sgd>momentum'`` -> ((axis, off, on), ...)."""
+  """``'norm:none..batch,optimizer:sgd..momentum'`` -> ((axis, off, on), ...).
+
+  ``..`` reads "from off to on" and, unlike ``>``, needs no shell quoting.
+  """
   gates = []
   for item in [s.strip() for s in spec.split(',') if s.strip()]:
     try:
       axis, rest = item.split(':')
-      off, on = rest.split('>')
+      off, on = rest.split('..')
     except ValueError:
-      raise ValueError(f'gates: {item!r} must look like axis:off>on, e.g. '
-                       'norm:none>batch.') from None
+      raise ValueError(f'gates: {item!r} must look like axis:off..on, e.g. '
+                       'norm:none..batch.') from None
     gates.append((axis.strip(), off.strip(), on.strip()))
   if not gates:
-    raise ValueError('gates: give at least one axis:off>on.')
+    raise ValueError('gates: give at least one axis:off..on.')
   return tuple(gates)
 
 
@@ -81,7 +85,8 @@ class AttributeConfig:
       if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
         raise ValueError(f'{name} must be a positive integer; got '
                          f'{getattr(self, name)!r}.')
-    self.train_config()  # validates steps, batch_size, hidden
+    train_lib.check_task(self.train_config().for_grid(self.grid()),
+                         data_lib.get_dataset(self.dataset)().task)
 
   def grid(self) -> grid_lib.Grid:
     return grid_lib.Grid(*(grid_lib.Choice(a, (off, on))
@@ -101,22 +106,34 @@ def run(config: AttributeConfig) -> dict[str, Any]:
   grid = config.grid()
   tc = config.train_config().for_grid(grid)
   res = train_lib.run_grid(config.train_config(), grid, data,
-                           metadata={'config': dataclasses.asdict(config),
-                                     **provenance.provenance()})
+                           metadata={'config': dataclasses.asdict(config)})
   names = [g[0] for g in config.gates]
   baselines = {a: off for a, off, _ in config.gates}
-  _, table = attribution.component_table(res, config.metric, names, baselines)
+  diverged, res_kept = _drop_diverged_seeds(res, config.metric)
+  out = {'results': res, 'diverged': diverged, 'names': names,
+         'seeds_used': sorted({int(s) for s in
+                               res_kept.columns[grid_lib.SEED]})}
+  if not out['seeds_used']:
+    return out  # every seed lost a member: nothing to attribute
+  _, table = attribution.component_table(res_kept, config.metric, names,
+                                         baselines)
   discrete = attribution.shapley_from_table(table, len(names))
-  # The all-off member of each seed; its knobs anchor the gate path.
+  # The all-off member of each kept seed; its knobs anchor the gate path.
   off_members = [m.index for m in grid.members
-                 if all(m.values[a] == off for a, off, _ in config.gates)]
+                 if m.values[grid_lib.SEED] in out['seeds_used']
+                 and all(m.values[a] == off for a, off, _ in config.gates)]
   knobs = grid.knobs(off_members)
   components = {a: (0, 1) for a in names}  # grid options are (off, on)
   f = attribution.final_metric(tc, config.metric)
   start = time.perf_counter()
-  gates = np.asarray(jax.jit(jax.vmap(
-      lambda k: attribution.aumann_shapley(f, k, data, components,
-                                           nodes=config.nodes)))(knobs))
+  try:
+    gates = np.asarray(engine.wait(jax.jit(jax.vmap(
+        lambda k: attribution.aumann_shapley(f, k, data, components,
+                                             nodes=config.nodes)))(knobs)))
+  except KeyboardInterrupt:  # the grid had finished: save it
+    res.metadata['interrupted'] = {'finished': len(grid), 'members': len(grid),
+                                   'during': 'gate paths'}
+    raise engine.Interrupted(res, len(grid), len(grid)) from None
   gate_s = time.perf_counter() - start
   zeros = np.zeros(len(table))
   rows = []
@@ -128,16 +145,43 @@ def run(config: AttributeConfig) -> dict[str, Any]:
         'difference': stats.paired_ci(discrete[:, i], gates[:, i]),
     })
   total = table[:, -1] - table[:, 0]
-  return {'results': res, 'rows': rows, 'anova': attribution.anova(
-      res, config.metric, names, baselines), 'total': total,
-          'gate_total': gates.sum(1), 'gate_s': gate_s, 'names': names}
+  return {**out, 'rows': rows, 'anova': attribution.anova(
+      res_kept, config.metric, names, baselines), 'total': total,
+          'gate_total': gates.sum(1), 'gate_s': gate_s}
+
+
+def _drop_diverged_seeds(res: results_lib.Results, metric: str):
+  """Diverged members, and the results without the seeds they belong to.
+
+  Shapley values and the ANOVA need every on/off pattern of a seed; a seed
+  with a diverged member (or a non-finite final ``metric``) is left out of
+  both attributions, and the report names the members.
+
+  Returns:
+    ``([(member, diverged_step), ...], results of the other seeds)``.
+  """
+  final = res.final().columns
+  bad = (final['diverged_step'] >= 0) | ~np.isfinite(final[metric])
+  diverged = [(str(m), int(s)) for m, s in
+              zip(final['member'][bad], final['diverged_step'][bad])]
+  keep = ~np.isin(res.columns[grid_lib.SEED], final[grid_lib.SEED][bad])
+  return diverged, results_lib.Results(
+      {k: v[keep] for k, v in res.columns.items()}, res.metadata)
 
 
 def report(config: AttributeConfig, out: dict[str, Any],
            out_dir: str | None = None) -> str:
   """The contribution table (and CSV + PNGs in ``out_dir``)."""
-  n = config.seeds
-  lines = [f'contributions to the final {config.metric} (off -> on), mean over '
+  n = len(out['seeds_used'])
+  head = []
+  if out['diverged']:
+    head.append(f'diverged: {len(out["diverged"])} members ' + ', '.join(
+        f'{m} (step {s})' for m, s in out['diverged']) + '; their seeds are '
+        f'left out of the attribution ({n} of {config.seeds} seeds remain)')
+  if not n:
+    return '\n'.join(head + ['no seed without a diverged member: nothing to '
+                              'attribute (try a smaller --learning_rate)'])
+  lines = head + [f'contributions to the final {config.metric} (off -> on), mean over '
            f'{n} seeds [95% t-interval over seeds, extended for skew]',
            f'{"component":<36}{"Shapley (grid)":>30}{"Aumann-Shapley (gates)":>30}'
            f'{"difference":>30}']
@@ -160,8 +204,8 @@ def report(config: AttributeConfig, out: dict[str, Any],
     lines.append(f'  {label:<30}{fmt(ci):>30}')
     csv_rows.append(f'"{label}",anova,{ci.mean!r},{ci.low!r},{ci.high!r},{ci.n}')
   if out_dir:
-    storage.atomic_write({os.path.join(out_dir, 'contributions.csv'):
-                              '\n'.join(csv_rows) + '\n'})
+    storage.write_text(os.path.join(out_dir, 'contributions.csv'),
+                       '\n'.join(csv_rows) + '\n')
     plots.contributions(out['rows'], os.path.join(out_dir, 'contributions.png'),
                         title=f'contributions to final {config.metric}')
     plots.interactions(out['names'], out['anova'],

@@ -26,8 +26,8 @@ import numpy as np
 
 from rahimi_jax import data as data_lib
 from rahimi_jax import diagnostics
+from rahimi_jax import engine
 from rahimi_jax import grid as grid_lib
-from rahimi_jax import provenance
 from rahimi_jax import plots
 from rahimi_jax import results as results_lib
 from rahimi_jax import stats
@@ -77,12 +77,14 @@ class DeepLinearConfig:
   init_scales: tuple[float, ...] = (1.0,)
   seeds: int = 4
   steps: int = 2000
-  log_every: int = 100
+  log_every: int | None = None  # None: every 100 steps, or once at the end
   dtype: str = 'float64'
   data_seed: int = 0
 
   def __post_init__(self):
     relaxed.check_options(METHODS, self.methods, 'methods')
+    if self.log_every is None and isinstance(self.steps, int):
+      object.__setattr__(self, 'log_every', min(100, self.steps))
     relaxed.check_options(train_lib.CHOICE_AXES['init'][0], (self.init,), 'init')
     for name in ('condition_number', 'n_train', 'in_dim', 'out_dim', 'width',
                  'seeds', 'steps', 'log_every'):
@@ -135,17 +137,34 @@ def run(config: DeepLinearConfig) -> results_lib.Results:
   dataset = config.dataset()
   grid = config.grid()
   parts = []
+
+  def merged():
+    meta = dict(parts[0].metadata)
+    meta['axes'] = {**meta['axes'], 'depth': list(config.depths)}
+    meta['engine'] = [p.metadata['engine'] for p in parts]
+    return results_lib.concat(parts, meta)
+
   for depth in config.depths:
-    part = train_lib.run_grid(
-        config.train_config(depth), grid, dataset, partition='auto',
-        metadata={'config': dataclasses.asdict(config),
-                  **provenance.provenance()})
+    try:
+      part = train_lib.run_grid(
+          config.train_config(depth), grid, dataset, partition='auto',
+          metadata={'config': dataclasses.asdict(config)})
+    except KeyboardInterrupt as e:  # engine.Interrupted, or during a compile
+      last = getattr(e, 'results', None)
+      if last is not None:
+        last.columns['depth'] = np.full(len(last), depth)
+        parts.append(last)
+      finished = (len(grid) * (len(parts) - (last is not None))
+                  + getattr(e, 'finished', 0))
+      total = len(grid) * len(config.depths)
+      partial = merged() if parts else None
+      if partial is not None:
+        partial.metadata['interrupted'] = {'finished': finished,
+                                           'members': total}
+      raise engine.Interrupted(partial, finished, total) from None
     part.columns['depth'] = np.full(len(part), depth)
     parts.append(part)
-  meta = dict(parts[0].metadata)
-  meta['axes'] = {**meta['axes'], 'depth': list(config.depths)}
-  meta['engine'] = [p.metadata['engine'] for p in parts]
-  return results_lib.concat(parts, meta)
+  return merged()
 
 
 def _log_interval(values):

@@ -1,0 +1,140 @@
+"""What every launcher in ``experiments/`` shares: parsing, errors, Ctrl-C, output.
+
+A launcher builds its config from flags, runs one library call, and saves
+into one results directory. ``launch`` does the rest the same way for all:
+bad input is one ``error:`` line before anything compiles; Ctrl-C is one line,
+and the members that had finished are saved; every output file of a run
+appears in ``--out`` at once (``storage.staged``).
+"""
+
+from collections.abc import Callable, Sequence
+import math
+import os
+import sys
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from rahimi_jax import storage
+
+
+def parse_numbers(name: str, items: Sequence[str] | str, kind: type = float, *,
+                  minimum: float | None = 0.0, distinct: bool = True
+                  ) -> tuple[Any, ...]:
+  """A comma list of numbers; the error names the bad item and what is wanted.
+
+  Args:
+    name: the flag or field, for errors.
+    items: a comma-separated string or its items.
+    kind: ``float`` or ``int``.
+    minimum: values must exceed it (``None``: any finite value).
+    distinct: reject repeated values.
+  """
+  if isinstance(items, str):
+    items = items.split(',')
+  items = [str(s).strip() for s in items if str(s).strip()]
+  noun = 'integer' if kind is int else 'number'
+  what = f'comma-separated {noun}s, e.g. {"64,64" if kind is int else "0.1,0.01"}'
+  if not items:
+    raise ValueError(f'{name}: empty list; give {what}.')
+  out = []
+  for s in items:
+    try:
+      value = kind(s)
+    except ValueError:
+      raise ValueError(f'{name}: {s!r} is not a number; give {what}.') from None
+    if not math.isfinite(value) or (minimum is not None and value <= minimum):
+      raise ValueError(f'{name}: {s!r} must be a finite {noun}' + (
+          f' > {minimum:g}.' if minimum is not None else '.'))
+    if distinct and value in out:
+      raise ValueError(f'{name}: {s!r} is listed twice.')
+    out.append(value)
+  return tuple(out)
+
+
+def quiet_logging() -> None:
+  """Warnings and errors only, unless ``--verbosity`` was given.
+
+  JAX's INFO lines (e.g. that no TPU library was found on a CPU machine) and
+  the engine's per-batch progress are noise in a launcher's report.
+  """
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+
+
+INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
+
+
+def run_app(main: Callable[[list[str]], int]) -> None:
+  """``absl.app.run(main)``; after Ctrl-C the process ends without waiting.
+
+  The interrupted XLA program runs on in the background until it finishes,
+  and a normal interpreter exit would wait for it.
+  """
+  def main_then_exit(argv):
+    code = main(argv)
+    if code == INTERRUPTED:
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(code)  # pylint: disable=protected-access
+    return code
+
+  app.run(main_then_exit)
+
+
+def launch(build: Callable[[], Any], describe: Callable[[Any], str],
+           run: Callable[[Any], Any], write: Callable[[Any, Any, str], str],
+           out: str, *, dry_run: bool = False) -> int:
+  """Builds, runs and saves one study; returns the exit code.
+
+  Args:
+    build: ``build() -> config``; raises ``ValueError`` on bad input (printed
+      as one ``error:`` line, exit code 1).
+    describe: ``describe(config) -> text`` printed before the run (the grid).
+    run: ``run(config) -> outcome``; on Ctrl-C it may raise
+      ``engine.Interrupted`` carrying the members that had finished.
+    write: ``write(config, outcome, directory) -> text``: writes the outcome's
+      files into ``directory`` (staged: they replace ``out`` together) and
+      returns the report printed after the files are in place.
+    out: the results directory.
+    dry_run: stop after checking the input and printing ``describe``.
+
+  Returns:
+    0, 1 for bad input, or ``INTERRUPTED`` after Ctrl-C (give it to
+    ``run_app``, which then exits at once).
+  """
+  try:
+    config = build()
+    storage.check_writable(out)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(describe(config), flush=True)
+  if dry_run:
+    print(f'dry run: the input is valid; nothing was run or written to {out}.')
+    return 0
+  try:
+    outcome = run(config)
+  except KeyboardInterrupt as e:
+    partial = getattr(e, 'results', None)
+    if partial is None:
+      print('interrupted: no member had finished; nothing saved '
+            f'(previous contents of {out} kept).', file=sys.stderr)
+    else:
+      storage.save(partial, out)
+      print(f'interrupted: saved the {e.finished} of {e.total} members that '
+            f'had finished to {out}/{storage.CSV} (metadata marks it '
+            'interrupted).', file=sys.stderr)
+    return INTERRUPTED
+  try:
+    with storage.staged(out) as stage:
+      text = write(config, outcome, stage)
+  except KeyboardInterrupt:
+    print(f'interrupted while saving; previous contents of {out} kept.',
+          file=sys.stderr)
+    return INTERRUPTED
+  print(text)
+  return 0
+

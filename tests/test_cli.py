@@ -1,0 +1,112 @@
+"""Tests of rahimi_jax.cli: list parsing, errors, Ctrl-C and staged output."""
+
+import os
+
+import chex
+import numpy as np
+import pytest
+
+from rahimi_jax import cli
+from rahimi_jax import engine
+from rahimi_jax import grid as grid_lib
+from rahimi_jax import results as results_lib
+from rahimi_jax import storage
+
+
+def test_parse_numbers():
+  chex.assert_trees_all_equal(cli.parse_numbers('lrs', ' 0.1, 1e-3 ,'),
+                              (0.1, 1e-3))
+  assert cli.parse_numbers('hidden', ['8', '8'], int, distinct=False) == (8, 8)
+  assert cli.parse_numbers('x', '-1,0', minimum=None) == (-1.0, 0.0)
+
+
+@pytest.mark.parametrize('items, kind, match', [
+    (['1..2'], float, "x: '1..2' is not a number"),
+    ('0.1,abc', float, "'abc' is not a number"),
+    ('', float, 'x: empty list'),
+    ('0.1,0.1', float, "'0.1' is listed twice"),
+    ('0', float, "'0' must be a finite number > 0"),
+    ('inf', float, "'inf' must be a finite number > 0"),
+    ('nan', float, "'nan' must be a finite number > 0"),
+    ('0.1,abc', float, 'give comma-separated numbers, e.g. 0.1,0.01'),
+    ('1.5', int, "'1.5' is not a number; give comma-separated integers"),
+    ('-3', int, "'-3' must be a finite integer > 0"),
+])
+def test_parse_numbers_names_the_bad_item(items, kind, match):
+  with pytest.raises(ValueError, match=match):
+    cli.parse_numbers('x', items, kind)
+
+
+def _results(n_members=2):
+  grid = grid_lib.Grid(grid_lib.Seeds(n_members))
+  outputs = {'step': np.zeros((n_members, 1), np.int32),
+             'train_loss': np.arange(n_members, dtype=np.float32)[:, None],
+             'diverged_step': np.full(n_members, -1, np.int32)}
+  return results_lib.from_outputs(grid, outputs)
+
+
+def _write(config, res, directory):
+  del config
+  storage.write(res, directory)
+  return 'report'
+
+
+def test_launch_saves_and_prints(tmp_path, capsys):
+  out = str(tmp_path / 'out')
+  code = cli.launch(lambda: "config", str, lambda c: _results(), _write, out)
+  assert code == 0
+  assert capsys.readouterr().out == 'config\nreport\n'
+  assert len(storage.load(out)) == 2
+
+
+def test_launch_dry_run_checks_and_describes_only(tmp_path, capsys):
+  def run(config):
+    raise AssertionError('must not run')
+
+  out = str(tmp_path / 'out')
+  assert cli.launch(lambda: '8 members', str, run, _write, out,
+                    dry_run=True) == 0
+  printed = capsys.readouterr().out.splitlines()
+  assert printed[0] == '8 members' and printed[1].startswith('dry run:')
+  assert os.listdir(tmp_path) == []
+
+
+def test_launch_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+  def build():
+    raise ValueError("lrs: 'abc' is not a number")
+
+  def run(config):
+    raise AssertionError('must not run')
+
+  code = cli.launch(build, str, run, _write, str(tmp_path / "out"))
+  assert code == 1
+  assert capsys.readouterr().err == "error: lrs: 'abc' is not a number\n"
+  assert os.listdir(tmp_path) == []
+
+
+def test_launch_interrupted_saves_finished_members(tmp_path, capsys):
+  out = str(tmp_path / 'out')
+  partial = _results(1)
+  partial.metadata['interrupted'] = {'finished': 1, 'members': 3}
+
+  def run(config):
+    raise engine.Interrupted(partial, 1, 3)
+
+  assert cli.launch(lambda: "config", str, run, _write, out) == cli.INTERRUPTED
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1 and err[0].startswith('interrupted: saved the 1 of 3')
+  loaded = storage.load(out)
+  assert len(loaded) == 1
+  assert loaded.metadata['interrupted'] == {'finished': 1, 'members': 3}
+
+
+def test_launch_interrupted_before_anything_keeps_previous(tmp_path, capsys):
+  out = str(tmp_path / 'out')
+  storage.save(_results(2), out)
+
+  def run(config):
+    raise KeyboardInterrupt
+
+  assert cli.launch(lambda: "config", str, run, _write, out) == cli.INTERRUPTED
+  assert 'nothing saved' in capsys.readouterr().err
+  assert len(storage.load(out)) == 2
