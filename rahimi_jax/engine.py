@@ -37,35 +37,47 @@ def device_memory_bytes() -> int:
   return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
 
 
-def use_host_cores(num: int | None = None) -> int:
+_weak_default = False  # True while the only choice is import's default
+
+
+def use_host_cores(num: int | None = None, *, default: bool = False
+                   ) -> int | None:
   """Makes each host core its own XLA CPU device, so ``run`` shards over cores.
 
   One XLA CPU device runs a vmapped grid's many small matmuls largely on one
   core; as separate devices the cores each run their share of the members
   (2.0x on this 2-core host for the benchmark's grids; a single large matmul
-  still uses every core). Call it before JAX's first operation (the launchers
-  do, first thing). An explicit choice wins: nothing changes when
-  ``--xla_force_host_platform_device_count`` is in ``XLA_FLAGS`` or
-  ``jax_num_cpu_devices`` is set, nor once JAX's backends are initialized.
+  still uses every core). ``import rahimi_jax`` calls it with
+  ``default=True``, so Python users get the launchers' devices; a later call
+  (a launcher's, the benchmark's ``--cpu_devices``) replaces that default.
+  An explicit choice wins: nothing changes when
+  ``--xla_force_host_platform_device_count`` is in ``XLA_FLAGS``,
+  ``jax_num_cpu_devices`` was set by the user or an earlier non-default
+  call, or JAX's backends are initialized.
 
   Args:
     num: CPU devices wanted (default: one per core this process may use).
+    default: the import-time default, which any later call may replace; it
+      never starts JAX's backends.
 
   Returns:
-    The number of CPU devices this process will have.
+    The number of CPU devices this process will have (``None`` for a
+    ``default`` call that changed nothing).
   """
+  global _weak_default
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
   if num is not None and num < 1:
     raise ValueError(f'num must be >= 1; got {num}.')
   explicit = ('xla_force_host_platform_device_count' in
               os.environ.get('XLA_FLAGS', '')
-              or jax.config.jax_num_cpu_devices > 0)
+              or (jax.config.jax_num_cpu_devices > 0 and not _weak_default))
   if explicit or xla_bridge.backends_are_initialized():
-    return len(jax.devices('cpu'))
+    return None if default else len(jax.devices('cpu'))
   if num is None:
     num = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
            else os.cpu_count() or 1)
   jax.config.update('jax_num_cpu_devices', num)
+  _weak_default = default
   return num
 
 

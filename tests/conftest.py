@@ -1,8 +1,14 @@
 """Shared fixtures: tiny datasets that keep compiled programs small."""
 
+import jax
 import pytest
 
-from rahimi_jax import data as data_lib
+# In-process tests run on one CPU device, as before rahimi_jax's import-time
+# default of one device per core (tests/test_engine.py checks that default in
+# fresh processes; the launcher tests run with it).
+jax.config.update('jax_num_cpu_devices', 1)
+
+from rahimi_jax import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.fixture(scope='session')

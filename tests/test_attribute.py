@@ -2,10 +2,14 @@
 
 import csv
 
+import numpy as np
 import pytest
 
 import launchers
 
+from rahimi_jax import grid as grid_lib
+from rahimi_jax import results as results_lib
+from rahimi_jax import storage
 from rahimi_jax.studies import attribute
 
 TINY = ('--hidden=8', '--steps=20', '--seeds=2', '--nodes=2', '--batch_size=32')
@@ -54,3 +58,35 @@ def test_parse_gates():
   for bad in ('norm=none', 'norm:none>batch'):
     with pytest.raises(ValueError, match=r'axis:off\.\.on'):
       attribute.parse_gates(bad)
+
+
+def test_diverging_run_is_saved_and_named(tmp_path):
+  """Every member diverges: the grid is still returned, reported and saved."""
+  config = attribute.AttributeConfig(
+      gates=(('norm', 'none', 'batch'),), hidden=(8,), steps=10, seeds=2,
+      nodes=2, batch_size=32, learning_rate=1e8)
+  out = attribute.run(config)
+  assert out['seeds_used'] == [] and 'rows' not in out
+  assert len(out['diverged']) == 4
+  assert all(step > 0 for _, step in out['diverged'])
+  text = attribute.report(config, out, str(tmp_path))
+  assert text.startswith('diverged: 4 members ')
+  assert '(0 of 2 seeds remain)' in text and 'nothing to attribute' in text
+  storage.save(out['results'], str(tmp_path / 'saved'))
+  assert len(storage.load(str(tmp_path / 'saved'))) == len(out['results'])
+
+
+def test_drop_diverged_seeds_keeps_complete_seeds():
+  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'batch')),
+                       grid_lib.Seeds(3))
+  loss = np.array([[1.0], [2.0], [np.nan], [3.0], [4.0], [5.0]])
+  diverged_step = np.array([-1, -1, 7, -1, -1, -1], np.int32)
+  res = results_lib.from_outputs(grid, {
+      'step': np.full((6, 1), 10, np.int32), 'test_loss': loss,
+      'diverged_step': diverged_step})
+  bad, kept = attribute._drop_diverged_seeds(res, 'test_loss')
+  member = res.columns['member'][2]
+  assert bad == [(member, 7)]
+  seed_of_bad = res.columns['seed'][2]
+  assert seed_of_bad not in set(kept.columns['seed'])
+  assert len(kept) == 4

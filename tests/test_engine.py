@@ -168,3 +168,28 @@ def test_use_host_cores_makes_cpu_devices_before_jax_starts():
   assert proc.stdout.split() == ['2', '2', '2', '2', '2']
   with pytest.raises(ValueError, match='num'):
     engine.use_host_cores(0)
+
+
+_IMPORT_DEFAULT = textwrap.dedent("""
+    import os
+    import jax
+    import rahimi_jax as rj
+    from rahimi_jax import data, engine
+    cores = len(os.sched_getaffinity(0))
+    grid = rj.Grid(rj.Seeds(max(2, cores)))
+    train = rj.make_train(rj.TrainConfig(hidden=(4,), steps=2, batch_size=8))
+    res = rj.run(train, grid, data.synthetic(n_train=16, n_test=8))
+    print(cores, len(jax.devices()), res.metadata['engine']['num_devices'])
+""")
+
+
+def test_import_gives_python_users_the_launchers_devices():
+  proc = _python(_IMPORT_DEFAULT)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  cores, devices, used = proc.stdout.split()
+  assert cores == devices == used
+  # An explicit choice made before the import wins over its default.
+  proc = _python('import jax; jax.config.update("jax_num_cpu_devices", 1); '
+                 + _IMPORT_DEFAULT.replace('import jax\n', ''))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split()[1:] == ['1', '1']
