@@ -49,6 +49,9 @@ BAD_CONFIGS = {
     'lrs_nan': (dict(lrs=('nan',)), ["'nan'", 'finite number > 0']),
     'lrs_inf': (dict(lrs=('inf',)), ["'inf'", 'finite number > 0']),
     'lrs_string': (dict(lrs='0.1,abc'), ["'abc'", 'not a number']),
+    'least_squares_on_classification': (
+        dict(optimizers=('sgd', 'levenberg_marquardt')),
+        ['levenberg_marquardt', 'regression', 'classification']),
     'seeds_zero': (dict(seeds=0), ['seeds', 'count >= 1', 'got 0']),
     'seeds_negative': (dict(seeds=-2), ['seeds', 'count >= 1', 'got -2']),
     'seeds_bool': (dict(seeds=True), ['seeds', 'count >= 1', 'got True']),

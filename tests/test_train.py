@@ -192,6 +192,29 @@ def test_bad_config_fails_loudly(kwargs, match):
     train_lib.TrainConfig(**{'steps': 30, **kwargs})
 
 
+def test_log_every_defaults_to_fit_the_steps():
+  assert train_lib.TrainConfig(steps=20).log_every == 20
+  assert train_lib.TrainConfig(steps=500).log_every == 50
+
+
+def test_float64_without_x64_is_an_error_not_a_float32_run():
+  assert not jax.config.jax_enable_x64
+  with pytest.raises(ValueError, match="jax_enable_x64.*'float32'"):
+    train_lib.make_train(train_lib.TrainConfig(dtype='float64', steps=5))
+
+
+def test_least_squares_optimizer_on_classification_fails_before_tracing(
+    tiny_digits, monkeypatch):
+  grid = grid_lib.Grid(grid_lib.Choice('optimizer',
+                                       ('sgd', 'levenberg_marquardt')))
+  traced = []
+  monkeypatch.setattr(train_lib, 'make_train',
+                      lambda *a: traced.append(a))  # must not be reached
+  with pytest.raises(ValueError, match='levenberg_marquardt.*regression'):
+    train_lib.run_grid(CONFIG, grid, tiny_digits)
+  assert not traced
+
+
 def test_unknown_value_axis_fails_before_compiling():
   with pytest.raises(ValueError, match='learning_rat'):
     CONFIG.for_grid(grid_lib.Grid(grid_lib.Values('learning_rat', (0.1,))))
