@@ -5,6 +5,9 @@ tiny program), and every jitted function under test is built once at module
 level, so one compiled program serves all the parametrized cases.
 """
 
+import functools
+from unittest import mock
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import chex
@@ -455,6 +458,335 @@ class MixTest(chex.TestCase):
       relaxed.mix(np.ones((0,)), [])
     with self.assertRaisesRegex(ValueError, r'\(2,\).*3 options'):
       relaxed.mix(np.ones((2,)), [np.ones(3)] * 3)
+
+
+# Options of weight 0 that must not poison the selected one. Each reads an
+# input ``x`` (with exact zeros) and a parameter ``p``.
+def _selected(x, p):
+  return jnp.tanh(x) * p
+
+
+POISONS = {
+    'overflow': lambda x, p: jnp.exp(1e3 * x) * p,  # inf, infinite derivative
+    'divide_by_zero': lambda x, p: jnp.divide(p, x),  # inf at x = 0
+    'sqrt_at_zero': lambda x, p: jnp.sqrt(jnp.abs(x)) * p,  # finite; d/dx inf
+    'nan': lambda x, p: jnp.log(-1.0 - jnp.abs(x)) * p,
+    # A low-precision option beside the float32 one: exp(20) > 65504.
+    'float16_overflow': lambda x, p: (jnp.exp(20 * x.astype(jnp.float16))
+                                      * p.astype(jnp.float16)),
+}
+# The poisons whose value is finite (only the derivative is infinite).
+FINITE_POISONS = ('sqrt_at_zero',)
+_POISON_X = np.asarray([[0.0, 0.5, -1.0, 2.0], [1.5, 0.0, 0.25, -0.5],
+                        [-2.0, 1.0, 0.0, 3.0]], np.float32)  # [3, 4]
+_POISON_P = np.asarray([1.5, -0.5, 2.0, 0.75], np.float32)  # [4]
+_POISON_CT = _x((3, 4), seed=11)  # a cotangent: loss = sum(ct * y)
+
+
+def _rtol(poison):
+  """Products with a float16 option are rounded to float16."""
+  return 1e-3 if 'float16' in poison else 1e-5
+
+
+def _poisoned(poison, selected_first):
+  """``(fns, weights, j)``: the selected option (index ``j``) and a poison."""
+  fns = [_selected, POISONS[poison]]
+  if not selected_first:
+    fns = fns[::-1]
+  j = 0 if selected_first else 1
+  return fns, _onehot([0, 1], j), j
+
+
+def _loss(f):
+  return lambda *args: jnp.sum(_POISON_CT * f(*args))
+
+
+def _smooth(x, p):
+  return jnp.sin(x) * p * p
+
+
+def _after_one_step(mixed):
+  """``f(w)``: the loss after one gradient step on ``p`` at weights ``w``."""
+  x, target = _POISON_X, _POISON_CT
+
+  def loss(p, w):
+    return jnp.mean((mixed(w, x, p) - target) ** 2)
+
+  def after(w):
+    p = _POISON_P - 0.5 * jax.grad(loss)(_POISON_P, w)
+    return loss(p, w)
+
+  return after
+
+
+class PoisonTest(chex.TestCase):
+  """An option of weight 0 changes neither values nor derivatives."""
+
+  @parameterized.product(poison=sorted(POISONS), selected_first=(True, False))
+  def test_onehot_value_and_gradients_are_the_selected_options(
+      self, poison, selected_first):
+    fns, w, _ = _poisoned(poison, selected_first)
+    mixed = relaxed.relax(fns)
+    x, p = _POISON_X, _POISON_P
+    if poison not in FINITE_POISONS:  # the poison is really poisonous
+      self.assertFalse(np.all(np.isfinite(POISONS[poison](x, p))))
+
+    y, ref = jax.jit(mixed)(w, x, p), jax.jit(_selected)(x, p)
+    chex.assert_trees_all_equal(y, ref)
+    chex.assert_type(y, jnp.float32)
+
+    grads = jax.jit(jax.grad(_loss(mixed), argnums=(1, 2)))(w, x, p)
+    ref_grads = jax.jit(jax.grad(_loss(_selected), argnums=(0, 1)))(x, p)
+    chex.assert_tree_all_finite(grads)
+    chex.assert_trees_all_close(grads, ref_grads, rtol=1e-6, atol=1e-7)
+
+    # Forward mode too: one tangent through the input and the parameter.
+    dx, dp = _x((3, 4), seed=12), _x((4,), seed=13)
+    _, tangent = jax.jit(lambda x, p: jax.jvp(
+        lambda x, p: mixed(w, x, p), (x, p), (dx, dp)))(x, p)
+    _, ref_tangent = jax.jvp(_selected, (x, p), (dx, dp))
+    chex.assert_tree_all_finite(tangent)
+    chex.assert_trees_all_close(tangent, ref_tangent, rtol=1e-6, atol=1e-7)
+
+  @parameterized.product(poison=sorted(POISONS), selected_first=(True, False))
+  def test_weight_derivative_at_a_vertex_is_each_options_finite_value(
+      self, poison, selected_first):
+    fns, w, j = _poisoned(poison, selected_first)
+    x, p = _POISON_X, _POISON_P
+    mixed = relaxed.relax(fns)
+    values = [np.asarray(fn(x, p), np.float64) for fn in fns]
+    # d mix / d w_i = option_i where finite (an overflow has no derivative).
+    finite = [np.where(np.isfinite(v), v, 0.0) for v in values]
+    if poison in FINITE_POISONS:
+      chex.assert_trees_all_equal(finite, values)
+    grad_w = jax.jit(jax.grad(_loss(mixed)))(w, x, p)
+    np.testing.assert_allclose(
+        grad_w, [np.sum(_POISON_CT * v) for v in finite], rtol=_rtol(poison))
+    for i, value in enumerate(finite):  # forward mode, one weight at a time
+      _, tangent = jax.jvp(lambda w: mixed(w, x, p), (w,), (np.eye(2)[i],))
+      np.testing.assert_allclose(tangent, value, rtol=_rtol(poison))
+    # The poison's weight derivative is not zeroed (NaN everywhere aside).
+    self.assertEqual(np.any(finite[1 - j] != 0), poison != 'nan')
+
+  @parameterized.parameters(sorted(POISONS))
+  def test_mix_alone_guards_values_and_weight_derivatives(self, poison):
+    # Without `relax`, the options' own inputs are not guarded, but the value,
+    # the forward-mode tangent and the weight gradient already are.
+    x, p = _POISON_X, _POISON_P
+    w = _onehot([0, 1], 0)
+
+    def mixed(w, x):
+      return relaxed.mix(w, [_selected(x, p), POISONS[poison](x, p)])
+
+    chex.assert_trees_all_equal(jax.jit(mixed)(w, x), _selected(x, p))
+    chex.assert_tree_all_finite(jax.grad(_loss(mixed))(w, x))
+    dw, dx = np.asarray([0.5, -0.5], np.float32), _x((3, 4), seed=12)
+    _, tangent = jax.jvp(mixed, (w, x), (dw, dx))
+    chex.assert_tree_all_finite(tangent)
+
+  @parameterized.parameters(sorted(POISONS))
+  def test_function_arguments_are_guarded_but_differentiable(self, poison):
+    """A function argument (like ``residual_fn``) closes over a parameter."""
+
+    def selected(f, x):
+      return jnp.tanh(f(x))
+
+    def poisoned(f, x):
+      # The option differentiates the function (as Gauss–Newton does); that
+      # inner derivative must survive the guard.
+      _, slope = jax.jvp(f, (x,), (jnp.ones_like(x),))
+      return (POISONS[poison](f(x), jnp.ones((4,), jnp.float32))
+              + slope.astype(jnp.float16 if 'float16' in poison else x.dtype))
+
+    mixed = relaxed.relax([selected, poisoned])
+    x, w = _POISON_X, _onehot([0, 1], 0)
+
+    def loss(p, w=w):
+      return jnp.sum(_POISON_CT * mixed(w, lambda z: z * p, x))
+
+    grad = jax.jit(jax.grad(loss))(_POISON_P)
+    ref = jax.jit(jax.grad(lambda p: jnp.sum(_POISON_CT * selected(
+        lambda z: z * p, x))))(_POISON_P)
+    chex.assert_tree_all_finite(grad)
+    chex.assert_trees_all_close(grad, ref, rtol=1e-6, atol=1e-7)
+    # The unselected option's value (with its inner derivative, the slope p)
+    # is still d mix / d w_1.
+    value = np.asarray(poisoned(lambda z: z * _POISON_P, x), np.float64)
+    value = np.where(np.isfinite(value), value, 0.0)
+    grad_w = jax.grad(lambda w: loss(_POISON_P, w))(w)
+    np.testing.assert_allclose(grad_w[1], np.sum(_POISON_CT * value),
+                               rtol=_rtol(poison))
+
+  @parameterized.parameters(sorted(POISONS))
+  def test_non_vertex_weights_are_the_plain_formula(self, poison):
+    # Away from the vertices the guards are the identity: the same values as
+    # the plain weighted sum and the same derivatives (which check_grads
+    # checks against finite differences where the options are smooth).
+    fns = [_selected, POISONS[poison]]
+    # Negative, away from 0: every option but 'nan' is finite and smooth.
+    x = -np.abs(_POISON_X) - 0.125
+    p, w = _POISON_P, np.asarray([0.3, 0.7], np.float32)
+    mixed = jax.jit(relaxed.relax(fns))
+
+    def plain(w, x, p):
+      return w[0] * fns[0](x, p) + w[1].astype(
+          fns[1](x, p).dtype) * fns[1](x, p)
+
+    y = mixed(w, x, p)
+    chex.assert_trees_all_equal(y, jax.jit(plain)(w, x, p))
+    if poison == 'nan':  # an option of nonzero weight is not masked
+      self.assertTrue(np.all(np.isnan(y)))
+      return
+    grads = jax.jit(jax.grad(_loss(mixed), argnums=(0, 1, 2)))(w, x, p)
+    ref = jax.jit(jax.grad(_loss(plain), argnums=(0, 1, 2)))(w, x, p)
+    chex.assert_tree_all_finite(grads)
+    chex.assert_trees_all_close(grads, ref, rtol=1e-6, atol=1e-7)
+    if 'float16' not in poison:  # finite differences need float32
+      jtu.check_grads(mixed, (w, x, p), order=2, modes=('fwd', 'rev'),
+                      atol=1e-2, rtol=1e-2)
+
+  @parameterized.parameters(0, 1)
+  def test_gate_derivatives_through_a_training_step(self, j):
+    # A gate sensitivity differentiates the training gradients with respect
+    # to the weights. At a vertex that mixed derivative is not zero (mixing in
+    # a little of an option changes the gradients), so the guards must keep
+    # it: compare with finite differences and with the plain formula.
+    fns = [_selected, _smooth]
+    w = _onehot([0, 1], j)
+    after = _after_one_step(relaxed.relax(fns))
+    plain = _after_one_step(
+        lambda w, x, p: w[0] * fns[0](x, p) + w[1] * fns[1](x, p))
+    jtu.check_grads(after, (w,), order=1, modes=('fwd', 'rev'), atol=1e-2,
+                    rtol=1e-2)
+    chex.assert_trees_all_close(jax.grad(after)(w), jax.grad(plain)(w),
+                                rtol=1e-5, atol=1e-6)
+
+  @parameterized.parameters(sorted(POISONS))
+  def test_gate_derivatives_through_a_training_step_ignore_a_poison(
+      self, poison):
+    # Beside a poison of weight 0, moving weight between the other options
+    # has the derivative it has without the poison (forward and reverse).
+    with_poison = _after_one_step(relaxed.relax(
+        [_selected, _smooth, POISONS[poison]]))
+    without = _after_one_step(relaxed.relax([_selected, _smooth]))
+    w3, w2 = _onehot([0, 1, 2], 0), _onehot([0, 1], 0)
+    d3, d2 = np.asarray([-1, 1, 0], np.float32), np.asarray([-1, 1], np.float32)
+    _, slope = jax.jvp(with_poison, (w3,), (d3,))
+    _, ref = jax.jvp(without, (w2,), (d2,))
+    chex.assert_tree_all_finite(slope)
+    chex.assert_trees_all_close(slope, ref, rtol=1e-6)
+    grad = jax.grad(with_poison)(w3)
+    chex.assert_trees_all_close(grad[:2], jax.grad(without)(w2), rtol=1e-6)
+
+  @parameterized.parameters((0, None), (0, 0), (None, 0))
+  def test_vmapped_weights_and_inputs_match_each_member_alone(
+      self, w_axis, x_axis):
+    # A grid vmaps the weights (and the data it carries): each member, poison
+    # beside it at weight 0, is the member computed alone.
+    mixed = relaxed.relax([_selected, _smooth, POISONS['overflow']])
+    ws = np.asarray([[1, 0, 0], [0, 1, 0], [0.3, 0.7, 0]], np.float32)
+    xs = np.stack([_POISON_X, -_POISON_X, 2 * _POISON_X])
+    w_in = ws if w_axis == 0 else ws[0]
+    x_in = xs if x_axis == 0 else xs[0]
+
+    def value_and_grads(w, x, p):
+      return mixed(w, x, p), jax.grad(_loss(mixed), argnums=(1, 2))(w, x, p)
+
+    batched = jax.jit(jax.vmap(value_and_grads,
+                               in_axes=(w_axis, x_axis, None)))(
+                                   w_in, x_in, _POISON_P)
+    chex.assert_tree_all_finite(batched)
+    for m in range(3):
+      alone = jax.jit(value_and_grads)(ws[m] if w_axis == 0 else ws[0],
+                                       xs[m] if x_axis == 0 else xs[0],
+                                       _POISON_P)
+      chex.assert_trees_all_close(jax.tree.map(lambda a: a[m], batched), alone,
+                                  rtol=1e-6, atol=1e-7)
+
+
+def _poison_norm() -> components.Norm:
+  """A norm that is NaN forward, in its state, and in its derivatives."""
+
+  def init(features):
+    return {'scale': jnp.ones((features,))}, {'total': jnp.zeros(())}
+
+  def apply(params, state, x, train):
+    del train
+    y = jnp.sqrt(x - x) * params['scale'] + jnp.log(-jnp.abs(x) - 1.0)
+    return y, {'total': state['total'] + jnp.sum(y)}
+
+  return components.Norm(init, apply)
+
+
+def _poison_optimizer(hp):
+  """Updates ``0 / 0``, through a hyperparameter it reads."""
+
+  def update(grads, state, params=None):
+    del params
+    return jax.tree.map(
+        lambda g: jnp.sqrt(g - g) / (g - g) * hp.learning_rate, grads), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(),
+                                      update)
+
+
+def _train_norm_layer(norm, tx, steps=3):
+  """A few steps of ``y ~ norm(x @ w)``: returns the parameters and state."""
+  x, y = _x((8, 5), seed=20), _x((8, 4), seed=21)
+  params, state = norm.init(4)
+  params = {'w': _x((5, 4), seed=22) / 3, 'norm': params}
+
+  def loss(params, state):
+    h, state = norm.apply(params['norm'], state, x @ params['w'], True)
+    return jnp.mean((h - y) ** 2), state
+
+  @jax.jit
+  def step(params, state, opt_state):
+    grads, state = jax.grad(loss, has_aux=True)(params, state)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), state, opt_state
+
+  opt_state = tx.init(params)
+  for _ in range(steps):
+    params, state, opt_state = step(params, state, opt_state)
+  return params, state
+
+
+class PoisonedComponentTest(parameterized.TestCase):
+
+  @parameterized.parameters(('layer', 'adam'), ('batch', 'momentum'))
+  def test_a_poisoned_option_of_weight_0_changes_no_trained_parameter(
+      self, norm_name, opt_name):
+    poisons = {'poison': _poison_norm()}
+    with mock.patch.dict(components.NORMS, poisons), mock.patch.dict(
+        components.OPTIMIZERS, {'poison': _poison_optimizer}):
+      names = ('poison', norm_name)
+      init, apply = components.relaxed_norm(names)
+      norm = components.Norm(init, lambda p, s, x, train: apply(
+          p, s, x, _onehot(names, norm_name), train))
+      # The learning rate is traced, as in a grid, so the guard sees it.
+      hp = HP._replace(learning_rate=jnp.asarray(HP.learning_rate))
+      tx = components.relaxed_optimizer(
+          ('poison', opt_name), _onehot(('poison', opt_name), opt_name), hp)
+      params, state = _train_norm_layer(norm, tx)
+    ref_params, ref_state = _train_norm_layer(
+        components.NORMS[norm_name], _opt(opt_name, hp))
+
+    # Two programs (the mixture's and the option's alone) may round the
+    # last bit differently after a few steps, poison or not (measured: up to
+    # 1.2e-7 with a harmless second option, before and after the guards).
+    close = functools.partial(chex.assert_trees_all_close, rtol=1e-5,
+                              atol=1e-6)
+    chex.assert_tree_all_finite((params, state[norm_name]))
+    # The poison fired (its own state is NaN) but reached nothing else.
+    self.assertTrue(np.isnan(state['poison']['total']))
+    close(params['w'], ref_params['w'])
+    close(params['norm'][norm_name], ref_params['norm'])
+    close(state[norm_name], ref_state)
+    # The poison's own parameters got zero gradients: finite, unchanged.
+    chex.assert_trees_all_equal(params['norm']['poison'],
+                                {'scale': np.ones(4, np.float32)})
+    self.assertFalse(np.allclose(params['w'], _x((5, 4), seed=22) / 3))
 
 
 class ErrorTest(parameterized.TestCase):

@@ -114,7 +114,8 @@ def relaxed_norm(names: Sequence[str]):
   """The mixture of ``names``: ``apply(params, state, x, weights, train)``.
 
   Each option keeps its own parameters and state (dicts keyed by name); the
-  output is ``sum_i weights[i] * option_i(x)``.
+  output is ``sum_i weights[i] * option_i(x)``. Each option reads its inputs
+  through ``relaxed.guard``, so one of weight 0 poisons no value or gradient.
   """
   names = relaxed.check_options(NORMS, names, 'norm')
   norms = [NORMS[n] for n in names]
@@ -125,8 +126,9 @@ def relaxed_norm(names: Sequence[str]):
             {n: s for n, (_, s) in zip(names, inits)})
 
   def apply(params, state, x, weights, train):
-    outs = [norm.apply(params[n], state[n], x, train)
-            for n, norm in zip(names, norms)]
+    outs = [norm.apply(*relaxed.guard(weights[i], (params[n], state[n], x)),
+                       train)
+            for i, (n, norm) in enumerate(zip(names, norms))]
     y = relaxed.mix(weights, [y for y, _ in outs])
     return y, {n: s for n, (_, s) in zip(names, outs)}
 

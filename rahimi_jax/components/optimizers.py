@@ -51,17 +51,24 @@ def relaxed_optimizer(names: Sequence[str], weights: jax.Array,
   """The mixture of optimizers ``names``: updates ``sum_i weights[i] * u_i``.
 
   Every option keeps its own state and sees the same gradients; the parameters
-  move along the weighted sum of the options' updates.
+  move along the weighted sum of the options' updates. Each option reads the
+  hyperparameters, gradients, its state, the parameters and the extra
+  arguments (``residual_fn``) through ``relaxed.guard``, so one of weight 0
+  poisons no value or gradient.
   """
   names = relaxed.check_options(OPTIMIZERS, names, 'optimizer')
-  txs = [optax.with_extra_args_support(OPTIMIZERS[n](hp)) for n in names]
+  txs = [OPTIMIZERS[n](relaxed.guard(weights[i], hp))
+         for i, n in enumerate(names)]
+  txs = [optax.with_extra_args_support(tx) for tx in txs]
 
   def init(params):
     return tuple(tx.init(params) for tx in txs)
 
   def update(grads, state, params=None, **extra_args):
-    outs = [tx.update(grads, s, params, **extra_args)
-            for tx, s in zip(txs, state)]
+    outs = []
+    for i, (tx, s) in enumerate(zip(txs, state)):
+      g, s, p, extra = relaxed.guard(weights[i], (grads, s, params, extra_args))
+      outs.append(tx.update(g, s, p, **extra))
     updates = relaxed.mix(weights, [u for u, _ in outs])
     return updates, tuple(s for _, s in outs)
 

@@ -5,20 +5,160 @@ A choice axis with options ``o_1 .. o_k`` is evaluated at weights ``w`` as
 0 and 1 and additions of 0 are exact in IEEE arithmetic), so a grid point is the
 plain discrete choice, while a non-vertex ``w`` interpolates between options and
 makes a component's influence a derivative.
+
+An option of weight exactly 0 must not poison the others, even where it
+overflows, divides by zero, returns NaN, or has an infinite derivative
+(``sqrt`` at 0): ``0 * inf`` is NaN, so the plain weighted sum leaks it into
+the value, into forward-mode tangents (``0 * d option``), and into gradients
+(the zero cotangent sent into the option meets the infinite derivative inside
+it). The rule used here is the *strong zero*: where a weight is exactly 0, a
+non-finite value, tangent or cotangent of its option counts as 0. Finite ones
+are kept, so every derivative that exists is the plain formula's, including
+the derivative with respect to the weight itself (the option's value) and the
+mixed ones that gate sensitivities through a training run need (how mixing in
+a little of an option changes the training gradients). At a weight other than
+0 nothing is filtered: interior weights compute exactly the plain formula, and
+a non-finite option there poisons the member honestly.
+
+It is applied at two points:
+
+* ``mix`` filters each option's value, tangent and cotangent;
+* ``guard`` filters the tangents and cotangents (not the values) of everything
+  that flows into an option: inputs, parameters, state, hyperparameters, and
+  the results of a function argument such as ``residual_fn``. ``relax``
+  applies it; components whose options take different arguments call it per
+  option.
+
+Selecting on ``w != 0`` alone (``where(w != 0, x, stop_gradient(x))``) would
+also drop the finite mixed derivatives, and a select on the finiteness of a
+tangent or cotangent has no transpose JAX could derive; so both points are
+small JAX primitives whose tangent and transpose rules apply the filter. They
+compose with ``jit``, ``vmap``, ``grad``, ``jvp`` and each other (the tests go
+to second order). Forward, ``guard`` compiles to nothing.
 """
 
 from collections.abc import Callable, Mapping, Sequence
 import functools
+import types
 from typing import Any, TypeVar
 
 import jax
+from jax.extend import core as jex_core
+from jax.interpreters import ad
+from jax.interpreters import batching
+from jax.interpreters import mlir
 import jax.numpy as jnp
 
 T = TypeVar('T')
 
 
+def _strong_zero_impl(on, x):
+  return jnp.where(on | jnp.isfinite(x), x, jnp.zeros_like(x))
+
+
+def _identity_impl(on, x):
+  del on
+  return x
+
+
+# strong_zero(on, x): x, except that where ``on`` is False its non-finite
+# entries are 0. guard(on, x): x. Both pass a tangent or a cotangent through
+# strong_zero. ``on`` is boolean and broadcasts against x (trailing axes).
+_strong_zero_p = jex_core.Primitive('relaxed_strong_zero')
+_guard_p = jex_core.Primitive('relaxed_guard')
+
+
+def _filter(on, t):
+  """A tangent or cotangent through strong_zero (symbolic zeros stay so)."""
+  return t if type(t) is ad.Zero else _strong_zero_p.bind(on, t)
+
+
+def _define(prim, impl):
+  prim.def_impl(impl)
+  prim.def_abstract_eval(lambda on, x: x)
+  mlir.register_lowering(prim, mlir.lower_fun(impl, multiple_results=False))
+
+  def jvp(primals, tangents):
+    on, x = primals
+    return prim.bind(on, x), _filter(on, tangents[1])
+
+  def batch(args, dims):
+    on, x = args
+    on_dim, x_dim = dims
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    x = batching.bdim_at_front(x, x_dim, size)
+    if on_dim is not None:  # [size, ...] aligned with x's leading axis
+      on = batching.bdim_at_front(on, on_dim, size)
+      on = on.reshape(on.shape[:1] + (1,) * (x.ndim - on.ndim) + on.shape[1:])
+    return prim.bind(on, x), 0
+
+  ad.primitive_jvps[prim] = jvp
+  batching.primitive_batchers[prim] = batch
+
+
+_define(_strong_zero_p, _strong_zero_impl)
+_define(_guard_p, _identity_impl)
+# Both are linear in x where it is finite (their tangent maps are
+# strong_zero), and their transposes filter the same way.
+for _prim in (_strong_zero_p, _guard_p):
+  ad.primitive_transposes[_prim] = lambda ct, on, x: [None, _filter(on, ct)]
+
+
+def _guarded(prim, on, leaf):
+  """``prim(on, leaf)`` for a floating-point array; other leaves unchanged."""
+  if (isinstance(leaf, jax.Array)
+      and jnp.issubdtype(leaf.dtype, jnp.inexact)):
+    return prim.bind(on, leaf)
+  return leaf
+
+
+def guard(weight: jax.Array, tree: Any) -> Any:
+  """``tree``, whose derivatives are strong zeros where ``weight == 0``.
+
+  Wrap everything an option reads in ``guard(w_i, ...)``: a cotangent that an
+  option of weight 0 turns into NaN (``0 * inf``) then stops there instead of
+  reaching the shared inputs, while finite derivatives pass. The value is
+  unchanged, and forward it costs nothing.
+
+  Args:
+    weight: the option's scalar weight.
+    tree: a pytree. Its floating-point arrays are guarded; a function leaf
+      (such as ``residual_fn=``) becomes one whose results are guarded; other
+      leaves (keys, integers, shapes, dtypes, Python numbers) pass unchanged.
+
+  Returns:
+    A pytree of the structure and values of ``tree``.
+  """
+  on = jnp.asarray(weight) != 0
+
+  def guard_leaf(leaf):
+    if isinstance(leaf, (types.FunctionType, types.MethodType,
+                         functools.partial)):
+      return _guard_function(weight, leaf)
+    return _guarded(_guard_p, on, leaf)
+
+  return jax.tree.map(guard_leaf, tree)
+
+
+def _guard_function(weight, fn):
+  """``fn`` with its results guarded (it is still differentiable inside)."""
+
+  @functools.wraps(fn)
+  def guarded(*args, **kwargs):
+    return guard(weight, fn(*args, **kwargs))
+
+  return guarded
+
+
 def mix(weights: jax.Array, options: Sequence[Any]) -> Any:
   """Returns ``sum_i weights[i] * options[i]`` leaf by leaf.
+
+  An option of weight exactly 0 contributes exactly 0, even where it is inf or
+  NaN, and none of its non-finite derivatives (see the module docstring); the
+  derivative with respect to its weight is its value where finite, 0
+  elsewhere. At other weights this is the plain weighted sum. Guard the
+  options' inputs with ``guard`` (``relax`` does) so that their gradients
+  stay clean too.
 
   Args:
     weights: ``[k]`` weights, one per option (a point on the simplex).
@@ -33,10 +173,14 @@ def mix(weights: jax.Array, options: Sequence[Any]) -> Any:
     raise ValueError(
         f'mix got weights of shape {jnp.shape(weights)} for {len(options)} '
         'options; expected one weight per option.')
+  weights = jnp.asarray(weights)
+
+  def term(weight, leaf):
+    leaf = _guarded(_strong_zero_p, weight != 0, jnp.asarray(leaf))
+    return weight.astype(leaf.dtype) * leaf
 
   def mix_leaves(*leaves):
-    terms = [weights[i].astype(leaf.dtype) * leaf
-             for i, leaf in enumerate(leaves)]
+    terms = [term(weights[i], leaf) for i, leaf in enumerate(leaves)]
     return functools.reduce(jnp.add, terms)
 
   return jax.tree.map(mix_leaves, *options)
@@ -69,10 +213,18 @@ def check_options(registry: Mapping[str, Any], names: Sequence[str],
 
 
 def relax(fns: Sequence[Callable[..., Any]]) -> Callable[..., Any]:
-  """Returns ``f(weights, *args) = mix(weights, [fn(*args) for fn in fns])``."""
+  """Returns ``f(weights, *args) = mix(weights, [fn_i(*guard(w_i, args))])``.
+
+  Each option reads the arguments through ``guard`` with its own weight, so an
+  option of weight 0 poisons neither the value nor any derivative.
+  """
   fns = tuple(fns)
 
   def relaxed(weights, *args, **kwargs):
-    return mix(weights, [fn(*args, **kwargs) for fn in fns])
+    outs = []
+    for i, fn in enumerate(fns):
+      a, k = guard(weights[i], (args, kwargs))
+      outs.append(fn(*a, **k))
+    return mix(weights, outs)
 
   return relaxed
