@@ -221,6 +221,24 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
   return perm.astype(jnp.int32)
 
 
+# Streams of a member's seed key: split(seed) gives the init and data-order
+# keys; these fold-ins give the diagnostics', the steps' and the evaluations'.
+_DIAGNOSTICS_STREAM, _STEP_STREAM, _EVAL_STREAM = 2, 3, 4
+
+
+def step_key(seed_key: jax.Array, t: jax.Array, *, evaluation: bool = False
+             ) -> jax.Array:
+  """The PRNG key of step ``t`` (or of the evaluation after it) of a member.
+
+  It depends on the member's seed and the step only: members that share a
+  seed draw the same numbers whatever their other knobs (paired arms). The
+  model hands each component its own key (``components.component_key``),
+  the optimizer gets ``component_key(key, 'optimizer')`` as ``key=``.
+  """
+  stream = _EVAL_STREAM if evaluation else _STEP_STREAM
+  return jax.random.fold_in(jax.random.fold_in(seed_key, stream), t)
+
+
 def batch_indices(key: jax.Array, n: int, batch_size: int,
                   steps: int) -> jax.Array:
   """``[steps, batch_size]`` sample indices: a fresh permutation each epoch.
@@ -296,20 +314,22 @@ def make_loop(config: TrainConfig) -> Loop:
       t, idx = xs_t
       x, y = data.x_train[idx], data.y_train[idx]
 
+    key = step_key(k[grid_lib.SEED], t)
+
     def objective(params, state):
-      out, state = model.apply(params, state, x, k, train=True)
+      out, state = model.apply(params, state, x, k, train=True, key=key)
       return loss_fn(out, y), state
 
     # The gradient alone: the loss value would cost a reduction over the
     # whole [batch, outputs] residual per step and member (18% of a deep
     # linear step on CPU); divergence is read off the parameters instead.
     grads, state = jax.grad(objective, has_aux=True)(params, state)
-    extra = {}
+    extra = {'key': components.component_key(key, 'optimizer')}
     if data.task == 'regression':
       # loss = 0.5 * ||residual||^2 for the least-squares optimizers.
       scale = jnp.sqrt(jnp.asarray(x.shape[0], x.dtype))
       extra['residual_fn'] = lambda p: (
-          model.apply(p, carry[1], x, k, train=True)[0] - y) / scale
+          model.apply(p, carry[1], x, k, train=True, key=key)[0] - y) / scale
     updates, opt_state = opt.update(grads, opt_state, params, **extra)
     params = optax.apply_updates(params, updates)
     # p * 0 is 0 for finite p and NaN for inf or NaN: one sum of those is
@@ -321,9 +341,10 @@ def make_loop(config: TrainConfig) -> Loop:
   def log(knobs, data, carry, t):
     k, _, loss_fn, data = setup(knobs, data)
     params, state, opt_state, diverged_step = carry
+    key = step_key(k[grid_lib.SEED], t, evaluation=True)
 
     def evaluate(x, y):
-      out, _ = model.apply(params, state, x, k, train=False)
+      out, _ = model.apply(params, state, x, k, train=False, key=key)
       metrics = {'loss': loss_fn(out, y)}
       if data.task == 'classification':
         metrics['accuracy'] = jnp.mean(jnp.argmax(out, -1) == y)
@@ -336,11 +357,13 @@ def make_loop(config: TrainConfig) -> Loop:
     diverged_step = jnp.where((diverged_step < 0) & ~finite, t, diverged_step)
     if config.diagnostics:
       def train_loss(p):  # full training set, train mode
-        out, _ = model.apply(p, state, data.x_train, k, train=True)
+        out, _ = model.apply(p, state, data.x_train, k, train=True, key=key)
         return loss_fn(out, data.y_train)
-      key = jax.random.fold_in(jax.random.fold_in(k[grid_lib.SEED], 2), t)
+      diagnostics_key = jax.random.fold_in(
+          jax.random.fold_in(k[grid_lib.SEED], _DIAGNOSTICS_STREAM), t)
       for name in config.diagnostics:
-        metrics |= diagnostics_lib.LOGGED[name](train_loss, params, key,
+        metrics |= diagnostics_lib.LOGGED[name](train_loss, params,
+                                                diagnostics_key,
                                                 config.lanczos_iters)
     metrics = {m: jnp.where(diverged_step >= 0, jnp.nan, v)
                for m, v in metrics.items()}

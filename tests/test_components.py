@@ -710,8 +710,8 @@ def _poison_norm() -> components.Norm:
   def init(features):
     return {'scale': jnp.ones((features,))}, {'total': jnp.zeros(())}
 
-  def apply(params, state, x, train):
-    del train
+  def apply(params, state, x, train, key=None):
+    del train, key
     y = jnp.sqrt(x - x) * params['scale'] + jnp.log(-jnp.abs(x) - 1.0)
     return y, {'total': state['total'] + jnp.sum(y)}
 
@@ -721,8 +721,8 @@ def _poison_norm() -> components.Norm:
 def _poison_optimizer(hp):
   """Updates ``0 / 0``, through a hyperparameter it reads."""
 
-  def update(grads, state, params=None):
-    del params
+  def update(grads, state, params=None, **extra_args):
+    del params, extra_args
     return jax.tree.map(
         lambda g: jnp.sqrt(g - g) / (g - g) * hp.learning_rate, grads), state
 

@@ -1,10 +1,16 @@
 """The training loop: paired design, member == solo run, tracing, divergence."""
 
+import dataclasses
+from unittest import mock
+
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from rahimi_jax import components
 from rahimi_jax import engine
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import train as train_lib
@@ -334,3 +340,77 @@ def test_gate_axis_interpolates_between_vertices(tiny_digits):
   assert np.all(middle != ends[0]) and np.all(middle != ends[1])
   with pytest.raises(ValueError, match='1.5'):
     grid_lib.Gate('norm', 'none', 'batch', (0.0, 1.5))
+
+
+def _probe_norm():
+  """An identity norm that records, in its state, a draw from its key."""
+
+  def init(features):
+    del features
+    return {}, {'draw': jnp.zeros(())}
+
+  def apply(params, state, x, train, key=None):
+    del params, state
+    draw = jax.random.normal(key, ())
+    return x, {'draw': draw if train else jnp.zeros(())}
+
+  return components.Norm(init, apply)
+
+
+def _draws(grid, data, steps):
+  """Per member: the probes' last draws, ``[members, layers, options]``."""
+  config = dataclasses.replace(CONFIG, hidden=(4, 4), steps=steps,
+                               log_every=steps).for_grid(grid)
+  _, state = jax.jit(jax.vmap(
+      lambda k: train_lib.final_state(config, k, data)))(grid.knobs())
+  return np.stack([np.stack([layer[n]['draw'] for n in ('probe_a', 'probe_b')],
+                            -1) for layer in state['norm']], 1)
+
+
+def test_step_keys_pair_arms_and_vary_with_seed_layer_and_step(tiny_digits):
+  with mock.patch.dict(components.NORMS, {'probe_a': _probe_norm(),
+                                          'probe_b': _probe_norm()}):
+    grid = grid_lib.Grid(
+        grid_lib.Choice('norm', ('probe_a', 'probe_b')),
+        grid_lib.Choice('optimizer', ('sgd', 'adam')),
+        grid_lib.Choice('init', ('lecun_normal', 'orthogonal')),
+        grid_lib.Values('learning_rate', (0.1, 0.01)),
+        grid_lib.Seeds(2))
+    draws = _draws(grid, tiny_digits, steps=3)
+    later = _draws(grid, tiny_digits, steps=4)
+  seeds = np.asarray([m.values[grid_lib.SEED] for m in grid.members])
+  chex.assert_shape(draws, (len(grid), 2, 2))
+  # Both options of the norm axis draw the same numbers (the key does not
+  # depend on the option), and so does every member with the same seed,
+  # whatever its norm, optimizer, init or learning rate.
+  chex.assert_trees_all_equal(draws[..., 0], draws[..., 1])
+  for seed in (0, 1):
+    same = draws[seeds == seed]
+    chex.assert_trees_all_equal(same, np.broadcast_to(same[0], same.shape))
+  # Independent across seeds, layers and steps.
+  assert draws[seeds == 0][0, 0, 0] != draws[seeds == 1][0, 0, 0]
+  assert draws[0, 0, 0] != draws[0, 1, 0]
+  assert np.all(draws[:, :, 0] != later[:, :, 0])
+  # One draw per (seed, layer): 2 x 2 distinct values in the whole grid.
+  assert len(np.unique(draws)) == 2 * 2
+
+
+def test_optimizer_receives_the_steps_key(tiny_digits):
+  seen = []
+
+  def probe(hp):
+    def update(grads, state, params=None, *, key=None, **extra):
+      del params, extra
+      seen.append(key)
+      return jax.tree.map(lambda g: -hp.learning_rate * g, grads), state
+    return optax.GradientTransformationExtraArgs(
+        lambda params: optax.EmptyState(), update)
+
+  with mock.patch.dict(components.OPTIMIZERS, {'probe': probe}):
+    grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('probe',)))
+    config = CONFIG.for_grid(grid)
+    jax.eval_shape(lambda k: train_lib.final_state(config, k, tiny_digits),
+                   jax.tree.map(lambda v: v[0], grid.knobs()))
+  assert seen and all(
+      k is not None and jax.dtypes.issubdtype(k.dtype, jax.dtypes.prng_key)
+      for k in seen)

@@ -15,4 +15,5 @@ from rahimi_jax.components.optimizers import Hyperparams
 from rahimi_jax.components.optimizers import LEAST_SQUARES
 from rahimi_jax.components.optimizers import OPTIMIZERS
 from rahimi_jax.components.optimizers import relaxed_optimizer
+from rahimi_jax.components.relaxed import component_key
 from rahimi_jax.components.relaxed import mix

@@ -1,4 +1,8 @@
-"""Activation functions, one signature: ``act(x) -> y``."""
+"""Activation functions, one signature: ``act(x, key=None) -> y``.
+
+``key`` is the layer's PRNG key for the step (``train.step_key``), the same for
+every option; the deterministic activations here ignore it.
+"""
 
 from collections.abc import Callable, Sequence
 
@@ -6,12 +10,20 @@ import jax
 
 from rahimi_jax.components import relaxed
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    'relu': jax.nn.relu,
-    'tanh': jax.numpy.tanh,
-    'gelu': jax.nn.gelu,
-    'silu': jax.nn.silu,
-    'identity': lambda x: x,
+
+def _deterministic(fn: Callable[[jax.Array], jax.Array]):
+  def act(x, key=None):
+    del key
+    return fn(x)
+  return act
+
+
+ACTIVATIONS: dict[str, Callable[..., jax.Array]] = {
+    'relu': _deterministic(jax.nn.relu),
+    'tanh': _deterministic(jax.numpy.tanh),
+    'gelu': _deterministic(jax.nn.gelu),
+    'silu': _deterministic(jax.nn.silu),
+    'identity': _deterministic(lambda x: x),
 }
 
 
@@ -20,6 +32,6 @@ def get_activation(name: str):
 
 
 def relaxed_activation(names: Sequence[str]):
-  """``act(weights, x)``: the weighted sum of the options."""
+  """``act(weights, x, key=None)``: the weighted sum of the options."""
   names = relaxed.check_options(ACTIVATIONS, names, 'activation')
   return relaxed.relax([ACTIVATIONS[n] for n in names])

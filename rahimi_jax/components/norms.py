@@ -3,10 +3,12 @@
 Every option shares one signature::
 
   params, state = norm.init(features)
-  y, state = norm.apply(params, state, x, train)   # x: [batch, features]
+  y, state = norm.apply(params, state, x, train, key)   # x: [batch, features]
 
 ``state`` holds statistics that are not trained by gradients (batch norm's
-running averages); ``train`` is a static Python bool.
+running averages); ``train`` is a static Python bool; ``key`` is this layer's
+PRNG key for the step (``train.step_key``; the same for every option, so arms
+stay paired), which a stochastic norm draws from and the others ignore.
 
 Norms carry a learned scale but no bias: the layer that uses a norm adds its
 bias after it (``norm(x @ w) + b``). A bias before a norm that removes the mean
@@ -30,7 +32,7 @@ BATCH_NORM_MOMENTUM = 0.9
 
 class Norm(NamedTuple):
   init: Callable[[int], tuple[Any, Any]]
-  apply: Callable[[Any, Any, jax.Array, bool], tuple[jax.Array, Any]]
+  apply: Callable[..., tuple[jax.Array, Any]]
 
 
 def _scale(features):
@@ -42,8 +44,8 @@ def _none() -> Norm:
     del features
     return {}, {}
 
-  def apply(params, state, x, train):
-    del params, train
+  def apply(params, state, x, train, key=None):
+    del params, train, key
     return x, state
 
   return Norm(init, apply)
@@ -56,7 +58,8 @@ def _batch(momentum: float = BATCH_NORM_MOMENTUM, eps: float = EPS) -> Norm:
     state = {'mean': jnp.zeros((features,)), 'var': jnp.ones((features,))}
     return _scale(features), state
 
-  def apply(params, state, x, train):
+  def apply(params, state, x, train, key=None):
+    del key
     if train:
       mean = jnp.mean(x, axis=0)
       var = jnp.var(x, axis=0)
@@ -76,8 +79,8 @@ def _layer(eps: float = EPS) -> Norm:
   def init(features):
     return _scale(features), {}
 
-  def apply(params, state, x, train):
-    del train
+  def apply(params, state, x, train, key=None):
+    del train, key
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.var(x, axis=-1, keepdims=True)
     y = (x - mean) * jax.lax.rsqrt(var + eps)
@@ -90,8 +93,8 @@ def _rms(eps: float = EPS) -> Norm:
   def init(features):
     return _scale(features), {}
 
-  def apply(params, state, x, train):
-    del train
+  def apply(params, state, x, train, key=None):
+    del train, key
     y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
     return y * params['scale'], state
 
@@ -111,7 +114,7 @@ def get_norm(name: str) -> Norm:
 
 
 def relaxed_norm(names: Sequence[str]):
-  """The mixture of ``names``: ``apply(params, state, x, weights, train)``.
+  """The mixture of ``names``: ``apply(params, state, x, weights, train, key)``.
 
   Each option keeps its own parameters and state (dicts keyed by name); the
   output is ``sum_i weights[i] * option_i(x)``. Each option reads its inputs
@@ -125,9 +128,9 @@ def relaxed_norm(names: Sequence[str]):
     return ({n: p for n, (p, _) in zip(names, inits)},
             {n: s for n, (_, s) in zip(names, inits)})
 
-  def apply(params, state, x, weights, train):
+  def apply(params, state, x, weights, train, key=None):
     outs = [norm.apply(*relaxed.guard(weights[i], (params[n], state[n], x)),
-                       train)
+                       train, key)
             for i, (n, norm) in enumerate(zip(names, norms))]
     y = relaxed.mix(weights, [y for y, _ in outs])
     return y, {n: s for n, (_, s) in zip(names, outs)}

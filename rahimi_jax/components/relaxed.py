@@ -40,6 +40,7 @@ to second order). Forward, ``guard`` compiles to nothing.
 from collections.abc import Callable, Mapping, Sequence
 import functools
 import types
+import zlib
 from typing import Any, TypeVar
 
 import jax
@@ -148,6 +149,21 @@ def _guard_function(weight, fn):
     return guard(weight, fn(*args, **kwargs))
 
   return guarded
+
+
+def component_key(key: jax.Array | None, axis: str, layer: int = 0
+                  ) -> jax.Array | None:
+  """The PRNG key of one component (``axis``) in one ``layer`` for one step.
+
+  It depends only on the step's key (the member's seed and the step) and on
+  where the component sits, never on which option is chosen, so two members
+  that differ only in a component draw identical random numbers (common
+  random numbers across arms). ``None`` (no key given) stays ``None``.
+  """
+  if key is None:
+    return None
+  axis_id = zlib.crc32(axis.encode()) & 0x7FFFFFFF
+  return jax.random.fold_in(jax.random.fold_in(key, axis_id), layer)
 
 
 def mix(weights: jax.Array, options: Sequence[Any]) -> Any:

@@ -11,8 +11,10 @@ class Model(NamedTuple):
 
   Attributes:
     init: ``init(key, in_dim, out_dim, knobs) -> (params, state)``.
-    apply: ``apply(params, state, x, knobs, train) -> (y, state)`` with
-      ``x: [batch, in_dim]`` and ``y: [batch, out_dim]``.
+    apply: ``apply(params, state, x, knobs, train, key=None) -> (y, state)``
+      with ``x: [batch, in_dim]`` and ``y: [batch, out_dim]``; ``key`` is the
+      step's PRNG key (``train.step_key``), from which the model gives each
+      component its own (``components.component_key``).
     choice_axes: the choice axes whose knobs the model reads (e.g. ``norm``).
   """
   init: Callable[[jax.Array, int, int, dict[str, Any]], tuple[Any, Any]]

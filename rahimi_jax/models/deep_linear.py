@@ -33,7 +33,7 @@ def deep_linear(hidden: Sequence[int],
     ]
     return params, {}
 
-  def apply(params, state, x, knobs, train):
+  def apply(params, state, x, knobs, train, key=None):
     # The same function as ((x W_1) W_2) ..., computed as (W_L^T ... W_1^T)
     # x^T: multi_dot picks the cheapest association (the [in, out] product
     # first when the batch outnumbers the widths: 42% of the textbook order's
@@ -41,7 +41,7 @@ def deep_linear(hidden: Sequence[int],
     # [members * out, batch] activations are one row-major matrix, so neither
     # pass transposes them. Together: 41 -> 8.9 us per member-step on one CPU
     # device (WORKSPACE.md).
-    del knobs, train
+    del knobs, train, key
     return jnp.linalg.multi_dot([w.T for w in reversed(params)] + [x.T]).T, state
 
   return Model(init, apply, choice_axes=('init',))

@@ -51,14 +51,15 @@ def mlp(hidden: Sequence[int], options: Mapping[str, Sequence[str]]) -> Model:
         state['norm'].append(norm_state)
     return params, state
 
-  def apply(params, state, x, knobs, train):
+  def apply(params, state, x, knobs, train, key=None):
     new_norm_state = []
-    for layer, norm_params, norm_state in zip(params['dense'], params['norm'],
-                                              state['norm']):
+    for i, (layer, norm_params, norm_state) in enumerate(
+        zip(params['dense'], params['norm'], state['norm'])):
       x, s = norm_apply(norm_params, norm_state, x @ layer['w'], knobs['norm'],
-                        train)
+                        train, components.component_key(key, 'norm', i))
       new_norm_state.append(s)
-      x = act(knobs['activation'], x + layer['b'])
+      x = act(knobs['activation'], x + layer['b'],
+              key=components.component_key(key, 'activation', i))
     readout = params['readout']
     return x @ readout['w'].T + readout['b'], {'norm': new_norm_state}
 
