@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import math
 import os
+import threading
 import time
 from typing import Any
 
@@ -197,12 +198,22 @@ def wait(outputs):
   """Blocks until ``outputs`` are computed, answering Ctrl-C at once.
 
   A blocking ``device_get`` holds Python's signal handling until the whole
-  program has run; polling lets ``KeyboardInterrupt`` through within ~20 ms
-  (the computation itself goes on in the background until the process exits).
+  program has run. Here a helper thread blocks instead, and the main thread
+  waits on an event, which a signal interrupts: ``KeyboardInterrupt`` gets
+  through at once, and a finished program is noticed at once too (the
+  computation itself goes on in the background until the process exits).
   """
-  leaves = jax.tree.leaves(outputs)
-  while not all(leaf.is_ready() for leaf in leaves):
-    time.sleep(0.02)
+  done = threading.Event()
+
+  def block():
+    try:
+      jax.block_until_ready(outputs)
+    finally:  # an error surfaces below, from device_get
+      done.set()
+
+  threading.Thread(target=block, daemon=True).start()
+  while not done.wait(0.1):
+    pass
   return jax.device_get(outputs)
 
 
@@ -280,11 +291,11 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         chunk)
     compile_s += more
 
+  meta = {**provenance.provenance(), 'train_config': train_config_of(train_fn),
+          **(metadata or {})}
   run_start = time.perf_counter()
   chunks = []
   batches = _batch_indices(g, batch)
-  meta = {**provenance.provenance(), 'train_config': train_config_of(train_fn),
-          **(metadata or {})}
 
   def info(run_s):
     return {
