@@ -20,6 +20,30 @@ def launch(module: str, *flags: str, timeout: int = 300):
                         timeout=timeout)
 
 
+def launch_many(module: str, flag_lists, timeout: int = 300):
+  """``launch`` once per flag list, all at once; CompletedProcesses in order.
+
+  Runs that fail validation spend their time importing JAX, mostly on one
+  core: started together they take about the time of the slowest.
+  """
+  procs = [subprocess.Popen([sys.executable, '-m', module, *flags], cwd=ROOT,
+                            env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+           for flags in flag_lists]
+  done = []
+  try:
+    for proc in procs:
+      stdout, stderr = proc.communicate(timeout=timeout)
+      done.append(subprocess.CompletedProcess(proc.args, proc.returncode,
+                                              stdout, stderr))
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  return done
+
+
 def assert_clean_error(proc, bad_value: str) -> None:
   """Non-zero exit, no traceback, exactly one 'error:' line naming the value."""
   assert proc.returncode != 0, proc.stdout

@@ -20,31 +20,8 @@ TINY = ['--steps=20', '--log_every=10', '--seeds=2', '--hidden=8',
 METRICS = ('train_loss', 'test_loss', 'test_accuracy')
 
 
-def _env():
-  env = dict(os.environ)
-  env['PYTHONPATH'] = os.pathsep.join(
-      [str(ROOT)] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
-  return env
-
-
 def _launch_many(*flag_lists, timeout=300):
-  """Runs the launcher once per flag list, concurrently; CompletedProcesses."""
-  procs = [subprocess.Popen(
-      [sys.executable, '-m', 'experiments.ablate', *flags], cwd=ROOT,
-      env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for flags in flag_lists]
-  done = []
-  try:
-    for proc in procs:
-      stdout, stderr = proc.communicate(timeout=timeout)
-      done.append(subprocess.CompletedProcess(proc.args, proc.returncode,
-                                              stdout, stderr))
-  finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-  return done
+  return launchers.launch_many('experiments.ablate', flag_lists, timeout)
 
 
 def _launch(*flags, timeout=300):
@@ -184,14 +161,14 @@ def test_grid_member_equals_config_run_alone(tmp_path):
                 - in_grid.columns['train_loss'][-1]) > 1e-3
 
 
-def test_partitioned_launch_matches_relaxed(tmp_path):
-  runs = {}
-  printed = {}
-  for name, extra in (('relaxed', []), ('split', ['--partition=optimizer'])):
-    proc = _launch(*TINY, *extra, f'--out={tmp_path / name}', timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    runs[name] = storage.load(str(tmp_path / name))
-    printed[name] = proc.stdout
+def test_partitioned_launch_matches_relaxed(tiny_run, tmp_path):
+  relaxed_proc, relaxed_out = tiny_run  # the default, --partition=auto
+  proc = _launch(*TINY, '--partition=optimizer', f'--out={tmp_path / "split"}',
+                 timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  runs = {'relaxed': storage.load(str(relaxed_out)),
+          'split': storage.load(str(tmp_path / 'split'))}
+  printed = {'relaxed': relaxed_proc.stdout, 'split': proc.stdout}
   assert runs['split'].metadata['engine']['programs'] == 2
   # The default, --partition=auto, keeps sgd and adam in one program (their
   # steps do the same matmuls) and says so.
@@ -216,7 +193,7 @@ def test_ctrl_c_saves_finished_members_and_exits_cleanly(tmp_path):
   proc = subprocess.Popen(
       [sys.executable, '-m', 'experiments.ablate', *TINY, '--steps=4000',
        '--memory_budget_mb=0.001', '--verbosity=0', f'--out={out}'],
-      cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      cwd=ROOT, env=launchers.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True)
   try:
     for line in proc.stderr:  # the engine logs each batch at --verbosity=0

@@ -37,7 +37,7 @@ def test_end_to_end(tmp_path):
     assert (tmp_path / png).stat().st_size > 1000
 
 
-@pytest.mark.parametrize('flag, bad', [
+BAD_INPUTS = [
     ('--gates=norm:none', 'norm:none'),
     ('--gates=norm:none..bogus', 'bogus'),
     ('--gates=colour:red..blue', 'colour'),
@@ -45,11 +45,19 @@ def test_end_to_end(tmp_path):
     ('--metric=test_accuracy', 'test_accuracy'),
     ('--nodes=0', 'nodes'),
     ('--learning_rate=-1', 'learning_rate'),
-])
-def test_bad_input(flag, bad, tmp_path):
-  proc = _launch(flag, f'--out={tmp_path / "out"}')
-  launchers.assert_clean_error(proc, bad)
-  assert not (tmp_path / 'out').exists()
+]
+
+
+def test_bad_input(tmp_path):
+  """Every bad flag at once: one error line each, nothing written."""
+  outs = [tmp_path / f'out{i}' for i in range(len(BAD_INPUTS))]
+  procs = launchers.launch_many(
+      'experiments.attribute',
+      [[flag, f'--out={out}'] for (flag, _), out in zip(BAD_INPUTS, outs)])
+  for (flag, bad), proc in zip(BAD_INPUTS, procs):
+    assert bad, flag
+    launchers.assert_clean_error(proc, bad)
+  assert not list(tmp_path.iterdir())
 
 
 def test_parse_gates():

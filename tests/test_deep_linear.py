@@ -114,12 +114,19 @@ def test_launcher_end_to_end(tmp_path):
   assert (tmp_path / 'loss_depth1.png').exists()
 
 
-@pytest.mark.parametrize('flag, bad', [
+BAD_INPUTS = [
     ('--methods=gd,newton', 'newton'),
     ('--gd_lrs=0.1,abc', 'abc'),
     ('--depths=0', 'depths'),
-])
-def test_launcher_bad_input(flag, bad, tmp_path):
-  proc = _launch(flag, f'--out={tmp_path / "out"}')
-  launchers.assert_clean_error(proc, bad)
-  assert not (tmp_path / 'out').exists()
+]
+
+
+def test_launcher_bad_input(tmp_path):
+  """Every bad flag at once: one error line each, nothing written."""
+  procs = launchers.launch_many(
+      'experiments.deep_linear',
+      [[flag, f'--out={tmp_path / str(i)}']
+       for i, (flag, _) in enumerate(BAD_INPUTS)])
+  for (_, bad), proc in zip(BAD_INPUTS, procs):
+    launchers.assert_clean_error(proc, bad)
+  assert not list(tmp_path.iterdir())
