@@ -8,46 +8,13 @@ import chex
 import numpy as np
 import pytest
 
-from rahimi_jax import grid as grid_lib
+import test_results
+
 from rahimi_jax import results
 from rahimi_jax import storage
 
-STEPS = (0, 5, 10)
-OPTIMIZERS = ('sgd', 'adam')
-LRS = (0.1, 0.01)
-N_SEEDS = 3
-
-
-def _grid():
-  return grid_lib.Grid(grid_lib.Choice('optimizer', OPTIMIZERS),
-                       grid_lib.Values('learning_rate', LRS),
-                       grid_lib.Seeds(N_SEEDS))
-
-
-def _outputs(grid):
-  """Hand-made per-log and per-member outputs; member 4 diverged at step 7."""
-  g, n_logs = len(grid), len(STEPS)
-  # Distinct, exactly representable float32 numbers per (member, log).
-  loss = (np.arange(g * n_logs, dtype=np.float32).reshape(g, n_logs) * 0.25
-          + 1.0)
-  loss[1, 0] = np.inf  # A non-finite value early on that later recovers.
-  loss[4, 2] = np.nan  # Member 4 diverged: its final metric is NaN.
-  diverged = np.full(g, -1, np.int32)
-  diverged[4] = 7
-  return {
-      'step': np.tile(np.asarray(STEPS, np.int32), (g, 1)),
-      'train_loss': loss,
-      'diverged_step': diverged,
-  }
-
-
-@pytest.fixture
-def res():
-  grid = _grid()
-  return results.from_outputs(grid, _outputs(grid), metadata={'note': 'hand'})
-
-
-# ---------------------------------------------------------------- from_outputs
+# The hand-made table of tests/test_results.py (a pytest fixture).
+res = test_results.res
 
 
 def test_save_load_round_trip(res, tmp_path):
