@@ -7,13 +7,16 @@ import sys
 from typing import Any
 
 
-def provenance() -> dict[str, Any]:
+def provenance(root: str | None = None) -> dict[str, Any]:
   """Library versions, devices and the git state of this run.
 
   ``git_commit`` is the checked-out commit of the source tree this library was
   imported from; ``git_dirty`` whether that tree differs from it (modified,
   staged or untracked files, as ``git status --porcelain`` lists them). Both
   are ``None`` (unknown) when git is missing or the source is not a checkout.
+
+  Args:
+    root: the source tree to describe (default: this library's checkout).
   """
   import jax  # pylint: disable=g-import-not-at-top
   versions = {'python': sys.version.split()[0]}
@@ -24,7 +27,7 @@ def provenance() -> dict[str, Any]:
       versions[name] = getattr(module, '__version__', 'unknown')
     except ImportError:
       versions[name] = None
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
   def git(*args):
     try:

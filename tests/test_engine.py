@@ -68,6 +68,10 @@ def test_rows_are_tidy(tiny_digits):
                *METRICS):
     chex.assert_shape(res.columns[name], (len(res),))
   chex.assert_trees_all_equal(res.columns['step'][:3], np.array([0, 10, 20]))
+  # Every run records the launchers' provenance, also from the Python API.
+  for key in ('versions', 'devices', 'git_commit', 'git_dirty', 'engine'):
+    assert key in res.metadata, key
+  assert tuple(res.metadata['train_config']['hidden']) == CONFIG.hidden
 
 
 _SHARDED = textwrap.dedent("""

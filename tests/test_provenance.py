@@ -1,0 +1,54 @@
+"""Tests of rahimi_jax.provenance against real git repositories."""
+
+import subprocess
+
+import pytest
+
+from rahimi_jax import provenance
+
+
+def _git(cwd, *args):
+  subprocess.run(['git', *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def repo(tmp_path):
+  _git(tmp_path, 'init', '-q')
+  (tmp_path / 'a.py').write_text('x = 1\n')
+  _git(tmp_path, 'add', 'a.py')
+  _git(tmp_path, '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm',
+       'first')
+  return tmp_path
+
+
+def test_clean_checkout(repo):
+  info = provenance.provenance(str(repo))
+  head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=repo, check=True,
+                        capture_output=True, text=True).stdout.strip()
+  assert info['git_commit'] == head and info['git_dirty'] is False
+  assert info['versions']['jax'] and info['devices'] and info['device_kind']
+
+
+@pytest.mark.parametrize('change', ['modified', 'untracked', 'staged'])
+def test_any_change_makes_it_dirty(repo, change):
+  if change == 'modified':
+    (repo / 'a.py').write_text('x = 2\n')
+  else:
+    (repo / 'b.py').write_text('y = 1\n')
+    if change == 'staged':
+      _git(repo, 'add', 'b.py')
+  assert provenance.provenance(str(repo))['git_dirty'] is True
+
+
+def test_not_a_checkout_is_unknown(tmp_path):
+  info = provenance.provenance(str(tmp_path))
+  assert info['git_commit'] is None and info['git_dirty'] is None
+
+
+def test_no_git_is_unknown(repo, monkeypatch):
+  def no_git(*args, **kwargs):
+    raise FileNotFoundError('git')
+
+  monkeypatch.setattr(provenance.subprocess, 'run', no_git)
+  info = provenance.provenance(str(repo))
+  assert info['git_commit'] is None and info['git_dirty'] is None
