@@ -231,9 +231,10 @@ def test_partitioned_grid_equals_one_relaxed_program(tiny_digits):
                        grid_lib.Choice('norm', ('none', 'layer')),
                        grid_lib.Seeds(2))
   relaxed = train_lib.run_grid(CONFIG, grid, tiny_digits)
+  # One split proves the point (each program is a compile).
   split = train_lib.run_grid(CONFIG, grid, tiny_digits,
-                             partition=('optimizer', 'norm'))
-  assert split.metadata['engine']['programs'] == 4
+                             partition=('optimizer',))
+  assert split.metadata['engine']['programs'] == 2
   chex.assert_trees_all_equal(split.columns['member'], relaxed.columns['member'])
   chex.assert_trees_all_equal(split.columns['step'], relaxed.columns['step'])
   chex.assert_trees_all_close(_columns(split), _columns(relaxed), atol=1e-6,
