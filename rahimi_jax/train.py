@@ -171,11 +171,13 @@ def check_task(config: TrainConfig, task: str) -> None:
   least_squares = sorted(set(config.option_dict()['optimizer'])
                          & set(components.LEAST_SQUARES))
   if least_squares and task != 'regression':
+    first_order = [o for o in components.OPTIMIZERS
+                   if o not in components.LEAST_SQUARES]
     raise ValueError(
         f'optimizer {", ".join(least_squares)} needs a least-squares '
         f'(regression) task; this data is {task}. Use a first-order '
-        f'optimizer ({", ".join(o for o in components.OPTIMIZERS if o not in components.LEAST_SQUARES)}) '
-        'or a regression dataset (synthetic).')
+        f'optimizer ({", ".join(first_order)}) or a regression dataset '
+        '(synthetic).')
 
 
 def _resolve_knobs(config: TrainConfig, knobs: Mapping[str, Any]) -> dict[str, Any]:
