@@ -45,12 +45,10 @@ class AblationConfig:
   seeds: int = 4
   steps: int = 500
   batch_size: int = 64
-  log_every: int | None = None  # None: every 50 steps, or once at the end
+  log_every: int | None = None  # None: TrainConfig's default
 
   def __post_init__(self):
     data_lib.get_dataset(self.dataset)
-    if self.log_every is None and isinstance(self.steps, int):
-      object.__setattr__(self, 'log_every', min(50, self.steps))
     reads = train_lib.TrainConfig(model=self.model).reads
     for field, axis in CHOICE_FIELDS.items():
       value = getattr(self, field)
@@ -70,7 +68,9 @@ class AblationConfig:
     if (not isinstance(self.seeds, int) or isinstance(self.seeds, bool)
         or self.seeds < 1):
       raise ValueError(f'seeds must be a count >= 1; got {self.seeds!r}.')
-    train_lib.check_task(self.train_config(),  # validates steps, widths...
+    train_config = self.train_config()  # validates steps, widths, log_every
+    object.__setattr__(self, 'log_every', train_config.log_every)  # default
+    train_lib.check_task(train_config,
                          data_lib.get_dataset(self.dataset)().task)
 
   def grid(self) -> grid_lib.Grid:

@@ -183,12 +183,16 @@ class Interrupted(KeyboardInterrupt):
 
   Attributes:
     results: ``Results`` of the finished members (in grid order), or ``None``
-      when none had; ``metadata['interrupted']`` says how many of how many.
+      when none had; their ``metadata['interrupted']`` is set here: how many
+      of how many members finished, and any ``details``.
   """
 
   def __init__(self, results: results_lib.Results | None, finished: int,
-               total: int):
+               total: int, **details):
     super().__init__(f'interrupted with {finished} of {total} members finished')
+    if results is not None:
+      results.metadata['interrupted'] = {'finished': finished,
+                                         'members': total, **details}
     self.results = results
     self.finished = finished
     self.total = total
@@ -310,11 +314,11 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         'wall_s': time.perf_counter() - start,
     }
 
-  def tidy(done, run_s, **extra):
+  def tidy(done, run_s):
     outputs = jax.tree.map(lambda *xs: np.concatenate(xs)[:done], *chunks)
     sub = grid if done == g else grid.subset(range(done))
     return results_lib.from_outputs(
-        sub, outputs, metadata={**meta, 'engine': info(run_s), **extra})
+        sub, outputs, metadata={**meta, 'engine': info(run_s)})
 
   try:
     for i, idx in enumerate(batches):
@@ -323,7 +327,6 @@ def run(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
                    time.perf_counter() - run_start)
   except KeyboardInterrupt:
     done = min(len(chunks) * batch, g)
-    partial = tidy(done, time.perf_counter() - run_start, interrupted={
-        'finished': done, 'members': g}) if done else None
+    partial = tidy(done, time.perf_counter() - run_start) if done else None
     raise Interrupted(partial, done, g) from None
   return tidy(g, time.perf_counter() - run_start)

@@ -550,21 +550,19 @@ def run_grid(config: TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
         indices.append(cell[:e.finished])
       finished = sum(map(len, indices))
       raise engine.Interrupted(
-          _merge(parts, indices, grid, config, choice, interrupted={
-              'finished': finished, 'members': len(grid)})
-          if parts else None, finished, len(grid)) from None
+          _merge(parts, indices, grid, config, choice) if parts else None,
+          finished, len(grid)) from None
     indices.append(cell)
   return _merge(parts, indices, grid, config, choice)
 
 
-def _merge(parts, indices, grid, config, choice, **extra):
+def _merge(parts, indices, grid, config, choice):
   """One ``Results`` of the parts' members, in grid order."""
   infos = [part.metadata['engine'] for part in parts]
   meta = dict(parts[0].metadata)
   meta['axes'] = {a.name: list(a.labels) for a in grid.axes}
   meta['train_config'] = dataclasses.asdict(config.for_grid(grid))
   meta['partition'] = choice
-  meta.update(extra)
   if len(parts) > 1:
     meta['engine'] = {
         'programs': len(parts), 'partition': choice['axes'],

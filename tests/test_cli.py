@@ -87,7 +87,6 @@ def test_launch_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
 def test_launch_interrupted_saves_finished_members(tmp_path, capsys):
   out = str(tmp_path / 'out')
   partial = _results(1)
-  partial.metadata['interrupted'] = {'finished': 1, 'members': 3}
 
   def run(config):
     raise engine.Interrupted(partial, 1, 3)

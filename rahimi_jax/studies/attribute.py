@@ -131,9 +131,8 @@ def run(config: AttributeConfig) -> dict[str, Any]:
         lambda k: attribution.aumann_shapley(f, k, data, components,
                                              nodes=config.nodes)))(knobs)))
   except KeyboardInterrupt:  # the grid had finished: save it
-    res.metadata['interrupted'] = {'finished': len(grid), 'members': len(grid),
-                                   'during': 'gate paths'}
-    raise engine.Interrupted(res, len(grid), len(grid)) from None
+    raise engine.Interrupted(res, len(grid), len(grid),
+                             during='gate paths') from None
   gate_s = time.perf_counter() - start
   zeros = np.zeros(len(table))
   rows = []

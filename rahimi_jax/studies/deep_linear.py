@@ -156,12 +156,8 @@ def run(config: DeepLinearConfig) -> results_lib.Results:
         parts.append(last)
       finished = (len(grid) * (len(parts) - (last is not None))
                   + getattr(e, 'finished', 0))
-      total = len(grid) * len(config.depths)
-      partial = merged() if parts else None
-      if partial is not None:
-        partial.metadata['interrupted'] = {'finished': finished,
-                                           'members': total}
-      raise engine.Interrupted(partial, finished, total) from None
+      raise engine.Interrupted(merged() if parts else None, finished,
+                               len(grid) * len(config.depths)) from None
     part.columns['depth'] = np.full(len(part), depth)
     parts.append(part)
   return merged()
