@@ -12,6 +12,8 @@ orthogonal initialization, each switched off -> on:
 from absl import app
 from absl import flags
 
+from rahimi_jax import cli
+
 flags.DEFINE_string('gates', 'norm:none..batch,optimizer:sgd..momentum,'
                     'init:lecun_normal..orthogonal',
                     'Components to attribute: comma list of axis:off..on.')
@@ -19,7 +21,9 @@ flags.DEFINE_string('metric', 'test_loss',
                     'Final metric to attribute: test_loss | train_loss.')
 flags.DEFINE_string('dataset', 'digits', 'Dataset (classification).')
 flags.DEFINE_list('hidden', ['64', '64'], 'Hidden widths.')
-flags.DEFINE_float('learning_rate', 0.01, 'Learning rate of every member.')
+# --learning_rate, --momentum, ...: one value of each knob for every member.
+cli.define_axis_flags(choices=False, grid=False)
+flags.adopt_module_key_flags(cli)
 flags.DEFINE_integer('seeds', 4, 'Seeds.')
 flags.DEFINE_integer('steps', 500, 'Optimizer steps.')
 flags.DEFINE_integer('batch_size', 64, 'Minibatch size.')
@@ -34,9 +38,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
-  engine.use_host_cores()  # before JAX's first operation
-  from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import program  # pylint: disable=g-import-not-at-top
+  program.use_host_cores()  # before JAX's first operation
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import attribute  # pylint: disable=g-import-not-at-top
   cli.quiet_logging()
@@ -45,7 +48,7 @@ def main(argv):
     return attribute.AttributeConfig(
         gates=FLAGS.gates, metric=FLAGS.metric, dataset=FLAGS.dataset,
         hidden=cli.parse_numbers('hidden', FLAGS.hidden, int, distinct=False),
-        learning_rate=FLAGS.learning_rate, seeds=FLAGS.seeds,
+        values=cli.axis_flag_values(choices=False)[1], seeds=FLAGS.seeds,
         steps=FLAGS.steps, batch_size=FLAGS.batch_size, nodes=FLAGS.nodes)
 
   def describe(config):
@@ -68,5 +71,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
   cli.run_app(main)

@@ -44,8 +44,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
-  engine.use_host_cores()  # before JAX's first operation
+  from rahimi_jax import program  # pylint: disable=g-import-not-at-top
+  program.use_host_cores()  # before JAX's first operation
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.dtype == 'float64':
     jax.config.update('jax_enable_x64', True)

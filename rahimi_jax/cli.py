@@ -17,12 +17,14 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from rahimi_jax import components  # pylint: disable=unused-import  (registers the axes)
+from rahimi_jax import registry
 from rahimi_jax import storage
 
 
 def parse_numbers(name: str, items: Sequence[str] | str, kind: type = float, *,
-                  minimum: float | None = 0.0, distinct: bool = True
-                  ) -> tuple[Any, ...]:
+                  minimum: float | None = 0.0, inclusive: bool = False,
+                  distinct: bool = True) -> tuple[Any, ...]:
   """A comma list of numbers; the error names the bad item and what is wanted.
 
   Args:
@@ -30,6 +32,7 @@ def parse_numbers(name: str, items: Sequence[str] | str, kind: type = float, *,
     items: a comma-separated string or its items.
     kind: ``float`` or ``int``.
     minimum: values must exceed it (``None``: any finite value).
+    inclusive: values may also equal ``minimum``.
     distinct: reject repeated values.
   """
   if isinstance(items, str):
@@ -45,13 +48,51 @@ def parse_numbers(name: str, items: Sequence[str] | str, kind: type = float, *,
       value = kind(s)
     except ValueError:
       raise ValueError(f'{name}: {s!r} is not a number; give {what}.') from None
-    if not math.isfinite(value) or (minimum is not None and value <= minimum):
+    low = minimum is not None and (value < minimum if inclusive
+                                   else value <= minimum)
+    if not math.isfinite(value) or low:
       raise ValueError(f'{name}: {s!r} must be a finite {noun}' + (
-          f' > {minimum:g}.' if minimum is not None else '.'))
+          f' {">=" if inclusive else ">"} {minimum:g}.' if minimum is not None
+          else '.'))
     if distinct and value in out:
       raise ValueError(f'{name}: {s!r} is listed twice.')
     out.append(value)
   return tuple(out)
+
+
+def define_axis_flags(flag_values: flags.FlagValues = flags.FLAGS, *,
+                      choices: bool = True, grid: bool = True) -> None:
+  """Defines the flags of the registered axes (``registry.AXES``).
+
+  Args:
+    flag_values: where to define them.
+    choices: also one comma-list flag per choice axis (``--optimizers``,
+      ``--norms``, ...), its help listing the options.
+    grid: each value knob's flag (``--learning_rate``, ``--momentum``, ...)
+      takes a comma list, one grid axis; otherwise one value for every member.
+  """
+  if choices:
+    for axis in registry.AXES.values():
+      flags.DEFINE_list(axis.flag, None, axis.flag_help(),
+                        flag_values=flag_values)
+  what = ('Comma list of values (a grid axis)' if grid
+          else 'One value for every member')
+  for knob in registry.knobs().values():
+    bound = ('>=' if knob.inclusive else '>') + f' {knob.minimum:g}'
+    flags.DEFINE_list(knob.name, None, f'{knob.help} {what}, each {bound}; '
+                      f'default {knob.default:g}.', flag_values=flag_values)
+
+
+def axis_flag_values(flag_values: flags.FlagValues = flags.FLAGS, *,
+                     choices: bool = True
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """``(options, values)``: the axis and knob flags given, by axis and knob."""
+  options = {a.name: flag_values[a.flag].value
+             for a in registry.AXES.values()
+             if choices and flag_values[a.flag].value is not None}
+  values = {k: flag_values[k].value for k in registry.knobs()
+            if flag_values[k].value is not None}
+  return options, values
 
 
 def quiet_logging() -> None:
@@ -94,7 +135,7 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
       as one ``error:`` line, exit code 1).
     describe: ``describe(config) -> text`` printed before the run (the grid).
     run: ``run(config) -> outcome``; on Ctrl-C it may raise
-      ``engine.Interrupted`` carrying the members that had finished.
+      ``program.Interrupted`` carrying the members that had finished.
     write: ``write(config, outcome, directory) -> text``: writes the outcome's
       files into ``directory`` (staged: they replace ``out`` together) and
       returns the report printed after the files are in place.

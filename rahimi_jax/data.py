@@ -11,7 +11,7 @@ from flax import struct
 import jax
 import numpy as np
 
-from rahimi_jax.components import relaxed
+from rahimi_jax import registry
 
 TASKS = ('classification', 'regression')
 
@@ -151,4 +151,4 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 
 
 def get_dataset(name: str) -> Callable[..., Dataset]:
-  return relaxed.get(DATASETS, name, 'dataset')
+  return registry.get(DATASETS, name, 'dataset')

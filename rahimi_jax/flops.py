@@ -3,7 +3,7 @@
 ``matmul_flops(fn, *args)`` walks the jaxpr of ``fn(*args)`` and adds
 ``2 * M * N * K`` (times batch dimensions) for every ``dot_general``, through
 nested calls. The benchmarks report achieved FLOP/s with it, and
-``train.run_grid(partition='auto')`` compares the cost of a relaxed program's
+``engine.run(partition='auto')`` compares the cost of a relaxed program's
 step with the steps of the programs a partition would compile.
 """
 

@@ -21,28 +21,10 @@ import optax
 
 from rahimi_jax import components
 from rahimi_jax import diagnostics as diagnostics_lib
-from rahimi_jax import engine
-from rahimi_jax import flops as flops_lib
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import models
-from rahimi_jax import results as results_lib
-from rahimi_jax.components import relaxed
+from rahimi_jax import registry
 from rahimi_jax.data import Dataset
-
-# Choice axes: registry and the option used when a grid does not vary the axis.
-CHOICE_AXES: dict[str, tuple[Mapping[str, Any], str]] = {
-    'optimizer': (components.OPTIMIZERS, 'sgd'),
-    'norm': (components.NORMS, 'none'),
-    'activation': (components.ACTIVATIONS, 'relu'),
-    'init': (components.INITS, 'lecun_normal'),
-}
-# Value axes and their defaults when a grid does not vary them.
-VALUE_AXES: dict[str, float] = {
-    'learning_rate': 0.01,
-    'momentum': 0.9,
-    'weight_decay': 1e-4,
-    'init_scale': 1.0,
-}
 
 
 def _classification_loss(logits, labels):
@@ -65,7 +47,8 @@ class TrainConfig:
     model: a name in ``models.MODELS``.
     hidden: hidden widths of the model.
     options: ``((axis, (option, ...)), ...)`` for the choice axes a grid
-      varies; an axis left out uses its single default option.
+      varies (names in ``registry.AXES``); an axis left out uses its single
+      default option.
     steps: optimizer steps.
     batch_size: minibatch size; 0 (or >= the training set) is full batch.
     log_every: steps between evaluations (and at step 0 and the last step);
@@ -101,13 +84,11 @@ class TrainConfig:
     object.__setattr__(self, 'options', options)
     reads = self.reads
     for axis, names in options:
-      if axis not in CHOICE_AXES:
-        raise ValueError(f'Unknown choice axis {axis!r}; accepted: '
-                         f'{", ".join(CHOICE_AXES)}.')
+      registry.get_axis(axis)
       if axis not in reads:
         raise ValueError(f'model {self.model!r} has no {axis} to choose; its '
                          f'choice axes: {", ".join(reads)}.')
-      relaxed.check_options(CHOICE_AXES[axis][0], names, axis)
+      registry.AXES[axis].check(names)
     if self.log_every is None and isinstance(self.steps, (int, np.integer)):
       object.__setattr__(self, 'log_every', min(50, int(self.steps)))
     for name in ('steps', 'log_every'):
@@ -120,7 +101,7 @@ class TrainConfig:
     if self.dtype not in DTYPES:
       raise ValueError(f'Unknown dtype {self.dtype!r}; accepted: '
                        f'{", ".join(DTYPES)}.')
-    object.__setattr__(self, 'diagnostics', relaxed.check_options(
+    object.__setattr__(self, 'diagnostics', registry.check_options(
         diagnostics_lib.LOGGED, self.diagnostics, 'diagnostics')
                        if self.diagnostics else ())
     if not isinstance(self.lanczos_iters, (int, np.integer)) or self.lanczos_iters < 1:
@@ -132,22 +113,24 @@ class TrainConfig:
 
   @property
   def reads(self) -> tuple[str, ...]:
-    """The choice axes a run of this config reads."""
-    model = models.get_model(self.model)((), {a: (d,) for a, (_, d) in
-                                              CHOICE_AXES.items()})
+    """The choice axes a run of this config reads (the loop reads optimizer)."""
+    model = models.get_model(self.model)((), {
+        a: (axis.default,) for a, axis in registry.AXES.items()})
     return ('optimizer',) + model.choice_axes
 
   def option_dict(self) -> dict[str, tuple[str, ...]]:
     """Options of every choice axis, defaults filled in."""
     given = dict(self.options)
-    return {a: given.get(a, (default,)) for a, (_, default) in CHOICE_AXES.items()}
+    return {a: given.get(a, (axis.default,))
+            for a, axis in registry.AXES.items()}
 
   def for_grid(self, grid: grid_lib.Grid) -> 'TrainConfig':
     """This config with the grid's choice options; checks the grid's axes."""
     for axis in grid.axes:
-      if isinstance(axis, grid_lib.Values) and axis.name not in VALUE_AXES:
+      if (isinstance(axis, grid_lib.Values)
+          and axis.name not in registry.knobs()):
         raise ValueError(f'Unknown value axis {axis.name!r}; accepted: '
-                         f'{", ".join(VALUE_AXES)}.')
+                         f'{", ".join(registry.knobs())}.')
       if isinstance(axis, grid_lib.Seeds) and axis.name != grid_lib.SEED:
         raise ValueError(f'The seed axis must be named {grid_lib.SEED!r}; '
                          f'got {axis.name!r}.')
@@ -182,7 +165,9 @@ def check_task(config: TrainConfig, task: str) -> None:
 
 def _resolve_knobs(config: TrainConfig, knobs: Mapping[str, Any]) -> dict[str, Any]:
   """Fills knobs the grid does not vary with their static defaults."""
-  unknown = set(knobs) - set(CHOICE_AXES) - set(VALUE_AXES) - {grid_lib.SEED}
+  value_knobs = registry.knobs()
+  unknown = (set(knobs) - set(registry.AXES) - set(value_knobs)
+             - {grid_lib.SEED})
   if unknown:
     raise ValueError(f'Unknown knobs {sorted(unknown)}.')
   resolved = {}
@@ -192,8 +177,8 @@ def _resolve_knobs(config: TrainConfig, knobs: Mapping[str, Any]) -> dict[str, A
       raise ValueError(f'{axis} weights have shape {jnp.shape(weights)}; '
                        f'expected ({len(names)},) for options {names}.')
     resolved[axis] = weights
-  for name, default in VALUE_AXES.items():
-    resolved[name] = jnp.asarray(knobs.get(name, default), jnp.float32)
+  for name, knob in value_knobs.items():
+    resolved[name] = jnp.asarray(knobs.get(name, knob.default), jnp.float32)
   resolved[grid_lib.SEED] = knobs.get(grid_lib.SEED, jax.random.key(0))
   return resolved
 
@@ -270,7 +255,7 @@ class Loop(NamedTuple):
   log: Callable[..., Any]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=64)
 def make_loop(config: TrainConfig) -> Loop:
   """The ``Loop`` of ``config``; ``make_train`` scans it."""
   options = config.option_dict()
@@ -285,8 +270,7 @@ def make_loop(config: TrainConfig) -> Loop:
   def setup(knobs, data):
     check_task(config, data.task)
     k = _resolve_knobs(config, knobs)
-    hp = components.Hyperparams(k['learning_rate'], k['momentum'],
-                                k['weight_decay'])
+    hp = {knob.name: k[knob.name] for knob in components.optimizers.AXIS.knobs}
     opt = components.relaxed_optimizer(options['optimizer'], k['optimizer'], hp)
     data = jax.tree.map(
         lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(a.dtype, jnp.floating)
@@ -374,7 +358,7 @@ def make_loop(config: TrainConfig) -> Loop:
   return Loop(init, step, log)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=64)
 def make_train(config: TrainConfig):
   """Returns the pure ``train(knobs, data) -> outputs`` of ``config``.
 
@@ -432,150 +416,3 @@ def final_state(config: TrainConfig, knobs, data: Dataset):
   carry, _ = jax.lax.scan(
       lambda c, x: (loop.step(knobs, data, c, x), None), carry, xs)
   return carry[0], carry[1]
-
-
-# ``partition='auto'`` splits by a choice axis when the relaxed program's step
-# costs at least this many times the step its members need on their own.
-AUTO_PARTITION_RATIO = 2.0
-
-
-def step_flops(config: TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
-               evaluation: bool = False) -> int:
-  """Matmul FLOPs of one training step of a member of ``grid`` (traced, not run).
-
-  The step is that of the program ``grid`` compiles to: every option of the
-  grid's choice axes is computed. A ``while_loop`` (the conjugate gradients of
-  the least-squares optimizers) counts one trip per parameter, CG's bound.
-  With ``evaluation=True``: the FLOPs of one evaluation (``Loop.log``) instead.
-  """
-  loop = make_loop(config.for_grid(grid))
-  knobs = jax.tree.map(lambda v: v[0], grid.knobs([0]))
-  carry, xs = jax.eval_shape(loop.init, knobs, data)
-  if evaluation:
-    fn, last = loop.log, jax.ShapeDtypeStruct((), jnp.int32)
-  else:
-    fn = loop.step
-    last = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
-  n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(carry[0]))
-  return flops_lib.matmul_flops(fn, knobs, data, carry, last,
-                                while_trips=n_params)
-
-
-def auto_partition(config: TrainConfig, grid: grid_lib.Grid, data: Dataset,
-                   ratio: float = AUTO_PARTITION_RATIO
-                   ) -> tuple[tuple[str, ...], dict[str, float]]:
-  """The choice axes worth one program per option, by a matmul cost model.
-
-  For each ``Choice`` axis with several options: the relaxed step's FLOPs
-  over the mean FLOPs of the step each member needs with its own option of
-  that axis (``step_flops``). An axis whose ratio is at least ``ratio`` is
-  chosen: its members would do that many times their own work in one relaxed
-  program, which outweighs compiling one program per option. Options that
-  differ only elementwise (optax's first-order optimizers, the norms) give
-  ratio 1.00; Levenberg–Marquardt's CG solves beside gradient descent gave
-  5.85 in the deep linear study (where splitting ran 4x faster).
-
-  Returns:
-    ``(axes, ratios)``: the axes to partition by, and every candidate axis's
-    ratio.
-  """
-  relaxed = step_flops(config, grid, data)
-  axes, ratios = [], {}
-  for axis, names in grid.choices.items():
-    if not isinstance(grid.axis(axis), grid_lib.Choice) or len(names) < 2:
-      continue
-    own = 0
-    for name in names:
-      indices = [m.index for m in grid.members if m.values[axis] == name]
-      own += len(indices) * step_flops(config, grid.subset(indices), data)
-    mean_own = own / len(grid)
-    ratios[axis] = relaxed / mean_own if mean_own else (
-        float('inf') if relaxed else 1.0)
-    if ratios[axis] >= ratio:
-      axes.append(axis)
-  return tuple(axes), ratios
-
-
-def run_grid(config: TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
-             partition: tuple[str, ...] | str = (), metadata=None,
-             **engine_kwargs) -> results_lib.Results:
-  """Trains every member of ``grid`` under ``config``.
-
-  Args:
-    config: the static configuration; its options come from the grid.
-    grid: the members.
-    data: the dataset.
-    partition: choice axes to split the grid by: one program per combination
-      of their options instead of one relaxed program computing every option
-      (worth it when one option, e.g. Levenberg–Marquardt, dominates cost);
-      or ``'auto'``: the axes ``auto_partition`` picks.
-    metadata: extra provenance stored with the results.
-    **engine_kwargs: passed to ``engine.run``.
-
-  Returns:
-    ``Results`` in the grid's member order; ``metadata['partition']`` records
-    the axes used (and, for ``'auto'``, every candidate's cost ratio).
-
-  Raises:
-    engine.Interrupted: on Ctrl-C, with the members of the programs and
-      member-batches that had finished.
-  """
-  check_task(config.for_grid(grid), data.task)
-  choice = {'mode': 'given'}
-  if isinstance(partition, str):
-    if partition != 'auto':
-      raise ValueError(f"partition must be a tuple of choice axes or 'auto'; "
-                       f'got {partition!r}.')
-    partition, ratios = auto_partition(config, grid, data)
-    choice = {'mode': 'auto', 'ratios': ratios,
-              'threshold': AUTO_PARTITION_RATIO}
-  partition = tuple(partition)
-  choice['axes'] = list(partition)
-  for axis in partition:
-    if not isinstance(grid.axis(axis), grid_lib.Choice):
-      raise ValueError(f'partition: {axis!r} is not a choice axis of the grid; '
-                       f'choice axes: {", ".join(grid.choices)}.')
-  cells = {}
-  for m in grid.members:
-    cells.setdefault(tuple(m.values[a] for a in partition), []).append(m.index)
-  parts, indices = [], []
-  for cell in cells.values():
-    sub = grid.subset(cell)
-    try:
-      parts.append(engine.run(make_train(config.for_grid(sub)), sub, data,
-                              metadata=metadata, **engine_kwargs))
-    except KeyboardInterrupt as e:  # engine.Interrupted, or during a compile
-      if getattr(e, 'results', None) is not None:
-        parts.append(e.results)
-        indices.append(cell[:e.finished])
-      finished = sum(map(len, indices))
-      raise engine.Interrupted(
-          _merge(parts, indices, grid, config, choice) if parts else None,
-          finished, len(grid)) from None
-    indices.append(cell)
-  return _merge(parts, indices, grid, config, choice)
-
-
-def _merge(parts, indices, grid, config, choice):
-  """One ``Results`` of the parts' members, in grid order."""
-  infos = [part.metadata['engine'] for part in parts]
-  meta = dict(parts[0].metadata)
-  meta['axes'] = {a.name: list(a.labels) for a in grid.axes}
-  meta['train_config'] = dataclasses.asdict(config.for_grid(grid))
-  meta['partition'] = choice
-  if len(parts) > 1:
-    meta['engine'] = {
-        'programs': len(parts), 'partition': choice['axes'],
-        'compile_s': sum(i['compile_s'] for i in infos),
-        'run_s': sum(i['run_s'] for i in infos),
-        'wall_s': sum(i['wall_s'] for i in infos), 'parts': infos,
-        'members': len(grid), 'num_devices': infos[0]['num_devices'],
-        'member_batches': sum(i['member_batches'] for i in infos),
-        'member_batch_size': max(i['member_batch_size'] for i in infos)}
-  merged = results_lib.concat(parts, meta)
-  order = np.argsort(np.concatenate(indices), kind='stable')
-  rows_per_member = len(merged) // len(order)
-  rows = (order[:, None] * rows_per_member +
-          np.arange(rows_per_member)[None]).ravel()
-  return results_lib.Results({k: v[rows] for k, v in merged.columns.items()},
-                             meta)

@@ -4,7 +4,7 @@ import jax
 import pytest
 
 # In-process tests run on one CPU device, as before rahimi_jax's import-time
-# default of one device per core (tests/test_engine.py checks that default in
+# default of one device per core (tests/test_program.py checks that default in
 # fresh processes; the launcher tests run with it).
 jax.config.update('jax_num_cpu_devices', 1)
 

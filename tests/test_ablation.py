@@ -6,7 +6,7 @@ import chex
 import numpy as np
 import pytest
 
-from rahimi_jax import ablation
+from rahimi_jax.studies import ablation
 from rahimi_jax import components
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import results as results_lib
@@ -16,23 +16,35 @@ NORMS = ', '.join(sorted(components.NORMS))
 
 # (kwargs, substrings the error must contain: the bad value, what is accepted)
 BAD_CONFIGS = {
-    'unknown_optimizer': (dict(optimizers=('sgd', 'sgdd')),
+    'unknown_optimizer': (dict(options={'optimizer': ('sgd', 'sgdd')}),
                           ["'sgdd'", 'accepted:', OPTIMIZERS]),
-    'unknown_norm': (dict(norms=('bn',)), ["'bn'", 'accepted:', NORMS]),
-    'unknown_init': (dict(inits=('zeros',)),
+    'unknown_norm': (dict(options={'norm': ('bn',)}),
+                     ["'bn'", 'accepted:', NORMS]),
+    'unknown_axis': (dict(options={'dropout': ('none',)}),
+                     ["'dropout'", 'accepted:', 'activation, init, norm, optimizer']),
+    'unknown_knob': (dict(values={'beta1': (0.9,)}),
+                     ["'beta1'", 'accepted:', 'learning_rate', 'momentum']),
+    'momentum_negative': (dict(values={'momentum': '0,-0.5'}),
+                          ["momentum: '-0.5'", '>= 0']),
+    'init_scale_zero': (dict(values={'init_scale': (0,)}),
+                        ["init_scale: '0'", '> 0']),
+    'unknown_init': (dict(options={'init': ('zeros',)}),
                      ["'zeros'", 'accepted:', 'lecun_normal', 'orthogonal']),
-    'unknown_activation': (dict(activations=('gelu2',)),
+    'unknown_activation': (dict(options={'activation': ('gelu2',)}),
                            ["'gelu2'", 'accepted:', 'relu']),
     'unknown_dataset': (dict(dataset='mnist'),
                         ["'mnist'", 'accepted: digits, synthetic']),
     'unknown_model': (dict(model='cnn'),
                       ["'cnn'", 'accepted: deep_linear, mlp']),
-    'empty_optimizers': (dict(optimizers=()),
+    'empty_optimizers': (dict(options={'optimizer': ()}),
                          ['optimizers: empty list', 'accepted:', OPTIMIZERS]),
-    'empty_norms': (dict(norms=()), ['norms: empty list', 'accepted:', NORMS]),
-    'empty_norms_string': (dict(norms=''), ['norms: empty list', NORMS]),
-    'empty_lrs': (dict(lrs=()), ['lrs: empty list', 'comma-separated numbers']),
-    'duplicate_optimizer': (dict(optimizers=('sgd', 'adam', 'sgd')),
+    'empty_norms': (dict(options={'norm': ()}),
+                    ['norms: empty list', 'accepted:', NORMS]),
+    'empty_norms_string': (dict(options={'norm': ''}),
+                           ['norms: empty list', NORMS]),
+    'empty_lrs': (dict(values={'learning_rate': ()}),
+                  ['learning_rate: empty list', 'comma-separated numbers']),
+    'duplicate_optimizer': (dict(options={'optimizer': ('sgd', 'adam', 'sgd')}),
                             ['optimizers', 'listed twice', 'sgd']),
     'steps_zero': (dict(steps=0), ['steps', 'positive integer', 'got 0']),
     'steps_negative': (dict(steps=-5), ['steps', 'positive integer', 'got -5']),
@@ -42,15 +54,20 @@ BAD_CONFIGS = {
     'log_every_over_steps': (dict(steps=20, log_every=30),
                              ['log_every (30)', 'steps (20)']),
     'log_every_zero': (dict(log_every=0), ['log_every', 'positive', 'got 0']),
-    'lrs_not_a_number': (dict(lrs=('0.1', 'abc')),
+    'lrs_not_a_number': (dict(values={'learning_rate': ('0.1', 'abc')}),
                          ["'abc'", 'not a number', 'e.g. 0.1,0.01']),
-    'lrs_negative': (dict(lrs=('-0.1',)), ["'-0.1'", 'finite number > 0']),
-    'lrs_zero': (dict(lrs=(0.0,)), ["'0.0'", 'finite number > 0']),
-    'lrs_nan': (dict(lrs=('nan',)), ["'nan'", 'finite number > 0']),
-    'lrs_inf': (dict(lrs=('inf',)), ["'inf'", 'finite number > 0']),
-    'lrs_string': (dict(lrs='0.1,abc'), ["'abc'", 'not a number']),
+    'lrs_negative': (dict(values={'learning_rate': ('-0.1',)}),
+                     ["'-0.1'", 'finite number > 0']),
+    'lrs_zero': (dict(values={'learning_rate': (0.0,)}),
+                 ["'0.0'", 'finite number > 0']),
+    'lrs_nan': (dict(values={'learning_rate': ('nan',)}),
+                ["'nan'", 'finite number > 0']),
+    'lrs_inf': (dict(values={'learning_rate': ('inf',)}),
+                ["'inf'", 'finite number > 0']),
+    'lrs_string': (dict(values={'learning_rate': '0.1,abc'}),
+                   ["'abc'", 'not a number']),
     'least_squares_on_classification': (
-        dict(optimizers=('sgd', 'levenberg_marquardt')),
+        dict(options={'optimizer': ('sgd', 'levenberg_marquardt')}),
         ['levenberg_marquardt', 'regression', 'classification']),
     'seeds_zero': (dict(seeds=0), ['seeds', 'count >= 1', 'got 0']),
     'seeds_negative': (dict(seeds=-2), ['seeds', 'count >= 1', 'got -2']),
@@ -59,10 +76,10 @@ BAD_CONFIGS = {
     'hidden_zero': (dict(hidden=(8, 0)), ['hidden', 'positive integers',
                                           '[8, 0]']),
     'norms_for_deep_linear': (
-        dict(model='deep_linear', norms=('none',)),
+        dict(model='deep_linear', options={'norm': ('none',)}),
         ['norms', "'deep_linear'", 'no norm axis', 'optimizer, init']),
     'activations_for_deep_linear': (
-        dict(model='deep_linear', activations=('relu',)),
+        dict(model='deep_linear', options={'activation': ('relu',)}),
         ['activations', "'deep_linear'", 'no activation axis']),
 }
 
@@ -79,7 +96,7 @@ def test_bad_config_raises_naming_value(kwargs, expected):
 
 def test_duplicate_lrs_rejected_on_construction():
   with pytest.raises(ValueError, match='0.1'):
-    ablation.AblationConfig(lrs=(0.1, 0.1))
+    ablation.AblationConfig(values={'learning_rate': (0.1, 0.1)})
 
 
 def test_default_grid_has_108_members():
@@ -95,14 +112,14 @@ def test_default_grid_has_108_members():
   }
   chex.assert_trees_all_equal(grid.axis('learning_rate').values, (0.01,))
   chex.assert_trees_all_equal(grid.axis('seed').seeds, (0, 1, 2, 3))
-  assert config.activations is None
+  assert 'activation' not in dict(config.options)
 
 
 def test_deep_linear_default_grid_has_no_norm_axis():
   config = ablation.AblationConfig(model='deep_linear')
   grid = config.grid()
   assert 'norm' not in grid.axis_names
-  assert config.norms is None
+  assert 'norm' not in dict(config.options)
   assert grid.axis_names == ('optimizer', 'init', 'learning_rate', 'seed')
   assert len(grid) == 3 * 3 * 1 * 4
   assert dict(config.train_config().options) == {
@@ -112,13 +129,20 @@ def test_deep_linear_default_grid_has_no_norm_axis():
 
 def test_shrunk_config_grid_and_train_config():
   config = ablation.AblationConfig(
-      optimizers='sgd, adam', norms=('none', 'batch'), inits=['lecun_normal'],
-      lrs='0.1,0.01', seeds=2, steps=20, log_every=10, hidden=(8,))
-  assert config.optimizers == ('sgd', 'adam')
-  assert config.inits == ('lecun_normal',)
-  chex.assert_trees_all_equal(config.lrs, (0.1, 0.01))
+      options={'init': ['lecun_normal'], 'optimizer': 'sgd, adam',
+               'norm': ('none', 'batch')},
+      values={'momentum': '0,0.5', 'learning_rate': '0.1,0.01'}, seeds=2,
+      steps=20, log_every=10, hidden=(8,))
+  # Stored in the registries' order, whatever order they were given in.
+  assert config.options == (('optimizer', ('sgd', 'adam')),
+                            ('norm', ('none', 'batch')),
+                            ('init', ('lecun_normal',)))
+  assert config.values == (('learning_rate', (0.1, 0.01)),
+                           ('momentum', (0.0, 0.5)))
   grid = config.grid()
-  assert len(grid) == 2 * 2 * 1 * 2 * 2
+  assert grid.axis_names == ('optimizer', 'norm', 'init', 'learning_rate',
+                             'momentum', 'seed')
+  assert len(grid) == 2 * 2 * 1 * 2 * 2 * 2
   tc = config.train_config()
   assert (tc.steps, tc.log_every, tc.hidden) == (20, 10, (8,))
   assert dict(tc.options) == {'optimizer': ('sgd', 'adam'),
@@ -126,7 +150,8 @@ def test_shrunk_config_grid_and_train_config():
                               'init': ('lecun_normal',)}
   chex.assert_trees_all_equal(tc.log_steps(), np.asarray([0, 10, 20], np.int32))
   assert tc.for_grid(grid) == tc
-  assert config.to_dict()['optimizers'] == ('sgd', 'adam')
+  assert config.to_dict()['options']['optimizer'] == ['sgd', 'adam']
+  assert config.to_dict()['values']['momentum'] == [0.0, 0.5]
 
 
 def test_config_is_frozen():

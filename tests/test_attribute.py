@@ -72,7 +72,7 @@ def test_diverging_run_is_saved_and_named(tmp_path):
   """Every member diverges: the grid is still returned, reported and saved."""
   config = attribute.AttributeConfig(
       gates=(('norm', 'none', 'batch'),), hidden=(8,), steps=10, seeds=2,
-      nodes=2, batch_size=32, learning_rate=1e8)
+      nodes=2, batch_size=32, values={'learning_rate': 1e8})
   out = attribute.run(config)
   assert out['seeds_used'] == [] and 'rows' not in out
   assert len(out['diverged']) == 4

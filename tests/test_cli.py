@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rahimi_jax import cli
-from rahimi_jax import engine
+from rahimi_jax import program
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import results as results_lib
 from rahimi_jax import storage
@@ -89,7 +89,7 @@ def test_launch_interrupted_saves_finished_members(tmp_path, capsys):
   partial = _results(1)
 
   def run(config):
-    raise engine.Interrupted(partial, 1, 3)
+    raise program.Interrupted(partial, 1, 3)
 
   assert cli.launch(lambda: "config", str, run, _write, out) == cli.INTERRUPTED
   err = capsys.readouterr().err.splitlines()

@@ -28,17 +28,20 @@ OPT_NAMES = sorted(components.OPTIMIZERS)
 # Each axis: its registry, its `get_` lookup, and a constructor of the relaxed
 # mixture from a list of names (the optimizer also takes weights and hp).
 AXES = {
-    'norm': (components.NORMS, components.get_norm, components.relaxed_norm),
-    'init': (components.INITS, components.get_init, components.relaxed_init),
-    'activation': (components.ACTIVATIONS, components.get_activation,
+    'norm': (components.NORMS, components.norms.AXIS.get,
+             components.relaxed_norm),
+    'init': (components.INITS, components.inits.AXIS.get,
+             components.relaxed_init),
+    'activation': (components.ACTIVATIONS, components.activations.AXIS.get,
                    components.relaxed_activation),
     'optimizer': (
-        components.OPTIMIZERS, components.get_optimizer,
+        components.OPTIMIZERS, components.optimizers.AXIS.get,
         lambda names: components.relaxed_optimizer(
-            names, np.ones(len(names), np.float32), components.Hyperparams())),
+            names, np.ones(len(names), np.float32),
+            components.optimizers.AXIS.knob_defaults())),
 }
 
-HP = components.Hyperparams(learning_rate=0.1, momentum=0.8, weight_decay=0.05)
+HP = {'learning_rate': 0.1, 'momentum': 0.8, 'weight_decay': 0.05}
 # The optimizers that read each hyperparameter; every other option must ignore
 # it. A new optimizer that reads momentum or weight decay is added here.
 READS = {
@@ -192,7 +195,7 @@ class NormTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_batch_norm_train_normalizes_features_and_updates_running_stats(self):
-    norm = components.get_norm('batch')
+    norm = components.norms.AXIS.get('batch')
     params, state = norm.init(5)
     x = _x()
     apply = self.variant(norm.apply, static_argnums=3)
@@ -211,7 +214,7 @@ class NormTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_batch_norm_eval_uses_running_stats(self):
-    norm = components.get_norm('batch')
+    norm = components.norms.AXIS.get('batch')
     params, _ = norm.init(5)
     # Non-trivial learned parameters (the scale, and a bias if there is one).
     params = jax.tree.map(lambda p: p + np.linspace(0.5, 1.5, 5), params)
@@ -232,7 +235,7 @@ class NormTest(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.parameters('layer', 'rms')
   def test_row_norms_normalize_each_row(self, name):
-    norm = components.get_norm(name)
+    norm = components.norms.AXIS.get(name)
     params, state = norm.init(5)
     x = _x()
     apply = self.variant(norm.apply, static_argnums=3)
@@ -252,7 +255,7 @@ class NormTest(chex.TestCase):
     np.testing.assert_allclose(np.asarray(y_rev)[::-1], y, rtol=1e-6)
 
   def test_none_is_the_identity(self):
-    norm = components.get_norm('none')
+    norm = components.norms.AXIS.get('none')
     params, state = norm.init(5)
     x = _x()
     y, new_state = norm.apply(params, state, x, True)
@@ -371,9 +374,9 @@ class OptimizerTest(chex.TestCase):
     params, grads = _opt_params(), _opt_grads(0)
     state = components.relaxed_optimizer(OPT_NAMES, w, HP).init(params)
     u1, _ = _relaxed_opt_update_jit(w, grads, state, params,
-                                    HP._replace(learning_rate=0.1))
+                                    {**HP, 'learning_rate': 0.1})
     u2, _ = _relaxed_opt_update_jit(w, grads, state, params,
-                                    HP._replace(learning_rate=0.01))
+                                    {**HP, 'learning_rate': 0.01})
     chex.assert_tree_all_finite((u1, u2))
     self.assertGreater(np.abs(u1['w']).max(), 1e-4)
     if name in READS['learning_rate']:
@@ -384,7 +387,7 @@ class OptimizerTest(chex.TestCase):
     else:
       chex.assert_trees_all_equal(u1, u2)
     # And it is the option's own first update at that rate.
-    hp = HP._replace(learning_rate=0.01)
+    hp = {**HP, 'learning_rate': 0.01}
     states = {n: _opt(n, hp).init(params) for n in OPT_NAMES}
     ref, _ = _plain_opt_updates_jit(
         grads, states, {n: params for n in OPT_NAMES}, hp)[name]
@@ -407,7 +410,7 @@ class OptimizerTest(chex.TestCase):
 
     base = run(HP)
     for field, readers in READS.items():
-      moved = run(HP._replace(**{field: getattr(HP, field) / 2}))
+      moved = run({**HP, field: HP[field] / 2})
       if name in readers:
         self.assertFalse(np.allclose(moved['w'], base['w']),
                          f'{name} ignores {field}')
@@ -724,7 +727,7 @@ def _poison_optimizer(hp):
   def update(grads, state, params=None, **extra_args):
     del params, extra_args
     return jax.tree.map(
-        lambda g: jnp.sqrt(g - g) / (g - g) * hp.learning_rate, grads), state
+        lambda g: jnp.sqrt(g - g) / (g - g) * hp['learning_rate'], grads), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(),
                                       update)
@@ -765,7 +768,7 @@ class PoisonedComponentTest(parameterized.TestCase):
       norm = components.Norm(init, lambda p, s, x, train: apply(
           p, s, x, _onehot(names, norm_name), train))
       # The learning rate is traced, as in a grid, so the guard sees it.
-      hp = HP._replace(learning_rate=jnp.asarray(HP.learning_rate))
+      hp = {**HP, 'learning_rate': jnp.asarray(HP['learning_rate'])}
       tx = components.relaxed_optimizer(
           ('poison', opt_name), _onehot(('poison', opt_name), opt_name), hp)
       params, state = _train_norm_layer(norm, tx)
@@ -815,7 +818,7 @@ class ErrorTest(parameterized.TestCase):
 
   def test_named_examples(self):
     with self.assertRaisesRegex(ValueError, r"'bogus'.*batch.*layer"):
-      components.get_norm('bogus')
+      components.norms.AXIS.get('bogus')
     with self.assertRaisesRegex(ValueError, r"'sgdd'.*adam.*sgd"):
       components.relaxed_optimizer(['sgdd'], np.ones((1,)), HP)
 

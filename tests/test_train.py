@@ -12,6 +12,7 @@ import pytest
 
 from rahimi_jax import components
 from rahimi_jax import engine
+from rahimi_jax import program
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import train as train_lib
 
@@ -22,8 +23,8 @@ METRICS = ('train_loss', 'test_loss', 'test_accuracy')
 
 def _run(axes, data, config=CONFIG, **kwargs):
   grid = grid_lib.Grid(*axes)
-  return engine.run(train_lib.make_train(config.for_grid(grid)), grid, data,
-                    **kwargs)
+  return program.execute(train_lib.make_train(config.for_grid(grid)), grid,
+                         data, **kwargs)
 
 
 def _columns(results, names=METRICS):
@@ -71,12 +72,12 @@ def test_paired_design_shares_init_and_data(tiny_digits):
 def test_one_compile_serves_all_learning_rates_and_seeds(tiny_digits):
   config = CONFIG.for_grid(grid_lib.Grid(grid_lib.Values('learning_rate', (1.0,))))
   train = chex.assert_max_traces(train_lib.make_train(config), n=1)
-  first = engine.run(train, grid_lib.Grid(
+  first = program.execute(train, grid_lib.Grid(
       grid_lib.Values('learning_rate', (0.1, 0.01)), grid_lib.Seeds((0, 1))),
-                     tiny_digits)
-  second = engine.run(train, grid_lib.Grid(
+                          tiny_digits)
+  second = program.execute(train, grid_lib.Grid(
       grid_lib.Values('learning_rate', (0.3, 0.003)), grid_lib.Seeds((5, 6))),
-                      tiny_digits)
+                           tiny_digits)
   assert second.metadata['engine']['compile_s'] == 0.0
   assert not np.allclose(first.columns['train_loss'],
                          second.columns['train_loss'])
@@ -106,7 +107,7 @@ def test_diverged_step_is_first_step_with_nonfinite_params(tiny_synthetic):
   config = train_lib.TrainConfig(model='deep_linear', hidden=(3,), steps=40,
                                  log_every=40, batch_size=0)
   grid = grid_lib.Grid(grid_lib.Values('learning_rate', (3.0, 0.01)))
-  out = engine.run(train_lib.make_train(config), grid, tiny_synthetic)
+  out = program.execute(train_lib.make_train(config), grid, tiny_synthetic)
   loop = train_lib.make_loop(config)
   knobs = jax.tree.map(lambda v: v[0], grid.knobs([0]))
   carry, xs = loop.init(knobs, tiny_synthetic)
@@ -217,7 +218,7 @@ def test_least_squares_optimizer_on_classification_fails_before_tracing(
   monkeypatch.setattr(train_lib, 'make_train',
                       lambda *a: traced.append(a))  # must not be reached
   with pytest.raises(ValueError, match='levenberg_marquardt.*regression'):
-    train_lib.run_grid(CONFIG, grid, tiny_digits)
+    engine.run(CONFIG, grid, tiny_digits)
   assert not traced
 
 
@@ -230,36 +231,36 @@ def test_partitioned_grid_equals_one_relaxed_program(tiny_digits):
   grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd', 'adam')),
                        grid_lib.Choice('norm', ('none', 'layer')),
                        grid_lib.Seeds(2))
-  relaxed = train_lib.run_grid(CONFIG, grid, tiny_digits)
+  relaxed = engine.run(CONFIG, grid, tiny_digits)
   # One split proves the point (each program is a compile).
-  split = train_lib.run_grid(CONFIG, grid, tiny_digits,
-                             partition=('optimizer',))
+  split = engine.run(CONFIG, grid, tiny_digits,
+                     partition=('optimizer',))
   assert split.metadata['engine']['programs'] == 2
   chex.assert_trees_all_equal(split.columns['member'], relaxed.columns['member'])
   chex.assert_trees_all_equal(split.columns['step'], relaxed.columns['step'])
   chex.assert_trees_all_close(_columns(split), _columns(relaxed), atol=1e-6,
                               rtol=0)
   with pytest.raises(ValueError, match='seed'):
-    train_lib.run_grid(CONFIG, grid, tiny_digits, partition=('seed',))
+    engine.run(CONFIG, grid, tiny_digits, partition=('seed',))
 
 
 def test_auto_partition_keeps_elementwise_options_in_one_program(tiny_digits):
   grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd', 'adam')),
                        grid_lib.Choice('norm', ('none', 'layer')),
                        grid_lib.Seeds(2))
-  axes, ratios = train_lib.auto_partition(CONFIG, grid, tiny_digits)
+  axes, ratios = engine.auto_partition(CONFIG, grid, tiny_digits)
   assert axes == ()
   assert set(ratios) == {'optimizer', 'norm'}
   # Optax's updates and the norms add no matmuls: the relaxed step is the
   # members' own step, matmul for matmul.
   chex.assert_trees_all_close(ratios, {'optimizer': 1.0, 'norm': 1.0})
-  res = train_lib.run_grid(CONFIG, grid, tiny_digits, partition='auto')
+  res = engine.run(CONFIG, grid, tiny_digits, partition='auto')
   assert res.metadata['partition'] == {
       'mode': 'auto', 'axes': [], 'ratios': ratios,
-      'threshold': train_lib.AUTO_PARTITION_RATIO}
+      'threshold': engine.AUTO_PARTITION_RATIO}
   assert 'programs' not in res.metadata['engine']
   with pytest.raises(ValueError, match='automatic'):
-    train_lib.run_grid(CONFIG, grid, tiny_digits, partition='automatic')
+    engine.run(CONFIG, grid, tiny_digits, partition='automatic')
 
 
 def test_auto_partition_splits_off_levenberg_marquardt(tiny_synthetic):
@@ -272,18 +273,18 @@ def test_auto_partition_splits_off_levenberg_marquardt(tiny_synthetic):
                     grid_lib.Values('learning_rate', (1.0,))))
   # Per step, one GD member's own matmuls are a gradient; LM's are a gradient
   # plus up to n_params CG iterations of a JVP and a VJP each.
-  relaxed = train_lib.step_flops(config, grid, tiny_synthetic)
-  gd = train_lib.step_flops(config, grid.subset([0, 1, 2]), tiny_synthetic)
-  lm = train_lib.step_flops(config, grid.subset([3]), tiny_synthetic)
+  relaxed = engine.step_flops(config, grid, tiny_synthetic)
+  gd = engine.step_flops(config, grid.subset([0, 1, 2]), tiny_synthetic)
+  lm = engine.step_flops(config, grid.subset([3]), tiny_synthetic)
   assert gd < lm <= relaxed
-  axes, ratios = train_lib.auto_partition(config, grid, tiny_synthetic)
+  axes, ratios = engine.auto_partition(config, grid, tiny_synthetic)
   assert axes == ('optimizer',)
   chex.assert_trees_all_close(ratios['optimizer'],
                               relaxed / ((3 * gd + lm) / 4))
-  assert ratios['optimizer'] >= train_lib.AUTO_PARTITION_RATIO
-  auto = train_lib.run_grid(config, grid, tiny_synthetic, partition='auto')
-  given = train_lib.run_grid(config, grid, tiny_synthetic,
-                             partition=('optimizer',))
+  assert ratios['optimizer'] >= engine.AUTO_PARTITION_RATIO
+  auto = engine.run(config, grid, tiny_synthetic, partition='auto')
+  given = engine.run(config, grid, tiny_synthetic,
+                     partition=('optimizer',))
   assert auto.metadata['engine']['programs'] == 2
   assert auto.metadata['partition']['axes'] == ['optimizer']
   assert given.metadata['partition'] == {'mode': 'given',
@@ -297,7 +298,7 @@ def test_union_grid_runs_as_one_program(tiny_digits):
                     grid_lib.Values('learning_rate', (0.1, 0.05))),
       grid_lib.Grid(grid_lib.Choice('optimizer', ('adam',)),
                     grid_lib.Values('learning_rate', (0.001,))))
-  res = train_lib.run_grid(CONFIG, grid, tiny_digits)
+  res = engine.run(CONFIG, grid, tiny_digits)
   assert res.metadata['engine']['member_batches'] == 1
   final = res.final()
   assert final.columns['member'].tolist() == [m.name for m in grid.members]
@@ -311,7 +312,7 @@ def test_final_state_is_the_members_run(tiny_digits):
   grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd', 'momentum')),
                        grid_lib.Seeds(2))
   config = CONFIG.for_grid(grid)
-  res = engine.run(train_lib.make_train(config), grid, tiny_digits)
+  res = program.execute(train_lib.make_train(config), grid, tiny_digits)
   knobs = jax.tree.map(lambda a: a[0], grid.knobs([3]))
   params, state = jax.jit(train_lib.final_state, static_argnums=0)(
       config, knobs, tiny_digits)
@@ -403,7 +404,7 @@ def test_optimizer_receives_the_steps_key(tiny_digits):
     def update(grads, state, params=None, *, key=None, **extra):
       del params, extra
       seen.append(key)
-      return jax.tree.map(lambda g: -hp.learning_rate * g, grads), state
+      return jax.tree.map(lambda g: -hp['learning_rate'] * g, grads), state
     return optax.GradientTransformationExtraArgs(
         lambda params: optax.EmptyState(), update)
 

@@ -1,17 +1,21 @@
-"""The ablatable parts: one registry per axis, each with its relaxed mixture."""
+"""The ablatable parts: one module per choice axis, each declaring its axis.
 
+Each module holds a registry of options, the relaxed mixture of a list of
+them, and its ``registry.Axis`` (registered on import, in this order: the
+launchers list the axes and grids order them so).
+"""
+
+from rahimi_jax.components import optimizers  # pylint: disable=g-bad-import-order
+from rahimi_jax.components import norms  # pylint: disable=g-bad-import-order
+from rahimi_jax.components import inits  # pylint: disable=g-bad-import-order
+from rahimi_jax.components import activations  # pylint: disable=g-bad-import-order
 from rahimi_jax.components.activations import ACTIVATIONS
-from rahimi_jax.components.activations import get_activation
 from rahimi_jax.components.activations import relaxed_activation
-from rahimi_jax.components.inits import get_init
 from rahimi_jax.components.inits import INITS
 from rahimi_jax.components.inits import relaxed_init
-from rahimi_jax.components.norms import get_norm
 from rahimi_jax.components.norms import Norm
 from rahimi_jax.components.norms import NORMS
 from rahimi_jax.components.norms import relaxed_norm
-from rahimi_jax.components.optimizers import get_optimizer
-from rahimi_jax.components.optimizers import Hyperparams
 from rahimi_jax.components.optimizers import LEAST_SQUARES
 from rahimi_jax.components.optimizers import OPTIMIZERS
 from rahimi_jax.components.optimizers import relaxed_optimizer

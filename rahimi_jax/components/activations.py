@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 
+from rahimi_jax import registry
 from rahimi_jax.components import relaxed
 
 
@@ -27,11 +28,12 @@ ACTIVATIONS: dict[str, Callable[..., jax.Array]] = {
 }
 
 
-def get_activation(name: str):
-  return relaxed.get(ACTIVATIONS, name, 'activation')
+AXIS = registry.register(registry.Axis(
+    name='activation', options=ACTIVATIONS, default='relu',
+    flag='activations', help='Activation functions.'))
 
 
 def relaxed_activation(names: Sequence[str]):
   """``act(weights, x, key=None)``: the weighted sum of the options."""
-  names = relaxed.check_options(ACTIVATIONS, names, 'activation')
+  names = AXIS.check(names)
   return relaxed.relax([ACTIVATIONS[n] for n in names])

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from rahimi_jax import linalg
+from rahimi_jax import registry
 from rahimi_jax.components import relaxed
 
 Init = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
@@ -44,8 +45,12 @@ INITS: dict[str, Init] = {
 }
 
 
-def get_init(name: str) -> Init:
-  return relaxed.get(INITS, name, 'init')
+AXIS = registry.register(registry.Axis(
+    name='init', options=INITS, default='lecun_normal', flag='inits',
+    help='Weight initializations.',
+    study=('lecun_normal', 'he_normal', 'orthogonal'),
+    knobs=(registry.Knob('init_scale', 1.0, 'Scales of the initial weights '
+                         '(the standard deviation for gaussian).'),)))
 
 
 def relaxed_init(names: Sequence[str]):
@@ -53,5 +58,5 @@ def relaxed_init(names: Sequence[str]):
 
   Every option draws from the same ``key`` (common random numbers).
   """
-  names = relaxed.check_options(INITS, names, 'init')
+  names = AXIS.check(names)
   return relaxed.relax([INITS[n] for n in names])

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rahimi_jax import registry
 from rahimi_jax.components import relaxed
 
 EPS = 1e-5
@@ -109,8 +110,10 @@ NORMS: dict[str, Norm] = {
 }
 
 
-def get_norm(name: str) -> Norm:
-  return relaxed.get(NORMS, name, 'norm')
+AXIS = registry.register(registry.Axis(
+    name='norm', options=NORMS, default='none', flag='norms',
+    help='Normalizations after each hidden layer\'s matmul.',
+    study=('none', 'batch', 'layer')))
 
 
 def relaxed_norm(names: Sequence[str]):
@@ -120,7 +123,7 @@ def relaxed_norm(names: Sequence[str]):
   output is ``sum_i weights[i] * option_i(x)``. Each option reads its inputs
   through ``relaxed.guard``, so one of weight 0 poisons no value or gradient.
   """
-  names = relaxed.check_options(NORMS, names, 'norm')
+  names = AXIS.check(names)
   norms = [NORMS[n] for n in names]
 
   def init(features):

@@ -1,39 +1,35 @@
-"""Optimizers on optax, one signature: ``make(hp: Hyperparams) -> GradientTransformation``.
+"""Optimizers on optax, one signature: ``make(hp) -> GradientTransformation``.
 
 ``update`` may receive ``residual_fn=`` (passed for least-squares losses), which
 the Gauss–Newton and Levenberg–Marquardt options need and the others ignore.
 
-Hyperparameters are traced scalars (knobs) captured when the transformation is
+``hp`` maps the optimizer axis's value knobs (``AXIS.knobs``: learning rate,
+momentum, weight decay) to traced scalars, captured when the transformation is
 built inside the traced training function, so one compiled program serves
 every learning rate, momentum and weight decay of a grid.
 """
 
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import optax
 
+from rahimi_jax import registry
 from rahimi_jax import solvers
 from rahimi_jax.components import relaxed
 
-
-class Hyperparams(NamedTuple):
-  """Scalar hyperparameters shared by every optimizer option."""
-  learning_rate: jax.typing.ArrayLike = 0.01
-  momentum: jax.typing.ArrayLike = 0.9  # momentum, nesterov; Adam's b1 stays 0.9
-  weight_decay: jax.typing.ArrayLike = 1e-4  # adamw (decoupled)
-
+Hyperparams = Mapping[str, jax.typing.ArrayLike]
 
 OPTIMIZERS: dict[str, Callable[[Hyperparams], optax.GradientTransformation]] = {
-    'sgd': lambda hp: optax.sgd(hp.learning_rate),
-    'momentum': lambda hp: optax.sgd(hp.learning_rate, momentum=hp.momentum),
+    'sgd': lambda hp: optax.sgd(hp['learning_rate']),
+    'momentum': lambda hp: optax.sgd(hp['learning_rate'],
+                                     momentum=hp['momentum']),
     'nesterov': lambda hp: optax.sgd(
-        hp.learning_rate, momentum=hp.momentum, nesterov=True),
-    'adam': lambda hp: optax.adam(hp.learning_rate),
+        hp['learning_rate'], momentum=hp['momentum'], nesterov=True),
+    'adam': lambda hp: optax.adam(hp['learning_rate']),
     'adamw': lambda hp: optax.adamw(
-        hp.learning_rate, weight_decay=hp.weight_decay),
-    'rmsprop': lambda hp: optax.rmsprop(hp.learning_rate),
+        hp['learning_rate'], weight_decay=hp['weight_decay']),
+    'rmsprop': lambda hp: optax.rmsprop(hp['learning_rate']),
     # Least squares only (they need residual_fn); the learning rate is unused.
     'gauss_newton': lambda hp: solvers.gauss_newton(),
     'levenberg_marquardt': lambda hp: solvers.levenberg_marquardt(),
@@ -41,9 +37,16 @@ OPTIMIZERS: dict[str, Callable[[Hyperparams], optax.GradientTransformation]] = {
 # Optimizers that step from the residual function, not the gradient.
 LEAST_SQUARES = ('gauss_newton', 'levenberg_marquardt')
 
-
-def get_optimizer(name: str):
-  return relaxed.get(OPTIMIZERS, name, 'optimizer')
+AXIS = registry.register(registry.Axis(
+    name='optimizer', options=OPTIMIZERS, default='sgd', flag='optimizers',
+    help='Optimizers (gauss_newton, levenberg_marquardt: regression only).',
+    study=('sgd', 'momentum', 'adam'),
+    knobs=(registry.Knob('learning_rate', 0.01, 'Learning rates (unused by '
+                         'gauss_newton, levenberg_marquardt).'),
+           registry.Knob('momentum', 0.9, 'Momentum of momentum and nesterov '
+                         "(Adam's b1 stays 0.9).", inclusive=True),
+           registry.Knob('weight_decay', 1e-4,
+                         'Decoupled weight decay of adamw.', inclusive=True))))
 
 
 def relaxed_optimizer(names: Sequence[str], weights: jax.Array,
@@ -56,7 +59,7 @@ def relaxed_optimizer(names: Sequence[str], weights: jax.Array,
   arguments (``residual_fn``) through ``relaxed.guard``, so one of weight 0
   poisons no value or gradient.
   """
-  names = relaxed.check_options(OPTIMIZERS, names, 'optimizer')
+  names = AXIS.check(names)
   txs = [OPTIMIZERS[n](relaxed.guard(weights[i], hp))
          for i, n in enumerate(names)]
   txs = [optax.with_extra_args_support(tx) for tx in txs]

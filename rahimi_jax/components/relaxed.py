@@ -37,11 +37,11 @@ compose with ``jit``, ``vmap``, ``grad``, ``jvp`` and each other (the tests go
 to second order). Forward, ``guard`` compiles to nothing.
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 import functools
 import types
 import zlib
-from typing import Any, TypeVar
+from typing import Any
 
 import jax
 from jax.extend import core as jex_core
@@ -49,8 +49,6 @@ from jax.interpreters import ad
 from jax.interpreters import batching
 from jax.interpreters import mlir
 import jax.numpy as jnp
-
-T = TypeVar('T')
 
 
 def _strong_zero_impl(on, x):
@@ -200,32 +198,6 @@ def mix(weights: jax.Array, options: Sequence[Any]) -> Any:
     return functools.reduce(jnp.add, terms)
 
   return jax.tree.map(mix_leaves, *options)
-
-
-def get(registry: Mapping[str, T], name: str, axis: str) -> T:
-  """Looks ``name`` up in ``registry``; a helpful error names what exists."""
-  try:
-    return registry[name]
-  except (KeyError, TypeError):
-    raise ValueError(
-        f'Unknown {axis} {name!r}; accepted: {", ".join(sorted(registry))}.'
-    ) from None
-
-
-def check_options(registry: Mapping[str, Any], names: Sequence[str],
-                  axis: str) -> tuple[str, ...]:
-  """Validates a list of option names for ``axis``; returns it as a tuple."""
-  names = tuple(names)
-  if not names:
-    raise ValueError(
-        f'{axis}: empty list of options; accepted: '
-        f'{", ".join(sorted(registry))}.')
-  for name in names:
-    get(registry, name, axis)
-  duplicates = sorted({n for n in names if names.count(n) > 1})
-  if duplicates:
-    raise ValueError(f'{axis}: options listed twice: {", ".join(duplicates)}.')
-  return names
 
 
 def relax(fns: Sequence[Callable[..., Any]]) -> Callable[..., Any]:

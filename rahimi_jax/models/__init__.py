@@ -1,6 +1,6 @@
 """Pure models behind one registry: ``make(hidden, options) -> Model``."""
 
-from rahimi_jax.components import relaxed
+from rahimi_jax import registry
 from rahimi_jax.models.base import Model
 from rahimi_jax.models.deep_linear import deep_linear
 from rahimi_jax.models.mlp import mlp
@@ -12,4 +12,4 @@ MODELS = {
 
 
 def get_model(name: str):
-  return relaxed.get(MODELS, name, 'model')
+  return registry.get(MODELS, name, 'model')

@@ -11,7 +11,6 @@ difference per seed.
 """
 
 import dataclasses
-import math
 import os
 import time
 from typing import Any
@@ -20,15 +19,17 @@ import jax
 import numpy as np
 
 from rahimi_jax import attribution
+from rahimi_jax import cli
 from rahimi_jax import data as data_lib
 from rahimi_jax import engine
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import plots
+from rahimi_jax import program
+from rahimi_jax import registry
 from rahimi_jax import results as results_lib
 from rahimi_jax import stats
 from rahimi_jax import storage
 from rahimi_jax import train as train_lib
-from rahimi_jax.components import relaxed
 
 
 def parse_gates(spec: str) -> tuple[tuple[str, str, str], ...]:
@@ -59,7 +60,7 @@ class AttributeConfig:
   metric: str = 'test_loss'
   dataset: str = 'digits'
   hidden: tuple[int, ...] = (64, 64)
-  learning_rate: float = 0.01
+  values: Any = None  # value knob -> the one value of every member
   seeds: int = 4
   steps: int = 500
   batch_size: int = 64
@@ -72,15 +73,25 @@ class AttributeConfig:
     if len(set(axes)) != len(axes):
       raise ValueError(f'gates: an axis is listed twice in {axes}.')
     for axis, off, on in self.gates:
-      if axis not in train_lib.CHOICE_AXES:
+      if axis not in registry.AXES:
         raise ValueError(f'gates: unknown axis {axis!r}; accepted: '
-                         f'{", ".join(train_lib.CHOICE_AXES)}.')
-      relaxed.check_options(train_lib.CHOICE_AXES[axis][0], (off, on), axis)
+                         f'{", ".join(registry.AXES)}.')
+      registry.AXES[axis].check((off, on))
     attribution.final_metric(train_lib.TrainConfig(), self.metric)  # checks
     data_lib.get_dataset(self.dataset)
-    if not (isinstance(self.learning_rate, (int, float)) and
-            math.isfinite(self.learning_rate) and self.learning_rate > 0):
-      raise ValueError(f'learning_rate must be > 0; got {self.learning_rate!r}.')
+    knobs = registry.knobs()
+    values = {'learning_rate': 0.01, **dict(self.values or {})}
+    for name, value in values.items():
+      knob = registry.get(knobs, name, 'value knob')
+      items = value if isinstance(value, (list, tuple, str)) else [str(value)]
+      parsed = cli.parse_numbers(name, items, minimum=knob.minimum,
+                                 inclusive=knob.inclusive)
+      if len(parsed) != 1:
+        raise ValueError(f'{name}: attribution trains every member at one '
+                         f'value; got {", ".join(map(str, parsed))}.')
+      values[name] = parsed[0]
+    object.__setattr__(self, 'values', tuple(
+        (k, values[k]) for k in knobs if k in values))
     for name in ('seeds', 'nodes'):
       if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
         raise ValueError(f'{name} must be a positive integer; got '
@@ -91,7 +102,7 @@ class AttributeConfig:
   def grid(self) -> grid_lib.Grid:
     return grid_lib.Grid(*(grid_lib.Choice(a, (off, on))
                            for a, off, on in self.gates),
-                         grid_lib.Values('learning_rate', (self.learning_rate,)),
+                         *(grid_lib.Values(k, (v,)) for k, v in self.values),
                          grid_lib.Seeds(self.seeds))
 
   def train_config(self) -> train_lib.TrainConfig:
@@ -105,8 +116,8 @@ def run(config: AttributeConfig) -> dict[str, Any]:
   data = data_lib.get_dataset(config.dataset)()
   grid = config.grid()
   tc = config.train_config().for_grid(grid)
-  res = train_lib.run_grid(config.train_config(), grid, data,
-                           metadata={'config': dataclasses.asdict(config)})
+  res = engine.run(config.train_config(), grid, data,
+                   metadata={'config': dataclasses.asdict(config)})
   names = [g[0] for g in config.gates]
   baselines = {a: off for a, off, _ in config.gates}
   diverged, res_kept = _drop_diverged_seeds(res, config.metric)
@@ -127,11 +138,11 @@ def run(config: AttributeConfig) -> dict[str, Any]:
   f = attribution.final_metric(tc, config.metric)
   start = time.perf_counter()
   try:
-    gates = np.asarray(engine.wait(jax.jit(jax.vmap(
+    gates = np.asarray(program.wait(jax.jit(jax.vmap(
         lambda k: attribution.aumann_shapley(f, k, data, components,
                                              nodes=config.nodes)))(knobs)))
   except KeyboardInterrupt:  # the grid had finished: save it
-    raise engine.Interrupted(res, len(grid), len(grid),
+    raise program.Interrupted(res, len(grid), len(grid),
                              during='gate paths') from None
   gate_s = time.perf_counter() - start
   zeros = np.zeros(len(table))

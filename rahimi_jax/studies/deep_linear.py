@@ -8,7 +8,7 @@ gradient descent stalls explains it: its eigenvalues span many decades, so any
 stable step size moves along the low-curvature directions at a crawl.
 
 All methods, step sizes, initial scales and seeds of one depth run as one grid,
-which ``train.auto_partition`` splits by optimizer (Levenberg–Marquardt's CG
+which ``engine.auto_partition`` splits by optimizer (Levenberg–Marquardt's CG
 solves make the relaxed step ~6x the members' own), so the gradient-descent
 members do not pay for them. Depth and initialization can be varied to
 compare the plateau-then-drop dynamics of small initializations (Saxe et al.
@@ -27,12 +27,13 @@ import numpy as np
 from rahimi_jax import data as data_lib
 from rahimi_jax import diagnostics
 from rahimi_jax import engine
+from rahimi_jax import program
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import plots
 from rahimi_jax import results as results_lib
 from rahimi_jax import stats
 from rahimi_jax import train as train_lib
-from rahimi_jax.components import relaxed
+from rahimi_jax import registry
 
 # Method names of this study -> optimizer registry names.
 METHODS = {'gd': 'sgd', 'adam': 'adam', 'lm': 'levenberg_marquardt',
@@ -82,10 +83,10 @@ class DeepLinearConfig:
   data_seed: int = 0
 
   def __post_init__(self):
-    relaxed.check_options(METHODS, self.methods, 'methods')
+    registry.check_options(METHODS, self.methods, 'methods')
     if self.log_every is None and isinstance(self.steps, int):
       object.__setattr__(self, 'log_every', min(100, self.steps))
-    relaxed.check_options(train_lib.CHOICE_AXES['init'][0], (self.init,), 'init')
+    registry.get_axis('init').get(self.init)
     for name in ('condition_number', 'n_train', 'in_dim', 'out_dim', 'width',
                  'seeds', 'steps', 'log_every'):
       value = getattr(self, name)
@@ -146,17 +147,17 @@ def run(config: DeepLinearConfig) -> results_lib.Results:
 
   for depth in config.depths:
     try:
-      part = train_lib.run_grid(
+      part = engine.run(
           config.train_config(depth), grid, dataset, partition='auto',
           metadata={'config': dataclasses.asdict(config)})
-    except KeyboardInterrupt as e:  # engine.Interrupted, or during a compile
+    except KeyboardInterrupt as e:  # program.Interrupted, or during a compile
       last = getattr(e, 'results', None)
       if last is not None:
         last.columns['depth'] = np.full(len(last), depth)
         parts.append(last)
       finished = (len(grid) * (len(parts) - (last is not None))
                   + getattr(e, 'finished', 0))
-      raise engine.Interrupted(merged() if parts else None, finished,
+      raise program.Interrupted(merged() if parts else None, finished,
                                len(grid) * len(config.depths)) from None
     part.columns['depth'] = np.full(len(part), depth)
     parts.append(part)

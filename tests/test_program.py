@@ -1,4 +1,4 @@
-"""The engine: one program per grid, member-batches, device sharding."""
+"""program.execute: one compiled program per grid, member-batches, device sharding."""
 
 import os
 import pathlib
@@ -10,8 +10,8 @@ import chex
 import numpy as np
 import pytest
 
-from rahimi_jax import engine
 from rahimi_jax import grid as grid_lib
+from rahimi_jax import program
 from rahimi_jax import storage
 from rahimi_jax import train as train_lib
 
@@ -41,20 +41,20 @@ def _assert_same_runs(res, reference):
 
 
 def test_member_batches_reuse_one_program_and_match(tiny_digits):
-  whole = engine.run(_train(), GRID, tiny_digits)
+  whole = program.execute(_train(), GRID, tiny_digits)
   assert whole.metadata['engine']['member_batches'] == 1
-  batched = engine.run(_train(), GRID, tiny_digits, member_batch_size=3)
+  batched = program.execute(_train(), GRID, tiny_digits, member_batch_size=3)
   info = batched.metadata['engine']
   assert (info['member_batches'], info['member_batch_size']) == (3, 3)
   _assert_same_runs(batched, whole)
 
 
 def test_memory_budget_splits_the_grid(tiny_digits):
-  whole = engine.run(_train(), GRID, tiny_digits)
+  whole = program.execute(_train(), GRID, tiny_digits)
   need = whole.metadata['engine']['program_bytes']
   assert need > 0
-  small = engine.run(_train(), GRID, tiny_digits,
-                     memory_budget_bytes=need // 3)
+  small = program.execute(_train(), GRID, tiny_digits,
+                          memory_budget_bytes=need // 3)
   info = small.metadata['engine']
   assert info['member_batches'] > 1
   assert info['member_batch_size'] < len(GRID)
@@ -62,7 +62,7 @@ def test_memory_budget_splits_the_grid(tiny_digits):
 
 
 def test_rows_are_tidy(tiny_digits):
-  res = engine.run(_train(), GRID, tiny_digits)
+  res = program.execute(_train(), GRID, tiny_digits)
   assert len(res) == len(GRID) * 3  # steps 0, 10, 20
   for name in ('member', 'optimizer', 'norm', 'learning_rate', 'seed', 'step',
                *METRICS):
@@ -77,22 +77,23 @@ def test_rows_are_tidy(tiny_digits):
 _SHARDED = textwrap.dedent("""
     import sys
     import jax
-    from rahimi_jax import data, engine, grid as grid_lib, storage, train
+    from rahimi_jax import data, program, grid as grid_lib, storage, train
     sys.path.insert(0, {tests!r})
-    import test_engine as t
+    import test_program as t
     assert jax.local_device_count() == 8, jax.devices()
     full = data.digits()
     tiny = data.Dataset(x_train=full.x_train[:256], y_train=full.y_train[:256],
                         x_test=full.x_test[:128], y_test=full.y_test[:128],
                         task='classification', num_outputs=10)
-    res = engine.run(t._train(), t.GRID, tiny, member_batch_size=3)
-    chunked = engine.run(t._train(), t.GRID, tiny, chunk_size=2, num_devices=2)
+    res = program.execute(t._train(), t.GRID, tiny, member_batch_size=3)
+    chunked = program.execute(t._train(), t.GRID, tiny, chunk_size=2,
+                              num_devices=2)
     assert chunked.metadata["engine"]["chunk_size"] == 2
     storage.save(chunked, {out!r} + "_chunked")
     assert res.metadata['engine']['num_devices'] == 8
     storage.save(res, {out!r})
     # Fewer members than devices: one device per member, none padded.
-    few = engine.run(t._train(), t.GRID.subset([0, 5, 6]), tiny)
+    few = program.execute(t._train(), t.GRID.subset([0, 5, 6]), tiny)
     info = few.metadata['engine']
     assert (info['num_devices'], info['member_batch_size']) == (3, 3), info
 """)
@@ -108,7 +109,7 @@ def test_sharded_over_eight_devices_matches_one(tiny_digits, tmp_path):
   sharded = storage.load(str(tmp_path))
   # 8 members on 8 devices: one call (batch rounded up to the device count).
   assert sharded.metadata['engine']['member_batch_size'] == 8
-  single = engine.run(_train(), GRID, tiny_digits)
+  single = program.execute(_train(), GRID, tiny_digits)
   _assert_same_runs(sharded, single)
   # 2 of the devices, 4 members each, in chunks of 2.
   chunked = storage.load(str(tmp_path) + '_chunked')
@@ -116,40 +117,40 @@ def test_sharded_over_eight_devices_matches_one(tiny_digits, tmp_path):
 
 
 def test_chunks_of_members_match_one_vmap(tiny_digits):
-  whole = engine.run(_train(), GRID, tiny_digits)
-  chunked = engine.run(_train(), GRID, tiny_digits, chunk_size=3)
+  whole = program.execute(_train(), GRID, tiny_digits)
+  chunked = program.execute(_train(), GRID, tiny_digits, chunk_size=3)
   info = chunked.metadata['engine']
   # 8 members in chunks of 3: one call of 9 (one padded copy), 3 chunks.
   assert (info['chunk_size'], info['member_batch_size']) == (3, 9)
   _assert_same_runs(chunked, whole)
   # A chunk as large as the grid is the plain vmap; so is chunk_size=0.
   for size in (64, 0):
-    assert engine.run(_train(), GRID, tiny_digits, chunk_size=size).metadata[
-        'engine']['chunk_size'] is None
+    res = program.execute(_train(), GRID, tiny_digits, chunk_size=size)
+    assert res.metadata['engine']['chunk_size'] is None
 
 
 def test_default_chunks_only_with_one_cpu_device_per_core():
   # This process has one CPU device: no chunks by default (the device spreads
   # a whole-grid vmap's matmuls over its cores).
-  assert engine.default_chunk_size(256, 1) == 0
+  assert program.default_chunk_size(256, 1) == 0
   # One device per core: equal chunks of at most CPU_CHUNK members.
-  assert engine.CPU_CHUNK == 16
-  assert engine.default_chunk_size(16, 2) == 0
-  assert engine.default_chunk_size(54, 2) == 14  # 4 chunks of 14 (2 padded)
-  assert engine.default_chunk_size(128, 2) == 16
-  assert engine.default_chunk_size(17, 2) == 9
+  assert program.CPU_CHUNK == 16
+  assert program.default_chunk_size(16, 2) == 0
+  assert program.default_chunk_size(54, 2) == 14  # 4 chunks of 14 (2 padded)
+  assert program.default_chunk_size(128, 2) == 16
+  assert program.default_chunk_size(17, 2) == 9
   with pytest.raises(ValueError, match='chunk_size'):
-    engine.run(_train(), GRID, np.zeros(3), chunk_size=-1)
+    program.execute(_train(), GRID, np.zeros(3), chunk_size=-1)
 
 
 _HOST_CORES = textwrap.dedent("""
     import jax
-    from rahimi_jax import engine
-    first = engine.use_host_cores(3)
-    again = engine.use_host_cores(5)  # the first choice stands
+    from rahimi_jax import program
+    first = program.use_host_cores(3)
+    again = program.use_host_cores(5)  # the first choice stands
     print(first, again, len(jax.devices('cpu')))
     jax.numpy.zeros(1).block_until_ready()
-    print(engine.use_host_cores(7), len(jax.devices('cpu')))
+    print(program.use_host_cores(7), len(jax.devices('cpu')))
 """)
 
 
@@ -171,18 +172,18 @@ def test_use_host_cores_makes_cpu_devices_before_jax_starts():
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.split() == ['2', '2', '2', '2', '2']
   with pytest.raises(ValueError, match='num'):
-    engine.use_host_cores(0)
+    program.use_host_cores(0)
 
 
 _IMPORT_DEFAULT = textwrap.dedent("""
     import os
     import jax
     import rahimi_jax as rj
-    from rahimi_jax import data, engine
+    from rahimi_jax import data, program
     cores = len(os.sched_getaffinity(0))
     grid = rj.Grid(rj.Seeds(max(2, cores)))
-    train = rj.make_train(rj.TrainConfig(hidden=(4,), steps=2, batch_size=8))
-    res = rj.run(train, grid, data.synthetic(n_train=16, n_test=8))
+    config = rj.TrainConfig(hidden=(4,), steps=2, batch_size=8)
+    res = rj.run(config, grid, data.synthetic(n_train=16, n_test=8))
     print(cores, len(jax.devices()), res.metadata['engine']['num_devices'])
 """)
 

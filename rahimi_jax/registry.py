@@ -1,0 +1,137 @@
+"""Registries of named options, and the axes of a grid, each declared once.
+
+A choice axis (``optimizer``, ``norm``, ...) is one ``Axis``: its registry of
+options, the option used when a grid does not vary it, the options an ablation
+varies by default, the value knobs its components read (with defaults), and
+its launcher flag and help. The module that defines the options declares the
+axis beside them (``AXIS = registry.register(registry.Axis(...))``);
+``TrainConfig``, ``AblationConfig``, the launchers' flags and their ``--help``
+derive from ``AXES``. Adding an option is one registry entry; adding an axis
+is one declaration plus the line where its component acts (a model's
+``apply``, or the training loop for the optimizer).
+"""
+
+from collections.abc import Mapping, Sequence
+import dataclasses
+from typing import Any, TypeVar
+
+T = TypeVar('T')
+
+
+def get(registry: Mapping[str, T], name: str, what: str) -> T:
+  """Looks ``name`` up in ``registry``; a helpful error names what exists."""
+  try:
+    return registry[name]
+  except (KeyError, TypeError):
+    raise ValueError(
+        f'Unknown {what} {name!r}; accepted: {", ".join(sorted(registry))}.'
+    ) from None
+
+
+def check_options(registry: Mapping[str, Any], names: Sequence[str],
+                  what: str) -> tuple[str, ...]:
+  """Validates a list of option names of ``what``; returns it as a tuple."""
+  names = tuple(names)
+  if not names:
+    raise ValueError(
+        f'{what}: empty list of options; accepted: '
+        f'{", ".join(sorted(registry))}.')
+  for name in names:
+    get(registry, name, what)
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ValueError(f'{what}: options listed twice: {", ".join(duplicates)}.')
+  return names
+
+
+@dataclasses.dataclass(frozen=True)
+class Knob:
+  """A scalar a component reads: a grid's ``Values`` axis may vary it.
+
+  Attributes:
+    name: the knob's name in a grid, in ``train``'s knobs, and the
+      launchers' flag.
+    default: its value when a grid does not vary it.
+    help: one line for the launchers' ``--help``.
+    minimum: values must exceed it (or equal it, if ``inclusive``).
+    inclusive: ``minimum`` itself is allowed (a momentum of 0).
+  """
+  name: str
+  default: float
+  help: str
+  minimum: float = 0.0
+  inclusive: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+  """A choice axis of the training recipe, declared in one place.
+
+  Attributes:
+    name: the axis's name in a grid, in ``TrainConfig.options`` and in the
+      knobs (``'norm'``).
+    options: the registry: option name -> the component (whatever the code
+      that acts on this axis calls).
+    default: the option used when a grid does not vary the axis.
+    flag: the launchers' flag (a comma list of options, e.g. ``norms``).
+    help: what the axis chooses, for ``--help`` (the options are appended).
+    study: the options an ablation varies when its flag is not given and the
+      model reads the axis; ``None``: not varied by default.
+    knobs: the value knobs this axis's components read.
+  """
+  name: str
+  options: Mapping[str, Any]
+  default: str
+  flag: str
+  help: str
+  study: tuple[str, ...] | None = None
+  knobs: tuple[Knob, ...] = ()
+
+  def __post_init__(self):
+    self.get(self.default)
+    if self.study is not None:
+      object.__setattr__(self, 'study', self.check(self.study))
+
+  def get(self, name: str) -> Any:
+    """The option ``name``; an error names the accepted ones."""
+    return get(self.options, name, self.name)
+
+  def check(self, names: Sequence[str]) -> tuple[str, ...]:
+    """Validates a list of this axis's options; returns it as a tuple."""
+    return check_options(self.options, names, self.name)
+
+  def knob_defaults(self) -> dict[str, float]:
+    return {k.name: k.default for k in self.knobs}
+
+  def flag_help(self) -> str:
+    """The flag's help: what it chooses, the options, the default."""
+    default = ','.join(self.study) if self.study else self.default
+    return (f'{self.help} Comma list of: {", ".join(self.options)}. '
+            f'Default: {default}.')
+
+
+# name -> Axis, in the order the launchers list them and grids order them.
+AXES: dict[str, Axis] = {}
+
+
+def register(axis: Axis) -> Axis:
+  """Adds ``axis`` to ``AXES`` (its name and flag must be new); returns it."""
+  taken = {a.flag for a in AXES.values()} | set(knobs())
+  if axis.name in AXES or axis.flag in taken:
+    raise ValueError(f'axis {axis.name!r} (flag {axis.flag!r}) is already '
+                     f'registered; axes: {", ".join(AXES)}.')
+  for knob in axis.knobs:
+    if knob.name in taken or knob.name in AXES:
+      raise ValueError(f'knob {knob.name!r} of axis {axis.name!r} is already '
+                       'declared.')
+  AXES[axis.name] = axis
+  return axis
+
+
+def get_axis(name: str) -> Axis:
+  return get(AXES, name, 'choice axis')
+
+
+def knobs() -> dict[str, Knob]:
+  """Every value knob of every registered axis, by name."""
+  return {k.name: k for axis in AXES.values() for k in axis.knobs}

@@ -1,0 +1,99 @@
+"""An axis is one declaration: a throwaway axis reaches every layer from it."""
+
+from absl import flags
+import jax
+import numpy as np
+import pytest
+
+from rahimi_jax import cli
+from rahimi_jax import engine
+from rahimi_jax import models
+from rahimi_jax import registry
+from rahimi_jax import train as train_lib
+from rahimi_jax.components import relaxed
+from rahimi_jax.studies import ablation
+
+# Declared as a new component module would declare its axis: the options, a
+# default, the options an ablation varies, a value knob, a flag and its help.
+OUTPUTS = {'identity': lambda y: y, 'zero': lambda y: 0.0 * y}
+AXIS = registry.Axis(
+    name='output', options=OUTPUTS, default='identity', flag='outputs',
+    help='What the readout emits.', study=('identity', 'zero'),
+    knobs=(registry.Knob('gain', 1.0, 'Gain of the readout.', inclusive=True),))
+
+
+def _gained_linear(hidden, options):
+  """The one place the axis acts: a linear model whose readout it chooses."""
+  del hidden
+  emit = relaxed.relax([OUTPUTS[n] for n in options['output']])
+
+  def init(key, in_dim, out_dim, knobs):
+    del knobs
+    return {'w': jax.random.normal(key, (in_dim, out_dim)) / in_dim**0.5}, {}
+
+  def apply(params, state, x, knobs, train, key=None):
+    del train, key
+    return emit(knobs['output'], knobs['gain'] * (x @ params['w'])), state
+
+  return models.Model(init, apply, choice_axes=('output',))
+
+
+@pytest.fixture
+def throwaway(monkeypatch):
+  monkeypatch.setattr(registry, 'AXES', dict(registry.AXES))
+  monkeypatch.setitem(models.MODELS, 'gained_linear', _gained_linear)
+  return registry.register(AXIS)
+
+
+def test_throwaway_axis_from_flags_to_results(throwaway, tiny_synthetic):
+  del throwaway
+  flag_values = flags.FlagValues()
+  cli.define_axis_flags(flag_values)
+  help_text = flag_values['outputs'].help
+  assert 'identity, zero' in help_text and 'Default: identity,zero' in help_text
+  flag_values(['prog', '--gain=0,1', '--optimizers=sgd'])
+  options, values = cli.axis_flag_values(flag_values)
+  assert options == {'optimizer': ['sgd']} and values == {'gain': ['0', '1']}
+  config = ablation.AblationConfig(
+      dataset='synthetic', model='gained_linear', hidden=(), options=options,
+      values=values, seeds=1, steps=1, batch_size=0)
+  # The model reads the new axis: the ablation varies its study options.
+  assert dict(config.options)['output'] == ('identity', 'zero')
+  grid = config.grid()
+  assert grid.axis_names == ('optimizer', 'output', 'learning_rate', 'gain',
+                             'seed')
+  res = engine.run(config.train_config(), grid, tiny_synthetic)
+  first = res.where(step=0)
+  loss = dict(zip(zip(first.columns['output'], first.columns['gain']),
+                  first.columns['train_loss']))
+  # Prediction 0 (the zero option, or a gain of 0): the loss of predicting
+  # nothing, 0.5 * mean ||y||^2, computed here from the data.
+  silent = 0.5 * np.mean(np.sum(np.square(tiny_synthetic.y_train), -1))
+  np.testing.assert_allclose(
+      [loss[('zero', 0.0)], loss[('zero', 1.0)], loss[('identity', 0.0)]],
+      [silent] * 3, rtol=1e-5)
+  assert abs(loss[('identity', 1.0)] - silent) > 1e-3 * silent
+  assert 'output' in res.summary_table('test_loss')
+
+
+def test_throwaway_axis_unknown_to_other_models(throwaway):
+  del throwaway
+  with pytest.raises(ValueError, match="outputs: model 'mlp' has no output"):
+    ablation.AblationConfig(options={'output': ('zero',)})
+  # Not varied, it stays at its default and the MLP's configs are unchanged.
+  assert 'output' not in dict(ablation.AblationConfig().options)
+  assert train_lib.TrainConfig().option_dict()['output'] == ('identity',)
+
+
+def test_register_refuses_taken_names(throwaway):
+  with pytest.raises(ValueError, match="axis 'output'.*already registered"):
+    registry.register(throwaway)
+  with pytest.raises(ValueError, match="knob 'momentum'.*already declared"):
+    registry.register(registry.Axis(
+        name='other', options=OUTPUTS, default='zero', flag='others', help='',
+        knobs=(registry.Knob('momentum', 0.5, ''),)))
+  with pytest.raises(ValueError, match="Unknown output 'bogus'; accepted: "
+                     'identity, zero'):
+    registry.Axis(name='output', options=OUTPUTS, default='bogus', flag='x',
+                  help='')
+
