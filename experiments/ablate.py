@@ -10,22 +10,25 @@ A two-member check that a grid member is the same run as that config alone:
       --inits=lecun_normal --seeds=1 --steps=200
 """
 
+import os
 import sys
 
 from absl import app
 from absl import flags
 
-flags.DEFINE_string('dataset', 'digits', 'Dataset: digits | synthetic.')
-flags.DEFINE_string('model', 'mlp', 'Model: mlp | deep_linear.')
+from rahimi_jax import cli
+from rahimi_jax import data
+from rahimi_jax import models
+
+flags.DEFINE_string('dataset', 'digits',
+                    f'Dataset: {" | ".join(data.DATASETS)}.')
+flags.DEFINE_string('model', 'mlp', f'Model: {" | ".join(models.MODELS)}.')
 flags.DEFINE_list('hidden', ['64', '64'], 'Hidden widths (comma list).')
-flags.DEFINE_list('optimizers', None,
-                  'Optimizers (comma list; default sgd,momentum,adam).')
-flags.DEFINE_list('norms', None,
-                  'Normalizations (default none,batch,layer where the model has them).')
-flags.DEFINE_list('inits', None,
-                  'Initializations (default lecun_normal,he_normal,orthogonal).')
-flags.DEFINE_list('activations', None, 'Activations (default relu, not varied).')
-flags.DEFINE_list('lrs', ['0.01'], 'Learning rates (comma list of floats).')
+# --optimizers, --norms, ...; --learning_rate, --momentum, ... (one flag per
+# registered choice axis and value knob; --help lists the options).
+cli.define_axis_flags()
+flags.adopt_module_key_flags(cli)
+flags.DEFINE_alias('lrs', 'learning_rate')
 flags.DEFINE_integer('seeds', 4, 'Number of seeds.')
 flags.DEFINE_integer('steps', 500, 'Optimizer steps.')
 flags.DEFINE_integer('batch_size', 64, 'Minibatch size (0: full batch).')
@@ -37,7 +40,7 @@ flags.DEFINE_list('partition', ['auto'], 'Choice axes to split the grid by '
                   '(one program per option) instead of one relaxed program '
                   'that computes every option, e.g. optimizer; "none": one '
                   'program; "auto": the axes whose options differ in matmul '
-                  'cost (train.auto_partition).')
+                  'cost (engine.auto_partition).')
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
                   'exit without running or writing anything.')
 flags.DEFINE_float('memory_budget_mb', None, 'Most memory one program call may '
@@ -60,22 +63,22 @@ def partition_line(choice) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  # Imported here so that --help and flag errors answer before JAX loads.
-  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
-  engine.use_host_cores()  # before JAX's first operation
-  from rahimi_jax import ablation  # pylint: disable=g-import-not-at-top
-  from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import program  # pylint: disable=g-import-not-at-top
+  program.use_host_cores()  # before JAX's first operation
+  from rahimi_jax import grid as grid_lib  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import plots  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import stats  # pylint: disable=g-import-not-at-top
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
+  from rahimi_jax.studies import ablation  # pylint: disable=g-import-not-at-top
   cli.quiet_logging()
 
   def build():
+    options, values = cli.axis_flag_values()
     config = ablation.AblationConfig(
         dataset=FLAGS.dataset, model=FLAGS.model,
         hidden=cli.parse_numbers('hidden', FLAGS.hidden, int, distinct=False),
-        optimizers=FLAGS.optimizers, norms=FLAGS.norms, inits=FLAGS.inits,
-        activations=FLAGS.activations, lrs=tuple(FLAGS.lrs), seeds=FLAGS.seeds,
-        steps=FLAGS.steps, batch_size=FLAGS.batch_size,
-        log_every=FLAGS.log_every)
+        options=options, values=values, seeds=FLAGS.seeds, steps=FLAGS.steps,
+        batch_size=FLAGS.batch_size, log_every=FLAGS.log_every)
     grid = config.grid()
     budget = None
     if FLAGS.memory_budget_mb is not None:
@@ -107,6 +110,16 @@ def main(argv):
     storage.write(res, directory)
     info = res.metadata['engine']
     metric = ablation.headline_metric(res)
+    files = [storage.CSV, storage.METADATA]
+    varied = [a for a, values in res.metadata['axes'].items()
+              if a != grid_lib.SEED and len(values) > 1]
+    for axis in varied:
+      files.append(f'curves_{axis}.png')
+      plots.curves(res, metric, os.path.join(directory, files[-1]), by=axis,
+                   log_y=not stats.higher_is_better(metric))
+    if varied:
+      files.append('effects.png')
+      plots.effects(res, metric, os.path.join(directory, files[-1]))
     return '\n'.join([
         f'compile {info["compile_s"]:.1f}s, run {info["run_s"]:.1f}s, '
         f'{info.get("programs", 1)} program(s), {info["member_batches"]} '
@@ -114,12 +127,11 @@ def main(argv):
         f'{info["num_devices"]} device(s)',
         partition_line(res.metadata['partition']),
         res.summary_table(metric), res.effects_table(metric),
-        f'wrote {FLAGS.out}/results.csv and metadata.json'])
+        f'wrote {FLAGS.out}/: {", ".join(files)}'])
 
   return cli.launch(build, describe, run, write, FLAGS.out,
                     dry_run=FLAGS.dry_run)
 
 
 if __name__ == '__main__':
-  from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
   cli.run_app(main)

@@ -36,7 +36,8 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
   per value of that axis, each seed averaging the members that share it. The
   line is the mean over seeds (geometric on a log axis) and the band its
   ``level`` interval (``stats.mean_ci``; in the metric's range); NaN
-  (diverged) points are left out.
+  (diverged) points are left out, and the legend counts a line's members that
+  diverged (its mean is over the others from then on).
   """
   from rahimi_jax import stats  # pylint: disable=g-import-not-at-top
   if by is None:
@@ -50,6 +51,9 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
               results.where(**{by: v}) for v in results.metadata['axes'][by]}
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for label, rows in groups.items():
+    finished = results_lib._finished(rows.final().columns, metric)  # pylint: disable=protected-access
+    if not finished.all():
+      label += f' ({np.sum(~finished)}/{len(finished)} diverged)'
     steps = np.unique(rows.columns['step'])
     per_seed = []
     for s in np.unique(rows.columns[grid_lib.SEED]):
@@ -73,9 +77,68 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
     ax.set_yscale('log')
   ax.set_xlabel('step')
   ax.set_ylabel(metric)
-  ax.set_title(title or f'{metric}: mean over seeds, {level:.0%} interval')
+  ax.set_title(title or f'{metric}' + (f' by {by}, other axes averaged' if by
+                                        else '') +
+               f': mean over seeds, {level:.0%} interval')
   ax.legend(fontsize=7, loc='best')
   ax.grid(True, which='both', alpha=0.3)
+  save_figure(fig, path)
+
+
+def effects(results: results_lib.Results, metric: str, path: str, *,
+            level: float = 0.95, title: str | None = None) -> None:
+  """Points and intervals of ``Results.effects_table``: each value vs baseline.
+
+  One row per value of every non-seed axis with several values: the paired
+  effect on the final ``metric`` against the axis's first value
+  (``Results.compare``), a point at its mean over seeds and a bar over its
+  ``level`` interval; green where the interval is on the better side of zero,
+  red on the worse, grey across it. The right margin gives P(better) and the
+  pairs dropped because a run diverged.
+
+  Raises:
+    ValueError: no axis but the seed has two or more values.
+  """
+  from rahimi_jax import stats  # pylint: disable=g-import-not-at-top
+  rows = []  # (axis, baseline, Effect)
+  for axis in results.axes:
+    values = results.metadata['axes'][axis]
+    if axis != grid_lib.SEED and len(values) > 1:
+      rows += [(axis, values[0], e)
+               for e in results.compare(metric, axis, values[0], level)]
+  if not rows:
+    raise ValueError('effects: no axis but the seed has two or more values.')
+  sign = 1.0 if stats.higher_is_better(metric) else -1.0
+  fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(rows)))
+  y = -np.arange(len(rows))  # the first row on top
+  for yi, (axis, _, e) in zip(y, rows):
+    ci = e.interval
+    low, high = sorted((sign * ci.low, sign * ci.high))
+    color = ('tab:green' if low > 0 else 'tab:red' if high < 0 else 'tab:gray')
+    if np.isfinite(ci.low) and np.isfinite(ci.high):
+      ax.plot([ci.low, ci.high], [yi, yi], color=color, lw=2)
+    ax.plot([ci.mean], [yi], 'o', color=color)
+    note = f'P(better) {e.p_better:.2f}' if np.isfinite(e.p_better) else ''
+    if e.dropped:
+      note += f'; {e.dropped}/{e.pairs} pairs dropped (a run diverged)'
+    if not np.isfinite(ci.low):
+      note += f'; no interval ({ci.n} seed{"s" * (ci.n != 1)})'
+    ax.annotate(note, (1.01, yi), xycoords=('axes fraction', 'data'),
+                va='center', fontsize=7)
+  for i in range(1, len(rows)):
+    if rows[i][0] != rows[i - 1][0]:  # a line between axes
+      ax.axhline(y[i] + 0.5, color='black', lw=0.5, alpha=0.4)
+  label = results_lib._label  # pylint: disable=protected-access
+  ax.set_yticks(y, [f'{axis}: {label(e.value)} - {label(base)}'
+                    for axis, base, e in rows])
+  ax.set_ylim(y[-1] - 0.6, 0.6)
+  ax.axvline(0, color='black', lw=0.8)
+  better = 'higher' if sign > 0 else 'lower'
+  ax.set_xlabel(f'effect on final {metric} (value - baseline; {better} is '
+                f'better), {level:.0%} paired interval over seeds')
+  ax.set_title(title or f'paired effect on final {metric} vs each axis\'s '
+               'first value')
+  ax.grid(True, axis='x', alpha=0.3)
   save_figure(fig, path)
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import chex
+import matplotlib.image
 import numpy as np
 import pytest
 
@@ -102,8 +103,16 @@ def test_shrunk_end_to_end_run(tiny_run):
     assert any(r[:2] == ['optimizer', option] for r in rows), option
   for option in ('none', 'batch'):
     assert any(r[:2] == ['norm', option] for r in rows), option
-  assert f'wrote {out}/results.csv and metadata.json' in stdout
-  assert sorted(os.listdir(out)) == ['metadata.json', 'results.csv']
+  # Plots of the varied axes (not init, learning_rate: one value each).
+  pngs = ['curves_optimizer.png', 'curves_norm.png', 'effects.png']
+  assert stdout.splitlines()[-1] == (
+      f'wrote {out}/: results.csv, metadata.json, {", ".join(pngs)}')
+  assert sorted(os.listdir(out)) == sorted(['metadata.json', 'results.csv',
+                                            *pngs])
+  for png in pngs:
+    assert (out / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', png
+    image = matplotlib.image.imread(out / png)
+    assert image.ndim == 3 and min(image.shape[:2]) > 100, (png, image.shape)
 
 
 def test_shrunk_run_results_load_back(tiny_run):

@@ -1,0 +1,121 @@
+"""Tests for rahimi_jax/plots.py: the drawn data, read back from the figures."""
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from rahimi_jax import plots
+from rahimi_jax import results as results_lib
+
+OPTIMIZERS, NORMS, SEEDS, STEPS = ('sgd', 'adam'), ('none', 'batch'), (0, 1, 2), (0, 10, 20)
+PNG = b'\x89PNG\r\n\x1a\n'
+
+
+def _accuracy():
+  """``[optimizer, norm, seed, step]`` accuracies; (sgd, batch, seed 2) diverges at 10."""
+  rng = np.random.default_rng(0)
+  acc = rng.uniform(0.1, 0.9, (len(OPTIMIZERS), len(NORMS), len(SEEDS), len(STEPS)))
+  acc[0, 1, 2, 1:] = np.nan
+  return acc
+
+
+def _results(acc):
+  """Tidy rows of ``acc``, members in grid order, each over its logged steps."""
+  columns = {k: [] for k in ('member', 'optimizer', 'norm', 'seed', 'step',
+                             'test_accuracy', 'diverged_step')}
+  for i, opt in enumerate(OPTIMIZERS):
+    for j, norm in enumerate(NORMS):
+      for k, seed in enumerate(SEEDS):
+        diverged = STEPS[1] if np.isnan(acc[i, j, k]).any() else -1
+        for t, step in enumerate(STEPS):
+          for name, value in (('member', f'{opt}/{norm}/{seed}'),
+                              ('optimizer', opt), ('norm', norm),
+                              ('seed', seed), ('step', step),
+                              ('test_accuracy', acc[i, j, k, t]),
+                              ('diverged_step', diverged)):
+            columns[name].append(value)
+  return results_lib.Results(
+      {k: np.asarray(v) for k, v in columns.items()},
+      {'axes': {'optimizer': list(OPTIMIZERS), 'norm': list(NORMS),
+                'seed': list(SEEDS)}})
+
+
+@pytest.fixture
+def saved(monkeypatch):
+  """The figures the plots save (closed, their artists kept)."""
+  figures, save = [], plots.save_figure
+
+  def keep(fig, path):
+    figures.append(fig)
+    save(fig, path)
+
+  monkeypatch.setattr(plots, 'save_figure', keep)
+  return figures
+
+
+def _assert_png(path):
+  with open(path, 'rb') as f:
+    assert f.read(8) == PNG
+  image = matplotlib.image.imread(path)
+  assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_curves_by_axis_draw_the_mean_over_seeds_and_count_divergence(
+    saved, tmp_path):
+  acc = _accuracy()
+  path = tmp_path / 'curves_optimizer.png'
+  plots.curves(_results(acc), 'test_accuracy', str(path), by='optimizer',
+               log_y=False)
+  _assert_png(path)
+  ax, = saved[0].axes
+  lines = {l.get_label(): l for l in ax.get_lines()}
+  # Each seed averages its finished members over the norms; then over seeds.
+  expected = np.nanmean(acc, axis=1).mean(axis=1)
+  assert sorted(lines) == ['optimizer=adam', 'optimizer=sgd (1/6 diverged)']
+  for label, want in zip(('optimizer=sgd (1/6 diverged)', 'optimizer=adam'),
+                         expected):
+    np.testing.assert_array_equal(lines[label].get_xdata(), STEPS)
+    np.testing.assert_allclose(lines[label].get_ydata(), want, rtol=1e-12)
+  for band, line in zip(ax.collections, ax.get_lines()):  # bands hold the mean
+    edge = band.get_paths()[0].vertices
+    assert np.all((edge[:, 1] >= 0) & (edge[:, 1] <= 1))  # the metric's range
+    for step, mean in zip(STEPS, line.get_ydata()):
+      ys = edge[edge[:, 0] == step, 1]
+      assert ys.min() < mean < ys.max(), (line.get_label(), step)
+
+
+def test_effects_draw_each_value_vs_baseline_paired_over_seeds(saved, tmp_path):
+  acc = _accuracy()
+  final = acc[..., -1]  # [optimizer, norm, seed]
+  # Per seed, the mean difference over the pairs where both runs finished.
+  expected = {
+      'optimizer: adam - sgd': np.nanmean(final[1] - final[0], axis=0).mean(),
+      'norm: batch - none': np.nanmean(final[:, 1] - final[:, 0],
+                                       axis=0).mean()}
+  path = tmp_path / 'effects.png'
+  plots.effects(_results(acc), 'test_accuracy', str(path))
+  _assert_png(path)
+  ax, = saved[0].axes
+  names = {t.get_position()[1]: t.get_text() for t in ax.get_yticklabels()}
+  points = {names[l.get_ydata()[0]]: l.get_xdata()[0] for l in ax.get_lines()
+            if l.get_marker() == 'o'}
+  assert points.keys() == expected.keys()
+  for name, want in expected.items():
+    np.testing.assert_allclose(points[name], want, rtol=1e-12)
+  bars = [l for l in ax.get_lines()  # not the markers, nor the line at zero
+          if l.get_marker() != 'o' and l.get_ydata()[0] in names
+          and l.get_xdata()[0] != l.get_xdata()[1]]
+  for bar in bars:  # the interval holds the point
+    name = names[bar.get_ydata()[0]]
+    assert min(bar.get_xdata()) <= points[name] <= max(bar.get_xdata())
+  assert len(bars) == 2
+  notes = [t.get_text() for t in ax.texts]
+  assert sum('1/6 pairs dropped (a run diverged)' in n for n in notes) == 2, notes
+
+
+def test_effects_need_a_varied_axis(tmp_path):
+  res = _results(_accuracy()).where(optimizer='adam', norm='none')
+  res.metadata = {'axes': {'optimizer': ['adam'], 'norm': ['none'],
+                           'seed': list(SEEDS)}}
+  with pytest.raises(ValueError, match='no axis but the seed'):
+    plots.effects(res, 'test_accuracy', str(tmp_path / 'effects.png'))
