@@ -19,7 +19,10 @@ import numpy as np
 import pytest
 
 from benchmarks import grid_throughput as gt
-from rahimi_jax import engine
+from benchmarks import methods
+from benchmarks import suite
+from benchmarks import workloads
+from rahimi_jax import program
 
 ROOT = pathlib.Path(__file__).parents[1]
 REQUIRED = ('regime', 'workload', 'G', 'method', 'compile_s', 'run_s', 'gflops',
@@ -161,15 +164,15 @@ def test_bad_options_fail_early(name):
   kwargs, needle = BAD[name]
   base = dict(regime='small', grid_sizes=['2'], methods=['a'])
   with pytest.raises(ValueError) as err:
-    gt.make_bench_config(**(base | kwargs))
+    suite.make_bench_config(**(base | kwargs))
   assert needle in str(err.value)
 
 
 def test_disagreeing_methods_exit_non_zero(monkeypatch, capsys):
   records = [{'method': 'a'}, {'method': 'b', 'agrees_with_a': True},
              {'method': 'd', 'agrees_with_a': False}]
-  monkeypatch.setattr(gt, 'run_benchmark', lambda cfg, out: records)
-  monkeypatch.setattr(engine, 'use_host_cores', lambda num=None: 1)
+  monkeypatch.setattr(suite, 'run_benchmark', lambda cfg, out: records)
+  monkeypatch.setattr(program, 'use_host_cores', lambda num=None: 1)
   with flagsaver.flagsaver():
     gt.FLAGS(['grid_throughput', '--methods=a,b,d'])
     assert gt.main(['grid_throughput']) == 2
@@ -184,17 +187,31 @@ def test_bad_flag_exits_with_message():
   assert "'z'" in proc.stderr
 
 
+def test_every_method_has_a_runner():
+  assert list(methods.RUNNERS) == list(methods.METHODS)
+  assert set(methods.LOOP_METHODS + methods.TORCH_METHODS) <= set(methods.METHODS)
+
+
+def test_launcher_imports_neither_jax_nor_torch():
+  """``--help`` and flag errors stay fast: the heavy imports are lazy."""
+  code = ('import sys; import benchmarks.grid_throughput; '
+          'print(sorted({"jax", "torch", "rahimi_jax"} & set(sys.modules)))')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=60, check=True)
+  assert proc.stdout.strip() == '[]', proc.stdout
+
+
 def test_loop_members_are_capped_and_spread():
-  chex.assert_trees_all_equal(gt._members_to_time('b', 8, 16), np.arange(8))
-  picked = gt._members_to_time('c', 256, 16)
+  chex.assert_trees_all_equal(methods.members_to_time('b', 8, 16), np.arange(8))
+  picked = methods.members_to_time('c', 256, 16)
   assert len(picked) == 16 and picked[0] == 0 and picked[-1] == 255
-  chex.assert_trees_all_equal(gt._members_to_time('a', 256, 16), np.arange(256))
-  chex.assert_trees_all_equal(gt._members_to_time('e', 256, 16), np.arange(256))
+  chex.assert_trees_all_equal(methods.members_to_time('a', 256, 16), np.arange(256))
+  chex.assert_trees_all_equal(methods.members_to_time('e', 256, 16), np.arange(256))
 
 
 def test_flops_of_the_two_layer_linear_net():
   from rahimi_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  bench = gt.Bench('deep_linear', 2, 10, data_lib.synthetic())
+  bench = workloads.Bench('deep_linear', 2, 10, data_lib.synthetic())
   n, d, h, k = 1000, 6, 6, 10
   # The model forms M = W2^T W1^T first (matrix-chain order), then M x^T.
   forward = 2 * k * h * d + 2 * k * d * n

@@ -1,0 +1,121 @@
+"""The methods grid_throughput compares, in one registry (METHODS, RUNNERS).
+
+Every method is ``run_x(bench, members) -> Timing``: it trains ``members`` of
+``bench``'s grid and reports compile and run seconds and final train losses.
+(a), (b) and (c) are here; the PyTorch ones, (d) and (e), in ``torch_methods``.
+"""
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from benchmarks import torch_methods
+from benchmarks.workloads import Bench
+from benchmarks.workloads import Timing
+
+METHODS: dict[str, str] = {
+    'a': 'rahimi_jax grid (1 program)',
+    'b': 'loop: jit(scan) per member',
+    'c': 'loop: jit(step) per step',
+    'd': 'torch eager loop',
+    'e': 'torch.func vmap ensemble',
+}
+LOOP_METHODS = ('b', 'c', 'd')  # time a subset of members, extrapolate
+TORCH_METHODS = ('d', 'e')
+TORCH_TOLERANCE = 1e-3  # torch orders float ops differently (seen: 1.1e-5)
+
+
+def tolerance(method: str, jax_tolerance: float) -> float:
+  """Largest accepted |(a) - (method)| of the final train_loss."""
+  return TORCH_TOLERANCE if method in TORCH_METHODS else jax_tolerance
+
+
+def members_to_time(method: str, g: int, cap: int) -> np.ndarray:
+  """Loop methods on a large grid time ``cap`` evenly spaced members."""
+  if method not in LOOP_METHODS or g <= cap:
+    return np.arange(g)
+  return np.unique(np.linspace(0, g - 1, cap).round().astype(int))
+
+
+def run_a(bench: Bench, members: np.ndarray) -> Timing:
+  """(a) the whole grid as one compiled program."""
+  del members  # (a) always runs the whole grid
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.clear_caches()
+  first = bench.run_grid().metadata['engine']  # compiles; first call warms up
+  res = bench.run_grid()  # the same program again, warm
+  info = res.metadata['engine']
+  warm_up_s = max(0.0, first['run_s'] - info['run_s'])
+  final = res.final().columns
+  order = {m.name: m.index for m in bench.grid.members}
+  idx = np.asarray([order[name] for name in final['member']])
+  loss = np.empty(len(bench))
+  loss[idx] = final['train_loss']
+  note = (f'{info["member_batches"]} call(s) of {info["member_batch_size"]}'
+          if info['member_batches'] > 1 else '')
+  return Timing(first['compile_s'] + warm_up_s, info['run_s'],
+                np.arange(len(bench)), loss, info['program_bytes'], note)
+
+
+def run_b(bench: Bench, members: np.ndarray) -> Timing:
+  """(b) a Python loop over members, each one jitted ``lax.scan`` run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import program  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  jax.clear_caches()
+  knobs = [bench.member_knobs(int(i)) for i in members]
+  start = time.perf_counter()
+  compiled = jax.jit(train_lib.make_train(bench.config)).lower(
+      knobs[0], bench.data).compile()
+  jax.block_until_ready(compiled(knobs[0], bench.data))  # first-call warm-up
+  compile_s = time.perf_counter() - start
+  losses = []
+  start = time.perf_counter()
+  for k in knobs:
+    out = compiled(k, bench.data)
+    losses.append(np.asarray(out['train_loss'])[-1])
+  run_s = time.perf_counter() - start
+  return Timing(compile_s, run_s, members, np.asarray(losses),
+                program.program_bytes(compiled))
+
+
+def run_c(bench: Bench, members: np.ndarray) -> Timing:
+  """(c) a Python loop over members and steps calling a jitted train step."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  jax.clear_caches()
+  loop = train_lib.make_loop(bench.config)
+  init, step, log = jax.jit(loop.init), jax.jit(loop.step), jax.jit(loop.log)
+  knobs = [bench.member_knobs(int(i)) for i in members]
+  data, steps = bench.data, bench.steps
+
+  # Compile: the first call of each function (compile + one execution each).
+  start = time.perf_counter()
+  carry, xs = init(knobs[0], data)
+  carry, _ = log(knobs[0], data, carry, np.int32(0))
+  xs = jax.device_get(xs)
+  jax.block_until_ready(step(knobs[0], data, carry, tuple(a[0] for a in xs)))
+  compile_s = time.perf_counter() - start
+
+  losses = []
+  start = time.perf_counter()
+  for k in knobs:
+    carry, xs = init(k, data)
+    carry, _ = log(k, data, carry, np.int32(0))
+    xs = jax.device_get(xs)  # the host-side "data loader": one batch per step
+    for t in range(steps):
+      carry = step(k, data, carry, tuple(a[t] for a in xs))
+    carry, metrics = log(k, data, carry, np.int32(steps))
+    losses.append(float(metrics['train_loss']))
+  run_s = time.perf_counter() - start
+  note = ''
+  if any(f._cache_size() != 1 for f in (init, step, log)):  # pylint: disable=protected-access
+    note = 'RETRACED'
+  return Timing(compile_s, run_s, members, np.asarray(losses), None, note)
+
+
+RUNNERS: dict[str, Callable[[Bench, np.ndarray], Timing]] = {
+    'a': run_a, 'b': run_b, 'c': run_c,
+    'd': torch_methods.run_d, 'e': torch_methods.run_e,
+}
