@@ -34,8 +34,8 @@ flags.DEFINE_integer('steps', 500, 'Optimizer steps.')
 flags.DEFINE_integer('batch_size', 64, 'Minibatch size (0: full batch).')
 flags.DEFINE_integer('log_every', None, 'Steps between evaluations (default: '
                      '50, or --steps when fewer).')
-flags.DEFINE_string('out', '/tmp/rahimi_ablate', 'Directory for results.csv '
-                    'and metadata.json.')
+flags.DEFINE_string('out', '/tmp/rahimi_ablate', 'Directory for results.csv, '
+                    'metadata.json and the PNG plots (replaced whole).')
 flags.DEFINE_list('partition', ['auto'], 'Choice axes to split the grid by '
                   '(one program per option) instead of one relaxed program '
                   'that computes every option, e.g. optimizer; "none": one '

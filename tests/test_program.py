@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import chex
+from launchers import FAST_COMPILE
 import numpy as np
 import pytest
 
@@ -100,7 +101,8 @@ _SHARDED = textwrap.dedent("""
 
 
 def test_sharded_over_eight_devices_matches_one(tiny_digits, tmp_path):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(os.environ, XLA_FLAGS=f'{os.environ["XLA_FLAGS"]} '
+             '--xla_force_host_platform_device_count=8',
              PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu')
   script = _SHARDED.format(tests=str(ROOT / 'tests'), out=str(tmp_path))
   proc = subprocess.run([sys.executable, '-c', script], env=env, cwd=ROOT,
@@ -155,7 +157,7 @@ _HOST_CORES = textwrap.dedent("""
 
 
 def _python(code, **env):
-  base = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  base = dict(os.environ, XLA_FLAGS=FAST_COMPILE)  # no device count
   return subprocess.run(
       [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
       timeout=120, env=dict(base, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu',
@@ -168,7 +170,8 @@ def test_use_host_cores_makes_cpu_devices_before_jax_starts():
   assert proc.stdout.split() == ['3', '3', '3', '3', '3']
   # An explicit XLA flag wins.
   proc = _python(_HOST_CORES,
-                 XLA_FLAGS='--xla_force_host_platform_device_count=2')
+                 XLA_FLAGS=f'{FAST_COMPILE} '
+                 '--xla_force_host_platform_device_count=2')
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.split() == ['2', '2', '2', '2', '2']
   with pytest.raises(ValueError, match='num'):
