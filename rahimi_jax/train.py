@@ -11,7 +11,6 @@ chunks), ready for ``jax.jit(jax.vmap(train, in_axes=(0, None)))``.
 from collections.abc import Callable, Mapping
 import dataclasses
 import functools
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -20,6 +19,7 @@ import numpy as np
 import optax
 
 from rahimi_jax import components
+from rahimi_jax import data as data_lib
 from rahimi_jax import diagnostics as diagnostics_lib
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import models
@@ -183,31 +183,6 @@ def _resolve_knobs(config: TrainConfig, knobs: Mapping[str, Any]) -> dict[str, A
   return resolved
 
 
-def permutation(key: jax.Array, n: int) -> jax.Array:
-  """A uniformly random permutation of ``range(n)`` (int32), by sorting keys.
-
-  The method of ``jax.random.permutation`` (sort by random keys, in enough
-  rounds that ties do not bias it: ``ceil(3 log n / key bits)``), but each
-  round sorts a single uint32 array: random high bits over the position in
-  the low ``ceil(log2 n)`` bits, so a tie keeps the previous round's random
-  order. XLA's CPU sort is ~4x faster on one array than on jax's (keys,
-  values) pair, and the shuffles were a quarter of a 256-member minibatch
-  grid's run time (WORKSPACE.md). For ``n > 2**24`` too few key bits are
-  left; that falls back to ``jax.random.permutation``.
-  """
-  bits = max(1, (n - 1).bit_length())
-  if bits > 24:
-    return jax.random.permutation(key, n).astype(jnp.int32)
-  rounds = max(1, math.ceil(3 * math.log2(max(n, 2)) / (32 - bits)))
-  positions = jnp.arange(n, dtype=jnp.uint32)
-  low = jnp.uint32((1 << bits) - 1)
-  perm = positions
-  for k in jax.random.split(key, rounds):
-    packed = (jax.random.bits(k, (n,), jnp.uint32) & ~low) | positions
-    perm = perm[jnp.sort(packed) & low]
-  return perm.astype(jnp.int32)
-
-
 # Streams of a member's seed key: split(seed) gives the init and data-order
 # keys; these fold-ins give the diagnostics', the steps' and the evaluations'.
 _DIAGNOSTICS_STREAM, _STEP_STREAM, _EVAL_STREAM = 2, 3, 4
@@ -224,18 +199,6 @@ def step_key(seed_key: jax.Array, t: jax.Array, *, evaluation: bool = False
   """
   stream = _EVAL_STREAM if evaluation else _STEP_STREAM
   return jax.random.fold_in(jax.random.fold_in(seed_key, stream), t)
-
-
-def batch_indices(key: jax.Array, n: int, batch_size: int,
-                  steps: int) -> jax.Array:
-  """``[steps, batch_size]`` sample indices: a fresh permutation each epoch.
-
-  The incomplete last batch of each epoch is dropped.
-  """
-  per_epoch = n // batch_size
-  epochs = -(-steps // per_epoch)
-  perms = jax.vmap(lambda k: permutation(k, n))(jax.random.split(key, epochs))
-  return perms[:, :per_epoch * batch_size].reshape(-1, batch_size)[:steps]
 
 
 class Loop(NamedTuple):
@@ -287,7 +250,7 @@ def make_loop(config: TrainConfig) -> Loop:
         lambda a: a.astype(dtype),
         model.init(init_key, data.in_dim, data.num_outputs, k))
     ts = jnp.arange(1, config.steps + 1, dtype=jnp.int32)
-    xs = (ts,) if full_batch(data) else (ts, batch_indices(
+    xs = (ts,) if full_batch(data) else (ts, data_lib.batch_indices(
         data_key, data.n_train, config.batch_size, config.steps))
     return (params, state, opt.init(params), jnp.asarray(-1, jnp.int32)), xs
 

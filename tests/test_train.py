@@ -11,9 +11,10 @@ import optax
 import pytest
 
 from rahimi_jax import components
+from rahimi_jax import data as data_lib
 from rahimi_jax import engine
-from rahimi_jax import program
 from rahimi_jax import grid as grid_lib
+from rahimi_jax import program
 from rahimi_jax import train as train_lib
 
 CONFIG = train_lib.TrainConfig(hidden=(16,), steps=30, batch_size=32,
@@ -147,7 +148,7 @@ def test_full_batch_gradient_descent_reduces_loss(tiny_synthetic):
 
 
 def test_batch_indices_are_epoch_permutations():
-  idx = np.asarray(train_lib.batch_indices(jax.random.key(0), n=10,
+  idx = np.asarray(data_lib.batch_indices(jax.random.key(0), n=10,
                                            batch_size=3, steps=7))
   chex.assert_shape(idx, (7, 3))
   # 3 batches per epoch (the 10th sample is dropped): no repeats in an epoch.
@@ -158,7 +159,7 @@ def test_batch_indices_are_epoch_permutations():
 
 @pytest.mark.parametrize('n', [1, 2, 7, 1347, 5000])
 def test_permutation_is_a_permutation(n):
-  perms = np.asarray(jax.vmap(lambda k: train_lib.permutation(k, n))(
+  perms = np.asarray(jax.vmap(lambda k: data_lib.permutation(k, n))(
       jax.random.split(jax.random.key(1), 8)))
   chex.assert_shape(perms, (8, n))
   for p in perms:
@@ -170,7 +171,7 @@ def test_permutation_is_a_permutation(n):
 def test_permutation_is_uniform():
   # All 4! orderings, 24000 draws: a chi-square test (23 dof) at p >= 1e-3.
   scipy_stats = pytest.importorskip('scipy.stats')
-  perms = np.asarray(jax.vmap(lambda k: train_lib.permutation(k, 4))(
+  perms = np.asarray(jax.vmap(lambda k: data_lib.permutation(k, 4))(
       jax.random.split(jax.random.key(0), 24000)))
   codes = perms @ (4 ** np.arange(4))
   _, counts = np.unique(codes, return_counts=True)
@@ -178,7 +179,7 @@ def test_permutation_is_uniform():
   assert scipy_stats.chisquare(counts).pvalue >= 1e-3
   # At a size where ties between random keys occur (21 key bits for 1347
   # samples), where an element lands is still uniform: its mean position.
-  perms = np.asarray(jax.vmap(lambda k: train_lib.permutation(k, 1347))(
+  perms = np.asarray(jax.vmap(lambda k: data_lib.permutation(k, 1347))(
       jax.random.split(jax.random.key(2), 2000)))
   where0 = np.argmax(perms == 0, axis=1)
   assert abs(where0.mean() - 673) < 4 * 389 / np.sqrt(2000)
