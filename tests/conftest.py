@@ -1,12 +1,7 @@
 """Shared fixtures: tiny datasets that keep compiled programs small."""
 
-import os
-
 import jax
-from launchers import FAST_COMPILE
 import pytest
-
-os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {FAST_COMPILE}'
 
 # In-process tests run on one CPU device, as before rahimi_jax's import-time
 # default of one device per core (tests/test_program.py checks that default in

@@ -101,7 +101,7 @@ _SHARDED = textwrap.dedent("""
 
 
 def test_sharded_over_eight_devices_matches_one(tiny_digits, tmp_path):
-  env = dict(os.environ, XLA_FLAGS=f'{os.environ["XLA_FLAGS"]} '
+  env = dict(os.environ, XLA_FLAGS=f'{FAST_COMPILE} '
              '--xla_force_host_platform_device_count=8',
              PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu')
   script = _SHARDED.format(tests=str(ROOT / 'tests'), out=str(tmp_path))
