@@ -55,12 +55,19 @@ class Knob:
     help: one line for the launchers' ``--help``.
     minimum: values must exceed it (or equal it, if ``inclusive``).
     inclusive: ``minimum`` itself is allowed (a momentum of 0).
+    read_by: the options of its axis that read it (``None``: every one);
+      the others must ignore it (tests/test_components.py checks both).
   """
   name: str
   default: float
   help: str
   minimum: float = 0.0
   inclusive: bool = False
+  read_by: tuple[str, ...] | None = None
+
+  def full_help(self) -> str:
+    return self.help + (f' Read by: {", ".join(self.read_by)}.'
+                        if self.read_by is not None else '')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +98,9 @@ class Axis:
     self.get(self.default)
     if self.study is not None:
       object.__setattr__(self, 'study', self.check(self.study))
+    for knob in self.knobs:
+      if knob.read_by is not None:
+        self.check(knob.read_by)
 
   def get(self, name: str) -> Any:
     """The option ``name``; an error names the accepted ones."""

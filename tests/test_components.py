@@ -42,14 +42,9 @@ AXES = {
 }
 
 HP = {'learning_rate': 0.1, 'momentum': 0.8, 'weight_decay': 0.05}
-# The optimizers that read each hyperparameter; every other option must ignore
-# it. A new optimizer that reads momentum or weight decay is added here.
-READS = {
-    'learning_rate': tuple(n for n in OPT_NAMES
-                           if n not in components.LEAST_SQUARES),
-    'momentum': ('momentum', 'nesterov'),
-    'weight_decay': ('adamw',),
-}
+# The optimizers that read each hyperparameter, as the optimizer axis declares
+# (and its --help says); every other option must ignore it.
+READS = {k.name: k.read_by for k in components.optimizers.AXIS.knobs}
 
 
 def _onehot(names, name):

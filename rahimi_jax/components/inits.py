@@ -49,7 +49,7 @@ AXIS = registry.register(registry.Axis(
     name='init', options=INITS, default='lecun_normal', flag='inits',
     help='Weight initializations.',
     study=('lecun_normal', 'he_normal', 'orthogonal'),
-    knobs=(registry.Knob('init_scale', 1.0, 'Scales of the initial weights '
+    knobs=(registry.Knob('init_scale', 1.0, 'Scale of the initial weights '
                          '(the standard deviation for gaussian).'),)))
 
 

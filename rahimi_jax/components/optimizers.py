@@ -41,12 +41,13 @@ AXIS = registry.register(registry.Axis(
     name='optimizer', options=OPTIMIZERS, default='sgd', flag='optimizers',
     help='Optimizers (gauss_newton, levenberg_marquardt: regression only).',
     study=('sgd', 'momentum', 'adam'),
-    knobs=(registry.Knob('learning_rate', 0.01, 'Learning rates (unused by '
-                         'gauss_newton, levenberg_marquardt).'),
-           registry.Knob('momentum', 0.9, 'Momentum of momentum and nesterov '
-                         "(Adam's b1 stays 0.9).", inclusive=True),
-           registry.Knob('weight_decay', 1e-4,
-                         'Decoupled weight decay of adamw.', inclusive=True))))
+    knobs=(registry.Knob('learning_rate', 0.01, 'Learning rate.',
+                         read_by=tuple(n for n in OPTIMIZERS
+                                       if n not in LEAST_SQUARES)),
+           registry.Knob('momentum', 0.9, "Momentum (Adam's b1 stays 0.9).",
+                         inclusive=True, read_by=('momentum', 'nesterov')),
+           registry.Knob('weight_decay', 1e-4, 'Decoupled weight decay.',
+                         inclusive=True, read_by=('adamw',)))))
 
 
 def relaxed_optimizer(names: Sequence[str], weights: jax.Array,
