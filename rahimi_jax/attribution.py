@@ -101,18 +101,54 @@ def member_sensitivities(f, stacked_knobs, data, axis, dirs, mode='fwd'):
                                                mode=mode))(stacked_knobs)
 
 
+def gate_path(f, knobs: dict[str, Any], data: Dataset,
+              components: dict[str, tuple[int, int]]
+              ) -> Callable[[jax.Array], jax.Array]:
+  """``gates -> f``: the final metric as a function of one gate per component.
+
+  Component ``axis: (off, on)`` (option indices of that choice axis) at gate
+  ``g`` has weights ``(1 - g) e_off + g e_on``; the other axes stay as in
+  ``knobs``. ``aumann_shapley`` integrates its gradient.
+
+  Args:
+    f: from ``final_metric``.
+    knobs: one member's knobs.
+    data: the dataset.
+    components: ``{axis: (off_index, on_index)}``.
+
+  Returns:
+    ``gates: [len(components)] -> scalar``.
+  """
+  axes = tuple(components)
+  for axis in axes:
+    if axis not in knobs:
+      raise ValueError(f'component {axis!r} is not among the knobs: '
+                       f'{sorted(knobs)}.')
+
+  def of_gates(gates):
+    k = dict(knobs)
+    for g, axis in zip(gates, axes):
+      off, on = components[axis]
+      size = jnp.shape(knobs[axis])[0]
+      k[axis] = (1 - g) * jax.nn.one_hot(off, size, dtype=gates.dtype) + (
+          g * jax.nn.one_hot(on, size, dtype=gates.dtype))
+    return f(k, data)
+
+  return of_gates
+
+
 def aumann_shapley(f, knobs: dict[str, Any], data: Dataset,
                    components: dict[str, tuple[int, int]], *,
                    nodes: int = 4) -> jax.Array:
   """Aumann–Shapley attribution from gate gradients along the diagonal path.
 
-  Each component ``axis: (off, on)`` (option indices of that choice axis) gets
-  a gate ``g`` in [0, 1] with weights ``(1 - g) e_off + g e_on``; all gates
-  move together from 0 (everything ablated) to 1 (everything present), and
-  component ``i`` is credited ``integral_0^1 df/dg_i(t, ..., t) dt``, by
-  Gauss–Legendre quadrature on ``nodes`` points (each point one training run,
-  vmapped; one reverse pass gives every component). The credits add up to
-  ``f(all on) - f(all off)`` up to quadrature error (completeness).
+  Each component ``axis: (off, on)`` gets a gate ``g`` in [0, 1]
+  (``gate_path``); all gates move together from 0 (everything ablated) to 1
+  (everything present), and component ``i`` is credited
+  ``integral_0^1 df/dg_i(t, ..., t) dt``, by Gauss–Legendre quadrature on
+  ``nodes`` points (each point one training run, vmapped; one reverse pass
+  gives every component). The credits add up to ``f(all on) - f(all off)`` up
+  to quadrature error (completeness).
 
   The quadrature is accurate when the trained metric is smooth in the gates
   (tanh nets: 6 nodes give completeness to 1e-3 in the tests). With ReLU the
@@ -131,24 +167,10 @@ def aumann_shapley(f, knobs: dict[str, Any], data: Dataset,
   Returns:
     ``[len(components)]`` credits, in the order of ``components``.
   """
-  axes = tuple(components)
-  for axis in axes:
-    if axis not in knobs:
-      raise ValueError(f'component {axis!r} is not among the knobs: '
-                       f'{sorted(knobs)}.')
+  of_gates = gate_path(f, knobs, data, components)
   t, w = np.polynomial.legendre.leggauss(nodes)
   t, w = jnp.asarray((t + 1) / 2), jnp.asarray(w / 2)
-
-  def of_gates(gates):
-    k = dict(knobs)
-    for g, axis in zip(gates, axes):
-      off, on = components[axis]
-      size = jnp.shape(knobs[axis])[0]
-      k[axis] = (1 - g) * jax.nn.one_hot(off, size, dtype=gates.dtype) + (
-          g * jax.nn.one_hot(on, size, dtype=gates.dtype))
-    return f(k, data)
-
-  ones = jnp.ones((len(axes),), t.dtype)
+  ones = jnp.ones((len(components),), t.dtype)
   grads = jax.vmap(lambda s: jax.grad(of_gates)(s * ones))(t)  # [nodes, n]
   return w @ grads
 

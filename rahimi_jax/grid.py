@@ -296,12 +296,3 @@ class Grid:
     grid._set(tuple(axes), [tuple(m.values[a.name] for a in self.axes)
                             for m in rows])
     return grid
-
-  def select(self, **where: Any) -> list[Member]:
-    """Members whose axis values match ``where`` (a value or a list each)."""
-    for name in where:
-      self.axis(name)
-    wanted = {k: (v if isinstance(v, (list, tuple)) else [v])
-              for k, v in where.items()}
-    return [m for m in self.members
-            if all(m.values[k] in v for k, v in wanted.items())]

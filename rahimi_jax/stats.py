@@ -54,7 +54,7 @@ class Interval(NamedTuple):
 
 class Metric(NamedTuple):
   """What a metric's values mean: which way is better, and their range."""
-  higher_is_better: bool | None  # None: no better direction (a curvature).
+  higher_is_better: bool
   low: float
   high: float
 
@@ -66,8 +66,6 @@ METRICS: dict[str, Metric] = {
     'test_loss': Metric(False, 0.0, math.inf),
     'test_accuracy': Metric(True, 0.0, 1.0),
     'grad_norm': Metric(False, 0.0, math.inf),
-    'hessian_max': Metric(None, -math.inf, math.inf),
-    'hessian_min': Metric(None, -math.inf, math.inf),
 }
 
 
@@ -82,10 +80,7 @@ def get_metric(name: str) -> Metric:
 
 def higher_is_better(name: str) -> bool:
   """Whether a larger ``name`` is better (accuracy) or worse (a loss)."""
-  better = get_metric(name).higher_is_better
-  if better is None:
-    raise ValueError(f'metric {name!r} has no better direction.')
-  return better
+  return get_metric(name).higher_is_better
 
 
 def metric_range(name: str) -> tuple[float, float]:

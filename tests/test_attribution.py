@@ -3,92 +3,138 @@
 import chex
 import jax
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
 from rahimi_jax import attribution
 from rahimi_jax import grid as grid_lib
+from rahimi_jax import registry
 from rahimi_jax import train as train_lib
-
-GRID = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'batch', 'layer')),
-                     grid_lib.Choice('optimizer', ('sgd', 'momentum')),
-                     grid_lib.Seeds(2))
-
 
 # tanh: the final loss is smooth in the gates (ReLU makes it piecewise
 # smooth with many kinks, and path quadrature then converges slowly).
-SMOOTH = grid_lib.Grid(*GRID.axes[:2], grid_lib.Choice('activation', ('tanh',)),
-                       grid_lib.Seeds(2))
+GRID = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'batch', 'layer')),
+                     grid_lib.Choice('optimizer', ('sgd', 'momentum')),
+                     grid_lib.Choice('activation', ('tanh',)),
+                     grid_lib.Seeds(2))
+STEPS = 3  # a training run to differentiate through, as short as makes sense
+MOMENTUM = registry.knobs()['momentum'].default
+
+# Sensitivities compiled once per (f, axis, mode) and shared by the tests.
+_sensitivities = jax.jit(attribution.gate_sensitivities,
+                         static_argnames=('f', 'axis', 'mode'))
 
 
-def _setup(tiny_digits, remat=False, grid=GRID):
-  config = train_lib.TrainConfig(hidden=(8,), steps=8, batch_size=32,
-                                 log_every=8, dtype='float64',
-                                 remat=remat).for_grid(grid)
-  f = attribution.final_metric(config, 'test_loss')
-  knobs = jax.tree.map(lambda a: a[0], GRID.knobs([0]))  # none, sgd, seed 0
-  return f, knobs
+def _final_metric(remat=False):
+  return attribution.final_metric(train_lib.TrainConfig(
+      hidden=(8,), steps=STEPS, batch_size=0, log_every=STEPS,
+      dtype='float64', remat=remat).for_grid(GRID), 'test_loss')
 
 
-def _central_difference(f, knobs, data, axis, direction, eps=1e-5):
-  @jax.jit
-  def at(t):
-    return f({**knobs, axis: jnp.asarray(knobs[axis], jnp.float64) +
-              t * direction}, data)
-  return (at(eps) - at(-eps)) / (2 * eps)
+def _knobs(member, momentum=MOMENTUM):
+  """One member's knobs, of the dtypes every test passes (one compile each)."""
+  knobs = jax.tree.map(lambda a: a[0], GRID.knobs([member]))
+  return {**knobs, **{a: jnp.asarray(knobs[a], jnp.float64)
+                      for a in GRID.choices},
+          'momentum': jnp.asarray(momentum, jnp.float32)}
+
+
+@pytest.fixture(scope='module')
+def x64_module():
+  previous = jax.config.jax_enable_x64
+  jax.config.update('jax_enable_x64', True)
+  yield
+  jax.config.update('jax_enable_x64', previous)
+
+
+@pytest.fixture(scope='module')
+def trained(tiny_digits, x64_module):
+  """``(f, at)``: the final test loss, and ``f`` jitted (for evaluations)."""
+  del x64_module
+  f = _final_metric()
+  return f, jax.jit(lambda knobs: f(knobs, tiny_digits))
 
 
 @pytest.mark.parametrize('axis, baseline', [('norm', 'none'),
                                             ('optimizer', 'sgd')])
-def test_forward_reverse_and_finite_differences_agree(tiny_digits, x64, axis,
-                                                      baseline):
-  f, knobs = _setup(tiny_digits)
+def test_gate_sensitivities_are_central_differences(trained, tiny_digits,
+                                                    axis, baseline):
+  f, at = trained
+  knobs = _knobs(0)  # none, sgd, seed 0
   dirs = attribution.directions(GRID.choices[axis], baseline)
-  fwd = jax.jit(lambda k: attribution.gate_sensitivities(
-      f, k, tiny_digits, axis, dirs, mode='fwd'))(knobs)
-  rev = jax.jit(lambda k: attribution.gate_sensitivities(
-      f, k, tiny_digits, axis, dirs, mode='rev'))(knobs)
-  fd = jnp.stack([_central_difference(f, knobs, tiny_digits, axis, d)
-                  for d in dirs])
+  fwd = _sensitivities(f, knobs, tiny_digits, axis, dirs, mode='fwd')
+  rev = _sensitivities(f, knobs, tiny_digits, axis, dirs, mode='rev')
   chex.assert_shape(fwd, (len(GRID.choices[axis]) - 1,))
   chex.assert_trees_all_close(fwd, rev, rtol=1e-8, atol=1e-10)
-  chex.assert_trees_all_close(fwd, fd, rtol=1e-5, atol=1e-8)
   assert np.all(np.abs(fwd) > 1e-6)  # the components matter here
 
+  def along(t):  # t: [d] steps along the directions
+    return at({**knobs, axis: knobs[axis] + t @ dirs})
 
-def test_rematerialized_reverse_mode_is_the_same(tiny_digits, x64):
-  f, knobs = _setup(tiny_digits)
-  f_remat, _ = _setup(tiny_digits, remat=True)
+  t = jnp.zeros(len(dirs))
+  jax.test_util.check_jvp(along, lambda ts, dts: (along(*ts), dts[0] @ fwd),
+                          (t,))
+  jax.test_util.check_vjp(along, lambda t: (along(t), lambda ct: (ct * rev,)),
+                          (t,))
+
+
+def test_gate_path_gradient(trained, tiny_digits):
+  # What Aumann–Shapley integrates: the reverse-mode gradient of the final
+  # loss in the gates, at a point inside the path, through the whole run.
+  _, at = trained
+  path = attribution.gate_path(lambda k, data: at(k), _knobs(0), tiny_digits,
+                               {'norm': (0, 2), 'optimizer': (0, 1)})
+  jax.test_util.check_grads(path, (jnp.asarray([0.3, 0.6]),), order=1,
+                            modes=('rev',))
+
+
+def test_rematerialized_reverse_mode_is_the_same(trained, tiny_digits):
+  f, _ = trained
   dirs = attribution.directions(GRID.choices['norm'], 'none')
-  plain = attribution.gate_sensitivities(f, knobs, tiny_digits, 'norm', dirs,
-                                         mode='rev')
-  remat = attribution.gate_sensitivities(f_remat, knobs, tiny_digits, 'norm',
-                                         dirs, mode='rev')
+  plain, remat = (_sensitivities(g, _knobs(0), tiny_digits, 'norm', dirs,
+                                 mode='rev') for g in (f, _final_metric(True)))
   chex.assert_trees_all_close(plain, remat, rtol=1e-10)
 
 
-def test_a_component_that_does_nothing_has_zero_sensitivity(tiny_digits, x64):
-  f, knobs = _setup(tiny_digits)
+def test_a_component_that_does_nothing_has_zero_sensitivity(trained,
+                                                            tiny_digits):
+  f, _ = trained
   # With momentum 0 the 'momentum' optimizer is plain SGD: no effect at all.
-  knobs = {**knobs, 'momentum': jnp.asarray(0.0)}
   dirs = attribution.directions(GRID.choices['optimizer'], 'sgd')
-  grad = attribution.gate_sensitivities(f, knobs, tiny_digits, 'optimizer',
-                                        dirs, mode='fwd')
+  grad = _sensitivities(f, _knobs(0, momentum=0.0), tiny_digits, 'optimizer',
+                        dirs, mode='fwd')
   chex.assert_trees_all_close(grad, jnp.zeros_like(grad), atol=1e-12)
 
 
-def test_vmapped_over_members(tiny_digits, x64):
-  f, _ = _setup(tiny_digits)
+def test_vmapped_over_members(trained, tiny_digits):
+  f, _ = trained
   dirs = attribution.directions(GRID.choices['norm'], 'none')
-  stacked = GRID.knobs()
-  every = attribution.member_sensitivities(f, stacked, tiny_digits, 'norm',
-                                           dirs)
-  chex.assert_shape(every, (len(GRID), 2))
-  for i in (0, 5):
-    one = attribution.gate_sensitivities(
-        f, jax.tree.map(lambda a: a[i], stacked), tiny_digits, 'norm', dirs)
-    chex.assert_trees_all_close(every[i], one, rtol=1e-8)
+  members = [0, 5]
+  every = attribution.member_sensitivities(f, GRID.knobs(members), tiny_digits,
+                                           'norm', dirs)
+  chex.assert_shape(every, (len(members), 2))
+  for row, i in zip(every, members):
+    chex.assert_trees_all_close(
+        row, _sensitivities(f, _knobs(i), tiny_digits, 'norm', dirs,
+                            mode='fwd'), rtol=1e-8)
+
+
+def test_aumann_shapley_is_complete_and_zero_for_a_null_component(
+    trained, tiny_digits):
+  f, at = trained
+  # none -> batch, sgd -> momentum
+  components = {'norm': (0, 1), 'optimizer': (0, 1)}
+  credits = jax.jit(lambda k: attribution.aumann_shapley(
+      f, k, tiny_digits, components, nodes=6))
+  knobs = _knobs(0)
+  total = (at({**knobs, 'norm': jnp.eye(3)[1], 'optimizer': jnp.eye(2)[1]}) -
+           at(knobs))
+  chex.assert_shape(credits(knobs), (2,))
+  chex.assert_trees_all_close(jnp.sum(credits(knobs)), total, rtol=1e-3)
+  null = credits(_knobs(0, momentum=0.0))
+  chex.assert_trees_all_close(null[1], 0.0, atol=1e-12)
 
 
 def test_bad_input():
@@ -96,6 +142,8 @@ def test_bad_input():
     attribution.final_metric(train_lib.TrainConfig(), 'test_accuracy')
   with pytest.raises(ValueError, match='bogus'):
     attribution.directions(('none', 'batch'), 'bogus')
+  with pytest.raises(ValueError, match='bogus'):
+    attribution.gate_path(None, {'norm': None}, None, {'bogus': (0, 1)})
 
 
 def _factorial(effect, interaction=0.0, seeds=5):
@@ -175,22 +223,3 @@ def test_shapley_needs_on_off_axes():
     attribution.shapley(res, 'test_accuracy', ['norm', 'bogus'])
   with pytest.raises(ValueError, match='baseline'):
     attribution.shapley(res, 'test_accuracy', ['norm'], {'norm': 'layer'})
-
-
-def test_aumann_shapley_is_complete_and_zero_for_a_null_component(
-    tiny_digits, x64):
-  f, knobs = _setup(tiny_digits, grid=SMOOTH)
-  components = {'norm': (0, 1), 'optimizer': (0, 1)}  # none->batch, sgd->momentum
-  credits = jax.jit(lambda k: attribution.aumann_shapley(
-      f, k, tiny_digits, components, nodes=6))(knobs)
-  chex.assert_shape(credits, (2,))
-
-  def at(norm, optimizer):
-    return f({**knobs, 'norm': jnp.eye(3)[norm], 'optimizer': jnp.eye(2)[optimizer]},
-             tiny_digits)
-
-  total = at(1, 1) - at(0, 0)
-  chex.assert_trees_all_close(jnp.sum(credits), total, rtol=1e-3)
-  null = attribution.aumann_shapley(f, {**knobs, 'momentum': jnp.asarray(0.0)},
-                                    tiny_digits, components, nodes=4)
-  chex.assert_trees_all_close(null[1], 0.0, atol=1e-12)

@@ -8,9 +8,7 @@ from absl.testing import parameterized
 import chex
 import jax
 import numpy as np
-import pytest
 
-from rahimi_jax import grid as grid_lib
 from rahimi_jax.grid import Choice
 from rahimi_jax.grid import Grid
 from rahimi_jax.grid import Seeds
@@ -147,21 +145,6 @@ class GridTest(parameterized.TestCase):
     np.testing.assert_array_equal(_key_data(sub['seed']),
                                   _key_data(full['seed'])[rows])
     chex.assert_shape(sub['optimizer'], (3, 3))
-
-  def test_knobs_subset_from_select(self):
-    grid = _grid()
-    chosen = grid.select(optimizer='adam', seed=[1])
-    self.assertEqual([m.name for m in chosen],
-                     ['optimizer=adam,learning_rate=0.1,seed=1',
-                      'optimizer=adam,learning_rate=0.01,seed=1'])
-    sub = grid.knobs(members=(m.index for m in chosen))
-    np.testing.assert_array_equal(sub['optimizer'], [[0, 1, 0], [0, 1, 0]])
-    np.testing.assert_array_equal(sub['learning_rate'],
-                                  np.asarray(RATES, np.float32))
-
-  def test_select_unknown_axis(self):
-    with self.assertRaisesRegex(ValueError, "'momentum'.*optimizer"):
-      _grid().select(momentum=0.9)
 
   def test_axis_lookup(self):
     grid = _grid()

@@ -3,6 +3,7 @@
 import chex
 import jax
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import optax
 import pytest
@@ -64,6 +65,30 @@ def test_direction_solves_damped_normal_equations():
                               jac.T @ r, rtol=1e-4, atol=1e-6)
   v = jax.random.normal(jax.random.key(1), flat.shape)
   chex.assert_trees_all_close(jvp(unravel(v)), jac @ v, rtol=1e-4, atol=1e-6)
+
+
+def test_levenberg_marquardt_step_derivatives(x64):
+  # Through a training run the step is differentiated with respect to the
+  # parameters and, inside residual_fn, to everything upstream (the data,
+  # gates), the damping carried to the next step included.
+  keys = jax.random.split(jax.random.key(2), 4)
+  x = jax.random.normal(keys[0], (12, 3))
+  y = jax.random.normal(keys[1], (12, 2))
+  params = {'w1': 0.5 * jax.random.normal(keys[2], (3, 3)),
+            'w2': 0.5 * jax.random.normal(keys[3], (3, 2))}
+  tx = solvers.levenberg_marquardt(initial_damping=1.0)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(p, y):
+    residual = lambda q: jnp.tanh(x @ q['w1']) @ q['w2'] - y
+    updates, new = tx.update(None, state, p, residual_fn=residual)
+    return updates, new.damping, new.accepted
+
+  _, damping, accepted = step(params, y)
+  assert bool(accepted) and float(damping) < 1.0  # a step taken, smoothly
+  jax.test_util.check_grads(lambda p, y: step(p, y)[:2], (params, y), order=1,
+                            modes=('fwd', 'rev'))
 
 
 @pytest.mark.parametrize('condition_number', [1.0, 1e3])

@@ -6,6 +6,10 @@ Hessian-vector products are forward-over-reverse (``jax.jvp`` of
 tridiagonalization with full reorthogonalization, and the spectral density is
 stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017; Ghorbani, Krishnan &
 Xiao 2019).
+
+``hvp`` and ``gradient_norm`` are differentiable (the tests check their
+derivatives against finite differences). The Lanczos-based functions are not
+reverse-differentiable: ``linalg.eigh`` (a sequential vmap) has no transpose.
 """
 
 import jax

@@ -53,11 +53,16 @@ def gauss_newton_direction(residual_fn, params, damping, *, maxiter=None,
     params: the point ``p``.
     damping: ``lambda >= 0``.
     maxiter: CG iterations (default: the number of parameters, which is
-      exact in exact arithmetic).
+      exact in exact arithmetic; in floating point an ill-conditioned system
+      needs more).
     tol: CG relative tolerance.
 
   Returns:
-    ``(delta, r, jvp)``: the step, the residuals at ``p`` and ``v -> J v``.
+    ``(delta, r, jvp, grad)``: the step, the residuals at ``p``,
+    ``v -> J v`` and the gradient ``J^T r`` of ``0.5 ||r||^2``.
+    Derivatives of ``delta`` are those of the exact solution (implicit
+    differentiation of the linear solve), so they match its finite
+    differences only where CG has converged.
   """
   r, jvp = jax.linearize(_flat_residual(residual_fn), params)
   vjp = jax.linear_transpose(jvp, params)
