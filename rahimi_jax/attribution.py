@@ -18,7 +18,6 @@ Two modes, which agree (tests check both against central finite differences):
 """
 
 from collections.abc import Callable, Sequence
-import functools
 import itertools
 import math
 from typing import Any
@@ -92,13 +91,6 @@ def gate_sensitivities(f, knobs: dict[str, Any], data: Dataset, axis: str,
   if mode == 'rev':
     return dirs @ jax.grad(along)(point)
   raise ValueError(f'mode {mode!r}; accepted: fwd, rev.')
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3, 5))
-def member_sensitivities(f, stacked_knobs, data, axis, dirs, mode='fwd'):
-  """``gate_sensitivities`` for every member of stacked knobs: ``[G, d]``."""
-  return jax.vmap(lambda k: gate_sensitivities(f, k, data, axis, dirs,
-                                               mode=mode))(stacked_knobs)
 
 
 def gate_path(f, knobs: dict[str, Any], data: Dataset,

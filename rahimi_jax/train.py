@@ -57,8 +57,7 @@ class TrainConfig:
       ``jax.config.update('jax_enable_x64', True)``). Initial values are drawn
       in float32 and cast, so runs in either precision start alike.
     diagnostics: names in ``diagnostics.LOGGED`` computed at every log on the
-      full training set (e.g. 'grad_norm', 'hessian').
-    lanczos_iters: Krylov depth of Hessian diagnostics.
+      full training set (e.g. 'grad_norm').
     remat: rematerialize each step in reverse-mode differentiation through
       the whole run (``jax.checkpoint``): memory stays at one step's
       activations plus the carry per step, for one extra forward per step.
@@ -71,7 +70,6 @@ class TrainConfig:
   log_every: int | None = None
   dtype: str = 'float32'
   diagnostics: tuple[str, ...] = ()
-  lanczos_iters: int = 32
   remat: bool = False
 
   def __post_init__(self):
@@ -104,9 +102,6 @@ class TrainConfig:
     object.__setattr__(self, 'diagnostics', registry.check_options(
         diagnostics_lib.LOGGED, self.diagnostics, 'diagnostics')
                        if self.diagnostics else ())
-    if not isinstance(self.lanczos_iters, (int, np.integer)) or self.lanczos_iters < 1:
-      raise ValueError(f'lanczos_iters must be a positive integer; got '
-                       f'{self.lanczos_iters!r}.')
     if self.log_every > self.steps:
       raise ValueError(f'log_every ({self.log_every}) must be <= steps '
                        f'({self.steps}).')
@@ -312,8 +307,7 @@ def make_loop(config: TrainConfig) -> Loop:
           jax.random.fold_in(k[grid_lib.SEED], _DIAGNOSTICS_STREAM), t)
       for name in config.diagnostics:
         metrics |= diagnostics_lib.LOGGED[name](train_loss, params,
-                                                diagnostics_key,
-                                                config.lanczos_iters)
+                                                diagnostics_key)
     metrics = {m: jnp.where(diverged_step >= 0, jnp.nan, v)
                for m, v in metrics.items()}
     return (params, state, opt_state, diverged_step), metrics

@@ -112,8 +112,8 @@ def test_vmapped_over_members(trained, tiny_digits):
   f, _ = trained
   dirs = attribution.directions(GRID.choices['norm'], 'none')
   members = [0, 5]
-  every = attribution.member_sensitivities(f, GRID.knobs(members), tiny_digits,
-                                           'norm', dirs)
+  every = jax.jit(jax.vmap(lambda k: attribution.gate_sensitivities(
+      f, k, tiny_digits, 'norm', dirs)))(GRID.knobs(members))
   chex.assert_shape(every, (len(members), 2))
   for row, i in zip(every, members):
     chex.assert_trees_all_close(

@@ -66,7 +66,7 @@ def test_gradient_norm_and_its_derivatives(x64):
 def test_logged_diagnostics_write_declared_scalar_columns(name, x64):
   loss, _, params = _problem()
   out = jax.jit(lambda p: diagnostics.LOGGED[name](
-      loss, p, jax.random.key(0), 4))(params)
+      loss, p, jax.random.key(0)))(params)
   assert out and set(out) <= set(stats.METRICS), out
   for value in out.values():
     chex.assert_shape(value, ())

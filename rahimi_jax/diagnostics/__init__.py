@@ -11,13 +11,14 @@ __all__ = ['condition_number', 'gradient_norm', 'hessian_density',
            'hessian_eigenvalues', 'hvp', 'lanczos', 'LOGGED']
 
 
-def _log_grad_norm(loss_fn, params, key, num_iters):
-  del key, num_iters
+def _log_grad_norm(loss_fn, params, key):
+  del key
   return {'grad_norm': gradient_norm(loss_fn, params)}
 
 
 # Diagnostics the training loop can log, one signature:
-# ``fn(loss_fn, params, key, num_iters) -> {column: scalar}``; every column
+# ``fn(loss_fn, params, key) -> {column: scalar}`` (``key``: the member's
+# diagnostics key for that log, for stochastic estimates); every column
 # is declared in ``stats.METRICS``. (Hessian spectra are taken where they are
 # needed, at a trained point: ``studies.deep_linear`` at the stall.)
 LOGGED = {
