@@ -165,7 +165,7 @@ def test_ctrl_c_saves_finished_members_and_exits_cleanly(tmp_path):
   """Ctrl-C after the first member-batch: one line, exit 130, batch saved."""
   out = tmp_path / 'out'
   proc = subprocess.Popen(
-      [sys.executable, '-m', 'experiments.ablate', *TINY, '--steps=4000',
+      [sys.executable, '-m', 'experiments.ablate', *TINY, '--steps=20000',
        '--memory_budget_mb=0.001', '--verbosity=0', f'--out={out}'],
       cwd=ROOT, env=launchers.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True)
