@@ -228,24 +228,8 @@ def test_unknown_value_axis_fails_before_compiling():
     CONFIG.for_grid(grid_lib.Grid(grid_lib.Values('learning_rat', (0.1,))))
 
 
-def test_partitioned_grid_equals_one_relaxed_program(tiny_digits):
-  grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd', 'adam')),
-                       grid_lib.Choice('norm', ('none', 'layer')),
-                       grid_lib.Seeds(2))
-  relaxed = engine.run(CONFIG, grid, tiny_digits)
-  # One split proves the point (each program is a compile).
-  split = engine.run(CONFIG, grid, tiny_digits,
-                     partition=('optimizer',))
-  assert split.metadata['engine']['programs'] == 2
-  chex.assert_trees_all_equal(split.columns['member'], relaxed.columns['member'])
-  chex.assert_trees_all_equal(split.columns['step'], relaxed.columns['step'])
-  chex.assert_trees_all_close(_columns(split), _columns(relaxed), atol=1e-6,
-                              rtol=0)
-  with pytest.raises(ValueError, match='seed'):
-    engine.run(CONFIG, grid, tiny_digits, partition=('seed',))
-
-
-def test_auto_partition_keeps_elementwise_options_in_one_program(tiny_digits):
+def test_elementwise_options_stay_in_one_program_and_a_split_matches_it(
+    tiny_digits):
   grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd', 'adam')),
                        grid_lib.Choice('norm', ('none', 'layer')),
                        grid_lib.Seeds(2))
@@ -253,13 +237,21 @@ def test_auto_partition_keeps_elementwise_options_in_one_program(tiny_digits):
   assert axes == ()
   assert set(ratios) == {'optimizer', 'norm'}
   # Optax's updates and the norms add no matmuls: the relaxed step is the
-  # members' own step, matmul for matmul.
+  # members' own step, matmul for matmul. (The launchers' smoke test checks
+  # that partition='auto' records and prints these ratios.)
   chex.assert_trees_all_close(ratios, {'optimizer': 1.0, 'norm': 1.0})
-  res = engine.run(CONFIG, grid, tiny_digits, partition='auto')
-  assert res.metadata['partition'] == {
-      'mode': 'auto', 'axes': [], 'ratios': ratios,
-      'threshold': engine.AUTO_PARTITION_RATIO}
-  assert 'programs' not in res.metadata['engine']
+  relaxed = engine.run(CONFIG, grid, tiny_digits, partition=())
+  assert 'programs' not in relaxed.metadata['engine']
+  assert relaxed.metadata['partition'] == {'mode': 'given', 'axes': []}
+  # One split proves the point (each program is a compile).
+  split = engine.run(CONFIG, grid, tiny_digits, partition=('optimizer',))
+  assert split.metadata['engine']['programs'] == 2
+  chex.assert_trees_all_equal(split.columns['member'], relaxed.columns['member'])
+  chex.assert_trees_all_equal(split.columns['step'], relaxed.columns['step'])
+  chex.assert_trees_all_close(_columns(split), _columns(relaxed), atol=1e-6,
+                              rtol=0)
+  with pytest.raises(ValueError, match='seed'):
+    engine.run(CONFIG, grid, tiny_digits, partition=('seed',))
   with pytest.raises(ValueError, match='automatic'):
     engine.run(CONFIG, grid, tiny_digits, partition='automatic')
 
