@@ -89,14 +89,21 @@ def _torch_data(torch, bench: Bench):
   return tensor(d.x_train), y(d.y_train), tensor(d.x_test), y(d.y_test), loss_fn
 
 
+def _setup(torch, bench: Bench, members: np.ndarray):
+  """What (d) and (e) start from: the JAX run's initial state, the data as
+  tensors with the loss, and one torch module per member."""
+  _check_torch_config(bench)
+  params, xs = bench.initial_state()
+  modules = [_torch_module(torch, bench, _layers(bench, params, int(i)))
+             for i in members]
+  return params, xs, _torch_data(torch, bench), modules
+
+
 def run_d(bench: Bench, members: np.ndarray) -> Timing:
   """(d) PyTorch eager: a Python loop over members and steps."""
   torch, _ = import_torch()
-  _check_torch_config(bench)
-  params, xs = bench.initial_state()
-  x_train, y_train, x_test, y_test, loss_fn = _torch_data(torch, bench)
-  modules = [_torch_module(torch, bench, _layers(bench, params, int(i)))
-             for i in members]
+  params, xs, (x_train, y_train, x_test, y_test, loss_fn), modules = _setup(
+      torch, bench, members)
 
   def evaluate(model):
     with torch.no_grad():
@@ -145,11 +152,8 @@ def run_e(bench: Bench, members: np.ndarray) -> Timing:
   """(e) torch.func ensembling: vmap(grad) over stacked params, SGD by hand."""
   torch, _ = import_torch()
   from torch import func  # pylint: disable=g-import-not-at-top
-  _check_torch_config(bench)
-  params, xs = bench.initial_state()
-  x_train, y_train, x_test, y_test, loss_fn = _torch_data(torch, bench)
-  modules = [_torch_module(torch, bench, _layers(bench, params, int(i)))
-             for i in members]
+  params, xs, (x_train, y_train, x_test, y_test, loss_fn), modules = _setup(
+      torch, bench, members)
   stacked, buffers = func.stack_module_state(modules)
   stacked = {k: v.detach().clone() for k, v in stacked.items()}
   base = _torch_module(torch, bench, _layers(bench, params, int(members[0])))
