@@ -44,7 +44,7 @@ _weak_default = False  # True while the only choice is import's default
 
 def use_host_cores(num: int | None = None, *, default: bool = False
                    ) -> int | None:
-  """Makes each host core its own XLA CPU device, so ``run`` shards over cores.
+  """Makes each host core its own XLA CPU device, so ``execute`` shards over cores.
 
   One XLA CPU device runs a vmapped grid's many small matmuls largely on one
   core; as separate devices the cores each run their share of the members
@@ -90,7 +90,7 @@ CPU_CHUNK = 16
 
 
 def default_chunk_size(per_device: int, num_devices: int) -> int:
-  """Members per chunk the engine uses unless told (0: no chunks).
+  """Members per chunk ``execute`` uses unless told (0: no chunks).
 
   On CPU with one device per core, chunks of about ``CPU_CHUNK`` members (as
   many equal chunks as needed, so padding stays under one member per chunk).
