@@ -37,13 +37,10 @@ def test_end_to_end(tmp_path):
     assert (tmp_path / png).stat().st_size > 1000
 
 
+# One bad input per kind of flag the launcher reads, as a user meets them;
+# the config's other checks run in-process below.
 BAD_INPUTS = [
     ('--gates=norm:none', 'norm:none'),
-    ('--gates=norm:none..bogus', 'bogus'),
-    ('--gates=colour:red..blue', 'colour'),
-    ('--gates=optimizer:sgd..levenberg_marquardt', 'levenberg_marquardt'),
-    ('--metric=test_accuracy', 'test_accuracy'),
-    ('--nodes=0', 'nodes'),
     ('--learning_rate=-1', 'learning_rate'),
 ]
 
@@ -58,6 +55,22 @@ def test_bad_input(tmp_path):
     assert bad, flag
     launchers.assert_clean_error(proc, bad)
   assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize('kwargs, bad', [
+    ({'gates': 'norm:none..bogus'}, 'bogus'),
+    ({'gates': 'colour:red..blue'}, "'colour'; accepted: optimizer, norm"),
+    ({'gates': 'optimizer:sgd..levenberg_marquardt'}, 'levenberg_marquardt'),
+    ({'gates': 'norm:none..batch,norm:none..layer'}, 'listed twice'),
+    ({'metric': 'test_accuracy'}, 'test_accuracy'),
+    ({'nodes': 0}, 'nodes'),
+    ({'values': {'momentum': '0.5,0.9'}}, 'one value; got 0.5, 0.9'),
+    ({'values': {'beta1': 0.9}}, "'beta1'"),
+])
+def test_bad_config(kwargs, bad):
+  with pytest.raises(ValueError) as info:
+    attribute.AttributeConfig(**kwargs)
+  assert bad in str(info.value)
 
 
 def test_parse_gates():

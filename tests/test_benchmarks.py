@@ -18,6 +18,8 @@ import chex
 import numpy as np
 import pytest
 
+import launchers
+
 from benchmarks import grid_throughput as gt
 from benchmarks import methods
 from benchmarks import suite
@@ -31,7 +33,7 @@ TINY = ['--regime=small', '--grid_sizes=2', '--steps=5', '--peak_n=128']
 
 
 def _env(extra_path=()):
-  env = dict(os.environ)
+  env = launchers.env()  # compiles at -O0: a shrunk run checks, it times nothing
   env['PYTHONPATH'] = os.pathsep.join(
       [str(ROOT), *map(str, extra_path)] +
       ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
