@@ -1,0 +1,205 @@
+"""Rounding float32 values to a lower-precision format, with traced format and mode.
+
+``quantize(x, fmt, mode, key)`` returns the float32 value of ``x`` rounded to
+the format ``fmt`` (mantissa bits, minimum exponent, largest finite value,
+whether it has infinities) in the rounding ``mode`` (nearest-even, toward zero
+or stochastic). Both are traced arrays, not Python constants, so one compiled
+program holds float32, bfloat16 nearest-even, bfloat16 stochastic, float16 and
+float8 members side by side and ``vmap`` runs over them.
+
+Everything happens on the float32 bit pattern in integer arithmetic. XLA's CPU
+backend flushes subnormal floats to zero in arithmetic (``2 * 1e-40`` is 0
+under ``jit``), so a float computation could not round to bfloat16's
+subnormals, and converting through ``bfloat16`` would fix the mode at trace
+time (and XLA may fold ``convert(convert(x))`` away, openxla/xla#41605).
+
+Semantics (those of IEEE 754 and of the ``gfloat`` reference):
+
+* the significand keeps ``man_bits`` bits below the leading one; below the
+  format's smallest normal (``2**emin``) the spacing stays ``2**(emin -
+  man_bits)`` (gradual underflow, subnormals);
+* nearest-even: ties go to the even significand; toward zero: truncation;
+  stochastic: with ``K = SR_BITS`` random bits ``r`` per value, the fraction
+  of a quantum being dropped is first rounded to ``K`` bits (nearest-even,
+  ``D``), and the value rounds away from zero iff ``D + r >= 2**K``: up with
+  probability ``D / 2**K``, unbiased to ``2**-K`` of a quantum;
+* overflow (a rounded magnitude above ``max``): ``max`` when saturating or
+  rounding toward zero, otherwise infinity, or NaN for a format without
+  infinities (float8 e4m3fn); an infinite input likewise;
+* NaN stays NaN; zeros keep their sign.
+"""
+
+from collections.abc import Mapping
+import re
+from typing import NamedTuple
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+from rahimi_jax import registry
+
+SR_BITS = 16  # random bits per stochastically rounded value
+MODES = ('nearest_even', 'toward_zero', 'stochastic')
+_NAN_BITS = 0x7FC00000
+_INF_BITS = 0x7F800000
+
+
+class Format(NamedTuple):
+  """A binary floating-point format, as (traceable) numbers.
+
+  Attributes:
+    man_bits: significand bits after the leading one (1..23).
+    emin: exponent of the smallest normal number.
+    max: the largest finite value.
+    has_inf: overflow gives infinity (otherwise NaN).
+  """
+  man_bits: jax.typing.ArrayLike
+  emin: jax.typing.ArrayLike
+  max: jax.typing.ArrayLike
+  has_inf: jax.typing.ArrayLike
+
+
+def ieee_format(exp_bits: int, man_bits: int) -> Format:
+  """An IEEE-754-style format: ``exp_bits`` of exponent, top code for inf/NaN."""
+  if not (isinstance(exp_bits, int) and 2 <= exp_bits <= 8):
+    raise ValueError(f'exp_bits must be an integer in 2..8; got {exp_bits!r}.')
+  if not (isinstance(man_bits, int) and 1 <= man_bits <= 23):
+    raise ValueError(f'man_bits must be an integer in 1..23; got {man_bits!r}.')
+  emax = 2**(exp_bits - 1) - 1
+  return Format(man_bits, 1 - emax, float((2 - 2.0**-man_bits) * 2.0**emax),
+                True)
+
+
+FORMATS: dict[str, Format] = {
+    'float32': ieee_format(8, 23),
+    'bfloat16': ieee_format(8, 7),
+    'float16': ieee_format(5, 10),
+    # OCP float8: e5m2 is IEEE-like; e4m3fn has no infinities and uses the
+    # top exponent for numbers (max 448), only S.1111.111 is NaN.
+    'float8_e5m2': ieee_format(5, 2),
+    'float8_e4m3fn': Format(3, -6, 448.0, False),
+}
+_CUSTOM = re.compile(r'e(\d+)m(\d+)$')
+
+
+def get_format(name: str) -> Format:
+  """A format by name: one of ``FORMATS``, or ``'e<E>m<M>'`` (IEEE-style)."""
+  if name in FORMATS:
+    return FORMATS[name]
+  match = _CUSTOM.match(name)
+  if match is None:
+    raise ValueError(f'Unknown format {name!r}; accepted: '
+                     f'{", ".join(FORMATS)}, or e<E>m<M> with E in 2..8 '
+                     'exponent bits and M in 1..23 mantissa bits (e.g. e8m3).')
+  return ieee_format(int(match.group(1)), int(match.group(2)))
+
+
+def get_mode(name: str) -> int:
+  """The traced code of a rounding mode (its index in ``MODES``)."""
+  return MODES.index(registry.get({m: m for m in MODES}, name,
+                                  'rounding mode'))
+
+
+def format_knobs(fmt: Format) -> dict[str, jax.Array]:
+  """``fmt`` as the arrays ``quantize`` reads (stack them to vmap formats)."""
+  return {
+      'man_bits': jnp.asarray(fmt.man_bits, jnp.int32),
+      'emin': jnp.asarray(fmt.emin, jnp.int32),
+      'max_bits': jnp.asarray(np.float32(fmt.max).view(np.int32)),
+      'has_inf': jnp.asarray(fmt.has_inf, bool),
+  }
+
+
+def _bit_length(n):
+  return 32 - lax.clz(n)
+
+
+def _shift_right(n, s):
+  """``n >> s`` for int32 ``n >= 0`` and any ``s >= 0`` (0 from 32 on)."""
+  return jnp.where(s >= 32, 0, n >> jnp.minimum(s, 31))
+
+
+def _round_half_even(n, s):
+  """``round(n / 2**s)`` to nearest, ties to even, for ``n >= 0``, ``s >= 0``."""
+  kept = _shift_right(n, s)
+  rem = n - jnp.where(s >= 32, 0, kept << jnp.minimum(s, 31))
+  half = jnp.where(s >= 1, 1 << jnp.clip(s - 1, 0, 30), 0)
+  half = jnp.where(s >= 32, jnp.int32(2**30), half)  # above any n < 2**30
+  up = (s >= 1) & ((rem > half) | ((rem == half) & ((kept & 1) == 1)))
+  return kept + up.astype(jnp.int32)
+
+
+def quantize(x: jax.Array, fmt: Mapping[str, jax.Array], mode: jax.Array,
+             srbits: jax.Array | None = None, *,
+             saturate: bool | jax.Array = False) -> jax.Array:
+  """``x`` (float32) rounded to ``fmt`` in ``mode``; float32 out.
+
+  Args:
+    x: float32 array.
+    fmt: ``format_knobs(...)``: traced scalars (or arrays broadcasting
+      against ``x``).
+    mode: traced int32 code, an index in ``MODES``.
+    srbits: uint32 random bits, shape of ``x`` (only the low ``SR_BITS`` are
+      used); required for stochastic rounding (see ``stochastic_bits``).
+    saturate: overflow gives ``max`` instead of inf / NaN.
+
+  Returns:
+    float32 array of the values of the format, shape of ``x``.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  bits = lax.bitcast_convert_type(x, jnp.int32)
+  sign = bits & jnp.int32(-2**31)
+  u = bits & 0x7FFFFFFF
+  ef = u >> 23
+  sig = jnp.where(ef > 0, (u & 0x7FFFFF) | 0x800000, u & 0x7FFFFF)
+  eb = jnp.maximum(ef, 1) - 150  # |x| = sig * 2**eb
+  e = eb + _bit_length(sig) - 1  # floor(log2 |x|)
+  q = jnp.maximum(e, fmt['emin']) - fmt['man_bits']  # the quantum's exponent
+  d = jnp.maximum(q - eb, 0)  # bits dropped
+  q = eb + d
+
+  kept = _shift_right(sig, d)
+  rem = sig - jnp.where(d >= 32, 0, kept << jnp.minimum(d, 31))
+  nearest = _round_half_even(sig, d) - kept
+  if srbits is None:
+    stochastic = jnp.zeros_like(kept)
+  else:
+    # The dropped fraction rem / 2**d to SR_BITS bits, nearest-even.
+    frac = jnp.where(d >= SR_BITS,
+                     _round_half_even(rem, jnp.maximum(d - SR_BITS, 0)),
+                     rem << jnp.clip(SR_BITS - d, 0, SR_BITS))
+    r = (srbits & (2**SR_BITS - 1)).astype(jnp.int32)
+    stochastic = (frac + r >= 2**SR_BITS).astype(jnp.int32)
+  up = jnp.select([mode == 0, mode == 2], [nearest, stochastic], 0)
+  n = kept + up  # |result| = n * 2**q, n <= 2**(man_bits + 1)
+
+  # n * 2**q as float32 bits.
+  length = _bit_length(n)
+  er = q + length - 1
+  mant = jnp.where(length > 24, n >> jnp.clip(length - 24, 0, 31),
+                   n << jnp.clip(24 - length, 0, 31)) & 0x7FFFFF
+  normal = ((jnp.clip(er, -126, 127) + 127) << 23) | mant
+  sub = jnp.where(q + 149 >= 0, n << jnp.clip(q + 149, 0, 31), 0)
+  out = jnp.where(er < -126, sub, normal)
+  out = jnp.where(er > 127, _INF_BITS, out)
+  out = jnp.where(n == 0, 0, out)
+
+  finite = ef < 255
+  over = jnp.where(finite, out > fmt['max_bits'], ef == 255)
+  clamp = saturate | (mode == 1)
+  overflowed = jnp.where(clamp, fmt['max_bits'],
+                         jnp.where(fmt['has_inf'], _INF_BITS, _NAN_BITS))
+  out = jnp.where(over, overflowed, out)
+  is_nan = (ef == 255) & ((u & 0x7FFFFF) != 0)
+  out = jnp.where(is_nan, _NAN_BITS, out)
+  inf_in = (ef == 255) & ~is_nan
+  out = jnp.where(inf_in & ~jnp.asarray(saturate),
+                  jnp.where(fmt['has_inf'], _INF_BITS, _NAN_BITS), out)
+  return lax.bitcast_convert_type(sign | out, jnp.float32)
+
+
+def stochastic_bits(key: jax.Array, shape) -> jax.Array:
+  """Random bits for ``quantize``'s stochastic mode, drawn from ``key``."""
+  return jax.random.bits(key, shape, jnp.uint32)

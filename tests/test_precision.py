@@ -1,0 +1,162 @@
+"""Rounding to low-precision formats, checked against ml_dtypes and gfloat."""
+
+import warnings
+
+import chex
+import gfloat
+from gfloat import formats as gformats
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+from rahimi_jax.components import precision
+
+# name -> (ml_dtypes type, gfloat format)
+PEERS = {
+    'bfloat16': (ml_dtypes.bfloat16, gformats.format_info_bfloat16),
+    'float16': (np.float16, gformats.format_info_binary16),
+    'float8_e5m2': (ml_dtypes.float8_e5m2, gformats.format_info_ocp_e5m2),
+    'float8_e4m3fn': (ml_dtypes.float8_e4m3fn, gformats.format_info_ocp_e4m3),
+}
+GFLOAT_MODES = {'nearest_even': gfloat.RoundMode.TiesToEven,
+                'toward_zero': gfloat.RoundMode.TowardZero,
+                'stochastic': gfloat.RoundMode.Stochastic}
+
+
+def _samples(n=100_000, seed=0):
+  """Every float32 class: random bit patterns (NaNs, infs, subnormals,
+  normals of every exponent), values spread over the formats' ranges, and
+  each format's exact ties, extremes and neighbours of its overflow point."""
+  rng = np.random.default_rng(seed)
+  random_bits = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
+  spread = rng.standard_normal(n) * 2.0**rng.integers(-150, 20, n)
+  special = [0.0, -0.0, 1.0, np.inf, -np.inf, np.nan, 2.0**-149, 2.0**-126,
+             -2.0**-133, 65504.0, 65519.99, 65520.0, 448.0, 464.0, 465.0,
+             57344.0, 61439.0, 61440.0, 3.4e38]
+  ties = []
+  for name, (dtype, _) in PEERS.items():
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')  # the NaN codes
+      grid = np.arange(2**16 if name in ('bfloat16', 'float16') else 2**8,
+                       dtype=np.uint16 if name in ('bfloat16', 'float16')
+                       else np.uint8).view(dtype).astype(np.float64)
+    grid = np.unique(grid[np.isfinite(grid)])
+    ties.append((grid[1:] + grid[:-1]) / 2)  # exactly half-way (in float32)
+  values = np.concatenate([spread, special, *ties]).astype(np.float32)
+  return np.concatenate([random_bits.view(np.float32), values])
+
+
+X = _samples()
+_quantize = jax.jit(precision.quantize, static_argnames='saturate')
+
+
+def _assert_same_bits(got, want):
+  got, want = np.asarray(got), np.asarray(want, np.float32)
+  same = (got.view(np.uint32) == want.view(np.uint32)) | (
+      np.isnan(got) & np.isnan(want))
+  bad = np.flatnonzero(~same)[:5]
+  assert not bad.size, (X[bad] if len(X) == len(got) else bad, got[bad],
+                        want[bad])
+
+
+def _knobs(name):
+  return precision.format_knobs(precision.get_format(name))
+
+
+@pytest.mark.parametrize('name', PEERS)
+def test_nearest_even_is_ml_dtypes_cast_bit_for_bit(name):
+  dtype, _ = PEERS[name]
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # overflow / NaN casts
+    want = X.astype(dtype).astype(np.float32)
+  _assert_same_bits(_quantize(X, _knobs(name), 0), want)
+
+
+def test_formats_and_modes_are_traced_one_program_for_all():
+  """Formats x modes vmapped in one jitted program equal each on its own."""
+  names = list(PEERS)
+  stacked = jax.tree.map(lambda *a: jnp.stack(a),
+                         *[_knobs(n) for n in names])
+  traced = jax.jit(jax.vmap(jax.vmap(
+      lambda f, m: precision.quantize(X[:4096], f, m),
+      in_axes=(None, 0)), in_axes=(0, None)))
+  out = traced(stacked, jnp.arange(2, dtype=jnp.int32))
+  chex.assert_shape(out, (len(names), 2, 4096))
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    for i, name in enumerate(names):
+      _assert_same_bits(out[i, 0], X[:4096].astype(PEERS[name][0]))
+
+
+@pytest.mark.parametrize('saturate', [False, True])
+@pytest.mark.parametrize('mode', ['toward_zero', 'stochastic', 'nearest_even'])
+@pytest.mark.parametrize('name', PEERS)
+def test_every_mode_is_gfloat_bit_for_bit(name, mode, saturate):
+  _, info = PEERS[name]
+  x = X[np.isfinite(X)] if (info.num_infs == 0 and not saturate) else X
+  x = x[~np.isnan(x)]  # gfloat's NaN handling is not under test here
+  srbits = np.random.default_rng(1).integers(
+      0, 2**precision.SR_BITS, x.shape).astype(np.uint32)
+  want = gfloat.round_ndarray(info, x.astype(np.float64), GFLOAT_MODES[mode],
+                              saturate, srbits.astype(np.int64),
+                              precision.SR_BITS)
+  got = _quantize(x, _knobs(name), precision.get_mode(mode), srbits,
+                  saturate=saturate)
+  _assert_same_bits(got, want)
+
+
+def test_stochastic_rounding_picks_a_neighbour_unbiased():
+  # Values between two bfloat16 neighbours 1 and 1 + 2**-7, at fractions p.
+  p = np.asarray([0.001, 0.1, 0.37, 0.5, 0.9], np.float32)
+  x = (1 + p * 2.0**-7).astype(np.float32)
+  n = 40_000
+  keys = jax.random.split(jax.random.key(0), n)
+  draws = jax.jit(jax.vmap(lambda k: precision.quantize(
+      x, _knobs('bfloat16'), 2, precision.stochastic_bits(k, x.shape))))(keys)
+  up = (np.asarray(draws) - 1) / 2.0**-7  # 0 or 1
+  assert set(np.unique(up)) <= {0.0, 1.0}
+  # Up with probability p: the mean is within 5 standard errors of p (a
+  # false alarm below 1e-6 per value); a bias of 0.01 at p = 0.5 is 8 standard
+  # errors away, so it would be caught.
+  stderr = np.sqrt(p * (1 - p) / n)
+  assert np.all(np.abs(up.mean(0) - p) < 5 * stderr + 2.0**-precision.SR_BITS)
+  # Only the two neighbours occur (checked above), so the variance is the
+  # Bernoulli p (1 - p) quantum**2 of an unbiased rounding, nothing more.
+
+
+def test_adding_a_thousandth_a_thousand_times_in_bfloat16():
+  """Nearest-even swamps the increment; stochastic rounding keeps its mean."""
+  fmt = _knobs('bfloat16')
+
+  def accumulate(mode, key):
+    def add(total, k):
+      bits = precision.stochastic_bits(k, ())
+      return precision.quantize(total + 0.001, fmt, mode, bits), None
+    return jax.lax.scan(add, jnp.float32(1.0), jax.random.split(key, 1000))[0]
+
+  run = jax.jit(jax.vmap(accumulate, in_axes=(None, 0)))
+  keys = jax.random.split(jax.random.key(1), 64)
+  assert np.all(np.asarray(run(0, keys)) == 1.0)
+  assert np.all(np.asarray(run(1, keys)) == 1.0)
+  totals = np.asarray(run(2, keys))
+  # Exact sum 2.0; each run's error is a sum of 1000 unbiased roundings, of
+  # variance p(1-p) 2**-14 each (p = 0.001 / 2**-7 = 0.128): standard
+  # deviation 0.083 per run, 0.0103 for the mean of 64. Bounds at 5 of them.
+  assert abs(totals.mean() - 2.0) < 0.052, totals.mean()
+  assert np.all(np.abs(totals - 2.0) < 0.42), totals
+
+
+def test_custom_formats_and_bad_names():
+  assert precision.get_format('e5m10') == precision.FORMATS['float16']
+  e8m3 = precision.get_format('e8m3')
+  assert (e8m3.man_bits, e8m3.emin, e8m3.max) == (3, -126, 1.875 * 2.0**127)
+  for bad, message in [('float12', "Unknown format 'float12'"),
+                       ('e9m3', 'exp_bits must be an integer in 2..8; got 9'),
+                       ('e5m0', 'man_bits must be an integer in 1..23; got 0')]:
+    with pytest.raises(ValueError, match=message):
+      precision.get_format(bad)
+  with pytest.raises(ValueError, match="Unknown rounding mode 'floor'; "
+                     'accepted: nearest_even, stochastic, toward_zero'):
+    precision.get_mode('floor')
