@@ -1,7 +1,13 @@
 """Shared fixtures: tiny datasets that keep compiled programs small."""
 
+import os
+
 import jax
+from launchers import IN_PROCESS_COMPILE
 import pytest
+
+os.environ['XLA_FLAGS'] = (
+    f'{os.environ.get("XLA_FLAGS", "")} {IN_PROCESS_COMPILE}'.strip())
 
 # In-process tests run on one CPU device, as before rahimi_jax's import-time
 # default of one device per core (tests/test_program.py checks that default in
