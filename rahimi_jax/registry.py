@@ -85,6 +85,11 @@ class Axis:
     study: the options an ablation varies when its flag is not given and the
       model reads the axis; ``None``: not varied by default.
     knobs: the value knobs this axis's components read.
+    loop: the training loop reads it, whatever the model (the optimizer);
+      otherwise the axis is read by the models that list it in
+      ``choice_axes``.
+    relaxable: its weights may lie between vertices (a ``Gate``); ``False``
+      for a choice that is a table lookup, not a mixture (a number format).
   """
   name: str
   options: Mapping[str, Any]
@@ -93,6 +98,8 @@ class Axis:
   help: str
   study: tuple[str, ...] | None = None
   knobs: tuple[Knob, ...] = ()
+  loop: bool = False
+  relaxable: bool = True
 
   def __post_init__(self):
     self.get(self.default)

@@ -170,8 +170,16 @@ class Results:
           int(np.sum(~done[b_at]))))
     return rows
 
+  def _widths(self) -> tuple[int, int]:
+    """Columns wide enough for every axis name and value label."""
+    axes = [a for a in self.axes if a != grid_lib.SEED]
+    labels = [_label(v) for a in axes for v in self.metadata['axes'][a]]
+    return (max([13, *map(len, axes)]) + 1,
+            max([14, *map(len, labels)]) + 2)
+
   def effects_table(self, metric: str, level: float = 0.95) -> str:
     """``compare`` for every non-seed axis, against its first value."""
+    wa, wv = self._widths()
     better = 'higher' if stats.higher_is_better(metric) else 'lower'
     lines = [
         f'paired effect on final {metric} ({better} is better) vs each axis\'s '
@@ -180,7 +188,7 @@ class Results:
         'pairs where either run diverged are dropped from the effect (column '
         '"dropped"); P(better) = P(a value run beats a baseline run), a '
         'diverged run counting as worse than any finished one']
-    header = (f'{"axis":<14}{"value":<16}{"baseline":<14}{"effect":>9}'
+    header = (f'{"axis":<{wa}}{"value":<{wv}}{"baseline":<{wv - 2}}{"effect":>9}'
               f'{"low":>9}{"high":>9}{"seeds":>7}{"dropped":>9}'
               f'{"P(better)":>11}  note')
     lines += [header, '-' * len(header)]
@@ -194,7 +202,7 @@ class Results:
             ('baseline', e.baseline_diverged), ('value', e.value_diverged))
                          if k)
         lines.append(
-            f'{axis:<14}{_label(e.value):<16}{_label(values[0]):<14}'
+            f'{axis:<{wa}}{_label(e.value):<{wv}}{_label(values[0]):<{wv - 2}}'
             f'{_number(ci.mean, "+.4f"):>9}{_number(ci.low, "+.4f"):>9}'
             f'{_number(ci.high, "+.4f"):>9}{ci.n:>7d}'
             f'{f"{e.dropped}/{e.pairs}":>9}{_number(e.p_better, ".2f"):>11}'
@@ -203,13 +211,14 @@ class Results:
 
   def summary_table(self, metric: str, level: float = 0.95) -> str:
     """A text table of ``summarize(metric, axis)`` for every non-seed axis."""
+    wa, wv = self._widths()
     low, high = stats.metric_range(metric)
     lines = [f'final {metric}: mean over seeds, {level:.0%} t-interval '
              f'(extended for skew, Hall 1992; clipped to [{low:g}, {high:g}]) '
              'of the members that finished',
              'diverged members are excluded from the mean (survivor bias: '
              'read the mean beside "diverged", flagged !)']
-    header = (f'{"axis":<14}{"value":<16}{"mean":>9}{"low":>9}{"high":>9}'
+    header = (f'{"axis":<{wa}}{"value":<{wv}}{"mean":>9}{"low":>9}{"high":>9}'
               f'{"seeds":>7}{"diverged":>10}')
     lines += [header, '-' * len(header)]
     for axis in self.axes:
@@ -218,7 +227,7 @@ class Results:
       for row in self.summarize(metric, axis, level):
         ci = row.interval
         flag = ' !' if row.diverged else ''
-        lines.append(f'{axis:<14}{_label(row.value):<16}'
+        lines.append(f'{axis:<{wa}}{_label(row.value):<{wv}}'
                      f'{_number(ci.mean, ".4f"):>9}{_number(ci.low, ".4f"):>9}'
                      f'{_number(ci.high, ".4f"):>9}{ci.n:>7d}'
                      f'{f"{row.diverged}/{row.members}":>10}{flag}')

@@ -99,6 +99,10 @@ class TrainConfig:
     if self.dtype not in DTYPES:
       raise ValueError(f'Unknown dtype {self.dtype!r}; accepted: '
                        f'{", ".join(DTYPES)}.')
+    precisions = dict(options).get('precision', ('float32',))
+    if self.dtype != 'float32' and precisions != ('float32',):
+      raise ValueError(f'precision {", ".join(precisions)} rounds float32 '
+                       f"parameters; dtype is {self.dtype!r} (use 'float32').")
     object.__setattr__(self, 'diagnostics', registry.check_options(
         diagnostics_lib.LOGGED, self.diagnostics, 'diagnostics')
                        if self.diagnostics else ())
@@ -108,10 +112,11 @@ class TrainConfig:
 
   @property
   def reads(self) -> tuple[str, ...]:
-    """The choice axes a run of this config reads (the loop reads optimizer)."""
+    """The choice axes a run of this config reads: the loop's and the model's."""
     model = models.get_model(self.model)((), {
         a: (axis.default,) for a, axis in registry.AXES.items()})
-    return ('optimizer',) + model.choice_axes
+    return tuple(a for a, axis in registry.AXES.items()
+                 if axis.loop) + model.choice_axes
 
   def option_dict(self) -> dict[str, tuple[str, ...]]:
     """Options of every choice axis, defaults filled in."""
@@ -126,6 +131,11 @@ class TrainConfig:
           and axis.name not in registry.knobs()):
         raise ValueError(f'Unknown value axis {axis.name!r}; accepted: '
                          f'{", ".join(registry.knobs())}.')
+      if (isinstance(axis, grid_lib.Gate) and axis.name in registry.AXES
+          and not registry.AXES[axis.name].relaxable):
+        raise ValueError(f'{axis.name} cannot be a Gate: its options are '
+                         'discrete (a table lookup), with nothing between '
+                         'them; use a Choice.')
       if isinstance(axis, grid_lib.Seeds) and axis.name != grid_lib.SEED:
         raise ValueError(f'The seed axis must be named {grid_lib.SEED!r}; '
                          f'got {axis.name!r}.')
@@ -244,6 +254,9 @@ def make_loop(config: TrainConfig) -> Loop:
     params, state = jax.tree.map(
         lambda a: a.astype(dtype),
         model.init(init_key, data.in_dim, data.num_outputs, k))
+    params = components.precision.store(
+        options['precision'], k['precision'], params,
+        components.component_key(step_key(k[grid_lib.SEED], 0), 'precision'))
     ts = jnp.arange(1, config.steps + 1, dtype=jnp.int32)
     xs = (ts,) if full_batch(data) else (ts, data_lib.batch_indices(
         data_key, data.n_train, config.batch_size, config.steps))
@@ -276,6 +289,9 @@ def make_loop(config: TrainConfig) -> Loop:
           model.apply(p, carry[1], x, k, train=True, key=key)[0] - y) / scale
     updates, opt_state = opt.update(grads, opt_state, params, **extra)
     params = optax.apply_updates(params, updates)
+    params = components.precision.store(
+        options['precision'], k['precision'], params,
+        components.component_key(key, 'precision'))
     # p * 0 is 0 for finite p and NaN for inf or NaN: one sum of those is
     # finite iff every parameter is (a cheaper reduction than all(isfinite)).
     finite = jnp.isfinite(sum(jnp.sum(p * 0) for p in jax.tree.leaves(params)))

@@ -77,7 +77,8 @@ BAD_CONFIGS = {
                                           '[8, 0]']),
     'norms_for_deep_linear': (
         dict(model='deep_linear', options={'norm': ('none',)}),
-        ['norms', "'deep_linear'", 'no norm axis', 'optimizer, init']),
+        ['norms', "'deep_linear'", 'no norm axis',
+         'optimizer, precision, init']),
     'activations_for_deep_linear': (
         dict(model='deep_linear', options={'activation': ('relu',)}),
         ['activations', "'deep_linear'", 'no activation axis']),

@@ -11,7 +11,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from rahimi_jax import engine
+from rahimi_jax import grid as grid_lib
+from rahimi_jax import train as train_lib
 from rahimi_jax.components import precision
+from rahimi_jax.studies import attribute
 
 # name -> (ml_dtypes type, gfloat format)
 PEERS = {
@@ -160,3 +164,66 @@ def test_custom_formats_and_bad_names():
   with pytest.raises(ValueError, match="Unknown rounding mode 'floor'; "
                      'accepted: nearest_even, stochastic, toward_zero'):
     precision.get_mode('floor')
+
+
+# ------------------------------------------------ the precision axis in a grid
+
+_CONFIG = train_lib.TrainConfig(hidden=(8,), steps=20, batch_size=32,
+                                log_every=10)
+_GRID = grid_lib.Grid(
+    grid_lib.Choice('precision', ('float32', 'bfloat16', 'bfloat16_stochastic',
+                                  'float8_e4m3fn')),
+    grid_lib.Values('learning_rate', (0.05,)), grid_lib.Seeds(2))
+
+
+@pytest.fixture(scope='module')
+def precision_run(tiny_digits):
+  return engine.run(_CONFIG, _GRID, tiny_digits)
+
+
+def test_float32_member_is_the_run_without_the_axis(precision_run,
+                                                     tiny_digits):
+  plain = engine.run(_CONFIG, grid_lib.Grid(
+      grid_lib.Values('learning_rate', (0.05,)), grid_lib.Seeds(2)),
+                     tiny_digits)
+  member = precision_run.where(precision='float32')
+  for m in ('train_loss', 'test_loss', 'test_accuracy'):
+    chex.assert_trees_all_close(member.columns[m], plain.columns[m],
+                                atol=1e-6, rtol=0)
+  # Not vacuous: bfloat16 storage trains differently.
+  bf16 = precision_run.where(precision='bfloat16').columns['train_loss']
+  assert np.abs(bf16[-1] - member.columns['train_loss'][-1]) > 1e-4
+
+
+@pytest.mark.parametrize('name, dtype', [
+    ('bfloat16', ml_dtypes.bfloat16), ('bfloat16_stochastic', ml_dtypes.bfloat16),
+    ('float8_e4m3fn', ml_dtypes.float8_e4m3fn)])
+def test_stored_parameters_are_values_of_the_format(name, dtype, tiny_digits):
+  index = next(m.index for m in _GRID.members if m.values['precision'] == name)
+  knobs = jax.tree.map(lambda a: a[0], _GRID.knobs([index]))
+  params, _ = jax.jit(train_lib.final_state, static_argnums=0)(
+      _CONFIG.for_grid(_GRID), knobs, tiny_digits)
+  for leaf in jax.tree.leaves(params):
+    leaf = np.asarray(leaf)
+    chex.assert_trees_all_equal(leaf.astype(dtype).astype(np.float32), leaf)
+
+
+def test_stochastic_and_nearest_storage_differ_and_are_recorded(precision_run):
+  final = precision_run.final()
+  loss = {p: final.where(precision=p).columns['train_loss']
+          for p in ('bfloat16', 'bfloat16_stochastic')}
+  assert np.all(loss['bfloat16'] != loss['bfloat16_stochastic'])
+  assert precision_run.metadata['axes']['precision'] == list(
+      _GRID.choices['precision'])
+
+
+def test_precision_axis_refuses_gates_and_float64():
+  with pytest.raises(ValueError, match='precision cannot be a Gate'):
+    _CONFIG.for_grid(grid_lib.Grid(
+        grid_lib.Gate('precision', 'float32', 'bfloat16', (0.0, 0.5))))
+  with pytest.raises(ValueError, match="rounds float32 parameters; dtype is "
+                     "'float64'"):
+    train_lib.TrainConfig(dtype='float64',
+                          options=(('precision', ('float32', 'bfloat16')),))
+  with pytest.raises(ValueError, match='gates: precision has no path'):
+    attribute.AttributeConfig(gates='precision:float32..bfloat16')

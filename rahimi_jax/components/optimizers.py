@@ -40,7 +40,7 @@ LEAST_SQUARES = ('gauss_newton', 'levenberg_marquardt')
 AXIS = registry.register(registry.Axis(
     name='optimizer', options=OPTIMIZERS, default='sgd', flag='optimizers',
     help='Optimizers (gauss_newton, levenberg_marquardt: regression only).',
-    study=('sgd', 'momentum', 'adam'),
+    study=('sgd', 'momentum', 'adam'), loop=True,
     knobs=(registry.Knob('learning_rate', 0.01, 'Learning rate.',
                          read_by=tuple(n for n in OPTIMIZERS
                                        if n not in LEAST_SQUARES)),

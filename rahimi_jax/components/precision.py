@@ -203,3 +203,61 @@ def quantize(x: jax.Array, fmt: Mapping[str, jax.Array], mode: jax.Array,
 def stochastic_bits(key: jax.Array, shape) -> jax.Array:
   """Random bits for ``quantize``'s stochastic mode, drawn from ``key``."""
   return jax.random.bits(key, shape, jnp.uint32)
+
+
+def _precisions() -> dict[str, tuple[str, str]]:
+  """Option name -> (format, mode): ``bfloat16`` rounds to nearest-even,
+  ``bfloat16_toward_zero`` and ``bfloat16_stochastic`` name their mode."""
+  out = {'float32': ('float32', 'nearest_even')}
+  for name in FORMATS:
+    if name != 'float32':
+      out[name] = (name, 'nearest_even')
+      out.update({f'{name}_{m}': (name, m) for m in MODES[1:]})
+  return out
+
+
+PRECISIONS = _precisions()
+
+AXIS = registry.register(registry.Axis(
+    name='precision', options=PRECISIONS, default='float32',
+    flag='precisions',
+    help=('Storage format of the parameters: rounded after initialization '
+          'and after every update (float32 arithmetic in between).'),
+    loop=True, relaxable=False))
+
+
+def store(names, weights: jax.Array, params, key: jax.Array | None):
+  """``params`` rounded to the precision option that ``weights`` selects.
+
+  The options of the axis are a table of (format, mode) rows; the one-hot
+  ``weights`` pick a row (``argmax``), and one ``quantize`` per parameter
+  runs whatever the option, so every precision of a grid shares one
+  program. Only ``float32`` (not varied): the parameters, untouched.
+
+  Args:
+    names: the axis's options (static).
+    weights: one-hot ``[len(names)]``.
+    params: float32 pytree.
+    key: the step's precision key (``component_key(step_key, 'precision')``)
+      for stochastic rounding; the same for every option (paired arms).
+  """
+  names = AXIS.check(names)
+  if names == ('float32',):
+    return params
+  rows = [PRECISIONS[n] for n in names]
+  table = jax.tree.map(lambda *a: jnp.stack(a),
+                       *[format_knobs(FORMATS[f]) for f, _ in rows])
+  modes = jnp.asarray([MODES.index(m) for _, m in rows], jnp.int32)
+  i = jnp.argmax(weights)
+  fmt = jax.tree.map(lambda a: a[i], table)
+  leaves, treedef = jax.tree.flatten(params)
+  for leaf in leaves:
+    if leaf.dtype != jnp.float32:
+      raise ValueError(f'precision rounds float32 parameters; got {leaf.dtype} '
+                       "(use dtype='float32').")
+  if key is None:
+    key = jax.random.key(0)
+  out = [quantize(leaf, fmt, modes[i],
+                  stochastic_bits(jax.random.fold_in(key, j), leaf.shape))
+         for j, leaf in enumerate(leaves)]
+  return jax.tree.unflatten(treedef, out)

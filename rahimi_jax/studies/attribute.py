@@ -77,6 +77,9 @@ class AttributeConfig:
         raise ValueError(f'gates: unknown axis {axis!r}; accepted: '
                          f'{", ".join(registry.AXES)}.')
       registry.AXES[axis].check((off, on))
+      if not registry.AXES[axis].relaxable:
+        raise ValueError(f'gates: {axis} has no path between its options (a '
+                         'table lookup); attribute a relaxable axis.')
     attribution.final_metric(train_lib.TrainConfig(), self.metric)  # checks
     data_lib.get_dataset(self.dataset)
     knobs = registry.knobs()
