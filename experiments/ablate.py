@@ -127,6 +127,7 @@ def main(argv):
         f'{info["num_devices"]} device(s)',
         partition_line(res.metadata['partition']),
         res.summary_table(metric), res.effects_table(metric),
+        *ablation.rounding_lines(res),
         f'wrote {FLAGS.out}/: {", ".join(files)}'])
 
   return cli.launch(build, describe, run, write, FLAGS.out,

@@ -66,6 +66,7 @@ METRICS: dict[str, Metric] = {
     'test_loss': Metric(False, 0.0, math.inf),
     'test_accuracy': Metric(True, 0.0, 1.0),
     'grad_norm': Metric(False, 0.0, math.inf),
+    'updates_lost': Metric(False, 0.0, 1.0),
 }
 
 

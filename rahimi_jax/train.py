@@ -211,7 +211,7 @@ class Loop(NamedTuple):
 
   Attributes:
     init: ``init(knobs, data) -> (carry, xs)``: the initial carry (params,
-      model state, optimizer state, diverged step) and the per-step inputs
+      model state, optimizer state, rounding counts, diverged step) and the per-step inputs
       ``xs`` (step numbers and, for minibatches, sample indices), leading axis
       ``steps``.
     step: ``step(knobs, data, carry, xs_t) -> carry``: one optimizer step.
@@ -234,6 +234,9 @@ def make_loop(config: TrainConfig) -> Loop:
         "jax.config.update('jax_enable_x64', True) first (or use "
         "'float32'); without it every array would silently be float32.")
   dtype = jnp.dtype(config.dtype)
+  # With a precision axis: log the fraction of nonzero updates that left
+  # their stored parameter unchanged (rounded away) since the last log.
+  rounds = options['precision'] != ('float32',)
 
   def setup(knobs, data):
     check_task(config, data.task)
@@ -260,11 +263,12 @@ def make_loop(config: TrainConfig) -> Loop:
     ts = jnp.arange(1, config.steps + 1, dtype=jnp.int32)
     xs = (ts,) if full_batch(data) else (ts, data_lib.batch_indices(
         data_key, data.n_train, config.batch_size, config.steps))
-    return (params, state, opt.init(params), jnp.asarray(-1, jnp.int32)), xs
+    return (params, state, opt.init(params), jnp.zeros(2, jnp.float32),
+            jnp.asarray(-1, jnp.int32)), xs
 
   def step(knobs, data, carry, xs_t):
     k, opt, loss_fn, data = setup(knobs, data)
-    params, state, opt_state, diverged_step = carry
+    params, state, opt_state, rounding, diverged_step = carry
     if full_batch(data):
       (t,), x, y = xs_t, data.x_train, data.y_train
     else:
@@ -288,19 +292,26 @@ def make_loop(config: TrainConfig) -> Loop:
       extra['residual_fn'] = lambda p: (
           model.apply(p, carry[1], x, k, train=True, key=key)[0] - y) / scale
     updates, opt_state = opt.update(grads, opt_state, params, **extra)
-    params = optax.apply_updates(params, updates)
-    params = components.precision.store(
-        options['precision'], k['precision'], params,
+    stored = components.precision.store(
+        options['precision'], k['precision'],
+        optax.apply_updates(params, updates),
         components.component_key(key, 'precision'))
+    if rounds:  # updates that did not move their stored parameter
+      pairs = list(zip(jax.tree.leaves(updates), jax.tree.leaves(params),
+                       jax.tree.leaves(stored)))
+      lost = sum(jnp.sum((u != 0) & (s == p)) for u, p, s in pairs)
+      made = sum(jnp.sum(u != 0) for u, _, _ in pairs)
+      rounding = rounding + jnp.stack([lost, made]).astype(jnp.float32)
+    params = stored
     # p * 0 is 0 for finite p and NaN for inf or NaN: one sum of those is
     # finite iff every parameter is (a cheaper reduction than all(isfinite)).
     finite = jnp.isfinite(sum(jnp.sum(p * 0) for p in jax.tree.leaves(params)))
     diverged_step = jnp.where((diverged_step < 0) & ~finite, t, diverged_step)
-    return params, state, opt_state, diverged_step
+    return params, state, opt_state, rounding, diverged_step
 
   def log(knobs, data, carry, t):
     k, _, loss_fn, data = setup(knobs, data)
-    params, state, opt_state, diverged_step = carry
+    params, state, opt_state, rounding, diverged_step = carry
     key = step_key(k[grid_lib.SEED], t, evaluation=True)
 
     def evaluate(x, y):
@@ -324,9 +335,13 @@ def make_loop(config: TrainConfig) -> Loop:
       for name in config.diagnostics:
         metrics |= diagnostics_lib.LOGGED[name](train_loss, params,
                                                 diagnostics_key)
+    if rounds:
+      lost, made = rounding[0], rounding[1]
+      metrics['updates_lost'] = jnp.where(made > 0, lost / made, jnp.nan)
+      rounding = jnp.zeros_like(rounding)
     metrics = {m: jnp.where(diverged_step >= 0, jnp.nan, v)
                for m, v in metrics.items()}
-    return (params, state, opt_state, diverged_step), metrics
+    return (params, state, opt_state, rounding, diverged_step), metrics
 
   return Loop(init, step, log)
 
@@ -339,7 +354,9 @@ def make_train(config: TrainConfig):
   ``test_accuracy`` for classification) ``[L]``, evaluated on the whole split in
   eval mode and NaN from the step a run diverged; ``diverged_step`` ``[]``, the
   first step after which a parameter was non-finite (or, if earlier, the first
-  logged step with a non-finite metric), or -1.
+  logged step with a non-finite metric), or -1. With a precision axis also
+  ``updates_lost`` ``[L]``: the fraction of nonzero parameter updates since
+  the previous log that rounding to the stored format undid (NaN at step 0).
   """
   loop = make_loop(config)
   log_steps = config.log_steps()

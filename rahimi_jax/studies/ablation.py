@@ -130,3 +130,20 @@ def run(config: AblationConfig, **engine_kwargs) -> results_lib.Results:
 def headline_metric(results: results_lib.Results) -> str:
   """The metric a summary table reports: test accuracy, else test loss."""
   return 'test_accuracy' if 'test_accuracy' in results.columns else 'test_loss'
+
+
+def rounding_lines(res: results_lib.Results) -> list[str]:
+  """Why a storage precision costs accuracy: the updates rounding undid."""
+  if 'updates_lost' not in res.columns:
+    return []
+  lines = ['updates lost to rounding over the last log interval (nonzero '
+           'updates that left their stored parameter unchanged), mean over '
+           'seeds [95% interval]. Stochastic rounding leaves as many '
+           'unchanged, but moves a weight a whole ulp with probability '
+           'update/ulp, so on average nothing is lost; nearest-even and '
+           'toward zero lose them for good:']
+  for row in res.summarize('updates_lost', 'precision'):
+    ci = row.interval
+    lines.append(f'  {row.value:<28}{ci.mean:7.1%} [{ci.low:.1%}, '
+                 f'{ci.high:.1%}]')
+  return lines
