@@ -35,9 +35,14 @@ def _layers(bench: Bench, params, i: int):
 
 
 def _check_torch_config(bench: Bench):
+  from rahimi_jax import registry  # pylint: disable=g-import-not-at-top
   options = bench.config.option_dict()
-  expected = {'optimizer': ('sgd',), 'norm': ('none',),
-              'activation': ('relu',), 'init': ('lecun_normal',)}
+  # What the torch code implements; any other axis must stay at its default
+  # (float32 storage, ...), which changes nothing.
+  implemented = {'optimizer': ('sgd',), 'norm': ('none',),
+                 'activation': ('relu',), 'init': ('lecun_normal',)}
+  expected = {a: implemented.get(a, (axis.default,))
+              for a, axis in registry.AXES.items()}
   if options != expected:
     raise ValueError(f'The torch methods implement {expected}; got {options}.')
 

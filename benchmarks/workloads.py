@@ -121,7 +121,7 @@ class Bench:
       import jax  # pylint: disable=g-import-not-at-top
       from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
       loop = train_lib.make_loop(self.config)
-      (params, _, _, _), xs = jax.jit(jax.vmap(loop.init, in_axes=(0, None)))(
+      carry, xs = jax.jit(jax.vmap(loop.init, in_axes=(0, None)))(
           self.grid.knobs(), self.data)
-      self._init = jax.device_get((params, xs))
+      self._init = jax.device_get((carry[0], xs))  # the parameters
     return self._init
