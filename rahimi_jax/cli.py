@@ -79,8 +79,9 @@ def define_axis_flags(flag_values: flags.FlagValues = flags.FLAGS, *,
           else 'One value for every member')
   for knob in registry.knobs().values():
     bound = ('>=' if knob.inclusive else '>') + f' {knob.minimum:g}'
-    flags.DEFINE_list(knob.name, None, f'{knob.full_help()} {what}, each {bound}; '
-                      f'default {knob.default:g}.', flag_values=flag_values)
+    flags.DEFINE_list(knob.name, None,
+                      f'{knob.full_help()} {what}, each {bound}; default '
+                      f'{knob.default:g}.', flag_values=flag_values)
 
 
 def axis_flag_values(flag_values: flags.FlagValues = flags.FLAGS, *,

@@ -8,7 +8,7 @@ axis beside them (``AXIS = registry.register(registry.Axis(...))``);
 ``TrainConfig``, ``AblationConfig``, the launchers' flags and their ``--help``
 derive from ``AXES``. Adding an option is one registry entry; adding an axis
 is one declaration plus the line where its component acts (a model's
-``apply``, or the training loop for the optimizer).
+``apply``, or the training loop for a ``loop`` axis: optimizer, precision).
 """
 
 from collections.abc import Mapping, Sequence
