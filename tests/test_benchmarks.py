@@ -222,3 +222,17 @@ def test_flops_of_the_two_layer_linear_net():
   # 10 full-batch steps; 2 evaluations, each a forward on train and test.
   log = 2 * (2 * k * h * d + 2 * k * d * n)
   assert bench.flops_per_member() == 10 * step + 2 * log
+
+
+def test_precision_cost_benchmark_runs_shrunk():
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.precision_cost', '--members=4',
+       '--steps=2', '--peak_n=64'], cwd=ROOT, env=_env(), capture_output=True,
+      text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.splitlines()
+  assert 'matmul peak' in lines[0] and 'G=4, 2 steps' in lines[0], lines
+  rows = [l.split() for l in lines[2:4]]
+  assert [r[0] for r in rows] == ['fp32', 'mixed'] and all(
+      len(r) == 5 and r[4].endswith('%') for r in rows), lines
+  assert lines[4].startswith('mixed / fp32 time per member-step: '), lines

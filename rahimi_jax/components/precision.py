@@ -141,8 +141,9 @@ def quantize(x: jax.Array, fmt: Mapping[str, jax.Array], mode: jax.Array,
     fmt: ``format_knobs(...)``: traced scalars (or arrays broadcasting
       against ``x``).
     mode: traced int32 code, an index in ``MODES``.
-    srbits: uint32 random bits, shape of ``x`` (only the low ``SR_BITS`` are
-      used); required for stochastic rounding (see ``stochastic_bits``).
+    srbits: unsigned random integers, shape of ``x`` (only the low
+      ``SR_BITS`` bits are used); required for stochastic rounding (see
+      ``stochastic_bits``).
     saturate: overflow gives ``max`` instead of inf / NaN.
 
   Returns:
@@ -255,9 +256,11 @@ def store(names, weights: jax.Array, params, key: jax.Array | None):
     if leaf.dtype != jnp.float32:
       raise ValueError(f'precision rounds float32 parameters; got {leaf.dtype} '
                        "(use dtype='float32').")
-  if key is None:
-    key = jax.random.key(0)
+  stochastic = 'stochastic' in {m for _, m in rows}
+  if stochastic and key is None:
+    raise ValueError('stochastic rounding needs a key.')
   out = [quantize(leaf, fmt, modes[i],
-                  stochastic_bits(jax.random.fold_in(key, j), leaf.shape))
+                  stochastic_bits(jax.random.fold_in(key, j), leaf.shape)
+                  if stochastic else None)
          for j, leaf in enumerate(leaves)]
   return jax.tree.unflatten(treedef, out)

@@ -1,0 +1,82 @@
+r"""What the precision axis costs: a mixed-precision grid against float32 alone.
+
+Times, in one process run, two grids of the same G members (default MLP on
+digits, same steps and batch order), each one program through ``rj.run``:
+
+  fp32   G seeds, float32 storage (the precision axis not varied);
+  mixed  float32 + bfloat16 nearest-even, toward zero and stochastic storage,
+         G / 4 seeds each (every parameter rounded after every update, one
+         ``quantize`` per parameter whatever the option).
+
+It prints each grid's warm run time per member-step, mixed / fp32 (issue 12's
+target: <= 1.5x on CPU), and the achieved matmul FLOP/s of each against this
+machine's float32 matmul peak measured in the same run:
+
+  python -m benchmarks.precision_cost --members=64 --steps=500
+"""
+
+import platform
+
+from absl import app
+from absl import flags
+
+flags.DEFINE_integer('members', 64, 'Members per grid (a multiple of 4).')
+flags.DEFINE_integer('steps', 500, 'Optimizer steps.')
+flags.DEFINE_integer('peak_n', 1024, 'Matrix size of the peak measurement.')
+
+FLAGS = flags.FLAGS
+MODES = ('float32', 'bfloat16', 'bfloat16_toward_zero', 'bfloat16_stochastic')
+
+
+def cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or 'unknown CPU'
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.members < 4 or FLAGS.members % 4:
+    raise app.UsageError(f'--members must be a positive multiple of 4; got '
+                         f'{FLAGS.members}.')
+  from rahimi_jax import program  # pylint: disable=g-import-not-at-top
+  program.use_host_cores()
+  import rahimi_jax as rj  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
+  from benchmarks import measure  # pylint: disable=g-import-not-at-top
+
+  config = rj.TrainConfig(steps=FLAGS.steps)
+  data = rj.data.digits()
+  g = FLAGS.members
+  grids = {
+      'fp32': rj.Grid(rj.Seeds(g)),
+      'mixed': rj.Grid(rj.Choice('precision', MODES), rj.Seeds(g // 4)),
+  }
+  peak = measure.measure_peak(FLAGS.peak_n)['peak']
+  rows = {}
+  for name, grid in grids.items():
+    engine.run(config, grid, data, partition=())  # compile, first call
+    res = engine.run(config, grid, data, partition=())  # warm
+    run_s = res.metadata['engine']['run_s']
+    flops = engine.step_flops(config, grid, data) * FLAGS.steps * g
+    rows[name] = (run_s, flops / run_s / 1e9)
+  print(f'{cpu_model()}; G={g}, {FLAGS.steps} steps, MLP 64-64 on digits, '
+        f'batch 64; float32 matmul peak {peak:.1f} GFLOP/s')
+  print(f'{"grid":<7}{"run_s":>8}{"us/member-step":>16}{"GFLOP/s":>9}'
+        f'{"of peak":>9}')
+  for name, (run_s, gflops) in rows.items():
+    print(f'{name:<7}{run_s:>8.2f}{run_s / g / FLAGS.steps * 1e6:>16.2f}'
+          f'{gflops:>9.2f}{gflops / peak:>9.1%}')
+  print(f'mixed / fp32 time per member-step: '
+        f'{rows["mixed"][0] / rows["fp32"][0]:.2f}x (target <= 1.5x)')
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(main)
