@@ -65,7 +65,6 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from rahimi_jax import program  # pylint: disable=g-import-not-at-top
   program.use_host_cores()  # before JAX's first operation
-  from rahimi_jax import grid as grid_lib  # pylint: disable=g-import-not-at-top
   from rahimi_jax import plots  # pylint: disable=g-import-not-at-top
   from rahimi_jax import stats  # pylint: disable=g-import-not-at-top
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
@@ -111,8 +110,7 @@ def main(argv):
     info = res.metadata['engine']
     metric = ablation.headline_metric(res)
     files = [storage.CSV, storage.METADATA]
-    varied = [a for a, values in res.metadata['axes'].items()
-              if a != grid_lib.SEED and len(values) > 1]
+    varied = res.varied_axes
     for axis in varied:
       files.append(f'curves_{axis}.png')
       plots.curves(res, metric, os.path.join(directory, files[-1]), by=axis,

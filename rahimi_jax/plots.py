@@ -87,11 +87,11 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
 
 def effects(results: results_lib.Results, metric: str, path: str, *,
             level: float = 0.95, title: str | None = None) -> None:
-  """Points and intervals of ``Results.effects_table``: each value vs baseline.
+  """Points and intervals of ``Results.effects``: each value vs baseline.
 
-  One row per value of every non-seed axis with several values: the paired
-  effect on the final ``metric`` against the axis's first value
-  (``Results.compare``), a point at its mean over seeds and a bar over its
+  One row per ``Results.effects`` row (every value of every varied axis): the
+  paired effect on the final ``metric`` against the axis's first value, a
+  point at its mean over seeds and a bar over its
   ``level`` interval; green where the interval is on the better side of zero,
   red on the worse, grey across it. The right margin gives P(better) and the
   pairs dropped because a run diverged.
@@ -100,12 +100,7 @@ def effects(results: results_lib.Results, metric: str, path: str, *,
     ValueError: no axis but the seed has two or more values.
   """
   from rahimi_jax import stats  # pylint: disable=g-import-not-at-top
-  rows = []  # (axis, baseline, Effect)
-  for axis in results.axes:
-    values = results.metadata['axes'][axis]
-    if axis != grid_lib.SEED and len(values) > 1:
-      rows += [(axis, values[0], e)
-               for e in results.compare(metric, axis, values[0], level)]
+  rows = results.effects(metric, level)  # (axis, baseline, Effect)
   if not rows:
     raise ValueError('effects: no axis but the seed has two or more values.')
   sign = 1.0 if stats.higher_is_better(metric) else -1.0

@@ -177,8 +177,25 @@ class Results:
     return (max([13, *map(len, axes)]) + 1,
             max([14, *map(len, labels)]) + 2)
 
+  @property
+  def varied_axes(self) -> list[str]:
+    """The axes other than the seed with two or more values."""
+    return [a for a in self.axes
+            if a != grid_lib.SEED and len(self.metadata['axes'][a]) > 1]
+
+  def effects(self, metric: str, level: float = 0.95
+              ) -> list[tuple[str, Any, Effect]]:
+    """``(axis, baseline, effect)``: ``compare`` for every varied axis,
+    against its first value."""
+    rows = []
+    for axis in self.varied_axes:
+      baseline = self.metadata['axes'][axis][0]
+      rows += [(axis, baseline, e)
+               for e in self.compare(metric, axis, baseline, level)]
+    return rows
+
   def effects_table(self, metric: str, level: float = 0.95) -> str:
-    """``compare`` for every non-seed axis, against its first value."""
+    """``effects`` as a text table."""
     wa, wv = self._widths()
     better = 'higher' if stats.higher_is_better(metric) else 'lower'
     lines = [
@@ -192,21 +209,17 @@ class Results:
               f'{"low":>9}{"high":>9}{"seeds":>7}{"dropped":>9}'
               f'{"P(better)":>11}  note')
     lines += [header, '-' * len(header)]
-    for axis in self.axes:
-      values = self.metadata['axes'][axis]
-      if axis == grid_lib.SEED or len(values) < 2:
-        continue
-      for e in self.compare(metric, axis, values[0], level):
-        ci = e.interval
-        note = '; '.join(f'{who} diverged in {k}/{e.pairs}' for who, k in (
-            ('baseline', e.baseline_diverged), ('value', e.value_diverged))
-                         if k)
-        lines.append(
-            f'{axis:<{wa}}{_label(e.value):<{wv}}{_label(values[0]):<{wv - 2}}'
-            f'{_number(ci.mean, "+.4f"):>9}{_number(ci.low, "+.4f"):>9}'
-            f'{_number(ci.high, "+.4f"):>9}{ci.n:>7d}'
-            f'{f"{e.dropped}/{e.pairs}":>9}{_number(e.p_better, ".2f"):>11}'
-            f'  {note}'.rstrip())
+    for axis, baseline, e in self.effects(metric, level):
+      ci = e.interval
+      note = '; '.join(f'{who} diverged in {k}/{e.pairs}' for who, k in (
+          ('baseline', e.baseline_diverged), ('value', e.value_diverged))
+                       if k)
+      lines.append(
+          f'{axis:<{wa}}{_label(e.value):<{wv}}{_label(baseline):<{wv - 2}}'
+          f'{_number(ci.mean, "+.4f"):>9}{_number(ci.low, "+.4f"):>9}'
+          f'{_number(ci.high, "+.4f"):>9}{ci.n:>7d}'
+          f'{f"{e.dropped}/{e.pairs}":>9}{_number(e.p_better, ".2f"):>11}'
+          f'  {note}'.rstrip())
     return '\n'.join(lines)
 
   def summary_table(self, metric: str, level: float = 0.95) -> str:
