@@ -96,6 +96,16 @@ def axis_flag_values(flag_values: flags.FlagValues = flags.FLAGS, *,
   return options, values
 
 
+def parse_knob(name: str, items) -> tuple[float, ...]:
+  """Values of the value knob ``name`` (a comma string, numbers, or one
+  number), checked against its declared bound; the error names the knob, the
+  bad item and what is wanted (or the accepted knobs)."""
+  knob = registry.get(registry.knobs(), name, 'value knob')
+  items = items if isinstance(items, (str, list, tuple)) else [items]
+  return parse_numbers(name, items, minimum=knob.minimum,
+                       inclusive=knob.inclusive)
+
+
 def quiet_logging() -> None:
   """Warnings and errors only, unless ``--verbosity`` was given.
 

@@ -18,8 +18,8 @@ from rahimi_jax import registry
 from rahimi_jax import results as results_lib
 from rahimi_jax import train as train_lib
 
-# The value knobs every ablation grid varies, even when not given.
-DEFAULT_VALUES = {'learning_rate': (0.01,)}
+# The value knob every ablation grid varies (at its default when not given).
+ALWAYS_VARIED = 'learning_rate'
 
 
 def _pairs(mapping) -> tuple[tuple[str, Any], ...]:
@@ -39,8 +39,9 @@ class AblationConfig:
       given varies its declared ``study`` options where the model reads it,
       and stays at its default otherwise.
     values: value knob (a name in ``registry.knobs()``) -> values to vary
-      (numbers, or a comma string). ``learning_rate`` defaults to (0.01,);
-      other knobs not given stay at their declared defaults.
+      (numbers, or a comma string). ``learning_rate`` defaults to its
+      declared default, as a grid axis; other knobs not given stay at their
+      declared defaults.
     seeds: seeds per combination.
     steps, batch_size, log_every: as in ``TrainConfig``.
 
@@ -78,17 +79,12 @@ class AblationConfig:
       options[name] = registry.check_options(axis.options, value, axis.flag)
     object.__setattr__(self, 'options', _pairs(options))
     knobs = registry.knobs()
-    given = {**DEFAULT_VALUES, **dict(self.values or {})}
-    for name in given:
-      registry.get(knobs, name, 'value knob')
-    values = {}
-    for name, knob in knobs.items():
-      if name in given:
-        items = given[name]
-        items = items if isinstance(items, str) else [str(v) for v in items]
-        values[name] = cli.parse_numbers(name, items, minimum=knob.minimum,
-                                         inclusive=knob.inclusive)
-    object.__setattr__(self, 'values', _pairs(values))
+    given = {ALWAYS_VARIED: (knobs[ALWAYS_VARIED].default,),
+             **dict(self.values or {})}
+    parsed = {name: cli.parse_knob(name, items)
+              for name, items in given.items()}
+    object.__setattr__(self, 'values', tuple(
+        (k, parsed[k]) for k in knobs if k in parsed))
     if (not isinstance(self.seeds, int) or isinstance(self.seeds, bool)
         or self.seeds < 1):
       raise ValueError(f'seeds must be a count >= 1; got {self.seeds!r}.')

@@ -83,12 +83,10 @@ class AttributeConfig:
     attribution.final_metric(train_lib.TrainConfig(), self.metric)  # checks
     data_lib.get_dataset(self.dataset)
     knobs = registry.knobs()
-    values = {'learning_rate': 0.01, **dict(self.values or {})}
+    values = {'learning_rate': knobs['learning_rate'].default,
+              **dict(self.values or {})}
     for name, value in values.items():
-      knob = registry.get(knobs, name, 'value knob')
-      items = value if isinstance(value, (list, tuple, str)) else [str(value)]
-      parsed = cli.parse_numbers(name, items, minimum=knob.minimum,
-                                 inclusive=knob.inclusive)
+      parsed = cli.parse_knob(name, value)
       if len(parsed) != 1:
         raise ValueError(f'{name}: attribution trains every member at one '
                          f'value; got {", ".join(map(str, parsed))}.')
