@@ -42,6 +42,7 @@ from rahimi_jax import registry
 
 SR_BITS = 16  # random bits per stochastically rounded value
 MODES = ('nearest_even', 'toward_zero', 'stochastic')
+_NEAREST, _TOWARD_ZERO, _STOCHASTIC = range(len(MODES))  # traced mode codes
 _NAN_BITS = 0x7FC00000
 _INF_BITS = 0x7F800000
 
@@ -116,19 +117,26 @@ def _bit_length(n):
   return 32 - lax.clz(n)
 
 
-def _shift_right(n, s):
-  """``n >> s`` for int32 ``n >= 0`` and any ``s >= 0`` (0 from 32 on)."""
-  return jnp.where(s >= 32, 0, n >> jnp.minimum(s, 31))
+def _split(n, s):
+  """``(n >> s, n - (n >> s << s))`` for int32 ``n >= 0`` and any ``s >= 0``
+  (shifts of 32 and more drop every bit)."""
+  kept = jnp.where(s >= 32, 0, n >> jnp.minimum(s, 31))
+  return kept, n - jnp.where(s >= 32, 0, kept << jnp.minimum(s, 31))
+
+
+def _rounds_up(kept, rem, s):
+  """Whether ``kept * 2**s + rem`` (``rem < 2**s``) rounds up to nearest,
+  ties to even (int32)."""
+  half = jnp.where(s >= 1, 1 << jnp.clip(s - 1, 0, 30), 0)
+  half = jnp.where(s >= 32, jnp.int32(2**30), half)  # above any rem < 2**30
+  up = (s >= 1) & ((rem > half) | ((rem == half) & ((kept & 1) == 1)))
+  return up.astype(jnp.int32)
 
 
 def _round_half_even(n, s):
   """``round(n / 2**s)`` to nearest, ties to even, for ``n >= 0``, ``s >= 0``."""
-  kept = _shift_right(n, s)
-  rem = n - jnp.where(s >= 32, 0, kept << jnp.minimum(s, 31))
-  half = jnp.where(s >= 1, 1 << jnp.clip(s - 1, 0, 30), 0)
-  half = jnp.where(s >= 32, jnp.int32(2**30), half)  # above any n < 2**30
-  up = (s >= 1) & ((rem > half) | ((rem == half) & ((kept & 1) == 1)))
-  return kept + up.astype(jnp.int32)
+  kept, rem = _split(n, s)
+  return kept + _rounds_up(kept, rem, s)
 
 
 def quantize(x: jax.Array, fmt: Mapping[str, jax.Array], mode: jax.Array,
@@ -161,9 +169,8 @@ def quantize(x: jax.Array, fmt: Mapping[str, jax.Array], mode: jax.Array,
   d = jnp.maximum(q - eb, 0)  # bits dropped
   q = eb + d
 
-  kept = _shift_right(sig, d)
-  rem = sig - jnp.where(d >= 32, 0, kept << jnp.minimum(d, 31))
-  nearest = _round_half_even(sig, d) - kept
+  kept, rem = _split(sig, d)
+  nearest = _rounds_up(kept, rem, d)
   if srbits is None:
     stochastic = jnp.zeros_like(kept)
   else:
@@ -173,7 +180,8 @@ def quantize(x: jax.Array, fmt: Mapping[str, jax.Array], mode: jax.Array,
                      rem << jnp.clip(SR_BITS - d, 0, SR_BITS))
     r = (srbits & (2**SR_BITS - 1)).astype(jnp.int32)
     stochastic = (frac + r >= 2**SR_BITS).astype(jnp.int32)
-  up = jnp.select([mode == 0, mode == 2], [nearest, stochastic], 0)
+  up = jnp.select([mode == _NEAREST, mode == _STOCHASTIC],
+                  [nearest, stochastic], 0)
   n = kept + up  # |result| = n * 2**q, n <= 2**(man_bits + 1)
 
   # n * 2**q as float32 bits.
@@ -189,7 +197,7 @@ def quantize(x: jax.Array, fmt: Mapping[str, jax.Array], mode: jax.Array,
 
   finite = ef < 255
   over = jnp.where(finite, out > fmt['max_bits'], ef == 255)
-  clamp = saturate | (mode == 1)
+  clamp = saturate | (mode == _TOWARD_ZERO)
   overflowed = jnp.where(clamp, fmt['max_bits'],
                          jnp.where(fmt['has_inf'], _INF_BITS, _NAN_BITS))
   out = jnp.where(over, overflowed, out)
