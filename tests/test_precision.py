@@ -153,8 +153,18 @@ def test_adding_a_thousandth_a_thousand_times_in_bfloat16():
   assert np.all(np.abs(totals - 2.0) < 0.42), totals
 
 
+@pytest.mark.parametrize('name, dtype', [
+    ('float32', np.float32), ('e8m23', np.float32), ('e5m10', np.float16),
+    ('e8m7', ml_dtypes.bfloat16), ('e5m2', ml_dtypes.float8_e5m2),
+    *[(n, d) for n, (d, _) in PEERS.items()]])
+def test_format_parameters_are_ml_dtypes_finfo(name, dtype):
+  fmt = precision.get_format(name)
+  info = ml_dtypes.finfo(dtype)
+  assert (fmt.man_bits, fmt.emin, fmt.max) == (info.nmant, info.minexp,
+                                               float(info.max))
+
+
 def test_custom_formats_and_bad_names():
-  assert precision.get_format('e5m10') == precision.FORMATS['float16']
   e8m3 = precision.get_format('e8m3')
   assert (e8m3.man_bits, e8m3.emin, e8m3.max) == (3, -126, 1.875 * 2.0**127)
   for bad, message in [('float12', "Unknown format 'float12'"),
