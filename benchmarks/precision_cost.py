@@ -3,16 +3,17 @@ r"""What the precision axis costs: a mixed-precision grid against float32 alone.
 Times, in one process run, two grids of the same G members (default MLP on
 digits, same steps and batch order), each one program through ``rj.run``:
 
-  fp32   G seeds, float32 storage (the precision axis not varied);
-  mixed  float32 + bfloat16 nearest-even, toward zero and stochastic storage,
-         G / 4 seeds each (every parameter rounded after every update, one
-         ``quantize`` per parameter whatever the option).
+  fp32   G seeds, float32 (the precision axes not varied);
+  mixed  float32 + bfloat16 x {nearest-even, toward zero, stochastic} x
+         {storage, gradients}: 7 cells of G / 7 seeds each (the parameters
+         after every update, or the gradients before it, rounded; one
+         ``quantize`` per array and place whatever the member's cell).
 
 It prints each grid's warm run time per member-step, mixed / fp32 (issue 12's
 target: <= 1.5x on CPU), and the achieved matmul FLOP/s of each against this
 machine's float32 matmul peak measured in the same run:
 
-  python -m benchmarks.precision_cost --members=64 --steps=500
+  python -m benchmarks.precision_cost --members=70 --steps=500
 """
 
 import platform
@@ -20,12 +21,12 @@ import platform
 from absl import app
 from absl import flags
 
-flags.DEFINE_integer('members', 64, 'Members per grid (a multiple of 4).')
+flags.DEFINE_integer('members', 70, 'Members per grid (a multiple of 7).')
 flags.DEFINE_integer('steps', 500, 'Optimizer steps.')
 flags.DEFINE_integer('peak_n', 1024, 'Matrix size of the peak measurement.')
 
 FLAGS = flags.FLAGS
-MODES = ('float32', 'bfloat16', 'bfloat16_toward_zero', 'bfloat16_stochastic')
+CELLS = 7  # float32 + 3 modes x 2 placements
 
 
 def cpu_model() -> str:
@@ -42,9 +43,9 @@ def cpu_model() -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if FLAGS.members < 4 or FLAGS.members % 4:
-    raise app.UsageError(f'--members must be a positive multiple of 4; got '
-                         f'{FLAGS.members}.')
+  if FLAGS.members < CELLS or FLAGS.members % CELLS:
+    raise app.UsageError(f'--members must be a positive multiple of {CELLS}; '
+                         f'got {FLAGS.members}.')
   from rahimi_jax import program  # pylint: disable=g-import-not-at-top
   program.use_host_cores()
   import rahimi_jax as rj  # pylint: disable=g-import-not-at-top
@@ -56,7 +57,15 @@ def main(argv):
   g = FLAGS.members
   grids = {
       'fp32': rj.Grid(rj.Seeds(g)),
-      'mixed': rj.Grid(rj.Choice('precision', MODES), rj.Seeds(g // 4)),
+      'mixed': rj.Grid.union(
+          rj.Grid(rj.Choice('precision', ('float32',)),
+                  rj.Choice('rounding', ('nearest_even',)),
+                  rj.Choice('placement', ('storage',)), rj.Seeds(g // CELLS)),
+          rj.Grid(rj.Choice('precision', ('bfloat16',)),
+                  rj.Choice('rounding', ('nearest_even', 'toward_zero',
+                                         'stochastic')),
+                  rj.Choice('placement', ('storage', 'gradients')),
+                  rj.Seeds(g // CELLS))),
   }
   peak = measure.measure_peak(FLAGS.peak_n)['peak']
   rows = {}

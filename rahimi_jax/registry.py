@@ -23,9 +23,12 @@ def get(registry: Mapping[str, T], name: str, what: str) -> T:
   try:
     return registry[name]
   except (KeyError, TypeError):
-    raise ValueError(
-        f'Unknown {what} {name!r}; accepted: {", ".join(sorted(registry))}.'
-    ) from None
+    # A registry that builds options on lookup (number formats, combined
+    # placements) describes them in its ``accepted``.
+    accepted = getattr(registry, 'accepted', None) or ', '.join(
+        sorted(registry))
+    raise ValueError(f'Unknown {what} {name!r}; accepted: {accepted}.'
+                     ) from None
 
 
 def check_options(registry: Mapping[str, Any], names: Sequence[str],
@@ -123,8 +126,9 @@ class Axis:
   def flag_help(self) -> str:
     """The flag's help: what it chooses, the options, the default."""
     default = ','.join(self.study) if self.study else self.default
-    return (f'{self.help} Comma list of: {", ".join(self.options)}. '
-            f'Default: {default}.')
+    accepted = getattr(self.options, 'accepted', None) or ', '.join(
+        self.options)
+    return f'{self.help} Comma list of: {accepted}. Default: {default}.'
 
 
 # name -> Axis, in the order the launchers list them and grids order them.

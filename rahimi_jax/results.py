@@ -69,6 +69,15 @@ class Results:
       mask &= self.columns[name] == value
     return Results({k: v[mask] for k, v in self.columns.items()}, self.metadata)
 
+  def subset(self, mask) -> 'Results':
+    """The rows where ``mask``; each axis in the metadata keeps only the
+    values that remain (a sub-design, e.g. a factorial inside a union)."""
+    mask = np.asarray(mask, bool)
+    columns = {k: v[mask] for k, v in self.columns.items()}
+    axes = {a: [v for v in values if np.any(columns[a] == v)]
+            for a, values in self.metadata.get('axes', {}).items()}
+    return Results(columns, {**self.metadata, 'axes': axes})
+
   def final(self) -> 'Results':
     """Each member's last logged row.
 

@@ -102,7 +102,13 @@ class TrainConfig:
     precisions = dict(options).get('precision', ('float32',))
     if self.dtype != 'float32' and precisions != ('float32',):
       raise ValueError(f'precision {", ".join(precisions)} rounds float32 '
-                       f"parameters; dtype is {self.dtype!r} (use 'float32').")
+                       f"values; dtype is {self.dtype!r} (use 'float32').")
+    if ('activations' in components.placement.places(self.option_dict())
+        and not models.get_model(self.model)(
+            self.hidden, self.option_dict()).matmul_hook):
+      raise ValueError(f'placement activations: model {self.model!r} has no '
+                       'matmul hook to round its activations at; models that '
+                       'have one: mlp.')
     object.__setattr__(self, 'diagnostics', registry.check_options(
         diagnostics_lib.LOGGED, self.diagnostics, 'diagnostics')
                        if self.diagnostics else ())
@@ -234,84 +240,121 @@ def make_loop(config: TrainConfig) -> Loop:
         "jax.config.update('jax_enable_x64', True) first (or use "
         "'float32'); without it every array would silently be float32.")
   dtype = jnp.dtype(config.dtype)
-  # With a precision axis: log the fraction of nonzero updates that left
-  # their stored parameter unchanged (rounded away) since the last log.
-  rounds = options['precision'] != ('float32',)
+  # Rounding (placement.Policy) is traced only when some member rounds or
+  # scales its loss; then the carry's counters hold what it did since the
+  # last log.
+  placement = components.placement
+  places = placement.places(options)
+  mixed = bool(places) or options['loss_scaling'] != ('none',)
 
-  def setup(knobs, data):
+  def setup(knobs, data, t=None):
+    """Knobs with defaults, the optimizer, the loss, the data in ``dtype``,
+    and the rounding policy (with step ``t``'s key, if given)."""
     check_task(config, data.task)
     k = _resolve_knobs(config, knobs)
+    policy = None
+    if mixed:
+      key = None if t is None else components.component_key(
+          step_key(k[grid_lib.SEED], t), 'precision')
+      policy = placement.Policy(options, k, key)
     hp = {knob.name: k[knob.name] for knob in components.optimizers.AXIS.knobs}
+    hp |= {n: jnp.float32(v) for n, v in components.optimizers.CONSTANTS.items()}
+    if policy is not None:
+      hp = policy.constants(hp)
     opt = components.relaxed_optimizer(options['optimizer'], k['optimizer'], hp)
     data = jax.tree.map(
         lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(a.dtype, jnp.floating)
         else jnp.asarray(a), data)
-    return k, opt, LOSSES[data.task], data
+    return k, opt, LOSSES[data.task], data, policy
 
   def full_batch(data):
     return config.batch_size == 0 or config.batch_size >= data.n_train
 
   def init(knobs, data):
-    k, opt, _, data = setup(knobs, data)
+    k, opt, _, data, policy = setup(knobs, data, 0)
     init_key, data_key = jax.random.split(k[grid_lib.SEED])
     params, state = jax.tree.map(
         lambda a: a.astype(dtype),
         model.init(init_key, data.in_dim, data.num_outputs, k))
-    params = components.precision.store(
-        options['precision'], k['precision'], params,
-        components.component_key(step_key(k[grid_lib.SEED], 0), 'precision'))
+    counts = placement.counters(options) if mixed else {}
+    scaler = jnp.zeros(2, jnp.float32)
+    if policy is not None:
+      params, counts = policy.round('storage', params, counts)
+      scaler = policy.initial_scaler()
     ts = jnp.arange(1, config.steps + 1, dtype=jnp.int32)
     xs = (ts,) if full_batch(data) else (ts, data_lib.batch_indices(
         data_key, data.n_train, config.batch_size, config.steps))
-    return (params, state, opt.init(params), jnp.zeros(2, jnp.float32),
+    return (params, state, opt.init(params), counts, scaler,
             jnp.asarray(-1, jnp.int32)), xs
 
   def step(knobs, data, carry, xs_t):
-    k, opt, loss_fn, data = setup(knobs, data)
-    params, state, opt_state, rounding, diverged_step = carry
+    params, state, opt_state, counts, scaler, diverged_step = carry
+    t = xs_t[0]
+    k, opt, loss_fn, data, policy = setup(knobs, data, t)
     if full_batch(data):
-      (t,), x, y = xs_t, data.x_train, data.y_train
+      x, y = data.x_train, data.y_train
     else:
-      t, idx = xs_t
-      x, y = data.x_train[idx], data.y_train[idx]
+      x, y = data.x_train[xs_t[1]], data.y_train[xs_t[1]]
 
     key = step_key(k[grid_lib.SEED], t)
+    hook = 'activations' in places
 
     def objective(params, state):
-      out, state = model.apply(params, state, x, k, train=True, key=key)
-      return loss_fn(out, y), state
+      tally = []
+      extra = {'matmul_input': policy.matmul_input(tally)} if hook else {}
+      out, state = model.apply(params, state, x, k, train=True, key=key,
+                               **extra)
+      return loss_fn(out, y), (state, sum(tally) if hook else None)
 
     # The gradient alone: the loss value would cost a reduction over the
     # whole [batch, outputs] residual per step and member (18% of a deep
     # linear step on CPU); divergence is read off the parameters instead.
-    grads, state = jax.grad(objective, has_aux=True)(params, state)
+    grads, (state, tally) = jax.grad(objective, has_aux=True)(params, state)
+    if hook:
+      counts = counts | {
+          'overflows_activations': counts['overflows_activations'] + tally[0],
+          'underflows_activations': counts['underflows_activations'] + tally[1]}
+    if policy is not None:
+      grads, grads_finite, counts = policy.gradients(grads, scaler, counts)
     extra = {'key': components.component_key(key, 'optimizer')}
     if data.task == 'regression':
       # loss = 0.5 * ||residual||^2 for the least-squares optimizers.
       scale = jnp.sqrt(jnp.asarray(x.shape[0], x.dtype))
       extra['residual_fn'] = lambda p: (
           model.apply(p, carry[1], x, k, train=True, key=key)[0] - y) / scale
-    updates, opt_state = opt.update(grads, opt_state, params, **extra)
-    stored = components.precision.store(
-        options['precision'], k['precision'],
-        optax.apply_updates(params, updates),
-        components.component_key(key, 'precision'))
-    if rounds:  # updates that did not move their stored parameter
-      pairs = list(zip(jax.tree.leaves(updates), jax.tree.leaves(params),
-                       jax.tree.leaves(stored)))
-      lost = sum(jnp.sum((u != 0) & (s == p)) for u, p, s in pairs)
-      made = sum(jnp.sum(u != 0) for u, _, _ in pairs)
-      rounding = rounding + jnp.stack([lost, made]).astype(jnp.float32)
-    params = stored
+    updates, new_opt_state = opt.update(grads, opt_state, params, **extra)
+    if policy is not None:
+      updates, counts = policy.round('updates', updates, counts)
+      new_opt_state, counts = policy.round('optimizer_state', new_opt_state,
+                                           counts)
+    new_params = optax.apply_updates(params, updates)
+    if policy is not None:
+      new_params, counts = policy.round('storage', new_params, counts)
+      if 'storage' in places:  # updates that did not move their parameter
+        pairs = list(zip(jax.tree.leaves(updates), jax.tree.leaves(params),
+                         jax.tree.leaves(new_params)))
+        counts = counts | {
+            'updates_lost': counts['updates_lost'] + sum(
+                jnp.sum((u != 0) & (s == p)) for u, p, s in pairs),
+            'updates_made': counts['updates_made'] + sum(
+                jnp.sum(u != 0) for u, _, _ in pairs)}
+      if policy.dynamic:  # a non-finite scaled gradient: skip the step
+        skip = policy.skips(grads_finite)
+        new_params, new_opt_state = jax.tree.map(
+            lambda old, new: jnp.where(skip, old, new), (params, opt_state),
+            (new_params, new_opt_state))
+        counts = counts | {'steps_skipped': counts['steps_skipped'] + skip}
+        scaler = policy.next_scaler(scaler, grads_finite)
+    params, opt_state = new_params, new_opt_state
     # p * 0 is 0 for finite p and NaN for inf or NaN: one sum of those is
     # finite iff every parameter is (a cheaper reduction than all(isfinite)).
     finite = jnp.isfinite(sum(jnp.sum(p * 0) for p in jax.tree.leaves(params)))
     diverged_step = jnp.where((diverged_step < 0) & ~finite, t, diverged_step)
-    return params, state, opt_state, rounding, diverged_step
+    return params, state, opt_state, counts, scaler, diverged_step
 
   def log(knobs, data, carry, t):
-    k, _, loss_fn, data = setup(knobs, data)
-    params, state, opt_state, rounding, diverged_step = carry
+    k, _, loss_fn, data, policy = setup(knobs, data)
+    params, state, opt_state, counts, scaler, diverged_step = carry
     key = step_key(k[grid_lib.SEED], t, evaluation=True)
 
     def evaluate(x, y):
@@ -335,13 +378,20 @@ def make_loop(config: TrainConfig) -> Loop:
       for name in config.diagnostics:
         metrics |= diagnostics_lib.LOGGED[name](train_loss, params,
                                                 diagnostics_key)
-    if rounds:
-      lost, made = rounding[0], rounding[1]
-      metrics['updates_lost'] = jnp.where(made > 0, lost / made, jnp.nan)
-      rounding = jnp.zeros_like(rounding)
     metrics = {m: jnp.where(diverged_step >= 0, jnp.nan, v)
                for m, v in metrics.items()}
-    return (params, state, opt_state, rounding, diverged_step), metrics
+    # What rounding did since the last log: kept after a divergence too (it
+    # explains it).
+    for name, count in counts.items():
+      if name == 'updates_lost':
+        made = counts['updates_made']
+        metrics[name] = jnp.where(made > 0, count / made, jnp.nan)
+      elif name != 'updates_made':
+        metrics[name] = count
+    if policy is not None and 'dynamic' in options['loss_scaling']:
+      metrics['loss_scale'] = policy.scale(scaler)
+    counts = jax.tree.map(jnp.zeros_like, counts)
+    return (params, state, opt_state, counts, scaler, diverged_step), metrics
 
   return Loop(init, step, log)
 

@@ -21,7 +21,7 @@ BAD_CONFIGS = {
     'unknown_norm': (dict(options={'norm': ('bn',)}),
                      ["'bn'", 'accepted:', NORMS]),
     'unknown_axis': (dict(options={'dropout': ('none',)}),
-                     ["'dropout'", 'accepted:', 'activation, init, norm, optimizer']),
+                     ["'dropout'", 'accepted:', 'activation, init, loss_scaling, norm, optimizer, placement, precision, rounding']),
     'unknown_knob': (dict(values={'beta1': (0.9,)}),
                      ["'beta1'", 'accepted:', 'learning_rate', 'momentum']),
     'momentum_negative': (dict(values={'momentum': '0,-0.5'}),
@@ -78,7 +78,7 @@ BAD_CONFIGS = {
     'norms_for_deep_linear': (
         dict(model='deep_linear', options={'norm': ('none',)}),
         ['norms', "'deep_linear'", 'no norm axis',
-         'optimizer, precision, init']),
+         'optimizer, precision, rounding, placement, loss_scaling, init']),
     'activations_for_deep_linear': (
         dict(model='deep_linear', options={'activation': ('relu',)}),
         ['activations', "'deep_linear'", 'no activation axis']),

@@ -226,12 +226,12 @@ def test_flops_of_the_two_layer_linear_net():
 
 def test_precision_cost_benchmark_runs_shrunk():
   proc = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.precision_cost', '--members=4',
+      [sys.executable, '-m', 'benchmarks.precision_cost', '--members=7',
        '--steps=2', '--peak_n=64'], cwd=ROOT, env=_env(), capture_output=True,
       text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
-  assert 'matmul peak' in lines[0] and 'G=4, 2 steps' in lines[0], lines
+  assert 'matmul peak' in lines[0] and 'G=7, 2 steps' in lines[0], lines
   rows = [l.split() for l in lines[2:4]]
   assert [r[0] for r in rows] == ['fp32', 'mixed'] and all(
       len(r) == 5 and r[4].endswith('%') for r in rows), lines

@@ -95,7 +95,8 @@ def _residual(params):
 
 def _opt(name, hp):
   """An option alone, accepting ``residual_fn=`` like the relaxed mixture."""
-  return optax.with_extra_args_support(components.OPTIMIZERS[name](hp))
+  return optax.with_extra_args_support(components.OPTIMIZERS[name](
+      {**components.optimizers.CONSTANTS, **hp}))
 
 
 # The relaxed mixture of every registry entry, and every plain option computed

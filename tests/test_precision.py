@@ -181,10 +181,24 @@ def test_custom_formats_and_bad_names():
 
 _CONFIG = train_lib.TrainConfig(hidden=(8,), steps=20, batch_size=32,
                                 log_every=10)
-_GRID = grid_lib.Grid(
-    grid_lib.Choice('precision', ('float32', 'bfloat16', 'bfloat16_stochastic',
-                                  'float8_e4m3fn')),
-    grid_lib.Values('learning_rate', (0.05,)), grid_lib.Seeds(2))
+# Storage (the default placement) in float32, bfloat16 nearest-even and
+# stochastic, float8: a union, since float32 and float8 need one mode each.
+_GRID = grid_lib.Grid.union(*[
+    grid_lib.Grid(grid_lib.Choice('precision', (p,)),
+                  grid_lib.Choice('rounding', modes),
+                  grid_lib.Values('learning_rate', (0.05,)), grid_lib.Seeds(2))
+    for p, modes in [('float32', ('nearest_even',)),
+                     ('bfloat16', ('nearest_even', 'stochastic')),
+                     ('float8_e4m3fn', ('nearest_even',))]])
+_CELLS = {'float32': ('float32', 'nearest_even'),
+          'bfloat16': ('bfloat16', 'nearest_even'),
+          'bfloat16_stochastic': ('bfloat16', 'stochastic'),
+          'float8_e4m3fn': ('float8_e4m3fn', 'nearest_even')}
+
+
+def _cell(res, name):
+  precision_, rounding = _CELLS[name]
+  return res.where(precision=precision_, rounding=rounding)
 
 
 @pytest.fixture(scope='module')
@@ -197,12 +211,12 @@ def test_float32_member_is_the_run_without_the_axis(precision_run,
   plain = engine.run(_CONFIG, grid_lib.Grid(
       grid_lib.Values('learning_rate', (0.05,)), grid_lib.Seeds(2)),
                      tiny_digits)
-  member = precision_run.where(precision='float32')
+  member = _cell(precision_run, 'float32')
   for m in ('train_loss', 'test_loss', 'test_accuracy'):
     chex.assert_trees_all_close(member.columns[m], plain.columns[m],
                                 atol=1e-6, rtol=0)
   # Not vacuous: bfloat16 storage trains differently.
-  bf16 = precision_run.where(precision='bfloat16').columns['train_loss']
+  bf16 = _cell(precision_run, 'bfloat16').columns['train_loss']
   assert np.abs(bf16[-1] - member.columns['train_loss'][-1]) > 1e-4
 
 
@@ -210,7 +224,8 @@ def test_float32_member_is_the_run_without_the_axis(precision_run,
     ('bfloat16', ml_dtypes.bfloat16), ('bfloat16_stochastic', ml_dtypes.bfloat16),
     ('float8_e4m3fn', ml_dtypes.float8_e4m3fn)])
 def test_stored_parameters_are_values_of_the_format(name, dtype, tiny_digits):
-  index = next(m.index for m in _GRID.members if m.values['precision'] == name)
+  index = next(m.index for m in _GRID.members
+               if (m.values['precision'], m.values['rounding']) == _CELLS[name])
   knobs = jax.tree.map(lambda a: a[0], _GRID.knobs([index]))
   params, _ = jax.jit(train_lib.final_state, static_argnums=0)(
       _CONFIG.for_grid(_GRID), knobs, tiny_digits)
@@ -221,7 +236,7 @@ def test_stored_parameters_are_values_of_the_format(name, dtype, tiny_digits):
 
 def test_stochastic_and_nearest_storage_differ_and_are_recorded(precision_run):
   final = precision_run.final()
-  loss = {p: final.where(precision=p).columns['train_loss']
+  loss = {p: _cell(final, p).columns['train_loss']
           for p in ('bfloat16', 'bfloat16_stochastic')}
   assert np.all(loss['bfloat16'] != loss['bfloat16_stochastic'])
   assert precision_run.metadata['axes']['precision'] == list(
@@ -232,7 +247,7 @@ def test_precision_axis_refuses_gates_and_float64():
   with pytest.raises(ValueError, match='precision cannot be a Gate'):
     _CONFIG.for_grid(grid_lib.Grid(
         grid_lib.Gate('precision', 'float32', 'bfloat16', (0.0, 0.5))))
-  with pytest.raises(ValueError, match="rounds float32 parameters; dtype is "
+  with pytest.raises(ValueError, match="rounds float32 values; dtype is "
                      "'float64'"):
     train_lib.TrainConfig(dtype='float64',
                           options=(('precision', ('float32', 'bfloat16')),))
@@ -241,9 +256,8 @@ def test_precision_axis_refuses_gates_and_float64():
 
 
 def test_updates_lost_to_rounding_are_logged(precision_run):
-  lost = {p: precision_run.where(precision=p).columns['updates_lost']
-          for p in _GRID.choices['precision']}
-  steps = precision_run.where(precision='float32').columns['step']
+  lost = {p: _cell(precision_run, p).columns['updates_lost'] for p in _CELLS}
+  steps = _cell(precision_run, 'float32').columns['step']
   for p, values in lost.items():
     assert np.all(np.isnan(values[steps == 0])), p  # no update yet
     later = values[steps > 0]
@@ -260,10 +274,11 @@ def test_updates_lost_to_rounding_are_logged(precision_run):
 def test_the_report_gives_the_lost_updates_per_precision(precision_run):
   lines = ablation.rounding_lines(precision_run)
   assert lines[0].startswith('updates lost to rounding')
-  rows = {l.split()[0]: l for l in lines[1:]}
-  assert list(rows) == list(_GRID.choices['precision'])
+  rows = {tuple(l.split()[:2]): l for l in lines[1:]}
+  assert list(rows) == list(_CELLS.values())
   final = precision_run.final()
-  for name, line in rows.items():
+  for (precision_, rounding), line in rows.items():
     # The mean over the 2 seeds of each member's last logged fraction.
-    mean = np.mean(final.where(precision=name).columns['updates_lost'])
-    assert line.split()[1] == f'{mean:.1%}', (line, mean)
+    mean = np.mean(final.where(precision=precision_, rounding=rounding
+                               ).columns['updates_lost'])
+    assert line.split()[2] == f'{mean:.1%}', (line, mean)

@@ -10,6 +10,7 @@ from rahimi_jax.components import norms  # pylint: disable=g-bad-import-order
 from rahimi_jax.components import inits  # pylint: disable=g-bad-import-order
 from rahimi_jax.components import activations  # pylint: disable=g-bad-import-order
 from rahimi_jax.components import precision  # pylint: disable=g-bad-import-order
+from rahimi_jax.components import placement  # pylint: disable=g-bad-import-order
 from rahimi_jax.components.activations import ACTIVATIONS
 from rahimi_jax.components.activations import relaxed_activation
 from rahimi_jax.components.inits import INITS

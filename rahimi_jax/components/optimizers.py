@@ -4,7 +4,7 @@
 the Gauss–Newton and Levenberg–Marquardt options need and the others ignore.
 
 ``hp`` maps the optimizer axis's value knobs (``AXIS.knobs``: learning rate,
-momentum, weight decay) to traced scalars, captured when the transformation is
+momentum, weight decay) and the optimizers' ``CONSTANTS`` to traced scalars, captured when the transformation is
 built inside the traced training function, so one compiled program serves
 every learning rate, momentum and weight decay of a grid.
 """
@@ -20,16 +20,24 @@ from rahimi_jax.components import relaxed
 
 Hyperparams = Mapping[str, jax.typing.ArrayLike]
 
+# The optimizers' own constants (optax's defaults), passed through ``hp`` so
+# that the ``constants`` placement can round them like the knobs: Adam's and
+# AdamW's b1, b2 and eps; RMSProp's decay and eps.
+CONSTANTS = {'b1': 0.9, 'b2': 0.999, 'eps': 1e-8, 'decay': 0.9}
+
 OPTIMIZERS: dict[str, Callable[[Hyperparams], optax.GradientTransformation]] = {
     'sgd': lambda hp: optax.sgd(hp['learning_rate']),
     'momentum': lambda hp: optax.sgd(hp['learning_rate'],
                                      momentum=hp['momentum']),
     'nesterov': lambda hp: optax.sgd(
         hp['learning_rate'], momentum=hp['momentum'], nesterov=True),
-    'adam': lambda hp: optax.adam(hp['learning_rate']),
+    'adam': lambda hp: optax.adam(hp['learning_rate'], b1=hp['b1'],
+                                  b2=hp['b2'], eps=hp['eps']),
     'adamw': lambda hp: optax.adamw(
-        hp['learning_rate'], weight_decay=hp['weight_decay']),
-    'rmsprop': lambda hp: optax.rmsprop(hp['learning_rate']),
+        hp['learning_rate'], b1=hp['b1'], b2=hp['b2'], eps=hp['eps'],
+        weight_decay=hp['weight_decay']),
+    'rmsprop': lambda hp: optax.rmsprop(hp['learning_rate'],
+                                        decay=hp['decay'], eps=hp['eps']),
     # Least squares only (they need residual_fn); the learning rate is unused.
     'gauss_newton': lambda hp: solvers.gauss_newton(),
     'levenberg_marquardt': lambda hp: solvers.levenberg_marquardt(),
@@ -61,6 +69,7 @@ def relaxed_optimizer(names: Sequence[str], weights: jax.Array,
   poisons no value or gradient.
   """
   names = AXIS.check(names)
+  hp = {**CONSTANTS, **hp}  # constants the caller did not round
   txs = [OPTIMIZERS[n](relaxed.guard(weights[i], hp))
          for i, n in enumerate(names)]
   txs = [optax.with_extra_args_support(tx) for tx in txs]

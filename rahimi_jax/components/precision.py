@@ -209,66 +209,84 @@ def quantize(x: jax.Array, fmt: Mapping[str, jax.Array], mode: jax.Array,
   return lax.bitcast_convert_type(sign | out, jnp.float32)
 
 
+def _mix(x):
+  """A bijective 32-bit integer hash with full avalanche (Wellons'
+  ``lowbias32``: bias 0.17 against an ideal 0.0)."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
 def stochastic_bits(key: jax.Array, shape) -> jax.Array:
-  """Random bits for ``quantize``'s stochastic mode, drawn from ``key``."""
-  return jax.random.bits(key, shape, jnp.uint32)
+  """Random bits for ``quantize``'s stochastic mode, drawn from ``key``.
+
+  A counter-based generator: entry ``i`` is a keyed hash of ``i`` (two
+  rounds of ``_mix``, the key's words mixed in between), about 12 integer
+  operations per value where ``jax.random.bits`` (threefry) spends ~100; the
+  rounding consumes 16 bits per value, every value and step, so this was
+  most of the stochastic mode's cost (WORKSPACE.md). The key still comes
+  from the member's seed and the step (``fold_in``), so arms stay paired.
+  """
+  words = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
+  size = int(np.prod(shape, dtype=np.int64))
+  i = lax.iota(jnp.uint32, size).reshape(shape)
+  x = _mix(i * jnp.uint32(0x9E3779B9) + words[0])
+  for w in words[1:]:
+    x = _mix(x ^ w)
+  return x
 
 
-def _precisions() -> dict[str, tuple[str, str]]:
-  """Option name -> (format, mode): ``bfloat16`` rounds to nearest-even,
-  ``bfloat16_toward_zero`` and ``bfloat16_stochastic`` name their mode."""
-  out = {'float32': ('float32', 'nearest_even')}
-  for name in FORMATS:
-    if name != 'float32':
-      out[name] = (name, 'nearest_even')
-      out.update({f'{name}_{m}': (name, m) for m in MODES[1:]})
-  return out
+class _Formats(Mapping):
+  """The precision axis's options: ``FORMATS`` by name, and every ``e<E>m<M>``
+  (IEEE-style, built on lookup); iterating lists the named ones."""
 
+  accepted = (f'{", ".join(FORMATS)}, or e<E>m<M> (IEEE-style: E in 2..8 '
+              'exponent bits, M in 1..23 mantissa bits, e.g. e8m3)')
 
-PRECISIONS = _precisions()
+  def __getitem__(self, name):
+    try:
+      return get_format(name)
+    except (ValueError, TypeError):
+      raise KeyError(name) from None
+
+  def __iter__(self):
+    return iter(FORMATS)
+
+  def __len__(self):
+    return len(FORMATS)
+
 
 AXIS = registry.register(registry.Axis(
-    name='precision', options=PRECISIONS, default='float32',
+    name='precision', options=_Formats(), default='float32',
     flag='precisions',
-    help=('Storage format of the parameters: rounded after initialization '
-          'and after every update (float32 arithmetic in between).'),
+    help=('Number format of the values rounded at the placements (float32: '
+          'nothing is rounded).'),
+    loop=True, relaxable=False))
+ROUNDING_AXIS = registry.register(registry.Axis(
+    name='rounding', options={m: m for m in MODES}, default='nearest_even',
+    flag='roundings',
+    help=('Rounding mode to the format: nearest-even, toward zero (overflow '
+          'saturates at the largest finite value), or stochastic (random bits '
+          'from the step key, paired across arms).'),
     loop=True, relaxable=False))
 
 
-def store(names, weights: jax.Array, params, key: jax.Array | None):
-  """``params`` rounded to the precision option that ``weights`` selects.
+def select(formats, format_weights: jax.Array, modes,
+           mode_weights: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
+  """The format knobs and mode code that one-hot weights pick.
 
-  The options of the axis are a table of (format, mode) rows; the one-hot
-  ``weights`` pick a row (``argmax``), and one ``quantize`` per parameter
-  runs whatever the option, so every precision of a grid shares one
-  program. Only ``float32`` (not varied): the parameters, untouched.
+  The options of the ``precision`` and ``rounding`` axes are tables of
+  numbers; ``argmax`` of the weights picks a row (traced), so every format and
+  mode of a grid shares one program.
 
-  Args:
-    names: the axis's options (static).
-    weights: one-hot ``[len(names)]``.
-    params: float32 pytree.
-    key: the step's precision key (``component_key(step_key, 'precision')``)
-      for stochastic rounding; the same for every option (paired arms).
+  Returns:
+    ``(fmt, mode)`` for ``quantize``.
   """
-  names = AXIS.check(names)
-  if names == ('float32',):
-    return params
-  rows = [PRECISIONS[n] for n in names]
   table = jax.tree.map(lambda *a: jnp.stack(a),
-                       *[format_knobs(FORMATS[f]) for f, _ in rows])
-  modes = jnp.asarray([MODES.index(m) for _, m in rows], jnp.int32)
-  i = jnp.argmax(weights)
-  fmt = jax.tree.map(lambda a: a[i], table)
-  leaves, treedef = jax.tree.flatten(params)
-  for leaf in leaves:
-    if leaf.dtype != jnp.float32:
-      raise ValueError(f'precision rounds float32 parameters; got {leaf.dtype} '
-                       "(use dtype='float32').")
-  stochastic = 'stochastic' in {m for _, m in rows}
-  if stochastic and key is None:
-    raise ValueError('stochastic rounding needs a key.')
-  out = [quantize(leaf, fmt, modes[i],
-                  stochastic_bits(jax.random.fold_in(key, j), leaf.shape)
-                  if stochastic else None)
-         for j, leaf in enumerate(leaves)]
-  return jax.tree.unflatten(treedef, out)
+                       *[format_knobs(AXIS.get(f)) for f in AXIS.check(formats)])
+  fmt = jax.tree.map(lambda a: a[jnp.argmax(format_weights)], table)
+  codes = jnp.asarray([get_mode(m) for m in ROUNDING_AXIS.check(modes)],
+                      jnp.int32)
+  return fmt, codes[jnp.argmax(mode_weights)]

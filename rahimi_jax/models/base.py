@@ -16,7 +16,11 @@ class Model(NamedTuple):
       step's PRNG key (``train.step_key``), from which the model gives each
       component its own (``components.component_key``).
     choice_axes: the choice axes whose knobs the model reads (e.g. ``norm``).
+    matmul_hook: ``apply`` accepts ``matmul_input=``, a function it applies
+      to both inputs of every matmul (the ``activations`` placement rounds
+      there); models without it cannot round their activations.
   """
   init: Callable[[jax.Array, int, int, dict[str, Any]], tuple[Any, Any]]
   apply: Callable[..., tuple[jax.Array, Any]]
   choice_axes: tuple[str, ...]
+  matmul_hook: bool = False

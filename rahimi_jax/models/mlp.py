@@ -51,16 +51,19 @@ def mlp(hidden: Sequence[int], options: Mapping[str, Sequence[str]]) -> Model:
         state['norm'].append(norm_state)
     return params, state
 
-  def apply(params, state, x, knobs, train, key=None):
+  def apply(params, state, x, knobs, train, key=None, matmul_input=None):
+    r = matmul_input or (lambda v: v)
     new_norm_state = []
     for i, (layer, norm_params, norm_state) in enumerate(
         zip(params['dense'], params['norm'], state['norm'])):
-      x, s = norm_apply(norm_params, norm_state, x @ layer['w'], knobs['norm'],
-                        train, components.component_key(key, 'norm', i))
+      x, s = norm_apply(norm_params, norm_state, r(x) @ r(layer['w']),
+                        knobs['norm'], train,
+                        components.component_key(key, 'norm', i))
       new_norm_state.append(s)
       x = act(knobs['activation'], x + layer['b'],
               key=components.component_key(key, 'activation', i))
     readout = params['readout']
-    return x @ readout['w'].T + readout['b'], {'norm': new_norm_state}
+    return r(x) @ r(readout['w']).T + readout['b'], {'norm': new_norm_state}
 
-  return Model(init, apply, choice_axes=('norm', 'activation', 'init'))
+  return Model(init, apply, choice_axes=('norm', 'activation', 'init'),
+               matmul_hook=True)

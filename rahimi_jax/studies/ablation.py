@@ -10,12 +10,15 @@ from collections.abc import Mapping, Sequence
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 from rahimi_jax import cli
 from rahimi_jax import data as data_lib
 from rahimi_jax import engine
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import registry
 from rahimi_jax import results as results_lib
+from rahimi_jax import stats
 from rahimi_jax import train as train_lib
 
 # The value knob every ablation grid varies (at its default when not given).
@@ -128,18 +131,32 @@ def headline_metric(results: results_lib.Results) -> str:
   return 'test_accuracy' if 'test_accuracy' in results.columns else 'test_loss'
 
 
+# The axes that say what a member rounds (components.precision, .placement).
+ROUNDING_AXES = ('precision', 'rounding', 'placement', 'loss_scaling')
+
+
 def rounding_lines(res: results_lib.Results) -> list[str]:
-  """Why a storage precision costs accuracy: the updates rounding undid."""
+  """Why a low precision costs accuracy: the updates rounding undid, per
+  combination of the rounding axes the grid varies."""
   if 'updates_lost' not in res.columns:
     return []
+  axes = [a for a in ROUNDING_AXES if len(res.metadata['axes'].get(a, ())) > 1]
+  final = res.final().columns
+  keys = dict.fromkeys(zip(*(final[a] for a in axes)))
+  seed = final[grid_lib.SEED]
   lines = ['updates lost to rounding over the last log interval (nonzero '
            'updates that left their stored parameter unchanged), mean over '
            'seeds [95% interval]. Stochastic rounding leaves as many '
            'unchanged, but moves a weight a whole ulp with probability '
            'update/ulp, so on average nothing is lost; nearest-even and '
            'toward zero lose them for good:']
-  for row in res.summarize('updates_lost', 'precision'):
-    ci = row.interval
-    lines.append(f'  {row.value:<28}{ci.mean:7.1%} [{ci.low:.1%}, '
-                 f'{ci.high:.1%}]')
+  for key in keys:
+    at = np.ones(len(seed), bool)
+    for a, v in zip(axes, key):
+      at &= final[a] == v
+    per_seed = [stats.finite_mean(final['updates_lost'][at & (seed == s)])
+                for s in np.unique(seed[at])]
+    ci = stats.mean_ci(per_seed, bounds=(0.0, 1.0))
+    lines.append(f'  {" ".join(map(str, key)):<36}{ci.mean:7.1%} '
+                 f'[{ci.low:.1%}, {ci.high:.1%}]')
   return lines

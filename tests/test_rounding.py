@@ -1,0 +1,167 @@
+"""The rounding study and its launcher: ``python -m experiments.rounding``."""
+
+import numpy as np
+import pytest
+from sklearn import dummy
+
+import launchers
+
+from rahimi_jax import data as data_lib
+from rahimi_jax import grid as grid_lib
+from rahimi_jax import results as results_lib
+from rahimi_jax import storage
+from rahimi_jax.studies import rounding
+
+# Adam in bfloat16: nearest-even rounds b2 = 0.999 to 1 (a collapse at step
+# 1), toward zero to 0.99609375 (trains); storage loses few of Adam's updates.
+_CONFIG = rounding.RoundingConfig(
+    optimizers=('adam',), learning_rates=(0.003,), hidden=(16,),
+    precisions=('bfloat16',), roundings=('nearest_even', 'toward_zero'),
+    placements=('storage', 'constants'), seeds=2, steps=30, batch_size=32,
+    log_every=10)
+
+
+@pytest.fixture(scope='module')
+def study():
+  res = rounding.run(_CONFIG)
+  return res, rounding.cells(res)
+
+
+def _row(rows, rounding_, placement):
+  return next(r for r in rows if r['cell']['rounding'] == rounding_
+              and r['cell']['placement'] == placement)
+
+
+def test_the_grid_is_float32_once_plus_every_cell():
+  grid = _CONFIG.grid()
+  cells = {tuple(m.values[a] for a in rounding.CELL_AXES) for m in grid.members}
+  assert len(grid) == 2 * len(cells) == 2 * (1 + 2 * 2)
+  assert ('float32', 'nearest_even', 'storage', 'none') in cells
+  scaled = rounding.RoundingConfig(
+      precisions=('float16',), placements=('storage', 'gradients'),
+      loss_scalings=('none', 'dynamic')).grid()
+  scaling = {(m.values['placement'], m.values['loss_scaling'])
+             for m in scaled.members if m.values['precision'] == 'float16'}
+  # Loss scaling only where gradients are rounded.
+  assert scaling == {('storage', 'none'), ('gradients', 'none'),
+                     ('gradients', 'dynamic')}
+
+
+def test_rtz_trains_and_rne_collapses_with_the_mechanism(study):
+  res, rows = study
+  rne, rtz = _row(rows, 'nearest_even', 'constants'), _row(
+      rows, 'toward_zero', 'constants')
+  assert [s for s, _ in rne['collapses']] == [1, 1]
+  assert not rtz['collapses']
+  assert rtz['value'].mean > res.metadata['chance_threshold']
+  text = rounding.explanations(res, rows, gap=0.02)
+  assert 'b2 0.999 -> 1 ' in text
+  assert ("adam, bfloat16 constants: toward_zero trains" in text
+          and 'changing only the rounding mode to nearest_even collapses it'
+          in text), text
+  # Reference and storage cells: finite, no collapse.
+  for r in rows:
+    if r['cell']['placement'] == 'storage':
+      assert not r['collapses'] and np.isfinite(r['value'].mean), r['label']
+
+
+def test_effects_are_paired_by_seed(study):
+  res, rows = study
+  final = res.final()
+  row = _row(rows, 'toward_zero', 'storage')
+  ref = final.where(optimizer='adam', precision='float32')
+  cell = final.where(optimizer='adam', precision='bfloat16',
+                     rounding='toward_zero', placement='storage')
+  diff = cell.columns['test_accuracy'] - ref.columns['test_accuracy']
+  assert list(cell.columns['seed']) == list(ref.columns['seed'])
+  assert row['effect'].mean == pytest.approx(diff.mean())
+  assert row['effect'].n == 2
+
+
+def test_attribution_names_why_it_cannot_run_on_a_collapsed_factorial(study):
+  res, _ = study
+  out = rounding.attribute(res, 'adam')
+  assert isinstance(out, str) and 'no finite result' in out, out
+
+
+def test_chance_level_is_the_majority_classifier():
+  data = data_lib.digits()
+  chance, threshold = rounding.chance_accuracy(data)
+  clf = dummy.DummyClassifier(strategy='most_frequent').fit(
+      data.x_train, data.y_train)
+  # The commonest *test* class: at least the train-majority's test score.
+  assert chance >= clf.score(data.x_test, data.y_test)
+  n = len(data.y_test)
+  assert threshold == pytest.approx(chance + 3 * np.sqrt(
+      chance * (1 - chance) / n))
+
+
+def test_collapse_to_chance_is_dated_at_the_first_step_it_stays_there():
+  def member(acc):
+    steps = np.arange(0, 10 * len(acc), 10)
+    return results_lib.Results(
+        {'member': np.full(len(acc), 'm'), 'step': steps,
+         'test_accuracy': np.asarray(acc), 'diverged_step':
+         np.full(len(acc), -1)}, {})
+  assert rounding.collapse(member([0.1, 0.5, 0.8, 0.1, 0.12]),
+                           'test_accuracy', 0.15) == (30, 'chance-level accuracy')
+  assert rounding.collapse(member([0.1, 0.5, 0.8, 0.1, 0.6]),
+                           'test_accuracy', 0.15) is None
+  assert rounding.collapse(member([0.1, 0.1]), 'test_accuracy', 0.15) == (
+      0, 'chance-level accuracy')
+  diverged = member([0.1, 0.5])
+  diverged.columns['diverged_step'][:] = 7
+  assert rounding.collapse(diverged, 'test_accuracy', 0.15) == (7, 'non-finite')
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(precisions=('float32', 'bfloat16')), 'float32 is the reference'),
+    (dict(optimizers=('sgd', 'adam'), learning_rates=(0.1,)),
+     'learning_rates: one per optimizer; got 1'),
+    (dict(loss_scalings=('none', 'static'), placements=('storage',)),
+     'loss scaling acts on rounded gradients'),
+    (dict(placements=('storage+weights',)), "Unknown placement "
+     "'storage\\+weights'"),
+    (dict(roundings=('floor',)), "Unknown rounding 'floor'"),
+    (dict(seeds=1), 'intervals need at least 2; got 1'),
+    (dict(optimizers=('levenberg_marquardt',), learning_rates=(1.0,)),
+     'levenberg_marquardt not supported here'),
+])
+def test_bad_configs_are_one_line_errors(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    rounding.RoundingConfig(**kwargs)
+
+
+def test_launcher_end_to_end(tmp_path):
+  """One run as a user would (float16 gradients with loss scaling), and a
+  bad flag failing before anything runs."""
+  out = tmp_path / 'out'
+  ok, bad = launchers.launch_many('experiments.rounding', [
+      ['--optimizers=adam', '--learning_rates=0.003', '--hidden=8',
+       '--precisions=float16', '--roundings=nearest_even,toward_zero',
+       '--placements=gradients,constants', '--loss_scalings=none,dynamic',
+       '--loss_scale=1e9', '--seeds=2', '--steps=20', '--log_every=10',
+       '--batch_size=32', f'--out={out}'],
+      ['--placements=storage,weights', f'--out={tmp_path / "bad"}']])
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  text = ok.stdout
+  assert '14 members in one program: 7 cells' in text, text
+  assert 'why:' in text and 'attribution (format x mode x placement):' in text
+  # float16 rounds eps = 1e-8 to 0: Adam divides 0/0 where a gradient is 0.
+  assert 'eps 1e-08 -> 0 ' in text, text
+  # A dynamic scale starting at 1e9 overflows float16: nearest-even makes
+  # infinities, so the scale backs off; toward zero saturates at 65504 (never
+  # infinite), so it never does and the gradients stay clipped.
+  assert 'dynamic loss scaling skipped' in text, text
+  res = storage.load(str(out))
+  dynamic = res.final().where(loss_scaling='dynamic')
+  rne = dynamic.where(rounding='nearest_even').columns
+  rtz = dynamic.where(rounding='toward_zero').columns
+  assert np.all(rne['loss_scale'] < 1e9) and np.all(rne['steps_skipped'] >= 0)
+  assert np.all(rtz['loss_scale'] == np.float32(1e9))
+  assert np.all(dynamic.columns['diverged_step'] == -1)
+  for name in ('curves_adam_gradients.png', 'curves_adam_constants.png'):
+    assert (out / name).stat().st_size > 1000
+  assert res.metadata['axes'][grid_lib.SEED] == [0, 1]
+  launchers.assert_clean_error(bad, "'weights'")
+  assert not (tmp_path / 'bad').exists()
