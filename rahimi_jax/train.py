@@ -331,13 +331,14 @@ def make_loop(config: TrainConfig) -> Loop:
     if policy is not None:
       new_params, counts = policy.round('storage', new_params, counts)
       if 'storage' in places:  # updates that did not move their parameter
-        pairs = list(zip(jax.tree.leaves(updates), jax.tree.leaves(params),
-                         jax.tree.leaves(new_params)))
+        lost, made = zip(*[
+            placement.count_both((u != 0) & (s == p), u != 0)
+            for u, p, s in zip(jax.tree.leaves(updates),
+                               jax.tree.leaves(params),
+                               jax.tree.leaves(new_params))])
         counts = counts | {
-            'updates_lost': counts['updates_lost'] + sum(
-                jnp.sum((u != 0) & (s == p)) for u, p, s in pairs),
-            'updates_made': counts['updates_made'] + sum(
-                jnp.sum(u != 0) for u, _, _ in pairs)}
+            'updates_lost': counts['updates_lost'] + sum(lost),
+            'updates_made': counts['updates_made'] + sum(made)}
       if policy.dynamic:  # a non-finite scaled gradient: skip the step
         skip = policy.skips(grads_finite)
         new_params, new_opt_state = jax.tree.map(

@@ -164,15 +164,21 @@ def quantize(x: jax.Array, fmt: Mapping[str, jax.Array], mode: jax.Array,
   ef = u >> 23
   sig = jnp.where(ef > 0, (u & 0x7FFFFF) | 0x800000, u & 0x7FFFFF)
   eb = jnp.maximum(ef, 1) - 150  # |x| = sig * 2**eb
-  e = eb + _bit_length(sig) - 1  # floor(log2 |x|)
-  q = jnp.maximum(e, fmt['emin']) - fmt['man_bits']  # the quantum's exponent
-  d = jnp.maximum(q - eb, 0)  # bits dropped
-  q = eb + d
+  # The quantum's exponent. For a float32 subnormal (ef == 0) ef - 127 is
+  # below any format's emin (>= -126), as its true exponent is, so no
+  # leading-zero count is needed.
+  q = jnp.maximum(ef - 127, fmt['emin']) - fmt['man_bits']
+  d = jnp.maximum(q - eb, 0)  # bits of sig below the quantum
 
-  kept, rem = _split(sig, d)
-  nearest = _rounds_up(kept, rem, d)
+  # d <= 23: the dropped bits are u's low d bits (the leading one is kept),
+  # and rounding up adds 2**d to u, carrying into the exponent as the value
+  # does. d >= 24: all of |x| < 2**q is dropped; the result is 0 or 2**q.
+  inside = d <= 23
+  _, rem = _split(sig, d)
+  kept_lsb = jnp.where(inside, (sig >> jnp.minimum(d, 23)) & 1, 0)
+  nearest = _rounds_up(kept_lsb, rem, d)
   if srbits is None:
-    stochastic = jnp.zeros_like(kept)
+    stochastic = jnp.zeros_like(nearest)
   else:
     # The dropped fraction rem / 2**d to SR_BITS bits, nearest-even.
     frac = jnp.where(d >= SR_BITS,
@@ -182,18 +188,10 @@ def quantize(x: jax.Array, fmt: Mapping[str, jax.Array], mode: jax.Array,
     stochastic = (frac + r >= 2**SR_BITS).astype(jnp.int32)
   up = jnp.select([mode == _NEAREST, mode == _STOCHASTIC],
                   [nearest, stochastic], 0)
-  n = kept + up  # |result| = n * 2**q, n <= 2**(man_bits + 1)
-
-  # n * 2**q as float32 bits.
-  length = _bit_length(n)
-  er = q + length - 1
-  mant = jnp.where(length > 24, n >> jnp.clip(length - 24, 0, 31),
-                   n << jnp.clip(24 - length, 0, 31)) & 0x7FFFFF
-  normal = ((jnp.clip(er, -126, 127) + 127) << 23) | mant
-  sub = jnp.where(q + 149 >= 0, n << jnp.clip(q + 149, 0, 31), 0)
-  out = jnp.where(er < -126, sub, normal)
-  out = jnp.where(er > 127, _INF_BITS, out)
-  out = jnp.where(n == 0, 0, out)
+  pow2q = jnp.where(q >= -126, (jnp.clip(q, -126, 127) + 127) << 23,
+                    1 << jnp.clip(q + 149, 0, 30))
+  out = jnp.where(inside, u - rem + (up << jnp.minimum(d, 23)),
+                  jnp.where(up == 1, pow2q, 0))
 
   finite = ef < 255
   over = jnp.where(finite, out > fmt['max_bits'], ef == 255)
