@@ -51,8 +51,8 @@ flags.DEFINE_integer('steps', 500, 'Optimizer steps.')
 flags.DEFINE_integer('batch_size', 64, 'Minibatch size (0: full batch).')
 flags.DEFINE_integer('log_every', None, 'Steps between evaluations (default: '
                      '50, or --steps when fewer).')
-flags.DEFINE_float('gap', 0.02, 'Explain every effect vs float32 at least '
-                   'this large (metric units) whose interval excludes 0.')
+flags.DEFINE_float('gap', 0.02, 'Explain every effect vs float32 whose mean '
+                   'is at least this large (metric units).')
 flags.DEFINE_string('out', '/tmp/rahimi_rounding', 'Directory for '
                     'results.csv, metadata.json and the PNG curves (replaced '
                     'whole).')

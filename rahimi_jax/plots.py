@@ -32,7 +32,8 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
            title: str | None = None, level: float = 0.95) -> None:
   """Learning curves with interval bands over seeds.
 
-  One line per configuration (all axes but the seed), or with ``by`` one line
+  One line per configuration (all axes but the seed; labelled by the axes
+  that differ between lines), or with ``by`` one line
   per value of that axis, each seed averaging the members that share it. The
   line is the mean over seeds (geometric on a log axis) and the band its
   ``level`` interval (``stats.mean_ci``; in the metric's range); NaN
@@ -41,9 +42,13 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
   """
   from rahimi_jax import stats  # pylint: disable=g-import-not-at-top
   if by is None:
+    configs = results.configs()
+    # Label by the axes that differ between the lines.
+    varied = {k for k, v in set().union(*configs) if any(
+        dict(c)[k] != v for c in configs)}
     groups = {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}'
-                        for k, v in config): rows
-              for config, rows in results.configs().items()}
+                        for k, v in config if k in varied) or 'all': rows
+              for config, rows in configs.items()}
   else:
     if by not in results.columns:
       raise ValueError(f'by: no axis {by!r}; axes: {", ".join(results.axes)}.')

@@ -19,7 +19,8 @@ products in float32:
 * ``activations``: the inputs of every matmul of the forward pass
   (activations and a rounded copy of the weights; the stored weights stay
   float32 unless ``storage`` is on too). The backward pass differentiates
-  the rounding as the identity (straight-through) and runs in float32.
+  the rounding as the identity (straight-through) and runs in float32; the
+  least-squares optimizers' residual function is not rounded.
 
 An option is one place or several joined by ``+`` (``storage+gradients``), so
 a grid can separate their effects and combine them. Each option is a row of
