@@ -182,6 +182,7 @@ class Policy:
     self.scaling = jnp.asarray([LOSS_SCALINGS.index(s) for s in scalings]
                                )[jnp.argmax(knobs['loss_scaling'])]
     self.dynamic = 'dynamic' in scalings
+    self.scaled = scalings != ('none',)
     self.loss_scale = jnp.asarray(knobs['loss_scale'], jnp.float32)
 
   def on(self, place: str) -> jax.Array:
@@ -282,6 +283,9 @@ class Policy:
       ``(grads, finite, counts)``: the unscaled gradients, whether every
       rounded (scaled) gradient is finite, and the updated counts.
     """
+    if not self.scaled:  # no member scales its loss (static)
+      grads, counts = self.round('gradients', grads, counts)
+      return grads, jnp.bool_(True), counts
     s = self.scale(scaler)
     scaled = jax.tree.map(lambda g: g * s, grads)
     scaled, counts = self.round('gradients', scaled, counts)
