@@ -325,8 +325,13 @@ def make_loop(config: TrainConfig) -> Loop:
     updates, new_opt_state = opt.update(grads, opt_state, params, **extra)
     if policy is not None:
       updates, counts = policy.round('updates', updates, counts)
-      new_opt_state, counts = policy.round('optimizer_state', new_opt_state,
-                                           counts)
+      # One state per optimizer option; only the member's own counts.
+      rounded = []
+      for w, option_state in zip(k['optimizer'], new_opt_state):
+        option_state, counts = policy.round('optimizer_state', option_state,
+                                            counts, counted=w != 0)
+        rounded.append(option_state)
+      new_opt_state = tuple(rounded)
     new_params = optax.apply_updates(params, updates)
     if policy is not None:
       new_params, counts = policy.round('storage', new_params, counts)

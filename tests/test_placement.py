@@ -261,3 +261,17 @@ def test_rounded_adam_constants_are_the_ml_dtypes_casts():
                                  .astype(np.float32) - 2.0**-8))
   updates, _ = tx.update({'w': np.full(3, 0.1, np.float32)}, tx.init(params))
   assert np.all(np.isfinite(updates['w']))
+
+
+def test_only_the_members_own_optimizer_state_is_counted(tiny_digits):
+  """In a grid of SGD and Adam each member carries both options' states (the
+  relaxed mixture); SGD's member must not count Adam's unused moments."""
+  config = train_lib.TrainConfig(hidden=(8,), steps=4, batch_size=32,
+                                 log_every=4)
+  grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd', 'adam')),
+                       grid_lib.Choice('precision', ('float16',)),
+                       grid_lib.Choice('placement', ('optimizer_state',)))
+  res = engine.run(config, grid, tiny_digits).final().columns
+  counts = dict(zip(res['optimizer'], res['underflows_optimizer_state']))
+  assert counts['sgd'] == 0  # SGD has no floating state
+  assert counts['adam'] > 0  # squared gradients below float16's range

@@ -201,9 +201,15 @@ class Policy:
                                       self.mode if mode is None else mode,
                                       bits))
 
-  def round(self, place: str, tree: Any, counts: dict[str, jax.Array]
+  def round(self, place: str, tree: Any, counts: dict[str, jax.Array],
+            counted: jax.Array | bool = True
             ) -> tuple[Any, dict[str, jax.Array]]:
-    """``tree``'s float32 leaves rounded if the member rounds at ``place``."""
+    """``tree``'s float32 leaves rounded if the member rounds at ``place``.
+
+    ``counted``: whether its events count (False for the state of an
+    optimizer option of weight 0, which the relaxed mixture keeps but the
+    member does not use).
+    """
     if place not in self.places:
       return tree, counts
     on = self.on(place)
@@ -221,6 +227,7 @@ class Policy:
       over, under = over + o, under + u
     counts = dict(counts)
     if place in COUNTED:
+      on = on & counted
       counts[f'overflows_{place}'] += jnp.where(on, over, 0).astype(jnp.float32)
       counts[f'underflows_{place}'] += jnp.where(on, under, 0).astype(
           jnp.float32)

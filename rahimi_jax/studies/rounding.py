@@ -534,9 +534,27 @@ def attribution_lines(res: results_lib.Results) -> list[str]:
   return lines
 
 
+def events(res: results_lib.Results, rows: list[dict]) -> str:
+  """Every cell's rounding counters that were ever nonzero: whole-run totals,
+  mean over seeds, whether or not they moved the metric."""
+  lines = []
+  for r in rows:
+    if _is_reference(r['cell']):
+      continue
+    counts = _counts(res, r['members'])
+    if counts:
+      lines.append(f'  {r["optimizer"]}, {r["label"]}: ' + ', '.join(
+          f'{n} {total:,.0f}' for n, (total, _) in counts.items()))
+  head = ('rounding events over the run (mean over seeds; overflows: beyond '
+          'the format\'s largest finite value; underflows: nonzero values '
+          'flushed to 0):')
+  return '\n'.join([head] + (lines or ['  none']))
+
+
 def report(res: results_lib.Results, gap: float) -> str:
   rows = cells(res)
-  return '\n'.join([table(res, rows), '', 'why:', explanations(res, rows, gap),
-                    '', 'attribution (format x mode x placement):',
+  return '\n'.join([table(res, rows), '', events(res, rows), '', 'why:',
+                    explanations(res, rows, gap), '',
+                    'attribution (format x mode x placement):',
                     *attribution_lines(res)])
 
