@@ -23,8 +23,7 @@ def get(registry: Mapping[str, T], name: str, what: str) -> T:
   try:
     return registry[name]
   except (KeyError, TypeError):
-    # A registry that builds options on lookup (number formats, combined
-    # placements) describes them in its ``accepted``.
+    # A registry that builds options on lookup (``Parsed``) describes them.
     accepted = getattr(registry, 'accepted', None) or ', '.join(
         sorted(registry))
     raise ValueError(f'Unknown {what} {name!r}; accepted: {accepted}.'
@@ -45,6 +44,28 @@ def check_options(registry: Mapping[str, Any], names: Sequence[str],
   if duplicates:
     raise ValueError(f'{what}: options listed twice: {", ".join(duplicates)}.')
   return names
+
+
+class Parsed(Mapping):
+  """Options built on lookup: ``parse(name)`` returns the option or raises
+  ``ValueError``; iterating lists ``names`` (the ones to show), and errors and
+  ``--help`` give ``accepted`` (number formats ``e<E>m<M>``, placements
+  joined by ``+``)."""
+
+  def __init__(self, names: Sequence[str], parse, accepted: str):
+    self._names, self._parse, self.accepted = tuple(names), parse, accepted
+
+  def __getitem__(self, name):
+    try:
+      return self._parse(name)
+    except (ValueError, TypeError, AttributeError):
+      raise KeyError(name) from None
+
+  def __iter__(self):
+    return iter(self._names)
+
+  def __len__(self):
+    return len(self._names)
 
 
 @dataclasses.dataclass(frozen=True)

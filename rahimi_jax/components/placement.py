@@ -62,28 +62,19 @@ DYNAMIC_PERIOD = 2000  # finite steps before a dynamic scale doubles
 DYNAMIC_FACTOR = 2.0
 
 
-class _Placements(Mapping):
-  """The placement axis's options: a place, or places joined by ``+``
-  (built on lookup: the set of places); iterating lists the single ones."""
-
-  accepted = (f'{", ".join(PLACES)}, or several joined by + (e.g. '
-              'storage+gradients)')
-
-  def __getitem__(self, name):
-    parts = name.split('+') if isinstance(name, str) else [None]
-    if any(p not in PLACES for p in parts) or len(set(parts)) != len(parts):
-      raise KeyError(name)
-    return frozenset(parts)
-
-  def __iter__(self):
-    return iter(PLACES)
-
-  def __len__(self):
-    return len(PLACES)
+def _places(name: str) -> frozenset[str]:
+  """A placement option: one place or several joined by ``+``, as a set."""
+  parts = name.split('+')
+  if any(p not in PLACES for p in parts) or len(set(parts)) != len(parts):
+    raise ValueError(name)
+  return frozenset(parts)
 
 
 AXIS = registry.register(registry.Axis(
-    name='placement', options=_Placements(), default='storage',
+    name='placement', options=registry.Parsed(
+        PLACES, _places,
+        f'{", ".join(PLACES)}, or several joined by + (e.g. storage+gradients)'),
+    default='storage',
     flag='placements',
     help=('Where a step rounds to the precision: storage (parameters), '
           'gradients, updates, optimizer_state, constants (the optimizer\'s '

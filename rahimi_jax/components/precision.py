@@ -236,28 +236,11 @@ def stochastic_bits(key: jax.Array, shape) -> jax.Array:
   return x
 
 
-class _Formats(Mapping):
-  """The precision axis's options: ``FORMATS`` by name, and every ``e<E>m<M>``
-  (IEEE-style, built on lookup); iterating lists the named ones."""
-
-  accepted = (f'{", ".join(FORMATS)}, or e<E>m<M> (IEEE-style: E in 2..8 '
-              'exponent bits, M in 1..23 mantissa bits, e.g. e8m3)')
-
-  def __getitem__(self, name):
-    try:
-      return get_format(name)
-    except (ValueError, TypeError):
-      raise KeyError(name) from None
-
-  def __iter__(self):
-    return iter(FORMATS)
-
-  def __len__(self):
-    return len(FORMATS)
-
-
 AXIS = registry.register(registry.Axis(
-    name='precision', options=_Formats(), default='float32',
+    name='precision', options=registry.Parsed(
+        FORMATS, get_format,
+        f'{", ".join(FORMATS)}, or e<E>m<M> (IEEE-style: E in 2..8 exponent '
+        'bits, M in 1..23 mantissa bits, e.g. e8m3)'), default='float32',
     flag='precisions',
     help=('Number format of the values rounded at the placements (float32: '
           'nothing is rounded).'),
