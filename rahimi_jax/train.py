@@ -61,6 +61,11 @@ class TrainConfig:
     remat: rematerialize each step in reverse-mode differentiation through
       the whole run (``jax.checkpoint``): memory stays at one step's
       activations plus the carry per step, for one extra forward per step.
+    rounding_events: with rounding placements, count at every step what
+      rounding did (``overflows_<place>``, ``underflows_<place>``,
+      ``updates_lost``, logged since the previous log): the evidence the
+      rounding study explains collapses with. Off, those columns are absent
+      and the step is cheaper (``benchmarks/precision_cost.py``).
   """
   model: str = 'mlp'
   hidden: tuple[int, ...] = (64, 64)
@@ -71,6 +76,7 @@ class TrainConfig:
   dtype: str = 'float32'
   diagnostics: tuple[str, ...] = ()
   remat: bool = False
+  rounding_events: bool = True
 
   def __post_init__(self):
     models.get_model(self.model)
@@ -276,7 +282,8 @@ def make_loop(config: TrainConfig) -> Loop:
     params, state = jax.tree.map(
         lambda a: a.astype(dtype),
         model.init(init_key, data.in_dim, data.num_outputs, k))
-    counts = placement.counters(options) if mixed else {}
+    counts = (placement.counters(options, config.rounding_events) if mixed
+              else {})
     scaler = jnp.zeros(2, jnp.float32)
     if policy is not None:
       params, counts = policy.round('storage', params, counts)
@@ -310,7 +317,7 @@ def make_loop(config: TrainConfig) -> Loop:
     # whole [batch, outputs] residual per step and member (18% of a deep
     # linear step on CPU); divergence is read off the parameters instead.
     grads, (state, tally) = jax.grad(objective, has_aux=True)(params, state)
-    if hook:
+    if hook and 'overflows_activations' in counts:
       counts = counts | {
           'overflows_activations': counts['overflows_activations'] + tally[0],
           'underflows_activations': counts['underflows_activations'] + tally[1]}
@@ -335,7 +342,7 @@ def make_loop(config: TrainConfig) -> Loop:
     new_params = optax.apply_updates(params, updates)
     if policy is not None:
       new_params, counts = policy.round('storage', new_params, counts)
-      if 'storage' in places:  # updates that did not move their parameter
+      if 'updates_lost' in counts:  # updates that left their parameter
         lost, made = zip(*[
             placement.count_both((u != 0) & (s == p), u != 0)
             for u, p, s in zip(jax.tree.leaves(updates),

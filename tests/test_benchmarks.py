@@ -232,7 +232,8 @@ def test_precision_cost_benchmark_runs_shrunk():
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
   assert 'matmul peak' in lines[0] and 'G=7, 2 steps' in lines[0], lines
-  rows = [l.split() for l in lines[2:4]]
-  assert [r[0] for r in rows] == ['fp32', 'mixed'] and all(
+  rows = [l.rsplit(None, 4) for l in lines[2:5]]
+  assert [r[0] for r in rows] == ['fp32', 'mixed', 'mixed, no events'] and all(
       len(r) == 5 and r[4].endswith('%') for r in rows), lines
-  assert lines[4].startswith('mixed / fp32 time per member-step: '), lines
+  assert lines[5].startswith('mixed / fp32 time per member-step: '), lines
+  assert lines[6].startswith('mixed, no events / fp32 time per member-step: ')

@@ -275,3 +275,18 @@ def test_only_the_members_own_optimizer_state_is_counted(tiny_digits):
   counts = dict(zip(res['optimizer'], res['underflows_optimizer_state']))
   assert counts['sgd'] == 0  # SGD has no floating state
   assert counts['adam'] > 0  # squared gradients below float16's range
+
+
+def test_rounding_events_off_trains_the_same_and_logs_no_counts(problem):
+  grid = grid_lib.Grid(grid_lib.Choice('precision', ('float32', 'bfloat16')),
+                       grid_lib.Choice('rounding', ('nearest_even',
+                                                    'stochastic')),
+                       grid_lib.Choice('placement', ('storage+gradients',)))
+  on, off = (engine.run(dataclasses.replace(_CONFIG, rounding_events=e
+                                            ).for_grid(grid), grid, problem)
+             for e in (True, False))
+  assert 'underflows_gradients' in on.columns and 'updates_lost' in on.columns
+  assert not any(c.startswith(('overflows_', 'underflows_', 'updates_lost'))
+                 for c in off.columns)
+  chex.assert_trees_all_equal(on.columns['train_loss'],
+                              off.columns['train_loss'])

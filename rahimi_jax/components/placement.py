@@ -112,12 +112,16 @@ def places(options: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
   return tuple(p for p in PLACES if p in used)
 
 
-def counters(options) -> dict[str, jax.Array]:
-  """Zeroed per-log counters of a grid with ``options`` (see ``Policy``)."""
-  names = [f'{kind}_{p}' for p in places(options) if p in COUNTED
-           for kind in ('overflows', 'underflows')]
-  if 'storage' in places(options):
-    names += ['updates_lost', 'updates_made']
+def counters(options, events: bool = True) -> dict[str, jax.Array]:
+  """Zeroed per-log counters of a grid with ``options`` (see ``Policy``):
+  with ``events``, each place's overflows and underflows and the updates
+  lost; the steps a dynamic loss scale skipped in any case (one scalar)."""
+  names = []
+  if events:
+    names += [f'{kind}_{p}' for p in places(options) if p in COUNTED
+              for kind in ('overflows', 'underflows')]
+    if 'storage' in places(options):
+      names += ['updates_lost', 'updates_made']
   if 'dynamic' in options['loss_scaling']:
     names.append('steps_skipped')
   return {n: jnp.zeros((), jnp.float32) for n in names}
@@ -206,6 +210,7 @@ class Policy:
     on = self.on(place)
     key = (None if self.key is None
            else jax.random.fold_in(self.key, PLACES.index(place)))
+    counting = f'overflows_{place}' in counts
     leaves, treedef = jax.tree.flatten(tree)
     out, over, under = [], 0, 0
     for j, leaf in enumerate(leaves):
@@ -214,10 +219,11 @@ class Policy:
         continue
       q = self._round(leaf, None if key is None else jax.random.fold_in(key, j))
       out.append(jnp.where(on, q, leaf))
-      o, u = count_both(self._overflow(leaf), (leaf != 0) & (q == 0))
-      over, under = over + o, under + u
+      if counting:
+        o, u = count_both(self._overflow(leaf), (leaf != 0) & (q == 0))
+        over, under = over + o, under + u
     counts = dict(counts)
-    if place in COUNTED:
+    if counting:
       on = on & counted
       counts[f'overflows_{place}'] += jnp.where(on, over, 0).astype(jnp.float32)
       counts[f'underflows_{place}'] += jnp.where(on, under, 0).astype(
