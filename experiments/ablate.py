@@ -13,7 +13,6 @@ A two-member check that a grid member is the same run as that config alone:
 import os
 import sys
 
-from absl import app
 from absl import flags
 
 from rahimi_jax import cli
@@ -61,15 +60,11 @@ def partition_line(choice) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from rahimi_jax import program  # pylint: disable=g-import-not-at-top
-  program.use_host_cores()  # before JAX's first operation
+  cli.start(argv)
   from rahimi_jax import plots  # pylint: disable=g-import-not-at-top
   from rahimi_jax import stats  # pylint: disable=g-import-not-at-top
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import ablation  # pylint: disable=g-import-not-at-top
-  cli.quiet_logging()
 
   def build():
     options, values = cli.axis_flag_values()

@@ -9,7 +9,6 @@ orthogonal initialization, each switched off -> on:
       --metric=train_loss --nodes=8
 """
 
-from absl import app
 from absl import flags
 
 from rahimi_jax import cli
@@ -36,13 +35,9 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from rahimi_jax import program  # pylint: disable=g-import-not-at-top
-  program.use_host_cores()  # before JAX's first operation
+  cli.start(argv)
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import attribute  # pylint: disable=g-import-not-at-top
-  cli.quiet_logging()
 
   def build():
     return attribute.AttributeConfig(

@@ -21,7 +21,6 @@ Loss scaling for float16 gradients:
 import os
 import sys
 
-from absl import app
 from absl import flags
 
 from rahimi_jax import cli
@@ -63,14 +62,10 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from rahimi_jax import program  # pylint: disable=g-import-not-at-top
-  program.use_host_cores()  # before JAX's first operation
+  cli.start(argv)
   from rahimi_jax import plots  # pylint: disable=g-import-not-at-top
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import rounding  # pylint: disable=g-import-not-at-top
-  cli.quiet_logging()
 
   def build():
     return rounding.RoundingConfig(

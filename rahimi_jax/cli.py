@@ -106,6 +106,17 @@ def parse_knob(name: str, items) -> tuple[float, ...]:
                        inclusive=knob.inclusive)
 
 
+def start(argv: Sequence[str]) -> None:
+  """A launcher's first lines in ``main``: no positional arguments, one XLA
+  device per CPU core (``program.use_host_cores``, before JAX's first
+  operation), warnings-only logging."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from rahimi_jax import program  # pylint: disable=g-import-not-at-top
+  program.use_host_cores()
+  quiet_logging()
+
+
 def quiet_logging() -> None:
   """Warnings and errors only, unless ``--verbosity`` was given.
 
