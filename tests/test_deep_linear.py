@@ -133,6 +133,17 @@ def test_depths_and_small_init(x64):
   assert list(options['init']) == ['gaussian'], options
 
 
+def test_log_interval_counts_zeros_instead_of_dropping_them():
+  ci, zeros = deep_linear._log_interval([1e-4, 0.0, 1e-6, np.nan], 1e-300)
+  assert zeros == 1 and ci.n == 3  # NaN (diverged) left out, 0 kept
+  chex.assert_trees_all_close(ci.mean, 10 ** ((-4 - 300 - 6) / 3), rtol=1e-9)
+  ci, zeros = deep_linear._log_interval([1e-4, 1e-6], 1e-300)
+  assert zeros == 0
+  chex.assert_trees_all_close(ci.mean, 1e-5, rtol=1e-12)
+  with pytest.raises(ValueError, match='negative'):
+    deep_linear._log_interval([1e-4, -1e-9], 1e-300)
+
+
 def _half_rise(u0, s, lr):
   """Steps for a' = a + lr a (s - a^2) from sqrt(u0) to a^2 >= s/2 (numpy)."""
   a, t = np.sqrt(u0), 0

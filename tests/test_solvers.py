@@ -201,9 +201,9 @@ def test_minimum_norm_gauss_newton_matches_optimistix(rahimi_small):
   # implementations follow the same trajectory: optimistix's GaussNewton with
   # lineax's SVD solve (its default QR assumes full column rank, which the
   # network's GL(4) symmetry denies: 16 null directions).
-  optx = pytest.importorskip('optimistix')
   import equinox as eqx  # pylint: disable=g-import-not-at-top
   import lineax as lx  # pylint: disable=g-import-not-at-top
+  import optimistix as optx  # pylint: disable=g-import-not-at-top
   residual, params = rahimi_small
   _, _, ours = jax.jit(lambda p: _minimize(solvers.gauss_newton(), residual,
                                            p, 30))(params)

@@ -234,7 +234,10 @@ def _log_interval(values, floor: float):
                      'losses and norms are >= 0.')
   zeros = int(np.sum(values == 0))
   ci = stats.mean_ci(np.log10(np.maximum(values, floor)))
-  return stats.Interval(10**ci.mean, 10**ci.low, 10**ci.high, ci.n), zeros
+  with np.errstate(over='ignore'):  # a bound past float64's range: inf
+    low, mean, high = (float(np.power(10.0, v))
+                       for v in (ci.low, ci.mean, ci.high))
+  return stats.Interval(mean, low, high, ci.n), zeros
 
 
 def symmetry_tangents(weights) -> jax.Array:
