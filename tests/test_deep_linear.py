@@ -61,7 +61,7 @@ def test_gradient_descent_stalls_where_least_squares_converge(
   # The symmetry-aware reading: 2 x 6 x 6 tangents, 36 null GN eigenvalues.
   assert 'along 36 directions that change no prediction' in text
   assert 'Gauss-Newton J^T J: 36 null eigenvalues (the symmetry has 36)' in text
-  assert 'steps per e-fold' in text or 'saddle of the function' in text
+  assert 'steps per e-fold' in text or 'saddle region' in text
   for name in ('loss_depth1.png', 'loss_least_squares_depth1.png',
                'hessian_at_stall_depth1.png'):
     assert (tmp_path / name).stat().st_size > 1000

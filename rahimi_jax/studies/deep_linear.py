@@ -681,8 +681,10 @@ def _depth_summary(config, results, final, best, depth, scale, target,
   else:
     lines.append(
         f'  The smallest function-changing curvature is {flat:.3e} <= 0: '
-        'gradient descent sits near a saddle of the function, not only a '
-        'flat valley.')
+        f'the loss curves down along {spec["restricted_negative"]} '
+        'directions that change the function; gradient descent is passing a '
+        'saddle region (as on a small-init plateau), not only crawling along '
+        'a flat valley.')
   if out_dir:
     plots.spectrum(spec['restricted'],
                    os.path.join(out_dir, f'hessian_at_stall_depth{depth}.png'),
