@@ -1,15 +1,19 @@
 r"""Simple experiment 1: gradient descent stalls on a two-layer linear network.
 
 The talk's demonstration (x in R^6, hidden 6, y in R^10, 1000 samples, target
-condition number 1e5): gradient descent over several step sizes, Adam and
-Levenberg–Marquardt on the same problem and seeds.
+condition number 1e5, float64): gradient descent over several step sizes and
+Adam for 1e5 steps, Levenberg–Marquardt and Gauss–Newton for 30, on the same
+problem and seeds, side by side per seed; then the curvature where gradient
+descent stalls, with the network's symmetry quotiented out.
 
   python -m experiments.deep_linear --out=/tmp/rahimi_deep_linear
 
-Saxe et al.'s plateaus of small initialization across depths:
+Saxe et al.'s plateaus of small initialization across depths, and each mode's
+half-rise time from a balanced, aligned small init against the theory:
 
   python -m experiments.deep_linear --methods=gd --gd_lrs=0.05 \
-      --init=gaussian --init_scales=0.03,0.3 --depths=1,2,3 --steps=4000
+      --init=gaussian --init_scales=0.03,0.3 --depths=1,2,3 --steps=4000 \
+      --saxe --out=/tmp/rahimi_saxe
 """
 
 
@@ -23,17 +27,23 @@ flags.DEFINE_integer('in_dim', 6, 'Input width.')
 flags.DEFINE_integer('out_dim', 10, 'Output width.')
 flags.DEFINE_integer('width', 6, 'Hidden width.')
 flags.DEFINE_list('depths', ['1'], 'Hidden-layer counts (1: two-layer net).')
-flags.DEFINE_list('methods', ['gd', 'adam', 'lm'], 'Of gd, adam, lm, gn.')
+flags.DEFINE_list('methods', ['gd', 'adam', 'lm', 'gn'],
+                  'Of gd, adam, lm, gn.')
 flags.DEFINE_list('gd_lrs', ['0.01', '0.03', '0.1', '0.3'],
                   'Gradient-descent step sizes.')
 flags.DEFINE_list('adam_lrs', ['0.01'], 'Adam learning rates.')
 flags.DEFINE_string('init', 'orthogonal', 'Initializer name.')
 flags.DEFINE_list('init_scales', ['1.0'], 'Initializer multipliers.')
 flags.DEFINE_integer('seeds', 4, 'Initialization seeds.')
-flags.DEFINE_integer('steps', 2000, 'Iterations of every method.')
-flags.DEFINE_integer('log_every', None, 'Steps between logged metrics (default: '
-                     '100, or --steps when fewer).')
+flags.DEFINE_integer('steps', 100_000, 'Iterations of gd and adam.')
+flags.DEFINE_integer('solver_steps', 30, 'Iterations of lm and gn (each '
+                     'logged).')
+flags.DEFINE_integer('log_every', None, 'Steps between logged metrics of gd and '
+                     'adam (default: steps // 100).')
 flags.DEFINE_enum('dtype', 'float64', ['float32', 'float64'], 'Precision.')
+flags.DEFINE_bool('saxe', False, 'Also measure each mode\'s half-rise time '
+                  'from a balanced, aligned init of each --init_scales '
+                  '(two-layer net, each --gd_lrs) against the theory.')
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
                   'exit without running or writing anything.')
 flags.DEFINE_string('out', '/tmp/rahimi_deep_linear', 'Output directory.')
@@ -65,8 +75,9 @@ def main(argv):
         adam_lrs=cli.parse_numbers('adam_lrs', FLAGS.adam_lrs),
         init=FLAGS.init,
         init_scales=cli.parse_numbers('init_scales', FLAGS.init_scales),
-        seeds=FLAGS.seeds, steps=FLAGS.steps, log_every=FLAGS.log_every,
-        dtype=FLAGS.dtype)
+        seeds=FLAGS.seeds, steps=FLAGS.steps,
+        solver_steps=FLAGS.solver_steps, log_every=FLAGS.log_every,
+        dtype=FLAGS.dtype, saxe=FLAGS.saxe)
 
   def describe(config):
     return (f'{len(config.grid())} members per depth, depths '

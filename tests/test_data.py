@@ -133,6 +133,29 @@ class SyntheticTest(parameterized.TestCase):
     test_residual = np.asarray(d.y_test, np.float64) - d.x_test @ w
     self.assertLess(np.abs(test_residual).max(), 1e-5)
 
+  def test_float64_storage_is_realizable_to_float64_rounding(self):
+    d64 = data_lib.synthetic(n_train=200, n_test=10, condition_number=1e5,
+                             dtype='float64')
+    for a in (d64.x_train, d64.y_train, d64.x_test, d64.y_test):
+      self.assertEqual(a.dtype, np.float64)
+    x, y = d64.x_train, d64.y_train
+    # The least-squares optimum 0.5 mean ||x w - y||^2 of the stored data:
+    # float64 rounding only (~1e-31 here); stored as float32 the same draws
+    # leave ~1e-15, which is what a float64 fit of them bottoms out at.
+    loss64 = 0.5 * np.mean(np.sum((x @ _lstsq(x, y) - y) ** 2, -1))
+    self.assertLess(loss64, 1e-28)
+    d32 = data_lib.synthetic(n_train=200, n_test=10, condition_number=1e5)
+    x32, y32 = (np.asarray(a, np.float64) for a in (d32.x_train, d32.y_train))
+    loss32 = 0.5 * np.mean(np.sum((x32 @ _lstsq(x32, y32) - y32) ** 2, -1))
+    self.assertGreater(loss32, 1e-18)
+    # The same draws: float32 storage is the float64 data rounded.
+    chex.assert_trees_all_equal(d32.x_train, x.astype(np.float32))
+    chex.assert_trees_all_equal(d32.y_test, d64.y_test.astype(np.float32))
+
+  def test_bad_dtype(self):
+    with self.assertRaisesRegex(ValueError, "'float16'.*float32, float64"):
+      data_lib.synthetic(dtype='float16')
+
   def test_noise_is_not_realizable(self):
     d = data_lib.synthetic(condition_number=1e3, noise=0.1)
     residual = d.y_train - d.x_train @ _lstsq(d.x_train, d.y_train)

@@ -121,3 +121,48 @@ def test_condition_number(x64):
   matrix = u @ np.diag([10.0, 3.0, 1.0, 0.5, 0.01])
   chex.assert_trees_all_close(diagnostics.condition_number(matrix), 1000.0,
                               rtol=1e-9)
+
+
+def _hand_jacobian(params):
+  """``d r / d (a, b)`` of ``r = (x a b - y) / sqrt(n)``, by hand (numpy)."""
+  x = np.asarray(jax.random.normal(_KEYS[0], (40, 4), jnp.float64))
+  a, b = np.asarray(params['a']), np.asarray(params['b'])
+  n = x.shape[0]
+  ja = np.einsum('si,jo->soij', x, b).reshape(n * 3, 12)
+  jb = np.einsum('sj,ok->sojk', x @ a, np.eye(3)).reshape(n * 3, 9)
+  return np.concatenate([ja, jb], 1) / np.sqrt(n)
+
+
+def test_gauss_newton_eigenvalues(x64):
+  loss, _, params = _problem()
+  x = jax.random.normal(_KEYS[0], (40, 4), jnp.float64)
+  y = jax.random.normal(_KEYS[1], (40, 3), jnp.float64)
+  residual = lambda p: (x @ p['a'] @ p['b'] - y) / jnp.sqrt(40.0)
+  chex.assert_trees_all_close(0.5 * jnp.sum(residual(params) ** 2),
+                              loss(params), rtol=1e-12)
+  jac = _hand_jacobian(params)
+  got = jax.jit(lambda p: diagnostics.gauss_newton_eigenvalues(residual, p))(
+      params)
+  expected = np.linalg.eigvalsh(jac.T @ jac)
+  chex.assert_trees_all_close(got, expected, atol=1e-10 * expected.max())
+  # The 3x3 hidden layer's symmetry: 9 null directions.
+  assert np.sum(np.asarray(got) <= 1e-12 * expected.max()) == 9
+
+
+def test_restricted_hessian_quotients_directions(x64):
+  import scipy.linalg  # pylint: disable=g-import-not-at-top
+  loss, _, params = _problem()
+  a, b = np.asarray(params['a']), np.asarray(params['b'])
+  # The symmetry tangents (a E, -E b), E the 9 basis matrices of R^{3x3}.
+  tangents = np.stack([np.concatenate([(a @ e).ravel(), (-e @ b).ravel()])
+                       for e in np.eye(9).reshape(9, 3, 3)])
+  got = jax.jit(lambda p, t: diagnostics.restricted_hessian(loss, p, t))(
+      params, jnp.asarray(tangents))
+  chex.assert_shape(got, (12,))
+  complement = scipy.linalg.null_space(tangents)
+  hessian = np.asarray(_explicit_hessian(loss, params))
+  expected = np.linalg.eigvalsh(complement.T @ hessian @ complement)
+  chex.assert_trees_all_close(got, expected, atol=1e-9)
+  # Every one of those directions changes the function: J is injective there.
+  jac = _hand_jacobian(params)
+  assert np.linalg.svd(jac @ complement, compute_uv=False).min() > 1e-6

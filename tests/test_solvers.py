@@ -16,11 +16,14 @@ from rahimi_jax.solvers import least_squares
 def _problem(condition_number, n=200, in_dim=4, out_dim=3):
   """A two-layer linear net on a linear target; loss = 0.5 ||r||^2.
 
-  Returns the residual function, initial params and the optimal loss (the
-  net is realizable, width = in_dim, but float32 data makes it nonzero).
+  Returns the residual function, initial params and the optimal loss of the
+  stored data (the net is realizable, width = in_dim: float64 rounding only
+  under x64, float32 rounding otherwise).
   """
   d = data_lib.synthetic(n_train=n, n_test=10, in_dim=in_dim, out_dim=out_dim,
-                         condition_number=condition_number)
+                         condition_number=condition_number,
+                         dtype='float64' if jax.config.jax_enable_x64
+                         else 'float32')
   x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
 
   def residual(p):
@@ -48,8 +51,9 @@ def _minimize(tx, residual, params, steps):
   return params, state, losses
 
 
-def test_direction_solves_damped_normal_equations():
-  residual, params, optimum = _problem(10.0, n=30)
+@pytest.mark.parametrize('solver', ['dense', 'cg'])
+def test_direction_solves_damped_normal_equations(solver):
+  residual, params, _ = _problem(10.0, n=30)
   flat, unravel = jax.flatten_util.ravel_pytree(params)
   jac = jax.jacfwd(lambda f: residual(unravel(f)).ravel())(flat)
   r = residual(params).ravel()
@@ -57,7 +61,7 @@ def test_direction_solves_damped_normal_equations():
   explicit = -np.linalg.solve(jac.T @ jac + damping * np.eye(flat.size),
                               jac.T @ r)
   delta, r_out, jvp, grad = least_squares.gauss_newton_direction(
-      residual, params, damping)
+      residual, params, damping, solver=solver)
   chex.assert_trees_all_close(jax.flatten_util.ravel_pytree(delta)[0],
                               explicit, rtol=2e-3, atol=1e-5)
   chex.assert_trees_all_close(r_out, r, rtol=1e-6)
@@ -98,9 +102,9 @@ def test_levenberg_marquardt_converges(condition_number, x64):
   _, state, losses = jax.jit(
       lambda p: _minimize(solvers.levenberg_marquardt(), residual, p, 60))(
           params)
-  assert losses[-1] <= optimum * (1 + 1e-6) + 1e-30, (losses[-1], optimum)
-  assert losses[0] > 1e3 * optimum
-  assert np.all(np.diff(np.asarray(losses)) <= 1e-18)  # never accepts an ascent
+  assert losses[-1] <= 1e-26, (losses[-1], optimum)
+  assert losses[0] > 1e-2
+  assert np.all(np.diff(np.asarray(losses)) <= 0)  # never accepts an ascent
   chex.assert_tree_all_finite(state)
 
 
@@ -120,8 +124,10 @@ def test_levenberg_marquardt_beats_gradient_descent_on_ill_conditioned(x64):
     return jax.lax.scan(step, p, None, 500)[1]
 
   gd_losses = jax.jit(gd_run)(params)
-  assert lm[-1] <= optimum * (1 + 1e-6) + 1e-30, (lm[-1], optimum)
-  assert gd_losses[-1] > 1e3 * optimum, (gd_losses[-1], optimum)
+  assert lm[-1] <= 1e-26, (lm[-1], optimum)
+  # 500 steps of the best-tuned-looking step leave gradient descent >= 10
+  # orders of magnitude above (the flat directions).
+  assert gd_losses[-1] > 1e10 * max(lm[-1], 1e-30), (gd_losses[-1], lm[-1])
 
 
 def test_rejected_step_keeps_params_and_raises_damping():
@@ -137,20 +143,21 @@ def test_rejected_step_keeps_params_and_raises_damping():
     assert not bool(state.accepted)
     chex.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like, params))
     dampings.append(float(state.damping))
-  # Nielsen: the damping grows by 2, then 4, then 8 on successive rejections.
-  chex.assert_trees_all_close(np.asarray(dampings), 1e-3 * np.array([2, 8, 64]),
-                              rtol=1e-5)
+  # Marquardt: the damping grows 10x per rejection.
+  chex.assert_trees_all_close(np.asarray(dampings),
+                              1e-3 * np.array([10, 100, 1000]), rtol=1e-5)
   # Accepted steps shrink it again.
   _, state = tx.update(None, state, params, residual_fn=residual)
   assert bool(state.accepted) and float(state.damping) < dampings[-1]
 
 
-def test_gauss_newton_takes_full_steps(x64):
-  residual, params, optimum = _problem(10.0)
+@pytest.mark.parametrize('solver', ['dense', 'cg'])
+def test_gauss_newton_takes_full_steps(solver, x64):
+  residual, params, _ = _problem(10.0)
   params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
-  _, _, losses = jax.jit(lambda p: _minimize(solvers.gauss_newton(),
-                                             residual, p, 30))(params)
-  assert losses[-1] <= optimum * (1 + 1e-6) + 1e-30, (losses[-1], optimum)
+  _, _, losses = jax.jit(lambda p: _minimize(
+      solvers.gauss_newton(solver=solver), residual, p, 30))(params)
+  assert losses[-1] <= 1e-26, losses
 
 
 def test_needs_residual_fn():
@@ -158,3 +165,85 @@ def test_needs_residual_fn():
   params = {'w': jnp.ones(3)}
   with pytest.raises(ValueError, match='residual_fn'):
     tx.update(params, tx.init(params), params)
+
+
+@pytest.fixture(scope='module')
+def rahimi_small():
+  """A shrunk talk problem: x in R^4, hidden 4, y in R^6, 60 samples, float64.
+
+  Condition number 1e5, orthogonal-like start (the project's init for seed
+  0 of the deep linear study is replaced by a fixed QR here, so the test
+  does not depend on the init registry).
+  """
+  previous = jax.config.jax_enable_x64
+  jax.config.update('jax_enable_x64', True)
+  d = data_lib.synthetic(n_train=60, n_test=10, in_dim=4, out_dim=6,
+                         condition_number=1e5, seed=3, dtype='float64')
+  x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
+
+  def residual(p):
+    return (x @ p[0] @ p[1] - y) / jnp.sqrt(60.0)
+
+  rng = np.random.default_rng(0)
+  params = [jnp.asarray(np.linalg.qr(rng.standard_normal((4, 4)))[0]),
+            jnp.asarray(0.5 * rng.standard_normal((4, 6)))]
+  yield residual, params
+  jax.config.update('jax_enable_x64', previous)
+
+
+def _first_below(losses, target):
+  below = np.flatnonzero(np.asarray(losses) < target)
+  return int(below[0]) + 1 if len(below) else None
+
+
+def test_minimum_norm_gauss_newton_matches_optimistix(rahimi_small):
+  # The undamped minimum-norm step is unique, so two independent
+  # implementations follow the same trajectory: optimistix's GaussNewton with
+  # lineax's SVD solve (its default QR assumes full column rank, which the
+  # network's GL(4) symmetry denies: 16 null directions).
+  import equinox as eqx  # pylint: disable=g-import-not-at-top
+  import lineax as lx  # pylint: disable=g-import-not-at-top
+  import optimistix as optx  # pylint: disable=g-import-not-at-top
+  residual, params = rahimi_small
+  _, _, ours = jax.jit(lambda p: _minimize(solvers.gauss_newton(), residual,
+                                           p, 30))(params)
+  solver = optx.GaussNewton(rtol=1e-30, atol=1e-30, linear_solver=lx.SVD())
+  fn = lambda p, _: (residual(p), None)
+  state = solver.init(fn, params, None, {}, jax.eval_shape(residual, params),
+                      None, frozenset())
+  # Its state holds the linearized function as a jaxpr (not an array), so
+  # it is stepped under equinox.filter_jit, outside any scan.
+  step = eqx.filter_jit(
+      lambda p, s: solver.step(fn, p, None, {}, s, frozenset())[:2])
+  theirs, p = [], params
+  for _ in range(31):  # optimistix accepts each step one call later
+    p, state = step(p, state)
+    theirs.append(float(0.5 * jnp.sum(residual(p) ** 2)))
+  theirs = np.asarray(theirs[1:])
+  ours = np.asarray(ours)
+  first = _first_below(ours, 1e-20)
+  assert first is not None and first <= 30, ours
+  assert _first_below(theirs, 1e-20) == first, (ours, theirs)
+  # Step for step until both reach rounding level.
+  above = ours > 1e-18
+  chex.assert_trees_all_close(np.log10(ours[above]), np.log10(theirs[above]),
+                              atol=0.05)
+
+
+def test_levenberg_marquardt_reaches_machine_precision(rahimi_small):
+  residual, params = rahimi_small
+  _, state, losses = jax.jit(lambda p: _minimize(
+      solvers.levenberg_marquardt(), residual, p, 30))(params)
+  first = _first_below(losses, 1e-20)
+  assert first is not None and first <= 30, losses
+  assert state.damping.dtype == jnp.float64
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    ({'solver': 'qr'}, "'qr'.*auto, dense, cg"),
+    ({'factor': 1.0}, 'factor'),
+    ({'initial_damping': -1.0}, 'initial_damping'),
+])
+def test_bad_options(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    solvers.levenberg_marquardt(**kwargs)

@@ -1,14 +1,17 @@
 """Diagnostics: pure functions of ``(loss_fn, params)``, vmappable and loggable."""
 
 from rahimi_jax.diagnostics.hessian import condition_number
+from rahimi_jax.diagnostics.hessian import gauss_newton_eigenvalues
 from rahimi_jax.diagnostics.hessian import gradient_norm
 from rahimi_jax.diagnostics.hessian import hessian_density
 from rahimi_jax.diagnostics.hessian import hessian_eigenvalues
 from rahimi_jax.diagnostics.hessian import hvp
 from rahimi_jax.diagnostics.hessian import lanczos
+from rahimi_jax.diagnostics.hessian import restricted_hessian
 
-__all__ = ['condition_number', 'gradient_norm', 'hessian_density',
-           'hessian_eigenvalues', 'hvp', 'lanczos', 'LOGGED']
+__all__ = ['condition_number', 'gauss_newton_eigenvalues', 'gradient_norm',
+           'hessian_density', 'hessian_eigenvalues', 'hvp', 'lanczos',
+           'LOGGED', 'restricted_hessian']
 
 
 def _log_grad_norm(loss_fn, params, key):

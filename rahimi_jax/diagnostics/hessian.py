@@ -103,3 +103,41 @@ def hessian_density(loss_fn, params, key, grid: jax.Array, *,
   kernel = jnp.exp(-0.5 * ((grid[:, None, None] - nodes) / width) ** 2)
   kernel = kernel / (width * jnp.sqrt(2 * jnp.pi))
   return jnp.mean(jnp.sum(kernel * weights, axis=-1), axis=-1)
+
+
+def _flat_hessian(loss_fn, params):
+  flat, unravel = ravel_pytree(params)
+  return jax.hessian(lambda f: loss_fn(unravel(f)))(flat)
+
+
+def gauss_newton_eigenvalues(residual_fn, params) -> jax.Array:
+  """Eigenvalues (ascending) of ``J^T J``, ``J`` the residuals' Jacobian.
+
+  The Gauss–Newton matrix of ``0.5 ||residual_fn(params)||^2`` (the
+  Hessian without the residual-weighted second derivatives), formed
+  explicitly: for small models. Its null space holds every direction that
+  leaves the residuals unchanged to first order (a model's symmetries).
+  """
+  flat, unravel = ravel_pytree(params)
+  jac = jax.jacfwd(lambda f: jnp.ravel(residual_fn(unravel(f))))(flat)
+  return linalg.eigh(jac.T @ jac)[0]
+
+
+def restricted_hessian(loss_fn, params, directions: jax.Array) -> jax.Array:
+  """Eigenvalues (ascending) of the Hessian on the complement of ``directions``.
+
+  ``C^T H C`` with ``C`` an orthonormal basis of the orthogonal complement
+  of the rows of ``directions: [k, n]`` (flattened like ``ravel_pytree``;
+  assumed linearly independent, so the complement has ``n - k`` dimensions):
+  the curvature of the loss with the moves along ``directions`` (e.g. a
+  symmetry's orbit, which no loss value distinguishes) quotiented out.
+  The Hessian is formed explicitly: for small models.
+
+  Returns:
+    ``[n - k]`` eigenvalues.
+  """
+  k, n = directions.shape
+  _, basis = linalg.eigh(directions.T @ directions)  # ascending: null first
+  complement = basis[:, :n - k]
+  hessian = _flat_hessian(loss_fn, params)
+  return linalg.eigh(complement.T @ hessian @ complement)[0]

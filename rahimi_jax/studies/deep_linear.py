@@ -2,17 +2,20 @@
 
 Fit ``y = x W_1 W_2`` to a linear target of condition number 1e5. Gradient
 descent falls fast, then crawls orders of magnitude above the optimum although
-the gradient has not vanished; Levenberg–Marquardt, a better direction on the
-same problem, reaches machine precision in a few dozen steps. The Hessian where
-gradient descent stalls explains it: its eigenvalues span many decades, so any
-stable step size moves along the low-curvature directions at a crawl.
+the gradient has not vanished; Gauss–Newton and Levenberg–Marquardt, better
+directions on the same problem, reach float64's rounding floor in a few dozen
+steps. The curvature where gradient descent stalls explains it, once the
+network's symmetry ``W_1 -> W_1 G, W_2 -> G^{-1} W_2`` (which changes no
+prediction) is quotiented out: along the directions that change the function,
+the Hessian's eigenvalues span ~10 decades, so any stable step size moves
+along the flattest of them at a crawl.
 
-All methods, step sizes, initial scales and seeds of one depth run as one grid,
-which ``engine.auto_partition`` splits by optimizer (Levenberg–Marquardt's CG
-solves make the relaxed step ~6x the members' own), so the gradient-descent
-members do not pay for them. Depth and initialization can be varied to
-compare the plateau-then-drop dynamics of small initializations (Saxe et al.
-2013).
+The first-order methods (step sizes, scales, seeds) run ``steps`` iterations
+as one grid, the least-squares ones ``solver_steps`` as another (one program
+per optimizer: ``engine.auto_partition``). Depth and initialization can be
+varied to compare the plateau-then-drop dynamics of small initializations;
+``saxe`` measures each mode's half-rise time from a balanced, aligned small
+initialization against Saxe et al.'s (2013) solution.
 """
 
 import dataclasses
@@ -21,6 +24,7 @@ import os
 from typing import Any
 
 import jax
+from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 import numpy as np
 
@@ -30,15 +34,18 @@ from rahimi_jax import engine
 from rahimi_jax import program
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import plots
+from rahimi_jax import registry
 from rahimi_jax import results as results_lib
 from rahimi_jax import stats
 from rahimi_jax import train as train_lib
-from rahimi_jax import registry
 
 # Method names of this study -> optimizer registry names.
 METHODS = {'gd': 'sgd', 'adam': 'adam', 'lm': 'levenberg_marquardt',
            'gn': 'gauss_newton'}
+LEAST_SQUARES = ('lm', 'gn')
 NULL_TOLERANCE = 1e-12  # |lambda| <= this * lambda_max counts as null
+# "Machine precision" of a least-squares run: the loss it must get below.
+TARGET_LOSS = {'float64': 1e-20, 'float32': 1e-10}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +66,16 @@ class DeepLinearConfig:
     init: initializer name (``orthogonal``, ``gaussian``, ...).
     init_scales: multipliers of the initializer (small: Saxe's plateaus).
     seeds: initialization seeds (the target is fixed by ``data_seed``).
-    steps: iterations of every method.
-    log_every: steps between logged metrics.
-    dtype: 'float64' resolves losses far below float32's resolution.
+    steps: iterations of the first-order methods (gd, adam).
+    solver_steps: iterations of the least-squares methods (lm, gn), each
+      logged.
+    log_every: steps between the first-order methods' logged metrics.
+    dtype: 'float64' resolves losses far below float32's resolution; the
+      data are stored in it.
     data_seed: seed of the target and the samples.
+    saxe: also measure each mode's half-rise time from a balanced, aligned
+      initialization of scale ``init_scales`` (two-layer network, every
+      ``gd_lrs``) against the theory.
   """
   condition_number: float = 1e5
   noise: float = 0.0
@@ -71,24 +84,26 @@ class DeepLinearConfig:
   out_dim: int = 10
   width: int = 6
   depths: tuple[int, ...] = (1,)
-  methods: tuple[str, ...] = ('gd', 'adam', 'lm')
+  methods: tuple[str, ...] = ('gd', 'adam', 'lm', 'gn')
   gd_lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
   adam_lrs: tuple[float, ...] = (0.01,)
   init: str = 'orthogonal'
   init_scales: tuple[float, ...] = (1.0,)
   seeds: int = 4
-  steps: int = 2000
-  log_every: int | None = None  # None: every 100 steps, or once at the end
+  steps: int = 100_000
+  solver_steps: int = 30
+  log_every: int | None = None  # None: steps // 100 (at least 1)
   dtype: str = 'float64'
   data_seed: int = 0
+  saxe: bool = False
 
   def __post_init__(self):
     registry.check_options(METHODS, self.methods, 'methods')
     if self.log_every is None and isinstance(self.steps, int):
-      object.__setattr__(self, 'log_every', min(100, self.steps))
+      object.__setattr__(self, 'log_every', max(1, self.steps // 100))
     registry.get_axis('init').get(self.init)
     for name in ('condition_number', 'n_train', 'in_dim', 'out_dim', 'width',
-                 'seeds', 'steps', 'log_every'):
+                 'seeds', 'steps', 'solver_steps', 'log_every'):
       value = getattr(self, name)
       if not (isinstance(value, (int, float)) and math.isfinite(value)
               and value >= 1):
@@ -103,32 +118,59 @@ class DeepLinearConfig:
       object.__setattr__(self, name, values)
     if self.noise < 0 or not math.isfinite(self.noise):
       raise ValueError(f'noise must be >= 0; got {self.noise!r}.')
+    if self.dtype not in TARGET_LOSS:
+      raise ValueError(f'Unknown dtype {self.dtype!r}; accepted: '
+                       f'{", ".join(TARGET_LOSS)}.')
     if self.dtype == 'float64' and not jax.config.jax_enable_x64:
       raise ValueError("dtype 'float64' needs jax_enable_x64 (the launcher "
                        'sets it); use dtype=float32 otherwise.')
+    if self.saxe and 'gd' not in self.methods:
+      raise ValueError(f'saxe measures gradient descent; methods '
+                       f'{list(self.methods)} have no gd.')
     for depth in self.depths:
-      self.train_config(depth)  # validates steps, log_every, dtype
+      for least_squares in (False, True):
+        self.train_config(depth, least_squares)  # validates steps, log_every
+
+  @property
+  def target_loss(self) -> float:
+    return TARGET_LOSS[self.dtype]
 
   def dataset(self) -> data_lib.Dataset:
     return data_lib.synthetic(
         n_train=self.n_train, n_test=self.n_train, in_dim=self.in_dim,
         out_dim=self.out_dim, condition_number=self.condition_number,
-        noise=self.noise, seed=self.data_seed)
+        noise=self.noise, seed=self.data_seed, dtype=self.dtype)
+
+  def grids(self) -> dict[bool, grid_lib.Grid]:
+    """``{least_squares: grid}``: the first-order and least-squares members.
+
+    Each method with its own step sizes; Gauss–Newton/LM take none. The init
+    is a one-option choice axis, so the training config reads it.
+    """
+    lrs = {'gd': self.gd_lrs, 'adam': self.adam_lrs}
+    out = {}
+    for least_squares in (False, True):
+      parts = [grid_lib.Grid(
+          grid_lib.Choice('optimizer', (METHODS[m],)),
+          grid_lib.Choice('init', (self.init,)),
+          grid_lib.Values('learning_rate', lrs.get(m, (1.0,))),
+          grid_lib.Values('init_scale', self.init_scales),
+          grid_lib.Seeds(self.seeds)) for m in self.methods
+               if (m in LEAST_SQUARES) == least_squares]
+      if parts:
+        out[least_squares] = grid_lib.Grid.union(*parts)
+    return out
 
   def grid(self) -> grid_lib.Grid:
-    """Each method with its own step sizes; Gauss–Newton/LM take none."""
-    lrs = {'gd': self.gd_lrs, 'adam': self.adam_lrs}
-    parts = [grid_lib.Grid(
-        grid_lib.Choice('optimizer', (METHODS[m],)),
-        grid_lib.Values('learning_rate', lrs.get(m, (1.0,))),
-        grid_lib.Values('init_scale', self.init_scales),
-        grid_lib.Seeds(self.seeds)) for m in self.methods]
-    return grid_lib.Grid.union(*parts)
+    """Every member (first-order, then least-squares), named uniquely."""
+    return grid_lib.Grid.union(*self.grids().values())
 
-  def train_config(self, depth: int) -> train_lib.TrainConfig:
+  def train_config(self, depth: int,
+                   least_squares: bool = False) -> train_lib.TrainConfig:
     return train_lib.TrainConfig(
         model='deep_linear', hidden=(self.width,) * int(depth),
-        steps=self.steps, batch_size=0, log_every=self.log_every,
+        steps=self.solver_steps if least_squares else self.steps,
+        batch_size=0, log_every=1 if least_squares else self.log_every,
         dtype=self.dtype, diagnostics=('grad_norm',),
         options=(('init', (self.init,)),))
 
@@ -136,7 +178,8 @@ class DeepLinearConfig:
 def run(config: DeepLinearConfig) -> results_lib.Results:
   """Trains every method, step size, scale, depth and seed; tidy results."""
   dataset = config.dataset()
-  grid = config.grid()
+  grids = config.grids()
+  total = sum(len(g) for g in grids.values()) * len(config.depths)
   parts = []
 
   def merged():
@@ -145,148 +188,506 @@ def run(config: DeepLinearConfig) -> results_lib.Results:
     meta['engine'] = [p.metadata['engine'] for p in parts]
     return results_lib.concat(parts, meta)
 
+  done = 0
   for depth in config.depths:
-    try:
-      part = engine.run(
-          config.train_config(depth), grid, dataset, partition='auto',
-          metadata={'config': dataclasses.asdict(config)})
-    except KeyboardInterrupt as e:  # program.Interrupted, or during a compile
-      last = getattr(e, 'results', None)
-      if last is not None:
-        last.columns['depth'] = np.full(len(last), depth)
-        parts.append(last)
-      finished = (len(grid) * (len(parts) - (last is not None))
-                  + getattr(e, 'finished', 0))
-      raise program.Interrupted(merged() if parts else None, finished,
-                               len(grid) * len(config.depths)) from None
-    part.columns['depth'] = np.full(len(part), depth)
-    parts.append(part)
+    for least_squares, grid in grids.items():
+      try:
+        part = engine.run(
+            config.train_config(depth, least_squares), grid, dataset,
+            partition='auto',
+            metadata={'config': dataclasses.asdict(config)})
+      except KeyboardInterrupt as e:  # program.Interrupted, or in a compile
+        last = getattr(e, 'results', None)
+        if last is not None:
+          last.columns['depth'] = np.full(len(last), depth)
+          parts.append(last)
+        raise program.Interrupted(merged() if parts else None,
+                                  done + getattr(e, 'finished', 0),
+                                  total) from None
+      part.columns['depth'] = np.full(len(part), depth)
+      parts.append(part)
+      done += len(grid)
   return merged()
 
 
-def _log_interval(values):
-  """Geometric mean of the positive ``values`` and its 95% interval.
+def _log_interval(values, floor: float):
+  """Geometric mean of ``values`` and its 95% interval; values >= 0.
 
   ``stats.mean_ci`` of the log10 values (t, extended for skew), mapped back:
   an interval for the geometric mean ``10**E[log10 x]`` (the median, for
   log-symmetric seeds), not for the arithmetic mean; its coverage is
-  ``mean_ci``'s on the log values (nominal when they are normal). Positive by
-  construction, so a loss interval never goes below zero.
+  ``mean_ci``'s on the log values (nominal when they are normal). A loss of
+  exactly 0 has no logarithm: it counts as ``floor`` (the dtype's smallest
+  normal number), so a mean and interval with zeros are upper bounds; the
+  count of zeros comes back with them. NaN (a diverged run) is left out.
+
+  Returns:
+    ``(interval, zeros)``.
+
+  Raises:
+    ValueError: a value is negative (no loss of this study is).
   """
   values = np.asarray(values, np.float64)
-  ci = stats.mean_ci(np.log10(values[values > 0]))
-  return stats.Interval(10**ci.mean, 10**ci.low, 10**ci.high, ci.n)
+  values = values[~np.isnan(values)]
+  if np.any(values < 0):
+    raise ValueError(f'_log_interval: negative values {values[values < 0]}; '
+                     'losses and norms are >= 0.')
+  zeros = int(np.sum(values == 0))
+  ci = stats.mean_ci(np.log10(np.maximum(values, floor)))
+  with np.errstate(over='ignore'):  # a bound past float64's range: inf
+    low, mean, high = (float(np.power(10.0, v))
+                       for v in (ci.low, ci.mean, ci.high))
+  return stats.Interval(mean, low, high, ci.n), zeros
 
 
-def stall_spectrum(config: DeepLinearConfig, depth: int,
-                   member: str) -> dict[str, Any]:
-  """The Hessian spectrum at the end of ``member``'s run (exact: full Lanczos)."""
-  grid = config.grid()
-  index = next(m.index for m in grid.members if m.name == member)
-  tc = config.train_config(depth).for_grid(grid)
+def symmetry_tangents(weights) -> jax.Array:
+  """``[k, n]``: the directions the network's symmetries move the weights.
+
+  For ``W_{i+1} W_i``-adjacent layers, ``W_i -> W_i G``, ``W_{i+1} -> G^{-1}
+  W_{i+1}`` (``G`` invertible, one per hidden layer) leaves the product, hence
+  every prediction and the loss, unchanged. Its tangents at ``G = I + tA``:
+  ``(W_i A, -A W_{i+1})`` for each basis matrix ``A`` of each hidden layer,
+  flattened like ``ravel_pytree(weights)``; ``k`` = sum of the squared hidden
+  widths. They span the symmetry's orbit directions (a basis where the
+  weights are full rank).
+  """
+  weights = list(weights)
+  rows = []
+  for i, w in enumerate(weights[:-1]):
+    h = w.shape[1]
+    for a in jnp.eye(h * h, dtype=w.dtype).reshape(h * h, h, h):
+      tangent = [jnp.zeros_like(v) for v in weights]
+      tangent[i] = w @ a
+      tangent[i + 1] = -a @ weights[i + 1]
+      rows.append(ravel_pytree(tangent)[0])
+  return jnp.stack(rows)
+
+
+def stall_point(config: DeepLinearConfig, depth: int, member: str):
+  """The weights at the end of ``member``'s run, and the training data."""
+  for least_squares, grid in config.grids().items():
+    names = [m.name for m in grid.members]
+    if member in names:
+      break
+  else:
+    raise ValueError(f'No member {member!r}; members: '
+                     f'{", ".join(m.name for m in config.grid().members)}.')
+  index = names.index(member)
+  tc = config.train_config(depth, least_squares).for_grid(grid)
   knobs = jax.tree.map(lambda a: a[0], grid.knobs([index]))
   dataset = config.dataset()
   params, _ = jax.jit(train_lib.final_state, static_argnums=0)(tc, knobs,
                                                                dataset)
   dtype = jnp.dtype(config.dtype)
-  x = jnp.asarray(dataset.x_train, dtype)
-  y = jnp.asarray(dataset.y_train, dtype)
+  return (params, jnp.asarray(dataset.x_train, dtype),
+          jnp.asarray(dataset.y_train, dtype))
+
+
+def stall_spectrum(config: DeepLinearConfig, depth: int,
+                   member: str) -> dict[str, Any]:
+  """Curvature at the end of ``member``'s run, with the symmetry quotiented.
+
+  Returns the exact Hessian spectrum (full Lanczos), the Gauss–Newton
+  spectrum (``J^T J`` of the residuals; its null space is the symmetry's
+  tangent space where the weights are full rank), and the Hessian restricted
+  to the orthogonal complement of the symmetry tangents: the directions that
+  change the network's function.
+  """
+  params, x, y = stall_point(config, depth, member)
+  n = x.shape[0]
+
+  def predict(p):
+    return jax.tree_util.tree_reduce(jnp.matmul, p, x)
 
   def loss(p):
-    return train_lib.LOSSES['regression'](
-        jax.tree_util.tree_reduce(jnp.matmul, p, x), y)
+    return train_lib.LOSSES['regression'](predict(p), y)
+
+  def residual(p):  # loss = 0.5 ||residual||^2
+    return (predict(p) - y) / jnp.sqrt(jnp.asarray(n, x.dtype))
 
   n_params = sum(p.size for p in jax.tree.leaves(params))
-  eigenvalues = np.asarray(jax.jit(
-      lambda p: diagnostics.hessian_eigenvalues(loss, p, jax.random.key(0),
-                                                n_params))(params))
+  tangents = symmetry_tangents(params)
+
+  @jax.jit
+  def spectra(p):
+    return (diagnostics.hessian_eigenvalues(loss, p, jax.random.key(0),
+                                            n_params),
+            diagnostics.gauss_newton_eigenvalues(residual, p),
+            diagnostics.restricted_hessian(loss, p, tangents))
+
+  eigenvalues, gn, restricted = jax.tree.map(np.asarray, spectra(params))
   top = eigenvalues.max()
   null = np.abs(eigenvalues) <= NULL_TOLERANCE * top
   positive = eigenvalues[(eigenvalues > 0) & ~null]
+  gn_null = gn <= NULL_TOLERANCE * gn.max()
+  # Where the Hessian's negative curvature lives: the share of each negative
+  # eigenvector in the symmetry tangent space.
+  flat = jnp.asarray(ravel_pytree(params)[0])
+  hessian = np.asarray(jax.hessian(lambda f: loss(ravel_pytree(params)[1](f)))(
+      flat))
+  values, vecs = np.linalg.eigh(hessian)
+  q, _ = np.linalg.qr(np.asarray(tangents).T)
+  share = np.sum((q.T @ vecs) ** 2, axis=0)
+  negative = values < -NULL_TOLERANCE * top
   return {
       'eigenvalues': eigenvalues, 'lambda_max': float(top),
       'lambda_min': float(eigenvalues.min()),
-      'n_null': int(null.sum()), 'n_negative': int(np.sum((eigenvalues < 0) & ~null)),
+      'n_null': int(null.sum()),
+      'n_negative': int(np.sum((eigenvalues < 0) & ~null)),
       'lambda_min_positive': float(positive.min()),
-      'ratio': float(top / positive.min()),
+      'negative_share_in_symmetry': float(np.min(share[negative],
+                                                 initial=1.0)),
+      'symmetry_dim': int(tangents.shape[0]),
+      'restricted': restricted,
+      'restricted_min': float(restricted.min()),
+      'restricted_max': float(restricted.max()),
+      'restricted_negative': int(np.sum(restricted < 0)),
+      'gauss_newton': gn,
+      'gn_null': int(gn_null.sum()),
+      'gn_min_positive': float(gn[~gn_null].min()),
       'grad_norm': float(diagnostics.gradient_norm(loss, params)),
       'loss': float(loss(params)),
   }
 
 
+def saxe_modes(config: DeepLinearConfig, lr: float, scale: float
+               ) -> dict[str, np.ndarray]:
+  """Mode strengths of gradient descent from a balanced, aligned small init.
+
+  Saxe, McClelland & Ganguli (2013): with whitened inputs, the two-layer net
+  started at ``W_1 = scale U``, ``W_2 = scale V^T`` (``U S V^T`` the SVD of
+  the input-output correlation ``Sigma_xy = X^T Y / n``) keeps every mode
+  ``u_a = U_a^T W_1 W_2 V_a`` on its own: gradient descent with step ``lr``
+  on ``0.5 mean ||x W_1 W_2 - y||^2`` moves the balanced factor ``a`` (``u =
+  a^2``) by ``a <- a + lr a (s - a^2)``, a sigmoid in time whose continuous
+  limit rises to ``s/2`` at ``(tau / 2s) ln(s/u_0 - 1)`` with ``tau = 1/lr``
+  steps, ``~(tau / 2s) ln(s/u_0)`` for small ``u_0 = scale^2``. Here the
+  inputs are sampled (``X^T X / n`` is the identity only on average), so the
+  modes couple weakly; the measurement says by how much.
+
+  The run is the project's own training step (``train.make_loop``), from
+  this init instead of the init axis's, for ``config.steps`` steps.
+
+  Returns:
+    ``s`` ``[m]`` (the modes' strengths, descending), ``u0``, ``u``
+    ``[steps + 1, m]`` measured, ``theory`` ``[steps + 1, m]`` (the discrete
+    recursion), and per mode ``measured``, ``discrete`` and ``continuous``
+    half-rise times in steps (NaN where not reached within ``config.steps``
+    or where the mode starts above ``s/2``).
+  """
+  dataset = config.dataset()
+  dtype = jnp.dtype(config.dtype)
+  x = np.asarray(dataset.x_train, np.float64)
+  y = np.asarray(dataset.y_train, np.float64)
+  u, s, vt = np.linalg.svd(x.T @ y / len(x), full_matrices=False)
+  m = min(len(s), config.width)
+  u, s, vt = u[:, :m], s[:m], vt[:m]
+  w1 = scale * u @ np.eye(m, config.width)
+  w2 = scale * np.eye(config.width, m) @ vt
+  tc = dataclasses.replace(config.train_config(1), steps=config.steps,
+                           log_every=config.steps)
+  loop = train_lib.make_loop(tc)
+  knobs = {'learning_rate': jnp.asarray(lr, jnp.float32),
+           grid_lib.SEED: jax.random.key(0)}
+  proj_u, proj_v = jnp.asarray(u, dtype), jnp.asarray(vt, dtype)
+
+  @jax.jit
+  def trajectory(w1, w2):
+    carry, xs = loop.init(knobs, dataset)
+    carry = ([w1, w2],) + tuple(carry[1:])
+
+    def modes(carry):
+      product = carry[0][0] @ carry[0][1]
+      return jnp.einsum('im,io,mo->m', proj_u, product, proj_v)
+
+    def step(carry, xs_t):
+      carry = loop.step(knobs, dataset, carry, xs_t)
+      return carry, modes(carry)
+
+    first = modes(carry)
+    _, rest = jax.lax.scan(step, carry, xs)
+    return jnp.concatenate([first[None], rest])
+
+  measured = np.asarray(trajectory(jnp.asarray(w1, dtype),
+                                   jnp.asarray(w2, dtype)), np.float64)
+  u0 = scale**2
+  a = np.full(m, scale, np.float64)
+  theory = [a**2]
+  for _ in range(config.steps):
+    a = a + lr * a * (s - a**2)
+    theory.append(a**2)
+  theory = np.stack(theory)
+  rises = s > 2 * u0
+  with np.errstate(divide='ignore', invalid='ignore'):
+    continuous = np.where(rises, np.log(s / u0) / (2 * s * lr), np.nan)
+  return {'s': s, 'u0': u0, 'u': measured, 'theory': theory,
+          'measured': _half_rise(measured, s, rises),
+          'discrete': _half_rise(theory, s, rises),
+          'continuous': continuous}
+
+
+def _half_rise(u, s, rises):
+  """First (interpolated) step at which each column of ``u`` reaches ``s/2``."""
+  out = np.full(len(s), np.nan)
+  for j in np.flatnonzero(rises):
+    above = np.flatnonzero(u[:, j] >= s[j] / 2)
+    if len(above) and above[0] > 0:
+      t = above[0]
+      lo, hi = u[t - 1, j], u[t, j]
+      out[j] = t - 1 + (s[j] / 2 - lo) / (hi - lo)
+  return out
+
+
+def _saxe_report(config, lr, scale, out_dir):
+  modes = saxe_modes(config, lr, scale)
+  s, u0 = modes['s'], modes['u0']
+  lines = [f'Saxe half-rise times: two-layer net, balanced aligned init (W1 = '
+           f'{scale:g} U, W2 = {scale:g} V^T, u0 = {u0:.3g}), gd lr {lr:g} '
+           f'(tau = {1 / lr:g} steps), modes of Sigma_xy = X^T Y / n; step at '
+           'which u_a = U_a^T W1 W2 V_a first reaches s_a/2 (interpolated)']
+  header = (f'{"mode":>4} {"s":>9} {"measured":>10} {"discrete":>10} '
+            f'{"rel.err":>8} {"(tau/2s)ln(s/u0)":>17} {"rel.err":>8}')
+  lines += [header, '-' * len(header)]
+  for j in range(len(s)):
+    meas, disc, cont = (modes[k][j] for k in ('measured', 'discrete',
+                                              'continuous'))
+    if s[j] <= 2 * u0:
+      note = 'starts at u0 >= s/2: no rise'
+    elif np.isnan(meas):
+      note = (f'not within {config.steps} steps (discrete theory: '
+              f'{disc:.0f})' if np.isfinite(disc) else
+              f'not within {config.steps} steps (continuous theory: '
+              f'{cont:.0f})')
+    else:
+      note = None
+    if note:
+      lines.append(f'{j + 1:>4} {s[j]:>9.3g} {note}')
+    else:
+      lines.append(f'{j + 1:>4} {s[j]:>9.3g} {meas:>10.1f} {disc:>10.1f} '
+                   f'{(meas - disc) / disc:>+8.2%} {cont:>17.1f} '
+                   f'{(meas - cont) / cont:>+8.2%}')
+  if out_dir:
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    steps = np.arange(len(modes['u']))
+    for j in range(len(s)):
+      line, = ax.plot(steps, modes['u'][:, j] / s[j],
+                      label=f'mode {j + 1} (s={s[j]:.3g})')
+      ax.plot(steps, modes['theory'][:, j] / s[j], '--',
+              color=line.get_color(), lw=1)
+    ax.axhline(0.5, color='gray', lw=0.5)
+    ax.set_xlabel('step')
+    ax.set_ylabel('u_a / s_a')
+    ax.set_ylim(-0.05, 1.2)
+    ax.set_title(f'mode strengths, lr {lr:g}, u0 {u0:.3g} (dashed: '
+                 'decoupled discrete theory)')
+    ax.legend(fontsize=7, loc='best')
+    plots.save_figure(fig, os.path.join(out_dir,
+                                        f'saxe_modes_lr{lr:g}_scale{scale:g}.png'))
+  return lines
+
+
+def _first_below(values, steps, target):
+  below = np.flatnonzero(values < target)
+  return int(steps[below[0]]) if len(below) else None
+
+
 def report(config: DeepLinearConfig, results: results_lib.Results,
            out_dir: str | None = None) -> str:
-  """The findings as text (and PNG curves and spectrum in ``out_dir``)."""
+  """The findings as text (and PNG curves and spectra in ``out_dir``)."""
   lines = []
   final = results.final()
   inverse = {v: k for k, v in METHODS.items()}
+  floor = float(np.finfo(np.dtype(config.dtype)).tiny)
+  target = config.target_loss
   d = config.dataset()
   x = np.asarray(d.x_train, np.float64)
-  target = np.linalg.lstsq(x, np.asarray(d.y_train, np.float64), rcond=None)[0]
+  y = np.asarray(d.y_train, np.float64)
+  w, *_ = np.linalg.lstsq(x, y, rcond=None)
+  optimum = 0.5 * np.mean(np.sum((x @ w - y) ** 2, -1))
   lines.append(f'problem: condition number of the least-squares target '
-               f'{float(diagnostics.condition_number(target)):.3g}, of the '
-               f'inputs {float(diagnostics.condition_number(x)):.3g}')
+               f'{float(diagnostics.condition_number(w)):.3g}, of the '
+               f'inputs {float(diagnostics.condition_number(x)):.3g}; '
+               f'least-squares optimum of the stored {config.dtype} data '
+               f'{optimum:.2g}')
   lines.append(f'target condition number {config.condition_number:g}; '
-               f'{config.steps} full-batch steps; final train loss, geometric '
-               f'mean over the seeds that finished (of {config.seeds}) [95% '
-               'interval of the geometric mean: t on log10, extended for skew]')
+               f'full batch; final train loss, geometric mean over the seeds '
+               f'that finished (of {config.seeds}) [95% interval of the '
+               'geometric mean: t on log10, extended for skew]')
   header = (f'{"depth":>5} {"method":<6} {"lr":>8} {"init_scale":>10} '
-            f'{"loss":>10} {"low":>10} {"high":>10} {"grad_norm":>10} '
-            f'{"diverged":>8}')
+            f'{"steps":>7} {"loss":>10} {"low":>10} {"high":>10} '
+            f'{"grad_norm":>10} {"diverged":>8}')
   lines += [header, '-' * len(header)]
-  best = {}
+  best, per_seed, zero_notes = {}, [], []
   for cfg, rows in final.configs().items():
     c = dict(cfg)
     method = inverse[c['optimizer']]
     alive = rows.columns['diverged_step'] < 0
-    ci = _log_interval(rows.columns['train_loss'][alive])
-    grad = _log_interval(rows.columns['grad_norm'][alive])
-    lr = '-' if method in ('lm', 'gn') else f'{c["learning_rate"]:g}'
+    ci, zeros = _log_interval(rows.columns['train_loss'][alive], floor)
+    grad, _ = _log_interval(rows.columns['grad_norm'][alive], floor)
+    lr = '-' if method in LEAST_SQUARES else f'{c["learning_rate"]:g}'
     depth = int(rows.columns['depth'][0])
+    steps = int(rows.columns['step'][0])
     lines.append(f'{depth:>5} {method:<6} {lr:>8} {c["init_scale"]:>10g} '
-                 f'{ci.mean:>10.3e} {ci.low:>10.3e} {ci.high:>10.3e} '
-                 f'{grad.mean:>10.3e} {int((~alive).sum()):>8d}')
-    key = (depth, method)
+                 f'{steps:>7d} {ci.mean:>10.3e} {ci.low:>10.3e} '
+                 f'{ci.high:>10.3e} {grad.mean:>10.3e} '
+                 f'{int((~alive).sum()):>8d}')
+    if zeros:
+      zero_notes.append(f'  {method} lr {lr}: {zeros} seed(s) at exactly 0, '
+                        f'counted as {floor:.3g}: the mean and interval are '
+                        'upper bounds')
+    key = (depth, method, c['init_scale'])
     if ci.n and (key not in best or ci.mean < best[key][0]):
       best[key] = (ci.mean, rows)
+    cells = []
+    for seed, member, loss in zip(rows.columns[grid_lib.SEED],
+                                  rows.columns['member'],
+                                  rows.columns['train_loss']):
+      cell = f'{loss:.2e}'
+      if method in LEAST_SQUARES:
+        traj = results.where(member=member, depth=depth)
+        first = _first_below(traj.columns['train_loss'], traj.columns['step'],
+                             target)
+        cell += f' ({first})' if first is not None else ' (-)'
+      cells.append((int(seed), cell))
+    per_seed.append((depth, method, lr, c['init_scale'], steps,
+                     [cell for _, cell in sorted(cells)]))
+  lines += zero_notes
+  lines.append('')
+  lines.append(f'per seed: final train loss (least squares: in parentheses '
+               f'the first step below {target:g}; - never)')
+  seeds = max(len(cells) for *_, cells in per_seed)
+  header = (f'{"depth":>5} {"method":<6} {"lr":>8} {"init_scale":>10} '
+            f'{"steps":>7} ' + ' '.join(f'{"seed " + str(i):>15}'
+                                        for i in range(seeds)))
+  lines += [header, '-' * len(header)]
+  for depth, method, lr, scale, steps, cells in per_seed:
+    lines.append(f'{depth:>5} {method:<6} {lr:>8} {scale:>10g} {steps:>7d} '
+                 + ' '.join(f'{cell:>15}' for cell in cells))
   for depth in config.depths:
-    if (depth, 'gd') not in best:
-      continue
-    loss, rows = best[(depth, 'gd')]
-    member = rows.where(seed=rows.columns[grid_lib.SEED][0]).columns['member'][0]
-    traj = results.where(member=member, depth=depth)
-    half = traj.columns['train_loss'][len(traj) // 2]
-    last = traj.columns['train_loss'][-1]
-    lines.append('')
-    lines.append(f'depth {depth}: best gradient descent ({member.split(",seed")[0]}) '
-                 f'ends at loss {loss:.3e}; over its last {config.steps - traj.columns["step"][len(traj) // 2]} '
-                 f'steps the loss fell only {half / last:.2f}x.')
-    for other in ('lm', 'gn', 'adam'):
-      if (depth, other) in best:
-        lines.append(f'  {other}: {best[(depth, other)][0]:.3e} '
-                     f'({math.log10(loss / best[(depth, other)][0]):+.1f} '
-                     'orders of magnitude below gradient descent)')
-    spec = stall_spectrum(config, depth, member)
-    lines.append(
-        f'  at the stall: gradient norm {spec["grad_norm"]:.2e} (not zero: not '
-        f'a critical point); Hessian ({len(spec["eigenvalues"])} eigenvalues, '
-        f'exact Lanczos) lambda_max {spec["lambda_max"]:.3e}, lambda_min '
-        f'{spec["lambda_min"]:.3e} ({spec["n_negative"]} negative), {spec["n_null"]} null (|lambda| <= '
-        f'{NULL_TOLERANCE:g} lambda_max), smallest positive '
-        f'{spec["lambda_min_positive"]:.3e}')
-    lines.append(
-        f'  ratio lambda_max / smallest positive = {spec["ratio"]:.2e}: a '
-        f'stable step (< 2/lambda_max = {2 / spec["lambda_max"]:.3g}) shrinks '
-        f'the error along the flattest direction by a factor of only '
-        f'~{1 - 2 / spec["ratio"]:.12f} per step.')
-    if out_dir:
-      plots.spectrum(spec['eigenvalues'],
-                     os.path.join(out_dir, f'hessian_at_stall_depth{depth}.png'),
-                     title=f'Hessian at the gradient-descent stall (depth {depth})')
+    for scale in config.init_scales:
+      lines += _depth_summary(config, results, final, best, depth, scale,
+                              target, out_dir)
+  if config.saxe:
+    for lr in config.gd_lrs:
+      for scale in config.init_scales:
+        lines.append('')
+        lines += _saxe_report(config, lr, scale, out_dir)
   if out_dir:
     for depth in config.depths:
-      plots.curves(results.where(depth=depth), 'train_loss',
-                   os.path.join(out_dir, f'loss_depth{depth}.png'),
-                   title=f'deep linear net, depth {depth}, condition number '
-                   f'{config.condition_number:g}')
+      for least_squares in (False, True):
+        rows = results.where(depth=depth)
+        mask = np.isin(rows.columns['optimizer'],
+                       [METHODS[m] for m in LEAST_SQUARES])
+        if not least_squares:
+          mask = ~mask
+        if not mask.any():
+          continue
+        rows = results_lib.Results(
+            {k: v[mask] for k, v in rows.columns.items()}, rows.metadata)
+        kind = 'least_squares_' if least_squares else ''
+        plots.curves(rows, 'train_loss',
+                     os.path.join(out_dir, f'loss_{kind}depth{depth}.png'),
+                     title=f'deep linear net, depth {depth}, condition number '
+                     f'{config.condition_number:g}')
   return '\n'.join(lines)
+
+
+def _depth_summary(config, results, final, best, depth, scale, target,
+                   out_dir):
+  """Side by side per seed, then the curvature at the gradient-descent stall."""
+  lines = []
+  if (depth, 'gd', scale) not in best:
+    return lines
+  gd = final.where(depth=depth, optimizer=METHODS['gd'], init_scale=scale)
+  seeds = sorted(set(gd.columns[grid_lib.SEED].tolist()))
+  lowest = [np.nanmin(gd.where(seed=s).columns['train_loss']) for s in seeds]
+  lines.append('')
+  lines.append(
+      f'depth {depth}, init_scale {scale:g}: gradient descent after '
+      f'{config.steps} steps, its best step size per seed: '
+      + ', '.join(f'{v:.2e}' for v in lowest)
+      + f' (lowest {min(lowest):.2e})')
+  for method in LEAST_SQUARES:
+    rows = final.where(depth=depth, optimizer=METHODS[method],
+                       init_scale=scale)
+    if not len(rows):
+      continue
+    firsts = []
+    for member in rows.columns['member']:
+      traj = results.where(member=member, depth=depth)
+      firsts.append(_first_below(traj.columns['train_loss'],
+                                 traj.columns['step'], target))
+    reached = [f for f in firsts if f is not None]
+    verdict = (f'every seed within {config.solver_steps} iterations'
+               if len(reached) == len(firsts) else
+               f'{len(firsts) - len(reached)} of {len(firsts)} seeds never')
+    lines.append(
+        f'  {method}: first step below {target:g} per seed: '
+        + ', '.join('-' if f is None else str(f) for f in firsts)
+        + f' ({verdict}); final loss {min(rows.columns["train_loss"]):.2e}'
+        f'..{max(rows.columns["train_loss"]):.2e}, '
+        f'{math.log10(best[(depth, "gd", scale)][0] / max(best[(depth, method, scale)][0], 1e-300)):+.1f} '
+        'orders of magnitude below gradient descent (geometric means)')
+  loss, rows = best[(depth, 'gd', scale)]
+  member = rows.where(seed=rows.columns[grid_lib.SEED][0]).columns['member'][0]
+  traj = results.where(member=member, depth=depth)
+  half = traj.columns['train_loss'][len(traj) // 2]
+  last = traj.columns['train_loss'][-1]
+  lr = float(rows.columns['learning_rate'][0])
+  lines.append(
+      f'  best gradient descent (lr {lr:g}) ends at {loss:.3e} (geometric '
+      f'mean); over its last {config.steps - traj.columns["step"][len(traj) // 2]} '
+      f'steps the loss fell only {half / last:.2f}x.')
+  spec = stall_spectrum(config, depth, member)
+  k = spec['symmetry_dim']
+  n_params = len(spec['eigenvalues'])
+  flat = spec['restricted_min']
+  lines.append(
+      f'  at its stall (seed {rows.columns[grid_lib.SEED][0]}): gradient norm '
+      f'{spec["grad_norm"]:.2e} (not zero: not a critical point). Hessian '
+      f'({n_params} eigenvalues, exact): lambda_max {spec["lambda_max"]:.3e}, '
+      f'{spec["n_negative"]} negative (down to {spec["lambda_min"]:.2e}), '
+      f'{spec["n_null"]} |lambda| <= {NULL_TOLERANCE:g} lambda_max, smallest '
+      f'positive {spec["lambda_min_positive"]:.2e}.')
+  share = spec['negative_share_in_symmetry']
+  lines.append(
+      f'  The symmetry W_i -> W_i G, W_i+1 -> G^-1 W_i+1 moves the weights '
+      f'along {k} directions that change no prediction; each negative '
+      f'eigenvector lies >= {share:.0%} in them'
+      + (' (curvature along the orbit, where the loss is constant only to '
+         'first order away from a critical point: not a saddle of the '
+         'function).' if share >= 0.9 else '.')
+      + ' Quotiented out:')
+  lines.append(
+      f'  Hessian on the {n_params - k} function-changing directions '
+      f'(orthogonal complement of the symmetry tangents): eigenvalues '
+      f'{flat:.3e} .. {spec["restricted_max"]:.3e}, '
+      f'{spec["restricted_negative"]} negative; Gauss-Newton J^T J: '
+      f'{spec["gn_null"]} null eigenvalues (the symmetry has {k}), smallest '
+      f'nonzero {spec["gn_min_positive"]:.3e}.')
+  if flat > 0:
+    ratio = spec['restricted_max'] / flat
+    efold = 1 / (lr * flat)
+    lines.append(
+        f'  Ratio of the largest to the smallest function-changing curvature: '
+        f'{ratio:.2e}. In steps of gradient descent: at this run\'s step '
+        f'{lr:g} the error along the flattest function-changing direction '
+        f'shrinks by (1 - {lr:g} x {flat:.2e}) per step, a factor e every '
+        f'{efold:.2e} steps ({config.steps / efold:.1e} e-folds in the whole '
+        f'run); even the largest stable step (2/lambda_max = '
+        f'{2 / spec["lambda_max"]:.3g}) needs ratio/2 = {ratio / 2:.2e} steps '
+        'per e-fold.')
+  else:
+    lines.append(
+        f'  The smallest function-changing curvature is {flat:.3e} <= 0: '
+        f'the loss curves down along {spec["restricted_negative"]} '
+        'directions that change the function; gradient descent is passing a '
+        'saddle region (as on a small-init plateau), not only crawling along '
+        'a flat valley.')
+  if out_dir:
+    plots.spectrum(spec['restricted'],
+                   os.path.join(out_dir, f'hessian_at_stall_depth{depth}.png'),
+                   title=f'Hessian on function-changing directions at the '
+                   f'gradient-descent stall (depth {depth})')
+  return lines
