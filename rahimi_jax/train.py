@@ -137,7 +137,11 @@ class TrainConfig:
             for a, axis in registry.AXES.items()}
 
   def for_grid(self, grid: grid_lib.Grid) -> 'TrainConfig':
-    """This config with the grid's choice options; checks the grid's axes."""
+    """This config with the grid's choice options; checks the grid's axes.
+
+    An axis the grid chooses takes the grid's options; one it does not keeps
+    the config's single option (e.g. a study's init), or its default.
+    """
     for axis in grid.axes:
       if (isinstance(axis, grid_lib.Values)
           and axis.name not in registry.knobs()):
@@ -151,7 +155,15 @@ class TrainConfig:
       if isinstance(axis, grid_lib.Seeds) and axis.name != grid_lib.SEED:
         raise ValueError(f'The seed axis must be named {grid_lib.SEED!r}; '
                          f'got {axis.name!r}.')
-    return dataclasses.replace(self, options=tuple(grid.choices.items()))
+    options = dict(self.options) | grid.choices
+    for axis, names in self.options:
+      if axis not in grid.choices and len(names) > 1:
+        raise ValueError(
+            f'{axis}: the config lists {len(names)} options '
+            f'({", ".join(names)}) but the grid has no {axis} axis to say '
+            f'which a member uses; add Choice({axis!r}, ...) to the grid or '
+            'keep one option.')
+    return dataclasses.replace(self, options=tuple(options.items()))
 
   def log_steps(self) -> np.ndarray:
     """The steps at which metrics are logged: 0, log_every, ..., steps."""

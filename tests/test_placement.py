@@ -281,7 +281,8 @@ def test_rounding_events_off_trains_the_same_and_logs_no_counts(problem):
   grid = grid_lib.Grid(grid_lib.Choice('precision', ('float32', 'bfloat16')),
                        grid_lib.Choice('rounding', ('nearest_even',
                                                     'stochastic')),
-                       grid_lib.Choice('placement', ('storage+gradients',)))
+                       grid_lib.Choice('placement', ('storage+gradients',)),
+                       grid_lib.Choice('loss_scaling', ('none',)))
   on, off = (engine.run(dataclasses.replace(_CONFIG, rounding_events=e
                                             ).for_grid(grid), grid, problem)
              for e in (True, False))

@@ -228,6 +228,19 @@ def test_unknown_value_axis_fails_before_compiling():
     CONFIG.for_grid(grid_lib.Grid(grid_lib.Values('learning_rat', (0.1,))))
 
 
+def test_a_grid_keeps_the_config_options_it_does_not_choose():
+  """A study's one-option axis (an init) reaches the runs; several options
+  with no grid axis to pick one are refused."""
+  config = train_lib.TrainConfig(options=(('init', ('orthogonal',)),
+                                          ('norm', ('none', 'batch'))))
+  grid = grid_lib.Grid(grid_lib.Choice('norm', ('batch',)))
+  assert config.for_grid(grid).option_dict()['init'] == ('orthogonal',)
+  assert config.for_grid(grid).option_dict()['norm'] == ('batch',)
+  with pytest.raises(ValueError, match="norm: the config lists 2 options "
+                     r"\(none, batch\) but the grid has no norm axis"):
+    config.for_grid(grid_lib.Grid(grid_lib.Seeds(1)))
+
+
 def test_elementwise_options_stay_in_one_program_and_a_split_matches_it(
     tiny_digits):
   grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd', 'adam')),

@@ -145,7 +145,7 @@ class DeepLinearConfig:
     """``{least_squares: grid}``: the first-order and least-squares members.
 
     Each method with its own step sizes; Gauss–Newton/LM take none. The init
-    is a one-option choice axis, so the training config reads it.
+    is a one-option choice axis, so the results name it in a column.
     """
     lrs = {'gd': self.gd_lrs, 'adam': self.adam_lrs}
     out = {}
