@@ -68,6 +68,9 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
       per_seed.append(values)
     values = np.stack(per_seed)
     if log_y:
+      zeros = int(np.sum(np.isfinite(values) & (values <= 0)))
+      if zeros:  # a log axis cannot draw them: say so
+        label += f' ({zeros} seed values <= 0 not drawn)'
       values = np.log10(np.where(values > 0, values, np.nan))
     bounds = (-np.inf, np.inf) if log_y else stats.metric_range(metric)
     intervals = [stats.mean_ci(values[:, j], level, bounds=bounds)

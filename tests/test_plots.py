@@ -119,3 +119,15 @@ def test_effects_need_a_varied_axis(tmp_path):
                            'seed': list(SEEDS)}}
   with pytest.raises(ValueError, match='no axis but the seed'):
     plots.effects(res, 'test_accuracy', str(tmp_path / 'effects.png'))
+
+
+def test_curves_on_a_log_axis_say_how_many_values_they_cannot_draw(
+    saved, tmp_path):
+  acc = _accuracy()
+  acc[1, :, :, -1] = 0.0  # adam reaches exactly 0 at the last step
+  res = _results(acc)
+  plots.curves(res, 'test_accuracy', str(tmp_path / 'c.png'), by='optimizer',
+               log_y=True)
+  labels = sorted(l.get_label() for l in saved[0].axes[0].get_lines())
+  assert labels == ['optimizer=adam (3 seed values <= 0 not drawn)',
+                    'optimizer=sgd (1/6 diverged)']
