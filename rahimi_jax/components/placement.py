@@ -97,7 +97,7 @@ LOSS_SCALING_AXIS = registry.register(registry.Axis(
 stats.METRICS.update(
     {f'{kind}_{p}': stats.Metric(False, 0.0, float('inf'))
      for kind in ('overflows', 'underflows') for p in COUNTED}
-    | {'loss_scale': stats.Metric(True, 0.0, float('inf')),
+    | {'loss_scale': stats.Metric(False, 0.0, float('inf')),
        'steps_skipped': stats.Metric(False, 0.0, float('inf'))})
 
 
