@@ -709,8 +709,8 @@ def _poison_norm() -> components.Norm:
   def init(features):
     return {'scale': jnp.ones((features,))}, {'total': jnp.zeros(())}
 
-  def apply(params, state, x, train, key=None, hp=None):
-    del train, key, hp
+  def apply(params, state, x, train, key=None):
+    del train, key
     y = jnp.sqrt(x - x) * params['scale'] + jnp.log(-jnp.abs(x) - 1.0)
     return y, {'total': state['total'] + jnp.sum(y)}
 

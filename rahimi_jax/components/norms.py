@@ -3,14 +3,15 @@
 Every option shares one signature::
 
   params, state = norm.init(features)
-  y, state = norm.apply(params, state, x, train, key, hp)  # x: [batch, features]
+  y, state = norm.apply(params, state, x, train, key)   # x: [batch, features]
 
 ``state`` holds statistics that are not trained by gradients (batch norm's
 running averages); ``train`` is a static Python bool; ``key`` is this layer's
 PRNG key for the step (``train.step_key``; the same for every option, so arms
-stay paired), which a stochastic norm draws from and the others ignore;
-``hp`` maps the norm axis's value knobs (``AXIS.knobs``: the noise of noisy
-batch norm) to traced scalars, which the options that read them read.
+stay paired), which a stochastic norm draws from and the others ignore. An
+option that reads the axis's value knobs (listed in a ``Knob.read_by`` of
+``AXIS``: noisy batch norm's noise) also takes ``hp=``, a mapping of them to
+traced scalars.
 
 Norms carry a learned scale but no bias: the layer that uses a norm adds its
 bias after it (``norm(x @ w) + b``). A bias before a norm that removes the mean
@@ -48,8 +49,8 @@ def _none() -> Norm:
     del features
     return {}, {}
 
-  def apply(params, state, x, train, key=None, hp=None):
-    del params, train, key, hp
+  def apply(params, state, x, train, key=None):
+    del params, train, key
     return x, state
 
   return Norm(init, apply)
@@ -62,8 +63,8 @@ def _batch(momentum: float = BATCH_NORM_MOMENTUM, eps: float = EPS) -> Norm:
     state = {'mean': jnp.zeros((features,)), 'var': jnp.ones((features,))}
     return _scale(features), state
 
-  def apply(params, state, x, train, key=None, hp=None):
-    del key, hp
+  def apply(params, state, x, train, key=None):
+    del key
     if train:
       mean = jnp.mean(x, axis=0)
       var = jnp.var(x, axis=0)
@@ -83,8 +84,8 @@ def _layer(eps: float = EPS) -> Norm:
   def init(features):
     return _scale(features), {}
 
-  def apply(params, state, x, train, key=None, hp=None):
-    del train, key, hp
+  def apply(params, state, x, train, key=None):
+    del train, key
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.var(x, axis=-1, keepdims=True)
     y = (x - mean) * jax.lax.rsqrt(var + eps)
@@ -97,8 +98,8 @@ def _rms(eps: float = EPS) -> Norm:
   def init(features):
     return _scale(features), {}
 
-  def apply(params, state, x, train, key=None, hp=None):
-    del train, key, hp
+  def apply(params, state, x, train, key=None):
+    del train, key
     y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
     return y * params['scale'], state
 
@@ -205,6 +206,7 @@ def relaxed_norm(names: Sequence[str]):
   """
   names = AXIS.check(names)
   norms = [NORMS[n] for n in names]
+  readers = {n for k in AXIS.knobs for n in (k.read_by or NORMS)}
 
   def init(features):
     inits = [norm.init(features) for norm in norms]
@@ -216,7 +218,8 @@ def relaxed_norm(names: Sequence[str]):
     outs = []
     for i, (n, norm) in enumerate(zip(names, norms)):
       p, s, xi, h = relaxed.guard(weights[i], (params[n], state[n], x, hp))
-      outs.append(norm.apply(p, s, xi, train, key, h))
+      extra = {'hp': h} if n in readers else {}
+      outs.append(norm.apply(p, s, xi, train, key, **extra))
     y = relaxed.mix(weights, [y for y, _ in outs])
     return y, {n: s for n, (_, s) in zip(names, outs)}
 
