@@ -6,8 +6,14 @@ argument, so new data of the same shapes does not recompile) with static
 """
 
 from collections.abc import Callable
+import hashlib
+import json
 import math
+import os
+import tempfile
+import zipfile
 
+from absl import logging
 from flax import struct
 import jax
 import jax.numpy as jnp
@@ -196,8 +202,229 @@ def batch_indices(key: jax.Array, n: int, batch_size: int,
   perms = jax.vmap(lambda k: permutation(k, n))(jax.random.split(key, epochs))
   return perms[:, :per_epoch * batch_size].reshape(-1, batch_size)[:steps]
 
+# MNIST-1D (Greydanus 2020): the generator's published defaults
+# (``mnist1d.data.get_dataset_args``), but for what ``mnist1d()`` takes.
+MNIST1D_ARGS = {
+    'template_len': 12,
+    'padding': (36, 60),
+    'scale_coeff': 0.4,
+    'max_translation': 48,
+    'corr_noise_scale': 0.25,
+    'iid_noise_scale': 2e-2,
+    'shear_scale': 0.75,
+    'final_seq_length': 40,
+}
+# Bump when the generator's output changes: cached files of another version
+# are not read.
+_MNIST1D_VERSION = 1
+
+
+def mnist1d_templates() -> tuple[np.ndarray, np.ndarray]:
+  """``(x [10, 12], t [12])``: the ten digit templates and their positions.
+
+  Each template is whitened, then shifted to start at 0, then divided by 6
+  (as the published generator does).
+  """
+  x = np.asarray([
+      [5, 6, 6.5, 6.75, 7, 7, 7, 7, 6.75, 6.5, 6, 5],
+      [5, 3, 3, 3.4, 3.8, 4.2, 4.6, 5, 5.4, 5.8, 5, 5],
+      [5, 6, 6.5, 6.5, 6, 5.25, 4.75, 4, 3.5, 3.5, 4, 5],
+      [5, 6, 6.5, 6.5, 6, 5, 5, 6, 6.5, 6.5, 6, 5],
+      [5, 4.4, 3.8, 3.2, 2.6, 2.6, 5, 5, 5, 5, 5, 5],
+      [5, 3, 3, 3, 3, 5, 6, 6.5, 6.5, 6, 4.5, 5],
+      [5, 4, 3.5, 3.25, 3, 3, 3, 3, 3.25, 3.5, 4, 5],
+      [5, 7, 7, 6.6, 6.2, 5.8, 5.4, 5, 4.6, 4.2, 5, 5],
+      [5, 4, 3.5, 3.5, 4, 5, 5, 4, 3.5, 3.5, 4, 5],
+      [5, 4, 3.5, 3.5, 4, 5, 5, 5, 5, 4.7, 4.3, 5]])
+  x -= x.mean(1, keepdims=True)
+  x /= x.std(1, keepdims=True)
+  x -= x[:, :1]
+  return x / 6.0, np.linspace(-5, 5, x.shape[1]) / 6.0
+
+
+def _resample(x: np.ndarray, n: int) -> np.ndarray:
+  """``x`` linearly interpolated from an even grid on [0, 1] to ``n`` points."""
+  return np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(x)), x)
+
+
+def make_mnist1d(*, num_samples: int = 5000, train_split: float = 0.8,
+                 seed: int = 42, shuffle_seq: bool = False
+                 ) -> dict[str, np.ndarray]:
+  """Generates MNIST-1D: ``{'x', 'y', 'x_test', 'y_test'}`` (float64, int64).
+
+  The published procedure and random stream (NumPy's legacy ``RandomState``
+  seeded with ``seed``, drawn in the same order), so the defaults give the
+  published 4000/1000 split of 5000 sequences of length 40; the tests check
+  it against the ``mnist1d`` package's ``make_dataset``. Each sample is its
+  class's template (``mnist1d_templates``) padded with a random number of
+  zeros, stretched to 72 points, scaled, circularly translated, filled with
+  smoothed noise where it is zero, given i.i.d. noise, sheared, and resampled
+  to 40 points; samples are then shuffled and the whole set standardized
+  (one mean and standard deviation). Nothing is downloaded and no global
+  random state is touched.
+
+  Args:
+    num_samples: sequences in all (``num_samples // 10`` per class).
+    train_split: the share of them in the training split.
+    seed: the random stream's seed.
+    shuffle_seq: permute the positions of every sequence (the same
+      permutation for all): the "shuffled" MNIST-1D.
+
+  Returns:
+    The arrays of the two splits.
+  """
+  a = MNIST1D_ARGS
+  rng = np.random.RandomState(seed)  # the published stream: legacy MT19937
+  templates, _ = mnist1d_templates()
+  low, high = a['padding']
+  length = a['template_len'] + high
+  ramp = np.linspace(-0.5, 0.5, length)
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  xs, ys = [], []
+  for label, template in enumerate(templates):
+    for _ in range(num_samples // len(templates)):
+      pad = low + int(rng.rand() * (high - low + 1))
+      x = _resample(np.concatenate([template + 1e-8, np.zeros(pad)]), length)
+      x *= 1 + a['scale_coeff'] * (rng.rand() - 0.5)
+      x = np.roll(x, rng.choice(a['max_translation']))
+      corr = ndimage.gaussian_filter(
+          a['corr_noise_scale'] * rng.randn(length), 2)
+      x = np.where(x != 0, x, corr)
+      x = x + a['iid_noise_scale'] * rng.randn(length)
+      x = x - a['shear_scale'] * (rng.rand() - 0.5) * ramp
+      xs.append(_resample(x, a['final_seq_length']))
+      ys.append(label)
+  order = rng.permutation(len(ys))
+  xs, ys = np.stack(xs)[order], np.asarray(ys, np.int64)[order]
+  if shuffle_seq:
+    xs = xs[:, rng.permutation(a['final_seq_length'])]
+  xs = (xs - xs.mean()) / xs.std()
+  split = int(len(ys) * train_split)
+  return {'x': xs[:split], 'y': ys[:split],
+          'x_test': xs[split:], 'y_test': ys[split:]}
+
+
+def cache_dir() -> str:
+  """Where generated datasets are cached.
+
+  ``$RAHIMI_JAX_CACHE`` if set, else ``$XDG_CACHE_HOME/rahimi_jax``, else
+  ``~/.cache/rahimi_jax``.
+  """
+  if os.environ.get('RAHIMI_JAX_CACHE'):
+    return os.environ['RAHIMI_JAX_CACHE']
+  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(
+      os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'rahimi_jax')
+
+
+_MNIST1D_FIELDS = ('x_train', 'y_train', 'x_test', 'y_test')
+
+
+def _load_cached(path: str, n_train: int, n_test: int, length: int
+                 ) -> dict[str, np.ndarray] | None:
+  """The arrays cached at ``path``, or ``None`` if absent, partial or corrupt."""
+  shapes = {'x_train': (n_train, length), 'y_train': (n_train,),
+            'x_test': (n_test, length), 'y_test': (n_test,)}
+  dtypes = {'x_train': np.float32, 'y_train': np.int32,
+            'x_test': np.float32, 'y_test': np.int32}
+  try:
+    with np.load(path, allow_pickle=False) as f:  # zip CRCs checked on read
+      arrays = {k: f[k] for k in _MNIST1D_FIELDS}
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    logging.warning('Regenerating the unreadable cache file %s (%s).', path, e)
+    return None
+  if any(arrays[k].shape != shapes[k] or arrays[k].dtype != dtypes[k]
+         for k in _MNIST1D_FIELDS):
+    logging.warning('Regenerating the cache file %s: unexpected arrays.', path)
+    return None
+  return arrays
+
+
+def _save_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
+  """Writes an ``.npz`` beside ``path`` and renames it into place."""
+  directory = os.path.dirname(path)
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-',
+                             suffix='.npz')
+  try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 is for secrets
+    with os.fdopen(fd, 'wb') as f:
+      np.savez(f, **arrays)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def mnist1d(*, num_samples: int = 5000, train_split: float = 0.8,
+            seed: int = 42, shuffle_seq: bool = False,
+            cache: bool = True) -> Dataset:
+  """MNIST-1D: 10 classes of 1-D sequences of length 40, generated offline.
+
+  The defaults are the published dataset (4000 training and 1000 test
+  sequences, seed 42), generated by ``make_mnist1d`` (no download) and kept
+  as published (standardized as a whole, not per feature). The arrays are
+  cached in ``cache_dir()`` (one ``.npz`` per argument set, written
+  atomically), so later calls load instead of generating; an unreadable or
+  partial cache file is regenerated.
+
+  Args:
+    num_samples: sequences in all, >= 10 (``num_samples // 10`` per class).
+    train_split: the share in the training split; both splits non-empty.
+    seed: the generator's seed, in [0, 2**32).
+    shuffle_seq: permute the positions (the same way in every sequence).
+    cache: read and write the cache (``False``: always generate).
+
+  Returns:
+    A classification ``Dataset`` with 40 features and 10 classes.
+
+  References:
+    Greydanus, "Scaling down deep learning", 2020 (arXiv:2011.14439).
+  """
+  if not isinstance(num_samples, (int, np.integer)) or num_samples < 10:
+    raise ValueError(f'num_samples must be an integer >= 10; got '
+                     f'{num_samples!r}.')
+  total = num_samples // 10 * 10
+  if (not isinstance(train_split, (int, float, np.number))
+      or not 0 < int(total * train_split) < total):
+    raise ValueError(f'train_split must leave both splits non-empty (in (0, '
+                     f'1)); got {train_split!r}.')
+  if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+    raise ValueError(f'seed must be an integer in [0, 2**32); got {seed!r}.')
+  args = {'num_samples': int(num_samples), 'train_split': float(train_split),
+          'seed': int(seed), 'shuffle_seq': bool(shuffle_seq)}
+  n_train = int(total * train_split)
+  length = MNIST1D_ARGS['final_seq_length']
+  key = json.dumps([_MNIST1D_VERSION, MNIST1D_ARGS, args], sort_keys=True)
+  path = os.path.join(cache_dir(), 'mnist1d-' + hashlib.sha256(
+      key.encode()).hexdigest()[:16] + '.npz')
+  arrays = (_load_cached(path, n_train, total - n_train, length)
+            if cache else None)
+  if arrays is None:
+    made = make_mnist1d(**args)
+    arrays = {'x_train': made['x'].astype(np.float32),
+              'y_train': made['y'].astype(np.int32),
+              'x_test': made['x_test'].astype(np.float32),
+              'y_test': made['y_test'].astype(np.int32)}
+    if cache:
+      try:
+        _save_atomically(path, arrays)
+      except OSError as e:
+        logging.warning('Could not cache MNIST-1D at %s (%s).', path, e)
+  return check_dataset(Dataset(**arrays, task='classification',
+                               num_outputs=10))
+
+
 DATASETS: dict[str, Callable[..., Dataset]] = {
     'digits': digits,
+    'mnist1d': mnist1d,
     'synthetic': synthetic,
 }
 

@@ -33,7 +33,7 @@ BAD_CONFIGS = {
     'unknown_activation': (dict(options={'activation': ('gelu2',)}),
                            ["'gelu2'", 'accepted:', 'relu']),
     'unknown_dataset': (dict(dataset='mnist'),
-                        ["'mnist'", 'accepted: digits, synthetic']),
+                        ["'mnist'", 'accepted: digits, mnist1d, synthetic']),
     'unknown_model': (dict(model='cnn'),
                       ["'cnn'", 'accepted: deep_linear, mlp']),
     'empty_optimizers': (dict(options={'optimizer': ()}),

@@ -735,25 +735,27 @@ def _train_norm_layer(norm, tx, steps=3):
   params, state = norm.init(4)
   params = {'w': _x((5, 4), seed=22) / 3, 'norm': params}
 
-  def loss(params, state):
-    h, state = norm.apply(params['norm'], state, x @ params['w'], True)
+  def loss(params, state, key):
+    h, state = norm.apply(params['norm'], state, x @ params['w'], True, key)
     return jnp.mean((h - y) ** 2), state
 
   @jax.jit
-  def step(params, state, opt_state):
-    grads, state = jax.grad(loss, has_aux=True)(params, state)
+  def step(params, state, opt_state, key):
+    grads, state = jax.grad(loss, has_aux=True)(params, state, key)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), state, opt_state
 
   opt_state = tx.init(params)
-  for _ in range(steps):
-    params, state, opt_state = step(params, state, opt_state)
+  for t in range(steps):  # a key per step, for a stochastic norm
+    params, state, opt_state = step(params, state, opt_state,
+                                    jax.random.fold_in(jax.random.key(0), t))
   return params, state
 
 
 class PoisonedComponentTest(parameterized.TestCase):
 
-  @parameterized.parameters(('layer', 'adam'), ('batch', 'momentum'))
+  @parameterized.parameters(('layer', 'adam'), ('batch', 'momentum'),
+                            ('noisy_batch', 'sgd'))
   def test_a_poisoned_option_of_weight_0_changes_no_trained_parameter(
       self, norm_name, opt_name):
     poisons = {'poison': _poison_norm()}
@@ -761,8 +763,8 @@ class PoisonedComponentTest(parameterized.TestCase):
         components.OPTIMIZERS, {'poison': _poison_optimizer}):
       names = ('poison', norm_name)
       init, apply = components.relaxed_norm(names)
-      norm = components.Norm(init, lambda p, s, x, train: apply(
-          p, s, x, _onehot(names, norm_name), train))
+      norm = components.Norm(init, lambda p, s, x, train, key: apply(
+          p, s, x, _onehot(names, norm_name), train, key))
       # The learning rate is traced, as in a grid, so the guard sees it.
       hp = {**HP, 'learning_rate': jnp.asarray(HP['learning_rate'])}
       tx = components.relaxed_optimizer(

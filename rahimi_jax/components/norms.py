@@ -8,7 +8,10 @@ Every option shares one signature::
 ``state`` holds statistics that are not trained by gradients (batch norm's
 running averages); ``train`` is a static Python bool; ``key`` is this layer's
 PRNG key for the step (``train.step_key``; the same for every option, so arms
-stay paired), which a stochastic norm draws from and the others ignore.
+stay paired), which a stochastic norm draws from and the others ignore. An
+option that reads the axis's value knobs (listed in a ``Knob.read_by`` of
+``AXIS``: noisy batch norm's noise) also takes ``hp=``, a mapping of them to
+traced scalars.
 
 Norms carry a learned scale but no bias: the layer that uses a norm adds its
 bias after it (``norm(x @ w) + b``). A bias before a norm that removes the mean
@@ -18,7 +21,8 @@ only in the last bit (a grid member and the same run alone) would drift apart.
 """
 
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -102,39 +106,120 @@ def _rms(eps: float = EPS) -> Norm:
   return Norm(init, apply)
 
 
+def _std(var):
+  """``sqrt(var)`` with derivative 0 at ``var == 0`` (not ``inf``), so that
+  the zero-noise point differentiates with respect to the other knobs."""
+  positive = var > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1.0)), 0.0)
+
+
+def _noisy_batch(momentum: float = BATCH_NORM_MOMENTUM,
+                 eps: float = EPS) -> Norm:
+  """Batch norm, then in training a random per-unit scale and shift.
+
+  Santurkar et al. (2018, section 2.1) add time-varying noise of non-zero mean
+  and non-unit variance after batch norm, so that each unit's distribution
+  moves from step to step however well batch norm fixed it: covariate shift
+  added on purpose. Here, after batch norm (with its learned scale), unit
+  ``j`` at a step is ``y_j * m_j + n_j`` with ``m_j ~ N(noise_scale_mean,
+  noise_scale_var)`` and ``n_j ~ N(noise_shift_mean, noise_shift_var)``,
+  drawn anew every step from the layer's ``key`` and shared by the rows of
+  the batch: the unit's mean moves by ``n_j`` and its scale by ``m_j``.
+  Members that share a seed draw the same noise. In eval mode, or without a
+  key, it is batch norm (the running averages are batch norm's, taken before
+  the noise). At zero variances and mean scale 1, shift 0 it is batch norm
+  exactly. Each step's shift has a non-zero mean whatever the knobs; a
+  non-zero *mean* shift (or mean scale other than 1), which evaluation does
+  not apply, is also a train/eval mismatch (WORKSPACE.md measures it), so
+  the defaults center the noise: shift ~ N(0, 0.25), scale ~ N(1, 0.25).
+
+  References:
+    Santurkar, Tsipras, Ilyas, Madry, "How does batch normalization help
+    optimization?", NeurIPS 2018.
+  """
+  batch = _batch(momentum, eps)
+
+  def apply(params, state, x, train, key=None, hp=None):
+    y, state = batch.apply(params, state, x, train)
+    if not train or key is None:
+      return y, state
+    hp = knob_values(hp)
+    scale_key, shift_key = jax.random.split(key)
+    shape = y.shape[-1:]
+    scale = (hp['noise_scale_mean'].astype(y.dtype)
+             + _std(hp['noise_scale_var']).astype(y.dtype)
+             * jax.random.normal(scale_key, shape, y.dtype))
+    shift = (hp['noise_shift_mean'].astype(y.dtype)
+             + _std(hp['noise_shift_var']).astype(y.dtype)
+             * jax.random.normal(shift_key, shape, y.dtype))
+    return y * scale + shift, state
+
+  return Norm(batch.init, apply)
+
+
 NORMS: dict[str, Norm] = {
     'none': _none(),
     'batch': _batch(),
     'layer': _layer(),
     'rms': _rms(),
+    'noisy_batch': _noisy_batch(),
 }
 
 
+_NOISY = ('noisy_batch',)
 AXIS = registry.register(registry.Axis(
     name='norm', options=NORMS, default='none', flag='norms',
-    help='Normalizations after each hidden layer\'s matmul.',
-    study=('none', 'batch', 'layer')))
+    help=('Normalizations after each hidden layer\'s matmul (noisy_batch: '
+          'batch norm, then a random per-unit scale and shift redrawn every '
+          'training step).'),
+    study=('none', 'batch', 'layer'),
+    knobs=(
+        registry.Knob('noise_shift_mean', 0.0, 'Mean of noisy batch norm\'s '
+                      'per-unit shift.', minimum=-math.inf, read_by=_NOISY),
+        registry.Knob('noise_shift_var', 0.25, 'Variance of noisy batch '
+                      'norm\'s per-unit shift.', inclusive=True,
+                      read_by=_NOISY),
+        registry.Knob('noise_scale_mean', 1.0, 'Mean of noisy batch norm\'s '
+                      'per-unit scale.', read_by=_NOISY),
+        registry.Knob('noise_scale_var', 0.25, 'Variance of noisy batch '
+                      'norm\'s per-unit scale.', inclusive=True,
+                      read_by=_NOISY))))
+
+
+def knob_values(hp: Mapping[str, Any] | None = None) -> dict[str, jax.Array]:
+  """The norm axis's value knobs from ``hp`` (any mapping that holds them,
+  such as a model's knobs); a knob it lacks takes its default."""
+  hp = {} if hp is None else hp
+  return {k.name: jnp.asarray(hp.get(k.name, k.default), jnp.float32)
+          for k in AXIS.knobs}
 
 
 def relaxed_norm(names: Sequence[str]):
-  """The mixture of ``names``: ``apply(params, state, x, weights, train, key)``.
+  """The mixture of ``names``: ``apply(params, state, x, weights, train, key,
+  hp)``.
 
   Each option keeps its own parameters and state (dicts keyed by name); the
-  output is ``sum_i weights[i] * option_i(x)``. Each option reads its inputs
+  output is ``sum_i weights[i] * option_i(x)``. ``hp`` is a mapping holding
+  the axis's value knobs (a model passes its knobs; one it lacks takes its
+  default, ``None``: all defaults). Each option reads its inputs and ``hp``
   through ``relaxed.guard``, so one of weight 0 poisons no value or gradient.
   """
   names = AXIS.check(names)
   norms = [NORMS[n] for n in names]
+  readers = {n for k in AXIS.knobs for n in (k.read_by or NORMS)}
 
   def init(features):
     inits = [norm.init(features) for norm in norms]
     return ({n: p for n, (p, _) in zip(names, inits)},
             {n: s for n, (_, s) in zip(names, inits)})
 
-  def apply(params, state, x, weights, train, key=None):
-    outs = [norm.apply(*relaxed.guard(weights[i], (params[n], state[n], x)),
-                       train, key)
-            for i, (n, norm) in enumerate(zip(names, norms))]
+  def apply(params, state, x, weights, train, key=None, hp=None):
+    hp = knob_values(hp)
+    outs = []
+    for i, (n, norm) in enumerate(zip(names, norms)):
+      p, s, xi, h = relaxed.guard(weights[i], (params[n], state[n], x, hp))
+      extra = {'hp': h} if n in readers else {}
+      outs.append(norm.apply(p, s, xi, train, key, **extra))
     y = relaxed.mix(weights, [y for y, _ in outs])
     return y, {n: s for n, (_, s) in zip(names, outs)}
 

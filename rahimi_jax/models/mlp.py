@@ -58,7 +58,7 @@ def mlp(hidden: Sequence[int], options: Mapping[str, Sequence[str]]) -> Model:
         zip(params['dense'], params['norm'], state['norm'])):
       x, s = norm_apply(norm_params, norm_state, r(x) @ r(layer['w']),
                         knobs['norm'], train,
-                        components.component_key(key, 'norm', i))
+                        components.component_key(key, 'norm', i), knobs)
       new_norm_state.append(s)
       x = act(knobs['activation'], x + layer['b'],
               key=components.component_key(key, 'activation', i))
