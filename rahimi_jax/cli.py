@@ -78,9 +78,9 @@ def define_axis_flags(flag_values: flags.FlagValues = flags.FLAGS, *,
   what = ('Comma list of values (a grid axis)' if grid
           else 'One value for every member')
   for knob in registry.knobs().values():
-    bound = ('>=' if knob.inclusive else '>') + f' {knob.minimum:g}'
+    bound = f', each {knob.bound()}' if knob.bound() else ''
     flags.DEFINE_list(knob.name, None,
-                      f'{knob.full_help()} {what}, each {bound}; default '
+                      f'{knob.full_help()} {what}{bound}; default '
                       f'{knob.default:g}.', flag_values=flag_values)
 
 

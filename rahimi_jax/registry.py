@@ -13,6 +13,7 @@ is one declaration plus the line where its component acts (a model's
 
 from collections.abc import Mapping, Sequence
 import dataclasses
+import math
 from typing import Any, TypeVar
 
 T = TypeVar('T')
@@ -77,7 +78,8 @@ class Knob:
       launchers' flag.
     default: its value when a grid does not vary it.
     help: one line for the launchers' ``--help``.
-    minimum: values must exceed it (or equal it, if ``inclusive``).
+    minimum: values must exceed it (or equal it, if ``inclusive``); ``None``:
+      any finite value.
     inclusive: ``minimum`` itself is allowed (a momentum of 0).
     read_by: the options of its axis that read it (``None``: every one);
       the others must ignore it (tests/test_components.py checks both).
@@ -85,9 +87,25 @@ class Knob:
   name: str
   default: float
   help: str
-  minimum: float = 0.0
+  minimum: float | None = 0.0
   inclusive: bool = False
   read_by: tuple[str, ...] | None = None
+
+  def bound(self) -> str:
+    """The values allowed, in words (``>= 0``, ``> 0``, or empty: any)."""
+    if self.minimum is None:
+      return ''
+    return f'{">=" if self.inclusive else ">"} {self.minimum:g}'
+
+  def check(self, values: Sequence[float]) -> None:
+    """Raises ``ValueError`` naming the first value out of bounds (the
+    launchers' flags are parsed with the same bound: ``cli.parse_knob``)."""
+    for v in values:
+      low = self.minimum is not None and (
+          v < self.minimum if self.inclusive else v <= self.minimum)
+      if not math.isfinite(v) or low:
+        raise ValueError(f"{self.name}: '{v:g}' must be a finite number"
+                         + (f' {self.bound()}.' if self.bound() else '.'))
 
   def full_help(self) -> str:
     return self.help + (f' Read by: {", ".join(self.read_by)}.'

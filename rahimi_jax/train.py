@@ -64,8 +64,10 @@ class TrainConfig:
     rounding_events: with rounding placements, count at every step what
       rounding did (``overflows_<place>``, ``underflows_<place>``,
       ``updates_lost``, logged since the previous log): the evidence the
-      rounding study explains collapses with. Off, those columns are absent
-      and the step is cheaper (``benchmarks/precision_cost.py``).
+      rounding study and the ablation report explain with (both turn it on).
+      Off by default: the counts are reductions over every rounded array at
+      every step, which cost more than the rounding itself on CPU (2.06x vs
+      1.31x a float32 grid's time, ``benchmarks/precision_cost.py``).
   """
   model: str = 'mlp'
   hidden: tuple[int, ...] = (64, 64)
@@ -76,7 +78,7 @@ class TrainConfig:
   dtype: str = 'float32'
   diagnostics: tuple[str, ...] = ()
   remat: bool = False
-  rounding_events: bool = True
+  rounding_events: bool = False
 
   def __post_init__(self):
     models.get_model(self.model)
@@ -143,10 +145,11 @@ class TrainConfig:
     the config's single option (e.g. a study's init), or its default.
     """
     for axis in grid.axes:
-      if (isinstance(axis, grid_lib.Values)
-          and axis.name not in registry.knobs()):
-        raise ValueError(f'Unknown value axis {axis.name!r}; accepted: '
-                         f'{", ".join(registry.knobs())}.')
+      if isinstance(axis, grid_lib.Values):
+        if axis.name not in registry.knobs():
+          raise ValueError(f'Unknown value axis {axis.name!r}; accepted: '
+                           f'{", ".join(registry.knobs())}.')
+        registry.knobs()[axis.name].check(axis.values)
       if (isinstance(axis, grid_lib.Gate) and axis.name in registry.AXES
           and not registry.AXES[axis.name].relaxable):
         raise ValueError(f'{axis.name} cannot be a Gate: its options are '

@@ -1,11 +1,15 @@
 """Shared fixtures: tiny datasets that keep compiled programs small."""
 
 import os
+import tempfile
 
 import jax
 from launchers import IN_PROCESS_COMPILE
 import pytest
 
+# Generated datasets (MNIST-1D) are cached in a fresh directory per process,
+# not in the user's cache; launchers the tests start inherit it.
+os.environ['RAHIMI_JAX_CACHE'] = tempfile.mkdtemp(prefix='rahimi_jax_cache_')
 os.environ['XLA_FLAGS'] = (
     f'{os.environ.get("XLA_FLAGS", "")} {IN_PROCESS_COMPILE}'.strip())
 

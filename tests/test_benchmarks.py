@@ -233,7 +233,7 @@ def test_precision_cost_benchmark_runs_shrunk():
   lines = proc.stdout.splitlines()
   assert 'matmul peak' in lines[0] and 'G=7, 2 steps' in lines[0], lines
   rows = [l.rsplit(None, 4) for l in lines[2:5]]
-  assert [r[0] for r in rows] == ['fp32', 'mixed', 'mixed, no events'] and all(
+  assert [r[0] for r in rows] == ['fp32', 'mixed', 'mixed + events'] and all(
       len(r) == 5 and r[4].endswith('%') for r in rows), lines
   assert lines[5].startswith('mixed / fp32 time per member-step: '), lines
-  assert lines[6].startswith('mixed, no events / fp32 time per member-step: ')
+  assert lines[6].startswith('mixed + events / fp32 time per member-step: ')

@@ -28,7 +28,7 @@ PLACEMENTS = ('storage', 'gradients', 'updates', 'optimizer_state',
               'constants', 'activations', 'storage+gradients')
 _CONFIG = train_lib.TrainConfig(
     hidden=(), steps=STEPS, batch_size=0, log_every=STEPS,
-    options=(('optimizer', ('momentum',)),
+    rounding_events=True, options=(('optimizer', ('momentum',)),
              ('precision', ('float32', 'bfloat16', 'float16')),
              ('rounding', ('nearest_even',)), ('placement', PLACEMENTS),
              ('loss_scaling', ('none', 'static', 'dynamic'))))
@@ -267,7 +267,7 @@ def test_only_the_members_own_optimizer_state_is_counted(tiny_digits):
   """In a grid of SGD and Adam each member carries both options' states (the
   relaxed mixture); SGD's member must not count Adam's unused moments."""
   config = train_lib.TrainConfig(hidden=(8,), steps=4, batch_size=32,
-                                 log_every=4)
+                                 log_every=4, rounding_events=True)
   grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd', 'adam')),
                        grid_lib.Choice('precision', ('float16',)),
                        grid_lib.Choice('placement', ('optimizer_state',)))

@@ -200,7 +200,7 @@ def test_custom_formats_and_bad_names():
 # ------------------------------------------------ the precision axis in a grid
 
 _CONFIG = train_lib.TrainConfig(hidden=(8,), steps=20, batch_size=32,
-                                log_every=10)
+                                log_every=10, rounding_events=True)
 # Storage (the default placement) in float32, bfloat16 nearest-even and
 # stochastic, float8: a union, since float32 and float8 need one mode each.
 _GRID = grid_lib.Grid.union(*[

@@ -1,6 +1,7 @@
 """The training loop: paired design, member == solo run, tracing, divergence."""
 
 import dataclasses
+import re
 from unittest import mock
 
 import chex
@@ -226,6 +227,20 @@ def test_least_squares_optimizer_on_classification_fails_before_tracing(
 def test_unknown_value_axis_fails_before_compiling():
   with pytest.raises(ValueError, match='learning_rat'):
     CONFIG.for_grid(grid_lib.Grid(grid_lib.Values('learning_rat', (0.1,))))
+
+
+@pytest.mark.parametrize('knob, values, message', [
+    ('momentum', (0.9, -1.0), "momentum: '-1' must be a finite number >= 0."),
+    ('learning_rate', (0.0,), "learning_rate: '0' must be a finite number > 0."),
+    ('noise_scale_var', (0.1, -0.5),
+     "noise_scale_var: '-0.5' must be a finite number >= 0."),
+])
+def test_value_axes_from_python_are_checked_against_the_knob_bound(
+    knob, values, message):
+  """The bound the launchers' flags are parsed with holds for a grid built
+  in Python too, before anything compiles."""
+  with pytest.raises(ValueError, match=re.escape(message)):
+    CONFIG.for_grid(grid_lib.Grid(grid_lib.Values(knob, values)))
 
 
 def test_a_grid_keeps_the_config_options_it_does_not_choose():

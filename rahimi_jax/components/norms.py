@@ -175,7 +175,7 @@ AXIS = registry.register(registry.Axis(
     study=('none', 'batch', 'layer'),
     knobs=(
         registry.Knob('noise_shift_mean', 0.0, 'Mean of noisy batch norm\'s '
-                      'per-unit shift.', minimum=-math.inf, read_by=_NOISY),
+                      'per-unit shift.', minimum=None, read_by=_NOISY),
         registry.Knob('noise_shift_var', 0.25, 'Variance of noisy batch '
                       'norm\'s per-unit shift.', inclusive=True,
                       read_by=_NOISY),

@@ -106,7 +106,7 @@ class AblationConfig:
     return train_lib.TrainConfig(
         model=self.model, hidden=self.hidden, steps=self.steps,
         batch_size=self.batch_size, log_every=self.log_every,
-        options=self.options)
+        options=self.options, rounding_events=True)
 
   def to_dict(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)

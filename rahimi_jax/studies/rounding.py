@@ -157,6 +157,7 @@ class RoundingConfig:
     return train_lib.TrainConfig(
         model=self.model, hidden=self.hidden, steps=self.steps,
         batch_size=self.batch_size, log_every=self.log_every,
+        rounding_events=True,
         options=(('optimizer', self.optimizers),
                  ('precision', ('float32',) + self.precisions),
                  ('rounding', self.roundings),
