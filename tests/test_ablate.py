@@ -39,6 +39,8 @@ BAD_INPUTS = {
     'negative_momentum': (['--momentum=0.9,-1'], "momentum: '-1'"),
     'non_integer_hidden': (['--hidden=8,x'], 'hidden'),
     'partition_not_a_choice': (['--partition=seed'], "partition: 'seed'"),
+    'negative_noise_variance': (['--norms=none,noisy_batch',
+                                 '--noise_shift_var=-1'], "noise_shift_var: '-1'"),
 }
 
 

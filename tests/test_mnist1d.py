@@ -1,19 +1,16 @@
 """Tests of MNIST-1D in rahimi_jax.data: against the mnist1d package, cache."""
 
 import os
-import pathlib
 import random
-import subprocess
-import sys
 from unittest import mock
 
 import chex
 import numpy as np
 import pytest
 
-import launchers
 
 from rahimi_jax import data as data_lib
+from rahimi_jax.studies import ablation
 
 mnist1d_pkg = pytest.importorskip('mnist1d.data')  # the test extra has it
 
@@ -202,18 +199,17 @@ def test_bad_arguments_are_one_line_errors(kwargs, bad):
   assert '\n' not in str(e.value)
 
 
-def test_ablate_launcher_trains_on_mnist1d(tmp_path):
-  """``python -m experiments.ablate --dataset=mnist1d``, shrunk."""
-  out = tmp_path / 'out'
-  proc = subprocess.run(
-      [sys.executable, '-m', 'experiments.ablate', '--dataset=mnist1d',
-       '--steps=10', '--log_every=10', '--seeds=1', '--hidden=8',
-       '--optimizers=adam', '--norms=batch', '--inits=lecun_normal',
-       f'--out={out}'],
-      cwd=pathlib.Path(__file__).parents[1], capture_output=True, text=True,
-      timeout=300,
-      env=dict(launchers.env(), RAHIMI_JAX_CACHE=str(tmp_path / 'cache')))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert '1 members: 1 optimizer x 1 norm' in proc.stdout, proc.stdout
-  assert 'final test_accuracy' in proc.stdout, proc.stdout
+def test_an_ablation_trains_on_mnist1d(tmp_path, monkeypatch):
+  """``AblationConfig(dataset='mnist1d')``, what ``experiments.ablate
+  --dataset=mnist1d`` runs, shrunk and in-process (the launcher's one
+  subprocess smoke test is tests/test_ablate.py; its flag reaches the same
+  config)."""
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'cache'))
+  config = ablation.AblationConfig(
+      dataset='mnist1d', steps=10, log_every=10, seeds=1, hidden=(8,),
+      options={'optimizer': ('adam',), 'norm': ('batch',),
+               'init': ('lecun_normal',)})
+  res = ablation.run(config)
+  assert res.metadata['task'] == 'classification'
+  assert np.isfinite(res.final().columns['test_accuracy']).all()
   assert len(os.listdir(tmp_path / 'cache')) == 1
