@@ -13,29 +13,49 @@ from rahimi_jax import storage
 from rahimi_jax.studies import rounding
 
 # Adam in bfloat16: nearest-even rounds b2 = 0.999 to 1 (a collapse at step
-# 1), toward zero to 0.99609375 (trains); storage loses few of Adam's updates.
+# 1), toward zero to 0.99609375 (trains); float16 rounds eps to 0 (collapses
+# in every mode); float16 gradients with a dynamic loss scale starting at 1e9
+# overflow and back off.
+_FLAGS = ['--optimizers=adam', '--learning_rates=0.003', '--hidden=16',
+          '--precisions=bfloat16,float16', '--roundings=nearest_even,toward_zero',
+          '--placements=storage,constants,gradients',
+          '--loss_scalings=none,dynamic', '--loss_scale=1e9', '--seeds=2',
+          '--steps=30', '--log_every=10', '--batch_size=32']
 _CONFIG = rounding.RoundingConfig(
     optimizers=('adam',), learning_rates=(0.003,), hidden=(16,),
-    precisions=('bfloat16',), roundings=('nearest_even', 'toward_zero'),
-    placements=('storage', 'constants'), seeds=2, steps=30, batch_size=32,
-    log_every=10)
+    precisions=('bfloat16', 'float16'),
+    roundings=('nearest_even', 'toward_zero'),
+    placements=('storage', 'constants', 'gradients'),
+    loss_scalings=('none', 'dynamic'), loss_scale=1e9, seeds=2, steps=30,
+    batch_size=32, log_every=10)
 
 
 @pytest.fixture(scope='module')
-def study():
-  res = rounding.run(_CONFIG)
-  return res, rounding.cells(res)
+def study(tmp_path_factory):
+  """The launcher run as a user would (the module's one subprocess run),
+  beside a bad flag that must fail before anything runs; the study's tests
+  read the results it saved."""
+  tmp = tmp_path_factory.mktemp('rounding')
+  ok, bad = launchers.launch_many('experiments.rounding', [
+      [*_FLAGS, f'--out={tmp / "out"}'],
+      ['--placements=storage,weights', f'--out={tmp / "bad"}']])
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  res = storage.load(str(tmp / 'out'))
+  return res, rounding.cells(res), ok, bad, tmp
 
 
-def _row(rows, rounding_, placement):
+def _row(rows, rounding_, placement, precision='bfloat16'):
   return next(r for r in rows if r['cell']['rounding'] == rounding_
-              and r['cell']['placement'] == placement)
+              and r['cell']['placement'] == placement
+              and r['cell']['precision'] == precision
+              and r['cell']['loss_scaling'] == 'none')
 
 
 def test_the_grid_is_float32_once_plus_every_cell():
   grid = _CONFIG.grid()
   cells = {tuple(m.values[a] for a in rounding.CELL_AXES) for m in grid.members}
-  assert len(grid) == 2 * len(cells) == 2 * (1 + 2 * 2)
+  # float32 once, every cell without scaling, the gradients cells dynamic.
+  assert len(grid) == 2 * len(cells) == 2 * (1 + 2 * 2 * 3 + 2 * 2)
   assert ('float32', 'nearest_even', 'storage', 'none') in cells
   scaled = rounding.RoundingConfig(
       precisions=('float16',), placements=('storage', 'gradients'),
@@ -48,7 +68,7 @@ def test_the_grid_is_float32_once_plus_every_cell():
 
 
 def test_rtz_trains_and_rne_collapses_with_the_mechanism(study):
-  res, rows = study
+  res, rows = study[:2]
   rne, rtz = _row(rows, 'nearest_even', 'constants'), _row(
       rows, 'toward_zero', 'constants')
   assert [s for s, _ in rne['collapses']] == [1, 1]
@@ -66,7 +86,7 @@ def test_rtz_trains_and_rne_collapses_with_the_mechanism(study):
 
 
 def test_effects_are_paired_by_seed(study):
-  res, rows = study
+  res, rows = study[:2]
   final = res.final()
   row = _row(rows, 'toward_zero', 'storage')
   ref = final.where(optimizer='adam', precision='float32')
@@ -79,7 +99,7 @@ def test_effects_are_paired_by_seed(study):
 
 
 def test_attribution_names_why_it_cannot_run_on_a_collapsed_factorial(study):
-  res, _ = study
+  res = study[0]
   out = rounding.attribute(res, 'adam')
   assert isinstance(out, str) and 'no finite result' in out, out
 
@@ -132,36 +152,27 @@ def test_bad_configs_are_one_line_errors(kwargs, message):
     rounding.RoundingConfig(**kwargs)
 
 
-def test_launcher_end_to_end(tmp_path):
-  """One run as a user would (float16 gradients with loss scaling), and a
-  bad flag failing before anything runs."""
-  out = tmp_path / 'out'
-  ok, bad = launchers.launch_many('experiments.rounding', [
-      ['--optimizers=adam', '--learning_rates=0.003', '--hidden=8',
-       '--precisions=float16', '--roundings=nearest_even,toward_zero',
-       '--placements=gradients,constants', '--loss_scalings=none,dynamic',
-       '--loss_scale=1e9', '--seeds=2', '--steps=20', '--log_every=10',
-       '--batch_size=32', f'--out={out}'],
-      ['--placements=storage,weights', f'--out={tmp_path / "bad"}']])
-  assert ok.returncode == 0, ok.stderr[-3000:]
+def test_launcher_end_to_end(study):
+  """The run's report, files and dynamic loss scaling, and the bad flag."""
+  res, _, ok, bad, tmp = study
   text = ok.stdout
-  assert '14 members in one program: 7 cells' in text, text
+  assert '34 members in one program: 17 cells' in text, text
   assert 'why:' in text and 'attribution (format x mode x placement):' in text
+  assert 'rounding events over the run' in text
   # float16 rounds eps = 1e-8 to 0: Adam divides 0/0 where a gradient is 0.
   assert 'eps 1e-08 -> 0 ' in text, text
   # A dynamic scale starting at 1e9 overflows float16: nearest-even makes
   # infinities, so the scale backs off; toward zero saturates at 65504 (never
   # infinite), so it never does and the gradients stay clipped.
   assert 'dynamic loss scaling skipped' in text, text
-  res = storage.load(str(out))
-  dynamic = res.final().where(loss_scaling='dynamic')
+  dynamic = res.final().where(loss_scaling='dynamic', precision='float16')
   rne = dynamic.where(rounding='nearest_even').columns
   rtz = dynamic.where(rounding='toward_zero').columns
-  assert np.all(rne['loss_scale'] < 1e9) and np.all(rne['steps_skipped'] >= 0)
+  assert np.all(rne['loss_scale'] < 1e9) and np.all(rne['steps_skipped'] > 0)
   assert np.all(rtz['loss_scale'] == np.float32(1e9))
   assert np.all(dynamic.columns['diverged_step'] == -1)
   for name in ('curves_adam_gradients.png', 'curves_adam_constants.png'):
-    assert (out / name).stat().st_size > 1000
+    assert (tmp / 'out' / name).stat().st_size > 1000
   assert res.metadata['axes'][grid_lib.SEED] == [0, 1]
   launchers.assert_clean_error(bad, "'weights'")
-  assert not (tmp_path / 'bad').exists()
+  assert not (tmp / 'bad').exists()
