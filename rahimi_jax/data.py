@@ -10,7 +10,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import zipfile
 
 from absl import logging
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rahimi_jax import registry
+from rahimi_jax import storage
 
 TASKS = ('classification', 'regression')
 
@@ -343,24 +343,10 @@ def _load_cached(path: str, n_train: int, n_test: int, length: int
 
 
 def _save_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
-  """Writes an ``.npz`` beside ``path`` and renames it into place."""
-  directory = os.path.dirname(path)
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-',
-                             suffix='.npz')
-  try:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 is for secrets
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """Writes the ``.npz`` whole or not at all (``storage.atomic_file``)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with storage.atomic_file(path, 'wb') as f:
+    np.savez(f, **arrays)
 
 
 def mnist1d(*, num_samples: int = 5000, train_split: float = 0.8,

@@ -27,14 +27,17 @@ _KINDS = {'b': 'bool', 'i': 'int', 'u': 'int', 'f': 'float', 'U': 'str', 'O': 's
 _DTYPES = {'bool': bool, 'int': np.int64, 'float': np.float64, 'str': str}
 
 
-def write_text(path: str, text: str) -> None:
-  """Writes one file atomically: a synced temporary file renamed into place."""
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = 'w'):
+  """Yields a file whose contents replace ``path`` whole when the block ends
+  (a synced temporary file renamed into place); on an exception ``path`` is
+  left as it was and the temporary file removed."""
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path))
   try:
-    os.fchmod(fd, 0o666 & ~_umask())
-    with os.fdopen(fd, 'w', newline='') as f:
-      f.write(text)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 is for secrets
+    with os.fdopen(fd, mode, **({} if 'b' in mode else {'newline': ''})) as f:
+      yield f
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -42,6 +45,12 @@ def write_text(path: str, text: str) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes one file atomically (``atomic_file``)."""
+  with atomic_file(path) as f:
+    f.write(text)
 
 
 def is_results_dir(path: str) -> bool:
