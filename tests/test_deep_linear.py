@@ -11,7 +11,7 @@ from rahimi_jax import storage
 from rahimi_jax.studies import deep_linear
 
 SMALL = dict(n_train=100, condition_number=1e3, steps=150, log_every=50,
-             seeds=2, gd_lrs=(0.1, 0.3), methods=('gd', 'lm', 'gn'),
+             seeds=2, gd_lrs=(0.1, 0.3), methods=('gd', 'lm'),
              solver_steps=20)
 
 
@@ -44,7 +44,9 @@ def test_gradient_descent_stalls_where_least_squares_converge(
   optimum = _optimal_loss(config)
   assert optimum < 1e-28  # float64 data: the target is realizable
   gd = final.where(optimizer='sgd').columns['train_loss']
-  for name in ('levenberg_marquardt', 'gauss_newton'):
+  # (Gauss-Newton's machine precision: tests/test_solvers.py, against
+  # optimistix.)
+  for name in ('levenberg_marquardt',):
     rows = res.where(optimizer=name)
     for member in set(rows.columns['member']):
       traj = rows.where(member=member)
