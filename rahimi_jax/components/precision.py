@@ -113,10 +113,6 @@ def format_knobs(fmt: Format) -> dict[str, jax.Array]:
   }
 
 
-def _bit_length(n):
-  return 32 - lax.clz(n)
-
-
 def _split(n, s):
   """``(n >> s, n - (n >> s << s))`` for int32 ``n >= 0`` and any ``s >= 0``
   (shifts of 32 and more drop every bit)."""
