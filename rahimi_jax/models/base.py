@@ -24,3 +24,5 @@ class Model(NamedTuple):
   apply: Callable[..., tuple[jax.Array, Any]]
   choice_axes: tuple[str, ...]
   matmul_hook: bool = False
+  depth: Callable[[Any], Any] | None = None
+  preactivation_hook: bool = False

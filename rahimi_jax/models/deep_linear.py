@@ -44,4 +44,4 @@ def deep_linear(hidden: Sequence[int],
     del knobs, train, key
     return jnp.linalg.multi_dot([w.T for w in reversed(params)] + [x.T]).T, state
 
-  return Model(init, apply, choice_axes=('init',))
+  return Model(init, apply, choice_axes=('init',), depth=lambda params: list(range(len(params))))
