@@ -1,0 +1,119 @@
+"""The batch-norm study: its reading of known effects, the probes in training,
+and the launcher as a user runs it."""
+
+import csv
+import re
+
+import chex
+import launchers
+import numpy as np
+
+from rahimi_jax import engine
+from rahimi_jax import grid as grid_lib
+from rahimi_jax import results as results_lib
+from rahimi_jax import train as train_lib
+from rahimi_jax.studies import batchnorm
+
+NORMS = ('none', 'batch', 'noisy_batch')
+LRS = (0.01, 0.1, 0.5)
+
+
+def _results(accuracy, ics, beta, seeds=4, logs=3):
+  """A grid's results with known per-arm values (+ small seed noise)."""
+  grid = grid_lib.Grid(grid_lib.Choice('norm', NORMS),
+                       grid_lib.Values('learning_rate', LRS),
+                       grid_lib.Seeds(seeds))
+  rng = np.random.default_rng(0)
+  outputs = {'step': np.tile(np.arange(logs) * 10, (len(grid), 1)),
+             'diverged_step': np.full(len(grid), -1)}
+  for name, by_norm in (('test_accuracy', accuracy), ('ics_l2', ics),
+                        ('preact_mean_drift', ics), ('beta_smoothness', beta)):
+    base = np.asarray([by_norm[m.values['norm']] for m in grid.members])
+    outputs[name] = (base[:, None] * (1 + 0.01 * rng.normal(size=(len(grid), 1)))
+                     * np.ones(logs))
+  return results_lib.from_outputs(grid, outputs)
+
+
+def test_verdicts_read_the_noisy_arm():
+  # Santurkar's finding: noisy batch norm has more shift than no norm yet
+  # keeps the gain, and both gaining arms are smoother.
+  res = _results({'none': 0.5, 'batch': 0.6, 'noisy_batch': 0.58},
+                 {'none': 0.1, 'batch': 0.1, 'noisy_batch': 0.5},
+                 {'none': 5.0, 'batch': 3.0, 'noisy_batch': 3.0})
+  text = '\n'.join(batchnorm.verdicts(batchnorm.time_means(
+      res, ('ics_l2', 'preact_mean_drift', 'beta_smoothness'))))
+  assert text.count('does not follow a reduction of covariate shift') == 3
+  assert text.count('the gain follows smoothness') == 3
+  assert re.search(r'batch norm vs none: accuracy \+(9|10)\.\d \[\+', text)
+  # The folklore's world: the added shift costs the gain; smoothness is
+  # worse where batch norm gains.
+  res = _results({'none': 0.5, 'batch': 0.6, 'noisy_batch': 0.4},
+                 {'none': 0.1, 'batch': 0.05, 'noisy_batch': 0.5},
+                 {'none': 3.0, 'batch': 5.0, 'noisy_batch': 5.0})
+  text = '\n'.join(batchnorm.verdicts(batchnorm.time_means(
+      res, ('ics_l2', 'preact_mean_drift', 'beta_smoothness'))))
+  assert text.count('consistent with the folklore') == 3
+  assert 'follows smoothness' not in text
+
+
+def test_time_means_average_the_logs_after_step_0():
+  res = _results({'none': 0.5, 'batch': 0.6, 'noisy_batch': 0.58},
+                 {'none': 0.1, 'batch': 0.1, 'noisy_batch': 0.5},
+                 {'none': 5.0, 'batch': 3.0, 'noisy_batch': 3.0})
+  cols = dict(res.columns)
+  cols['ics_l2'] = cols['ics_l2'] + cols['step']  # logs 0, 10, 20
+  res = results_lib.Results(cols, res.metadata)
+  means = batchnorm.time_means(res, ('ics_l2',))
+  first = res.where(member=res.columns['member'][0]).columns
+  chex.assert_trees_all_close(means.columns['ics_l2'][0],
+                              np.mean(first['ics_l2'][1:]), rtol=1e-12)
+  assert len(means) == len(res) // 3
+
+
+def test_a_one_layer_net_logs_no_shift_and_a_deep_one_does(tiny_digits):
+  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'batch')),
+                       grid_lib.Seeds(1))
+  config = train_lib.TrainConfig(
+      hidden=(8,), steps=4, log_every=2, batch_size=32,
+      diagnostics=batchnorm.PROBES, options=(('norm', ('none', 'batch')),))
+  res = engine.run(config, grid, tiny_digits)
+  for column in ('ics_l2_layer0', 'ics_l2_layer1', 'ics_l2', 'ics_cos',
+                 'preact_mean_drift_layer0', 'beta_smoothness'):
+    assert np.all(np.isfinite(res.columns[column])), column
+  # Layer 0 has nothing below it; layer 1 (the readout) moves with it.
+  assert np.all(res.columns['ics_l2_layer0'] == 0)
+  assert np.all(res.columns['ics_l2_layer1'] > 0)
+  # The readout alone (a linear model) has one layer: no shift at all.
+  linear = train_lib.TrainConfig(hidden=(), steps=2, log_every=2, batch_size=32,
+                                 diagnostics=('covariate_shift',))
+  one = engine.run(linear, grid_lib.Grid(grid_lib.Seeds(1)), tiny_digits)
+  assert np.all(one.columns['ics_l2_layer0'] == 0)
+  assert np.all(one.columns['ics_cos_layer0'] == 1)
+  assert 'ics_l2_layer1' not in one.columns
+
+
+def test_launcher_end_to_end_and_bad_input(tmp_path):
+  out = tmp_path / 'bn'
+  tiny = ['--models=mlp', '--depth=2', '--width=8', '--seeds=2', '--steps=4',
+          '--log_every=2', '--batch_size=32']
+  ok, *bad = launchers.launch_many('experiments.batchnorm', [
+      [*tiny, f'--out={out}'],
+      [*tiny, '--norms=none,batch,bogus', f'--out={tmp_path / "b1"}'],
+      [*tiny, '--learning_rates=0.1,0.2', f'--out={tmp_path / "b2"}'],
+      [*tiny, '--noise_shift_var=-1', f'--out={tmp_path / "b3"}'],
+      [*tiny, '--models=bogus', f'--out={tmp_path / "b4"}'],
+  ])
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  assert ok.stdout.count('=> covariate shift') == 3  # one per learning rate
+  assert '== mlp: final test accuracy' in ok.stdout
+  for name in ('results.csv', 'metadata.json', 'mlp/results.csv',
+               'test_accuracy_mlp.png', 'ics_l2_mlp.png',
+               'preact_mean_drift_mlp.png', 'beta_smoothness_mlp.png'):
+    assert (out / name).exists(), name
+  with open(out / 'results.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 4 * 3 * 2 and {r['model'] for r in rows} == {'mlp'}
+  assert float(rows[0]['ics_l2']) >= 0
+  for proc, value in zip(bad, ('bogus', '0.1', '-1', 'bogus')):
+    launchers.assert_clean_error(proc, value)
+  assert not any((tmp_path / f'b{i}').exists() for i in range(1, 5))
