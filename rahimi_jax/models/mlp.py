@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from rahimi_jax import components
+from rahimi_jax.models.base import layer_depth
 from rahimi_jax.models.base import Model
 
 
@@ -51,7 +52,8 @@ def mlp(hidden: Sequence[int], options: Mapping[str, Sequence[str]]) -> Model:
         state['norm'].append(norm_state)
     return params, state
 
-  def apply(params, state, x, knobs, train, key=None, matmul_input=None):
+  def apply(params, state, x, knobs, train, key=None, matmul_input=None,
+            preactivation=None):
     r = matmul_input or (lambda v: v)
     new_norm_state = []
     for i, (layer, norm_params, norm_state) in enumerate(
@@ -60,10 +62,18 @@ def mlp(hidden: Sequence[int], options: Mapping[str, Sequence[str]]) -> Model:
                         knobs['norm'], train,
                         components.component_key(key, 'norm', i), knobs)
       new_norm_state.append(s)
-      x = act(knobs['activation'], x + layer['b'],
+      x = x + layer['b']
+      if preactivation is not None:
+        x = preactivation(i, x)
+      x = act(knobs['activation'], x,
               key=components.component_key(key, 'activation', i))
     readout = params['readout']
     return r(x) @ r(readout['w']).T + readout['b'], {'norm': new_norm_state}
 
+  def depth(params):
+    return {'dense': [layer_depth(l, i) for i, l in enumerate(params['dense'])],
+            'norm': [layer_depth(n, i) for i, n in enumerate(params['norm'])],
+            'readout': layer_depth(params['readout'], len(params['dense']))}
+
   return Model(init, apply, choice_axes=('norm', 'activation', 'init'),
-               matmul_hook=True)
+               matmul_hook=True, depth=depth, preactivation_hook=True)
