@@ -9,7 +9,6 @@ import pytest
 
 import rahimi_jax as rj
 from rahimi_jax import models
-from rahimi_jax import train as train_lib
 from rahimi_jax.models import flax_adapter
 
 
@@ -40,30 +39,33 @@ KNOBS = {}  # the loop's knobs; these modules read none
 
 @pytest.fixture(scope='module')
 def user_model():
-  models.register('test_user_mlp',
-                  lambda hidden, options: models.from_flax(UserMlp()))
-  yield 'test_user_mlp'
-  del models.MODELS['test_user_mlp']
+  models.register('test_user_net',
+                  lambda hidden, options: models.from_flax(StatefulNet))
+  yield 'test_user_net'
+  del models.MODELS['test_user_net']
 
 
 def test_plain_module_joins_a_grid(user_model, tiny_digits):
-  config = rj.TrainConfig(model=user_model, steps=6, log_every=3,
+  """A module that reads no knobs, with flax state and dropout, in a grid."""
+  config = rj.TrainConfig(model=user_model, steps=4, log_every=4,
                           batch_size=32)
   assert not models.get_model(user_model)((), {}).choice_axes
   assert 'norm' not in config.reads
-  with pytest.raises(ValueError, match="'test_user_mlp' has no norm"):
+  with pytest.raises(ValueError, match="'test_user_net' has no norm"):
     rj.TrainConfig(model=user_model, options=(('norm', ('batch',)),))
   grid = rj.Grid(rj.Choice('optimizer', ['sgd', 'adam']),
-                 rj.Values('learning_rate', [0.1, 0.01]), rj.Seeds(2))
-  results = rj.run(config, grid, tiny_digits)
+                 rj.Values('learning_rate', [0.01]), rj.Seeds(2))
+  results = rj.run(config, grid, tiny_digits, partition=())
   final = results.final()
-  assert len(final) == 8
+  assert len(final) == 4
   losses = np.asarray(final.columns['train_loss'])
   chex.assert_tree_all_finite(losses)
   first = np.asarray(results.where(step=0).columns['train_loss'])
-  assert (losses < first).all()
+  assert (losses != first).all()
+  assert (losses[2:] < first[2:]).all()  # adam's members learn in 4 steps
   # Paired design: members of one seed start from the same parameters.
   chex.assert_trees_all_close(first[0::2], first[0])
+  assert first[0] != first[1]
 
 
 def test_order_state_rngs_and_hooks():
@@ -101,7 +103,6 @@ def test_order_state_rngs_and_hooks():
 
 
 def test_depth_override_and_errors(user_model):
-  del user_model
   model = models.from_flax(UserMlp(), depth=lambda p: jax.tree.map(
       lambda _: 7, p))
   params, state = model.init(jax.random.key(0), 4, 10, KNOBS)
@@ -115,8 +116,8 @@ def test_depth_override_and_errors(user_model):
     model.init(jax.random.key(0), 4, 3, KNOBS)
   with pytest.raises(TypeError, match='flax.linen.Module'):
     models.from_flax(42)
-  with pytest.raises(ValueError, match="'test_user_mlp' is already"):
-    models.register('test_user_mlp', lambda hidden, options: None)
+  with pytest.raises(ValueError, match="'test_user_net' is already"):
+    models.register(user_model, lambda hidden, options: None)
   with pytest.raises(ValueError, match="'mlp' is already"):
     models.register('mlp', models.cnn)
 
@@ -126,16 +127,3 @@ def test_default_depth_is_the_creation_order():
       [('b', {'w': 1}), ('a', {'w': 2, 'v': {'u': 3}})])
   assert flax_adapter.sequential_depth(params) == {'b': {'w': 0},
                                                    'a': {'w': 1, 'v': {'u': 1}}}
-
-
-def test_cnn_trains_in_a_grid(tiny_digits):
-  """The registry's cnn goes through the adapter: knobs reach the module."""
-  config = train_lib.TrainConfig(
-      model='cnn', hidden=(3,), steps=4, log_every=4, batch_size=32,
-      options=(('norm', ('none', 'batch')),))
-  grid = rj.Grid(rj.Choice('norm', ['none', 'batch']), rj.Seeds(1))
-  results = rj.run(config, grid, tiny_digits, partition=())
-  final = results.final()
-  losses = np.asarray(final.columns['train_loss'])
-  chex.assert_tree_all_finite(losses)
-  assert losses[0] != losses[1]  # the norm knob changes the run

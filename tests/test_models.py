@@ -315,7 +315,8 @@ class CnnTest(parameterized.TestCase):
     options = PLAIN  # norm none, relu, gaussian init
     model = models.get_model('cnn')((3, 2), options)
     knobs = _knobs(options)
-    params, state = model.init(jax.random.key(0), 12, OUT_DIM, knobs)
+    params, state = jax.jit(model.init, static_argnums=(1, 2))(
+        jax.random.key(0), 12, OUT_DIM, knobs)
     params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero biases
     x = np.random.default_rng(1).standard_normal((BATCH, 12)).astype(
         np.float32)
@@ -336,7 +337,8 @@ class CnnTest(parameterized.TestCase):
     options = PLAIN | {'norm': ('none', 'noisy_batch')}
     model = models.get_model('cnn')((3,), options)
     knobs = _knobs(options, norm='noisy_batch')
-    params, state = model.init(jax.random.key(0), 8, OUT_DIM, knobs)
+    params, state = jax.jit(model.init, static_argnums=(1, 2))(
+        jax.random.key(0), 8, OUT_DIM, knobs)
     x = np.random.default_rng(2).standard_normal((BATCH, 8)).astype(
         np.float32)
     apply = jax.jit(model.apply, static_argnums=4)
@@ -367,12 +369,13 @@ class HookTest(parameterized.TestCase):
 
   @parameterized.product(name=MODEL_NAMES, norm=(('none',), ('none', 'batch')))
   def test_depth_and_preactivation(self, name, norm):
-    options = MIXED | {'norm': norm}
+    options = PLAIN | {'norm': norm, 'activation': ('relu', 'tanh')}
     hidden = (4, 3)
     model = models.get_model(name)(hidden, options)
     self.assertTrue(model.preactivation_hook)
     knobs = _knobs(options, norm=norm[-1])
-    params, state = model.init(jax.random.key(0), 8, OUT_DIM, knobs)
+    params, state = jax.jit(model.init, static_argnums=(1, 2))(
+        jax.random.key(0), 8, OUT_DIM, knobs)
     depth = model.depth(params)
     chex.assert_trees_all_equal_structs(depth, params)
     self.assertTrue(all(type(d) is int for d in jax.tree.leaves(depth)))
