@@ -39,10 +39,11 @@ References:
 """
 
 import math
+import re
 from typing import NamedTuple
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 
 class Interval(NamedTuple):
@@ -71,12 +72,16 @@ METRICS: dict[str, Metric] = {
 
 
 def get_metric(name: str) -> Metric:
-  """The ``Metric`` of column ``name``; unknown names raise ``ValueError``."""
-  if name not in METRICS:
+  """The ``Metric`` of column ``name``; unknown names raise ``ValueError``.
+
+  A per-layer column ``<metric>_layer<i>`` is its metric's.
+  """
+  base = re.sub(r'_layer\d+$', '', name)
+  if base not in METRICS:
     raise ValueError(f'Unknown metric {name!r}: its direction and range are '
                      f'not declared; known: {", ".join(METRICS)} (add it to '
                      'stats.METRICS).')
-  return METRICS[name]
+  return METRICS[base]
 
 
 def higher_is_better(name: str) -> bool:
@@ -123,7 +128,7 @@ def t_skew_bounds(x, level: float = 0.95):
   with np.errstate(divide='ignore', invalid='ignore'):
     g = np.where(m2 > 0, m3 / m2**1.5, 0.0)
   s = np.sqrt(m2 * n / (n - 1))
-  q = stats.t.ppf(0.5 + level / 2, n - 1) / np.sqrt(n)
+  q = special.stdtrit(n - 1, 0.5 + level / 2) / np.sqrt(n)  # t quantile
 
   def w_at(u):
     # The inverse of the transformation, in a form without division by g.

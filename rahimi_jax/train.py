@@ -111,15 +111,18 @@ class TrainConfig:
     if self.dtype != 'float32' and precisions != ('float32',):
       raise ValueError(f'precision {", ".join(precisions)} rounds float32 '
                        f"values; dtype is {self.dtype!r} (use 'float32').")
-    if ('activations' in components.placement.places(self.option_dict())
-        and not models.get_model(self.model)(
-            self.hidden, self.option_dict()).matmul_hook):
-      raise ValueError(f'placement activations: model {self.model!r} has no '
-                       'matmul hook to round its activations at; models that '
-                       'have one: mlp.')
     object.__setattr__(self, 'diagnostics', registry.check_options(
         diagnostics_lib.LOGGED, self.diagnostics, 'diagnostics')
                        if self.diagnostics else ())
+    needs = [(f'diagnostic {name}', attr) for name in self.diagnostics
+             for attr in diagnostics_lib.probes.NEEDS.get(name, ())]
+    if 'activations' in components.placement.places(self.option_dict()):
+      needs.append(('placement activations', 'matmul_hook'))
+    model = models.get_model(self.model)(self.hidden, self.option_dict())
+    for what, attr in needs:
+      if not getattr(model, attr):
+        raise ValueError(f'{what}: model {self.model!r} has no {attr}; '
+                         f'models that have one: {", ".join(_models_with(attr))}.')
     if self.log_every > self.steps:
       raise ValueError(f'log_every ({self.log_every}) must be <= steps '
                        f'({self.steps}).')
@@ -174,6 +177,13 @@ class TrainConfig:
     if steps[-1] != self.steps:
       steps.append(self.steps)
     return np.asarray(steps, np.int32)
+
+
+def _models_with(attr: str) -> list[str]:
+  """The models whose ``Model.<attr>`` is set (with default options)."""
+  defaults = {a: (axis.default,) for a, axis in registry.AXES.items()}
+  return [name for name, make in models.MODELS.items()
+          if getattr(make((8,), defaults), attr)]
 
 
 def check_task(config: TrainConfig, task: str) -> None:
@@ -380,8 +390,56 @@ def make_loop(config: TrainConfig) -> Loop:
     diverged_step = jnp.where((diverged_step < 0) & ~finite, t, diverged_step)
     return params, state, opt_state, counts, scaler, diverged_step
 
+  def _probe(k, opt, loss_fn, data, carry, t):
+    """What the logged diagnostics see of the member after step ``t``."""
+    params, state, opt_state = carry[:3]
+    diagnostics_key = jax.random.fold_in(
+        jax.random.fold_in(k[grid_lib.SEED], _DIAGNOSTICS_STREAM), t)
+    # The probe batch: a training-size batch drawn for this log.
+    batch = data.n_train if full_batch(data) else config.batch_size
+    idx = data_lib.permutation(diagnostics_key, data.n_train)[:batch]
+    x, y = data.x_train[idx], data.y_train[idx]
+    eval_key = step_key(k[grid_lib.SEED], t, evaluation=True)
+
+    def train_loss(p):  # full training set, train mode
+      out, _ = model.apply(p, state, data.x_train, k, train=True, key=eval_key)
+      return loss_fn(out, data.y_train)
+
+    def loss(p, key):
+      out, _ = model.apply(p, state, x, k, train=True, key=key)
+      return loss_fn(out, y)
+
+    def update(p, grads):
+      extra = {'key': components.component_key(step_key(k[grid_lib.SEED],
+                                                        t + 1), 'optimizer')}
+      if data.task == 'regression':
+        scale = jnp.sqrt(jnp.asarray(x.shape[0], x.dtype))
+        extra['residual_fn'] = lambda q: (
+            model.apply(q, state, x, k, train=True, key=extra['key'])[0]
+            - y) / scale
+      updates, _ = opt.update(grads, opt_state, p, **extra)
+      return optax.apply_updates(p, updates)
+
+    def preactivations(p, key):
+      seen = {}
+
+      def record(i, h):
+        seen[i] = h
+        return h
+
+      model.apply(p, state, x, k, train=True, key=key, preactivation=record)
+      return [seen[i] for i in sorted(seen)]
+
+    return diagnostics_lib.Probe(
+        params=params, key=diagnostics_key, train_loss=train_loss, loss=loss,
+        keys=(step_key(k[grid_lib.SEED], t + 1),
+              step_key(k[grid_lib.SEED], t + 2)),
+        update=update, depth=model.depth and model.depth(params),
+        preactivations=preactivations if model.preactivation_hook else None,
+        learning_rate=k['learning_rate'])
+
   def log(knobs, data, carry, t):
-    k, _, loss_fn, data, policy = setup(knobs, data)
+    k, opt, loss_fn, data, policy = setup(knobs, data)
     params, state, opt_state, counts, scaler, diverged_step = carry
     key = step_key(k[grid_lib.SEED], t, evaluation=True)
 
@@ -398,14 +456,9 @@ def make_loop(config: TrainConfig) -> Loop:
     finite = jnp.all(jnp.isfinite(jnp.stack(list(metrics.values()))))
     diverged_step = jnp.where((diverged_step < 0) & ~finite, t, diverged_step)
     if config.diagnostics:
-      def train_loss(p):  # full training set, train mode
-        out, _ = model.apply(p, state, data.x_train, k, train=True, key=key)
-        return loss_fn(out, data.y_train)
-      diagnostics_key = jax.random.fold_in(
-          jax.random.fold_in(k[grid_lib.SEED], _DIAGNOSTICS_STREAM), t)
+      probe = _probe(k, opt, loss_fn, data, carry, t)
       for name in config.diagnostics:
-        metrics |= diagnostics_lib.LOGGED[name](train_loss, params,
-                                                diagnostics_key)
+        metrics |= diagnostics_lib.LOGGED[name](probe)
     metrics = {m: jnp.where(diverged_step >= 0, jnp.nan, v)
                for m, v in metrics.items()}
     # What rounding did since the last log: kept after a divergence too (it

@@ -65,10 +65,21 @@ def test_gradient_norm_and_its_derivatives(x64):
 @pytest.mark.parametrize('name', sorted(diagnostics.LOGGED))
 def test_logged_diagnostics_write_declared_scalar_columns(name, x64):
   loss, _, params = _problem()
-  out = jax.jit(lambda p: diagnostics.LOGGED[name](
-      loss, p, jax.random.key(0)))(params)
-  assert out and set(out) <= set(stats.METRICS), out
-  for value in out.values():
+  x = jax.random.normal(_KEYS[0], (40, 4), jnp.float64)
+
+  def logged(p):
+    probe = diagnostics.Probe(
+        params=p, key=jax.random.key(0), train_loss=loss,
+        loss=lambda q, key: loss(q), keys=tuple(jax.random.split(_KEYS[1])),
+        update=lambda q, g: jax.tree.map(lambda a, b: a - 0.1 * b, q, g),
+        depth={'a': 0, 'b': 1}, preactivations=lambda q, key: [x @ q['a']],
+        learning_rate=jnp.float32(0.1))
+    return diagnostics.LOGGED[name](probe)
+
+  out = jax.jit(logged)(params)
+  assert out
+  for column, value in out.items():
+    stats.get_metric(column)  # declared
     chex.assert_shape(value, ())
     chex.assert_tree_all_finite(value)
 

@@ -187,12 +187,19 @@ def test_every_metric_has_a_range_and_a_declared_direction(name):
   assert low < high
   d_low, d_high = stats.difference_range(name)
   assert d_low == low - high and d_high == high - low
-  assert stats.higher_is_better(name) == name.endswith('accuracy')
+  # Larger is better for an accuracy and for the cosine between a layer's
+  # gradients before and after the layers below it step (less shift).
+  assert stats.higher_is_better(name) == (name.endswith('accuracy')
+                                          or name == 'ics_cos')
 
 
 def test_unknown_metric_names_the_known_ones():
   with pytest.raises(ValueError, match="'bogus'.*test_accuracy"):
     stats.get_metric('bogus')
+  # A per-layer column is its metric's; the suffix alone names nothing.
+  assert stats.get_metric('ics_l2_layer12') == stats.get_metric('ics_l2')
+  with pytest.raises(ValueError, match='bogus_layer3'):
+    stats.get_metric('bogus_layer3')
 
 
 @pytest.mark.parametrize('a, b, higher, expected', [

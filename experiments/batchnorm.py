@@ -1,0 +1,129 @@
+r"""Simple experiment 3: does batch norm help by reducing covariate shift?
+
+No norm vs batch norm vs noisy batch norm (shift added on purpose) vs layer
+norm, per model one grid over learning rates and seeds (paired), every member
+logging Santurkar et al.'s probes: internal covariate shift per layer,
+pre-activation drift, and the loss landscape along the gradient (loss range,
+gradient change, effective beta-smoothness). Prints accuracy and each probe
+per arm with intervals over seeds and, per learning rate, what the noisy arm
+says about covariate shift vs smoothness. Default (MNIST-1D; a CNN, an 8-layer
+MLP and an 8-layer deep linear net; SGD at three learning rates; 5 seeds):
+
+  python -m experiments.batchnorm --out=/tmp/rahimi_batchnorm
+
+A 25-layer deep linear net, as in Santurkar et al.:
+
+  python -m experiments.batchnorm --models=deep_linear --depth=25 \
+      --out=/tmp/rahimi_batchnorm_deep
+"""
+
+import os
+import sys
+
+from absl import flags
+
+from rahimi_jax import cli
+from rahimi_jax import data
+from rahimi_jax import models
+from rahimi_jax.components import norms
+
+flags.DEFINE_string('dataset', 'mnist1d',
+                    f'Dataset: {" | ".join(data.DATASETS)}.')
+flags.DEFINE_list('models', ['cnn', 'mlp', 'deep_linear'],
+                  f'Models, one grid each: {", ".join(models.MODELS)}.')
+flags.DEFINE_integer('width', 64, 'Hidden width of the MLP and deep linear net.')
+flags.DEFINE_integer('depth', 8, 'Hidden layers of the MLP and deep linear '
+                     'net (each reads the norm axis).')
+flags.DEFINE_list('channels', ['32', '32', '32'], "The CNN's channels per "
+                  'convolution.')
+flags.DEFINE_list('norms', ['none', 'batch', 'noisy_batch', 'layer'],
+                  f'Norms compared (with none and batch): '
+                  f'{", ".join(norms.NORMS)}.')
+flags.DEFINE_string('optimizer', 'sgd', 'A first-order optimizer.')
+flags.DEFINE_list('learning_rates', ['0.01', '0.05', '0.2'],
+                  'At least three learning rates.')
+for _knob in ('noise_shift_mean', 'noise_shift_var', 'noise_scale_mean',
+              'noise_scale_var'):
+  flags.DEFINE_float(_knob, None, f'Noisy batch norm: {_knob} (default: the '
+                     "norm axis's).")
+flags.DEFINE_integer('seeds', 5, 'Number of seeds (paired across arms).')
+flags.DEFINE_integer('steps', 2000, 'Optimizer steps.')
+flags.DEFINE_integer('batch_size', 100, 'Minibatch size.')
+flags.DEFINE_integer('log_every', 200, 'Steps between evaluations and probes.')
+flags.DEFINE_string('out', '/tmp/rahimi_batchnorm', 'Directory for the '
+                    'per-member summary (results.csv, metadata.json), one '
+                    'subdirectory of full logs per model, and the PNG curves '
+                    '(replaced whole).')
+flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grids, and '
+                  'exit without running or writing anything.')
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  cli.start(argv)
+  from rahimi_jax import plots  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
+  from rahimi_jax.studies import batchnorm  # pylint: disable=g-import-not-at-top
+
+  def build():
+    noise = {k: getattr(FLAGS, k) for k in batchnorm.NOISE_KNOBS
+             if getattr(FLAGS, k) is not None}
+    return batchnorm.BatchNormConfig(
+        dataset=FLAGS.dataset, models=tuple(FLAGS.models), width=FLAGS.width,
+        depth=FLAGS.depth,
+        channels=cli.parse_numbers('channels', FLAGS.channels, int,
+                                   distinct=False),
+        norms=tuple(FLAGS.norms), optimizer=FLAGS.optimizer,
+        learning_rates=cli.parse_numbers('learning_rates',
+                                         FLAGS.learning_rates),
+        noise=tuple(noise.items()), seeds=FLAGS.seeds, steps=FLAGS.steps,
+        batch_size=FLAGS.batch_size, log_every=FLAGS.log_every)
+
+  def describe(config):
+    members = len(config.grid())
+    return (f'{len(config.models)} grid(s) ({", ".join(config.models)}), '
+            f'each one program of {members} members: {len(config.norms)} '
+            f'norms x {len(config.learning_rates)} learning rates x '
+            f'{config.seeds} seeds, {config.steps} steps, probes every '
+            f'{config.train_config(config.models[0]).log_every}')
+
+  def run(config):
+    out = batchnorm.run(config)
+    used = {f.name: f.value for f in
+            FLAGS.get_key_flags_for_module(sys.modules[__name__])}
+    for res in out.values():
+      res.metadata['flags'] = used
+    return out
+
+  def write(config, out, directory):
+    summary = batchnorm.summary(out)
+    storage.write(summary, directory)
+    files = [storage.CSV, storage.METADATA]
+    top = max(config.learning_rates)
+    for model, res in out.items():
+      os.mkdir(os.path.join(directory, model))
+      storage.write(res, os.path.join(directory, model))
+      files.append(f'{model}/')
+      at = res.where(learning_rate=top)
+      for metric, log_y in (('test_accuracy', False), ('ics_l2', True),
+                            ('preact_mean_drift', True),
+                            ('beta_smoothness', True)):
+        files.append(f'{metric}_{model}.png')
+        plots.curves(at, metric, os.path.join(directory, files[-1]),
+                     by='norm', log_y=log_y,
+                     title=f'{model}, lr {top:g}: {metric}, mean over seeds, '
+                     '95% interval')
+    info = [r.metadata['engine'] for r in out.values()]
+    return '\n'.join([
+        f'compile {sum(i["compile_s"] for i in info):.1f}s, run '
+        f'{sum(i["run_s"] for i in info):.1f}s on {info[0]["num_devices"]} '
+        'device(s)', batchnorm.report(out),
+        f'wrote {FLAGS.out}/: {", ".join(files)}'])
+
+  return cli.launch(build, describe, run, write, FLAGS.out,
+                    dry_run=FLAGS.dry_run)
+
+
+if __name__ == '__main__':
+  cli.run_app(main)

@@ -1,0 +1,245 @@
+"""Santurkar et al.'s instruments for what batch normalization does, vmappable.
+
+Three probes of one member at one point ``params`` of its training run:
+
+* ``covariate_shift``: internal covariate shift as Santurkar et al. (2018,
+  Definition 2.1) define it. For layer ``i``, ``G_i`` is the loss gradient in
+  that layer's parameters and ``G'_i`` the same gradient after every layer
+  below ``i`` has taken the optimizer's step (computed from the same batch);
+  the shift is ``||G_i - G'_i||`` and its cosine. The layers at and above
+  ``i`` keep their values, so a layer with nothing below it (the first) has
+  shift exactly 0 unless the network itself is random (noisy batch norm:
+  below, "keys").
+* ``landscape``: the loss along the gradient ``g``: at ``params - eta g`` for
+  a set of step sizes ``eta`` (evaluated at once, vmapped), the range of the
+  loss; the largest change of the gradient, ``max ||g - g(eta)||`` ("gradient
+  predictiveness", small is predictive); and the effective beta-smoothness
+  ``max ||g - g(eta)|| / ||eta g||``. On a quadratic ``0.5 p^T A p`` the
+  last is ``||A g|| / ||g||``: ``A``'s largest eigenvalue when ``g`` is its
+  eigenvector.
+* ``preactivation_drift``: the folklore's covariate shift, measured directly:
+  the change, in one optimizer step, of each hidden layer's pre-activation
+  (the input of its nonlinearity) mean and variance per unit over the batch,
+  as a root mean square over units.
+
+Keys: the gradient before a step is taken with the key of the step it
+simulates and the gradient (or pre-activations) after it with the next step's
+key, as the run itself would see them; a deterministic network ignores both,
+while noisy batch norm's fresh noise then counts as the shift it adds on
+purpose. The landscape is one function, evaluated with one key.
+
+References:
+  Santurkar, S., Tsipras, D., Ilyas, A. & Madry, A. (2018). How does batch
+  normalization help optimization? NeurIPS.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+# Step sizes of ``landscape`` as multiples of the member's learning rate:
+# Santurkar et al. move up to four training steps along the gradient.
+STEP_MULTIPLIERS = (0.5, 1.0, 2.0, 4.0)
+
+
+class Probe(NamedTuple):
+  """What a logged diagnostic sees of one member at one log.
+
+  Attributes:
+    params: the member's parameters after the logged step.
+    key: the member's PRNG key for stochastic estimates at this log.
+    train_loss: ``params -> scalar``: the loss on the whole training set in
+      training mode.
+    loss: ``(params, key) -> scalar``: the loss on the probe batch (a batch of
+      the training batch size drawn for this log) in training mode, the
+      network's randomness drawn from ``key``.
+    keys: ``(key_now, key_next)``: the training keys of the step the probes
+      simulate and of the one after it.
+    update: ``(params, grads) -> params``: the member's optimizer step from
+      ``params`` given ``grads`` (its optimizer state at this log).
+    depth: a pytree like ``params`` of each leaf's layer index (``Model.depth``),
+      or None for models that do not declare layers.
+    preactivations: ``(params, key) -> [array]``: each hidden layer's
+      pre-activation on the probe batch, ``[batch, ..., units]``; None for
+      models without the hook.
+    learning_rate: the member's learning rate (a traced scalar).
+  """
+  params: Any
+  key: jax.Array
+  train_loss: Callable[[Any], jax.Array]
+  loss: Callable[[Any, jax.Array], jax.Array]
+  keys: tuple[jax.Array, jax.Array]
+  update: Callable[[Any, Any], Any]
+  depth: Any
+  preactivations: Callable[[Any, jax.Array], list[jax.Array]] | None
+  learning_rate: jax.Array
+
+
+def num_layers(depth) -> int:
+  """The number of layers a ``Model.depth`` pytree names."""
+  return max(jax.tree.leaves(depth)) + 1
+
+
+def _layer_sums(depth, tree, k: int) -> jax.Array:
+  """``[k]``: the sum of ``tree``'s leaves (each summed) per layer."""
+  out = jnp.zeros(k, jnp.result_type(*jax.tree.leaves(tree)))
+  for d, leaf in zip(jax.tree.leaves(depth), jax.tree.leaves(tree)):
+    out = out.at[d].add(jnp.sum(leaf))
+  return out
+
+
+def covariate_shift(loss: Callable[[Any, jax.Array], jax.Array], params,
+                    update: Callable[[Any, Any], Any], depth,
+                    keys: tuple[jax.Array, jax.Array]
+                    ) -> tuple[jax.Array, jax.Array]:
+  """Santurkar et al.'s internal covariate shift of every layer.
+
+  Args:
+    loss: ``(params, key) -> scalar`` on one batch.
+    params: the point.
+    update: ``(params, grads) -> params``: one optimizer step.
+    depth: each leaf's layer index, a pytree like ``params`` of ints.
+    keys: ``(key_now, key_next)``: the network's randomness before and after
+      the step.
+
+  Returns:
+    ``(l2, cosine)``, each ``[layers]``: ``||G_i - G'_i||`` and
+    ``<G_i, G'_i> / (||G_i|| ||G'_i||)``.
+  """
+  k = num_layers(depth)
+  key_now, key_next = keys
+  stepped = update(params, jax.grad(loss)(params, key_now))
+
+  def gradient(below, key):
+    # Layers below ``below`` stepped; the others as they were.
+    return jax.grad(loss)(jax.tree.map(
+        lambda d, p, s: jnp.where(d < below, s, p), depth, params, stepped),
+                          key)
+
+  def body(reference, inputs):
+    # Pass 0 takes G (nothing stepped, this step's key) as the reference;
+    # pass i + 1 takes G'_i and compares. One compiled gradient for both, so
+    # a layer with nothing below it in a deterministic net has shift 0
+    # exactly; scanned, not unrolled, so a deep net compiles one gradient.
+    j, below, key = inputs
+    g = gradient(below, key)
+    reference = jax.tree.map(lambda r, a: jnp.where(j == 0, a, r), reference, g)
+    sums = [_layer_sums(depth, jax.tree.map(f, reference, g), k)
+            for f in (lambda a, b: (a - b)**2, lambda a, b: a * b,
+                      lambda a, b: a * a, lambda a, b: b * b)]
+    return reference, jnp.stack(sums)[:, jnp.maximum(below, 0)]
+
+  passes = jnp.arange(k + 1)
+  keys = jnp.stack([key_now] + [key_next] * k)
+  _, sums = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params),
+                         (passes, jnp.maximum(passes - 1, 0), keys))
+  diff2, dot, norm2, norm2_after = sums[1:].T
+  denom = jnp.sqrt(norm2 * norm2_after)
+  cosine = jnp.where(denom > 0, dot / jnp.where(denom > 0, denom, 1.0), 1.0)
+  return jnp.sqrt(diff2), cosine
+
+
+def _norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(a)) for a in jax.tree.leaves(tree)))
+
+
+def landscape(loss: Callable[[Any], jax.Array], params,
+              steps: jax.Array) -> dict[str, jax.Array]:
+  """The loss and its gradient along the gradient, at ``params - eta g``.
+
+  Args:
+    loss: ``params -> scalar``.
+    params: the point.
+    steps: ``[s]`` step sizes ``eta > 0``.
+
+  Returns:
+    ``loss_range`` (max - min of the loss over the steps), ``grad_change``
+    (the largest ``||g - g(eta)||``) and ``beta_smoothness`` (the largest
+    ``||g - g(eta)|| / (eta ||g||)``); 0 where the gradient is 0.
+  """
+  grads = jax.grad(loss)(params)
+  gnorm = _norm(grads)
+
+  def along(eta):
+    value, g = jax.value_and_grad(loss)(
+        jax.tree.map(lambda p, d: p - eta * d, params, grads))
+    return value, _norm(jax.tree.map(jnp.subtract, grads, g))
+
+  values, changes = jax.vmap(along)(steps)
+  distance = steps * gnorm
+  ratio = changes / jnp.where(distance > 0, distance, 1.0)
+  return {'loss_range': jnp.max(values) - jnp.min(values),
+          'grad_change': jnp.max(changes),
+          'beta_smoothness': jnp.max(jnp.where(distance > 0, ratio, 0.0))}
+
+
+def _moments(h: jax.Array) -> tuple[jax.Array, jax.Array]:
+  axes = tuple(range(h.ndim - 1))  # all but the units
+  return jnp.mean(h, axes), jnp.var(h, axes)
+
+
+def preactivation_drift(before: Sequence[jax.Array],
+                        after: Sequence[jax.Array]
+                        ) -> tuple[jax.Array, jax.Array]:
+  """``(mean_drift, var_drift)``, each ``[hidden layers]``.
+
+  For each layer, the root mean square over units of the change of the unit's
+  mean (and variance) over the batch between ``before`` and ``after``
+  (pre-activations ``[batch, ..., units]``, one per hidden layer).
+  """
+  drifts = []
+  for b, a in zip(before, after):
+    (mb, vb), (ma, va) = _moments(b), _moments(a)
+    drifts.append((jnp.sqrt(jnp.mean((ma - mb)**2)),
+                   jnp.sqrt(jnp.mean((va - vb)**2))))
+  if not drifts:
+    return jnp.zeros(0), jnp.zeros(0)
+  mean, var = zip(*drifts)
+  return jnp.stack(mean), jnp.stack(var)
+
+
+def _per_layer(name: str, values: jax.Array, first: int = 0
+               ) -> dict[str, jax.Array]:
+  """Columns ``name_layer<i>`` and their mean over layers ``>= first``."""
+  out = {f'{name}_layer{i}': v for i, v in enumerate(values)}
+  if values.shape[0] > first:
+    out[name] = jnp.mean(values[first:])
+  return out
+
+
+def log_covariate_shift(probe: Probe) -> dict[str, jax.Array]:
+  l2, cosine = covariate_shift(probe.loss, probe.params, probe.update,
+                               probe.depth, probe.keys)
+  # Layer 0 has nothing below it: its summary would dilute the others'.
+  return _per_layer('ics_l2', l2, first=1) | _per_layer('ics_cos', cosine,
+                                                        first=1)
+
+
+def log_landscape(probe: Probe) -> dict[str, jax.Array]:
+  steps = probe.learning_rate * jnp.asarray(STEP_MULTIPLIERS)
+  return landscape(lambda p: probe.loss(p, probe.keys[0]), probe.params,
+                   steps)
+
+
+def log_preactivation_drift(probe: Probe) -> dict[str, jax.Array]:
+  key_now, key_next = probe.keys
+  grads = jax.grad(probe.loss)(probe.params, key_now)
+  stepped = probe.update(probe.params, grads)
+  mean, var = preactivation_drift(probe.preactivations(probe.params, key_now),
+                                  probe.preactivations(stepped, key_next))
+  return _per_layer('preact_mean_drift', mean) | _per_layer(
+      'preact_var_drift', var)
+
+
+# What each probe needs of the model (``TrainConfig`` refuses the rest).
+NEEDS = {
+    'covariate_shift': ('depth',),
+    'preactivation_drift': ('preactivation_hook',),
+}
+
+# Columns the probes write, by base name (``<name>_layer<i>`` per layer).
+COLUMNS = ('ics_l2', 'ics_cos', 'loss_range', 'grad_change',
+           'beta_smoothness', 'preact_mean_drift', 'preact_var_drift')
+

@@ -1,0 +1,290 @@
+"""Simple experiment 3: what batch normalization does, by Santurkar's probes.
+
+Rahimi's talk asks why batch norm speeds training when all we are told is that
+it "reduces internal covariate shift". Santurkar et al. (2018) answered with a
+measure of that shift, a noisy batch norm that adds shift on purpose yet
+trains as well, and probes of the loss along the gradient. This study trains,
+per model, one grid: normalization (none, batch, noisy batch, layer) x
+learning rates x seeds, paired across arms, every member logging the probes
+of ``diagnostics.probes``; it reports accuracy and each probe per arm with
+intervals over seeds, and reads the noisy arm as the deciding one: batch
+norm's gain follows covariate shift only if a net that has more shift than no
+norm at all loses the gain; it follows smoothness if the arms that gain are
+the smoother ones.
+"""
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from rahimi_jax import data as data_lib
+from rahimi_jax import engine
+from rahimi_jax import grid as grid_lib
+from rahimi_jax import registry
+from rahimi_jax import results as results_lib
+from rahimi_jax import stats
+from rahimi_jax import train as train_lib
+
+PROBES = ('covariate_shift', 'landscape', 'preactivation_drift')
+# Probe columns a report summarizes (each a time-mean over a run's logs).
+SHIFT = ('ics_l2', 'ics_cos', 'preact_mean_drift', 'preact_var_drift')
+SMOOTHNESS = ('beta_smoothness', 'grad_change', 'loss_range')
+NOISE_KNOBS = ('noise_shift_mean', 'noise_shift_var', 'noise_scale_mean',
+               'noise_scale_var')
+_FIRST_ORDER = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'rmsprop')
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchNormConfig:
+  """The batch-norm study: one grid per model.
+
+  Attributes:
+    dataset: a name in ``data.DATASETS`` (a classification task).
+    models: names in ``models.MODELS``; each gets its own grid.
+    width, depth: the deep MLP's and deep linear net's hidden width and
+      number of hidden layers (every layer reads the norm axis).
+    channels: the CNN's channels per convolution.
+    norms: options of the norm axis; must include ``none`` (the baseline)
+      and ``batch``.
+    optimizer: a first-order optimizer.
+    learning_rates: at least three (batch norm's benefit shows at larger
+      steps).
+    noise: noisy batch norm's knobs (``NOISE_KNOBS``), registry defaults when
+      left out.
+    seeds, steps, batch_size, log_every: as in ``AblationConfig``.
+  """
+  dataset: str = 'mnist1d'
+  models: tuple[str, ...] = ('cnn', 'mlp', 'deep_linear')
+  width: int = 64
+  depth: int = 8
+  channels: tuple[int, ...] = (32, 32, 32)
+  norms: tuple[str, ...] = ('none', 'batch', 'noisy_batch', 'layer')
+  optimizer: str = 'sgd'
+  learning_rates: tuple[float, ...] = (0.01, 0.05, 0.2)
+  noise: tuple[tuple[str, float], ...] = ()
+  seeds: int = 5
+  steps: int = 2000
+  batch_size: int = 100
+  log_every: int | None = 200
+
+  def __post_init__(self):
+    for name in ('models', 'channels', 'norms', 'learning_rates'):
+      object.__setattr__(self, name, tuple(getattr(self, name)))
+    object.__setattr__(self, 'noise', tuple(dict(self.noise).items()))
+    data_lib.get_dataset(self.dataset)
+    registry.get_axis('norm').check(self.norms)
+    for needed in ('none', 'batch'):
+      if needed not in self.norms:
+        raise ValueError(f'norms must include {needed!r} (the study compares '
+                         f'with it); got {", ".join(self.norms)}.')
+    if self.optimizer not in _FIRST_ORDER:
+      raise ValueError(f'optimizer {self.optimizer!r}: accepted '
+                       f'{", ".join(_FIRST_ORDER)}.')
+    if len(self.learning_rates) < 3:
+      raise ValueError('learning_rates: at least three (batch norm helps at '
+                       f'the larger ones); got {list(self.learning_rates)}.')
+    for lr in self.learning_rates:
+      if not lr > 0:
+        raise ValueError(f'learning_rates must be > 0; got {lr!r}.')
+    unknown = sorted(set(dict(self.noise)) - set(NOISE_KNOBS))
+    if unknown:
+      raise ValueError(f'noise: unknown knob(s) {", ".join(unknown)}; '
+                       f'accepted: {", ".join(NOISE_KNOBS)}.')
+    for name, value in self.noise:
+      registry.knobs()[name].check([value])
+    if not (isinstance(self.seeds, int) and self.seeds >= 2):
+      raise ValueError(f'seeds: intervals need at least 2; got {self.seeds!r}.')
+    for name in ('width', 'depth'):
+      value = getattr(self, name)
+      if not (isinstance(value, int) and 1 <= value <= 64):
+        raise ValueError(f'{name} must be an integer in [1, 64]; got '
+                         f'{value!r}.')
+    for model in self.models:
+      self.train_config(model)  # model name, widths, probes the model lacks
+
+  def hidden(self, model: str) -> tuple[int, ...]:
+    return self.channels if model == 'cnn' else (self.width,) * self.depth
+
+  def grid(self) -> grid_lib.Grid:
+    noise = [grid_lib.Values(name, (value,)) for name, value in self.noise]
+    return grid_lib.Grid(grid_lib.Choice('norm', self.norms),
+                         grid_lib.Choice('optimizer', (self.optimizer,)),
+                         grid_lib.Values('learning_rate', self.learning_rates),
+                         *noise, grid_lib.Seeds(self.seeds))
+
+  def train_config(self, model: str) -> train_lib.TrainConfig:
+    return train_lib.TrainConfig(
+        model=model, hidden=self.hidden(model), steps=self.steps,
+        batch_size=self.batch_size, log_every=self.log_every,
+        diagnostics=PROBES,
+        options=(('norm', self.norms), ('optimizer', (self.optimizer,))))
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def run(config: BatchNormConfig, **engine_kwargs
+        ) -> dict[str, results_lib.Results]:
+  """Trains one grid per model (each one program); ``{model: Results}``."""
+  dataset = data_lib.get_dataset(config.dataset)()
+  if dataset.task != 'classification':
+    raise ValueError(f'dataset {config.dataset!r} is a {dataset.task} task; '
+                     'the batch-norm study reads accuracy (use digits or '
+                     'mnist1d).')
+  grid = config.grid()
+  out = {}
+  for model in config.models:
+    metadata = {'config': config.to_dict(), 'task': dataset.task,
+                'model': model}
+    out[model] = engine.run(config.train_config(model).for_grid(grid), grid,
+                            dataset, metadata=metadata, **engine_kwargs)
+  return out
+
+
+# ----------------------------------------------------------------- reading
+
+
+def time_means(res: results_lib.Results, metrics) -> results_lib.Results:
+  """One row per member: its final row, with each of ``metrics`` replaced by
+  its mean over the run's logs after step 0 (NaN once it diverged)."""
+  final = res.final()
+  cols = res.columns
+  later = cols['step'] > 0
+  index = {m: i for i, m in enumerate(final.columns['member'])}
+  rows = np.asarray([index[m] for m in cols['member'][later]])
+  columns = dict(final.columns)
+  for metric in metrics:
+    values = np.asarray(cols[metric][later], np.float64)
+    total = np.zeros(len(index))
+    np.add.at(total, rows, values)  # NaN (diverged) stays NaN
+    columns[metric] = total / np.maximum(np.bincount(rows, minlength=len(index)), 1)
+  return results_lib.Results(columns, final.metadata)
+
+
+def _ci(interval, fmt='.3g', signed=False) -> str:
+  sign = '+' if signed else ''
+  if not np.isfinite(interval.low):
+    return f'{interval.mean:{sign}{fmt}}'
+  return (f'{interval.mean:{sign}{fmt}} [{interval.low:{sign}{fmt}}, '
+          f'{interval.high:{sign}{fmt}}]')
+
+
+def _percent(interval, signed=False) -> str:
+  scaled = stats.Interval(*(100 * np.asarray(interval[:3])), interval.n)
+  return _ci(scaled, '.1f', signed)
+
+
+def table(means: results_lib.Results, level: float = 0.95) -> str:
+  """Per learning rate and norm: accuracy and each probe, mean [interval]."""
+  metrics = ['test_accuracy', *[m for m in (*SHIFT, *SMOOTHNESS)
+                                if m in means.columns]]
+  lines = [f'{"lr":>7} {"norm":<12} ' + ' '.join(f'{m:>26}' for m in metrics)]
+  for lr in means.metadata['axes']['learning_rate']:
+    at = means.where(learning_rate=lr)
+    per_metric = {m: {s.value: s for s in at.summarize(m, 'norm', level)}
+                  for m in metrics}
+    for norm in means.metadata['axes']['norm']:
+      cells = []
+      for m in metrics:
+        s = per_metric[m][norm]
+        text = (_percent(s.interval) if m == 'test_accuracy'
+                else _ci(s.interval))
+        if s.diverged:
+          text += f' ({s.diverged}/{s.total} div.)'
+        cells.append(f'{text:>26}')
+      lines.append(f'{lr:>7g} {norm:<12} ' + ' '.join(cells))
+  return '\n'.join(lines)
+
+
+def _effect(at: results_lib.Results, metric: str, arm: str, level: float):
+  rows = {e.value: e for e in at.compare(metric, 'norm', 'none', level)}
+  return rows[arm].interval
+
+
+def verdicts(means: results_lib.Results, level: float = 0.95) -> list[str]:
+  """Per learning rate: batch norm's gain, and what the noisy arm says.
+
+  Effects are paired against no norm (same seed). Covariate shift decides
+  nothing if noisy batch norm, with more shift than no norm, keeps the gain;
+  smoothness is supported when the arms that gain have a smaller effective
+  beta than no norm. "Undecided" where an interval crosses zero.
+  """
+  lines = []
+  noisy = 'noisy_batch' in means.metadata['axes']['norm']
+  for lr in means.metadata['axes']['learning_rate']:
+    at = means.where(learning_rate=lr)
+    gain = _effect(at, 'test_accuracy', 'batch', level)
+    beta = _effect(at, 'beta_smoothness', 'batch', level)
+    shift = _effect(at, 'ics_l2', 'batch', level)
+    line = [f'lr {lr:g}: batch norm vs none: accuracy '
+            f'{_percent(gain, True)} points, ICS (l2) {_ci(shift, signed=True)}'
+            f', beta-smoothness {_ci(beta, signed=True)}.']
+    if noisy:
+      n_gain = _effect(at, 'test_accuracy', 'noisy_batch', level)
+      n_shift = _effect(at, 'ics_l2', 'noisy_batch', level)
+      n_drift = _effect(at, 'preact_mean_drift', 'noisy_batch', level)
+      n_beta = _effect(at, 'beta_smoothness', 'noisy_batch', level)
+      line.append(
+          f'  noisy batch norm vs none: accuracy {_percent(n_gain, True)} '
+          f'points, ICS (l2) {_ci(n_shift, signed=True)}, pre-activation mean '
+          f'drift {_ci(n_drift, signed=True)}, beta-smoothness '
+          f'{_ci(n_beta, signed=True)}.')
+      more_shift = n_shift.low > 0 or n_drift.low > 0
+      gains = gain.low > 0 and n_gain.low > 0
+      if more_shift and gains:
+        line.append('  => covariate shift: noisy batch norm has MORE shift '
+                    'than no norm and still gains: the gain does not follow '
+                    'a reduction of covariate shift.')
+      elif more_shift and n_gain.high < 0:
+        line.append('  => covariate shift: the added shift costs accuracy '
+                    'here: consistent with the folklore.')
+      else:
+        line.append('  => covariate shift: undecided at these seeds (an '
+                    'interval crosses zero).')
+      if gains and beta.high < 0 and n_beta.high < 0:
+        line.append('  => smoothness: both arms that gain are smoother '
+                    '(smaller effective beta) than no norm: the gain '
+                    'follows smoothness.')
+      elif gains and (beta.low > 0 or n_beta.low > 0):
+        line.append('  => smoothness: an arm that gains is LESS smooth than '
+                    'no norm: the gain does not follow this smoothness '
+                    'measure.')
+      else:
+        line.append('  => smoothness: undecided at these seeds.')
+    lines.extend(line)
+  return lines
+
+
+def report(results: dict[str, results_lib.Results], level: float = 0.95
+           ) -> str:
+  """Per model: the table of arms and the verdicts."""
+  parts = []
+  for model, res in results.items():
+    metrics = [m for m in (*SHIFT, *SMOOTHNESS) if m in res.columns]
+    means = time_means(res, metrics)
+    parts += [f'== {model}: final test accuracy (%), probes averaged over '
+              f'training; mean over {len(np.unique(res.columns["seed"]))} '
+              f'seeds [{level:.0%} interval]', table(means, level),
+              *verdicts(means, level), '']
+  return '\n'.join(parts)
+
+
+def summary(results: dict[str, results_lib.Results]) -> results_lib.Results:
+  """One row per (model, member): the final metrics and each probe's
+  time-mean (``time_means``), without the per-layer columns."""
+  parts = []
+  for model, res in results.items():
+    probes = [m for m in (*SHIFT, *SMOOTHNESS) if m in res.columns]
+    means = time_means(res, probes)
+    keep = [c for c in means.columns
+            if not c.rsplit('_layer', 1)[-1].isdigit()]
+    columns = {'model': np.full(len(means), model)}
+    columns |= {c: means.columns[c] for c in keep}
+    for metric in (*SHIFT, *SMOOTHNESS):  # models without a probe's hook
+      columns.setdefault(metric, np.full(len(means), np.nan))
+    parts.append(results_lib.Results(columns, means.metadata))
+  first = next(iter(results.values())).metadata
+  metadata = {**first, 'axes': {'model': list(results), **first['axes']}}
+  metadata.pop('model', None)
+  return results_lib.concat(parts, metadata)

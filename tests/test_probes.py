@@ -1,0 +1,154 @@
+"""Santurkar et al.'s probes on known answers and a finite-difference reference."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rahimi_jax import diagnostics
+
+LR = 0.1
+
+
+def _sgd(params, grads):
+  return jax.tree.map(lambda p, g: p - LR * g, params, grads)
+
+
+def _quadratic():
+  rng = np.random.default_rng(0)
+  q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+  eigenvalues = np.array([4.0, 2.0, 1.0, 0.5, 0.1])
+  return (q * eigenvalues) @ q.T, q, eigenvalues
+
+
+def test_landscape_of_a_quadratic_is_its_curvature(x64):
+  a, q, eigenvalues = _quadratic()
+
+  def loss(p):
+    return 0.5 * p['x'] @ jnp.asarray(a) @ p['x']
+
+  steps = np.array([0.05, 0.1, 0.2, 0.4])
+  # Along the top eigenvector the smoothness is the largest eigenvalue.
+  top = diagnostics.landscape(loss, {'x': jnp.asarray(3.0 * q[:, 0])},
+                              jnp.asarray(steps))
+  chex.assert_trees_all_close(top['beta_smoothness'], eigenvalues[0],
+                              rtol=1e-12)
+  # Anywhere else: ||A g|| / ||g||, the change of the gradient is eta A g
+  # and the loss is the quadratic at p - eta g (numpy, by hand).
+  p = np.random.default_rng(1).normal(size=5)
+  g = a @ p
+  values = [0.5 * (p - s * g) @ a @ (p - s * g) for s in steps]
+  got = diagnostics.landscape(loss, {'x': jnp.asarray(p)}, jnp.asarray(steps))
+  chex.assert_trees_all_close(
+      got, {'beta_smoothness': np.linalg.norm(a @ g) / np.linalg.norm(g),
+            'grad_change': steps.max() * np.linalg.norm(a @ g),
+            'loss_range': max(values) - min(values)}, rtol=1e-10)
+
+
+def _deep_linear(seed=0, widths=(4, 5, 3, 2), n=16):
+  rng = np.random.default_rng(seed)
+  x, y = rng.normal(size=(n, widths[0])), rng.normal(size=(n, widths[-1]))
+  params = [rng.normal(size=(i, o)) / np.sqrt(i)
+            for i, o in zip(widths[:-1], widths[1:])]
+
+  def np_loss(ws):
+    out = x
+    for w in ws:
+      out = out @ w
+    return 0.5 * np.mean(np.sum((out - y)**2, -1))
+
+  def loss(ws, key=None):
+    del key
+    out = jnp.asarray(x)
+    for w in ws:
+      out = out @ w
+    return 0.5 * jnp.mean(jnp.sum((out - y)**2, -1))
+
+  return params, np_loss, loss
+
+
+def _fd_grad(f, ws, h=1e-6):
+  """Central finite differences of ``f(list of arrays)``, in numpy."""
+  grads = []
+  for i, w in enumerate(ws):
+    g = np.zeros_like(w)
+    for j in np.ndindex(w.shape):
+      plus = [v.copy() for v in ws]
+      minus = [v.copy() for v in ws]
+      plus[i][j] += h
+      minus[i][j] -= h
+      g[j] = (f(plus) - f(minus)) / (2 * h)
+    grads.append(g)
+  return grads
+
+
+def test_covariate_shift_matches_finite_differences(x64):
+  ws, np_loss, loss = _deep_linear()
+  # Santurkar et al.'s Definition 2.1 by hand: layer i's gradient before and
+  # after the layers below it took their SGD step.
+  grads = _fd_grad(np_loss, ws)
+  stepped = [w - LR * g for w, g in zip(ws, grads)]
+  want_l2, want_cos = [], []
+  for i in range(len(ws)):
+    moved = stepped[:i] + ws[i:]
+    after = _fd_grad(np_loss, moved)[i]
+    want_l2.append(np.linalg.norm(grads[i] - after))
+    want_cos.append(np.sum(grads[i] * after) /
+                    (np.linalg.norm(grads[i]) * np.linalg.norm(after)))
+  keys = (jax.random.key(0), jax.random.key(1))
+  l2, cos = diagnostics.covariate_shift(
+      loss, [jnp.asarray(w) for w in ws], _sgd, depth=[0, 1, 2], keys=keys)
+  chex.assert_trees_all_close(l2, np.asarray(want_l2), rtol=1e-6, atol=1e-9)
+  chex.assert_trees_all_close(cos, np.asarray(want_cos), rtol=1e-6)
+  assert l2[0] == 0 and np.all(l2[1:] > 1e-3)  # nothing below layer 0
+
+
+def test_a_one_layer_net_has_no_covariate_shift():
+  rng = np.random.default_rng(0)
+  x, y = jnp.asarray(rng.normal(size=(32, 6))), jnp.asarray(rng.integers(0, 3, 32))
+
+  def loss(p, key=None):
+    del key
+    logits = x @ p['w'] + p['b']
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(32), y])
+
+  params = {'w': jnp.asarray(rng.normal(size=(6, 3)), jnp.float32),
+            'b': jnp.zeros(3)}
+  l2, cos = diagnostics.covariate_shift(
+      loss, params, _sgd, depth={'w': 0, 'b': 0},
+      keys=(jax.random.key(0), jax.random.key(1)))
+  chex.assert_shape((l2, cos), (1,))
+  assert l2[0] == 0.0 and cos[0] == 1.0
+
+
+def test_covariate_shift_vmaps_over_members(x64):
+  members = [_deep_linear(seed)[0] for seed in range(3)]
+  _, _, loss = _deep_linear()
+  keys = (jax.random.key(0), jax.random.key(1))
+
+  def probe(ws):
+    return diagnostics.covariate_shift(loss, ws, _sgd, [0, 1, 2], keys)
+
+  stacked = jax.tree.map(lambda *a: jnp.stack(a),
+                         *[[jnp.asarray(w) for w in ws] for ws in members])
+  every = jax.jit(jax.vmap(probe))(stacked)
+  for i, ws in enumerate(members):
+    chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], every),
+                                probe([jnp.asarray(w) for w in ws]),
+                                rtol=1e-12)
+
+
+def test_preactivation_drift_known_shifts():
+  rng = np.random.default_rng(0)
+  before = [rng.normal(size=(64, 7)), rng.normal(size=(32, 10, 5))]
+  # A constant shift c moves every unit's mean by c and no variance; a
+  # scale s moves the variances by (s^2 - 1) var.
+  after = [before[0] + 0.3, 2.0 * before[1]]
+  mean, var = diagnostics.preactivation_drift(
+      [jnp.asarray(h) for h in before], [jnp.asarray(h) for h in after])
+  v1 = before[1].reshape(-1, 5).var(0)
+  m1 = before[1].reshape(-1, 5).mean(0)
+  chex.assert_trees_all_close(mean, np.array(
+      [0.3, np.sqrt(np.mean(m1**2))]), rtol=1e-5)
+  chex.assert_trees_all_close(var, np.array(
+      [0.0, np.sqrt(np.mean((3 * v1)**2))]), rtol=1e-5, atol=1e-6)
