@@ -22,7 +22,9 @@ from rahimi_jax import models
 flags.DEFINE_string('dataset', 'digits',
                     f'Dataset: {" | ".join(data.DATASETS)}.')
 flags.DEFINE_string('model', 'mlp', f'Model: {" | ".join(models.MODELS)}.')
-flags.DEFINE_list('hidden', ['64', '64'], 'Hidden widths (comma list).')
+flags.DEFINE_list('hidden', ['64', '64'], 'Hidden widths (comma list; for '
+                  'cnn the conv layers\' channels); none: no hidden layer '
+                  '(a linear model).')
 # --optimizers, --norms, ...; --learning_rate, --momentum, ... (one flag per
 # registered choice axis and value knob; --help lists the options).
 cli.define_axis_flags()
@@ -70,7 +72,8 @@ def main(argv):
     options, values = cli.axis_flag_values()
     config = ablation.AblationConfig(
         dataset=FLAGS.dataset, model=FLAGS.model,
-        hidden=cli.parse_numbers('hidden', FLAGS.hidden, int, distinct=False),
+        hidden=(() if FLAGS.hidden == ['none'] else cli.parse_numbers(
+            'hidden', FLAGS.hidden, int, distinct=False)),
         options=options, values=values, seeds=FLAGS.seeds, steps=FLAGS.steps,
         batch_size=FLAGS.batch_size, log_every=FLAGS.log_every)
     grid = config.grid()

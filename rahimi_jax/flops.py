@@ -1,8 +1,9 @@
 """Counting the matmul FLOPs a function traces to (a cost model, not a timer).
 
 ``matmul_flops(fn, *args)`` walks the jaxpr of ``fn(*args)`` and adds
-``2 * M * N * K`` (times batch dimensions) for every ``dot_general``, through
-nested calls. The benchmarks report achieved FLOP/s with it, and
+``2 * M * N * K`` (times batch dimensions) for every ``dot_general``, and
+``2 * outputs * window * in_features`` for every convolution, through nested
+calls. The benchmarks report achieved FLOP/s with it, and
 ``engine.run(partition='auto')`` compares the cost of a relaxed program's
 step with the steps of the programs a partition would compile.
 """
@@ -35,6 +36,14 @@ def jaxpr_matmul_flops(jaxpr, while_trips: int = 1) -> int:
       (contract, _), _ = eqn.params['dimension_numbers']
       lhs = eqn.invars[0].aval.shape
       k = int(np.prod([lhs[d] for d in contract]))
+      total += 2 * k * int(np.prod(eqn.outvars[0].aval.shape))
+      continue
+    if name == 'conv_general_dilated':
+      # Each output sums over the kernel's window and input features (its
+      # spec: out features, in features, spatial axes).
+      rhs_spec = eqn.params['dimension_numbers'].rhs_spec
+      rhs = eqn.invars[1].aval.shape
+      k = int(np.prod([rhs[d] for d in rhs_spec[1:]]))
       total += 2 * k * int(np.prod(eqn.outvars[0].aval.shape))
       continue
     counts = [jaxpr_matmul_flops(j, while_trips)

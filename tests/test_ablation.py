@@ -34,8 +34,8 @@ BAD_CONFIGS = {
                            ["'gelu2'", 'accepted:', 'relu']),
     'unknown_dataset': (dict(dataset='mnist'),
                         ["'mnist'", 'accepted: digits, mnist1d, synthetic']),
-    'unknown_model': (dict(model='cnn'),
-                      ["'cnn'", 'accepted: deep_linear, mlp']),
+    'unknown_model': (dict(model='resnet'),
+                      ["'resnet'", 'accepted: cnn, deep_linear, mlp']),
     'empty_optimizers': (dict(options={'optimizer': ()}),
                          ['optimizers: empty list', 'accepted:', OPTIMIZERS]),
     'empty_norms': (dict(options={'norm': ()}),
@@ -75,10 +75,6 @@ BAD_CONFIGS = {
     'seeds_float': (dict(seeds=2.0), ['seeds', 'count >= 1', 'got 2.0']),
     'hidden_zero': (dict(hidden=(8, 0)), ['hidden', 'positive integers',
                                           '[8, 0]']),
-    'norms_for_deep_linear': (
-        dict(model='deep_linear', options={'norm': ('none',)}),
-        ['norms', "'deep_linear'", 'no norm axis',
-         'optimizer, precision, rounding, placement, loss_scaling, init']),
     'activations_for_deep_linear': (
         dict(model='deep_linear', options={'activation': ('relu',)}),
         ['activations', "'deep_linear'", 'no activation axis']),
@@ -116,16 +112,24 @@ def test_default_grid_has_108_members():
   assert 'activation' not in dict(config.options)
 
 
-def test_deep_linear_default_grid_has_no_norm_axis():
+def test_deep_linear_default_grid_varies_its_norms():
   config = ablation.AblationConfig(model='deep_linear')
   grid = config.grid()
-  assert 'norm' not in grid.axis_names
-  assert 'norm' not in dict(config.options)
-  assert grid.axis_names == ('optimizer', 'init', 'learning_rate', 'seed')
-  assert len(grid) == 3 * 3 * 1 * 4
+  assert 'activation' not in grid.axis_names
+  assert grid.axis_names == ('optimizer', 'norm', 'init', 'learning_rate',
+                             'seed')
+  assert len(grid) == 3 * 3 * 3 * 1 * 4
   assert dict(config.train_config().options) == {
       'optimizer': ('sgd', 'momentum', 'adam'),
+      'norm': ('none', 'batch', 'layer'),
       'init': ('lecun_normal', 'he_normal', 'orthogonal')}
+
+
+def test_cnn_reads_norm_activation_init():
+  config = ablation.AblationConfig(model='cnn', dataset='mnist1d',
+                                   hidden=(4,), options={'activation': 'relu'})
+  assert config.grid().axis_names == ('optimizer', 'norm', 'init',
+                                      'activation', 'learning_rate', 'seed')
 
 
 def test_shrunk_config_grid_and_train_config():

@@ -250,6 +250,48 @@ class NormTest(chex.TestCase):
     y_rev, _ = apply(params, state, x[::-1], True)
     np.testing.assert_allclose(np.asarray(y_rev)[::-1], y, rtol=1e-6)
 
+  def test_norms_of_conv_maps_against_numpy(self):
+    """[batch, length, channels]: batch norm per channel over (batch,
+    length); layer and RMS norm over each position's channels; noisy batch
+    norm's noise per channel, shared by rows and positions."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((3, 4, 5)) * np.linspace(0.5, 2.0, 5)
+         + np.linspace(-1.0, 1.0, 5)).astype(np.float32)
+    x64, scale = x.astype(np.float64), np.linspace(0.5, 1.5, 5)
+    params = {'scale': scale.astype(np.float32)}
+    state = {'mean': np.full(5, 0.5, np.float32),
+             'var': np.full(5, 2.0, np.float32)}
+    norms = components.NORMS
+    ys = {}
+    for name in ('batch', 'layer', 'rms', 'noisy_batch'):
+      y, new_state = jax.jit(norms[name].apply, static_argnums=3)(
+          params, state, x, True, jax.random.key(0))
+      chex.assert_shape(y, x.shape)
+      ys[name] = (np.asarray(y, np.float64), _np(new_state))
+    mean, var = x64.mean((0, 1)), x64.var((0, 1))
+    np.testing.assert_allclose(
+        ys['batch'][0], (x64 - mean) / np.sqrt(var + 1e-5) * scale,
+        rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(
+        ys['batch'][1], {'mean': 0.9 * 0.5 + 0.1 * mean,
+                         'var': 0.9 * 2.0 + 0.1 * var}, rtol=1e-5)
+    mean, var = x64.mean(-1, keepdims=True), x64.var(-1, keepdims=True)
+    np.testing.assert_allclose(
+        ys['layer'][0], (x64 - mean) / np.sqrt(var + 1e-5) * scale,
+        rtol=1e-5, atol=1e-5)
+    rms = np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(ys['rms'][0], x64 / rms * scale, rtol=1e-5,
+                               atol=1e-5)
+    # Noisy: z = y m + n with one (m, n) per channel: the fit over every row
+    # and position leaves no residual.
+    y, z = ys['batch'][0].reshape(-1, 5), ys['noisy_batch'][0].reshape(-1, 5)
+    dy, dz = y - y.mean(0), z - z.mean(0)
+    m = (dy * dz).sum(0) / (dy * dy).sum(0)
+    np.testing.assert_allclose(z, y * m + (z.mean(0) - m * y.mean(0)),
+                               atol=1e-4)
+    self.assertGreater(np.abs(m - 1.0).max(), 1e-3)  # the noise is there
+    chex.assert_trees_all_close(ys['noisy_batch'][1], ys['batch'][1])
+
   def test_none_is_the_identity(self):
     norm = components.norms.AXIS.get('none')
     params, state = norm.init(5)

@@ -44,3 +44,12 @@ def test_while_counts_while_trips_and_cond_its_costliest_branch():
 def test_shape_structs_are_enough():
   spec = jax.ShapeDtypeStruct((3, 4), jnp.float32)
   assert flops.matmul_flops(jnp.matmul, spec, B) == ONE
+
+
+def test_convolutions_count_window_times_input_features():
+  x = np.ones((4, 12, 3), np.float32)  # [batch, length, in]
+  w = np.ones((5, 3, 7), np.float32)  # [window, in, out]
+  conv = lambda x, w: jax.lax.conv_general_dilated(  # pylint: disable=g-long-lambda
+      x, w, (2,), ((1, 1),), dimension_numbers=('NWC', 'WIO', 'NWC'))
+  out_length = (12 + 2 - 5) // 2 + 1
+  assert flops.matmul_flops(conv, x, w) == 2 * 4 * out_length * 7 * 5 * 3

@@ -11,9 +11,13 @@ import jax
 from jax import test_util as jtu
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from rahimi_jax import components
 from rahimi_jax import models
+from rahimi_jax.models.cnn import kernel_size
+from rahimi_jax.models.cnn import PADDING
+from rahimi_jax.models.cnn import STRIDE
 
 MODEL_NAMES = sorted(models.MODELS)
 IN_DIM, OUT_DIM, BATCH = 5, 3, 4
@@ -49,7 +53,8 @@ def _x(seed=0, dtype=np.float32):
 
 
 def _weight_matrices(params):
-  return [l for l in jax.tree.leaves(params) if np.ndim(l) == 2]
+  """Dense weight matrices and conv kernels, input to output."""
+  return [l for l in jax.tree.leaves(params) if np.ndim(l) >= 2]
 
 
 def _np(tree):
@@ -69,15 +74,29 @@ class ModelTest(parameterized.TestCase):
   def test_shapes(self, name, hidden):
     model = models.get_model(name)(hidden, MIXED)
     knobs = _knobs(MIXED)
-    params, state = model.init(jax.random.key(0), IN_DIM, OUT_DIM, knobs)
+    # The flax CNN runs op by op slowly (every mixture option of every
+    # layer): one program each instead.
+    init, apply = model.init, model.apply
+    if name == 'cnn':
+      init = jax.jit(init, static_argnums=(1, 2))
+      apply = jax.jit(apply, static_argnums=4)
+    params, state = init(jax.random.key(0), IN_DIM, OUT_DIM, knobs)
     mats = _weight_matrices(params)
     widths = (IN_DIM,) + hidden + (OUT_DIM,)
     shapes = list(zip(widths[:-1], widths[1:]))
     if name == 'mlp':  # the readout is stored [out, in]
       shapes[-1] = shapes[-1][::-1]
+    if name == 'cnn':  # kernels [window, in channels, out]; flattened readout
+      length, channels, shapes = IN_DIM, 1, []
+      for i, features in enumerate(hidden):
+        k = kernel_size(i)
+        shapes.append((k, channels, features))
+        length = (length + 2 * PADDING - k) // STRIDE + 1
+        channels = features
+      shapes.append((length * channels, OUT_DIM))
     self.assertEqual([m.shape for m in mats], shapes)
     for train in (True, False):
-      y, new_state = model.apply(params, state, _x(), knobs, train)
+      y, new_state = apply(params, state, _x(), knobs, train)
       chex.assert_shape(y, (BATCH, OUT_DIM))
       chex.assert_tree_all_finite(y)
       chex.assert_trees_all_equal_structs(new_state, state)
@@ -94,13 +113,14 @@ class ModelTest(parameterized.TestCase):
   def test_init_scale_scales_every_weight_matrix(self, name):
     model = models.get_model(name)((4,), ALL)
     key = jax.random.key(1)
-    p1, s1 = model.init(key, IN_DIM, OUT_DIM, _knobs(ALL, 1.0))
-    p2, s2 = model.init(key, IN_DIM, OUT_DIM, _knobs(ALL, 2.5))
-    p0, _ = model.init(key, IN_DIM, OUT_DIM, _knobs(ALL, 0.0))
+    init = jax.jit(model.init, static_argnums=(1, 2))  # one program, 3 calls
+    p1, s1 = init(key, IN_DIM, OUT_DIM, _knobs(ALL, 1.0))
+    p2, s2 = init(key, IN_DIM, OUT_DIM, _knobs(ALL, 2.5))
+    p0, _ = init(key, IN_DIM, OUT_DIM, _knobs(ALL, 0.0))
     self.assertLen(_weight_matrices(p1), 2)
     for a, b, z in zip(jax.tree.leaves(p1), jax.tree.leaves(p2),
                        jax.tree.leaves(p0)):
-      if np.ndim(a) == 2:  # a weight matrix: scaled linearly
+      if np.ndim(a) >= 2:  # a weight matrix or kernel: scaled linearly
         self.assertGreater(np.abs(a).max(), 0.1)
         np.testing.assert_allclose(b, 2.5 * np.asarray(a), rtol=1e-6)
         np.testing.assert_array_equal(z, 0.0)
@@ -156,7 +176,12 @@ class ModelTest(parameterized.TestCase):
                                 _weight_matrices(params_a))
     y_r, _ = relaxed.apply(params_r, state_r, _x(), knobs_r, True)
     y_a, _ = alone.apply(params_a, state_a, _x(), knobs_a, True)
-    chex.assert_trees_all_equal(y_r, y_a)
+    if name == 'deep_linear' and alone_options['norm'] == ('none',):
+      # Without norms the product is associated by multi_dot's cheapest order
+      # (the fast path); a relaxed model with norms multiplies layer by layer.
+      chex.assert_trees_all_close(y_r, y_a, rtol=1e-6, atol=1e-6)
+    else:
+      chex.assert_trees_all_equal(y_r, y_a)
 
   def test_unknown_model(self):
     with self.assertRaisesRegex(ValueError, r"'resnet'.*deep_linear.*mlp"):
@@ -280,6 +305,146 @@ class GradTest(parameterized.TestCase):
       for g in _weight_matrices(grads):
         self.assertGreater(np.abs(g).max(), 0.0)
 
+
+def _conv1d_reference(x, kernel):
+  """NumPy: ``out[b, t, o] = sum_{k, c} xpad[b, 2 t + k, c] w[k, c, o]``."""
+  width = kernel.shape[0]
+  xpad = np.pad(x, ((0, 0), (PADDING, PADDING), (0, 0)))
+  length = (xpad.shape[1] - width) // STRIDE + 1
+  return np.stack([np.einsum('bkc,kco->bo',
+                             xpad[:, STRIDE * t:STRIDE * t + width], kernel)
+                   for t in range(length)], axis=1)
+
+
+class CnnTest(parameterized.TestCase):
+
+  def test_plain_cnn_is_the_numpy_forward_pass(self):
+    options = PLAIN  # norm none, relu, gaussian init
+    model = models.get_model('cnn')((3, 2), options)
+    knobs = _knobs(options)
+    params, state = jax.jit(model.init, static_argnums=(1, 2))(
+        jax.random.key(0), 12, OUT_DIM, knobs)
+    params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero biases
+    x = np.random.default_rng(1).standard_normal((BATCH, 12)).astype(
+        np.float32)
+    y, new_state = model.apply(params, state, x, knobs, True)
+    chex.assert_trees_all_equal(new_state, state)
+    p = _np(params)
+    h = x.astype(np.float64)[..., None]
+    for i in range(2):
+      layer = p[f'layer_{i}']
+      h = np.maximum(_conv1d_reference(h, layer['conv']['kernel'])
+                     + layer['bias'], 0.0)
+    chex.assert_shape(h, (BATCH, 3, 2))  # 12 -> 5 -> 3 positions
+    expected = h.reshape(BATCH, -1) @ p['readout']['kernel'] + p['readout'][
+        'bias']
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+  def test_batch_norm_state_and_keys(self):
+    options = PLAIN | {'norm': ('none', 'noisy_batch')}
+    model = models.get_model('cnn')((3,), options)
+    knobs = _knobs(options, norm='noisy_batch')
+    params, state = jax.jit(model.init, static_argnums=(1, 2))(
+        jax.random.key(0), 8, OUT_DIM, knobs)
+    x = np.random.default_rng(2).standard_normal((BATCH, 8)).astype(
+        np.float32)
+    apply = jax.jit(model.apply, static_argnums=4)
+    y1, s1 = apply(params, state, x, knobs, True, jax.random.key(1))
+    y2, _ = apply(params, state, x, knobs, True, jax.random.key(2))
+    y3, _ = apply(params, state, x, knobs, True, jax.random.key(1))
+    chex.assert_trees_all_equal(y1, y3)  # the step key draws the noise
+    self.assertFalse(np.allclose(y1, y2))
+    chex.assert_trees_all_equal_structs(s1, state)
+    running = s1['norm_state']['layer_0']['norm']['noisy_batch']['mean']
+    self.assertGreater(np.abs(running).max(), 0.0)  # updated in training
+    _, s_eval = apply(params, s1, x, knobs, False, jax.random.key(1))
+    chex.assert_trees_all_equal(s_eval, s1)  # not in eval
+
+
+def _recorder():
+  seen = []
+
+  def hook(layer, h):
+    seen.append((layer, h.shape))
+    return h
+
+  return seen, hook
+
+
+class HookTest(parameterized.TestCase):
+  """``Model.depth`` and ``apply(..., preactivation=)`` on every model."""
+
+  # Every model relaxed over two norms, and deep_linear's norm-free path.
+  @parameterized.parameters(
+      *[(name, ('none', 'batch')) for name in MODEL_NAMES],
+      ('deep_linear', ('none',)))
+  def test_depth_and_preactivation(self, name, norm):
+    options = PLAIN | {'norm': norm, 'activation': ('relu', 'tanh')}
+    hidden = (4, 3)
+    model = models.get_model(name)(hidden, options)
+    self.assertTrue(model.preactivation_hook)
+    knobs = _knobs(options, norm=norm[-1])
+    params, state = jax.jit(model.init, static_argnums=(1, 2))(
+        jax.random.key(0), 8, OUT_DIM, knobs)
+    depth = model.depth(params)
+    chex.assert_trees_all_equal_structs(depth, params)
+    self.assertTrue(all(type(d) is int for d in jax.tree.leaves(depth)))
+    self.assertEqual(sorted(set(jax.tree.leaves(depth))), [0, 1, 2])
+    # The weights, input to output, are at depths 0, 1, 2.
+    mats = [(d, m) for d, m in zip(jax.tree.leaves(depth),
+                                   jax.tree.leaves(params)) if np.ndim(m) >= 2]
+    self.assertEqual(sorted(d for d, _ in mats), [0, 1, 2])
+    x = np.random.default_rng(0).standard_normal((BATCH, 8)).astype(
+        np.float32)
+    key = jax.random.key(3)
+    y, _ = model.apply(params, state, x, knobs, True, key)
+    seen, hook = _recorder()
+    y_hooked, _ = model.apply(params, state, x, knobs, True, key,
+                              preactivation=hook)
+    self.assertEqual([layer for layer, _ in seen], [0, 1])
+    for (_, shape), width in zip(seen, hidden):
+      self.assertEqual((shape[0], shape[-1]), (BATCH, width))
+      self.assertLen(shape, 3 if name == 'cnn' else 2)
+    if name == 'deep_linear' and norm == ('none',):  # see DeepLinear's docs
+      chex.assert_trees_all_close(y_hooked, y, rtol=1e-6, atol=1e-6)
+    else:
+      chex.assert_trees_all_equal(y_hooked, y)
+    # The hook's value is used.
+    y_zero, _ = model.apply(params, state, x, knobs, True, key,
+                            preactivation=lambda i, h: h * (i != 1))
+    self.assertFalse(np.allclose(y_zero, y))
+
+
+class DeepTest(parameterized.TestCase):
+  """25 hidden layers, every one reading the norm axis, train without NaN."""
+
+  @parameterized.parameters(('mlp', ('batch',)), ('deep_linear', ('layer',)))
+  def test_25_layers_train(self, name, norm):
+    options = PLAIN | {'norm': norm, 'init': ('lecun_normal',)}
+    model = models.get_model(name)((4,) * 25, options)
+    knobs = _knobs(options)
+    params, state = model.init(jax.random.key(0), IN_DIM, OUT_DIM, knobs)
+    self.assertEqual(max(jax.tree.leaves(model.depth(params))), 25)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, IN_DIM)).astype(np.float32)
+    labels = rng.integers(0, OUT_DIM, 16)
+
+    @jax.jit
+    def step(params, state, key):
+      def loss(params):
+        y, new_state = model.apply(params, state, x, knobs, True, key)
+        return optax.softmax_cross_entropy_with_integer_labels(
+            y, labels).mean(), new_state
+      (value, state), grads = jax.value_and_grad(loss, has_aux=True)(params)
+      params = jax.tree.map(lambda p, g: p - 0.05 * g, params, grads)
+      return params, state, value
+
+    losses = []
+    for t in range(4):
+      params, state, value = step(params, state, jax.random.key(t))
+      losses.append(float(value))
+    chex.assert_tree_all_finite((params, state))
+    self.assertLess(losses[-1], losses[0])
 
 if __name__ == '__main__':
   absltest.main()

@@ -81,16 +81,20 @@ def test_every_launcher_command_parses(tmp_path):
   assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
 
-def test_python_example_runs_shrunk(tmp_path):
-  (example,) = _blocks('python')
-  shrunk = (example.replace('steps=500', 'steps=10')
-            .replace('hidden=(64, 64)', 'hidden=(8,)')
-            .replace('rj.Seeds(4)', 'rj.Seeds(2)')
-            .replace("'/tmp/my_grid'", repr(str(tmp_path / 'grid'))))
-  assert shrunk.count('steps=10') == 1 and str(tmp_path) in shrunk
+def test_python_examples_run_shrunk(tmp_path):
+  """Both Python examples (the grid, then the flax model), in one process."""
+  examples = _blocks('python')
+  assert len(examples) == 2 and 'rj.save' in examples[0]
+  shrunk = '\n'.join(
+      example.replace('steps=500', 'steps=10')
+      .replace('hidden=(64, 64)', 'hidden=(8,)')
+      .replace('rj.Seeds(4)', 'rj.Seeds(2)')
+      .replace("'/tmp/my_grid'", repr(str(tmp_path / 'grid')))
+      for example in examples)
+  assert shrunk.count('steps=10') == 2 and str(tmp_path) in shrunk
   proc = subprocess.run([sys.executable, '-c', shrunk], cwd=ROOT,
                         env=launchers.env(), capture_output=True, text=True,
                         timeout=240)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'final test_accuracy' in proc.stdout
+  assert proc.stdout.count('final test_accuracy') == 2
   assert (tmp_path / 'grid' / 'results.csv').exists()

@@ -194,7 +194,8 @@ def test_permutation_is_uniform():
     ({'hidden': (0,)}, 'hidden'),
     ({'options': (('norm', ('none', 'bogus')),)}, 'bogus'),
     ({'options': (('colour', ('red',)),)}, 'colour'),
-    ({'model': 'deep_linear', 'options': (('norm', ('batch',)),)}, 'norm'),
+    ({'model': 'deep_linear', 'options': (('activation', ('tanh',)),)},
+     'activation'),
 ])
 def test_bad_config_fails_loudly(kwargs, match):
   with pytest.raises(ValueError, match=match):

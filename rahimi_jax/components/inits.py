@@ -6,6 +6,7 @@ traced value, so one compiled program serves every scale.
 """
 
 from collections.abc import Callable, Sequence
+import math
 
 import jax
 import jax.numpy as jnp
@@ -24,16 +25,19 @@ def _gaussian(key, shape, dtype=jnp.float32):
 def _orthogonal(key, shape, dtype=jnp.float32):
   """A Haar-random matrix with orthonormal columns (or rows, if wider).
 
-  The same construction and draws as ``jax.nn.initializers.orthogonal()`` for
-  2-D shapes (Q of the QR of a Gaussian, signs fixed by diag(R)), but through
-  ``rahimi_jax.linalg.qr``, which cannot deadlock when vmapped on CPU.
+  The same construction and draws as ``jax.nn.initializers.orthogonal()``
+  (Q of the QR of a Gaussian, signs fixed by diag(R)), but through
+  ``rahimi_jax.linalg.qr``, which cannot deadlock when vmapped on CPU. A
+  conv kernel ``[*window, in, out]`` is, as there, the ``[prod(window) * in,
+  out]`` matrix reshaped.
   """
-  rows, cols = shape
+  cols = shape[-1]
+  rows = math.prod(shape) // cols
   a = jax.random.normal(key, (cols, rows) if rows < cols else (rows, cols),
                         dtype)
   q, r = linalg.qr(a)
   q = q * jnp.sign(jnp.diag(r))
-  return q.T if rows < cols else q
+  return (q.T if rows < cols else q).reshape(shape)
 
 
 INITS: dict[str, Init] = {

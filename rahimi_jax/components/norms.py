@@ -3,7 +3,9 @@
 Every option shares one signature::
 
   params, state = norm.init(features)
-  y, state = norm.apply(params, state, x, train, key)   # x: [batch, features]
+  y, state = norm.apply(params, state, x, train, key)
+  # x: [batch, ..., features], e.g. [batch, features] after a dense layer or
+  # [batch, length, channels] after a 1-D convolution.
 
 ``state`` holds statistics that are not trained by gradients (batch norm's
 running averages); ``train`` is a static Python bool; ``key`` is this layer's
@@ -12,6 +14,15 @@ stay paired), which a stochastic norm draws from and the others ignore. An
 option that reads the axis's value knobs (listed in a ``Knob.read_by`` of
 ``AXIS``: noisy batch norm's noise) also takes ``hp=``, a mapping of them to
 traced scalars.
+
+On inputs with axes between batch and features (a conv layer's
+``[batch, length, channels]``) the features are the channels: batch norm (and
+noisy batch norm) takes each channel's statistics over the batch and every
+position, as convolutional batch norm does; layer and RMS norm normalize each
+position's channel vector (statistics over the last axis only, as in a
+transformer's layer norm, not over length and channels together); the learned
+scale, and noisy batch norm's noise, are per channel. On ``[batch, features]``
+inputs every norm is what it was before these axes were allowed.
 
 Norms carry a learned scale but no bias: the layer that uses a norm adds its
 bias after it (``norm(x @ w) + b``). A bias before a norm that removes the mean
@@ -57,7 +68,11 @@ def _none() -> Norm:
 
 
 def _batch(momentum: float = BATCH_NORM_MOMENTUM, eps: float = EPS) -> Norm:
-  """Batch norm: batch statistics in training, running averages in eval."""
+  """Batch norm: batch statistics in training, running averages in eval.
+
+  Statistics are per feature (the last axis) over every other axis: the batch
+  and, for conv maps ``[batch, length, channels]``, the positions.
+  """
 
   def init(features):
     state = {'mean': jnp.zeros((features,)), 'var': jnp.ones((features,))}
@@ -66,8 +81,9 @@ def _batch(momentum: float = BATCH_NORM_MOMENTUM, eps: float = EPS) -> Norm:
   def apply(params, state, x, train, key=None):
     del key
     if train:
-      mean = jnp.mean(x, axis=0)
-      var = jnp.var(x, axis=0)
+      axes = tuple(range(x.ndim - 1))  # (0,) for [batch, features]
+      mean = jnp.mean(x, axis=axes)
+      var = jnp.var(x, axis=axes)
       state = {
           'mean': momentum * state['mean'] + (1 - momentum) * mean,
           'var': momentum * state['var'] + (1 - momentum) * var,
@@ -124,7 +140,8 @@ def _noisy_batch(momentum: float = BATCH_NORM_MOMENTUM,
   ``j`` at a step is ``y_j * m_j + n_j`` with ``m_j ~ N(noise_scale_mean,
   noise_scale_var)`` and ``n_j ~ N(noise_shift_mean, noise_shift_var)``,
   drawn anew every step from the layer's ``key`` and shared by the rows of
-  the batch: the unit's mean moves by ``n_j`` and its scale by ``m_j``.
+  the batch (and by the positions of a conv map: the noise is per channel):
+  the unit's mean moves by ``n_j`` and its scale by ``m_j``.
   Members that share a seed draw the same noise. In eval mode, or without a
   key, it is batch norm (the running averages are batch norm's, taken before
   the noise). At zero variances and mean scale 1, shift 0 it is batch norm

@@ -1,15 +1,38 @@
 """Pure models behind one registry: ``make(hidden, options) -> Model``."""
 
+from collections.abc import Callable, Mapping, Sequence
+
 from rahimi_jax import registry
 from rahimi_jax.models.base import Model
+from rahimi_jax.models.cnn import cnn
 from rahimi_jax.models.deep_linear import deep_linear
+from rahimi_jax.models.flax_adapter import from_flax
 from rahimi_jax.models.mlp import mlp
 
-MODELS = {
+MakeModel = Callable[[Sequence[int], Mapping[str, Sequence[str]]], Model]
+
+MODELS: dict[str, MakeModel] = {
     'mlp': mlp,
     'deep_linear': deep_linear,
+    'cnn': cnn,
 }
 
 
 def get_model(name: str):
   return registry.get(MODELS, name, 'model')
+
+
+def register(name: str, make: MakeModel) -> MakeModel:
+  """Adds ``make(hidden, options) -> Model`` to ``MODELS`` as ``name``, so
+  that ``TrainConfig(model=name)`` trains it (e.g. ``from_flax`` of your
+  own module). A name already taken by another model is an error."""
+  if not isinstance(name, str) or not name:
+    raise ValueError(f'A model name must be a non-empty string; got {name!r}.')
+  if not callable(make):
+    raise TypeError(f'register({name!r}, ...) needs make(hidden, options) -> '
+                    f'Model; got {type(make).__name__}.')
+  if MODELS.get(name, make) is not make:
+    raise ValueError(f'Model {name!r} is already registered; accepted new '
+                     f'names are any but: {", ".join(sorted(MODELS))}.')
+  MODELS[name] = make
+  return make

@@ -19,6 +19,16 @@ class Model(NamedTuple):
     matmul_hook: ``apply`` accepts ``matmul_input=``, a function it applies
       to both inputs of every matmul (the ``activations`` placement rounds
       there); models without it cannot round their activations.
+    depth: ``depth(params) -> tree``: a pytree of the structure of ``params``
+      whose leaves are Python ints, each leaf's layer in depth order (0: the
+      layer that reads the input; the readout has the largest index; a
+      layer's norm parameters and bias share its index). ``None``: unknown.
+    preactivation_hook: ``apply`` accepts ``preactivation=``, a function
+      ``fn(layer: int, h) -> h`` that it calls on every hidden layer's
+      pre-activation ``h: [batch, ..., features]`` (the nonlinearity's input:
+      after the norm and the bias) and continues with what ``fn`` returns
+      (an identity that records ``h`` leaves the output unchanged). ``layer``
+      is the index ``depth`` gives that layer's parameters.
   """
   init: Callable[[jax.Array, int, int, dict[str, Any]], tuple[Any, Any]]
   apply: Callable[..., tuple[jax.Array, Any]]
@@ -26,3 +36,8 @@ class Model(NamedTuple):
   matmul_hook: bool = False
   depth: Callable[[Any], Any] | None = None
   preactivation_hook: bool = False
+
+
+def layer_depth(tree: Any, layer: int) -> Any:
+  """``tree`` with every leaf replaced by ``layer`` (for ``Model.depth``)."""
+  return jax.tree.map(lambda _: layer, tree)

@@ -1,4 +1,11 @@
-"""Deep linear network ``y = x W_1 W_2 ... W_L``: no bias, no nonlinearity."""
+"""Deep linear network ``y = x W_1 W_2 ... W_L``: no bias, no nonlinearity.
+
+With norms (``options['norm']`` other than ``('none',)``) every hidden layer
+reads the norm axis: ``h_i = norm_i(h_{i-1} W_i)`` for ``i < L``, then
+``y = h_{L-1} W_L``. That is no longer a linear function of ``x`` (batch norm
+centers and scales by batch statistics), but still no bias or activation: the
+norms' effect on a deep linear net, layer by layer.
+"""
 
 from collections.abc import Mapping, Sequence
 
@@ -6,42 +13,79 @@ import jax
 import jax.numpy as jnp
 
 from rahimi_jax import components
+from rahimi_jax.models.base import layer_depth
 from rahimi_jax.models.base import Model
 
 
 def deep_linear(hidden: Sequence[int],
                 options: Mapping[str, Sequence[str]]) -> Model:
-  """A product of ``len(hidden) + 1`` weight matrices.
+  """A product of ``len(hidden) + 1`` weight matrices, each hidden layer
+  followed by the relaxed norm.
 
   Args:
     hidden: widths between the factors; ``(6,)`` is the two-layer network
       ``W_2 W_1 x`` of the talk.
-    options: option names for the ``init`` axis.
+    options: option names for the ``init`` and ``norm`` axes (``norm``
+      missing: ``('none',)``).
 
   Returns:
-    A stateless ``Model`` whose knobs are the init weights and ``init_scale``.
+    A ``Model`` whose knobs are the init and norm weights and ``init_scale``.
+    With the norm options ``('none',)`` its parameters are the list of
+    factors ``[W_1, ..., W_L]`` and its state ``{}``, as before norms
+    existed (same values, same program); otherwise ``{'w': [W_1, ...],
+    'norm': [one per hidden layer]}`` and ``{'norm': [...]}``.
   """
   hidden = tuple(hidden)
   init_fn = components.relaxed_init(options['init'])
+  norm_names = tuple(options.get('norm', ('none',)))
+  norm_init, norm_apply = components.relaxed_norm(norm_names)
+  plain = norm_names == ('none',)
 
   def init(key, in_dim, out_dim, knobs):
     widths = (in_dim,) + hidden + (out_dim,)
-    params = [
+    ws = [
         knobs['init_scale'] * init_fn(knobs['init'], jax.random.fold_in(key, i),
                                       (fan_in, fan_out), jnp.float32)
         for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]))
     ]
-    return params, {}
+    if plain:
+      return ws, {}
+    norms = [norm_init(width) for width in hidden]
+    return ({'w': ws, 'norm': [p for p, _ in norms]},
+            {'norm': [s for _, s in norms]})
 
-  def apply(params, state, x, knobs, train, key=None):
-    # The same function as ((x W_1) W_2) ..., computed as (W_L^T ... W_1^T)
-    # x^T: multi_dot picks the cheapest association (the [in, out] product
-    # first when the batch outnumbers the widths: 42% of the textbook order's
-    # FLOPs for the talk's net), and in the transposed form a vmapped grid's
-    # [members * out, batch] activations are one row-major matrix, so neither
-    # pass transposes them. Together: 41 -> 8.9 us per member-step on one CPU
-    # device (WORKSPACE.md).
-    del knobs, train, key
-    return jnp.linalg.multi_dot([w.T for w in reversed(params)] + [x.T]).T, state
+  def apply(params, state, x, knobs, train, key=None, preactivation=None):
+    if plain and preactivation is None:
+      # The same function as ((x W_1) W_2) ..., computed as (W_L^T ... W_1^T)
+      # x^T: multi_dot picks the cheapest association (the [in, out] product
+      # first when the batch outnumbers the widths: 42% of the textbook
+      # order's FLOPs for the talk's net), and in the transposed form a
+      # vmapped grid's [members * out, batch] activations are one row-major
+      # matrix, so neither pass transposes them. Together: 41 -> 8.9 us per
+      # member-step on one CPU device (WORKSPACE.md).
+      return jnp.linalg.multi_dot(
+          [w.T for w in reversed(params)] + [x.T]).T, state
+    # Layer by layer (with a hook and no norm: the textbook order, equal to
+    # the product above up to float rounding).
+    ws = params if plain else params['w']
+    new_norm_state = []
+    for i, w in enumerate(ws[:-1]):
+      x = x @ w
+      if not plain:
+        x, s = norm_apply(params['norm'][i], state['norm'][i], x,
+                          knobs['norm'], train,
+                          components.component_key(key, 'norm', i), knobs)
+        new_norm_state.append(s)
+      if preactivation is not None:
+        x = preactivation(i, x)
+    y = x @ ws[-1]
+    return y, (state if plain else {'norm': new_norm_state})
 
-  return Model(init, apply, choice_axes=('init',), depth=lambda params: list(range(len(params))))
+  def depth(params):
+    if plain:
+      return list(range(len(params)))
+    return {'w': list(range(len(params['w']))),
+            'norm': [layer_depth(n, i) for i, n in enumerate(params['norm'])]}
+
+  return Model(init, apply, choice_axes=('norm', 'init'), depth=depth,
+               preactivation_hook=True)

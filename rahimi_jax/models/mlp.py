@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from rahimi_jax import components
+from rahimi_jax.models.base import layer_depth
 from rahimi_jax.models.base import Model
 
 
@@ -70,9 +71,9 @@ def mlp(hidden: Sequence[int], options: Mapping[str, Sequence[str]]) -> Model:
     return r(x) @ r(readout['w']).T + readout['b'], {'norm': new_norm_state}
 
   def depth(params):
-    return {'dense': [{'w': i, 'b': i} for i in range(len(params['dense']))],
-            'norm': [jax.tree.map(lambda _, i=i: i, n) for i, n in enumerate(params['norm'])],
-            'readout': {'w': len(params['dense']), 'b': len(params['dense'])}}
+    return {'dense': [layer_depth(l, i) for i, l in enumerate(params['dense'])],
+            'norm': [layer_depth(n, i) for i, n in enumerate(params['norm'])],
+            'readout': layer_depth(params['readout'], len(params['dense']))}
 
   return Model(init, apply, choice_axes=('norm', 'activation', 'init'),
                matmul_hook=True, depth=depth, preactivation_hook=True)
