@@ -121,7 +121,8 @@ class TrainConfig:
     model = models.get_model(self.model)(self.hidden, self.option_dict())
     for what, attr in needs:
       if not getattr(model, attr):
-        raise ValueError(f'{what}: model {self.model!r} has no {attr}; '
+        raise ValueError(f'{what}: model {self.model!r} has no '
+                         f'{_MODEL_HOOKS[attr]}; '
                          f'models that have one: {", ".join(_models_with(attr))}.')
     if self.log_every > self.steps:
       raise ValueError(f'log_every ({self.log_every}) must be <= steps '
@@ -177,6 +178,14 @@ class TrainConfig:
     if steps[-1] != self.steps:
       steps.append(self.steps)
     return np.asarray(steps, np.int32)
+
+
+# What a ``Model`` field offers, for error messages.
+_MODEL_HOOKS = {
+    'matmul_hook': 'matmul hook to round its activations at',
+    'depth': 'layer depths (Model.depth)',
+    'preactivation_hook': 'pre-activation hook',
+}
 
 
 def _models_with(attr: str) -> list[str]:
@@ -491,31 +500,47 @@ def make_train(config: TrainConfig):
   """
   loop = make_loop(config)
   log_steps = config.log_steps()
+  every = config.log_every
+  chunks = len(log_steps) - 1  # the last one short when every does not divide
+  padded = chunks * every > config.steps
 
   def train(knobs, data: Dataset):
     def step(carry, xs_t):
+      if padded:  # the last chunk's steps past config.steps do nothing
+        return jax.lax.cond(xs_t[0] <= config.steps,
+                            lambda c: loop.step(knobs, data, c, xs_t),
+                            lambda c: c, carry), None
       return loop.step(knobs, data, carry, xs_t), None
 
     if config.remat:
       step = jax.checkpoint(step)
 
-    def chunk(carry, xs_chunk):
-      carry, _ = jax.lax.scan(step, carry, xs_chunk)
-      return loop.log(knobs, data, carry, xs_chunk[0][-1])
+    def chunk(carry, inputs):
+      # Log, then train to the next log; the last pass only logs. The log
+      # and the step each appear once in the program (the loop's condition
+      # is not batched, so under vmap it stays a branch): logs and
+      # diagnostics are compiled once, not at step 0, in the loop and after
+      # a remainder.
+      i, t, xs_chunk = inputs
+      carry, metrics = loop.log(knobs, data, carry, t)
+      carry = jax.lax.cond(i < chunks,
+                           lambda c: jax.lax.scan(step, c, xs_chunk)[0],
+                           lambda c: c, carry)
+      return carry, metrics
 
     carry, xs = loop.init(knobs, data)
-    carry, first = loop.log(knobs, data, carry, jnp.asarray(0, jnp.int32))
-    n_chunks = config.steps // config.log_every
-    split = n_chunks * config.log_every
-    head = jax.tree.map(
-        lambda a: a[:split].reshape((n_chunks, config.log_every) + a.shape[1:]),
-        xs)
-    carry, logged = jax.lax.scan(chunk, carry, head)
-    pieces = [jax.tree.map(lambda v: v[None], first), logged]
-    if split < config.steps:
-      carry, last = chunk(carry, jax.tree.map(lambda a: a[split:], xs))
-      pieces.append(jax.tree.map(lambda v: v[None], last))
-    metrics = jax.tree.map(lambda *vs: jnp.concatenate(vs), *pieces)
+    # Step numbers past config.steps pad the last chunk; a pass of padding
+    # for the final log, which trains nothing.
+    total = (chunks + 1) * every
+    xs = jax.tree.map(
+        lambda a: jnp.concatenate(
+            [a, jnp.zeros((total - a.shape[0],) + a.shape[1:], a.dtype)]), xs)
+    ts = jnp.arange(1, total + 1, dtype=jnp.int32)
+    xs = (ts,) + tuple(xs[1:])
+    xs = jax.tree.map(lambda a: a.reshape((chunks + 1, every) + a.shape[1:]),
+                      xs)
+    carry, metrics = jax.lax.scan(
+        chunk, carry, (jnp.arange(chunks + 1), jnp.asarray(log_steps), xs))
     return {'step': jnp.asarray(log_steps), **metrics,
             'diverged_step': carry[-1]}
 
