@@ -26,3 +26,10 @@ def qr(a: jax.Array) -> tuple[jax.Array, jax.Array]:
 def eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Eigenvalues (ascending) and eigenvectors of a symmetric ``a: [n, n]``."""
   return jnp.linalg.eigh(a)
+
+
+@jax.custom_batching.sequential_vmap
+def cholesky(a: jax.Array) -> jax.Array:
+  """Upper Cholesky factor ``r`` of a symmetric positive definite ``a: [n, n]``
+  (``r^T r = a``; NaN where ``a`` is not positive definite)."""
+  return jnp.linalg.cholesky(a).T
