@@ -87,7 +87,7 @@ def check_positive(name: str, value) -> None:
   > 0 (tracers pass: they were checked where they were concrete)."""
   v = _concrete(value)
   if v is not None and not (np.all(np.isfinite(v)) and np.all(v > 0)):
-    bad = v.ravel()[~(np.isfinite(v.ravel()) & (v.ravel() > 0))][0]
+    bad = v.ravel()[~(np.isfinite(v.ravel()) & (v.ravel() > 0))][0].item()
     raise ValueError(f'{name}={bad!r}; accepted: a finite number > 0.')
 
 
