@@ -27,7 +27,6 @@ References:
 """
 
 from collections.abc import Callable
-import functools
 from typing import NamedTuple
 
 import jax
@@ -146,14 +145,17 @@ def kernel_matvec(kernel: Kernel, x: jax.Array, y: jax.Array, v: jax.Array,
   return out.reshape(-1, *v.shape[1:])[:x.shape[0]]
 
 
-def _normal_matvec_local(kernel, blocks, mask, v_blocks, centres, u,
+def _normal_matvec_local(kernel, axis, blocks, mask, v_blocks, centres, u,
                          bandwidth):
-  """Sum over this device's row blocks of ``K_bM^T (K_bM u + v_b)``."""
+  """Sum over this device's row blocks of ``K_bM^T (K_bM u + v_b)``; under
+  ``shard_map`` over ``axis`` (else None) the sum varies along it."""
   def body(acc, inputs):
     b, m, vb = inputs
     k = kernel.pairwise(b, centres, bandwidth) * m[:, None]
     return acc + k.T @ (k @ u + vb), None
   acc = jnp.zeros(u.shape, jnp.result_type(u, centres))
+  if axis is not None:
+    acc = jax.lax.pcast(acc, (axis,), to='varying')
   return jax.lax.scan(body, acc, (blocks, mask, v_blocks))[0]
 
 
@@ -182,15 +184,16 @@ def normal_matvec(kernel: Kernel, x: jax.Array, centres: jax.Array,
   if v is None:
     v = jnp.zeros((x.shape[0], *u.shape[1:]), u.dtype)
   v_blocks, _ = row_blocks(v, block_size, devices)
-  local = functools.partial(_normal_matvec_local, kernel)
   if mesh is None:
-    return local(blocks, mask, v_blocks, centres, u, bandwidth)
+    return _normal_matvec_local(kernel, None, blocks, mask, v_blocks,
+                                centres, u, bandwidth)
   spec = jax.sharding.PartitionSpec
   rows = spec(ROWS)
 
   def sharded(blocks, mask, v_blocks, centres, u, bandwidth):
-    return jax.lax.psum(local(blocks, mask, v_blocks, centres, u, bandwidth),
-                        ROWS)
+    local = _normal_matvec_local(kernel, ROWS, blocks, mask, v_blocks,
+                                 centres, u, bandwidth)
+    return jax.lax.psum(local, ROWS)
   return jax.shard_map(sharded, mesh=mesh,
                        in_specs=(rows, rows, rows, spec(), spec(), spec()),
                        out_specs=spec())(blocks, mask, v_blocks, centres, u,
