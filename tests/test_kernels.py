@@ -145,3 +145,11 @@ def test_bad_hyperparameters_are_one_line_errors(points):
     kernels.choose_centres(jax.random.key(0), 30, 31)
   with pytest.raises(ValueError, match='block_size=0'):
     kernels.kernel_matrix(kernel, x, x, 1.0, block_size=0)
+
+
+def test_masked_nystrom_is_the_nystrom_kernel_of_the_prefix(points):
+  x = points[0]
+  kernel = kernels.get_kernel('gaussian')
+  masked = kernels.nystrom_features(kernel, x, x[:12], BANDWIDTH, 5)
+  prefix = kernels.nystrom_features(kernel, x, x[:5], BANDWIDTH)
+  np.testing.assert_allclose(masked @ masked.T, prefix @ prefix.T, atol=1e-5)

@@ -97,16 +97,55 @@ def choose_centres(key: jax.Array, n: int, num_centres: int) -> jax.Array:
   return jax.random.permutation(key, n)[:num_centres]
 
 
+class Nystrom(NamedTuple):
+  """Nyström features of a set of centres: ``phi(x) = (K(x, C) * keep) @
+  projection``."""
+  centres: jax.Array     # [M, d]
+  keep: jax.Array        # [M] 1 for the centres used, 0 for masked ones
+  projection: jax.Array  # [M, M] K_CC^{-1/2} (pseudo-inverse square root)
+
+
+def nystrom(kernel: kernels_lib.Kernel, centres: jax.Array,
+            bandwidth: jax.Array, num_centres: jax.Array | int | None = None
+            ) -> Nystrom:
+  """The Nyström map of ``centres``; one eigendecomposition of ``K_CC``.
+
+  ``num_centres`` (traced, default all) keeps the first that many centres:
+  the others' kernel columns are masked to 0 and their block of ``K_CC``
+  replaced by the identity, so ``phi(x) . phi(y)`` is exactly the Nyström
+  kernel of the kept centres (a sweep over ``M`` is one ``vmap``, each member
+  at the cost of the largest).
+  """
+  kernels_lib.check_positive('bandwidth', bandwidth)
+  m = centres.shape[0]
+  if num_centres is None:
+    num_centres = m
+  check_num_features(num_centres, m)
+  keep = (jnp.arange(m) < num_centres).astype(centres.dtype)
+  k_cc = (kernel.pairwise(centres, centres, bandwidth) * keep[:, None] * keep
+          + jnp.diag(1 - keep))
+  s, u = linalg.eigh(k_cc)
+  positive = s > jnp.finfo(s.dtype).eps * s[-1] * m
+  root = jnp.where(positive, 1 / jnp.sqrt(jnp.where(positive, s, 1)), 0)
+  return Nystrom(centres, keep, u * root)
+
+
+def nystrom_apply(kernel: kernels_lib.Kernel, nys: Nystrom, x: jax.Array,
+                  bandwidth: jax.Array, *,
+                  block_size: int = kernels_lib.DEFAULT_BLOCK_SIZE
+                  ) -> jax.Array:
+  """``phi(x): [n, M]`` for a ``Nystrom`` map made at ``bandwidth``."""
+  k_nc = kernels_lib.kernel_matrix(kernel, x, nys.centres, bandwidth,
+                                   block_size=block_size)
+  return (k_nc * nys.keep) @ nys.projection
+
+
 def nystrom_features(kernel: kernels_lib.Kernel, x: jax.Array,
-                     centres: jax.Array, bandwidth: jax.Array, *,
+                     centres: jax.Array, bandwidth: jax.Array,
+                     num_centres: jax.Array | int | None = None, *,
                      block_size: int = kernels_lib.DEFAULT_BLOCK_SIZE
                      ) -> jax.Array:
-  """``K(x, C) K_CC^{-1/2}: [n, M]`` (pseudo-inverse square root)."""
-  kernels_lib.check_positive('bandwidth', bandwidth)
-  k_cc = kernel.pairwise(centres, centres, bandwidth)
-  s, u = linalg.eigh(k_cc)
-  keep = s > jnp.finfo(s.dtype).eps * s[-1] * centres.shape[0]
-  root = jnp.where(keep, 1 / jnp.sqrt(jnp.where(keep, s, 1)), 0)
-  k_nc = kernels_lib.kernel_matrix(kernel, x, centres, bandwidth,
-                                   block_size=block_size)
-  return k_nc @ (u * root)
+  """``K(x, C) K_CC^{-1/2}: [n, M]`` (``nystrom`` then ``nystrom_apply``)."""
+  return nystrom_apply(kernel, nystrom(kernel, centres, bandwidth,
+                                       num_centres), x, bandwidth,
+                       block_size=block_size)
