@@ -42,9 +42,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
 
 from rahimi_jax import linalg
+from rahimi_jax.linalg import solve_triangular
 from rahimi_jax.kernels import kernels as kernels_lib
 
 PRECONDITIONERS = ('falkon', 'none')

@@ -53,11 +53,15 @@ def procedural(n: int, n_test: int = 1000, in_dim: int = 8, *,
 
 
 def score(task: str, predictions: np.ndarray, y_test: np.ndarray) -> float:
-  """Test accuracy (classification: argmax) or mean squared error."""
+  """Test accuracy (classification: argmax) or mean squared error.
+
+  Predictions of one target may come flat (scikit-learn's ``Ridge`` drops
+  the target axis of a ``[n, 1]`` fit): they are reshaped to ``y_test``'s.
+  """
   predictions = np.asarray(predictions)
   if task == 'classification':
     return float(np.mean(np.argmax(predictions, -1) == y_test))
-  return float(np.mean((predictions - y_test)**2))
+  return float(np.mean((predictions.reshape(y_test.shape) - y_test)**2))
 
 
 def metric_name(task: str) -> str:
