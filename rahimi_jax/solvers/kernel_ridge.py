@@ -13,11 +13,21 @@ convention; scikit-learn's ``KernelRidge(alpha=n * lam)``):
 * ``nystrom_fit``: ``f(x) = K(x, C) a`` over ``M`` centres, solving
   ``H a = K_nM^T y / n`` with ``H = K_nM^T K_nM / n + lam K_MM``; ``K_nM`` is
   never formed (``kernels.normal_matvec``, row blocks, optionally sharded
-  over a mesh). ``preconditioner='falkon'``: conjugate gradients
-  preconditioned by FALKON's ``B B^T`` with ``T = chol(K_MM + eps M I)``,
-  ``A = chol(T T^T / M + lam I)``, ``B = T^{-1} A^{-1}`` (upper factors);
-  ``'none'``: plain CG on the same system, for comparison. With ``M = n``
-  and every point a centre, the solution is exact KRR's.
+  over a mesh). ``preconditioner='falkon'``: FALKON's Algorithm 1, conjugate
+  gradients on ``B^T H B b = B^T K_nM^T y / n``, ``a = B b``, with ``T =
+  chol(K_MM + eps M I)``, ``A = chol(T T^T / M + lam I)``, ``B = T^{-1}
+  A^{-1}`` (upper factors) and the ``lam K_MM`` term applied as ``lam A^{-T}
+  A^{-1}`` (exact up to the ``eps M`` jitter); ``'none'``: plain CG on ``H a
+  = K_nM^T y / n``, for comparison. Their residuals are of different systems
+  (FALKON's is preconditioned); the studies compare solutions and test
+  errors too. With ``M = n`` and every point a centre, the solution is exact
+  KRR's.
+
+  Why Algorithm 1 and not CG on ``H`` preconditioned by ``B B^T`` (the same
+  iterates in exact arithmetic): in float32 the latter multiplies the
+  ill-conditioned ``H`` itself; at ``n = 1e5``, ``M = 2000``, ``lam = 1e-5`` it
+  stalled near 1e-3 and diverged (test MSE 28.6 after 100 iterations) where
+  Algorithm 1 reached 1e-5 in 12 iterations (test MSE 0.0107, noise 0.01).
 
 ``conjugate_gradient`` is written here rather than taken from
 ``jax.scipy.sparse.linalg.cg``: that returns no per-iteration residuals and
@@ -168,23 +178,20 @@ def ridge_fit(features: jax.Array, y: jax.Array, lam: jax.Array
 class NystromResult(NamedTuple):
   coef: jax.Array        # [M] or [M, k]: f(x) = K(x, C) coef
   iterations: jax.Array  # [] int32
-  residuals: jax.Array   # [maxiter + 1] relative residuals of H a = rhs
+  residuals: jax.Array   # [maxiter + 1] relative residuals of the system CG
+                         # runs on (FALKON: the preconditioned one)
   converged: jax.Array   # [] bool
 
 
-def falkon_preconditioner(k_mm: jax.Array, lam: jax.Array
-                          ) -> Callable[[jax.Array], jax.Array]:
-  """``r -> T^{-1} A^{-1} A^{-T} T^{-T} r``, FALKON's ``B B^T ~ H^{-1}``."""
+def falkon_factors(k_mm: jax.Array, lam: jax.Array
+                   ) -> tuple[jax.Array, jax.Array]:
+  """FALKON's upper Cholesky factors ``T = chol(K_MM + eps M I)`` and
+  ``A = chol(T T^T / M + lam I)``: ``B = T^{-1} A^{-1}`` makes ``B^T H B``
+  well conditioned."""
   m = k_mm.shape[0]
   eye = jnp.eye(m, dtype=k_mm.dtype)
   t = linalg.cholesky(k_mm + jnp.finfo(k_mm.dtype).eps * m * eye)
-  a = linalg.cholesky(t @ t.T / m + lam * eye)
-
-  def apply(r):
-    v = solve_triangular(t, r, trans='T')
-    v = solve_triangular(a, solve_triangular(a, v, trans='T'))
-    return solve_triangular(t, v)
-  return apply
+  return t, linalg.cholesky(t @ t.T / m + lam * eye)
 
 
 def nystrom_fit(kernel: kernels_lib.Kernel, x: jax.Array, y: jax.Array,
@@ -226,13 +233,25 @@ def nystrom_fit(kernel: kernels_lib.Kernel, x: jax.Array, y: jax.Array,
     return kernels_lib.normal_matvec(kernel, x, centres, u, v, bandwidth,
                                      block_size=block_size, mesh=mesh) / n
 
-  def matvec(u):
-    return product(u, None) + lam * (k_mm @ u)
-
   rhs = product(jnp.zeros((centres.shape[0], y2.shape[1]), x.dtype), y2)
-  prec = (falkon_preconditioner(k_mm, lam) if preconditioner == 'falkon'
-          else None)
-  res = conjugate_gradient(matvec, rhs, preconditioner=prec, tol=tol,
-                           maxiter=maxiter)
-  coef = res.x if y.ndim == 2 else res.x[:, 0]
+  if preconditioner == 'none':
+    res = conjugate_gradient(lambda u: product(u, None) + lam * (k_mm @ u),
+                             rhs, tol=tol, maxiter=maxiter)
+    coef = res.x
+  else:
+    t, a = falkon_factors(k_mm, lam)
+
+    def b_mul(u):  # B u
+      return solve_triangular(t, solve_triangular(a, u))
+
+    def bt_mul(u):  # B^T u
+      return solve_triangular(a, solve_triangular(t, u, 'T'), 'T')
+
+    def bhb(u):  # B^T H B u, the lam K_MM term as lam A^{-T} A^{-1} u
+      return solve_triangular(
+          a, solve_triangular(t, product(b_mul(u), None), 'T')
+          + lam * solve_triangular(a, u), 'T')
+    res = conjugate_gradient(bhb, bt_mul(rhs), tol=tol, maxiter=maxiter)
+    coef = b_mul(res.x)
+  coef = coef if y.ndim == 2 else coef[:, 0]
   return NystromResult(coef, res.iterations, res.residuals, res.converged)
