@@ -20,6 +20,7 @@ a FALKON solve at scale. Ratios are measured in this process, never promised.
 
 import platform
 import resource
+import sys
 import time
 
 from absl import app
@@ -40,6 +41,7 @@ flags.DEFINE_integer('scale_centres', 10000, 'Centres of the scale run.')
 flags.DEFINE_float('scale_tol', 1e-5, 'Relative residual of the scale run.')
 flags.DEFINE_integer('scale_maxiter', 100, 'Iterations cap of the scale run.')
 flags.DEFINE_integer('block_size', 1024, 'Rows per kernel block.')
+flags.DEFINE_bool('dry_run', False, 'Check the flags, print the plan, exit.')
 
 FLAGS = flags.FLAGS
 PARTS = ('peers', 'sweep', 'scale')
@@ -226,7 +228,15 @@ def main(argv):
   parts = FLAGS.parts
   for part in parts:
     if part not in PARTS:
-      raise app.UsageError(f'--parts: {part!r}; accepted: {", ".join(PARTS)}.')
+      print(f'error: --parts: {part!r}; accepted: {", ".join(PARTS)}.',
+            file=sys.stderr)
+      return 1
+  if FLAGS.dry_run:
+    print(f'parts {", ".join(parts)}; peers at n={FLAGS.n}, sweep of '
+          f'{len(FLAGS.sweep_bandwidths) * len(FLAGS.sweep_lams)} pairs at '
+          f'n={FLAGS.sweep_n}, scale n={FLAGS.scale_n} M={FLAGS.scale_centres}')
+    print('dry run: the input is valid; nothing was run.')
+    return
   from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
   cli.start(argv)
   import jax  # pylint: disable=g-import-not-at-top

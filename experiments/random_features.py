@@ -65,8 +65,8 @@ def main(argv):
     config, d = built
     return (f'{config.dataset}: n={len(d.x)} train, {len(d.x_test)} test; '
             f'{config.kernel} kernel; features {list(config.features)} x '
-            f'{config.seeds} seeds (random Fourier: one program; Nyström: one '
-            'per size); exact kernel ridge'
+            f'{config.seeds} seeds (one program per size, vmapped over '
+            'seeds); exact kernel ridge'
             + ('; scikit-learn peers' if config.peers else ''))
 
   def run(built):
