@@ -14,6 +14,9 @@ from rahimi_jax import kernels
 SKLEARN = {'gaussian': pairwise.rbf_kernel,
            'laplacian': pairwise.laplacian_kernel}
 BANDWIDTH = 1.5
+# Jitted once per kernel and shape: eager calls compile every operation.
+_nystrom = jax.jit(kernels.nystrom_features, static_argnums=0,
+                   static_argnames='block_size')
 
 
 @pytest.fixture(scope='module')
@@ -69,7 +72,8 @@ def test_rff_error_falls_like_one_over_sqrt_features(name, points):
     return jax.vmap(lambda d: kernels.relative_frobenius_error(
         exact, kernels.rff_kernel(rff, x, x, BANDWIDTH, d)))(sizes)
 
-  err = jax.vmap(errors)(jax.random.split(jax.random.key(0), 8)).mean(0)
+  err = jax.jit(jax.vmap(errors))(jax.random.split(jax.random.key(0), 8)
+                                  ).mean(0)
   slope = np.polyfit(np.log(sizes), np.log(err), 1)[0]
   assert -0.62 < slope < -0.38, (slope, err)
   if name == 'gaussian':
@@ -97,7 +101,7 @@ def test_rff_kernel_gradient_in_bandwidth(points):
   x, y = points
   rff = kernels.draw_rff(jax.random.key(4), kernels.get_kernel('laplacian'),
                          3, 32)
-  jtu.check_grads(lambda s: kernels.rff_kernel(rff, x[:4], y[:3], s),
+  jtu.check_grads(jax.jit(lambda s: kernels.rff_kernel(rff, x[:4], y[:3], s)),
                   (jnp.float32(1.3),), order=1, modes=['fwd', 'rev'],
                   atol=2e-2, rtol=2e-2)
 
@@ -108,12 +112,12 @@ def test_nystrom_features_match_the_pseudoinverse_formula(name, points):
   kernel = kernels.get_kernel(name)
   idx = kernels.choose_centres(jax.random.key(5), 30, 10)
   assert len(np.unique(idx)) == 10
-  phi = kernels.nystrom_features(kernel, x, x[idx], BANDWIDTH, block_size=8)
+  phi = _nystrom(kernel, x, x[np.asarray(idx)], BANDWIDTH, block_size=8)
   k_nc = _exact(name, x, x[np.asarray(idx)])
   expected = k_nc @ np.linalg.pinv(k_nc[np.asarray(idx)]) @ k_nc.T
   np.testing.assert_allclose(phi @ phi.T, expected, atol=1e-4)
   # All points as centres: the exact kernel.
-  phi = kernels.nystrom_features(kernel, x, x, BANDWIDTH)
+  phi = _nystrom(kernel, x, x, BANDWIDTH)
   np.testing.assert_allclose(phi @ phi.T, _exact(name, x, x), atol=1e-4)
 
 
@@ -121,9 +125,14 @@ def test_nystrom_error_matches_sklearn_at_equal_centres(points):
   x = points[0]
   exact = _exact('gaussian', x, x)
   kernel = kernels.get_kernel('gaussian')
-  ours = np.mean([kernels.relative_frobenius_error(exact, f @ f.T) for f in (
-      kernels.nystrom_features(kernel, x, x[kernels.choose_centres(
-          jax.random.key(s), 30, 8)], BANDWIDTH) for s in range(8))])
+  @jax.jit
+  @jax.vmap
+  def ours(key):
+    f = kernels.nystrom_features(
+        kernel, x, jnp.asarray(x)[kernels.choose_centres(key, 30, 8)],
+        BANDWIDTH)
+    return kernels.relative_frobenius_error(exact, f @ f.T)
+  ours = np.mean(ours(jax.random.split(jax.random.key(0), 8)))
   peer = np.mean([kernels.relative_frobenius_error(exact, f @ f.T) for f in (
       kernel_approximation.Nystroem(
           gamma=kernels.sklearn_gamma('gaussian', BANDWIDTH), n_components=8,
@@ -150,6 +159,6 @@ def test_bad_hyperparameters_are_one_line_errors(points):
 def test_masked_nystrom_is_the_nystrom_kernel_of_the_prefix(points):
   x = points[0]
   kernel = kernels.get_kernel('gaussian')
-  masked = kernels.nystrom_features(kernel, x, x[:12], BANDWIDTH, 5)
-  prefix = kernels.nystrom_features(kernel, x, x[:5], BANDWIDTH)
+  masked = _nystrom(kernel, x, x[:12], BANDWIDTH, 5)
+  prefix = _nystrom(kernel, x, x[:5], BANDWIDTH)
   np.testing.assert_allclose(masked @ masked.T, prefix @ prefix.T, atol=1e-5)
