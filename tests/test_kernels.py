@@ -90,7 +90,7 @@ def test_masked_features_are_the_prefix_of_the_draw(points):
   x = points[0]
   rff = kernels.draw_rff(jax.random.key(3), kernels.get_kernel('gaussian'), 3,
                          16)
-  phi = kernels.rff_features(rff, x, BANDWIDTH, 5)
+  phi = jax.jit(kernels.rff_features)(rff, x, BANDWIDTH, 5)
   np.testing.assert_array_equal(phi[:, 5:], 0)
   direct = np.sqrt(2 / 5) * np.cos(
       x @ (np.asarray(rff.frequencies[:, :5]) / BANDWIDTH) + rff.phases[:5])
