@@ -11,8 +11,8 @@ a FALKON solve at scale. Ratios are measured in this process, never promised.
   default), fit + predict on ``--n_test`` rows.
 * ``sweep``: ``--sweep_bandwidths`` x ``--sweep_lams`` exact kernel ridge fits
   at ``--sweep_n`` rows: one ``vmap`` over the pairs vs a loop of
-  ``KernelRidge`` fits (the pairs sharded over the host's devices, one per
-  core).
+  ``KernelRidge`` fits (``--sweep_devices``: the pairs sharded over that
+  many devices).
 * ``scale``: FALKON-preconditioned CG at ``--scale_n`` rows and
   ``--scale_centres`` centres, rows sharded over the host's cores: the
   iterations, residuals, time and the process's peak resident memory.
@@ -36,6 +36,8 @@ flags.DEFINE_integer('repeats', 3, 'Timed runs of each; the fastest counts.')
 flags.DEFINE_integer('sweep_n', 2000, 'Training rows of the sweep.')
 flags.DEFINE_list('sweep_bandwidths', ['0.5', '1', '2', '4'], 'Bandwidths.')
 flags.DEFINE_list('sweep_lams', ['1e-6', '1e-5', '1e-4', '1e-3'], 'Ridges.')
+flags.DEFINE_integer('sweep_devices', 1, 'Devices the pairs are sharded over '
+                     '(0: all). One is faster on a 2-core host (WORKSPACE.md).')
 flags.DEFINE_integer('scale_n', 1000000, 'Rows of the scale run.')
 flags.DEFINE_integer('scale_centres', 10000, 'Centres of the scale run.')
 flags.DEFINE_float('scale_tol', 1e-5, 'Relative residual of the scale run.')
@@ -140,9 +142,10 @@ def sweep(bandwidths, lams):
   kernel = kernels.get_kernel('gaussian')
   n = len(d.x)
   pairs = [(b, l) for b in bandwidths for l in lams]
-  # The pairs sharded over the host's devices (one per core), as the grid
-  # engine shards members.
-  devices = jax.local_devices()
+  # The pairs may be sharded over the host's devices (one per core), as the
+  # grid engine shards members; on 2 cores one device was faster (its big
+  # operations use both cores; two devices loop their LAPACK calls).
+  devices = jax.local_devices()[:FLAGS.sweep_devices or None]
   if len(pairs) % len(devices):
     devices = devices[:1]
   sharding = jax.sharding.NamedSharding(
@@ -171,7 +174,8 @@ def sweep(bandwidths, lams):
   ours()
   first = time.perf_counter() - start
   t_ours, p_ours = best_time(ours, FLAGS.repeats)
-  t_sk, p_sk = best_time(theirs, 1)
+  kernel_ridge.KernelRidge(alpha=1.0).fit(d.x[:10], d.y[:10])  # warm-up
+  t_sk, p_sk = best_time(theirs, FLAGS.repeats)
   gap = max(float(np.max(np.abs(np.asarray(a).reshape(b.shape) - b))
                   / np.max(np.abs(b))) for a, b in zip(p_ours, p_sk))
   return [f'sweep of {len(pairs)} (bandwidth, lam) exact KRR fits at n={n} '
