@@ -42,6 +42,7 @@ ROWS = 'rows'  # the mesh axis that rows are sharded over
 class Kernel(NamedTuple):
   pairwise: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
   sample_frequencies: Callable[[jax.Array, tuple[int, ...]], jax.Array]
+  gamma: Callable[[float], float]  # scikit-learn's gamma at a bandwidth
 
 
 def _gaussian(x, y, bandwidth):
@@ -56,8 +57,10 @@ def _laplacian(x, y, bandwidth):
 
 
 KERNELS: dict[str, Kernel] = {
-    'gaussian': Kernel(_gaussian, jax.random.normal),
-    'laplacian': Kernel(_laplacian, jax.random.cauchy),
+    'gaussian': Kernel(_gaussian, jax.random.normal,
+                       lambda bandwidth: 1 / (2 * bandwidth**2)),
+    'laplacian': Kernel(_laplacian, jax.random.cauchy,
+                        lambda bandwidth: 1 / bandwidth),
 }
 
 
@@ -68,8 +71,7 @@ def get_kernel(name: str) -> Kernel:
 
 def sklearn_gamma(name: str, bandwidth: float) -> float:
   """scikit-learn's ``gamma`` for ``name`` at ``bandwidth``."""
-  get_kernel(name)
-  return 1 / (2 * bandwidth**2) if name == 'gaussian' else 1 / bandwidth
+  return get_kernel(name).gamma(bandwidth)
 
 
 # --- Checks before anything is traced --------------------------------------
