@@ -26,3 +26,28 @@ def qr(a: jax.Array) -> tuple[jax.Array, jax.Array]:
 def eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Eigenvalues (ascending) and eigenvectors of a symmetric ``a: [n, n]``."""
   return jnp.linalg.eigh(a)
+
+
+@jax.custom_batching.sequential_vmap
+def cholesky(a: jax.Array) -> jax.Array:
+  """Upper Cholesky factor ``r`` of a symmetric positive definite ``a: [n, n]``
+  (``r^T r = a``; NaN where ``a`` is not positive definite)."""
+  return jnp.linalg.cholesky(a).T
+
+
+
+@jax.custom_batching.sequential_vmap
+def _solve_upper(a, b):
+  return jax.scipy.linalg.solve_triangular(a, b, lower=False)
+
+
+@jax.custom_batching.sequential_vmap
+def _solve_upper_transposed(a, b):
+  return jax.scipy.linalg.solve_triangular(a, b, trans='T', lower=False)
+
+
+def solve_triangular(a: jax.Array, b: jax.Array, trans: str = 'N'
+                     ) -> jax.Array:
+  """``a^{-1} b`` (``trans='T'``: ``a^{-T} b``) for one upper triangular
+  ``a: [n, n]``; ``b: [n]`` or ``[n, k]``."""
+  return (_solve_upper_transposed if trans == 'T' else _solve_upper)(a, b)

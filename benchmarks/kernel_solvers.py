@@ -1,0 +1,266 @@
+r"""Kernel solvers vs scikit-learn, a hyperparameter sweep as one program, and
+a FALKON solve at scale. Ratios are measured in this process, never promised.
+
+  python -m benchmarks.kernel_solvers                      # peers + sweep
+  python -m benchmarks.kernel_solvers --parts=scale        # n=1e6, M=1e4
+
+* ``peers``: random Fourier features + ridge (``--features``) and exact
+  kernel ridge at ``--n`` rows (procedural regression, Gaussian kernel):
+  ours (jitted, float32, timed after compile, best of ``--repeats``) vs
+  ``RBFSampler`` + ``Ridge`` and ``KernelRidge`` (float64, scikit-learn's
+  default), fit + predict on ``--n_test`` rows.
+* ``sweep``: ``--sweep_bandwidths`` x ``--sweep_lams`` exact kernel ridge fits
+  at ``--sweep_n`` rows: one ``vmap`` over the pairs vs a loop of
+  ``KernelRidge`` fits (``--sweep_devices``: the pairs sharded over that
+  many devices).
+* ``scale``: FALKON-preconditioned CG at ``--scale_n`` rows and
+  ``--scale_centres`` centres, rows sharded over the host's cores: the
+  iterations, residuals, time and the process's peak resident memory.
+"""
+
+import platform
+import resource
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+flags.DEFINE_list('parts', ['peers', 'sweep'], 'peers, sweep, scale.')
+flags.DEFINE_integer('n', 10000, 'Training rows of the peers part.')
+flags.DEFINE_integer('n_test', 1000, 'Test rows.')
+flags.DEFINE_integer('features', 1000, 'Random Fourier features.')
+flags.DEFINE_integer('in_dim', 8, 'Input dimension.')
+flags.DEFINE_float('lam', 1e-5, 'Ridge per sample.')
+flags.DEFINE_integer('repeats', 3, 'Timed runs of each; the fastest counts.')
+flags.DEFINE_integer('sweep_n', 2000, 'Training rows of the sweep.')
+flags.DEFINE_list('sweep_bandwidths', ['0.5', '1', '2', '4'], 'Bandwidths.')
+flags.DEFINE_list('sweep_lams', ['1e-6', '1e-5', '1e-4', '1e-3'], 'Ridges.')
+flags.DEFINE_integer('sweep_devices', 1, 'Devices the pairs are sharded over '
+                     '(0: all). One is faster on a 2-core host (WORKSPACE.md).')
+flags.DEFINE_integer('scale_n', 1000000, 'Rows of the scale run.')
+flags.DEFINE_integer('scale_centres', 10000, 'Centres of the scale run.')
+flags.DEFINE_float('scale_tol', 1e-5, 'Relative residual of the scale run.')
+flags.DEFINE_integer('scale_maxiter', 100, 'Iterations cap of the scale run.')
+flags.DEFINE_integer('block_size', 1024, 'Rows per kernel block.')
+flags.DEFINE_bool('dry_run', False, 'Check the flags, print the plan, exit.')
+
+FLAGS = flags.FLAGS
+PARTS = ('peers', 'sweep', 'scale')
+
+
+def cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or 'unknown CPU'
+
+
+def peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
+def best_time(fn, repeats):
+  """Fastest of ``repeats`` calls of ``fn`` (which blocks); its last output."""
+  best, out = float('inf'), None
+  for _ in range(repeats):
+    start = time.perf_counter()
+    out = fn()
+    best = min(best, time.perf_counter() - start)
+  return best, out
+
+
+def peers(d, bandwidth):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from sklearn import kernel_approximation  # pylint: disable=g-import-not-at-top
+  from sklearn import kernel_ridge  # pylint: disable=g-import-not-at-top
+  from sklearn import linear_model  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import kernels  # pylint: disable=g-import-not-at-top
+  from rahimi_jax.solvers import kernel_ridge as kr  # pylint: disable=g-import-not-at-top
+  from rahimi_jax.studies import kernel_data  # pylint: disable=g-import-not-at-top
+  kernel = kernels.get_kernel('gaussian')
+  n, lam = len(d.x), FLAGS.lam
+  gamma = kernels.sklearn_gamma('gaussian', bandwidth)
+  x64, y64, t64 = (a.astype(np.float64) for a in (d.x, d.y, d.x_test))
+
+  @jax.jit
+  def rff(x, y, x_test, key):
+    r = kernels.draw_rff(key, kernel, x.shape[1], FLAGS.features)
+    w = kr.ridge_fit(kernels.rff_features(r, x, bandwidth), y, lam)
+    return kernels.rff_features(r, x_test, bandwidth) @ w
+
+  @jax.jit
+  def exact(x, y, x_test):
+    coef = kr.exact_fit(kernel, x, y, bandwidth, lam)
+    return kernels.kernel_matvec(kernel, x_test, x, coef, bandwidth)
+
+  def sk_rff():
+    f = kernel_approximation.RBFSampler(gamma=gamma,
+                                        n_components=FLAGS.features,
+                                        random_state=0).fit(x64)
+    m = linear_model.Ridge(alpha=n * lam, fit_intercept=False).fit(
+        f.transform(x64), y64)
+    return m.predict(f.transform(t64))
+
+  def sk_exact():
+    return kernel_ridge.KernelRidge(alpha=n * lam, kernel='rbf', gamma=gamma
+                                    ).fit(x64, y64).predict(t64)
+
+  key = jax.random.key(0)
+  rows = []
+  for name, ours, theirs in (
+      (f'RFF D={FLAGS.features} + ridge', lambda: jax.block_until_ready(
+          rff(d.x, d.y, d.x_test, key)), sk_rff),
+      ('exact KRR (Cholesky)', lambda: jax.block_until_ready(
+          exact(d.x, d.y, d.x_test)), sk_exact)):
+    start = time.perf_counter()
+    ours()  # compile + first run
+    first = time.perf_counter() - start
+    t_ours, p_ours = best_time(ours, FLAGS.repeats)
+    t_sk, p_sk = best_time(theirs, FLAGS.repeats)
+    mse = [kernel_data.score('regression', p, d.y_test)
+           for p in (p_ours, p_sk)]
+    rows.append(f'{name:<26} ours {t_ours:7.3f}s (first call {first:6.2f}s) '
+                f'scikit-learn {t_sk:7.3f}s  ratio {t_sk / t_ours:5.2f}x  '
+                f'test mse {mse[0]:.5f} vs {mse[1]:.5f}')
+  return rows
+
+
+def sweep(bandwidths, lams):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from sklearn import kernel_ridge  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import kernels  # pylint: disable=g-import-not-at-top
+  from rahimi_jax.solvers import kernel_ridge as kr  # pylint: disable=g-import-not-at-top
+  from rahimi_jax.studies import kernel_data  # pylint: disable=g-import-not-at-top
+  d = kernel_data.procedural(FLAGS.sweep_n, FLAGS.n_test, FLAGS.in_dim)
+  kernel = kernels.get_kernel('gaussian')
+  n = len(d.x)
+  pairs = [(b, l) for b in bandwidths for l in lams]
+  # The pairs may be sharded over the host's devices (one per core), as the
+  # grid engine shards members; on 2 cores one device was faster (its big
+  # operations use both cores; two devices loop their LAPACK calls).
+  devices = jax.local_devices()[:FLAGS.sweep_devices or None]
+  if len(pairs) % len(devices):
+    devices = devices[:1]
+  sharding = jax.sharding.NamedSharding(
+      jax.sharding.Mesh(np.asarray(devices), ('pairs',)),
+      jax.sharding.PartitionSpec('pairs'))
+  bws = jax.device_put(np.array([b for b, _ in pairs], np.float32), sharding)
+  ls = jax.device_put(np.array([l for _, l in pairs], np.float32), sharding)
+  x64, y64, t64 = (a.astype(np.float64) for a in (d.x, d.y, d.x_test))
+
+  @jax.jit
+  def grid(x, y, x_test, bws, ls):
+    def one(bw, lam):
+      coef = kr.exact_fit(kernel, x, y, bw, lam)
+      return kernels.kernel_matvec(kernel, x_test, x, coef, bw)
+    return jax.vmap(one)(bws, ls)
+
+  def ours():
+    return jax.block_until_ready(grid(d.x, d.y, d.x_test, bws, ls))
+
+  def theirs():
+    return [kernel_ridge.KernelRidge(
+        alpha=n * l, kernel='rbf', gamma=kernels.sklearn_gamma('gaussian', b)
+    ).fit(x64, y64).predict(t64) for b, l in pairs]
+
+  start = time.perf_counter()
+  ours()
+  first = time.perf_counter() - start
+  t_ours, p_ours = best_time(ours, FLAGS.repeats)
+  kernel_ridge.KernelRidge(alpha=1.0).fit(d.x[:10], d.y[:10])  # warm-up
+  t_sk, p_sk = best_time(theirs, FLAGS.repeats)
+  gap = max(float(np.max(np.abs(np.asarray(a).reshape(b.shape) - b))
+                  / np.max(np.abs(b))) for a, b in zip(p_ours, p_sk))
+  return [f'sweep of {len(pairs)} (bandwidth, lam) exact KRR fits at n={n} '
+          f'over {len(devices)} device(s): '
+          f'one program {t_ours:.3f}s (first call {first:.2f}s), scikit-learn '
+          f'loop {t_sk:.3f}s, ratio {t_sk / t_ours:.2f}x (first call '
+          f'{t_sk / first:.2f}x); largest relative prediction difference '
+          f'{gap:.1e}']
+
+
+def scale():
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import kernels  # pylint: disable=g-import-not-at-top
+  from rahimi_jax.solvers import kernel_ridge as kr  # pylint: disable=g-import-not-at-top
+  from rahimi_jax.studies import kernel_data  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  d = kernel_data.procedural(FLAGS.scale_n, FLAGS.n_test, FLAGS.in_dim)
+  data_s = time.perf_counter() - start
+  bandwidth = kernel_data.median_distance(d.x)
+  kernel = kernels.get_kernel('gaussian')
+  mesh = kernels.row_mesh()
+
+  @jax.jit
+  def solve(x, y, x_test):
+    c = x[kernels.choose_centres(jax.random.key(0), x.shape[0],
+                                 FLAGS.scale_centres)]
+    res = kr.nystrom_fit(kernel, x, y, c, bandwidth, FLAGS.lam,
+                         tol=FLAGS.scale_tol, maxiter=FLAGS.scale_maxiter,
+                         block_size=FLAGS.block_size, mesh=mesh)
+    return res, kernels.kernel_matvec(kernel, x_test, c, res.coef, bandwidth)
+
+  start = time.perf_counter()
+  compiled = solve.lower(d.x, d.y, d.x_test).compile()
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  res, pred = jax.block_until_ready(compiled(d.x, d.y, d.x_test))
+  run_s = time.perf_counter() - start
+  it = int(res.iterations)
+  mse = float(np.mean((np.asarray(pred) - d.y_test)**2))
+  history = ', '.join(f'{r:.1e}' for r in np.asarray(res.residuals)[:it + 1])
+  return [f'FALKON n={FLAGS.scale_n} M={FLAGS.scale_centres} d={FLAGS.in_dim} '
+          f'lam={FLAGS.lam:g} on {len(jax.devices())} device(s): {it} '
+          f'iterations, converged {bool(res.converged)} (tol '
+          f'{FLAGS.scale_tol:g}); data {data_s:.1f}s, compile {compile_s:.1f}s, '
+          f'solve + predict {run_s:.1f}s; peak RSS {peak_rss_mb():.0f} MB; '
+          f'test mse {mse:.5f} (noise variance 0.01)',
+          f'residual history: {history}']
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  parts = FLAGS.parts
+  for part in parts:
+    if part not in PARTS:
+      print(f'error: --parts: {part!r}; accepted: {", ".join(PARTS)}.',
+            file=sys.stderr)
+      return 1
+  if FLAGS.dry_run:
+    print(f'parts {", ".join(parts)}; peers at n={FLAGS.n}, sweep of '
+          f'{len(FLAGS.sweep_bandwidths) * len(FLAGS.sweep_lams)} pairs at '
+          f'n={FLAGS.sweep_n}, scale n={FLAGS.scale_n} M={FLAGS.scale_centres}')
+    print('dry run: the input is valid; nothing was run.')
+    return
+  from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.start(argv)
+  import jax  # pylint: disable=g-import-not-at-top
+  from rahimi_jax.studies import kernel_data  # pylint: disable=g-import-not-at-top
+  print(f'CPU: {cpu_model()}; {len(jax.devices())} XLA device(s); jax '
+        f'{jax.__version__}', flush=True)
+  if 'peers' in parts:
+    d = kernel_data.procedural(FLAGS.n, FLAGS.n_test, FLAGS.in_dim)
+    bandwidth = kernel_data.median_distance(d.x)
+    print(f'peers at n={FLAGS.n}, bandwidth {bandwidth:.3f}, lam {FLAGS.lam:g}:')
+    for row in peers(d, bandwidth):
+      print('  ' + row, flush=True)
+  if 'sweep' in parts:
+    for row in sweep([float(b) for b in FLAGS.sweep_bandwidths],
+                     [float(l) for l in FLAGS.sweep_lams]):
+      print(row, flush=True)
+  if 'scale' in parts:
+    for row in scale():
+      print(row, flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,28 @@
+"""Kernels, random Fourier / Nyström features, blocked kernel products."""
+
+from rahimi_jax.kernels.features import choose_centres
+from rahimi_jax.kernels.features import draw_rff
+from rahimi_jax.kernels.features import Nystrom
+from rahimi_jax.kernels.features import nystrom
+from rahimi_jax.kernels.features import nystrom_apply
+from rahimi_jax.kernels.features import nystrom_features
+from rahimi_jax.kernels.features import RFF
+from rahimi_jax.kernels.features import rff_features
+from rahimi_jax.kernels.features import rff_kernel
+from rahimi_jax.kernels.kernels import check_finite
+from rahimi_jax.kernels.kernels import check_positive
+from rahimi_jax.kernels.kernels import get_kernel
+from rahimi_jax.kernels.kernels import Kernel
+from rahimi_jax.kernels.kernels import kernel_matrix
+from rahimi_jax.kernels.kernels import kernel_matvec
+from rahimi_jax.kernels.kernels import KERNELS
+from rahimi_jax.kernels.kernels import normal_matvec
+from rahimi_jax.kernels.kernels import relative_frobenius_error
+from rahimi_jax.kernels.kernels import row_mesh
+from rahimi_jax.kernels.kernels import sklearn_gamma
+
+__all__ = ['check_finite', 'check_positive', 'choose_centres', 'draw_rff',
+           'get_kernel', 'Kernel', 'kernel_matrix', 'kernel_matvec', 'KERNELS',
+           'normal_matvec', 'Nystrom', 'nystrom', 'nystrom_apply',
+           'nystrom_features', 'RFF', 'rff_features', 'rff_kernel',
+           'relative_frobenius_error', 'row_mesh', 'sklearn_gamma']

@@ -1,0 +1,235 @@
+"""Linear solvers that scale: kernel ridge systems of growing ``n``.
+
+For each ``n`` (a procedural nonlinear regression, ``kernel_data.procedural``)
+the Nyström kernel ridge system ``(K_nM^T K_nM / n + lam K_MM) a = K_nM^T y /
+n`` over ``M`` random centres is solved by plain conjugate gradients and by
+FALKON-preconditioned CG (``solvers.kernel_ridge.nystrom_fit``), rows sharded
+over the host's devices; exact kernel ridge (Cholesky of the ``n x n``
+system) beside them while ``n`` is small. Per solve: iterations to the
+relative-residual tolerance, the residual history, compile and run time,
+XLA's peak memory estimate of the compiled program (arguments + outputs +
+temporaries), the test error, and how far the test predictions are from
+those of the same system solved in float64 by NumPy (``reference_gap``): a
+relative residual is not an error, and plain CG's residual is dominated by
+the large eigenvalues, so this shows what stopping at ``tol`` bought.
+"""
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rahimi_jax import kernels
+from rahimi_jax import results as results_lib
+from rahimi_jax.solvers import kernel_ridge as kr
+from rahimi_jax.studies import kernel_data
+
+SOLVERS = ('falkon', 'cg', 'exact')
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearSolverConfig:
+  """The linear solver study.
+
+  Attributes:
+    sizes: training set sizes ``n``, increasing.
+    centres: Nyström centres ``M`` (``<= n`` for every size).
+    kernel: ``kernels.KERNELS``.
+    bandwidth: the kernel's; None: the median pairwise distance.
+    lam: ridge per sample.
+    tol: relative residual to stop at.
+    maxiter: the most CG iterations (plain and preconditioned).
+    exact_max: exact kernel ridge for sizes up to this (0: never).
+    in_dim: input dimension of the procedural data.
+    block_size: rows per kernel block.
+    devices: devices to shard the rows over (0: all local devices).
+  """
+  sizes: tuple[int, ...] = (1000, 2000, 4000, 8000)
+  centres: int = 500
+  kernel: str = 'gaussian'
+  bandwidth: float | None = None
+  lam: float = 1e-5
+  tol: float = 1e-6
+  maxiter: int = 1000
+  exact_max: int = 4000
+  in_dim: int = 8
+  block_size: int = 1024
+  devices: int = 0
+
+  def __post_init__(self):
+    kernels.get_kernel(self.kernel)
+    s = self.sizes
+    if (not s or any(not isinstance(n, int) or n < 1 for n in s)
+        or list(s) != sorted(set(s))):
+      raise ValueError(f'sizes={list(s)}; accepted: increasing integers >= 1.')
+    if not (isinstance(self.centres, int) and 1 <= self.centres <= s[0]):
+      raise ValueError(f'M={self.centres} centres with n={s[0]} rows; '
+                       'accepted: 1 <= M <= n (the smallest size).')
+    if self.bandwidth is not None:
+      kernels.check_positive('bandwidth', self.bandwidth)
+    kernels.check_positive('lam', self.lam)
+    kernels.check_positive('tol', self.tol)
+    for name, low in (('maxiter', 1), ('exact_max', 0), ('in_dim', 1),
+                      ('block_size', 1), ('devices', 0)):
+      value = getattr(self, name)
+      if not (isinstance(value, int) and value >= low):
+        raise ValueError(f'{name}={value!r}; accepted: an integer >= {low}.')
+    if self.devices > len(jax.local_devices()):
+      raise ValueError(f'devices={self.devices}; accepted: 0 (all) .. '
+                       f'{len(jax.local_devices())}.')
+
+
+def _compiled(fn, *args):
+  """(compiled, compile seconds, XLA's peak bytes estimate)."""
+  start = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  seconds = time.perf_counter() - start
+  mem = compiled.memory_analysis()
+  peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+          + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+  return compiled, seconds, peak
+
+
+def solve(config: LinearSolverConfig, d: kernel_data.KernelData,
+          solver: str, bandwidth: float, mesh=None) -> dict:
+  """One solve: its iterations, residuals, times, memory and test error."""
+  kernel = kernels.get_kernel(config.kernel)
+  x, y = jnp.asarray(d.x), jnp.asarray(d.y)
+  x_test = jnp.asarray(d.x_test)
+  if solver == 'exact':
+    def fn(x, y, x_test):
+      coef = kr.exact_fit(kernel, x, y, bandwidth, config.lam,
+                          block_size=config.block_size)
+      pred = kernels.kernel_matvec(kernel, x_test, x, coef, bandwidth,
+                                   block_size=config.block_size)
+      return (pred, jnp.int32(0), jnp.full(1, jnp.nan), jnp.bool_(True),
+              coef, x)
+  else:
+    def fn(x, y, x_test):
+      c = x[kernels.choose_centres(jax.random.key(0), x.shape[0],
+                                   config.centres)]
+      res = kr.nystrom_fit(
+          kernel, x, y, c, bandwidth, config.lam,
+          preconditioner='falkon' if solver == 'falkon' else 'none',
+          tol=config.tol, maxiter=config.maxiter,
+          block_size=config.block_size, mesh=mesh)
+      pred = kernels.kernel_matvec(kernel, x_test, c, res.coef, bandwidth,
+                                   block_size=config.block_size)
+      return (pred, res.iterations, res.residuals, res.converged, res.coef,
+              c)
+  compiled, compile_s, peak = _compiled(fn, x, y, x_test)
+  start = time.perf_counter()
+  pred, iterations, residuals, converged, coef, centres = (
+      jax.block_until_ready(compiled(x, y, x_test)))
+  run_s = time.perf_counter() - start
+  iterations = int(iterations)
+  gap = (np.nan if solver == 'exact' else
+         reference_gap(config, d, bandwidth, np.asarray(centres),
+                       np.asarray(coef)))
+  return dict(n=len(d.x), solver=solver, iterations=iterations,
+              converged=bool(converged), compile_s=compile_s, run_s=run_s,
+              peak_mb=peak / 2**20,
+              test_mse=kernel_data.score('regression', pred, d.y_test),
+              gap=gap,
+              residuals=np.asarray(residuals)[:iterations + 1].tolist())
+
+
+REFERENCE_MAX_ENTRIES = 2 * 10**7  # of K_nM in float64 (160 MB)
+
+
+def reference_gap(config: LinearSolverConfig, d: kernel_data.KernelData,
+                  bandwidth: float, centres: np.ndarray, coef: np.ndarray
+                  ) -> float:
+  """``||K_tC (a - a*)|| / ||K_tC a*||`` on the test inputs, ``a*`` the
+  Nyström system's solution in float64 by scikit-learn's kernels and NumPy
+  (NaN when ``K_nM`` would have more than ``REFERENCE_MAX_ENTRIES``)."""
+  from sklearn.metrics import pairwise  # pylint: disable=g-import-not-at-top
+  if len(d.x) * len(centres) > REFERENCE_MAX_ENTRIES:
+    return np.nan
+  fn = {'gaussian': pairwise.rbf_kernel,
+        'laplacian': pairwise.laplacian_kernel}[config.kernel]
+  gamma = kernels.sklearn_gamma(config.kernel, bandwidth)
+  c = centres.astype(np.float64)
+  k_nm = fn(d.x.astype(np.float64), c, gamma=gamma)
+  n = len(d.x)
+  h = k_nm.T @ k_nm / n + config.lam * fn(c, c, gamma=gamma)
+  best = np.linalg.solve(h, k_nm.T @ d.y.astype(np.float64) / n)
+  k_test = fn(d.x_test.astype(np.float64), c, gamma=gamma)
+  return float(np.linalg.norm(k_test @ (coef - best))
+               / np.linalg.norm(k_test @ best))
+
+
+def run(config: LinearSolverConfig) -> results_lib.Results:
+  """One row per (n, solver); residual histories in the metadata."""
+  devices = config.devices or len(jax.local_devices())
+  mesh = kernels.row_mesh(devices)
+  rows = []
+  bandwidth = config.bandwidth
+  for n in config.sizes:
+    d = kernel_data.procedural(n, in_dim=config.in_dim)
+    if bandwidth is None:
+      bandwidth = kernel_data.median_distance(d.x)
+    for solver in SOLVERS:
+      if solver != 'exact' or n <= config.exact_max:
+        rows.append(solve(config, d, solver, bandwidth, mesh))
+  columns = {k: np.array([r[k] for r in rows]) for k in rows[0]
+             if k != 'residuals'}
+  return results_lib.Results(columns, dict(
+      study='linear_solver', config=dataclasses.asdict(config),
+      bandwidth=bandwidth, devices=devices, residuals=[
+          dict(n=r['n'], solver=r['solver'], residuals=r['residuals'])
+          for r in rows if r['solver'] != 'exact']))
+
+
+def report(res: results_lib.Results) -> str:
+  """The table, and how many times fewer iterations FALKON took."""
+  meta, c = res.metadata, res.columns
+  cfg = meta['config']
+  lines = [f'{cfg["kernel"]} kernel, bandwidth {meta["bandwidth"]:.4g}, lam '
+           f'{cfg["lam"]:g}, M={cfg["centres"]} centres, tol {cfg["tol"]:g}, '
+           f'maxiter {cfg["maxiter"]}; rows sharded over {meta["devices"]} '
+           'device(s)',
+           f'{"n":>8} {"solver":<8}{"iterations":>11}{"converged":>10}'
+           f'{"compile_s":>10}{"run_s":>8}{"peak_MB":>9}{"test_mse":>10}'
+           f'{"gap":>10}']
+  for i in range(len(res)):
+    lines.append(f'{c["n"][i]:>8} {c["solver"][i]:<8}{c["iterations"][i]:>11}'
+                 f'{str(bool(c["converged"][i])):>10}{c["compile_s"][i]:>10.2f}'
+                 f'{c["run_s"][i]:>8.2f}{c["peak_mb"][i]:>9.1f}'
+                 f'{c["test_mse"][i]:>10.5f}{c["gap"][i]:>10.2e}')
+  ratios = []
+  for n in cfg['sizes']:
+    it = {s: c['iterations'][(c['n'] == n) & (c['solver'] == s)][0]
+          for s in ('falkon', 'cg')}
+    ok = c['converged'][(c['n'] == n) & (c['solver'] == 'cg')][0]
+    ratios.append(f'n={n}: {it["cg"] / max(it["falkon"], 1):.1f}x'
+                  + ('' if ok else ' (plain CG hit maxiter: at least)'))
+  lines += ['plain CG iterations / FALKON iterations: ' + ', '.join(ratios),
+            '(exact: Cholesky of the n x n system; peak_MB: XLA\'s estimate '
+            'for the compiled solve; gap: relative distance of the test '
+            'predictions from the float64 solution of the same Nyström '
+            'system)']
+  return '\n'.join(lines)
+
+
+def plot(res: results_lib.Results, path: str) -> None:
+  """Relative residual vs iteration, per n and solver (log scale)."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import plots  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6, 4))
+  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  sizes = res.metadata['config']['sizes']
+  for h in res.metadata['residuals']:
+    color = colors[sizes.index(h['n']) % len(colors)]
+    ax.semilogy(h['residuals'], '-' if h['solver'] == 'falkon' else ':',
+                color=color, label=f'n={h["n"]} {h["solver"]}')
+  ax.axhline(res.metadata['config']['tol'], color='k', lw=0.5)
+  ax.set_xlabel('iteration')
+  ax.set_xscale('symlog', linthresh=10)
+  ax.set_xlim(left=0)
+  ax.set_ylabel('relative residual of the system CG runs on')
+  ax.set_title('FALKON (solid: B^T H B b = B^T r) vs plain CG (dotted: H a = r)')
+  ax.legend(fontsize=7, ncol=2)
+  plots.save_figure(fig, path)

@@ -1,0 +1,188 @@
+"""Kernel ridge solvers against scikit-learn and numpy.linalg.solve."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn import kernel_approximation
+from sklearn import kernel_ridge as sk_kernel_ridge
+from sklearn import linear_model
+from sklearn.metrics import pairwise
+
+from rahimi_jax import kernels
+from rahimi_jax.solvers import kernel_ridge as kr
+
+BANDWIDTH, LAM = 2.0, 1e-3
+# Jitted (the kernel and sizes static): eager calls compile every operation.
+_exact_fit = jax.jit(kr.exact_fit, static_argnums=0,
+                     static_argnames='block_size')
+_nystrom_fit = jax.jit(kr.nystrom_fit, static_argnums=0, static_argnames=(
+    'preconditioner', 'tol', 'maxiter', 'block_size'))
+_matvec = jax.jit(kernels.kernel_matvec, static_argnums=0)
+
+
+def _problem(n, n_test=40, seed=0, dtype=np.float64):
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(-2, 2, size=(n + n_test, 3))
+  y = np.stack([np.sin(x.sum(1)), np.cos(x[:, 0] * x[:, 1])], 1)
+  y = y + 0.1 * rng.normal(size=y.shape)
+  return (x[:n].astype(dtype), y[:n].astype(dtype), x[n:].astype(dtype),
+          y[n:].astype(dtype))
+
+
+def test_cg_matches_numpy_solve(x64):
+  del x64
+  rng = np.random.default_rng(0)
+  q = np.linalg.qr(rng.normal(size=(30, 30)))[0]
+  a = (q * np.logspace(0, 4, 30)) @ q.T
+  b = rng.normal(size=(30, 2))
+  expected = np.linalg.solve(a, b)
+  plain = kr.conjugate_gradient(lambda v: a @ v, b, tol=1e-10, maxiter=200)
+  jacobi = kr.conjugate_gradient(lambda v: a @ v, b, tol=1e-10, maxiter=200,
+                                 preconditioner=lambda r: r / np.diag(a)[:, None])
+  for res in (plain, jacobi):
+    np.testing.assert_allclose(res.x, expected, rtol=1e-7)
+    i = int(res.iterations)
+    assert res.converged and res.residuals[i] <= 1e-10
+    assert np.isnan(res.residuals[i + 1:]).all()
+    assert res.residuals[0] == 1
+  # One right-hand side, flat; maxiter caps the loop.
+  capped = kr.conjugate_gradient(lambda v: a @ v, b[:, 0], tol=1e-12,
+                                 maxiter=3)
+  assert capped.x.shape == (30,) and int(capped.iterations) == 3
+  assert not capped.converged
+
+
+@pytest.mark.parametrize('name', sorted(kernels.KERNELS))
+def test_exact_krr_matches_sklearn_kernel_ridge(name, x64):
+  del x64
+  x, y, x_test, _ = _problem(80)
+  kernel = kernels.get_kernel(name)
+  coef = _exact_fit(kernel, x, y, BANDWIDTH, LAM, block_size=32)
+  ours = _matvec(kernel, x_test, x, coef, BANDWIDTH)
+  peer = sk_kernel_ridge.KernelRidge(
+      alpha=80 * LAM, kernel='rbf' if name == 'gaussian' else name,
+      gamma=kernels.sklearn_gamma(name, BANDWIDTH)).fit(x, y)
+  np.testing.assert_allclose(ours, peer.predict(x_test), rtol=1e-9,
+                             atol=1e-10)
+
+
+def test_falkon_with_every_point_a_centre_is_exact_krr(x64):
+  del x64
+  x, y, x_test, _ = _problem(60)
+  kernel = kernels.get_kernel('gaussian')
+  exact = _matvec(kernel, x_test, x, _exact_fit(kernel, x, y, BANDWIDTH, LAM),
+                  BANDWIDTH)
+  res = _nystrom_fit(kernel, x, y, x, BANDWIDTH, LAM, tol=1e-11, maxiter=200,
+                     block_size=16)
+  assert res.converged
+  np.testing.assert_allclose(_matvec(kernel, x_test, x, res.coef, BANDWIDTH),
+                             exact, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('preconditioner', kr.PRECONDITIONERS)
+def test_nystrom_solution_matches_numpy_solve(preconditioner, x64):
+  del x64
+  x, y, _, _ = _problem(70)
+  kernel = kernels.get_kernel('laplacian')
+  c = x[np.asarray(kernels.choose_centres(jax.random.key(1), 70, 12))]
+  gamma = kernels.sklearn_gamma('laplacian', BANDWIDTH)
+  k_nm = pairwise.laplacian_kernel(x, c, gamma=gamma)
+  h = k_nm.T @ k_nm / 70 + LAM * pairwise.laplacian_kernel(c, c, gamma=gamma)
+  expected = np.linalg.solve(h, k_nm.T @ y[:, 0] / 70)
+  res = _nystrom_fit(kernel, x, y[:, 0], c, BANDWIDTH, LAM, tol=1e-12,
+                     maxiter=300, preconditioner=preconditioner, block_size=16)
+  assert res.coef.shape == (12,)
+  np.testing.assert_allclose(k_nm @ res.coef, k_nm @ expected, rtol=1e-6,
+                             atol=1e-8)
+
+
+def test_falkon_cuts_iterations_by_a_large_factor():
+  x, y, x_test, y_test = _problem(600, dtype=np.float32)
+  kernel = kernels.get_kernel('gaussian')
+  c = x[np.asarray(kernels.choose_centres(jax.random.key(0), 600, 60))]
+  fit = jax.jit(lambda p: kr.nystrom_fit(
+      kernel, x, y, c, BANDWIDTH, 1e-5, tol=1e-4, maxiter=500,
+      preconditioner=p, block_size=256), static_argnums=0)
+  falkon, plain = fit('falkon'), fit('none')
+  assert falkon.converged
+  assert 4 * int(falkon.iterations) < int(plain.iterations), (
+      falkon.iterations, plain.iterations)
+  mse = np.mean((_matvec(kernel, x_test, c, falkon.coef, BANDWIDTH)
+                 - y_test)**2)
+  assert mse < 0.03  # noise variance 0.01
+
+
+def test_feature_ridge_is_the_normal_equations_and_matches_the_peers():
+  x, y, x_test, y_test = _problem(200, n_test=200, dtype=np.float32)
+  xj = jnp.asarray(x)
+  gaussian = kernels.get_kernel('gaussian')
+  gamma = kernels.sklearn_gamma('gaussian', BANDWIDTH)
+
+  @jax.jit
+  def ours(key):
+    rff = kernels.draw_rff(key, gaussian, 3, 64)
+    w = kr.ridge_fit(kernels.rff_features(rff, x, BANDWIDTH), y, LAM)
+    c = xj[kernels.choose_centres(key, 200, 64)]
+    v = kr.ridge_fit(kernels.nystrom_features(gaussian, x, c, BANDWIDTH), y,
+                     LAM)
+    return (jnp.mean((kernels.rff_features(rff, x_test, BANDWIDTH) @ w
+                      - y_test)**2),
+            jnp.mean((kernels.nystrom_features(gaussian, x_test, c, BANDWIDTH)
+                      @ v - y_test)**2),
+            kernels.rff_features(rff, x, BANDWIDTH), w)
+
+  rff_mse, nys_mse, phi, w = jax.vmap(ours)(jax.random.split(jax.random.key(0),
+                                                             4))
+  phi, w = np.float64(phi[0]), np.float64(w[0])
+  np.testing.assert_allclose(w, np.linalg.solve(
+      phi.T @ phi + 200 * LAM * np.eye(64), phi.T @ y), rtol=2e-3, atol=2e-3)
+  peers = {}
+  for name, sampler in (('rff', kernel_approximation.RBFSampler),
+                        ('nystrom', kernel_approximation.Nystroem)):
+    errors = []
+    for seed in range(4):
+      f = sampler(gamma=gamma, n_components=64, random_state=seed).fit(x)
+      model = linear_model.Ridge(alpha=200 * LAM, fit_intercept=False).fit(
+          f.transform(x), y)
+      errors.append(np.mean((model.predict(f.transform(x_test)) - y_test)**2))
+    peers[name] = np.mean(errors)
+  assert 0.7 < np.mean(rff_mse) / peers['rff'] < 1.4, (rff_mse, peers)
+  assert 0.7 < np.mean(nys_mse) / peers['nystrom'] < 1.4, (nys_mse, peers)
+
+
+def test_a_sweep_of_lam_and_bandwidth_is_one_vmap():
+  x, y, x_test, _ = _problem(50, dtype=np.float32)
+  kernel = kernels.get_kernel('gaussian')
+  lams, bws = jnp.array([1e-3, 1e-2, 1e-3]), jnp.array([1.0, 2.0, 3.0])
+
+  def predict(lam, bw):
+    return kernels.kernel_matvec(kernel, x_test, x, kr.exact_fit(
+        kernel, x, y, bw, lam), bw)
+
+  swept = jax.jit(jax.vmap(predict))(lams, bws)
+  alone = jax.jit(predict)
+  for i in (0, 2):
+    np.testing.assert_allclose(swept[i], alone(lams[i], bws[i]), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_bad_input_is_one_line_errors_before_tracing():
+  x, y, _, _ = _problem(20, dtype=np.float32)
+  kernel = kernels.get_kernel('gaussian')
+  for kwargs, message in (
+      (dict(lam=0.0), r'lam=0\.0; accepted: a finite number > 0'),
+      (dict(lam=np.array([1e-3, -1.0])), r'lam=-1\.0'),
+      (dict(bandwidth=-2.0), r'bandwidth=-2\.0; accepted'),
+      (dict(centres=np.zeros((21, 3), np.float32)),
+       r'M=21 centres for n=20 rows; accepted: M <= n'),
+      (dict(x=np.where(np.eye(20, 3) > 0, np.nan, x)),
+       r'x has 3 non-finite entries; accepted: finite data'),
+      (dict(preconditioner='jacobi'),
+       r"preconditioner='jacobi'; accepted: falkon, none")):
+    args = dict(x=x, y=y, centres=x[:5], bandwidth=1.0, lam=1e-3)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+      kr.nystrom_fit(kernel, **args)
+  with pytest.raises(ValueError, match='lam=0'):
+    kr.exact_fit(kernel, x, y, 1.0, 0)

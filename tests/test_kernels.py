@@ -1,0 +1,164 @@
+"""Kernels, blocked products and random features against scikit-learn and
+NumPy."""
+
+import jax
+from jax import test_util as jtu
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn import kernel_approximation
+from sklearn.metrics import pairwise
+
+from rahimi_jax import kernels
+
+SKLEARN = {'gaussian': pairwise.rbf_kernel,
+           'laplacian': pairwise.laplacian_kernel}
+BANDWIDTH = 1.5
+# Jitted once per kernel and shape: eager calls compile every operation.
+_nystrom = jax.jit(kernels.nystrom_features, static_argnums=0,
+                   static_argnames='block_size')
+
+
+@pytest.fixture(scope='module')
+def points():
+  rng = np.random.default_rng(0)
+  return (rng.normal(size=(30, 3)).astype(np.float32),
+          rng.normal(size=(11, 3)).astype(np.float32))
+
+
+def _exact(name, x, y, bandwidth=BANDWIDTH):
+  return SKLEARN[name](np.float64(x), np.float64(y),
+                       gamma=kernels.sklearn_gamma(name, bandwidth))
+
+
+def test_registry_covers_the_peers_and_errors_name_the_accepted():
+  assert set(kernels.KERNELS) == set(SKLEARN)
+  with pytest.raises(ValueError, match="'rbf'.*gaussian, laplacian"):
+    kernels.get_kernel('rbf')
+
+
+@pytest.mark.parametrize('name', sorted(kernels.KERNELS))
+def test_blocked_matrix_and_products_match_sklearn(name, points):
+  x, y = points
+  kernel = kernels.get_kernel(name)
+  exact = _exact(name, x, y)
+  # 30 rows in blocks of 7: four whole blocks and a padded one.
+  np.testing.assert_allclose(
+      kernels.kernel_matrix(kernel, x, y, BANDWIDTH, block_size=7), exact,
+      atol=2e-6)
+  v = np.random.default_rng(1).normal(size=(11, 2)).astype(np.float32)
+  np.testing.assert_allclose(
+      kernels.kernel_matvec(kernel, x, y, v, BANDWIDTH, block_size=7),
+      exact @ v, atol=1e-5)
+  w = np.random.default_rng(2).normal(size=(30, 2)).astype(np.float32)
+  np.testing.assert_allclose(
+      kernels.normal_matvec(kernel, x, y, v, w, BANDWIDTH, block_size=7),
+      exact.T @ (exact @ v + w), rtol=1e-5, atol=1e-4)
+  # Traced bandwidths: a sweep is one vmap.
+  sweep = jax.vmap(lambda s: kernels.kernel_matrix(kernel, x, y, s))(
+      jnp.array([0.5, 2.0]))
+  np.testing.assert_allclose(sweep[1], _exact(name, x, y, 2.0), atol=2e-6)
+
+
+@pytest.mark.parametrize('name', sorted(kernels.KERNELS))
+def test_rff_error_falls_like_one_over_sqrt_features(name, points):
+  x = points[0]
+  exact = _exact(name, x, x)
+  kernel = kernels.get_kernel(name)
+  sizes = jnp.array([64, 256, 1024, 4096])
+
+  def errors(key):
+    rff = kernels.draw_rff(key, kernel, 3, 4096)
+    return jax.vmap(lambda d: kernels.relative_frobenius_error(
+        exact, kernels.rff_kernel(rff, x, x, BANDWIDTH, d)))(sizes)
+
+  err = jax.jit(jax.vmap(errors))(jax.random.split(jax.random.key(0), 8)
+                                  ).mean(0)
+  slope = np.polyfit(np.log(sizes), np.log(err), 1)[0]
+  assert -0.62 < slope < -0.38, (slope, err)
+  if name == 'gaussian':
+    # scikit-learn's RBFSampler at equal features: the same error, up to
+    # seed noise.
+    peer = np.mean([kernels.relative_frobenius_error(exact, f @ f.T) for f in (
+        kernel_approximation.RBFSampler(
+            gamma=kernels.sklearn_gamma(name, BANDWIDTH), n_components=256,
+            random_state=s).fit_transform(x) for s in range(8))])
+    assert 0.75 < err[1] / peer < 1.33, (err[1], peer)
+
+
+def test_masked_features_are_the_prefix_of_the_draw(points):
+  x = points[0]
+  rff = kernels.draw_rff(jax.random.key(3), kernels.get_kernel('gaussian'), 3,
+                         16)
+  phi = jax.jit(kernels.rff_features)(rff, x, BANDWIDTH, 5)
+  np.testing.assert_array_equal(phi[:, 5:], 0)
+  direct = np.sqrt(2 / 5) * np.cos(
+      x @ (np.asarray(rff.frequencies[:, :5]) / BANDWIDTH) + rff.phases[:5])
+  np.testing.assert_allclose(phi[:, :5], direct, atol=1e-6)
+
+
+def test_rff_kernel_gradient_in_bandwidth(points):
+  x, y = points
+  rff = kernels.draw_rff(jax.random.key(4), kernels.get_kernel('laplacian'),
+                         3, 32)
+  jtu.check_grads(jax.jit(lambda s: kernels.rff_kernel(rff, x[:4], y[:3], s)),
+                  (jnp.float32(1.3),), order=1, modes=['fwd', 'rev'],
+                  atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize('name', sorted(kernels.KERNELS))
+def test_nystrom_features_match_the_pseudoinverse_formula(name, points):
+  x = points[0]
+  kernel = kernels.get_kernel(name)
+  idx = kernels.choose_centres(jax.random.key(5), 30, 10)
+  assert len(np.unique(idx)) == 10
+  phi = _nystrom(kernel, x, x[np.asarray(idx)], BANDWIDTH, block_size=8)
+  k_nc = _exact(name, x, x[np.asarray(idx)])
+  expected = k_nc @ np.linalg.pinv(k_nc[np.asarray(idx)]) @ k_nc.T
+  np.testing.assert_allclose(phi @ phi.T, expected, atol=1e-4)
+  # All points as centres: the exact kernel.
+  phi = _nystrom(kernel, x, x, BANDWIDTH)
+  np.testing.assert_allclose(phi @ phi.T, _exact(name, x, x), atol=1e-4)
+
+
+def test_nystrom_error_matches_sklearn_at_equal_centres(points):
+  x = points[0]
+  exact = _exact('gaussian', x, x)
+  kernel = kernels.get_kernel('gaussian')
+  @jax.jit
+  @jax.vmap
+  def ours(key):
+    f = kernels.nystrom_features(
+        kernel, x, jnp.asarray(x)[kernels.choose_centres(key, 30, 8)],
+        BANDWIDTH)
+    return kernels.relative_frobenius_error(exact, f @ f.T)
+  ours = np.mean(ours(jax.random.split(jax.random.key(0), 8)))
+  peer = np.mean([kernels.relative_frobenius_error(exact, f @ f.T) for f in (
+      kernel_approximation.Nystroem(
+          gamma=kernels.sklearn_gamma('gaussian', BANDWIDTH), n_components=8,
+          random_state=s).fit_transform(x) for s in range(8))])
+  assert 0.7 < ours / peer < 1.4, (ours, peer)
+
+
+def test_bad_hyperparameters_are_one_line_errors(points):
+  x = points[0]
+  kernel = kernels.get_kernel('gaussian')
+  rff = kernels.draw_rff(jax.random.key(0), kernel, 3, 8)
+  for bad in (0.0, -1.0, float('nan')):
+    with pytest.raises(ValueError, match=r'bandwidth=.*accepted: a finite '
+                       r'number > 0'):
+      kernels.rff_features(rff, x, bad)
+  with pytest.raises(ValueError, match=r'num_features=\[4, 9\].*1\.\.8'):
+    kernels.rff_features(rff, x, 1.0, jnp.array([4, 9]))
+  with pytest.raises(ValueError, match=r'num_centres \(M\)=31 with n=30'):
+    kernels.choose_centres(jax.random.key(0), 30, 31)
+  with pytest.raises(ValueError, match='block_size=0'):
+    kernels.kernel_matrix(kernel, x, x, 1.0, block_size=0)
+
+
+def test_masked_nystrom_is_the_nystrom_kernel_of_the_prefix(points):
+  x = points[0]
+  kernel = kernels.get_kernel('gaussian')
+  masked = _nystrom(kernel, x, x[:12], BANDWIDTH, 5)
+  prefix = _nystrom(kernel, x, x[:5], BANDWIDTH)
+  np.testing.assert_allclose(masked @ masked.T, prefix @ prefix.T, atol=1e-5)

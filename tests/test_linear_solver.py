@@ -1,0 +1,57 @@
+"""The linear solver study and its launcher:
+``python -m experiments.linear_solver``."""
+
+import numpy as np
+import pytest
+
+import launchers
+
+from rahimi_jax import storage
+from rahimi_jax.studies import linear_solver
+
+
+@pytest.fixture(scope='module')
+def study(tmp_path_factory):
+  """The launcher run as a user would, beside bad input that must fail
+  before anything runs."""
+  tmp = tmp_path_factory.mktemp('linear_solver')
+  ok, bad = launchers.launch_many('experiments.linear_solver', [
+      ['--sizes=300,600', '--centres=60', '--maxiter=300', '--exact_max=300',
+       '--block_size=128', f'--out={tmp / "out"}'],
+      ['--sizes=500', '--centres=900', f'--out={tmp / "bad"}']])
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  return storage.load(str(tmp / 'out')), ok, bad, tmp
+
+
+def test_falkon_needs_far_fewer_iterations_for_the_same_system(study):
+  res, ok, _, tmp = study
+  assert (tmp / 'out' / 'convergence.png').stat().st_size > 1000
+  c = res.columns
+  assert list(zip(c['n'], c['solver'])) == [
+      (300, 'falkon'), (300, 'cg'), (300, 'exact'), (600, 'falkon'),
+      (600, 'cg')]
+  falkon, cg = c['solver'] == 'falkon', c['solver'] == 'cg'
+  assert c['converged'][falkon].all()
+  assert (5 * c['iterations'][falkon] < c['iterations'][cg]).all(), c
+  # Every solver fits the noise-0.1 target (MSE 0.01) about equally.
+  assert (c['test_mse'] < 0.03).all(), c['test_mse']
+  assert (c['gap'][falkon] < 0.1).all(), c['gap']
+  histories = res.metadata['residuals']
+  assert [len(h['residuals']) for h in histories] == list(
+      c['iterations'][~(c['solver'] == 'exact')] + 1)
+  assert histories[0]['residuals'][-1] <= 1e-6
+  assert 'plain CG iterations / FALKON iterations' in ok.stdout
+  assert np.isnan(c['gap'][c['solver'] == 'exact']).all()
+
+
+def test_bad_input_is_one_error_line(study):
+  launchers.assert_clean_error(study[2], 'M=900 centres with n=500')
+
+
+def test_bad_config_fails_before_anything_runs():
+  for kwargs, message in ((dict(lam=-1.0), 'lam=-1.0'),
+                          (dict(sizes=(2000, 1000)), 'increasing'),
+                          (dict(tol=0.0), 'tol=0.0'),
+                          (dict(kernel='rbf'), "'rbf'")):
+    with pytest.raises(ValueError, match=message):
+      linear_solver.LinearSolverConfig(**kwargs)

@@ -1,0 +1,62 @@
+"""The random features study and its launcher:
+``python -m experiments.random_features``."""
+
+import numpy as np
+import pytest
+
+import launchers
+
+from rahimi_jax import storage
+from rahimi_jax.studies import random_features
+
+_FLAGS = ['--features=8,32', '--seeds=2', '--train_size=200',
+          '--approx_points=100']
+
+
+@pytest.fixture(scope='module')
+def study(tmp_path_factory):
+  """The launcher run as a user would, beside bad input that must fail
+  before anything runs."""
+  tmp = tmp_path_factory.mktemp('random_features')
+  ok, bad = launchers.launch_many('experiments.random_features', [
+      [*_FLAGS, f'--out={tmp / "out"}'], ['--lam=0', f'--out={tmp / "bad"}']])
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  return storage.load(str(tmp / 'out')), ok, bad, tmp
+
+
+def test_the_run_writes_tables_plots_and_slopes(study):
+  res, ok, _, tmp = study
+  for name in ('approx_error.png', 'test_accuracy.png'):
+    assert (tmp / 'out' / name).stat().st_size > 1000
+  assert 'log-log slope of the approximation error' in ok.stdout
+  assert set(res.columns['method']) == set(random_features.METHODS)
+  # 2 sizes x 2 seeds for 4 feature methods, plus the two exact fits.
+  assert len(res) == 4 * 4 + 2
+  slopes = res.metadata['slopes']
+  assert all(s < -0.2 for s in slopes.values()), slopes
+  acc = {m: res.where(method=m).columns['test_accuracy'] for m in
+         random_features.METHODS}
+  # Our exact kernel ridge is scikit-learn's (float32: up to 1 of 450).
+  assert abs(acc['exact'][0] - acc['sklearn_exact'][0]) <= 1 / 450
+  # More features, better fits; the peers at equal features are comparable.
+  def rff_acc(features):
+    return np.mean(res.where(method='rff', features=features).columns[
+        'test_accuracy'])
+  assert rff_acc(32) > rff_acc(8)
+  assert abs(np.mean(acc['rff']) - np.mean(acc['sklearn_rff'])) < 0.1
+  timings = {t['method'] for t in res.metadata['timings']}
+  assert timings == set(random_features.METHODS)
+
+
+def test_bad_input_is_one_error_line(study):
+  launchers.assert_clean_error(study[2], 'lam=0.0')
+
+
+def test_bad_config_fails_before_anything_runs():
+  for kwargs, message in ((dict(features=(8, 4000)), 'M <= n'),
+                          (dict(features=(8,)), 'at least two sizes'),
+                          (dict(features=(32, 8)), 'increasing'),
+                          (dict(bandwidth=-1.0), 'bandwidth=-1.0'),
+                          (dict(dataset='cifar'), "'cifar'")):
+    with pytest.raises(ValueError, match=message):
+      random_features.RandomFeaturesConfig(**kwargs).data()
