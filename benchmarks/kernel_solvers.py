@@ -18,13 +18,14 @@ a FALKON solve at scale. Ratios are measured in this process, never promised.
   iterations, residuals, time and the process's peak resident memory.
 """
 
-import platform
 import resource
 import sys
 import time
 
 from absl import app
 from absl import flags
+
+from benchmarks import measure
 
 flags.DEFINE_list('parts', ['peers', 'sweep'], 'peers, sweep, scale.')
 flags.DEFINE_integer('n', 10000, 'Training rows of the peers part.')
@@ -48,16 +49,6 @@ flags.DEFINE_bool('dry_run', False, 'Check the flags, print the plan, exit.')
 FLAGS = flags.FLAGS
 PARTS = ('peers', 'sweep', 'scale')
 
-
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown CPU'
 
 
 def peak_rss_mb() -> float:
@@ -245,7 +236,7 @@ def main(argv):
   cli.start(argv)
   import jax  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import kernel_data  # pylint: disable=g-import-not-at-top
-  print(f'CPU: {cpu_model()}; {len(jax.devices())} XLA device(s); jax '
+  print(f'CPU: {measure.cpu_model()}; {len(jax.devices())} XLA device(s); jax '
         f'{jax.__version__}', flush=True)
   if 'peers' in parts:
     d = kernel_data.procedural(FLAGS.n, FLAGS.n_test, FLAGS.in_dim)

@@ -7,6 +7,7 @@ instruction (``profile_ops``, ``profile_a``).
 
 import json
 import os
+import platform
 import resource
 import sys
 import time
@@ -109,3 +110,15 @@ def profile_a(bench: Bench) -> list[dict[str, Any]]:
   bench.run_grid()  # compiled (cached) and warm
   compiled = program.compiled_programs(train_lib.make_train(bench.config))[-1]
   return profile_ops(bench.run_grid, compiled.as_text())
+
+
+def cpu_model() -> str:
+  """The host CPU's model name (named beside every number a benchmark prints)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or 'unknown CPU'

@@ -20,10 +20,11 @@ machine's float32 matmul peak measured in the same run:
   python -m benchmarks.precision_cost --members=70 --steps=500
 """
 
-import platform
 
 from absl import app
 from absl import flags
+
+from benchmarks import measure
 
 flags.DEFINE_integer('members', 70, 'Members per grid (a multiple of 7).')
 flags.DEFINE_integer('steps', 500, 'Optimizer steps.')
@@ -34,16 +35,6 @@ flags.DEFINE_integer('repeats', 3, 'Warm runs of each grid, interleaved; the '
 FLAGS = flags.FLAGS
 CELLS = 7  # float32 + 3 modes x 2 placements
 
-
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown CPU'
 
 
 def main(argv):
@@ -56,7 +47,6 @@ def main(argv):
   program.use_host_cores()
   import rahimi_jax as rj  # pylint: disable=g-import-not-at-top
   from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
-  from benchmarks import measure  # pylint: disable=g-import-not-at-top
 
   config = rj.TrainConfig(steps=FLAGS.steps)
   counting = rj.TrainConfig(steps=FLAGS.steps, rounding_events=True)
@@ -88,7 +78,7 @@ def main(argv):
     run_s = min(times[name])
     flops = engine.step_flops(cfg, grid, data) * FLAGS.steps * g
     rows[name] = (run_s, flops / run_s / 1e9)
-  print(f'{cpu_model()}; G={g}, {FLAGS.steps} steps, MLP 64-64 on digits, '
+  print(f'{measure.cpu_model()}; G={g}, {FLAGS.steps} steps, MLP 64-64 on digits, '
         f'batch 64; float32 matmul peak {peak:.1f} GFLOP/s')
   print(f'{"grid":<17}{"run_s":>8}{"us/member-step":>16}{"GFLOP/s":>9}'
         f'{"of peak":>9}')

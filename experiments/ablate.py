@@ -11,7 +11,6 @@ A two-member check that a grid member is the same run as that config alone:
 """
 
 import os
-import sys
 
 from absl import flags
 
@@ -98,8 +97,7 @@ def main(argv):
   def run(built):
     config, budget, partition = built
     res = ablation.run(config, memory_budget_bytes=budget, partition=partition)
-    res.metadata['flags'] = {f.name: f.value for f in
-                             FLAGS.get_key_flags_for_module(sys.modules[__name__])}
+    res.metadata['flags'] = cli.key_flags(__name__)
     return res
 
   def write(built, res, directory):

@@ -18,7 +18,6 @@ A 25-layer deep linear net, as in Santurkar et al.:
 """
 
 import os
-import sys
 
 from absl import flags
 
@@ -90,8 +89,7 @@ def main(argv):
 
   def run(config):
     out = batchnorm.run(config)
-    used = {f.name: f.value for f in
-            FLAGS.get_key_flags_for_module(sys.modules[__name__])}
+    used = cli.key_flags(__name__)
     for res in out.values():
       res.metadata['flags'] = used
     return out

@@ -16,7 +16,6 @@ Larger systems (no exact solve):
 """
 
 import os
-import sys
 
 from absl import flags
 
@@ -68,8 +67,7 @@ def main(argv):
 
   def run(config):
     res = linear_solver.run(config)
-    res.metadata['flags'] = {f.name: f.value for f in
-                             FLAGS.get_key_flags_for_module(sys.modules[__name__])}
+    res.metadata['flags'] = cli.key_flags(__name__)
     return res
 
   def write(config, res, directory):

@@ -14,7 +14,6 @@ The Laplacian kernel (Cauchy frequencies) on MNIST-1D:
   python -m experiments.random_features --dataset=mnist1d --kernel=laplacian
 """
 
-import sys
 
 from absl import flags
 
@@ -71,8 +70,7 @@ def main(argv):
 
   def run(built):
     res = random_features.run(built[0])
-    res.metadata['flags'] = {f.name: f.value for f in
-                             FLAGS.get_key_flags_for_module(sys.modules[__name__])}
+    res.metadata['flags'] = cli.key_flags(__name__)
     return res
 
   def write(built, res, directory):

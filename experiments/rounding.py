@@ -19,7 +19,6 @@ Loss scaling for float16 gradients:
 """
 
 import os
-import sys
 
 from absl import flags
 
@@ -94,8 +93,7 @@ def main(argv):
 
   def run(config):
     res = rounding.run(config)
-    res.metadata['flags'] = {f.name: f.value for f in
-                             FLAGS.get_key_flags_for_module(sys.modules[__name__])}
+    res.metadata['flags'] = cli.key_flags(__name__)
     return res
 
   def write(config, res, directory):

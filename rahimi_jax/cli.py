@@ -106,6 +106,13 @@ def parse_knob(name: str, items) -> tuple[float, ...]:
                        inclusive=knob.inclusive)
 
 
+def key_flags(module_name: str) -> dict[str, Any]:
+  """``{name: value}`` of the flags module ``module_name`` defines (a
+  launcher's, for its results' metadata)."""
+  return {f.name: f.value for f in
+          flags.FLAGS.get_key_flags_for_module(sys.modules[module_name])}
+
+
 def start(argv: Sequence[str]) -> None:
   """A launcher's first lines in ``main``: no positional arguments, one XLA
   device per CPU core (``program.use_host_cores``, before JAX's first
