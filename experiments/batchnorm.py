@@ -33,8 +33,8 @@ flags.DEFINE_list('models', ['cnn', 'mlp', 'deep_linear'],
 flags.DEFINE_integer('width', 64, 'Hidden width of the MLP and deep linear net.')
 flags.DEFINE_integer('depth', 8, 'Hidden layers of the MLP and deep linear '
                      'net (each reads the norm axis).')
-flags.DEFINE_list('channels', ['32', '32', '32'], "The CNN's channels per "
-                  'convolution.')
+flags.DEFINE_list('channels', ['25', '25', '25'], "The CNN's channels per "
+                  "convolution (MNIST-1D's ConvBase).")
 flags.DEFINE_list('norms', ['none', 'batch', 'noisy_batch', 'layer'],
                   f'Norms compared (with none and batch): '
                   f'{", ".join(norms.NORMS)}.')
@@ -46,9 +46,9 @@ for _knob in ('noise_shift_mean', 'noise_shift_var', 'noise_scale_mean',
   flags.DEFINE_float(_knob, None, f'Noisy batch norm: {_knob} (default: the '
                      "norm axis's).")
 flags.DEFINE_integer('seeds', 5, 'Number of seeds (paired across arms).')
-flags.DEFINE_integer('steps', 2000, 'Optimizer steps.')
+flags.DEFINE_integer('steps', 1000, 'Optimizer steps.')
 flags.DEFINE_integer('batch_size', 100, 'Minibatch size.')
-flags.DEFINE_integer('log_every', 200, 'Steps between evaluations and probes.')
+flags.DEFINE_integer('log_every', 100, 'Steps between evaluations and probes.')
 flags.DEFINE_string('out', '/tmp/rahimi_batchnorm', 'Directory for the '
                     'per-member summary (results.csv, metadata.json), one '
                     'subdirectory of full logs per model, and the PNG curves '

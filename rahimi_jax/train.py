@@ -56,8 +56,10 @@ class TrainConfig:
     dtype: floating type of parameters, data and arithmetic ('float64' needs
       ``jax.config.update('jax_enable_x64', True)``). Initial values are drawn
       in float32 and cast, so runs in either precision start alike.
-    diagnostics: names in ``diagnostics.LOGGED`` computed at every log on the
-      full training set (e.g. 'grad_norm').
+    diagnostics: names in ``diagnostics.LOGGED`` computed at every log:
+      'grad_norm' on the full training set; Santurkar et al.'s probes
+      ('covariate_shift', 'landscape', 'preactivation_drift') on a batch of
+      the training batch size drawn for that log (``diagnostics.Probe``).
     remat: rematerialize each step in reverse-mode differentiation through
       the whole run (``jax.checkpoint``): memory stays at one step's
       activations plus the carry per step, for one extra forward per step.

@@ -58,15 +58,15 @@ class BatchNormConfig:
   models: tuple[str, ...] = ('cnn', 'mlp', 'deep_linear')
   width: int = 64
   depth: int = 8
-  channels: tuple[int, ...] = (32, 32, 32)
+  channels: tuple[int, ...] = (25, 25, 25)
   norms: tuple[str, ...] = ('none', 'batch', 'noisy_batch', 'layer')
   optimizer: str = 'sgd'
   learning_rates: tuple[float, ...] = (0.01, 0.05, 0.2)
   noise: tuple[tuple[str, float], ...] = ()
   seeds: int = 5
-  steps: int = 2000
+  steps: int = 1000
   batch_size: int = 100
-  log_every: int | None = 200
+  log_every: int | None = 100
 
   def __post_init__(self):
     for name in ('models', 'channels', 'norms', 'learning_rates'):
