@@ -51,7 +51,7 @@ def test_verdicts_read_the_noisy_arm():
   text = '\n'.join(batchnorm.verdicts(batchnorm.time_means(
       res, ('ics_l2', 'preact_mean_drift', 'beta_smoothness'))))
   assert text.count('consistent with the folklore') == 3
-  assert 'follows smoothness' not in text
+  assert text.count('is LESS smooth') == 3 and 'follows smoothness' not in text
 
 
 def test_time_means_average_the_logs_after_step_0():

@@ -202,6 +202,25 @@ def _effect(at: results_lib.Results, metric: str, arm: str, level: float):
   return rows[arm].interval
 
 
+def _smoothness(gain, beta, n_gain=None, n_beta=None) -> str:
+  """What the effective beta says of batch norm's gain (paired intervals)."""
+  if not gain.low > 0:
+    return 'batch norm does not gain here (its interval reaches 0 or below).'
+  if beta.low > 0:
+    return ('batch norm gains but is LESS smooth (larger effective beta) than '
+            'no norm: the gain does not follow this smoothness measure.')
+  if not beta.high < 0:
+    return 'undecided at these seeds (the beta interval crosses zero).'
+  text = 'batch norm gains and is smoother (smaller effective beta) than no norm'
+  if n_gain is None or not n_gain.low > 0:
+    return text + ': consistent with smoothness.'
+  if n_beta.high < 0:
+    return text + (', and so does noisy batch norm: the gain follows '
+                   'smoothness.')
+  return text + (', but noisy batch norm gains without being smoother: '
+                 'smoothness does not explain all of it.')
+
+
 def verdicts(means: results_lib.Results, level: float = 0.95) -> list[str]:
   """Per learning rate: batch norm's gain, and what the noisy arm says.
 
@@ -242,16 +261,9 @@ def verdicts(means: results_lib.Results, level: float = 0.95) -> list[str]:
       else:
         line.append('  => covariate shift: undecided at these seeds (an '
                     'interval crosses zero).')
-      if gains and beta.high < 0 and n_beta.high < 0:
-        line.append('  => smoothness: both arms that gain are smoother '
-                    '(smaller effective beta) than no norm: the gain '
-                    'follows smoothness.')
-      elif gains and (beta.low > 0 or n_beta.low > 0):
-        line.append('  => smoothness: an arm that gains is LESS smooth than '
-                    'no norm: the gain does not follow this smoothness '
-                    'measure.')
-      else:
-        line.append('  => smoothness: undecided at these seeds.')
+      line.append('  => smoothness: ' + _smoothness(gain, beta, n_gain, n_beta))
+    else:
+      line.append('  => smoothness: ' + _smoothness(gain, beta))
     lines.extend(line)
   return lines
 
