@@ -62,7 +62,6 @@ def partition_line(choice) -> str:
 
 def main(argv):
   cli.start(argv)
-  from rahimi_jax import plots  # pylint: disable=g-import-not-at-top
   from rahimi_jax import stats  # pylint: disable=g-import-not-at-top
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import ablation  # pylint: disable=g-import-not-at-top
@@ -101,6 +100,7 @@ def main(argv):
     return res
 
   def write(built, res, directory):
+    from rahimi_jax import plots  # pylint: disable=g-import-not-at-top
     del built
     storage.write(res, directory)
     info = res.metadata['engine']

@@ -61,7 +61,6 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   cli.start(argv)
-  from rahimi_jax import plots  # pylint: disable=g-import-not-at-top
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import batchnorm  # pylint: disable=g-import-not-at-top
 
@@ -95,6 +94,7 @@ def main(argv):
     return out
 
   def write(config, out, directory):
+    from rahimi_jax import plots  # pylint: disable=g-import-not-at-top
     summary = batchnorm.summary(out)
     storage.write(summary, directory)
     files = [storage.CSV, storage.METADATA]

@@ -62,7 +62,6 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   cli.start(argv)
-  from rahimi_jax import plots  # pylint: disable=g-import-not-at-top
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import rounding  # pylint: disable=g-import-not-at-top
 
@@ -97,6 +96,7 @@ def main(argv):
     return res
 
   def write(config, res, directory):
+    from rahimi_jax import plots  # pylint: disable=g-import-not-at-top
     storage.write(res, directory)
     metric = rounding.headline_metric(res)
     files = [storage.CSV, storage.METADATA]

@@ -415,5 +415,23 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 
+# Each bundled dataset's task, known without loading it (a launcher's flags
+# are checked, and a dry run answers, before scikit-learn is imported or
+# MNIST-1D generated). tests/test_data.py checks it against the loaded data.
+DATASET_TASKS = {
+    'digits': 'classification',
+    'mnist1d': 'classification',
+    'synthetic': 'regression',
+}
+
+
 def get_dataset(name: str) -> Callable[..., Dataset]:
   return registry.get(DATASETS, name, 'dataset')
+
+
+def task_of(name: str) -> str:
+  """The task of dataset ``name`` ('classification' or 'regression')."""
+  get_dataset(name)
+  if name in DATASET_TASKS:
+    return DATASET_TASKS[name]
+  return get_dataset(name)().task

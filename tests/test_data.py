@@ -265,5 +265,18 @@ class RegistryTest(parameterized.TestCase):
     self.assertIn(d.task, data_lib.TASKS)
 
 
+
+class TaskTest(parameterized.TestCase):
+
+  @parameterized.parameters(sorted(data_lib.DATASETS))
+  def test_declared_task_is_the_loaded_one(self, name):
+    # What flags are checked against before any data is loaded.
+    self.assertEqual(data_lib.task_of(name), data_lib.get_dataset(name)().task)
+
+  def test_unknown_dataset_names_the_accepted_ones(self):
+    with self.assertRaisesRegex(ValueError, "'bogus'.*digits"):
+      data_lib.task_of('bogus')
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -94,7 +94,7 @@ class AblationConfig:
     train_config = self.train_config()  # validates steps, widths, log_every
     object.__setattr__(self, 'log_every', train_config.log_every)  # default
     train_lib.check_task(train_config,
-                         data_lib.get_dataset(self.dataset)().task)
+                         data_lib.task_of(self.dataset))
 
   def grid(self) -> grid_lib.Grid:
     axes = [grid_lib.Choice(axis, names) for axis, names in self.options]

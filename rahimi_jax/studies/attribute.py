@@ -98,7 +98,7 @@ class AttributeConfig:
         raise ValueError(f'{name} must be a positive integer; got '
                          f'{getattr(self, name)!r}.')
     train_lib.check_task(self.train_config().for_grid(self.grid()),
-                         data_lib.get_dataset(self.dataset)().task)
+                         data_lib.task_of(self.dataset))
 
   def grid(self) -> grid_lib.Grid:
     return grid_lib.Grid(*(grid_lib.Choice(a, (off, on))

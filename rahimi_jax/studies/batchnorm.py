@@ -72,7 +72,10 @@ class BatchNormConfig:
     for name in ('models', 'channels', 'norms', 'learning_rates'):
       object.__setattr__(self, name, tuple(getattr(self, name)))
     object.__setattr__(self, 'noise', tuple(dict(self.noise).items()))
-    data_lib.get_dataset(self.dataset)
+    if data_lib.task_of(self.dataset) != 'classification':
+      raise ValueError(f'dataset {self.dataset!r} is a regression task; the '
+                       'batch-norm study reads accuracy (use digits or '
+                       'mnist1d).')
     registry.get_axis('norm').check(self.norms)
     for needed in ('none', 'batch'):
       if needed not in self.norms:
@@ -128,10 +131,6 @@ def run(config: BatchNormConfig, **engine_kwargs
         ) -> dict[str, results_lib.Results]:
   """Trains one grid per model (each one program); ``{model: Results}``."""
   dataset = data_lib.get_dataset(config.dataset)()
-  if dataset.task != 'classification':
-    raise ValueError(f'dataset {config.dataset!r} is a {dataset.task} task; '
-                     'the batch-norm study reads accuracy (use digits or '
-                     'mnist1d).')
   grid = config.grid()
   out = {}
   for model in config.models:
