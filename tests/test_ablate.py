@@ -170,7 +170,11 @@ def test_ctrl_c_saves_finished_members_and_exits_cleanly(tmp_path):
       [sys.executable, '-m', 'experiments.ablate', *TINY, '--steps=20000',
        '--memory_budget_mb=0.001', '--verbosity=0', f'--out={out}'],
       cwd=ROOT, env=launchers.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True)
+      text=True,
+      # A suite started in the background (`cmd &` in a script) ignores
+      # SIGINT, and Python then installs no KeyboardInterrupt handler: give
+      # the launcher the default disposition a terminal would.
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   try:
     for line in proc.stderr:  # the engine logs each batch at --verbosity=0
       if 'member-batch 1/' in line:
