@@ -166,15 +166,18 @@ def test_grid_member_equals_config_run_alone(tiny_digits):
 def test_ctrl_c_saves_finished_members_and_exits_cleanly(tmp_path):
   """Ctrl-C after the first member-batch: one line, exit 130, batch saved."""
   out = tmp_path / 'out'
+  # A suite started in the background (`cmd &` in a script) ignores SIGINT,
+  # and Python then installs no KeyboardInterrupt handler: the launcher is
+  # given the handler a terminal's Ctrl-C would find.
+  start = ('import runpy, signal; '
+           'signal.signal(signal.SIGINT, signal.default_int_handler); '
+           "runpy.run_module('experiments.ablate', run_name='__main__', "
+           'alter_sys=True)')
   proc = subprocess.Popen(
-      [sys.executable, '-m', 'experiments.ablate', *TINY, '--steps=20000',
+      [sys.executable, '-c', start, *TINY, '--steps=20000',
        '--memory_budget_mb=0.001', '--verbosity=0', f'--out={out}'],
       cwd=ROOT, env=launchers.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True,
-      # A suite started in the background (`cmd &` in a script) ignores
-      # SIGINT, and Python then installs no KeyboardInterrupt handler: give
-      # the launcher the default disposition a terminal would.
-      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+      text=True)
   try:
     for line in proc.stderr:  # the engine logs each batch at --verbosity=0
       if 'member-batch 1/' in line:
