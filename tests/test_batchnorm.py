@@ -32,24 +32,26 @@ def _results(accuracy, ics, beta, seeds=4, logs=3):
   return results_lib.from_outputs(grid, outputs)
 
 
+def _verdicts(accuracy, ics, beta) -> str:
+  res = _results(accuracy, ics, beta)
+  return '\n'.join(batchnorm.verdicts(batchnorm.time_means(
+      res, ('ics_l2', 'preact_mean_drift', 'beta_smoothness'))))
+
+
 def test_verdicts_read_the_noisy_arm():
   # Santurkar's finding: noisy batch norm has more shift than no norm yet
   # keeps the gain, and both gaining arms are smoother.
-  res = _results({'none': 0.5, 'batch': 0.6, 'noisy_batch': 0.58},
-                 {'none': 0.1, 'batch': 0.1, 'noisy_batch': 0.5},
-                 {'none': 5.0, 'batch': 3.0, 'noisy_batch': 3.0})
-  text = '\n'.join(batchnorm.verdicts(batchnorm.time_means(
-      res, ('ics_l2', 'preact_mean_drift', 'beta_smoothness'))))
+  text = _verdicts({'none': 0.5, 'batch': 0.6, 'noisy_batch': 0.58},
+                   {'none': 0.1, 'batch': 0.1, 'noisy_batch': 0.5},
+                   {'none': 5.0, 'batch': 3.0, 'noisy_batch': 3.0})
   assert text.count('does not follow a reduction of covariate shift') == 3
   assert text.count('the gain follows smoothness') == 3
   assert re.search(r'batch norm vs none: accuracy \+(9|10)\.\d \[\+', text)
   # The folklore's world: the added shift costs the gain; smoothness is
   # worse where batch norm gains.
-  res = _results({'none': 0.5, 'batch': 0.6, 'noisy_batch': 0.4},
-                 {'none': 0.1, 'batch': 0.05, 'noisy_batch': 0.5},
-                 {'none': 3.0, 'batch': 5.0, 'noisy_batch': 5.0})
-  text = '\n'.join(batchnorm.verdicts(batchnorm.time_means(
-      res, ('ics_l2', 'preact_mean_drift', 'beta_smoothness'))))
+  text = _verdicts({'none': 0.5, 'batch': 0.6, 'noisy_batch': 0.4},
+                   {'none': 0.1, 'batch': 0.05, 'noisy_batch': 0.5},
+                   {'none': 3.0, 'batch': 5.0, 'noisy_batch': 5.0})
   assert text.count('consistent with the folklore') == 3
   assert text.count('is LESS smooth') == 3 and 'follows smoothness' not in text
 
