@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from rahimi_jax import diagnostics
 
@@ -152,3 +153,9 @@ def test_preactivation_drift_known_shifts():
       [0.3, np.sqrt(np.mean(m1**2))]), rtol=1e-5)
   chex.assert_trees_all_close(var, np.array(
       [0.0, np.sqrt(np.mean((3 * v1)**2))]), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_probe_names_fail_before_compile():
+  from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r"'ics'.*covariate_shift.*landscape"):
+    train_lib.TrainConfig(diagnostics=('covariate_shift', 'ics'))
