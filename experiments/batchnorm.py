@@ -43,8 +43,8 @@ flags.DEFINE_list('learning_rates', ['0.01', '0.05', '0.2'],
                   'At least three learning rates.')
 for _knob in ('noise_shift_mean', 'noise_shift_var', 'noise_scale_mean',
               'noise_scale_var'):
-  flags.DEFINE_float(_knob, None, f'Noisy batch norm: {_knob} (default: the '
-                     "norm axis's).")
+  flags.DEFINE_float(_knob, None, f'Noisy batch norm: {_knob} (default: '
+                     "0.05 for the variances, else the norm axis's).")
 flags.DEFINE_integer('seeds', 5, 'Number of seeds (paired across arms).')
 flags.DEFINE_integer('steps', 1000, 'Optimizer steps.')
 flags.DEFINE_integer('batch_size', 100, 'Minibatch size.')
@@ -65,8 +65,9 @@ def main(argv):
   from rahimi_jax.studies import batchnorm  # pylint: disable=g-import-not-at-top
 
   def build():
-    noise = {k: getattr(FLAGS, k) for k in batchnorm.NOISE_KNOBS
-             if getattr(FLAGS, k) is not None}
+    noise = dict(batchnorm.DEFAULT_NOISE) | {
+        k: getattr(FLAGS, k) for k in batchnorm.NOISE_KNOBS
+        if getattr(FLAGS, k) is not None}
     return batchnorm.BatchNormConfig(
         dataset=FLAGS.dataset, models=tuple(FLAGS.models), width=FLAGS.width,
         depth=FLAGS.depth,
