@@ -289,6 +289,17 @@ def make_loop(config: TrainConfig) -> Loop:
   places = placement.places(options)
   mixed = bool(places) or options['loss_scaling'] != ('none',)
 
+  def optimizer_inputs(task, k, state, x, y, key):
+    """The optimizer's keyword inputs on batch ``(x, y)`` at step key
+    ``key``: its own key and, for regression, the residual function."""
+    extra = {'key': components.component_key(key, 'optimizer')}
+    if task == 'regression':
+      # loss = 0.5 * ||residual||^2 for the least-squares optimizers.
+      scale = jnp.sqrt(jnp.asarray(x.shape[0], x.dtype))
+      extra['residual_fn'] = lambda p: (
+          model.apply(p, state, x, k, train=True, key=key)[0] - y) / scale
+    return extra
+
   def setup(knobs, data, t=None):
     """Knobs with defaults, the optimizer, the loss, the data in ``dtype``,
     and the rounding policy (with step ``t``'s key, if given)."""
@@ -359,13 +370,9 @@ def make_loop(config: TrainConfig) -> Loop:
           'underflows_activations': counts['underflows_activations'] + tally[1]}
     if policy is not None:
       grads, grads_finite, counts = policy.gradients(grads, scaler, counts)
-    extra = {'key': components.component_key(key, 'optimizer')}
-    if data.task == 'regression':
-      # loss = 0.5 * ||residual||^2 for the least-squares optimizers.
-      scale = jnp.sqrt(jnp.asarray(x.shape[0], x.dtype))
-      extra['residual_fn'] = lambda p: (
-          model.apply(p, carry[1], x, k, train=True, key=key)[0] - y) / scale
-    updates, new_opt_state = opt.update(grads, opt_state, params, **extra)
+    updates, new_opt_state = opt.update(
+        grads, opt_state, params,
+        **optimizer_inputs(data.task, k, carry[1], x, y, key))
     if policy is not None:
       updates, counts = policy.round('updates', updates, counts)
       # One state per optimizer option; only the member's own counts.
@@ -420,15 +427,12 @@ def make_loop(config: TrainConfig) -> Loop:
       out, _ = model.apply(p, state, x, k, train=True, key=key)
       return loss_fn(out, y)
 
-    def update(p, grads):
-      extra = {'key': components.component_key(step_key(k[grid_lib.SEED],
-                                                        t + 1), 'optimizer')}
-      if data.task == 'regression':
-        scale = jnp.sqrt(jnp.asarray(x.shape[0], x.dtype))
-        extra['residual_fn'] = lambda q: (
-            model.apply(q, state, x, k, train=True, key=extra['key'])[0]
-            - y) / scale
-      updates, _ = opt.update(grads, opt_state, p, **extra)
+    key_now, key_next = (step_key(k[grid_lib.SEED], t + 1),
+                         step_key(k[grid_lib.SEED], t + 2))
+
+    def update(p, grads):  # the step the run would take from p on this batch
+      updates, _ = opt.update(grads, opt_state, p, **optimizer_inputs(
+          data.task, k, state, x, y, key_now))
       return optax.apply_updates(p, updates)
 
     def preactivations(p, key):
@@ -443,8 +447,7 @@ def make_loop(config: TrainConfig) -> Loop:
 
     return diagnostics_lib.Probe(
         params=params, key=diagnostics_key, train_loss=train_loss, loss=loss,
-        keys=(step_key(k[grid_lib.SEED], t + 1),
-              step_key(k[grid_lib.SEED], t + 2)),
+        keys=(key_now, key_next),
         update=update, depth=model.depth and model.depth(params),
         preactivations=preactivations if model.preactivation_hook else None,
         learning_rate=k['learning_rate'])
