@@ -120,8 +120,16 @@ class Bench:
     if self._init is None:
       import jax  # pylint: disable=g-import-not-at-top
       from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+      from rahimi_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+      from rahimi_jax import grid as grid_lib  # pylint: disable=g-import-not-at-top
       loop = train_lib.make_loop(self.config)
-      carry, xs = jax.jit(jax.vmap(loop.init, in_axes=(0, None)))(
-          self.grid.knobs(), self.data)
-      self._init = jax.device_get((carry[0], xs))  # the parameters
+      knobs = self.grid.knobs()
+      carry = jax.jit(jax.vmap(loop.init, in_axes=(0, None)))(knobs, self.data)
+      xs = (np.arange(1, self.steps + 1, dtype=np.int32),)
+      if 0 < self.config.batch_size < self.data.n_train:
+        # Each member's sample indices: the order its run draws them in.
+        xs += (jax.jit(jax.vmap(lambda k: data_lib.batch_indices(
+            jax.random.split(k)[1], self.data.n_train, self.config.batch_size,
+            self.steps)))(knobs[grid_lib.SEED]),)
+      self._init = jax.device_get((carry.params, xs))
     return self._init

@@ -4,12 +4,17 @@ A launcher builds its config from flags, runs one library call, and saves
 into one results directory. ``launch`` does the rest the same way for all:
 bad input is one ``error:`` line before anything compiles; Ctrl-C is one line,
 and the members that had finished are saved; every output file of a run
-appears in ``--out`` at once (``storage.staged``).
+appears in ``--out`` at once (``storage.staged``). While a grid runs, its
+checkpoints are kept in ``--out/checkpoint``: the same command after a crash,
+a ``kill -9`` or Ctrl-C resumes it, bit-identical to an uninterrupted run;
+finished results in ``--out`` are never replaced without ``--overwrite``.
 """
 
 from collections.abc import Callable, Sequence
+import json
 import math
 import os
+import shutil
 import sys
 from typing import Any
 
@@ -20,6 +25,29 @@ from absl import logging
 from rahimi_jax import components  # pylint: disable=unused-import  (registers the axes)
 from rahimi_jax import registry
 from rahimi_jax import storage
+
+flags.DEFINE_bool('overwrite', False, 'Replace the finished results in --out, '
+                  'or start afresh over its checkpoint of an unfinished run '
+                  '(default: refuse, or resume).')
+flags.DEFINE_integer('logs_per_call', None, 'Logged passes (a log and the '
+                     '--log_every steps after it) per program call, between '
+                     'which progress shows and a checkpoint is saved '
+                     '(default: about 5 s of work). Results do not depend on '
+                     'it.')
+flags.DEFINE_float('checkpoint_every_s', 30.0, 'Seconds between checkpoints '
+                   'of a running grid (each at the end of a call; 0: after '
+                   'every call).')
+flags.DEFINE_integer('keep_checkpoints', 2, 'Checkpoints kept per chunk of '
+                     'members while a grid runs (the newest).')
+flags.DEFINE_enum('progress', 'auto', ['auto', 'bar', 'none'], 'Progress of a '
+                  'grid run: a bar (tqdm), none, or auto: a bar on a '
+                  'terminal, else absl INFO lines (--verbosity=0).')
+
+# Flags that change how a run goes, not its results: a run may resume with
+# others.
+EXECUTION_FLAGS = ('out', 'overwrite', 'dry_run', 'logs_per_call',
+                   'checkpoint_every_s', 'keep_checkpoints', 'progress', 'memory_budget_mb',
+                   'verbosity', 'v', 'logtostderr', 'alsologtostderr')
 
 
 def parse_numbers(name: str, items: Sequence[str] | str, kind: type = float, *,
@@ -154,6 +182,43 @@ def run_app(main: Callable[[list[str]], int]) -> None:
   app.run(main_then_exit)
 
 
+def run_flags() -> dict[str, Any]:
+  """The flags of the running launcher (its own and this module's) that
+  decide its results: a checkpoint resumes only under the same."""
+  names = {f.name for module in ('__main__', __name__)
+           for f in flags.FLAGS.get_key_flags_for_module(
+               sys.argv[0] if module == '__main__' else module)}
+  return {n: flags.FLAGS[n].value for n in sorted(names - set(EXECUTION_FLAGS))}
+
+
+def _check_resume(out: str) -> str | None:
+  """Raises ``ValueError`` if ``out`` cannot take this run; returns a line
+  saying a checkpoint will be resumed, if one will."""
+  checkpoint = os.path.join(out, storage.CHECKPOINT)
+  if flags.FLAGS['overwrite'].value:
+    return None
+  if storage.is_finished(out):
+    raise ValueError(f'out: {out} holds the finished results of an earlier '
+                     'run; give another --out, or --overwrite to replace them.')
+  if not os.path.isdir(checkpoint):
+    return None
+  try:
+    with open(os.path.join(checkpoint, 'flags.json')) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    saved = None
+  now = json.loads(json.dumps(run_flags(), default=str))
+  if saved != now:
+    differ = sorted(n for n in set(saved or {}) | set(now)
+                    if (saved or {}).get(n) != now.get(n))
+    raise ValueError(
+        f'out: {out} holds the checkpoint of an unfinished run with other '
+        'flags (' + ', '.join(f'--{n}={(saved or {}).get(n)}, not {now.get(n)}'
+                              for n in differ[:3]) +
+        '); re-run with those to resume, or --overwrite to start afresh.')
+  return f'resuming the unfinished run checkpointed in {checkpoint}'
+
+
 def launch(build: Callable[[], Any], describe: Callable[[Any], str],
            run: Callable[[Any], Any], write: Callable[[Any, Any, str], str],
            out: str, *, dry_run: bool = False) -> int:
@@ -177,7 +242,8 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
   """
   try:
     config = build()
-    storage.check_writable(out)
+    out = storage.check_writable(out)
+    resuming = _check_resume(out)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
@@ -185,18 +251,38 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
   if dry_run:
     print(f'dry run: the input is valid; nothing was run or written to {out}.')
     return 0
+  from rahimi_jax import program  # pylint: disable=g-import-not-at-top
+  checkpoint = os.path.join(out, storage.CHECKPOINT)
+  if flags.FLAGS['overwrite'].value:
+    shutil.rmtree(checkpoint, ignore_errors=True)
+  if resuming:
+    print(resuming, flush=True)
+  else:
+    os.makedirs(checkpoint, exist_ok=True)
+    storage.write_text(os.path.join(checkpoint, 'flags.json'),
+                       json.dumps(run_flags(), default=str, indent=1))
+  resume = (' (the same command resumes from its checkpoint in '
+            f'{checkpoint})')
   try:
-    outcome = run(config)
+    with program.run_options(
+        checkpoint_dir=checkpoint, keep=flags.FLAGS['keep_checkpoints'].value,
+        checkpoint_every_s=flags.FLAGS['checkpoint_every_s'].value,
+        logs_per_call=flags.FLAGS['logs_per_call'].value,
+        progress={'auto': None, 'bar': True,
+                  'none': False}[flags.FLAGS['progress'].value]):
+      outcome = run(config)
+  except program.CheckpointMismatch as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
   except KeyboardInterrupt as e:
     partial = getattr(e, 'results', None)
     if partial is None:
-      print('interrupted: no member had finished; nothing saved '
-            f'(previous contents of {out} kept).', file=sys.stderr)
+      print(f'interrupted: no member had finished{resume}.', file=sys.stderr)
     else:
-      storage.save(partial, out)
+      storage.save(partial, out, keep=(storage.CHECKPOINT,))
       print(f'interrupted: saved the {e.finished} of {e.total} members that '
             f'had finished to {out}/{storage.CSV} (metadata marks it '
-            'interrupted).', file=sys.stderr)
+            f'interrupted){resume}.', file=sys.stderr)
     return INTERRUPTED
   try:
     with storage.staged(out) as stage:

@@ -191,6 +191,36 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
   return perm.astype(jnp.int32)
 
 
+def epoch_order(key: jax.Array, n: int, batch_size: int, steps: int,
+                epoch: jax.Array) -> jax.Array:
+  """The sample order of one epoch of a minibatch run: a permutation of ``n``.
+
+  Epoch ``e`` of a run of ``steps`` steps uses ``split(key, epochs)[e]``
+  (JAX's partitionable Threefry: the ``e``-th key does not depend on how many
+  are split), so any epoch's order is drawn on its own, without the others.
+  """
+  epochs = -(-steps // (n // batch_size))
+  return permutation(jax.random.split(key, epochs)[epoch], n)
+
+
+def step_batch(key: jax.Array, n: int, batch_size: int, steps: int,
+               t: jax.Array, order: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(indices [batch_size], order)``: the samples of step ``t`` (from 1).
+
+  ``order`` is the order of the epoch of step ``t - 1`` (``epoch_order``; any
+  array of that shape before step 1); it is drawn anew at the first step of
+  each epoch, so a run holds one epoch's order, not the whole run's indices.
+  Step by step the same indices as ``batch_indices``.
+  """
+  per_epoch = n // batch_size
+  epoch, position = jnp.divmod(t - 1, per_epoch)
+  order = jax.lax.cond(position == 0,
+                       lambda: epoch_order(key, n, batch_size, steps, epoch),
+                       lambda: order)
+  return jax.lax.dynamic_slice(order, (position * batch_size,),
+                               (batch_size,)), order
+
+
 def batch_indices(key: jax.Array, n: int, batch_size: int,
                   steps: int) -> jax.Array:
   """``[steps, batch_size]`` sample indices: a fresh permutation each epoch.
@@ -199,7 +229,8 @@ def batch_indices(key: jax.Array, n: int, batch_size: int,
   """
   per_epoch = n // batch_size
   epochs = -(-steps // per_epoch)
-  perms = jax.vmap(lambda k: permutation(k, n))(jax.random.split(key, epochs))
+  perms = jax.vmap(lambda e: epoch_order(key, n, batch_size, steps, e))(
+      jnp.arange(epochs))
   return perms[:, :per_epoch * batch_size].reshape(-1, batch_size)[:steps]
 
 # MNIST-1D (Greydanus 2020): the generator's published defaults

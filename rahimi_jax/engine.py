@@ -38,14 +38,11 @@ def step_flops(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset
   """
   loop = train_lib.make_loop(config.for_grid(grid))
   knobs = jax.tree.map(lambda v: v[0], grid.knobs([0]))
-  carry, xs = jax.eval_shape(loop.init, knobs, data)
-  if evaluation:
-    fn, last = loop.log, jax.ShapeDtypeStruct((), jnp.int32)
-  else:
-    fn = loop.step
-    last = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
-  n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(carry[0]))
-  return flops_lib.matmul_flops(fn, knobs, data, carry, last,
+  carry = jax.eval_shape(loop.init, knobs, data)
+  fn = loop.log if evaluation else loop.step
+  n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(carry.params))
+  return flops_lib.matmul_flops(fn, knobs, data, carry,
+                                jax.ShapeDtypeStruct((), jnp.int32),
                                 while_trips=n_params)
 
 

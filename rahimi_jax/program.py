@@ -1,19 +1,27 @@
-"""Executing a grid as one compiled XLA program.
+"""Executing a grid: one compiled program per device, in resumable calls.
 
-``execute(train_fn, grid, data)`` stacks the grid's knobs, compiles
-``jit(vmap(train_fn, in_axes=(0, None)))`` once, and runs it. Members are
-sharded over a one-axis ``Mesh`` of all local devices (a no-op on one device).
-When the program for the whole grid would exceed the memory budget, the grid
-runs in member-batches of one size through the same compiled program (the last
-batch padded with copies of a real member, whose outputs are dropped).
+``execute(train_fn, grid, data)`` splits the grid's members into chunks
+(``default_chunk_size``: from the grid's size and backend, not the device
+count), compiles the member's run ``vmap``ped over one chunk, and runs the
+chunks on all local devices at once, a chunk per device, until every chunk
+has run. A ``train.make_train`` run goes in calls of a few seconds
+(``advance``), between which the host shows progress and, under
+``run_options(checkpoint_dir=...)``, checkpoints every member's state: a
+killed run resumes from there bit for bit, on any number of devices. The
+last chunk is padded with copies of a real member, whose outputs are dropped.
 """
 
 import collections
 from collections.abc import Callable
+import concurrent.futures
+import contextlib
 import dataclasses
 import functools
+import hashlib
+import json
 import math
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -25,8 +33,9 @@ import numpy as np
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import provenance
 from rahimi_jax import results as results_lib
+from rahimi_jax import storage
+from rahimi_jax import train as train_lib
 
-MEMBER_AXIS = 'members'
 DEFAULT_MEMORY_FRACTION = 0.5
 
 
@@ -83,39 +92,30 @@ def use_host_cores(num: int | None = None, *, default: bool = False
   return num
 
 
-# Members per chunk when each CPU core is a device (use_host_cores). Measured
-# on 2 cores at G=128-256: chunks of 8-32 beat whole-device vmaps by 1.0-1.3x
-# (deep linear, MLPs 32 and 128 wide; WORKSPACE.md).
+# Members per chunk: a device runs its members a chunk at a time, so that
+# one chunk's training state stays in cache. Measured on 2
+# cores at G=128-256: chunks of 8-32 beat whole-device vmaps by 1.0-1.3x
+# (deep linear, MLPs 32 and 128 wide; WORKSPACE.md). An accelerator wants
+# wide vmaps.
 CPU_CHUNK = 16
+ACCELERATOR_CHUNK = 1024
 
 
-def default_chunk_size(per_device: int, num_devices: int) -> int:
-  """Members per chunk ``execute`` uses unless told (0: no chunks).
+def default_chunk_size(members: int, backend: str | None = None) -> int:
+  """Members per chunk ``execute`` uses unless told.
 
-  On CPU with one device per core, chunks of about ``CPU_CHUNK`` members (as
-  many equal chunks as needed, so padding stays under one member per chunk).
-  Otherwise none: one CPU device spreads a whole-grid vmap's large matmuls
-  over its cores (chunks made a deep linear grid 2.2x slower there), and an
-  accelerator wants the widest vmap.
+  It depends on the grid's size and the backend only, never on the number of
+  devices: each device runs whole chunks of one shape, so a grid's results
+  are bit-identical on 1, 2 or 8 devices (a vmap of another width may round
+  differently: widths 1, 2-3 and 4 each differed from >= 8 on a 2-core AVX2
+  host). The grid splits into a power of two of equal chunks of at most
+  ``CPU_CHUNK`` (``ACCELERATOR_CHUNK``) members, so that 1, 2, 4 or 8 devices
+  share them without padding beyond one member per chunk.
   """
-  if (jax.default_backend() != 'cpu' or num_devices < 2
-      or per_device <= CPU_CHUNK):
-    return 0
-  return math.ceil(per_device / math.ceil(per_device / CPU_CHUNK))
-
-
-def _chunked(train_fn: Callable[..., Any], chunk: int | None):
-  """``vmap(train_fn)``, or a ``lax.map`` over vmapped chunks of ``chunk``."""
-  vmapped = jax.vmap(train_fn, in_axes=(0, None))
-  if chunk is None:
-    return vmapped
-
-  def run_chunks(knobs, data):
-    stacked = jax.tree.map(lambda a: a.reshape((-1, chunk) + a.shape[1:]), knobs)
-    out = jax.lax.map(lambda k: vmapped(k, data), stacked)
-    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
-
-  return run_chunks
+  most = CPU_CHUNK if (backend or jax.default_backend()) == 'cpu' else (
+      ACCELERATOR_CHUNK)
+  chunks = 1 << max(0, math.ceil(members / most) - 1).bit_length()
+  return math.ceil(members / chunks)
 
 
 # Compiled programs kept for reuse (a grid re-run, the benchmark's warm call):
@@ -125,18 +125,10 @@ CACHE_SIZE = 32
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
-def _program(train_fn: Callable[..., Any], num_devices: int,
-             chunk: int | None):
-  body = _chunked(train_fn, chunk)
-  if num_devices == 1:
-    return jax.jit(body)
-  mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()[:num_devices]),
-                           (MEMBER_AXIS,))
-  spec = jax.sharding.PartitionSpec(MEMBER_AXIS)
-  # Each device runs its own members (no communication between members).
-  return jax.jit(jax.shard_map(body, mesh=mesh,
-                               in_specs=(spec, jax.sharding.PartitionSpec()),
-                               out_specs=spec, check_vma=False))
+def _program(fn: Callable[..., Any], batched: tuple[bool, ...],
+             donate: tuple[int, ...]):
+  return jax.jit(jax.vmap(fn, in_axes=tuple(0 if b else None for b in batched)),
+                 donate_argnums=donate)
 
 
 def _spec(tree):
@@ -151,23 +143,56 @@ def _key(tree):
 _COMPILED: collections.OrderedDict[Any, Any] = collections.OrderedDict()
 
 
-def compile_program(train_fn, knobs, data, num_devices: int,
-                    chunk: int | None = None):
-  """The compiled grid program for these shapes (cached), and compile seconds."""
-  key = (train_fn, num_devices, chunk, _key(knobs), _key(data))
-  if key in _COMPILED:
-    _COMPILED.move_to_end(key)
-    return _COMPILED[key], 0.0
+def compile_program(fn, args, devices, batched: tuple[bool, ...],
+                    donate: tuple[int, ...] = (), owner=None):
+  """``fn`` vmapped over a chunk of members, compiled for each of ``devices``
+  (cached; the devices' compiles in parallel), and the compile seconds.
+
+  Each device runs its own chunks with the same single-device program, so
+  results do not depend on how many devices share the grid (an SPMD program
+  of 2 devices rounded Adam's members differently in the last bit from one
+  of 1; the same program compiled for another device does not).
+
+  Args:
+    fn: the member's function.
+    args: its arguments (arrays or ``ShapeDtypeStruct``), members stacked in
+      the ``batched`` ones.
+    devices: where it will run.
+    batched: which arguments carry a leading member axis.
+    donate: arguments whose buffers the program may reuse.
+    owner: what ``compiled_programs`` finds it by (default ``fn``).
+
+  Returns:
+    ``([compiled per device], seconds)``.
+  """
+  spec = _spec(args)
+  keys = [(owner or fn, fn, device.id, batched, _key(spec))
+          for device in devices]
+
+  def one(device, key):
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    _COMPILED[key] = _program(fn, batched, donate).lower(*jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+        spec)).compile()
+
   start = time.perf_counter()
-  compiled = _program(train_fn, num_devices, chunk).lower(knobs, data).compile()
-  _COMPILED[key] = compiled
+  missing = [(d, k) for d, k in zip(devices, keys) if k not in _COMPILED]
+  if missing:
+    with concurrent.futures.ThreadPoolExecutor(len(missing)) as pool:
+      list(pool.map(lambda dk: one(*dk), missing))
+  seconds = time.perf_counter() - start if missing else 0.0
+  compiled = []
+  for key in keys:
+    _COMPILED.move_to_end(key)
+    compiled.append(_COMPILED[key])
   while len(_COMPILED) > CACHE_SIZE:
     _COMPILED.popitem(last=False)
-  return compiled, time.perf_counter() - start
+  return compiled, seconds
 
 
 def compiled_programs(train_fn) -> list[Any]:
-  """The compiled grid programs of ``train_fn`` in the cache, least recently used first."""
+  """The compiled grid programs of ``train_fn`` in the cache, least recently
+  used first (for a ``train.Train``: its ``start`` and ``advance``)."""
   return [c for key, c in _COMPILED.items() if key[0] is train_fn]
 
 
@@ -178,14 +203,6 @@ def program_bytes(compiled) -> int | None:
     return None
   return (stats.argument_size_in_bytes + stats.output_size_in_bytes +
           stats.temp_size_in_bytes - stats.alias_size_in_bytes)
-
-
-def _batch_indices(n: int, batch: int) -> list[np.ndarray]:
-  out = []
-  for start in range(0, n, batch):
-    idx = np.arange(start, min(start + batch, n))
-    out.append(np.concatenate([idx, np.full(batch - len(idx), idx[-1])]))
-  return out
 
 
 class Interrupted(KeyboardInterrupt):
@@ -208,7 +225,7 @@ class Interrupted(KeyboardInterrupt):
     self.total = total
 
 
-def wait(outputs):
+def wait(outputs, fetch: bool = True):
   """Blocks until ``outputs`` are computed, answering Ctrl-C at once.
 
   A blocking ``device_get`` holds Python's signal handling until the whole
@@ -216,6 +233,7 @@ def wait(outputs):
   waits on an event, which a signal interrupts: ``KeyboardInterrupt`` gets
   through at once, and a finished program is noticed at once too (the
   computation itself goes on in the background until the process exits).
+  Returns ``outputs`` on the host (``fetch``) or where they are.
   """
   done = threading.Event()
 
@@ -228,13 +246,218 @@ def wait(outputs):
   threading.Thread(target=block, daemon=True).start()
   while not done.wait(0.1):
     pass
-  return jax.device_get(outputs)
+  return jax.device_get(outputs) if fetch else jax.block_until_ready(outputs)
 
 
 def train_config_of(train_fn) -> dict[str, Any] | None:
   """The static config ``train.make_train`` closed over, as a dict, if any."""
   config = getattr(train_fn, 'config', None)
   return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None
+
+
+@dataclasses.dataclass
+class RunOptions:
+  """How ``execute`` paces, reports and checkpoints a run (``run_options``).
+
+  Attributes:
+    checkpoint_dir: where each ``execute`` call of the block keeps its
+      checkpoints (``<dir>/run<k>`` for the k-th call), or ``None``: none.
+      A call whose directory holds a checkpoint of the same run (train
+      config, grid and data) resumes from it; of another run, it raises
+      ``ValueError`` naming what differs.
+    keep: checkpoints kept per chunk of members (the newest).
+    checkpoint_every_s: seconds between checkpoints (at the end of a call);
+      a chunk's last pass is always saved. A save of a small chunk's state
+      took ~60 ms on CPU (orbax), so saving after every call of a few
+      seconds would cost several percent.
+    logs_per_call: logged passes per program call (each a log and the
+      ``log_every`` steps after it); ``None``: about ``seconds_per_call``
+      of work, timed on the first call (one pass). The results do not
+      depend on it.
+    seconds_per_call: the work per call when ``logs_per_call`` is ``None``.
+    progress: show progress (steps done, members, steps/s, ETA): ``True`` a
+      ``tqdm`` bar, ``False`` none, ``None`` a bar on a terminal or in a
+      notebook and otherwise an absl INFO line at most every
+      ``PROGRESS_LOG_S`` seconds.
+  """
+  checkpoint_dir: str | None = None
+  keep: int = 2
+  checkpoint_every_s: float = 30.0
+  logs_per_call: int | None = None
+  seconds_per_call: float = 5.0
+  progress: bool | None = None
+  calls: int = 0  # execute calls so far in the block (checkpoint directories)
+
+  def __post_init__(self):
+    if self.keep < 1:
+      raise ValueError(f'keep must be >= 1; got {self.keep}.')
+    if self.logs_per_call is not None and self.logs_per_call < 1:
+      raise ValueError(f'logs_per_call must be >= 1; got {self.logs_per_call}.')
+    if not self.seconds_per_call > 0:
+      raise ValueError(f'seconds_per_call must be > 0; got '
+                       f'{self.seconds_per_call}.')
+
+
+_OPTIONS = RunOptions()
+PROGRESS_LOG_S = 30.0
+
+
+@contextlib.contextmanager
+def run_options(**options):
+  """``execute`` calls in the block run with these ``RunOptions``.
+
+  A launcher wraps its study in one (its ``--out`` checkpoints, its pacing
+  flags), so every grid the study runs, in whatever order and number of
+  ``execute`` calls, is paced and checkpointed the same way.
+  """
+  global _OPTIONS
+  previous, _OPTIONS = _OPTIONS, RunOptions(**options)
+  try:
+    yield _OPTIONS
+  finally:
+    _OPTIONS = previous
+
+
+def _fingerprint(train_fn, grid, data) -> dict[str, str]:
+  """SHA-256 of what a checkpoint's run is: its config, grid and data."""
+  def sha(b):
+    return hashlib.sha256(b).hexdigest()
+
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(data):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return {'train config': sha(repr(train_config_of(train_fn)).encode()),
+          'grid': sha(repr(grid.axes).encode()),
+          'data': digest.hexdigest() + sha(str(jax.tree.structure(data)).encode())}
+
+
+class CheckpointMismatch(ValueError):
+  """A checkpoint directory holds a checkpoint of another run."""
+
+
+class _Checkpoints:
+  """The checkpoints of one ``execute`` call: a plan (its run's fingerprint,
+  the chunk size) and, per chunk of members, an orbax ``CheckpointManager``
+  of the chunk's state (its real members' rows, from the host: restorable on
+  any number of devices), its step the passes done."""
+
+  def __init__(self, directory: str, keep: int):
+    self.directory, self.keep = directory, keep
+    self.managers = {}
+    self.seconds = 0.0  # time the run waited on saving
+    self.saves = 0
+
+  def plan(self, fingerprint: dict[str, str]) -> dict[str, Any] | None:
+    """The saved plan, if any; ``ValueError`` if of another run."""
+    try:
+      with open(os.path.join(self.directory, 'plan.json')) as f:
+        plan = json.load(f)
+    except FileNotFoundError:
+      return None
+    differ = [k for k, v in fingerprint.items()
+              if plan['fingerprint'].get(k) != v]
+    if differ:
+      raise CheckpointMismatch(
+          f'{self.directory} holds a checkpoint of another run (its '
+          f'{" and ".join(differ)} differ{"s" if len(differ) == 1 else ""}); '
+          'resume with the same settings, or start afresh elsewhere '
+          '(a launcher: another --out, or --overwrite).')
+    return plan
+
+  def write_plan(self, plan: dict[str, Any]) -> None:
+    os.makedirs(self.directory, exist_ok=True)
+    storage.write_text(os.path.join(self.directory, 'plan.json'),
+                       json.dumps(plan, indent=1))
+
+  def _manager(self, chunk: int):
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    if chunk not in self.managers:
+      self.managers[chunk] = ocp.CheckpointManager(
+          os.path.abspath(os.path.join(self.directory, f'chunk{chunk}')),
+          # Synchronous: a failed save raises here (an async one's error
+          # left the run hanging), and it costs ~1% of a call (WORKSPACE.md).
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=self.keep, enable_async_checkpointing=False))
+    return self.managers[chunk]
+
+  def restore(self, chunk: int, like):
+    """``(passes done, state)`` of a chunk, or ``(0, None)``."""
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    manager = self._manager(chunk)
+    step = manager.latest_step()
+    if step is None:
+      return 0, None
+    leaves, treedef = jax.tree.flatten(like)
+    target = treedef.unflatten([np.zeros(s.shape, s.dtype) if math.prod(s.shape)
+                                else None for s in leaves])
+    restored = jax.tree.leaves(
+        manager.restore(step, args=ocp.args.StandardRestore(target)),
+        is_leaf=lambda x: x is None)
+    return step, treedef.unflatten([
+        np.zeros(s.shape, s.dtype) if r is None else r
+        for s, r in zip(leaves, restored)])
+
+  def save(self, chunk: int, passes: int, state) -> None:
+    """Saves the state of a chunk after ``passes`` passes (atomically: orbax
+    writes a temporary directory and renames it)."""
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    start = time.perf_counter()
+    leaves, treedef = jax.tree.flatten(state)
+    state = treedef.unflatten([np.asarray(a) if np.size(a) else None
+                               for a in leaves])  # orbax saves no empty array
+    self._manager(chunk).save(passes, args=ocp.args.StandardSave(state))
+    self.seconds += time.perf_counter() - start
+    self.saves += 1
+
+  def close(self) -> None:
+    start = time.perf_counter()
+    for manager in self.managers.values():
+      manager.wait_until_finished()
+      manager.close()
+    self.managers = {}
+    self.seconds += time.perf_counter() - start
+
+
+class _Progress:
+  """Steps done of an ``execute`` call: a ``tqdm`` bar, or INFO lines."""
+
+  def __init__(self, total_steps: int, members: int, show: bool | None):
+    self.total, self.members, self.done = total_steps, members, 0
+    self.start = self.last = time.perf_counter()
+    interactive = sys.stderr.isatty() or 'ipykernel' in sys.modules
+    self.bar = None
+    if show or (show is None and interactive):
+      import tqdm.auto  # pylint: disable=g-import-not-at-top
+      self.bar = tqdm.auto.tqdm(total=total_steps, unit='step', leave=False,
+                                desc=f'{members} members', dynamic_ncols=True)
+    self.log = show is None and not interactive
+
+  def update(self, done: int) -> None:
+    if self.bar is not None:
+      self.bar.update(done - self.done)
+    self.done = done
+    now = time.perf_counter()
+    if self.log and (now - self.last >= PROGRESS_LOG_S or done == self.total
+                     or self.last == self.start):
+      rate = done / max(now - self.start, 1e-9)
+      logging.info('%d members: %d/%d steps, %.1f steps/s, ETA %.0fs',
+                   self.members, done, self.total, rate,
+                   (self.total - done) / rate if rate else float('nan'))
+      self.last = now
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+
+
+def _resumable(train_fn) -> train_lib.Train:
+  """``train_fn``'s ``train.Train``: ``make_train``'s pieces, or a plain
+  ``train(knobs, data) -> outputs`` as one call (no passes between)."""
+  resumable = getattr(train_fn, 'resumable', None)
+  if isinstance(resumable, train_lib.Train):
+    return resumable
+  return train_lib.Train(getattr(train_fn, 'config', None), 0, train_fn,
+                         None, lambda outputs: outputs)
 
 
 def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
@@ -245,21 +468,30 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
             metadata: dict[str, Any] | None = None) -> results_lib.Results:
   """Trains every member of ``grid`` with one compiled program.
 
+  The grid splits into chunks of members; each device runs its chunks, one
+  at a time, with the same compiled program (``compile_program``), so the
+  results do not depend on the number of devices. A ``make_train`` run (its
+  ``train.Train``) runs as ``start`` once, then ``advance`` call after call,
+  each a few logged passes (``RunOptions``), with progress and, under
+  ``run_options(checkpoint_dir=...)``, a checkpoint after each call; any
+  other ``train_fn`` runs as one call.
+
   Args:
-    train_fn: pure ``train(knobs, data) -> outputs``; outputs are arrays of
-      shape ``[L]`` (one per logged step, with a ``step`` entry) or ``[]``.
+    train_fn: ``make_train``'s, or any pure ``train(knobs, data) -> outputs``;
+      outputs are arrays of shape ``[L]`` (one per logged step, with a
+      ``step`` entry) or ``[]``.
     grid: the grid of members.
     data: the dataset pytree, shared by all members.
-    member_batch_size: members per program call (default: the whole grid, or
-      fewer when the memory budget requires).
-    memory_budget_bytes: the most memory one call may use (default: half a
-      device's memory).
-    num_devices: local devices to shard members over (default: all; never
-      more than there are members).
-    chunk_size: members vmapped together on a device; a device's members run
-      as a ``lax.map`` over such chunks, so that one chunk's training state
-      stays in cache. 0: all of a device's members at once. Default
-      (``None``): ``default_chunk_size``.
+    member_batch_size: the most members one device runs at once (caps the
+      chunk size).
+    memory_budget_bytes: the most memory one device's program may use
+      (default: half a device's memory); smaller chunks beyond it.
+    num_devices: local devices to run chunks on at once (default: all; never
+      more than there are chunks).
+    chunk_size: members vmapped together on a device. Default (``None``):
+      ``default_chunk_size``, which does not depend on the device count; 0:
+      the grid's members split evenly over the devices. A resumed run keeps
+      its first run's chunk size.
     metadata: extra provenance to store with the results (beside the
       library's own: versions, devices, git state, the train config).
 
@@ -267,76 +499,173 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     Tidy ``Results``: one row per (member, logged step).
 
   Raises:
-    Interrupted: on Ctrl-C, with the results of the member-batches that had
-      finished.
+    Interrupted: on Ctrl-C, with the results of the member-batches (a chunk
+      on every device) that had finished.
+    CheckpointMismatch: a checkpoint of another run in this call's
+      checkpoint directory.
+    ValueError: a bad argument.
   """
   start = time.perf_counter()
+  options = _OPTIONS
+  run = _resumable(train_fn)
   g = len(grid)
-  # No more devices than members: a device padded with a copy of a member
-  # costs time (a grid of one on 2 CPU devices ran 1.5x slower than on one).
-  num_devices = min(num_devices or jax.local_device_count(), g)
   if member_batch_size is not None and member_batch_size < 1:
     raise ValueError(f'member_batch_size must be >= 1; got {member_batch_size}.')
   if chunk_size is not None and chunk_size < 0:
     raise ValueError(f'chunk_size must be >= 0 (0: no chunks); got {chunk_size}.')
+  devices = jax.local_devices()[:num_devices or jax.local_device_count()]
+  checkpoints = plan = None
+  if options.checkpoint_dir is not None:
+    checkpoints = _Checkpoints(
+        os.path.join(options.checkpoint_dir, f'run{options.calls}'),
+        options.keep)
+    options.calls += 1
+    fingerprint = _fingerprint(run, grid, data)
+    plan = checkpoints.plan(fingerprint)
+  if plan is not None:  # a resumed run keeps its chunks
+    chunk_size = plan['chunk_size']
+  elif chunk_size is None:
+    chunk_size = default_chunk_size(g)
+  chunk = min(chunk_size or math.ceil(g / len(devices)), g,
+              member_batch_size or g)
+
+  def compile_for(chunk):
+    """The devices used, their start and advance programs for a chunk, the
+    compile seconds, and the chunk's state shapes."""
+    used = devices[:math.ceil(g / chunk)]  # no device of padding only
+    knobs = _spec(grid.knobs(np.zeros(chunk, int)))
+    state = jax.eval_shape(jax.vmap(run.start, in_axes=(0, None)), knobs, data)
+    # Every chunk starts on the first device (one compile; it is quick to
+    # run), then moves to its own.
+    first, seconds = compile_program(run.start, (knobs, data), used[:1],
+                                     (True, False), owner=train_fn)
+    if not run.passes:
+      return used, first, None, seconds, state
+    scalar = jax.ShapeDtypeStruct((), np.int32)
+    advance, more = compile_program(
+        run.advance, (knobs, data, state, scalar, scalar), used,
+        (True, False, True, False, False), donate=(2,), owner=train_fn)
+    return used, first, advance, seconds + more, state
+
   budget = memory_budget_bytes or int(
       DEFAULT_MEMORY_FRACTION * device_memory_bytes())
-  per_device = math.ceil(g / num_devices)
-  if chunk_size is None:
-    chunk_size = default_chunk_size(per_device, num_devices)
-  chunk = chunk_size if chunk_size and chunk_size < per_device else None
-  unit = num_devices * (chunk or 1)
-
-  def round_up(b):
-    return min(math.ceil(b / unit) * unit, math.ceil(g / unit) * unit)
-
-  batch = round_up(member_batch_size or g)
-  compiled, compile_s = compile_program(
-      train_fn, grid.knobs(_batch_indices(g, batch)[0]), data, num_devices,
-      chunk)
-  need = program_bytes(compiled)
-  if member_batch_size is None and need is not None and need > budget:
-    per_member = need / batch
-    batch = max(unit, round_up(int(budget // per_member)))
-    logging.info('Grid of %d needs %.1f MB > budget %.1f MB; member-batches of %d.',
-                 g, need / 2**20, budget / 2**20, batch)
-    compiled, more = compile_program(
-        train_fn, grid.knobs(_batch_indices(g, batch)[0]), data, num_devices,
-        chunk)
+  used, start_c, advance_c, compile_s, state_spec = compile_for(chunk)
+  need = max(program_bytes(c[0]) or 0
+             for c in (start_c, advance_c) if c) or None
+  if (member_batch_size is None and plan is None and need is not None
+      and need > budget and chunk > 1):
+    chunk = max(1, int(budget // (need / chunk)))  # fewer members per chunk
+    logging.info('A chunk needs %.1f MB > budget %.1f MB; chunks of %d.',
+                 need / 2**20, budget / 2**20, chunk)
+    used, start_c, advance_c, more, state_spec = compile_for(chunk)
     compile_s += more
+  if checkpoints is not None and plan is None:
+    checkpoints.write_plan({'fingerprint': fingerprint, 'chunk_size': chunk,
+                            'members': g, 'passes': run.passes})
 
-  meta = {**provenance.provenance(), 'train_config': train_config_of(train_fn),
+  meta = {**provenance.provenance(), 'train_config': train_config_of(run),
           **(metadata or {})}
   run_start = time.perf_counter()
-  chunks = []
-  batches = _batch_indices(g, batch)
+  chunks = [np.arange(i, min(i + chunk, g)) for i in range(0, g, chunk)]
+  rounds = [list(range(i, min(i + len(used), len(chunks))))
+            for i in range(0, len(chunks), len(used))]
+  every = run.config.log_every if run.passes else 1
+  steps = run.config.steps if run.passes else 1
+  progress = _Progress(steps * len(rounds), g, options.progress)
+  calls, resumed, per_pass, saved = 0, [], None, time.perf_counter()
+  outputs = []
+  placed = [jax.device_put(data, d) for d in used]
 
   def info(run_s):
-    return {
+    info = {
         'members': g,
-        'member_batch_size': batch,
-        'member_batches': len(batches),
-        'num_devices': num_devices,
+        'member_batch_size': min(g, len(used) * chunk),
+        'member_batches': len(rounds),
+        'num_devices': len(used),
         'chunk_size': chunk,
+        'chunks': len(chunks),
         'program_bytes': need,
         'compile_s': compile_s,
         'run_s': run_s,
         'wall_s': time.perf_counter() - start,
+        'calls': calls,
     }
+    if checkpoints is not None:
+      info |= {'checkpoint_dir': checkpoints.directory,
+               'checkpoints': checkpoints.saves,
+               'checkpoint_s': checkpoints.seconds,
+               'resumed_passes': resumed}
+    return info
 
   def tidy(done, run_s):
-    outputs = jax.tree.map(lambda *xs: np.concatenate(xs)[:done], *chunks)
+    out = jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
     sub = grid if done == g else grid.subset(range(done))
     return results_lib.from_outputs(
-        sub, outputs, metadata={**meta, 'engine': info(run_s)})
+        sub, out, metadata={**meta, 'engine': info(run_s)})
 
   try:
-    for i, idx in enumerate(batches):
-      chunks.append(wait(compiled(grid.knobs(idx), data)))
-      logging.info('member-batch %d/%d done (%.1fs)', i + 1, len(batches),
+    for r, members in enumerate(rounds):
+      knobs, states, dones = [], [], []
+      for d, c in enumerate(members):  # chunk c on device d
+        idx = chunks[c]
+        host_knobs = grid.knobs(np.concatenate(
+            [idx, np.full(chunk - len(idx), idx[-1])]))
+        knobs.append(jax.device_put(host_knobs, used[d]))
+        done, state = 0, None
+        if checkpoints is not None:
+          done, state = checkpoints.restore(c, jax.tree.map(
+              lambda a: jax.ShapeDtypeStruct((len(idx),) + a.shape[1:],
+                                             a.dtype), state_spec))
+          resumed.append(done)
+        if state is None:
+          state = start_c[0](jax.device_put(host_knobs, used[0]), placed[0])
+        else:  # the real members' rows; padding copies the last member's
+          state = jax.tree.map(lambda a: np.concatenate(
+              [a, np.repeat(a[-1:], chunk - len(idx), 0)]), state)
+        state = jax.device_put(state, used[d])
+        states.append(state)
+        dones.append(done)
+      progress.update(r * steps + min(min(dones) * every, steps))
+      # Each chunk goes on from its own pass (a kill may fall between two
+      # chunks' saves): the results do not depend on the passes per call.
+      while min(dones) < run.passes:
+        count = options.logs_per_call or (
+            1 if per_pass is None else
+            max(1, round(options.seconds_per_call / per_pass)))
+        call_start = time.perf_counter()
+        moved = [d for d in range(len(members)) if dones[d] < run.passes]
+        for d in moved:
+          states[d] = advance_c[d](knobs[d], placed[d], states[d],
+                                   np.int32(dones[d]), np.int32(count))
+        states = wait(states, fetch=False)
+        calls += 1
+        seconds = (time.perf_counter() - call_start) / count
+        per_pass = seconds if per_pass is None else 0.5 * (per_pass + seconds)
+        save = (checkpoints is not None and time.perf_counter() - saved >=
+                options.checkpoint_every_s)
+        for d in moved:
+          dones[d] = min(run.passes, dones[d] + count)
+          if save or (checkpoints is not None and dones[d] == run.passes):
+            c = members[d]
+            checkpoints.save(c, dones[d], jax.tree.map(
+                lambda a: a[:len(chunks[c])], jax.device_get(states[d])))
+        if save:
+          saved = time.perf_counter()
+        progress.update(r * steps + min(min(dones) * every, steps))
+      for d, c in enumerate(members):
+        state = jax.tree.map(lambda a: a[:len(chunks[c])],
+                             jax.device_get(states[d]))
+        if checkpoints is not None and not run.passes:
+          checkpoints.save(c, 0, state)
+        outputs.append(jax.tree.map(np.asarray, jax.vmap(run.finish)(state)))
+      logging.info('member-batch %d/%d done (%.1fs)', r + 1, len(rounds),
                    time.perf_counter() - run_start)
   except KeyboardInterrupt:
-    done = min(len(chunks) * batch, g)
-    partial = tidy(done, time.perf_counter() - run_start) if done else None
-    raise Interrupted(partial, done, g) from None
+    finished = sum(len(chunks[c]) for c in range(len(outputs)))
+    partial = tidy(finished, time.perf_counter() - run_start) if finished else None
+    raise Interrupted(partial, finished, g) from None
+  finally:
+    progress.close()
+    if checkpoints is not None:
+      checkpoints.close()
   return tidy(g, time.perf_counter() - run_start)

@@ -23,6 +23,8 @@ from rahimi_jax.results import Results
 
 CSV = 'results.csv'
 METADATA = 'metadata.json'
+# A launcher's checkpoints while its run is unfinished (``program.RunOptions``).
+CHECKPOINT = 'checkpoint'
 _KINDS = {'b': 'bool', 'i': 'int', 'u': 'int', 'f': 'float', 'U': 'str', 'O': 'str'}
 _DTYPES = {'bool': bool, 'int': np.int64, 'float': np.float64, 'str': str}
 
@@ -62,20 +64,31 @@ def is_results_dir(path: str) -> bool:
     return False
 
 
+def is_finished(path: str) -> bool:
+  """Whether ``path`` holds the results of a run that finished: results not
+  marked interrupted, and no checkpoint of a run to resume."""
+  if not is_results_dir(path) or os.path.isdir(os.path.join(path, CHECKPOINT)):
+    return False
+  with open(os.path.join(path, METADATA)) as f:
+    return 'interrupted' not in json.load(f)
+
+
 def check_writable(out_dir: str) -> str:
   """Checks that ``out_dir`` can receive results; raises ``ValueError`` if not.
 
-  ``out_dir`` may be missing, an empty directory, or a results directory
-  written before (which a save replaces whole); its parent is created if
-  needed and must be writable. Any other existing path is refused, so that a
-  save never replaces a directory of other files.
+  ``out_dir`` may be missing, an empty directory, a results directory
+  written before (which a save replaces whole), or one holding only the
+  checkpoint of an unfinished run; its parent is created if needed and must
+  be writable. Any other existing path is refused, so that a save never
+  replaces a directory of other files.
   """
   out_dir = os.path.abspath(out_dir)
   if os.path.lexists(out_dir):
     if not os.path.isdir(out_dir) or os.path.islink(out_dir):
       raise ValueError(f'out: {out_dir!r} exists and is not a directory; give '
                        'a new directory or one that holds earlier results.')
-    if os.listdir(out_dir) and not is_results_dir(out_dir):
+    if (set(os.listdir(out_dir)) - {CHECKPOINT}
+        and not is_results_dir(out_dir)):
       raise ValueError(
           f'out: {out_dir!r} holds files that are not rahimi_jax results '
           f'(no {METADATA} written by a save); a save replaces the whole '
@@ -120,7 +133,7 @@ def _fsync_dir(path: str) -> None:
 
 
 @contextlib.contextmanager
-def staged(out_dir: str):
+def staged(out_dir: str, keep: tuple[str, ...] = ()):
   """Yields a new directory that replaces ``out_dir`` whole on success.
 
   Everything written into the yielded directory appears in ``out_dir`` at
@@ -128,7 +141,9 @@ def staged(out_dir: str):
   ``renameat2(RENAME_EXCHANGE)``; elsewhere two renames). If the block
   raises, ``out_dir`` keeps its previous contents and the staging directory
   is removed. Files of an earlier save that this one does not write are gone
-  afterwards: one directory, one run.
+  afterwards: one directory, one run; but for the entries named in ``keep``
+  (e.g. ``CHECKPOINT`` beside interrupted results), moved into the new
+  directory just before the swap.
   """
   out_dir = check_writable(out_dir)
   parent, name = os.path.split(out_dir)
@@ -143,13 +158,22 @@ def staged(out_dir: str):
       finally:
         os.close(fd)
     _fsync_dir(stage)
-    if not os.path.exists(out_dir) or not os.listdir(out_dir):
-      os.replace(stage, out_dir)  # onto nothing or an empty directory
-    elif not _exchange(stage, out_dir):
-      old = tempfile.mkdtemp(dir=parent, prefix=f'.{name}.old-')
-      os.replace(out_dir, os.path.join(old, name))
-      os.replace(stage, out_dir)
-      shutil.rmtree(old)
+    moved = [e for e in keep if os.path.exists(os.path.join(out_dir, e))]
+    for entry in moved:
+      os.replace(os.path.join(out_dir, entry), os.path.join(stage, entry))
+    try:
+      if not os.path.exists(out_dir) or not os.listdir(out_dir):
+        os.replace(stage, out_dir)  # onto nothing or an empty directory
+      elif not _exchange(stage, out_dir):
+        old = tempfile.mkdtemp(dir=parent, prefix=f'.{name}.old-')
+        os.replace(out_dir, os.path.join(old, name))
+        os.replace(stage, out_dir)
+        shutil.rmtree(old)
+    except BaseException:
+      for entry in moved:  # back where they were
+        if os.path.exists(os.path.join(stage, entry)):
+          os.replace(os.path.join(stage, entry), os.path.join(out_dir, entry))
+      raise
     _fsync_dir(parent)
   finally:
     shutil.rmtree(stage, ignore_errors=True)  # the old contents after a swap
@@ -169,13 +193,14 @@ def _cell(value, kind):
   return str(value)
 
 
-def save(results: Results, out_dir: str) -> None:
+def save(results: Results, out_dir: str, keep: tuple[str, ...] = ()) -> None:
   """Replaces ``out_dir`` with ``results.csv`` and ``metadata.json``, atomically.
 
   To save other files (plots, reports) in the same atomic step, write them
-  and call ``write`` inside one ``staged(out_dir)`` block.
+  and call ``write`` inside one ``staged(out_dir)`` block. ``keep``: as
+  ``staged``'s.
   """
-  with staged(out_dir) as stage:
+  with staged(out_dir, keep) as stage:
     write(results, stage)
 
 

@@ -254,15 +254,39 @@ def step_key(seed_key: jax.Array, t: jax.Array, *, evaluation: bool = False
   return jax.random.fold_in(jax.random.fold_in(seed_key, stream), t)
 
 
+class Carry(NamedTuple):
+  """A member's whole training state between steps: with its knobs (the seed's
+  key among them) it determines the rest of the run, so a checkpoint of it
+  resumes bit for bit.
+
+  Attributes:
+    params: the model's parameters.
+    model_state: the model's state (batch-norm statistics, ...).
+    opt_state: one optimizer state per option of the optimizer axis.
+    counts: what rounding did since the last log (``rounding_events``).
+    scaler: the dynamic loss scaler's state.
+    order: the sample order of the current epoch (minibatches; ``[0]`` for
+      full batch): ``data.step_batch``.
+    diverged_step: the step after which a parameter was first non-finite, or
+      -1.
+  """
+  params: Any
+  model_state: Any
+  opt_state: Any
+  counts: Any
+  scaler: jax.Array
+  order: jax.Array
+  diverged_step: jax.Array
+
+
 class Loop(NamedTuple):
   """The pieces of one member's training run, each pure.
 
   Attributes:
-    init: ``init(knobs, data) -> (carry, xs)``: the initial carry (params,
-      model state, optimizer state, rounding counts, diverged step) and the per-step inputs
-      ``xs`` (step numbers and, for minibatches, sample indices), leading axis
-      ``steps``.
-    step: ``step(knobs, data, carry, xs_t) -> carry``: one optimizer step.
+    init: ``init(knobs, data) -> Carry``: the state before step 1.
+    step: ``step(knobs, data, carry, t) -> carry``: optimizer step ``t``
+      (from 1; an unbatched step number keeps the epoch's reshuffle a branch
+      under ``vmap``).
     log: ``log(knobs, data, carry, t) -> (carry, metrics)``: evaluation after
       step ``t``; marks divergence and masks metrics of a diverged run.
   """
@@ -335,20 +359,22 @@ def make_loop(config: TrainConfig) -> Loop:
     if policy is not None:
       params, counts = policy.round('storage', params, counts)
       scaler = policy.initial_scaler()
-    ts = jnp.arange(1, config.steps + 1, dtype=jnp.int32)
-    xs = (ts,) if full_batch(data) else (ts, data_lib.batch_indices(
-        data_key, data.n_train, config.batch_size, config.steps))
-    return (params, state, opt.init(params), counts, scaler,
-            jnp.asarray(-1, jnp.int32)), xs
+    order = (jnp.zeros((0,), jnp.int32) if full_batch(data) else
+             data_lib.epoch_order(data_key, data.n_train, config.batch_size,
+                                  config.steps, 0))
+    return Carry(params, state, opt.init(params), counts, scaler, order,
+                 jnp.asarray(-1, jnp.int32))
 
-  def step(knobs, data, carry, xs_t):
-    params, state, opt_state, counts, scaler, diverged_step = carry
-    t = xs_t[0]
+  def step(knobs, data, carry, t):
+    params, state, opt_state, counts, scaler, order, diverged_step = carry
     k, opt, loss_fn, data, policy = setup(knobs, data, t)
     if full_batch(data):
       x, y = data.x_train, data.y_train
     else:
-      x, y = data.x_train[xs_t[1]], data.y_train[xs_t[1]]
+      idx, order = data_lib.step_batch(
+          jax.random.split(k[grid_lib.SEED])[1], data.n_train,
+          config.batch_size, config.steps, t, order)
+      x, y = data.x_train[idx], data.y_train[idx]
 
     key = step_key(k[grid_lib.SEED], t)
     hook = 'activations' in places
@@ -406,7 +432,8 @@ def make_loop(config: TrainConfig) -> Loop:
     # finite iff every parameter is (a cheaper reduction than all(isfinite)).
     finite = jnp.isfinite(sum(jnp.sum(p * 0) for p in jax.tree.leaves(params)))
     diverged_step = jnp.where((diverged_step < 0) & ~finite, t, diverged_step)
-    return params, state, opt_state, counts, scaler, diverged_step
+    return Carry(params, state, opt_state, counts, scaler, order,
+                 diverged_step)
 
   def _probe(k, opt, loss_fn, data, carry, t):
     """What the logged diagnostics see of the member after step ``t``."""
@@ -454,7 +481,7 @@ def make_loop(config: TrainConfig) -> Loop:
 
   def log(knobs, data, carry, t):
     k, opt, loss_fn, data, policy = setup(knobs, data)
-    params, state, opt_state, counts, scaler, diverged_step = carry
+    params, state, opt_state, counts, scaler, order, diverged_step = carry
     key = step_key(k[grid_lib.SEED], t, evaluation=True)
 
     def evaluate(x, y):
@@ -486,14 +513,48 @@ def make_loop(config: TrainConfig) -> Loop:
     if policy is not None and 'dynamic' in options['loss_scaling']:
       metrics['loss_scale'] = policy.scale(scaler)
     counts = jax.tree.map(jnp.zeros_like, counts)
-    return (params, state, opt_state, counts, scaler, diverged_step), metrics
+    return Carry(params, state, opt_state, counts, scaler, order,
+                 diverged_step), metrics
 
   return Loop(init, step, log)
+
+
+class Train(NamedTuple):
+  """A member's run in resumable pieces: ``finish(advance(start(...)))``.
+
+  ``start``, ``advance`` and ``finish`` are pure; ``program.execute`` vmaps
+  them over a grid and calls ``advance`` again and again, each call a few
+  seconds of work, returning to the host between calls (progress,
+  checkpoints). Whatever the passes per call, the same compiled ``advance``
+  runs each pass, so a run resumed from a checkpoint is bit-identical to one
+  that was not interrupted. A pass is one log and the ``log_every`` steps
+  after it; the last pass only logs.
+
+  Attributes:
+    config: the static config (provenance).
+    passes: passes in the run (``len(config.log_steps())``).
+    start: ``start(knobs, data) -> state``: ``(Carry, logged)``, ``logged``
+      the metrics buffer (one row per log, zeros until logged).
+    advance: ``advance(knobs, data, state, first, count) -> state``: passes
+      ``first .. first + count - 1`` (those past ``passes`` do nothing);
+      ``first`` and ``count`` are traced scalars, so one compile serves any.
+    finish: ``finish(state) -> outputs``.
+  """
+  config: TrainConfig | None
+  passes: int
+  start: Callable[..., Any]
+  advance: Callable[..., Any] | None
+  finish: Callable[..., Any]
 
 
 @functools.lru_cache(maxsize=64)
 def make_train(config: TrainConfig):
   """Returns the pure ``train(knobs, data) -> outputs`` of ``config``.
+
+  ``train.resumable`` is the same run in pieces (``Train``), which
+  ``program.execute`` runs; ``train`` itself is one ``scan`` over the passes
+  (differentiable in reverse mode, which ``advance``'s loop of traced length
+  is not), and ``train.config`` is ``config``.
 
   Outputs: ``step`` ``[L]``; ``train_loss``, ``test_loss`` (and
   ``test_accuracy`` for classification) ``[L]``, evaluated on the whole split in
@@ -506,50 +567,63 @@ def make_train(config: TrainConfig):
   loop = make_loop(config)
   log_steps = config.log_steps()
   every = config.log_every
-  chunks = len(log_steps) - 1  # the last one short when every does not divide
-  padded = chunks * every > config.steps
+  passes = len(log_steps)
+  padded = (passes - 1) * every > config.steps  # a short last chunk
 
-  def train(knobs, data: Dataset):
-    def step(carry, xs_t):
+  def one_pass(knobs, data, state, i):
+    """Logs after step ``log_steps[i]``, then (but in the last pass) trains
+    to the next log. ``i`` is unbatched: under ``vmap`` the branches stay
+    branches, and the log and the step each appear once in the program."""
+    carry, logged = state
+    carry, metrics = loop.log(knobs, data, carry, jnp.asarray(log_steps)[i])
+    logged = jax.tree.map(lambda buf, m: buf.at[i].set(m), logged, metrics)
+
+    def step(carry, t):
       if padded:  # the last chunk's steps past config.steps do nothing
-        return jax.lax.cond(xs_t[0] <= config.steps,
-                            lambda c: loop.step(knobs, data, c, xs_t),
+        return jax.lax.cond(t <= config.steps,
+                            lambda c: loop.step(knobs, data, c, t),
                             lambda c: c, carry), None
-      return loop.step(knobs, data, carry, xs_t), None
+      return loop.step(knobs, data, carry, t), None
 
     if config.remat:
       step = jax.checkpoint(step)
+    ts = i * every + jnp.arange(1, every + 1, dtype=jnp.int32)
+    carry = jax.lax.cond(i < passes - 1,
+                         lambda c: jax.lax.scan(step, c, ts)[0],
+                         lambda c: c, carry)
+    return carry, logged
 
-    def chunk(carry, inputs):
-      # Log, then train to the next log; the last pass only logs. The log
-      # and the step each appear once in the program (the loop's condition
-      # is not batched, so under vmap it stays a branch): logs and
-      # diagnostics are compiled once, not at step 0, in the loop and after
-      # a remainder.
-      i, t, xs_chunk = inputs
-      carry, metrics = loop.log(knobs, data, carry, t)
-      carry = jax.lax.cond(i < chunks,
-                           lambda c: jax.lax.scan(step, c, xs_chunk)[0],
-                           lambda c: c, carry)
-      return carry, metrics
+  def start(knobs, data):
+    carry = loop.init(knobs, data)
+    metrics = jax.eval_shape(
+        lambda c: loop.log(knobs, data, c, jnp.int32(0))[1], carry)
+    logged = jax.tree.map(
+        lambda m: jnp.zeros((passes,) + m.shape, m.dtype), metrics)
+    return carry, logged
 
-    carry, xs = loop.init(knobs, data)
-    # Step numbers past config.steps pad the last chunk; a pass of padding
-    # for the final log, which trains nothing.
-    total = (chunks + 1) * every
-    xs = jax.tree.map(
-        lambda a: jnp.concatenate(
-            [a, jnp.zeros((total - a.shape[0],) + a.shape[1:], a.dtype)]), xs)
-    ts = jnp.arange(1, total + 1, dtype=jnp.int32)
-    xs = (ts,) + tuple(xs[1:])
-    xs = jax.tree.map(lambda a: a.reshape((chunks + 1, every) + a.shape[1:]),
-                      xs)
-    carry, metrics = jax.lax.scan(
-        chunk, carry, (jnp.arange(chunks + 1), jnp.asarray(log_steps), xs))
-    return {'step': jnp.asarray(log_steps), **metrics,
-            'diverged_step': carry[-1]}
+  def advance(knobs, data, state, first, count, *, scan=False):
+    if scan:  # static bounds: differentiable
+      return jax.lax.scan(
+          lambda s, i: (one_pass(knobs, data, s, i), None), state,
+          first + jnp.arange(count, dtype=jnp.int32))[0]
+    first = jnp.asarray(first, jnp.int32)
+    stop = jnp.minimum(first + jnp.asarray(count, jnp.int32), passes)
+    return jax.lax.while_loop(
+        lambda c: c[0] < stop,
+        lambda c: (c[0] + 1, one_pass(knobs, data, c[1], c[0])),
+        (first, state))[1]
+
+  def finish(state):
+    carry, logged = state
+    return {'step': jnp.asarray(log_steps), **logged,
+            'diverged_step': carry.diverged_step}
+
+  def train(knobs, data: Dataset):
+    return finish(advance(knobs, data, start(knobs, data), 0, passes,
+                          scan=True))
 
   train.config = config  # provenance: the engine records it with the results
+  train.resumable = Train(config, passes, start, advance, finish)
   return train
 
 
@@ -563,7 +637,7 @@ def final_state(config: TrainConfig, knobs, data: Dataset):
     grid (to float tolerance).
   """
   loop = make_loop(config)
-  carry, xs = loop.init(knobs, data)
-  carry, _ = jax.lax.scan(
-      lambda c, x: (loop.step(knobs, data, c, x), None), carry, xs)
-  return carry[0], carry[1]
+  carry = jax.lax.fori_loop(
+      1, config.steps + 1, lambda t, c: loop.step(knobs, data, c, t),
+      loop.init(knobs, data))
+  return carry.params, carry.model_state

@@ -128,8 +128,10 @@ def test_shrunk_run_results_load_back(tiny_run):
   assert meta['versions']['jax']
   assert meta['engine']['members'] == members
   assert 'programs' not in meta['engine']  # one relaxed program
-  # Launchers shard members over one XLA CPU device per core.
-  assert meta['engine']['num_devices'] == len(os.sched_getaffinity(0))
+  # Launchers make one XLA CPU device per core; the 8 members are one chunk
+  # (its size does not depend on the device count), so one device runs them.
+  assert len(meta['devices']) == len(os.sched_getaffinity(0))
+  assert meta['engine']['num_devices'] == 1
   assert meta['engine']['compile_s'] >= 0
   assert meta['axes'] == {'optimizer': ['sgd', 'adam'],
                           'norm': ['none', 'batch'],
@@ -196,3 +198,53 @@ def test_ctrl_c_saves_finished_members_and_exits_cleanly(tmp_path):
   assert res.metadata['interrupted']['members'] == 8
   assert 2 <= finished < 8
   assert len(set(res.columns['member'])) == finished
+
+
+def _passes_checkpointed(out) -> int:
+  """The newest checkpoint step of the first chunk (passes done)."""
+  try:
+    names = os.listdir(out / storage.CHECKPOINT / 'run0' / 'chunk0')
+  except FileNotFoundError:
+    return 0
+  return max([int(n) for n in names if n.isdigit()], default=0)
+
+
+def test_kill_9_resumes_bit_identical_on_another_device_count(tmp_path):
+  """``kill -9`` twice mid-run, resumed on 1 device: the 2-device run's bits."""
+  flags = [*TINY, '--seeds=5', '--steps=120', '--log_every=5',
+           '--logs_per_call=1', '--checkpoint_every_s=0']
+  # 20 members: 2 chunks of 10; 25 passes, each saved.
+  out, ref = tmp_path / 'out', tmp_path / 'ref'
+  command = [sys.executable, '-m', 'experiments.ablate', *flags]
+  reference = subprocess.Popen([*command, f'--out={ref}'], cwd=ROOT,
+                               env=launchers.env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+  for stop in (2, 12):  # passes done (of 25) when killed
+    proc = subprocess.Popen([*command, f'--out={out}'], cwd=ROOT,
+                            env=launchers.env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and _passes_checkpointed(out) < stop:
+      pass
+    proc.kill()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, stderr  # killed mid-run
+    assert stop <= _passes_checkpointed(out) < 25
+  other = _launch(*[f for f in flags if f != '--log_every=5'],
+                  '--log_every=10', f'--out={out}')
+  _assert_clean_error(other, '--log_every=5, not 10')
+  one_device = dict(launchers.env())
+  one_device['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=1'
+  resumed = subprocess.run([*command, f'--out={out}'], cwd=ROOT,
+                           env=one_device, capture_output=True, text=True,
+                           timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'resuming' in resumed.stdout
+  _, stderr = reference.communicate(timeout=300)
+  assert reference.returncode == 0, stderr[-3000:]
+  res, want = storage.load(str(out)), storage.load(str(ref))
+  assert (res.metadata['engine']['num_devices'],
+          want.metadata['engine']['num_devices']) == (1, 2)
+  assert max(res.metadata['engine']['resumed_passes']) >= 12
+  chex.assert_trees_all_equal({m: res.columns[m] for m in METRICS},
+                              {m: want.columns[m] for m in METRICS})
+  assert storage.CHECKPOINT not in os.listdir(out)

@@ -2,6 +2,7 @@
 
 import os
 
+from absl import flags
 import chex
 import numpy as np
 import pytest
@@ -101,11 +102,35 @@ def test_launch_interrupted_saves_finished_members(tmp_path, capsys):
 
 def test_launch_interrupted_before_anything_keeps_previous(tmp_path, capsys):
   out = str(tmp_path / 'out')
-  storage.save(_results(2), out)
+  earlier = _results(2)
+  earlier.metadata['interrupted'] = {'finished': 2, 'members': 3}
+  storage.save(earlier, out)
 
   def run(config):
     raise KeyboardInterrupt
 
   assert cli.launch(lambda: "config", str, run, _write, out) == cli.INTERRUPTED
-  assert 'nothing saved' in capsys.readouterr().err
+  assert 'no member had finished' in capsys.readouterr().err
   assert len(storage.load(out)) == 2
+
+
+def test_launch_never_replaces_finished_results_unless_told(tmp_path, capsys):
+  out = str(tmp_path / 'out')
+  storage.save(_results(2), out)
+
+  def run(config):
+    return _results(1)
+
+  assert cli.launch(lambda: 'config', str, run, _write, out) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and 'finished results' in err, err
+  assert '--overwrite' in err
+  assert len(storage.load(out)) == 2
+  flag = flags.FLAGS['overwrite']
+  flag.value = True
+  try:
+    assert cli.launch(lambda: 'config', str, run, _write, out) == 0
+  finally:
+    flag.value = False
+  assert len(storage.load(out)) == 1
+  assert storage.CHECKPOINT not in os.listdir(out)  # gone with the run

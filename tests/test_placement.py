@@ -76,9 +76,9 @@ def _knobs(precision, place, scaling='none', loss_scale=2.0**15):
 
 def _initial(data):
   """The model's float32 initial parameters (rounding is not under test)."""
-  carry, _ = jax.jit(train_lib.make_loop(_CONFIG).init)(
-      _knobs('float32', 'storage'), data)
-  w, b = carry[0]['readout']['w'], carry[0]['readout']['b']
+  params = jax.jit(train_lib.make_loop(_CONFIG).init)(
+      _knobs('float32', 'storage'), data).params
+  w, b = params['readout']['w'], params['readout']['b']
   return np.asarray(w), np.asarray(b)
 
 

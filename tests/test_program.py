@@ -77,8 +77,10 @@ def test_rows_are_tidy(tiny_digits):
 
 _SHARDED = textwrap.dedent("""
     import sys
+    import chex
     import jax
-    from rahimi_jax import data, program, grid as grid_lib, storage, train
+    import numpy as np
+    from rahimi_jax import data, program
     sys.path.insert(0, {tests!r})
     import test_program as t
     assert jax.local_device_count() == 8, jax.devices()
@@ -86,61 +88,66 @@ _SHARDED = textwrap.dedent("""
     tiny = data.Dataset(x_train=full.x_train[:256], y_train=full.y_train[:256],
                         x_test=full.x_test[:128], y_test=full.y_test[:128],
                         task='classification', num_outputs=10)
-    res = program.execute(t._train(), t.GRID, tiny, member_batch_size=3)
-    chunked = program.execute(t._train(), t.GRID, tiny, chunk_size=2,
-                              num_devices=2)
-    assert chunked.metadata["engine"]["chunk_size"] == 2
-    storage.save(chunked, {out!r} + "_chunked")
-    assert res.metadata['engine']['num_devices'] == 8
-    storage.save(res, {out!r})
-    # Fewer members than devices: one device per member, none padded.
-    few = program.execute(t._train(), t.GRID.subset([0, 5, 6]), tiny)
-    info = few.metadata['engine']
-    assert (info['num_devices'], info['member_batch_size']) == (3, 3), info
+
+    def run(**kwargs):
+      res = program.execute(t._train(), t.GRID, tiny, chunk_size=2, **kwargs)
+      info = res.metadata['engine']
+      return res, (info['num_devices'], info['member_batches'])
+
+    # 8 members in 4 chunks of 2: on 1, 2 and (a chunk each) 4 of the 8
+    # devices, a chunk per device at a time.
+    one, shape = run(num_devices=1)
+    assert shape == (1, 4), shape
+    for kwargs, want in (({{'num_devices': 2}}, (2, 2)), ({{}}, (4, 1))):
+      res, shape = run(**kwargs)
+      assert shape == want, (kwargs, shape)
+      chex.assert_trees_all_equal({{m: res.columns[m] for m in t.METRICS}},
+                                  {{m: one.columns[m] for m in t.METRICS}})
+    # The default chunk does not depend on the device count: the 8 members
+    # are one chunk, on one device.
+    info = program.execute(t._train(), t.GRID, tiny).metadata['engine']
+    assert (info['num_devices'], info['chunk_size']) == (1, 8), info
+    print('bit-identical')
 """)
 
 
-def test_sharded_over_eight_devices_matches_one(tiny_digits, tmp_path):
+def test_sharded_over_devices_is_bit_identical_to_one():
   env = dict(os.environ, XLA_FLAGS=f'{FAST_COMPILE} '
              '--xla_force_host_platform_device_count=8',
              PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu')
-  script = _SHARDED.format(tests=str(ROOT / 'tests'), out=str(tmp_path))
+  script = _SHARDED.format(tests=str(ROOT / 'tests'))
   proc = subprocess.run([sys.executable, '-c', script], env=env, cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  sharded = storage.load(str(tmp_path))
-  # 8 members on 8 devices: one call (batch rounded up to the device count).
-  assert sharded.metadata['engine']['member_batch_size'] == 8
-  single = program.execute(_train(), GRID, tiny_digits)
-  _assert_same_runs(sharded, single)
-  # 2 of the devices, 4 members each, in chunks of 2.
-  chunked = storage.load(str(tmp_path) + '_chunked')
-  _assert_same_runs(chunked, single)
+  assert 'bit-identical' in proc.stdout
 
 
 def test_chunks_of_members_match_one_vmap(tiny_digits):
   whole = program.execute(_train(), GRID, tiny_digits)
   chunked = program.execute(_train(), GRID, tiny_digits, chunk_size=3)
   info = chunked.metadata['engine']
-  # 8 members in chunks of 3: one call of 9 (one padded copy), 3 chunks.
-  assert (info['chunk_size'], info['member_batch_size']) == (3, 9)
+  # 8 members in chunks of 3 (the last with one padded copy), one after
+  # another on the one device.
+  assert (info['chunk_size'], info['chunks'], info['member_batches']) == (
+      3, 3, 3)
   _assert_same_runs(chunked, whole)
-  # A chunk as large as the grid is the plain vmap; so is chunk_size=0.
+  # A chunk as large as the grid is one vmap; so is chunk_size=0 (on one
+  # device).
   for size in (64, 0):
     res = program.execute(_train(), GRID, tiny_digits, chunk_size=size)
-    assert res.metadata['engine']['chunk_size'] is None
+    assert res.metadata['engine']['chunk_size'] == len(GRID)
 
 
-def test_default_chunks_only_with_one_cpu_device_per_core():
-  # This process has one CPU device: no chunks by default (the device spreads
-  # a whole-grid vmap's matmuls over its cores).
-  assert program.default_chunk_size(256, 1) == 0
-  # One device per core: equal chunks of at most CPU_CHUNK members.
+def test_default_chunks_split_the_grid_in_a_power_of_two():
+  # Equal chunks of at most CPU_CHUNK members, a power of two of them (so 1,
+  # 2, 4 or 8 devices share them evenly), whatever the device count.
   assert program.CPU_CHUNK == 16
-  assert program.default_chunk_size(16, 2) == 0
-  assert program.default_chunk_size(54, 2) == 14  # 4 chunks of 14 (2 padded)
-  assert program.default_chunk_size(128, 2) == 16
-  assert program.default_chunk_size(17, 2) == 9
+  assert program.default_chunk_size(8, 'cpu') == 8
+  assert program.default_chunk_size(16, 'cpu') == 16
+  assert program.default_chunk_size(17, 'cpu') == 9
+  assert program.default_chunk_size(108, 'cpu') == 14  # 8 chunks, 4 padded
+  assert program.default_chunk_size(128, 'cpu') == 16
+  assert program.default_chunk_size(4096, 'gpu') == 1024
   with pytest.raises(ValueError, match='chunk_size'):
     program.execute(_train(), GRID, np.zeros(3), chunk_size=-1)
 
@@ -184,7 +191,7 @@ _IMPORT_DEFAULT = textwrap.dedent("""
     import rahimi_jax as rj
     from rahimi_jax import data, program
     cores = len(os.sched_getaffinity(0))
-    grid = rj.Grid(rj.Seeds(max(2, cores)))
+    grid = rj.Grid(rj.Seeds(program.CPU_CHUNK * cores))  # a chunk per core
     config = rj.TrainConfig(hidden=(4,), steps=2, batch_size=8)
     res = rj.run(config, grid, data.synthetic(n_train=16, n_test=8))
     print(cores, len(jax.devices()), res.metadata['engine']['num_devices'])

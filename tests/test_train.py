@@ -112,13 +112,13 @@ def test_diverged_step_is_first_step_with_nonfinite_params(tiny_synthetic):
   out = program.execute(train_lib.make_train(config), grid, tiny_synthetic)
   loop = train_lib.make_loop(config)
   knobs = jax.tree.map(lambda v: v[0], grid.knobs([0]))
-  carry, xs = loop.init(knobs, tiny_synthetic)
+  carry = loop.init(knobs, tiny_synthetic)
   step = jax.jit(loop.step)
   first = -1
-  for t in range(config.steps):
-    carry = step(knobs, tiny_synthetic, carry, jax.tree.map(lambda a: a[t], xs))
-    if not all(np.all(np.isfinite(p)) for p in jax.tree.leaves(carry[0])):
-      first = t + 1
+  for t in range(1, config.steps + 1):
+    carry = step(knobs, tiny_synthetic, carry, t)
+    if not all(np.all(np.isfinite(p)) for p in jax.tree.leaves(carry.params)):
+      first = t
       break
   assert 1 < first < config.steps
   final = out.final()

@@ -393,19 +393,19 @@ def saxe_modes(config: DeepLinearConfig, lr: float, scale: float
 
   @jax.jit
   def trajectory(w1, w2):
-    carry, xs = loop.init(knobs, dataset)
-    carry = ([w1, w2],) + tuple(carry[1:])
+    carry = loop.init(knobs, dataset)._replace(params=[w1, w2])
 
     def modes(carry):
-      product = carry[0][0] @ carry[0][1]
+      product = carry.params[0] @ carry.params[1]
       return jnp.einsum('im,io,mo->m', proj_u, product, proj_v)
 
-    def step(carry, xs_t):
-      carry = loop.step(knobs, dataset, carry, xs_t)
+    def step(carry, t):
+      carry = loop.step(knobs, dataset, carry, t)
       return carry, modes(carry)
 
     first = modes(carry)
-    _, rest = jax.lax.scan(step, carry, xs)
+    _, rest = jax.lax.scan(step, carry,
+                           jnp.arange(1, config.steps + 1, dtype=jnp.int32))
     return jnp.concatenate([first[None], rest])
 
   measured = np.asarray(trajectory(jnp.asarray(w1, dtype),
