@@ -12,7 +12,7 @@ from ml_collections import config_dict
 
 
 def get_config() -> config_dict.ConfigDict:
-  """The launcher's flags by name; a list flag takes a list or a comma string."""
+  """The launcher's flags by name (a list flag: a list or a comma string)."""
   config = config_dict.ConfigDict()
   config.dataset = 'digits'
   config.hidden = [32]
