@@ -27,7 +27,6 @@ flags.DEFINE_list('hidden', ['64', '64'], 'Hidden widths (comma list; for '
 # --optimizers, --norms, ...; --learning_rate, --momentum, ... (one flag per
 # registered choice axis and value knob; --help lists the options).
 cli.define_axis_flags()
-flags.adopt_module_key_flags(cli)
 flags.DEFINE_alias('lrs', 'learning_rate')
 flags.DEFINE_integer('seeds', 4, 'Number of seeds.')
 flags.DEFINE_integer('steps', 500, 'Optimizer steps.')
@@ -45,6 +44,7 @@ flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
                   'exit without running or writing anything.')
 flags.DEFINE_float('memory_budget_mb', None, 'Most memory one program call may '
                    'use; the grid runs in member-batches beyond it.')
+cli.define_config_flag()  # --config=FILE.py or a results directory
 
 FLAGS = flags.FLAGS
 
@@ -61,7 +61,7 @@ def partition_line(choice) -> str:
 
 
 def main(argv):
-  cli.start(argv)
+  cli.start(argv, __name__)
   from rahimi_jax import stats  # pylint: disable=g-import-not-at-top
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import ablation  # pylint: disable=g-import-not-at-top

@@ -22,7 +22,6 @@ flags.DEFINE_string('dataset', 'digits', 'Dataset (classification).')
 flags.DEFINE_list('hidden', ['64', '64'], 'Hidden widths.')
 # --learning_rate, --momentum, ...: one value of each knob for every member.
 cli.define_axis_flags(choices=False, grid=False)
-flags.adopt_module_key_flags(cli)
 flags.DEFINE_integer('seeds', 4, 'Seeds.')
 flags.DEFINE_integer('steps', 500, 'Optimizer steps.')
 flags.DEFINE_integer('batch_size', 64, 'Minibatch size.')
@@ -30,12 +29,13 @@ flags.DEFINE_integer('nodes', 8, 'Quadrature points on the gate path.')
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
                   'exit without running or writing anything.')
 flags.DEFINE_string('out', '/tmp/rahimi_attribute', 'Output directory.')
+cli.define_config_flag()  # --config=FILE.py or a results directory
 
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-  cli.start(argv)
+  cli.start(argv, __name__)
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import attribute  # pylint: disable=g-import-not-at-top
 
@@ -50,6 +50,11 @@ def main(argv):
     return (f'{len(config.grid())} members (2^{len(config.gates)} x '
             f'{config.seeds} seeds) + {config.nodes} gate-path runs per seed')
 
+  def run(config):
+    out = attribute.run(config)
+    out['results'].metadata['flags'] = cli.key_flags(__name__)
+    return out
+
   def write(config, out, directory):
     storage.write(out['results'], directory)
     info = out['results'].metadata['engine']
@@ -61,7 +66,7 @@ def main(argv):
     return (f'{attribute.report(config, out, directory)}\n{timing}wrote '
             f'{FLAGS.out}/: {files}')
 
-  return cli.launch(build, describe, attribute.run, write, FLAGS.out,
+  return cli.launch(build, describe, run, write, FLAGS.out,
                     dry_run=FLAGS.dry_run)
 
 

@@ -25,6 +25,7 @@ from rahimi_jax import cli
 from rahimi_jax import data
 from rahimi_jax import models
 from rahimi_jax.components import norms
+from rahimi_jax.studies import batchnorm
 
 flags.DEFINE_string('dataset', 'mnist1d',
                     f'Dataset: {" | ".join(data.DATASETS)}.')
@@ -45,6 +46,8 @@ for _knob in ('noise_shift_mean', 'noise_shift_var', 'noise_scale_mean',
               'noise_scale_var'):
   flags.DEFINE_float(_knob, None, f'Noisy batch norm: {_knob} (default: '
                      "0.05 for the variances, else the norm axis's).")
+# --momentum, --weight_decay, --init_scale: one value for every member.
+cli.define_axis_flags(choices=False, grid=False, knobs=batchnorm.VALUE_KNOBS)
 flags.DEFINE_integer('seeds', 5, 'Number of seeds (paired across arms).')
 flags.DEFINE_integer('steps', 1000, 'Optimizer steps.')
 flags.DEFINE_integer('batch_size', 100, 'Minibatch size.')
@@ -55,14 +58,14 @@ flags.DEFINE_string('out', '/tmp/rahimi_batchnorm', 'Directory for the '
                     '(replaced whole).')
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grids, and '
                   'exit without running or writing anything.')
+cli.define_config_flag()  # --config=FILE.py or a results directory
 
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-  cli.start(argv)
+  cli.start(argv, __name__)
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
-  from rahimi_jax.studies import batchnorm  # pylint: disable=g-import-not-at-top
 
   def build():
     noise = dict(batchnorm.DEFAULT_NOISE) | {
@@ -76,7 +79,10 @@ def main(argv):
         norms=tuple(FLAGS.norms), optimizer=FLAGS.optimizer,
         learning_rates=cli.parse_numbers('learning_rates',
                                          FLAGS.learning_rates),
-        noise=tuple(noise.items()), seeds=FLAGS.seeds, steps=FLAGS.steps,
+        noise=tuple(noise.items()),
+        values=cli.axis_flag_values(choices=False,
+                                    knobs=batchnorm.VALUE_KNOBS)[1],
+        seeds=FLAGS.seeds, steps=FLAGS.steps,
         batch_size=FLAGS.batch_size, log_every=FLAGS.log_every)
 
   def describe(config):

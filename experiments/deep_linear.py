@@ -16,9 +16,9 @@ half-rise time from a balanced, aligned small init against the theory:
       --saxe --out=/tmp/rahimi_saxe
 """
 
-
-from absl import app
 from absl import flags
+
+from rahimi_jax import cli
 
 flags.DEFINE_float('condition_number', 1e5, 'Condition number of the target.')
 flags.DEFINE_float('noise', 0.0, 'Target noise std (0: realizable).')
@@ -47,22 +47,18 @@ flags.DEFINE_bool('saxe', False, 'Also measure each mode\'s half-rise time '
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
                   'exit without running or writing anything.')
 flags.DEFINE_string('out', '/tmp/rahimi_deep_linear', 'Output directory.')
+cli.define_config_flag()  # --config=FILE.py or a results directory
 
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from rahimi_jax import program  # pylint: disable=g-import-not-at-top
-  program.use_host_cores()  # before JAX's first operation
+  cli.start(argv, __name__)  # --config; host cores before JAX's first op
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.dtype == 'float64':
     jax.config.update('jax_enable_x64', True)
-  from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import deep_linear  # pylint: disable=g-import-not-at-top
-  cli.quiet_logging()
 
   def build():
     return deep_linear.DeepLinearConfig(
@@ -83,6 +79,11 @@ def main(argv):
     return (f'{len(config.grid())} members per depth, depths '
             f'{list(config.depths)}')
 
+  def run(config):
+    res = deep_linear.run(config)
+    res.metadata['flags'] = cli.key_flags(__name__)
+    return res
+
   def write(config, res, directory):
     storage.write(res, directory)
     wall = sum(e['wall_s'] for e in res.metadata['engine'])
@@ -90,10 +91,9 @@ def main(argv):
             f'grid wall time {wall:.1f}s; wrote {FLAGS.out}/results.csv, '
             'metadata.json and PNG plots')
 
-  return cli.launch(build, describe, deep_linear.run, write, FLAGS.out,
+  return cli.launch(build, describe, run, write, FLAGS.out,
                     dry_run=FLAGS.dry_run)
 
 
 if __name__ == '__main__':
-  from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
   cli.run_app(main)

@@ -42,12 +42,13 @@ flags.DEFINE_string('out', '/tmp/rahimi_linear_solver', 'Directory for '
                     '(replaced whole).')
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the plan, and '
                   'exit without running or writing anything.')
+cli.define_config_flag()  # --config=FILE.py or a results directory
 
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-  cli.start(argv)
+  cli.start(argv, __name__)
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import linear_solver  # pylint: disable=g-import-not-at-top
 

@@ -26,6 +26,7 @@ from rahimi_jax import cli
 from rahimi_jax import data
 from rahimi_jax.components import placement
 from rahimi_jax.components import precision
+from rahimi_jax.studies import rounding
 
 flags.DEFINE_string('dataset', 'digits',
                     f'Dataset: {" | ".join(data.DATASETS)}.')
@@ -44,6 +45,8 @@ flags.DEFINE_list('loss_scalings', ['none'], 'Loss scalings for the '
                   'placements with gradients: none, static, dynamic.')
 flags.DEFINE_float('loss_scale', 2.0**15, 'Static loss scale; the dynamic '
                    "one's start.")
+# --momentum, --weight_decay, --init_scale: one value for every cell.
+cli.define_axis_flags(choices=False, grid=False, knobs=rounding.VALUE_KNOBS)
 flags.DEFINE_integer('seeds', 4, 'Number of seeds (paired across cells).')
 flags.DEFINE_integer('steps', 500, 'Optimizer steps.')
 flags.DEFINE_integer('batch_size', 64, 'Minibatch size (0: full batch).')
@@ -56,14 +59,14 @@ flags.DEFINE_string('out', '/tmp/rahimi_rounding', 'Directory for '
                     'whole).')
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
                   'exit without running or writing anything.')
+cli.define_config_flag()  # --config=FILE.py or a results directory
 
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-  cli.start(argv)
+  cli.start(argv, __name__)
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
-  from rahimi_jax.studies import rounding  # pylint: disable=g-import-not-at-top
 
   def build():
     return rounding.RoundingConfig(
@@ -76,6 +79,8 @@ def main(argv):
         precisions=tuple(FLAGS.precisions), roundings=tuple(FLAGS.roundings),
         placements=tuple(FLAGS.placements),
         loss_scalings=tuple(FLAGS.loss_scalings), loss_scale=FLAGS.loss_scale,
+        values=cli.axis_flag_values(choices=False,
+                                    knobs=rounding.VALUE_KNOBS)[1],
         seeds=FLAGS.seeds, steps=FLAGS.steps, batch_size=FLAGS.batch_size,
         log_every=FLAGS.log_every, gap=FLAGS.gap)
 

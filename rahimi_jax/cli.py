@@ -8,23 +8,57 @@ appears in ``--out`` at once (``storage.staged``). While a grid runs, its
 checkpoints are kept in ``--out/checkpoint``: the same command after a crash,
 a ``kill -9`` or Ctrl-C resumes it, bit-identical to an uninterrupted run;
 finished results in ``--out`` are never replaced without ``--overwrite``.
+
+Configs. Every launcher also takes ``--config=FILE`` (``define_config_flag``,
+the ``ml_collections.config_flags`` convention of the flax examples and
+init2winit): a Python file whose ``get_config()`` returns an
+``ml_collections.ConfigDict`` whose fields are the launcher's flag names
+(``steps``, ``seeds``, ``optimizers``, ``learning_rate``, ``out``, ...; list
+flags take a comma string, ``'sgd,adam'``, or a list). ``--config.steps=1000``
+overrides one field on the command line. A flag given on the command line wins
+over the config (``--config=run.py --steps=10`` runs 10 steps; a re-run can
+then change ``--out`` or add ``--dry_run`` as usual); the same flag given both
+as ``--steps`` and as ``--config.steps`` is an error. A field that is no flag
+of the launcher is one ``error:`` line naming it and the accepted fields,
+before anything compiles (``start`` applies the config).
+
+Re-runs. Each launcher records its flags (``key_flags``) as
+``metadata['flags']`` in ``metadata.json``, and ``--config`` also reads a
+results directory or its ``metadata.json``:
+``--config=/tmp/rahimi_ablate`` sets every flag to the recorded value, so the
+run is the same one (``out`` included: give ``--out`` to keep the first
+results). One flag serves both, rather than a separate ``--rerun_from``, so a
+re-run has the same precedence rules and ``--config.FIELD`` overrides as a
+config file, and there is one answer to which of two sources wins.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import json
 import math
 import os
+import re
 import shutil
 import sys
-from typing import Any
+from typing import Any, NamedTuple
+import warnings
 
 from absl import app
 from absl import flags
 from absl import logging
+from ml_collections import config_dict
+from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as config_flags_lib
 
 from rahimi_jax import components  # pylint: disable=unused-import  (registers the axes)
 from rahimi_jax import registry
 from rahimi_jax import storage
+
+# The flags this module's helpers define (``define_axis_flags``,
+# ``define_config_flag``) are key flags of the launcher that calls them: they
+# are its --help, its recorded ``metadata['flags']`` and its config's fields.
+flags.disclaim_key_flags()
+
+CONFIG = 'config'  # the config flag's name
 
 flags.DEFINE_bool('overwrite', False, 'Replace the finished results in --out, '
                   'or start afresh over its checkpoint of an unfinished run '
@@ -46,8 +80,9 @@ flags.DEFINE_enum('progress', 'auto', ['auto', 'bar', 'none'], 'Progress of a '
 # Flags that change how a run goes, not its results: a run may resume with
 # others.
 EXECUTION_FLAGS = ('out', 'overwrite', 'dry_run', 'logs_per_call',
-                   'checkpoint_every_s', 'keep_checkpoints', 'progress', 'memory_budget_mb',
-                   'verbosity', 'v', 'logtostderr', 'alsologtostderr')
+                   'checkpoint_every_s', 'keep_checkpoints', 'progress',
+                   'memory_budget_mb', 'config', 'verbosity', 'v',
+                   'logtostderr', 'alsologtostderr')
 
 
 def parse_numbers(name: str, items: Sequence[str] | str, kind: type = float, *,
@@ -89,7 +124,8 @@ def parse_numbers(name: str, items: Sequence[str] | str, kind: type = float, *,
 
 
 def define_axis_flags(flag_values: flags.FlagValues = flags.FLAGS, *,
-                      choices: bool = True, grid: bool = True) -> None:
+                      choices: bool = True, grid: bool = True,
+                      knobs: Sequence[str] | None = None) -> None:
   """Defines the flags of the registered axes (``registry.AXES``).
 
   Args:
@@ -98,6 +134,8 @@ def define_axis_flags(flag_values: flags.FlagValues = flags.FLAGS, *,
       ``--norms``, ...), its help listing the options.
     grid: each value knob's flag (``--learning_rate``, ``--momentum``, ...)
       takes a comma list, one grid axis; otherwise one value for every member.
+    knobs: the value knobs to define flags for (``None``: every one), for a
+      study that sets the others itself.
   """
   if choices:
     for axis in registry.AXES.values():
@@ -105,21 +143,30 @@ def define_axis_flags(flag_values: flags.FlagValues = flags.FLAGS, *,
                         flag_values=flag_values)
   what = ('Comma list of values (a grid axis)' if grid
           else 'One value for every member')
-  for knob in registry.knobs().values():
+  for knob in _knobs(knobs).values():
     bound = f', each {knob.bound()}' if knob.bound() else ''
     flags.DEFINE_list(knob.name, None,
                       f'{knob.full_help()} {what}{bound}; default '
                       f'{knob.default:g}.', flag_values=flag_values)
 
 
+def _knobs(names: Sequence[str] | None) -> dict[str, registry.Knob]:
+  """The value knobs ``names`` (``None``: all), in registry order."""
+  every = registry.knobs()
+  for name in names or ():
+    registry.get(every, name, 'value knob')
+  return {k: v for k, v in every.items() if names is None or k in names}
+
+
 def axis_flag_values(flag_values: flags.FlagValues = flags.FLAGS, *,
-                     choices: bool = True
+                     choices: bool = True, knobs: Sequence[str] | None = None
                      ) -> tuple[dict[str, Any], dict[str, Any]]:
-  """``(options, values)``: the axis and knob flags given, by axis and knob."""
+  """``(options, values)``: the axis and knob flags given, by axis and knob
+  (``knobs``: as given to ``define_axis_flags``)."""
   options = {a.name: flag_values[a.flag].value
              for a in registry.AXES.values()
              if choices and flag_values[a.flag].value is not None}
-  values = {k: flag_values[k].value for k in registry.knobs()
+  values = {k: flag_values[k].value for k in _knobs(knobs)
             if flag_values[k].value is not None}
   return options, values
 
@@ -134,19 +181,272 @@ def parse_knob(name: str, items) -> tuple[float, ...]:
                        inclusive=knob.inclusive)
 
 
-def key_flags(module_name: str) -> dict[str, Any]:
-  """``{name: value}`` of the flags module ``module_name`` defines (a
-  launcher's, for its results' metadata)."""
-  return {f.name: f.value for f in
-          flags.FLAGS.get_key_flags_for_module(sys.modules[module_name])}
+def parse_single_knobs(values: Mapping[str, Any] | Sequence | None,
+                       accepted: Sequence[str], why: str
+                       ) -> tuple[tuple[str, float], ...]:
+  """Value knobs at one value for every member of a study's grid.
+
+  Args:
+    values: knob -> its value (a number, or a comma string or list of one
+      number, as a flag gives it), or ``(knob, value)`` pairs.
+    accepted: the knobs the study takes this way.
+    why: why a knob takes one value here, for the error on several.
+
+  Returns:
+    ``(knob, value)`` pairs in registry order, each value checked against
+    its knob's bound.
+  """
+  values = dict(values or {})
+  out = {}
+  for name, value in values.items():
+    if name not in accepted:
+      raise ValueError(f'{name}: not a value knob of this study; accepted: '
+                       f'{", ".join(accepted)}.')
+    parsed = parse_knob(name, value)
+    if len(parsed) != 1:
+      raise ValueError(f'{name}: {why}; got {", ".join(map(str, parsed))}.')
+    out[name] = parsed[0]
+  return tuple((k, out[k]) for k in registry.knobs() if k in out)
 
 
-def start(argv: Sequence[str]) -> None:
-  """A launcher's first lines in ``main``: no positional arguments, one XLA
-  device per CPU core (``program.use_host_cores``, before JAX's first
-  operation), warnings-only logging."""
+_ALIAS = re.compile(r'Alias for --(\w+)\.')  # absl's DEFINE_alias help
+
+
+def key_flags(module_name: str,
+              flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
+  """``{name: value}`` of the flags of the module ``module_name`` (a
+  launcher's: its results' ``metadata['flags']``, its config's fields).
+
+  Left out: ``--config`` (its values are the flags) and aliases (``--lrs``:
+  the flag it names is there).
+  """
+  module = sys.modules[module_name]
+  return {f.name: f.value
+          for f in flag_values.get_key_flags_for_module(module)
+          if f.name != CONFIG and not _ALIAS.fullmatch(f.help or '')}
+
+
+class _Unreadable(NamedTuple):
+  """A config that could not be loaded: ``apply_config`` reports it as one
+  ``error:`` line (an exception while parsing flags would be absl's)."""
+  message: str
+
+
+def _field_type(flag: flags.Flag) -> type:
+  """The ConfigDict type of a field recorded as ``None`` for ``flag``, so that
+  ``--config.FIELD=`` can still set it."""
+  for parser, kind in ((flags.BooleanParser, bool), (flags.IntegerParser, int),
+                       (flags.FloatParser, float)):
+    if isinstance(flag.parser, parser):
+      return kind
+  return str
+
+
+def config_from_results(path: str,
+                        flag_values: flags.FlagValues = flags.FLAGS
+                        ) -> config_dict.ConfigDict:
+  """The flags a run recorded in its ``metadata.json``, as a config.
+
+  Args:
+    path: a results directory, or its ``metadata.json``.
+    flag_values: the launcher's flags (for the type of a field recorded as
+      ``None``).
+
+  Returns:
+    One field per recorded flag: lists as comma strings (as on the command
+    line, so ``--config.optimizers=sgd,adam`` overrides one), ``None`` as a
+    typed placeholder. Aliases an earlier run recorded (``lrs``) are left
+    out: the flag they name is recorded too.
+  """
+  file = os.path.join(path, storage.METADATA) if os.path.isdir(path) else path
+  try:
+    with open(file) as f:
+      recorded = json.load(f).get('flags')
+  except (OSError, ValueError, AttributeError) as e:
+    raise ValueError(f'config: cannot read {file}: '
+                     f'{str(e).splitlines()[0]}') from None
+  if not isinstance(recorded, dict):
+    raise ValueError(f'config: {file} records no flags (no "flags" in its '
+                     'metadata); give a config file instead.')
+  config = config_dict.ConfigDict()
+  for name, value in recorded.items():
+    if name in flag_values and _ALIAS.fullmatch(flag_values[name].help or ''):
+      continue
+    if isinstance(value, list):
+      value = ','.join(map(str, value))
+    elif value is None:
+      value = config_dict.placeholder(
+          _field_type(flag_values[name]) if name in flag_values else str)
+    config[name] = value
+  return config
+
+
+_SCALARS = (bool, int, float, str)
+
+
+def _is_list(value: Any) -> bool:
+  """A list or tuple of numbers, strings or bools (a list flag's value)."""
+  return isinstance(value, (list, tuple)) and all(
+      isinstance(v, _SCALARS) for v in value)
+
+
+def _comma_lists(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
+  """``config`` with its list fields as comma strings, the form
+  ``--config.FIELD=a,b`` overrides (ml_collections parses no list field)."""
+  fields = config.to_dict(preserve_field_references=True)
+  return config_dict.ConfigDict({
+      k: ','.join(map(str, v)) if _is_list(v) else v
+      for k, v in fields.items()})
+
+
+class _ConfigParser(config_flags_lib.ConfigFileFlagParser):
+  """``--config``: a config file's ``get_config()`` (``file.py:arg`` passes
+  ``arg``), or a results directory's recorded flags (``config_from_results``).
+  A file that cannot be loaded becomes ``_Unreadable``."""
+
+  def __init__(self, flag_values: flags.FlagValues):
+    super().__init__(name=CONFIG, lock_config=False)
+    self._flag_values = flag_values
+
+  def parse(self, path):
+    file = path.split(':', 1)[0]
+    try:
+      if os.path.isdir(path) or path.endswith('.json'):
+        return config_from_results(path, self._flag_values)
+      if not file.endswith('.py'):
+        return _Unreadable(f'config: {path!r} is neither a Python config file '
+                           '(.py) nor a results directory or its '
+                           f'{storage.METADATA}.')
+      if not os.path.isfile(file):
+        return _Unreadable(f'config: no such file {file!r}.')
+      with warnings.catch_warnings():  # ml_collections' own loader
+        warnings.filterwarnings('ignore', 'the load_module', DeprecationWarning)
+        config = super().parse(path)
+      getattr(config, 'keys', None)  # a load error surfaces here
+      return (_comma_lists(config) if isinstance(config, config_dict.ConfigDict)
+              else config)
+    except Exception as e:  # pylint: disable=broad-except
+      lines = [l for l in str(e).splitlines() if l.strip()] or [repr(e)]
+      text = lines[-1].strip()  # a wrapped traceback's last line
+      if text.startswith('config: '):
+        return _Unreadable(text)
+      if type(e).__name__ not in text:
+        text = f'{type(e).__name__}: {text}'
+      return _Unreadable(f'config: {path}: {text}')
+
+
+def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines ``--config`` (see the module docstring) for the calling launcher.
+
+  ``start`` applies it to the launcher's flags (``apply_config``).
+  """
+  # accept_new_attributes: a misspelt --config.FIELD becomes a field, and
+  # apply_config's unknown-field error names it with the accepted ones.
+  config_flags.DEFINE_config_file(
+      CONFIG, None, 'A config file (Python; get_config() returns an '
+      'ml_collections.ConfigDict whose fields are flags of this launcher), '
+      'or a results directory or its metadata.json to re-run with the flags '
+      'it records. --config.FIELD=VALUE overrides one field; a flag given on '
+      'the command line wins over the config.', flag_values=flag_values,
+      lock_config=False, accept_new_attributes=True)
+  flag_values[CONFIG].parser = _ConfigParser(flag_values)
+  flags.declare_key_flag(CONFIG, flag_values)  # the launcher's --help
+
+
+def _flag_argument(name: str, value: Any) -> str:
+  """A config field's value as the flag's command-line text."""
+  if _is_list(value):
+    return ','.join(map(str, value))
+  if isinstance(value, _SCALARS):
+    return str(value)
+  raise ValueError(f'config.{name}: {value!r} is not a flag value; give a '
+                   'number, a string, a bool or a list of them.')
+
+
+def apply_config(module_name: str = '__main__',
+                 flag_values: flags.FlagValues = flags.FLAGS
+                 ) -> dict[str, Any]:
+  """Sets the launcher's flags from ``--config``, if given.
+
+  Each field sets the flag of its name, parsed as the command line would
+  parse it (a list flag takes a comma string or a list); flags given on the
+  command line keep their value.
+
+  Args:
+    module_name: the launcher's module (its key flags are the fields
+      accepted).
+    flag_values: the parsed flags.
+
+  Returns:
+    ``{flag: value}`` of the fields applied.
+
+  Raises:
+    ValueError: the config cannot be loaded, is not a ConfigDict, has a field
+      that is no flag of the launcher or a value its flag rejects, or a flag
+      was given both as ``--NAME`` and ``--config.NAME``.
+  """
+  if CONFIG not in flag_values or flag_values[CONFIG].value is None:
+    return {}
+  holder = flag_values[CONFIG]
+  config = holder.value
+  if isinstance(config, _Unreadable):
+    raise ValueError(config.message)
+  source = holder.config_filename
+  if not isinstance(config, config_dict.ConfigDict):
+    raise ValueError(f'config: get_config() in {source} must return an '
+                     'ml_collections.ConfigDict; got '
+                     f'{type(config).__name__}.')
+  accepted = key_flags(module_name, flag_values)
+  fields = dict(config.items())
+  unknown = [name for name in fields if name not in accepted]
+  if unknown:
+    raise ValueError(
+        f'config: unknown field{"s" if len(unknown) > 1 else ""} '
+        f'{", ".join(map(repr, unknown))} in {source}; accepted: '
+        f'{", ".join(sorted(accepted))}.')
+  for name in holder.override_values:
+    if flag_values[name].present:
+      raise ValueError(f'{name}: given twice on the command line, as '
+                       f'--{name} and --config.{name}; give one.')
+  applied = {}
+  for name, value in fields.items():
+    flag = flag_values[name]
+    if flag.present:  # the command line wins
+      continue
+    if value is None:
+      if flag.default is not None:
+        raise ValueError(f'config.{name}: None, but --{name} takes a value '
+                         f'(default {flag.default_as_str}).')
+    else:
+      try:
+        value = flag.parser.parse(_flag_argument(name, value))
+      except (TypeError, ValueError) as e:
+        raise ValueError(f'config.{name}: {value!r}: {e}') from None
+    try:
+      setattr(flag_values, name, value)
+    except flags.Error as e:
+      raise ValueError(f'config.{name}: {e}') from None
+    applied[name] = value
+  return applied
+
+
+def start(argv: Sequence[str], module_name: str = '__main__') -> None:
+  """A launcher's first lines in ``main``: no positional arguments, the
+  ``--config`` applied (``apply_config``; a bad one is one ``error:`` line and
+  exit code 1), one XLA device per CPU core (``program.use_host_cores``,
+  before JAX's first operation), warnings-only logging.
+
+  Args:
+    argv: what ``absl.app.run`` passes to ``main``.
+    module_name: the launcher's module (``__name__``).
+  """
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  try:
+    apply_config(module_name)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
   from rahimi_jax import program  # pylint: disable=g-import-not-at-top
   program.use_host_cores()
   quiet_logging()
@@ -183,12 +483,11 @@ def run_app(main: Callable[[list[str]], int]) -> None:
 
 
 def run_flags() -> dict[str, Any]:
-  """The flags of the running launcher (its own and this module's) that
-  decide its results: a checkpoint resumes only under the same."""
-  names = {f.name for module in ('__main__', __name__)
-           for f in flags.FLAGS.get_key_flags_for_module(
-               sys.argv[0] if module == '__main__' else module)}
-  return {n: flags.FLAGS[n].value for n in sorted(names - set(EXECUTION_FLAGS))}
+  """The running launcher's flags that decide its results (``key_flags`` of
+  ``__main__`` but ``EXECUTION_FLAGS``): a checkpoint resumes only under the
+  same."""
+  return {n: v for n, v in sorted(key_flags('__main__').items())
+          if n not in EXECUTION_FLAGS}
 
 
 def _check_resume(out: str) -> str | None:

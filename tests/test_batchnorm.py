@@ -7,6 +7,7 @@ import re
 import chex
 import launchers
 import numpy as np
+import pytest
 
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import results as results_lib
@@ -36,6 +37,15 @@ def _verdicts(accuracy, ics, beta) -> str:
   res = _results(accuracy, ics, beta)
   return '\n'.join(batchnorm.verdicts(batchnorm.time_means(
       res, ('ics_l2', 'preact_mean_drift', 'beta_smoothness'))))
+
+
+def test_value_knobs_set_every_member():
+  config = batchnorm.BatchNormConfig(models=('mlp',), optimizer='momentum',
+                                     values={'momentum': '0.5'})
+  assert {m.values['momentum'] for m in config.grid().members} == {0.5}
+  with pytest.raises(ValueError, match='momentum: the grids vary the '
+                     'learning rate only; got 0.5, 0.9'):
+    batchnorm.BatchNormConfig(values={'momentum': (0.5, 0.9)})
 
 
 def test_verdicts_read_the_noisy_arm():

@@ -38,6 +38,38 @@ def test_parse_numbers_names_the_bad_item(items, kind, match):
     cli.parse_numbers('x', items, kind)
 
 
+def test_define_axis_flags_for_some_knobs():
+  """A study that sets the other knobs itself defines only these flags."""
+  flag_values = flags.FlagValues()
+  cli.define_axis_flags(flag_values, choices=False, grid=False,
+                        knobs=('init_scale', 'momentum'))
+  assert {'momentum', 'init_scale'} <= set(flag_values)
+  assert 'learning_rate' not in flag_values and 'optimizers' not in flag_values
+  assert 'One value for every member' in flag_values['momentum'].help
+  flag_values(['prog', '--momentum=0.5'])
+  assert cli.axis_flag_values(flag_values, choices=False,
+                              knobs=('init_scale', 'momentum')) == (
+                                  {}, {'momentum': ['0.5']})
+  with pytest.raises(ValueError, match="Unknown value knob 'momentun'"):
+    cli.define_axis_flags(flags.FlagValues(), knobs=('momentun',))
+
+
+def test_parse_single_knobs():
+  accepted = ('momentum', 'init_scale')
+  assert cli.parse_single_knobs(
+      {'init_scale': ['2'], 'momentum': 0.5}, accepted, 'one value') == (
+          ('momentum', 0.5), ('init_scale', 2.0))  # registry order
+  assert cli.parse_single_knobs(None, accepted, 'one value') == ()
+  for values, match in [
+      ({'learning_rate': 0.1}, 'learning_rate: not a value knob of this '
+       'study; accepted: momentum, init_scale'),
+      ({'momentum': '0.5,0.9'}, 'momentum: one value; got 0.5, 0.9'),
+      ({'momentum': -1}, "momentum: '-1' must be a finite number >= 0"),
+  ]:
+    with pytest.raises(ValueError, match=match):
+      cli.parse_single_knobs(values, accepted, 'one value')
+
+
 def _results(n_members=2):
   grid = grid_lib.Grid(grid_lib.Seeds(n_members))
   outputs = {'step': np.zeros((n_members, 1), np.int32),

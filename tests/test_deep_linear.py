@@ -209,6 +209,7 @@ def test_launcher_end_to_end(tmp_path):
     assert text in proc.stdout, proc.stdout
   res = storage.load(str(tmp_path))
   assert set(res.columns['optimizer']) == {'sgd', 'levenberg_marquardt'}
+  assert res.metadata['flags']['solver_steps'] == 10  # --config=DIR re-runs
   for name in ('loss_depth1.png', 'saxe_modes_lr0.1_scale1.png'):
     assert (tmp_path / name).exists(), name
 

@@ -67,6 +67,14 @@ def test_the_grid_is_float32_once_plus_every_cell():
                      ('gradients', 'dynamic')}
 
 
+def test_value_knobs_set_every_cell():
+  config = rounding.RoundingConfig(
+      optimizers=('momentum',), learning_rates=(0.1,), precisions=('bfloat16',),
+      placements=('constants',), values={'momentum': ['0.5']})
+  assert config.values == (('momentum', 0.5),)
+  assert {m.values['momentum'] for m in config.grid().members} == {0.5}
+
+
 def test_rtz_trains_and_rne_collapses_with_the_mechanism(study):
   res, rows = study[:2]
   rne, rtz = _row(rows, 'nearest_even', 'constants'), _row(
@@ -146,6 +154,10 @@ def test_collapse_to_chance_is_dated_at_the_first_step_it_stays_there():
     (dict(seeds=1), 'intervals need at least 2; got 1'),
     (dict(optimizers=('levenberg_marquardt',), learning_rates=(1.0,)),
      'levenberg_marquardt not supported here'),
+    (dict(values={'momentum': '0.5,0.9'}),
+     'momentum: every cell runs at one value; got 0.5, 0.9'),
+    (dict(values={'learning_rate': 0.1}), 'learning_rate: not a value knob '
+     'of this study; accepted: momentum, weight_decay, init_scale'),
 ])
 def test_bad_configs_are_one_line_errors(kwargs, message):
   with pytest.raises(ValueError, match=message):

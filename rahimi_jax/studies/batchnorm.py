@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from rahimi_jax import cli
 from rahimi_jax import data as data_lib
 from rahimi_jax import engine
 from rahimi_jax import grid as grid_lib
@@ -38,6 +39,9 @@ NOISE_KNOBS = ('noise_shift_mean', 'noise_shift_var', 'noise_scale_mean',
 # batch norm's gain with 100x batch norm's pre-activation drift.
 DEFAULT_NOISE = (('noise_shift_var', 0.05), ('noise_scale_var', 0.05))
 _FIRST_ORDER = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'rmsprop')
+# The other value knobs, one value for every member (the optimizer's and the
+# init's; learning rates are the grid's axis, the noise knobs ``noise``).
+VALUE_KNOBS = ('momentum', 'weight_decay', 'init_scale')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +61,8 @@ class BatchNormConfig:
       steps).
     noise: noisy batch norm's knobs (``NOISE_KNOBS``); those left out take
       the norm axis's defaults (``DEFAULT_NOISE`` sets the variances).
+    values: ``(knob, value)`` of ``VALUE_KNOBS`` (or a dict), one value for
+      every member; the others keep their defaults.
     seeds, steps, batch_size, log_every: as in ``AblationConfig``.
   """
   dataset: str = 'mnist1d'
@@ -68,6 +74,7 @@ class BatchNormConfig:
   optimizer: str = 'sgd'
   learning_rates: tuple[float, ...] = (0.01, 0.05, 0.2)
   noise: tuple[tuple[str, float], ...] = DEFAULT_NOISE
+  values: tuple[tuple[str, float], ...] = ()
   seeds: int = 5
   steps: int = 1000
   batch_size: int = 100
@@ -101,6 +108,8 @@ class BatchNormConfig:
                        f'accepted: {", ".join(NOISE_KNOBS)}.')
     for name, value in self.noise:
       registry.knobs()[name].check([value])
+    object.__setattr__(self, 'values', cli.parse_single_knobs(
+        self.values, VALUE_KNOBS, 'the grids vary the learning rate only'))
     if not (isinstance(self.seeds, int) and self.seeds >= 2):
       raise ValueError(f'seeds: intervals need at least 2; got {self.seeds!r}.')
     for name in ('width', 'depth'):
@@ -119,7 +128,9 @@ class BatchNormConfig:
     return grid_lib.Grid(grid_lib.Choice('norm', self.norms),
                          grid_lib.Choice('optimizer', (self.optimizer,)),
                          grid_lib.Values('learning_rate', self.learning_rates),
-                         *noise, grid_lib.Seeds(self.seeds))
+                         *noise,
+                         *(grid_lib.Values(k, (v,)) for k, v in self.values),
+                         grid_lib.Seeds(self.seeds))
 
   def train_config(self, model: str) -> train_lib.TrainConfig:
     return train_lib.TrainConfig(

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from rahimi_jax import attribution
+from rahimi_jax import cli
 from rahimi_jax import components
 from rahimi_jax import data as data_lib
 from rahimi_jax import engine
@@ -49,6 +50,9 @@ _READS = {
     'rmsprop': ('learning_rate', 'decay', 'eps'),
 }
 _AVERAGES = ('momentum', 'b1', 'b2', 'decay')  # exponential-average factors
+# The value knobs a grid sets at one value for every cell (learning rates are
+# per optimizer, loss_scale its own field; the MLP has no norm to add noise).
+VALUE_KNOBS = ('momentum', 'weight_decay', 'init_scale')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +72,8 @@ class RoundingConfig:
     loss_scalings: options of the loss_scaling axis, applied to the
       placements that round gradients (``none`` everywhere else).
     loss_scale: the static scale, and the dynamic one's start.
+    values: ``(knob, value)`` of ``VALUE_KNOBS`` (or a dict), one value for
+      every cell; the others keep their defaults.
     gap: an effect against float32 whose mean is at least ``gap`` in size
       (the metric's units) is explained, whatever its interval.
   """
@@ -81,6 +87,7 @@ class RoundingConfig:
   placements: tuple[str, ...] = placement_lib.PLACES
   loss_scalings: tuple[str, ...] = ('none',)
   loss_scale: float = 2.0**15
+  values: tuple[tuple[str, float], ...] = ()
   seeds: int = 4
   steps: int = 500
   batch_size: int = 64
@@ -123,6 +130,8 @@ class RoundingConfig:
                        'gradients or storage+gradients).')
     if not self.loss_scale > 0:
       raise ValueError(f'loss_scale must be > 0; got {self.loss_scale!r}.')
+    object.__setattr__(self, 'values', cli.parse_single_knobs(
+        self.values, VALUE_KNOBS, 'every cell runs at one value'))
     if not (isinstance(self.seeds, int) and self.seeds >= 2):
       raise ValueError(f'seeds: intervals need at least 2; got {self.seeds!r}.')
     if not self.gap >= 0:
@@ -150,6 +159,7 @@ class RoundingConfig:
         axes += [grid_lib.Choice(a, o) for a, o in zip(CELL_AXES, cell)]
         if scaled:
           axes.append(grid_lib.Values('loss_scale', (self.loss_scale,)))
+        axes += [grid_lib.Values(k, (v,)) for k, v in self.values]
         parts.append(grid_lib.Grid(*axes, grid_lib.Seeds(self.seeds)))
     return grid_lib.Grid.union(*parts)
 
@@ -269,6 +279,8 @@ def cells(res: results_lib.Results, level: float = 0.95) -> list[dict]:
       out.append({
           'optimizer': opt, 'cell': cell, 'label': _label(cell),
           'learning_rate': float(final['learning_rate'][mask][0]),
+          'knobs': {k: float(final[k][mask][0]) for k in registry.knobs()
+                    if k in final},
           'value': stats.mean_ci(values, level,
                                  bounds=stats.metric_range(metric)),
           'effect': (None if _is_reference(cell) else stats.paired_ci(
@@ -397,7 +409,7 @@ def explain(res: results_lib.Results, row: dict) -> list[str]:
   if 'constants' in places:
     hp = {k.name: k.default for k in registry.knobs().values()}
     hp |= components.optimizers.CONSTANTS
-    hp['learning_rate'] = row['learning_rate']
+    hp |= row['knobs']  # the cell's learning rate and VALUE_KNOBS
     lines += constant_lines(row['optimizer'], hp, cell['precision'],
                             cell['rounding'])
   if 'storage' in places and 'updates_lost' in res.columns:
