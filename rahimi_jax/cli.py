@@ -77,6 +77,8 @@ flags.DEFINE_enum('progress', 'auto', ['auto', 'bar', 'none'], 'Progress of a '
                   'grid run: a bar (tqdm), none, or auto: a bar on a '
                   'terminal, else absl INFO lines (--verbosity=0).')
 
+RUN_FLAGS = ('overwrite', 'logs_per_call', 'checkpoint_every_s',
+             'keep_checkpoints', 'progress')  # read by launch
 # Flags that change how a run goes, not its results: a run may resume with
 # others.
 EXECUTION_FLAGS = ('out', 'overwrite', 'dry_run', 'logs_per_call',
@@ -350,7 +352,9 @@ def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       'the command line wins over the config.', flag_values=flag_values,
       lock_config=False, accept_new_attributes=True)
   flag_values[CONFIG].parser = _ConfigParser(flag_values)
-  flags.declare_key_flag(CONFIG, flag_values)  # the launcher's --help
+  # The launcher's --help; also the run flags every launcher reads (launch).
+  for name in (CONFIG, *RUN_FLAGS):
+    flags.declare_key_flag(name, flag_values)
 
 
 def _flag_argument(name: str, value: Any) -> str:
