@@ -452,6 +452,11 @@ def start(argv: Sequence[str], module_name: str = '__main__') -> None:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   from rahimi_jax import program  # pylint: disable=g-import-not-at-top
+  try:
+    program.initialize_distributed()
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
   program.use_host_cores()
   quiet_logging()
 
@@ -508,6 +513,8 @@ def _check_resume(out: str) -> str | None:
   try:
     with open(os.path.join(checkpoint, 'flags.json')) as f:
       saved = json.load(f)
+  except FileNotFoundError:  # not written yet (another process's run)
+    return None
   except (OSError, ValueError):
     saved = None
   now = json.loads(json.dumps(run_flags(), default=str))
@@ -587,6 +594,8 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
             f'had finished to {out}/{storage.CSV} (metadata marks it '
             f'interrupted){resume}.', file=sys.stderr)
     return INTERRUPTED
+  if program.jax.process_index() != 0:
+    return 0  # several processes (initialize_distributed): process 0 writes
   try:
     with storage.staged(out) as stage:
       text = write(config, outcome, stage)

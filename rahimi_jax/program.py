@@ -92,6 +92,36 @@ def use_host_cores(num: int | None = None, *, default: bool = False
   return num
 
 
+def initialize_distributed() -> bool:
+  """Joins a run of several processes (``jax.distributed``), when configured.
+
+  Configured by JAX's ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process
+  0) with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` in each process's
+  environment. Every process then runs the same grid: ``execute`` gives
+  each process the chunks of its own devices and gathers every chunk's
+  outputs to every process (process 0 writes a launcher's files). CPU
+  processes talk over gloo. Call it before JAX's first operation.
+
+  Returns:
+    Whether this process joined several.
+  """
+  address = os.environ.get('JAX_COORDINATOR_ADDRESS')
+  if not address:
+    return False
+  try:
+    num = int(os.environ['JAX_NUM_PROCESSES'])
+    index = int(os.environ['JAX_PROCESS_ID'])
+  except (KeyError, ValueError):
+    raise ValueError(
+        f'JAX_COORDINATOR_ADDRESS={address} needs JAX_NUM_PROCESSES and '
+        'JAX_PROCESS_ID (integers) beside it; got '
+        f'{os.environ.get("JAX_NUM_PROCESSES")!r} and '
+        f'{os.environ.get("JAX_PROCESS_ID")!r}.') from None
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(address, num_processes=num, process_id=index)
+  return True
+
+
 # Members per chunk: a device runs its members a chunk at a time, so that
 # one chunk's training state stays in cache. Measured on 2
 # cores at G=128-256: chunks of 8-32 beat whole-device vmaps by 1.0-1.3x
@@ -372,12 +402,23 @@ class _Checkpoints:
   def _manager(self, chunk: int):
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     if chunk not in self.managers:
+      directory = os.path.abspath(os.path.join(self.directory, f'chunk{chunk}'))
+      os.makedirs(directory, exist_ok=True)
+      several = {}
+      if jax.process_count() > 1:  # each process saves its own chunks alone
+        several['create'] = False  # made above
+        several['multiprocessing_options'] = (
+            ocp.options.MultiprocessingOptions(
+                primary_host=jax.process_index(),
+                active_processes={jax.process_index()},
+                barrier_sync_key_prefix=f'chunk{chunk}'))
       self.managers[chunk] = ocp.CheckpointManager(
-          os.path.abspath(os.path.join(self.directory, f'chunk{chunk}')),
+          directory,
           # Synchronous: a failed save raises here (an async one's error
-          # left the run hanging), and it costs ~1% of a call (WORKSPACE.md).
+          # left the run hanging); saves are spaced by checkpoint_every_s.
           options=ocp.CheckpointManagerOptions(
-              max_to_keep=self.keep, enable_async_checkpointing=False))
+              max_to_keep=self.keep, enable_async_checkpointing=False,
+              **several))
     return self.managers[chunk]
 
   def restore(self, chunk: int, like):
@@ -460,6 +501,28 @@ def _resumable(train_fn) -> train_lib.Train:
                          None, lambda outputs: outputs)
 
 
+def _gather_chunks(outputs: dict[int, Any], chunk: int, like) -> dict[int, Any]:
+  """Every process's chunk outputs, on every process (``process_allgather``
+  of each process's chunks, padded to one shape)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  most = int(np.max(multihost_utils.process_allgather(
+      np.asarray([len(outputs)]))))
+  ids = np.full(most, -1, np.int32)
+  ids[:len(outputs)] = sorted(outputs)
+  padded = [jax.tree.map(lambda a: np.concatenate(
+      [a, np.zeros((chunk - len(a),) + a.shape[1:], a.dtype)]), outputs[c])
+            for c in sorted(outputs)]
+  padded += [jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), like)
+             ] * (most - len(outputs))
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *padded)
+  all_ids, gathered = multihost_utils.process_allgather((ids, stacked))
+  out = {}
+  for p, i in zip(*np.nonzero(np.asarray(all_ids) >= 0)):
+    out[int(all_ids[p, i])] = jax.tree.map(lambda a: np.asarray(a[p, i]),
+                                           gathered)
+  return out
+
+
 def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
             member_batch_size: int | None = None,
             memory_budget_bytes: int | None = None,
@@ -513,7 +576,11 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     raise ValueError(f'member_batch_size must be >= 1; got {member_batch_size}.')
   if chunk_size is not None and chunk_size < 0:
     raise ValueError(f'chunk_size must be >= 0 (0: no chunks); got {chunk_size}.')
-  devices = jax.local_devices()[:num_devices or jax.local_device_count()]
+  me = jax.process_index()
+  # Several processes (initialize_distributed): every process's devices
+  # share the chunks; each process runs those of its own devices.
+  devices = (jax.devices() if jax.process_count() > 1 else
+             jax.local_devices()[:num_devices or jax.local_device_count()])
   checkpoints = plan = None
   if options.checkpoint_dir is not None:
     checkpoints = _Checkpoints(
@@ -530,28 +597,31 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
               member_batch_size or g)
 
   def compile_for(chunk):
-    """The devices used, their start and advance programs for a chunk, the
-    compile seconds, and the chunk's state shapes."""
+    """The devices used, this process's start and advance programs for a
+    chunk (``{device id: compiled}``), the compile seconds, and the chunk's
+    state shapes."""
     used = devices[:math.ceil(g / chunk)]  # no device of padding only
+    local = [d for d in used if d.process_index == me]
     knobs = _spec(grid.knobs(np.zeros(chunk, int)))
     state = jax.eval_shape(jax.vmap(run.start, in_axes=(0, None)), knobs, data)
-    # Every chunk starts on the first device (one compile; it is quick to
-    # run), then moves to its own.
-    first, seconds = compile_program(run.start, (knobs, data), used[:1],
+    # Every chunk starts on the process's first device (one compile; it is
+    # quick to run), then moves to its own.
+    first, seconds = compile_program(run.start, (knobs, data), local[:1],
                                      (True, False), owner=train_fn)
     if not run.passes:
-      return used, first, None, seconds, state
+      return used, first, {}, seconds, state
     scalar = jax.ShapeDtypeStruct((), np.int32)
     advance, more = compile_program(
-        run.advance, (knobs, data, state, scalar, scalar), used,
+        run.advance, (knobs, data, state, scalar, scalar), local,
         (True, False, True, False, False), donate=(2,), owner=train_fn)
-    return used, first, advance, seconds + more, state
+    return (used, first, {d.id: c for d, c in zip(local, advance)},
+            seconds + more, state)
 
   budget = memory_budget_bytes or int(
       DEFAULT_MEMORY_FRACTION * device_memory_bytes())
   used, start_c, advance_c, compile_s, state_spec = compile_for(chunk)
-  need = max(program_bytes(c[0]) or 0
-             for c in (start_c, advance_c) if c) or None
+  need = max([program_bytes(c) or 0
+              for c in (*start_c, *advance_c.values())], default=0) or None
   if (member_batch_size is None and plan is None and need is not None
       and need > budget and chunk > 1):
     chunk = max(1, int(budget // (need / chunk)))  # fewer members per chunk
@@ -573,8 +643,9 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   steps = run.config.steps if run.passes else 1
   progress = _Progress(steps * len(rounds), g, options.progress)
   calls, resumed, per_pass, saved = 0, [], None, time.perf_counter()
-  outputs = []
-  placed = [jax.device_put(data, d) for d in used]
+  outputs = {}  # per chunk
+  placed = {d.id: jax.device_put(data, d) for d in used
+            if d.process_index == me}
 
   def info(run_s):
     info = {
@@ -598,19 +669,23 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     return info
 
   def tidy(done, run_s):
-    out = jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+    out = jax.tree.map(lambda *xs: np.concatenate(xs),
+                       *[outputs[c] for c in sorted(outputs)])
     sub = grid if done == g else grid.subset(range(done))
     return results_lib.from_outputs(
         sub, out, metadata={**meta, 'engine': info(run_s)})
 
   try:
     for r, members in enumerate(rounds):
+      # This process's chunks of the round: (chunk, device).
+      mine = [(c, used[d]) for d, c in enumerate(members)
+              if used[d].process_index == me]
       knobs, states, dones = [], [], []
-      for d, c in enumerate(members):  # chunk c on device d
+      for c, device in mine:
         idx = chunks[c]
         host_knobs = grid.knobs(np.concatenate(
             [idx, np.full(chunk - len(idx), idx[-1])]))
-        knobs.append(jax.device_put(host_knobs, used[d]))
+        knobs.append(jax.device_put(host_knobs, device))
         done, state = 0, None
         if checkpoints is not None:
           done, state = checkpoints.restore(c, jax.tree.map(
@@ -618,50 +693,62 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
                                              a.dtype), state_spec))
           resumed.append(done)
         if state is None:
-          state = start_c[0](jax.device_put(host_knobs, used[0]), placed[0])
+          first = mine[0][1]  # start_c's device
+          state = start_c[0](jax.device_put(host_knobs, first),
+                             placed[first.id])
         else:  # the real members' rows; padding copies the last member's
           state = jax.tree.map(lambda a: np.concatenate(
               [a, np.repeat(a[-1:], chunk - len(idx), 0)]), state)
-        state = jax.device_put(state, used[d])
-        states.append(state)
+        states.append(jax.device_put(state, device))
         dones.append(done)
-      progress.update(r * steps + min(min(dones) * every, steps))
+      progress.update(r * steps + min(min(dones, default=run.passes) * every,
+                                      steps))
       # Each chunk goes on from its own pass (a kill may fall between two
       # chunks' saves): the results do not depend on the passes per call.
-      while min(dones) < run.passes:
+      while min(dones, default=run.passes) < run.passes:
         count = options.logs_per_call or (
             1 if per_pass is None else
             max(1, round(options.seconds_per_call / per_pass)))
         call_start = time.perf_counter()
-        moved = [d for d in range(len(members)) if dones[d] < run.passes]
-        for d in moved:
-          states[d] = advance_c[d](knobs[d], placed[d], states[d],
-                                   np.int32(dones[d]), np.int32(count))
+        moved = [i for i in range(len(mine)) if dones[i] < run.passes]
+        for i in moved:
+          device = mine[i][1]
+          states[i] = advance_c[device.id](knobs[i], placed[device.id],
+                                           states[i], np.int32(dones[i]),
+                                           np.int32(count))
         states = wait(states, fetch=False)
         calls += 1
         seconds = (time.perf_counter() - call_start) / count
         per_pass = seconds if per_pass is None else 0.5 * (per_pass + seconds)
         save = (checkpoints is not None and time.perf_counter() - saved >=
                 options.checkpoint_every_s)
-        for d in moved:
-          dones[d] = min(run.passes, dones[d] + count)
-          if save or (checkpoints is not None and dones[d] == run.passes):
-            c = members[d]
-            checkpoints.save(c, dones[d], jax.tree.map(
-                lambda a: a[:len(chunks[c])], jax.device_get(states[d])))
+        for i in moved:
+          dones[i] = min(run.passes, dones[i] + count)
+          if save or (checkpoints is not None and dones[i] == run.passes):
+            c = mine[i][0]
+            checkpoints.save(c, dones[i], jax.tree.map(
+                lambda a: a[:len(chunks[c])], jax.device_get(states[i])))
         if save:
           saved = time.perf_counter()
         progress.update(r * steps + min(min(dones) * every, steps))
-      for d, c in enumerate(members):
+      for (c, _), state in zip(mine, states):
         state = jax.tree.map(lambda a: a[:len(chunks[c])],
-                             jax.device_get(states[d]))
+                             jax.device_get(state))
         if checkpoints is not None and not run.passes:
           checkpoints.save(c, 0, state)
-        outputs.append(jax.tree.map(np.asarray, jax.vmap(run.finish)(state)))
+        outputs[c] = jax.tree.map(np.asarray, jax.vmap(run.finish)(state))
       logging.info('member-batch %d/%d done (%.1fs)', r + 1, len(rounds),
                    time.perf_counter() - run_start)
+    if jax.process_count() > 1:
+      outputs = {c: jax.tree.map(lambda a: a[:len(chunks[c])], out)
+                 for c, out in _gather_chunks(outputs, chunk, jax.eval_shape(
+                     jax.vmap(run.finish), state_spec)).items()}
   except KeyboardInterrupt:
-    finished = sum(len(chunks[c]) for c in range(len(outputs)))
+    done = 0  # the chunks finished in order
+    while done in outputs:
+      done += 1
+    outputs = {c: outputs[c] for c in range(done)}
+    finished = sum(len(chunks[c]) for c in outputs)
     partial = tidy(finished, time.perf_counter() - run_start) if finished else None
     raise Interrupted(partial, finished, g) from None
   finally:

@@ -3,6 +3,7 @@
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 
@@ -209,42 +210,89 @@ def _passes_checkpointed(out) -> int:
   return max([int(n) for n in names if n.isdigit()], default=0)
 
 
-def test_kill_9_resumes_bit_identical_on_another_device_count(tmp_path):
-  """``kill -9`` twice mid-run, resumed on 1 device: the 2-device run's bits."""
-  flags = [*TINY, '--seeds=5', '--steps=120', '--log_every=5',
+# 20 members: 2 chunks of 10; 25 passes, each saved.
+DURABLE = [*TINY, '--seeds=5', '--steps=120', '--log_every=5',
            '--logs_per_call=1', '--checkpoint_every_s=0']
-  # 20 members: 2 chunks of 10; 25 passes, each saved.
-  out, ref = tmp_path / 'out', tmp_path / 'ref'
-  command = [sys.executable, '-m', 'experiments.ablate', *flags]
-  reference = subprocess.Popen([*command, f'--out={ref}'], cwd=ROOT,
-                               env=launchers.env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope='module')
+def durable_reference(tmp_path_factory):
+  """``DURABLE`` run uninterrupted on 2 devices (started in the background)."""
+  out = tmp_path_factory.mktemp('reference') / 'out'
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'experiments.ablate', *DURABLE, f'--out={out}'],
+      cwd=ROOT, env=launchers.env(), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
+
+  def load():
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    res = storage.load(str(out))
+    assert res.metadata['engine']['num_devices'] == 2
+    return res
+
+  return load
+
+
+def _assert_same_bits(res, want):
+  chex.assert_trees_all_equal({m: res.columns[m] for m in METRICS},
+                              {m: want.columns[m] for m in METRICS})
+
+
+def test_kill_9_resumes_bit_identical_on_another_device_count(
+    tmp_path, durable_reference):
+  """``kill -9`` twice mid-run, resumed on 1 device: the 2-device run's bits."""
+  out = tmp_path / 'out'
+  command = [sys.executable, '-m', 'experiments.ablate', *DURABLE,
+             f'--out={out}']
   for stop in (2, 12):  # passes done (of 25) when killed
-    proc = subprocess.Popen([*command, f'--out={out}'], cwd=ROOT,
-                            env=launchers.env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=ROOT, env=launchers.env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     while proc.poll() is None and _passes_checkpointed(out) < stop:
       pass
     proc.kill()
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, stderr  # killed mid-run
     assert stop <= _passes_checkpointed(out) < 25
-  other = _launch(*[f for f in flags if f != '--log_every=5'],
+  other = _launch(*[f for f in DURABLE if f != '--log_every=5'],
                   '--log_every=10', f'--out={out}')
   _assert_clean_error(other, '--log_every=5, not 10')
   one_device = dict(launchers.env())
   one_device['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=1'
-  resumed = subprocess.run([*command, f'--out={out}'], cwd=ROOT,
-                           env=one_device, capture_output=True, text=True,
-                           timeout=300)
+  resumed = subprocess.run(command, cwd=ROOT, env=one_device,
+                           capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'resuming' in resumed.stdout
-  _, stderr = reference.communicate(timeout=300)
-  assert reference.returncode == 0, stderr[-3000:]
-  res, want = storage.load(str(out)), storage.load(str(ref))
-  assert (res.metadata['engine']['num_devices'],
-          want.metadata['engine']['num_devices']) == (1, 2)
+  res = storage.load(str(out))
+  assert res.metadata['engine']['num_devices'] == 1
   assert max(res.metadata['engine']['resumed_passes']) >= 12
-  chex.assert_trees_all_equal({m: res.columns[m] for m in METRICS},
-                              {m: want.columns[m] for m in METRICS})
+  _assert_same_bits(res, durable_reference())
   assert storage.CHECKPOINT not in os.listdir(out)
+
+
+def test_two_processes_run_one_grid_with_one_process_bits(
+    tmp_path, durable_reference):
+  """Two processes on localhost (jax.distributed, gloo), one device each:
+  each runs its chunk, process 0 gathers and writes."""
+  out = tmp_path / 'out'
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  procs = []
+  for index in range(2):
+    env = dict(launchers.env(), JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+               JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(index))
+    env['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=1'
+    procs.append(subprocess.Popen(
+        [sys.executable, '-m', 'experiments.ablate', *DURABLE,
+         f'--out={out}'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True))
+  done = [p.communicate(timeout=300) for p in procs]
+  for p, (stdout, stderr) in zip(procs, done):
+    assert p.returncode == 0, stderr[-3000:]
+  assert 'wrote' in done[0][0] and 'wrote' not in done[1][0]
+  res = storage.load(str(out))
+  assert len(res.metadata['devices']) == 2  # both processes' devices
+  assert res.metadata['engine']['num_devices'] == 2
+  _assert_same_bits(res, durable_reference())
