@@ -354,7 +354,8 @@ def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flag_values[CONFIG].parser = _ConfigParser(flag_values)
   # The launcher's --help; also the run flags every launcher reads (launch).
   for name in (CONFIG, *RUN_FLAGS):
-    flags.declare_key_flag(name, flag_values)
+    if name in flag_values:
+      flags.declare_key_flag(name, flag_values)
 
 
 def _flag_argument(name: str, value: Any) -> str:

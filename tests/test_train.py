@@ -438,3 +438,25 @@ def test_optimizer_receives_the_steps_key(tiny_digits):
   assert seen and all(
       k is not None and jax.dtypes.issubdtype(k.dtype, jax.dtypes.prng_key)
       for k in seen)
+
+
+def test_step_batches_draw_the_runs_order_one_epoch_at_a_time():
+  # The streaming draw (one epoch's order held, redrawn at each epoch's first
+  # step) gives, step by step, the indices of the whole run drawn up front;
+  # those are still the order runs used before the streaming draw: one
+  # permutation per key of split(key, epochs).
+  key, n, batch, steps = jax.random.key(3), 10, 3, 11
+  per_epoch, epochs = n // batch, -(-steps // (n // batch))
+  before = np.concatenate([
+      np.asarray(data_lib.permutation(k, n))[:per_epoch * batch].reshape(
+          -1, batch) for k in jax.random.split(key, epochs)])[:steps]
+
+  def step(order, t):
+    idx, order = data_lib.step_batch(key, n, batch, steps, t, order)
+    return order, idx
+
+  _, streamed = jax.lax.scan(step, jnp.zeros(n, jnp.int32),
+                             jnp.arange(1, steps + 1))
+  chex.assert_trees_all_equal(np.asarray(streamed), before)
+  chex.assert_trees_all_equal(
+      np.asarray(data_lib.batch_indices(key, n, batch, steps)), before)
