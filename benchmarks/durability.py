@@ -75,11 +75,12 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from rahimi_jax import program  # pylint: disable=g-import-not-at-top
   program.use_host_cores()
+  from rahimi_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import ablation  # pylint: disable=g-import-not-at-top
 
   config = ablation.AblationConfig(steps=FLAGS.steps, seeds=FLAGS.seeds)
-  grid, data = config.grid(), config.dataset()
+  grid, data = config.grid(), data_lib.get_dataset(config.dataset)()
   train_config = config.train_config()
   ways = {'plain': {'progress': False},
           'default': {'progress': True},

@@ -468,9 +468,13 @@ class _Progress:
     interactive = sys.stderr.isatty() or 'ipykernel' in sys.modules
     self.bar = None
     if show or (show is None and interactive):
-      import tqdm.auto  # pylint: disable=g-import-not-at-top
-      self.bar = tqdm.auto.tqdm(total=total_steps, unit='step', leave=False,
-                                desc=f'{members} members', dynamic_ncols=True)
+      try:  # a notebook's widget bar needs ipywidgets; else text
+        import ipywidgets  # pylint: disable=g-import-not-at-top,unused-import
+        import tqdm.auto as tqdm  # pylint: disable=g-import-not-at-top
+      except ImportError:
+        import tqdm  # pylint: disable=g-import-not-at-top
+      self.bar = tqdm.tqdm(total=total_steps, unit='step', leave=False,
+                           desc=f'{members} members', dynamic_ncols=True)
     self.log = show is None and not interactive
 
   def update(self, done: int) -> None:
