@@ -1,9 +1,12 @@
 """Running the experiment launchers as a user would, and checking bad input."""
 
+import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The suite's tiny programs are compile-bound; XLA's CPU backend compiles at
@@ -12,8 +15,16 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # s quiet), where the bit-exact properties they check still hold (a one-hot
 # mixture is exactly its option, a member is its solo run: at 0 a tanh mixture
 # was 1 ulp off and a float64 stall run 4e-8). The whole suite passes at the
-# default level too (WORKSPACE.md); launchers and benchmarks keep it.
-FAST_COMPILE = '--xla_backend_optimization_level=0'
+# default level too (WORKSPACE.md); launchers and benchmarks keep it. Launched
+# runs also use XLA CPU's loop emitters, not its MLIR fusion emitters: ~25%
+# less compile CPU (precision_cost's shrunk run 19 -> 14 s), and what they
+# check still holds (the same program on 1 or 8 devices is bit-identical).
+# In-process tests keep the fusion emitters: without them noisy batch norm at
+# zero noise, jitted, is 7e-8 off batch norm run op by op (test_noisy_norm
+# checks it is exactly batch norm). A jaxlib that dropped the flag would stop
+# every launched run at start ("Unknown flags in XLA_FLAGS"): drop it then.
+FAST_COMPILE = ('--xla_backend_optimization_level=0 '
+                '--xla_cpu_use_fusion_emitters=false')
 IN_PROCESS_COMPILE = '--xla_backend_optimization_level=2'
 
 
@@ -26,32 +37,68 @@ def env() -> dict[str, str]:
 
 def launch(module: str, *flags: str, timeout: int = 300):
   """``python -m MODULE FLAGS`` from the repository root; a CompletedProcess."""
-  return subprocess.run([sys.executable, '-m', module, *flags], cwd=ROOT,
-                        env=env(), capture_output=True, text=True,
-                        timeout=timeout)
+  return launch_many(module, [flags], timeout)[0]
 
 
 def launch_many(module: str, flag_lists, timeout: int = 300):
-  """``launch`` once per flag list, all at once; CompletedProcesses in order.
+  """``launch`` once per flag list, all at once; CompletedProcesses in order."""
+  return launch_runs([(module, flags) for flags in flag_lists], timeout)
 
-  Runs that fail validation spend their time importing JAX, mostly on one
-  core: started together they take about the time of the slowest.
+
+# One process imports what every launcher imports (JAX, rahimi_jax: ~1.4 s of
+# CPU, most of a run that fails validation), starts no backend, then forks once
+# per run; each fork runs its module as ``python -m`` does (runpy's
+# _run_module_as_main: argv[0] the module's file, run as __main__, uncaught
+# exceptions and exit codes as usual), its stdout and stderr in its own files.
+_FORK_SERVER = r"""
+import gc, json, os, runpy, sys
+import jax, rahimi_jax
+from jax._src import xla_bridge
+assert not xla_bridge.backends_are_initialized()  # forks start JAX themselves
+gc.freeze()  # the collector leaves the shared imports alone (0.5 -> 0.1 s/fork)
+pids = []
+for module, flags, out, err in json.loads(sys.argv[1]):
+  sys.stdout.flush(); sys.stderr.flush()
+  pid = os.fork()
+  if pid == 0:
+    for fd, path in ((1, out), (2, err)):
+      os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    sys.argv = ['-m', *flags]
+    runpy._run_module_as_main(module)
+    sys.exit(0)
+  pids.append(pid)
+print(json.dumps([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+                  for pid in pids]))
+"""
+
+
+def launch_runs(runs, timeout: int = 300):
+  """``python -m MODULE FLAGS`` for each ``(module, flags)``, all at once.
+
+  CompletedProcesses in order (their args the command a user would type).
   """
-  procs = [subprocess.Popen([sys.executable, '-m', module, *flags], cwd=ROOT,
-                            env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-           for flags in flag_lists]
-  done = []
-  try:
-    for proc in procs:
-      stdout, stderr = proc.communicate(timeout=timeout)
-      done.append(subprocess.CompletedProcess(proc.args, proc.returncode,
-                                              stdout, stderr))
-  finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+  runs = [(module, [*flags]) for module, flags in runs]
+  with tempfile.TemporaryDirectory(prefix='launch_') as tmp:
+    files = [(os.path.join(tmp, f'{i}.out'), os.path.join(tmp, f'{i}.err'))
+             for i in range(len(runs))]
+    server = subprocess.Popen(
+        [sys.executable, '-c', _FORK_SERVER,
+         json.dumps([[m, f, *paths] for (m, f), paths in zip(runs, files)])],
+        cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+    try:
+      stdout, stderr = server.communicate(timeout=timeout)
+    except BaseException:  # a timeout: the forks too (the server's group)
+      os.killpg(server.pid, signal.SIGKILL)
+      server.wait()
+      raise
+    assert server.returncode == 0, stderr[-3000:]
+    codes = json.loads(stdout.strip().splitlines()[-1])
+    done = []
+    for (module, flags), (out, err), code in zip(runs, files, codes):
+      with open(out) as o, open(err) as e:
+        done.append(subprocess.CompletedProcess(
+            [sys.executable, '-m', module, *flags], code, o.read(), e.read()))
   return done
 
 

@@ -28,10 +28,6 @@ def _launch_many(*flag_lists, timeout=300):
   return launchers.launch_many('experiments.ablate', flag_lists, timeout)
 
 
-def _launch(*flags, timeout=300):
-  return _launch_many(flags, timeout=timeout)[0]
-
-
 # (flags, the bad value the error line must name). One per kind of flag the
 # launcher reads; every config check is tested in-process (test_ablation.py,
 # test_cli.py: one error line, nothing written).
@@ -53,13 +49,21 @@ def _assert_clean_error(proc, bad_value):
 
 
 @pytest.fixture(scope='module')
-def bad_runs(tmp_path_factory):
-  """Every bad input launched at once (each fails in validation, in ~2 s)."""
+def launched(tmp_path_factory):
+  """The shrunk run and every bad input (each fails in validation), at once."""
+  out = tmp_path_factory.mktemp('ablate') / 'out'
   dirs = {name: tmp_path_factory.mktemp(name) for name in BAD_INPUTS}
-  procs = _launch_many(*[[*TINY, *flags, f'--out={dirs[name] / "out"}']
-                         for name, (flags, _) in BAD_INPUTS.items()],
-                       timeout=120)
-  return {name: (proc, dirs[name]) for name, proc in zip(BAD_INPUTS, procs)}
+  tiny, *bad = _launch_many(
+      [*TINY, f'--out={out}'],
+      *[[*TINY, *flags, f'--out={dirs[name] / "out"}']
+        for name, (flags, _) in BAD_INPUTS.items()])
+  return (tiny, out), {name: (proc, dirs[name])
+                       for name, proc in zip(BAD_INPUTS, bad)}
+
+
+@pytest.fixture(scope='module')
+def bad_runs(launched):
+  return launched[1]
 
 
 @pytest.mark.parametrize('name', BAD_INPUTS)
@@ -71,10 +75,8 @@ def test_bad_input_fails_early_and_writes_nothing(bad_runs, name):
 
 
 @pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory):
-  out = tmp_path_factory.mktemp('ablate') / 'out'
-  proc = _launch(*TINY, f'--out={out}')
-  return proc, out
+def tiny_run(launched):
+  return launched[0]
 
 
 def test_shrunk_end_to_end_run(tiny_run):
@@ -177,7 +179,7 @@ def test_ctrl_c_saves_finished_members_and_exits_cleanly(tmp_path):
            "runpy.run_module('experiments.ablate', run_name='__main__', "
            'alter_sys=True)')
   proc = subprocess.Popen(
-      [sys.executable, '-c', start, *TINY, '--steps=20000',
+      [sys.executable, '-c', start, *TINY, '--steps=4000',
        '--memory_budget_mb=0.001', '--verbosity=0', f'--out={out}'],
       cwd=ROOT, env=launchers.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True)

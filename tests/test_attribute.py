@@ -15,16 +15,32 @@ from rahimi_jax.studies import attribute
 TINY = ('--hidden=8', '--steps=20', '--seeds=2', '--nodes=2', '--batch_size=32')
 
 
-def _launch(*flags):
-  return launchers.launch('experiments.attribute', *flags)
+# One bad input per kind of flag the launcher reads, as a user meets them;
+# the config's other checks run in-process below.
+BAD_INPUTS = [
+    ('--gates=norm:none', 'norm:none'),
+    ('--learning_rate=-1', 'learning_rate'),
+]
 
 
-def test_end_to_end(tmp_path):
-  proc = _launch(*TINY, f'--out={tmp_path}')
+@pytest.fixture(scope='module')
+def launched(tmp_path_factory):
+  """The shrunk run and every bad flag, launched at once."""
+  out = tmp_path_factory.mktemp('attribute')
+  bad_dir = tmp_path_factory.mktemp('bad')
+  procs = launchers.launch_many('experiments.attribute', [
+      [*TINY, f'--out={out}'],
+      *[[flag, f'--out={bad_dir / f"out{i}"}']
+        for i, (flag, _) in enumerate(BAD_INPUTS)]])
+  return (procs[0], out), (procs[1:], bad_dir)
+
+
+def test_end_to_end(launched):
+  proc, out = launched[0]
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'Aumann-Shapley (gates)' in proc.stdout
   assert 'completeness' in proc.stdout
-  with open(tmp_path / 'contributions.csv') as f:
+  with open(out / 'contributions.csv') as f:
     rows = list(csv.DictReader(f))
   methods = {(r['component'], r['method']) for r in rows}
   for component in ('norm: none -> batch', 'optimizer: sgd -> momentum',
@@ -35,27 +51,16 @@ def test_end_to_end(tmp_path):
   assert storage.load(str(tmp_path)).metadata['flags']['nodes'] == 2
   for png in ('contributions.png', 'interactions.png', 'curves_norm.png',
               'curves_optimizer.png', 'curves_init.png'):
-    assert (tmp_path / png).stat().st_size > 1000
+    assert (out / png).stat().st_size > 1000
 
 
-# One bad input per kind of flag the launcher reads, as a user meets them;
-# the config's other checks run in-process below.
-BAD_INPUTS = [
-    ('--gates=norm:none', 'norm:none'),
-    ('--learning_rate=-1', 'learning_rate'),
-]
-
-
-def test_bad_input(tmp_path):
-  """Every bad flag at once: one error line each, nothing written."""
-  outs = [tmp_path / f'out{i}' for i in range(len(BAD_INPUTS))]
-  procs = launchers.launch_many(
-      'experiments.attribute',
-      [[flag, f'--out={out}'] for (flag, _), out in zip(BAD_INPUTS, outs)])
-  for (flag, bad), proc in zip(BAD_INPUTS, procs):
+def test_bad_input(launched):
+  """Every bad flag: one error line each, nothing written."""
+  procs, bad_dir = launched[1]
+  for (flag, bad), proc in zip(BAD_INPUTS, procs, strict=True):
     assert bad, flag
     launchers.assert_clean_error(proc, bad)
-  assert not list(tmp_path.iterdir())
+  assert not list(bad_dir.iterdir())
 
 
 @pytest.mark.parametrize('kwargs, bad', [

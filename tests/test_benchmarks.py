@@ -225,11 +225,8 @@ def test_flops_of_the_two_layer_linear_net():
 
 
 def test_precision_cost_benchmark_runs_shrunk():
-  proc = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.precision_cost', '--members=7',
-       '--repeats=1',
-       '--steps=2', '--peak_n=64'], cwd=ROOT, env=_env(), capture_output=True,
-      text=True, timeout=300)
+  proc = launchers.launch('benchmarks.precision_cost', '--members=7',
+                          '--repeats=1', '--steps=2', '--peak_n=64')
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
   assert 'matmul peak' in lines[0] and 'G=7, 2 steps' in lines[0], lines

@@ -194,26 +194,6 @@ def test_bad_config(kwargs, match, x64):
     deep_linear.DeepLinearConfig(**kwargs)
 
 
-def _launch(*flags):
-  return launchers.launch('experiments.deep_linear', *flags)
-
-
-def test_launcher_end_to_end(tmp_path):
-  proc = _launch('--n_train=100', '--condition_number=1e3', '--steps=100',
-                 '--log_every=50', '--seeds=2', '--gd_lrs=0.1',
-                 '--methods=gd,lm', '--solver_steps=10', '--saxe',
-                 f'--out={tmp_path}')
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  for text in ('lm: first step below', 'function-changing',
-               'Saxe half-rise times'):
-    assert text in proc.stdout, proc.stdout
-  res = storage.load(str(tmp_path))
-  assert set(res.columns['optimizer']) == {'sgd', 'levenberg_marquardt'}
-  assert res.metadata['flags']['solver_steps'] == 10  # --config=DIR re-runs
-  for name in ('loss_depth1.png', 'saxe_modes_lr0.1_scale1.png'):
-    assert (tmp_path / name).exists(), name
-
-
 BAD_INPUTS = [
     ('--methods=gd,newton', 'newton'),
     ('--gd_lrs=0.1,abc', 'abc'),
@@ -221,12 +201,36 @@ BAD_INPUTS = [
 ]
 
 
-def test_launcher_bad_input(tmp_path):
-  """Every bad flag at once: one error line each, nothing written."""
-  procs = launchers.launch_many(
-      'experiments.deep_linear',
-      [[flag, f'--out={tmp_path / str(i)}']
-       for i, (flag, _) in enumerate(BAD_INPUTS)])
-  for (_, bad), proc in zip(BAD_INPUTS, procs):
+@pytest.fixture(scope='module')
+def launched(tmp_path_factory):
+  """The shrunk launcher run and every bad flag, launched at once."""
+  out = tmp_path_factory.mktemp('deep_linear')
+  bad_dir = tmp_path_factory.mktemp('bad')
+  procs = launchers.launch_many('experiments.deep_linear', [
+      ['--n_train=100', '--condition_number=1e3', '--steps=100',
+       '--log_every=50', '--seeds=2', '--gd_lrs=0.1', '--methods=gd,lm',
+       '--solver_steps=10', '--saxe', f'--out={out}'],
+      *[[flag, f'--out={bad_dir / str(i)}']
+        for i, (flag, _) in enumerate(BAD_INPUTS)]])
+  return (procs[0], out), (procs[1:], bad_dir)
+
+
+def test_launcher_end_to_end(launched):
+  proc, out = launched[0]
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for text in ('lm: first step below', 'function-changing',
+               'Saxe half-rise times'):
+    assert text in proc.stdout, proc.stdout
+  res = storage.load(str(out))
+  assert set(res.columns['optimizer']) == {'sgd', 'levenberg_marquardt'}
+  assert res.metadata['flags']['solver_steps'] == 10  # --config=DIR re-runs
+  for name in ('loss_depth1.png', 'saxe_modes_lr0.1_scale1.png'):
+    assert (out / name).exists(), name
+
+
+def test_launcher_bad_input(launched):
+  """Every bad flag: one error line each, nothing written."""
+  procs, bad_dir = launched[1]
+  for (_, bad), proc in zip(BAD_INPUTS, procs, strict=True):
     launchers.assert_clean_error(proc, bad)
-  assert not list(tmp_path.iterdir())
+  assert not list(bad_dir.iterdir())

@@ -65,19 +65,16 @@ def test_every_launcher_command_parses(tmp_path):
   modules = {c[0] for c in commands}
   assert {'experiments.ablate', 'experiments.deep_linear',
           'experiments.attribute', 'benchmarks.grid_throughput'} <= modules
-  procs = []
+  runs = []
   for i, (module, *flags) in enumerate(commands):
     flags = [f for f in flags if not f.startswith('--out=')]
     if module.startswith('experiments.'):
       flags.append(f'--out={tmp_path / str(i)}')
-    procs.append((module, flags, subprocess.Popen(
-        [sys.executable, '-m', module, *flags, '--dry_run'], cwd=ROOT,
-        env=launchers.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)))
-  for module, flags, proc in procs:
-    stdout, stderr = proc.communicate(timeout=240)
-    assert proc.returncode == 0, (module, flags, stderr[-2000:])
-    assert 'dry run: ' in stdout, (module, stdout)
+    runs.append((module, [*flags, '--dry_run']))
+  for (module, flags), proc in zip(runs, launchers.launch_runs(runs,
+                                                               timeout=240)):
+    assert proc.returncode == 0, (module, flags, proc.stderr[-2000:])
+    assert 'dry run: ' in proc.stdout, (module, proc.stdout)
   assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
 
