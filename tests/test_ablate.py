@@ -257,8 +257,9 @@ def test_kill_9_resumes_bit_identical_on_another_device_count(
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, stderr  # killed mid-run
     assert stop <= _passes_checkpointed(out) < 25
-  other = _launch(*[f for f in DURABLE if f != '--log_every=5'],
-                  '--log_every=10', f'--out={out}')
+  other = launchers.launch(
+      'experiments.ablate', *[f for f in DURABLE if f != '--log_every=5'],
+      '--log_every=10', f'--out={out}')
   _assert_clean_error(other, '--log_every=5, not 10')
   one_device = dict(launchers.env())
   one_device['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=1'

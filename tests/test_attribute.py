@@ -48,7 +48,7 @@ def test_end_to_end(launched):
     for method in ('shapley', 'aumann_shapley', 'difference'):
       assert (component, method) in methods
   assert all(r['seeds'] == '2' for r in rows)
-  assert storage.load(str(tmp_path)).metadata['flags']['nodes'] == 2
+  assert storage.load(str(out)).metadata['flags']['nodes'] == 2
   for png in ('contributions.png', 'interactions.png', 'curves_norm.png',
               'curves_optimizer.png', 'curves_init.png'):
     assert (out / png).stat().st_size > 1000
