@@ -49,9 +49,10 @@ def launch_many(module: str, flag_lists, timeout: int = 300):
 # CPU, most of a run that fails validation), starts no backend, then forks once
 # per run; each fork runs its module as ``python -m`` does (runpy's
 # _run_module_as_main: argv[0] the module's file, run as __main__, uncaught
-# exceptions and exit codes as usual), its stdout and stderr in its own files.
+# exceptions and exit codes as usual), or its code as ``python -c`` does (in a
+# fresh __main__), its stdout and stderr in its own files.
 _FORK_SERVER = r"""
-import gc, json, os, runpy, sys
+import gc, json, os, runpy, sys, types
 import jax, rahimi_jax
 from jax._src import xla_bridge
 assert not xla_bridge.backends_are_initialized()  # forks start JAX themselves
@@ -63,8 +64,13 @@ for module, flags, out, err in json.loads(sys.argv[1]):
   if pid == 0:
     for fd, path in ((1, out), (2, err)):
       os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-    sys.argv = ['-m', *flags]
-    runpy._run_module_as_main(module)
+    if module == '-c':
+      sys.argv = ['-c', *flags[1:]]
+      sys.modules['__main__'] = main = types.ModuleType('__main__')
+      exec(compile(flags[0], '<string>', 'exec'), main.__dict__)
+    else:
+      sys.argv = ['-m', *flags]
+      runpy._run_module_as_main(module)
     sys.exit(0)
   pids.append(pid)
 print(json.dumps([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
@@ -72,10 +78,13 @@ print(json.dumps([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 """
 
 
-def launch_runs(runs, timeout: int = 300):
+def launch_runs(runs, timeout: int = 300,
+                environ: dict[str, str] | None = None):
   """``python -m MODULE FLAGS`` for each ``(module, flags)``, all at once.
 
-  CompletedProcesses in order (their args the command a user would type).
+  A module ``'-c'`` is ``python -c CODE ARGS`` (``flags = [CODE, *ARGS]``).
+  The runs see ``environ`` (default ``env()``). CompletedProcesses in order,
+  their args the command a user would type.
   """
   runs = [(module, [*flags]) for module, flags in runs]
   with tempfile.TemporaryDirectory(prefix='launch_') as tmp:
@@ -84,8 +93,9 @@ def launch_runs(runs, timeout: int = 300):
     server = subprocess.Popen(
         [sys.executable, '-c', _FORK_SERVER,
          json.dumps([[m, f, *paths] for (m, f), paths in zip(runs, files)])],
-        cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True)
+        cwd=ROOT, env=env() if environ is None else environ,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
     try:
       stdout, stderr = server.communicate(timeout=timeout)
     except BaseException:  # a timeout: the forks too (the server's group)
@@ -96,9 +106,10 @@ def launch_runs(runs, timeout: int = 300):
     codes = json.loads(stdout.strip().splitlines()[-1])
     done = []
     for (module, flags), (out, err), code in zip(runs, files, codes):
+      command = ['-c'] if module == '-c' else ['-m', module]
       with open(out) as o, open(err) as e:
         done.append(subprocess.CompletedProcess(
-            [sys.executable, '-m', module, *flags], code, o.read(), e.read()))
+            [sys.executable, *command, *flags], code, o.read(), e.read()))
   return done
 
 

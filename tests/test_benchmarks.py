@@ -73,20 +73,24 @@ def runs(tmp_path_factory):
   (fake / 'torch').mkdir(parents=True)
   (fake / 'torch' / '__init__.py').write_text(
       'raise ImportError("torch hidden by the test")\n')
-  procs = {'no_torch': (_start(*TINY, '--methods=a,b,c,d,e', '--profile',
-                               f'--json_out={tmp / "no_torch.json"}',
-                               extra_path=[fake]), tmp / 'no_torch.json')}
+  torch = None
   if _torch_installed():
-    procs['torch'] = (_start(*TINY, '--methods=a,d,e', '--torch_threads=1',
-                             f'--json_out={tmp / "torch.json"}'),
-                      tmp / 'torch.json')
+    torch = _start(*TINY, '--methods=a,d,e', '--torch_threads=1',
+                   f'--json_out={tmp / "torch.json"}')
   try:
-    return {name: (_finish(proc), out) for name, (proc, out) in procs.items()}
+    no_torch, = launchers.launch_runs(
+        [('benchmarks.grid_throughput',
+          [*TINY, '--methods=a,b,c,d,e', '--profile',
+           f'--json_out={tmp / "no_torch.json"}'])],
+        timeout=120, environ=_env([fake]))
+    done = {'no_torch': (no_torch, tmp / 'no_torch.json')}
+    if torch is not None:
+      done['torch'] = (_finish(torch), tmp / 'torch.json')
+    return done
   finally:
-    for proc, _ in procs.values():
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    if torch is not None and torch.poll() is None:
+      torch.kill()
+      torch.wait()
 
 
 def _records(path):

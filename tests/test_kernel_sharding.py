@@ -3,9 +3,8 @@ process: the device count is fixed when JAX starts)."""
 
 import json
 import os
-import subprocess
-import sys
 
+import launchers
 from launchers import FAST_COMPILE
 from launchers import ROOT
 
@@ -50,8 +49,7 @@ def test_eight_devices_give_the_numbers_of_one():
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu',
              XLA_FLAGS=f'{FAST_COMPILE} '
              '--xla_force_host_platform_device_count=8')
-  proc = subprocess.run([sys.executable, '-c', _SCRIPT], env=env, cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
+  proc, = launchers.launch_runs([('-c', [_SCRIPT])], environ=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   # The same sums in another order: float32 rounding only.

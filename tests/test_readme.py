@@ -9,8 +9,6 @@ Quickstart's test line is the one CI runs.
 import pathlib
 import re
 import shlex
-import subprocess
-import sys
 
 import pytest
 
@@ -89,9 +87,7 @@ def test_python_examples_run_shrunk(tmp_path):
       .replace("'/tmp/my_grid'", repr(str(tmp_path / 'grid')))
       for example in examples)
   assert shrunk.count('steps=10') == 2 and str(tmp_path) in shrunk
-  proc = subprocess.run([sys.executable, '-c', shrunk], cwd=ROOT,
-                        env=launchers.env(), capture_output=True, text=True,
-                        timeout=240)
+  proc, = launchers.launch_runs([('-c', [shrunk])], timeout=240)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.count('final test_accuracy') == 2
   assert (tmp_path / 'grid' / 'results.csv').exists()
