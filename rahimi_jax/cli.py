@@ -595,7 +595,8 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
             f'had finished to {out}/{storage.CSV} (metadata marks it '
             f'interrupted){resume}.', file=sys.stderr)
     return INTERRUPTED
-  if program.jax.process_index() != 0:
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
     return 0  # several processes (initialize_distributed): process 0 writes
   try:
     with storage.staged(out) as stage:
