@@ -86,10 +86,13 @@ flags.DEFINE_float('tolerance', 1e-5, 'Largest accepted |(a) - (b)| of the '
 flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads for (d, e); 0 '
                      'keeps torch\'s default (one per core). On a loaded host '
                      'OpenMP threads can stall tiny ops; 1 is the robust choice.')
-flags.DEFINE_integer('chunk_size', None, '(a): members vmapped together (one '
-                     'chunk per device at a time); 0: the grid split evenly '
-                     'over the devices; default: the engine\'s '
-                     '(program.default_chunk_size).')
+if 'chunk_size' not in flags.FLAGS:  # the launchers' flag (rahimi_jax.cli)
+  flags.DEFINE_string('chunk_size', None, '(a): members vmapped together '
+                      '(one chunk per device at a time): auto, tune, rule or '
+                      'an integer; 0: the grid split evenly over the devices; '
+                      'default: the engine\'s (auto: measured on this host '
+                      'when the run is long enough to pay, cached: '
+                      'tuning.choose_chunk).')
 flags.DEFINE_integer('cpu_devices', 0, 'Treat the CPU as this many XLA devices '
                      '(program.use_host_cores), so (a) shards members over '
                      'cores; 0: one per core; 1: a single device.')

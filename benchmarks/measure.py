@@ -7,7 +7,6 @@ instruction (``profile_ops``, ``profile_a``).
 
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -114,11 +113,5 @@ def profile_a(bench: Bench) -> list[dict[str, Any]]:
 
 def cpu_model() -> str:
   """The host CPU's model name (named beside every number a benchmark prints)."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown CPU'
+  from rahimi_jax import tuning  # pylint: disable=g-import-not-at-top
+  return tuning.cpu_model()

@@ -54,8 +54,10 @@ def run_a(bench: Bench, members: np.ndarray) -> Timing:
   loss[idx] = final['train_loss']
   note = (f'{info["member_batches"]} call(s) of {info["member_batch_size"]}'
           if info['member_batches'] > 1 else '')
+  # The first call chose the chunk (measured on first use: not compile time).
   return Timing(first['compile_s'] + warm_up_s, info['run_s'],
-                np.arange(len(bench)), loss, info['program_bytes'], note)
+                np.arange(len(bench)), loss, info['program_bytes'], note,
+                first['chunk_choice'])
 
 
 def run_b(bench: Bench, members: np.ndarray) -> Timing:

@@ -53,6 +53,7 @@ def make_record(bench: Bench, method: str, t: Timing, peak: dict[str, float],
       'final_train_loss': [float(v) for v in t.final_train_loss],
       'device': 'cpu (torch)' if method in methods.TORCH_METHODS else device,
       'note': t.note,
+      'chunk_choice': t.chunk,
   }
   if method in methods.TORCH_METHODS:
     import torch  # pylint: disable=g-import-not-at-top
@@ -108,6 +109,10 @@ def scaling_table(records: list[dict[str, Any]], workload: str) -> str:
         f'{r["ms_per_member"]:.3g} (G={r["G"]})' for r in a))
     lines.append('(a) over G: compile_s ' + ' -> '.join(
         f'{r["compile_s"]:.2f} (G={r["G"]})' for r in a))
+    if any(r.get('chunk_choice') for r in a):
+      lines.append('(a) over G: chunk width (how chosen, seconds) ' + ' -> '.join(
+          f'{c["width"]} ({c["source"]}, {c["seconds"]:.1f} s; G={r["G"]})'
+          for r in a if (c := r.get('chunk_choice'))))
     if any(r['program_bytes'] for r in a):
       lines.append('(a) over G: program MB ' + ' -> '.join(
           f'{(r["program_bytes"] or 0) / 2**20:.2f} (G={r["G"]})' for r in a))

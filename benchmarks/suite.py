@@ -29,7 +29,7 @@ class BenchConfig(NamedTuple):
   tolerance: float
   json_out: str | None
   torch_threads: int = 0
-  chunk_size: int | None = None
+  chunk_size: int | str | None = None  # a width, 0, or a tuning mode
   profile: bool = False
 
 
@@ -70,9 +70,12 @@ def make_bench_config(*, regime: str, grid_sizes, methods, steps=None,
       raise ValueError(f'{name} must be a positive integer; got {value!r}.')
   if not isinstance(torch_threads, (int, np.integer)) or torch_threads < 0:
     raise ValueError(f'torch_threads must be an integer >= 0; got {torch_threads!r}.')
-  if chunk_size is not None and (
+  if isinstance(chunk_size, str) and chunk_size.isdigit():
+    chunk_size = int(chunk_size)
+  if chunk_size is not None and chunk_size not in ('auto', 'tune', 'rule') and (
       not isinstance(chunk_size, (int, np.integer)) or chunk_size < 0):
-    raise ValueError(f'chunk_size must be an integer >= 0; got {chunk_size!r}.')
+    raise ValueError(f'chunk_size must be auto, tune, rule or an integer >= 0;'
+                     f' got {chunk_size!r}.')
   if not tolerance > 0:
     raise ValueError(f'tolerance must be > 0; got {tolerance}.')
   if json_out is not None:
@@ -84,7 +87,8 @@ def make_bench_config(*, regime: str, grid_sizes, methods, steps=None,
   return BenchConfig(regime, workloads, tuple(sorted(sizes)), methods,
                      int(steps), int(loop_members_cap), int(peak_n),
                      float(tolerance), json_out, int(torch_threads),
-                     None if chunk_size is None else int(chunk_size),
+                     chunk_size if chunk_size is None or isinstance(
+                         chunk_size, str) else int(chunk_size),
                      bool(profile))
 
 
@@ -157,7 +161,8 @@ def run_benchmark(cfg: BenchConfig, out=print) -> list[dict[str, Any]]:
         out(report.format_profile(a_record['profile']))
       if cfg.json_out:
         report.write_json(cfg.json_out, records)
-    out(f'\n== scaling table: {name} (regime {cfg.regime}, {cfg.steps} steps; '
+    out(f'\n== scaling table: {name} on {measure.cpu_model()}, {device} '
+        f'(regime {cfg.regime}, {cfg.steps} steps; '
         'a_x_run = run_s(method) / run_s(a), a_x_total with compile) ==')
     out(report.scaling_table(records, name))
   for method in methods[1:]:

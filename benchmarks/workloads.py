@@ -49,13 +49,14 @@ class Timing(NamedTuple):
   final_train_loss: np.ndarray  # [len(members)]
   program_bytes: int | None = None
   note: str = ''
+  chunk: dict[str, Any] | None = None  # (a): the engine's chunk_choice
 
 
 class Bench:
   """One workload at one grid size: the config, grid and data every method uses."""
 
   def __init__(self, workload: str, g: int, steps: int, data,
-               chunk_size: int | None = None):
+               chunk_size: int | str | None = None):
     from rahimi_jax import grid as grid_lib  # pylint: disable=g-import-not-at-top
     from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
     self.name = workload
@@ -105,8 +106,11 @@ class Bench:
     """(a): the whole grid through the engine (its compile cache reused)."""
     from rahimi_jax import program  # pylint: disable=g-import-not-at-top
     from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-    return program.execute(train_lib.make_train(self.config), self.grid,
-                           self.data, chunk_size=self.chunk_size)
+    mode = self.chunk_size if isinstance(self.chunk_size, str) else None
+    with program.run_options(chunk_size=mode):
+      return program.execute(train_lib.make_train(self.config), self.grid,
+                             self.data, chunk_size=None if mode else
+                             self.chunk_size)
 
   def member_knobs(self, i: int) -> dict[str, Any]:
     import jax  # pylint: disable=g-import-not-at-top

@@ -1,8 +1,8 @@
 """Executing a grid: one compiled program per device, in resumable calls.
 
 ``execute(train_fn, grid, data)`` splits the grid's members into chunks
-(``default_chunk_size``: from the grid's size and backend, not the device
-count), compiles the member's run ``vmap``ped over one chunk, and runs the
+(``tuning.choose_chunk``: the width measured fastest for the program on this
+host, cached, never dependent on the device count), compiles the member's run ``vmap``ped over one chunk, and runs the
 chunks on all local devices at once, a chunk per device, until every chunk
 has run. A ``train.make_train`` run goes in calls of a few seconds
 (``advance``), between which the host shows progress and, under
@@ -35,6 +35,7 @@ from rahimi_jax import provenance
 from rahimi_jax import results as results_lib
 from rahimi_jax import storage
 from rahimi_jax import train as train_lib
+from rahimi_jax import tuning
 
 DEFAULT_MEMORY_FRACTION = 0.5
 
@@ -120,32 +121,6 @@ def initialize_distributed() -> bool:
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(address, num_processes=num, process_id=index)
   return True
-
-
-# Members per chunk: a device runs its members a chunk at a time, so that
-# one chunk's training state stays in cache. Measured on 2
-# cores at G=128-256: chunks of 8-32 beat whole-device vmaps by 1.0-1.3x
-# (deep linear, MLPs 32 and 128 wide; WORKSPACE.md). An accelerator wants
-# wide vmaps.
-CPU_CHUNK = 16
-ACCELERATOR_CHUNK = 1024
-
-
-def default_chunk_size(members: int, backend: str | None = None) -> int:
-  """Members per chunk ``execute`` uses unless told.
-
-  It depends on the grid's size and the backend only, never on the number of
-  devices: each device runs whole chunks of one shape, so a grid's results
-  are bit-identical on 1, 2 or 8 devices (a vmap of another width may round
-  differently: widths 1, 2-3 and 4 each differed from >= 8 on a 2-core AVX2
-  host). The grid splits into a power of two of equal chunks of at most
-  ``CPU_CHUNK`` (``ACCELERATOR_CHUNK``) members, so that 1, 2, 4 or 8 devices
-  share them without padding beyond one member per chunk.
-  """
-  most = CPU_CHUNK if (backend or jax.default_backend()) == 'cpu' else (
-      ACCELERATOR_CHUNK)
-  chunks = 1 << max(0, math.ceil(members / most) - 1).bit_length()
-  return math.ceil(members / chunks)
 
 
 # Compiled programs kept for reuse (a grid re-run, the benchmark's warm call):
@@ -309,6 +284,12 @@ class RunOptions:
       ``tqdm`` bar, ``False`` none, ``None`` a bar on a terminal or in a
       notebook and otherwise an absl INFO line at most every
       ``PROGRESS_LOG_S`` seconds.
+    chunk_size: members per chunk when ``execute`` is not told: ``'auto'``
+      the width measured fastest for the program on this host when the run
+      is long enough to pay for measuring (cached; ``tuning.choose_chunk``),
+      ``'tune'`` measured now, ``'rule'`` the built-in rule
+      (``tuning.rule_width``), or a width; ``None``:
+      ``$RAHIMI_JAX_CHUNK_SIZE`` if set, else ``'auto'``.
   """
   checkpoint_dir: str | None = None
   keep: int = 2
@@ -316,6 +297,7 @@ class RunOptions:
   logs_per_call: int | None = None
   seconds_per_call: float = 5.0
   progress: bool | None = None
+  chunk_size: str | int | None = None
   calls: int = 0  # execute calls so far in the block (checkpoint directories)
 
   def __post_init__(self):
@@ -326,6 +308,20 @@ class RunOptions:
     if not self.seconds_per_call > 0:
       raise ValueError(f'seconds_per_call must be > 0; got '
                        f'{self.seconds_per_call}.')
+    if self.chunk_size is not None:
+      self.chunk_size = _chunk_mode(self.chunk_size)
+
+
+def _chunk_mode(value: str | int) -> str | int:
+  """``'auto'``, ``'tune'``, ``'rule'`` or a width >= 1 (also as a string, from a flag or
+  ``$RAHIMI_JAX_CHUNK_SIZE``); ``ValueError`` naming the accepted ones."""
+  if isinstance(value, str) and value.strip().isdigit():
+    value = int(value)
+  if value in tuning.MODES or (isinstance(value, (int, np.integer)) and
+                               not isinstance(value, bool) and value >= 1):
+    return value
+  raise ValueError(f'chunk size {value!r}: accepted are '
+                   f'{", ".join(tuning.MODES)} or an integer >= 1.')
 
 
 _OPTIONS = RunOptions()
@@ -556,9 +552,11 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     num_devices: local devices to run chunks on at once (default: all; never
       more than there are chunks).
     chunk_size: members vmapped together on a device. Default (``None``):
-      ``default_chunk_size``, which does not depend on the device count; 0:
-      the grid's members split evenly over the devices. A resumed run keeps
-      its first run's chunk size.
+      as ``RunOptions.chunk_size`` says (by default measured on this host
+      for this program, cached; never dependent on the device count); 0: the
+      grid's members split evenly over the devices. A resumed run keeps its
+      first run's chunk size. The chosen width and how it was chosen are in
+      ``metadata['engine']['chunk_choice']``.
     metadata: extra provenance to store with the results (beside the
       library's own: versions, devices, git state, the train config).
 
@@ -593,10 +591,26 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     options.calls += 1
     fingerprint = _fingerprint(run, grid, data)
     plan = checkpoints.plan(fingerprint)
+  budget = memory_budget_bytes or int(
+      DEFAULT_MEMORY_FRACTION * device_memory_bytes())
   if plan is not None:  # a resumed run keeps its chunks
-    chunk_size = plan['chunk_size']
+    choice = tuning.Choice(plan['chunk_size'], 'checkpoint')
   elif chunk_size is None:
-    chunk_size = default_chunk_size(g)
+    mode = options.chunk_size or _chunk_mode(
+        os.environ.get(tuning.MODE_ENV, tuning.AUTO))
+    # Several processes run process 0's choice (the others measure nothing).
+    choice = tuning.choose_chunk(
+        run.config if run.passes else None, grid, data,
+        mode=tuning.RULE if me and mode in (tuning.AUTO, tuning.TUNE) else mode,
+        most=member_batch_size, budget=budget)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      width = int(multihost_utils.broadcast_one_to_all(np.int32(choice.width)))
+      if me:
+        choice = tuning.Choice(width, 'process 0')
+  else:
+    choice = tuning.Choice(chunk_size, 'given')
+  chunk_size = choice.width
   chunk = min(chunk_size or math.ceil(g / len(devices)), g,
               member_batch_size or g)
 
@@ -621,8 +635,6 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     return (used, first, {d.id: c for d, c in zip(local, advance)},
             seconds + more, state)
 
-  budget = memory_budget_bytes or int(
-      DEFAULT_MEMORY_FRACTION * device_memory_bytes())
   used, start_c, advance_c, compile_s, state_spec = compile_for(chunk)
   need = max([program_bytes(c) or 0
               for c in (*start_c, *advance_c.values())], default=0) or None
@@ -645,7 +657,9 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
             for i in range(0, len(chunks), len(used))]
   every = run.config.log_every if run.passes else 1
   steps = run.config.steps if run.passes else 1
-  progress = _Progress(steps * len(rounds), g, options.progress)
+  # One progress display: process 0's (the others run in step with it).
+  progress = _Progress(steps * len(rounds), g,
+                       options.progress if me == 0 else False)
   calls, resumed, per_pass, saved = 0, [], None, time.perf_counter()
   outputs = {}  # per chunk
   placed = {d.id: jax.device_put(data, d) for d in used
@@ -658,6 +672,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         'member_batches': len(rounds),
         'num_devices': len(used),
         'chunk_size': chunk,
+        'chunk_choice': choice.record(),
         'chunks': len(chunks),
         'program_bytes': need,
         'compile_s': compile_s,
@@ -710,9 +725,9 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
       # Each chunk goes on from its own pass (a kill may fall between two
       # chunks' saves): the results do not depend on the passes per call.
       while min(dones, default=run.passes) < run.passes:
-        count = options.logs_per_call or (
+        count = min(run.passes, options.logs_per_call or (
             1 if per_pass is None else
-            max(1, round(options.seconds_per_call / per_pass)))
+            max(1, round(options.seconds_per_call / max(per_pass, 1e-9)))))
         call_start = time.perf_counter()
         moved = [i for i in range(len(mine)) if dones[i] < run.passes]
         for i in moved:
@@ -722,7 +737,9 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
                                            np.int32(count))
         states = wait(states, fetch=False)
         calls += 1
-        seconds = (time.perf_counter() - call_start) / count
+        # Per pass run (passes past the last do nothing).
+        seconds = (time.perf_counter() - call_start) / max(
+            min(count, run.passes - dones[i]) for i in moved)
         per_pass = seconds if per_pass is None else 0.5 * (per_pass + seconds)
         save = (checkpoints is not None and time.perf_counter() - saved >=
                 options.checkpoint_every_s)
@@ -740,7 +757,8 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
                              jax.device_get(state))
         if checkpoints is not None and not run.passes:
           checkpoints.save(c, 0, state)
-        outputs[c] = jax.tree.map(np.asarray, jax.vmap(run.finish)(state))
+        outputs[c] = jax.tree.map(np.asarray, _program(run.finish, (True,),
+                                                       ())(state))
       logging.info('member-batch %d/%d done (%.1fs)', r + 1, len(rounds),
                    time.perf_counter() - run_start)
     if jax.process_count() > 1:

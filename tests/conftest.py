@@ -10,6 +10,10 @@ import pytest
 # Generated datasets (MNIST-1D) are cached in a fresh directory per process,
 # not in the user's cache; launchers the tests start inherit it.
 os.environ['RAHIMI_JAX_CACHE'] = tempfile.mkdtemp(prefix='rahimi_jax_cache_')
+# Grids run in the built-in rule's chunks, measuring nothing: tuning would
+# compile each test's program at several widths (tests/test_tuning.py tests
+# the tuner). Launchers the tests start inherit it.
+os.environ['RAHIMI_JAX_CHUNK_SIZE'] = 'rule'
 os.environ['XLA_FLAGS'] = (
     f'{os.environ.get("XLA_FLAGS", "")} {IN_PROCESS_COMPILE}'.strip())
 

@@ -239,3 +239,20 @@ def test_precision_cost_benchmark_runs_shrunk():
       len(r) == 5 and r[4].endswith('%') for r in rows), lines
   assert lines[5].startswith('mixed / fp32 time per member-step: '), lines
   assert lines[6].startswith('mixed + events / fp32 time per member-step: ')
+
+
+def test_chunk_tuning_benchmark_runs_shrunk():
+  proc = launchers.launch('benchmarks.chunk_tuning', '--workloads=mlp32',
+                          '--grid_size=8', '--steps=3', '--repeats=1',
+                          '--min_width=4', '--max_width=8', '--peak_n=64')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  assert 'matmul peak' in out and '== mlp32: G=8, 3 steps; rule width 8' in out
+  # Both hand-picked widths timed; the tuner measured, then read its cache.
+  assert out.count('\n     4') == 1 and out.count('\n     8') == 1, out
+  assert 'auto on first use: width 8 (rule: too short to tune' in out, out
+  assert '(tuned, then cached)' in out, out
+  (row,) = [l for l in out.splitlines() if l.startswith('mlp32 ')]
+  fields = row.split()
+  assert fields[1] == '8' and fields[2] in ('8', '4', '2', '1'), row
+  assert fields[-1] == '0.0', row

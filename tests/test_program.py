@@ -91,15 +91,15 @@ _SHARDED = textwrap.dedent("""
                         task='classification', num_outputs=10)
 
     def run(**kwargs):
-      res = program.execute(t._train(), t.GRID, tiny, chunk_size=2, **kwargs)
+      res = program.execute(t._train(), t.GRID, tiny, chunk_size=1, **kwargs)
       info = res.metadata['engine']
       return res, (info['num_devices'], info['member_batches'])
 
-    # 8 members in 4 chunks of 2: on 1, 2 and (a chunk each) 4 of the 8
-    # devices, a chunk per device at a time.
+    # 8 members in 8 chunks of 1: on 1, 2 and 8 devices, a chunk per device
+    # at a time.
     one, shape = run(num_devices=1)
-    assert shape == (1, 4), shape
-    for kwargs, want in (({{'num_devices': 2}}, (2, 2)), ({{}}, (4, 1))):
+    assert shape == (1, 8), shape
+    for kwargs, want in (({{'num_devices': 2}}, (2, 4)), ({{}}, (8, 1))):
       res, shape = run(**kwargs)
       assert shape == want, (kwargs, shape)
       chex.assert_trees_all_equal({{m: res.columns[m] for m in t.METRICS}},
@@ -139,18 +139,11 @@ def test_chunks_of_members_match_one_vmap(tiny_digits):
     assert res.metadata['engine']['chunk_size'] == len(GRID)
 
 
-def test_default_chunks_split_the_grid_in_a_power_of_two():
-  # Equal chunks of at most CPU_CHUNK members, a power of two of them (so 1,
-  # 2, 4 or 8 devices share them evenly), whatever the device count.
-  assert program.CPU_CHUNK == 16
-  assert program.default_chunk_size(8, 'cpu') == 8
-  assert program.default_chunk_size(16, 'cpu') == 16
-  assert program.default_chunk_size(17, 'cpu') == 9
-  assert program.default_chunk_size(108, 'cpu') == 14  # 8 chunks, 4 padded
-  assert program.default_chunk_size(128, 'cpu') == 16
-  assert program.default_chunk_size(4096, 'gpu') == 1024
+def test_bad_chunk_size_is_refused_before_compiling():
   with pytest.raises(ValueError, match='chunk_size'):
     program.execute(_train(), GRID, np.zeros(3), chunk_size=-1)
+  with pytest.raises(ValueError, match='auto, tune, rule or an integer'):
+    program.run_options(chunk_size='fastest').__enter__()
 
 
 _HOST_CORES = textwrap.dedent("""
@@ -190,9 +183,9 @@ _IMPORT_DEFAULT = textwrap.dedent("""
     import os
     import jax
     import rahimi_jax as rj
-    from rahimi_jax import data, program
+    from rahimi_jax import data, tuning
     cores = len(os.sched_getaffinity(0))
-    grid = rj.Grid(rj.Seeds(program.CPU_CHUNK * cores))  # a chunk per core
+    grid = rj.Grid(rj.Seeds(tuning.CPU_CHUNK * cores))  # a chunk per core
     config = rj.TrainConfig(hidden=(4,), steps=2, batch_size=8)
     res = rj.run(config, grid, data.synthetic(n_train=16, n_test=8))
     print(cores, len(jax.devices()), res.metadata['engine']['num_devices'])

@@ -1,0 +1,162 @@
+r"""Does the tuned chunk width hold up against every width picked by hand?
+
+For each workload (the default ablation grid; the grid-throughput benchmark's
+deep_linear and mlp32 at G=256 and mlp128 at G=128), in one process run:
+
+  hand-picked  the engine at each chunk width of the grid's ladder
+               (``tuning.widths``) from ``--min_width`` to ``--max_width``,
+               all compiled first, then run ``--repeats`` times interleaved
+               (the fastest run counts);
+  rule         the built-in rule's width (``tuning.rule_width``: the engine's
+               default before tuning);
+  auto         the engine's default (no flags), with an empty cache: it times
+               the rule's width and tunes only if the run is long enough to
+               pay for it (``tuning.TUNE_PAYS``);
+  tune         the tuner forced (``chunk_size='tune'``): the widths it
+               measured and the one it chose, whose runs are then timed with
+               the default engine reading the cache.
+
+It prints each width's run time, achieved matmul GFLOP/s and fraction of this
+machine's float32 matmul peak (measured in the same run), the tuner's choice,
+the tuned width's run time against the best hand-picked width (issue 16's
+target: within 10%) and against the rule, and what choosing cost on first
+use and after:
+
+  python -m benchmarks.chunk_tuning --repeats=3
+"""
+
+import os
+import tempfile
+
+from absl import app
+from absl import flags
+
+from benchmarks import measure
+
+flags.DEFINE_list('workloads', ['ablation', 'deep_linear', 'mlp32', 'mlp128'],
+                  'Workloads: ablation (the default ablation grid) or the '
+                  'grid-throughput workloads.')
+flags.DEFINE_integer('repeats', 3, 'Warm runs of each width, interleaved.')
+flags.DEFINE_integer('min_width', 2, 'Narrowest hand-picked width.')
+flags.DEFINE_integer('max_width', 64, 'Widest hand-picked width.')
+flags.DEFINE_integer('peak_n', 1024, 'Matrix size of the peak measurement.')
+flags.DEFINE_integer('grid_size', None, 'G of the grid-throughput workloads '
+                     '(default: deep_linear and mlp32 256, mlp128 128).')
+flags.DEFINE_integer('steps', None, 'Steps of the grid-throughput workloads '
+                     '(default: 200, mlp128 300).')
+
+FLAGS = flags.FLAGS
+
+SIZES = {'deep_linear': (256, 200), 'mlp32': (256, 200), 'mlp128': (128, 300)}
+
+
+def _case(name: str):
+  """(train config, grid, data, matmul FLOPs of the whole grid's run)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
+  if name == 'ablation':
+    from rahimi_jax.studies import ablation  # pylint: disable=g-import-not-at-top
+    study = ablation.AblationConfig()
+    config, grid = study.train_config(), study.grid()
+    data = data_lib.get_dataset(study.dataset)()
+    config = config.for_grid(grid)
+    flops = (config.steps * engine.step_flops(config, grid, data) +
+             len(config.log_steps()) *
+             engine.step_flops(config, grid, data, evaluation=True))
+    return config, grid, data, flops * len(grid)
+  from benchmarks import workloads  # pylint: disable=g-import-not-at-top
+  g, steps = SIZES[name]
+  g, steps = FLAGS.grid_size or g, FLAGS.steps or steps
+  w = workloads.WORKLOADS[name]
+  data = jax.device_put(
+      data_lib.get_dataset(w.dataset)(**dict(w.dataset_kwargs)))
+  bench = workloads.Bench(name, g, steps, data)
+  return bench.config, bench.grid, data, bench.flops_per_member() * g
+
+
+def _run(config, grid, data, chunk_size=None, mode=None):
+  """The engine's run of the grid; its engine metadata."""
+  from rahimi_jax import program  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  with program.run_options(progress=False, chunk_size=mode):
+    return program.execute(train_lib.make_train(config), grid, data,
+                           chunk_size=chunk_size).metadata['engine']
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  bad = [w for w in FLAGS.workloads if w not in ('ablation', *SIZES)]
+  if bad:
+    raise app.UsageError(f'Unknown workloads {bad}; accepted: ablation, '
+                         f'{", ".join(SIZES)}.')
+  os.environ['RAHIMI_JAX_CACHE'] = tempfile.mkdtemp(prefix='chunk_tuning_')
+  os.environ.pop('RAHIMI_JAX_CHUNK_SIZE', None)  # the default: auto
+  from rahimi_jax import program  # pylint: disable=g-import-not-at-top
+  program.use_host_cores()
+  import jax  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import tuning  # pylint: disable=g-import-not-at-top
+  peak = measure.measure_peak(FLAGS.peak_n)['peak']
+  print(f'{measure.cpu_model()} ({tuning.host()["cpu_flags"]}), '
+        f'{jax.local_device_count()} {jax.default_backend()} devices, jax '
+        f'{jax.__version__}; float32 matmul peak {peak:.1f} GFLOP/s')
+  summary = []
+  for name in FLAGS.workloads:
+    config, grid, data, flops = _case(name)
+    g = len(grid)
+    hand = [w for w in tuning.widths(g)
+            if FLAGS.min_width <= w <= FLAGS.max_width]
+    rule = tuning.rule_width(g)
+    times = {w: [] for w in hand}
+    compile_s = {w: _run(config, grid, data, w)['compile_s'] for w in hand}
+    for _ in range(FLAGS.repeats):
+      for w in hand:
+        times[w].append(_run(config, grid, data, w)['run_s'])
+    auto = _run(config, grid, data)['chunk_choice']  # does tuning pay?
+    first = _run(config, grid, data, mode='tune')  # measures, then runs
+    again = _run(config, grid, data)  # reads the cache
+    auto_times = [again['run_s']]
+    for _ in range(FLAGS.repeats - 1):
+      auto_times.append(_run(config, grid, data)['run_s'])
+    choice = first['chunk_choice']
+    best = min(hand, key=lambda w: min(times[w]))
+    print(f'\n== {name}: G={g}, {config.steps} steps; rule width {rule} ==')
+    print(f'{"width":>6}{"compile_s":>10}{"run_s":>8}{"GFLOP/s":>9}'
+          f'{"of peak":>9}{"probe us/member-step":>22}')
+    probe = choice['us_per_member_step']
+    for w in hand:
+      run_s = min(times[w])
+      print(f'{w:>6}{compile_s[w]:>10.2f}{run_s:>8.2f}'
+            f'{flops / run_s / 1e9:>9.1f}{flops / run_s / 1e9 / peak:>9.1%}'
+            f'{probe.get(str(w), float("nan")):>22.1f}'
+            f'{"  <- best" if w == best else ""}'
+            f'{"  <- rule" if w == rule else ""}')
+    tuned_w = again['chunk_size']
+    # The default engine at the tuned width runs the hand-picked program of
+    # that width: its runs pool with those (interleaved, so less drift).
+    tuned_s = min(auto_times + times.get(tuned_w, []))
+    row = (name, auto['width'], tuned_w, best, tuned_s / min(times[best]),
+           tuned_s / min(times[rule]) if rule in times else float('nan'),
+           auto['seconds'], choice['seconds'], again['chunk_choice']['seconds'])
+    summary.append(row)
+    print(f'auto on first use: width {auto["width"]} ({auto["source"]}'
+          f'{": " + auto["why"] if auto["why"] else ""}; {auto["seconds"]:.1f}'
+          f' s)')
+    print(f'tune: width {tuned_w} ({choice["source"]}, then '
+          f'{again["chunk_choice"]["source"]}), run {tuned_s:.2f} s = '
+          f'{row[4]:.3f}x the best hand-picked ({best}), {row[5]:.3f}x the '
+          f'rule; tuning took {row[7]:.1f} s, {row[8]:.1f} s after')
+  print(f'\n{measure.cpu_model()}: the tuned width vs the best hand-picked '
+        '(target <= 1.10x)')
+  print(f'{"workload":<12}{"auto":>6}{"tuned":>6}{"best":>6}{"vs best":>9}'
+        f'{"vs rule":>9}{"auto_s":>8}{"tune_s":>8}{"then":>6}')
+  for name, auto_w, tuned_w, best, vs_best, vs_rule, auto_s, tune_s, then in (
+      summary):
+    print(f'{name:<12}{auto_w:>6}{tuned_w:>6}{best:>6}{vs_best:>8.3f}x'
+          f'{vs_rule:>8.3f}x{auto_s:>8.1f}{tune_s:>8.1f}{then:>6.1f}')
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,436 @@
+"""The member chunk a grid runs in, chosen by measuring on the running host.
+
+A device runs a grid's members a chunk at a time, each chunk one ``vmap`` of
+the member's training step. The best width of that ``vmap`` depends on the
+host (cache sizes, vector width: for the same 64-128-10 MLP, chunks of 16 were
+best on a 2-core AMD EPYC and chunks of 4 on a 2-core Intel Xeon, 1.5x
+faster than 16 there) and on the program. So ``choose_chunk`` times the
+member's training step and logs at the rule's width (``rule_width``) and, when
+the run is long enough for tuning to pay (``TUNE_PAYS``), at the widths around
+it while they get faster (``climb``), keeps the fastest, and caches it per
+(host, program) in ``cache_path()``: later runs of the program on this host
+pay nothing and run the same chunks, hence the same bits (a ``vmap`` of
+another width may round differently in the last bit).
+
+The probe (``_Probes``) is the training step, ``lax.fori_loop`` over a traced
+number of steps from zeroed state (under ``vmap`` the step's data-dependent
+branches are selects, so its time does not depend on the values), and the
+log, timed as one SPMD program with a chunk on every local device at once, as
+a grid's run has them. It does not see what a run does between chunks (start,
+transfers, the host's bookkeeping: a few ms per round of chunks on a CPU),
+which favours wider chunks in short runs.
+"""
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Members per chunk of the built-in rule (``rule_width``): measured on a
+# 2-core AMD EPYC at G=128-256, chunks of 8-32 beat whole-device vmaps by
+# 1.0-1.3x (deep linear, MLPs 32 and 128 wide; WORKSPACE.md). An accelerator
+# wants wide vmaps.
+CPU_CHUNK = 16
+ACCELERATOR_CHUNK = 1024
+
+# How a grid picks its chunk when not told (``RunOptions.chunk_size``):
+AUTO = 'auto'  # the width measured fastest on this host, when that pays
+TUNE = 'tune'  # the width measured fastest on this host, measured now
+RULE = 'rule'  # ``rule_width``, measuring nothing
+MODES = (AUTO, TUNE, RULE)
+TUNE_PAYS = 10  # 'auto' tunes a run estimated to take this x tuning or more
+TIE = 0.03  # widths timed this close (relative) count as equal: the wider wins
+MODE_ENV = 'RAHIMI_JAX_CHUNK_SIZE'  # the default mode, or a width
+
+MIN_PROBE_S = 0.05  # a width's timed stretch of steps lasts at least this
+MAX_PROBE_STEPS = 4096
+CACHE_FILE = 'chunk_tuning.json'
+
+
+def widths(members: int) -> list[int]:
+  """The chunk widths a grid of ``members`` may run in, ascending: those of a
+  power of two of equal chunks (``ceil(members / 2**k)``), so that 1, 2, 4 or
+  8 devices share the chunks without padding beyond one member per chunk."""
+  if members < 1:
+    raise ValueError(f'members must be >= 1; got {members}.')
+  out, k = set(), 0
+  while True:
+    out.add(math.ceil(members / 2**k))
+    if 2**k >= members:
+      return sorted(out)
+    k += 1
+
+
+def rule_width(members: int, backend: str | None = None) -> int:
+  """The built-in rule: the widest of ``widths(members)`` of at most
+  ``CPU_CHUNK`` members (``ACCELERATOR_CHUNK`` off the CPU). It depends on
+  the grid's size and backend only, never on the device count."""
+  most = CPU_CHUNK if (backend or jax.default_backend()) == 'cpu' else (
+      ACCELERATOR_CHUNK)
+  return max(w for w in widths(members) if w <= most)
+
+
+def cheapest(costs: dict[int, float], tie: float = 0.0) -> int:
+  """The widest width whose cost is within ``tie`` (relative) of the least:
+  a wider chunk means fewer rounds of chunks, whose start and bookkeeping
+  the probe does not time."""
+  least = min(costs.values())
+  return max(w for w, c in costs.items() if c <= least * (1 + tie))
+
+
+def climb(ladder: Sequence[int], start: int,
+          cost: Callable[[list[int]], dict[int, float]], tie: float = 0.0
+          ) -> dict[int, float]:
+  """Searches ``ladder`` (ascending widths) outward from ``start`` for the
+  cheapest width (``cheapest(costs, tie)``).
+
+  ``cost(widths) -> {width: cost}`` measures a batch of widths at once (so
+  they may compile in parallel): first ``start`` and its two neighbours, then
+  one width further past whichever end is cheapest, with the cheapest so far
+  measured again beside it (a host's speed drifts), until the cheapest is
+  interior or at the ladder's end. Exact for a cost that falls then rises
+  along the ladder; a width beyond a worse one is not tried.
+
+  Returns:
+    The cost of every width measured.
+  """
+  ladder = list(ladder)
+  i = ladder.index(start)
+  costs = dict(cost([ladder[j] for j in (i - 1, i, i + 1)
+                     if 0 <= j < len(ladder)]))
+  while True:
+    measured = [j for j, w in enumerate(ladder) if w in costs]
+    best = ladder.index(cheapest(costs, tie))
+    if best == measured[0] and best > 0:
+      nxt = best - 1
+    elif best == measured[-1] and best < len(ladder) - 1:
+      nxt = best + 1
+    else:
+      return costs
+    costs.update(cost([ladder[nxt], ladder[best]]))
+
+
+def cpu_model() -> str:
+  """The host CPU's model name (``/proc/cpuinfo``, else ``platform``)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or 'unknown CPU'
+
+
+def _cpu_flags() -> str:
+  """The widest vector extensions the CPU reports (AVX-512 hosts and AVX2
+  hosts of one model name differ)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('flags'):
+          have = set(line.split(':', 1)[1].split())
+          return ','.join(x for x in ('avx512f', 'avx2', 'fma', 'amx_tile')
+                          if x in have)
+  except OSError:
+    pass
+  return platform.machine()
+
+
+def host() -> dict[str, Any]:
+  """What a measured chunk holds for: the CPU, the devices, JAX's version."""
+  devices = jax.local_devices()
+  cores = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+           else os.cpu_count())
+  return {'cpu': cpu_model(), 'cpu_flags': _cpu_flags(), 'cores': cores,
+          'backend': jax.default_backend(),
+          'device_kind': devices[0].device_kind, 'devices': len(devices),
+          'jax': jax.__version__}
+
+
+def signature(config: Any, data: Any) -> str:
+  """SHA-256 of what the member's step computes: its train config (but the
+  steps and the log interval, which change how long it runs, not its step),
+  the data's shapes and dtypes, and the host."""
+  fields = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {
+      'config': config}
+  for name in ('steps', 'log_every'):
+    fields.pop(name, None)
+  spec = [(tuple(np.shape(a)), str(np.asarray(a).dtype) if not hasattr(
+      a, 'dtype') else str(a.dtype)) for a in jax.tree.leaves(data)]
+  text = repr((sorted(fields.items()), str(jax.tree.structure(data)), spec,
+               sorted(host().items())))
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cache_path() -> str:
+  """``<cache>/chunk_tuning.json``, ``<cache>`` as for generated datasets
+  (``$RAHIMI_JAX_CACHE``, else ``~/.cache/rahimi_jax``)."""
+  from rahimi_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  return os.path.join(data_lib.cache_dir(), CACHE_FILE)
+
+
+def _read_cache() -> dict[str, Any]:
+  try:
+    with open(cache_path()) as f:
+      cache = json.load(f)
+    return cache if isinstance(cache, dict) else {}
+  except (OSError, ValueError):  # absent or corrupt: measure afresh
+    return {}
+
+
+def _write_cache(key: str, entry: dict[str, Any]) -> None:
+  """Adds ``entry`` atomically (a concurrent writer's entry may be lost: it
+  is measured again)."""
+  from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
+  cache = _read_cache()
+  cache[key] = entry
+  try:
+    os.makedirs(os.path.dirname(cache_path()), exist_ok=True)
+    storage.write_text(cache_path(), json.dumps(cache, indent=1))
+  except OSError:  # a read-only home: the choice holds for this run only
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  """A grid's chunk width and where it came from.
+
+  Attributes:
+    width: members per chunk.
+    source: ``'tuned'`` (measured now), ``'cached'`` (measured by an earlier
+      run on this host), ``'rule'`` (``rule_width``) or ``'given'``.
+    seconds: what choosing took (compiles and timing of the probes).
+    us_per_member_step: the probe's time per member and step at each width
+      measured (for ``'cached'``, when it was measured).
+    why: why the rule's width, when tuning would not have paid.
+  """
+  width: int
+  source: str
+  seconds: float = 0.0
+  us_per_member_step: dict[int, float] = dataclasses.field(
+      default_factory=dict)
+  why: str = ''
+
+  def record(self) -> dict[str, Any]:
+    """For the results' metadata."""
+    return {'width': self.width, 'source': self.source,
+            'seconds': self.seconds, 'why': self.why,
+            'us_per_member_step': {str(k): v for k, v in
+                                   self.us_per_member_step.items()}}
+
+
+def _pass(loop, treedef, empty):
+  """``probe(knobs, data, kept, first, count, log)``: one member's steps
+  ``first .. first + count - 1``, then (``log``) a log: a pass of the run.
+  ``kept`` are the carry's leaves of ``treedef`` but the zero-size ones,
+  ``empty`` (``{index: ShapeDtypeStruct}``), which an SPMD program cannot
+  take as sharded arguments."""
+  def carry_of(kept):
+    kept = iter(kept)
+    return treedef.unflatten([
+        jnp.zeros(empty[i].shape, empty[i].dtype) if i in empty else
+        next(kept) for i in range(treedef.num_leaves)])
+
+  def kept_of(carry):
+    return [l for i, l in enumerate(jax.tree.leaves(carry)) if i not in empty]
+
+  def probe(knobs, data, kept, first, count, log):
+    carry = jax.lax.fori_loop(first, first + count,
+                              lambda t, c: loop.step(knobs, data, c, t),
+                              carry_of(kept))
+    shapes = jax.eval_shape(lambda c: loop.log(knobs, data, c, first)[1],
+                            carry)
+    carry, metrics = jax.lax.cond(
+        log, lambda c: loop.log(knobs, data, c, first),
+        lambda c: (c, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype),
+                                   shapes)), carry)
+    return kept_of(carry), metrics
+  return probe
+
+
+class _Probes:
+  """Passes of a grid of ``config`` in chunks of each width, compiled and
+  timed on this host.
+
+  A width's probe is one SPMD program running a chunk on each of ``devices``
+  at once, as a grid's run does (a device timed alone ranked the widths of
+  the default ablation grid otherwise than its two-device runs): the steps
+  and, every ``log_every`` steps, a log, from zeroed state.
+  """
+
+  def __init__(self, config, grid, data, devices=None,
+               budget: int | None = None):
+    from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+    self.loop = train_lib.make_loop(config)
+    self.every = config.log_every
+    self.grid, self.data, self.budget = grid, data, budget
+    self.devices = list(devices or jax.local_devices())
+    mesh = jax.sharding.Mesh(np.asarray(self.devices), ('members',))
+    self.split = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec('members'))
+    self.whole = jax.sharding.NamedSharding(mesh,
+                                            jax.sharding.PartitionSpec())
+    self.runs = {}  # width -> a stretch's runner, or None: over budget
+
+  def _compile(self, width: int):
+    members = width * len(self.devices)
+    knobs = self.grid.knobs(np.arange(members) % len(self.grid))
+    leaves, treedef = jax.tree.flatten(jax.eval_shape(
+        jax.vmap(self.loop.init, in_axes=(0, None)), knobs, self.data))
+    empty = {i: jax.ShapeDtypeStruct(l.shape[1:], l.dtype)
+             for i, l in enumerate(leaves) if not math.prod(l.shape)}
+    kept = [l for i, l in enumerate(leaves) if i not in empty]
+
+    def spec(tree, sharding):
+      return jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+          np.shape(a), a.dtype, sharding=sharding), tree)
+
+    compiled = jax.jit(
+        jax.vmap(_pass(self.loop, treedef, empty),
+                 in_axes=(0, None, 0, None, None, None)),
+        donate_argnums=2).lower(
+            spec(knobs, self.split), spec(self.data, self.whole),
+            spec(kept, self.split),
+            *spec((np.int32(0), np.int32(0), np.bool_(False)),
+                  self.whole)).compile()
+    stats = compiled.memory_analysis()
+    if self.budget and stats is not None and (
+        stats.argument_size_in_bytes + stats.output_size_in_bytes +
+        stats.temp_size_in_bytes > self.budget):
+      return None
+    args = (jax.device_put(knobs, self.split),
+            jax.device_put(self.data, self.whole))
+    state = [jax.device_put([np.zeros(a.shape, a.dtype) for a in kept],
+                            self.split)]
+    first = [1]
+
+    def run(count: int, log: bool) -> float:
+      """Seconds of ``count`` steps and (``log``) a log."""
+      start = time.perf_counter()
+      state[0], _ = jax.block_until_ready(compiled(
+          *args, state[0], np.int32(first[0]), np.int32(count),
+          np.bool_(log)))
+      first[0] += count
+      return time.perf_counter() - start
+    run(1, True)  # warm
+    return run
+
+  def measure(self, widths_: Sequence[int], rounds: int = 5
+              ) -> dict[int, float]:
+    """Seconds per member-step at each width (the fastest of ``rounds``
+    rounds, each timing every width once: a drift of the host's speed falls
+    on all of them); a width over the budget is left out."""
+    new = [w for w in widths_ if w not in self.runs]
+    if new:  # compile in parallel
+      with concurrent.futures.ThreadPoolExecutor(len(new)) as pool:
+        self.runs.update(zip(new, pool.map(self._compile, new)))
+    widths_ = [w for w in widths_ if self.runs[w] is not None]
+    counts = {}
+    for w in widths_:  # steps lasting MIN_PROBE_S
+      count, elapsed = 1, self.runs[w](1, False)
+      while elapsed < MIN_PROBE_S and count < MAX_PROBE_STEPS:
+        count = min(MAX_PROBE_STEPS, max(2 * count, math.ceil(
+            1.2 * count * MIN_PROBE_S / max(elapsed, 1e-9))))
+        elapsed = self.runs[w](count, False)
+      counts[w] = count
+    best = {w: math.inf for w in widths_}
+    for _ in range(rounds):
+      for w in widths_:
+        step = self.runs[w](counts[w], False) / counts[w]
+        log = self.runs[w](0, True)
+        best[w] = min(best[w], (step + log / self.every) /
+                      (w * len(self.devices)))
+    return best
+
+
+def _run_key(config, members: int) -> str:
+  return f'{members} members x {config.steps} steps'
+
+
+def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
+                 most: int | None = None, budget: int | None = None
+                 ) -> Choice:
+  """The chunk width a grid of ``config`` runs in on this host.
+
+  ``'auto'``: the width tuned earlier for this (host, program), from the
+  cache; else, when the run is long enough that tuning costs at most
+  ``1 / TUNE_PAYS`` of it (estimated from the rule's width, timed now or
+  earlier), the fastest width measured now (``climb`` from the rule's
+  width), cached for every later run of the program; else the rule's width,
+  and that decision cached for this run's grid size and steps (so the same
+  command runs the same chunks again). ``'tune'``: measure now, whatever
+  the run's length. ``'rule'``: ``rule_width``. An integer: that width.
+
+  Args:
+    config: the ``train.TrainConfig`` of the run (``None``: not a
+      ``make_train`` run; the rule).
+    grid: its grid.
+    data: its data.
+    mode: ``'auto'``, ``'tune'``, ``'rule'`` or a width >= 1.
+    most: the widest chunk allowed (a member batch cap).
+    budget: the most bytes a width's program may need per device.
+
+  Returns:
+    The ``Choice``.
+  """
+  g = len(grid)
+  if mode not in MODES and not (isinstance(mode, (int, np.integer))
+                                and not isinstance(mode, bool) and mode >= 1):
+    raise ValueError(f'chunk size {mode!r}: accepted are {", ".join(MODES)} '
+                     'or an integer >= 1.')
+  if not isinstance(mode, str):
+    return Choice(min(int(mode), g), 'given')
+  if mode == RULE or config is None:
+    return Choice(min(rule_width(g), most or g), RULE)
+  ladder = [w for w in widths(g) if w <= (most or g)]
+  rule = max(w for w in ladder if w <= rule_width(g))
+  if len(ladder) == 1:
+    return Choice(rule, RULE)
+  key, run = signature(config, data), _run_key(config, g)
+  entry = _read_cache().get(key, {})
+  timed = {int(k): v for k, v in entry.get('us_per_member_step', {}).items()}
+  if mode == AUTO and 'width' in entry:  # tuned for this program and host
+    best = int(entry['width'])
+    width = min(ladder, key=lambda w: (abs(math.log(w / best)), w))
+    return Choice(width, 'cached', 0.0, timed)
+  if mode == AUTO and run in entry.get('short_runs', ()):
+    return Choice(rule, RULE, 0.0, timed, 'cached: too short to tune')
+  start = time.perf_counter()
+  probes = _Probes(config, grid, data, budget=budget)
+  if mode == AUTO:  # does tuning pay?
+    if timed:
+      probe_s = entry['probe_s']
+    else:
+      timed = {w: s * 1e6 for w, s in probes.measure([rule]).items()}
+      probe_s = time.perf_counter() - start
+    # The climb compiles and times ~3 more widths, 2 at a time or more.
+    tune_s = probe_s * 3 / min(3, os.cpu_count() or 1)
+    run_s = min(timed.values(), default=0.0) * 1e-6 * g * config.steps
+    if run_s < TUNE_PAYS * tune_s:
+      why = (f'run ~{run_s:.3g} s < {TUNE_PAYS} x tuning ~{tune_s:.2g} s')
+      _write_cache(key, {**entry, 'us_per_member_step': timed,
+                         'probe_s': probe_s, 'host': host(),
+                         'short_runs': sorted({*entry.get('short_runs', ()),
+                                               run})})
+      return Choice(rule, RULE, time.perf_counter() - start, timed,
+                    f'too short to tune: {why}')
+  costs = climb(ladder, rule, lambda ws: {w: math.inf for w in ws}
+                | probes.measure(ws), TIE)
+  width = cheapest(costs, TIE)
+  timed = {w: round(s * 1e6, 3) for w, s in sorted(costs.items())}
+  seconds = time.perf_counter() - start
+  _write_cache(key, {'width': width, 'members': g, 'us_per_member_step': timed,
+                     'seconds': seconds, 'host': host(),
+                     'when': time.strftime('%Y-%m-%dT%H:%M:%S')})
+  return Choice(width, 'tuned', seconds, timed)

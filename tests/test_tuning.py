@@ -1,0 +1,143 @@
+"""The chunk width a grid runs in: the ladder, the search, the cache."""
+
+import json
+import math
+import os
+
+import chex
+import numpy as np
+import pytest
+
+import rahimi_jax as rj
+from rahimi_jax import program
+from rahimi_jax import train as train_lib
+from rahimi_jax import tuning
+
+GRID = rj.Grid(rj.Values('learning_rate', (0.01, 0.1)), rj.Seeds(4))
+CONFIG = train_lib.TrainConfig(hidden=(8,), steps=12, log_every=4,
+                               batch_size=16)
+
+
+def test_widths_are_the_power_of_two_splits():
+  for g in range(1, 300):
+    got = tuning.widths(g)
+    # Independently: split g into n = 1, 2, 4, ... equal chunks (n < 2g).
+    want = {-(-g // n) for n in 2 ** np.arange(int(np.log2(2 * g)) + 1)}
+    assert got == sorted(want), g
+    for w in got:  # a power of two of chunks, padding < one per chunk
+      n = 2 ** math.ceil(math.log2(-(-g // w)))
+      assert -(-g // n) == w and n * w - g < n, (g, w)
+  # The rule: equal chunks of at most CPU_CHUNK (ACCELERATOR_CHUNK) members.
+  assert tuning.CPU_CHUNK == 16
+  for g, w in ((8, 8), (16, 16), (17, 9), (108, 14), (128, 16)):
+    assert tuning.rule_width(g, 'cpu') == w, g
+  assert tuning.rule_width(4096, 'gpu') == 1024
+  with pytest.raises(ValueError, match='members'):
+    tuning.widths(0)
+
+
+@pytest.mark.parametrize('seed', range(20))
+def test_climb_finds_the_cheapest_width_of_a_valley(seed):
+  rng = np.random.default_rng(seed)
+  ladder = sorted(set(rng.integers(1, 500, size=rng.integers(1, 12))))
+  low = rng.integers(len(ladder))  # falls to ``low``, then rises
+  cost = {w: abs(i - low) + rng.uniform(0, 0.5) for i, w in enumerate(ladder)}
+  start = ladder[rng.integers(len(ladder))]
+  asked = []
+
+  def measure(widths_):
+    asked.append(list(widths_))
+    return {w: cost[w] for w in widths_}
+
+  got = tuning.climb(ladder, start, measure)
+  assert min(got, key=got.get) == tuning.cheapest(got) == ladder[low]
+  # It goes no further than one width past the cheapest.
+  i = ladder.index(start)
+  assert set(got) <= set(ladder[max(0, min(i, low) - 1):max(i, low) + 2])
+  assert sorted(asked[0]) == ladder[max(0, i - 1):i + 2]
+
+
+def test_near_ties_go_to_the_wider_width():
+  assert tuning.cheapest({4: 1.0, 8: 1.02, 16: 1.5}, tie=0.03) == 8
+  assert tuning.cheapest({4: 1.0, 8: 1.04, 16: 1.5}, tie=0.03) == 4
+  # The climb goes on past a near tie, to the wider side.
+  cost = {1: 3.0, 2: 2.0, 4: 1.0, 8: 1.01, 16: 1.02, 32: 2.0}
+  got = tuning.climb(sorted(cost), 4, lambda ws: {w: cost[w] for w in ws},
+                     tie=0.03)
+  assert tuning.cheapest(got, 0.03) == 16 and 32 in got
+
+
+def test_choose_chunk_validates_the_mode():
+  for bad in ('fast', 0, -3, True, 2.5, None):
+    with pytest.raises(ValueError, match='auto, tune, rule or an integer'):
+      tuning.choose_chunk(CONFIG, GRID, None, mode=bad)
+  assert tuning.choose_chunk(CONFIG, GRID, None, mode=3).width == 3
+  assert tuning.choose_chunk(CONFIG, GRID, None, mode=99).width == len(GRID)
+  assert tuning.choose_chunk(CONFIG, GRID, None, mode='rule').source == 'rule'
+  # A member batch cap bounds the rule's width too.
+  assert tuning.choose_chunk(CONFIG, GRID, None, mode='rule',
+                             most=3).width == 3
+
+
+def test_signature_is_the_step_and_the_host(tiny_digits, monkeypatch):
+  base = tuning.signature(CONFIG, tiny_digits)
+  # How long the run is does not change the step, so not the chunk.
+  longer = train_lib.TrainConfig(hidden=(8,), steps=500, log_every=50,
+                                 batch_size=16)
+  assert tuning.signature(longer, tiny_digits) == base
+  wider = train_lib.TrainConfig(hidden=(16,), steps=12, log_every=4,
+                                batch_size=16)
+  assert tuning.signature(wider, tiny_digits) != base
+  monkeypatch.setattr(tuning, 'cpu_model', lambda: 'Another CPU')
+  assert tuning.signature(CONFIG, tiny_digits) != base
+
+
+def test_tuned_chunk_is_measured_once_cached_and_reproducible(
+    tiny_digits, tmp_path, monkeypatch):
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
+  config = CONFIG.for_grid(GRID)
+  train = train_lib.make_train(config)
+  with program.run_options(chunk_size='tune'):
+    first = program.execute(train, GRID, tiny_digits)
+  with program.run_options(chunk_size='auto'):
+    again = program.execute(train, GRID, tiny_digits)
+  tuned = first.metadata['engine']['chunk_choice']
+  assert tuned['source'] == 'tuned' and tuned['seconds'] > 0, tuned
+  timed = {int(w): us for w, us in tuned['us_per_member_step'].items()}
+  # The rule's width (8) and its neighbour were timed; the fastest won.
+  assert {4, 8} <= set(timed) <= set(tuning.widths(len(GRID))), timed
+  assert all(0 < us < 1e5 for us in timed.values()), timed
+  width = min(timed, key=timed.get)
+  assert first.metadata['engine']['chunk_size'] == tuned['width'] == width
+  cached = again.metadata['engine']['chunk_choice']
+  assert cached['source'] == 'cached' and cached['seconds'] == 0, cached
+  assert cached['width'] == width
+  with open(os.path.join(tmp_path, tuning.CACHE_FILE)) as f:
+    (entry,) = json.load(f).values()
+  assert entry['width'] == width and entry['host'] == tuning.host()
+  # The same width given by hand: the same bits.
+  given = program.execute(train, GRID, tiny_digits, chunk_size=width)
+  assert given.metadata['engine']['chunk_choice']['source'] == 'given'
+  for name in ('train_loss', 'test_loss'):
+    chex.assert_trees_all_equal(given.columns[name], first.columns[name])
+
+
+def test_auto_tunes_only_runs_long_enough_to_pay(tiny_digits, tmp_path,
+                                                 monkeypatch):
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
+  config = CONFIG.for_grid(GRID)
+  first = tuning.choose_chunk(config, GRID, tiny_digits)
+  # 8 members x 12 steps take well under 10 x one width's probe: the rule,
+  # after timing the rule's width once.
+  assert (first.width, first.source) == (8, 'rule'), first
+  assert first.why.startswith('too short to tune'), first
+  assert set(first.us_per_member_step) == {8} and first.seconds > 0
+  again = tuning.choose_chunk(config, GRID, tiny_digits)
+  assert (again.width, again.why, again.seconds) == (
+      8, 'cached: too short to tune', 0.0), again
+  # A run long enough: estimated from the cached speed, then tuned.
+  monkeypatch.setattr(tuning, 'climb', lambda *args: {4: 1.0})
+  long = train_lib.TrainConfig(hidden=(8,), steps=10**7, log_every=4,
+                               batch_size=16).for_grid(GRID)
+  chosen = tuning.choose_chunk(long, GRID, tiny_digits)
+  assert (chosen.width, chosen.source) == (4, 'tuned'), chosen
