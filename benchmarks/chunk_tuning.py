@@ -40,6 +40,8 @@ flags.DEFINE_integer('repeats', 3, 'Warm runs of each width, interleaved.')
 flags.DEFINE_integer('min_width', 2, 'Narrowest hand-picked width.')
 flags.DEFINE_integer('max_width', 64, 'Widest hand-picked width.')
 flags.DEFINE_integer('peak_n', 1024, 'Matrix size of the peak measurement.')
+flags.DEFINE_float('probe_s', 0.05, 'Seconds each timed stretch of the '
+                   'tuner\'s probe lasts at least (tuning.MIN_PROBE_S).')
 flags.DEFINE_integer('grid_size', None, 'G of the grid-throughput workloads '
                      '(default: deep_linear and mlp32 256, mlp128 128).')
 flags.DEFINE_integer('steps', None, 'Steps of the grid-throughput workloads '
@@ -97,6 +99,7 @@ def main(argv):
   program.use_host_cores()
   import jax  # pylint: disable=g-import-not-at-top
   from rahimi_jax import tuning  # pylint: disable=g-import-not-at-top
+  tuning.MIN_PROBE_S = FLAGS.probe_s
   peak = measure.measure_peak(FLAGS.peak_n)['peak']
   print(f'{measure.cpu_model()} ({tuning.host()["cpu_flags"]}), '
         f'{jax.local_device_count()} {jax.default_backend()} devices, jax '

@@ -77,17 +77,18 @@ flags.DEFINE_enum('progress', 'auto', ['auto', 'bar', 'none'], 'Progress of a '
                   'grid run: a bar (tqdm), none, or auto: a bar on a '
                   'terminal, else absl INFO lines (--verbosity=0).')
 
-flags.DEFINE_string('chunk_size', None, 'Members vmapped together on a '
-                    'device: auto (the width measured fastest for this '
-                    'program on this host, cached, when the run is long '
-                    'enough to pay for measuring; else the rule), tune '
-                    '(measure now), rule (the built-in rule, measuring '
-                    'nothing) or an integer. Default: $RAHIMI_JAX_CHUNK_SIZE, '
-                    'else auto. A resumed run keeps its chunks.')
-flags.register_validator(
-    'chunk_size', lambda v: v is None or v in ('auto', 'tune', 'rule') or (
-        v.isdigit() and int(v) >= 1),
-    message='--chunk_size accepts auto, tune, rule or an integer >= 1.')
+if 'chunk_size' not in flags.FLAGS:  # benchmarks.grid_throughput's, if first
+  flags.DEFINE_string('chunk_size', None, 'Members vmapped together on a '
+                      'device: auto (the width measured fastest for this '
+                      'program on this host, cached, when the run is long '
+                      'enough to pay for measuring; else the rule), tune '
+                      '(measure now), rule (the built-in rule, measuring '
+                      'nothing) or an integer. Default: $RAHIMI_JAX_CHUNK_SIZE, '
+                      'else auto. A resumed run keeps its chunks.')
+  flags.register_validator(
+      'chunk_size', lambda v: v is None or v in ('auto', 'tune', 'rule') or (
+          v.isdigit() and int(v) >= 1),
+      message='--chunk_size accepts auto, tune, rule or an integer >= 1.')
 
 RUN_FLAGS = ('overwrite', 'logs_per_call', 'checkpoint_every_s',
              'keep_checkpoints', 'progress', 'chunk_size')  # read by launch

@@ -95,6 +95,7 @@ def test_signature_is_the_step_and_the_host(tiny_digits, monkeypatch):
 def test_tuned_chunk_is_measured_once_cached_and_reproducible(
     tiny_digits, tmp_path, monkeypatch):
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
+  monkeypatch.setattr(tuning, 'MIN_PROBE_S', 0.005)  # short timed stretches
   config = CONFIG.for_grid(GRID)
   train = train_lib.make_train(config)
   with program.run_options(chunk_size='tune'):
