@@ -401,7 +401,7 @@ class _Checkpoints:
       directory = os.path.abspath(os.path.join(self.directory, f'chunk{chunk}'))
       os.makedirs(directory, exist_ok=True)
       several = {}
-      if jax.process_count() > 1:  # each process saves its own chunks alone
+      if jax.process_count() > 1:  # process 0 saves; each reads its own
         several['create'] = False  # made above
         several['multiprocessing_options'] = (
             ocp.options.MultiprocessingOptions(
@@ -523,6 +523,24 @@ def _gather_chunks(outputs: dict[int, Any], chunk: int, like) -> dict[int, Any]:
   return out
 
 
+def _round_saved(checkpoints: _Checkpoints, finished: dict[int, Any],
+                 chunks, chunk: int, like, passes: int, due: bool) -> bool:
+  """Several processes: at the end of a round of chunks, when process 0's
+  clock says a checkpoint is ``due``, every process's finished chunks are
+  gathered and process 0 saves them all (orbax writes numpy arrays from
+  process 0 only, and takes no array local to another process). Collective:
+  every process calls it after every round."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  if not bool(multihost_utils.broadcast_one_to_all(np.bool_(due))):
+    return False
+  gathered = _gather_chunks(finished, chunk, like)
+  if jax.process_index() == 0:
+    for c, state in sorted(gathered.items()):
+      checkpoints.save(c, passes, jax.tree.map(
+          lambda a, c=c: a[:len(chunks[c])], state))
+  return True
+
+
 def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
             member_batch_size: int | None = None,
             memory_budget_bytes: int | None = None,
@@ -579,6 +597,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   if chunk_size is not None and chunk_size < 0:
     raise ValueError(f'chunk_size must be >= 0 (0: no chunks); got {chunk_size}.')
   me = jax.process_index()
+  several = jax.process_count() > 1
   # Several processes (initialize_distributed): every process's devices
   # share the chunks; each process runs those of its own devices.
   devices = (jax.devices() if jax.process_count() > 1 else
@@ -741,8 +760,8 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         seconds = (time.perf_counter() - call_start) / max(
             min(count, run.passes - dones[i]) for i in moved)
         per_pass = seconds if per_pass is None else 0.5 * (per_pass + seconds)
-        save = (checkpoints is not None and time.perf_counter() - saved >=
-                options.checkpoint_every_s)
+        save = (checkpoints is not None and not several and
+                time.perf_counter() - saved >= options.checkpoint_every_s)
         for i in moved:
           dones[i] = min(run.passes, dones[i] + count)
           if save:
@@ -752,13 +771,18 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         if save:
           saved = time.perf_counter()
         progress.update(r * steps + min(min(dones) * every, steps))
+      finished = {}
       for (c, _), state in zip(mine, states):
-        state = jax.tree.map(lambda a: a[:len(chunks[c])],
-                             jax.device_get(state))
-        if checkpoints is not None and not run.passes:
+        finished[c] = state = jax.tree.map(lambda a: a[:len(chunks[c])],
+                                           jax.device_get(state))
+        if checkpoints is not None and not run.passes and not several:
           checkpoints.save(c, 0, state)
         outputs[c] = jax.tree.map(np.asarray, _program(run.finish, (True,),
                                                        ())(state))
+      if checkpoints is not None and several and _round_saved(
+          checkpoints, finished, chunks, chunk, state_spec, run.passes,
+          time.perf_counter() - saved >= options.checkpoint_every_s):
+        saved = time.perf_counter()
       logging.info('member-batch %d/%d done (%.1fs)', r + 1, len(rounds),
                    time.perf_counter() - run_start)
     if jax.process_count() > 1:

@@ -212,8 +212,9 @@ def _passes_checkpointed(out) -> int:
   return max([int(n) for n in names if n.isdigit()], default=0)
 
 
-# 20 members: 2 chunks of 10; 25 passes, each saved.
-DURABLE = [*TINY, '--seeds=5', '--steps=120', '--log_every=5',
+# 40 members: 4 chunks of 10, 2 rounds on 2 devices; 25 passes, each saved
+# (several processes: at the end of each round).
+DURABLE = [*TINY, '--seeds=10', '--steps=120', '--log_every=5',
            '--logs_per_call=1', '--checkpoint_every_s=0']
 
 
@@ -277,25 +278,43 @@ def test_kill_9_resumes_bit_identical_on_another_device_count(
 def test_two_processes_run_one_grid_with_one_process_bits(
     tmp_path, durable_reference):
   """Two processes on localhost (jax.distributed, gloo), one device each:
-  each runs its chunk, process 0 gathers and writes."""
+  each runs its chunks; after the first round process 0 checkpoints them all;
+  both killed with ``kill -9``, the same two commands resume; process 0
+  gathers and writes."""
   out = tmp_path / 'out'
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-  procs = []
-  for index in range(2):
-    env = dict(launchers.env(), JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
-               JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(index))
-    env['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=1'
-    procs.append(subprocess.Popen(
-        [sys.executable, '-m', 'experiments.ablate', *DURABLE,
-         f'--out={out}'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True))
+
+  def start():
+    with socket.socket() as s:
+      s.bind(('127.0.0.1', 0))
+      port = s.getsockname()[1]
+    procs = []
+    for index in range(2):
+      env = dict(launchers.env(), JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+                 JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(index))
+      env['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=1'
+      procs.append(subprocess.Popen(
+          [sys.executable, '-m', 'experiments.ablate', *DURABLE,
+           f'--out={out}'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE, text=True))
+    return procs
+
+  procs = start()
+  while procs[0].poll() is None and _passes_checkpointed(out) < 25:
+    pass
+  for p in procs:
+    p.kill()
+  for p in procs:
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGKILL, stderr[-3000:]  # killed mid-run
+  assert _passes_checkpointed(out) == 25  # the first round's chunk 0
+  procs = start()
   done = [p.communicate(timeout=300) for p in procs]
   for p, (stdout, stderr) in zip(procs, done):
     assert p.returncode == 0, stderr[-3000:]
+    assert 'resuming' in stdout
   assert 'wrote' in done[0][0] and 'wrote' not in done[1][0]
   res = storage.load(str(out))
   assert len(res.metadata['devices']) == 2  # both processes' devices
   assert res.metadata['engine']['num_devices'] == 2
+  assert max(res.metadata['engine']['resumed_passes']) == 25
   _assert_same_bits(res, durable_reference())
