@@ -212,10 +212,10 @@ def _passes_checkpointed(out) -> int:
   return max([int(n) for n in names if n.isdigit()], default=0)
 
 
-# 40 members: 4 chunks of 10, 2 rounds on 2 devices; 25 passes, each saved
+# 20 members: 4 chunks of 5, 2 rounds on 2 devices; 25 passes, each saved
 # (several processes: at the end of each round).
-DURABLE = [*TINY, '--seeds=10', '--steps=120', '--log_every=5',
-           '--logs_per_call=1', '--checkpoint_every_s=0']
+DURABLE = [*TINY, '--seeds=5', '--steps=120', '--log_every=5',
+           '--logs_per_call=1', '--checkpoint_every_s=0', '--chunk_size=5']
 
 
 @pytest.fixture(scope='module')
@@ -242,72 +242,59 @@ def _assert_same_bits(res, want):
                               {m: want.columns[m] for m in METRICS})
 
 
-def test_kill_9_resumes_bit_identical_on_another_device_count(
-    tmp_path, durable_reference):
-  """``kill -9`` twice mid-run, resumed on 1 device: the 2-device run's bits."""
-  out = tmp_path / 'out'
-  command = [sys.executable, '-m', 'experiments.ablate', *DURABLE,
-             f'--out={out}']
-  for stop in (2, 12):  # passes done (of 25) when killed
-    proc = subprocess.Popen(command, cwd=ROOT, env=launchers.env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    while proc.poll() is None and _passes_checkpointed(out) < stop:
-      pass
-    proc.kill()
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, stderr  # killed mid-run
-    assert stop <= _passes_checkpointed(out) < 25
-  other = launchers.launch(
-      'experiments.ablate', *[f for f in DURABLE if f != '--log_every=5'],
-      '--log_every=10', f'--out={out}')
-  _assert_clean_error(other, '--log_every=5, not 10')
-  one_device = dict(launchers.env())
-  one_device['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=1'
-  resumed = subprocess.run(command, cwd=ROOT, env=one_device,
-                           capture_output=True, text=True, timeout=300)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert 'resuming' in resumed.stdout
-  res = storage.load(str(out))
-  assert res.metadata['engine']['num_devices'] == 1
-  assert max(res.metadata['engine']['resumed_passes']) >= 12
-  _assert_same_bits(res, durable_reference())
-  assert storage.CHECKPOINT not in os.listdir(out)
+def _start(out, processes: int, devices: int):
+  """``DURABLE`` launched as ``processes`` processes (jax.distributed over
+  gloo on localhost) of ``devices`` CPU devices each."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  procs = []
+  for index in range(processes):
+    env = dict(launchers.env())
+    env['XLA_FLAGS'] += f' --xla_force_host_platform_device_count={devices}'
+    if processes > 1:
+      env |= {'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}',
+              'JAX_NUM_PROCESSES': str(processes),
+              'JAX_PROCESS_ID': str(index)}
+    procs.append(subprocess.Popen(
+        [sys.executable, '-m', 'experiments.ablate', *DURABLE,
+         f'--out={out}'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True))
+  return procs
 
 
-def test_two_processes_run_one_grid_with_one_process_bits(
-    tmp_path, durable_reference):
-  """Two processes on localhost (jax.distributed, gloo), one device each:
-  each runs its chunks; after the first round process 0 checkpoints them all;
-  both killed with ``kill -9``, the same two commands resume; process 0
-  gathers and writes."""
-  out = tmp_path / 'out'
-
-  def start():
-    with socket.socket() as s:
-      s.bind(('127.0.0.1', 0))
-      port = s.getsockname()[1]
-    procs = []
-    for index in range(2):
-      env = dict(launchers.env(), JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
-                 JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(index))
-      env['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=1'
-      procs.append(subprocess.Popen(
-          [sys.executable, '-m', 'experiments.ablate', *DURABLE,
-           f'--out={out}'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-          stderr=subprocess.PIPE, text=True))
-    return procs
-
-  procs = start()
-  while procs[0].poll() is None and _passes_checkpointed(out) < 25:
+def _kill_at(procs, out, passes: int) -> None:
+  """``kill -9`` of every process once chunk 0 has ``passes`` checkpointed."""
+  while procs[0].poll() is None and _passes_checkpointed(out) < passes:
     pass
   for p in procs:
     p.kill()
   for p in procs:
     _, stderr = p.communicate(timeout=60)
     assert p.returncode == -signal.SIGKILL, stderr[-3000:]  # killed mid-run
+
+
+def test_kill_9_resumes_bit_identical_across_processes_and_devices(
+    tmp_path, durable_reference):
+  """``kill -9`` twice mid-run and resumed, each time on another number of
+  processes and devices: the uninterrupted 2-device run's bits.
+
+  One process of 1 device, killed after 2 passes; a run with other flags is
+  refused; two processes of 1 device each resume it, and are killed after
+  the first round of chunks (which process 0 checkpoints for both); the same
+  two commands resume again and finish: each process runs its chunks,
+  process 0 gathers and writes.
+  """
+  out = tmp_path / 'out'
+  _kill_at(_start(out, 1, 1), out, 2)
+  assert 2 <= _passes_checkpointed(out) < 25
+  other = launchers.launch(
+      'experiments.ablate', *[f for f in DURABLE if f != '--log_every=5'],
+      '--log_every=10', f'--out={out}')
+  _assert_clean_error(other, '--log_every=5, not 10')
+  _kill_at(_start(out, 2, 1), out, 25)
   assert _passes_checkpointed(out) == 25  # the first round's chunk 0
-  procs = start()
+  procs = _start(out, 2, 1)
   done = [p.communicate(timeout=300) for p in procs]
   for p, (stdout, stderr) in zip(procs, done):
     assert p.returncode == 0, stderr[-3000:]
@@ -318,3 +305,4 @@ def test_two_processes_run_one_grid_with_one_process_bits(
   assert res.metadata['engine']['num_devices'] == 2
   assert max(res.metadata['engine']['resumed_passes']) == 25
   _assert_same_bits(res, durable_reference())
+  assert storage.CHECKPOINT not in os.listdir(out)
