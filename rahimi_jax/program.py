@@ -2,13 +2,14 @@
 
 ``execute(train_fn, grid, data)`` splits the grid's members into chunks
 (``tuning.choose_chunk``: the width measured fastest for the program on this
-host, cached, never dependent on the device count), compiles the member's run ``vmap``ped over one chunk, and runs the
-chunks on all local devices at once, a chunk per device, until every chunk
-has run. A ``train.make_train`` run goes in calls of a few seconds
-(``advance``), between which the host shows progress and, under
-``run_options(checkpoint_dir=...)``, checkpoints every member's state: a
-killed run resumes from there bit for bit, on any number of devices. The
-last chunk is padded with copies of a real member, whose outputs are dropped.
+host, cached, never dependent on the device count), compiles the member's
+run ``vmap``ped over one chunk, and runs the chunks on all local devices at
+once, a chunk per device, until every chunk has run. A ``train.make_train``
+run goes in calls of a few seconds (``advance``), between which the host
+shows progress and, under ``run_options(checkpoint_dir=...)``, checkpoints
+every member's state: a killed run resumes from there bit for bit, on any
+number of devices or processes. The last chunk is padded with copies of a
+real member, whose outputs are dropped.
 """
 
 import collections
@@ -313,8 +314,9 @@ class RunOptions:
 
 
 def _chunk_mode(value: str | int) -> str | int:
-  """``'auto'``, ``'tune'``, ``'rule'`` or a width >= 1 (also as a string, from a flag or
-  ``$RAHIMI_JAX_CHUNK_SIZE``); ``ValueError`` naming the accepted ones."""
+  """``'auto'``, ``'tune'``, ``'rule'`` or a width >= 1 (also as a string,
+  from a flag or ``$RAHIMI_JAX_CHUNK_SIZE``); ``ValueError`` naming the
+  accepted ones."""
   if isinstance(value, str) and value.strip().isdigit():
     value = int(value)
   if value in tuning.MODES or (isinstance(value, (int, np.integer)) and
