@@ -314,16 +314,11 @@ class RunOptions:
 
 
 def _chunk_mode(value: str | int) -> str | int:
-  """``'auto'``, ``'tune'``, ``'rule'`` or a width >= 1 (also as a string,
-  from a flag or ``$RAHIMI_JAX_CHUNK_SIZE``); ``ValueError`` naming the
-  accepted ones."""
+  """``tuning.check_mode`` of ``value``, a width also as a string (from a flag
+  or ``$RAHIMI_JAX_CHUNK_SIZE``)."""
   if isinstance(value, str) and value.strip().isdigit():
     value = int(value)
-  if value in tuning.MODES or (isinstance(value, (int, np.integer)) and
-                               not isinstance(value, bool) and value >= 1):
-    return value
-  raise ValueError(f'chunk size {value!r}: accepted are '
-                   f'{", ".join(tuning.MODES)} or an integer >= 1.')
+  return tuning.check_mode(value)
 
 
 _OPTIONS = RunOptions()
@@ -602,7 +597,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   several = jax.process_count() > 1
   # Several processes (initialize_distributed): every process's devices
   # share the chunks; each process runs those of its own devices.
-  devices = (jax.devices() if jax.process_count() > 1 else
+  devices = (jax.devices() if several else
              jax.local_devices()[:num_devices or jax.local_device_count()])
   checkpoints = plan = None
   if options.checkpoint_dir is not None:
@@ -624,7 +619,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         run.config if run.passes else None, grid, data,
         mode=tuning.RULE if me and mode in (tuning.AUTO, tuning.TUNE) else mode,
         most=member_batch_size, budget=budget)
-    if jax.process_count() > 1:
+    if several:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       width = int(multihost_utils.broadcast_one_to_all(np.int32(choice.width)))
       if me:
@@ -787,7 +782,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         saved = time.perf_counter()
       logging.info('member-batch %d/%d done (%.1fs)', r + 1, len(rounds),
                    time.perf_counter() - run_start)
-    if jax.process_count() > 1:
+    if several:
       outputs = {c: jax.tree.map(lambda a: a[:len(chunks[c])], out)
                  for c, out in _gather_chunks(outputs, chunk, jax.eval_shape(
                      jax.vmap(run.finish), state_spec)).items()}

@@ -354,6 +354,16 @@ class _Probes:
     return best
 
 
+def check_mode(mode: str | int) -> str | int:
+  """``mode`` if it is one of ``MODES`` or a width >= 1; else
+  ``ValueError`` naming the accepted ones."""
+  if mode in MODES or (isinstance(mode, (int, np.integer)) and
+                       not isinstance(mode, bool) and mode >= 1):
+    return mode
+  raise ValueError(f'chunk size {mode!r}: accepted are {", ".join(MODES)} '
+                   'or an integer >= 1.')
+
+
 def _run_key(config, members: int) -> str:
   return f'{members} members x {config.steps} steps'
 
@@ -385,10 +395,7 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
     The ``Choice``.
   """
   g = len(grid)
-  if mode not in MODES and not (isinstance(mode, (int, np.integer))
-                                and not isinstance(mode, bool) and mode >= 1):
-    raise ValueError(f'chunk size {mode!r}: accepted are {", ".join(MODES)} '
-                     'or an integer >= 1.')
+  check_mode(mode)
   if not isinstance(mode, str):
     return Choice(min(int(mode), g), 'given')
   if mode == RULE or config is None:

@@ -143,7 +143,7 @@ def test_bad_chunk_size_is_refused_before_compiling():
   with pytest.raises(ValueError, match='chunk_size'):
     program.execute(_train(), GRID, np.zeros(3), chunk_size=-1)
   with pytest.raises(ValueError, match='auto, tune, rule or an integer'):
-    program.run_options(chunk_size='fastest').__enter__()
+    program.RunOptions(chunk_size='fastest')
 
 
 _HOST_CORES = textwrap.dedent("""
