@@ -56,18 +56,15 @@ def _case(name: str):
   """(train config, grid, data, matmul FLOPs of the whole grid's run)."""
   import jax  # pylint: disable=g-import-not-at-top
   from rahimi_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
+  from benchmarks import workloads  # pylint: disable=g-import-not-at-top
   if name == 'ablation':
     from rahimi_jax.studies import ablation  # pylint: disable=g-import-not-at-top
     study = ablation.AblationConfig()
     config, grid = study.train_config(), study.grid()
     data = data_lib.get_dataset(study.dataset)()
     config = config.for_grid(grid)
-    flops = (config.steps * engine.step_flops(config, grid, data) +
-             len(config.log_steps()) *
-             engine.step_flops(config, grid, data, evaluation=True))
-    return config, grid, data, flops * len(grid)
-  from benchmarks import workloads  # pylint: disable=g-import-not-at-top
+    return config, grid, data, workloads.run_flops(config, grid, data) * len(
+        grid)
   g, steps = SIZES[name]
   g, steps = FLAGS.grid_size or g, FLAGS.steps or steps
   w = workloads.WORKLOADS[name]

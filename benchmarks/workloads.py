@@ -52,6 +52,21 @@ class Timing(NamedTuple):
   chunk: dict[str, Any] | None = None  # (a): the engine's chunk_choice
 
 
+def run_flops(config, grid, data) -> float:
+  """Matmul FLOPs of one member's run, counted in the programs that run.
+
+  ``config.steps`` training steps and ``len(config.log_steps())``
+  evaluations, each counted by ``engine.step_flops`` on one member's step and
+  log functions (so a model that orders its products cheaply, like
+  ``deep_linear``, is credited with the FLOPs it does, not those of the
+  textbook order).
+  """
+  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
+  step = engine.step_flops(config, grid, data)
+  log = engine.step_flops(config, grid, data, evaluation=True)
+  return float(config.steps * step + len(config.log_steps()) * log)
+
+
 class Bench:
   """One workload at one grid size: the config, grid and data every method uses."""
 
@@ -89,18 +104,8 @@ class Bench:
     return self.data.n_train if self.full_batch else self.workload.batch_size
 
   def flops_per_member(self) -> float:
-    """Matmul FLOPs of one run, counted in the programs that run.
-
-    ``steps`` training steps and ``len(log_steps)`` evaluations, each counted
-    by ``engine.step_flops`` on one member's step and log functions (so a model
-    that orders its products cheaply, like ``deep_linear``, is credited with
-    the FLOPs it does, not those of the textbook order).
-    """
-    from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
-    step = engine.step_flops(self.config, self.grid, self.data)
-    log = engine.step_flops(self.config, self.grid, self.data,
-                            evaluation=True)
-    return float(self.steps * step + len(self.config.log_steps()) * log)
+    """Matmul FLOPs of one run (``run_flops``)."""
+    return run_flops(self.config, self.grid, self.data)
 
   def run_grid(self):
     """(a): the whole grid through the engine (its compile cache reused)."""
