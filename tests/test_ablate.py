@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import chex
 import matplotlib.image
@@ -212,9 +213,9 @@ def _passes_checkpointed(out) -> int:
   return max([int(n) for n in names if n.isdigit()], default=0)
 
 
-# 20 members: 4 chunks of 5, 2 rounds on 2 devices; 25 passes, each saved
+# 20 members: 4 chunks of 5, 2 rounds on 2 devices; 13 passes, each saved
 # (several processes: at the end of each round).
-DURABLE = [*TINY, '--seeds=5', '--steps=120', '--log_every=5',
+DURABLE = [*TINY, '--seeds=5', '--steps=60', '--log_every=5',
            '--logs_per_call=1', '--checkpoint_every_s=0', '--chunk_size=5']
 
 
@@ -266,7 +267,7 @@ def _start(out, processes: int, devices: int):
 def _kill_at(procs, out, passes: int) -> None:
   """``kill -9`` of every process once chunk 0 has ``passes`` checkpointed."""
   while procs[0].poll() is None and _passes_checkpointed(out) < passes:
-    pass
+    time.sleep(0.005)  # polls without spinning a core the launches need
   for p in procs:
     p.kill()
   for p in procs:
@@ -287,13 +288,13 @@ def test_kill_9_resumes_bit_identical_across_processes_and_devices(
   """
   out = tmp_path / 'out'
   _kill_at(_start(out, 1, 1), out, 2)
-  assert 2 <= _passes_checkpointed(out) < 25
+  assert 2 <= _passes_checkpointed(out) < 13
   other = launchers.launch(
       'experiments.ablate', *[f for f in DURABLE if f != '--log_every=5'],
       '--log_every=10', f'--out={out}')
   _assert_clean_error(other, '--log_every=5, not 10')
-  _kill_at(_start(out, 2, 1), out, 25)
-  assert _passes_checkpointed(out) == 25  # the first round's chunk 0
+  _kill_at(_start(out, 2, 1), out, 13)
+  assert _passes_checkpointed(out) == 13  # the first round's chunk 0
   procs = _start(out, 2, 1)
   done = [p.communicate(timeout=300) for p in procs]
   for p, (stdout, stderr) in zip(procs, done):
@@ -303,6 +304,6 @@ def test_kill_9_resumes_bit_identical_across_processes_and_devices(
   res = storage.load(str(out))
   assert len(res.metadata['devices']) == 2  # both processes' devices
   assert res.metadata['engine']['num_devices'] == 2
-  assert max(res.metadata['engine']['resumed_passes']) == 25
+  assert max(res.metadata['engine']['resumed_passes']) == 13
   _assert_same_bits(res, durable_reference())
   assert storage.CHECKPOINT not in os.listdir(out)
