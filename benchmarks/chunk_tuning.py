@@ -20,7 +20,8 @@ It prints each width's run time, achieved matmul GFLOP/s and fraction of this
 machine's float32 matmul peak (measured in the same run), the tuner's choice,
 the tuned width's run time against the best hand-picked width (issue 16's
 target: within 10%) and against the rule, and what choosing cost on first
-use and after:
+use and after (timing, and compiling the widths the run does not take: the
+run reuses its own width's compile):
 
   python -m benchmarks.chunk_tuning --repeats=3
 """
@@ -123,7 +124,7 @@ def main(argv):
     best = min(hand, key=lambda w: min(times[w]))
     print(f'\n== {name}: G={g}, {config.steps} steps; rule width {rule} ==')
     print(f'{"width":>6}{"compile_s":>10}{"run_s":>8}{"GFLOP/s":>9}'
-          f'{"of peak":>9}{"probe us/member-step":>22}')
+          f'{"of peak":>9}{"tuner us/member-step":>22}')
     probe = choice['us_per_member_step']
     for w in hand:
       run_s = min(times[w])

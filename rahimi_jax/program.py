@@ -13,7 +13,7 @@ real member, whose outputs are dropped.
 """
 
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -127,7 +127,7 @@ def initialize_distributed() -> bool:
 # Compiled programs kept for reuse (a grid re-run, the benchmark's warm call):
 # each holds its executable's memory, so a long session of many grids keeps
 # only the most recent ones.
-CACHE_SIZE = 32
+CACHE_SIZE = 64  # compiled programs kept (the tuner's widths x devices)
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
@@ -147,6 +147,7 @@ def _key(tree):
 
 
 _COMPILED: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+_COMPILED_LOCK = threading.Lock()
 
 
 def compile_program(fn, args, devices, batched: tuple[bool, ...],
@@ -175,25 +176,28 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
   keys = [(owner or fn, fn, device.id, batched, _key(spec))
           for device in devices]
 
-  def one(device, key):
+  def one(device):
     sharding = jax.sharding.SingleDeviceSharding(device)
-    _COMPILED[key] = _program(fn, batched, donate).lower(*jax.tree.map(
+    return _program(fn, batched, donate).lower(*jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
         spec)).compile()
 
   start = time.perf_counter()
-  missing = [(d, k) for d, k in zip(devices, keys) if k not in _COMPILED]
+  with _COMPILED_LOCK:  # the chunk tuner compiles widths in threads
+    have = {k: _COMPILED[k] for k in keys if k in _COMPILED}
+  missing = [(d, k) for d, k in zip(devices, keys) if k not in have]
   if missing:
     with concurrent.futures.ThreadPoolExecutor(len(missing)) as pool:
-      list(pool.map(lambda dk: one(*dk), missing))
+      have.update(zip([k for _, k in missing],
+                      pool.map(one, [d for d, _ in missing])))
   seconds = time.perf_counter() - start if missing else 0.0
-  compiled = []
-  for key in keys:
-    _COMPILED.move_to_end(key)
-    compiled.append(_COMPILED[key])
-  while len(_COMPILED) > CACHE_SIZE:
-    _COMPILED.popitem(last=False)
-  return compiled, seconds
+  with _COMPILED_LOCK:
+    for key in keys:
+      _COMPILED[key] = have[key]
+      _COMPILED.move_to_end(key)
+    while len(_COMPILED) > CACHE_SIZE:
+      _COMPILED.popitem(last=False)
+  return [have[key] for key in keys], seconds
 
 
 def compiled_programs(train_fn) -> list[Any]:
@@ -498,6 +502,136 @@ def _resumable(train_fn) -> train_lib.Train:
                          None, lambda outputs: outputs)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Chunked:
+  """A run's programs for chunks of ``chunk`` members.
+
+  Attributes:
+    chunk: members per chunk.
+    used: the devices that run chunks (none runs padding only).
+    start: ``start`` compiled for this process's first used device, where
+      every chunk starts (it is quick to run) before moving to its own.
+    advance: ``advance`` compiled per local used device (``{device id:
+      compiled}``; empty for a run in one call).
+    seconds: what compiling took (0 for programs compiled before).
+    state: the chunk state's ``ShapeDtypeStruct``s.
+    need: the most bytes one of the programs needs, if known.
+  """
+  chunk: int
+  used: list[Any]
+  start: Any
+  advance: dict[int, Any]
+  seconds: float
+  state: Any
+  need: int | None
+
+
+def _compile_chunk(train_fn, run: train_lib.Train, grid: grid_lib.Grid,
+                   data: Any, devices: Sequence[Any], chunk: int) -> _Chunked:
+  """``run``'s programs for chunks of ``chunk`` members of ``grid`` on
+  ``devices`` (cached by ``compile_program``)."""
+  me = jax.process_index()
+  used = list(devices[:math.ceil(len(grid) / chunk)])
+  local = [d for d in used if d.process_index == me]
+  knobs = _spec(grid.knobs(np.zeros(chunk, int)))
+  state = jax.eval_shape(jax.vmap(run.start, in_axes=(0, None)), knobs, data)
+  (start,), seconds = compile_program(run.start, (knobs, data), local[:1],
+                                      (True, False), owner=train_fn)
+  advance = []
+  if run.passes:
+    scalar = jax.ShapeDtypeStruct((), np.int32)
+    advance, more = compile_program(
+        run.advance, (knobs, data, state, scalar, scalar), local,
+        (True, False, True, False, False), donate=(2,), owner=train_fn)
+    seconds += more
+  need = max([program_bytes(c) or 0 for c in (start, *advance)],
+             default=0) or None
+  return _Chunked(chunk, used, start, {d.id: c for d, c in zip(local, advance)},
+                  seconds, state, need)
+
+
+class _Probe:
+  """``tuning.choose_chunk``'s measure of a ``make_train`` run at chunk
+  widths: the run's own programs (``_compile_chunk``, so the width the run
+  then takes is compiled already), each local device running a chunk of
+  real members at once, as in a round of the run, timed over whole passes
+  (a log and ``log_every`` steps).
+
+  ``probe(widths)`` is each width's estimated seconds per member-step of the
+  whole run: a pass's time x the rounds of chunks the grid needs at that
+  width (idle devices in the last round count), over members x steps per
+  pass. A width whose programs need more than ``budget`` bytes is left out.
+  Not timed: what a run does between passes and rounds (a call, a start, a
+  finish: ~3-10 ms per round measured on a 2-core CPU, under 2% of a
+  1000-step deep-linear round). ``compile_s`` has each width's compile
+  seconds.
+  """
+
+  def __init__(self, train_fn, run: train_lib.Train, grid: grid_lib.Grid,
+               data: Any, devices: Sequence[Any], budget: int | None):
+    self.train_fn, self.run, self.grid, self.data = train_fn, run, grid, data
+    self.devices, self.budget = list(devices), budget
+    self.compile_s: dict[int, float] = {}
+
+  def _chunks(self, width: int) -> tuple[_Chunked, list[list[Any]]] | None:
+    """The width's programs and, per local used device, ``[advance, knobs,
+    data, state]`` of a chunk started there; ``None``: over the budget."""
+    chunked = _compile_chunk(self.train_fn, self.run, self.grid, self.data,
+                             self.devices, width)
+    self.compile_s[width] = self.compile_s.get(width, 0.0) + chunked.seconds
+    if self.budget and chunked.need and chunked.need > self.budget:
+      return None
+    g, slots = len(self.grid), []
+    local = [d for d in chunked.used if d.id in chunked.advance]
+    for i, device in enumerate(local):  # started where the run starts them
+      knobs = self.grid.knobs((i * width + np.arange(width)) % g)
+      state = chunked.start(jax.device_put(knobs, local[0]),
+                            jax.device_put(self.data, local[0]))
+      slots.append([chunked.advance[device.id], jax.device_put(knobs, device),
+                    jax.device_put(self.data, device),
+                    jax.device_put(state, device)])
+    return chunked, slots
+
+  @staticmethod
+  def _time(slots, count: int, calls: int) -> float:
+    """Seconds of ``calls`` calls of ``count`` passes on every device."""
+    start = time.perf_counter()
+    for _ in range(calls):
+      for slot in slots:
+        slot[3] = slot[0](*slot[1:], np.int32(0), np.int32(count))
+    jax.block_until_ready([slot[3] for slot in slots])
+    return time.perf_counter() - start
+
+  def __call__(self, widths: Sequence[int]) -> dict[int, float]:
+    steps = self.run.passes - 1  # passes with steps (the last only logs)
+    if not widths or steps < 1:
+      return {}
+    with concurrent.futures.ThreadPoolExecutor(len(widths)) as pool:
+      ready = dict(zip(widths, pool.map(self._chunks, widths)))
+    ready = {w: r for w, r in ready.items() if r is not None}
+    plan, best = {}, {}  # width: (passes per call, calls per stretch)
+    for w, (_, slots) in ready.items():
+      best[w] = one = max(self._time(slots, 1, 1), 1e-9)  # a pass: it counts
+      passes = max(1, math.ceil(tuning.MIN_PROBE_S / one))
+      count = min(passes, steps)
+      plan[w] = (count, math.ceil(passes / count), one)
+    if not plan:
+      return {}
+    longest = max(one * count * calls for count, calls, one in plan.values())
+    rounds = max(1, min(tuning.PROBE_ROUNDS, math.ceil(
+        tuning.PROBE_ROUNDS * tuning.MIN_PROBE_S / longest)))
+    for _ in range(rounds):  # interleaved: a drift of the host's speed
+      for w, (count, calls, _) in plan.items():  # falls on every width
+        best[w] = min(best[w], self._time(ready[w][1], count, calls) /
+                      (count * calls))
+    g, every = len(self.grid), self.run.config.log_every
+    out = {}
+    for w, (chunked, _) in ready.items():
+      rounds_of_run = math.ceil(math.ceil(g / w) / len(chunked.used))
+      out[w] = best[w] * rounds_of_run / (g * every)
+    return out
+
+
 def _gather_chunks(outputs: dict[int, Any], chunk: int, like) -> dict[int, Any]:
   """Every process's chunk outputs, on every process (``process_allgather``
   of each process's chunks, padded to one shape)."""
@@ -615,10 +749,12 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     mode = options.chunk_size or _chunk_mode(
         os.environ.get(tuning.MODE_ENV, tuning.AUTO))
     # Several processes run process 0's choice (the others measure nothing).
+    probe = (_Probe(train_fn, run, grid, data, devices, budget)
+             if run.passes else None)
     choice = tuning.choose_chunk(
         run.config if run.passes else None, grid, data,
         mode=tuning.RULE if me and mode in (tuning.AUTO, tuning.TUNE) else mode,
-        most=member_batch_size, budget=budget)
+        most=member_batch_size, measure=probe)
     if several:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       width = int(multihost_utils.broadcast_one_to_all(np.int32(choice.width)))
@@ -629,38 +765,16 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   chunk_size = choice.width
   chunk = min(chunk_size or math.ceil(g / len(devices)), g,
               member_batch_size or g)
-
-  def compile_for(chunk):
-    """The devices used, this process's start and advance programs for a
-    chunk (``{device id: compiled}``), the compile seconds, and the chunk's
-    state shapes."""
-    used = devices[:math.ceil(g / chunk)]  # no device of padding only
-    local = [d for d in used if d.process_index == me]
-    knobs = _spec(grid.knobs(np.zeros(chunk, int)))
-    state = jax.eval_shape(jax.vmap(run.start, in_axes=(0, None)), knobs, data)
-    # Every chunk starts on the process's first device (one compile; it is
-    # quick to run), then moves to its own.
-    first, seconds = compile_program(run.start, (knobs, data), local[:1],
-                                     (True, False), owner=train_fn)
-    if not run.passes:
-      return used, first, {}, seconds, state
-    scalar = jax.ShapeDtypeStruct((), np.int32)
-    advance, more = compile_program(
-        run.advance, (knobs, data, state, scalar, scalar), local,
-        (True, False, True, False, False), donate=(2,), owner=train_fn)
-    return (used, first, {d.id: c for d, c in zip(local, advance)},
-            seconds + more, state)
-
-  used, start_c, advance_c, compile_s, state_spec = compile_for(chunk)
-  need = max([program_bytes(c) or 0
-              for c in (*start_c, *advance_c.values())], default=0) or None
-  if (member_batch_size is None and plan is None and need is not None
-      and need > budget and chunk > 1):
-    chunk = max(1, int(budget // (need / chunk)))  # fewer members per chunk
+  programs = _compile_chunk(train_fn, run, grid, data, devices, chunk)
+  compile_s = programs.seconds
+  if (member_batch_size is None and plan is None and programs.need is not None
+      and programs.need > budget and chunk > 1):
+    chunk = max(1, int(budget // (programs.need / chunk)))  # fewer per chunk
     logging.info('A chunk needs %.1f MB > budget %.1f MB; chunks of %d.',
-                 need / 2**20, budget / 2**20, chunk)
-    used, start_c, advance_c, more, state_spec = compile_for(chunk)
-    compile_s += more
+                 programs.need / 2**20, budget / 2**20, chunk)
+    programs = _compile_chunk(train_fn, run, grid, data, devices, chunk)
+    compile_s += programs.seconds
+  used, state_spec = programs.used, programs.state
   if checkpoints is not None and plan is None:
     checkpoints.write_plan({'fingerprint': fingerprint, 'chunk_size': chunk,
                             'members': g, 'passes': run.passes})
@@ -690,7 +804,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         'chunk_size': chunk,
         'chunk_choice': choice.record(),
         'chunks': len(chunks),
-        'program_bytes': need,
+        'program_bytes': programs.need,
         'compile_s': compile_s,
         'run_s': run_s,
         'wall_s': time.perf_counter() - start,
@@ -728,9 +842,9 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
                                              a.dtype), state_spec))
           resumed.append(done)
         if state is None:
-          first = mine[0][1]  # start_c's device
-          state = start_c[0](jax.device_put(host_knobs, first),
-                             placed[first.id])
+          first = mine[0][1]  # where the start program runs
+          state = programs.start(jax.device_put(host_knobs, first),
+                                 placed[first.id])
         else:  # the real members' rows; padding copies the last member's
           state = jax.tree.map(lambda a: np.concatenate(
               [a, np.repeat(a[-1:], chunk - len(idx), 0)]), state)
@@ -748,7 +862,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         moved = [i for i in range(len(mine)) if dones[i] < run.passes]
         for i in moved:
           device = mine[i][1]
-          states[i] = advance_c[device.id](knobs[i], placed[device.id],
+          states[i] = programs.advance[device.id](knobs[i], placed[device.id],
                                            states[i], np.int32(dones[i]),
                                            np.int32(count))
         states = wait(states, fetch=False)

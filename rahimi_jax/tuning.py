@@ -4,24 +4,21 @@ A device runs a grid's members a chunk at a time, each chunk one ``vmap`` of
 the member's training step. The best width of that ``vmap`` depends on the
 host (cache sizes, vector width: for the same 64-128-10 MLP, chunks of 16 were
 best on a 2-core AMD EPYC and chunks of 4 on a 2-core Intel Xeon, 1.5x
-faster than 16 there) and on the program. So ``choose_chunk`` times the
-member's training step and logs at the rule's width (``rule_width``) and, when
-the run is long enough for tuning to pay (``TUNE_PAYS``), at the widths around
-it while they get faster (``climb``), keeps the fastest, and caches it per
-(host, program) in ``cache_path()``: later runs of the program on this host
-pay nothing and run the same chunks, hence the same bits (a ``vmap`` of
-another width may round differently in the last bit).
+faster than 16 there) and on the program. So ``choose_chunk`` times the run
+at the rule's width (``rule_width``) and, when the run is long enough for
+tuning to pay (``TUNE_PAYS``), at the widths around it while they get faster
+(``climb``), keeps the fastest, and caches it per (host, program) in
+``cache_path()``: later runs of the program on this host pay nothing and run
+the same chunks, hence the same bits (a ``vmap`` of another width may round
+differently in the last bit).
 
-The probe (``_Probes``) is the training step, ``lax.fori_loop`` over a traced
-number of steps from zeroed state (under ``vmap`` the step's data-dependent
-branches are selects, so its time does not depend on the values), and the
-log, timed as one SPMD program with a chunk on every local device at once, as
-a grid's run has them. It does not see what a run does between chunks (start,
-transfers, the host's bookkeeping: a few ms per round of chunks on a CPU),
-which favours wider chunks in short runs.
+What is timed (``Measure``; ``program._Probe``) is the run's own compiled
+programs, whole passes of real members on every local device at once, as a
+round of the run has them. It does not see what a run does between rounds
+(start, transfers, the host's bookkeeping: a few ms per round of chunks on a
+CPU), which favours wider chunks in short runs.
 """
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -30,10 +27,9 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 # Members per chunk of the built-in rule (``rule_width``): measured on a
@@ -52,8 +48,8 @@ TUNE_PAYS = 10  # 'auto' tunes a run estimated to take this x tuning or more
 TIE = 0.03  # widths timed this close (relative) count as equal: the wider wins
 MODE_ENV = 'RAHIMI_JAX_CHUNK_SIZE'  # the default mode, or a width
 
-MIN_PROBE_S = 0.05  # a width's timed stretch of steps lasts at least this
-MAX_PROBE_STEPS = 4096
+MIN_PROBE_S = 0.05  # a width's timed stretch of passes lasts at least this
+PROBE_ROUNDS = 5  # timed stretches per width (fewer when a pass is longer)
 CACHE_FILE = 'chunk_tuning.json'
 
 
@@ -210,9 +206,11 @@ class Choice:
     width: members per chunk.
     source: ``'tuned'`` (measured now), ``'cached'`` (measured by an earlier
       run on this host), ``'rule'`` (``rule_width``) or ``'given'``.
-    seconds: what choosing took (compiles and timing of the probes).
-    us_per_member_step: the probe's time per member and step at each width
-      measured (for ``'cached'``, when it was measured).
+    seconds: what choosing added to the run: timing, and compiling the
+      widths the run does not take.
+    us_per_member_step: the run's time per member and step at each width
+      measured, estimated from its timed passes (for ``'cached'``, when it
+      was measured).
     why: why the rule's width, when tuning would not have paid.
   """
   width: int
@@ -230,128 +228,14 @@ class Choice:
                                    self.us_per_member_step.items()}}
 
 
-def _pass(loop, treedef, empty):
-  """``probe(knobs, data, kept, first, count, log)``: one member's steps
-  ``first .. first + count - 1``, then (``log``) a log: a pass of the run.
-  ``kept`` are the carry's leaves of ``treedef`` but the zero-size ones,
-  ``empty`` (``{index: ShapeDtypeStruct}``), which an SPMD program cannot
-  take as sharded arguments."""
-  def carry_of(kept):
-    kept = iter(kept)
-    return treedef.unflatten([
-        jnp.zeros(empty[i].shape, empty[i].dtype) if i in empty else
-        next(kept) for i in range(treedef.num_leaves)])
+class Measure(Protocol):
+  """Times a run at chunk widths (``program._Probe``)."""
 
-  def kept_of(carry):
-    return [l for i, l in enumerate(jax.tree.leaves(carry)) if i not in empty]
+  compile_s: dict[int, float]  # per width: what compiling its programs took
 
-  def probe(knobs, data, kept, first, count, log):
-    carry = jax.lax.fori_loop(first, first + count,
-                              lambda t, c: loop.step(knobs, data, c, t),
-                              carry_of(kept))
-    shapes = jax.eval_shape(lambda c: loop.log(knobs, data, c, first)[1],
-                            carry)
-    carry, metrics = jax.lax.cond(
-        log, lambda c: loop.log(knobs, data, c, first),
-        lambda c: (c, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype),
-                                   shapes)), carry)
-    return kept_of(carry), metrics
-  return probe
-
-
-class _Probes:
-  """Passes of a grid of ``config`` in chunks of each width, compiled and
-  timed on this host.
-
-  A width's probe is one SPMD program running a chunk on each of ``devices``
-  at once, as a grid's run does (a device timed alone ranked the widths of
-  the default ablation grid otherwise than its two-device runs): the steps
-  and, every ``log_every`` steps, a log, from zeroed state.
-  """
-
-  def __init__(self, config, grid, data, devices=None,
-               budget: int | None = None):
-    from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-    self.loop = train_lib.make_loop(config)
-    self.every = config.log_every
-    self.grid, self.data, self.budget = grid, data, budget
-    self.devices = list(devices or jax.local_devices())
-    mesh = jax.sharding.Mesh(np.asarray(self.devices), ('members',))
-    self.split = jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec('members'))
-    self.whole = jax.sharding.NamedSharding(mesh,
-                                            jax.sharding.PartitionSpec())
-    self.runs = {}  # width -> a stretch's runner, or None: over budget
-
-  def _compile(self, width: int):
-    members = width * len(self.devices)
-    knobs = self.grid.knobs(np.arange(members) % len(self.grid))
-    leaves, treedef = jax.tree.flatten(jax.eval_shape(
-        jax.vmap(self.loop.init, in_axes=(0, None)), knobs, self.data))
-    empty = {i: jax.ShapeDtypeStruct(l.shape[1:], l.dtype)
-             for i, l in enumerate(leaves) if not math.prod(l.shape)}
-    kept = [l for i, l in enumerate(leaves) if i not in empty]
-
-    def spec(tree, sharding):
-      return jax.tree.map(lambda a: jax.ShapeDtypeStruct(
-          np.shape(a), a.dtype, sharding=sharding), tree)
-
-    compiled = jax.jit(
-        jax.vmap(_pass(self.loop, treedef, empty),
-                 in_axes=(0, None, 0, None, None, None)),
-        donate_argnums=2).lower(
-            spec(knobs, self.split), spec(self.data, self.whole),
-            spec(kept, self.split),
-            *spec((np.int32(0), np.int32(0), np.bool_(False)),
-                  self.whole)).compile()
-    stats = compiled.memory_analysis()
-    if self.budget and stats is not None and (
-        stats.argument_size_in_bytes + stats.output_size_in_bytes +
-        stats.temp_size_in_bytes > self.budget):
-      return None
-    args = (jax.device_put(knobs, self.split),
-            jax.device_put(self.data, self.whole))
-    state = [jax.device_put([np.zeros(a.shape, a.dtype) for a in kept],
-                            self.split)]
-    first = [1]
-
-    def run(count: int, log: bool) -> float:
-      """Seconds of ``count`` steps and (``log``) a log."""
-      start = time.perf_counter()
-      state[0], _ = jax.block_until_ready(compiled(
-          *args, state[0], np.int32(first[0]), np.int32(count),
-          np.bool_(log)))
-      first[0] += count
-      return time.perf_counter() - start
-    run(1, True)  # warm
-    return run
-
-  def measure(self, widths_: Sequence[int], rounds: int = 5
-              ) -> dict[int, float]:
-    """Seconds per member-step at each width (the fastest of ``rounds``
-    rounds, each timing every width once: a drift of the host's speed falls
-    on all of them); a width over the budget is left out."""
-    new = [w for w in widths_ if w not in self.runs]
-    if new:  # compile in parallel
-      with concurrent.futures.ThreadPoolExecutor(len(new)) as pool:
-        self.runs.update(zip(new, pool.map(self._compile, new)))
-    widths_ = [w for w in widths_ if self.runs[w] is not None]
-    counts = {}
-    for w in widths_:  # steps lasting MIN_PROBE_S
-      count, elapsed = 1, self.runs[w](1, False)
-      while elapsed < MIN_PROBE_S and count < MAX_PROBE_STEPS:
-        count = min(MAX_PROBE_STEPS, max(2 * count, math.ceil(
-            1.2 * count * MIN_PROBE_S / max(elapsed, 1e-9))))
-        elapsed = self.runs[w](count, False)
-      counts[w] = count
-    best = {w: math.inf for w in widths_}
-    for _ in range(rounds):
-      for w in widths_:
-        step = self.runs[w](counts[w], False) / counts[w]
-        log = self.runs[w](0, True)
-        best[w] = min(best[w], (step + log / self.every) /
-                      (w * len(self.devices)))
-    return best
+  def __call__(self, widths: Sequence[int]) -> dict[int, float]:
+    """Seconds per member-step of the whole run at each of ``widths``; a
+    width whose programs do not fit is left out."""
 
 
 def check_mode(mode: str | int) -> str | int:
@@ -369,8 +253,8 @@ def _run_key(config, members: int) -> str:
 
 
 def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
-                 most: int | None = None, budget: int | None = None
-                 ) -> Choice:
+                 most: int | None = None,
+                 measure: Measure | None = None) -> Choice:
   """The chunk width a grid of ``config`` runs in on this host.
 
   ``'auto'``: the width tuned earlier for this (host, program), from the
@@ -389,16 +273,21 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
     data: its data.
     mode: ``'auto'``, ``'tune'``, ``'rule'`` or a width >= 1.
     most: the widest chunk allowed (a member batch cap).
-    budget: the most bytes a width's program may need per device.
+    measure: ``measure(widths) -> {width: seconds per member-step}`` of the
+      run at each width (one that does not fit left out), with
+      ``compile_s``, ``{width: seconds}`` of what it compiled
+      (``program._Probe``: the run's own programs, so the chosen width's
+      compile is the run's). ``None``: the rule.
 
   Returns:
-    The ``Choice``.
+    The ``Choice``; its ``seconds`` leave out compiling the chosen width,
+    which the run needs anyway.
   """
   g = len(grid)
   check_mode(mode)
   if not isinstance(mode, str):
     return Choice(min(int(mode), g), 'given')
-  if mode == RULE or config is None:
+  if mode == RULE or config is None or measure is None:
     return Choice(min(rule_width(g), most or g), RULE)
   ladder = [w for w in widths(g) if w <= (most or g)]
   rule = max(w for w in ladder if w <= rule_width(g))
@@ -414,12 +303,16 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   if mode == AUTO and run in entry.get('short_runs', ()):
     return Choice(rule, RULE, 0.0, timed, 'cached: too short to tune')
   start = time.perf_counter()
-  probes = _Probes(config, grid, data, budget=budget)
+
+  def spent(width):  # what choosing added to the run
+    return max(0.0, time.perf_counter() - start -
+               measure.compile_s.get(width, 0.0))
+
   if mode == AUTO:  # does tuning pay?
     if timed:
       probe_s = entry['probe_s']
     else:
-      timed = {w: s * 1e6 for w, s in probes.measure([rule]).items()}
+      timed = {w: s * 1e6 for w, s in measure([rule]).items()}
       probe_s = time.perf_counter() - start
     # The climb compiles and times ~3 more widths, 2 at a time or more.
     tune_s = probe_s * 3 / min(3, os.cpu_count() or 1)
@@ -430,13 +323,13 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
                          'probe_s': probe_s, 'host': host(),
                          'short_runs': sorted({*entry.get('short_runs', ()),
                                                run})})
-      return Choice(rule, RULE, time.perf_counter() - start, timed,
+      return Choice(rule, RULE, spent(rule), timed,
                     f'too short to tune: {why}')
   costs = climb(ladder, rule, lambda ws: {w: math.inf for w in ws}
-                | probes.measure(ws), TIE)
+                | measure(ws), TIE)
   width = cheapest(costs, TIE)
   timed = {w: round(s * 1e6, 3) for w, s in sorted(costs.items())}
-  seconds = time.perf_counter() - start
+  seconds = spent(width)
   _write_cache(key, {'width': width, 'members': g, 'us_per_member_step': timed,
                      'seconds': seconds, 'host': host(),
                      'when': time.strftime('%Y-%m-%dT%H:%M:%S')})

@@ -123,22 +123,55 @@ def test_tuned_chunk_is_measured_once_cached_and_reproducible(
     chex.assert_trees_all_equal(given.columns[name], first.columns[name])
 
 
-def test_auto_tunes_only_runs_long_enough_to_pay(tiny_digits, tmp_path,
-                                                 monkeypatch):
+class _Clock:
+  """A ``tuning.Measure`` at known costs (seconds per member-step), whose
+  each call takes ``seconds`` of the clock."""
+
+  def __init__(self, costs, seconds, monkeypatch):
+    self.costs, self.seconds, self.now = costs, seconds, 100.0
+    self.compile_s, self.calls = {}, []
+    monkeypatch.setattr(tuning.time, 'perf_counter', lambda: self.now)
+
+  def __call__(self, widths):
+    self.calls.append(list(widths))
+    self.now += self.seconds
+    self.compile_s.update({w: self.seconds / 2 for w in widths})
+    return {w: self.costs[w] for w in widths if w in self.costs}
+
+
+def test_auto_tunes_only_runs_long_enough_to_pay(tmp_path, monkeypatch):
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
-  config = CONFIG.for_grid(GRID)
-  first = tuning.choose_chunk(config, GRID, tiny_digits)
-  # 8 members x 12 steps take well under 10 x one width's probe: the rule,
-  # after timing the rule's width once.
+  config = CONFIG.for_grid(GRID)  # 8 members x 12 steps
+  # At 1 ms per member-step the run takes ~0.1 s: < 10 x one width's 1-s
+  # probe. The rule, after timing the rule's width once; choosing cost the
+  # probe but its compile, which the run reuses.
+  measure = _Clock({2: 1e-3, 4: 1e-3, 8: 1e-3}, 1.0, monkeypatch)
+  first = tuning.choose_chunk(config, GRID, None, measure=measure)
   assert (first.width, first.source) == (8, 'rule'), first
   assert first.why.startswith('too short to tune'), first
-  assert set(first.us_per_member_step) == {8} and first.seconds > 0
-  again = tuning.choose_chunk(config, GRID, tiny_digits)
+  assert measure.calls == [[8]] and first.us_per_member_step == {8: 1e3}
+  assert first.seconds == 0.5, first
+  again = tuning.choose_chunk(config, GRID, None, measure=measure)
   assert (again.width, again.why, again.seconds) == (
       8, 'cached: too short to tune', 0.0), again
-  # A run long enough: estimated from the cached speed, then tuned.
-  monkeypatch.setattr(tuning, 'climb', lambda *args: {4: 1.0})
+  assert measure.calls == [[8]]
+  # A run long enough: estimated from the cached speed, then tuned: the
+  # climb finds the valley's floor (4), and the cache serves it after.
   long = train_lib.TrainConfig(hidden=(8,), steps=10**7, log_every=4,
                                batch_size=16).for_grid(GRID)
-  chosen = tuning.choose_chunk(long, GRID, tiny_digits)
+  measure = _Clock({1: 3.0, 2: 2.0, 4: 1.0, 8: 2.0}, 1.0, monkeypatch)
+  chosen = tuning.choose_chunk(long, GRID, None, measure=measure)
   assert (chosen.width, chosen.source) == (4, 'tuned'), chosen
+  assert measure.calls[0] == [4, 8] and [2, 4] in measure.calls
+  assert chosen.seconds == len(measure.calls) - 0.5, chosen
+  cached = tuning.choose_chunk(long, GRID, None, measure=measure)
+  assert (cached.width, cached.source, cached.seconds) == (4, 'cached', 0.0)
+
+
+def test_a_width_that_does_not_fit_is_not_chosen(tmp_path, monkeypatch):
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
+  # 8 would be cheapest but the probe leaves it out (over the budget).
+  measure = _Clock({2: 2.0, 4: 1.0}, 1.0, monkeypatch)
+  chosen = tuning.choose_chunk(CONFIG.for_grid(GRID), GRID, None,
+                               mode='tune', measure=measure)
+  assert chosen.width == 4 and math.isinf(chosen.us_per_member_step[8])
