@@ -10,9 +10,9 @@ a FALKON solve at scale. Ratios are measured in this process, never promised.
   ``RBFSampler`` + ``Ridge`` and ``KernelRidge`` (float64, scikit-learn's
   default), fit + predict on ``--n_test`` rows.
 * ``sweep``: ``--sweep_bandwidths`` x ``--sweep_lams`` exact kernel ridge fits
-  at ``--sweep_n`` rows: one ``vmap`` over the pairs vs a loop of
-  ``KernelRidge`` fits (``--sweep_devices``: the pairs sharded over that
-  many devices).
+  at each of ``--sweep_n`` rows: one program (``kernel_ridge.exact_sweep``:
+  a kernel matrix per bandwidth, a Cholesky per pair) vs a loop of
+  ``KernelRidge`` fits.
 * ``scale``: FALKON-preconditioned CG at ``--scale_n`` rows and
   ``--scale_centres`` centres, rows sharded over the host's cores: the
   iterations, residuals, time and the process's peak resident memory.
@@ -34,11 +34,10 @@ flags.DEFINE_integer('features', 1000, 'Random Fourier features.')
 flags.DEFINE_integer('in_dim', 8, 'Input dimension.')
 flags.DEFINE_float('lam', 1e-5, 'Ridge per sample.')
 flags.DEFINE_integer('repeats', 3, 'Timed runs of each; the fastest counts.')
-flags.DEFINE_integer('sweep_n', 2000, 'Training rows of the sweep.')
+flags.DEFINE_list('sweep_n', ['500', '1000', '2000'],
+                  'Training rows of the sweeps (one sweep per size).')
 flags.DEFINE_list('sweep_bandwidths', ['0.5', '1', '2', '4'], 'Bandwidths.')
 flags.DEFINE_list('sweep_lams', ['1e-6', '1e-5', '1e-4', '1e-3'], 'Ridges.')
-flags.DEFINE_integer('sweep_devices', 1, 'Devices the pairs are sharded over '
-                     '(0: all). One is faster on a 2-core host (WORKSPACE.md).')
 flags.DEFINE_integer('scale_n', 1000000, 'Rows of the scale run.')
 flags.DEFINE_integer('scale_centres', 10000, 'Centres of the scale run.')
 flags.DEFINE_float('scale_tol', 1e-5, 'Relative residual of the scale run.')
@@ -122,36 +121,31 @@ def peers(d, bandwidth):
   return rows
 
 
-def sweep(bandwidths, lams):
+def sweep(n, bandwidths, lams):
+  """``len(bandwidths) x len(lams)`` exact KRR fits at ``n`` rows: one
+  ``kernel_ridge.exact_sweep`` program vs a loop of ``KernelRidge`` fits."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from sklearn import kernel_ridge  # pylint: disable=g-import-not-at-top
   from rahimi_jax import kernels  # pylint: disable=g-import-not-at-top
   from rahimi_jax.solvers import kernel_ridge as kr  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import kernel_data  # pylint: disable=g-import-not-at-top
-  d = kernel_data.procedural(FLAGS.sweep_n, FLAGS.n_test, FLAGS.in_dim)
+  d = kernel_data.procedural(n, FLAGS.n_test, FLAGS.in_dim)
   kernel = kernels.get_kernel('gaussian')
-  n = len(d.x)
-  pairs = [(b, l) for b in bandwidths for l in lams]
-  # The pairs may be sharded over the host's devices (one per core), as the
-  # grid engine shards members; on 2 cores one device was faster (its big
-  # operations use both cores; two devices loop their LAPACK calls).
-  devices = jax.local_devices()[:FLAGS.sweep_devices or None]
-  if len(pairs) % len(devices):
-    devices = devices[:1]
-  sharding = jax.sharding.NamedSharding(
-      jax.sharding.Mesh(np.asarray(devices), ('pairs',)),
-      jax.sharding.PartitionSpec('pairs'))
-  bws = jax.device_put(np.array([b for b, _ in pairs], np.float32), sharding)
-  ls = jax.device_put(np.array([l for _, l in pairs], np.float32), sharding)
+  bws = np.array(bandwidths, np.float32)
+  ls = np.array(lams, np.float32)
   x64, y64, t64 = (a.astype(np.float64) for a in (d.x, d.y, d.x_test))
 
+  # One device: the pairs' Choleskys are LAPACK calls, which two CPU devices
+  # ran no faster than one (measured: 8 factorizations at n = 2000 on each of
+  # 2 devices at once took 0.58 s, on one device 0.26 s; a pairs-sharded
+  # program 1.46 s for the 16).
   @jax.jit
   def grid(x, y, x_test, bws, ls):
-    def one(bw, lam):
-      coef = kr.exact_fit(kernel, x, y, bw, lam)
-      return kernels.kernel_matvec(kernel, x_test, x, coef, bw)
-    return jax.vmap(one)(bws, ls)
+    coefs = kr.exact_sweep(kernel, x, y, bws, ls, block_size=FLAGS.block_size)
+    return jax.vmap(lambda bw, c: jax.vmap(
+        lambda cc: kernels.kernel_matvec(kernel, x_test, x, cc, bw))(c))(
+            bws, coefs)
 
   def ours():
     return jax.block_until_ready(grid(d.x, d.y, d.x_test, bws, ls))
@@ -159,7 +153,7 @@ def sweep(bandwidths, lams):
   def theirs():
     return [kernel_ridge.KernelRidge(
         alpha=n * l, kernel='rbf', gamma=kernels.sklearn_gamma('gaussian', b)
-    ).fit(x64, y64).predict(t64) for b, l in pairs]
+    ).fit(x64, y64).predict(t64) for b in bandwidths for l in lams]
 
   start = time.perf_counter()
   ours()
@@ -167,14 +161,14 @@ def sweep(bandwidths, lams):
   t_ours, p_ours = best_time(ours, FLAGS.repeats)
   kernel_ridge.KernelRidge(alpha=1.0).fit(d.x[:10], d.y[:10])  # warm-up
   t_sk, p_sk = best_time(theirs, FLAGS.repeats)
-  gap = max(float(np.max(np.abs(np.asarray(a).reshape(b.shape) - b))
-                  / np.max(np.abs(b))) for a, b in zip(p_ours, p_sk))
-  return [f'sweep of {len(pairs)} (bandwidth, lam) exact KRR fits at n={n} '
-          f'over {len(devices)} device(s): '
-          f'one program {t_ours:.3f}s (first call {first:.2f}s), scikit-learn '
-          f'loop {t_sk:.3f}s, ratio {t_sk / t_ours:.2f}x (first call '
-          f'{t_sk / first:.2f}x); largest relative prediction difference '
-          f'{gap:.1e}']
+  p_ours = np.asarray(p_ours).reshape(len(p_sk), *np.shape(p_sk[0]))
+  gap = max(float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+            for a, b in zip(p_ours, p_sk))
+  return [f'sweep of {len(bandwidths) * len(lams)} (bandwidth, lam) exact KRR '
+          f'fits at n={n}: one program {t_ours:.3f}s (first call '
+          f'{first:.2f}s), scikit-learn loop {t_sk:.3f}s, ratio '
+          f'{t_sk / t_ours:.2f}x (first call {t_sk / first:.2f}x); largest '
+          f'relative prediction difference {gap:.1e}']
 
 
 def scale():
@@ -226,10 +220,15 @@ def main(argv):
       print(f'error: --parts: {part!r}; accepted: {", ".join(PARTS)}.',
             file=sys.stderr)
       return 1
+  bad = [v for v in FLAGS.sweep_n if not v.strip().isdigit() or int(v) < 2]
+  if bad:
+    print(f'error: --sweep_n: {bad[0]!r}; accepted: integers >= 2.',
+          file=sys.stderr)
+    return 1
   if FLAGS.dry_run:
     print(f'parts {", ".join(parts)}; peers at n={FLAGS.n}, sweep of '
           f'{len(FLAGS.sweep_bandwidths) * len(FLAGS.sweep_lams)} pairs at '
-          f'n={FLAGS.sweep_n}, scale n={FLAGS.scale_n} M={FLAGS.scale_centres}')
+          f'n={",".join(FLAGS.sweep_n)}, scale n={FLAGS.scale_n} M={FLAGS.scale_centres}')
     print('dry run: the input is valid; nothing was run.')
     return
   from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
@@ -245,9 +244,10 @@ def main(argv):
     for row in peers(d, bandwidth):
       print('  ' + row, flush=True)
   if 'sweep' in parts:
-    for row in sweep([float(b) for b in FLAGS.sweep_bandwidths],
-                     [float(l) for l in FLAGS.sweep_lams]):
-      print(row, flush=True)
+    for n in FLAGS.sweep_n:
+      for row in sweep(int(n), [float(b) for b in FLAGS.sweep_bandwidths],
+                       [float(l) for l in FLAGS.sweep_lams]):
+        print(row, flush=True)
   if 'scale' in parts:
     for row in scale():
       print(row, flush=True)

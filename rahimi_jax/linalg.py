@@ -31,8 +31,13 @@ def eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
 @jax.custom_batching.sequential_vmap
 def cholesky(a: jax.Array) -> jax.Array:
   """Upper Cholesky factor ``r`` of a symmetric positive definite ``a: [n, n]``
-  (``r^T r = a``; NaN where ``a`` is not positive definite)."""
-  return jnp.linalg.cholesky(a).T
+  (``r^T r = a``; NaN where ``a`` is not positive definite).
+
+  Reads the upper triangle of ``a`` only; ``a`` is not symmetrized first
+  (``jnp.linalg.cholesky``'s ``(a + a^T) / 2``): at n = 2000 in float32 on a
+  2-core CPU that pass was 20% of the factorization (50 -> 40 ms).
+  """
+  return jax.lax.linalg.cholesky(a.T, symmetrize_input=False).T
 
 
 

@@ -167,6 +167,25 @@ def test_a_sweep_of_lam_and_bandwidth_is_one_vmap():
                                atol=1e-5)
 
 
+def test_exact_sweep_fits_every_pair_as_scikit_learn_does(x64):
+  del x64
+  x, y, x_test, _ = _problem(60)
+  kernel = kernels.get_kernel('laplacian')
+  bws, lams = np.array([0.7, 2.0]), np.array([1e-4, 1e-2, 1e-1])
+  coefs = jax.jit(kr.exact_sweep, static_argnums=0, static_argnames=(
+      'block_size',))(kernel, x, y, bws, lams, block_size=32)
+  assert coefs.shape == (2, 3, 60, 2)
+  for i, bw in enumerate(bws):
+    for j, lam in enumerate(lams):
+      peer = sk_kernel_ridge.KernelRidge(
+          alpha=60 * lam, kernel='laplacian',
+          gamma=kernels.sklearn_gamma('laplacian', bw)).fit(x, y)
+      np.testing.assert_allclose(_matvec(kernel, x_test, x, coefs[i, j], bw),
+                                 peer.predict(x_test), rtol=1e-9, atol=1e-10)
+  with pytest.raises(ValueError, match=r'lam=-1\.0'):
+    kr.exact_sweep(kernel, x, y, bws, np.array([1e-3, -1.0]))
+
+
 def test_bad_input_is_one_line_errors_before_tracing():
   x, y, _, _ = _problem(20, dtype=np.float32)
   kernel = kernels.get_kernel('gaussian')

@@ -6,7 +6,8 @@ convention; scikit-learn's ``KernelRidge(alpha=n * lam)``):
   min_f  (1/n) sum_i (f(x_i) - y_i)^2 + lam ||f||_H^2.
 
 * ``exact_fit``: ``(K + n lam I) c = y`` by Cholesky (small ``n``: ``K`` is
-  held, ``[n, n]``); ``f(x) = K(x, X) c``.
+  held, ``[n, n]``); ``f(x) = K(x, X) c``. ``exact_sweep``: the same at
+  every (bandwidth, lam) of a grid, one kernel matrix per bandwidth.
 * ``ridge_fit``: the primal ridge on features ``Phi`` (random Fourier or
   Nyström): ``(Phi^T Phi + n lam I) w = Phi^T y``, ``f(x) = phi(x) w``.
   Masked (zero) feature columns get weight exactly 0.
@@ -155,10 +156,38 @@ def exact_fit(kernel: kernels_lib.Kernel, x: jax.Array, y: jax.Array,
   """Exact KRR coefficients ``c = (K + n lam I)^{-1} y``, ``[n]`` / ``[n, k]``;
   predictions ``kernels.kernel_matvec(kernel, x_new, x, c, bandwidth)``."""
   check_problem(x, y, bandwidth, lam)
-  n = x.shape[0]
   k = kernels_lib.kernel_matrix(kernel, x, x, bandwidth, block_size=block_size)
-  upper = linalg.cholesky(k + n * lam * jnp.eye(n, dtype=k.dtype))
-  return _cho_solve(upper, y)
+  return _ridge_solve(k, y, lam)
+
+
+def _ridge_solve(k, y, lam):
+  """``(K + n lam I)^{-1} y`` by Cholesky."""
+  n = k.shape[0]
+  return _cho_solve(linalg.cholesky(k + n * lam * jnp.eye(n, dtype=k.dtype)), y)
+
+
+def exact_sweep(kernel: kernels_lib.Kernel, x: jax.Array, y: jax.Array,
+                bandwidths: jax.Array, lams: jax.Array, *,
+                block_size: int = kernels_lib.DEFAULT_BLOCK_SIZE
+                ) -> jax.Array:
+  """``exact_fit`` at every (bandwidth, lam) of ``bandwidths: [B]`` x ``lams:
+  [L]``: coefficients ``[B, L, n]`` / ``[B, L, n, k]``.
+
+  One kernel matrix per bandwidth serves its ``L`` ridges (a ``vmap`` of
+  ``exact_fit`` over the pairs computes it ``L`` times: 0.30 of a 0.96-s
+  16-pair sweep at n = 2000 on a 2-core CPU); the bandwidths go one after
+  another (``lax.map``), so ``L`` matrices of ``[n, n]`` are held at once,
+  not ``B L``. Every pair still needs its own Cholesky factorization.
+  """
+  check_problem(x, y, bandwidths, lams)
+  lams = jnp.asarray(lams)
+
+  def one_bandwidth(bandwidth):
+    k = kernels_lib.kernel_matrix(kernel, x, x, bandwidth,
+                                  block_size=block_size)
+    return jax.vmap(lambda lam: _ridge_solve(k, y, lam))(lams)
+
+  return jax.lax.map(one_bandwidth, jnp.asarray(bandwidths))
 
 
 def ridge_fit(features: jax.Array, y: jax.Array, lam: jax.Array
