@@ -510,7 +510,8 @@ class _Chunked:
     chunk: members per chunk.
     used: the devices that run chunks (none runs padding only).
     start: ``start`` compiled for this process's first used device, where
-      every chunk starts (it is quick to run) before moving to its own.
+      every chunk starts (it is quick to run) before moving to its own
+      (``None`` where this process runs no chunk).
     advance: ``advance`` compiled per local used device (``{device id:
       compiled}``; empty for a run in one call).
     seconds: what compiling took (0 for programs compiled before).
@@ -535,8 +536,9 @@ def _compile_chunk(train_fn, run: train_lib.Train, grid: grid_lib.Grid,
   local = [d for d in used if d.process_index == me]
   knobs = _spec(grid.knobs(np.zeros(chunk, int)))
   state = jax.eval_shape(jax.vmap(run.start, in_axes=(0, None)), knobs, data)
-  (start,), seconds = compile_program(run.start, (knobs, data), local[:1],
-                                      (True, False), owner=train_fn)
+  start, seconds = compile_program(run.start, (knobs, data), local[:1],
+                                   (True, False), owner=train_fn)
+  start = start[0] if start else None  # None: no chunk runs in this process
   advance = []
   if run.passes:
     scalar = jax.ShapeDtypeStruct((), np.int32)
@@ -544,7 +546,7 @@ def _compile_chunk(train_fn, run: train_lib.Train, grid: grid_lib.Grid,
         run.advance, (knobs, data, state, scalar, scalar), local,
         (True, False, True, False, False), donate=(2,), owner=train_fn)
     seconds += more
-  need = max([program_bytes(c) or 0 for c in (start, *advance)],
+  need = max([program_bytes(c) or 0 for c in (start, *advance) if c],
              default=0) or None
   return _Chunked(chunk, used, start, {d.id: c for d, c in zip(local, advance)},
                   seconds, state, need)
@@ -862,9 +864,9 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         moved = [i for i in range(len(mine)) if dones[i] < run.passes]
         for i in moved:
           device = mine[i][1]
-          states[i] = programs.advance[device.id](knobs[i], placed[device.id],
-                                           states[i], np.int32(dones[i]),
-                                           np.int32(count))
+          states[i] = programs.advance[device.id](
+              knobs[i], placed[device.id], states[i], np.int32(dones[i]),
+              np.int32(count))
         states = wait(states, fetch=False)
         calls += 1
         # Per pass run (passes past the last do nothing).
