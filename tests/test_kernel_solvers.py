@@ -151,6 +151,18 @@ def test_feature_ridge_is_the_normal_equations_and_matches_the_peers():
   assert 0.7 < np.mean(nys_mse) / peers['nystrom'] < 1.4, (nys_mse, peers)
 
 
+def test_ridge_with_more_features_than_rows_is_scikit_learns_ridge(x64):
+  # D > n goes through the n x n (dual) system; the weights are the primal's.
+  del x64
+  rng = np.random.default_rng(3)
+  phi, y = rng.normal(size=(30, 80)), rng.normal(size=(30, 2))
+  phi[:, 70:] = 0  # masked columns: weight exactly 0
+  w = kr.ridge_fit(phi, y, LAM)
+  peer = linear_model.Ridge(alpha=30 * LAM, fit_intercept=False).fit(phi, y)
+  np.testing.assert_allclose(w, peer.coef_.T, rtol=1e-8, atol=1e-10)
+  assert not np.asarray(w)[70:].any()
+
+
 def test_a_sweep_of_lam_and_bandwidth_is_one_vmap():
   x, y, x_test, _ = _problem(50, dtype=np.float32)
   kernel = kernels.get_kernel('gaussian')

@@ -10,6 +10,7 @@ from sklearn import kernel_approximation
 from sklearn.metrics import pairwise
 
 from rahimi_jax import kernels
+from rahimi_jax.kernels import binning
 
 SKLEARN = {'gaussian': pairwise.rbf_kernel,
            'laplacian': pairwise.laplacian_kernel}
@@ -162,3 +163,50 @@ def test_masked_nystrom_is_the_nystrom_kernel_of_the_prefix(points):
   masked = _nystrom(kernel, x, x[:12], BANDWIDTH, 5)
   prefix = _nystrom(kernel, x, x[:5], BANDWIDTH)
   np.testing.assert_allclose(masked @ masked.T, prefix @ prefix.T, atol=1e-5)
+
+
+def test_random_binning_estimates_the_laplacian_kernel(points):
+  # Rahimi & Recht's Algorithm 2 against scikit-learn's laplacian_kernel: the
+  # fraction of shared bins is unbiased (mean over 8 draws of 4096 grids) and
+  # its error falls like 1 / sqrt(grids).
+  x, y = points
+  exact = _exact('laplacian', x, y)
+  sizes = jnp.array([64, 256, 1024, 4096])
+
+  def draw(key):
+    b = binning.draw_binning(key, 3, 4096)
+    k = jax.vmap(lambda p: binning.binning_kernel(b, x, y, BANDWIDTH, p))(sizes)
+    return k, jax.vmap(lambda kk: kernels.relative_frobenius_error(exact, kk))(k)
+
+  k, err = jax.jit(jax.vmap(draw))(jax.random.split(jax.random.key(0), 8))
+  slope = np.polyfit(np.log(sizes), np.log(err.mean(0)), 1)[0]
+  assert -0.62 < slope < -0.38, (slope, err.mean(0))
+  # 8 x 4096 grids: each entry's standard deviation is <= 0.5 / sqrt(32768).
+  np.testing.assert_allclose(k[:, -1].mean(0), exact, atol=5 * 0.5 / 181)
+  assert 0 <= float(k.min()) and float(k.max()) <= 1
+
+
+def test_random_binning_features_hash_one_signed_column_per_grid(points):
+  x, y = points
+  b = binning.draw_binning(jax.random.key(1), 3, 2048)
+  features = jax.jit(binning.binning_features,
+                     static_argnames='buckets')
+  z = np.asarray(features(b, x, BANDWIDTH, 1500, buckets=8))
+  assert z.shape == (30, 2048 * 8)
+  per_grid = np.abs(z).reshape(30, 2048, 8)
+  # One nonzero +-1/sqrt(1500) per kept grid; masked grids are exactly 0.
+  np.testing.assert_array_equal((per_grid[:, :1500] > 0).sum(-1), 1)
+  np.testing.assert_allclose(per_grid[:, :1500].max(-1), 1 / np.sqrt(1500),
+                             rtol=1e-6)
+  assert not per_grid[:, 1500:].any()
+  zy = np.asarray(features(b, y, BANDWIDTH, 1500, buckets=8))
+  exact = _exact('laplacian', x, y)
+  # Unbiased: the hashed features' kernel is as close as the bins' own.
+  assert np.linalg.norm(z @ zy.T - exact) / np.linalg.norm(exact) < 0.1
+  for bad, message in ((dict(bandwidth=-1.0), 'bandwidth=-1.0'),
+                       (dict(num_grids=4096), r'num_features=4096')):
+    args = dict(bandwidth=BANDWIDTH, num_grids=10) | bad
+    with pytest.raises(ValueError, match=message):
+      binning.binning_features(b, x, **args)
+  with pytest.raises(ValueError, match='max_grids=0'):
+    binning.draw_binning(jax.random.key(0), 3, 0)

@@ -29,13 +29,14 @@ def test_the_run_writes_tables_plots_and_slopes(study):
   for name in ('approx_error.png', 'test_accuracy.png'):
     assert (tmp / 'out' / name).stat().st_size > 1000
   assert 'log-log slope of the approximation error' in ok.stdout
-  assert set(res.columns['method']) == set(random_features.METHODS)
+  # Random binning is the Laplacian kernel's (test_binning_... below).
+  gaussian = set(random_features.METHODS) - {'binning'}
+  assert set(res.columns['method']) == gaussian
   # 2 sizes x 2 seeds for 4 feature methods, plus the two exact fits.
   assert len(res) == 4 * 4 + 2
   slopes = res.metadata['slopes']
   assert all(s < -0.2 for s in slopes.values()), slopes
-  acc = {m: res.where(method=m).columns['test_accuracy'] for m in
-         random_features.METHODS}
+  acc = {m: res.where(method=m).columns['test_accuracy'] for m in gaussian}
   # Our exact kernel ridge is scikit-learn's (float32: up to 1 of 450).
   assert abs(acc['exact'][0] - acc['sklearn_exact'][0]) <= 1 / 450
   # More features, better fits; the peers at equal features are comparable.
@@ -45,7 +46,25 @@ def test_the_run_writes_tables_plots_and_slopes(study):
   assert rff_acc(32) > rff_acc(8)
   assert abs(np.mean(acc['rff']) - np.mean(acc['sklearn_rff'])) < 0.1
   timings = {t['method'] for t in res.metadata['timings']}
-  assert timings == set(random_features.METHODS)
+  assert timings == gaussian
+
+
+def test_binning_joins_the_study_for_the_laplacian_kernel():
+  config = random_features.RandomFeaturesConfig(
+      kernel='laplacian', features=(8, 128), seeds=2, train_size=200,
+      approx_points=100, peers=False)
+  res = random_features.run(config)
+  binning = res.where(method='binning')
+  assert len(binning) == 2 * 2
+  # The bins' kernel estimate improves like 1 / sqrt(grids) (16x: ~4x).
+  err = {f: np.mean(binning.where(features=f).columns['approx_error'])
+         for f in (8, 128)}
+  assert 2.5 < err[8] / err[128] < 6.5, err
+  acc = {f: np.mean(binning.where(features=f).columns['test_accuracy'])
+         for f in (8, 128)}
+  exact = res.where(method='exact').columns['test_accuracy'][0]
+  assert acc[8] < acc[128] <= exact + 0.02, (acc, exact)
+  assert 'binning' in random_features.report(res)
 
 
 def test_bad_input_is_one_error_line(study):

@@ -1,4 +1,10 @@
-"""Kernels, random Fourier / Nyström features, blocked kernel products."""
+"""Kernels, random Fourier / binning / Nyström features, blocked kernel
+products."""
+
+from rahimi_jax.kernels.binning import Binning
+from rahimi_jax.kernels.binning import binning_features
+from rahimi_jax.kernels.binning import binning_kernel
+from rahimi_jax.kernels.binning import draw_binning
 
 from rahimi_jax.kernels.features import choose_centres
 from rahimi_jax.kernels.features import draw_rff
@@ -21,7 +27,8 @@ from rahimi_jax.kernels.kernels import relative_frobenius_error
 from rahimi_jax.kernels.kernels import row_mesh
 from rahimi_jax.kernels.kernels import sklearn_gamma
 
-__all__ = ['check_finite', 'check_positive', 'choose_centres', 'draw_rff',
+__all__ = ['Binning', 'binning_features', 'binning_kernel', 'check_finite',
+           'check_positive', 'choose_centres', 'draw_binning', 'draw_rff',
            'get_kernel', 'Kernel', 'kernel_matrix', 'kernel_matvec', 'KERNELS',
            'normal_matvec', 'Nystrom', 'nystrom', 'nystrom_apply',
            'nystrom_features', 'RFF', 'rff_features', 'rff_kernel',

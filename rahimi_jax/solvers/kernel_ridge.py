@@ -192,11 +192,16 @@ def exact_sweep(kernel: kernels_lib.Kernel, x: jax.Array, y: jax.Array,
 
 def ridge_fit(features: jax.Array, y: jax.Array, lam: jax.Array
               ) -> jax.Array:
-  """Primal ridge weights ``(Phi^T Phi + n lam I)^{-1} Phi^T y``: ``[D]`` /
-  ``[D, k]``; predictions ``phi(x_new) @ w``."""
+  """Ridge weights ``(Phi^T Phi + n lam I)^{-1} Phi^T y``: ``[D]`` / ``[D,
+  k]``; predictions ``phi(x_new) @ w``. More features than rows (``D > n``,
+  e.g. hashed binning features): solved in the dual, ``Phi^T (Phi Phi^T + n
+  lam I)^{-1} y``, the same weights from an ``n x n`` factorization."""
   kernels_lib.check_finite('features', features)
   kernels_lib.check_positive('lam', lam)
   n, d = features.shape
+  if d > n:  # the same weights from the n x n system: Phi^T (Phi Phi^T + n lam)^-1 y
+    gram = features @ features.T + n * lam * jnp.eye(n, dtype=features.dtype)
+    return features.T @ _cho_solve(linalg.cholesky(gram), y)
   gram = features.T @ features + n * lam * jnp.eye(d, dtype=features.dtype)
   return _cho_solve(linalg.cholesky(gram), features.T @ y)
 

@@ -4,7 +4,9 @@ On one bundled dataset: how fast random Fourier features approximate the
 kernel (relative Frobenius error of ``Phi Phi^T`` against ``K`` on a fixed
 subset, with the fitted log-log slope: ``-1/2`` is the Monte Carlo rate), and
 what that costs in test accuracy (or error) against exact kernel ridge
-regression; Nyström features beside them; scikit-learn's ``RBFSampler`` /
+regression; Nyström features beside them, and for the Laplacian kernel random
+binning features (``kernels.binning``: ``features`` counts grids, each hashed
+to ``BUCKETS`` columns); scikit-learn's ``RBFSampler`` /
 ``Nystroem`` + ``Ridge`` and ``KernelRidge`` on the same data and
 hyperparameters, timed in the same process.
 
@@ -33,8 +35,11 @@ from rahimi_jax import results as results_lib
 from rahimi_jax.solvers import kernel_ridge as kr
 from rahimi_jax.studies import kernel_data
 
-METHODS = ('exact', 'rff', 'nystrom', 'sklearn_exact', 'sklearn_rff',
-           'sklearn_nystrom')
+METHODS = ('exact', 'rff', 'nystrom', 'binning', 'sklearn_exact',
+           'sklearn_rff', 'sklearn_nystrom')
+APPROXIMATIONS = ('rff', 'nystrom', 'binning', 'sklearn_rff',
+                  'sklearn_nystrom')
+BUCKETS = 8  # hashed columns per random binning grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +146,21 @@ def _ours(config, d, bandwidth):
       return kernels.nystrom_apply(kernel, nys, x_test, bandwidth) @ w, err
     return jax.vmap(member)(keys)
 
-  for method, fn in (('rff', rff), ('nystrom', nystrom)):
+  def binning(keys, size):  # size grids, BUCKETS hashed columns each
+    def member(key):
+      b = kernels.draw_binning(key, x.shape[1], size)
+      w = kr.ridge_fit(kernels.binning_features(b, x, bandwidth,
+                                                buckets=BUCKETS), y, config.lam)
+      err = kernels.relative_frobenius_error(
+          k_sub, kernels.binning_kernel(b, sub, sub, bandwidth))
+      return kernels.binning_features(b, x_test, bandwidth,
+                                      buckets=BUCKETS) @ w, err
+    return jax.vmap(member)(keys)
+
+  methods = [('rff', rff), ('nystrom', nystrom)]
+  if config.kernel == 'laplacian':  # random binning estimates the Laplacian
+    methods.append(('binning', binning))
+  for method, fn in methods:
     compile_s = run_s = 0.0
     for size in config.features:
       (preds, errs), c, r = _timed(functools.partial(fn, size=size), keys)
@@ -217,7 +236,7 @@ def run(config: RandomFeaturesConfig) -> results_lib.Results:
   }
   res = results_lib.Results(columns, {})
   slopes = {}
-  for method in ('rff', 'nystrom', 'sklearn_rff', 'sklearn_nystrom'):
+  for method in APPROXIMATIONS:
     sel = res.where(method=method)
     if len(sel):
       slopes[method] = slope(config.features, [
@@ -241,8 +260,7 @@ def report(res: results_lib.Results) -> str:
   the fitted slopes, and the timings."""
   meta, metric = res.metadata, res.metadata['metric']
   features = meta['config']['features']
-  methods = [m for m in ('rff', 'nystrom', 'sklearn_rff', 'sklearn_nystrom')
-             if len(res.where(method=m))]
+  methods = [m for m in APPROXIMATIONS if len(res.where(method=m))]
   lines = [f'{meta["config"]["dataset"]}: n={meta["n_train"]} train, '
            f'{meta["n_test"]} test; {meta["config"]["kernel"]} kernel, '
            f'bandwidth {meta["bandwidth"]:.4g}, lam {meta["config"]["lam"]:g}; '
@@ -282,7 +300,7 @@ def plot(res: results_lib.Results, directory: str) -> list[str]:
   names = []
   for column in ('approx_error', metric):
     fig, ax = plt.subplots(figsize=(6, 4))
-    for m in ('rff', 'nystrom', 'sklearn_rff', 'sklearn_nystrom'):
+    for m in APPROXIMATIONS:
       sel = res.where(method=m)
       if len(sel):
         means = [np.mean(sel.where(features=f).columns[column])
@@ -302,7 +320,8 @@ def plot(res: results_lib.Results, directory: str) -> list[str]:
           ax.axhline(res.where(method=m).columns[metric][0], ls=style[1:],
                      color='k', label=f'{m} KRR')
     ax.set_xscale('log')
-    ax.set_xlabel('number of features D (Nyström: centres M)')
+    ax.set_xlabel('number of features D (Nyström: centres M; binning: '
+                  f'grids, {BUCKETS} columns each)')
     ax.set_ylabel(column)
     ax.set_title(f'{meta["config"]["dataset"]}, {meta["config"]["kernel"]} '
                  f'kernel: mean over {meta["config"]["seeds"]} seeds')
