@@ -22,4 +22,9 @@ fi
   echo "== grid_throughput compute =="
   python3 -m benchmarks.grid_throughput --regime=compute --grid_sizes=1,128,1024,4096 \
       --methods=a,b,c --loop_members_cap=4 --profile --json_out="$out/bench_compute.json" 2>&1 | grep -v '^I1'
+  echo "== chunk tuning (issue 16) =="
+  python3 -m benchmarks.chunk_tuning --repeats=2 --max_width=4096 2>&1 | grep -v '^I1'
+  echo "== FALKON at n=1e7, M=1e4 (issue 14) =="
+  /usr/bin/time -f 'wall %es maxrss %MkB' python3 -m benchmarks.kernel_solvers \
+      --parts=scale --scale_n=10000000 2>&1 | grep -v '^I1'
 } 2>&1 | tee "$out/device_check.log"
