@@ -18,14 +18,20 @@ def study(tmp_path_factory):
   """The launcher run as a user would, beside bad input that must fail
   before anything runs."""
   tmp = tmp_path_factory.mktemp('random_features')
-  ok, bad = launchers.launch_many('experiments.random_features', [
-      [*_FLAGS, f'--out={tmp / "out"}'], ['--lam=0', f'--out={tmp / "bad"}']])
-  assert ok.returncode == 0, ok.stderr[-3000:]
-  return storage.load(str(tmp / 'out')), ok, bad, tmp
+  ok, laplacian, bad = launchers.launch_many('experiments.random_features', [
+      [*_FLAGS, f'--out={tmp / "out"}'],
+      ['--kernel=laplacian', '--features=8,128', '--seeds=2',
+       '--train_size=200', '--approx_points=100', '--peers=false',
+       f'--out={tmp / "laplacian"}'],
+      ['--lam=0', f'--out={tmp / "bad"}']])
+  for proc in (ok, laplacian):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  return (storage.load(str(tmp / 'out')), ok, bad, tmp,
+          storage.load(str(tmp / 'laplacian')))
 
 
 def test_the_run_writes_tables_plots_and_slopes(study):
-  res, ok, _, tmp = study
+  res, ok, _, tmp, _ = study
   for name in ('approx_error.png', 'test_accuracy.png'):
     assert (tmp / 'out' / name).stat().st_size > 1000
   assert 'log-log slope of the approximation error' in ok.stdout
@@ -49,11 +55,8 @@ def test_the_run_writes_tables_plots_and_slopes(study):
   assert timings == gaussian
 
 
-def test_binning_joins_the_study_for_the_laplacian_kernel():
-  config = random_features.RandomFeaturesConfig(
-      kernel='laplacian', features=(8, 128), seeds=2, train_size=200,
-      approx_points=100, peers=False)
-  res = random_features.run(config)
+def test_binning_joins_the_study_for_the_laplacian_kernel(study):
+  res = study[4]
   binning = res.where(method='binning')
   assert len(binning) == 2 * 2
   # The bins' kernel estimate improves like 1 / sqrt(grids) (16x: ~4x).
@@ -65,6 +68,7 @@ def test_binning_joins_the_study_for_the_laplacian_kernel():
   exact = res.where(method='exact').columns['test_accuracy'][0]
   assert acc[8] < acc[128] <= exact + 0.02, (acc, exact)
   assert 'binning' in random_features.report(res)
+  assert set(res.metadata['slopes']) == {'rff', 'nystrom', 'binning'}
 
 
 def test_bad_input_is_one_error_line(study):
