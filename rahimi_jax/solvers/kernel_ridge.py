@@ -199,9 +199,8 @@ def ridge_fit(features: jax.Array, y: jax.Array, lam: jax.Array
   kernels_lib.check_finite('features', features)
   kernels_lib.check_positive('lam', lam)
   n, d = features.shape
-  if d > n:  # the same weights from the n x n system: Phi^T (Phi Phi^T + n lam)^-1 y
-    gram = features @ features.T + n * lam * jnp.eye(n, dtype=features.dtype)
-    return features.T @ _cho_solve(linalg.cholesky(gram), y)
+  if d > n:  # the dual: the n x n system of the kernel Phi Phi^T
+    return features.T @ _ridge_solve(features @ features.T, y, lam)
   gram = features.T @ features + n * lam * jnp.eye(d, dtype=features.dtype)
   return _cho_solve(linalg.cholesky(gram), features.T @ y)
 
