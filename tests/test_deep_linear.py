@@ -234,3 +234,26 @@ def test_launcher_bad_input(launched):
   for (_, bad), proc in zip(BAD_INPUTS, procs, strict=True):
     launchers.assert_clean_error(proc, bad)
   assert not list(bad_dir.iterdir())
+
+
+def test_notebook_reference_gradient_is_the_loss_derivative():
+  # benchmarks.rahimi_notebook (the published notebook's recipe in NumPy):
+  # its update is -lr x the gradient of its loss (central differences), and
+  # small steps descend.
+  from benchmarks import rahimi_notebook as nb  # pylint: disable=g-import-not-at-top
+  w1, w2, a, c = nb.problem(0)
+  e = w1 @ w2 - a
+  grads = (2 * e @ c @ w2.T, 2 * w1.T @ e @ c)
+  h = 1e-6
+  for which, grad in enumerate(grads):
+    for idx in ((0, 0), (3, 2), (5, 5)):
+      up = [w1.copy(), w2.copy()]
+      down = [w1.copy(), w2.copy()]
+      up[which][idx] += h
+      down[which][idx] -= h
+      fd = (nb.loss(*up, a, c) - nb.loss(*down, a, c)) / (2 * h)
+      np.testing.assert_allclose(grad[idx], fd, rtol=1e-6)
+  start = nb.loss(w1, w2, a, c)
+  assert nb.gradient_descent(0, 1e-6, 0) == start
+  assert nb.gradient_descent(0, 1e-6, 50) < start
+  assert np.isnan(nb.gradient_descent(0, 1e-2, 50))  # diverges
