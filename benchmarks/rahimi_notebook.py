@@ -22,12 +22,16 @@ from absl import app
 from absl import flags
 import numpy as np
 
-flags.DEFINE_list('steps', ['3000', '100000'], 'Step budgets.')
-flags.DEFINE_list('lrs', ['1e-6', '1e-5', '3e-5', '5e-5', '1e-4'],
-                  'Gradient descent step sizes (of the summed loss).')
-flags.DEFINE_integer('seeds', 4, 'Seeds 0..seeds-1 (numpy RandomState).')
-
 FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Only when run as a program: the names are common (tests import this
+  module beside launchers that define their own ``--steps``, ``--seeds``)."""
+  flags.DEFINE_list('steps', ['3000', '100000'], 'Step budgets.')
+  flags.DEFINE_list('lrs', ['1e-6', '1e-5', '3e-5', '5e-5', '1e-4'],
+                    'Gradient descent step sizes (of the summed loss).')
+  flags.DEFINE_integer('seeds', 4, 'Seeds 0..seeds-1 (numpy RandomState).')
 
 
 def problem(seed: int, xdim: int = 6, wdim: int = 6, ydim: int = 10,
@@ -80,4 +84,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
