@@ -265,6 +265,9 @@ def report(res: results_lib.Results) -> str:
            f'{meta["n_test"]} test; {meta["config"]["kernel"]} kernel, '
            f'bandwidth {meta["bandwidth"]:.4g}, lam {meta["config"]["lam"]:g}; '
            f'mean ± sd over {meta["config"]["seeds"]} seeds']
+  if 'binning' in methods:
+    lines.append(f'(binning: "features" counts random grids, each hashed to '
+                 f'{BUCKETS} columns; Nyström: centres)')
   for column, title in (('approx_error', 'relative Frobenius error of the '
                          'approximate kernel'), (metric, metric)):
     lines += ['', f'{title}:',
