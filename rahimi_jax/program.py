@@ -585,13 +585,13 @@ class _Probe:
       return None
     g, slots = len(self.grid), []
     local = [d for d in chunked.used if d.id in chunked.advance]
+    placed = {d.id: jax.device_put(self.data, d) for d in local}
     for i, device in enumerate(local):  # started where the run starts them
       knobs = self.grid.knobs((i * width + np.arange(width)) % g)
       state = chunked.start(jax.device_put(knobs, local[0]),
-                            jax.device_put(self.data, local[0]))
+                            placed[local[0].id])
       slots.append([chunked.advance[device.id], jax.device_put(knobs, device),
-                    jax.device_put(self.data, device),
-                    jax.device_put(state, device)])
+                    placed[device.id], jax.device_put(state, device)])
     return chunked, slots
 
   @staticmethod
