@@ -13,8 +13,9 @@ deep_linear and mlp32 at G=256 and mlp128 at G=128), in one process run:
                the rule's width and tunes only if the run is long enough to
                pay for it (``tuning.TUNE_PAYS``);
   tune         the tuner forced (``chunk_size='tune'``): the widths it
-               measured and the one it chose, whose runs are then timed with
-               the default engine reading the cache.
+               measured and the one it chose, then that width on fewer
+               devices, whose runs are then timed with the default engine
+               reading the cache.
 
 It prints each width's run time, achieved matmul GFLOP/s and fraction of this
 machine's float32 matmul peak (measured in the same run), the tuner's choice,
@@ -134,9 +135,11 @@ def main(argv):
             f'{"  <- best" if w == best else ""}'
             f'{"  <- rule" if w == rule else ""}')
     tuned_w = again['chunk_size']
-    # The default engine at the tuned width runs the hand-picked program of
-    # that width: its runs pool with those (interleaved, so less drift).
-    tuned_s = min(auto_times + times.get(tuned_w, []))
+    # The default engine at the tuned width on every device runs the
+    # hand-picked program of that width: its runs pool with those
+    # (interleaved, so less drift).
+    tuned_s = min(auto_times + (times.get(tuned_w, []) if choice['devices']
+                                is None else []))
     row = (name, auto['width'], tuned_w, best, tuned_s / min(times[best]),
            tuned_s / min(times[rule]) if rule in times else float('nan'),
            auto['seconds'], choice['seconds'], again['chunk_choice']['seconds'])
@@ -144,7 +147,11 @@ def main(argv):
     print(f'auto on first use: width {auto["width"]} ({auto["source"]}'
           f'{": " + auto["why"] if auto["why"] else ""}; {auto["seconds"]:.1f}'
           f' s)')
-    print(f'tune: width {tuned_w} ({choice["source"]}, then '
+    by_devices = ', '.join(f'{us:.1f} on {k}' for k, us in
+                           choice['us_by_devices'].items())
+    print(f'tune: width {tuned_w} on {again["num_devices"]} device(s) '
+          f'(us per member-step by device count: {by_devices or "one only"};'
+          f' {choice["source"]}, then '
           f'{again["chunk_choice"]["source"]}), run {tuned_s:.2f} s = '
           f'{row[4]:.3f}x the best hand-picked ({best}), {row[5]:.3f}x the '
           f'rule; tuning took {row[7]:.1f} s, {row[8]:.1f} s after')

@@ -69,7 +69,8 @@ def use_host_cores(num: int | None = None, *, default: bool = False
   call, or JAX's backends are initialized.
 
   Args:
-    num: CPU devices wanted (default: one per core this process may use).
+    num: CPU devices wanted (default: one per core this process may use,
+      ``tuning.usable_cores``).
     default: the import-time default, which any later call may replace; it
       never starts JAX's backends.
 
@@ -87,8 +88,7 @@ def use_host_cores(num: int | None = None, *, default: bool = False
   if explicit or xla_bridge.backends_are_initialized():
     return None if default else len(jax.devices('cpu'))
   if num is None:
-    num = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
-           else os.cpu_count() or 1)
+    num = tuning.usable_cores()
   jax.config.update('jax_num_cpu_devices', num)
   _weak_default = default
   return num
@@ -559,10 +559,10 @@ class _Probe:
   real members at once, as in a round of the run, timed over whole passes
   (a log and ``log_every`` steps).
 
-  ``probe(widths)`` is each width's estimated seconds per member-step of the
-  whole run: a pass's time x the rounds of chunks the grid needs at that
-  width (idle devices in the last round count), over members x steps per
-  pass. A width whose programs need more than ``budget`` bytes is left out.
+  ``probe(widths, devices)`` is each width's estimated seconds per
+  member-step of the whole run on the first ``devices`` devices (default
+  all): a pass's time x the rounds of chunks the grid needs at that width
+  (idle devices in the last round count), over members x steps per pass. A width whose programs need more than ``budget`` bytes is left out.
   Not timed: what a run does between passes and rounds (a call, a start, a
   finish: ~3-10 ms per round measured on a 2-core CPU, under 2% of a
   1000-step deep-linear round). ``compile_s`` has each width's compile
@@ -575,11 +575,13 @@ class _Probe:
     self.devices, self.budget = list(devices), budget
     self.compile_s: dict[int, float] = {}
 
-  def _chunks(self, width: int) -> tuple[_Chunked, list[list[Any]]] | None:
-    """The width's programs and, per local used device, ``[advance, knobs,
-    data, state]`` of a chunk started there; ``None``: over the budget."""
+  def _chunks(self, width: int, devices: int | None = None
+              ) -> tuple[_Chunked, list[list[Any]]] | None:
+    """The width's programs on the first ``devices`` devices and, per local
+    used device, ``[advance, knobs, data, state]`` of a chunk started there;
+    ``None``: over the budget."""
     chunked = _compile_chunk(self.train_fn, self.run, self.grid, self.data,
-                             self.devices, width)
+                             self.devices[:devices], width)
     self.compile_s[width] = self.compile_s.get(width, 0.0) + chunked.seconds
     if self.budget and chunked.need and chunked.need > self.budget:
       return None
@@ -604,12 +606,14 @@ class _Probe:
     jax.block_until_ready([slot[3] for slot in slots])
     return time.perf_counter() - start
 
-  def __call__(self, widths: Sequence[int]) -> dict[int, float]:
+  def __call__(self, widths: Sequence[int],
+               devices: int | None = None) -> dict[int, float]:
     steps = self.run.passes - 1  # passes with steps (the last only logs)
     if not widths or steps < 1:
       return {}
     with concurrent.futures.ThreadPoolExecutor(len(widths)) as pool:
-      ready = dict(zip(widths, pool.map(self._chunks, widths)))
+      ready = dict(zip(widths, pool.map(
+          functools.partial(self._chunks, devices=devices), widths)))
     ready = {w: r for w, r in ready.items() if r is not None}
     plan, best = {}, {}  # width: (passes per call, calls per stretch)
     for w, (_, slots) in ready.items():
@@ -700,8 +704,9 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
       chunk size).
     memory_budget_bytes: the most memory one device's program may use
       (default: half a device's memory); smaller chunks beyond it.
-    num_devices: local devices to run chunks on at once (default: all; never
-      more than there are chunks).
+    num_devices: local devices to run chunks on at once (default: all, or
+      fewer where the tuning measured fewer faster, ``Choice.devices``;
+      never more than there are chunks).
     chunk_size: members vmapped together on a device. Default (``None``):
       as ``RunOptions.chunk_size`` says (by default measured on this host
       for this program, cached; never dependent on the device count); 0: the
@@ -756,7 +761,10 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     choice = tuning.choose_chunk(
         run.config if run.passes else None, grid, data,
         mode=tuning.RULE if me and mode in (tuning.AUTO, tuning.TUNE) else mode,
-        most=member_batch_size, measure=probe)
+        most=member_batch_size, measure=probe,
+        devices=1 if several or num_devices else len(devices))
+    if choice.devices and not (several or num_devices):
+      devices = devices[:choice.devices]
     if several:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       width = int(multihost_utils.broadcast_one_to_all(np.int32(choice.width)))

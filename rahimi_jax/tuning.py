@@ -7,10 +7,13 @@ best on a 2-core AMD EPYC and chunks of 4 on a 2-core Intel Xeon, 1.5x
 faster than 16 there) and on the program. So ``choose_chunk`` times the run
 at the rule's width (``rule_width``) and, when the run is long enough for
 tuning to pay (``TUNE_PAYS``), at the widths around it while they get faster
-(``climb``), keeps the fastest, and caches it per (host, program) in
+(``climb``), keeps the fastest, then times it on fewer of the devices (half,
+a quarter, ... while that is faster: where the devices outnumber the cores
+the run really gets, or its operations are big enough to use several cores
+from one device), and caches the choice per (host, program) in
 ``cache_path()``: later runs of the program on this host pay nothing and run
 the same chunks, hence the same bits (a ``vmap`` of another width may round
-differently in the last bit).
+differently in the last bit; the device count changes no bit).
 
 What is timed (``Measure``; ``program._Probe``) is the run's own compiled
 programs, whole passes of real members on every local device at once, as a
@@ -143,11 +146,41 @@ def _cpu_flags() -> str:
   return platform.machine()
 
 
+def _cgroup_cpus(root: str) -> float | None:
+  """The CPUs' worth of time a cgroup quota under ``root`` grants this
+  process (v2 ``cpu.max``, v1 ``cpu/cpu.cfs_quota_us`` over its period), or
+  ``None``: no quota."""
+  try:
+    with open(os.path.join(root, 'cpu.max')) as f:
+      quota, period = f.read().split()[:2]
+    return None if quota == 'max' else int(quota) / int(period)
+  except (OSError, ValueError):
+    pass
+  try:
+    with open(os.path.join(root, 'cpu', 'cpu.cfs_quota_us')) as f:
+      quota = int(f.read())
+    with open(os.path.join(root, 'cpu', 'cpu.cfs_period_us')) as f:
+      period = int(f.read())
+    return quota / period if quota > 0 and period > 0 else None
+  except (OSError, ValueError):
+    return None
+
+
+def usable_cores(cgroup_root: str = '/sys/fs/cgroup') -> int:
+  """The cores this process can keep busy: those it may run on
+  (``sched_getaffinity``), fewer under a container's CPU quota (a pod
+  limited to 2 CPUs on a 64-core machine sees 64 and gets 2: one device per
+  core there would time-slice 64 devices on 2 CPUs)."""
+  cores = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+           else os.cpu_count() or 1)
+  quota = _cgroup_cpus(cgroup_root)
+  return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
 def host() -> dict[str, Any]:
   """What a measured chunk holds for: the CPU, the devices, JAX's version."""
   devices = jax.local_devices()
-  cores = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
-           else os.cpu_count())
+  cores = usable_cores()
   return {'cpu': cpu_model(), 'cpu_flags': _cpu_flags(), 'cores': cores,
           'backend': jax.default_backend(),
           'device_kind': devices[0].device_kind, 'devices': len(devices),
@@ -200,7 +233,7 @@ def _write_cache(key: str, entry: dict[str, Any]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-  """A grid's chunk width and where it came from.
+  """A grid's chunk width, its device count, and where they came from.
 
   Attributes:
     width: members per chunk.
@@ -212,6 +245,10 @@ class Choice:
       measured, estimated from its timed passes (for ``'cached'``, when it
       was measured).
     why: why the rule's width, when tuning would not have paid.
+    devices: how many of the run's devices to run chunks on (``None``: all
+      of them).
+    us_by_devices: for a tuned choice, the run's time per member and step at
+      ``width`` on each device count measured.
   """
   width: int
   source: str
@@ -219,13 +256,17 @@ class Choice:
   us_per_member_step: dict[int, float] = dataclasses.field(
       default_factory=dict)
   why: str = ''
+  devices: int | None = None
+  us_by_devices: dict[int, float] = dataclasses.field(default_factory=dict)
 
   def record(self) -> dict[str, Any]:
     """For the results' metadata."""
     return {'width': self.width, 'source': self.source,
-            'seconds': self.seconds, 'why': self.why,
+            'seconds': self.seconds, 'why': self.why, 'devices': self.devices,
             'us_per_member_step': {str(k): v for k, v in
-                                   self.us_per_member_step.items()}}
+                                   self.us_per_member_step.items()},
+            'us_by_devices': {str(k): v for k, v in
+                              self.us_by_devices.items()}}
 
 
 class Measure(Protocol):
@@ -233,9 +274,11 @@ class Measure(Protocol):
 
   compile_s: dict[int, float]  # per width: what compiling its programs took
 
-  def __call__(self, widths: Sequence[int]) -> dict[int, float]:
-    """Seconds per member-step of the whole run at each of ``widths``; a
-    width whose programs do not fit is left out."""
+  def __call__(self, widths: Sequence[int],
+               devices: int | None = None) -> dict[int, float]:
+    """Seconds per member-step of the whole run at each of ``widths`` on the
+    first ``devices`` of its devices (``None``: all); a width whose programs
+    do not fit is left out."""
 
 
 def check_mode(mode: str | int) -> str | int:
@@ -252,19 +295,38 @@ def _run_key(config, members: int) -> str:
   return f'{members} members x {config.steps} steps'
 
 
+def fewer_devices(width: int, most: int, cost_all: float,
+                  measure: Measure, tie: float = TIE) -> dict[int, float]:
+  """The run's cost at ``width`` on ``most`` devices (``cost_all``, measured
+  already) and on half as many, a quarter, ... measured while each is the
+  cheapest so far (``cheapest(costs, tie)``: more devices win a tie).
+
+  Returns:
+    The cost of every device count measured.
+  """
+  costs, k = {most: cost_all}, most
+  while k > 1 and cheapest(costs, tie) == k:
+    k //= 2
+    costs[k] = measure([width], k).get(width, math.inf)
+  return costs
+
+
 def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
                  most: int | None = None,
-                 measure: Measure | None = None) -> Choice:
-  """The chunk width a grid of ``config`` runs in on this host.
+                 measure: Measure | None = None, devices: int = 1) -> Choice:
+  """The chunk width (and device count) a grid of ``config`` runs in on
+  this host.
 
   ``'auto'``: the width tuned earlier for this (host, program), from the
   cache; else, when the run is long enough that tuning costs at most
   ``1 / TUNE_PAYS`` of it (estimated from the rule's width, timed now or
   earlier), the fastest width measured now (``climb`` from the rule's
-  width), cached for every later run of the program; else the rule's width,
-  and that decision cached for this run's grid size and steps (so the same
-  command runs the same chunks again). ``'tune'``: measure now, whatever
-  the run's length. ``'rule'``: ``rule_width``. An integer: that width.
+  width), and the fewest devices no slower at that width
+  (``fewer_devices``), cached for every later run of the program; else the
+  rule's width on every device, and that decision cached for this run's
+  grid size and steps (so the same command runs the same chunks again).
+  ``'tune'``: measure now, whatever the run's length. ``'rule'``:
+  ``rule_width``. An integer: that width.
 
   Args:
     config: the ``train.TrainConfig`` of the run (``None``: not a
@@ -299,7 +361,9 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   if mode == AUTO and 'width' in entry:  # tuned for this program and host
     best = int(entry['width'])
     width = min(ladder, key=lambda w: (abs(math.log(w / best)), w))
-    return Choice(width, 'cached', 0.0, timed)
+    return Choice(width, 'cached', 0.0, timed, devices=entry.get('devices'),
+                  us_by_devices={int(k): v for k, v in
+                                 entry.get('us_by_devices', {}).items()})
   if mode == AUTO and run in entry.get('short_runs', ()):
     return Choice(rule, RULE, 0.0, timed, 'cached: too short to tune')
   start = time.perf_counter()
@@ -315,7 +379,7 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
       timed = {w: s * 1e6 for w, s in measure([rule]).items()}
       probe_s = time.perf_counter() - start
     # The climb compiles and times ~3 more widths, 2 at a time or more.
-    tune_s = probe_s * 3 / min(3, os.cpu_count() or 1)
+    tune_s = probe_s * 3 / min(3, usable_cores())
     run_s = min(timed.values(), default=0.0) * 1e-6 * g * config.steps
     if run_s < TUNE_PAYS * tune_s:
       why = (f'run ~{run_s:.3g} s < {TUNE_PAYS} x tuning ~{tune_s:.2g} s')
@@ -329,8 +393,16 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
                 | measure(ws), TIE)
   width = cheapest(costs, TIE)
   timed = {w: round(s * 1e6, 3) for w, s in sorted(costs.items())}
+  usable = min(devices, math.ceil(g / width))  # no device runs padding only
+  by_devices = (fewer_devices(width, usable, costs[width], measure)
+                if usable > 1 else {})
+  count = cheapest(by_devices, TIE) if by_devices else usable
+  count = None if count == usable else count
+  by_devices = {k: round(s * 1e6, 3) for k, s in sorted(by_devices.items())}
   seconds = spent(width)
   _write_cache(key, {'width': width, 'members': g, 'us_per_member_step': timed,
+                     'devices': count, 'us_by_devices': by_devices,
                      'seconds': seconds, 'host': host(),
                      'when': time.strftime('%Y-%m-%dT%H:%M:%S')})
-  return Choice(width, 'tuned', seconds, timed)
+  return Choice(width, 'tuned', seconds, timed, devices=count,
+                us_by_devices=by_devices)

@@ -17,6 +17,7 @@ import launchers
 
 from rahimi_jax import engine
 from rahimi_jax import storage
+from rahimi_jax import tuning
 from rahimi_jax.studies import ablation
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -134,7 +135,7 @@ def test_shrunk_run_results_load_back(tiny_run):
   assert 'programs' not in meta['engine']  # one relaxed program
   # Launchers make one XLA CPU device per core; the 8 members are one chunk
   # (its size does not depend on the device count), so one device runs them.
-  assert len(meta['devices']) == len(os.sched_getaffinity(0))
+  assert len(meta['devices']) == tuning.usable_cores()
   assert meta['engine']['num_devices'] == 1
   assert meta['engine']['compile_s'] >= 0
   assert meta['axes'] == {'optimizer': ['sgd', 'adam'],

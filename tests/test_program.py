@@ -77,11 +77,14 @@ def test_rows_are_tidy(tiny_digits):
 
 
 _SHARDED = textwrap.dedent("""
+    import json
+    import os
     import sys
+    import tempfile
     import chex
     import jax
     import numpy as np
-    from rahimi_jax import data, program
+    from rahimi_jax import data, program, tuning
     sys.path.insert(0, {tests!r})
     import test_program as t
     assert jax.local_device_count() == 8, jax.devices()
@@ -108,6 +111,21 @@ _SHARDED = textwrap.dedent("""
     # are one chunk, on one device.
     info = program.execute(t._train(), t.GRID, tiny).metadata['engine']
     assert (info['num_devices'], info['chunk_size']) == (1, 8), info
+    # A tuning that measured 2 devices fastest (cached for this program and
+    # host): chunks of 1 on 2 of the 8 devices, the same bits.
+    os.environ['RAHIMI_JAX_CACHE'] = tempfile.mkdtemp()
+    os.makedirs(os.path.dirname(tuning.cache_path()), exist_ok=True)
+    with open(tuning.cache_path(), 'w') as f:
+      json.dump({{tuning.signature(t._train().config, tiny):
+                 {{'width': 1, 'devices': 2}}}}, f)
+    with program.run_options(chunk_size='auto'):
+      res = program.execute(t._train(), t.GRID, tiny)
+    info = res.metadata['engine']
+    assert (info['num_devices'], info['member_batches']) == (2, 4), info
+    assert info['chunk_choice']['source'] == 'cached', info
+    assert info['chunk_choice']['devices'] == 2, info
+    chex.assert_trees_all_equal({{m: res.columns[m] for m in t.METRICS}},
+                                {{m: one.columns[m] for m in t.METRICS}})
     print('bit-identical')
 """)
 
@@ -184,7 +202,7 @@ _IMPORT_DEFAULT = textwrap.dedent("""
     import jax
     import rahimi_jax as rj
     from rahimi_jax import data, tuning
-    cores = len(os.sched_getaffinity(0))
+    cores = tuning.usable_cores()
     grid = rj.Grid(rj.Seeds(tuning.CPU_CHUNK * cores))  # a chunk per core
     config = rj.TrainConfig(hidden=(4,), steps=2, batch_size=8)
     res = rj.run(config, grid, data.synthetic(n_train=16, n_test=8))

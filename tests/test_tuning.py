@@ -134,11 +134,13 @@ class _Clock:
     self.compile_s, self.calls = {}, []
     monkeypatch.setattr(tuning.time, 'perf_counter', lambda: self.now)
 
-  def __call__(self, widths):
-    self.calls.append(list(widths))
+  def __call__(self, widths, devices=None):
+    self.calls.append(list(widths) if devices is None else (
+        list(widths), devices))
     self.now += self.seconds
     self.compile_s.update({w: self.seconds / 2 for w in widths})
-    return {w: self.costs[w] for w in widths if w in self.costs}
+    costs = self.costs if devices is None else self.costs_on[devices]
+    return {w: costs[w] for w in widths if w in costs}
 
 
 def test_auto_tunes_only_runs_long_enough_to_pay(tmp_path, monkeypatch):
@@ -177,3 +179,50 @@ def test_a_width_that_does_not_fit_is_not_chosen(tmp_path, monkeypatch):
   chosen = tuning.choose_chunk(CONFIG.for_grid(GRID), GRID, None,
                                mode='tune', measure=measure)
   assert chosen.width == 4 and math.isinf(chosen.us_per_member_step[8])
+
+
+@pytest.mark.parametrize('on_one,chosen', [(0.5, 1), (0.98, None)])
+def test_fewer_devices_are_chosen_only_when_measured_faster(
+    on_one, chosen, tmp_path, monkeypatch):
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
+  # Width 4 on 2 devices costs 1.0; on 1 device `on_one` (a host whose
+  # devices outnumber its cores would measure 0.5): fewer devices only when
+  # faster beyond TIE.
+  measure = _Clock({2: 2.0, 4: 1.0, 8: 2.0}, 1.0, monkeypatch)
+  measure.costs_on = {1: {4: on_one}}
+  choice = tuning.choose_chunk(CONFIG.for_grid(GRID), GRID, None, mode='tune',
+                               measure=measure, devices=2)
+  assert (choice.width, choice.devices) == (4, chosen), choice
+  assert measure.calls[-1] == ([4], 1)
+  assert choice.us_by_devices == {1: on_one * 1e6, 2: 1e6}
+  assert choice.record()['devices'] == chosen
+  cached = tuning.choose_chunk(CONFIG.for_grid(GRID), GRID, None,
+                               measure=measure, devices=2)
+  assert (cached.source, cached.width, cached.devices) == ('cached', 4, chosen)
+
+
+def test_a_single_chunk_times_no_device_count():
+  assert tuning.fewer_devices(8, 1, 1.0, measure=None) == {1: 1.0}
+  halves = []
+  costs = tuning.fewer_devices(
+      2, 8, 1.0, lambda ws, k: halves.append(k) or {ws[0]: {4: 0.5, 2: 0.6}[k]})
+  assert halves == [4, 2] and costs == {8: 1.0, 4: 0.5, 2: 0.6}
+
+
+@pytest.mark.parametrize('files,cores', [
+    ({'cpu.max': 'max 100000\n'}, None),
+    ({'cpu.max': '150000 100000\n'}, 2),
+    ({'cpu.max': '50000 100000\n'}, 1),
+    ({'cpu/cpu.cfs_quota_us': '-1\n', 'cpu/cpu.cfs_period_us': '100000\n'},
+     None),
+    ({'cpu/cpu.cfs_quota_us': '200000\n', 'cpu/cpu.cfs_period_us': '100000\n'},
+     2),
+    ({}, None),
+])
+def test_usable_cores_follow_a_containers_cpu_quota(files, cores, tmp_path):
+  for name, text in files.items():
+    (tmp_path / name).parent.mkdir(exist_ok=True)
+    (tmp_path / name).write_text(text)
+  affinity = len(os.sched_getaffinity(0))
+  want = affinity if cores is None else min(cores, affinity)
+  assert tuning.usable_cores(str(tmp_path)) == want
