@@ -1,30 +1,68 @@
 #!/usr/bin/env bash
 # One prepared run of the GPU checks on a lent accelerator (see WORKSPACE.md).
-# Usage (repo root): bash benchmarks/device_check.sh OUT_DIR
+# Usage (repo root): bash benchmarks/device_check.sh OUT_DIR [STAGE ...]
+# Stages, in order of priority (default: all four, each under its own time
+# limit so that one call fits the device tool's 10-minute limit):
+#   throughput  grid_throughput small and compute regimes, G = 1 ... 4096,
+#               the compute regime profiled (issue 16)          <= 240 s
+#   tuning      chunk_tuning up to width 4096 (issue 16)         <= 150 s
+#   studies     the default ablation and deep linear launchers   <= 90 s
+#   falkon      FALKON at n = 1e7, M = 1e4 (issue 14)            <= 90 s
+# A stage cut off by its limit prints "stage STAGE: timed out".
 # Expects wheels of missing packages (e.g. matfree) in .device_wheels/.
 set -uo pipefail
-out=${1:?usage: device_check.sh OUT_DIR}
+out=${1:?usage: device_check.sh OUT_DIR [throughput|tuning|studies|falkon ...]}
+shift
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(throughput tuning studies falkon)
 mkdir -p "$out"
 export PYTHONPATH=$PWD
 if ls .device_wheels/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-deps --no-index .device_wheels/*.whl 2>&1 | tail -1
 fi
+
+limited() {  # limited SECONDS STAGE COMMAND...
+  local limit=$1 stage=$2
+  shift 2
+  timeout "$limit" "$@" 2>&1 | grep -v '^I1'
+  [ "${PIPESTATUS[0]}" -eq 124 ] && echo "stage $stage: timed out after ${limit}s"
+}
+
+run_stage() {
+  case $1 in
+    throughput)
+      echo "== grid_throughput small =="
+      limited 100 throughput python3 -m benchmarks.grid_throughput --regime=small \
+          --grid_sizes=1,64,1024,4096 --methods=a,b,c --loop_members_cap=4 \
+          --json_out="$out/bench_small.json"
+      echo "== grid_throughput compute =="
+      limited 140 throughput python3 -m benchmarks.grid_throughput --regime=compute \
+          --grid_sizes=1,128,1024,4096 --methods=a,b,c --loop_members_cap=4 \
+          --profile --json_out="$out/bench_compute.json" ;;
+    tuning)
+      echo "== chunk tuning (issue 16) =="
+      limited 150 tuning python3 -m benchmarks.chunk_tuning --repeats=2 \
+          --max_width=4096 ;;
+    studies)
+      echo "== ablate (default grid) =="
+      limited 45 studies /usr/bin/time -f 'wall %es' python3 -m experiments.ablate \
+          --out="$out/ablate"
+      echo "== deep_linear (default, float64) =="
+      limited 45 studies /usr/bin/time -f 'wall %es' python3 -m experiments.deep_linear \
+          --out="$out/deep_linear" ;;
+    falkon)
+      echo "== FALKON at n=1e7, M=1e4 (issue 14) =="
+      limited 90 falkon /usr/bin/time -f 'wall %es maxrss %MkB' python3 -m \
+          benchmarks.kernel_solvers --parts=scale --scale_n=10000000 ;;
+    *) echo "unknown stage $1; accepted: throughput tuning studies falkon"
+       return 2 ;;
+  esac
+}
+
 {
   nvidia-smi -L
   python3 -c 'import jax; print("jax", jax.__version__, jax.devices())'
-  echo "== ablate (default grid) =="
-  /usr/bin/time -f 'wall %es' python3 -m experiments.ablate --out="$out/ablate" 2>&1 | grep -v '^I1'
-  echo "== deep_linear (default, float64) =="
-  /usr/bin/time -f 'wall %es' python3 -m experiments.deep_linear --out="$out/deep_linear" 2>&1 | grep -v '^I1'
-  echo "== grid_throughput small =="
-  python3 -m benchmarks.grid_throughput --regime=small --grid_sizes=1,64,1024,4096 \
-      --methods=a,b,c --loop_members_cap=4 --json_out="$out/bench_small.json" 2>&1 | grep -v '^I1'
-  echo "== grid_throughput compute =="
-  python3 -m benchmarks.grid_throughput --regime=compute --grid_sizes=1,128,1024,4096 \
-      --methods=a,b,c --loop_members_cap=4 --profile --json_out="$out/bench_compute.json" 2>&1 | grep -v '^I1'
-  echo "== chunk tuning (issue 16) =="
-  python3 -m benchmarks.chunk_tuning --repeats=2 --max_width=4096 2>&1 | grep -v '^I1'
-  echo "== FALKON at n=1e7, M=1e4 (issue 14) =="
-  /usr/bin/time -f 'wall %es maxrss %MkB' python3 -m benchmarks.kernel_solvers \
-      --parts=scale --scale_n=10000000 2>&1 | grep -v '^I1'
+  for stage in "${stages[@]}"; do
+    run_stage "$stage"
+  done
 } 2>&1 | tee "$out/device_check.log"
