@@ -110,9 +110,11 @@ def scaling_table(records: list[dict[str, Any]], workload: str) -> str:
     lines.append('(a) over G: compile_s ' + ' -> '.join(
         f'{r["compile_s"]:.2f} (G={r["G"]})' for r in a))
     if any(r.get('chunk_choice') for r in a):
-      lines.append('(a) over G: chunk width (how chosen, seconds) ' + ' -> '.join(
-          f'{c["width"]} ({c["source"]}, {c["seconds"]:.1f} s; G={r["G"]})'
-          for r in a if (c := r.get('chunk_choice'))))
+      lines.append('(a) over G: chunk width, devices (how chosen, seconds) '
+                   + ' -> '.join(
+                       f'{c["width"]}, {c.get("devices") or "all"} '
+                       f'({c["source"]}, {c["seconds"]:.1f} s; G={r["G"]})'
+                       for r in a if (c := r.get('chunk_choice'))))
     if any(r['program_bytes'] for r in a):
       lines.append('(a) over G: program MB ' + ' -> '.join(
           f'{(r["program_bytes"] or 0) / 2**20:.2f} (G={r["G"]})' for r in a))

@@ -28,6 +28,12 @@ import numpy as np
 SEED = 'seed'
 
 
+# The seeds' PRNG keys, compiled (per chunk width): the engine builds each
+# chunk's knobs while the devices run the previous chunks, and an eager
+# ``vmap`` of ``jax.random.key`` took 0.5 ms per call, a compiled one 0.01.
+_keys = jax.jit(jax.vmap(jax.random.key))
+
+
 def _check_name(name):
   if not isinstance(name, str) or not name.isidentifier():
     raise ValueError(f'Axis name must be an identifier; got {name!r}.')
@@ -279,7 +285,7 @@ class Grid:
       elif isinstance(a, Values):
         knobs[a.name] = np.asarray(vals, np.float32)
       else:
-        knobs[a.name] = jax.vmap(jax.random.key)(np.asarray(vals, np.uint32))
+        knobs[a.name] = _keys(np.asarray(vals, np.uint32))
     return knobs
 
   def subset(self, indices: Iterable[int]) -> 'Grid':
