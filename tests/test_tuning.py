@@ -104,6 +104,8 @@ def test_tuned_chunk_is_measured_once_cached_and_reproducible(
     again = program.execute(train, GRID, tiny_digits)
   tuned = first.metadata['engine']['chunk_choice']
   assert tuned['source'] == 'tuned' and tuned['seconds'] > 0, tuned
+  # The run's compile, done by the tuner's probe, is the run's compile time.
+  assert first.metadata['engine']['compile_s'] > 0, first.metadata['engine']
   timed = {int(w): us for w, us in tuned['us_per_member_step'].items()}
   # The rule's width (8) and its neighbour were timed; the fastest won (a
   # wider one within TIE of it wins the tie).
