@@ -252,7 +252,10 @@ def test_chunk_tuning_benchmark_runs_shrunk():
   # The hand-picked width timed; the tuner measured, then read its cache.
   assert out.count('\n     8 ') == 1 and '\n     4 ' not in out, out
   assert 'auto on first use: width 8 (rule: too short to tune' in out, out
-  assert '(tuned, then cached)' in out, out
+  assert 'tuned, then cached)' in out, out
+  # What the chosen width cost on each device count timed ('one only' where
+  # its chunks fill one device).
+  assert 'us per member-step by device count: ' in out, out
   (row,) = [l for l in out.splitlines() if l.startswith('mlp32 ')]
   fields = row.split()
   assert fields[1] == '8' and fields[2] in ('8', '4', '2', '1'), row
