@@ -18,6 +18,7 @@ A grid is the product of its axes:
 
 from collections.abc import Iterable
 import dataclasses
+import functools
 import itertools
 import math
 from typing import Any, NamedTuple
@@ -28,10 +29,17 @@ import numpy as np
 SEED = 'seed'
 
 
-# The seeds' PRNG keys, compiled (per chunk width): the engine builds each
-# chunk's knobs while the devices run the previous chunks, and an eager
-# ``vmap`` of ``jax.random.key`` took 0.5 ms per call, a compiled one 0.01.
-_keys = jax.jit(jax.vmap(jax.random.key))
+@functools.lru_cache(maxsize=None)
+def _key_maker(impl: str):
+  """The seeds' PRNG keys of ``impl``, compiled (per chunk width): the engine
+  builds each chunk's knobs while the devices run the previous chunks, and an
+  eager ``vmap`` of ``jax.random.key`` took 0.5 ms per call, a compiled one
+  0.01. Keyed by the PRNG implementation, which a user may change."""
+  return jax.jit(jax.vmap(functools.partial(jax.random.key, impl=impl)))
+
+
+def _keys(seeds):
+  return _key_maker(jax.config.jax_default_prng_impl)(seeds)
 
 
 def _check_name(name):

@@ -590,11 +590,11 @@ class _Probe:
   ``probe(widths, devices)`` is each width's estimated seconds per
   member-step of the whole run on the first ``devices`` devices (default
   all): a pass's time x the rounds of chunks the grid needs at that width
-  (idle devices in the last round count), over members x steps per pass. A width whose programs need more than ``budget`` bytes is left out.
-  Not timed: what a run does between passes and rounds (a call, a start, a
-  finish: ~3-10 ms per round measured on a 2-core CPU, under 2% of a
-  1000-step deep-linear round). ``compile_s`` has each width's compile
-  seconds.
+  (idle devices in the last round count), over members x steps per pass. A
+  width whose programs need more than ``budget`` bytes is left out. Not
+  timed: what a run does between passes and rounds (a call, a finish; the
+  next round's start is dispatched ahead: ~1-3 ms per round on a 2-core
+  CPU). ``compile_s`` has each width's compile seconds.
   """
 
   def __init__(self, train_fn, run: train_lib.Train, grid: grid_lib.Grid,
@@ -895,8 +895,9 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     for r in range(len(rounds)):
       mine, knobs, states, dones = following
       # The next round is set up now and starts on the devices right behind
-      # this one (a start is quick): no device waits on the host between
-      # rounds (2-5 ms per round measured on a 2-core CPU).
+      # this one (a start is quick; its state then lives beside this
+      # round's): no device waits on the host between rounds (2-5 ms per
+      # round measured on a 2-core CPU).
       following = prepare(r + 1) if r + 1 < len(rounds) else None
       progress.update(r * steps + min(min(dones, default=run.passes) * every,
                                       steps))

@@ -107,6 +107,19 @@ class GridTest(parameterized.TestCase):
           _key_data(knobs['seed'][m.index]),
           _key_data(jax.random.key(m.values['seed'])))
 
+  def test_seed_keys_follow_the_prng_implementation_in_force(self):
+    grid = Grid(Seeds((3, 7)))
+    previous = jax.config.jax_default_prng_impl
+    try:
+      for impl in ('rbg', previous):
+        jax.config.update('jax_default_prng_impl', impl)
+        keys = grid.knobs()['seed']
+        for i, seed in enumerate((3, 7)):
+          np.testing.assert_array_equal(_key_data(keys[i]),
+                                        _key_data(jax.random.key(seed)))
+    finally:
+      jax.config.update('jax_default_prng_impl', previous)
+
   def test_members_that_differ_only_in_a_component_share_the_seed_key(self):
     knobs = _grid().knobs()
     keys = _key_data(knobs['seed'])
