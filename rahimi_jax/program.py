@@ -146,20 +146,21 @@ def _key(tree):
   return treedef, tuple((l.shape, str(l.dtype)) for l in leaves)
 
 
-# XLA CPU's backend optimization level for grid programs. Level 2 (LLVM -O2)
-# compiled a run's start (mostly threefry hashing for the initial weights and
-# data order) 3x faster than the default 3 (mlp32: 2.1 -> 0.7 s) and its
-# advance ~10% faster, to the same bits and speed (measured on the ablation,
-# deep-linear, mlp32 and mlp128 programs; WORKSPACE.md). A level set in
-# ``XLA_FLAGS`` wins.
-CPU_OPTIMIZATION_LEVEL = 2
+# XLA CPU's backend optimization level for a run's ``start`` (the initial
+# weights and data order: mostly threefry hashing, run once per chunk). Level
+# 2 (LLVM -O2) compiled it 2-3x faster than the default 3 (mlp32: 2.1 -> 0.7
+# s; the batch-norm study's CNN 4.0 -> 1.9 s) to the same bits, on every
+# program measured (WORKSPACE.md). ``advance`` keeps XLA's default: at level 2
+# it compiled only ~10% faster and a CNN's convolutions rounded differently
+# (4e-6 after 60 steps). A level set in ``XLA_FLAGS`` wins.
+START_OPTIMIZATION_LEVEL = 2
 
 
-def _compiler_options(device) -> dict[str, Any]:
-  if (device.platform != 'cpu' or 'xla_backend_optimization_level' in
-      os.environ.get('XLA_FLAGS', '')):
+def _compiler_options(device, level: int | None) -> dict[str, Any]:
+  if (level is None or device.platform != 'cpu' or
+      'xla_backend_optimization_level' in os.environ.get('XLA_FLAGS', '')):
     return {}
-  return {'xla_backend_optimization_level': CPU_OPTIMIZATION_LEVEL}
+  return {'xla_backend_optimization_level': level}
 
 
 _COMPILED: collections.OrderedDict[Any, Any] = collections.OrderedDict()
@@ -167,7 +168,8 @@ _COMPILED_LOCK = threading.Lock()
 
 
 def compile_program(fn, args, devices, batched: tuple[bool, ...],
-                    donate: tuple[int, ...] = (), owner=None):
+                    donate: tuple[int, ...] = (), owner=None,
+                    cpu_level: int | None = None):
   """``fn`` vmapped over a chunk of members, compiled for each of ``devices``
   (cached; the devices' compiles in parallel), and the compile seconds.
 
@@ -184,19 +186,20 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
     batched: which arguments carry a leading member axis.
     donate: arguments whose buffers the program may reuse.
     owner: what ``compiled_programs`` finds it by (default ``fn``).
+    cpu_level: XLA CPU's backend optimization level (``None``: XLA's).
 
   Returns:
     ``([compiled per device], seconds)``.
   """
   spec = _spec(args)
-  keys = [(owner or fn, fn, device.id, batched, _key(spec))
+  keys = [(owner or fn, fn, device.id, batched, _key(spec), cpu_level)
           for device in devices]
 
   def one(device):
     sharding = jax.sharding.SingleDeviceSharding(device)
     return _program(fn, batched, donate).lower(*jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-        spec)).compile(compiler_options=_compiler_options(device))
+        spec)).compile(compiler_options=_compiler_options(device, cpu_level))
 
   start = time.perf_counter()
   with _COMPILED_LOCK:  # the chunk tuner compiles widths in threads
@@ -565,7 +568,9 @@ def _compile_chunk(train_fn, run: train_lib.Train, grid: grid_lib.Grid,
   state = jax.eval_shape(jax.vmap(run.start, in_axes=(0, None)), knobs, data)
   starts = local[:1] if run.passes else local
   start, seconds = compile_program(run.start, (knobs, data), starts,
-                                   (True, False), owner=train_fn)
+                                   (True, False), owner=train_fn,
+                                   cpu_level=START_OPTIMIZATION_LEVEL
+                                   if run.passes else None)
   advance = []
   if run.passes:
     scalar = jax.ShapeDtypeStruct((), np.int32)
