@@ -88,12 +88,8 @@ def binning_kernel(draw: Binning, x: jax.Array, y: jax.Array,
   """``[n, m]``: the fraction of the first ``num_grids`` grids (traced;
   default all) in which ``x_i`` and ``y_j`` share a bin; an unbiased
   estimate of the Laplacian kernel at ``bandwidth``."""
-  max_grids = draw.pitches.shape[0]
-  if num_grids is None:
-    num_grids = max_grids
-  features_lib.check_num_features(num_grids, max_grids)
+  num_grids, keep = features_lib.prefix_mask(num_grids, draw.pitches.shape[0])
   hx, hy = _hashes(draw, x, bandwidth), _hashes(draw, y, bandwidth)
-  keep = jnp.arange(max_grids) < num_grids
 
   def one_grid(total, grid):
     a, b, kept = grid
@@ -116,13 +112,10 @@ def binning_features(draw: Binning, x: jax.Array, bandwidth: jax.Array,
   if not (isinstance(buckets, int) and buckets >= 1):
     raise ValueError(f'buckets={buckets!r}; accepted: an integer >= 1.')
   max_grids = draw.pitches.shape[0]
-  if num_grids is None:
-    num_grids = max_grids
-  features_lib.check_num_features(num_grids, max_grids)
+  num_grids, keep = features_lib.prefix_mask(num_grids, max_grids)
   h = _hashes(draw, x, bandwidth)
   column = (h[0] ^ h[1]) % jnp.uint32(buckets)
   sign = jnp.where(h[2] >> 31 == 1, -1.0, 1.0).astype(x.dtype)
-  keep = jnp.arange(max_grids) < num_grids
   value = jnp.where(keep, sign, 0) / jnp.sqrt(jnp.asarray(num_grids, x.dtype))
   z = jax.nn.one_hot(column, buckets, dtype=x.dtype) * value[..., None]
   return z.reshape(x.shape[0], max_grids * buckets)

@@ -21,7 +21,7 @@ Nyström features ``phi(x) = K(x, C) K_CC^{-1/2}`` (eigenvalues below
 ``phi(x) . phi(y) = K(x, C) K_CC^+ K(C, y)``.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,17 @@ def check_num_features(num_features, max_features: int) -> None:
   if v is not None and not ((v >= 1).all() and (v <= max_features).all()):
     raise ValueError(f'num_features={v.tolist()!r}; accepted: integers in '
                      f'1..{max_features} (max_features).')
+
+
+def prefix_mask(num, most: int) -> tuple[Any, jax.Array]:
+  """``(num, keep)``: ``num`` (``None``: ``most``) checked by
+  ``check_num_features``, and ``keep``, ``[most]`` booleans true for the
+  first ``num`` (traced): how a draw of ``most`` features, centres or grids
+  serves every smaller size in one ``vmap``."""
+  if num is None:
+    num = most
+  check_num_features(num, most)
+  return num, jnp.arange(most) < num
 
 
 def draw_rff(key: jax.Array, kernel: kernels_lib.Kernel, in_dim: int,
@@ -70,12 +81,8 @@ def rff_features(rff: RFF, x: jax.Array, bandwidth: jax.Array,
     ``[n, max_features]`` features; ``phi(x) @ phi(y).T`` estimates
     ``K(x, y)``.
   """
-  max_features = rff.phases.shape[0]
-  if num_features is None:
-    num_features = max_features
-  check_num_features(num_features, max_features)
+  num_features, mask = prefix_mask(num_features, rff.phases.shape[0])
   kernels_lib.check_positive('bandwidth', bandwidth)
-  mask = jnp.arange(max_features) < num_features
   scale = jnp.sqrt(2 / jnp.asarray(num_features, x.dtype))
   z = x @ (rff.frequencies / bandwidth) + rff.phases
   return jnp.where(mask, scale * jnp.cos(z), 0)
@@ -118,10 +125,7 @@ def nystrom(kernel: kernels_lib.Kernel, centres: jax.Array,
   """
   kernels_lib.check_positive('bandwidth', bandwidth)
   m = centres.shape[0]
-  if num_centres is None:
-    num_centres = m
-  check_num_features(num_centres, m)
-  keep = (jnp.arange(m) < num_centres).astype(centres.dtype)
+  keep = prefix_mask(num_centres, m)[1].astype(centres.dtype)
   k_cc = (kernel.pairwise(centres, centres, bandwidth) * keep[:, None] * keep
           + jnp.diag(1 - keep))
   s, u = linalg.eigh(k_cc)
