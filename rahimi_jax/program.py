@@ -547,14 +547,15 @@ class _Chunked:
   state: Any
   need: int | None
 
-  def started(self, host_knobs, placed: dict[int, Any], device) -> Any:
-    """A chunk's state from ``start``, on ``device`` (dispatched, not
-    awaited); ``placed``: the data on each device."""
-    where = device if device.id in self.start else next(
-        d for d in self.used if d.id in self.start)
-    state = self.start[where.id](jax.device_put(host_knobs, where),
-                                 placed[where.id])
-    return state if where is device else jax.device_put(state, device)
+  def started(self, knobs, placed: dict[int, Any], device) -> Any:
+    """The state from ``start`` of a chunk whose ``knobs`` are on
+    ``device``, on ``device`` (dispatched, not awaited); ``placed``: the
+    data on each device."""
+    if device.id in self.start:
+      return self.start[device.id](knobs, placed[device.id])
+    where = next(d for d in self.used if d.id in self.start)
+    return jax.device_put(self.start[where.id](jax.device_put(knobs, where),
+                                               placed[where.id]), device)
 
 
 def _compile_chunk(train_fn, run: train_lib.Train, grid: grid_lib.Grid,
@@ -622,9 +623,10 @@ class _Probe:
     local = [d for d in chunked.used if d.id in chunked.advance]
     placed = {d.id: jax.device_put(self.data, d) for d in local}
     for i, device in enumerate(local):  # started where the run starts them
-      knobs = self.grid.knobs((i * width + np.arange(width)) % g)
-      slots.append([chunked.advance[device.id], jax.device_put(knobs, device),
-                    placed[device.id], chunked.started(knobs, placed, device)])
+      knobs = jax.device_put(
+          self.grid.knobs((i * width + np.arange(width)) % g), device)
+      slots.append([chunked.advance[device.id], knobs, placed[device.id],
+                    chunked.started(knobs, placed, device)])
     return chunked, slots
 
   @staticmethod
@@ -877,9 +879,8 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     knobs, states, dones = [], [], []
     for c, device in mine:
       idx = chunks[c]
-      host_knobs = grid.knobs(np.concatenate(
-          [idx, np.full(chunk - len(idx), idx[-1])]))
-      knobs.append(jax.device_put(host_knobs, device))
+      knobs.append(jax.device_put(grid.knobs(np.concatenate(
+          [idx, np.full(chunk - len(idx), idx[-1])])), device))
       done, state = 0, None
       if checkpoints is not None:
         done, state = checkpoints.restore(c, jax.tree.map(
@@ -887,7 +888,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
                                            a.dtype), state_spec))
         resumed.append(done)
       if state is None:
-        state = programs.started(host_knobs, placed, device)
+        state = programs.started(knobs[-1], placed, device)
       else:  # the real members' rows; padding copies the last member's
         state = jax.device_put(jax.tree.map(lambda a: np.concatenate(
             [a, np.repeat(a[-1:], chunk - len(idx), 0)]), state), device)

@@ -18,8 +18,9 @@ differently in the last bit; the device count changes no bit).
 What is timed (``Measure``; ``program._Probe``) is the run's own compiled
 programs, whole passes of real members on every local device at once, as a
 round of the run has them. It does not see what a run does between rounds
-(start, transfers, the host's bookkeeping: a few ms per round of chunks on a
-CPU), which favours wider chunks in short runs.
+(a finish, transfers, the host's bookkeeping; the next round's start is
+dispatched ahead: ~1-3 ms per round of chunks on a 2-core CPU), which
+favours wider chunks in short runs.
 """
 
 import dataclasses
