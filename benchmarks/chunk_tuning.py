@@ -34,6 +34,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import measure
+from rahimi_jax import cli
 
 flags.DEFINE_list('workloads', ['ablation', 'deep_linear', 'mlp32', 'mlp128'],
                   'Workloads: ablation (the default ablation grid) or the '
@@ -41,7 +42,9 @@ flags.DEFINE_list('workloads', ['ablation', 'deep_linear', 'mlp32', 'mlp128'],
 flags.DEFINE_integer('repeats', 3, 'Warm runs of each width, interleaved.')
 flags.DEFINE_integer('min_width', 2, 'Narrowest hand-picked width.')
 flags.DEFINE_integer('max_width', 64, 'Widest hand-picked width.')
-flags.DEFINE_integer('peak_n', 1024, 'Matrix size of the peak measurement.')
+cli.define_precision_flag()
+flags.DEFINE_integer('peak_n', None, 'Matrix size of the peak measurement '
+                     '(default: measure.default_peak_n()).')
 flags.DEFINE_float('probe_s', 0.05, 'Seconds each timed stretch of the '
                    'tuner\'s probe lasts at least (tuning.MIN_PROBE_S).')
 flags.DEFINE_integer('grid_size', None, 'G of the grid-throughput workloads '
@@ -96,13 +99,16 @@ def main(argv):
   os.environ.pop('RAHIMI_JAX_CHUNK_SIZE', None)  # the default: auto
   from rahimi_jax import program  # pylint: disable=g-import-not-at-top
   program.use_host_cores()
+  cli.set_matmul_precision(FLAGS.matmul_precision)
   import jax  # pylint: disable=g-import-not-at-top
   from rahimi_jax import tuning  # pylint: disable=g-import-not-at-top
   tuning.MIN_PROBE_S = FLAGS.probe_s
-  peak = measure.measure_peak(FLAGS.peak_n)['peak']
+  measured = measure.measure_peak(FLAGS.peak_n)
+  peak = measured['peak']
   print(f'{measure.cpu_model()} ({tuning.host()["cpu_flags"]}), '
-        f'{jax.local_device_count()} {jax.default_backend()} devices, jax '
-        f'{jax.__version__}; float32 matmul peak {peak:.1f} GFLOP/s')
+        f'{jax.local_device_count()} {jax.default_backend()} devices '
+        f'({jax.devices()[0].device_kind}), jax {jax.__version__}; '
+        f'{measure.peak_line(measured)}')
   summary = []
   for name in FLAGS.workloads:
     config, grid, data, flops = _case(name)

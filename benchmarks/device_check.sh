@@ -4,7 +4,8 @@
 # Stages, in order of priority (default: all four, each under its own time
 # limit so that one call fits the device tool's 10-minute limit):
 #   throughput  grid_throughput small and compute regimes, G = 1 ... 4096,
-#               the compute regime profiled (issue 16)          <= 240 s
+#               float32, profiled; compute also at tensorfloat32
+#               (issue 16)                                       <= 320 s
 #   tuning      chunk_tuning up to width 4096 (issue 16)         <= 150 s
 #   studies     the default ablation and deep linear launchers   <= 90 s
 #   falkon      FALKON at n = 1e7, M = 1e4 (issue 14)            <= 90 s
@@ -31,14 +32,18 @@ limited() {  # limited SECONDS STAGE COMMAND...
 run_stage() {
   case $1 in
     throughput)
-      echo "== grid_throughput small =="
-      limited 100 throughput python3 -m benchmarks.grid_throughput --regime=small \
+      echo "== grid_throughput small (float32) =="
+      limited 110 throughput python3 -m benchmarks.grid_throughput --regime=small \
           --grid_sizes=1,64,1024,4096 --methods=a,b,c --loop_members_cap=4 \
-          --json_out="$out/bench_small.json"
-      echo "== grid_throughput compute =="
+          --profile --json_out="$out/bench_small.json"
+      echo "== grid_throughput compute (float32) =="
       limited 140 throughput python3 -m benchmarks.grid_throughput --regime=compute \
           --grid_sizes=1,128,1024,4096 --methods=a,b,c --loop_members_cap=4 \
-          --profile --json_out="$out/bench_compute.json" ;;
+          --profile --json_out="$out/bench_compute.json"
+      echo "== grid_throughput compute (tensorfloat32, stated) =="
+      limited 70 throughput python3 -m benchmarks.grid_throughput --regime=compute \
+          --grid_sizes=128,4096 --methods=a --matmul_precision=tensorfloat32 \
+          --profile --json_out="$out/bench_compute_tf32.json" ;;
     tuning)
       echo "== chunk tuning (issue 16) =="
       limited 150 tuning python3 -m benchmarks.chunk_tuning --repeats=2 \
@@ -61,6 +66,7 @@ run_stage() {
 
 {
   nvidia-smi -L
+  nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,power.limit --format=csv
   python3 -c 'import jax; print("jax", jax.__version__, jax.devices())'
   for stage in "${stages[@]}"; do
     run_stage "$stage"

@@ -36,7 +36,8 @@ flags.DEFINE_integer('steps', 500, 'Optimizer steps.')
 flags.DEFINE_integer('seeds', 4, 'Seeds of the default grid (27 cells each).')
 flags.DEFINE_integer('repeats', 3, 'Warm runs of each way, interleaved; the '
                      'fastest counts.')
-flags.DEFINE_integer('peak_n', 1024, 'Matrix size of the peak measurement.')
+flags.DEFINE_integer('peak_n', None, 'Matrix size of the peak measurement '
+                     '(default: measure.default_peak_n()).')
 flags.DEFINE_bool('processes', True, 'Also time one process against two.')
 
 FLAGS = flags.FLAGS

@@ -78,8 +78,9 @@ flags.DEFINE_list('workloads', None, 'Subset of the regime\'s workloads '
 flags.DEFINE_integer('loop_members_cap', 16,
                      'Loop methods (b, c, d) time at most this many members '
                      'and extrapolate linearly to G.')
-flags.DEFINE_integer('peak_n', 2048, 'Side of the square float32 matmul that '
-                     'measures the peak FLOP/s.')
+flags.DEFINE_integer('peak_n', None, 'Side of the square float32 matmul that '
+                     'measures the peak FLOP/s (default: 2048 on a CPU, 8192 '
+                     'on an accelerator).')
 flags.DEFINE_bool('dry_run', False, 'Check the flags and exit.')
 flags.DEFINE_float('tolerance', 1e-5, 'Largest accepted |(a) - (b)| of the '
                    'final train_loss.')
@@ -93,6 +94,11 @@ if 'chunk_size' not in flags.FLAGS:  # the launchers' flag (rahimi_jax.cli)
                       'default: the engine\'s (auto: measured on this host '
                       'when the run is long enough to pay, cached: '
                       'tuning.choose_chunk).')
+if 'matmul_precision' not in flags.FLAGS:  # the launchers' (rahimi_jax.cli)
+  flags.DEFINE_string('matmul_precision', 'float32', 'Float32 matmul '
+                      'precision of (a), (b), (c) and the peak, as the '
+                      'launchers\' flag: float32, tensorfloat32, bfloat16 or '
+                      'default (the backend\'s own).')
 flags.DEFINE_integer('cpu_devices', 0, 'Treat the CPU as this many XLA devices '
                      '(program.use_host_cores), so (a) shards members over '
                      'cores; 0: one per core; 1: a single device.')
@@ -118,6 +124,8 @@ def main(argv):
         profile=FLAGS.profile)
     if FLAGS.cpu_devices < 0:
       raise ValueError(f'cpu_devices must be >= 0; got {FLAGS.cpu_devices}.')
+    from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
+    cli.set_matmul_precision(FLAGS.matmul_precision)  # (a) and the peak alike
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -23,14 +23,38 @@ def maxrss_mb() -> float:
   return rss / 2**20 if sys.platform == 'darwin' else rss / 2**10
 
 
-def measure_peak(n: int, reps: int = 5) -> dict[str, float]:
-  """Best float32 GFLOP/s of an ``n x n`` matmul with ``jnp.dot`` and ``np.dot``."""
+def matmul_precision() -> str:
+  """The float32 matmul precision JAX traces with now
+  (``jax_default_matmul_precision``; 'default' is the backend's own: true
+  float32 on CPU, TensorFloat-32 on recent NVIDIA GPUs, bfloat16 on TPU)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return str(jax.config.jax_default_matmul_precision or 'default')
+
+
+def default_peak_n() -> int:
+  """The side of the peak's matmul: 2048 on a CPU; 8192 on an accelerator,
+  where a 2048 product is too short to reach the card's rate."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return 2048 if jax.default_backend() == 'cpu' else 8192
+
+
+def measure_peak(n: int | None = None, reps: int = 5) -> dict[str, Any]:
+  """Best GFLOP/s of an ``n x n`` float32 matmul (default ``default_peak_n``).
+
+  ``jnp``: ``jnp.dot`` on the default device at the precision in effect
+  (``matmul_precision``, recorded as ``precision``: the grid programs trace
+  with the same); ``np``: ``np.dot`` on the host CPU. ``peak`` is the
+  device's: the larger of the two on a CPU, ``jnp`` on an accelerator (the
+  host's BLAS is another machine's rate).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  n = n or default_peak_n()
   rng = np.random.default_rng(0)
   a = rng.standard_normal((n, n), dtype=np.float32)
   b = rng.standard_normal((n, n), dtype=np.float32)
   ja, jb = jax.device_put(a), jax.device_put(b)
+  dot = jax.jit(jnp.dot)
 
   def best(fn):
     fn()  # warm-up (and compile)
@@ -41,10 +65,20 @@ def measure_peak(n: int, reps: int = 5) -> dict[str, float]:
       times.append(time.perf_counter() - start)
     return 2 * n**3 / min(times) / 1e9
 
-  out = {'jnp': best(lambda: jnp.dot(ja, jb).block_until_ready()),
+  out = {'n': n, 'precision': matmul_precision(),
+         'jnp': best(lambda: dot(ja, jb).block_until_ready()),
          'np': best(lambda: np.dot(a, b))}
-  out['peak'] = max(out['jnp'], out['np'])
+  out['peak'] = (max(out['jnp'], out['np']) if jax.default_backend() == 'cpu'
+                 else out['jnp'])
   return out
+
+
+def peak_line(peak: dict[str, Any]) -> str:
+  """One line naming what ``measure_peak`` measured."""
+  return (f'float32 matmul peak ({peak["n"]}x{peak["n"]}, matmul precision '
+          f'{peak["precision"]}, best of 5 after warm-up): jnp.dot '
+          f'{peak["jnp"]:.1f} GFLOP/s, np.dot {peak["np"]:.1f} GFLOP/s (host) '
+          f'-> peak {peak["peak"]:.1f} GFLOP/s')
 
 
 # Instructions that only hold others (their time is their contents').
@@ -53,8 +87,13 @@ _CONTAINERS = ('while', 'call', 'conditional', 'tuple', 'get-tuple-element',
 
 
 def profile_ops(run: Callable[[], Any], hlo_text: str,
-                top: int = 10) -> list[dict[str, Any]]:
+                top: int = 12) -> dict[str, Any]:
   """Device time per XLA instruction during ``run()``, from a profiler trace.
+
+  An event counts for the instruction its ``hlo_op`` argument names (a GPU
+  kernel's), else the one its name is (a CPU thunk's). A kernel on an
+  accelerator that names no instruction of ``hlo_text`` (a library's, or one
+  of another program) counts under its own name, opcode ``kernel``.
 
   Args:
     run: runs the compiled program once (already compiled and warm).
@@ -63,8 +102,10 @@ def profile_ops(run: Callable[[], Any], hlo_text: str,
     top: how many of the costliest instructions to return.
 
   Returns:
-    Records ``{op, opcode, shape, ms, calls, share}``, costliest first;
-    ``ms`` sums every device and call, ``share`` is of all instructions' time.
+    ``{'ops': records, 'busy_ms', 'wall_ms'}``: records ``{op, opcode,
+    shape, ms, calls, share}``, costliest first (``ms`` sums every device and
+    call, ``share`` is of all instructions' time); ``busy_ms`` that total;
+    ``wall_ms`` the run's wall time (busy well below it: the device waited).
   """
   import gzip  # pylint: disable=g-import-not-at-top
   import glob  # pylint: disable=g-import-not-at-top
@@ -79,7 +120,9 @@ def profile_ops(run: Callable[[], Any], hlo_text: str,
   with tempfile.TemporaryDirectory() as tmp:
     jax.profiler.start_trace(tmp, create_perfetto_trace=True)
     try:
+      start = time.perf_counter()
       run()
+      wall_ms = 1e3 * (time.perf_counter() - start)
     finally:
       jax.profiler.stop_trace()
     paths = glob.glob(os.path.join(tmp, '**', '*.trace.json.gz'),
@@ -88,21 +131,33 @@ def profile_ops(run: Callable[[], Any], hlo_text: str,
     for path in paths:
       with gzip.open(path) as f:
         events += json.load(f).get('traceEvents', [])
+  accelerator = {e.get('pid') for e in events
+                 if e.get('ph') == 'M' and e.get('name') == 'process_name'
+                 and re.search(r'/device:(GPU|TPU)', str(
+                     (e.get('args') or {}).get('name', '')))}
   total_us, calls = {}, {}
   for e in events:
-    name = e.get('name')
-    if (e.get('ph') == 'X' and name in defs
-        and defs[name][0] not in _CONTAINERS):
-      total_us[name] = total_us.get(name, 0.0) + e.get('dur', 0.0)
-      calls[name] = calls.get(name, 0) + 1
+    if e.get('ph') != 'X':
+      continue
+    op = (e.get('args') or {}).get('hlo_op') or e.get('name')
+    if op in defs:
+      if defs[op][0] in _CONTAINERS:
+        continue
+    elif e.get('pid') in accelerator:
+      defs.setdefault(op, ('kernel', ''))
+    else:
+      continue
+    total_us[op] = total_us.get(op, 0.0) + e.get('dur', 0.0)
+    calls[op] = calls.get(op, 0) + 1
   everything = sum(total_us.values()) or 1.0
   ranked = sorted(total_us, key=total_us.get, reverse=True)[:top]
-  return [{'op': n, 'opcode': defs[n][0], 'shape': defs[n][1],
-           'ms': total_us[n] / 1e3, 'calls': calls[n],
-           'share': total_us[n] / everything} for n in ranked]
+  return {'ops': [{'op': n, 'opcode': defs[n][0], 'shape': defs[n][1],
+                   'ms': total_us[n] / 1e3, 'calls': calls[n],
+                   'share': total_us[n] / everything} for n in ranked],
+          'busy_ms': sum(total_us.values()) / 1e3, 'wall_ms': wall_ms}
 
 
-def profile_a(bench: Bench) -> list[dict[str, Any]]:
+def profile_a(bench: Bench) -> dict[str, Any]:
   """``profile_ops`` of (a)'s program on ``bench`` (compiled by ``run_a``)."""
   from rahimi_jax import program  # pylint: disable=g-import-not-at-top
   from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top

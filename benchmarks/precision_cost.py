@@ -28,7 +28,8 @@ from benchmarks import measure
 
 flags.DEFINE_integer('members', 70, 'Members per grid (a multiple of 7).')
 flags.DEFINE_integer('steps', 500, 'Optimizer steps.')
-flags.DEFINE_integer('peak_n', 1024, 'Matrix size of the peak measurement.')
+flags.DEFINE_integer('peak_n', None, 'Matrix size of the peak measurement '
+                     '(default: measure.default_peak_n()).')
 flags.DEFINE_integer('repeats', 3, 'Warm runs of each grid, interleaved; the '
                      'fastest counts.')
 

@@ -46,7 +46,7 @@ def make_record(bench: Bench, method: str, t: Timing, peak: dict[str, float],
       'members_timed': k, 'extrapolated': k < g,
       'ms_per_member': 1e3 * run_s / g, 'runs_per_s': g / run_s,
       'flops_per_member': flops, 'gflops': gflops,
-      'peak_gflops': peak['peak'], 'peak_gflops_jnp': peak['jnp'],
+      'matmul_precision': peak['precision'], 'peak_gflops': peak['peak'], 'peak_gflops_jnp': peak['jnp'],
       'peak_gflops_np': peak['np'], 'pct_peak': 100 * gflops / peak['peak'],
       'program_bytes': t.program_bytes, 'maxrss_mb': maxrss_mb(),
       'member_indices': [int(i) for i in t.members],
@@ -127,9 +127,12 @@ def write_json(path: str, records: list[dict[str, Any]]):
   storage.write_text(path, json.dumps(records, indent=1) + '\n')
 
 
-def format_profile(ops: list[dict[str, Any]]) -> str:
-  lines = [f'{"share":>6} {"ms":>9} {"calls":>6}  {"opcode":<12} {"shape":<28} op']
-  for o in ops:
+def format_profile(profile: dict[str, Any]) -> str:
+  """``measure.profile_ops``'s record as a table, busy and wall time first."""
+  lines = [f'device busy {profile["busy_ms"]:.1f} ms of the run\'s '
+           f'{profile["wall_ms"]:.1f} ms wall',
+           f'{"share":>6} {"ms":>9} {"calls":>6}  {"opcode":<12} {"shape":<28} op']
+  for o in profile['ops']:
     lines.append(f'{100 * o["share"]:>5.1f}% {o["ms"]:>9.1f} {o["calls"]:>6}  '
-                 f'{o["opcode"]:<12} {o["shape"][:28]:<28} {o["op"]}')
+                 f'{o["opcode"]:<12} {o["shape"][:28]:<28} {o["op"][:60]}')
   return '\n'.join(lines)

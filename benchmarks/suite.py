@@ -25,7 +25,7 @@ class BenchConfig(NamedTuple):
   methods: tuple[str, ...]
   steps: int
   loop_members_cap: int
-  peak_n: int
+  peak_n: int | None  # None: measure.default_peak_n()
   tolerance: float
   json_out: str | None
   torch_threads: int = 0
@@ -34,7 +34,7 @@ class BenchConfig(NamedTuple):
 
 
 def make_bench_config(*, regime: str, grid_sizes, methods, steps=None,
-                      workloads=None, loop_members_cap=16, peak_n=2048,
+                      workloads=None, loop_members_cap=16, peak_n=None,
                       tolerance=1e-5, json_out=None,
                       torch_threads=0, chunk_size=None,
                       profile=False) -> BenchConfig:
@@ -65,7 +65,7 @@ def make_bench_config(*, regime: str, grid_sizes, methods, steps=None,
     raise ValueError(f'methods listed twice: {list(methods)}.')
   steps = default_steps if steps is None else steps
   for name, value in (('steps', steps), ('loop_members_cap', loop_members_cap),
-                      ('peak_n', peak_n)):
+                      ('peak_n', 1 if peak_n is None else peak_n)):
     if not isinstance(value, (int, np.integer)) or value < 1:
       raise ValueError(f'{name} must be a positive integer; got {value!r}.')
   if not isinstance(torch_threads, (int, np.integer)) or torch_threads < 0:
@@ -85,7 +85,8 @@ def make_bench_config(*, regime: str, grid_sizes, methods, steps=None,
   # Methods in canonical order, (a) first: the others are compared with it.
   methods = tuple(m for m in methods_lib.METHODS if m in methods)
   return BenchConfig(regime, workloads, tuple(sorted(sizes)), methods,
-                     int(steps), int(loop_members_cap), int(peak_n),
+                     int(steps), int(loop_members_cap),
+                     None if peak_n is None else int(peak_n),
                      float(tolerance), json_out, int(torch_threads),
                      chunk_size if chunk_size is None or isinstance(
                          chunk_size, str) else int(chunk_size),
@@ -119,9 +120,7 @@ def run_benchmark(cfg: BenchConfig, out=print) -> list[dict[str, Any]]:
       out(f'torch {torch.__version__}, {torch.get_num_threads()} threads'
           f'{"" if cfg.torch_threads else " (its default)"}{where}')
   peak = measure.measure_peak(cfg.peak_n)
-  out(f'float32 matmul peak ({cfg.peak_n}x{cfg.peak_n}, default precision, '
-      f'best of 5 after warm-up): jnp.dot {peak["jnp"]:.1f} GFLOP/s, np.dot {peak["np"]:.1f} '
-      f'GFLOP/s -> peak {peak["peak"]:.1f} GFLOP/s')
+  out(measure.peak_line(peak))
   loop_methods = [m for m in methods_lib.LOOP_METHODS if m in methods]
   if loop_methods and max(cfg.grid_sizes) > cfg.loop_members_cap:
     out(f'Loop methods ({",".join(loop_methods)}) '
@@ -157,7 +156,7 @@ def run_benchmark(cfg: BenchConfig, out=print) -> list[dict[str, Any]]:
       if cfg.profile and g == max(cfg.grid_sizes) and a_record is not None:
         a_record['profile'] = measure.profile_a(bench)
         out(f'\n(a) at G={g}: device time per XLA instruction (all devices '
-            f'and calls; top {len(a_record["profile"])}):')
+            f'and calls; top {len(a_record["profile"]["ops"])}):')
         out(report.format_profile(a_record['profile']))
       if cfg.json_out:
         report.write_json(cfg.json_out, records)

@@ -90,6 +90,37 @@ if 'chunk_size' not in flags.FLAGS:  # benchmarks.grid_throughput's, if first
           v.isdigit() and int(v) >= 1),
       message='--chunk_size accepts auto, tune, rule or an integer >= 1.')
 
+# --matmul_precision: how float32 matrix products (and convolutions) compute.
+# JAX's own default differs by backend (true float32 on CPU, TensorFloat-32 on
+# recent NVIDIA GPUs, one bfloat16 pass on TPU), so a launcher names it and
+# records it: by default true float32 on every backend.
+MATMUL_PRECISIONS = ('float32', 'tensorfloat32', 'bfloat16', 'default')
+
+
+def define_precision_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines ``--matmul_precision`` (``MATMUL_PRECISIONS``), which ``start``
+  applies to every program the launcher traces (``set_matmul_precision``)."""
+  flags.DEFINE_enum(
+      'matmul_precision', 'float32', MATMUL_PRECISIONS,
+      'Float32 matmul and convolution precision of every program: float32 '
+      '(true float32 on every backend), tensorfloat32 (10-bit mantissa '
+      'products on NVIDIA tensor cores), bfloat16 (one bfloat16 pass), or '
+      'default (the backend\'s own: TensorFloat-32 on recent NVIDIA GPUs, '
+      'bfloat16 on TPU, float32 on CPU). Recorded with the results.',
+      flag_values=flag_values)
+
+
+def set_matmul_precision(value: str) -> None:
+  """Every program traced from now on computes float32 products at
+  ``value`` (``jax_default_matmul_precision``; recorded by
+  ``provenance.provenance``)."""
+  if value not in MATMUL_PRECISIONS:
+    raise ValueError(f'Unknown matmul precision {value!r}; accepted: '
+                     f'{", ".join(MATMUL_PRECISIONS)}.')
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_default_matmul_precision', value)
+
+
 RUN_FLAGS = ('overwrite', 'logs_per_call', 'checkpoint_every_s',
              'keep_checkpoints', 'progress', 'chunk_size')  # read by launch
 # Flags that change how a run goes, not its results: a run may resume with
@@ -473,6 +504,8 @@ def start(argv: Sequence[str], module_name: str = '__main__') -> None:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   program.use_host_cores()
+  if 'matmul_precision' in flags.FLAGS:
+    set_matmul_precision(flags.FLAGS.matmul_precision)
   quiet_logging()
 
 

@@ -28,7 +28,7 @@ from rahimi_jax import program
 
 ROOT = pathlib.Path(__file__).parents[1]
 REQUIRED = ('regime', 'workload', 'G', 'method', 'compile_s', 'run_s', 'gflops',
-            'peak_gflops')
+            'peak_gflops', 'matmul_precision')
 TINY = ['--regime=small', '--grid_sizes=2', '--steps=5', '--peak_n=128']
 
 
@@ -113,8 +113,9 @@ def test_shrunk_run_without_torch(runs):
   assert proc.stdout.count('device time per XLA instruction') == 2
   for r in _records(out):
     if r['method'] == 'a':
-      ops = r['profile']
-      assert 0 < len(ops) <= 10
+      ops = r['profile']['ops']
+      assert 0 < len(ops) <= 12
+      assert 0 < r['profile']['busy_ms'] and 0 < r['profile']['wall_ms']
       shares = [o['share'] for o in ops]
       assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
       assert all(o['calls'] >= 1 and o['ms'] > 0 for o in ops)
