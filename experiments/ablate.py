@@ -44,6 +44,7 @@ flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
                   'exit without running or writing anything.')
 flags.DEFINE_float('memory_budget_mb', None, 'Most memory one program call may '
                    'use; the grid runs in member-batches beyond it.')
+cli.define_precision_flag()  # --matmul_precision (float32 by default)
 cli.define_config_flag()  # --config=FILE.py or a results directory
 
 FLAGS = flags.FLAGS

@@ -29,6 +29,7 @@ flags.DEFINE_integer('nodes', 8, 'Quadrature points on the gate path.')
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
                   'exit without running or writing anything.')
 flags.DEFINE_string('out', '/tmp/rahimi_attribute', 'Output directory.')
+cli.define_precision_flag()  # --matmul_precision (float32 by default)
 cli.define_config_flag()  # --config=FILE.py or a results directory
 
 FLAGS = flags.FLAGS

@@ -47,6 +47,7 @@ flags.DEFINE_bool('saxe', False, 'Also measure each mode\'s half-rise time '
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
                   'exit without running or writing anything.')
 flags.DEFINE_string('out', '/tmp/rahimi_deep_linear', 'Output directory.')
+cli.define_precision_flag()  # --matmul_precision (float32 by default)
 cli.define_config_flag()  # --config=FILE.py or a results directory
 
 FLAGS = flags.FLAGS

@@ -59,6 +59,7 @@ flags.DEFINE_string('out', '/tmp/rahimi_rounding', 'Directory for '
                     'whole).')
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
                   'exit without running or writing anything.')
+cli.define_precision_flag()  # --matmul_precision (float32 by default)
 cli.define_config_flag()  # --config=FILE.py or a results directory
 
 FLAGS = flags.FLAGS

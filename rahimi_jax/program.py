@@ -167,6 +167,21 @@ _COMPILED: collections.OrderedDict[Any, Any] = collections.OrderedDict()
 _COMPILED_LOCK = threading.Lock()
 
 
+def _in_callers_precision(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """``fn`` traced at the calling thread's matmul precision, from any thread.
+
+  ``jax.default_matmul_precision(...)`` is thread-local: a worker thread
+  would trace at the global precision instead (and then store its program
+  under the caller's key).
+  """
+  precision = jax.config.jax_default_matmul_precision
+
+  def run(*args, **kwargs):
+    with jax.default_matmul_precision(precision):
+      return fn(*args, **kwargs)
+  return run
+
+
 def compile_program(fn, args, devices, batched: tuple[bool, ...],
                     donate: tuple[int, ...] = (), owner=None,
                     cpu_level: int | None = None):
@@ -177,6 +192,10 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
   results do not depend on how many devices share the grid (an SPMD program
   of 2 devices rounded Adam's members differently in the last bit from one
   of 1; the same program compiled for another device does not).
+
+  A program is traced at the caller's float32 matmul precision
+  (``jax_default_matmul_precision``, part of the cache key: a program
+  compiled at another precision is not reused).
 
   Args:
     fn: the member's function.
@@ -192,9 +211,11 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
     ``([compiled per device], seconds)``.
   """
   spec = _spec(args)
-  keys = [(owner or fn, fn, device.id, batched, _key(spec), cpu_level)
-          for device in devices]
+  precision = jax.config.jax_default_matmul_precision
+  keys = [(owner or fn, fn, device.id, batched, _key(spec), cpu_level,
+           precision) for device in devices]
 
+  @_in_callers_precision  # compiled in the pool's threads
   def one(device):
     sharding = jax.sharding.SingleDeviceSharding(device)
     return _program(fn, batched, donate).lower(*jax.tree.map(
@@ -645,8 +666,8 @@ class _Probe:
     if not widths or steps < 1:
       return {}
     with concurrent.futures.ThreadPoolExecutor(len(widths)) as pool:
-      ready = dict(zip(widths, pool.map(
-          functools.partial(self._chunks, devices=devices), widths)))
+      ready = dict(zip(widths, pool.map(_in_callers_precision(
+          functools.partial(self._chunks, devices=devices)), widths)))
     ready = {w: r for w, r in ready.items() if r is not None}
     plan, best = {}, {}  # width: (passes per call, calls per stretch)
     for w, (_, slots) in ready.items():

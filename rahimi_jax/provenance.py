@@ -1,4 +1,5 @@
-"""Provenance of a run: library versions, devices, platform and git state."""
+"""Provenance of a run: library versions, devices, platform, matmul precision
+and git state."""
 
 import os
 import platform
@@ -14,6 +15,10 @@ def provenance(root: str | None = None) -> dict[str, Any]:
   imported from; ``git_dirty`` whether that tree differs from it (modified,
   staged or untracked files, as ``git status --porcelain`` lists them). Both
   are ``None`` (unknown) when git is missing or the source is not a checkout.
+  ``matmul_precision`` is the float32 matmul precision programs traced now
+  compute with (``jax_default_matmul_precision``, as set by a launcher's
+  ``--matmul_precision`` or a ``jax.default_matmul_precision`` context;
+  ``'default'``: the backend's own, which differs by backend).
 
   Args:
     root: the source tree to describe (default: this library's checkout).
@@ -43,6 +48,8 @@ def provenance(root: str | None = None) -> dict[str, Any]:
       'platform': platform.platform(),
       'devices': [str(d) for d in devices],
       'device_kind': devices[0].device_kind,
+      'matmul_precision': str(jax.config.jax_default_matmul_precision or
+                              'default'),
       'git_commit': git('rev-parse', 'HEAD'),
       'git_dirty': None if status is None else bool(status),
   }

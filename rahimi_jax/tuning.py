@@ -191,7 +191,8 @@ def host() -> dict[str, Any]:
 def signature(config: Any, data: Any) -> str:
   """SHA-256 of what the member's step computes: its train config (but the
   steps and the log interval, which change how long it runs, not its step),
-  the data's shapes and dtypes, and the host."""
+  the data's shapes and dtypes, the float32 matmul precision it is traced at
+  (``jax_default_matmul_precision``) and the host."""
   fields = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {
       'config': config}
   for name in ('steps', 'log_every'):
@@ -199,7 +200,7 @@ def signature(config: Any, data: Any) -> str:
   spec = [(tuple(np.shape(a)), str(np.asarray(a).dtype) if not hasattr(
       a, 'dtype') else str(a.dtype)) for a in jax.tree.leaves(data)]
   text = repr((sorted(fields.items()), str(jax.tree.structure(data)), spec,
-               sorted(host().items())))
+               jax.config.jax_default_matmul_precision, sorted(host().items())))
   return hashlib.sha256(text.encode()).hexdigest()
 
 

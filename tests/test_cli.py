@@ -4,6 +4,7 @@ import os
 
 from absl import flags
 import chex
+import jax
 import numpy as np
 import pytest
 
@@ -68,6 +69,33 @@ def test_parse_single_knobs():
   ]:
     with pytest.raises(ValueError, match=match):
       cli.parse_single_knobs(values, accepted, 'one value')
+
+
+def test_set_matmul_precision_names_a_bad_value_and_the_accepted():
+  with pytest.raises(ValueError, match=r"^Unknown matmul precision 'bogus'; "
+                     r'accepted: float32, tensorfloat32, bfloat16, '
+                     r'default\.$'):
+    cli.set_matmul_precision('bogus')
+  before = jax.config.jax_default_matmul_precision
+  try:
+    for value in cli.MATMUL_PRECISIONS:
+      cli.set_matmul_precision(value)
+      assert jax.config.jax_default_matmul_precision == value
+  finally:
+    jax.config.update('jax_default_matmul_precision', before)
+
+
+def test_precision_flag_is_a_key_flag_of_the_launcher():
+  """Defined by a cli helper, --matmul_precision is the calling module's
+  (a launcher's recorded flags, config fields and resume check)."""
+  flag_values = flags.FlagValues()
+  cli.define_precision_flag(flag_values)
+  flag_values(['prog'])
+  assert cli.key_flags(__name__, flag_values) == {'matmul_precision': 'float32'}
+  flag_values(['prog', '--matmul_precision=bfloat16'])
+  assert flag_values.matmul_precision == 'bfloat16'
+  with pytest.raises(flags.IllegalFlagValueError, match='bogus'):
+    flag_values(['prog', '--matmul_precision=bogus'])
 
 
 def _results(n_members=2):

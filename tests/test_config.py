@@ -38,8 +38,9 @@ def _config_file(directory, **fields) -> str:
   return str(path)
 
 
-def _parse(monkeypatch, *argv) -> flags.FlagValues:
-  """A small launcher's flags (this module's key flags), parsed from argv."""
+def _parse(monkeypatch, *argv, precision: bool = False) -> flags.FlagValues:
+  """A small launcher's flags (this module's key flags), parsed from argv;
+  ``precision``: also ``--matmul_precision`` (``cli.define_precision_flag``)."""
   fv = flags.FlagValues()
   flags.DEFINE_integer('steps', 500, 'Steps.', flag_values=fv)
   flags.DEFINE_list('optimizers', ['sgd'], 'Optimizers.', flag_values=fv)
@@ -47,6 +48,8 @@ def _parse(monkeypatch, *argv) -> flags.FlagValues:
   flags.DEFINE_string('out', '/tmp/unused', 'Output.', flag_values=fv)
   flags.DEFINE_bool('dry_run', False, 'Dry run.', flag_values=fv)
   flags.DEFINE_alias('n', 'steps', flag_values=fv)
+  if precision:
+    cli.define_precision_flag(fv)
   cli.define_config_flag(fv)
   argv = ['launcher', *argv]
   monkeypatch.setattr(sys, 'argv', argv)  # ml_collections finds overrides there
@@ -54,8 +57,8 @@ def _parse(monkeypatch, *argv) -> flags.FlagValues:
   return fv
 
 
-def _applied(monkeypatch, *argv) -> dict:
-  fv = _parse(monkeypatch, *argv)
+def _applied(monkeypatch, *argv, precision: bool = False) -> dict:
+  fv = _parse(monkeypatch, *argv, precision=precision)
   cli.apply_config(__name__, fv)
   return cli.key_flags(__name__, fv)
 
@@ -156,6 +159,28 @@ def test_results_directory_round_trips(monkeypatch, tmp_path):
       'bandwidth': 0.25, 'optimizers': ['adam'], 'out': '/tmp/second'})
 
 
+def test_matmul_precision_round_trips_like_the_other_flags(monkeypatch,
+                                                          tmp_path):
+  """--matmul_precision: a config field, recorded and re-run from a results
+  directory, a bad value one line naming it."""
+  path = _config_file(tmp_path, steps=20, matmul_precision='bfloat16')
+  recorded = _applied(monkeypatch, f'--config={path}', precision=True)
+  assert recorded['matmul_precision'] == 'bfloat16'
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'metadata.json').write_text(json.dumps({'flags': recorded}))
+  chex.assert_trees_all_equal(
+      _applied(monkeypatch, f'--config={run}', precision=True), recorded)
+  got = _applied(monkeypatch, f'--config={run}', '--matmul_precision=float32',
+                 precision=True)
+  assert got == recorded | {'matmul_precision': 'float32'}
+  fv = _parse(monkeypatch, f'--config={run}', '--config.matmul_precision=bogus',
+              precision=True)
+  with pytest.raises(ValueError, match=r"^config\.matmul_precision: 'bogus': "
+                     r'.*float32'):
+    cli.apply_config(__name__, fv)
+
+
 def test_no_config_changes_nothing(monkeypatch):
   fv = _parse(monkeypatch, '--steps=4')
   assert cli.apply_config(__name__, fv) == {}
@@ -209,7 +234,8 @@ def test_rerun_from_saved_metadata_gives_the_same_key_flags(tmp_path):
   metadata = tmp_path / 'metadata.json'
   first, again = _run_launchers([
       {'launcher': 'ablate', 'record': str(metadata),
-       'argv': [f'--config={EXAMPLE}', '--config.seeds=2', '--dry_run']},
+       'argv': [f'--config={EXAMPLE}', '--config.seeds=2',
+                '--matmul_precision=bfloat16', '--dry_run']},
       {'launcher': 'ablate', 'argv': [f'--config={tmp_path}', '--dry_run']},
   ])
   for run in (first, again):
@@ -218,6 +244,7 @@ def test_rerun_from_saved_metadata_gives_the_same_key_flags(tmp_path):
                                     'init x 2 learning_rate x 2 seed\n')
   assert first['flags']['steps'] == 200 and first['flags']['seeds'] == 2
   assert first['flags']['learning_rate'] == ['0.1', '0.01']
+  assert first['flags']['matmul_precision'] == 'bfloat16'
   chex.assert_trees_all_equal(again['flags'], first['flags'])
   assert 'lrs' not in first['flags'] and 'config' not in first['flags']
 
@@ -236,6 +263,7 @@ def test_every_launcher_takes_a_config(tmp_path):
     assert good['code'] == 0, (name, good['stderr'])
     assert 'dry run: ' in good['stdout'], name
     assert good['flags']['out'] == str(tmp_path / name), name
+    assert good['flags']['matmul_precision'] == 'float32', name  # recorded
     assert bad['code'] == 1 and bad['stdout'] == '', name
     errors = bad['stderr'].splitlines()
     assert len(errors) == 1 and errors[0].startswith(

@@ -157,6 +157,29 @@ def test_chunks_of_members_match_one_vmap(tiny_digits):
     assert res.metadata['engine']['chunk_size'] == len(GRID)
 
 
+def test_another_matmul_precision_compiles_another_program(tiny_digits):
+  """A grid run at another float32 matmul precision compiles its own
+  programs (not the cached ones of the first) and its metadata names it."""
+  grid = grid_lib.Grid(grid_lib.Seeds(1))
+  config = dataclasses.replace(CONFIG, steps=2, log_every=2)
+  train = train_lib.make_train(config.for_grid(grid))
+  before = jax.config.jax_default_matmul_precision
+  texts = {}
+  for precision in ('float32', 'bfloat16', 'float32'):
+    with jax.default_matmul_precision(precision):
+      res = program.execute(train, grid, tiny_digits)
+    assert res.metadata['matmul_precision'] == precision
+    texts.setdefault(precision, [
+        c.as_text() for c in program.compiled_programs(train)[-2:]])
+  assert jax.config.jax_default_matmul_precision == before
+  # start and advance per precision; the second float32 run reused its own.
+  assert len(program.compiled_programs(train)) == 4
+  assert texts['float32'] != texts['bfloat16']
+  # float32 products are HIGHEST precision dots; bfloat16 ones the default.
+  assert 'operand_precision={highest' in texts['float32'][-1]
+  assert 'operand_precision={highest' not in texts['bfloat16'][-1]
+
+
 def test_bad_chunk_size_is_refused_before_compiling():
   with pytest.raises(ValueError, match='chunk_size'):
     program.execute(_train(), GRID, np.zeros(3), chunk_size=-1)

@@ -2,6 +2,7 @@
 
 import subprocess
 
+import jax
 import pytest
 
 from rahimi_jax import provenance
@@ -52,3 +53,16 @@ def test_no_git_is_unknown(repo, monkeypatch):
   monkeypatch.setattr(provenance.subprocess, 'run', no_git)
   info = provenance.provenance(str(repo))
   assert info['git_commit'] is None and info['git_dirty'] is None
+
+
+def test_matmul_precision_is_the_one_programs_trace_at(repo):
+  before = jax.config.jax_default_matmul_precision
+  try:
+    jax.config.update('jax_default_matmul_precision', None)
+    assert provenance.provenance(str(repo))['matmul_precision'] == 'default'
+    jax.config.update('jax_default_matmul_precision', 'float32')
+    assert provenance.provenance(str(repo))['matmul_precision'] == 'float32'
+    with jax.default_matmul_precision('bfloat16'):  # a context wins
+      assert provenance.provenance(str(repo))['matmul_precision'] == 'bfloat16'
+  finally:
+    jax.config.update('jax_default_matmul_precision', before)

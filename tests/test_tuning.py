@@ -5,6 +5,7 @@ import math
 import os
 
 import chex
+import jax
 import numpy as np
 import pytest
 
@@ -88,6 +89,9 @@ def test_signature_is_the_step_and_the_host(tiny_digits, monkeypatch):
   wider = train_lib.TrainConfig(hidden=(16,), steps=12, log_every=4,
                                 batch_size=16)
   assert tuning.signature(wider, tiny_digits) != base
+  # A program traced at another matmul precision is another program.
+  with jax.default_matmul_precision('bfloat16'):
+    assert tuning.signature(CONFIG, tiny_digits) != base
   monkeypatch.setattr(tuning, 'cpu_model', lambda: 'Another CPU')
   assert tuning.signature(CONFIG, tiny_digits) != base
 
