@@ -6,7 +6,10 @@
 #   throughput  grid_throughput small and compute regimes, G = 1 ... 4096,
 #               float32, profiled; compute also at tensorfloat32
 #               (issue 16)                                       <= 320 s
-#   tuning      chunk_tuning up to width 4096 (issue 16)         <= 150 s
+#   tuning      chunk_tuning of the throughput workloads at G=4096,
+#               widths 512 ... 4096 (issue 16; the ablation grid's
+#               ~10-s compile per width on a GPU would use the stage up)
+#                                                                <= 150 s
 #   studies     the default ablation and deep linear launchers   <= 90 s
 #   falkon      FALKON at n = 1e7, M = 1e4 (issue 14)            <= 90 s
 # A stage cut off by its limit prints "stage STAGE: timed out".
@@ -47,7 +50,8 @@ run_stage() {
     tuning)
       echo "== chunk tuning (issue 16) =="
       limited 150 tuning python3 -m benchmarks.chunk_tuning --repeats=2 \
-          --max_width=4096 ;;
+          --workloads=mlp128,deep_linear,mlp32 --grid_size=4096 \
+          --min_width=512 --max_width=4096 ;;
     studies)
       echo "== ablate (default grid) =="
       limited 45 studies /usr/bin/time -f 'wall %es' python3 -m experiments.ablate \

@@ -32,7 +32,8 @@ def test_widths_are_the_power_of_two_splits():
   assert tuning.CPU_CHUNK == 16
   for g, w in ((8, 8), (16, 16), (17, 9), (108, 14), (128, 16)):
     assert tuning.rule_width(g, 'cpu') == w, g
-  assert tuning.rule_width(4096, 'gpu') == 1024
+  assert tuning.rule_width(4096, 'gpu') == 4096
+  assert tuning.rule_width(10000, 'gpu') == 2500
   with pytest.raises(ValueError, match='members'):
     tuning.widths(0)
 
