@@ -31,11 +31,13 @@ from absl import app
 from absl import flags
 
 from benchmarks import measure
+from rahimi_jax import cli
 
 flags.DEFINE_integer('steps', 500, 'Optimizer steps.')
 flags.DEFINE_integer('seeds', 4, 'Seeds of the default grid (27 cells each).')
 flags.DEFINE_integer('repeats', 3, 'Warm runs of each way, interleaved; the '
                      'fastest counts.')
+cli.define_precision_flag()
 flags.DEFINE_integer('peak_n', None, 'Matrix size of the peak measurement '
                      '(default: measure.default_peak_n()).')
 flags.DEFINE_bool('processes', True, 'Also time one process against two.')
@@ -76,6 +78,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from rahimi_jax import program  # pylint: disable=g-import-not-at-top
   program.use_host_cores()
+  cli.set_matmul_precision(FLAGS.matmul_precision)
   from rahimi_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import ablation  # pylint: disable=g-import-not-at-top
@@ -86,7 +89,8 @@ def main(argv):
   ways = {'plain': {'progress': False},
           'default': {'progress': True},
           'every call': {'progress': True, 'checkpoint_every_s': 0.0}}
-  peak = measure.measure_peak(FLAGS.peak_n)['peak']
+  measured = measure.measure_peak(FLAGS.peak_n)
+  peak = measured['peak']
   engine.run(train_config, grid, data, partition=())  # compile
   times = {name: [] for name in ways}
   saves = {}
@@ -109,7 +113,7 @@ def main(argv):
   g = len(grid)
   flops = engine.step_flops(train_config, grid, data) * FLAGS.steps * g
   print(f'{measure.cpu_model()}; default ablation grid G={g}, {FLAGS.steps} '
-        f'steps; float32 matmul peak {peak:.1f} GFLOP/s')
+        f'steps; {measure.peak_line(measured)}')
   print(f'{"way":<12}{"run_s":>8}{"vs plain":>10}{"calls":>7}{"saves":>7}'
         f'{"save_s":>8}{"GFLOP/s":>9}{"of peak":>9}')
   for name in ways:

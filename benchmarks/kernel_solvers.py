@@ -26,6 +26,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import measure
+from rahimi_jax import cli
 
 flags.DEFINE_list('parts', ['peers', 'sweep'], 'peers, sweep, scale.')
 flags.DEFINE_integer('n', 10000, 'Training rows of the peers part.')
@@ -44,6 +45,7 @@ flags.DEFINE_float('scale_tol', 1e-5, 'Relative residual of the scale run.')
 flags.DEFINE_integer('scale_maxiter', 100, 'Iterations cap of the scale run.')
 flags.DEFINE_integer('block_size', 1024, 'Rows per kernel block.')
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the plan, exit.')
+cli.define_precision_flag()  # applied by cli.start
 
 FLAGS = flags.FLAGS
 PARTS = ('peers', 'sweep', 'scale')
@@ -231,7 +233,6 @@ def main(argv):
           f'n={",".join(FLAGS.sweep_n)}, scale n={FLAGS.scale_n} M={FLAGS.scale_centres}')
     print('dry run: the input is valid; nothing was run.')
     return
-  from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
   cli.start(argv)
   import jax  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import kernel_data  # pylint: disable=g-import-not-at-top

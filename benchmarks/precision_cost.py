@@ -25,9 +25,11 @@ from absl import app
 from absl import flags
 
 from benchmarks import measure
+from rahimi_jax import cli
 
 flags.DEFINE_integer('members', 70, 'Members per grid (a multiple of 7).')
 flags.DEFINE_integer('steps', 500, 'Optimizer steps.')
+cli.define_precision_flag()
 flags.DEFINE_integer('peak_n', None, 'Matrix size of the peak measurement '
                      '(default: measure.default_peak_n()).')
 flags.DEFINE_integer('repeats', 3, 'Warm runs of each grid, interleaved; the '
@@ -46,6 +48,7 @@ def main(argv):
                          f'got {FLAGS.members}.')
   from rahimi_jax import program  # pylint: disable=g-import-not-at-top
   program.use_host_cores()
+  cli.set_matmul_precision(FLAGS.matmul_precision)
   import rahimi_jax as rj  # pylint: disable=g-import-not-at-top
   from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
 
@@ -64,7 +67,8 @@ def main(argv):
               rj.Seeds(g // CELLS)))
   runs = {'fp32': (config, rj.Grid(rj.Seeds(g))), 'mixed': (config, mixed),
           'mixed + events': (counting, mixed)}
-  peak = measure.measure_peak(FLAGS.peak_n)['peak']
+  measured = measure.measure_peak(FLAGS.peak_n)
+  peak = measured['peak']
   for cfg, grid in runs.values():
     engine.run(cfg, grid, data, partition=())  # compile, first call
   # Warm runs, interleaved: on a shared machine the fastest of each is the
@@ -80,7 +84,7 @@ def main(argv):
     flops = engine.step_flops(cfg, grid, data) * FLAGS.steps * g
     rows[name] = (run_s, flops / run_s / 1e9)
   print(f'{measure.cpu_model()}; G={g}, {FLAGS.steps} steps, MLP 64-64 on digits, '
-        f'batch 64; float32 matmul peak {peak:.1f} GFLOP/s')
+        f'batch 64; {measure.peak_line(measured)}')
   print(f'{"grid":<17}{"run_s":>8}{"us/member-step":>16}{"GFLOP/s":>9}'
         f'{"of peak":>9}')
   for name, (run_s, gflops) in rows.items():
