@@ -5,11 +5,11 @@
 # limit so that one call fits the device tool's 10-minute limit):
 #   throughput  grid_throughput small and compute regimes, G = 1 ... 4096,
 #               float32, profiled; compute also at tensorfloat32
-#               (issue 16)                                       <= 320 s
+#               (issue 16)                                       <= 245 s
 #   tuning      chunk_tuning of the throughput workloads at G=4096,
 #               widths 512 ... 4096 (issue 16; the ablation grid's
 #               ~10-s compile per width on a GPU would use the stage up)
-#                                                                <= 150 s
+#                                                                <= 120 s
 #   studies     the default ablation and deep linear launchers   <= 90 s
 #   falkon      FALKON at n = 1e7, M = 1e4 (issue 14)            <= 90 s
 # A stage cut off by its limit prints "stage STAGE: timed out".
@@ -38,20 +38,20 @@ run_stage() {
   case $1 in
     throughput)
       echo "== grid_throughput small (float32) =="
-      limited 110 throughput python3 -m benchmarks.grid_throughput --regime=small \
+      limited 100 throughput python3 -m benchmarks.grid_throughput --regime=small \
           --grid_sizes=1,64,1024,4096 --methods=a,b,c --loop_members_cap=4 \
           --profile --json_out="$out/bench_small.json"
       echo "== grid_throughput compute (float32) =="
-      limited 140 throughput python3 -m benchmarks.grid_throughput --regime=compute \
+      limited 100 throughput python3 -m benchmarks.grid_throughput --regime=compute \
           --grid_sizes=1,128,1024,4096 --methods=a,b,c --loop_members_cap=4 \
           --profile --json_out="$out/bench_compute.json"
       echo "== grid_throughput compute (tensorfloat32, stated) =="
-      limited 70 throughput python3 -m benchmarks.grid_throughput --regime=compute \
+      limited 45 throughput python3 -m benchmarks.grid_throughput --regime=compute \
           --grid_sizes=128,4096 --methods=a --matmul_precision=tensorfloat32 \
           --profile --json_out="$out/bench_compute_tf32.json" ;;
     tuning)
       echo "== chunk tuning (issue 16) =="
-      limited 150 tuning python3 -m benchmarks.chunk_tuning --repeats=2 \
+      limited 120 tuning python3 -m benchmarks.chunk_tuning --repeats=2 \
           --workloads=mlp128,deep_linear,mlp32 --grid_size=4096 \
           --min_width=512 --max_width=4096 ;;
     studies)
