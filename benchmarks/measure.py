@@ -90,11 +90,6 @@ def profile_ops(run: Callable[[], Any], hlo_text: str,
                 top: int = 12) -> dict[str, Any]:
   """Device time per XLA instruction during ``run()``, from a profiler trace.
 
-  An event counts for the instruction its ``hlo_op`` argument names (a GPU
-  kernel's), else the one its name is (a CPU thunk's). A kernel on an
-  accelerator that names no instruction of ``hlo_text`` (a library's, or one
-  of another program) counts under its own name, opcode ``kernel``.
-
   Args:
     run: runs the compiled program once (already compiled and warm).
     hlo_text: the compiled program's HLO (``compiled.as_text()``), which
@@ -102,21 +97,13 @@ def profile_ops(run: Callable[[], Any], hlo_text: str,
     top: how many of the costliest instructions to return.
 
   Returns:
-    ``{'ops': records, 'busy_ms', 'wall_ms'}``: records ``{op, opcode,
-    shape, ms, calls, share}``, costliest first (``ms`` sums every device and
-    call, ``share`` is of all instructions' time); ``busy_ms`` that total;
-    ``wall_ms`` the run's wall time (busy well below it: the device waited).
+    ``device_time``'s record of the trace, with ``wall_ms`` the run's wall
+    time (busy well below it: the device waited).
   """
   import gzip  # pylint: disable=g-import-not-at-top
   import glob  # pylint: disable=g-import-not-at-top
-  import re  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  defs = {}
-  for line in hlo_text.splitlines():
-    m = re.match(r'\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(', line)
-    if m:
-      defs.setdefault(m.group(1), (m.group(3), m.group(2)))
   with tempfile.TemporaryDirectory() as tmp:
     jax.profiler.start_trace(tmp, create_perfetto_trace=True)
     try:
@@ -131,6 +118,32 @@ def profile_ops(run: Callable[[], Any], hlo_text: str,
     for path in paths:
       with gzip.open(path) as f:
         events += json.load(f).get('traceEvents', [])
+  return device_time(events, hlo_text, top) | {'wall_ms': wall_ms}
+
+
+def device_time(events: list[dict[str, Any]], hlo_text: str,
+                top: int = 12) -> dict[str, Any]:
+  """Time per XLA instruction in a trace's events (Chrome trace format).
+
+  A complete event (``ph == 'X'``) counts for the instruction its
+  ``hlo_op`` argument names (a GPU kernel's), else the one its name is (a
+  CPU thunk's); instructions that only hold others (``while``, ``call``,
+  ...) do not count. A kernel on an accelerator (a process named
+  ``/device:GPU...`` or ``/device:TPU...``) that names no instruction of
+  ``hlo_text`` (a library's, a CUDA graph's, another program's) counts under
+  its own name, opcode ``kernel``.
+
+  Returns:
+    ``{'ops': records, 'busy_ms'}``: records ``{op, opcode, shape, ms,
+    calls, share}``, costliest first (``ms`` sums every device and call,
+    ``share`` is of all counted time); ``busy_ms`` that total.
+  """
+  import re  # pylint: disable=g-import-not-at-top
+  defs = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r'\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(', line)
+    if m:
+      defs.setdefault(m.group(1), (m.group(3), m.group(2)))
   accelerator = {e.get('pid') for e in events
                  if e.get('ph') == 'M' and e.get('name') == 'process_name'
                  and re.search(r'/device:(GPU|TPU)', str(
@@ -154,7 +167,7 @@ def profile_ops(run: Callable[[], Any], hlo_text: str,
   return {'ops': [{'op': n, 'opcode': defs[n][0], 'shape': defs[n][1],
                    'ms': total_us[n] / 1e3, 'calls': calls[n],
                    'share': total_us[n] / everything} for n in ranked],
-          'busy_ms': sum(total_us.values()) / 1e3, 'wall_ms': wall_ms}
+          'busy_ms': sum(total_us.values()) / 1e3}
 
 
 def profile_a(bench: Bench) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import pytest
 import launchers
 
 from benchmarks import grid_throughput as gt
+from benchmarks import measure
 from benchmarks import methods
 from benchmarks import suite
 from benchmarks import workloads
@@ -261,3 +262,45 @@ def test_chunk_tuning_benchmark_runs_shrunk():
   fields = row.split()
   assert fields[1] == '8' and fields[2] in ('8', '4', '2', '1'), row
   assert fields[-1] == '0.0', row
+
+
+def test_device_time_attributes_gpu_kernels_by_their_hlo_op():
+  """A GPU trace (kernels on a /device:GPU process, named by the library that
+  ran them, with the instruction in ``args.hlo_op``) and a CPU one (thunks
+  named as the instruction, on the host) are both read per instruction."""
+  hlo = '\n'.join([
+      'ENTRY %main {',
+      '  %gemm_fusion.1 = f32[8,4]{1,0} fusion(f32[8,2] %p0), kind=kCustom',
+      '  %while.2 = (s32[]) while((s32[]) %t), condition=%c, body=%b',
+      '  ROOT %loop_fusion.3 = f32[8]{0} fusion(f32[8,4] %gemm_fusion.1)',
+      '}'])
+  events = [
+      {'ph': 'M', 'name': 'process_name', 'pid': 1,
+       'args': {'name': '/device:GPU:0 (stream 7)'}},
+      {'ph': 'M', 'name': 'process_name', 'pid': 2,
+       'args': {'name': '/host:CPU'}},
+      # Two launches of the GEMM, by the library's kernel name.
+      {'ph': 'X', 'pid': 1, 'name': 'sm90_xmma_gemm_f32', 'dur': 300.0,
+       'args': {'hlo_op': 'gemm_fusion.1'}},
+      {'ph': 'X', 'pid': 1, 'name': 'sm90_xmma_gemm_f32', 'dur': 100.0,
+       'args': {'hlo_op': 'gemm_fusion.1'}},
+      {'ph': 'X', 'pid': 1, 'name': 'loop_fusion.3', 'dur': 50.0},
+      {'ph': 'X', 'pid': 1, 'name': 'command_buffer_9', 'dur': 50.0},
+      # Not counted: a container, host-side work, an instant event.
+      {'ph': 'X', 'pid': 1, 'name': 'while.2', 'dur': 1e6},
+      {'ph': 'X', 'pid': 2, 'name': 'PjitFunction(main)', 'dur': 1e6},
+      {'ph': 'i', 'pid': 1, 'name': 'loop_fusion.3', 'dur': 1e6},
+  ]
+  got = measure.device_time(events, hlo)
+  assert got['busy_ms'] == pytest.approx(0.5)
+  assert [(o['op'], o['opcode'], o['shape'], o['calls']) for o in got['ops']] == [
+      ('gemm_fusion.1', 'fusion', 'f32[8,4]{1,0}', 2),
+      ('loop_fusion.3', 'fusion', 'f32[8]{0}', 1),
+      ('command_buffer_9', 'kernel', '', 1)]
+  chex.assert_trees_all_close([o['share'] for o in got['ops']], [0.8, 0.1, 0.1])
+  # On a CPU trace, only the program's own instructions count.
+  cpu = [{'ph': 'X', 'pid': 2, 'name': 'loop_fusion.3', 'dur': 20.0},
+         {'ph': 'X', 'pid': 2, 'name': 'Eigen::ThreadPool', 'dur': 80.0}]
+  got = measure.device_time(cpu, hlo)
+  assert [o['op'] for o in got['ops']] == ['loop_fusion.3']
+  assert got['busy_ms'] == pytest.approx(0.02)
