@@ -99,7 +99,7 @@ def main(argv):
   os.environ.pop('RAHIMI_JAX_CHUNK_SIZE', None)  # the default: auto
   from rahimi_jax import program  # pylint: disable=g-import-not-at-top
   program.use_host_cores()
-  cli.set_matmul_precision(FLAGS.matmul_precision)
+  cli.apply_precision_flag()
   import jax  # pylint: disable=g-import-not-at-top
   from rahimi_jax import tuning  # pylint: disable=g-import-not-at-top
   tuning.MIN_PROBE_S = FLAGS.probe_s

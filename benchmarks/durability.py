@@ -78,7 +78,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from rahimi_jax import program  # pylint: disable=g-import-not-at-top
   program.use_host_cores()
-  cli.set_matmul_precision(FLAGS.matmul_precision)
+  cli.apply_precision_flag()
   from rahimi_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import ablation  # pylint: disable=g-import-not-at-top

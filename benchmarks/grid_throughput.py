@@ -95,10 +95,11 @@ if 'chunk_size' not in flags.FLAGS:  # the launchers' flag (rahimi_jax.cli)
                       'when the run is long enough to pay, cached: '
                       'tuning.choose_chunk).')
 if 'matmul_precision' not in flags.FLAGS:  # the launchers' (rahimi_jax.cli)
-  flags.DEFINE_string('matmul_precision', 'float32', 'Float32 matmul '
-                      'precision of (a), (b), (c) and the peak, as the '
-                      'launchers\' flag: float32, tensorfloat32, bfloat16 or '
-                      'default (the backend\'s own).')
+  flags.DEFINE_enum('matmul_precision', 'float32',
+                    ['float32', 'tensorfloat32', 'bfloat16', 'default'],
+                    'Float32 matmul precision of (a), (b), (c) and the peak, '
+                    'as the launchers\' flag (cli.MATMUL_PRECISIONS; one the '
+                    'backend does not have is an error).')
 flags.DEFINE_integer('cpu_devices', 0, 'Treat the CPU as this many XLA devices '
                      '(program.use_host_cores), so (a) shards members over '
                      'cores; 0: one per core; 1: a single device.')
@@ -124,8 +125,6 @@ def main(argv):
         profile=FLAGS.profile)
     if FLAGS.cpu_devices < 0:
       raise ValueError(f'cpu_devices must be >= 0; got {FLAGS.cpu_devices}.')
-    from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
-    cli.set_matmul_precision(FLAGS.matmul_precision)  # (a) and the peak alike
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
@@ -136,6 +135,8 @@ def main(argv):
     return 0
   from rahimi_jax import program  # pylint: disable=g-import-not-at-top
   program.use_host_cores(FLAGS.cpu_devices or None)  # before JAX's first op
+  from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.apply_precision_flag()  # (a) and the peak alike
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # the engine's progress lines
   start = time.perf_counter()

@@ -48,7 +48,7 @@ def main(argv):
                          f'got {FLAGS.members}.')
   from rahimi_jax import program  # pylint: disable=g-import-not-at-top
   program.use_host_cores()
-  cli.set_matmul_precision(FLAGS.matmul_precision)
+  cli.apply_precision_flag()
   import rahimi_jax as rj  # pylint: disable=g-import-not-at-top
   from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
 

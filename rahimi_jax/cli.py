@@ -95,6 +95,10 @@ if 'chunk_size' not in flags.FLAGS:  # benchmarks.grid_throughput's, if first
 # recent NVIDIA GPUs, one bfloat16 pass on TPU), so a launcher names it and
 # records it: by default true float32 on every backend.
 MATMUL_PRECISIONS = ('float32', 'tensorfloat32', 'bfloat16', 'default')
+# Where a reduced precision exists (elsewhere XLA computes float32 products
+# and the name would be a false record): TF32 on NVIDIA GPUs from compute
+# capability 8.0 (Ampere), one bfloat16 pass on TPU.
+_REDUCED_ON = {'tensorfloat32': 'gpu', 'bfloat16': 'tpu'}
 
 
 def define_precision_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -103,21 +107,63 @@ def define_precision_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_enum(
       'matmul_precision', 'float32', MATMUL_PRECISIONS,
       'Float32 matmul and convolution precision of every program: float32 '
-      '(true float32 on every backend), tensorfloat32 (10-bit mantissa '
-      'products on NVIDIA tensor cores), bfloat16 (one bfloat16 pass), or '
-      'default (the backend\'s own: TensorFloat-32 on recent NVIDIA GPUs, '
-      'bfloat16 on TPU, float32 on CPU). Recorded with the results.',
+      '(true float32 products on every backend), tensorfloat32 (TF32 '
+      'tensor-core products: NVIDIA GPUs from Ampere on), bfloat16 (one '
+      'bfloat16 pass: TPU), or default (the backend\'s own: TF32 on those '
+      'GPUs, one bfloat16 pass on TPU, float32 on CPU). A precision the '
+      'backend does not have is an error. Recorded with the results.',
       flag_values=flag_values)
 
 
-def set_matmul_precision(value: str) -> None:
+def matmul_precisions(device=None) -> tuple[str, ...]:
+  """The ``MATMUL_PRECISIONS`` that ``device`` (default: JAX's first)
+  computes as named: float32 and default everywhere, tensorfloat32 on a GPU
+  (not one that reports a compute capability below 8.0), bfloat16 on a
+  TPU."""
+  import jax  # pylint: disable=g-import-not-at-top
+  device = device or jax.devices()[0]
+  out = []
+  for name in MATMUL_PRECISIONS:
+    platform = _REDUCED_ON.get(name, device.platform)
+    if platform != device.platform:
+      continue
+    capability = getattr(device, 'compute_capability', None)
+    if name == 'tensorfloat32' and capability is not None:
+      try:
+        if float(capability) < 8.0:
+          continue
+      except (TypeError, ValueError):
+        pass
+    out.append(name)
+  return tuple(out)
+
+
+def set_matmul_precision(value: str, device=None) -> None:
   """Every program traced from now on computes float32 products at
   ``value`` (``jax_default_matmul_precision``; recorded by
-  ``provenance.provenance``)."""
+  ``provenance.provenance``).
+
+  Raises:
+    ValueError: ``value`` is not in ``MATMUL_PRECISIONS``, or ``device``
+      (default: JAX's first) does not have it (``matmul_precisions``): XLA
+      would compute float32 products there and the run would record a
+      precision it never used.
+  """
   if value not in MATMUL_PRECISIONS:
     raise ValueError(f'Unknown matmul precision {value!r}; accepted: '
                      f'{", ".join(MATMUL_PRECISIONS)}.')
   import jax  # pylint: disable=g-import-not-at-top
+  device = device or jax.devices()[0]
+  here = matmul_precisions(device)
+  if value not in here:
+    emulate = (' To study bfloat16 products here, round the matmul inputs '
+               'with the precision axis (precision bfloat16, placement '
+               'activations).' if value == 'bfloat16' else '')
+    raise ValueError(
+        f'matmul precision {value!r} does not exist on {device.platform} '
+        f'({device.device_kind}): XLA would compute float32 products and the '
+        f'results would record {value}; accepted here: {", ".join(here)}.'
+        + emulate)
   jax.config.update('jax_default_matmul_precision', value)
 
 
@@ -504,9 +550,22 @@ def start(argv: Sequence[str], module_name: str = '__main__') -> None:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   program.use_host_cores()
-  if 'matmul_precision' in flags.FLAGS:
-    set_matmul_precision(flags.FLAGS.matmul_precision)
+  apply_precision_flag()
   quiet_logging()
+
+
+def apply_precision_flag() -> None:
+  """``set_matmul_precision(--matmul_precision)``, where the flag is
+  defined; a precision the backend does not have is one ``error:`` line and
+  exit code 1. Call it after ``program.use_host_cores`` (it asks JAX for its
+  devices)."""
+  if 'matmul_precision' not in flags.FLAGS:
+    return
+  try:
+    set_matmul_precision(flags.FLAGS.matmul_precision)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 def quiet_logging() -> None:

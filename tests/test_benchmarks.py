@@ -304,3 +304,9 @@ def test_device_time_attributes_gpu_kernels_by_their_hlo_op():
   got = measure.device_time(cpu, hlo)
   assert [o['op'] for o in got['ops']] == ['loop_fusion.3']
   assert got['busy_ms'] == pytest.approx(0.02)
+
+
+def test_precision_flag_takes_the_launchers_values():
+  from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
+  assert gt.FLAGS['matmul_precision'].parser.enum_values == list(
+      cli.MATMUL_PRECISIONS)

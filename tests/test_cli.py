@@ -1,6 +1,7 @@
 """Tests of rahimi_jax.cli: list parsing, errors, Ctrl-C and staged output."""
 
 import os
+import types
 
 from absl import flags
 import chex
@@ -78,11 +79,37 @@ def test_set_matmul_precision_names_a_bad_value_and_the_accepted():
     cli.set_matmul_precision('bogus')
   before = jax.config.jax_default_matmul_precision
   try:
-    for value in cli.MATMUL_PRECISIONS:
+    for value in ('float32', 'default'):
       cli.set_matmul_precision(value)
       assert jax.config.jax_default_matmul_precision == value
+    # XLA's CPU dot computes float32 products at any setting: a reduced
+    # precision there would be a false record.
+    for value in ('tensorfloat32', 'bfloat16'):
+      with pytest.raises(ValueError, match=(
+          rf"^matmul precision '{value}' does not exist on cpu .*accepted "
+          r'here: float32, default\.')):
+        cli.set_matmul_precision(value)
+      assert jax.config.jax_default_matmul_precision == 'default'
   finally:
     jax.config.update('jax_default_matmul_precision', before)
+
+
+def test_matmul_precisions_where_each_exists():
+  def device(platform, capability=None):
+    d = types.SimpleNamespace(platform=platform, device_kind=platform)
+    if capability is not None:
+      d.compute_capability = capability
+    return d
+
+  assert cli.matmul_precisions(device('cpu')) == ('float32', 'default')
+  assert cli.matmul_precisions(device('gpu', '9.0')) == (
+      'float32', 'tensorfloat32', 'default')
+  assert cli.matmul_precisions(device('gpu', '7.5')) == ('float32', 'default')
+  assert cli.matmul_precisions(device('tpu')) == ('float32', 'bfloat16',
+                                                  'default')
+  with pytest.raises(ValueError, match=r"'bfloat16' does not exist on gpu .*"
+                     r'accepted here: float32, tensorfloat32, default'):
+    cli.set_matmul_precision('bfloat16', device('gpu', '9.0'))
 
 
 def test_precision_flag_is_a_key_flag_of_the_launcher():

@@ -235,7 +235,7 @@ def test_rerun_from_saved_metadata_gives_the_same_key_flags(tmp_path):
   first, again = _run_launchers([
       {'launcher': 'ablate', 'record': str(metadata),
        'argv': [f'--config={EXAMPLE}', '--config.seeds=2',
-                '--matmul_precision=bfloat16', '--dry_run']},
+                '--matmul_precision=default', '--dry_run']},
       {'launcher': 'ablate', 'argv': [f'--config={tmp_path}', '--dry_run']},
   ])
   for run in (first, again):
@@ -244,7 +244,7 @@ def test_rerun_from_saved_metadata_gives_the_same_key_flags(tmp_path):
                                     'init x 2 learning_rate x 2 seed\n')
   assert first['flags']['steps'] == 200 and first['flags']['seeds'] == 2
   assert first['flags']['learning_rate'] == ['0.1', '0.01']
-  assert first['flags']['matmul_precision'] == 'bfloat16'
+  assert first['flags']['matmul_precision'] == 'default'
   chex.assert_trees_all_equal(again['flags'], first['flags'])
   assert 'lrs' not in first['flags'] and 'config' not in first['flags']
 
