@@ -135,4 +135,10 @@ def format_profile(profile: dict[str, Any]) -> str:
   for o in profile['ops']:
     lines.append(f'{100 * o["share"]:>5.1f}% {o["ms"]:>9.1f} {o["calls"]:>6}  '
                  f'{o["opcode"]:<12} {o["shape"][:28]:<28} {o["op"][:60]}')
+  hidden = sum(o['share'] for o in profile['ops']
+               if o['opcode'] == 'kernel' and o['op'].startswith('command_buffer'))
+  if hidden > 0.5:
+    lines.append(f'{100 * hidden:.0f}% of the time is in CUDA graphs, which hide '
+                 'their kernels: re-run with XLA_FLAGS=--xla_gpu_enable_command_'
+                 'buffer= for the time per instruction.')
   return '\n'.join(lines)

@@ -23,6 +23,7 @@ import launchers
 from benchmarks import grid_throughput as gt
 from benchmarks import measure
 from benchmarks import methods
+from benchmarks import report
 from benchmarks import suite
 from benchmarks import workloads
 from rahimi_jax import program
@@ -310,3 +311,16 @@ def test_precision_flag_takes_the_launchers_values():
   from rahimi_jax import cli  # pylint: disable=g-import-not-at-top
   assert gt.FLAGS['matmul_precision'].parser.enum_values == list(
       cli.MATMUL_PRECISIONS)
+
+
+def test_a_profile_of_cuda_graphs_says_how_to_see_their_kernels():
+  def profile(op, opcode):
+    return {'busy_ms': 1.0, 'wall_ms': 2.0, 'ops': [
+        {'op': op, 'opcode': opcode, 'shape': '', 'ms': 0.9, 'calls': 3,
+         'share': 0.9},
+        {'op': 'copy.1', 'opcode': 'copy', 'shape': 's32[]', 'ms': 0.1,
+         'calls': 3, 'share': 0.1}]}
+
+  hint = '--xla_gpu_enable_command_buffer='
+  assert hint in report.format_profile(profile('command_buffer_25', 'kernel'))
+  assert hint not in report.format_profile(profile('gemm_fusion', 'fusion'))
