@@ -95,9 +95,10 @@ if 'chunk_size' not in flags.FLAGS:  # benchmarks.grid_throughput's, if first
 # recent NVIDIA GPUs, one bfloat16 pass on TPU), so a launcher names it and
 # records it: by default true float32 on every backend.
 MATMUL_PRECISIONS = ('float32', 'tensorfloat32', 'bfloat16', 'default')
-# Where a reduced precision exists (elsewhere XLA computes float32 products
-# and the name would be a false record): TF32 on NVIDIA GPUs from compute
-# capability 8.0 (Ampere), one bfloat16 pass on TPU.
+# Where a reduced precision exists: TF32 on NVIDIA GPUs from compute
+# capability 8.0 (Ampere), one bfloat16 pass on TPU. Elsewhere XLA computes
+# other products under the name (float32 on CPU, TF32 for 'bfloat16' on such a
+# GPU, three bfloat16 passes for 'tensorfloat32' on TPU): a false record.
 _REDUCED_ON = {'tensorfloat32': 'gpu', 'bfloat16': 'tpu'}
 
 
@@ -146,7 +147,7 @@ def set_matmul_precision(value: str, device=None) -> None:
   Raises:
     ValueError: ``value`` is not in ``MATMUL_PRECISIONS``, or ``device``
       (default: JAX's first) does not have it (``matmul_precisions``): XLA
-      would compute float32 products there and the run would record a
+      would compute other products there and the run would record a
       precision it never used.
   """
   if value not in MATMUL_PRECISIONS:
@@ -161,7 +162,7 @@ def set_matmul_precision(value: str, device=None) -> None:
                'activations).' if value == 'bfloat16' else '')
     raise ValueError(
         f'matmul precision {value!r} does not exist on {device.platform} '
-        f'({device.device_kind}): XLA would compute float32 products and the '
+        f'({device.device_kind}): XLA would compute other products and the '
         f'results would record {value}; accepted here: {", ".join(here)}.'
         + emulate)
   jax.config.update('jax_default_matmul_precision', value)
