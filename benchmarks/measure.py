@@ -23,14 +23,6 @@ def maxrss_mb() -> float:
   return rss / 2**20 if sys.platform == 'darwin' else rss / 2**10
 
 
-def matmul_precision() -> str:
-  """The float32 matmul precision JAX traces with now
-  (``jax_default_matmul_precision``; 'default' is the backend's own: true
-  float32 on CPU, TensorFloat-32 on recent NVIDIA GPUs, bfloat16 on TPU)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  return str(jax.config.jax_default_matmul_precision or 'default')
-
-
 def default_peak_n() -> int:
   """The side of the peak's matmul: 2048 on a CPU; 8192 on an accelerator,
   where a 2048 product is too short to reach the card's rate."""
@@ -42,8 +34,8 @@ def measure_peak(n: int | None = None, reps: int = 5) -> dict[str, Any]:
   """Best GFLOP/s of an ``n x n`` float32 matmul (default ``default_peak_n``).
 
   ``jnp``: ``jnp.dot`` on the default device at the precision in effect
-  (``matmul_precision``, recorded as ``precision``: the grid programs trace
-  with the same); ``np``: ``np.dot`` on the host CPU. ``peak`` is the
+  (``provenance.matmul_precision``, recorded as ``precision``: the grid
+  programs trace with the same); ``np``: ``np.dot`` on the host CPU. ``peak`` is the
   device's: the larger of the two on a CPU, ``jnp`` on an accelerator (the
   host's BLAS is another machine's rate).
   """
@@ -65,7 +57,8 @@ def measure_peak(n: int | None = None, reps: int = 5) -> dict[str, Any]:
       times.append(time.perf_counter() - start)
     return 2 * n**3 / min(times) / 1e9
 
-  out = {'n': n, 'precision': matmul_precision(),
+  from rahimi_jax import provenance  # pylint: disable=g-import-not-at-top
+  out = {'n': n, 'precision': provenance.matmul_precision(),
          'jnp': best(lambda: dot(ja, jb).block_until_ready()),
          'np': best(lambda: np.dot(a, b))}
   out['peak'] = (max(out['jnp'], out['np']) if jax.default_backend() == 'cpu'

@@ -65,7 +65,9 @@ def make_bench_config(*, regime: str, grid_sizes, methods, steps=None,
     raise ValueError(f'methods listed twice: {list(methods)}.')
   steps = default_steps if steps is None else steps
   for name, value in (('steps', steps), ('loop_members_cap', loop_members_cap),
-                      ('peak_n', 1 if peak_n is None else peak_n)):
+                      ('peak_n', peak_n)):
+    if name == 'peak_n' and value is None:  # measure.default_peak_n()
+      continue
     if not isinstance(value, (int, np.integer)) or value < 1:
       raise ValueError(f'{name} must be a positive integer; got {value!r}.')
   if not isinstance(torch_threads, (int, np.integer)) or torch_threads < 0:

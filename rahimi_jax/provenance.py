@@ -48,8 +48,16 @@ def provenance(root: str | None = None) -> dict[str, Any]:
       'platform': platform.platform(),
       'devices': [str(d) for d in devices],
       'device_kind': devices[0].device_kind,
-      'matmul_precision': str(jax.config.jax_default_matmul_precision or
-                              'default'),
+      'matmul_precision': matmul_precision(),
       'git_commit': git('rev-parse', 'HEAD'),
       'git_dirty': None if status is None else bool(status),
   }
+
+
+def matmul_precision() -> str:
+  """The float32 matmul precision programs traced now compute with
+  (``jax_default_matmul_precision``); ``'default'`` where none is set: the
+  backend's own (float32 on CPU, TensorFloat-32 on recent NVIDIA GPUs, one
+  bfloat16 pass on TPU)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return str(jax.config.jax_default_matmul_precision or 'default')
