@@ -35,9 +35,9 @@ def measure_peak(n: int | None = None, reps: int = 5) -> dict[str, Any]:
 
   ``jnp``: ``jnp.dot`` on the default device at the precision in effect
   (``provenance.matmul_precision``, recorded as ``precision``: the grid
-  programs trace with the same); ``np``: ``np.dot`` on the host CPU. ``peak`` is the
-  device's: the larger of the two on a CPU, ``jnp`` on an accelerator (the
-  host's BLAS is another machine's rate).
+  programs trace with the same); ``np``: ``np.dot`` on the host CPU.
+  ``peak`` is the device's: the larger of the two on a CPU, ``jnp`` on an
+  accelerator (the host's BLAS is another machine's rate).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top

@@ -46,7 +46,8 @@ def make_record(bench: Bench, method: str, t: Timing, peak: dict[str, float],
       'members_timed': k, 'extrapolated': k < g,
       'ms_per_member': 1e3 * run_s / g, 'runs_per_s': g / run_s,
       'flops_per_member': flops, 'gflops': gflops,
-      'matmul_precision': peak['precision'], 'peak_gflops': peak['peak'], 'peak_gflops_jnp': peak['jnp'],
+      'matmul_precision': peak['precision'], 'peak_gflops': peak['peak'],
+      'peak_gflops_jnp': peak['jnp'],
       'peak_gflops_np': peak['np'], 'pct_peak': 100 * gflops / peak['peak'],
       'program_bytes': t.program_bytes, 'maxrss_mb': maxrss_mb(),
       'member_indices': [int(i) for i in t.members],
@@ -135,10 +136,11 @@ def format_profile(profile: dict[str, Any]) -> str:
   for o in profile['ops']:
     lines.append(f'{100 * o["share"]:>5.1f}% {o["ms"]:>9.1f} {o["calls"]:>6}  '
                  f'{o["opcode"]:<12} {o["shape"][:28]:<28} {o["op"][:60]}')
-  hidden = sum(o['share'] for o in profile['ops']
-               if o['opcode'] == 'kernel' and o['op'].startswith('command_buffer'))
+  hidden = sum(o['share'] for o in profile['ops'] if o['opcode'] == 'kernel'
+               and o['op'].startswith('command_buffer'))
   if hidden > 0.5:
-    lines.append(f'{100 * hidden:.0f}% of the time is in CUDA graphs, which hide '
-                 'their kernels: re-run with XLA_FLAGS=--xla_gpu_enable_command_'
-                 'buffer= for the time per instruction.')
+    lines.append(f'{100 * hidden:.0f}% of the time is in CUDA graphs, which '
+                 'hide their kernels: re-run with XLA_FLAGS='
+                 '--xla_gpu_enable_command_buffer= for the time per '
+                 'instruction.')
   return '\n'.join(lines)
