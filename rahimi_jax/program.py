@@ -630,8 +630,8 @@ class _Probe:
   (idle devices in the last round count), over members x steps per pass. A
   width whose programs need more than ``budget`` bytes is left out. Not
   timed: what a run does between passes and rounds (a call, a finish; the
-  next round's start is dispatched ahead: ~1-3 ms per round on a 2-core
-  CPU). ``compile_s`` has each width's compile seconds.
+  next round is dispatched ahead of them, but the host's work takes its
+  share of a 2-core CPU). ``compile_s`` has each width's compile seconds.
   """
 
   def __init__(self, train_fn, run: train_lib.Train, grid: grid_lib.Grid,
@@ -927,34 +927,72 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
       dones.append(done)
     return mine, knobs, states, dones
 
+  def pace():
+    """Passes in the next call: about ``seconds_per_call`` of work."""
+    return min(run.passes, options.logs_per_call or (
+        1 if per_pass is None else
+        max(1, round(options.seconds_per_call / max(per_pass, 1e-9)))))
+
+  def call(prepared, count):
+    """Dispatches ``count`` more passes of a round's unfinished chunks; those
+    chunks' indices (into the round's)."""
+    mine, knobs, states, dones = prepared
+    moved = [i for i in range(len(mine)) if dones[i] < run.passes]
+    for i in moved:
+      device = mine[i][1]
+      states[i] = programs.advance[device.id](
+          knobs[i], placed[device.id], states[i], np.int32(dones[i]),
+          np.int32(count))
+    return moved
+
+  finish = _program(run.finish, (True,), ())
   try:
-    following = prepare(0) if rounds else None
+    # Rounds set up ahead (started: a start is quick; their states live
+    # beside the running round's): two where their states fit the budget
+    # too, as a chunk starts on the first device, where its start must not
+    # wait behind the round before (another device would wait on it).
+    state_bytes = sum(math.prod(s.shape) * s.dtype.itemsize
+                      for s in jax.tree.leaves(state_spec))
+    depth = 2 if (programs.need or 0) + 2 * state_bytes <= budget else 1
+    ready = collections.deque(prepare(r) for r in range(min(depth, len(rounds))))
+    ahead = None  # (count, moved) of the round's first call, dispatched
+    returned = None  # when the last wait returned
     for r in range(len(rounds)):
-      mine, knobs, states, dones = following
-      # The next round is set up now and starts on the devices right behind
-      # this one (a start is quick; its state then lives beside this
-      # round's): no device waits on the host between rounds (2-5 ms per
-      # round measured on a 2-core CPU).
-      following = prepare(r + 1) if r + 1 < len(rounds) else None
+      mine, knobs, states, dones = current = ready.popleft()
+      if r + depth < len(rounds):
+        ready.append(prepare(r + depth))
+      following = ready[0] if ready else None
       progress.update(r * steps + min(min(dones, default=run.passes) * every,
                                       steps))
+      # A chunk's outputs, dispatched on its device behind its last pass (a
+      # device runs its programs in order: ``finish`` behind the next
+      # round's call would wait for all of it).
+      finished_on_device = None
       # Each chunk goes on from its own pass (a kill may fall between two
       # chunks' saves): the results do not depend on the passes per call.
       while min(dones, default=run.passes) < run.passes:
-        count = min(run.passes, options.logs_per_call or (
-            1 if per_pass is None else
-            max(1, round(options.seconds_per_call / max(per_pass, 1e-9)))))
-        call_start = time.perf_counter()
-        moved = [i for i in range(len(mine)) if dones[i] < run.passes]
-        for i in moved:
-          device = mine[i][1]
-          states[i] = programs.advance[device.id](
-              knobs[i], placed[device.id], states[i], np.int32(dones[i]),
-              np.int32(count))
-        states = wait(states, fetch=False)
+        if ahead is None:
+          count, call_start = pace(), time.perf_counter()
+          moved = call(current, count)
+        else:  # dispatched during the last round; running since it returned
+          (count, moved), call_start, ahead = ahead, returned, None
+        if all(dones[i] + count >= run.passes for i in moved):
+          finished_on_device = [finish(s) for s in states]
+          # The next round's first call goes to the devices now, behind
+          # this one: no device waits on the host between rounds (it
+          # fetches and finishes this one meanwhile; the devices' threads
+          # were busy 87-88% of a 200-step deep linear run in 8 rounds,
+          # 93% so). Several processes keep their rounds in step
+          # (collectives between rounds), so not there.
+          if following is not None and not several:
+            n = pace()
+            moved_next = call(following, n)
+            ahead = (n, moved_next) if moved_next else None
+        wait(states, fetch=False)
+        returned = time.perf_counter()
         calls += 1
         # Per pass run (passes past the last do nothing).
-        seconds = (time.perf_counter() - call_start) / max(
+        seconds = (returned - call_start) / max(
             min(count, run.passes - dones[i]) for i in moved)
         per_pass = seconds if per_pass is None else 0.5 * (per_pass + seconds)
         save = (checkpoints is not None and not several and
@@ -968,14 +1006,17 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         if save:
           saved = time.perf_counter()
         progress.update(r * steps + min(min(dones) * every, steps))
+      if finished_on_device is None:  # one call (passes 0), or resumed done
+        finished_on_device = [finish(s) for s in states]
       finished = {}
-      for (c, _), state in zip(mine, states):
-        finished[c] = state = jax.tree.map(lambda a: a[:len(chunks[c])],
-                                           jax.device_get(state))
-        if checkpoints is not None and not run.passes and not several:
-          checkpoints.save(c, 0, state)
-        outputs[c] = jax.tree.map(np.asarray, _program(run.finish, (True,),
-                                                       ())(state))
+      for (c, _), state, out in zip(mine, states, wait(finished_on_device)):
+        outputs[c] = jax.tree.map(lambda a: np.asarray(a[:len(chunks[c])]),
+                                  out)
+        if checkpoints is not None and (several or not run.passes):
+          finished[c] = state = jax.tree.map(lambda a: a[:len(chunks[c])],
+                                             jax.device_get(state))
+          if not several:
+            checkpoints.save(c, 0, state)
       if checkpoints is not None and several and _round_saved(
           checkpoints, finished, chunks, chunk, state_spec, run.passes,
           time.perf_counter() - saved >= options.checkpoint_every_s):

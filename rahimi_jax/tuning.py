@@ -18,9 +18,9 @@ differently in the last bit; the device count changes no bit).
 What is timed (``Measure``; ``program._Probe``) is the run's own compiled
 programs, whole passes of real members on every local device at once, as a
 round of the run has them. It does not see what a run does between rounds
-(a finish, transfers, the host's bookkeeping; the next round's start is
-dispatched ahead: ~1-3 ms per round of chunks on a 2-core CPU), which
-favours wider chunks in short runs.
+(a finish, transfers, the host's bookkeeping: overlapped with the next
+round, dispatched ahead, but on a 2-core CPU the host's work takes its
+share of the cores), which favours wider chunks in short runs.
 """
 
 import dataclasses

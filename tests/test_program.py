@@ -157,6 +157,19 @@ def test_chunks_of_members_match_one_vmap(tiny_digits):
     assert res.metadata['engine']['chunk_size'] == len(GRID)
 
 
+def test_results_do_not_depend_on_calls_per_round(tiny_digits):
+  # 3 rounds of chunks: each round's first call is dispatched during the
+  # round before, and two rounds are started ahead. A pass per call, or the
+  # whole round in one: the same bits.
+  with program.run_options(logs_per_call=1):
+    paced = program.execute(_train(), GRID, tiny_digits, chunk_size=3)
+  assert paced.metadata['engine']['calls'] == 3 * 3  # 3 passes x 3 rounds
+  with program.run_options(logs_per_call=3):
+    whole = program.execute(_train(), GRID, tiny_digits, chunk_size=3)
+  assert whole.metadata['engine']['calls'] == 3
+  chex.assert_trees_all_equal(_metrics(paced), _metrics(whole))
+
+
 def test_another_matmul_precision_compiles_another_program(tiny_digits):
   """A grid run at another float32 matmul precision compiles its own
   programs (not the cached ones of the first) and its metadata names it."""
