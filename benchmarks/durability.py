@@ -47,8 +47,10 @@ FLAGS = flags.FLAGS
 
 def _launch(out: str, processes: int) -> dict:
   """``experiments.ablate`` of the benchmark's grid over ``processes``
-  processes with 2 CPU devices in all; its engine metadata."""
-  base = dict(os.environ, JAX_PLATFORMS='cpu')
+  processes with 2 CPU devices in all; its engine metadata. Its programs are
+  compiled, not loaded from a compilation cache an earlier run left."""
+  base = dict(os.environ, JAX_PLATFORMS='cpu',
+              JAX_ENABLE_COMPILATION_CACHE='false')
   flags_ = [f'--steps={FLAGS.steps}', f'--seeds={FLAGS.seeds}',
             f'--out={out}', '--progress=none']
   with socket.socket() as s:

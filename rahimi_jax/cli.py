@@ -531,7 +531,8 @@ def start(argv: Sequence[str], module_name: str = '__main__') -> None:
   """A launcher's first lines in ``main``: no positional arguments, the
   ``--config`` applied (``apply_config``; a bad one is one ``error:`` line and
   exit code 1), one XLA device per CPU core (``program.use_host_cores``,
-  before JAX's first operation), warnings-only logging.
+  before JAX's first operation), compiled programs kept on disk for later
+  runs (``program.use_compilation_cache``), warnings-only logging.
 
   Args:
     argv: what ``absl.app.run`` passes to ``main``.
@@ -551,6 +552,7 @@ def start(argv: Sequence[str], module_name: str = '__main__') -> None:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   program.use_host_cores()
+  program.use_compilation_cache()
   apply_precision_flag()
   quiet_logging()
 
@@ -714,5 +716,11 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
           file=sys.stderr)
     return INTERRUPTED
   print(text)
+  hits = program.compile_cache_hits()
+  if hits:
+    print(f'{hits} program{"s" * (hits != 1)} loaded from the compilation '
+          f'cache ({jax.config.jax_compilation_cache_dir}), not compiled: '
+          'compile times above include the loading '
+          '(JAX_ENABLE_COMPILATION_CACHE=false compiles afresh).')
   return 0
 

@@ -157,6 +157,7 @@ def _merge(parts, indices, grid, config, choice):
     meta['engine'] = {
         'programs': len(parts), 'partition': choice['axes'],
         'compile_s': sum(i['compile_s'] for i in infos),
+        'compile_cache_hits': sum(i['compile_cache_hits'] for i in infos),
         'run_s': sum(i['run_s'] for i in infos),
         'wall_s': sum(i['wall_s'] for i in infos), 'parts': infos,
         'members': len(grid), 'num_devices': infos[0]['num_devices'],

@@ -193,6 +193,50 @@ def test_another_matmul_precision_compiles_another_program(tiny_digits):
   assert 'operand_precision={highest' not in texts['bfloat16'][-1]
 
 
+@pytest.fixture
+def compilation_cache(tmp_path):
+  """JAX's persistent compilation cache in a fresh directory, for one test."""
+  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
+  before = (jax.config.jax_compilation_cache_dir,
+            jax.config.jax_persistent_cache_min_compile_time_secs)
+  cc.reset_cache()
+  yield str(tmp_path / 'xla')
+  jax.config.update('jax_compilation_cache_dir', before[0])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', before[1])
+  cc.reset_cache()
+
+
+def test_a_program_compiled_once_is_loaded_from_disk(tiny_digits,
+                                                     compilation_cache):
+  assert program.use_compilation_cache(compilation_cache) == compilation_cache
+  train = _train()
+  first = program.execute(train, GRID, tiny_digits, chunk_size=4)
+  assert first.metadata['engine']['compile_cache_hits'] == 0
+  assert os.listdir(compilation_cache)  # its programs, written
+  # As a later process would: the programs are not in the engine's memory,
+  # so compiled again, which JAX answers from the directory.
+  for key in [k for k in program._COMPILED if k[0] is train]:  # pylint: disable=protected-access
+    del program._COMPILED[key]  # pylint: disable=protected-access
+  jax.clear_caches()
+  hits = program.compile_cache_hits()
+  again = program.execute(train, GRID, tiny_digits, chunk_size=4)
+  info = again.metadata['engine']
+  assert info['compile_cache_hits'] >= 2, info  # start and advance
+  assert program.compile_cache_hits() - hits == info['compile_cache_hits']
+  chex.assert_trees_all_equal(_metrics(again), _metrics(first))
+  # A directory the user configured wins.
+  assert program.use_compilation_cache('/elsewhere') == compilation_cache
+
+
+def test_a_compilation_cache_others_may_write_is_refused(tmp_path,
+                                                        compilation_cache):
+  shared = tmp_path / 'shared'
+  shared.mkdir(mode=0o777)
+  shared.chmod(0o777)
+  assert program.use_compilation_cache(str(shared)) is None
+  assert jax.config.jax_compilation_cache_dir is None
+
+
 def test_bad_chunk_size_is_refused_before_compiling():
   with pytest.raises(ValueError, match='chunk_size'):
     program.execute(_train(), GRID, np.zeros(3), chunk_size=-1)
