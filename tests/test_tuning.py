@@ -136,15 +136,17 @@ class _Clock:
   """A ``tuning.Measure`` at known costs (seconds per member-step), whose
   each call takes ``seconds`` of the clock."""
 
-  def __init__(self, costs, seconds, monkeypatch):
+  def __init__(self, costs, seconds, monkeypatch, spared=0.0):
     self.costs, self.seconds, self.now = costs, seconds, 100.0
-    self.compile_s, self.calls = {}, []
+    self.compile_s, self.calls, self.spared_s = {}, [], 0.0
+    self.spared = spared  # each call's programs, loaded: compiling spared
     monkeypatch.setattr(tuning.time, 'perf_counter', lambda: self.now)
 
   def __call__(self, widths, devices=None):
     self.calls.append(list(widths) if devices is None else (
         list(widths), devices))
     self.now += self.seconds
+    self.spared_s += self.spared
     self.compile_s.update({w: self.seconds / 2 for w in widths})
     costs = self.costs if devices is None else self.costs_on[devices]
     return {w: costs[w] for w in widths if w in costs}
@@ -177,6 +179,26 @@ def test_auto_tunes_only_runs_long_enough_to_pay(tmp_path, monkeypatch):
   assert chosen.seconds == len(measure.calls) - 0.5, chosen
   cached = tuning.choose_chunk(long, GRID, None, measure=measure)
   assert (cached.width, cached.source, cached.seconds) == (4, 'cached', 0.0)
+
+
+def test_auto_counts_the_compiling_the_compilation_cache_spared(
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(tuning, 'usable_cores', lambda: 3)  # tuning ~ a probe
+  # 8 members x 200 steps at 1 ms per member-step: a 1.6-s run.
+  config = train_lib.TrainConfig(hidden=(8,), steps=200, log_every=4,
+                                 batch_size=16).for_grid(GRID)
+  costs = {2: 1e-3, 4: 1e-3, 8: 1e-3}
+  # The rule's width compiled and timed in 0.1 s: tuning (~0.1 s) pays.
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'a'))
+  choice = tuning.choose_chunk(config, GRID, None,
+                               measure=_Clock(costs, 0.1, monkeypatch))
+  assert choice.source == 'tuned', choice
+  # Its programs loaded from the compilation cache in 0.1 s, sparing 1 s of
+  # compiling: the other widths are not there, so tuning would not pay.
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'b'))
+  choice = tuning.choose_chunk(
+      config, GRID, None, measure=_Clock(costs, 0.1, monkeypatch, spared=1.0))
+  assert choice.source == 'rule' and 'tuning ~1.1 s' in choice.why, choice
 
 
 def test_a_width_that_does_not_fit_is_not_chosen(tmp_path, monkeypatch):
