@@ -284,15 +284,22 @@ class Loop(NamedTuple):
 
   Attributes:
     init: ``init(knobs, data) -> Carry``: the state before step 1.
-    step: ``step(knobs, data, carry, t) -> carry``: optimizer step ``t``
-      (from 1; an unbatched step number keeps the epoch's reshuffle a branch
-      under ``vmap``).
+    step: ``step(knobs, data, carry, t, targets=None) -> carry``: optimizer
+      step ``t`` (from 1; an unbatched step number keeps the epoch's
+      reshuffle a branch under ``vmap``); ``targets``: ``targets(data)``,
+      computed once outside a loop of steps.
     log: ``log(knobs, data, carry, t) -> (carry, metrics)``: evaluation after
       step ``t``; marks divergence and masks metrics of a diverged run.
+    targets: ``targets(data)``: the full batch's regression targets as a
+      ``Model.feature_major`` model's steps read them, ``[out_dim, n_train]``
+      (else ``None``: ``step`` reads ``data``). Inside a loop XLA reads
+      ``y_train`` transposed in the residual's fusion rather than hoist the
+      transpose: 37% of a deep linear step on CPU, 3x faster from this copy.
   """
   init: Callable[..., Any]
   step: Callable[..., Any]
   log: Callable[..., Any]
+  targets: Callable[..., Any]
 
 
 @functools.lru_cache(maxsize=64)
@@ -365,11 +372,20 @@ def make_loop(config: TrainConfig) -> Loop:
     return Carry(params, state, opt.init(params), counts, scaler, order,
                  jnp.asarray(-1, jnp.int32))
 
-  def step(knobs, data, carry, t):
+  def targets(data):
+    if not (model.feature_major and full_batch(data) and
+            data.task == 'regression'):
+      return None
+    # Materialized here, outside the caller's loop (a barrier: XLA would
+    # fold the two transposes back into a strided read).
+    return jax.lax.optimization_barrier(
+        jnp.asarray(data.y_train, dtype).T)
+
+  def step(knobs, data, carry, t, targets=None):
     params, state, opt_state, counts, scaler, order, diverged_step = carry
     k, opt, loss_fn, data, policy = setup(knobs, data, t)
     if full_batch(data):
-      x, y = data.x_train, data.y_train
+      x, y = data.x_train, data.y_train if targets is None else targets.T
     else:
       idx, order = data_lib.step_batch(
           jax.random.split(k[grid_lib.SEED])[1], data.n_train,
@@ -516,7 +532,7 @@ def make_loop(config: TrainConfig) -> Loop:
     return Carry(params, state, opt_state, counts, scaler, order,
                  diverged_step), metrics
 
-  return Loop(init, step, log)
+  return Loop(init, step, log, targets)
 
 
 class Train(NamedTuple):
@@ -570,7 +586,7 @@ def make_train(config: TrainConfig):
   passes = len(log_steps)
   padded = (passes - 1) * every > config.steps  # a short last chunk
 
-  def one_pass(knobs, data, state, i):
+  def one_pass(knobs, data, targets, state, i):
     """Logs after step ``log_steps[i]``, then (but in the last pass) trains
     to the next log. ``i`` is unbatched: under ``vmap`` the branches stay
     branches, and the log and the step each appear once in the program."""
@@ -581,9 +597,9 @@ def make_train(config: TrainConfig):
     def step(carry, t):
       if padded:  # the last chunk's steps past config.steps do nothing
         return jax.lax.cond(t <= config.steps,
-                            lambda c: loop.step(knobs, data, c, t),
+                            lambda c: loop.step(knobs, data, c, t, targets),
                             lambda c: c, carry), None
-      return loop.step(knobs, data, carry, t), None
+      return loop.step(knobs, data, carry, t, targets), None
 
     if config.remat:
       step = jax.checkpoint(step)
@@ -602,15 +618,16 @@ def make_train(config: TrainConfig):
     return carry, logged
 
   def advance(knobs, data, state, first, count, *, scan=False):
+    targets = loop.targets(data)
     if scan:  # static bounds: differentiable
       return jax.lax.scan(
-          lambda s, i: (one_pass(knobs, data, s, i), None), state,
+          lambda s, i: (one_pass(knobs, data, targets, s, i), None), state,
           first + jnp.arange(count, dtype=jnp.int32))[0]
     first = jnp.asarray(first, jnp.int32)
     stop = jnp.minimum(first + jnp.asarray(count, jnp.int32), passes)
     return jax.lax.while_loop(
         lambda c: c[0] < stop,
-        lambda c: (c[0] + 1, one_pass(knobs, data, c[1], c[0])),
+        lambda c: (c[0] + 1, one_pass(knobs, data, targets, c[1], c[0])),
         (first, state))[1]
 
   def finish(state):
@@ -637,7 +654,8 @@ def final_state(config: TrainConfig, knobs, data: Dataset):
     grid (to float tolerance).
   """
   loop = make_loop(config)
+  targets = loop.targets(data)
   carry = jax.lax.fori_loop(
-      1, config.steps + 1, lambda t, c: loop.step(knobs, data, c, t),
+      1, config.steps + 1, lambda t, c: loop.step(knobs, data, c, t, targets),
       loop.init(knobs, data))
   return carry.params, carry.model_state

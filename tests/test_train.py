@@ -148,6 +148,28 @@ def test_full_batch_gradient_descent_reduces_loss(tiny_synthetic):
   assert loss[-1] < 0.1 * loss[0], loss
 
 
+def test_a_feature_major_model_steps_on_feature_major_targets(tiny_synthetic):
+  # The deep linear net computes (W_2^T W_1^T x^T)^T: a full-batch loop holds
+  # y^T, computed once, and steps to the same bits as on y.
+  config = train_lib.TrainConfig(model='deep_linear', hidden=(4,), steps=3,
+                                 batch_size=0)
+  loop = train_lib.make_loop(config)
+  targets = jax.jit(loop.targets)(tiny_synthetic)
+  chex.assert_trees_all_equal(targets, tiny_synthetic.y_train.T)
+  knobs = {'learning_rate': jnp.float32(0.05), 'init_scale': jnp.float32(0.5),
+           grid_lib.SEED: jax.random.key(0)}
+  step = jax.jit(loop.step)
+  carry = jax.jit(loop.init)(knobs, tiny_synthetic)
+  on_y = step(knobs, tiny_synthetic, carry, jnp.int32(1))
+  on_targets = step(knobs, tiny_synthetic, carry, jnp.int32(1), targets)
+  chex.assert_trees_all_equal(on_targets.params, on_y.params)
+  assert not np.array_equal(on_y.params[0], carry.params[0])  # it stepped
+  # Minibatches, batch-major models: the steps read the data.
+  for kwargs in ({'batch_size': 16}, {'model': 'mlp'}):
+    other = train_lib.make_loop(dataclasses.replace(config, **kwargs))
+    assert other.targets(tiny_synthetic) is None, kwargs
+
+
 def test_batch_indices_are_epoch_permutations():
   idx = np.asarray(data_lib.batch_indices(jax.random.key(0), n=10,
                                            batch_size=3, steps=7))

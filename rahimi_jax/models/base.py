@@ -29,6 +29,10 @@ class Model(NamedTuple):
       after the norm and the bias) and continues with what ``fn`` returns
       (an identity that records ``h`` leaves the output unchanged). ``layer``
       is the index ``depth`` gives that layer's parameters.
+    feature_major: ``apply`` (without a hook) computes ``y`` as the
+      transpose of an ``[out_dim, batch]`` product: a training loop on one
+      fixed batch then holds its targets feature-major too
+      (``train.Loop.targets``), so that the residual reads both in order.
   """
   init: Callable[[jax.Array, int, int, dict[str, Any]], tuple[Any, Any]]
   apply: Callable[..., tuple[jax.Array, Any]]
@@ -36,6 +40,7 @@ class Model(NamedTuple):
   matmul_hook: bool = False
   depth: Callable[[Any], Any] | None = None
   preactivation_hook: bool = False
+  feature_major: bool = False
 
 
 def layer_depth(tree: Any, layer: int) -> Any:

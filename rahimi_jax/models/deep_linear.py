@@ -88,4 +88,4 @@ def deep_linear(hidden: Sequence[int],
             'norm': [layer_depth(n, i) for i, n in enumerate(params['norm'])]}
 
   return Model(init, apply, choice_axes=('norm', 'init'), depth=depth,
-               preactivation_hook=True)
+               preactivation_hook=True, feature_major=plain)

@@ -394,13 +394,14 @@ def saxe_modes(config: DeepLinearConfig, lr: float, scale: float
   @jax.jit
   def trajectory(w1, w2):
     carry = loop.init(knobs, dataset)._replace(params=[w1, w2])
+    targets = loop.targets(dataset)
 
     def modes(carry):
       product = carry.params[0] @ carry.params[1]
       return jnp.einsum('im,io,mo->m', proj_u, product, proj_v)
 
     def step(carry, t):
-      carry = loop.step(knobs, dataset, carry, t)
+      carry = loop.step(knobs, dataset, carry, t, targets)
       return carry, modes(carry)
 
     first = modes(carry)
