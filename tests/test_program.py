@@ -209,17 +209,17 @@ def compilation_cache(tmp_path):
 def test_a_program_compiled_once_is_loaded_from_disk(tiny_digits,
                                                      compilation_cache):
   assert program.use_compilation_cache(compilation_cache) == compilation_cache
-  train = _train()
-  first = program.execute(train, GRID, tiny_digits, chunk_size=4)
+  config = CONFIG.for_grid(GRID)
+  first = program.execute(train_lib.make_train.__wrapped__(config), GRID,
+                          tiny_digits, chunk_size=4)
   assert first.metadata['engine']['compile_cache_hits'] == 0
   assert os.listdir(compilation_cache)  # its programs, written
-  # As a later process would: the programs are not in the engine's memory,
-  # so compiled again, which JAX answers from the directory.
-  for key in [k for k in program._COMPILED if k[0] is train]:  # pylint: disable=protected-access
-    del program._COMPILED[key]  # pylint: disable=protected-access
-  jax.clear_caches()
+  # As a later process would: the same program from new functions, in
+  # neither the engine's memory nor JAX's, compiled again, which JAX answers
+  # from the directory.
   hits = program.compile_cache_hits()
-  again = program.execute(train, GRID, tiny_digits, chunk_size=4)
+  again = program.execute(train_lib.make_train.__wrapped__(config), GRID,
+                          tiny_digits, chunk_size=4)
   info = again.metadata['engine']
   assert info['compile_cache_hits'] >= 2, info  # start and advance
   assert program.compile_cache_hits() - hits == info['compile_cache_hits']
