@@ -209,17 +209,18 @@ def compilation_cache(tmp_path):
 def test_a_program_compiled_once_is_loaded_from_disk(tiny_digits,
                                                      compilation_cache):
   assert program.use_compilation_cache(compilation_cache) == compilation_cache
-  config = CONFIG.for_grid(GRID)
-  first = program.execute(train_lib.make_train.__wrapped__(config), GRID,
-                          tiny_digits, chunk_size=4)
+  grid = grid_lib.Grid(grid_lib.Seeds(2))  # a small program: quick to compile
+  config = CONFIG.for_grid(grid)
+  first = program.execute(train_lib.make_train.__wrapped__(config), grid,
+                          tiny_digits)
   assert first.metadata['engine']['compile_cache_hits'] == 0
   assert os.listdir(compilation_cache)  # its programs, written
   # As a later process would: the same program from new functions, in
   # neither the engine's memory nor JAX's, compiled again, which JAX answers
   # from the directory.
   hits = program.compile_cache_hits()
-  again = program.execute(train_lib.make_train.__wrapped__(config), GRID,
-                          tiny_digits, chunk_size=4)
+  again = program.execute(train_lib.make_train.__wrapped__(config), grid,
+                          tiny_digits)
   info = again.metadata['engine']
   assert info['compile_cache_hits'] >= 2, info  # start and advance
   assert program.compile_cache_hits() - hits == info['compile_cache_hits']
@@ -282,6 +283,7 @@ _IMPORT_DEFAULT = textwrap.dedent("""
     import jax
     import rahimi_jax as rj
     from rahimi_jax import data, tuning
+    rj.program.use_compilation_cache()  # the second run loads the first's
     cores = tuning.usable_cores()
     grid = rj.Grid(rj.Seeds(tuning.CPU_CHUNK * cores))  # a chunk per core
     config = rj.TrainConfig(hidden=(4,), steps=2, batch_size=8)
