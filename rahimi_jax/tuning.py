@@ -330,7 +330,8 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   width), and the fewest devices no slower at that width
   (``fewer_devices``), cached for every later run of the program; else the
   rule's width on every device, and that decision cached for this run's
-  grid size and steps (so the same command runs the same chunks again).
+  grid size and steps (so the same command runs the same chunks again, also
+  after a longer run of the program tuned it).
   ``'tune'``: measure now, whatever the run's length. ``'rule'``:
   ``rule_width``. An integer: that width.
 
@@ -364,14 +365,16 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   key, run = signature(config, data), _run_key(config, g)
   entry = _read_cache().get(key, {})
   timed = {int(k): v for k, v in entry.get('us_per_member_step', {}).items()}
+  # A run too short to tune keeps the rule's width when run again, even
+  # after a longer run of the program tuned it: its chunks, hence its bits.
+  if mode == AUTO and run in entry.get('short_runs', ()):
+    return Choice(rule, RULE, 0.0, timed, 'cached: too short to tune')
   if mode == AUTO and 'width' in entry:  # tuned for this program and host
     best = int(entry['width'])
     width = min(ladder, key=lambda w: (abs(math.log(w / best)), w))
     return Choice(width, 'cached', 0.0, timed, devices=entry.get('devices'),
                   us_by_devices={int(k): v for k, v in
                                  entry.get('us_by_devices', {}).items()})
-  if mode == AUTO and run in entry.get('short_runs', ()):
-    return Choice(rule, RULE, 0.0, timed, 'cached: too short to tune')
   start = time.perf_counter()
 
   def spent(width):  # what choosing added to the run
@@ -407,7 +410,8 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   count = None if count == usable else count
   by_devices = {k: round(s * 1e6, 3) for k, s in sorted(by_devices.items())}
   seconds = spent(width)
-  _write_cache(key, {'width': width, 'members': g, 'us_per_member_step': timed,
+  _write_cache(key, {'short_runs': entry.get('short_runs', []),
+                     'width': width, 'members': g, 'us_per_member_step': timed,
                      'devices': count, 'us_by_devices': by_devices,
                      'seconds': seconds, 'host': host(),
                      'when': time.strftime('%Y-%m-%dT%H:%M:%S')})
