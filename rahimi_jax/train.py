@@ -356,7 +356,7 @@ def make_loop(config: TrainConfig) -> Loop:
 
   def init(knobs, data):
     k, opt, _, data, policy = setup(knobs, data, 0)
-    init_key, data_key = jax.random.split(k[grid_lib.SEED])
+    init_key, _ = jax.random.split(k[grid_lib.SEED])
     params, state = jax.tree.map(
         lambda a: a.astype(dtype),
         model.init(init_key, data.in_dim, data.num_outputs, k))
@@ -366,9 +366,9 @@ def make_loop(config: TrainConfig) -> Loop:
     if policy is not None:
       params, counts = policy.round('storage', params, counts)
       scaler = policy.initial_scaler()
-    order = (jnp.zeros((0,), jnp.int32) if full_batch(data) else
-             data_lib.epoch_order(data_key, data.n_train, config.batch_size,
-                                  config.steps, 0))
+    # Step 1 draws epoch 0's order (``data.step_batch``): a placeholder here
+    # (drawing it here too cost two sorts per chunk's start).
+    order = jnp.zeros((0 if full_batch(data) else data.n_train,), jnp.int32)
     return Carry(params, state, opt.init(params), counts, scaler, order,
                  jnp.asarray(-1, jnp.int32))
 
