@@ -331,7 +331,7 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   (``fewer_devices``), cached for every later run of the program; else the
   rule's width on every device, and that decision cached for this run's
   grid size and steps (so the same command runs the same chunks again, also
-  after a longer run of the program tuned it).
+  after a longer run of the program tuned it; a ``'tune'`` resets that).
   ``'tune'``: measure now, whatever the run's length. ``'rule'``:
   ``rule_width``. An integer: that width.
 
@@ -410,7 +410,10 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   count = None if count == usable else count
   by_devices = {k: round(s * 1e6, 3) for k, s in sorted(by_devices.items())}
   seconds = spent(width)
-  _write_cache(key, {'short_runs': entry.get('short_runs', []),
+  # Tuned by 'auto' (a long run): earlier short runs keep their chunks.
+  # Asked for ('tune'): every later 'auto' run takes the new width.
+  _write_cache(key, {'short_runs': entry.get('short_runs', []) if mode == AUTO
+                     else [],
                      'width': width, 'members': g, 'us_per_member_step': timed,
                      'devices': count, 'us_by_devices': by_devices,
                      'seconds': seconds, 'host': host(),

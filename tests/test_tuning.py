@@ -179,9 +179,15 @@ def test_auto_tunes_only_runs_long_enough_to_pay(tmp_path, monkeypatch):
   assert chosen.seconds == len(measure.calls) - 0.5, chosen
   cached = tuning.choose_chunk(long, GRID, None, measure=measure)
   assert (cached.width, cached.source, cached.seconds) == (4, 'cached', 0.0)
-  # The short run again: the chunks it ran before, not the tuned ones.
+  # The short run again: the chunks it ran before, not the tuned ones...
   again = tuning.choose_chunk(config, GRID, None, measure=measure)
   assert (again.width, again.why) == (8, 'cached: too short to tune'), again
+  # ... until a tuning is asked for: then every run takes its width.
+  asked = tuning.choose_chunk(config, GRID, None, mode=tuning.TUNE,
+                              measure=measure)
+  assert (asked.width, asked.source) == (4, 'tuned'), asked
+  again = tuning.choose_chunk(config, GRID, None, measure=measure)
+  assert (again.width, again.source) == (4, 'cached'), again
 
 
 def test_auto_counts_the_compiling_the_compilation_cache_spared(
