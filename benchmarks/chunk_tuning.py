@@ -115,7 +115,9 @@ def main(argv):
     g = len(grid)
     hand = [w for w in tuning.widths(g)
             if FLAGS.min_width <= w <= FLAGS.max_width]
-    rule = tuning.rule_width(g)
+    from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
+    rule = tuning.rule_width(
+        g, step_flops=engine.step_flops(config, grid, data))
     times = {w: [] for w in hand}
     compile_s = {w: _run(config, grid, data, w)['compile_s'] for w in hand}
     for _ in range(FLAGS.repeats):

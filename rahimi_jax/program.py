@@ -910,11 +910,17 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     # Several processes run process 0's choice (the others measure nothing).
     probe = (_Probe(train_fn, run, grid, data, devices, budget)
              if run.passes else None)
+    flops = None
+    if run.passes and isinstance(mode, str):  # the rule's input
+      from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
+      flops = tuning.member_step_flops(
+          run.config, data, lambda: engine.step_flops(run.config, grid, data))
     choice = tuning.choose_chunk(
         run.config if run.passes else None, grid, data,
         mode=tuning.RULE if me and mode in (tuning.AUTO, tuning.TUNE) else mode,
         most=member_batch_size, measure=probe,
-        devices=1 if several or num_devices else len(devices))
+        devices=1 if several or num_devices else len(devices),
+        step_flops=flops)
     if choice.devices and not (several or num_devices):
       devices = devices[:choice.devices]
     if several:

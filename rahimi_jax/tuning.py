@@ -36,14 +36,23 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-# Members per chunk of the built-in rule (``rule_width``): measured on a
-# 2-core AMD EPYC at G=128-256, chunks of 8-32 beat whole-device vmaps by
-# 1.0-1.3x (deep linear, MLPs 32 and 128 wide; WORKSPACE.md). An accelerator
-# wants wide vmaps: on an H200 at G=4096, one chunk of 4096 ran the 64-128-10
-# MLP 1.14x and the deep linear net 1.5x faster than four of 1024 (the 64-32-10
-# MLP alike); a program that needs more than the memory budget gets narrower
-# chunks anyway (``program.execute``).
+# Members per chunk of the built-in rule (``rule_width``), the default of a
+# run too short for tuning to pay. On a CPU it depends on the member's size,
+# its step's matmul FLOPs (``engine.step_flops``). Measured on two host kinds
+# (WORKSPACE.md, "Chunk tuning"): members of 2.9-5.2 MFLOP a step (the
+# default ablation, the 64-128-10 MLP) ran best in chunks of 7-16 on a 2-core
+# AMD EPYC and 2-4 on a 2-core Intel Xeon, 7-8 within 1.08x of the best on
+# both; members of 0.24-0.32 MFLOP (the deep linear net, the 64-32-10 MLP) in
+# chunks of 32-64 on the EPYC and 16-32 on the Xeon, 32 within 1.11x. A plain
+# function (size unknown) takes CPU_CHUNK. An accelerator wants wide vmaps:
+# on an H200 at G=4096, one chunk of 4096 ran the 64-128-10 MLP 1.14x and the
+# deep linear net 1.5x faster than four of 1024 (the 64-32-10 MLP alike); a
+# program that needs more than the memory budget gets narrower chunks anyway
+# (``program.execute``).
 CPU_CHUNK = 16
+CPU_CHUNK_SMALL = 32  # members under BIG_STEP_FLOPS
+CPU_CHUNK_BIG = 8  # members of BIG_STEP_FLOPS or more
+BIG_STEP_FLOPS = 1e6
 ACCELERATOR_CHUNK = 4096
 
 # How a grid picks its chunk when not told (``RunOptions.chunk_size``):
@@ -74,12 +83,19 @@ def widths(members: int) -> list[int]:
     k += 1
 
 
-def rule_width(members: int, backend: str | None = None) -> int:
+def rule_width(members: int, backend: str | None = None,
+               step_flops: float | None = None) -> int:
   """The built-in rule: the widest of ``widths(members)`` of at most
-  ``CPU_CHUNK`` members (``ACCELERATOR_CHUNK`` off the CPU). It depends on
-  the grid's size and backend only, never on the device count."""
-  most = CPU_CHUNK if (backend or jax.default_backend()) == 'cpu' else (
-      ACCELERATOR_CHUNK)
+  ``CPU_CHUNK_BIG`` members whose step does ``step_flops >= BIG_STEP_FLOPS``
+  matmul FLOPs, ``CPU_CHUNK_SMALL`` of a smaller step, ``CPU_CHUNK`` of
+  unknown size (``ACCELERATOR_CHUNK`` off the CPU). It depends on the grid's
+  size, the member's and the backend, never on the device count."""
+  if (backend or jax.default_backend()) != 'cpu':
+    most = ACCELERATOR_CHUNK
+  elif step_flops is None:
+    most = CPU_CHUNK
+  else:
+    most = CPU_CHUNK_BIG if step_flops >= BIG_STEP_FLOPS else CPU_CHUNK_SMALL
   return max(w for w in widths(members) if w <= most)
 
 
@@ -287,6 +303,22 @@ class Measure(Protocol):
     do not fit is left out."""
 
 
+_STEP_FLOPS: dict[str, float] = {}
+
+
+def member_step_flops(config, data, count: Callable[[], float]) -> float:
+  """``count()``, a member's step's matmul FLOPs (traced: ~0.6 s for the
+  default ablation's relaxed step), remembered per program (``signature``)
+  in this process and in ``cache_path()``."""
+  key = signature(config, data)
+  if key not in _STEP_FLOPS:
+    entry = _read_cache().get(key, {})
+    _STEP_FLOPS[key] = entry.get('step_flops') or float(count())
+    if 'step_flops' not in entry:
+      _write_cache(key, {**entry, 'step_flops': _STEP_FLOPS[key]})
+  return _STEP_FLOPS[key]
+
+
 def check_mode(mode: str | int) -> str | int:
   """``mode`` if it is one of ``MODES`` or a width >= 1; else
   ``ValueError`` naming the accepted ones."""
@@ -319,7 +351,8 @@ def fewer_devices(width: int, most: int, cost_all: float,
 
 def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
                  most: int | None = None,
-                 measure: Measure | None = None, devices: int = 1) -> Choice:
+                 measure: Measure | None = None, devices: int = 1,
+                 step_flops: float | None = None) -> Choice:
   """The chunk width (and device count) a grid of ``config`` runs in on
   this host.
 
@@ -347,6 +380,9 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
       ``compile_s``, ``{width: seconds}`` of what it compiled
       (``program._Probe``: the run's own programs, so the chosen width's
       compile is the run's). ``None``: the rule.
+    devices: the run's device count (``fewer_devices`` tries fewer).
+    step_flops: a member's step's matmul FLOPs, for ``rule_width``
+      (``member_step_flops``; ``None``: unknown).
 
   Returns:
     The ``Choice``; its ``seconds`` leave out compiling the chosen width,
@@ -357,9 +393,9 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   if not isinstance(mode, str):
     return Choice(min(int(mode), g), 'given')
   if mode == RULE or config is None or measure is None:
-    return Choice(min(rule_width(g), most or g), RULE)
+    return Choice(min(rule_width(g, step_flops=step_flops), most or g), RULE)
   ladder = [w for w in widths(g) if w <= (most or g)]
-  rule = max(w for w in ladder if w <= rule_width(g))
+  rule = max(w for w in ladder if w <= rule_width(g, step_flops=step_flops))
   if len(ladder) == 1:
     return Choice(rule, RULE)
   key, run = signature(config, data), _run_key(config, g)
@@ -413,7 +449,7 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   # Tuned by 'auto' (a long run): earlier short runs keep their chunks.
   # Asked for ('tune'): every later 'auto' run takes the new width.
   _write_cache(key, {'short_runs': entry.get('short_runs', []) if mode == AUTO
-                     else [],
+                     else [], 'step_flops': entry.get('step_flops'),
                      'width': width, 'members': g, 'us_per_member_step': timed,
                      'devices': count, 'us_by_devices': by_devices,
                      'seconds': seconds, 'host': host(),
