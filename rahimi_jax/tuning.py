@@ -42,15 +42,15 @@ import numpy as np
 # (WORKSPACE.md, "Chunk tuning"): members of 2.9-5.2 MFLOP a step (the
 # default ablation, the 64-128-10 MLP) ran best in chunks of 7-16 on a 2-core
 # AMD EPYC and 2-4 on a 2-core Intel Xeon, 7-8 within 1.08x of the best on
-# both; members of 0.24-0.32 MFLOP (the deep linear net, the 64-32-10 MLP) in
-# chunks of 32-64 on the EPYC and 16-32 on the Xeon, 32 within 1.11x. A plain
-# function (size unknown) takes CPU_CHUNK. An accelerator wants wide vmaps:
-# on an H200 at G=4096, one chunk of 4096 ran the 64-128-10 MLP 1.14x and the
-# deep linear net 1.5x faster than four of 1024 (the 64-32-10 MLP alike); a
-# program that needs more than the memory budget gets narrower chunks anyway
-# (``program.execute``).
+# both, 14-16 up to 1.16x; members of 0.24-0.32 MFLOP (the deep linear net,
+# the 64-32-10 MLP) in chunks of 16-32 on the Xeon (32 up to 1.3x slower
+# than 16 for the deep linear net there) and 32-64 on the EPYC (16 up to
+# 1.17x slower): no width is within 10% on both, 16 stays. An accelerator
+# wants wide vmaps: on an H200 at G=4096, one chunk of 4096 ran the 64-128-10
+# MLP 1.14x and the deep linear net 1.5x faster than four of 1024 (the
+# 64-32-10 MLP alike); a program that needs more than the memory budget gets
+# narrower chunks anyway (``program.execute``).
 CPU_CHUNK = 16
-CPU_CHUNK_SMALL = 32  # members under BIG_STEP_FLOPS
 CPU_CHUNK_BIG = 8  # members of BIG_STEP_FLOPS or more
 BIG_STEP_FLOPS = 1e6
 ACCELERATOR_CHUNK = 4096
@@ -86,16 +86,16 @@ def widths(members: int) -> list[int]:
 def rule_width(members: int, backend: str | None = None,
                step_flops: float | None = None) -> int:
   """The built-in rule: the widest of ``widths(members)`` of at most
-  ``CPU_CHUNK_BIG`` members whose step does ``step_flops >= BIG_STEP_FLOPS``
-  matmul FLOPs, ``CPU_CHUNK_SMALL`` of a smaller step, ``CPU_CHUNK`` of
-  unknown size (``ACCELERATOR_CHUNK`` off the CPU). It depends on the grid's
-  size, the member's and the backend, never on the device count."""
+  ``CPU_CHUNK`` members, ``CPU_CHUNK_BIG`` of a member whose step does
+  ``step_flops >= BIG_STEP_FLOPS`` matmul FLOPs (``ACCELERATOR_CHUNK`` off
+  the CPU). It depends on the grid's size, the member's and the backend,
+  never on the device count."""
   if (backend or jax.default_backend()) != 'cpu':
     most = ACCELERATOR_CHUNK
-  elif step_flops is None:
-    most = CPU_CHUNK
+  elif step_flops is not None and step_flops >= BIG_STEP_FLOPS:
+    most = CPU_CHUNK_BIG
   else:
-    most = CPU_CHUNK_BIG if step_flops >= BIG_STEP_FLOPS else CPU_CHUNK_SMALL
+    most = CPU_CHUNK
   return max(w for w in widths(members) if w <= most)
 
 

@@ -285,7 +285,7 @@ _IMPORT_DEFAULT = textwrap.dedent("""
     from rahimi_jax import data, tuning
     rj.program.use_compilation_cache()  # the second run loads the first's
     cores = tuning.usable_cores()
-    grid = rj.Grid(rj.Seeds(tuning.CPU_CHUNK_SMALL * cores))  # a chunk per core
+    grid = rj.Grid(rj.Seeds(tuning.CPU_CHUNK * cores))  # a chunk per core
     config = rj.TrainConfig(hidden=(4,), steps=2, batch_size=8)
     res = rj.run(config, grid, data.synthetic(n_train=16, n_test=8))
     print(cores, len(jax.devices()), res.metadata['engine']['num_devices'])

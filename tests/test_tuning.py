@@ -30,15 +30,15 @@ def test_widths_are_the_power_of_two_splits():
       n = 2 ** math.ceil(math.log2(-(-g // w)))
       assert -(-g // n) == w and n * w - g < n, (g, w)
   # The rule: equal chunks of at most CPU_CHUNK (ACCELERATOR_CHUNK) members,
-  # on a CPU 8 of a member whose step does >= 1 MFLOP of products, else 32.
-  assert (tuning.CPU_CHUNK, tuning.CPU_CHUNK_BIG, tuning.CPU_CHUNK_SMALL,
-          tuning.BIG_STEP_FLOPS) == (16, 8, 32, 1e6)
+  # on a CPU 8 of a member whose step does >= 1 MFLOP of products.
+  assert (tuning.CPU_CHUNK, tuning.CPU_CHUNK_BIG, tuning.BIG_STEP_FLOPS) == (
+      16, 8, 1e6)
   for g, w in ((8, 8), (16, 16), (17, 9), (108, 14), (128, 16)):
     assert tuning.rule_width(g, 'cpu') == w, g
   # The default ablation (108 members of 2.87 MFLOP), mlp128 (5.18 MFLOP),
   # deep_linear (0.24 MFLOP), mlp32 (0.32 MFLOP):
-  for g, flops, w in ((108, 2.87e6, 7), (128, 5.18e6, 8), (256, 2.4e5, 32),
-                      (256, 3.2e5, 32), (8, 1e6, 8), (9, 999_999, 9)):
+  for g, flops, w in ((108, 2.87e6, 7), (128, 5.18e6, 8), (256, 2.4e5, 16),
+                      (256, 3.2e5, 16), (9, 1e6, 5), (9, 999_999, 9)):
     assert tuning.rule_width(g, 'cpu', step_flops=flops) == w, (g, flops)
   assert tuning.rule_width(4096, 'gpu', step_flops=1e7) == 4096
   assert tuning.rule_width(4096, 'gpu') == 4096
@@ -120,10 +120,10 @@ def test_the_rule_reads_the_members_size_traced_once(tiny_digits, tmp_path,
   train = train_lib.make_train(config)
   with program.run_options(chunk_size='rule'):
     first = program.execute(train, grid, tiny_digits)
-    assert first.metadata['engine']['chunk_size'] == 20  # a small member
+    assert first.metadata['engine']['chunk_size'] == 10  # a small member
     monkeypatch.setattr(tuning, '_STEP_FLOPS', {})  # a later process
     again = program.execute(train, grid, tiny_digits)
-  assert again.metadata['engine']['chunk_size'] == 20
+  assert again.metadata['engine']['chunk_size'] == 10
   assert counted == [1]  # traced once, then read from the cache file
   with open(os.path.join(tmp_path, tuning.CACHE_FILE)) as f:
     assert [e['step_flops'] for e in json.load(f).values()] == [flops]
