@@ -313,9 +313,10 @@ def member_step_flops(config, data, count: Callable[[], float]) -> float:
   key = signature(config, data)
   if key not in _STEP_FLOPS:
     entry = _read_cache().get(key, {})
-    _STEP_FLOPS[key] = entry.get('step_flops') or float(count())
-    if 'step_flops' not in entry:
-      _write_cache(key, {**entry, 'step_flops': _STEP_FLOPS[key]})
+    if entry.get('step_flops') is None:
+      entry['step_flops'] = float(count())
+      _write_cache(key, entry)
+    _STEP_FLOPS[key] = entry['step_flops']
   return _STEP_FLOPS[key]
 
 
