@@ -911,7 +911,10 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     probe = (_Probe(train_fn, run, grid, data, devices, budget)
              if run.passes else None)
     flops = None
-    if run.passes and isinstance(mode, str):  # the rule's input
+    # The rule's input, traced only where it decides (a CPU, a grid whose
+    # rule width differs for a big member).
+    if (run.passes and isinstance(mode, str) and tuning.rule_width(g) !=
+        tuning.rule_width(g, step_flops=tuning.BIG_STEP_FLOPS)):
       from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
       flops = tuning.member_step_flops(
           run.config, data, lambda: engine.step_flops(run.config, grid, data))
