@@ -126,6 +126,16 @@ _SHARDED = textwrap.dedent("""
     assert info['chunk_choice']['devices'] == 2, info
     chex.assert_trees_all_equal({{m: res.columns[m] for m in t.METRICS}},
                                 {{m: one.columns[m] for m in t.METRICS}})
+    # One compile per program: the other devices loaded it.
+    assert program._LOAD_FOR_DEVICES
+    # Where loading fails (another JAX), each device compiles its own: the
+    # same bits.
+    program._COMPILED.clear()
+    program._LOAD_FOR_DEVICES = False
+    res, shape = run(num_devices=2)
+    assert shape == (2, 4), shape
+    chex.assert_trees_all_equal({{m: res.columns[m] for m in t.METRICS}},
+                                {{m: one.columns[m] for m in t.METRICS}})
     print('bit-identical')
 """)
 
