@@ -346,9 +346,10 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
   Each device runs its own chunks with the same single-device program, so
   results do not depend on how many devices share the grid (an SPMD program
   of 2 devices rounded Adam's members differently in the last bit from one
-  of 1). It is compiled once and loaded for the other devices (``_load``;
-  where that fails, each device's is compiled, in parallel: the same
-  program, the same bits).
+  of 1). It is compiled once and loaded for the other devices (``_load``),
+  but where JAX's persistent compilation cache is on
+  (``use_compilation_cache``) or loading fails: there each device's is
+  compiled, in parallel (the same program, the same bits).
 
   A program is traced at the caller's float32 matmul precision
   (``jax_default_matmul_precision``, part of the cache key: a program
@@ -385,14 +386,19 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
     have = {k: _COMPILED[k] for k in keys if k in _COMPILED}
   missing = [(d, k) for d, k in zip(devices, keys) if k not in have]
   built = bool(missing)
-  if missing and _LOAD_FOR_DEVICES and program not in _SERIALIZED:
+  # Not beside JAX's persistent compilation cache: a program it loaded does
+  # not serialize whole (its copy failed at run time: "Function ... not
+  # found"), and each device's program on disk is what a later run loads.
+  load = _LOAD_FOR_DEVICES and not (jax.config.jax_enable_compilation_cache
+                                    and jax.config.jax_compilation_cache_dir)
+  if missing and load and program not in _SERIALIZED:
     device, key = missing.pop(0)
     have[key] = one(device)
     serialized = _serialize(have[key])  # before its first run
     with _COMPILED_LOCK:
       _SERIALIZED[program] = serialized
   serialized = _SERIALIZED.get(program)
-  if _LOAD_FOR_DEVICES and serialized is not None:
+  if load and _LOAD_FOR_DEVICES and serialized is not None:
     for device, key in list(missing):
       loaded = _load(serialized, device)
       if loaded is None:

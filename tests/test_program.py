@@ -136,6 +136,24 @@ _SHARDED = textwrap.dedent("""
     assert shape == (2, 4), shape
     chex.assert_trees_all_equal({{m: res.columns[m] for m in t.METRICS}},
                                 {{m: one.columns[m] for m in t.METRICS}})
+    # Beside the persistent compilation cache too (there each device
+    # compiles its own: a program loaded from disk does not serialize whole),
+    # in a first and a later process (new functions: neither the engine's
+    # memory nor JAX's has them).
+    from jax.experimental.compilation_cache import compilation_cache
+    from rahimi_jax import train
+    program._LOAD_FOR_DEVICES = True
+    os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+    compilation_cache.reset_cache()
+    program.use_compilation_cache(tempfile.mkdtemp())
+    for hits in (0, 3):  # start, and advance on each device
+      res = program.execute(
+          train.make_train.__wrapped__(t.CONFIG.for_grid(t.GRID)), t.GRID,
+          tiny, chunk_size=1, num_devices=2)
+      assert res.metadata['engine']['compile_cache_hits'] == hits
+      chex.assert_trees_all_equal({{m: res.columns[m] for m in t.METRICS}},
+                                  {{m: one.columns[m] for m in t.METRICS}})
     print('bit-identical')
 """)
 
