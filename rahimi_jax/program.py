@@ -389,8 +389,9 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
   # Not beside JAX's persistent compilation cache: a program it loaded does
   # not serialize whole (its copy failed at run time: "Function ... not
   # found"), and each device's program on disk is what a later run loads.
-  load = _LOAD_FOR_DEVICES and not (jax.config.jax_enable_compilation_cache
-                                    and jax.config.jax_compilation_cache_dir)
+  load = (_LOAD_FOR_DEVICES and jax.local_device_count() > 1 and
+          not (jax.config.jax_enable_compilation_cache and
+               jax.config.jax_compilation_cache_dir))
   if missing and load and program not in _SERIALIZED:
     device, key = missing.pop(0)
     have[key] = one(device)
