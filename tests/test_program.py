@@ -128,6 +128,7 @@ _SHARDED = textwrap.dedent("""
                                 {{m: one.columns[m] for m in t.METRICS}})
     # One compile per program: the other devices loaded it.
     assert program._LOAD_FOR_DEVICES
+    assert program._SERIALIZED and all(program._SERIALIZED.values())
     # Where loading fails (another JAX), each device compiles its own: the
     # same bits.
     program._COMPILED.clear()
@@ -138,7 +139,7 @@ _SHARDED = textwrap.dedent("""
                                 {{m: one.columns[m] for m in t.METRICS}})
     # Beside the persistent compilation cache too (there each device
     # compiles its own: a program loaded from disk does not serialize whole),
-    # in a first and a later process (new functions: neither the engine's
+    # as in a first and a later process (new functions: neither the engine's
     # memory nor JAX's has them).
     from jax.experimental.compilation_cache import compilation_cache
     from rahimi_jax import train
