@@ -389,7 +389,10 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
   # Not beside JAX's persistent compilation cache: a program it loaded does
   # not serialize whole (its copy failed at run time: "Function ... not
   # found"), and each device's program on disk is what a later run loads.
+  # CPUs (tested) and GPUs (JAX's own cache loads a GPU program compiled for
+  # one device on another) only.
   load = (_LOAD_FOR_DEVICES and jax.local_device_count() > 1 and
+          devices[0].platform in ('cpu', 'gpu') and
           not (jax.config.jax_enable_compilation_cache and
                jax.config.jax_compilation_cache_dir))
   if missing and load and program not in _SERIALIZED:
