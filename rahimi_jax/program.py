@@ -264,9 +264,9 @@ def _in_callers_precision(fn: Callable[..., Any]) -> Callable[..., Any]:
   return run
 
 
-# A compiled program's executable, serialized when compiled, per program
-# (``compile_program``'s key less the device): what ``_load`` loads for
-# another device. ``None``: it could not be serialized.
+# A compiled program's executable, serialized when compiled for several
+# devices, per program (``compile_program``'s key less the device): what
+# ``_load`` loads for the others. ``None``: it could not be serialized.
 _SERIALIZED: dict[Any, Any] = {}
 # Whether programs are compiled once and loaded for the other devices
 # (``False`` after a failure: each device compiles its own).
@@ -395,7 +395,7 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
           devices[0].platform in ('cpu', 'gpu') and
           not (jax.config.jax_enable_compilation_cache and
                jax.config.jax_compilation_cache_dir))
-  if missing and load and program not in _SERIALIZED:
+  if missing and load and len(devices) > 1 and program not in _SERIALIZED:
     device, key = missing.pop(0)
     have[key] = one(device)
     serialized = _serialize(have[key])  # before its first run
