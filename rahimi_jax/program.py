@@ -402,7 +402,7 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
     with _COMPILED_LOCK:
       _SERIALIZED[program] = serialized
   serialized = _SERIALIZED.get(program)
-  if load and _LOAD_FOR_DEVICES and serialized is not None:
+  if load and serialized is not None:
     for device, key in list(missing):
       loaded = _load(serialized, device)
       if loaded is None:
@@ -420,9 +420,10 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
       _COMPILED.move_to_end(key)
     while len(_COMPILED) > CACHE_SIZE:
       _COMPILED.popitem(last=False)
-    live = {k[:2] + k[3:] for k in _COMPILED}
-    for gone in [p for p in _SERIALIZED if p not in live]:
-      del _SERIALIZED[gone]
+    if built:  # only then can a program have left the cache
+      live = {k[:2] + k[3:] for k in _COMPILED}
+      for gone in [p for p in _SERIALIZED if p not in live]:
+        del _SERIALIZED[gone]
   return [have[key] for key in keys], seconds
 
 
