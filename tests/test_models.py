@@ -177,7 +177,7 @@ class ModelTest(parameterized.TestCase):
     y_r, _ = relaxed.apply(params_r, state_r, _x(), knobs_r, True)
     y_a, _ = alone.apply(params_a, state_a, _x(), knobs_a, True)
     if name == 'deep_linear' and alone_options['norm'] == ('none',):
-      # Without norms the product is associated by multi_dot's cheapest order
+      # Without norms the product is associated in its cheapest order
       # (the fast path); a relaxed model with norms multiplies layer by layer.
       chex.assert_trees_all_close(y_r, y_a, rtol=1e-6, atol=1e-6)
     else:
@@ -194,6 +194,29 @@ class ModelTest(parameterized.TestCase):
 
 
 class DeepLinearTest(parameterized.TestCase):
+
+  @parameterized.parameters([((6,),), ((3, 20, 5),)])
+  def test_chain_and_its_derivatives_against_numpy(self, hidden):
+    """The fast path's chain of products (unrolled where every dimension is
+    at most 16; a dot where one is larger: the 40-sample batch, the 20-wide
+    layer), against NumPy's product, and its derivatives in both modes (the
+    least-squares solvers take forward-mode ones)."""
+    model = models.get_model('deep_linear')(hidden, PLAIN)
+    params, _ = model.init(jax.random.key(3), IN_DIM, OUT_DIM, _knobs(PLAIN))
+    params = _np(params)
+    x = np.random.default_rng(4).standard_normal((40, IN_DIM))
+    expected = x
+    for w in params:
+      expected = expected @ w
+    with jax.enable_x64(True):
+      knobs = _knobs(PLAIN, dtype=np.float64)
+
+      def f(params):
+        return model.apply(params, {}, x, knobs, True)[0]
+
+      np.testing.assert_allclose(jax.jit(f)(params), expected, rtol=1e-12,
+                                 atol=1e-12)
+      jtu.check_grads(f, (params,), order=2, modes=('fwd', 'rev'))
 
   @parameterized.parameters([(h,) for h in HIDDEN])
   def test_output_is_the_product(self, hidden):
