@@ -33,6 +33,9 @@ def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
   ran 1.2-1.5x faster (2-core Intel Xeon, WORKSPACE.md). The same product
   up to rounding: a float32 dot may sum in another order, and Adam's final
   loss in simple experiment 1 moves with it (it is set by rounding there).
+  Unrolled products are plain multiplies and adds in the arrays' dtype,
+  whatever ``jax_default_matmul_precision`` says (where that is TF32 or
+  bfloat16 passes, on an accelerator, these round as float32 arithmetic).
   """
   (m, k), n = a.shape, b.shape[1]
   if max(m, k, n) > SMALL_PRODUCT:
