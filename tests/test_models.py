@@ -7,6 +7,7 @@ choice axis (one weight per option) and a float32 ``init_scale``.
 from absl.testing import absltest
 from absl.testing import parameterized
 import chex
+import flax.linen as nn
 import jax
 from jax import test_util as jtu
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ import optax
 
 from rahimi_jax import components
 from rahimi_jax import models
+from rahimi_jax.models.cnn import Conv
 from rahimi_jax.models.cnn import kernel_size
 from rahimi_jax.models.cnn import PADDING
 from rahimi_jax.models.cnn import STRIDE
@@ -362,6 +364,25 @@ class CnnTest(parameterized.TestCase):
     expected = h.reshape(BATCH, -1) @ p['readout']['kernel'] + p['readout'][
         'bias']
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+  @parameterized.parameters([(5, 1), (3, 4)])
+  def test_patch_conv_is_flax_conv(self, width, channels):
+    """``Conv`` (a matmul of patches) against flax's ``nn.Conv`` (XLA's
+    convolution): the same parameter, drawn the same, the same outputs, also
+    vmapped over members' kernels (a grouped convolution for ``nn.Conv``)."""
+    x = np.random.default_rng(5).standard_normal((BATCH, 12, channels)).astype(
+        np.float32)
+    flax_conv = nn.Conv(6, (width,), strides=(STRIDE,),
+                        padding=((PADDING, PADDING),), use_bias=False)
+    patch_conv = Conv(6, width, nn.initializers.lecun_normal())
+    keys = jax.random.split(jax.random.key(6), 3)
+    params = jax.vmap(lambda k: patch_conv.init(k, x))(keys)
+    chex.assert_trees_all_equal(params,
+                                jax.vmap(lambda k: flax_conv.init(k, x))(keys))
+    chex.assert_trees_all_close(
+        jax.vmap(lambda p: patch_conv.apply(p, x))(params),
+        jax.vmap(lambda p: flax_conv.apply(p, x))(params), rtol=1e-5,
+        atol=1e-5)
 
   def test_batch_norm_state_and_keys(self):
     options = PLAIN | {'norm': ('none', 'noisy_batch')}

@@ -49,6 +49,42 @@ def _scaled_init(options, knobs):
   return init
 
 
+class Conv(nn.Module):
+  """``nn.Conv(features, (width,), strides=STRIDE, padding=PADDING,
+  use_bias=False)``, computed as one matmul of the input's patches.
+
+  The same parameter (``kernel: [width, in, features]``, drawn by
+  ``kernel_init`` under the same name) and the same function up to
+  rounding: ``out[b, t] = sum_{k, c} xpad[b, STRIDE t + k, c] kernel[k, c]``
+  as ``patches [b, t, (k, c)] @ kernel [(k, c), features]``. Under ``vmap``
+  over members a convolution whose kernel is batched becomes a grouped
+  convolution, which XLA's CPU backend runs at a few GFLOP/s (55% of the
+  batch-norm study's CNN grid's device time); the patches' matmul is a
+  batched GEMM, and that grid ran 360 -> 122 s (2-core Intel Xeon;
+  WORKSPACE.md, "Simple experiment 3").
+
+  Attributes:
+    features: output channels.
+    width: the kernel's width.
+    kernel_init: the kernel's initializer.
+  """
+  features: int
+  width: int
+  kernel_init: Any
+
+  @nn.compact
+  def __call__(self, x):  # [batch, length, channels]
+    channels = x.shape[-1]
+    kernel = self.param('kernel', self.kernel_init,
+                        (self.width, channels, self.features))
+    xpad = jnp.pad(x, ((0, 0), (PADDING, PADDING), (0, 0)))
+    length = (xpad.shape[1] - self.width) // STRIDE + 1
+    end = STRIDE * (length - 1) + 1
+    patches = jnp.concatenate(
+        [xpad[:, k:k + end:STRIDE] for k in range(self.width)], axis=-1)
+    return patches @ kernel.reshape(self.width * channels, self.features)
+
+
 class ConvLayer(nn.Module):
   """``activation(norm(conv(x)) + bias)`` on ``x: [batch, length, channels]``.
 
@@ -66,9 +102,8 @@ class ConvLayer(nn.Module):
     options = dict(self.options)
     norm_init, norm_apply = components.relaxed_norm(options['norm'])
     act = components.relaxed_activation(options['activation'])
-    h = nn.Conv(self.features, (kernel_size(self.layer),), strides=(STRIDE,),
-                padding=((PADDING, PADDING),), use_bias=False,
-                kernel_init=_scaled_init(options, knobs), name='conv')(x)
+    h = Conv(self.features, kernel_size(self.layer),
+             _scaled_init(options, knobs), name='conv')(x)
     norm_params = self.param('norm', lambda _: norm_init(self.features)[0])
     norm_state = self.variable('norm_state', 'norm',
                                lambda: norm_init(self.features)[1])
