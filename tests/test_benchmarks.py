@@ -221,7 +221,7 @@ def test_loop_members_are_capped_and_spread():
 def test_flops_of_the_two_layer_linear_net():
   from rahimi_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   bench = workloads.Bench('deep_linear', 2, 10, data_lib.synthetic())
-  n, d, h, k = 1000, 6, 6, 10
+  n, d, k = 1000, 6, 10
   # The model forms M = W2^T W1^T first (matrix-chain order), then M x^T;
   # the 10x6x6 products (M, and dW2^T = dM W1, dW1^T = W2 dM in the
   # backward pass) run as unrolled multiply-adds, not dots, so they are not
