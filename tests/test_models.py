@@ -365,16 +365,18 @@ class CnnTest(parameterized.TestCase):
         'bias']
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
 
-  @parameterized.parameters([(5, 1), (3, 4)])
-  def test_patch_conv_is_flax_conv(self, width, channels):
+  @parameterized.parameters([(5, 1, STRIDE, PADDING), (3, 4, STRIDE, PADDING),
+                             (3, 2, 1, 0), (4, 3, 3, 2)])
+  def test_patch_conv_is_flax_conv(self, width, channels, stride, padding):
     """``Conv`` (a matmul of patches) against flax's ``nn.Conv`` (XLA's
     convolution): the same parameter, drawn the same, the same outputs, also
     vmapped over members' kernels (a grouped convolution for ``nn.Conv``)."""
     x = np.random.default_rng(5).standard_normal((BATCH, 12, channels)).astype(
         np.float32)
-    flax_conv = nn.Conv(6, (width,), strides=(STRIDE,),
-                        padding=((PADDING, PADDING),), use_bias=False)
-    patch_conv = Conv(6, width, nn.initializers.lecun_normal())
+    flax_conv = nn.Conv(6, (width,), strides=(stride,),
+                        padding=((padding, padding),), use_bias=False)
+    patch_conv = Conv(6, width, nn.initializers.lecun_normal(), stride,
+                      padding)
     keys = jax.random.split(jax.random.key(6), 3)
     params = jax.vmap(lambda k: patch_conv.init(k, x))(keys)
     chex.assert_trees_all_equal(params,

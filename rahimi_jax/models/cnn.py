@@ -50,12 +50,13 @@ def _scaled_init(options, knobs):
 
 
 class Conv(nn.Module):
-  """``nn.Conv(features, (width,), strides=STRIDE, padding=PADDING,
-  use_bias=False)``, computed as one matmul of the input's patches.
+  """``nn.Conv(features, (width,), strides=stride, padding=((padding,
+  padding),), use_bias=False)`` on ``[batch, length, channels]``, computed as
+  one matmul of the input's patches.
 
   The same parameter (``kernel: [width, in, features]``, drawn by
   ``kernel_init`` under the same name) and the same function up to
-  rounding: ``out[b, t] = sum_{k, c} xpad[b, STRIDE t + k, c] kernel[k, c]``
+  rounding: ``out[b, t] = sum_{k, c} xpad[b, stride t + k, c] kernel[k, c]``
   as ``patches [b, t, (k, c)] @ kernel [(k, c), features]``. Under ``vmap``
   over members a convolution whose kernel is batched becomes a grouped
   convolution, which XLA's CPU backend runs at a few GFLOP/s (55% of the
@@ -67,21 +68,24 @@ class Conv(nn.Module):
     features: output channels.
     width: the kernel's width.
     kernel_init: the kernel's initializer.
+    stride, padding: as ``nn.Conv``'s (zeros on both ends).
   """
   features: int
   width: int
   kernel_init: Any
+  stride: int = STRIDE
+  padding: int = PADDING
 
   @nn.compact
-  def __call__(self, x):  # [batch, length, channels]
+  def __call__(self, x):
     channels = x.shape[-1]
     kernel = self.param('kernel', self.kernel_init,
                         (self.width, channels, self.features))
-    xpad = jnp.pad(x, ((0, 0), (PADDING, PADDING), (0, 0)))
-    length = (xpad.shape[1] - self.width) // STRIDE + 1
-    end = STRIDE * (length - 1) + 1
+    xpad = jnp.pad(x, ((0, 0), (self.padding, self.padding), (0, 0)))
+    length = (xpad.shape[1] - self.width) // self.stride + 1
+    end = self.stride * (length - 1) + 1
     patches = jnp.concatenate(
-        [xpad[:, k:k + end:STRIDE] for k in range(self.width)], axis=-1)
+        [xpad[:, k:k + end:self.stride] for k in range(self.width)], axis=-1)
     return patches @ kernel.reshape(self.width * channels, self.features)
 
 
