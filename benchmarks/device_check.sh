@@ -10,7 +10,9 @@
 #               widths 512 ... 4096 (issue 16; the ablation grid's
 #               ~10-s compile per width on a GPU would use the stage up)
 #                                                                <= 120 s
-#   studies     the default ablation and deep linear launchers   <= 90 s
+#   studies     the default ablation and deep linear launchers, and
+#               the MNIST-1D CNN (its convolutions as a matmul of
+#               patches, cnn.Conv; 1000 of the baseline's 6000 steps) <= 120 s
 #   falkon      FALKON at n = 1e7, M = 1e4 (issue 14)            <= 90 s
 # A stage cut off by its limit prints "stage STAGE: timed out".
 # Expects wheels of the packages the GPU image lacks in .device_wheels/
@@ -60,7 +62,13 @@ run_stage() {
           --out="$out/ablate"
       echo "== deep_linear (default, float64) =="
       limited 45 studies /usr/bin/time -f 'wall %es' python3 -m experiments.deep_linear \
-          --out="$out/deep_linear" ;;
+          --out="$out/deep_linear"
+      echo "== MNIST-1D CNN baseline, 1000 steps (patch convolutions) =="
+      limited 30 studies /usr/bin/time -f 'wall %es' python3 -m experiments.ablate \
+          --dataset=mnist1d --model=cnn --hidden=25,25,25 --optimizers=adam \
+          --norms=none --inits=lecun_normal --activations=relu \
+          --learning_rate=0.01 --seeds=5 --steps=1000 --batch_size=100 \
+          --log_every=500 --out="$out/cnn" ;;
     falkon)
       echo "== FALKON at n=1e7, M=1e4 (issue 14) =="
       limited 90 falkon /usr/bin/time -f 'wall %es maxrss %MkB' python3 -m \
