@@ -39,11 +39,14 @@ def test_landscape_of_a_quadratic_is_its_curvature(x64):
   p = np.random.default_rng(1).normal(size=5)
   g = a @ p
   values = [0.5 * (p - s * g) @ a @ (p - s * g) for s in steps]
+  want = {'beta_smoothness': np.linalg.norm(a @ g) / np.linalg.norm(g),
+          'grad_change': steps.max() * np.linalg.norm(a @ g),
+          'loss_range': max(values) - min(values)}
   got = diagnostics.landscape(loss, {'x': jnp.asarray(p)}, jnp.asarray(steps))
-  chex.assert_trees_all_close(
-      got, {'beta_smoothness': np.linalg.norm(a @ g) / np.linalg.norm(g),
-            'grad_change': steps.max() * np.linalg.norm(a @ g),
-            'loss_range': max(values) - min(values)}, rtol=1e-10)
+  chex.assert_trees_all_close(got, want, rtol=1e-10)
+  given = diagnostics.landscape(loss, {'x': jnp.asarray(p)},
+                                jnp.asarray(steps), {'x': jnp.asarray(g)})
+  chex.assert_trees_all_close(given, want, rtol=1e-10)
 
 
 def _deep_linear(seed=0, widths=(4, 5, 3, 2), n=16):
@@ -83,10 +86,9 @@ def _fd_grad(f, ws, h=1e-6):
   return grads
 
 
-def test_covariate_shift_matches_finite_differences(x64):
-  ws, np_loss, loss = _deep_linear()
-  # Santurkar et al.'s Definition 2.1 by hand: layer i's gradient before and
-  # after the layers below it took their SGD step.
+def _fd_covariate_shift(ws, np_loss):
+  """Santurkar et al.'s Definition 2.1 by hand: layer i's gradient before and
+  after the layers below it took their SGD step. ``(l2, cos, stepped)``."""
   grads = _fd_grad(np_loss, ws)
   stepped = [w - LR * g for w, g in zip(ws, grads)]
   want_l2, want_cos = [], []
@@ -96,12 +98,56 @@ def test_covariate_shift_matches_finite_differences(x64):
     want_l2.append(np.linalg.norm(grads[i] - after))
     want_cos.append(np.sum(grads[i] * after) /
                     (np.linalg.norm(grads[i]) * np.linalg.norm(after)))
+  return np.asarray(want_l2), np.asarray(want_cos), stepped
+
+
+def test_covariate_shift_matches_finite_differences(x64):
+  ws, np_loss, loss = _deep_linear()
+  want_l2, want_cos, stepped = _fd_covariate_shift(ws, np_loss)
   keys = (jax.random.key(0), jax.random.key(1))
-  l2, cos = diagnostics.covariate_shift(
-      loss, [jnp.asarray(w) for w in ws], _sgd, depth=[0, 1, 2], keys=keys)
-  chex.assert_trees_all_close(l2, np.asarray(want_l2), rtol=1e-6, atol=1e-9)
-  chex.assert_trees_all_close(cos, np.asarray(want_cos), rtol=1e-6)
+  params = [jnp.asarray(w) for w in ws]
+  l2, cos = diagnostics.covariate_shift(loss, params, _sgd, depth=[0, 1, 2],
+                                        keys=keys)
+  chex.assert_trees_all_close(l2, want_l2, rtol=1e-6, atol=1e-9)
+  chex.assert_trees_all_close(cos, want_cos, rtol=1e-6)
   assert l2[0] == 0 and np.all(l2[1:] > 1e-3)  # nothing below layer 0
+  # The step given (as a log's probes share it) instead of taken inside.
+  given = diagnostics.covariate_shift(
+      loss, params, _sgd, depth=[0, 1, 2], keys=keys,
+      stepped=[jnp.asarray(w) for w in stepped])
+  chex.assert_trees_all_close(given, (want_l2, want_cos), rtol=1e-6,
+                              atol=1e-9)
+
+
+def test_a_log_traces_the_step_its_probes_simulate_once(x64):
+  ws, np_loss, loss = _deep_linear()
+  traced = []
+
+  def counted(p, key):
+    traced.append(key)
+    return loss(p, key)
+
+  probe = diagnostics.Probe(
+      params=[jnp.asarray(w) for w in ws], key=jax.random.key(2),
+      train_loss=loss, loss=counted,
+      keys=(jax.random.key(0), jax.random.key(1)), update=_sgd,
+      depth=[0, 1, 2], preactivations=lambda p, key: [p[0]],
+      learning_rate=jnp.asarray(LR))
+  out = {}
+  for name in ('covariate_shift', 'landscape', 'preactivation_drift'):
+    out |= diagnostics.LOGGED[name](probe)
+  # The shared gradient, covariate shift's scanned one and the landscape's
+  # vmapped one (each probe taking its own step traced five).
+  assert len(traced) == 3
+  want_l2, _, stepped = _fd_covariate_shift(ws, np_loss)
+  chex.assert_trees_all_close(
+      [out[f'ics_l2_layer{i}'] for i in range(3)], list(want_l2), rtol=1e-6,
+      atol=1e-9)
+  # The first layer's weights as its "pre-activations": the drift of their
+  # column means over one SGD step, by hand.
+  chex.assert_trees_all_close(
+      out['preact_mean_drift_layer0'],
+      np.sqrt(np.mean((stepped[0].mean(0) - ws[0].mean(0))**2)), rtol=1e-6)
 
 
 def test_a_one_layer_net_has_no_covariate_shift():

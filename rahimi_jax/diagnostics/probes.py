@@ -33,8 +33,10 @@ References:
   normalization help optimization? NeurIPS.
 """
 
+import dataclasses
+import functools
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,8 +46,13 @@ import jax.numpy as jnp
 STEP_MULTIPLIERS = (0.5, 1.0, 2.0, 4.0)
 
 
-class Probe(NamedTuple):
+@dataclasses.dataclass(frozen=True, eq=False)
+class Probe:
   """What a logged diagnostic sees of one member at one log.
+
+  ``grads`` and ``stepped`` (the step the probes simulate) are computed on
+  first use and shared by every probe of the log: traced once, not once per
+  probe (the probes' share of a grid program's compile time).
 
   Attributes:
     params: the member's parameters after the logged step.
@@ -76,6 +83,16 @@ class Probe(NamedTuple):
   preactivations: Callable[[Any, jax.Array], list[jax.Array]] | None
   learning_rate: jax.Array
 
+  @functools.cached_property
+  def grads(self):
+    """The gradient of ``loss`` at ``params`` with ``keys[0]``."""
+    return jax.grad(self.loss)(self.params, self.keys[0])
+
+  @functools.cached_property
+  def stepped(self):
+    """``params`` after the optimizer's step on ``grads``."""
+    return self.update(self.params, self.grads)
+
 
 def num_layers(depth) -> int:
   """The number of layers a ``Model.depth`` pytree names."""
@@ -92,7 +109,7 @@ def _layer_sums(depth, tree, k: int) -> jax.Array:
 
 def covariate_shift(loss: Callable[[Any, jax.Array], jax.Array], params,
                     update: Callable[[Any, Any], Any], depth,
-                    keys: tuple[jax.Array, jax.Array]
+                    keys: tuple[jax.Array, jax.Array], stepped=None
                     ) -> tuple[jax.Array, jax.Array]:
   """Santurkar et al.'s internal covariate shift of every layer.
 
@@ -103,6 +120,8 @@ def covariate_shift(loss: Callable[[Any, jax.Array], jax.Array], params,
     depth: each leaf's layer index, a pytree like ``params`` of ints.
     keys: ``(key_now, key_next)``: the network's randomness before and after
       the step.
+    stepped: ``update(params, grad(loss)(params, key_now))`` where the caller
+      has it; computed when None.
 
   Returns:
     ``(l2, cosine)``, each ``[layers]``: ``||G_i - G'_i||`` and
@@ -110,7 +129,8 @@ def covariate_shift(loss: Callable[[Any, jax.Array], jax.Array], params,
   """
   k = num_layers(depth)
   key_now, key_next = keys
-  stepped = update(params, jax.grad(loss)(params, key_now))
+  if stepped is None:
+    stepped = update(params, jax.grad(loss)(params, key_now))
 
   def gradient(below, key):
     # Layers below ``below`` stepped; the others as they were.
@@ -146,20 +166,23 @@ def _norm(tree) -> jax.Array:
 
 
 def landscape(loss: Callable[[Any], jax.Array], params,
-              steps: jax.Array) -> dict[str, jax.Array]:
+              steps: jax.Array, grads=None) -> dict[str, jax.Array]:
   """The loss and its gradient along the gradient, at ``params - eta g``.
 
   Args:
     loss: ``params -> scalar``.
     params: the point.
     steps: ``[s]`` step sizes ``eta > 0``.
+    grads: ``grad(loss)(params)`` where the caller has it; computed when
+      None.
 
   Returns:
     ``loss_range`` (max - min of the loss over the steps), ``grad_change``
     (the largest ``||g - g(eta)||``) and ``beta_smoothness`` (the largest
     ``||g - g(eta)|| / (eta ||g||)``); 0 where the gradient is 0.
   """
-  grads = jax.grad(loss)(params)
+  if grads is None:
+    grads = jax.grad(loss)(params)
   gnorm = _norm(grads)
 
   def along(eta):
@@ -211,7 +234,7 @@ def _per_layer(name: str, values: jax.Array, first: int = 0
 
 def log_covariate_shift(probe: Probe) -> dict[str, jax.Array]:
   l2, cosine = covariate_shift(probe.loss, probe.params, probe.update,
-                               probe.depth, probe.keys)
+                               probe.depth, probe.keys, probe.stepped)
   # Layer 0 has nothing below it: its summary would dilute the others'.
   return _per_layer('ics_l2', l2, first=1) | _per_layer('ics_cos', cosine,
                                                         first=1)
@@ -220,15 +243,13 @@ def log_covariate_shift(probe: Probe) -> dict[str, jax.Array]:
 def log_landscape(probe: Probe) -> dict[str, jax.Array]:
   steps = probe.learning_rate * jnp.asarray(STEP_MULTIPLIERS)
   return landscape(lambda p: probe.loss(p, probe.keys[0]), probe.params,
-                   steps)
+                   steps, probe.grads)
 
 
 def log_preactivation_drift(probe: Probe) -> dict[str, jax.Array]:
   key_now, key_next = probe.keys
-  grads = jax.grad(probe.loss)(probe.params, key_now)
-  stepped = probe.update(probe.params, grads)
   mean, var = preactivation_drift(probe.preactivations(probe.params, key_now),
-                                  probe.preactivations(stepped, key_next))
+                                  probe.preactivations(probe.stepped, key_next))
   return _per_layer('preact_mean_drift', mean) | _per_layer(
       'preact_var_drift', var)
 
