@@ -40,6 +40,7 @@ flags.DEFINE_list('partition', ['auto'], 'Choice axes to split the grid by '
                   'that computes every option, e.g. optimizer; "none": one '
                   'program; "auto": the axes whose options differ in matmul '
                   'cost (engine.auto_partition).')
+cli.define_switch_flag('none')
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
                   'exit without running or writing anything.')
 flags.DEFINE_float('memory_budget_mb', None, 'Most memory one program call may '
@@ -63,6 +64,7 @@ def partition_line(choice) -> str:
 
 def main(argv):
   cli.start(argv, __name__)
+  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
   from rahimi_jax import stats  # pylint: disable=g-import-not-at-top
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import ablation  # pylint: disable=g-import-not-at-top
@@ -87,6 +89,7 @@ def main(argv):
       if axis not in grid.choices:
         raise ValueError(f'partition: {axis!r} is not a choice axis of this '
                          f'grid; choice axes: {", ".join(grid.choices)}.')
+    engine.check_switch(grid, cli.switch_value())
     return config, budget, partition
 
   def describe(built):
@@ -96,7 +99,8 @@ def main(argv):
 
   def run(built):
     config, budget, partition = built
-    res = ablation.run(config, memory_budget_bytes=budget, partition=partition)
+    res = ablation.run(config, memory_budget_bytes=budget, partition=partition,
+                       switch=cli.switch_value())
     res.metadata['flags'] = cli.key_flags(__name__)
     return res
 
@@ -120,7 +124,7 @@ def main(argv):
         f'{info.get("programs", 1)} program(s), {info["member_batches"]} '
         f'call(s) of up to {info["member_batch_size"]} members on '
         f'{info["num_devices"]} device(s)',
-        partition_line(res.metadata['partition']),
+        partition_line(res.metadata['partition']), cli.switch_line(res),
         res.summary_table(metric), res.effects_table(metric),
         *ablation.rounding_lines(res),
         f'wrote {FLAGS.out}/: {", ".join(files)}'])

@@ -56,6 +56,7 @@ flags.DEFINE_string('out', '/tmp/rahimi_batchnorm', 'Directory for the '
                     'per-member summary (results.csv, metadata.json), one '
                     'subdirectory of full logs per model, and the PNG curves '
                     '(replaced whole).')
+cli.define_switch_flag('auto')  # the norms: a group per norm
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grids, and '
                   'exit without running or writing anything.')
 cli.define_precision_flag()  # --matmul_precision (float32 by default)
@@ -72,7 +73,7 @@ def main(argv):
     noise = dict(batchnorm.DEFAULT_NOISE) | {
         k: getattr(FLAGS, k) for k in batchnorm.NOISE_KNOBS
         if getattr(FLAGS, k) is not None}
-    return batchnorm.BatchNormConfig(
+    config = batchnorm.BatchNormConfig(
         dataset=FLAGS.dataset, models=tuple(FLAGS.models), width=FLAGS.width,
         depth=FLAGS.depth,
         channels=cli.parse_numbers('channels', FLAGS.channels, int,
@@ -85,6 +86,9 @@ def main(argv):
                                     knobs=batchnorm.VALUE_KNOBS)[1],
         seeds=FLAGS.seeds, steps=FLAGS.steps,
         batch_size=FLAGS.batch_size, log_every=FLAGS.log_every)
+    from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
+    engine.check_switch(config.grid(), cli.switch_value())
+    return config
 
   def describe(config):
     members = len(config.grid())
@@ -95,7 +99,7 @@ def main(argv):
             f'{config.train_config(config.models[0]).log_every}')
 
   def run(config):
-    out = batchnorm.run(config)
+    out = batchnorm.run(config, switch=cli.switch_value())
     used = cli.key_flags(__name__)
     for res in out.values():
       res.metadata['flags'] = used
@@ -124,7 +128,8 @@ def main(argv):
     return '\n'.join([
         f'compile {sum(i["compile_s"] for i in info):.1f}s, run '
         f'{sum(i["run_s"] for i in info):.1f}s on {info[0]["num_devices"]} '
-        'device(s)', batchnorm.report(out),
+        'device(s); ' + cli.switch_line(next(iter(out.values()))),
+        batchnorm.report(out),
         f'wrote {FLAGS.out}/: {", ".join(files)}'])
 
   return cli.launch(build, describe, run, write, FLAGS.out,

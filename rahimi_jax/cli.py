@@ -116,6 +116,36 @@ def define_precision_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       flag_values=flag_values)
 
 
+def define_switch_flag(default: str,
+                       flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines ``--switch`` (``engine.run``'s ``switch``; ``switch_value``)."""
+  flags.DEFINE_list(
+      'switch', [default], 'Choice axes (norm, optimizer, activation) whose '
+      'options each member computes alone instead of all of them: the members '
+      'run in groups, one per combination of those options, one group after '
+      'another, all with the same compiled program, which branches on the '
+      "group's options; \"auto\": every such axis of several options while "
+      'each group keeps two members; "none": one relaxed program (every '
+      'member computes every option, as the gates\' derivatives need).',
+      flag_values=flag_values)
+
+
+def switch_value(flag_values: flags.FlagValues = flags.FLAGS
+                 ) -> tuple[str, ...] | str:
+  """``--switch`` as ``engine.run`` takes it."""
+  given = tuple(flag_values.switch)
+  return {('auto',): 'auto', ('none',): ()}.get(given, given)
+
+
+def switch_line(results) -> str:
+  """What ``--switch`` did to a run (``engine.run``'s metadata)."""
+  axes = results.metadata.get('partition', {}).get('switch', [])
+  if not axes:
+    return 'switched: none (relaxed: every member computes every option)'
+  return (f'switched: {",".join(axes)} ({results.metadata["engine"]["groups"]} '
+          'groups of members, each computing only its own options)')
+
+
 def matmul_precisions(device=None) -> tuple[str, ...]:
   """The ``MATMUL_PRECISIONS`` that ``device`` (default: JAX's first)
   computes as named: float32 and default everywhere, tensorfloat32 on a GPU

@@ -296,15 +296,19 @@ class Grid:
         knobs[a.name] = _keys(np.asarray(vals, np.uint32))
     return knobs
 
-  def subset(self, indices: Iterable[int]) -> 'Grid':
-    """A grid of the members at ``indices``; each axis keeps the labels used."""
+  def subset(self, indices: Iterable[int], keep: Iterable[str] = ()
+             ) -> 'Grid':
+    """A grid of the members at ``indices``; each axis keeps the labels used,
+    an axis in ``keep`` all of its labels (its knobs then weigh every option
+    of this grid)."""
     rows = [self.members[i] for i in indices]
     if not rows:
       raise ValueError('Grid.subset needs at least one member.')
+    keep = set(keep)
     axes = []
     for a in self.axes:
       used = {m.values[a.name] for m in rows}
-      labels = tuple(l for l in a.labels if l in used)
+      labels = tuple(l for l in a.labels if l in used or a.name in keep)
       axes.append(_with_labels(a, labels))
     grid = Grid.__new__(Grid)
     grid._set(tuple(axes), [tuple(m.values[a.name] for a in self.axes)

@@ -212,11 +212,37 @@ def initialize_distributed() -> bool:
 CACHE_SIZE = 64  # compiled programs kept (the tuner's widths x devices)
 
 
+def _in_axes(batched: tuple[Any, ...]) -> tuple[Any, ...]:
+  """``vmap``'s ``in_axes`` of ``batched``: per argument a bool, or for a
+  dict argument ``((key, bool), ...)`` (some knobs shared by a chunk)."""
+  return tuple({k: 0 if b else None for k, b in x} if isinstance(x, tuple)
+               else 0 if x else None for x in batched)
+
+
 @functools.lru_cache(maxsize=CACHE_SIZE)
-def _program(fn: Callable[..., Any], batched: tuple[bool, ...],
+def _program(fn: Callable[..., Any], batched: tuple[Any, ...],
              donate: tuple[int, ...]):
-  return jax.jit(jax.vmap(fn, in_axes=tuple(0 if b else None for b in batched)),
+  return jax.jit(jax.vmap(fn, in_axes=_in_axes(batched)),
                  donate_argnums=donate)
+
+
+def _shared(run: train_lib.Train) -> tuple[str, ...]:
+  """The knobs a chunk's members share (``TrainConfig.switched``: their
+  components branch on them), passed once rather than per member."""
+  return tuple(run.config.switched) if run.config is not None else ()
+
+
+def _knobs(grid: grid_lib.Grid, members, shared: tuple[str, ...]):
+  """``grid.knobs(members)``, the ``shared`` ones of the first member only."""
+  knobs = grid.knobs(members)
+  return {a: v[0] if a in shared else v for a, v in knobs.items()}
+
+
+def _knobs_batched(grid: grid_lib.Grid, shared: tuple[str, ...]) -> Any:
+  """``batched`` of the knobs argument (``_in_axes``)."""
+  if not shared:
+    return True
+  return tuple((a.name, a.name not in shared) for a in grid.axes)
 
 
 def _spec(tree):
@@ -360,7 +386,8 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
     args: its arguments (arrays or ``ShapeDtypeStruct``), members stacked in
       the ``batched`` ones.
     devices: where it will run.
-    batched: which arguments carry a leading member axis.
+    batched: which arguments carry a leading member axis (for a dict
+      argument, which of its entries: ``_in_axes``).
     donate: arguments whose buffers the program may reuse.
     owner: what ``compiled_programs`` finds it by (default ``fn``).
     cpu_level: XLA CPU's backend optimization level (``None``: XLA's).
@@ -778,23 +805,27 @@ def _compile_chunk(train_fn, run: train_lib.Train, grid: grid_lib.Grid,
   me = jax.process_index()
   used = list(devices[:math.ceil(len(grid) / chunk)])
   local = [d for d in used if d.process_index == me]
-  knobs = _spec(grid.knobs(np.zeros(chunk, int)))
+  shared = _shared(run)
+  knobs = _spec(_knobs(grid, np.zeros(chunk, int), shared))
+  knobs_batched = _knobs_batched(grid, shared)
   starts = local[:1] if run.passes else local
   start, seconds = compile_program(run.start, (knobs, data), starts,
-                                   (True, False), owner=train_fn,
+                                   (knobs_batched, False), owner=train_fn,
                                    cpu_level=START_OPTIMIZATION_LEVEL
                                    if run.passes else None)
   # The state's shapes: the compiled start's outputs (tracing ``start`` again
   # for them cost ~45 ms per call of a cached run), else traced.
   state = (jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
                         start[0].out_info) if start else
-           jax.eval_shape(jax.vmap(run.start, in_axes=(0, None)), knobs, data))
+           jax.eval_shape(jax.vmap(run.start, in_axes=_in_axes(
+               (knobs_batched, False))), knobs, data))
   advance = []
   if run.passes:
     scalar = jax.ShapeDtypeStruct((), np.int32)
     advance, more = compile_program(
         run.advance, (knobs, data, state, scalar, scalar), local,
-        (True, False, True, False, False), donate=(2,), owner=train_fn)
+        (knobs_batched, False, True, False, False), donate=(2,),
+        owner=train_fn)
     seconds += more
   need = max([program_bytes(c) or 0 for c in (*start[:1], *advance[:1])],
              default=0) or None
@@ -843,8 +874,9 @@ class _Probe:
     local = [d for d in chunked.used if d.id in chunked.advance]
     placed = {d.id: jax.device_put(self.data, d) for d in local}
     for i, device in enumerate(local):  # started where the run starts them
-      knobs = jax.device_put(
-          self.grid.knobs((i * width + np.arange(width)) % g), device)
+      knobs = jax.device_put(_knobs(
+          self.grid, (i * width + np.arange(width)) % g, _shared(self.run)),
+                             device)
       slots.append([chunked.advance[device.id], knobs, placed[device.id],
                     chunked.started(knobs, placed, device)])
     return chunked, slots
@@ -986,6 +1018,15 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   options = _OPTIONS
   run = _resumable(train_fn)
   g = len(grid)
+  shared = _shared(run)
+  for axis in shared:
+    if axis in grid.choices and len(
+        {m.values[axis] for m in grid.members}) > 1:
+      raise ValueError(
+          f'The train config switches {axis!r}, so every member run together '
+          f'must take the same {axis}; this grid has '
+          f'{", ".join(sorted({m.values[axis] for m in grid.members}))} '
+          '(engine.run groups the members by it).')
   if member_batch_size is not None and member_batch_size < 1:
     raise ValueError(f'member_batch_size must be >= 1; got {member_batch_size}.')
   if chunk_size is not None and chunk_size < 0:
@@ -1113,8 +1154,8 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     knobs, states, dones = [], [], []
     for c, device in mine:
       idx = chunks[c]
-      knobs.append(jax.device_put(grid.knobs(np.concatenate(
-          [idx, np.full(chunk - len(idx), idx[-1])])), device))
+      knobs.append(jax.device_put(_knobs(grid, np.concatenate(
+          [idx, np.full(chunk - len(idx), idx[-1])]), shared), device))
       done, state = 0, None
       if checkpoints is not None:
         done, state = checkpoints.restore(c, jax.tree.map(

@@ -132,6 +132,8 @@ class Axis:
       ``choice_axes``.
     relaxable: its weights may lie between vertices (a ``Gate``); ``False``
       for a choice that is a table lookup, not a mixture (a number format).
+    switchable: its components compute only the chosen option when told
+      (``relaxed.switching``; ``TrainConfig.switched``).
   """
   name: str
   options: Mapping[str, Any]
@@ -142,6 +144,7 @@ class Axis:
   knobs: tuple[Knob, ...] = ()
   loop: bool = False
   relaxable: bool = True
+  switchable: bool = False
 
   def __post_init__(self):
     self.get(self.default)

@@ -70,6 +70,11 @@ class TrainConfig:
       Off by default: the counts are reductions over every rounded array at
       every step, which cost more than the rounding itself on CPU (2.06x vs
       1.31x a float32 grid's time, ``benchmarks/precision_cost.py``).
+    switched: choice axes (``registry.Axis.switchable``, among ``options``)
+      whose components compute only each member's option
+      (``relaxed.switching``) instead of all of them: for members whose
+      weights of these axes are one-hot and shared by the members run
+      together (``engine.run``'s ``switch``); no derivative in those weights.
   """
   model: str = 'mlp'
   hidden: tuple[int, ...] = (64, 64)
@@ -81,6 +86,7 @@ class TrainConfig:
   diagnostics: tuple[str, ...] = ()
   remat: bool = False
   rounding_events: bool = False
+  switched: tuple[str, ...] = ()
 
   def __post_init__(self):
     models.get_model(self.model)
@@ -97,6 +103,13 @@ class TrainConfig:
         raise ValueError(f'model {self.model!r} has no {axis} to choose; its '
                          f'choice axes: {", ".join(reads)}.')
       registry.AXES[axis].check(names)
+    object.__setattr__(self, 'switched', tuple(self.switched))
+    switchable = [a for a, _ in options if registry.AXES[a].switchable]
+    for axis in self.switched:
+      if axis not in switchable:
+        raise ValueError(f'switched: {axis!r} is not a switchable choice axis '
+                         f'of this config; accepted: '
+                         f'{", ".join(switchable) or "none"}.')
     if self.log_every is None and isinstance(self.steps, (int, np.integer)):
       object.__setattr__(self, 'log_every', min(50, int(self.steps)))
     for name in ('steps', 'log_every'):
@@ -532,6 +545,14 @@ def make_loop(config: TrainConfig) -> Loop:
     return Carry(params, state, opt_state, counts, scaler, order,
                  diverged_step), metrics
 
+  if config.switched:  # traced with only each member's option
+    def switching(fn):
+      @functools.wraps(fn)
+      def traced(*args, **kwargs):
+        with components.relaxed.switching(config.switched):
+          return fn(*args, **kwargs)
+      return traced
+    init, step, log = switching(init), switching(step), switching(log)
   return Loop(init, step, log, targets)
 
 

@@ -456,6 +456,75 @@ class OptimizerTest(chex.TestCase):
         chex.assert_trees_all_equal(moved, base)
 
 
+def _switching(axis, fn):
+  """``fn`` traced with ``axis`` switched (``relaxed.switching``)."""
+  def switched(*args):
+    with relaxed.switching([axis]):
+      return fn(*args)
+  return switched
+
+
+_switched_norm_jit = jax.jit(_switching('norm', _NORM_APPLY), static_argnums=4)
+_switched_act_jit = jax.jit(_switching('activation', _ACT))
+_switched_opt_update_jit = jax.jit(_switching('optimizer', _relaxed_opt_update))
+
+
+class SwitchedTest(parameterized.TestCase):
+  """Switched, a component computes only the option its one-hot weights pick:
+  the plain option's value, and its state alone moves."""
+
+  @parameterized.product(name=NORM_NAMES, train=(True, False))
+  def test_norm_is_the_option_and_only_its_state_moves(self, name, train):
+    params, state = _NORM_INIT(5)
+    x = _x()
+    y, new_state = _switched_norm_jit(params, state, x,
+                                      _onehot(NORM_NAMES, name), train)
+    y_ref, state_ref = _plain_norms_jit(params, state, x, train)[name]
+    chex.assert_trees_all_close(y, y_ref, rtol=1e-6, atol=1e-6)
+    chex.assert_trees_all_close(new_state[name], state_ref, rtol=1e-6)
+    for other in NORM_NAMES:
+      if other != name:
+        chex.assert_trees_all_equal(new_state[other], state[other])
+
+  @parameterized.parameters(ACT_NAMES)
+  def test_activation_is_the_option(self, name):
+    x = _x()
+    chex.assert_trees_all_close(
+        _switched_act_jit(_onehot(ACT_NAMES, name), x),
+        _plain_acts_jit(x)[name], rtol=1e-6, atol=1e-6)
+
+  @parameterized.parameters(OPT_NAMES)
+  def test_optimizer_is_the_option_and_only_its_state_moves(self, name):
+    w = _onehot(OPT_NAMES, name)
+    params = _opt_params()
+    state = components.relaxed_optimizer(OPT_NAMES, w, HP).init(params)
+    grads = _opt_grads(0)
+    updates, new_state = _switched_opt_update_jit(w, grads, state, params, HP)
+    plain, plain_state = _opt(name, HP).update(
+        grads, _opt(name, HP).init(params), params, residual_fn=_residual)
+    chex.assert_trees_all_close(updates, plain, rtol=1e-5, atol=1e-7)
+    i = OPT_NAMES.index(name)
+    chex.assert_trees_all_close(new_state[i], plain_state, rtol=1e-5)
+    chex.assert_trees_all_equal(new_state[:i] + new_state[i + 1:],
+                                state[:i] + state[i + 1:])
+
+  def test_the_switch_stays_a_branch_under_vmap_of_shared_weights(self):
+    xs = np.stack([_x(seed=i) for i in range(3)])
+    w = _onehot(ACT_NAMES, 'tanh')
+    act = _switching('activation', _ACT)
+    shared = jax.make_jaxpr(jax.vmap(act, in_axes=(None, 0)))(w, xs)
+    assert 'cond[' in str(shared)  # one option runs, the others not at all
+    # Weights per member: XLA computes every branch and selects.
+    per_member = jax.make_jaxpr(jax.vmap(act))(np.stack([w] * 3), xs)
+    assert 'cond[' not in str(per_member)
+    chex.assert_trees_all_close(jax.vmap(act, in_axes=(None, 0))(w, xs),
+                                np.tanh(xs), rtol=1e-6)
+
+  def test_choose_rejects_weights_of_another_length(self):
+    with self.assertRaisesRegex(ValueError, r'shape \(2,\) for 3 options'):
+      relaxed.choose(np.ones(2, np.float32), [lambda: 0.0] * 3)
+
+
 class MixTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)

@@ -293,18 +293,45 @@ def test_elementwise_options_stay_in_one_program_and_a_split_matches_it(
   chex.assert_trees_all_close(ratios, {'optimizer': 1.0, 'norm': 1.0})
   relaxed = engine.run(CONFIG, grid, tiny_digits, partition=())
   assert 'programs' not in relaxed.metadata['engine']
-  assert relaxed.metadata['partition'] == {'mode': 'given', 'axes': []}
+  assert relaxed.metadata['partition'] == {'mode': 'given', 'axes': [],
+                                           'switch': []}
   # One split proves the point (each program is a compile).
   split = engine.run(CONFIG, grid, tiny_digits, partition=('optimizer',))
   assert split.metadata['engine']['programs'] == 2
-  chex.assert_trees_all_equal(split.columns['member'], relaxed.columns['member'])
-  chex.assert_trees_all_equal(split.columns['step'], relaxed.columns['step'])
-  chex.assert_trees_all_close(_columns(split), _columns(relaxed), atol=1e-6,
-                              rtol=0)
+  # Switched: four groups of members, one compiled program that branches.
+  switched = engine.run(CONFIG, grid, tiny_digits, partition=(),
+                        switch='auto')
+  assert switched.metadata['partition']['switch'] == ['optimizer', 'norm']
+  info = switched.metadata['engine']
+  assert 'programs' not in info and info['groups'] == 4
+  assert [p['compile_s'] > 0 for p in info['parts']] == [True] + [False] * 3
+  for other in (split, switched):
+    chex.assert_trees_all_equal(other.columns['member'],
+                                relaxed.columns['member'])
+    chex.assert_trees_all_equal(other.columns['step'], relaxed.columns['step'])
+    chex.assert_trees_all_close(_columns(other), _columns(relaxed), atol=1e-6,
+                                rtol=0)
   with pytest.raises(ValueError, match='seed'):
     engine.run(CONFIG, grid, tiny_digits, partition=('seed',))
   with pytest.raises(ValueError, match='automatic'):
     engine.run(CONFIG, grid, tiny_digits, partition='automatic')
+
+
+def test_switching_needs_a_switchable_axis_and_one_option_per_call(
+    tiny_digits):
+  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'layer')),
+                       grid_lib.Seeds(2))
+  with pytest.raises(ValueError, match=r"'seed'.*accepted: norm"):
+    engine.run(CONFIG, grid, tiny_digits, switch=('seed',))
+  with pytest.raises(ValueError, match=r"'optimizer'.*accepted: norm"):
+    dataclasses.replace(CONFIG.for_grid(grid), switched=('optimizer',))
+  config = dataclasses.replace(CONFIG.for_grid(grid), switched=('norm',))
+  with pytest.raises(ValueError, match=r"same norm.*layer, none"):
+    program.execute(train_lib.make_train(config), grid, tiny_digits)
+  # Groups of a single member are left relaxed ('auto').
+  solo = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'layer')))
+  assert engine.auto_switch(grid) == ('norm',)
+  assert engine.auto_switch(solo) == ()
 
 
 def test_auto_partition_splits_off_levenberg_marquardt(tiny_synthetic):
@@ -332,7 +359,7 @@ def test_auto_partition_splits_off_levenberg_marquardt(tiny_synthetic):
   assert auto.metadata['engine']['programs'] == 2
   assert auto.metadata['partition']['axes'] == ['optimizer']
   assert given.metadata['partition'] == {'mode': 'given',
-                                         'axes': ['optimizer']}
+                                         'axes': ['optimizer'], 'switch': []}
   chex.assert_trees_all_equal(auto.columns, given.columns)
 
 

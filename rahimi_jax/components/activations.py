@@ -30,10 +30,10 @@ ACTIVATIONS: dict[str, Callable[..., jax.Array]] = {
 
 AXIS = registry.register(registry.Axis(
     name='activation', options=ACTIVATIONS, default='relu',
-    flag='activations', help='Activation functions.'))
+    flag='activations', help='Activation functions.', switchable=True))
 
 
 def relaxed_activation(names: Sequence[str]):
   """``act(weights, x, key=None)``: the weighted sum of the options."""
   names = AXIS.check(names)
-  return relaxed.relax([ACTIVATIONS[n] for n in names])
+  return relaxed.relax([ACTIVATIONS[n] for n in names], AXIS.name)

@@ -33,7 +33,6 @@ only in the last bit (a grid member and the same run alone) would drift apart.
 
 
 from collections.abc import Callable, Mapping, Sequence
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -190,6 +189,7 @@ AXIS = registry.register(registry.Axis(
           'batch norm, then a random per-unit scale and shift redrawn every '
           'training step).'),
     study=('none', 'batch', 'layer'),
+    switchable=True,
     knobs=(
         registry.Knob('noise_shift_mean', 0.0, 'Mean of noisy batch norm\'s '
                       'per-unit shift.', minimum=None, read_by=_NOISY),
@@ -232,6 +232,15 @@ def relaxed_norm(names: Sequence[str]):
 
   def apply(params, state, x, weights, train, key=None, hp=None):
     hp = knob_values(hp)
+    if relaxed.switched(AXIS.name):  # only the member's own norm
+      def branch(n, norm):
+        def run():
+          extra = {'hp': hp} if n in readers else {}
+          y, s = norm.apply(params[n], state[n], x, train, key, **extra)
+          return y, {**state, n: s}
+        return run
+      return relaxed.choose(weights, [branch(n, norm)
+                                      for n, norm in zip(names, norms)])
     outs = []
     for i, (n, norm) in enumerate(zip(names, norms)):
       p, s, xi, h = relaxed.guard(weights[i], (params[n], state[n], x, hp))

@@ -49,6 +49,7 @@ AXIS = registry.register(registry.Axis(
     name='optimizer', options=OPTIMIZERS, default='sgd', flag='optimizers',
     help='Optimizers (gauss_newton, levenberg_marquardt: regression only).',
     study=('sgd', 'momentum', 'adam'), loop=True,
+    switchable=True,
     knobs=(registry.Knob('learning_rate', 0.01, 'Learning rate.',
                          read_by=tuple(n for n in OPTIMIZERS
                                        if n not in LEAST_SQUARES)),
@@ -78,6 +79,14 @@ def relaxed_optimizer(names: Sequence[str], weights: jax.Array,
     return tuple(tx.init(params) for tx in txs)
 
   def update(grads, state, params=None, **extra_args):
+    if relaxed.switched(AXIS.name):  # only the member's own optimizer
+      def branch(i, tx):
+        def run():
+          u, s = tx.update(grads, state[i], params, **extra_args)
+          return u, state[:i] + (s,) + state[i + 1:]
+        return run
+      return relaxed.choose(weights, [branch(i, tx)
+                                      for i, tx in enumerate(txs)])
     outs = []
     for i, (tx, s) in enumerate(zip(txs, state)):
       g, s, p, extra = relaxed.guard(weights[i], (grads, s, params, extra_args))

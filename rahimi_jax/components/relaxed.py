@@ -37,8 +37,10 @@ compose with ``jit``, ``vmap``, ``grad``, ``jvp`` and each other (the tests go
 to second order). Forward, ``guard`` compiles to nothing.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+import contextlib
 import functools
+import threading
 import types
 import zlib
 from typing import Any
@@ -200,15 +202,64 @@ def mix(weights: jax.Array, options: Sequence[Any]) -> Any:
   return jax.tree.map(mix_leaves, *options)
 
 
-def relax(fns: Sequence[Callable[..., Any]]) -> Callable[..., Any]:
+_SWITCHING = threading.local()
+
+
+@contextlib.contextmanager
+def switching(axes: Iterable[str]):
+  """While tracing: the choice ``axes`` compute only each member's option.
+
+  Inside, a component of one of ``axes`` (``switched(axis)``) runs the option
+  its weights pick (``choose``: ``lax.switch`` on their argmax) instead of
+  mixing all of them. That is the same function only at one-hot weights,
+  and it has no derivative in the weights: for a grid's members (whose
+  choice weights are one-hot) run a group at a time, each group's weights of
+  ``axes`` shared by its members and so not batched (``engine.run``'s
+  ``switch``), so that the switch stays a branch under ``vmap`` rather than
+  computing every option. Thread-local: programs traced in other threads are
+  unaffected.
+  """
+  before = getattr(_SWITCHING, 'axes', frozenset())
+  _SWITCHING.axes = before | frozenset(axes)
+  try:
+    yield
+  finally:
+    _SWITCHING.axes = before
+
+
+def switched(axis: str) -> bool:
+  """Whether ``axis``'s components choose rather than mix (``switching``)."""
+  return axis in getattr(_SWITCHING, 'axes', ())
+
+
+def choose(weights: jax.Array, branches: Sequence[Callable[[], Any]]) -> Any:
+  """``branches[argmax(weights)]()``: only the chosen option is computed
+  (where ``weights`` is not batched). Each branch returns the same pytree
+  structure, shapes and dtypes; at a one-hot ``weights`` this is ``mix``'s
+  value."""
+  if jnp.shape(weights) != (len(branches),):
+    raise ValueError(
+        f'choose got weights of shape {jnp.shape(weights)} for '
+        f'{len(branches)} options; expected one weight per option.')
+  if len(branches) == 1:
+    return branches[0]()
+  return jax.lax.switch(jnp.argmax(weights), list(branches))
+
+
+def relax(fns: Sequence[Callable[..., Any]], axis: str | None = None
+          ) -> Callable[..., Any]:
   """Returns ``f(weights, *args) = mix(weights, [fn_i(*guard(w_i, args))])``.
 
   Each option reads the arguments through ``guard`` with its own weight, so an
-  option of weight 0 poisons neither the value nor any derivative.
+  option of weight 0 poisons neither the value nor any derivative. Where
+  ``axis`` is ``switched``, only the chosen option runs (``choose``).
   """
   fns = tuple(fns)
 
   def relaxed(weights, *args, **kwargs):
+    if axis is not None and switched(axis):
+      return choose(weights, [functools.partial(fn, *args, **kwargs)
+                              for fn in fns])
     outs = []
     for i, fn in enumerate(fns):
       a, k = guard(weights[i], (args, kwargs))
