@@ -199,12 +199,14 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
                      []).append(m.index)
   parts, indices = [], []
   for cell in cells.values():
-    sub = grid.subset(cell, keep=switch)
-    train_config = dataclasses.replace(config.for_grid(sub), switched=switch)
+    # Everything between two parts is in here: a Ctrl-C there too keeps the
+    # parts that had finished.
     try:
-      parts.append(program.execute(train_lib.make_train(train_config),
-                                   sub, data, metadata=metadata,
-                                   **program_kwargs))
+      sub = grid.subset(cell, keep=switch)
+      train_config = dataclasses.replace(config.for_grid(sub),
+                                         switched=switch)
+      part = program.execute(train_lib.make_train(train_config), sub, data,
+                             metadata=metadata, **program_kwargs)
     except KeyboardInterrupt as e:  # program.Interrupted, or during a compile
       if getattr(e, 'results', None) is not None:
         parts.append(e.results)
@@ -213,6 +215,7 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
       raise program.Interrupted(
           _merge(parts, indices, grid, config, choice) if parts else None,
           finished, len(grid)) from None
+    parts.append(part)
     indices.append(cell)
   return _merge(parts, indices, grid, config, choice)
 
@@ -236,9 +239,13 @@ def _merge(parts, indices, grid, config, choice):
         'compile_cache_hits': sum(i['compile_cache_hits'] for i in infos),
         'run_s': sum(i['run_s'] for i in infos),
         'wall_s': sum(i['wall_s'] for i in infos), 'parts': infos,
-        'members': len(grid), 'num_devices': infos[0]['num_devices'],
+        'members': len(grid),
+        'num_devices': max(i['num_devices'] for i in infos),
         'member_batches': sum(i['member_batches'] for i in infos),
         'member_batch_size': max(i['member_batch_size'] for i in infos)}
+    if all('resumed_passes' in i for i in infos):  # checkpointed parts
+      meta['engine']['resumed_passes'] = [
+          p for i in infos for p in i['resumed_passes']]
   merged = results_lib.concat(parts, meta)
   order = np.argsort(np.concatenate(indices), kind='stable')
   rows_per_member = len(merged) // len(order)

@@ -395,6 +395,8 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
   Returns:
     ``([compiled per device], seconds)``.
   """
+  if not devices:  # a process that runs none of the chunks (several)
+    return [], 0.0
   spec = _spec(args)
   precision = jax.config.jax_default_matmul_precision
   keys = [(owner or fn, fn, device.id, batched, _key(spec), cpu_level,

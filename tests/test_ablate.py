@@ -92,6 +92,7 @@ def test_shrunk_end_to_end_run(tiny_run):
   # steps do the same matmuls) and says so.
   assert ('partition: auto -> none (one relaxed program); relaxed step FLOPs '
           "over the members' own, per axis: optimizer 1.00x") in stdout
+  assert 'switched: none (relaxed: every member computes every option)' in stdout
   rows = [l.split() for l in stdout.splitlines()]
   for option in ('sgd', 'adam'):
     assert any(r[:2] == ['optimizer', option] for r in rows), option

@@ -267,6 +267,12 @@ def test_a_compilation_cache_others_may_write_is_refused(tmp_path,
   assert jax.config.jax_compilation_cache_dir is None
 
 
+def test_a_process_without_chunks_compiles_nothing():
+  # Several processes: one whose devices run none of a small grid's chunks.
+  assert program.compile_program(lambda x: x, (np.zeros((2, 3)),), [],
+                                 (True,)) == ([], 0.0)
+
+
 def test_bad_chunk_size_is_refused_before_compiling():
   with pytest.raises(ValueError, match='chunk_size'):
     program.execute(_train(), GRID, np.zeros(3), chunk_size=-1)

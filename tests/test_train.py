@@ -334,6 +334,26 @@ def test_switching_needs_a_switchable_axis_and_one_option_per_call(
   assert engine.auto_switch(solo) == ()
 
 
+def test_ctrl_c_between_groups_keeps_the_finished_ones(tiny_digits):
+  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'layer')),
+                       grid_lib.Seeds(2))
+  subset = grid_lib.Grid.subset
+  groups = []
+
+  def second_group_is_interrupted(self, indices, keep=()):
+    if keep:  # engine.run's group, set up between two groups' runs
+      groups.append(indices)
+      if len(groups) == 2:
+        raise KeyboardInterrupt
+    return subset(self, indices, keep)
+
+  with mock.patch.object(grid_lib.Grid, 'subset', second_group_is_interrupted):
+    with pytest.raises(program.Interrupted) as e:
+      engine.run(CONFIG, grid, tiny_digits, switch='auto')
+  assert (e.value.finished, e.value.total) == (2, 4)
+  assert set(e.value.results.columns['norm']) == {'none'}
+
+
 def test_auto_partition_splits_off_levenberg_marquardt(tiny_synthetic):
   config = train_lib.TrainConfig(model='deep_linear', hidden=(3,), steps=6,
                                  log_every=3, batch_size=0)
