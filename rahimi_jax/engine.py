@@ -3,9 +3,11 @@
 ``run(config, grid, data)`` trains every member of ``grid``: by default as one
 relaxed program (every option of each choice axis computed, its weight picking
 the member's), split by the choice axes whose options differ in matmul cost
-(``auto_partition``), each part executed by ``program.execute`` and the parts
-merged into one ``Results`` in grid order. Data flows grid -> engine -> train
-(the pure loop) -> results.
+(``auto_partition``); with ``switch=``, members run in groups by some choice
+axes' options, each group through the same program, which then computes only
+the group's options. Each part is executed by ``program.execute`` and the
+parts merged into one ``Results`` in grid order. Data flows grid -> engine ->
+train (the pure loop) -> results.
 """
 
 import dataclasses
@@ -113,7 +115,7 @@ def check_switch(grid: grid_lib.Grid, switch: tuple[str, ...] | str
 
 def auto_switch(grid: grid_lib.Grid, partition: tuple[str, ...] = ()
                 ) -> tuple[str, ...]:
-  """The choice axes ``run`` switches by default: each switchable one of
+  """The choice axes ``run(switch='auto')`` switches: each switchable one of
   several options (most options first), while every group of members (a
   combination of the partition's and the switched axes' options) keeps at
   least ``MIN_GROUP`` members. It depends on the grid alone, never on the
