@@ -90,10 +90,13 @@ def test_launcher_end_to_end_and_bad_input(tmp_path):
       [*tiny, '--learning_rates=0.1,0.2', f'--out={tmp_path / "b2"}'],
       [*tiny, '--noise_shift_var=-1', f'--out={tmp_path / "b3"}'],
       [*tiny, '--models=bogus', f'--out={tmp_path / "b4"}'],
+      [*tiny, '--switch=seed', f'--out={tmp_path / "b5"}'],
   ])
   assert ok.returncode == 0, ok.stderr[-3000:]
   assert ok.stdout.count('=> covariate shift') == 3  # one per learning rate
   assert '== mlp: final test accuracy' in ok.stdout
+  # A group per norm, each member computing only its own.
+  assert 'switched: norm (3 groups of members' in ok.stdout
   for name in ('results.csv', 'metadata.json', 'mlp/results.csv',
                'test_accuracy_mlp.png', 'ics_l2_mlp.png',
                'preact_mean_drift_mlp.png', 'beta_smoothness_mlp.png'):
@@ -110,6 +113,6 @@ def test_launcher_end_to_end_and_bad_input(tmp_path):
     first, second = float(r['ics_l2_layer0']), float(r['ics_l2_layer1'])
     assert (first > 0) == (r['norm'] == 'noisy_batch'), r
     assert second > 0 and np.isfinite(float(r['beta_smoothness'])), r
-  for proc, value in zip(bad, ('bogus', '0.1', '-1', 'bogus')):
+  for proc, value in zip(bad, ('bogus', '0.1', '-1', 'bogus', 'seed')):
     launchers.assert_clean_error(proc, value)
-  assert not any((tmp_path / f'b{i}').exists() for i in range(1, 5))
+  assert not any((tmp_path / f'b{i}').exists() for i in range(1, 6))
