@@ -10,9 +10,10 @@
 #               widths 512 ... 4096 (issue 16; the ablation grid's
 #               ~10-s compile per width on a GPU would use the stage up)
 #                                                                <= 120 s
-#   studies     the default ablation and deep linear launchers, and
-#               the MNIST-1D CNN (its convolutions as a matmul of
-#               patches, cnn.Conv; 1000 of the baseline's 6000 steps) <= 120 s
+#   studies     the default ablation (relaxed, then in switched
+#               groups) and deep linear launchers, and the MNIST-1D
+#               CNN (its convolutions as a matmul of patches,
+#               cnn.Conv; 1000 of the baseline's 6000 steps)    <= 165 s
 #   falkon      FALKON at n = 1e7, M = 1e4 (issue 14)            <= 90 s
 # A stage cut off by its limit prints "stage STAGE: timed out".
 # Expects wheels of the packages the GPU image lacks in .device_wheels/
@@ -60,6 +61,9 @@ run_stage() {
       echo "== ablate (default grid) =="
       limited 45 studies /usr/bin/time -f 'wall %es' python3 -m experiments.ablate \
           --out="$out/ablate"
+      echo "== ablate, switched groups (--switch=optimizer,norm: 9 groups, one program; 'auto' is relaxed off the CPU) =="
+      limited 45 studies /usr/bin/time -f 'wall %es' python3 -m experiments.ablate \
+          --switch=optimizer,norm --out="$out/ablate_switched"
       echo "== deep_linear (default, float64) =="
       limited 45 studies /usr/bin/time -f 'wall %es' python3 -m experiments.deep_linear \
           --out="$out/deep_linear"

@@ -124,9 +124,10 @@ def define_switch_flag(default: str,
       'options each member computes alone instead of all of them: the members '
       'run in groups, one per combination of those options, one group after '
       'another, all with the same compiled program, which branches on the '
-      "group's options; \"auto\": every such axis of several options while "
-      'each group keeps two members; "none": one relaxed program (every '
-      'member computes every option, as the gates\' derivatives need).',
+      "group's options; \"auto\": on a CPU, every such axis of several "
+      'options while each group keeps two members; "none": one relaxed '
+      'program (every member computes every option, as the gates\' '
+      'derivatives need).',
       flag_values=flag_values)
 
 

@@ -123,9 +123,14 @@ def auto_switch(grid: grid_lib.Grid, partition: tuple[str, ...] = ()
 
   Switching costs no compile (the groups share one program) and saves the
   options a member does not take: 1.9-2.1x the run of the batch-norm study's
-  grids (four norms), 1.2-1.3x the default ablation's (WORKSPACE.md). It
+  grids (four norms), 1.2-1.3x the default ablation's (WORKSPACE.md, CPU). It
   costs parallelism where the groups get small: they run one after another.
+  Off the CPU it switches nothing: an accelerator runs the whole relaxed grid
+  as one wide ``vmap`` (``tuning.ACCELERATOR_CHUNK``), where the groups would
+  run one after another, each a fraction as wide (not measured on one yet).
   """
+  if jax.default_backend() != 'cpu':
+    return ()
   chosen = []
   candidates = sorted((a for a in _switchable(grid) if a not in partition
                        and len(grid.choices[a]) > 1),

@@ -332,6 +332,8 @@ def test_switching_needs_a_switchable_axis_and_one_option_per_call(
   solo = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'layer')))
   assert engine.auto_switch(grid) == ('norm',)
   assert engine.auto_switch(solo) == ()
+  with mock.patch.object(jax, 'default_backend', return_value='gpu'):
+    assert engine.auto_switch(grid) == ()  # one wide relaxed vmap there
 
 
 def test_ctrl_c_between_groups_keeps_the_finished_ones(tiny_digits):
