@@ -91,6 +91,15 @@ def auto_partition(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dat
   return tuple(axes), ratios
 
 
+def _groups(grid: grid_lib.Grid, axes: tuple[str, ...]) -> list[list[int]]:
+  """The members' indices grouped by their options of ``axes``, in order of
+  first appearance."""
+  groups = {}
+  for m in grid.members:
+    groups.setdefault(tuple(m.values[a] for a in axes), []).append(m.index)
+  return list(groups.values())
+
+
 def _switchable(grid: grid_lib.Grid) -> list[str]:
   return [a.name for a in grid.axes if isinstance(a, grid_lib.Choice)
           and registry.AXES[a.name].switchable]
@@ -136,11 +145,7 @@ def auto_switch(grid: grid_lib.Grid, partition: tuple[str, ...] = ()
                        and len(grid.choices[a]) > 1),
                       key=lambda a: -len(grid.choices[a]))
   for axis in candidates:
-    cells = {}
-    for m in grid.members:
-      key = tuple(m.values[a] for a in (*partition, *chosen, axis))
-      cells[key] = cells.get(key, 0) + 1
-    if min(cells.values()) >= MIN_GROUP:
+    if min(map(len, _groups(grid, (*partition, *chosen, axis)))) >= MIN_GROUP:
       chosen.append(axis)
   return tuple(chosen)
 
@@ -200,12 +205,8 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
   switch = tuple(a for a in switch if a not in partition
                  and len(grid.choices[a]) > 1)
   choice['switch'] = list(switch)
-  cells = {}
-  for m in grid.members:
-    cells.setdefault(tuple(m.values[a] for a in partition + switch),
-                     []).append(m.index)
   parts, indices = [], []
-  for cell in cells.values():
+  for cell in _groups(grid, partition + switch):
     # Everything between two parts is in here: a Ctrl-C there too keeps the
     # parts that had finished.
     try:
