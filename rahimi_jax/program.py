@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -518,6 +519,24 @@ def wait(outputs, fetch: bool = True):
   while not done.wait(0.1):
     pass
   return jax.device_get(outputs) if fetch else jax.block_until_ready(outputs)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+  """Holds Ctrl-C (SIGINT) until the block is done; yields a list that then
+  holds ``True`` if one came. Off the main thread, or where SIGINT is not
+  Python's ``KeyboardInterrupt`` (ignored, or a handler of its own), the
+  block runs as it is."""
+  pressed = []
+  if (threading.current_thread() is not threading.main_thread()
+      or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    yield pressed
+    return
+  signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
+  try:
+    yield pressed
+  finally:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def train_config_of(train_fn) -> dict[str, Any] | None:
@@ -1284,6 +1303,14 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     raise Interrupted(partial, finished, g) from None
   finally:
     progress.close()
+    pressed = []
     if checkpoints is not None:
-      checkpoints.close()
-  return tidy(g, time.perf_counter() - run_start)
+      # Orbax's close waits on its writer threads; a Ctrl-C in there would
+      # replace the outcome (every member finished, or the ``Interrupted``
+      # above with those that had) by a bare ``KeyboardInterrupt``.
+      with _deferred_interrupt() as pressed:
+        checkpoints.close()
+  results = tidy(g, time.perf_counter() - run_start)
+  if pressed:  # during the close of a run that had finished: stop after it
+    raise Interrupted(results, g, g)
+  return results

@@ -1,7 +1,9 @@
 """The training loop: paired design, member == solo run, tracing, divergence."""
 
 import dataclasses
+import os
 import re
+import signal
 from unittest import mock
 
 import chex
@@ -352,6 +354,31 @@ def test_ctrl_c_between_groups_keeps_the_finished_ones(tiny_digits):
   with mock.patch.object(grid_lib.Grid, 'subset', second_group_is_interrupted):
     with pytest.raises(program.Interrupted) as e:
       engine.run(CONFIG, grid, tiny_digits, switch='auto')
+  assert (e.value.finished, e.value.total) == (2, 4)
+  assert set(e.value.results.columns['norm']) == {'none'}
+
+
+def test_ctrl_c_while_checkpoints_close_keeps_the_finished_group(
+    tiny_digits, tmp_path):
+  """A Ctrl-C inside orbax's close (it waits on its writer threads) stops the
+  run after that group, its members kept."""
+  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'layer')),
+                       grid_lib.Seeds(2))
+  close = program._Checkpoints.close
+
+  def pressed_while_closing(self):
+    os.kill(os.getpid(), signal.SIGINT)
+    close(self)
+
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with mock.patch.object(program._Checkpoints, 'close',
+                           pressed_while_closing):
+      with program.run_options(checkpoint_dir=str(tmp_path)):
+        with pytest.raises(program.Interrupted) as e:
+          engine.run(CONFIG, grid, tiny_digits, switch='auto')
+  finally:
+    signal.signal(signal.SIGINT, previous)
   assert (e.value.finished, e.value.total) == (2, 4)
   assert set(e.value.results.columns['norm']) == {'none'}
 
