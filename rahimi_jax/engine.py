@@ -3,11 +3,11 @@
 ``run(config, grid, data)`` trains every member of ``grid``: by default as one
 relaxed program (every option of each choice axis computed, its weight picking
 the member's), split by the choice axes whose options differ in matmul cost
-(``auto_partition``); with ``switch=``, members run in groups by some choice
-axes' options, each group through the same program, which then computes only
-the group's options. Each part is executed by ``program.execute`` and the
-parts merged into one ``Results`` in grid order. Data flows grid -> engine ->
-train (the pure loop) -> results.
+(``auto_partition``); on a CPU (``switch='auto'``), members run in groups by
+the options of the choice axes that can branch, each group through the same
+program, which then computes only the group's options. Each part is
+executed by ``program.execute`` and the parts merged into one ``Results`` in
+grid order. Data flows grid -> engine -> train (the pure loop) -> results.
 """
 
 import dataclasses
@@ -152,7 +152,7 @@ def auto_switch(grid: grid_lib.Grid, partition: tuple[str, ...] = ()
 
 def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
         partition: tuple[str, ...] | str = 'auto',
-        switch: tuple[str, ...] | str = (), metadata=None,
+        switch: tuple[str, ...] | str = 'auto', metadata=None,
         **program_kwargs) -> results_lib.Results:
   """Trains every member of ``grid`` under ``config``.
 
@@ -171,8 +171,10 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
       branches on the group's options (``TrainConfig.switched``). One
       compile, as relaxed; each member's step as cheap as in a program of
       its own options. An axis in ``partition`` is split, not switched.
-      ``'auto'`` (``auto_switch``): every switchable choice axis of several
-      options, while each group keeps ``MIN_GROUP`` members.
+      ``'auto'`` (the default; ``auto_switch``): on a CPU, every switchable
+      choice axis of several options, while each group keeps ``MIN_GROUP``
+      members; ``()``: none (every member computes every option). ``Gate``
+      axes are never switched.
     metadata: extra provenance stored with the results.
     **program_kwargs: passed to ``program.execute``.
 

@@ -92,7 +92,10 @@ def test_shrunk_end_to_end_run(tiny_run):
   # steps do the same matmuls) and says so.
   assert ('partition: auto -> none (one relaxed program); relaxed step FLOPs '
           "over the members' own, per axis: optimizer 1.00x") in stdout
-  assert 'switched: none (relaxed: every member computes every option)' in stdout
+  # On a CPU, --switch=auto runs a group per (optimizer, norm), each member
+  # computing its own options.
+  assert ('switched: optimizer,norm (4 groups of members, each computing only '
+          'its own options)') in stdout
   rows = [l.split() for l in stdout.splitlines()]
   for option in ('sgd', 'adam'):
     assert any(r[:2] == ['optimizer', option] for r in rows), option
@@ -215,10 +218,12 @@ def _passes_checkpointed(out) -> int:
   return max([int(n) for n in names if n.isdigit()], default=0)
 
 
-# 20 members: 4 chunks of 5, 2 rounds on 2 devices; 13 passes, each saved
+# 20 members in 2 switched groups (one per norm), each 2 chunks of 5 on 2
+# devices, one after the other through one program; 13 passes, each saved
 # (several processes: at the end of each round).
 DURABLE = [*TINY, '--seeds=5', '--steps=60', '--log_every=5',
-           '--logs_per_call=1', '--checkpoint_every_s=0', '--chunk_size=5']
+           '--logs_per_call=1', '--checkpoint_every_s=0', '--chunk_size=5',
+           '--switch=norm']
 
 
 @pytest.fixture(scope='module')
@@ -284,7 +289,7 @@ def test_kill_9_resumes_bit_identical_across_processes_and_devices(
 
   One process of 1 device, killed after 2 passes; a run with other flags is
   refused; two processes of 1 device each resume it, and are killed after
-  the first round of chunks (which process 0 checkpoints for both); the same
+  the first group's round of chunks (which process 0 checkpoints for both); the same
   two commands resume again and finish: each process runs its chunks,
   process 0 gathers and writes.
   """
@@ -296,7 +301,7 @@ def test_kill_9_resumes_bit_identical_across_processes_and_devices(
       '--log_every=10', f'--out={out}')
   _assert_clean_error(other, '--log_every=5, not 10')
   _kill_at(_start(out, 2, 1), out, 13)
-  assert _passes_checkpointed(out) == 13  # the first round's chunk 0
+  assert _passes_checkpointed(out) == 13  # the first group's chunk 0
   procs = _start(out, 2, 1)
   done = [p.communicate(timeout=300) for p in procs]
   for p, (stdout, stderr) in zip(procs, done):

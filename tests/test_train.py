@@ -293,7 +293,7 @@ def test_elementwise_options_stay_in_one_program_and_a_split_matches_it(
   # members' own step, matmul for matmul. (The launchers' smoke test checks
   # that partition='auto' records and prints these ratios.)
   chex.assert_trees_all_close(ratios, {'optimizer': 1.0, 'norm': 1.0})
-  relaxed = engine.run(CONFIG, grid, tiny_digits, partition=())
+  relaxed = engine.run(CONFIG, grid, tiny_digits, partition=(), switch=())
   assert 'programs' not in relaxed.metadata['engine']
   assert relaxed.metadata['partition'] == {'mode': 'given', 'axes': [],
                                            'switch': []}
