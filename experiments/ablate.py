@@ -40,7 +40,7 @@ flags.DEFINE_list('partition', ['auto'], 'Choice axes to split the grid by '
                   'that computes every option, e.g. optimizer; "none": one '
                   'program; "auto": the axes whose options differ in matmul '
                   'cost (engine.auto_partition).')
-cli.define_switch_flag('auto')
+cli.define_switch_flag()
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
                   'exit without running or writing anything.')
 flags.DEFINE_float('memory_budget_mb', None, 'Most memory one program call may '

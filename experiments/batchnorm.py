@@ -56,7 +56,7 @@ flags.DEFINE_string('out', '/tmp/rahimi_batchnorm', 'Directory for the '
                     'per-member summary (results.csv, metadata.json), one '
                     'subdirectory of full logs per model, and the PNG curves '
                     '(replaced whole).')
-cli.define_switch_flag('auto')  # the norms: a group per norm
+cli.define_switch_flag()  # the norms: a group per norm
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grids, and '
                   'exit without running or writing anything.')
 cli.define_precision_flag()  # --matmul_precision (float32 by default)

@@ -116,11 +116,10 @@ def define_precision_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       flag_values=flag_values)
 
 
-def define_switch_flag(default: str,
-                       flag_values: flags.FlagValues = flags.FLAGS) -> None:
+def define_switch_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines ``--switch`` (``engine.run``'s ``switch``; ``switch_value``)."""
   flags.DEFINE_list(
-      'switch', [default], 'Choice axes (norm, optimizer, activation) whose '
+      'switch', ['auto'], 'Choice axes (norm, optimizer, activation) whose '
       'options each member computes alone instead of all of them: the members '
       'run in groups, one per combination of those options, one group after '
       'another, all with the same compiled program, which branches on the '
@@ -140,11 +139,20 @@ def switch_value(flag_values: flags.FlagValues = flags.FLAGS
 
 def switch_line(results) -> str:
   """What ``--switch`` did to a run (``engine.run``'s metadata)."""
-  axes = results.metadata.get('partition', {}).get('switch', [])
+  choice = results.metadata.get('partition', {})
+  axes = choice.get('switch', [])
   if not axes:
-    return 'switched: none (relaxed: every member computes every option)'
-  return (f'switched: {",".join(axes)} ({results.metadata["engine"]["groups"]} '
-          'groups of members, each computing only its own options)')
+    line = 'switched: none (relaxed: every member computes every option)'
+  else:
+    line = (f'switched: {",".join(axes)} ({results.metadata["engine"]["groups"]}'
+            ' groups of members, each computing only its own options)')
+  if choice.get('switch_ratios'):  # --switch=auto
+    ratios = ', '.join(f'{a} {r:.2f}x'
+                       for a, r in choice['switch_ratios'].items())
+    line += (f"; elementwise work of the relaxed step over the members' own, "
+             f'per axis: {ratios} (switched at >= '
+             f'{choice["switch_threshold"]:g}x)')
+  return line
 
 
 def matmul_precisions(device=None) -> tuple[str, ...]:

@@ -4,10 +4,10 @@
 relaxed program (every option of each choice axis computed, its weight picking
 the member's), split by the choice axes whose options differ in matmul cost
 (``auto_partition``); on a CPU (``switch='auto'``), members run in groups by
-the options of the choice axes that can branch, each group through the same
-program, which then computes only the group's options. Each part is
-executed by ``program.execute`` and the parts merged into one ``Results`` in
-grid order. Data flows grid -> engine -> train (the pure loop) -> results.
+the options of the choice axes that can branch and cost enough
+(``auto_switch``), each group through the same program, which then computes
+only the group's options. Each part is executed by ``program.execute`` and
+the parts merged into one ``Results`` in grid order. Data flows grid -> engine -> train (the pure loop) -> results.
 """
 
 import dataclasses
@@ -28,9 +28,27 @@ from rahimi_jax.data import Dataset
 # ``partition='auto'`` splits by a choice axis when the relaxed program's step
 # costs at least this many times the step its members need on their own.
 AUTO_PARTITION_RATIO = 2.0
-# ``switch='auto'`` keeps at least this many members in a group: a member
-# alone has no other to share its program's calls (its device's vmap).
+# ``switch='auto'`` switches a choice axis when the relaxed step writes at
+# least this many times the elements its members' own steps do (gradient
+# descent beside Adam, 1.02x: switched 2.2x slower; the rounding study's
+# optimizers, 1.16x: 1.35x faster; WORKSPACE.md, 2-core Intel Xeon) ...
+AUTO_SWITCH_RATIO = 1.1
+# ... and keeps at least this many members in a group: a member alone has no
+# other to share its program's calls (its device's vmap).
 MIN_GROUP = 2
+
+
+def _step_jaxpr(config: train_lib.TrainConfig, grid: grid_lib.Grid,
+                data: Dataset, evaluation: bool):
+  """The jaxpr of one step (or evaluation) of a member of ``grid``'s program,
+  and the member's parameter count."""
+  loop = train_lib.make_loop(config.for_grid(grid))
+  knobs = jax.tree.map(lambda v: v[0], grid.knobs([0]))
+  carry = jax.eval_shape(loop.init, knobs, data)
+  fn = loop.log if evaluation else loop.step
+  n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(carry.params))
+  return jax.make_jaxpr(fn)(knobs, data, carry, jax.ShapeDtypeStruct(
+      (), jnp.int32)).jaxpr, n_params
 
 
 def step_flops(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
@@ -42,53 +60,58 @@ def step_flops(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset
   the least-squares optimizers) counts one trip per parameter, CG's bound.
   With ``evaluation=True``: the FLOPs of one evaluation (``Loop.log``) instead.
   """
-  loop = train_lib.make_loop(config.for_grid(grid))
-  knobs = jax.tree.map(lambda v: v[0], grid.knobs([0]))
-  carry = jax.eval_shape(loop.init, knobs, data)
-  fn = loop.log if evaluation else loop.step
-  n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(carry.params))
-  return flops_lib.matmul_flops(fn, knobs, data, carry,
-                                jax.ShapeDtypeStruct((), jnp.int32),
-                                while_trips=n_params)
+  jaxpr, n_params = _step_jaxpr(config, grid, data, evaluation)
+  return flops_lib.jaxpr_matmul_flops(jaxpr, while_trips=n_params)
 
 
-def auto_partition(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset,
-                   ratio: float = AUTO_PARTITION_RATIO
-                   ) -> tuple[tuple[str, ...], dict[str, float]]:
-  """The choice axes worth one program per option, by a matmul cost model.
+@dataclasses.dataclass(frozen=True)
+class CostRatio:
+  """A choice axis's relaxed step over the mean step its members need with
+  their own option alone: by matmul FLOPs and by the elements the other
+  operations write (``flops.element_ops``)."""
+  matmul: float
+  elementwise: float
 
-  For each ``Choice`` axis with several options: the relaxed step's FLOPs
-  over the mean FLOPs of the step each member needs with its own option of
-  that axis (``step_flops``). An axis whose ratio is at least ``ratio`` is
-  chosen: its members would do that many times their own work in one relaxed
-  program, which outweighs compiling one program per option. Options that
-  differ only elementwise (optax's first-order optimizers, the norms) give
-  ratio 1.00; Levenberg–Marquardt's CG solves beside gradient descent gave
-  5.85 in the deep linear study (where splitting ran 4x faster).
 
-  Returns:
-    ``(axes, ratios)``: the axes to partition by, and every candidate axis's
-    ratio.
-  """
+def cost_ratios(config: train_lib.TrainConfig, grid: grid_lib.Grid,
+                data: Dataset) -> dict[str, CostRatio]:
+  """``CostRatio`` of each ``Choice`` axis of ``grid`` with several options
+  (traced, not run: one trace per option, ~0.1 s each)."""
+
+  def cost(sub):
+    jaxpr, n_params = _step_jaxpr(config, sub, data, False)
+    return np.array([flops_lib.jaxpr_matmul_flops(jaxpr, n_params),
+                     flops_lib.jaxpr_element_ops(jaxpr, n_params)], float)
+
   candidates = [axis for axis, names in grid.choices.items()
                 if isinstance(grid.axis(axis), grid_lib.Choice)
                 and len(names) > 1]
-  axes, ratios = [], {}
   if not candidates:
-    return (), ratios
-  relaxed = step_flops(config, grid, data)
+    return {}
+  relaxed = cost(grid)
+  ratios = {}
   for axis in candidates:
-    names = grid.choices[axis]
-    own = 0
-    for name in names:
-      indices = [m.index for m in grid.members if m.values[axis] == name]
-      own += len(indices) * step_flops(config, grid.subset(indices), data)
-    mean_own = own / len(grid)
-    ratios[axis] = relaxed / mean_own if mean_own else (
-        float('inf') if relaxed else 1.0)
-    if ratios[axis] >= ratio:
-      axes.append(axis)
-  return tuple(axes), ratios
+    own = sum(len(i) * cost(grid.subset(i)) for i in _groups(grid, (axis,)))
+    own = own / len(grid)
+    ratios[axis] = CostRatio(*(
+        float(r / o) if o else (float('inf') if r else 1.0)
+        for r, o in zip(relaxed, own)))
+  return ratios
+
+
+def auto_partition(ratios: dict[str, CostRatio],
+                   threshold: float = AUTO_PARTITION_RATIO) -> tuple[str, ...]:
+  """The choice axes worth one program per option (``cost_ratios``).
+
+  An axis whose relaxed step does at least ``threshold`` times the matmul
+  FLOPs of its members' own steps is chosen: its members would do that many
+  times their own work in one relaxed program, which outweighs compiling one
+  program per option. Options that differ only elementwise (optax's
+  first-order optimizers, the norms) give 1.00; Levenberg–Marquardt's CG
+  solves beside gradient descent gave 5.85 in the deep linear study (where
+  splitting ran 4x faster).
+  """
+  return tuple(a for a, r in ratios.items() if r.matmul >= threshold)
 
 
 def _groups(grid: grid_lib.Grid, axes: tuple[str, ...]) -> list[list[int]]:
@@ -122,28 +145,32 @@ def check_switch(grid: grid_lib.Grid, switch: tuple[str, ...] | str
   return tuple(switch)
 
 
-def auto_switch(grid: grid_lib.Grid, partition: tuple[str, ...] = ()
-                ) -> tuple[str, ...]:
-  """The choice axes ``run(switch='auto')`` switches: each switchable one of
-  several options (most options first), while every group of members (a
+def auto_switch(grid: grid_lib.Grid, ratios: dict[str, CostRatio],
+                partition: tuple[str, ...] = (),
+                threshold: float = AUTO_SWITCH_RATIO) -> tuple[str, ...]:
+  """The choice axes ``run(switch='auto')`` switches: each switchable one
+  (``registry.Axis.switchable``) whose relaxed step writes at least
+  ``threshold`` times the elements its members' own steps do
+  (``cost_ratios``), most first, while every group of members (a
   combination of the partition's and the switched axes' options) keeps at
-  least ``MIN_GROUP`` members. It depends on the grid alone, never on the
-  devices, so a run resumed on other devices runs the same programs.
+  least ``MIN_GROUP`` members. Traced costs and the grid decide, never the
+  devices, so a run resumed on other devices runs the same groups.
 
   Switching costs no compile (the groups share one program) and saves the
-  options a member does not take: 1.9-2.1x the run of the batch-norm study's
-  grids (four norms), 1.2-1.3x the default ablation's (WORKSPACE.md, CPU). It
-  costs parallelism where the groups get small: they run one after another.
-  Off the CPU it switches nothing: an accelerator runs the whole relaxed grid
-  as one wide ``vmap`` (``tuning.ACCELERATOR_CHUNK``), where the groups would
-  run one after another, each a fraction as wide (not measured on one yet).
+  work of the options a member does not take, but its groups run one after
+  another, each narrower: where the options cost little (the deep linear
+  study's gradient descent beside Adam, 1.02x) its run took 2.2x as long
+  (WORKSPACE.md, CPU). Off the CPU it switches nothing: an accelerator runs
+  the whole relaxed grid as one wide ``vmap`` (``tuning.ACCELERATOR_CHUNK``),
+  where the groups would run one after another, each a fraction as wide
+  (not measured on one yet).
   """
   if jax.default_backend() != 'cpu':
     return ()
   chosen = []
   candidates = sorted((a for a in _switchable(grid) if a not in partition
-                       and len(grid.choices[a]) > 1),
-                      key=lambda a: -len(grid.choices[a]))
+                       and a in ratios and ratios[a].elementwise >= threshold),
+                      key=lambda a: -ratios[a].elementwise)
   for axis in candidates:
     if min(map(len, _groups(grid, (*partition, *chosen, axis)))) >= MIN_GROUP:
       chosen.append(axis)
@@ -171,16 +198,17 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
       branches on the group's options (``TrainConfig.switched``). One
       compile, as relaxed; each member's step as cheap as in a program of
       its own options. An axis in ``partition`` is split, not switched.
-      ``'auto'`` (the default; ``auto_switch``): on a CPU, every switchable
-      choice axis of several options, while each group keeps ``MIN_GROUP``
-      members; ``()``: none (every member computes every option). ``Gate``
-      axes are never switched.
+      ``'auto'`` (the default; ``auto_switch``): on a CPU, each switchable
+      choice axis whose options cost enough that computing all of them
+      outweighs running the groups one after another; ``()``: none (every
+      member computes every option). ``Gate`` axes are never switched.
     metadata: extra provenance stored with the results.
     **program_kwargs: passed to ``program.execute``.
 
   Returns:
     ``Results`` in the grid's member order; ``metadata['partition']`` records
-    the axes used (and, for ``'auto'``, every candidate's cost ratio).
+    the axes partitioned and switched (and, for ``'auto'``, every
+    candidate's cost ratio, ``cost_ratios``).
 
   Raises:
     program.Interrupted: on Ctrl-C, with the members of the programs and
@@ -188,22 +216,27 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
   """
   train_lib.check_task(config.for_grid(grid), data.task)
   choice = {'mode': 'given'}
-  if isinstance(partition, str):
-    if partition != 'auto':
-      raise ValueError(f"partition must be a tuple of choice axes or 'auto'; "
-                       f'got {partition!r}.')
-    partition, ratios = auto_partition(config, grid, data)
-    choice = {'mode': 'auto', 'ratios': ratios,
-              'threshold': AUTO_PARTITION_RATIO}
-  partition = tuple(partition)
-  choice['axes'] = list(partition)
-  for axis in partition:
+  if isinstance(partition, str) and partition != 'auto':
+    raise ValueError(f"partition must be a tuple of choice axes or 'auto'; "
+                     f'got {partition!r}.')
+  for axis in () if partition == 'auto' else partition:
     if not isinstance(grid.axis(axis), grid_lib.Choice):
       raise ValueError(f'partition: {axis!r} is not a choice axis of the grid; '
                        f'choice axes: {", ".join(grid.choices)}.')
   switch = check_switch(grid, switch)
+  ratios = (cost_ratios(config, grid, data)
+            if 'auto' in (partition, switch) else {})
+  if partition == 'auto':
+    partition = auto_partition(ratios)
+    choice = {'mode': 'auto', 'threshold': AUTO_PARTITION_RATIO,
+              'ratios': {a: r.matmul for a, r in ratios.items()}}
+  partition = tuple(partition)
+  choice['axes'] = list(partition)
   if switch == 'auto':
-    switch = auto_switch(grid, partition)
+    switch = auto_switch(grid, ratios, partition)
+    choice['switch_threshold'] = AUTO_SWITCH_RATIO
+    choice['switch_ratios'] = {a: ratios[a].elementwise
+                               for a in _switchable(grid) if a in ratios}
   switch = tuple(a for a in switch if a not in partition
                  and len(grid.choices[a]) > 1)
   choice['switch'] = list(switch)

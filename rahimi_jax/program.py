@@ -1211,6 +1211,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     return moved
 
   finish = _program(run.finish, (True,), ())
+  ran = False
   try:
     # Rounds set up ahead (started: a start is quick; their states live
     # beside the running round's): two where their states fit the budget
@@ -1293,6 +1294,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
       outputs = {c: jax.tree.map(lambda a: a[:len(chunks[c])], out)
                  for c, out in _gather_chunks(outputs, chunk, jax.eval_shape(
                      jax.vmap(run.finish), state_spec)).items()}
+    ran = True
   except KeyboardInterrupt:
     done = 0  # the chunks finished in order
     while done in outputs:
@@ -1302,15 +1304,16 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     partial = tidy(finished, time.perf_counter() - run_start) if finished else None
     raise Interrupted(partial, finished, g) from None
   finally:
-    progress.close()
-    pressed = []
-    if checkpoints is not None:
-      # Orbax's close waits on its writer threads; a Ctrl-C in there would
-      # replace the outcome (every member finished, or the ``Interrupted``
-      # above with those that had) by a bare ``KeyboardInterrupt``.
-      with _deferred_interrupt() as pressed:
+    # Orbax's close waits on its writer threads: a Ctrl-C in there, or
+    # anywhere in this wrap-up, would replace the outcome (every member
+    # finished, or the ``Interrupted`` above with those that had) by a bare
+    # ``KeyboardInterrupt``. It is held until the wrap-up is done.
+    with _deferred_interrupt() as pressed:
+      progress.close()
+      if checkpoints is not None:
         checkpoints.close()
-  results = tidy(g, time.perf_counter() - run_start)
-  if pressed:  # during the close of a run that had finished: stop after it
+      if ran:
+        results = tidy(g, time.perf_counter() - run_start)
+  if pressed:  # while a finished run wrapped up: stop after it
     raise Interrupted(results, g, g)
   return results

@@ -92,10 +92,12 @@ def test_shrunk_end_to_end_run(tiny_run):
   # steps do the same matmuls) and says so.
   assert ('partition: auto -> none (one relaxed program); relaxed step FLOPs '
           "over the members' own, per axis: optimizer 1.00x") in stdout
-  # On a CPU, --switch=auto runs a group per (optimizer, norm), each member
-  # computing its own options.
-  assert ('switched: optimizer,norm (4 groups of members, each computing only '
-          'its own options)') in stdout
+  # On a CPU, --switch=auto runs a group per (norm, optimizer), each member
+  # computing its own options, and says why.
+  assert ('switched: norm,optimizer (4 groups of members, each computing only '
+          "its own options); elementwise work of the relaxed step over the "
+          "members' own, per axis: optimizer 1.12x, norm 1.13x (switched at "
+          '>= 1.1x)') in stdout
   rows = [l.split() for l in stdout.splitlines()]
   for option in ('sgd', 'adam'):
     assert any(r[:2] == ['optimizer', option] for r in rows), option

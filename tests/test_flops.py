@@ -53,3 +53,23 @@ def test_convolutions_count_window_times_input_features():
       x, w, (2,), ((1, 1),), dimension_numbers=('NWC', 'WIO', 'NWC'))
   out_length = (12 + 2 - 5) // 2 + 1
   assert flops.matmul_flops(conv, x, w) == 2 * 4 * out_length * 7 * 5 * 3
+
+
+def test_element_ops_count_what_the_other_operations_write():
+  # tanh then + 1: two [3, 4] outputs (the scalar 1.0 is a literal).
+  assert flops.element_ops(lambda a: jnp.tanh(a) + 1.0, A) == 2 * A.size
+  # A matmul writes no counted elements; the sum after it writes one.
+  assert flops.element_ops(lambda a, b: jnp.sum(a @ b), A, B) == 1
+  # Loops count as matmul_flops does: a scan its length, a cond the
+  # costliest branch, a while ``while_trips``.
+  scanned = lambda a: jax.lax.scan(lambda c, _: (jnp.sin(c), None), a, None,
+                                   length=7)[0]
+  assert flops.element_ops(scanned, A) == 7 * A.size
+  branchy = lambda p, a: jax.lax.cond(p, lambda: jnp.sin(jnp.cos(a)),
+                                      lambda: jnp.sin(a))
+  # (+ 1: the predicate converted to the branch index.)
+  assert flops.element_ops(branchy, True, A) == 2 * A.size + 1
+  looped = lambda a: jax.lax.while_loop(
+      lambda c: c[1] < 3, lambda c: (jnp.exp(c[0]), c[1] + 1), (a, 0))[0]
+  # Per trip: exp writes 12, the counter's add 1, its test 1.
+  assert flops.element_ops(looped, A, while_trips=3) == 3 * (A.size + 2)

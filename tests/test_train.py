@@ -286,13 +286,16 @@ def test_elementwise_options_stay_in_one_program_and_a_split_matches_it(
   grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd', 'adam')),
                        grid_lib.Choice('norm', ('none', 'layer')),
                        grid_lib.Seeds(2))
-  axes, ratios = engine.auto_partition(CONFIG, grid, tiny_digits)
-  assert axes == ()
+  ratios = engine.cost_ratios(CONFIG, grid, tiny_digits)
+  assert engine.auto_partition(ratios) == ()
   assert set(ratios) == {'optimizer', 'norm'}
   # Optax's updates and the norms add no matmuls: the relaxed step is the
-  # members' own step, matmul for matmul. (The launchers' smoke test checks
+  # members' own step, matmul for matmul; but elementwise work (Adam's
+  # moments, layer norm's statistics). (The launchers' smoke test checks
   # that partition='auto' records and prints these ratios.)
-  chex.assert_trees_all_close(ratios, {'optimizer': 1.0, 'norm': 1.0})
+  chex.assert_trees_all_close({a: r.matmul for a, r in ratios.items()},
+                              {'optimizer': 1.0, 'norm': 1.0})
+  assert all(r.elementwise > 1.05 for r in ratios.values()), ratios
   relaxed = engine.run(CONFIG, grid, tiny_digits, partition=(), switch=())
   assert 'programs' not in relaxed.metadata['engine']
   assert relaxed.metadata['partition'] == {'mode': 'given', 'axes': [],
@@ -330,12 +333,16 @@ def test_switching_needs_a_switchable_axis_and_one_option_per_call(
   config = dataclasses.replace(CONFIG.for_grid(grid), switched=('norm',))
   with pytest.raises(ValueError, match=r"same norm.*layer, none"):
     program.execute(train_lib.make_train(config), grid, tiny_digits)
-  # Groups of a single member are left relaxed ('auto').
+  # 'auto': an axis whose options add enough elementwise work, while each
+  # group keeps two members.
+  costly = {'norm': engine.CostRatio(1.0, engine.AUTO_SWITCH_RATIO)}
+  cheap = {'norm': engine.CostRatio(1.0, engine.AUTO_SWITCH_RATIO - 0.01)}
   solo = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'layer')))
-  assert engine.auto_switch(grid) == ('norm',)
-  assert engine.auto_switch(solo) == ()
+  assert engine.auto_switch(grid, costly) == ('norm',)
+  assert engine.auto_switch(grid, cheap) == ()
+  assert engine.auto_switch(solo, costly) == ()
   with mock.patch.object(jax, 'default_backend', return_value='gpu'):
-    assert engine.auto_switch(grid) == ()  # one wide relaxed vmap there
+    assert engine.auto_switch(grid, costly) == ()  # one wide relaxed vmap
 
 
 def test_ctrl_c_between_groups_keeps_the_finished_ones(tiny_digits):
@@ -397,18 +404,18 @@ def test_auto_partition_splits_off_levenberg_marquardt(tiny_synthetic):
   gd = engine.step_flops(config, grid.subset([0, 1, 2]), tiny_synthetic)
   lm = engine.step_flops(config, grid.subset([3]), tiny_synthetic)
   assert gd < lm <= relaxed
-  axes, ratios = engine.auto_partition(config, grid, tiny_synthetic)
-  assert axes == ('optimizer',)
-  chex.assert_trees_all_close(ratios['optimizer'],
+  ratios = engine.cost_ratios(config, grid, tiny_synthetic)
+  assert engine.auto_partition(ratios) == ('optimizer',)
+  chex.assert_trees_all_close(ratios['optimizer'].matmul,
                               relaxed / ((3 * gd + lm) / 4))
-  assert ratios['optimizer'] >= engine.AUTO_PARTITION_RATIO
+  assert ratios['optimizer'].matmul >= engine.AUTO_PARTITION_RATIO
   auto = engine.run(config, grid, tiny_synthetic, partition='auto')
   given = engine.run(config, grid, tiny_synthetic,
                      partition=('optimizer',))
   assert auto.metadata['engine']['programs'] == 2
   assert auto.metadata['partition']['axes'] == ['optimizer']
-  assert given.metadata['partition'] == {'mode': 'given',
-                                         'axes': ['optimizer'], 'switch': []}
+  assert {k: given.metadata['partition'][k] for k in ('mode', 'axes', 'switch')
+          } == {'mode': 'given', 'axes': ['optimizer'], 'switch': []}
   chex.assert_trees_all_equal(auto.columns, given.columns)
 
 
