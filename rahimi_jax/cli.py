@@ -144,8 +144,9 @@ def switch_line(results) -> str:
   if not axes:
     line = 'switched: none (relaxed: every member computes every option)'
   else:
-    line = (f'switched: {",".join(axes)} ({results.metadata["engine"]["groups"]}'
-            ' groups of members, each computing only its own options)')
+    groups = results.metadata['engine']['groups']
+    line = (f'switched: {",".join(axes)} ({groups} groups of members, each '
+            'computing only its own options)')
   if choice.get('switch_ratios'):  # --switch=auto
     ratios = ', '.join(f'{a} {r:.2f}x'
                        for a, r in choice['switch_ratios'].items())

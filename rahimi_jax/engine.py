@@ -7,7 +7,8 @@ the member's), split by the choice axes whose options differ in matmul cost
 the options of the choice axes that can branch and cost enough
 (``auto_switch``), each group through the same program, which then computes
 only the group's options. Each part is executed by ``program.execute`` and
-the parts merged into one ``Results`` in grid order. Data flows grid -> engine -> train (the pure loop) -> results.
+the parts merged into one ``Results`` in grid order. Data flows grid ->
+engine -> train (the pure loop) -> results.
 """
 
 import dataclasses
