@@ -64,7 +64,6 @@ def partition_line(choice) -> str:
 
 def main(argv):
   cli.start(argv, __name__)
-  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
   from rahimi_jax import stats  # pylint: disable=g-import-not-at-top
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import ablation  # pylint: disable=g-import-not-at-top
@@ -89,7 +88,7 @@ def main(argv):
       if axis not in grid.choices:
         raise ValueError(f'partition: {axis!r} is not a choice axis of this '
                          f'grid; choice axes: {", ".join(grid.choices)}.')
-    engine.check_switch(grid, cli.switch_value())
+    cli.check_switch(grid)
     return config, budget, partition
 
   def describe(built):
@@ -99,8 +98,7 @@ def main(argv):
 
   def run(built):
     config, budget, partition = built
-    res = ablation.run(config, memory_budget_bytes=budget, partition=partition,
-                       switch=cli.switch_value())
+    res = ablation.run(config, memory_budget_bytes=budget, partition=partition)
     res.metadata['flags'] = cli.key_flags(__name__)
     return res
 
@@ -124,7 +122,7 @@ def main(argv):
         f'{info.get("programs", 1)} program(s), {info["member_batches"]} '
         f'call(s) of up to {info["member_batch_size"]} members on '
         f'{info["num_devices"]} device(s)',
-        partition_line(res.metadata['partition']), cli.switch_line(res),
+        partition_line(res.metadata['partition']), cli.switch_line(res.metadata),
         res.summary_table(metric), res.effects_table(metric),
         *ablation.rounding_lines(res),
         f'wrote {FLAGS.out}/: {", ".join(files)}'])

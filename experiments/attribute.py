@@ -30,6 +30,7 @@ flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
                   'exit without running or writing anything.')
 flags.DEFINE_string('out', '/tmp/rahimi_attribute', 'Output directory.')
 cli.define_precision_flag()  # --matmul_precision (float32 by default)
+cli.define_switch_flag()  # the factorial grid's norm and optimizer
 cli.define_config_flag()  # --config=FILE.py or a results directory
 
 FLAGS = flags.FLAGS
@@ -41,11 +42,13 @@ def main(argv):
   from rahimi_jax.studies import attribute  # pylint: disable=g-import-not-at-top
 
   def build():
-    return attribute.AttributeConfig(
+    config = attribute.AttributeConfig(
         gates=FLAGS.gates, metric=FLAGS.metric, dataset=FLAGS.dataset,
         hidden=cli.parse_numbers('hidden', FLAGS.hidden, int, distinct=False),
         values=cli.axis_flag_values(choices=False)[1], seeds=FLAGS.seeds,
         steps=FLAGS.steps, batch_size=FLAGS.batch_size, nodes=FLAGS.nodes)
+    cli.check_switch(config.grid())
+    return config
 
   def describe(config):
     return (f'{len(config.grid())} members (2^{len(config.gates)} x '
@@ -65,7 +68,7 @@ def main(argv):
              'interactions.png, curves_<axis>.png' if 'rows' in out
              else 'results.csv, metadata.json')
     return (f'{attribute.report(config, out, directory)}\n{timing}wrote '
-            f'{FLAGS.out}/: {files}')
+            f'{FLAGS.out}/: {files}\n{cli.switch_line(out["results"].metadata)}')
 
   return cli.launch(build, describe, run, write, FLAGS.out,
                     dry_run=FLAGS.dry_run)

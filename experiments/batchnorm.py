@@ -86,8 +86,7 @@ def main(argv):
                                     knobs=batchnorm.VALUE_KNOBS)[1],
         seeds=FLAGS.seeds, steps=FLAGS.steps,
         batch_size=FLAGS.batch_size, log_every=FLAGS.log_every)
-    from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
-    engine.check_switch(config.grid(), cli.switch_value())
+    cli.check_switch(config.grid())
     return config
 
   def describe(config):
@@ -99,7 +98,7 @@ def main(argv):
             f'{config.train_config(config.models[0]).log_every}')
 
   def run(config):
-    out = batchnorm.run(config, switch=cli.switch_value())
+    out = batchnorm.run(config)
     used = cli.key_flags(__name__)
     for res in out.values():
       res.metadata['flags'] = used
@@ -128,7 +127,7 @@ def main(argv):
     return '\n'.join([
         f'compile {sum(i["compile_s"] for i in info):.1f}s, run '
         f'{sum(i["run_s"] for i in info):.1f}s on {info[0]["num_devices"]} '
-        'device(s); ' + cli.switch_line(next(iter(out.values()))),
+        'device(s); ' + cli.switch_line(next(iter(out.values())).metadata),
         batchnorm.report(out),
         f'wrote {FLAGS.out}/: {", ".join(files)}'])
 

@@ -48,6 +48,7 @@ flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
                   'exit without running or writing anything.')
 flags.DEFINE_string('out', '/tmp/rahimi_deep_linear', 'Output directory.')
 cli.define_precision_flag()  # --matmul_precision (float32 by default)
+cli.define_switch_flag()  # LM beside GN: a group per solver
 cli.define_config_flag()  # --config=FILE.py or a results directory
 
 FLAGS = flags.FLAGS
@@ -62,7 +63,7 @@ def main(argv):
   from rahimi_jax.studies import deep_linear  # pylint: disable=g-import-not-at-top
 
   def build():
-    return deep_linear.DeepLinearConfig(
+    config = deep_linear.DeepLinearConfig(
         condition_number=FLAGS.condition_number, noise=FLAGS.noise,
         n_train=FLAGS.n_train, in_dim=FLAGS.in_dim, out_dim=FLAGS.out_dim,
         width=FLAGS.width,
@@ -75,6 +76,8 @@ def main(argv):
         seeds=FLAGS.seeds, steps=FLAGS.steps,
         solver_steps=FLAGS.solver_steps, log_every=FLAGS.log_every,
         dtype=FLAGS.dtype, saxe=FLAGS.saxe)
+    cli.check_switch(*config.grids().values())
+    return config
 
   def describe(config):
     return (f'{len(config.grid())} members per depth, depths '
@@ -88,9 +91,16 @@ def main(argv):
   def write(config, res, directory):
     storage.write(res, directory)
     wall = sum(e['wall_s'] for e in res.metadata['engine'])
-    return (f'{deep_linear.report(config, res, directory)}\n'
-            f'grid wall time {wall:.1f}s; wrote {FLAGS.out}/results.csv, '
-            'metadata.json and PNG plots')
+    grids = [('least-squares' if least_squares else 'first-order')
+             + (f' (depth {d})' if len(config.depths) > 1 else '')
+             for d in config.depths for least_squares in config.grids()]
+    switched = [f'{grid} grid: ' + cli.switch_line({'partition': p,
+                                                    'engine': e})
+                for grid, p, e in zip(grids, res.metadata['partition'],
+                                      res.metadata['engine'])]
+    return '\n'.join([deep_linear.report(config, res, directory), *switched,
+                      f'grid wall time {wall:.1f}s; wrote {FLAGS.out}/'
+                      'results.csv, metadata.json and PNG plots'])
 
   return cli.launch(build, describe, run, write, FLAGS.out,
                     dry_run=FLAGS.dry_run)

@@ -60,6 +60,7 @@ flags.DEFINE_string('out', '/tmp/rahimi_rounding', 'Directory for '
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the grid, and '
                   'exit without running or writing anything.')
 cli.define_precision_flag()  # --matmul_precision (float32 by default)
+cli.define_switch_flag()  # the optimizers: a group per optimizer
 cli.define_config_flag()  # --config=FILE.py or a results directory
 
 FLAGS = flags.FLAGS
@@ -70,7 +71,7 @@ def main(argv):
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
 
   def build():
-    return rounding.RoundingConfig(
+    config = rounding.RoundingConfig(
         dataset=FLAGS.dataset,
         hidden=cli.parse_numbers('hidden', FLAGS.hidden, int, distinct=False),
         optimizers=tuple(FLAGS.optimizers),
@@ -84,6 +85,8 @@ def main(argv):
                                     knobs=rounding.VALUE_KNOBS)[1],
         seeds=FLAGS.seeds, steps=FLAGS.steps, batch_size=FLAGS.batch_size,
         log_every=FLAGS.log_every, gap=FLAGS.gap)
+    cli.check_switch(config.grid())
+    return config
 
   def describe(config):
     grid = config.grid()
@@ -119,7 +122,7 @@ def main(argv):
     info = res.metadata['engine']
     return '\n'.join([
         f'compile {info["compile_s"]:.1f}s, run {info["run_s"]:.1f}s on '
-        f'{info["num_devices"]} device(s)',
+        f'{info["num_devices"]} device(s); ' + cli.switch_line(res.metadata),
         rounding.report(res, config.gap),
         f'wrote {FLAGS.out}/: {", ".join(files)}'])
 

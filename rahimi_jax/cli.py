@@ -132,19 +132,31 @@ def define_switch_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 def switch_value(flag_values: flags.FlagValues = flags.FLAGS
                  ) -> tuple[str, ...] | str:
-  """``--switch`` as ``engine.run`` takes it."""
+  """``--switch`` as ``engine.run`` takes it (``'auto'`` where the launcher
+  defines none)."""
+  if 'switch' not in flag_values:
+    return 'auto'
   given = tuple(flag_values.switch)
   return {('auto',): 'auto', ('none',): ()}.get(given, given)
 
 
-def switch_line(results) -> str:
-  """What ``--switch`` did to a run (``engine.run``'s metadata)."""
-  choice = results.metadata.get('partition', {})
+def check_switch(*grids) -> None:
+  """``--switch`` checked against the grids a launcher will run (in its
+  ``build``: a bad axis is a clean error before anything compiles)."""
+  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
+  for grid in grids:
+    engine.check_switch(grid, switch_value())
+
+
+def switch_line(metadata) -> str:
+  """What ``--switch`` did to a run: from its results' metadata (or one of
+  a study's parts': ``{'partition': ..., 'engine': ...}``)."""
+  choice = metadata.get('partition', {})
   axes = choice.get('switch', [])
   if not axes:
     line = 'switched: none (relaxed: every member computes every option)'
   else:
-    groups = results.metadata['engine']['groups']
+    groups = metadata['engine']['groups']
     line = (f'switched: {",".join(axes)} ({groups} groups of members, each '
             'computing only its own options)')
   if choice.get('switch_ratios'):  # --switch=auto
@@ -688,8 +700,10 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
     build: ``build() -> config``; raises ``ValueError`` on bad input (printed
       as one ``error:`` line, exit code 1).
     describe: ``describe(config) -> text`` printed before the run (the grid).
-    run: ``run(config) -> outcome``; on Ctrl-C it may raise
-      ``program.Interrupted`` carrying the members that had finished.
+    run: ``run(config) -> outcome``, inside ``program.run_options`` of the
+      run flags (``engine.run`` takes ``--switch`` from there); on Ctrl-C it
+      may raise ``program.Interrupted`` carrying the members that had
+      finished.
     write: ``write(config, outcome, directory) -> text``: writes the outcome's
       files into ``directory`` (staged: they replace ``out`` together) and
       returns the report printed after the files are in place.
@@ -730,7 +744,7 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
         logs_per_call=flags.FLAGS['logs_per_call'].value,
         progress={'auto': None, 'bar': True,
                   'none': False}[flags.FLAGS['progress'].value],
-        chunk_size=flags.FLAGS['chunk_size'].value):
+        chunk_size=flags.FLAGS['chunk_size'].value, switch=switch_value()):
       outcome = run(config)
   except program.CheckpointMismatch as e:
     print(f'error: {e}', file=sys.stderr)

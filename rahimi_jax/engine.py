@@ -180,7 +180,7 @@ def auto_switch(grid: grid_lib.Grid, ratios: dict[str, CostRatio],
 
 def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
         partition: tuple[str, ...] | str = 'auto',
-        switch: tuple[str, ...] | str = 'auto', metadata=None,
+        switch: tuple[str, ...] | str | None = None, metadata=None,
         **program_kwargs) -> results_lib.Results:
   """Trains every member of ``grid`` under ``config``.
 
@@ -199,10 +199,12 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
       branches on the group's options (``TrainConfig.switched``). One
       compile, as relaxed; each member's step as cheap as in a program of
       its own options. An axis in ``partition`` is split, not switched.
-      ``'auto'`` (the default; ``auto_switch``): on a CPU, each switchable
-      choice axis whose options cost enough that computing all of them
-      outweighs running the groups one after another; ``()``: none (every
-      member computes every option). ``Gate`` axes are never switched.
+      ``'auto'`` (``auto_switch``): on a CPU, each switchable choice axis
+      whose options cost enough that computing all of them outweighs running
+      the groups one after another; ``()``: none (every member computes
+      every option); ``None`` (the default): the enclosing
+      ``program.run_options``' (a launcher's ``--switch``), ``'auto'``
+      outside one. ``Gate`` axes are never switched.
     metadata: extra provenance stored with the results.
     **program_kwargs: passed to ``program.execute``.
 
@@ -224,7 +226,8 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
     if not isinstance(grid.axis(axis), grid_lib.Choice):
       raise ValueError(f'partition: {axis!r} is not a choice axis of the grid; '
                        f'choice axes: {", ".join(grid.choices)}.')
-  switch = check_switch(grid, switch)
+  switch = check_switch(grid, program.current_options().switch
+                        if switch is None else switch)
   ratios = (cost_ratios(config, grid, data)
             if 'auto' in (partition, switch) else {})
   if partition == 'auto':

@@ -575,6 +575,8 @@ class RunOptions:
       ``'tune'`` measured now, ``'rule'`` the built-in rule
       (``tuning.rule_width``), or a width; ``None``:
       ``$RAHIMI_JAX_CHUNK_SIZE`` if set, else ``'auto'``.
+    switch: ``engine.run``'s ``switch`` when it is not told (a launcher's
+      ``--switch``).
   """
   checkpoint_dir: str | None = None
   keep: int = 2
@@ -583,6 +585,7 @@ class RunOptions:
   seconds_per_call: float = 5.0
   progress: bool | None = None
   chunk_size: str | int | None = None
+  switch: tuple[str, ...] | str = 'auto'
   calls: int = 0  # execute calls so far in the block (checkpoint directories)
 
   def __post_init__(self):
@@ -607,6 +610,11 @@ def _chunk_mode(value: str | int) -> str | int:
 
 _OPTIONS = RunOptions()
 PROGRESS_LOG_S = 30.0
+
+
+def current_options() -> RunOptions:
+  """The ``RunOptions`` of the enclosing ``run_options`` block."""
+  return _OPTIONS
 
 
 @contextlib.contextmanager

@@ -198,6 +198,8 @@ BAD_INPUTS = [
     ('--methods=gd,newton', 'newton'),
     ('--gd_lrs=0.1,abc', 'abc'),
     ('--depths=0', 'depths'),
+    ('--switch=seed', "'seed' is not a switchable choice axis of the grid; "
+     'accepted: optimizer'),
 ]
 
 
@@ -219,7 +221,10 @@ def test_launcher_end_to_end(launched):
   proc, out = launched[0]
   assert proc.returncode == 0, proc.stderr[-3000:]
   for text in ('lm: first step below', 'function-changing',
-               'Saxe half-rise times'):
+               'Saxe half-rise times',
+               # One option per grid here: nothing to switch, per grid.
+               'first-order grid: switched: none',
+               'least-squares grid: switched: none'):
     assert text in proc.stdout, proc.stdout
   res = storage.load(str(out))
   assert set(res.columns['optimizer']) == {'sgd', 'levenberg_marquardt'}

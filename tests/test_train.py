@@ -328,6 +328,9 @@ def test_switching_needs_a_switchable_axis_and_one_option_per_call(
                        grid_lib.Seeds(2))
   with pytest.raises(ValueError, match=r"'seed'.*accepted: norm"):
     engine.run(CONFIG, grid, tiny_digits, switch=('seed',))
+  with program.run_options(switch=('seed',)):  # a launcher's --switch
+    with pytest.raises(ValueError, match=r"'seed'.*accepted: norm"):
+      engine.run(CONFIG, grid, tiny_digits)
   with pytest.raises(ValueError, match=r"'optimizer'.*accepted: norm"):
     dataclasses.replace(CONFIG.for_grid(grid), switched=('optimizer',))
   config = dataclasses.replace(CONFIG.for_grid(grid), switched=('norm',))

@@ -186,6 +186,7 @@ def run(config: DeepLinearConfig) -> results_lib.Results:
     meta = dict(parts[0].metadata)
     meta['axes'] = {**meta['axes'], 'depth': list(config.depths)}
     meta['engine'] = [p.metadata['engine'] for p in parts]
+    meta['partition'] = [p.metadata['partition'] for p in parts]
     return results_lib.concat(parts, meta)
 
   done = 0
