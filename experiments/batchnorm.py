@@ -127,7 +127,8 @@ def main(argv):
     return '\n'.join([
         f'compile {sum(i["compile_s"] for i in info):.1f}s, run '
         f'{sum(i["run_s"] for i in info):.1f}s on {info[0]["num_devices"]} '
-        'device(s); ' + cli.switch_line(next(iter(out.values())).metadata),
+        'device(s)',
+        *(f'{model}: {cli.switch_line(r.metadata)}' for model, r in out.items()),
         batchnorm.report(out),
         f'wrote {FLAGS.out}/: {", ".join(files)}'])
 
