@@ -1,7 +1,9 @@
 r"""Does the tuned chunk width hold up against every width picked by hand?
 
 For each workload (the default ablation grid; the grid-throughput benchmark's
-deep_linear and mlp32 at G=256 and mlp128 at G=128), in one process run:
+deep_linear and mlp32 at G=256 and mlp128 at G=128), run as the default
+engine runs it (the ablation in switched groups, on a CPU: widths are then a
+group's), in one process run:
 
   hand-picked  the engine at each chunk width of the grid's ladder
                (``tuning.widths``) from ``--min_width`` to ``--max_width``,
@@ -80,12 +82,28 @@ def _case(name: str):
 
 
 def _run(config, grid, data, chunk_size=None, mode=None):
-  """The engine's run of the grid; its engine metadata."""
+  """The default engine's run of the grid (one program; switched groups
+  where ``engine.run`` switches); its engine metadata, the first group's
+  chunk choice beside all groups' times."""
+  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
   from rahimi_jax import program  # pylint: disable=g-import-not-at-top
-  from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   with program.run_options(progress=False, chunk_size=mode):
-    return program.execute(train_lib.make_train(config), grid, data,
-                           chunk_size=chunk_size).metadata['engine']
+    info = engine.run(config, grid, data, partition=(),
+                      chunk_size=chunk_size).metadata['engine']
+  if 'parts' not in info:
+    return info
+  return {**info['parts'][0], 'compile_s': info['compile_s'],
+          'run_s': info['run_s'], 'groups': info['groups']}
+
+
+def _group_size(config, grid, data) -> tuple[int, int]:
+  """(groups, members in the largest) the default engine runs ``grid`` in."""
+  import collections  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
+  switch = engine.auto_switch(grid, engine.cost_ratios(config, grid, data))
+  sizes = collections.Counter(tuple(m.values[a] for a in switch)
+                              for m in grid.members)
+  return len(sizes), max(sizes.values())
 
 
 def main(argv):
@@ -112,7 +130,7 @@ def main(argv):
   summary = []
   for name in FLAGS.workloads:
     config, grid, data, flops = _case(name)
-    g = len(grid)
+    groups, g = _group_size(config, grid, data)  # widths are a group's
     hand = [w for w in tuning.widths(g)
             if FLAGS.min_width <= w <= FLAGS.max_width]
     from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
@@ -131,7 +149,10 @@ def main(argv):
       auto_times.append(_run(config, grid, data)['run_s'])
     choice = first['chunk_choice']
     best = min(hand, key=lambda w: min(times[w]))
-    print(f'\n== {name}: G={g}, {config.steps} steps; rule width {rule} ==')
+    switched = (f' in {groups} switched groups of {g}' if groups > 1
+                else '')
+    print(f'\n== {name}: G={len(grid)}{switched}, {config.steps} steps; rule '
+          f'width {rule} ==')
     print(f'{"width":>6}{"compile_s":>10}{"run_s":>8}{"GFLOP/s":>9}'
           f'{"of peak":>9}{"tuner us/member-step":>22}')
     probe = choice['us_per_member_step']
