@@ -244,12 +244,24 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
   switch = tuple(a for a in switch if a not in partition
                  and len(grid.choices[a]) > 1)
   choice['switch'] = list(switch)
+  # One part per partition cell and switched group: (the cell's members,
+  # the group's positions among them). A group's grid keeps every option its
+  # cell uses of each choice axis, so that the groups of a cell share one
+  # program (a union grid's groups use different options: the rounding
+  # study's dynamic loss scaling only beside the gradients placement).
+  plan = [(cell, group) for cell in _groups(grid, partition)
+          for group in _groups(grid.subset(cell), switch)]
   parts, indices = [], []
-  for cell in _groups(grid, partition + switch):
+  for cell, group in plan:
     # Everything between two parts is in here: a Ctrl-C there too keeps the
     # parts that had finished.
     try:
-      sub = grid.subset(cell, keep=switch)
+      if switch:
+        cell_grid = grid.subset(cell)
+        sub = cell_grid.subset(group, keep=cell_grid.choices)
+      else:
+        sub = grid.subset(cell)
+      cell = [cell[i] for i in group]
       train_config = dataclasses.replace(config.for_grid(sub),
                                          switched=switch)
       part = program.execute(train_lib.make_train(train_config), sub, data,

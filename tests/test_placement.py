@@ -287,3 +287,44 @@ def test_rounding_events_off_trains_the_same_and_logs_no_counts(
   options = _CONFIG.option_dict()
   assert 'underflows_gradients' in placement.counters(options)
   assert set(placement.counters(options, events=False)) == {'steps_skipped'}
+
+
+def test_switched_placement_rounds_only_where_the_group_rounds():
+  """Switched (``relaxed.switching(['placement'])``, one placement per call,
+  as an engine group runs it), the rounding at a place is a branch: taken,
+  the values are ml_dtypes' bfloat16 casts and the events their counts;
+  not taken, the values pass through with no events. Under ``vmap`` over
+  members sharing the placement it stays a ``cond``."""
+  from rahimi_jax.components import relaxed  # pylint: disable=g-import-not-at-top
+  options = {'precision': ('float32', 'bfloat16'),
+             'rounding': ('nearest_even',), 'placement': placement.PLACES,
+             'loss_scaling': ('none',)}
+  x = np.asarray([1.0 + 2.0**-9, 3.0, 1e-45, 0.0, 3.4e38, -2.5], np.float32)
+  counts = placement.counters(options)
+
+  def rounded(place_weights, leaf):
+    with relaxed.switching(['placement']):
+      policy = placement.Policy(options, {
+          'precision': np.asarray([0.0, 1.0], np.float32),
+          'rounding': np.ones(1, np.float32), 'placement': place_weights,
+          'loss_scaling': np.ones(1, np.float32),
+          'loss_scale': np.float32(1.0)}, None)
+      out, c = policy.round('gradients', {'g': leaf}, counts)
+      return out['g'], c['overflows_gradients'], c['underflows_gradients']
+
+  for place in placement.PLACES:
+    w = np.asarray([p == place for p in placement.PLACES], np.float32)
+    out, over, under = jax.jit(rounded)(w, x)
+    if place == 'gradients':
+      want = _bf16(x)
+      chex.assert_trees_all_equal(out, want)
+      assert (over, under) == (1, 1)  # 3.4e38 past bfloat16's max; 1e-45 to 0
+    else:
+      chex.assert_trees_all_equal(out, x)
+      assert (over, under) == (0, 0)
+  w = np.asarray([p == 'gradients' for p in placement.PLACES], np.float32)
+  xs = np.stack([x, -x])
+  shared = jax.make_jaxpr(jax.vmap(rounded, in_axes=(None, 0)))(w, xs)
+  assert 'cond[' in str(shared)
+  chex.assert_trees_all_equal(jax.vmap(rounded, in_axes=(None, 0))(w, xs)[0],
+                              _bf16(xs))

@@ -348,6 +348,27 @@ def test_switching_needs_a_switchable_axis_and_one_option_per_call(
     assert engine.auto_switch(grid, costly) == ()  # one wide relaxed vmap
 
 
+def test_switched_groups_of_a_union_grid_share_one_program(tiny_digits):
+  # Dynamic loss scaling only beside the gradients placement (the rounding
+  # study's design): each group keeps the options the grid uses, so both
+  # run the one program and log the same columns.
+  def part(place, scalings, seeds):
+    return grid_lib.Grid(grid_lib.Choice('precision', ('bfloat16',)),
+                         grid_lib.Choice('placement', (place,)),
+                         grid_lib.Choice('loss_scaling', scalings),
+                         grid_lib.Seeds(seeds))
+  grid = grid_lib.Grid.union(part('storage', ('none',), 2),
+                             part('gradients', ('none', 'dynamic'), 1))
+  res = engine.run(CONFIG, grid, tiny_digits, partition=(),
+                   switch=('placement',))
+  info = res.metadata['engine']
+  assert info['groups'] == 2 and 'programs' not in info
+  assert [p['compile_s'] > 0 for p in info['parts']] == [True, False]
+  assert 'steps_skipped' in res.columns
+  chex.assert_trees_all_equal(res.columns['placement'][::4],
+                              np.asarray(['storage'] * 2 + ['gradients'] * 2))
+
+
 def test_ctrl_c_between_groups_keeps_the_finished_ones(tiny_digits):
   grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'layer')),
                        grid_lib.Seeds(2))

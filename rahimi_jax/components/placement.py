@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from rahimi_jax import registry
 from rahimi_jax import stats
 from rahimi_jax.components import precision
+from rahimi_jax.components import relaxed
 
 PLACES = ('storage', 'gradients', 'updates', 'optimizer_state', 'constants',
           'activations')
@@ -79,7 +80,7 @@ AXIS = registry.register(registry.Axis(
     help=('Where a step rounds to the precision: storage (parameters), '
           'gradients, updates, optimizer_state, constants (the optimizer\'s '
           'hyperparameters), activations (matmul inputs of the forward pass).'),
-    loop=True, relaxable=False))
+    loop=True, relaxable=False, switchable=True))
 LOSS_SCALING_AXIS = registry.register(registry.Axis(
     name='loss_scaling', options={n: n for n in LOSS_SCALINGS}, default='none',
     flag='loss_scalings',
@@ -179,10 +180,24 @@ class Policy:
     self.dynamic = 'dynamic' in scalings
     self.scaled = scalings != ('none',)
     self.loss_scale = jnp.asarray(knobs['loss_scale'], jnp.float32)
+    self.switched = relaxed.switched('placement')
 
   def on(self, place: str) -> jax.Array:
     """Whether the member rounds at ``place`` (traced bool)."""
     return self._on[PLACES.index(place)]
+
+  def _at(self, place: str, rounded: Callable[[jax.Array], tuple[
+      jax.Array, jax.Array]], x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``rounded(x)`` (the value and its int32 ``[overflows, underflows]``)
+    if the member rounds at ``place``, else ``x`` and no events. Switched
+    (``relaxed.switched('placement')``, the placement shared by a group's
+    members) a branch: a group that does not round here computes nothing;
+    else both, and a select."""
+    on = self.on(place)
+    if self.switched:
+      return lax.cond(on, rounded, lambda x: (x, jnp.zeros(2, jnp.int32)), x)
+    q, events = rounded(x)
+    return jnp.where(on, q, x), jnp.where(on, events, 0)
 
   def _round(self, x, key, mode=None):
     """``x`` rounded (``mode``: the member's; stochastic bits from ``key``
@@ -217,11 +232,15 @@ class Policy:
       if not (hasattr(leaf, 'dtype') and leaf.dtype == jnp.float32):
         out.append(leaf)  # counts, integers
         continue
-      q = self._round(leaf, None if key is None else jax.random.fold_in(key, j))
-      out.append(jnp.where(on, q, leaf))
-      if counting:
-        o, u = count_both(self._overflow(leaf), (leaf != 0) & (q == 0))
-        over, under = over + o, under + u
+
+      def rounded(x, k=None if key is None else jax.random.fold_in(key, j)):
+        q = self._round(x, k)
+        return q, (jnp.stack(count_both(self._overflow(x), (x != 0) & (q == 0)))
+                   if counting else jnp.zeros(2, jnp.int32))
+
+      q, events = self._at(place, rounded, leaf)
+      out.append(q)
+      over, under = over + events[0], under + events[1]
     counts = dict(counts)
     if counting:
       on = on & counted
@@ -255,16 +274,19 @@ class Policy:
     appends its overflow and underflow counts to ``tally``, which the step
     returns from the differentiated function as auxiliary output.
     """
-    on = self.on('activations')
 
     def hook(x):
       key = (None if self.key is None else jax.random.fold_in(
           jax.random.fold_in(self.key, PLACES.index('activations')),
           len(tally)))
-      q = self._round(x, key)
-      tally.append(lax.stop_gradient(jnp.where(on, jnp.stack(count_both(
-          self._overflow(x), (x != 0) & (q == 0))), 0)))
-      return jnp.where(on, q, x)
+
+      def rounded(x):
+        q = self._round(x, key)
+        return q, jnp.stack(count_both(self._overflow(x), (x != 0) & (q == 0)))
+
+      q, events = self._at('activations', rounded, x)
+      tally.append(lax.stop_gradient(events))
+      return q
 
     return hook
 
