@@ -249,23 +249,31 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
   # cell uses of each choice axis, so that the groups of a cell share one
   # program (a union grid's groups use different options: the rounding
   # study's dynamic loss scaling only beside the gradients placement).
-  plan = [(cell, group) for cell in _groups(grid, partition)
+  # The groups also share the first one's chunk width where they fill a
+  # chunk of it: a width chosen per group size (the rounding study's groups
+  # of 28 and 24 members) would compile the program again for each.
+  plan = [(k, cell, group) for k, cell in enumerate(_groups(grid, partition))
           for group in _groups(grid.subset(cell), switch)]
-  parts, indices = [], []
-  for cell, group in plan:
+  parts, indices, widths = [], [], {}
+  for k, cell, group in plan:
     # Everything between two parts is in here: a Ctrl-C there too keeps the
     # parts that had finished.
     try:
+      kwargs = dict(program_kwargs)
       if switch:
         cell_grid = grid.subset(cell)
         sub = cell_grid.subset(group, keep=cell_grid.choices)
+        if (kwargs.get('chunk_size') is None
+            and len(group) >= widths.get(k, len(grid) + 1)):
+          kwargs['chunk_size'] = widths[k]
       else:
         sub = grid.subset(cell)
       cell = [cell[i] for i in group]
       train_config = dataclasses.replace(config.for_grid(sub),
                                          switched=switch)
       part = program.execute(train_lib.make_train(train_config), sub, data,
-                             metadata=metadata, **program_kwargs)
+                             metadata=metadata, **kwargs)
+      widths.setdefault(k, part.metadata['engine']['chunk_size'])
     except KeyboardInterrupt as e:  # program.Interrupted, or during a compile
       if getattr(e, 'results', None) is not None:
         parts.append(e.results)
