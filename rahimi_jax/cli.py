@@ -119,14 +119,15 @@ def define_precision_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def define_switch_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines ``--switch`` (``engine.run``'s ``switch``; ``switch_value``)."""
   flags.DEFINE_list(
-      'switch', ['auto'], 'Choice axes (norm, optimizer, activation) whose '
-      'options each member computes alone instead of all of them: the members '
-      'run in groups, one per combination of those options, one group after '
-      'another, all with the same compiled program, which branches on the '
-      "group's options; \"auto\": on a CPU, every such axis of several "
-      'options while each group keeps two members; "none": one relaxed '
-      'program (every member computes every option, as the gates\' '
-      'derivatives need).',
+      'switch', ['auto'], 'Choice axes (norm, optimizer, activation, '
+      'placement) whose options each member computes alone instead of all of '
+      'them: the members run in groups, one per combination of those '
+      'options, one group after another, all with the same compiled program, '
+      'which branches on the group\'s options; "auto": on a CPU, each such '
+      'axis whose relaxed step does >= 1.1x the elementwise work of the '
+      'members\' own (engine.cost_ratios; printed), while each group keeps '
+      'two members; "none": one relaxed program (every member computes every '
+      'option).',
       flag_values=flag_values)
 
 
