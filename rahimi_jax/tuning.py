@@ -320,6 +320,42 @@ def member_step_flops(config, data, count: Callable[[], float]) -> float:
   return _STEP_FLOPS[key]
 
 
+_CODE_VERSION: list[str] = []
+
+
+def code_version() -> str:
+  """SHA-256 of this package's Python sources: a traced cost holds for the
+  code that traced it."""
+  if not _CODE_VERSION:
+    root = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(root)):
+      dirs.sort()
+      for name in sorted(f for f in files if f.endswith('.py')):
+        path = os.path.join(folder, name)
+        digest.update(os.path.relpath(path, root).encode())
+        with open(path, 'rb') as f:
+          digest.update(f.read())
+    _CODE_VERSION.append(digest.hexdigest())
+  return _CODE_VERSION[0]
+
+
+_REMEMBERED: dict[str, Any] = {}
+
+
+def remembered(key: str, compute: Callable[[], Any]) -> Any:
+  """``compute()`` (JSON-able), remembered under ``key`` in this process and
+  in ``cache_path()``, for the code that computed it (``code_version``)."""
+  key = f'{key} code {code_version()}'
+  if key not in _REMEMBERED:
+    entry = _read_cache().get(key)
+    if not isinstance(entry, dict) or 'value' not in entry:
+      entry = {'value': compute()}
+      _write_cache(key, entry)
+    _REMEMBERED[key] = entry['value']
+  return _REMEMBERED[key]
+
+
 def check_mode(mode: str | int) -> str | int:
   """``mode`` if it is one of ``MODES`` or a width >= 1; else
   ``ValueError`` naming the accepted ones."""

@@ -19,6 +19,7 @@ from rahimi_jax import engine
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import program
 from rahimi_jax import train as train_lib
+from rahimi_jax import tuning
 
 CONFIG = train_lib.TrainConfig(hidden=(16,), steps=30, batch_size=32,
                                log_every=10)
@@ -320,6 +321,31 @@ def test_elementwise_options_stay_in_one_program_and_a_split_matches_it(
     engine.run(CONFIG, grid, tiny_digits, partition=('seed',))
   with pytest.raises(ValueError, match='automatic'):
     engine.run(CONFIG, grid, tiny_digits, partition='automatic')
+
+
+def test_cost_ratios_are_traced_once_per_program_grid_and_code(
+    tiny_digits, monkeypatch, tmp_path):
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))  # nothing remembered
+  monkeypatch.setattr(tuning, '_REMEMBERED', {})
+  traces = []
+  step_jaxpr = engine._step_jaxpr  # pylint: disable=protected-access
+  monkeypatch.setattr(engine, '_step_jaxpr',
+                      lambda *a: traces.append(1) or step_jaxpr(*a))
+  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'layer')),
+                       grid_lib.Seeds(3))
+  first = engine.cost_ratios(CONFIG, grid, tiny_digits)
+  assert len(traces) == 3  # relaxed, none, layer
+  assert engine.cost_ratios(CONFIG, grid, tiny_digits) == first
+  monkeypatch.setattr(tuning, '_REMEMBERED', {})  # a later process: on disk
+  assert engine.cost_ratios(CONFIG, grid, tiny_digits) == first
+  assert len(traces) == 3
+  other = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'batch')),
+                        grid_lib.Seeds(3))
+  engine.cost_ratios(CONFIG, other, tiny_digits)
+  assert len(traces) == 6
+  monkeypatch.setattr(tuning, '_CODE_VERSION', ['edited'])  # other code
+  assert engine.cost_ratios(CONFIG, grid, tiny_digits) == first
+  assert len(traces) == 9
 
 
 def test_switching_needs_a_switchable_axis_and_one_option_per_call(
