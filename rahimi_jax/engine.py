@@ -270,22 +270,22 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
   # The groups also share the first one's chunk width where they fill a
   # chunk of it: a width chosen per group size (the rounding study's groups
   # of 28 and 24 members) would compile the program again for each.
-  plan = [(k, cell, group) for k, cell in enumerate(_groups(grid, partition))
-          for group in _groups(grid.subset(cell), switch)]
+  cells = [(cell, grid.subset(cell)) for cell in _groups(grid, partition)]
+  plan = [(k, cell, cell_grid, group)
+          for k, (cell, cell_grid) in enumerate(cells)
+          for group in _groups(cell_grid, switch)]
   parts, indices, widths = [], [], {}
-  for k, cell, group in plan:
+  for k, cell, cell_grid, group in plan:
     # Everything between two parts is in here: a Ctrl-C there too keeps the
     # parts that had finished.
     try:
       kwargs = dict(program_kwargs)
+      sub = cell_grid
       if switch:
-        cell_grid = grid.subset(cell)
         sub = cell_grid.subset(group, keep=cell_grid.choices)
         if (kwargs.get('chunk_size') is None
             and len(group) >= widths.get(k, len(grid) + 1)):
           kwargs['chunk_size'] = widths[k]
-      else:
-        sub = grid.subset(cell)
       cell = [cell[i] for i in group]
       train_config = dataclasses.replace(config.for_grid(sub),
                                          switched=switch)
