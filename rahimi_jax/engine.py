@@ -283,10 +283,11 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
       sub = cell_grid
       if switch:
         sub = cell_grid.subset(group, keep=cell_grid.choices)
-        if (kwargs.get('chunk_size') is None
-            and len(group) >= widths.get(k, len(grid) + 1)):
-          kwargs['chunk_size'] = widths[k]
-      cell = [cell[i] for i in group]
+        width = widths.get(k)
+        if (width is not None and kwargs.get('chunk_size') is None
+            and len(group) >= width):
+          kwargs['chunk_size'] = width
+      members = [cell[i] for i in group]
       train_config = dataclasses.replace(config.for_grid(sub),
                                          switched=switch)
       part = program.execute(train_lib.make_train(train_config), sub, data,
@@ -295,13 +296,13 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
     except KeyboardInterrupt as e:  # program.Interrupted, or during a compile
       if getattr(e, 'results', None) is not None:
         parts.append(e.results)
-        indices.append(cell[:e.finished])
+        indices.append(members[:e.finished])
       finished = sum(map(len, indices))
       raise program.Interrupted(
           _merge(parts, indices, grid, config, choice) if parts else None,
           finished, len(grid)) from None
     parts.append(part)
-    indices.append(cell)
+    indices.append(members)
   return _merge(parts, indices, grid, config, choice)
 
 

@@ -329,8 +329,7 @@ def code_version() -> str:
   if not _CODE_VERSION:
     root = os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256()
-    for folder, dirs, files in sorted(os.walk(root)):
-      dirs.sort()
+    for folder, _, files in sorted(os.walk(root)):
       for name in sorted(f for f in files if f.endswith('.py')):
         path = os.path.join(folder, name)
         digest.update(os.path.relpath(path, root).encode())
