@@ -303,21 +303,12 @@ class Measure(Protocol):
     do not fit is left out."""
 
 
-_STEP_FLOPS: dict[str, float] = {}
-
-
 def member_step_flops(config, data, count: Callable[[], float]) -> float:
   """``count()``, a member's step's matmul FLOPs (traced: ~0.6 s for the
   default ablation's relaxed step), remembered per program (``signature``)
-  in this process and in ``cache_path()``."""
-  key = signature(config, data)
-  if key not in _STEP_FLOPS:
-    entry = _read_cache().get(key, {})
-    if entry.get('step_flops') is None:
-      entry['step_flops'] = float(count())
-      _write_cache(key, entry)
-    _STEP_FLOPS[key] = entry['step_flops']
-  return _STEP_FLOPS[key]
+  and code (``remembered``)."""
+  return remembered(f'step_flops {signature(config, data)}',
+                    lambda: float(count()))
 
 
 _CODE_VERSION: list[str] = []
@@ -485,8 +476,7 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   # Tuned by 'auto' (a long run): earlier short runs keep their chunks.
   # Asked for ('tune'): every later 'auto' run takes the new width.
   _write_cache(key, {'short_runs': entry.get('short_runs', []) if mode == AUTO
-                     else [], 'step_flops': entry.get('step_flops'),
-                     'width': width, 'members': g, 'us_per_member_step': timed,
+                     else [], 'width': width, 'members': g, 'us_per_member_step': timed,
                      'devices': count, 'us_by_devices': by_devices,
                      'seconds': seconds, 'host': host(),
                      'when': time.strftime('%Y-%m-%dT%H:%M:%S')})

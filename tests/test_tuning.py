@@ -109,7 +109,7 @@ def test_signature_is_the_step_and_the_host(tiny_digits, monkeypatch):
 def test_the_rule_reads_the_members_size_traced_once(tiny_digits, tmp_path,
                                                     monkeypatch):
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
-  monkeypatch.setattr(tuning, '_STEP_FLOPS', {})
+  monkeypatch.setattr(tuning, '_REMEMBERED', {})
   grid = rj.Grid(rj.Seeds(40))  # widths 1, 2, 3, 5, 10, 20, 40
   config = CONFIG.for_grid(grid)
   flops = engine.step_flops(config, grid, tiny_digits)
@@ -121,12 +121,13 @@ def test_the_rule_reads_the_members_size_traced_once(tiny_digits, tmp_path,
   with program.run_options(chunk_size='rule'):
     first = program.execute(train, grid, tiny_digits)
     assert first.metadata['engine']['chunk_size'] == 10  # a small member
-    monkeypatch.setattr(tuning, '_STEP_FLOPS', {})  # a later process
+    monkeypatch.setattr(tuning, '_REMEMBERED', {})  # a later process
     again = program.execute(train, grid, tiny_digits)
   assert again.metadata['engine']['chunk_size'] == 10
   assert counted == [1]  # traced once, then read from the cache file
   with open(os.path.join(tmp_path, tuning.CACHE_FILE)) as f:
-    assert [e['step_flops'] for e in json.load(f).values()] == [flops]
+    assert [e['value'] for k, e in json.load(f).items()
+            if k.startswith('step_flops ')] == [flops]
   # A member of >= BIG_STEP_FLOPS: chunks of at most 8.
   monkeypatch.setattr(tuning, 'BIG_STEP_FLOPS', flops)
   with program.run_options(chunk_size='rule'):
