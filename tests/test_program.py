@@ -137,24 +137,33 @@ _SHARDED = textwrap.dedent("""
     assert shape == (2, 4), shape
     chex.assert_trees_all_equal({{m: res.columns[m] for m in t.METRICS}},
                                 {{m: one.columns[m] for m in t.METRICS}})
-    # Beside the persistent compilation cache too (there each device
-    # compiles its own: a program loaded from disk does not serialize whole),
-    # as in a first and a later process (new functions: neither the engine's
-    # memory nor JAX's has them).
+    # Beside the persistent compilation cache too, as in a first and later
+    # processes (new functions: neither the engine's memory nor JAX's has
+    # them): the first compiles advance once and stores it; the second
+    # loads it for both devices; a stored copy that does not load is
+    # removed, and where JAX's cache then loads device 0's (which does not
+    # serialize whole) device 1 compiles its own.
     from jax.experimental.compilation_cache import compilation_cache
     from rahimi_jax import train
     program._LOAD_FOR_DEVICES = True
     os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
     compilation_cache.reset_cache()
-    program.use_compilation_cache(tempfile.mkdtemp())
-    for hits in (0, 3):  # start, and advance on each device
+    stored = os.path.join(program.use_compilation_cache(tempfile.mkdtemp()),
+                          program.STORE_SUBDIR)
+    for hits, kept in ((0, 1), (2, 1), (2, 0)):  # start (JAX's) and advance
+      program._SERIALIZED.clear()
       res = program.execute(
           train.make_train.__wrapped__(t.CONFIG.for_grid(t.GRID)), t.GRID,
           tiny, chunk_size=1, num_devices=2)
       assert res.metadata['engine']['compile_cache_hits'] == hits
+      assert len(os.listdir(stored)) == kept, os.listdir(stored)
       chex.assert_trees_all_equal({{m: res.columns[m] for m in t.METRICS}},
                                   {{m: one.columns[m] for m in t.METRICS}})
+      if hits:
+        for name in os.listdir(stored):
+          with open(os.path.join(stored, name), 'wb') as f:
+            f.write(b'not a program')
     print('bit-identical')
 """)
 
