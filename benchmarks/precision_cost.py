@@ -10,7 +10,8 @@ digits, same steps and batch order), each one program through ``rj.run``:
          ``quantize`` per array and place whatever the member's cell), as
          ``TrainConfig`` runs it by default, and again with the rounding
          events counted at every step (``rounding_events=True``: the
-         rounding study's evidence).
+         rounding study's evidence); ``--switch`` as the launchers'
+         (default ``auto``: the placements in switched groups on a CPU).
 
 It prints each grid's warm run time per member-step (the fastest of
 ``--repeats`` interleaved runs), mixed / fp32 (issue 12's
@@ -34,6 +35,7 @@ flags.DEFINE_integer('peak_n', None, 'Matrix size of the peak measurement '
                      '(default: measure.default_peak_n()).')
 flags.DEFINE_integer('repeats', 3, 'Warm runs of each grid, interleaved; the '
                      'fastest counts.')
+cli.define_switch_flag()
 
 FLAGS = flags.FLAGS
 CELLS = 7  # float32 + 3 modes x 2 placements
@@ -69,14 +71,17 @@ def main(argv):
           'mixed + events': (counting, mixed)}
   measured = measure.measure_peak(FLAGS.peak_n)
   peak = measured['peak']
-  for cfg, grid in runs.values():
-    engine.run(cfg, grid, data, partition=())  # compile, first call
+  switch = cli.switch_value()
+  lines = {}
+  for name, (cfg, grid) in runs.items():  # compile, first call
+    res = engine.run(cfg, grid, data, partition=(), switch=switch)
+    lines[name] = cli.switch_line(res.metadata)
   # Warm runs, interleaved: on a shared machine the fastest of each is the
   # least disturbed, and all saw the same load pattern.
   times = {name: [] for name in runs}
   for _ in range(FLAGS.repeats):
     for name, (cfg, grid) in runs.items():
-      res = engine.run(cfg, grid, data, partition=())
+      res = engine.run(cfg, grid, data, partition=(), switch=switch)
       times[name].append(res.metadata['engine']['run_s'])
   rows = {}
   for name, (cfg, grid) in runs.items():
@@ -93,6 +98,7 @@ def main(argv):
   for name in ('mixed', 'mixed + events'):
     print(f'{name} / fp32 time per member-step: '
           f'{rows[name][0] / rows["fp32"][0]:.2f}x (target <= 1.5x)')
+  print(f'mixed: {lines["mixed"]}')
   return 0
 
 

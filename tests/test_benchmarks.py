@@ -243,6 +243,7 @@ def test_precision_cost_benchmark_runs_shrunk():
       len(r) == 5 and r[4].endswith('%') for r in rows), lines
   assert lines[5].startswith('mixed / fp32 time per member-step: '), lines
   assert lines[6].startswith('mixed + events / fp32 time per member-step: ')
+  assert lines[7].startswith('mixed: switched: placement (2 groups'), lines
 
 
 def test_chunk_tuning_benchmark_runs_shrunk():
