@@ -267,6 +267,18 @@ def test_a_program_compiled_once_is_loaded_from_disk(tiny_digits,
   assert program.use_compilation_cache('/elsewhere') == compilation_cache
 
 
+def test_stored_programs_keep_the_last_used(tmp_path, monkeypatch):
+  monkeypatch.setattr(program, 'STORE_MAX_FILES', 2)
+  paths = [str(tmp_path / 'programs' / f'{i}.pkl') for i in range(3)]
+  for i, path in enumerate(paths[:2]):
+    program._write_stored(path, ('program', i), 1.5)
+    os.utime(path, (i, i))  # used at time i
+  assert program._read_stored(paths[0]) == (('program', 0), 1.5)  # used now
+  program._write_stored(paths[2], ('program', 2), 0.5)
+  assert sorted(os.listdir(tmp_path / 'programs')) == ['0.pkl', '2.pkl']
+  assert program._read_stored(paths[1]) is None
+
+
 def test_a_compilation_cache_others_may_write_is_refused(tmp_path,
                                                         compilation_cache):
   shared = tmp_path / 'shared'
