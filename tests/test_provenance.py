@@ -30,6 +30,18 @@ def test_clean_checkout(repo):
   assert info['versions']['jax'] and info['devices'] and info['device_kind']
 
 
+def test_git_is_read_once_per_process(repo, monkeypatch):
+  first = provenance.provenance(str(repo))
+
+  def no_more_git(*args, **kwargs):
+    raise AssertionError('git ran again')
+
+  monkeypatch.setattr(provenance.subprocess, 'run', no_more_git)
+  again = provenance.provenance(str(repo))
+  assert (again['git_commit'], again['git_dirty']) == (
+      first['git_commit'], first['git_dirty'])
+
+
 @pytest.mark.parametrize('change', ['modified', 'untracked', 'staged'])
 def test_any_change_makes_it_dirty(repo, change):
   if change == 'modified':
