@@ -82,7 +82,9 @@ def cost_ratios(config: train_lib.TrainConfig, grid: grid_lib.Grid,
 
   Traced, not run: one trace per option (0.1-0.5 s each; 7.7 s for the
   rounding study's 15), then remembered per program, grid and code
-  (``tuning.remembered``), so a later run of the grid traces nothing.
+  (``tuning.remembered``), so a later run of the grid traces nothing; each
+  trace's cost is also remembered by its options and shapes alone, so a
+  grid of other seeds or values of the same options traces nothing either.
   """
   key = hashlib.sha256(repr((
       tuning.signature(config.for_grid(grid), data), grid.axes,
@@ -97,10 +99,19 @@ def _traced_cost_ratios(config: train_lib.TrainConfig, grid: grid_lib.Grid,
                         data: Dataset) -> dict[str, CostRatio]:
   """``cost_ratios``, traced now."""
 
-  def cost(sub):
+  def traced(sub):
     jaxpr, n_params = _step_jaxpr(config, sub, data, False)
-    return np.array([flops_lib.jaxpr_matmul_flops(jaxpr, n_params),
-                     flops_lib.jaxpr_element_ops(jaxpr, n_params)], float)
+    return [flops_lib.jaxpr_matmul_flops(jaxpr, n_params),
+            flops_lib.jaxpr_element_ops(jaxpr, n_params)]
+
+  def cost(sub):  # a step's cost: of its options and shapes, not its members
+    knobs = [(jax.tree_util.keystr(k), np.shape(v),
+              str(getattr(v, 'dtype', type(v))))
+             for k, v in jax.tree.leaves_with_path(sub.knobs([0]))]
+    key = hashlib.sha256(repr((tuning.signature(config.for_grid(sub), data),
+                               knobs)).encode()).hexdigest()
+    return np.array(tuning.remembered(f'step_cost {key}', lambda: traced(sub)),
+                    float)
 
   candidates = [axis for axis, names in grid.choices.items()
                 if isinstance(grid.axis(axis), grid_lib.Choice)

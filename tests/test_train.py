@@ -323,7 +323,7 @@ def test_elementwise_options_stay_in_one_program_and_a_split_matches_it(
     engine.run(CONFIG, grid, tiny_digits, partition='automatic')
 
 
-def test_cost_ratios_are_traced_once_per_program_grid_and_code(
+def test_cost_ratios_are_traced_once_per_step_and_code(
     tiny_digits, monkeypatch, tmp_path):
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))  # nothing remembered
   monkeypatch.setattr(tuning, '_REMEMBERED', {})
@@ -339,13 +339,19 @@ def test_cost_ratios_are_traced_once_per_program_grid_and_code(
   monkeypatch.setattr(tuning, '_REMEMBERED', {})  # a later process: on disk
   assert engine.cost_ratios(CONFIG, grid, tiny_digits) == first
   assert len(traces) == 3
+  # Other seeds of the same options: each step's cost is remembered by its
+  # options and shapes, not its members.
+  seeds = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'layer')),
+                        grid_lib.Seeds(5))
+  assert engine.cost_ratios(CONFIG, seeds, tiny_digits) == first
+  assert len(traces) == 3
   other = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'batch')),
                         grid_lib.Seeds(3))
   engine.cost_ratios(CONFIG, other, tiny_digits)
-  assert len(traces) == 6
+  assert len(traces) == 5  # relaxed and batch; none's step is remembered
   monkeypatch.setattr(tuning, '_CODE_VERSION', ['edited'])  # other code
   assert engine.cost_ratios(CONFIG, grid, tiny_digits) == first
-  assert len(traces) == 9
+  assert len(traces) == 8
 
 
 def test_switching_needs_a_switchable_axis_and_one_option_per_call(
