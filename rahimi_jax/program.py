@@ -496,16 +496,14 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
                 jax.config.jax_compilation_cache_dir)
   load = (_LOAD_FOR_DEVICES and jax.local_device_count() > 1 and
           devices[0].platform in (('cpu',) if cached else ('cpu', 'gpu')))
+  stored = None  # this program as an earlier process kept it
   if missing and load and len(devices) > 1 and program not in _SERIALIZED:
     device, key = missing[0]
     lowered = lower(device)
     path = _stored_path(lowered, device, _compiler_options(device, cpu_level))
     stored = _read_stored(path)
     if stored is not None:  # compiled by an earlier process
-      serialized, seconds = stored
-      with _CACHE_SPARED_LOCK:
-        _CACHE_SPARED['hits'] += 1
-        _CACHE_SPARED['seconds'] += seconds
+      serialized, _ = stored
     else:
       hits, begun = getattr(_THREAD_HITS, 'count', 0), time.perf_counter()
       have[key] = one(device, lowered)
@@ -526,6 +524,10 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
       if exe is not None:
         have[key] = exe
         missing.remove((device, key))
+    if stored is not None and any(e is not None for e in loaded):
+      with _CACHE_SPARED_LOCK:  # as JAX counts its cache's
+        _CACHE_SPARED['hits'] += 1
+        _CACHE_SPARED['seconds'] += stored[1]
   if missing:
     with concurrent.futures.ThreadPoolExecutor(len(missing)) as pool:
       have.update(zip([k for _, k in missing],
