@@ -425,12 +425,22 @@ def _write_stored(path: str | None, serialized, seconds: float) -> None:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     with storage.atomic_file(path, 'wb') as f:  # ~0.3 MB (5x smaller)
       f.write(zlib.compress(pickle.dumps((serialized, seconds)), 1))
-    kept = sorted((e for e in os.scandir(directory) if e.name.endswith('.pkl')),
-                  key=lambda e: e.stat().st_mtime, reverse=True)
-    for old in kept[STORE_MAX_FILES:]:
-      os.remove(old.path)
   except OSError as e:  # a full disk or read-only cache: compile next time
     logging.warning('Program not stored (%s).', e)
+    return
+
+  def last_used(entry):  # another process may have removed it
+    try:
+      return entry.stat().st_mtime
+    except OSError:
+      return -math.inf
+
+  with contextlib.suppress(OSError):
+    kept = sorted((e for e in os.scandir(directory) if e.name.endswith('.pkl')),
+                  key=last_used, reverse=True)
+    for old in kept[STORE_MAX_FILES:]:
+      with contextlib.suppress(OSError):
+        os.remove(old.path)
 
 
 def compile_program(fn, args, devices, batched: tuple[bool, ...],
