@@ -1,5 +1,6 @@
 """program.execute: one compiled program per grid, member-batches, device sharding."""
 
+import concurrent.futures
 import dataclasses
 import os
 import pathlib
@@ -206,6 +207,21 @@ def test_results_do_not_depend_on_calls_per_round(tiny_digits):
     whole = program.execute(_train(), GRID, tiny_digits, chunk_size=3)
   assert whole.metadata['engine']['calls'] == 3
   chex.assert_trees_all_equal(_metrics(paced), _metrics(whole))
+
+
+def test_worker_threads_trace_at_the_callers_settings():
+  """The devices' and the tuner's compiles run in threads, where JAX's
+  thread-local settings would fall back to the global ones."""
+  def settings():
+    return jax.config.jax_enable_x64, jax.config.jax_default_matmul_precision
+
+  with jax.enable_x64(not jax.config.jax_enable_x64), \
+      jax.default_matmul_precision('bfloat16'):
+    want = settings()
+    carried = program._in_callers_config(settings)  # pylint: disable=protected-access
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    assert pool.submit(carried).result() == want
+    assert pool.submit(settings).result() != want  # what threads see alone
 
 
 def test_another_matmul_precision_compiles_another_program(tiny_digits):
