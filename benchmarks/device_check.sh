@@ -18,6 +18,8 @@
 #               widths 512 ... 4096 (issue 16; the ablation grid's
 #               ~10-s compile per width on a GPU would use the stage up)
 #                                                                <= 180 s
+#   kernels     mlp128 at G=4096 profiled per kernel (CUDA graphs off, so
+#               that XLA's command buffers do not hide them)     <= 60 s
 #   deep_linear the deep linear launcher (default, float64)      <= 90 s
 #   tf32        the compute regime at tensorfloat32 (stated)     <= 45 s
 #   falkon      FALKON at n = 1e7, M = 1e4 (issue 14)            <= 90 s
@@ -90,6 +92,11 @@ run_stage() {
           --norms=none --inits=lecun_normal --activations=relu \
           --learning_rate=0.01 --seeds=5 --steps=1000 --batch_size=100 \
           --log_every=500 --out="$out/cnn" ;;
+    kernels)
+      echo "== mlp128 G=4096 per kernel (XLA_FLAGS=--xla_gpu_enable_command_buffer=) =="
+      XLA_FLAGS=--xla_gpu_enable_command_buffer= limited 60 kernels python3 -m \
+          benchmarks.grid_throughput --regime=compute --grid_sizes=4096 \
+          --methods=a --profile --json_out="$out/kernels.json" ;;
     deep_linear)
       echo "== deep_linear (default, float64) =="
       limited 90 deep_linear /usr/bin/time -f 'wall %es' python3 -m \
@@ -98,7 +105,7 @@ run_stage() {
       echo "== FALKON at n=1e7, M=1e4 (issue 14) =="
       limited 90 falkon /usr/bin/time -f 'wall %es maxrss %MkB' python3 -m \
           benchmarks.kernel_solvers --parts=scale --scale_n=10000000 ;;
-    *) echo "unknown stage $1; accepted: throughput gemm studies tuning deep_linear tf32 falkon"
+    *) echo "unknown stage $1; accepted: throughput gemm studies tuning kernels deep_linear tf32 falkon"
        return 2 ;;
   esac
 }
