@@ -69,19 +69,23 @@ def main(argv):
               rj.Seeds(g // CELLS)))
   runs = {'fp32': (config, rj.Grid(rj.Seeds(g))), 'mixed': (config, mixed),
           'mixed + events': (counting, mixed)}
+  try:  # the mixed grids' axes; fp32 has none to switch
+    switched = {name: engine.check_switch(grid, cli.switch_value())
+                if grid is mixed else () for name, (_, grid) in runs.items()}
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   measured = measure.measure_peak(FLAGS.peak_n)
   peak = measured['peak']
-  switch = cli.switch_value()
   lines = {}
   for name, (cfg, grid) in runs.items():  # compile, first call
-    res = engine.run(cfg, grid, data, partition=(), switch=switch)
+    res = engine.run(cfg, grid, data, partition=(), switch=switched[name])
     lines[name] = cli.switch_line(res.metadata)
   # Warm runs, interleaved: on a shared machine the fastest of each is the
   # least disturbed, and all saw the same load pattern.
   times = {name: [] for name in runs}
   for _ in range(FLAGS.repeats):
     for name, (cfg, grid) in runs.items():
-      res = engine.run(cfg, grid, data, partition=(), switch=switch)
+      res = engine.run(cfg, grid, data, partition=(), switch=switched[name])
       times[name].append(res.metadata['engine']['run_s'])
   rows = {}
   for name, (cfg, grid) in runs.items():
