@@ -385,9 +385,10 @@ STORE_MAX_FILES = 256  # the least recently used beyond are deleted
 
 def _stored_path(lowered, device, options: dict[str, Any]) -> str | None:
   """Where ``lowered``, compiled for ``device`` with ``options``, is kept:
-  named by its StableHLO, the options, ``XLA_FLAGS``, the JAX, jaxlib and
-  backend versions and the host's CPU (``tuning.host``, less its device and
-  core counts). ``None``: the compilation cache is off."""
+  named by its StableHLO, its arguments' and results' trees, the options,
+  ``XLA_FLAGS``, the JAX, jaxlib and backend versions and the host's CPU
+  (``tuning.host``, less its device and core counts). ``None``: the
+  compilation cache is off."""
   directory = jax.config.jax_compilation_cache_dir
   if not (jax.config.jax_enable_compilation_cache and directory):
     return None
@@ -395,7 +396,8 @@ def _stored_path(lowered, device, options: dict[str, Any]) -> str | None:
   host = {k: v for k, v in tuning.host().items() if k not in ('devices',
                                                               'cores')}
   key = hashlib.sha256(repr((
-      lowered.as_text(), sorted(options.items()),
+      lowered.as_text(), str(lowered.in_tree), str(lowered.out_tree),
+      sorted(options.items()),
       os.environ.get('XLA_FLAGS', ''), jax.__version__, jaxlib.__version__,
       device.client.platform_version, sorted(host.items()))).encode())
   return os.path.join(directory, STORE_SUBDIR, key.hexdigest() + '.pkl')
