@@ -477,7 +477,8 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   # Asked for ('tune'): every later 'auto' run takes the new width.
   _write_cache(key, {'short_runs': entry.get('short_runs', []) if mode == AUTO
                      else [], 'width': width, 'members': g,
-                     'us_per_member_step': timed, 'devices': count, 'us_by_devices': by_devices,
+                     'us_per_member_step': timed, 'devices': count,
+                     'us_by_devices': by_devices,
                      'seconds': seconds, 'host': host(),
                      'when': time.strftime('%Y-%m-%dT%H:%M:%S')})
   return Choice(width, 'tuned', seconds, timed, devices=count,
