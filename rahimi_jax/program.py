@@ -383,14 +383,21 @@ STORE_SUBDIR = 'programs'
 STORE_MAX_FILES = 256  # the least recently used beyond are deleted
 
 
+def _cache_dir() -> str | None:
+  """JAX's persistent compilation cache directory, ``None`` where it is off."""
+  if not jax.config.jax_enable_compilation_cache:
+    return None
+  return jax.config.jax_compilation_cache_dir or None
+
+
 def _stored_path(lowered, device, options: dict[str, Any]) -> str | None:
   """Where ``lowered``, compiled for ``device`` with ``options``, is kept:
   named by its StableHLO, its arguments' and results' trees, the options,
   ``XLA_FLAGS``, the JAX, jaxlib and backend versions and the host's CPU
   (``tuning.host``, less its device and core counts). ``None``: the
   compilation cache is off."""
-  directory = jax.config.jax_compilation_cache_dir
-  if not (jax.config.jax_enable_compilation_cache and directory):
+  directory = _cache_dir()
+  if directory is None:
     return None
   import jaxlib  # pylint: disable=g-import-not-at-top
   host = {k: v for k, v in tuning.host().items() if k not in ('devices',
@@ -507,10 +514,8 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
   built = bool(missing)
   # CPUs (tested) and GPUs (without the compilation cache: JAX's own loads a
   # GPU program compiled for one device on another) only.
-  cached = bool(jax.config.jax_enable_compilation_cache and
-                jax.config.jax_compilation_cache_dir)
   load = (_LOAD_FOR_DEVICES and jax.local_device_count() > 1 and
-          devices[0].platform in (('cpu',) if cached else ('cpu', 'gpu')))
+          devices[0].platform in (('cpu',) if _cache_dir() else ('cpu', 'gpu')))
   stored = None  # this program as an earlier process kept it
   if missing and load and len(devices) > 1 and program not in _SERIALIZED:
     device, key = missing[0]
