@@ -81,30 +81,19 @@ def cost_ratios(config: train_lib.TrainConfig, grid: grid_lib.Grid,
   """``CostRatio`` of each ``Choice`` axis of ``grid`` with several options.
 
   Traced, not run: one trace per option (0.1-0.5 s each; 7.7 s for the
-  rounding study's 15), then remembered per program, grid and code
-  (``tuning.remembered``), so a later run of the grid traces nothing; each
-  trace's cost is also remembered by its options and shapes alone, so a
-  grid of other seeds or values of the same options traces nothing either.
+  rounding study's 15). Each trace's cost is remembered by what it depends
+  on, the step's options and knob shapes (``tuning.remembered``: per program
+  signature and code), not the grid's members, so a later run of the grid,
+  or of another grid of the same options (other seeds or values), traces
+  nothing.
   """
-  key = hashlib.sha256(repr((
-      tuning.signature(config.for_grid(grid), data), grid.axes,
-      [m.values for m in grid.members])).encode()).hexdigest()
-  ratios = tuning.remembered(f'cost_ratios {key}', lambda: {
-      a: dataclasses.astuple(r)
-      for a, r in _traced_cost_ratios(config, grid, data).items()})
-  return {a: CostRatio(*r) for a, r in ratios.items()}
-
-
-def _traced_cost_ratios(config: train_lib.TrainConfig, grid: grid_lib.Grid,
-                        data: Dataset) -> dict[str, CostRatio]:
-  """``cost_ratios``, traced now."""
 
   def traced(sub):
     jaxpr, n_params = _step_jaxpr(config, sub, data, False)
     return [flops_lib.jaxpr_matmul_flops(jaxpr, n_params),
             flops_lib.jaxpr_element_ops(jaxpr, n_params)]
 
-  def cost(sub):  # a step's cost: of its options and shapes, not its members
+  def cost(sub):
     knobs = [(jax.tree_util.keystr(k), np.shape(v),
               str(getattr(v, 'dtype', type(v))))
              for k, v in jax.tree.leaves_with_path(sub.knobs([0]))]
