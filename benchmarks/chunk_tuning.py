@@ -98,12 +98,10 @@ def _run(config, grid, data, chunk_size=None, mode=None):
 
 def _group_size(config, grid, data) -> tuple[int, int]:
   """(groups, members in the largest) the default engine runs ``grid`` in."""
-  import collections  # pylint: disable=g-import-not-at-top
   from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
   switch = engine.auto_switch(grid, engine.cost_ratios(config, grid, data))
-  sizes = collections.Counter(tuple(m.values[a] for a in switch)
-                              for m in grid.members)
-  return len(sizes), max(sizes.values())
+  sizes = [len(g) for g in engine._groups(grid, switch)]  # pylint: disable=protected-access
+  return len(sizes), max(sizes)
 
 
 def main(argv):
