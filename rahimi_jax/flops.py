@@ -28,17 +28,24 @@ def _sub_jaxprs(params) -> list[Any]:
   return subs
 
 
-def _walk(jaxpr, while_trips: int, leaf) -> int:
+def _walk(jaxpr, while_trips: int, leaf, seen=None) -> int:
   """``leaf(eqn)`` summed over ``jaxpr``'s equations, through nested calls:
   a ``scan`` counts its ``length`` trips, a ``while`` ``while_trips``, a
-  ``cond`` its costliest branch. ``leaf`` returns ``None`` to descend."""
+  ``cond`` its costliest branch. ``leaf`` returns ``None`` to descend.
+  ``seen`` holds the count of each sub-jaxpr already walked (a ``jit``'s
+  traced once and called at several places is one object)."""
+  seen = {} if seen is None else seen
   total = 0
   for eqn in jaxpr.eqns:
     own = leaf(eqn)
     if own is not None:
       total += own
       continue
-    counts = [_walk(j, while_trips, leaf) for j in _sub_jaxprs(eqn.params)]
+    counts = []
+    for j in _sub_jaxprs(eqn.params):
+      if id(j) not in seen:
+        seen[id(j)] = (j, _walk(j, while_trips, leaf, seen))  # j kept alive
+      counts.append(seen[id(j)][1])
     name = eqn.primitive.name
     if name == 'cond':
       total += max(counts, default=0)

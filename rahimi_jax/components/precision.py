@@ -30,6 +30,7 @@ Semantics (those of IEEE 754 and of the ``gfloat`` reference):
 """
 
 from collections.abc import Mapping
+import functools
 import re
 from typing import NamedTuple
 
@@ -135,6 +136,11 @@ def _round_half_even(n, s):
   return kept + _rounds_up(kept, rem, s)
 
 
+# Jitted: a step rounds each array at several places and the traces of
+# ``engine.cost_ratios`` and the compile re-trace the step; a jit's trace is
+# reused per shape (the rounding study's first run 41-43 -> 30-32 s,
+# WORKSPACE.md). Integer arithmetic: the same bits inlined or not.
+@jax.jit
 def quantize(x: jax.Array, fmt: Mapping[str, jax.Array], mode: jax.Array,
              srbits: jax.Array | None = None, *,
              saturate: bool | jax.Array = False) -> jax.Array:
@@ -213,6 +219,7 @@ def _mix(x):
   return x ^ (x >> 16)
 
 
+@functools.partial(jax.jit, static_argnums=1)  # as ``quantize``
 def stochastic_bits(key: jax.Array, shape) -> jax.Array:
   """Random bits for ``quantize``'s stochastic mode, drawn from ``key``.
 
