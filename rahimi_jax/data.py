@@ -7,9 +7,11 @@ argument, so new data of the same shapes does not recompile) with static
 
 from collections.abc import Callable
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
+from typing import Any
 import zipfile
 
 from absl import logging
@@ -75,29 +77,41 @@ def check_dataset(data: Dataset) -> Dataset:
   return data
 
 
-def digits(*, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
+def digits(*, test_fraction: float = 0.25, seed: int = 0,
+           cache: bool = True) -> Dataset:
   """scikit-learn's bundled 8x8 digits, standardized with train statistics.
+
+  The split and standardized arrays are cached in ``cache_dir()`` (per
+  argument set and scikit-learn and NumPy version, as ``mnist1d``'s): a later
+  call loads them without importing scikit-learn (0.7 s of every launcher's
+  start, WORKSPACE.md).
 
   Args:
     test_fraction: share of the 1797 images held out (a fixed split).
     seed: the seed of the fixed split.
+    cache: read and write the cache (``False``: always from scikit-learn).
 
   Returns:
     A classification ``Dataset`` with 64 features and 10 classes.
   """
-  from sklearn import datasets  # pylint: disable=g-import-not-at-top
-  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
-  x, y = datasets.load_digits(return_X_y=True)
-  x_train, x_test, y_train, y_test = model_selection.train_test_split(
-      x, y, test_size=test_fraction, random_state=seed, stratify=y)
-  mean, std = x_train.mean(0), x_train.std(0)
-  std = np.where(std > 0, std, 1.0)
-  return check_dataset(Dataset(
-      x_train=((x_train - mean) / std).astype(np.float32),
-      y_train=y_train.astype(np.int32),
-      x_test=((x_test - mean) / std).astype(np.float32),
-      y_test=y_test.astype(np.int32),
-      task='classification', num_outputs=10))
+
+  def make():
+    from sklearn import datasets  # pylint: disable=g-import-not-at-top
+    from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+    x, y = datasets.load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = model_selection.train_test_split(
+        x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    mean, std = x_train.mean(0), x_train.std(0)
+    std = np.where(std > 0, std, 1.0)
+    return {'x_train': ((x_train - mean) / std).astype(np.float32),
+            'y_train': y_train.astype(np.int32),
+            'x_test': ((x_test - mean) / std).astype(np.float32),
+            'y_test': y_test.astype(np.int32)}
+
+  versions = [importlib.metadata.version(p) for p in ('scikit-learn', 'numpy')]
+  arrays = _cached('digits', [versions, test_fraction, seed], make, cache)
+  return check_dataset(Dataset(**arrays, task='classification',
+                               num_outputs=10))
 
 
 def ill_conditioned_matrix(rng: np.random.Generator, rows: int, cols: int,
@@ -348,26 +362,30 @@ def cache_dir() -> str:
   return os.path.join(base, 'rahimi_jax')
 
 
-_MNIST1D_FIELDS = ('x_train', 'y_train', 'x_test', 'y_test')
+_FIELDS = ('x_train', 'y_train', 'x_test', 'y_test')
 
 
-def _load_cached(path: str, n_train: int, n_test: int, length: int
+def _load_cached(path: str, shapes: dict[str, tuple[int, ...]] | None
                  ) -> dict[str, np.ndarray] | None:
-  """The arrays cached at ``path``, or ``None`` if absent, partial or corrupt."""
-  shapes = {'x_train': (n_train, length), 'y_train': (n_train,),
-            'x_test': (n_test, length), 'y_test': (n_test,)}
-  dtypes = {'x_train': np.float32, 'y_train': np.int32,
-            'x_test': np.float32, 'y_test': np.int32}
+  """The arrays cached at ``path``, or ``None`` if absent, partial or corrupt
+  (features float32, labels int32; of ``shapes`` where given, else each
+  split's rows and the features' widths consistent)."""
   try:
     with np.load(path, allow_pickle=False) as f:  # zip CRCs checked on read
-      arrays = {k: f[k] for k in _MNIST1D_FIELDS}
+      arrays = {k: f[k] for k in _FIELDS}
   except FileNotFoundError:
     return None
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
     logging.warning('Regenerating the unreadable cache file %s (%s).', path, e)
     return None
+  x, y, xt, yt = (arrays[k] for k in _FIELDS)
+  if shapes is None:
+    shapes = {'x_train': (len(y), *xt.shape[1:]), 'y_train': (len(x),),
+              'x_test': (len(yt), *x.shape[1:]), 'y_test': (len(xt),)}
+  dtypes = {'x_train': np.float32, 'y_train': np.int32,
+            'x_test': np.float32, 'y_test': np.int32}
   if any(arrays[k].shape != shapes[k] or arrays[k].dtype != dtypes[k]
-         for k in _MNIST1D_FIELDS):
+         for k in _FIELDS):
     logging.warning('Regenerating the cache file %s: unexpected arrays.', path)
     return None
   return arrays
@@ -378,6 +396,25 @@ def _save_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with storage.atomic_file(path, 'wb') as f:
     np.savez(f, **arrays)
+
+
+def _cached(name: str, key: Any, make: Callable[[], dict[str, np.ndarray]],
+            cache: bool, shapes: dict[str, tuple[int, ...]] | None = None
+            ) -> dict[str, np.ndarray]:
+  """``make()``'s arrays (``_FIELDS``), kept in ``cache_dir()`` as one
+  ``.npz`` per ``name`` and JSON-able ``key`` (written atomically): a later
+  call loads them; an unreadable or partial file is made again."""
+  path = os.path.join(cache_dir(), f'{name}-' + hashlib.sha256(
+      json.dumps(key, sort_keys=True).encode()).hexdigest()[:16] + '.npz')
+  arrays = _load_cached(path, shapes) if cache else None
+  if arrays is None:
+    arrays = make()
+    if cache:
+      try:
+        _save_atomically(path, arrays)
+      except OSError as e:
+        logging.warning('Could not cache %s at %s (%s).', name, path, e)
+  return arrays
 
 
 def mnist1d(*, num_samples: int = 5000, train_split: float = 0.8,
@@ -419,22 +456,18 @@ def mnist1d(*, num_samples: int = 5000, train_split: float = 0.8,
           'seed': int(seed), 'shuffle_seq': bool(shuffle_seq)}
   n_train = int(total * train_split)
   length = MNIST1D_ARGS['final_seq_length']
-  key = json.dumps([_MNIST1D_VERSION, MNIST1D_ARGS, args], sort_keys=True)
-  path = os.path.join(cache_dir(), 'mnist1d-' + hashlib.sha256(
-      key.encode()).hexdigest()[:16] + '.npz')
-  arrays = (_load_cached(path, n_train, total - n_train, length)
-            if cache else None)
-  if arrays is None:
+
+  def make():
     made = make_mnist1d(**args)
-    arrays = {'x_train': made['x'].astype(np.float32),
-              'y_train': made['y'].astype(np.int32),
-              'x_test': made['x_test'].astype(np.float32),
-              'y_test': made['y_test'].astype(np.int32)}
-    if cache:
-      try:
-        _save_atomically(path, arrays)
-      except OSError as e:
-        logging.warning('Could not cache MNIST-1D at %s (%s).', path, e)
+    return {'x_train': made['x'].astype(np.float32),
+            'y_train': made['y'].astype(np.int32),
+            'x_test': made['x_test'].astype(np.float32),
+            'y_test': made['y_test'].astype(np.int32)}
+
+  n_test = total - n_train
+  arrays = _cached('mnist1d', [_MNIST1D_VERSION, MNIST1D_ARGS, args], make,
+                   cache, {'x_train': (n_train, length), 'y_train': (n_train,),
+                           'x_test': (n_test, length), 'y_test': (n_test,)})
   return check_dataset(Dataset(**arrays, task='classification',
                                num_outputs=10))
 

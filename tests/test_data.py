@@ -2,6 +2,10 @@
 
 import dataclasses
 import functools
+import os
+import sys
+import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -95,6 +99,32 @@ class DigitsTest(absltest.TestCase):
     other = data_lib.digits(seed=1)
     chex.assert_shape(other.x_train, (1347, 64))
     self.assertFalse(np.array_equal(other.y_train, _digits().y_train))
+
+  def test_cached_copy_is_scikit_learns_split_and_loads_without_it(self):
+    from sklearn import datasets  # pylint: disable=g-import-not-at-top
+    from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+    x, y = datasets.load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = model_selection.train_test_split(
+        x, y, test_size=0.25, random_state=0, stratify=y)
+    mu, sd = x_train.mean(0), x_train.std(0)
+    sd[sd == 0] = 1
+    want = ((x_train - mu) / sd, y_train, (x_test - mu) / sd, y_test)
+    with tempfile.TemporaryDirectory() as cache, mock.patch.dict(
+        os.environ, {'RAHIMI_JAX_CACHE': cache}):
+      first = data_lib.digits()
+      (name,) = os.listdir(cache)
+      with mock.patch.dict(sys.modules, {'sklearn': None}):  # unimportable
+        again = data_lib.digits()
+      # A file whose splits disagree in rows is made again.
+      np.savez(os.path.join(cache, name), x_train=want[0][:5].astype(
+          np.float32), y_train=want[1][:6].astype(np.int32), x_test=want[2]
+               .astype(np.float32), y_test=want[3].astype(np.int32))
+      remade = data_lib.digits()
+    for d in (first, again, remade):
+      chex.assert_trees_all_equal(
+          (d.x_train, d.y_train, d.x_test, d.y_test),
+          tuple(a.astype(b.dtype) for a, b in zip(want, (
+              d.x_train, d.y_train, d.x_test, d.y_test))))
 
   def test_is_a_pytree_with_static_metadata(self):
     d = _digits()
