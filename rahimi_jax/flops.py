@@ -87,6 +87,12 @@ def _elements(eqn) -> int | None:
   return sum(_size(v.aval) for v in eqn.outvars)
 
 
+def _written(eqn) -> int | None:
+  if _sub_jaxprs(eqn.params):
+    return None
+  return sum(_size(v.aval) for v in eqn.outvars)
+
+
 def jaxpr_matmul_flops(jaxpr, while_trips: int = 1) -> int:
   """Matmul FLOPs of a ``Jaxpr``; see ``matmul_flops``."""
   return _walk(jaxpr, while_trips, _matmul)
@@ -96,6 +102,12 @@ def jaxpr_element_ops(jaxpr, while_trips: int = 1) -> int:
   """Elements written by a ``Jaxpr``'s other operations; see
   ``element_ops``."""
   return _walk(jaxpr, while_trips, _elements)
+
+
+def jaxpr_elements_written(jaxpr, while_trips: int = 1) -> int:
+  """Elements written by every operation of a ``Jaxpr``, matmuls included;
+  see ``elements_written``."""
+  return _walk(jaxpr, while_trips, _written)
 
 
 def matmul_flops(fn: Callable[..., Any], *args, while_trips: int = 1) -> int:
@@ -123,3 +135,11 @@ def element_ops(fn: Callable[..., Any], *args, while_trips: int = 1) -> int:
   CPU: what a norm or an optimizer costs that ``matmul_flops`` calls free.
   """
   return jaxpr_element_ops(jax.make_jaxpr(fn)(*args).jaxpr, while_trips)
+
+
+def elements_written(fn: Callable[..., Any], *args,
+                     while_trips: int = 1) -> int:
+  """Elements that all of ``fn(*args)``'s operations write, matmuls included
+  (as ``element_ops`` counts them): the size of everything it computes, a
+  proxy of its working set."""
+  return jaxpr_elements_written(jax.make_jaxpr(fn)(*args).jaxpr, while_trips)

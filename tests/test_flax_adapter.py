@@ -109,6 +109,7 @@ def test_depth_override_and_errors(user_model):
   assert list(params) == ['z_in', 'a_out']  # call order, not alphabetical
   assert set(jax.tree.leaves(model.depth(params))) == {7}
   assert not model.preactivation_hook and state == {}
+  assert not model.per_sample  # only the module's author can say so
   with pytest.raises(ValueError, match='no preactivation'):
     model.apply(params, state, jnp.ones((2, 4)), KNOBS, True,
                 preactivation=lambda i, h: h)

@@ -73,3 +73,13 @@ def test_element_ops_count_what_the_other_operations_write():
       lambda c: c[1] < 3, lambda c: (jnp.exp(c[0]), c[1] + 1), (a, 0))[0]
   # Per trip: exp writes 12, the counter's add 1, its test 1.
   assert flops.element_ops(looped, A, while_trips=3) == 3 * (A.size + 2)
+
+
+def test_elements_written_count_matmuls_too():
+  # The matmul's [3, 5] output, then the sum's one element.
+  assert flops.elements_written(lambda a, b: jnp.sum(a @ b), A, B) == (
+      A.shape[0] * B.shape[1] + 1)
+  # A jit called twice is one sub-jaxpr walked once, counted twice.
+  twice = jax.jit(jnp.tanh)
+  assert flops.elements_written(lambda a: twice(twice(a)), A) == 2 * A.size
+

@@ -105,6 +105,28 @@ class ModelTest(parameterized.TestCase):
       chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
 
   @parameterized.parameters(MODEL_NAMES)
+  def test_per_sample_models_evaluate_each_row_alone(self, name):
+    """``Model.per_sample``: in evaluation a row's output is the output of
+    that row alone (every norm mixed in, batch norm's running statistics
+    moved off their initial values by a training call)."""
+    model = models.get_model(name)((4,), MIXED)
+    self.assertTrue(model.per_sample)
+    knobs = _knobs(MIXED)
+    apply = jax.jit(model.apply, static_argnums=4)
+    params, state = jax.jit(model.init, static_argnums=(1, 2))(
+        jax.random.key(0), IN_DIM, OUT_DIM, knobs)
+    _, state = apply(params, state, _x(1) * 3 + 1, knobs, True)
+    x = _x()
+    rows = np.concatenate([apply(params, state, x[i:i + 1], knobs, False)[0]
+                           for i in range(BATCH)])
+    chex.assert_trees_all_close(apply(params, state, x, knobs, False)[0],
+                                rows, rtol=1e-5, atol=1e-6)
+    # Training mode uses the batch's statistics: not per row.
+    self.assertFalse(np.allclose(apply(params, state, x, knobs, True)[0], [
+        apply(params, state, x[i:i + 1], knobs, True)[0][0]
+        for i in range(BATCH)], atol=1e-3))
+
+  @parameterized.parameters(MODEL_NAMES)
   def test_choice_axes_are_knobs(self, name):
     model = models.get_model(name)((4,), ALL)
     self.assertNotEmpty(model.choice_axes)

@@ -173,6 +173,33 @@ def test_a_feature_major_model_steps_on_feature_major_targets(tiny_synthetic):
     assert other.targets(tiny_synthetic) is None, kwargs
 
 
+@pytest.mark.parametrize('limit, blocks', [
+    (10**9, 1),  # every row fits: one call, no loop
+    (40, 4),  # 12 elements a row: blocks of 3 rows, 4 of them, 2 rows padded
+    (1, 10),  # at least one row a block
+])
+def test_forward_in_blocks_is_the_whole_forward(limit, blocks):
+  """Members' per-row forwards over blocks of shared rows, against NumPy's
+  forward of all rows at once."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((10, 3)).astype(np.float32)
+  w = rng.standard_normal((2, 3, 4)).astype(np.float32)  # two members
+  v = rng.standard_normal((2, 4, 2)).astype(np.float32)
+
+  def member(w, v):  # a row writes 4 (x @ w) + 4 (tanh) + 2 (@ v) + 2 (+ 1)
+    return train_lib.forward_in_blocks(
+        lambda x: jnp.tanh(x @ w) @ v + 1.0, x, limit)
+
+  got = jax.jit(jax.vmap(member))(w, v)
+  x64 = x.astype(np.float64)
+  want = np.stack([np.tanh(x64 @ wi) @ vi + 1 for wi, vi in zip(w, v)])
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+  jaxpr = jax.make_jaxpr(jax.vmap(member))(w, v).jaxpr
+  loops = [e.params['length'] for e in jaxpr.eqns
+           if e.primitive.name == 'scan']
+  assert loops == ([] if blocks == 1 else [blocks]), loops
+
+
 def test_batch_indices_are_epoch_permutations():
   idx = np.asarray(data_lib.batch_indices(jax.random.key(0), n=10,
                                            batch_size=3, steps=7))

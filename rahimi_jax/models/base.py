@@ -33,6 +33,9 @@ class Model(NamedTuple):
       transpose of an ``[out_dim, batch]`` product: a training loop on one
       fixed batch then holds its targets feature-major too
       (``train.Loop.targets``), so that the residual reads both in order.
+    per_sample: ``apply(..., train=False)`` computes each row of ``y`` from
+      that row of ``x`` alone (no batch statistics, no draws): an evaluation
+      may run it over blocks of rows (``train.EVAL_BLOCK_ELEMENTS``).
   """
   init: Callable[[jax.Array, int, int, dict[str, Any]], tuple[Any, Any]]
   apply: Callable[..., tuple[jax.Array, Any]]
@@ -41,6 +44,7 @@ class Model(NamedTuple):
   depth: Callable[[Any], Any] | None = None
   preactivation_hook: bool = False
   feature_major: bool = False
+  per_sample: bool = False
 
 
 def layer_depth(tree: Any, layer: int) -> Any:

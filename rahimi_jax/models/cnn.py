@@ -162,4 +162,5 @@ def cnn(hidden: Sequence[int], options: Mapping[str, Sequence[str]]) -> Model:
       (axis, registry.AXES[axis].check(tuple(options[axis]))) for axis in AXES)
   hidden = tuple(int(h) for h in hidden)
   return flax_adapter.from_flax(
-      lambda out_dim: CNN(hidden, checked, out_dim), choice_axes=AXES)
+      lambda out_dim: CNN(hidden, checked, out_dim), choice_axes=AXES,
+      per_sample=True)

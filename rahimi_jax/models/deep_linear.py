@@ -139,4 +139,5 @@ def deep_linear(hidden: Sequence[int],
             'norm': [layer_depth(n, i) for i, n in enumerate(params['norm'])]}
 
   return Model(init, apply, choice_axes=('norm', 'init'), depth=depth,
-               preactivation_hook=True, feature_major=plain)
+               preactivation_hook=True, feature_major=plain,
+               per_sample=True)

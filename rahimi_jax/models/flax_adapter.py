@@ -63,7 +63,8 @@ def from_flax(module: nn.Module | Callable[[int], nn.Module], *,
               choice_axes: Sequence[str] = (),
               depth: Callable[[Any], Any] | None = None,
               rngs: Sequence[str] = ('dropout',),
-              out_dim: Callable[[Any], int] | None = None) -> Model:
+              out_dim: Callable[[Any], int] | None = None,
+              per_sample: bool = False) -> Model:
   """A flax linen module as a pure ``Model``.
 
   Args:
@@ -80,6 +81,9 @@ def from_flax(module: nn.Module | Callable[[int], nn.Module], *,
     out_dim: with ``make``, ``out_dim(params) -> int`` recovers the output
       width in ``apply``; default: the last axis of the last parameter of
       the last submodule (a final ``nn.Dense``'s kernel).
+    per_sample: ``Model.per_sample``: the module in evaluation (``train=False``
+      / ``deterministic=True``) computes each output row from its input row
+      alone (no batch statistics); only the module's author can say so.
 
   Returns:
     A ``Model``. ``matmul_hook`` is ``False`` (the ``activations`` placement
@@ -154,4 +158,5 @@ def from_flax(module: nn.Module | Callable[[int], nn.Module], *,
 
   return Model(init, apply, choice_axes=tuple(choice_axes),
                depth=depth or sequential_depth,
-               preactivation_hook='preactivation' in accepts)
+               preactivation_hook='preactivation' in accepts,
+               per_sample=per_sample)

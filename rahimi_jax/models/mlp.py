@@ -76,4 +76,5 @@ def mlp(hidden: Sequence[int], options: Mapping[str, Sequence[str]]) -> Model:
             'readout': layer_depth(params['readout'], len(params['dense']))}
 
   return Model(init, apply, choice_axes=('norm', 'activation', 'init'),
-               matmul_hook=True, depth=depth, preactivation_hook=True)
+               matmul_hook=True, depth=depth, preactivation_hook=True,
+               per_sample=True)
