@@ -83,7 +83,7 @@ def digits(*, test_fraction: float = 0.25, seed: int = 0,
 
   The split and standardized arrays are cached in ``cache_dir()`` (per
   argument set and scikit-learn and NumPy version, as ``mnist1d``'s): a later
-  call loads them without importing scikit-learn (0.7 s of every launcher's
+  call loads them without importing scikit-learn (0.8 s of every launcher's
   start, WORKSPACE.md).
 
   Args:

@@ -43,9 +43,10 @@ LOSSES = {'classification': _classification_loss, 'regression': _regression_loss
 # (``flops.elements_written``) per member: the batch-norm study's CNN,
 # evaluated on MNIST-1D's 4000 training sequences at once, wrote ~0.6 GB per
 # member, at memory speed (a chunk of 8 members, 11 evaluations: 3.5 -> 1.7
-# s in blocks; its MLP's 0.43 -> 0.40 s). Smaller blocks were faster still for those (2**20: 1.45 s,
-# 0.36 s) but split the digits MLPs' 1347 rows, which ran 5% slower in
-# blocks (WORKSPACE.md). Off the CPU (not measured there) one call.
+# s in blocks; its MLP's 0.43 -> 0.40 s). Smaller blocks were faster still
+# for those (2**20: 1.45 s, 0.36 s) but split the digits MLPs' 1347 rows,
+# which ran 5% slower in blocks (WORKSPACE.md). Off the CPU (not measured
+# there) one call.
 EVAL_BLOCK_ELEMENTS = 2**22
 
 
@@ -545,9 +546,10 @@ def make_loop(config: TrainConfig) -> Loop:
     params, state, opt_state, counts, scaler, order, diverged_step = carry
     key = step_key(k[grid_lib.SEED], t, evaluation=True)
 
+    def forward(x):
+      return model.apply(params, state, x, k, train=False, key=key)[0]
+
     def evaluate(x, y):
-      forward = lambda x: model.apply(params, state, x, k, train=False,  # pylint: disable=unnecessary-lambda-assignment
-                                      key=key)[0]
       out = (forward_in_blocks(forward, x) if model.per_sample
              and jax.default_backend() == 'cpu' else forward(x))
       metrics = {'loss': loss_fn(out, y)}
