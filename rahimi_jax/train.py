@@ -53,16 +53,18 @@ EVAL_BLOCK_ELEMENTS = 2**22
 def forward_in_blocks(forward: Callable[[jax.Array], jax.Array], x: jax.Array,
                       limit: int = EVAL_BLOCK_ELEMENTS) -> jax.Array:
   """``forward(x)`` for a ``forward`` that computes each output row from its
-  input row alone, over equal blocks of rows (``lax.map``) that each write at
-  most ``limit`` elements (at least one row a block; the last block padded
-  with zero rows, whose outputs are dropped); one call where all rows fit."""
+  input row alone: traced once over all rows, and run so where that writes at
+  most ``limit`` elements (``flops.elements_written``); else over equal
+  blocks of rows (``lax.map``) that each write about that many (at least one
+  row a block; the last block padded with zero rows, whose outputs are
+  dropped)."""
   n = x.shape[0]
-  per_row = flops_lib.elements_written(
-      forward, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
-  rows = max(1, limit // max(per_row, 1))
-  if rows >= n:
-    return forward(x)
-  blocks = -(-n // rows)
+  whole = jax.make_jaxpr(forward)(x)
+  written = flops_lib.jaxpr_elements_written(whole.jaxpr)
+  if written <= limit:  # the trace itself, not traced again
+    (out,) = jax.core.eval_jaxpr(whole.jaxpr, whole.consts, x)
+    return out
+  blocks = -(-n // max(1, limit * n // written))
   rows = -(-n // blocks)
   padded = jnp.pad(x, [(0, blocks * rows - n)] + [(0, 0)] * (x.ndim - 1))
   out = jax.lax.map(forward, padded.reshape(blocks, rows, *x.shape[1:]))
