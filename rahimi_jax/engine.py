@@ -267,9 +267,10 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
   # cell uses of each choice axis, so that the groups of a cell share one
   # program (a union grid's groups use different options: the rounding
   # study's dynamic loss scaling only beside the gradients placement).
-  # The groups also share the first one's chunk width where they fill a
-  # chunk of it: a width chosen per group size (the rounding study's groups
-  # of 28 and 24 members) would compile the program again for each.
+  # The groups also share the first one's chunk width where they fill half a
+  # chunk of it or more (a smaller group's chunk padded with copies): a width
+  # chosen per group size (the rounding study's groups of 28 and 24 members;
+  # the precision benchmark's of 4 and 3) would compile the program again.
   cells = [(cell, grid.subset(cell)) for cell in _groups(grid, partition)]
   plan = [(k, cell, cell_grid, group)
           for k, (cell, cell_grid) in enumerate(cells)
@@ -285,8 +286,8 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
         sub = cell_grid.subset(group, keep=cell_grid.choices)
         width = widths.get(k)
         if (width is not None and kwargs.get('chunk_size') is None
-            and len(group) >= width):
-          kwargs['chunk_size'] = width
+            and 2 * len(group) >= width):
+          kwargs['chunk_size'], kwargs['pad_to_width'] = width, True
       members = [cell[i] for i in group]
       train_config = dataclasses.replace(config.for_grid(sub),
                                          switched=switch)

@@ -1110,6 +1110,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
             memory_budget_bytes: int | None = None,
             num_devices: int | None = None,
             chunk_size: int | None = None,
+            pad_to_width: bool = False,
             metadata: dict[str, Any] | None = None) -> results_lib.Results:
   """Trains every member of ``grid`` with one compiled program.
 
@@ -1140,6 +1141,10 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
       grid's members split evenly over the devices. A resumed run keeps its
       first run's chunk size. The chosen width and how it was chosen are in
       ``metadata['engine']['chunk_choice']``.
+    pad_to_width: with ``chunk_size``, chunks that wide even where the grid
+      has fewer members (padded with copies of a member, whose outputs are
+      dropped): a program compiled for a bigger grid runs a smaller one
+      (``engine.run``'s switched groups of a cell), no other compiled.
     metadata: extra provenance to store with the results (beside the
       library's own: versions, devices, git state, the train config).
 
@@ -1220,8 +1225,9 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   else:
     choice = tuning.Choice(chunk_size, 'given')
   chunk_size = choice.width
-  chunk = min(chunk_size or math.ceil(g / len(devices)), g,
-              member_batch_size or g)
+  most = chunk_size if pad_to_width and chunk_size else g
+  chunk = min(chunk_size or math.ceil(g / len(devices)), most,
+              member_batch_size or most)
   programs = _compile_chunk(train_fn, run, grid, data, devices, chunk)
   # The chosen width's compile, done for the tuner's probe or now.
   compile_s = programs.seconds + (probe.compile_s.get(chunk, 0.0) if probe

@@ -233,11 +233,9 @@ def test_flops_of_the_two_layer_linear_net():
 
 
 def test_precision_cost_benchmark_runs_shrunk():
-  # Relaxed: the switched groups (the default, tested in test_train.py)
-  # compile twice here, groups of 4 and 3 (19.7 vs 11.2 s).
+  # Switched groups of 4 and 3 members: one program (the second padded).
   proc = launchers.launch('benchmarks.precision_cost', '--members=7',
-                          '--repeats=1', '--steps=2', '--peak_n=64',
-                          '--switch=none')
+                          '--repeats=1', '--steps=2', '--peak_n=64')
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
   assert 'matmul peak' in lines[0] and 'G=7, 2 steps' in lines[0], lines
@@ -246,7 +244,7 @@ def test_precision_cost_benchmark_runs_shrunk():
       len(r) == 5 and r[4].endswith('%') for r in rows), lines
   assert lines[5].startswith('mixed / fp32 time per member-step: '), lines
   assert lines[6].startswith('mixed + events / fp32 time per member-step: ')
-  assert lines[7].startswith('mixed: switched: none (relaxed'), lines
+  assert lines[7].startswith('mixed: switched: placement (2 groups'), lines
 
 
 def test_chunk_tuning_benchmark_runs_shrunk():

@@ -428,6 +428,25 @@ def test_switched_groups_of_a_union_grid_share_one_program(tiny_digits):
                               np.asarray(['storage'] * 2 + ['gradients'] * 2))
 
 
+def test_a_smaller_group_runs_padded_in_the_first_groups_program(tiny_digits):
+  # Groups of 4 and 3: the second runs one chunk of 4 (a copy padding it),
+  # compiling nothing; its members are what they are in a grid of their own.
+  def part(norm, seeds):
+    return grid_lib.Grid(grid_lib.Choice('norm', (norm,)),
+                         grid_lib.Seeds(seeds))
+  grid = grid_lib.Grid.union(part('none', 4), part('layer', 3))
+  res = engine.run(CONFIG, grid, tiny_digits, partition=(), switch=('norm',))
+  parts = res.metadata['engine']['parts']
+  assert [p['chunk_size'] for p in parts] == [4, 4]
+  assert [p['compile_s'] > 0 for p in parts] == [True, False]
+  alone = engine.run(CONFIG, part('layer', 3), tiny_digits, partition=(),
+                     switch=())
+  layer = res.columns['norm'] == 'layer'
+  for name in ('train_loss', 'test_accuracy'):
+    chex.assert_trees_all_close(res.columns[name][layer],
+                                alone.columns[name], rtol=1e-5)
+
+
 def test_ctrl_c_between_groups_keeps_the_finished_ones(tiny_digits):
   grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'layer')),
                        grid_lib.Seeds(2))
