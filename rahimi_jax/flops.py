@@ -79,18 +79,16 @@ def _matmul(eqn) -> int | None:
   return None if _sub_jaxprs(eqn.params) else 0
 
 
-def _elements(eqn) -> int | None:
-  if eqn.primitive.name in ('dot_general', 'conv_general_dilated'):
-    return 0
-  if _sub_jaxprs(eqn.params):
-    return None
-  return sum(_size(v.aval) for v in eqn.outvars)
-
-
 def _written(eqn) -> int | None:
   if _sub_jaxprs(eqn.params):
     return None
   return sum(_size(v.aval) for v in eqn.outvars)
+
+
+def _elements(eqn) -> int | None:
+  if eqn.primitive.name in ('dot_general', 'conv_general_dilated'):
+    return 0
+  return _written(eqn)
 
 
 def jaxpr_matmul_flops(jaxpr, while_trips: int = 1) -> int:
