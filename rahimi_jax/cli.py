@@ -122,12 +122,12 @@ def define_switch_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       'switch', ['auto'], 'Choice axes (norm, optimizer, activation, '
       'placement) whose options each member computes alone instead of all of '
       'them: the members run in groups, one per combination of those '
-      'options, one group after another, all with the same compiled program, '
-      'which branches on the group\'s options; "auto": on a CPU, each such '
-      'axis whose relaxed step does >= 1.1x the elementwise work of the '
-      'members\' own (engine.cost_ratios; printed), while each group keeps '
-      'two members; "none": one relaxed program (every member computes every '
-      'option).',
+      'options (side by side on the devices), all with the same compiled '
+      'program, which branches on the group\'s options; "auto": on a CPU, '
+      'each such axis whose relaxed step does >= 1.1x the elementwise work '
+      'of the members\' own (engine.cost_ratios; printed), while each group '
+      'keeps two members; "none": one relaxed program (every member computes '
+      'every option).',
       flag_values=flag_values)
 
 

@@ -176,10 +176,11 @@ def auto_switch(grid: grid_lib.Grid, ratios: dict[str, CostRatio],
   devices, so a run resumed on other devices runs the same groups.
 
   Switching costs no compile (the groups share one program) and saves the
-  work of the options a member does not take, but its groups run one after
-  another, each narrower: where the options cost little (the deep linear
-  study's gradient descent beside Adam, 1.02x) its run took 2.2x as long
-  (WORKSPACE.md, CPU). Off the CPU it switches nothing: an accelerator runs
+  work of the options a member does not take, but its groups run in
+  narrower chunks, and a group under half the first's size after the
+  others: where the options cost little (the deep linear study's gradient
+  descent beside Adam, 1.02x) its run took 2.2x as long (WORKSPACE.md,
+  CPU). Off the CPU it switches nothing: an accelerator runs
   the whole relaxed grid as one wide ``vmap`` (``tuning.ACCELERATOR_CHUNK``),
   where the groups would run one after another, each a fraction as wide (on
   an H200 the default ablation ran 0.7 s relaxed, 1.3 s in 9 groups).
@@ -212,14 +213,16 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
       or ``'auto'``: the axes ``auto_partition`` picks.
     switch: choice axes (``registry.Axis.switchable``) whose options each
       member computes alone, not all of them relaxed: the members run in
-      groups, one per combination of these axes' options, one group after
-      another, and every group runs the same compiled program, which
-      branches on the group's options (``TrainConfig.switched``). One
+      groups, one per combination of these axes' options, whose chunks share
+      the devices' rounds (a chunk never mixes two groups; a group under half
+      the first's size runs after), and every group runs the same compiled
+      program, which branches on the group's options
+      (``TrainConfig.switched``). One
       compile, as relaxed; each member's step as cheap as in a program of
       its own options. An axis in ``partition`` is split, not switched.
       ``'auto'`` (``auto_switch``): on a CPU, each switchable choice axis
       whose options cost enough that computing all of them outweighs running
-      the groups one after another; ``()``: none (every member computes
+      the groups each in narrower chunks; ``()``: none (every member computes
       every option); ``None`` (the default): the enclosing
       ``program.run_options``' (a launcher's ``--switch``), ``'auto'``
       outside one. ``Gate`` axes are never switched.
@@ -262,33 +265,40 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
   switch = tuple(a for a in switch if a not in partition
                  and len(grid.choices[a]) > 1)
   choice['switch'] = list(switch)
-  # One part per partition cell and switched group: (the cell's members,
-  # the group's positions among them). A group's grid keeps every option its
-  # cell uses of each choice axis, so that the groups of a cell share one
-  # program (a union grid's groups use different options: the rounding
-  # study's dynamic loss scaling only beside the gradients placement).
-  # The groups also share the first one's chunk width where they fill half a
-  # chunk of it or more (a smaller group's chunk padded with copies): a width
-  # chosen per group size (the rounding study's groups of 28 and 24 members;
-  # the precision benchmark's of 4 and 3) would compile the program again.
-  cells = [(cell, grid.subset(cell)) for cell in _groups(grid, partition)]
-  plan = [(k, cell, cell_grid, group)
-          for k, (cell, cell_grid) in enumerate(cells)
-          for group in _groups(cell_grid, switch)]
+  # One part per partition cell: (the cell's members, the positions among
+  # them of its switched groups, run side by side in one call). A group's
+  # grid keeps every option its cell uses of each choice axis, so that the
+  # groups of a cell share one program (a union grid's groups use different
+  # options: the rounding study's dynamic loss scaling only beside the
+  # gradients placement), and the first group's chunk width (a smaller
+  # group's chunk padded with copies): a width chosen per group size (the
+  # rounding study's groups of 28 and 24 members; the precision benchmark's
+  # of 4 and 3) would compile the program again. A group under half the
+  # first's size runs after, in a call of its own: at the shared width where
+  # it fills half a chunk of it, else at a width of its own.
+  plan = []
+  for k, cell in enumerate(_groups(grid, partition)):
+    cell_grid = grid.subset(cell)
+    groups = _groups(cell_grid, switch)
+    side = [x for x in groups if 2 * len(x) >= len(groups[0])]
+    plan += [(k, cell, cell_grid, side)] + [
+        (k, cell, cell_grid, [x]) for x in groups if x not in side]
   parts, indices, widths = [], [], {}
-  for k, cell, cell_grid, group in plan:
+  for k, cell, cell_grid, groups in plan:
     # Everything between two parts is in here: a Ctrl-C there too keeps the
     # parts that had finished.
+    members = [cell[i] for group in groups for i in group]
     try:
       kwargs = dict(program_kwargs)
       sub = cell_grid
       if switch:
-        sub = cell_grid.subset(group, keep=cell_grid.choices)
+        sub = cell_grid.subset([i for group in groups for i in group],
+                               keep=cell_grid.choices)
+        kwargs['groups'] = [len(group) for group in groups]
         width = widths.get(k)
         if (width is not None and kwargs.get('chunk_size') is None
-            and 2 * len(group) >= width):
+            and 2 * len(groups[0]) >= width):
           kwargs['chunk_size'], kwargs['pad_to_width'] = width, True
-      members = [cell[i] for i in group]
       train_config = dataclasses.replace(config.for_grid(sub),
                                          switched=switch)
       part = program.execute(train_lib.make_train(train_config), sub, data,
@@ -320,7 +330,8 @@ def _merge(parts, indices, grid, config, choice):
                     for i in np.concatenate(indices)})
     meta['engine'] = {
         **({'programs': programs} if programs > 1 else {}),
-        'groups': len(parts), 'partition': choice['axes'],
+        'groups': sum(i.get('groups', 1) for i in infos),
+        'partition': choice['axes'],
         'switch': choice['switch'],
         'compile_s': sum(i['compile_s'] for i in infos),
         'compile_cache_hits': sum(i['compile_cache_hits'] for i in infos),

@@ -936,12 +936,38 @@ class _Chunked:
                                                placed[where.id]), device)
 
 
+@contextlib.contextmanager
+def blas_on_one_thread():
+  """BLAS and LAPACK on one thread, on a CPU backend, while inside.
+
+  jaxlib's CPU LAPACK kernels (an SVD, QR or Cholesky in a member's step or
+  init) call scipy's OpenBLAS, which spreads each call over every core, while
+  the engine runs one device per core (``use_host_cores``): two devices'
+  calls at once oversubscribe the cores. The deep linear study's
+  Levenberg–Marquardt and Gauss–Newton groups, one chunk each, ran 13.8 s
+  one after another and 20.0 s side by side on 2 devices; on one BLAS thread
+  each, side by side, 9.5 s (WORKSPACE.md, "Simple experiment 1"). The
+  engine runs its programs inside this, on any number of devices, so that
+  their bits do not depend on the device count (a LAPACK call's rounding
+  depends on its threads). A library loaded inside (at a first compile) is
+  not limited: the engine enters it after compiling.
+  """
+  if jax.default_backend() != 'cpu':
+    yield
+    return
+  import threadpoolctl  # pylint: disable=g-import-not-at-top
+  with threadpoolctl.threadpool_limits(limits=1, user_api='blas'):
+    yield
+
+
 def _compile_chunk(train_fn, run: train_lib.Train, grid: grid_lib.Grid,
-                   data: Any, devices: Sequence[Any], chunk: int) -> _Chunked:
-  """``run``'s programs for chunks of ``chunk`` members of ``grid`` on
-  ``devices`` (cached by ``compile_program``)."""
+                   data: Any, devices: Sequence[Any], chunk: int,
+                   chunks: int | None = None) -> _Chunked:
+  """``run``'s programs for ``chunks`` chunks (default: as many as ``grid``
+  fills) of ``chunk`` members of ``grid`` on ``devices`` (cached by
+  ``compile_program``)."""
   me = jax.process_index()
-  used = list(devices[:math.ceil(len(grid) / chunk)])
+  used = list(devices[:chunks or math.ceil(len(grid) / chunk)])
   local = [d for d in used if d.process_index == me]
   shared = _shared(run)
   knobs = _spec(_knobs(grid, np.zeros(chunk, int), shared))
@@ -1042,21 +1068,23 @@ class _Probe:
           functools.partial(self._chunks, devices=devices)), widths)))
     self.spared_s += _CACHE_SPARED['seconds'] - spared
     ready = {w: r for w, r in ready.items() if r is not None}
-    plan, best = {}, {}  # width: (passes per call, calls per stretch)
-    for w, (_, slots) in ready.items():
-      best[w] = one = max(self._time(slots, 1, 1), 1e-9)  # a pass: it counts
-      passes = max(1, math.ceil(tuning.MIN_PROBE_S / one))
-      count = min(passes, steps)
-      plan[w] = (count, math.ceil(passes / count), one)
-    if not plan:
+    if not ready:
       return {}
-    longest = max(one * count * calls for count, calls, one in plan.values())
-    rounds = max(1, min(tuning.PROBE_ROUNDS, math.ceil(
-        tuning.PROBE_ROUNDS * tuning.MIN_PROBE_S / longest)))
-    for _ in range(rounds):  # interleaved: a drift of the host's speed
-      for w, (count, calls, _) in plan.items():  # falls on every width
-        best[w] = min(best[w], self._time(ready[w][1], count, calls) /
-                      (count * calls))
+    plan, best = {}, {}  # width: (passes per call, calls per stretch)
+    with blas_on_one_thread():  # as the run
+      for w, (_, slots) in ready.items():
+        best[w] = one = max(self._time(slots, 1, 1), 1e-9)  # a pass counts
+        passes = max(1, math.ceil(tuning.MIN_PROBE_S / one))
+        count = min(passes, steps)
+        plan[w] = (count, math.ceil(passes / count), one)
+      longest = max(one * count * calls
+                    for count, calls, one in plan.values())
+      rounds = max(1, min(tuning.PROBE_ROUNDS, math.ceil(
+          tuning.PROBE_ROUNDS * tuning.MIN_PROBE_S / longest)))
+      for _ in range(rounds):  # interleaved: a drift of the host's speed
+        for w, (count, calls, _) in plan.items():  # falls on every width
+          best[w] = min(best[w], self._time(ready[w][1], count, calls) /
+                        (count * calls))
     g, every = len(self.grid), self.run.config.log_every
     out = {}
     for w, (chunked, _) in ready.items():
@@ -1111,6 +1139,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
             num_devices: int | None = None,
             chunk_size: int | None = None,
             pad_to_width: bool = False,
+            groups: Sequence[int] | None = None,
             metadata: dict[str, Any] | None = None) -> results_lib.Results:
   """Trains every member of ``grid`` with one compiled program.
 
@@ -1145,6 +1174,13 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
       has fewer members (padded with copies of a member, whose outputs are
       dropped): a program compiled for a bigger grid runs a smaller one
       (``engine.run``'s switched groups of a cell), no other compiled.
+    groups: sizes of consecutive runs of ``grid``'s members that no chunk
+      mixes (``engine.run``'s switched groups, each taking one option of
+      the switched axes; their sum is ``len(grid)``). Each group is chunked
+      on its own at the width chosen for the first (its last chunk padded
+      with copies, as the grid's always is), and the chunks of every group
+      share the devices' rounds: groups too small to fill the devices run
+      side by side. Default: one group.
     metadata: extra provenance to store with the results (beside the
       library's own: versions, devices, git state, the train config).
 
@@ -1163,15 +1199,26 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   options = _OPTIONS
   run = _resumable(train_fn)
   g = len(grid)
+  groups = [g] if groups is None else [int(n) for n in groups]
+  if min(groups) < 1 or sum(groups) != g:
+    raise ValueError(f'groups must be sizes >= 1 that sum to the grid\'s {g} '
+                     f'members; got {groups}.')
+  bounds = np.cumsum([0, *groups])
   shared = _shared(run)
   for axis in shared:
-    if axis in grid.choices and len(
-        {m.values[axis] for m in grid.members}) > 1:
-      raise ValueError(
-          f'The train config switches {axis!r}, so every member run together '
-          f'must take the same {axis}; this grid has '
-          f'{", ".join(sorted({m.values[axis] for m in grid.members}))} '
-          '(engine.run groups the members by it).')
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+      taken = {m.values[axis] for m in grid.members[lo:hi]}
+      if axis in grid.choices and len(taken) > 1:
+        raise ValueError(
+            f'The train config switches {axis!r}, so every member run '
+            f'together must take the same {axis}; '
+            f'{"this grid" if len(groups) == 1 else "a group"} has '
+            f'{", ".join(sorted(taken))} (engine.run groups the members by '
+            'it).')
+  # The width is chosen for the first group (the others share it), whose
+  # knobs weigh every option of the grid's, as the run's do.
+  first = (grid if len(groups) == 1 else
+           grid.subset(range(groups[0]), keep=grid.choices))
   if member_batch_size is not None and member_batch_size < 1:
     raise ValueError(f'member_batch_size must be >= 1; got {member_batch_size}.')
   if chunk_size is not None and chunk_size < 0:
@@ -1189,6 +1236,8 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         options.keep)
     options.calls += 1
     fingerprint = _fingerprint(run, grid, data)
+    if len(groups) > 1:
+      fingerprint['groups'] = ','.join(map(str, groups))
     plan = checkpoints.plan(fingerprint)
   budget = memory_budget_bytes or int(
       DEFAULT_MEMORY_FRACTION * device_memory_bytes())
@@ -1199,18 +1248,19 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     mode = options.chunk_size or _chunk_mode(
         os.environ.get(tuning.MODE_ENV, tuning.AUTO))
     # Several processes run process 0's choice (the others measure nothing).
-    probe = (_Probe(train_fn, run, grid, data, devices, budget)
+    probe = (_Probe(train_fn, run, first, data, devices, budget)
              if run.passes else None)
     flops = None
     # The rule's input, traced only where it decides (a CPU, a grid whose
     # rule width differs for a big member).
-    if (run.passes and isinstance(mode, str) and tuning.rule_width(g) !=
-        tuning.rule_width(g, step_flops=tuning.BIG_STEP_FLOPS)):
+    if (run.passes and isinstance(mode, str) and
+        tuning.rule_width(groups[0]) != tuning.rule_width(
+            groups[0], step_flops=tuning.BIG_STEP_FLOPS)):
       from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
       flops = tuning.member_step_flops(
-          run.config, data, lambda: engine.step_flops(run.config, grid, data))
+          run.config, data, lambda: engine.step_flops(run.config, first, data))
     choice = tuning.choose_chunk(
-        run.config if run.passes else None, grid, data,
+        run.config if run.passes else None, first, data,
         mode=tuning.RULE if me and mode in (tuning.AUTO, tuning.TUNE) else mode,
         most=member_batch_size, measure=probe,
         devices=1 if several or num_devices else len(devices),
@@ -1225,10 +1275,17 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   else:
     choice = tuning.Choice(chunk_size, 'given')
   chunk_size = choice.width
-  most = chunk_size if pad_to_width and chunk_size else g
-  chunk = min(chunk_size or math.ceil(g / len(devices)), most,
+  most = chunk_size if pad_to_width and chunk_size else groups[0]
+  chunk = min(chunk_size or math.ceil(groups[0] / len(devices)), most,
               member_batch_size or most)
-  programs = _compile_chunk(train_fn, run, grid, data, devices, chunk)
+
+  def chunked(width):  # each group's members, a chunk of ``width`` at a time
+    return [np.arange(i, min(i + width, hi))
+            for lo, hi in zip(bounds[:-1], bounds[1:])
+            for i in range(lo, hi, width)]
+
+  programs = _compile_chunk(train_fn, run, grid, data, devices, chunk,
+                            len(chunked(chunk)))
   # The chosen width's compile, done for the tuner's probe or now.
   compile_s = programs.seconds + (probe.compile_s.get(chunk, 0.0) if probe
                                   else 0.0)
@@ -1237,7 +1294,8 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     chunk = max(1, int(budget // (programs.need / chunk)))  # fewer per chunk
     logging.info('A chunk needs %.1f MB > budget %.1f MB; chunks of %d.',
                  programs.need / 2**20, budget / 2**20, chunk)
-    programs = _compile_chunk(train_fn, run, grid, data, devices, chunk)
+    programs = _compile_chunk(train_fn, run, grid, data, devices, chunk,
+                              len(chunked(chunk)))
     compile_s += programs.seconds
   used, state_spec = programs.used, programs.state
   if checkpoints is not None and plan is None:
@@ -1248,7 +1306,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   meta = {**provenance.provenance(), 'train_config': train_config_of(run),
           **(metadata or {})}
   run_start = time.perf_counter()
-  chunks = [np.arange(i, min(i + chunk, g)) for i in range(0, g, chunk)]
+  chunks = chunked(chunk)
   rounds = [list(range(i, min(i + len(used), len(chunks))))
             for i in range(0, len(chunks), len(used))]
   every = run.config.log_every if run.passes else 1
@@ -1270,6 +1328,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         'chunk_size': chunk,
         'chunk_choice': choice.record(),
         'chunks': len(chunks),
+        **({'groups': len(groups)} if len(groups) > 1 else {}),
         'program_bytes': programs.need,
         'compile_s': compile_s,
         'compile_cache_hits': hits,
@@ -1337,108 +1396,110 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
 
   finish = _program(run.finish, (True,), ())
   ran = False
-  try:
-    # Rounds set up ahead (started: a start is quick; their states live
-    # beside the running round's): two where their states fit the budget
-    # too, as a chunk starts on the first device, where its start must not
-    # wait behind the round before (another device would wait on it).
-    state_bytes = sum(math.prod(s.shape) * s.dtype.itemsize
-                      for s in jax.tree.leaves(state_spec))
-    depth = 2 if (programs.need or 0) + 2 * state_bytes <= budget else 1
-    ready = collections.deque(prepare(r)
-                              for r in range(min(depth, len(rounds))))
-    ahead = None  # (count, moved) of the round's first call, dispatched
-    returned = None  # when the last wait returned
-    for r in range(len(rounds)):
-      mine, knobs, states, dones = current = ready.popleft()
-      if r + depth < len(rounds):
-        ready.append(prepare(r + depth))
-      following = ready[0] if ready else None
-      progress.update(r * steps + min(min(dones, default=run.passes) * every,
-                                      steps))
-      # A chunk's outputs, dispatched on its device behind its last pass (a
-      # device runs its programs in order: ``finish`` behind the next
-      # round's call would wait for all of it).
-      finished_on_device = None
-      # Each chunk goes on from its own pass (a kill may fall between two
-      # chunks' saves): the results do not depend on the passes per call.
-      while min(dones, default=run.passes) < run.passes:
-        if ahead is None:
-          count, call_start = pace(), time.perf_counter()
-          moved = call(current, count)
-        else:  # dispatched during the last round; running since it returned
-          (count, moved), call_start, ahead = ahead, returned, None
-        if all(dones[i] + count >= run.passes for i in moved):
-          finished_on_device = [finish(s) for s in states]
-          # The next round's first call goes to the devices now, behind
-          # this one: no device waits on the host between rounds (it
-          # fetches and finishes this one meanwhile; the devices' threads
-          # were busy 87-88% of a 200-step deep linear run in 8 rounds,
-          # 93% so). Several processes keep their rounds in step
-          # (collectives between rounds), so not there.
-          if following is not None and not several:
-            n = pace()
-            moved_next = call(following, n)
-            ahead = (n, moved_next) if moved_next else None
-        wait(states, fetch=False)
-        returned = time.perf_counter()
-        calls += 1
-        # Per pass run (passes past the last do nothing).
-        seconds = (returned - call_start) / max(
-            min(count, run.passes - dones[i]) for i in moved)
-        per_pass = seconds if per_pass is None else 0.5 * (per_pass + seconds)
-        save = (checkpoints is not None and not several and
-                time.perf_counter() - saved >= options.checkpoint_every_s)
-        for i in moved:
-          dones[i] = min(run.passes, dones[i] + count)
+  with blas_on_one_thread():
+    try:
+      # Rounds set up ahead (started: a start is quick; their states live
+      # beside the running round's): two where their states fit the budget
+      # too, as a chunk starts on the first device, where its start must not
+      # wait behind the round before (another device would wait on it).
+      state_bytes = sum(math.prod(s.shape) * s.dtype.itemsize
+                        for s in jax.tree.leaves(state_spec))
+      depth = 2 if (programs.need or 0) + 2 * state_bytes <= budget else 1
+      ready = collections.deque(prepare(r)
+                                for r in range(min(depth, len(rounds))))
+      ahead = None  # (count, moved) of the round's first call, dispatched
+      returned = None  # when the last wait returned
+      for r in range(len(rounds)):
+        mine, knobs, states, dones = current = ready.popleft()
+        if r + depth < len(rounds):
+          ready.append(prepare(r + depth))
+        following = ready[0] if ready else None
+        progress.update(r * steps + min(min(dones, default=run.passes) * every,
+                                        steps))
+        # A chunk's outputs, dispatched on its device behind its last pass (a
+        # device runs its programs in order: ``finish`` behind the next
+        # round's call would wait for all of it).
+        finished_on_device = None
+        # Each chunk goes on from its own pass (a kill may fall between two
+        # chunks' saves): the results do not depend on the passes per call.
+        while min(dones, default=run.passes) < run.passes:
+          if ahead is None:
+            count, call_start = pace(), time.perf_counter()
+            moved = call(current, count)
+          else:  # dispatched during the last round; running since it returned
+            (count, moved), call_start, ahead = ahead, returned, None
+          if all(dones[i] + count >= run.passes for i in moved):
+            finished_on_device = [finish(s) for s in states]
+            # The next round's first call goes to the devices now, behind
+            # this one: no device waits on the host between rounds (it
+            # fetches and finishes this one meanwhile; the devices' threads
+            # were busy 87-88% of a 200-step deep linear run in 8 rounds,
+            # 93% so). Several processes keep their rounds in step
+            # (collectives between rounds), so not there.
+            if following is not None and not several:
+              n = pace()
+              moved_next = call(following, n)
+              ahead = (n, moved_next) if moved_next else None
+          wait(states, fetch=False)
+          returned = time.perf_counter()
+          calls += 1
+          # Per pass run (passes past the last do nothing).
+          seconds = (returned - call_start) / max(
+              min(count, run.passes - dones[i]) for i in moved)
+          per_pass = seconds if per_pass is None else 0.5 * (per_pass + seconds)
+          save = (checkpoints is not None and not several and
+                  time.perf_counter() - saved >= options.checkpoint_every_s)
+          for i in moved:
+            dones[i] = min(run.passes, dones[i] + count)
+            if save:
+              c = mine[i][0]
+              checkpoints.save(c, dones[i], jax.tree.map(
+                  lambda a: a[:len(chunks[c])], jax.device_get(states[i])))
           if save:
-            c = mine[i][0]
-            checkpoints.save(c, dones[i], jax.tree.map(
-                lambda a: a[:len(chunks[c])], jax.device_get(states[i])))
-        if save:
+            saved = time.perf_counter()
+          progress.update(r * steps + min(min(dones) * every, steps))
+        if finished_on_device is None:  # one call (passes 0), or resumed done
+          finished_on_device = [finish(s) for s in states]
+        finished = {}
+        for (c, _), state, out in zip(mine, states, wait(finished_on_device)):
+          outputs[c] = jax.tree.map(lambda a: np.asarray(a[:len(chunks[c])]),
+                                    out)
+          if checkpoints is not None and (several or not run.passes):
+            finished[c] = state = jax.tree.map(lambda a: a[:len(chunks[c])],
+                                               jax.device_get(state))
+            if not several:
+              checkpoints.save(c, 0, state)
+        if checkpoints is not None and several and _round_saved(
+            checkpoints, finished, chunks, chunk, state_spec, run.passes,
+            time.perf_counter() - saved >= options.checkpoint_every_s):
           saved = time.perf_counter()
-        progress.update(r * steps + min(min(dones) * every, steps))
-      if finished_on_device is None:  # one call (passes 0), or resumed done
-        finished_on_device = [finish(s) for s in states]
-      finished = {}
-      for (c, _), state, out in zip(mine, states, wait(finished_on_device)):
-        outputs[c] = jax.tree.map(lambda a: np.asarray(a[:len(chunks[c])]),
-                                  out)
-        if checkpoints is not None and (several or not run.passes):
-          finished[c] = state = jax.tree.map(lambda a: a[:len(chunks[c])],
-                                             jax.device_get(state))
-          if not several:
-            checkpoints.save(c, 0, state)
-      if checkpoints is not None and several and _round_saved(
-          checkpoints, finished, chunks, chunk, state_spec, run.passes,
-          time.perf_counter() - saved >= options.checkpoint_every_s):
-        saved = time.perf_counter()
-      logging.info('member-batch %d/%d done (%.1fs)', r + 1, len(rounds),
-                   time.perf_counter() - run_start)
-    if several:
-      outputs = {c: jax.tree.map(lambda a: a[:len(chunks[c])], out)
-                 for c, out in _gather_chunks(outputs, chunk, jax.eval_shape(
-                     jax.vmap(run.finish), state_spec)).items()}
-    ran = True
-  except KeyboardInterrupt:
-    done = 0  # the chunks finished in order
-    while done in outputs:
-      done += 1
-    outputs = {c: outputs[c] for c in range(done)}
-    finished = sum(len(chunks[c]) for c in outputs)
-    partial = tidy(finished, time.perf_counter() - run_start) if finished else None
-    raise Interrupted(partial, finished, g) from None
-  finally:
-    # Orbax's close waits on its writer threads: a Ctrl-C in there, or
-    # anywhere in this wrap-up, would replace the outcome (every member
-    # finished, or the ``Interrupted`` above with those that had) by a bare
-    # ``KeyboardInterrupt``. It is held until the wrap-up is done.
-    with _deferred_interrupt() as pressed:
-      progress.close()
-      if checkpoints is not None:
-        checkpoints.close()
-      if ran:
-        results = tidy(g, time.perf_counter() - run_start)
+        logging.info('member-batch %d/%d done (%.1fs)', r + 1, len(rounds),
+                     time.perf_counter() - run_start)
+      if several:
+        outputs = {c: jax.tree.map(lambda a: a[:len(chunks[c])], out)
+                   for c, out in _gather_chunks(outputs, chunk, jax.eval_shape(
+                       jax.vmap(run.finish), state_spec)).items()}
+      ran = True
+    except KeyboardInterrupt:
+      done = 0  # the chunks finished in order
+      while done in outputs:
+        done += 1
+      outputs = {c: outputs[c] for c in range(done)}
+      finished = sum(len(chunks[c]) for c in outputs)
+      partial = (tidy(finished, time.perf_counter() - run_start)
+                 if finished else None)
+      raise Interrupted(partial, finished, g) from None
+    finally:
+      # Orbax's close waits on its writer threads: a Ctrl-C in there, or
+      # anywhere in this wrap-up, would replace the outcome (every member
+      # finished, or the ``Interrupted`` above with those that had) by a bare
+      # ``KeyboardInterrupt``. It is held until the wrap-up is done.
+      with _deferred_interrupt() as pressed:
+        progress.close()
+        if checkpoints is not None:
+          checkpoints.close()
+        if ran:
+          results = tidy(g, time.perf_counter() - run_start)
   if pressed:  # while a finished run wrapped up: stop after it
     raise Interrupted(results, g, g)
   return results

@@ -154,10 +154,12 @@ def test_shrunk_run_results_load_back(tiny_run):
   assert meta['versions']['jax']
   assert meta['engine']['members'] == members
   assert 'programs' not in meta['engine']  # one relaxed program
-  # Launchers make one XLA CPU device per core; the 8 members are one chunk
-  # (its size does not depend on the device count), so one device runs them.
+  # Launchers make one XLA CPU device per core; the 8 members run in 4
+  # switched groups of 2, a chunk each (its size does not depend on the
+  # device count), side by side on the devices.
   assert len(meta['devices']) == tuning.usable_cores()
-  assert meta['engine']['num_devices'] == 1
+  assert (meta['engine']['groups'], meta['engine']['chunks']) == (4, 4)
+  assert meta['engine']['num_devices'] == min(4, tuning.usable_cores())
   assert meta['engine']['compile_s'] >= 0
   assert meta['axes'] == {'optimizer': ['sgd', 'adam'],
                           'norm': ['none', 'batch'],

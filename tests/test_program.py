@@ -7,12 +7,14 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 import chex
 import jax
 from launchers import FAST_COMPILE
 import numpy as np
 import pytest
+import threadpoolctl
 
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import program
@@ -127,6 +129,19 @@ _SHARDED = textwrap.dedent("""
     assert info['chunk_choice']['devices'] == 2, info
     chex.assert_trees_all_equal({{m: res.columns[m] for m in t.METRICS}},
                                 {{m: one.columns[m] for m in t.METRICS}})
+    # Switched groups too small to fill the devices run side by side: the
+    # norm's 2 groups of 4 (one chunk each) on 2 devices in one round, the
+    # bits of one device's 2 rounds.
+    from rahimi_jax import engine
+    side = [engine.run(t.CONFIG, t.GRID, tiny, partition=(),
+                       switch=('norm',), chunk_size=4, **kwargs)
+            for kwargs in ({{}}, {{'num_devices': 1}})]
+    shapes = [tuple(r.metadata['engine'][k] for k in
+                    ('groups', 'chunks', 'num_devices', 'member_batches'))
+              for r in side]
+    assert shapes == [(2, 2, 2, 1), (2, 2, 1, 2)], shapes
+    chex.assert_trees_all_equal(*[{{m: r.columns[m] for m in t.METRICS}}
+                                  for r in side])
     # One compile per program: the other devices loaded it.
     assert program._LOAD_FOR_DEVICES
     assert program._SERIALIZED and all(program._SERIALIZED.values())
@@ -207,6 +222,31 @@ def test_results_do_not_depend_on_calls_per_round(tiny_digits):
     whole = program.execute(_train(), GRID, tiny_digits, chunk_size=3)
   assert whole.metadata['engine']['calls'] == 3
   chex.assert_trees_all_equal(_metrics(paced), _metrics(whole))
+
+
+def test_blas_runs_on_one_thread_while_a_grid_runs(tiny_digits):
+  """jaxlib's LAPACK kernels call scipy's OpenBLAS; the engine runs one
+  device per core, so while its programs run each call gets one thread (set
+  to 2 outside here, restored after)."""
+  jax.jit(jax.numpy.linalg.svd)(np.eye(3))  # loads jaxlib's LAPACK
+
+  def threads():
+    return {i['filepath']: i['num_threads']
+            for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas'}
+
+  seen, wait = [], program.wait
+
+  def waited(*args, **kwargs):
+    seen.append(threads())
+    return wait(*args, **kwargs)
+
+  with threadpoolctl.threadpool_limits(limits=2, user_api='blas'):
+    outside = threads()
+    assert any('scipy' in path for path in outside), outside
+    with mock.patch.object(program, 'wait', waited):
+      program.execute(_train(), GRID, tiny_digits)
+    assert threads() == outside
+  assert seen and all(set(t.values()) == {1} for t in seen), seen
 
 
 def test_worker_threads_trace_at_the_callers_settings():

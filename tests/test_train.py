@@ -336,8 +336,9 @@ def test_elementwise_options_stay_in_one_program_and_a_split_matches_it(
                         switch='auto')
   assert switched.metadata['partition']['switch'] == ['optimizer', 'norm']
   info = switched.metadata['engine']
+  # The groups side by side in one call, a chunk never mixing two.
   assert 'programs' not in info and info['groups'] == 4
-  assert [p['compile_s'] > 0 for p in info['parts']] == [True] + [False] * 3
+  assert (info['chunk_size'], info['chunks']) == (2, 4) and 'parts' not in info
   for other in (split, switched):
     chex.assert_trees_all_equal(other.columns['member'],
                                 relaxed.columns['member'])
@@ -422,57 +423,68 @@ def test_switched_groups_of_a_union_grid_share_one_program(tiny_digits):
                    switch=('placement',))
   info = res.metadata['engine']
   assert info['groups'] == 2 and 'programs' not in info
-  assert [p['compile_s'] > 0 for p in info['parts']] == [True, False]
+  assert (info['chunk_size'], info['chunks']) == (2, 2) and 'parts' not in info
   assert 'steps_skipped' in res.columns
   chex.assert_trees_all_equal(res.columns['placement'][::4],
                               np.asarray(['storage'] * 2 + ['gradients'] * 2))
 
 
 def test_a_smaller_group_runs_padded_in_the_first_groups_program(tiny_digits):
-  # Groups of 4 and 3: the second runs one chunk of 4 (a copy padding it),
-  # compiling nothing; its members are what they are in a grid of their own.
+  # Groups of 4, 3 and 1. The 3 run beside the 4 in one call, as one chunk
+  # of 4 (a copy padding it); the 1, under half the first group, after, at a
+  # width of its own (a compile). Each group's members are what they are in
+  # a grid of their own.
   def part(norm, seeds):
     return grid_lib.Grid(grid_lib.Choice('norm', (norm,)),
                          grid_lib.Seeds(seeds))
-  grid = grid_lib.Grid.union(part('none', 4), part('layer', 3))
+  grid = grid_lib.Grid.union(part('none', 4), part('layer', 3),
+                             part('rms', 1))
   res = engine.run(CONFIG, grid, tiny_digits, partition=(), switch=('norm',))
-  parts = res.metadata['engine']['parts']
-  assert [p['chunk_size'] for p in parts] == [4, 4]
-  assert [p['compile_s'] > 0 for p in parts] == [True, False]
-  alone = engine.run(CONFIG, part('layer', 3), tiny_digits, partition=(),
-                     switch=())
-  layer = res.columns['norm'] == 'layer'
-  for name in ('train_loss', 'test_accuracy'):
-    chex.assert_trees_all_close(res.columns[name][layer],
-                                alone.columns[name], rtol=1e-5)
+  info = res.metadata['engine']
+  assert info['groups'] == 3
+  assert [(p['chunk_size'], p['chunks'], p.get('groups', 1))
+          for p in info['parts']] == [(4, 2, 2), (1, 1, 1)]
+  assert [p['compile_s'] > 0 for p in info['parts']] == [True, True]
+  for norm, seeds in (('layer', 3), ('rms', 1)):
+    alone = engine.run(CONFIG, part(norm, seeds), tiny_digits, partition=(),
+                       switch=())
+    mine = res.columns['norm'] == norm
+    for name in ('train_loss', 'test_accuracy'):
+      chex.assert_trees_all_close(res.columns[name][mine],
+                                  alone.columns[name], rtol=1e-5)
 
 
 def test_ctrl_c_between_groups_keeps_the_finished_ones(tiny_digits):
-  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'layer')),
-                       grid_lib.Seeds(2))
+  # The group of 1 runs after the group of 2 (under half of it: a call of
+  # its own), and is interrupted as it is set up.
+  grid = grid_lib.Grid.union(
+      grid_lib.Grid(grid_lib.Choice('norm', ('none',)), grid_lib.Seeds(3)),
+      grid_lib.Grid(grid_lib.Choice('norm', ('layer',)), grid_lib.Seeds(1)))
   subset = grid_lib.Grid.subset
-  groups = []
+  parts = []
 
-  def second_group_is_interrupted(self, indices, keep=()):
-    if keep:  # engine.run's group, set up between two groups' runs
-      groups.append(indices)
-      if len(groups) == 2:
+  def second_part_is_interrupted(self, indices, keep=()):
+    if keep and len(self) == len(grid):  # engine.run's part, set up
+      parts.append(indices)
+      if len(parts) == 2:
         raise KeyboardInterrupt
     return subset(self, indices, keep)
 
-  with mock.patch.object(grid_lib.Grid, 'subset', second_group_is_interrupted):
+  with mock.patch.object(grid_lib.Grid, 'subset', second_part_is_interrupted):
     with pytest.raises(program.Interrupted) as e:
-      engine.run(CONFIG, grid, tiny_digits, switch='auto')
-  assert (e.value.finished, e.value.total) == (2, 4)
+      engine.run(CONFIG, grid, tiny_digits, switch=('norm',))
+  assert (e.value.finished, e.value.total) == (3, 4)
   assert set(e.value.results.columns['norm']) == {'none'}
 
 
 def test_ctrl_c_while_checkpoints_close_keeps_the_finished_group(
     tiny_digits, tmp_path):
   """A Ctrl-C inside orbax's close (it waits on its writer threads) stops the
-  run after that group, its members kept."""
-  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'layer')),
-                       grid_lib.Seeds(2))
+  run after that call, its members kept (the group of 1 would run after the
+  group of 3, in a call of its own)."""
+  grid = grid_lib.Grid.union(
+      grid_lib.Grid(grid_lib.Choice('norm', ('none',)), grid_lib.Seeds(3)),
+      grid_lib.Grid(grid_lib.Choice('norm', ('layer',)), grid_lib.Seeds(1)))
   close = program._Checkpoints.close
 
   def pressed_while_closing(self):
@@ -485,10 +497,10 @@ def test_ctrl_c_while_checkpoints_close_keeps_the_finished_group(
                            pressed_while_closing):
       with program.run_options(checkpoint_dir=str(tmp_path)):
         with pytest.raises(program.Interrupted) as e:
-          engine.run(CONFIG, grid, tiny_digits, switch='auto')
+          engine.run(CONFIG, grid, tiny_digits, switch=('norm',))
   finally:
     signal.signal(signal.SIGINT, previous)
-  assert (e.value.finished, e.value.total) == (2, 4)
+  assert (e.value.finished, e.value.total) == (3, 4)
   assert set(e.value.results.columns['norm']) == {'none'}
 
 
