@@ -23,6 +23,19 @@ def qr(a: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 @jax.custom_batching.sequential_vmap
+def qr_r(a: jax.Array) -> jax.Array:
+  """``r`` of the reduced QR of a single matrix ``a: [m, n]``; ``q`` is never
+  formed (LAPACK's ``geqrf`` alone)."""
+  return jnp.linalg.qr(a, mode='r')
+
+
+@jax.custom_batching.sequential_vmap
+def svd(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Thin SVD ``(u, s, vt)`` of a single matrix ``a: [m, n]``."""
+  return jnp.linalg.svd(a, full_matrices=False)
+
+
+@jax.custom_batching.sequential_vmap
 def eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Eigenvalues (ascending) and eigenvectors of a symmetric ``a: [n, n]``."""
   return jnp.linalg.eigh(a)

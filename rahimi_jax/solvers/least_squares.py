@@ -57,6 +57,8 @@ from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 import optax
 
+from rahimi_jax import linalg
+
 SOLVERS = ('auto', 'dense', 'cg')
 DENSE_MAX_PARAMS = 512
 DENSE_MAX_ENTRIES = 2**22
@@ -91,18 +93,6 @@ def _vdot(a, b):
              zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-# One LAPACK call per member under vmap (see rahimi_jax.linalg: batched
-# LAPACK kernels can deadlock jaxlib's CPU thread pool).
-@jax.custom_batching.sequential_vmap
-def _svd(a):
-  return jnp.linalg.svd(a, full_matrices=False)
-
-
-@jax.custom_batching.sequential_vmap
-def _qr_r(a):
-  return jnp.linalg.qr(a, mode='r')
-
-
 def _svd_and_projection(jac, r):
   """``(U^T r, s, V^T)`` of ``jac``'s thin SVD ``U diag(s) V^T``.
 
@@ -115,10 +105,10 @@ def _svd_and_projection(jac, r):
   """
   m, n = jac.shape
   if m <= n:
-    u, s, vt = _svd(jac)
+    u, s, vt = linalg.svd(jac)
     return u.T @ r, s, vt
-  rr = _qr_r(jnp.concatenate([jac, r[:, None]], 1))       # [n + 1, n + 1]
-  u, s, vt = _svd(rr[:n, :n])
+  rr = linalg.qr_r(jnp.concatenate([jac, r[:, None]], 1))       # [n + 1, n + 1]
+  u, s, vt = linalg.svd(rr[:n, :n])
   return u.T @ rr[:n, n], s, vt
 
 
