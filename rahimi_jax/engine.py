@@ -287,13 +287,13 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
   for k, cell, cell_grid, groups in plan:
     # Everything between two parts is in here: a Ctrl-C there too keeps the
     # parts that had finished.
-    members = [cell[i] for group in groups for i in group]
+    positions = [i for group in groups for i in group]
+    members = [cell[i] for i in positions]
     try:
       kwargs = dict(program_kwargs)
       sub = cell_grid
       if switch:
-        sub = cell_grid.subset([i for group in groups for i in group],
-                               keep=cell_grid.choices)
+        sub = cell_grid.subset(positions, keep=cell_grid.choices)
         kwargs['groups'] = [len(group) for group in groups]
         width = widths.get(k)
         if (width is not None and kwargs.get('chunk_size') is None
