@@ -6,9 +6,11 @@ a FALKON solve at scale. Ratios are measured in this process, never promised.
 
 * ``peers``: random Fourier features + ridge (``--features``) and exact
   kernel ridge at ``--n`` rows (procedural regression, Gaussian kernel):
-  ours (jitted, float32, timed after compile, best of ``--repeats``) vs
-  ``RBFSampler`` + ``Ridge`` and ``KernelRidge`` (float64, scikit-learn's
-  default), fit + predict on ``--n_test`` rows.
+  ours (jitted, float32, timed after compile) vs ``RBFSampler`` + ``Ridge``
+  and ``KernelRidge`` (float64, scikit-learn's default), fit + predict on
+  ``--n_test`` rows. Every time is the best of ``--repeats`` on OpenBLAS's
+  default threads and as many on one (``best_time``: each side its better
+  setting, printed).
 * ``sweep``: ``--sweep_bandwidths`` x ``--sweep_lams`` exact kernel ridge fits
   at each of ``--sweep_n`` rows: one program (``kernel_ridge.exact_sweep``:
   a kernel matrix per bandwidth, a Cholesky per pair) vs a loop of
@@ -57,13 +59,27 @@ def peak_rss_mb() -> float:
 
 
 def best_time(fn, repeats):
-  """Fastest of ``repeats`` calls of ``fn`` (which blocks); its last output."""
-  best, out = float('inf'), None
-  for _ in range(repeats):
-    start = time.perf_counter()
-    out = fn()
-    best = min(best, time.perf_counter() - start)
-  return best, out
+  """Fastest of ``repeats`` calls of ``fn`` (which blocks) on OpenBLAS's
+  default threads and as many on one thread; its last output, and the
+  threads of the fastest (``'default'`` or ``'1 BLAS thread'``).
+
+  Each side gets its better setting: LAPACK on small matrices ran faster on
+  one thread (scikit-learn's 16 ``KernelRidge`` fits at n = 1000, in a
+  process without JAX: 0.94 s on OpenBLAS's 2 threads, 0.50 s on one; 2-core
+  Intel Xeon), big ones on all (n = 1e4 Cholesky: ours 2.8 vs 4.0 s).
+  """
+  import threadpoolctl  # pylint: disable=g-import-not-at-top
+  best, out, threads = float('inf'), None, None
+  for limit in (None, 1):
+    with threadpoolctl.threadpool_limits(limits=limit, user_api='blas'):
+      for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - start
+        if seconds < best:
+          best, threads = seconds, ('default' if limit is None
+                                    else '1 BLAS thread')
+  return best, out, threads
 
 
 def peers(d, bandwidth):
@@ -113,13 +129,14 @@ def peers(d, bandwidth):
     start = time.perf_counter()
     ours()  # compile + first run
     first = time.perf_counter() - start
-    t_ours, p_ours = best_time(ours, FLAGS.repeats)
-    t_sk, p_sk = best_time(theirs, FLAGS.repeats)
+    t_ours, p_ours, ours_on = best_time(ours, FLAGS.repeats)
+    t_sk, p_sk, sk_on = best_time(theirs, FLAGS.repeats)
     mse = [kernel_data.score('regression', p, d.y_test)
            for p in (p_ours, p_sk)]
-    rows.append(f'{name:<26} ours {t_ours:7.3f}s (first call {first:6.2f}s) '
-                f'scikit-learn {t_sk:7.3f}s  ratio {t_sk / t_ours:5.2f}x  '
-                f'test mse {mse[0]:.5f} vs {mse[1]:.5f}')
+    rows.append(f'{name:<26} ours {t_ours:7.3f}s ({ours_on}; first call '
+                f'{first:6.2f}s) scikit-learn {t_sk:7.3f}s ({sk_on})  ratio '
+                f'{t_sk / t_ours:5.2f}x  test mse {mse[0]:.5f} vs '
+                f'{mse[1]:.5f}')
   return rows
 
 
@@ -160,15 +177,15 @@ def sweep(n, bandwidths, lams):
   start = time.perf_counter()
   ours()
   first = time.perf_counter() - start
-  t_ours, p_ours = best_time(ours, FLAGS.repeats)
+  t_ours, p_ours, ours_on = best_time(ours, FLAGS.repeats)
   kernel_ridge.KernelRidge(alpha=1.0).fit(d.x[:10], d.y[:10])  # warm-up
-  t_sk, p_sk = best_time(theirs, FLAGS.repeats)
+  t_sk, p_sk, sk_on = best_time(theirs, FLAGS.repeats)
   p_ours = np.asarray(p_ours).reshape(len(p_sk), *np.shape(p_sk[0]))
   gap = max(float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
             for a, b in zip(p_ours, p_sk))
   return [f'sweep of {len(bandwidths) * len(lams)} (bandwidth, lam) exact KRR '
-          f'fits at n={n}: one program {t_ours:.3f}s (first call '
-          f'{first:.2f}s), scikit-learn loop {t_sk:.3f}s, ratio '
+          f'fits at n={n}: one program {t_ours:.3f}s ({ours_on}; first call '
+          f'{first:.2f}s), scikit-learn loop {t_sk:.3f}s ({sk_on}), ratio '
           f'{t_sk / t_ours:.2f}x (first call {t_sk / first:.2f}x); largest '
           f'relative prediction difference {gap:.1e}']
 
