@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -245,6 +246,25 @@ def test_precision_cost_benchmark_runs_shrunk():
   assert lines[5].startswith('mixed / fp32 time per member-step: '), lines
   assert lines[6].startswith('mixed + events / fp32 time per member-step: ')
   assert lines[7].startswith('mixed: switched: placement (2 groups'), lines
+
+
+def test_kernel_solvers_benchmark_runs_shrunk():
+  """Each side timed on OpenBLAS's default threads and on one (the faster
+  named); exact kernel ridge agrees with scikit-learn's KernelRidge."""
+  proc = launchers.launch('benchmarks.kernel_solvers', '--parts=peers,sweep',
+                          '--n=300', '--n_test=50', '--features=32',
+                          '--sweep_n=64', '--sweep_bandwidths=1,2',
+                          '--sweep_lams=1e-3', '--repeats=1')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [l for l in proc.stdout.splitlines() if 'ratio' in l]
+  assert len(lines) == 3, proc.stdout
+  threads = r'\((default|1 BLAS thread)[;)]'
+  for line in lines:
+    assert len(re.findall(threads, line)) == 2, line
+  exact = re.search(r'exact KRR.*test mse ([\d.]+) vs ([\d.]+)', lines[1])
+  np.testing.assert_allclose(*map(float, exact.groups()), rtol=1e-2)
+  gap = float(re.search(r'prediction difference ([\d.e+-]+)', lines[2])[1])
+  assert gap < 1e-2, lines[2]
 
 
 def test_chunk_tuning_benchmark_runs_shrunk():
