@@ -158,7 +158,9 @@ def sweep(n, bandwidths, lams):
   # One device: the pairs' Choleskys are LAPACK calls, which two CPU devices
   # ran no faster than one (measured: 8 factorizations at n = 2000 on each of
   # 2 devices at once took 0.58 s, on one device 0.26 s; a pairs-sharded
-  # program 1.46 s for the 16).
+  # program 1.46 s for the 16). That was OpenBLAS's threads oversubscribing
+  # the cores; on one BLAS thread each, 16 on 2 devices took 0.69 s against
+  # 8 on one in 0.40 s: 1.16x the throughput (WORKSPACE.md, "Decisions").
   @jax.jit
   def grid(x, y, x_test, bws, ls):
     coefs = kr.exact_sweep(kernel, x, y, bws, ls, block_size=FLAGS.block_size)
