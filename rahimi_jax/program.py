@@ -1284,8 +1284,9 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
             for lo, hi in zip(bounds[:-1], bounds[1:])
             for i in range(lo, hi, width)]
 
+  chunks = chunked(chunk)
   programs = _compile_chunk(train_fn, run, grid, data, devices, chunk,
-                            len(chunked(chunk)))
+                            len(chunks))
   # The chosen width's compile, done for the tuner's probe or now.
   compile_s = programs.seconds + (probe.compile_s.get(chunk, 0.0) if probe
                                   else 0.0)
@@ -1294,8 +1295,9 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
     chunk = max(1, int(budget // (programs.need / chunk)))  # fewer per chunk
     logging.info('A chunk needs %.1f MB > budget %.1f MB; chunks of %d.',
                  programs.need / 2**20, budget / 2**20, chunk)
+    chunks = chunked(chunk)
     programs = _compile_chunk(train_fn, run, grid, data, devices, chunk,
-                              len(chunked(chunk)))
+                              len(chunks))
     compile_s += programs.seconds
   used, state_spec = programs.used, programs.state
   if checkpoints is not None and plan is None:
@@ -1306,7 +1308,6 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   meta = {**provenance.provenance(), 'train_config': train_config_of(run),
           **(metadata or {})}
   run_start = time.perf_counter()
-  chunks = chunked(chunk)
   rounds = [list(range(i, min(i + len(used), len(chunks))))
             for i in range(0, len(chunks), len(used))]
   every = run.config.log_every if run.passes else 1

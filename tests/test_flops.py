@@ -82,4 +82,3 @@ def test_elements_written_count_matmuls_too():
   # A jit called twice is one sub-jaxpr walked once, counted twice.
   twice = jax.jit(jnp.tanh)
   assert flops.elements_written(lambda a: twice(twice(a)), A) == 2 * A.size
-
