@@ -31,7 +31,10 @@ and chunks of members (``--chunk_size``). FLOPs count matmuls only, as traced
 in one member's training step and evaluation
 (``rahimi_jax.flops.matmul_flops``): the steps plus the two evaluations (step 0
 and the last step). ``--profile`` adds where (a)'s device time goes, per XLA
-instruction, at the largest G. On a shared host, torch's default OpenMP
+instruction, at the largest G, with the rate of each instruction that computes
+matrix products and, beside it on a CPU with the torch methods, the same
+products' rate as ``torch.einsum`` on one thread: whether another library's
+kernels run the program's own products faster. On a shared host, torch's default OpenMP
 threads can stall on tiny ops; pass ``--torch_threads=1`` there.
 
 Default: two workloads where per-step overhead dominates (a few minutes on 2
@@ -105,7 +108,9 @@ flags.DEFINE_integer('cpu_devices', 0, 'Treat the CPU as this many XLA devices '
                      'cores; 0: one per core; 1: a single device.')
 flags.DEFINE_bool('profile', False, 'Also trace one more run of (a) at the '
                   'largest G and print where its device time goes, per XLA '
-                  'instruction (jax.profiler; stored in the JSON record).')
+                  'instruction, with the products\' GFLOP/s, and torch\'s on '
+                  'the same products when the torch methods run '
+                  '(jax.profiler; stored in the JSON record).')
 flags.DEFINE_string('json_out', None, 'Write the measurements here as a JSON '
                     'list of records (atomically).')
 

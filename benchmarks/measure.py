@@ -1,16 +1,20 @@
 """What grid_throughput measures besides each method's own timing.
 
 The machine's float32 matmul peak (``measure_peak``), the process's peak memory
-(``maxrss_mb``), and where a compiled program's device time goes per XLA
-instruction (``profile_ops``, ``profile_a``).
+(``maxrss_mb``), where a compiled program's device time goes per XLA
+instruction (``profile_ops``, ``profile_a``), the matrix products its
+instructions compute (``hlo_products``), and torch's rate on those products
+(``torch_product_rates``).
 """
 
 import json
+import math
 import os
+import re
 import resource
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -129,12 +133,13 @@ def device_time(events: list[dict[str, Any]], hlo_text: str,
   Returns:
     ``{'ops': records, 'busy_ms'}``: records ``{op, opcode, shape, ms,
     calls, share}``, costliest first (``ms`` sums every device and call,
-    ``share`` is of all counted time); ``busy_ms`` that total.
+    ``share`` is of all counted time), and for an instruction that computes
+    matrix products (``hlo_products``) their ``products`` and ``gflops``,
+    their FLOPs over its time; ``busy_ms`` that total.
   """
-  import re  # pylint: disable=g-import-not-at-top
   defs = {}
   for line in hlo_text.splitlines():
-    m = re.match(r'\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(', line)
+    m = _INSTRUCTION.match(line)
     if m:
       defs.setdefault(m.group(1), (m.group(3), m.group(2)))
   accelerator = {e.get('pid') for e in events
@@ -157,10 +162,170 @@ def device_time(events: list[dict[str, Any]], hlo_text: str,
     calls[op] = calls.get(op, 0) + 1
   everything = sum(total_us.values()) or 1.0
   ranked = sorted(total_us, key=total_us.get, reverse=True)[:top]
-  return {'ops': [{'op': n, 'opcode': defs[n][0], 'shape': defs[n][1],
-                   'ms': total_us[n] / 1e3, 'calls': calls[n],
-                   'share': total_us[n] / everything} for n in ranked],
-          'busy_ms': sum(total_us.values()) / 1e3}
+  products = hlo_products(hlo_text)
+  ops = []
+  for n in ranked:
+    op = {'op': n, 'opcode': defs[n][0], 'shape': defs[n][1],
+          'ms': total_us[n] / 1e3, 'calls': calls[n],
+          'share': total_us[n] / everything}
+    if n in products:  # its matmul FLOPs over its own time
+      flops = sum(p.flops for p in products[n])
+      op |= {'products': [p._asdict() for p in products[n]],
+             'gflops': flops * calls[n] / (total_us[n] * 1e3)}
+    ops.append(op)
+  return {'ops': ops, 'busy_ms': sum(total_us.values()) / 1e3}
+
+
+class Product(NamedTuple):
+  """One matrix product of a compiled program: its operands' shapes and
+  dimension numbers (as XLA's ``dot`` has them)."""
+  lhs: tuple[int, ...]
+  rhs: tuple[int, ...]
+  lhs_contracting: tuple[int, ...]
+  rhs_contracting: tuple[int, ...]
+  lhs_batch: tuple[int, ...] = ()
+  rhs_batch: tuple[int, ...] = ()
+
+  @property
+  def flops(self) -> int:
+    """``2 x batch x M x N x K``: every lhs element meets each of the rhs's
+    free columns once."""
+    free = [n for d, n in enumerate(self.rhs)
+            if d not in self.rhs_contracting and d not in self.rhs_batch]
+    return 2 * math.prod(self.lhs) * math.prod(free)
+
+  def einsum(self) -> str:
+    """The product as an ``einsum`` equation, output ordered as XLA's
+    (batch, lhs free, rhs free)."""
+    lhs, rhs = [''] * len(self.lhs), [''] * len(self.rhs)
+    letters = iter('abcdefghijklmnopqrstuvwxyz')
+    for i, j in zip(self.lhs_batch + self.lhs_contracting,
+                    self.rhs_batch + self.rhs_contracting):
+      lhs[i] = rhs[j] = next(letters)
+    lhs = [s or next(letters) for s in lhs]
+    rhs = [s or next(letters) for s in rhs]
+    out = ([lhs[i] for i in self.lhs_batch] +
+           [s for i, s in enumerate(lhs)
+            if i not in self.lhs_batch + self.lhs_contracting] +
+           [s for j, s in enumerate(rhs)
+            if j not in self.rhs_batch + self.rhs_contracting])
+    return f'{"".join(lhs)},{"".join(rhs)}->{"".join(out)}'
+
+
+# An instruction: its name, shape (a tuple's in parentheses), opcode, rest.
+_INSTRUCTION = re.compile(
+    r'\s*(?:ROOT )?%([\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\((.*)$')
+_DIMS = re.compile(r'(lhs|rhs)_(batch|contracting)_dims=\{([\d,]*)\}')
+_CUBLAS_DIMS = re.compile(r'"(lhs|rhs)_(batch|contracting)_dimensions":'
+                          r'\[([\d",]*)\]')
+
+
+def _shape(text: str) -> tuple[int, ...] | None:
+  """The dimensions of an array shape (``f32[16,128]{1,0}``); a tuple's
+  first element's."""
+  m = re.search(r'[a-z]\w*\[([\d,]*)\]', text)
+  return None if m is None else tuple(int(d) for d in m.group(1).split(',')
+                                      if d)
+
+
+def hlo_products(hlo_text: str) -> dict[str, list[Product]]:
+  """The matrix products each instruction of a compiled program computes.
+
+  A ``dot`` computes its own; a fusion those of the computation it calls (a
+  CPU's YNN or oneDNN dot fusion, a GPU's Triton GEMM fusion); a cuBLAS
+  custom call (``__cublas$gemm``, its dimension numbers in its backend
+  config) its own. Operand shapes come from their definitions (instruction
+  names are unique in a module).
+
+  Returns:
+    ``{instruction: [Product, ...]}`` for every instruction that computes
+    one or more.
+  """
+  shapes, dots, calls, inside = {}, {}, {}, {}
+  computation = None
+  for line in hlo_text.splitlines():
+    if line.endswith('{') and not line.startswith(' '):
+      computation = line.replace('ENTRY ', '').split(' ', 1)[0].lstrip('%')
+      continue
+    m = _INSTRUCTION.match(line)
+    if not m:
+      continue
+    name, shape, opcode, rest = m.groups()
+    shapes[name] = _shape(shape)
+    inside.setdefault(computation, []).append(name)
+    called = re.search(r'calls=%([\w.\-]+)', rest)
+    if called:
+      calls[name] = called.group(1)
+    dims = None
+    if opcode == 'dot':
+      dims = _DIMS.findall(rest)
+    elif opcode == 'custom-call' and '__cublas$gemm' in rest:
+      dims = _CUBLAS_DIMS.findall(rest)
+    if dims is not None:
+      operands = re.findall(r'%([\w.\-]+)', rest.split(')', 1)[0])[:2]
+      numbers = {f'{side}_{kind}': tuple(int(d) for d in re.findall(r'\d+', v))
+                 for side, kind, v in dims}
+      dots[name] = (operands, numbers)
+  products = {}
+  for name, (operands, numbers) in dots.items():
+    lhs, rhs = (shapes.get(o) for o in operands)
+    if lhs is not None and rhs is not None:
+      products[name] = [Product(lhs, rhs, **numbers)]
+
+  def within(computation, seen=()):
+    out = []
+    for name in inside.get(computation, ()):
+      out += products.get(name, [])
+      if name in calls and calls[name] not in seen:
+        out += within(calls[name], (*seen, calls[name]))
+    return out
+
+  for name, computation in calls.items():
+    found = within(computation, (computation,))
+    if found and name not in products:
+      products[name] = found
+  return products
+
+
+def torch_product_rates(profile: dict[str, Any], seconds: float = 0.02,
+                        reps: int = 5) -> None:
+  """Adds ``torch_gflops`` to each of ``profile``'s ops that computes
+  products: the same products (shapes, dimension numbers; float32) as
+  ``torch.einsum`` on one thread, the best of ``reps`` stretches of at least
+  ``seconds``. What a CPU's other well-kept kernels (PyTorch's MKL or
+  oneDNN) do with the products the program's instructions spend their time
+  on: one core's rate beside the program's (each CPU device one core)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  rng = np.random.default_rng(0)
+  try:
+    for op in profile['ops']:
+      if 'products' not in op:
+        continue
+      products = [Product(**{k: tuple(v) for k, v in d.items()})
+                  for d in op['products']]
+      work = [(p.einsum(),
+               torch.from_numpy(rng.standard_normal(p.lhs, np.float32)),
+               torch.from_numpy(rng.standard_normal(p.rhs, np.float32)))
+              for p in products]
+
+      def run():
+        for equation, lhs, rhs in work:
+          torch.einsum(equation, lhs, rhs)
+
+      start = time.perf_counter()
+      run()  # warm-up, and the repeats a stretch needs
+      n = max(1, math.ceil(seconds / max(time.perf_counter() - start, 1e-9)))
+      best = math.inf
+      for _ in range(reps):
+        start = time.perf_counter()
+        for _ in range(n):
+          run()
+        best = min(best, (time.perf_counter() - start) / n)
+      op['torch_gflops'] = sum(p.flops for p in products) / best / 1e9
+  finally:
+    torch.set_num_threads(threads)
 
 
 def profile_a(bench: Bench) -> dict[str, Any]:

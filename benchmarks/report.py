@@ -130,12 +130,23 @@ def write_json(path: str, records: list[dict[str, Any]]):
 
 def format_profile(profile: dict[str, Any]) -> str:
   """``measure.profile_ops``'s record as a table, busy and wall time first."""
+  def rate(o, key):
+    return f'{o[key]:>7.1f}' if key in o else f'{"":>7}'
+
+  torch = any('torch_gflops' in o for o in profile['ops'])
   lines = [f'device busy {profile["busy_ms"]:.1f} ms of the run\'s '
-           f'{profile["wall_ms"]:.1f} ms wall',
-           f'{"share":>6} {"ms":>9} {"calls":>6}  {"opcode":<12} {"shape":<28} op']
+           f'{profile["wall_ms"]:.1f} ms wall; GFLOP/s: an instruction\'s '
+           'matmul FLOPs over its time'
+           + ('; torch: the same products as torch.einsum, one thread'
+              if torch else ''),
+           f'{"share":>6} {"ms":>9} {"calls":>6}  {"GFLOP/s":>7} '
+           + (f'{"torch":>7} ' if torch else '')
+           + f'{"opcode":<12} {"shape":<28} op']
   for o in profile['ops']:
     lines.append(f'{100 * o["share"]:>5.1f}% {o["ms"]:>9.1f} {o["calls"]:>6}  '
-                 f'{o["opcode"]:<12} {o["shape"][:28]:<28} {o["op"][:60]}')
+                 f'{rate(o, "gflops")} '
+                 + (f'{rate(o, "torch_gflops")} ' if torch else '')
+                 + f'{o["opcode"]:<12} {o["shape"][:28]:<28} {o["op"][:60]}')
   hidden = sum(o['share'] for o in profile['ops'] if o['opcode'] == 'kernel'
                and o['op'].startswith('command_buffer'))
   if hidden > 0.5:

@@ -157,6 +157,9 @@ def run_benchmark(cfg: BenchConfig, out=print) -> list[dict[str, Any]]:
               f'{methods_lib.tolerance(method, cfg.tolerance):g}')
       if cfg.profile and g == max(cfg.grid_sizes) and a_record is not None:
         a_record['profile'] = measure.profile_a(bench)
+        if (jax.default_backend() == 'cpu' and
+            any(m in methods_lib.TORCH_METHODS for m in methods)):
+          measure.torch_product_rates(a_record['profile'])  # torch imported
         out(f'\n(a) at G={g}: device time per XLA instruction (all devices '
             f'and calls; top {len(a_record["profile"]["ops"])}):')
         out(report.format_profile(a_record['profile']))

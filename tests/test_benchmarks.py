@@ -123,6 +123,8 @@ def test_shrunk_run_without_torch(runs):
       assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
       assert all(o['calls'] >= 1 and o['ms'] > 0 for o in ops)
       assert any(o['opcode'] in ('dot', 'fusion') for o in ops)
+      # The products' own rates (their FLOPs over their time).
+      assert any(o.get('gflops', 0) > 0 for o in ops), ops
 
   records = _records(out)
   assert {(r['workload'], r['method']) for r in records} == {
@@ -328,6 +330,80 @@ def test_device_time_attributes_gpu_kernels_by_their_hlo_op():
   got = measure.device_time(cpu, hlo)
   assert [o['op'] for o in got['ops']] == ['loop_fusion.3']
   assert got['busy_ms'] == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize('dims', [
+    # (lhs shape, rhs shape, contracting (lhs, rhs), batch (lhs, rhs))
+    ((5, 3), (3, 4), ((1,), (0,)), ((), ())),
+    ((2, 7, 5), (2, 7, 3), ((1,), (1,)), ((0,), (0,))),  # x^T dh per member
+    ((3, 2, 4, 6), (6, 2, 5), ((3,), (0,)), ((1,), (1,))),
+])
+def test_a_product_is_the_dot_its_dimension_numbers_say(dims):
+  """``Product``'s einsum equation is XLA's ``dot_general`` (checked with
+  NumPy's einsum) and its FLOPs are 2 x batch x M x N x K."""
+  import jax  # pylint: disable=g-import-not-at-top
+  lhs, rhs, (lc, rc), (lb, rb) = dims
+  p = measure.Product(lhs, rhs, lc, rc, lb, rb)
+  rng = np.random.default_rng(0)
+  a, b = rng.standard_normal(lhs), rng.standard_normal(rhs)
+  want = jax.lax.dot_general(np.float32(a), np.float32(b), ((lc, rc), (lb, rb)))
+  chex.assert_trees_all_close(np.einsum(p.einsum(), a, b), np.asarray(want),
+                              rtol=1e-5, atol=1e-5)
+  k = np.prod([lhs[d] for d in lc])
+  assert p.flops == 2 * k * np.prod(want.shape)
+
+
+def test_the_products_of_a_compiled_program_are_found_with_their_flops():
+  """Each instruction of XLA's compiled CPU program that computes a product
+  (a dot, or a fusion calling one) is credited with its FLOPs, and a GPU's
+  cuBLAS call with its own, as counted by hand."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  def step(x, w, dh):  # a layer's forward and its weight gradient, 4 members
+    return jax.nn.relu(x @ w), jnp.einsum('bnk,bnm->bkm', x, dh)
+
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  x, w, dh = (jax.ShapeDtypeStruct(s, jnp.float32)
+              for s in ((4, 32, 16), (4, 16, 8), (4, 32, 8)))
+  hlo = jax.jit(step).lower(x, w, dh).compile().as_text()
+  found = measure.hlo_products(hlo)
+  # The instructions that run (the entry's; a fusion's dot runs inside it).
+  entry = hlo[hlo.index('ENTRY'):]
+  ran = [n for n in re.findall(r'^\s*(?:ROOT )?%([\w.\-]+) =', entry, re.M)
+         if n in found]
+  assert len(ran) == 2, found
+  assert [sum(p.flops for p in found[n]) for n in ran] == [2 * 4 * 32 * 16 * 8] * 2
+  assert measure.Product((4, 32, 16), (4, 32, 8), (1,), (1,), (0,), (0,)) in [
+      p for n in ran for p in found[n]]
+  cublas = ('  %custom-call.3 = (f32[64,32]{1,0}, s8[4194304]{0}) custom-call('
+            '%p.1, %p.2), custom_call_target="__cublas$gemm", backend_config='
+            '{"gemm_backend_config":{"dot_dimension_numbers":{'
+            '"lhs_contracting_dimensions":["0"],"rhs_contracting_dimensions":'
+            '["1"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]}}}')
+  gpu = '\n'.join(['ENTRY %main {', '  %p.1 = f32[128,64]{1,0} parameter(0)',
+                   '  %p.2 = f32[32,128]{1,0} parameter(1)', cublas, '}'])
+  (p,), = measure.hlo_products(gpu).values()
+  assert p.flops == 2 * 128 * 64 * 32 and p.einsum() == 'ab,ca->bc'
+
+
+def test_torch_times_a_profiles_products_on_one_thread():
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    assert not os.environ.get('CI'), 'torch is missing in CI'
+    pytest.skip('torch is not installed (pip install -r requirements-bench.txt)')
+  product = measure.Product((4, 32, 16), (4, 32, 8), (1,), (1,), (0,), (0,))
+  profile = {'ops': [{'op': 'dot.1', 'products': [product._asdict()]},
+                     {'op': 'sort.2'}]}
+  threads = torch.get_num_threads()
+  measure.torch_product_rates(profile, seconds=1e-3, reps=2)
+  assert profile['ops'][0]['torch_gflops'] > 0
+  assert 'torch_gflops' not in profile['ops'][1]
+  assert torch.get_num_threads() == threads
+  table = report.format_profile({'busy_ms': 1.0, 'wall_ms': 1.0, 'ops': [
+      {**profile['ops'][0], 'opcode': 'dot', 'shape': 'f32[4,16,8]',
+       'ms': 0.5, 'calls': 2, 'share': 0.5, 'gflops': 1.5}]})
+  assert 'torch' in table and '1.5' in table
 
 
 def test_precision_flag_takes_the_launchers_values():
