@@ -13,8 +13,8 @@ a FALKON solve at scale. Ratios are measured in this process, never promised.
   setting, printed).
 * ``sweep``: ``--sweep_bandwidths`` x ``--sweep_lams`` exact kernel ridge fits
   at each of ``--sweep_n`` rows: one program (``kernel_ridge.exact_sweep``:
-  a kernel matrix per bandwidth, a Cholesky per pair) vs a loop of
-  ``KernelRidge`` fits.
+  a kernel matrix per bandwidth, a Cholesky per pair, the bandwidths split
+  over the host's cores) vs a loop of ``KernelRidge`` fits.
 * ``scale``: FALKON-preconditioned CG at ``--scale_n`` rows and
   ``--scale_centres`` centres, rows sharded over the host's cores: the
   iterations, residuals, time and the process's peak resident memory.
@@ -155,15 +155,18 @@ def sweep(n, bandwidths, lams):
   ls = np.array(lams, np.float32)
   x64, y64, t64 = (a.astype(np.float64) for a in (d.x, d.y, d.x_test))
 
-  # One device: the pairs' Choleskys are LAPACK calls, which two CPU devices
-  # ran no faster than one (measured: 8 factorizations at n = 2000 on each of
-  # 2 devices at once took 0.58 s, on one device 0.26 s; a pairs-sharded
-  # program 1.46 s for the 16). That was OpenBLAS's threads oversubscribing
-  # the cores; on one BLAS thread each, 16 on 2 devices took 0.69 s against
-  # 8 on one in 0.40 s: 1.16x the throughput (WORKSPACE.md, "Decisions").
+  # The bandwidths split over the devices (one per core), each device's
+  # pairs one after another: on one BLAS thread, 16 pairs at n = 2000 took
+  # 0.49 s on 2 devices against 0.41 s for 8 on one (2-core Intel Xeon;
+  # WORKSPACE.md, "Sweep, third pass"). On OpenBLAS's default threads two
+  # devices' calls oversubscribe the cores (0.81 s): ``best_time`` keeps the
+  # faster setting.
+  mesh = kernels.row_mesh()
+
   @jax.jit
   def grid(x, y, x_test, bws, ls):
-    coefs = kr.exact_sweep(kernel, x, y, bws, ls, block_size=FLAGS.block_size)
+    coefs = kr.exact_sweep(kernel, x, y, bws, ls, block_size=FLAGS.block_size,
+                           mesh=mesh)
     return jax.vmap(lambda bw, c: jax.vmap(
         lambda cc: kernels.kernel_matvec(kernel, x_test, x, cc, bw))(c))(
             bws, coefs)

@@ -1,5 +1,6 @@
-"""Rows sharded over 8 CPU devices give the numbers of 1 device (a fresh
-process: the device count is fixed when JAX starts)."""
+"""Rows (and a sweep's bandwidths) sharded over 8 CPU devices give the
+numbers of 1 device (a fresh process: the device count is fixed when JAX
+starts)."""
 
 import json
 import os
@@ -41,6 +42,15 @@ out['iterations'] = [np.asarray(one.iterations).tolist(),
 out['coef'] = float(jnp.max(jnp.abs(one.coef - eight.coef))
                     / jnp.max(jnp.abs(one.coef)))
 out['converged'] = np.asarray(eight.converged).tolist()
+
+# Exact fits, the bandwidths split over the devices (3 padded to 8): each
+# device factors its own pairs, LAPACK calls on 8 devices at once.
+bws, lams = jnp.array([0.8, 1.5, 3.0]), jnp.array([1e-3, 1e-2])
+exact = [jax.jit(lambda x, y: kr.exact_sweep(kernel, x[:60], y[:60], bws, lams,
+                                             block_size=16, mesh=mesh))(x, y)
+         for mesh in (None, kernels.row_mesh(8))]
+out['exact_shape'] = list(exact[1].shape)
+out['exact'] = float(jnp.max(jnp.abs(exact[1] - exact[0])))
 print(json.dumps(out))
 """
 
@@ -58,3 +68,5 @@ def test_eight_devices_give_the_numbers_of_one():
   assert out['iterations'][0] == out['iterations'][1], out
   assert all(out['converged']), out
   assert out['coef'] < 1e-3, out
+  # Each pair's fit is the same program on every device: the same bits.
+  assert out['exact_shape'] == [3, 2, 60, 2] and out['exact'] == 0.0, out

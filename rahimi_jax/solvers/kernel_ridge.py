@@ -7,7 +7,8 @@ convention; scikit-learn's ``KernelRidge(alpha=n * lam)``):
 
 * ``exact_fit``: ``(K + n lam I) c = y`` by Cholesky (small ``n``: ``K`` is
   held, ``[n, n]``); ``f(x) = K(x, X) c``. ``exact_sweep``: the same at
-  every (bandwidth, lam) of a grid, one kernel matrix per bandwidth.
+  every (bandwidth, lam) of a grid, one kernel matrix per bandwidth, the
+  bandwidths optionally split over a mesh's devices.
 * ``ridge_fit``: the primal ridge on features ``Phi`` (random Fourier or
   Nyström): ``(Phi^T Phi + n lam I) w = Phi^T y``, ``f(x) = phi(x) w``.
   Masked (zero) feature columns get weight exactly 0.
@@ -168,26 +169,46 @@ def _ridge_solve(k, y, lam):
 
 def exact_sweep(kernel: kernels_lib.Kernel, x: jax.Array, y: jax.Array,
                 bandwidths: jax.Array, lams: jax.Array, *,
-                block_size: int = kernels_lib.DEFAULT_BLOCK_SIZE
-                ) -> jax.Array:
+                block_size: int = kernels_lib.DEFAULT_BLOCK_SIZE,
+                mesh: jax.sharding.Mesh | None = None) -> jax.Array:
   """``exact_fit`` at every (bandwidth, lam) of ``bandwidths: [B]`` x ``lams:
   [L]``: coefficients ``[B, L, n]`` / ``[B, L, n, k]``.
 
   One kernel matrix per bandwidth serves its ``L`` ridges (a ``vmap`` of
   ``exact_fit`` over the pairs computes it ``L`` times: 0.30 of a 0.96-s
-  16-pair sweep at n = 2000 on a 2-core CPU); the bandwidths go one after
-  another (``lax.map``), so ``L`` matrices of ``[n, n]`` are held at once,
-  not ``B L``. Every pair still needs its own Cholesky factorization.
+  16-pair sweep at n = 2000 on a 2-core CPU). Every pair needs its own
+  Cholesky factorization; the pairs go one after another (``lax.map``), each
+  factored and solved in one step, so one ``[n, n]`` factor is held at a time
+  beside its kernel matrix, and no LAPACK call gets a batch (a vmapped
+  solve's factors were sliced out of a stack: 20 ms a pair at n = 2000 for
+  two triangular solves, 9 ms so; WORKSPACE.md, "Sweep, third pass").
+
+  With ``mesh`` (a one-axis mesh, e.g. ``kernels.row_mesh()``), the
+  bandwidths are split over its devices (padded with copies of the last to
+  a multiple of them; the copies' fits are dropped): each device runs its
+  bandwidths' pairs, with the numbers of one device. On a CPU, run it on
+  one BLAS thread per device (``program.blas_on_one_thread``): jaxlib's
+  LAPACK calls use OpenBLAS, which spreads each call over every core.
   """
   check_problem(x, y, bandwidths, lams)
   lams = jnp.asarray(lams)
+  bandwidths = jnp.asarray(bandwidths)
 
-  def one_bandwidth(bandwidth):
-    k = kernels_lib.kernel_matrix(kernel, x, x, bandwidth,
-                                  block_size=block_size)
-    return jax.vmap(lambda lam: _ridge_solve(k, y, lam))(lams)
+  def pairs(bandwidths):
+    def one_bandwidth(bandwidth):
+      k = kernels_lib.kernel_matrix(kernel, x, x, bandwidth,
+                                    block_size=block_size)
+      return jax.lax.map(lambda lam: _ridge_solve(k, y, lam), lams)
+    return jax.lax.map(one_bandwidth, bandwidths)
 
-  return jax.lax.map(one_bandwidth, jnp.asarray(bandwidths))
+  if mesh is None or mesh.size == 1:
+    return pairs(bandwidths)
+  b = bandwidths.shape[0]
+  padded = jnp.concatenate([bandwidths, jnp.repeat(
+      bandwidths[-1:], -b % mesh.size)])
+  split = jax.sharding.PartitionSpec(mesh.axis_names[0])
+  return jax.shard_map(pairs, mesh=mesh, in_specs=split, out_specs=split)(
+      padded)[:b]
 
 
 def ridge_fit(features: jax.Array, y: jax.Array, lam: jax.Array
