@@ -196,6 +196,10 @@ def test_exact_sweep_fits_every_pair_as_scikit_learn_does(x64):
                                  peer.predict(x_test), rtol=1e-9, atol=1e-10)
   with pytest.raises(ValueError, match=r'lam=-1\.0'):
     kr.exact_sweep(kernel, x, y, bws, np.array([1e-3, -1.0]))
+  two_axes = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1),
+                               ('a', 'b'))
+  with pytest.raises(ValueError, match=r"axes \('a', 'b'\); accepted: a one"):
+    kr.exact_sweep(kernel, x, y, bws, lams, mesh=two_axes)
 
 
 def test_bad_input_is_one_line_errors_before_tracing():

@@ -191,6 +191,9 @@ def exact_sweep(kernel: kernels_lib.Kernel, x: jax.Array, y: jax.Array,
   LAPACK calls use OpenBLAS, which spreads each call over every core.
   """
   check_problem(x, y, bandwidths, lams)
+  if mesh is not None and len(mesh.axis_names) != 1:
+    raise ValueError(f'mesh: axes {mesh.axis_names}; accepted: a one-axis '
+                     'mesh (kernels.row_mesh()).')
   lams = jnp.asarray(lams)
   bandwidths = jnp.asarray(bandwidths)
 
