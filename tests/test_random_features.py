@@ -53,6 +53,9 @@ def test_the_run_writes_tables_plots_and_slopes(study):
   assert abs(np.mean(acc['rff']) - np.mean(acc['sklearn_rff'])) < 0.1
   timings = {t['method'] for t in res.metadata['timings']}
   assert timings == gaussian
+  # The timings say what BLAS threads both sides ran on.
+  threads = res.metadata['blas_threads']
+  assert threads >= 1 and f'on {threads} thread(s): small fits' in ok.stdout
 
 
 def test_binning_joins_the_study_for_the_laplacian_kernel(study):

@@ -246,9 +246,21 @@ def run(config: RandomFeaturesConfig) -> results_lib.Results:
       study='random_features', config=dataclasses.asdict(config),
       bandwidth=bandwidth, metric=metric, n_train=len(d.x),
       n_test=len(d.x_test), slopes=slopes, devices=len(jax.devices()),
+      blas_threads=_blas_threads(),
       timings=[dict(method=m, fits=f, compile_s=c, run_s=r)
                for m, f, c, r in timings])
   return res
+
+
+def _blas_threads() -> int | None:
+  """The most threads a BLAS library loaded in this process runs on
+  (NumPy's and scipy's OpenBLAS: scikit-learn's products and solves, and
+  jaxlib's CPU LAPACK calls, our Choleskys), or None where threadpoolctl
+  finds none."""
+  import threadpoolctl  # pylint: disable=g-import-not-at-top
+  threads = [i['num_threads'] for i in threadpoolctl.threadpool_info()
+             if i['user_api'] == 'blas']
+  return max(threads) if threads else None
 
 
 def _mean_sd(values) -> str:
@@ -287,8 +299,13 @@ def report(res: results_lib.Results) -> str:
   for t in meta['timings']:
     lines.append(f'{t["method"]:<16}{t["fits"]:>6}{t["compile_s"]:>11.2f}'
                  f'{t["run_s"]:>9.2f}')
+  threads = meta.get('blas_threads')
   lines.append('(ours: one program per size, vmapped over seeds; '
-               'run timed after compile; scikit-learn: fit + predict, summed)')
+               'run timed after compile; scikit-learn: fit + predict, summed'
+               + (f'; OpenBLAS, scikit-learn\'s and our LAPACK calls\', on '
+                  f'{threads} thread(s): small fits can run faster on one, '
+                  'benchmarks.kernel_solvers times both settings'
+                  if threads else '') + ')')
   return '\n'.join(lines)
 
 
