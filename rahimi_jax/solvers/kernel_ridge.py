@@ -8,7 +8,7 @@ convention; scikit-learn's ``KernelRidge(alpha=n * lam)``):
 * ``exact_fit``: ``(K + n lam I) c = y`` by Cholesky (small ``n``: ``K`` is
   held, ``[n, n]``); ``f(x) = K(x, X) c``. ``exact_sweep``: the same at
   every (bandwidth, lam) of a grid, one kernel matrix per bandwidth, the
-  bandwidths optionally split over a mesh's devices.
+  pairs optionally split over a mesh's devices.
 * ``ridge_fit``: the primal ridge on features ``Phi`` (random Fourier or
   Nyström): ``(Phi^T Phi + n lam I) w = Phi^T y``, ``f(x) = phi(x) w``.
   Masked (zero) feature columns get weight exactly 0.
@@ -183,12 +183,15 @@ def exact_sweep(kernel: kernels_lib.Kernel, x: jax.Array, y: jax.Array,
   solve's factors were sliced out of a stack: 20 ms a pair at n = 2000 for
   two triangular solves, 9 ms so; WORKSPACE.md, "Sweep, third pass").
 
-  With ``mesh`` (a one-axis mesh, e.g. ``kernels.row_mesh()``), the
-  bandwidths are split over its devices (padded with copies of the last to
-  a multiple of them; the copies' fits are dropped): each device runs its
-  bandwidths' pairs, with the numbers of one device. On a CPU, run it on
-  one BLAS thread per device (``program.blas_on_one_thread``): jaxlib's
-  LAPACK calls use OpenBLAS, which spreads each call over every core.
+  With ``mesh`` (a one-axis mesh, e.g. ``kernels.row_mesh()``), the pairs
+  are split over its devices: the bandwidths, or the ridges where that
+  leaves fewer factorizations to the busiest device (each device then
+  computes every bandwidth's kernel matrix for its ridges), padded with
+  copies of the last to a multiple of the devices (the copies' fits are
+  dropped). Each device runs its pairs, with the numbers of one device. On a
+  CPU, run it on one BLAS thread per device (``program.blas_on_one_thread``):
+  jaxlib's LAPACK calls use OpenBLAS, which spreads each call over every
+  core.
   """
   check_problem(x, y, bandwidths, lams)
   if mesh is not None and len(mesh.axis_names) != 1:
@@ -197,7 +200,7 @@ def exact_sweep(kernel: kernels_lib.Kernel, x: jax.Array, y: jax.Array,
   lams = jnp.asarray(lams)
   bandwidths = jnp.asarray(bandwidths)
 
-  def pairs(bandwidths):
+  def pairs(bandwidths, lams):
     def one_bandwidth(bandwidth):
       k = kernels_lib.kernel_matrix(kernel, x, x, bandwidth,
                                     block_size=block_size)
@@ -205,13 +208,20 @@ def exact_sweep(kernel: kernels_lib.Kernel, x: jax.Array, y: jax.Array,
     return jax.lax.map(one_bandwidth, bandwidths)
 
   if mesh is None or mesh.size == 1:
-    return pairs(bandwidths)
-  b = bandwidths.shape[0]
-  padded = jnp.concatenate([bandwidths, jnp.repeat(
-      bandwidths[-1:], -b % mesh.size)])
-  split = jax.sharding.PartitionSpec(mesh.axis_names[0])
-  return jax.shard_map(pairs, mesh=mesh, in_specs=split, out_specs=split)(
-      padded)[:b]
+    return pairs(bandwidths, lams)
+  (b,), (l,), d = bandwidths.shape, lams.shape, mesh.size
+
+  def padded(values):
+    return jnp.concatenate([values, jnp.repeat(values[-1:], -len(values) % d)])
+
+  split, whole = jax.sharding.PartitionSpec(mesh.axis_names[0]), (
+      jax.sharding.PartitionSpec())
+  if -(-b // d) * l <= b * -(-l // d):  # factorizations on the busiest device
+    return jax.shard_map(pairs, mesh=mesh, in_specs=(split, whole),
+                         out_specs=split)(padded(bandwidths), lams)[:b]
+  by_ridge = jax.sharding.PartitionSpec(None, mesh.axis_names[0])
+  return jax.shard_map(pairs, mesh=mesh, in_specs=(whole, split),
+                       out_specs=by_ridge)(bandwidths, padded(lams))[:, :l]
 
 
 def ridge_fit(features: jax.Array, y: jax.Array, lam: jax.Array
