@@ -13,7 +13,7 @@ a FALKON solve at scale. Ratios are measured in this process, never promised.
   setting, printed).
 * ``sweep``: ``--sweep_bandwidths`` x ``--sweep_lams`` exact kernel ridge fits
   at each of ``--sweep_n`` rows: one program (``kernel_ridge.exact_sweep``:
-  a kernel matrix per bandwidth, a Cholesky per pair, the bandwidths split
+  a kernel matrix per bandwidth, a Cholesky per pair, the pairs split
   over the host's cores) vs a loop of ``KernelRidge`` fits.
 * ``scale``: FALKON-preconditioned CG at ``--scale_n`` rows and
   ``--scale_centres`` centres, rows sharded over the host's cores: the
@@ -155,7 +155,7 @@ def sweep(n, bandwidths, lams):
   ls = np.array(lams, np.float32)
   x64, y64, t64 = (a.astype(np.float64) for a in (d.x, d.y, d.x_test))
 
-  # The bandwidths split over the devices (one per core), each device's
+  # The pairs split over the devices (one per core), each device's
   # pairs one after another: on one BLAS thread, 16 pairs at n = 2000 took
   # 0.49 s on 2 devices against 0.41 s for 8 on one (2-core Intel Xeon;
   # WORKSPACE.md, "Sweep, third pass"). On OpenBLAS's default threads two
