@@ -233,8 +233,8 @@ def hlo_products(hlo_text: str) -> dict[str, list[Product]]:
 
   A ``dot`` computes its own; a fusion those of the computation it calls (a
   CPU's YNN or oneDNN dot fusion, a GPU's Triton GEMM fusion); a cuBLAS
-  custom call (``__cublas$gemm``, its dimension numbers in its backend
-  config) its own. Operand shapes come from their definitions (instruction
+  custom call (``__cublas$gemm``, ``__cublas$lt$matmul``: its dimension
+  numbers in its backend config) its own. Operand shapes come from their definitions (instruction
   names are unique in a module).
 
   Returns:
@@ -259,7 +259,8 @@ def hlo_products(hlo_text: str) -> dict[str, list[Product]]:
     dims = None
     if opcode == 'dot':
       dims = _DIMS.findall(rest)
-    elif opcode == 'custom-call' and '__cublas$gemm' in rest:
+    elif opcode == 'custom-call' and re.search(
+        r'custom_call_target="__cublas\$(gemm|lt\$matmul)"', rest):
       dims = _CUBLAS_DIMS.findall(rest)
     if dims is not None:
       operands = re.findall(r'%([\w.\-]+)', rest.split(')', 1)[0])[:2]

@@ -384,6 +384,8 @@ def test_the_products_of_a_compiled_program_are_found_with_their_flops():
                    '  %p.2 = f32[32,128]{1,0} parameter(1)', cublas, '}'])
   (p,), = measure.hlo_products(gpu).values()
   assert p.flops == 2 * 128 * 64 * 32 and p.einsum() == 'ab,ca->bc'
+  lt = gpu.replace('__cublas$gemm', '__cublas$lt$matmul')
+  assert measure.hlo_products(lt) == {'custom-call.3': [p]}
 
 
 def test_torch_times_a_profiles_products_on_one_thread():
