@@ -358,11 +358,11 @@ def test_the_products_of_a_compiled_program_are_found_with_their_flops():
   (a dot, or a fusion calling one) is credited with its FLOPs, and a GPU's
   cuBLAS call with its own, as counted by hand."""
   import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   def step(x, w, dh):  # a layer's forward and its weight gradient, 4 members
     return jax.nn.relu(x @ w), jnp.einsum('bnk,bnm->bkm', x, dh)
 
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   x, w, dh = (jax.ShapeDtypeStruct(s, jnp.float32)
               for s in ((4, 32, 16), (4, 16, 8), (4, 32, 8)))
   hlo = jax.jit(step).lower(x, w, dh).compile().as_text()

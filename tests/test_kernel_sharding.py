@@ -1,4 +1,4 @@
-"""Rows (and a sweep's bandwidths) sharded over 8 CPU devices give the
+"""Rows (and an exact sweep's pairs) sharded over 8 CPU devices give the
 numbers of 1 device (a fresh process: the device count is fixed when JAX
 starts)."""
 
