@@ -138,10 +138,8 @@ def device_time(events: list[dict[str, Any]], hlo_text: str,
     their FLOPs over its time; ``busy_ms`` that total.
   """
   defs = {}
-  for line in hlo_text.splitlines():
-    m = _INSTRUCTION.match(line)
-    if m:
-      defs.setdefault(m.group(1), (m.group(3), m.group(2)))
+  for _, name, shape, opcode, _ in _instructions(hlo_text):
+    defs.setdefault(name, (opcode, shape))
   accelerator = {e.get('pid') for e in events
                  if e.get('ph') == 'M' and e.get('name') == 'process_name'
                  and re.search(r'/device:(GPU|TPU)', str(
@@ -228,29 +226,34 @@ def _shape(text: str) -> tuple[int, ...] | None:
                                       if d)
 
 
-def hlo_products(hlo_text: str) -> dict[str, list[Product]]:
-  """The matrix products each instruction of a compiled program computes.
-
-  A ``dot`` computes its own; a fusion those of the computation it calls (a
-  CPU's YNN or oneDNN dot fusion, a GPU's Triton GEMM fusion); a cuBLAS
-  custom call (``__cublas$gemm``, ``__cublas$lt$matmul``: its dimension
-  numbers in its backend config) its own. Operand shapes come from their definitions (instruction
-  names are unique in a module).
-
-  Returns:
-    ``{instruction: [Product, ...]}`` for every instruction that computes
-    one or more.
-  """
-  shapes, dots, calls, inside = {}, {}, {}, {}
+def _instructions(hlo_text: str):
+  """``(computation, name, shape, opcode, rest)`` of each instruction of an
+  HLO module's text, ``shape`` as written."""
   computation = None
   for line in hlo_text.splitlines():
     if line.endswith('{') and not line.startswith(' '):
       computation = line.replace('ENTRY ', '').split(' ', 1)[0].lstrip('%')
       continue
     m = _INSTRUCTION.match(line)
-    if not m:
-      continue
-    name, shape, opcode, rest = m.groups()
+    if m:
+      yield (computation, *m.groups())
+
+
+def hlo_products(hlo_text: str) -> dict[str, list[Product]]:
+  """The matrix products each instruction of a compiled program computes.
+
+  A ``dot`` computes its own; a fusion those of the computation it calls (a
+  CPU's YNN or oneDNN dot fusion, a GPU's Triton GEMM fusion); a cuBLAS
+  custom call (``__cublas$gemm``, ``__cublas$lt$matmul``: its dimension
+  numbers in its backend config) its own. Operand shapes come from their
+  definitions (instruction names are unique in a module).
+
+  Returns:
+    ``{instruction: [Product, ...]}`` for every instruction that computes
+    one or more.
+  """
+  shapes, dots, calls, inside = {}, {}, {}, {}
+  for computation, name, shape, opcode, rest in _instructions(hlo_text):
     shapes[name] = _shape(shape)
     inside.setdefault(computation, []).append(name)
     called = re.search(r'calls=%([\w.\-]+)', rest)
