@@ -34,8 +34,9 @@ and the last step). ``--profile`` adds where (a)'s device time goes, per XLA
 instruction, at the largest G, with the rate of each instruction that computes
 matrix products and, beside it on a CPU with the torch methods, the same
 products' rate as ``torch.einsum`` on one thread: whether another library's
-kernels run the program's own products faster. On a shared host, torch's default OpenMP
-threads can stall on tiny ops; pass ``--torch_threads=1`` there.
+kernels run the program's own products faster. On a shared host, torch's
+default OpenMP threads can stall on tiny ops; pass ``--torch_threads=1``
+there.
 
 Default: two workloads where per-step overhead dominates (a few minutes on 2
 CPU cores):
