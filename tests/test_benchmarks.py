@@ -372,7 +372,8 @@ def test_the_products_of_a_compiled_program_are_found_with_their_flops():
   ran = [n for n in re.findall(r'^\s*(?:ROOT )?%([\w.\-]+) =', entry, re.M)
          if n in found]
   assert len(ran) == 2, found
-  assert [sum(p.flops for p in found[n]) for n in ran] == [2 * 4 * 32 * 16 * 8] * 2
+  flops = 2 * 4 * 32 * 16 * 8  # each product: 4 members x [32,16] x [16,8]
+  assert [sum(p.flops for p in found[n]) for n in ran] == [flops] * 2
   assert measure.Product((4, 32, 16), (4, 32, 8), (1,), (1,), (0,), (0,)) in [
       p for n in ran for p in found[n]]
   cublas = ('  %custom-call.3 = (f32[64,32]{1,0}, s8[4194304]{0}) custom-call('
