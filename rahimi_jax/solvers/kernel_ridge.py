@@ -214,14 +214,16 @@ def exact_sweep(kernel: kernels_lib.Kernel, x: jax.Array, y: jax.Array,
   def padded(values):
     return jnp.concatenate([values, jnp.repeat(values[-1:], -len(values) % d)])
 
-  split, whole = jax.sharding.PartitionSpec(mesh.axis_names[0]), (
-      jax.sharding.PartitionSpec())
-  if -(-b // d) * l <= b * -(-l // d):  # factorizations on the busiest device
-    return jax.shard_map(pairs, mesh=mesh, in_specs=(split, whole),
-                         out_specs=split)(padded(bandwidths), lams)[:b]
-  by_ridge = jax.sharding.PartitionSpec(None, mesh.axis_names[0])
-  return jax.shard_map(pairs, mesh=mesh, in_specs=(whole, split),
-                       out_specs=by_ridge)(bandwidths, padded(lams))[:, :l]
+  spec, axis = jax.sharding.PartitionSpec, mesh.axis_names[0]
+  # Factorizations on the busiest device: split the bandwidths or the ridges.
+  if -(-b // d) * l <= b * -(-l // d):
+    args, in_specs, out_specs = ((padded(bandwidths), lams),
+                                 (spec(axis), spec()), spec(axis))
+  else:
+    args, in_specs, out_specs = ((bandwidths, padded(lams)),
+                                 (spec(), spec(axis)), spec(None, axis))
+  return jax.shard_map(pairs, mesh=mesh, in_specs=in_specs,
+                       out_specs=out_specs)(*args)[:b, :l]
 
 
 def ridge_fit(features: jax.Array, y: jax.Array, lam: jax.Array
