@@ -376,16 +376,22 @@ def _python(code, **env):
                             **env))
 
 
+def _pythons(*runs):
+  """``_python(code, **env)`` of each ``(code, env)``, all at once."""
+  with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
+    return list(pool.map(lambda run: _python(run[0], **run[1]), runs))
+
+
 def test_use_host_cores_makes_cpu_devices_before_jax_starts():
-  proc = _python(_HOST_CORES)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert proc.stdout.split() == ['3', '3', '3', '3', '3']
-  # An explicit XLA flag wins.
-  proc = _python(_HOST_CORES,
-                 XLA_FLAGS=f'{FAST_COMPILE} '
-                 '--xla_force_host_platform_device_count=2')
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert proc.stdout.split() == ['2', '2', '2', '2', '2']
+  # The second: an explicit XLA flag wins.
+  default, flagged = _pythons(
+      (_HOST_CORES, {}),
+      (_HOST_CORES, {'XLA_FLAGS': f'{FAST_COMPILE} '
+                                  '--xla_force_host_platform_device_count=2'}))
+  assert default.returncode == 0, default.stderr[-2000:]
+  assert default.stdout.split() == ['3', '3', '3', '3', '3']
+  assert flagged.returncode == 0, flagged.stderr[-2000:]
+  assert flagged.stdout.split() == ['2', '2', '2', '2', '2']
   with pytest.raises(ValueError, match='num'):
     program.use_host_cores(0)
 
@@ -395,7 +401,7 @@ _IMPORT_DEFAULT = textwrap.dedent("""
     import jax
     import rahimi_jax as rj
     from rahimi_jax import data, tuning
-    rj.program.use_compilation_cache()  # the second run loads the first's
+    rj.program.use_compilation_cache()  # as the launchers do
     cores = tuning.usable_cores()
     grid = rj.Grid(rj.Seeds(tuning.CPU_CHUNK * cores))  # a chunk per core
     config = rj.TrainConfig(hidden=(4,), steps=2, batch_size=8)
@@ -405,15 +411,17 @@ _IMPORT_DEFAULT = textwrap.dedent("""
 
 
 def test_import_gives_python_users_the_launchers_devices():
-  proc = _python(_IMPORT_DEFAULT)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  cores, devices, used = proc.stdout.split()
+  # The second: an explicit choice made before the import wins over its
+  # default.
+  default, explicit = _pythons(
+      (_IMPORT_DEFAULT, {}),
+      ('import jax; jax.config.update("jax_num_cpu_devices", 1); '
+       + _IMPORT_DEFAULT.replace('import jax\n', ''), {}))
+  assert default.returncode == 0, default.stderr[-2000:]
+  cores, devices, used = default.stdout.split()
   assert cores == devices == used
-  # An explicit choice made before the import wins over its default.
-  proc = _python('import jax; jax.config.update("jax_num_cpu_devices", 1); '
-                 + _IMPORT_DEFAULT.replace('import jax\n', ''))
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert proc.stdout.split()[1:] == ['1', '1']
+  assert explicit.returncode == 0, explicit.stderr[-2000:]
+  assert explicit.stdout.split()[1:] == ['1', '1']
 
 
 def test_memory_does_not_grow_with_steps(tiny_digits):
