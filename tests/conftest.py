@@ -1,15 +1,18 @@
 """Shared fixtures: tiny datasets that keep compiled programs small."""
 
 import os
+import shutil
 import tempfile
 
 import jax
 from launchers import IN_PROCESS_COMPILE
 import pytest
 
-# Generated datasets (MNIST-1D) are cached in a fresh directory per process,
-# not in the user's cache; launchers the tests start inherit it.
-os.environ['RAHIMI_JAX_CACHE'] = tempfile.mkdtemp(prefix='rahimi_jax_cache_')
+# Generated datasets (MNIST-1D) and compiled programs are cached in a fresh
+# directory per process (removed when it ends: ``pytest_unconfigure``), not
+# in the user's cache; launchers the tests start inherit it.
+CACHE = tempfile.mkdtemp(prefix='rahimi_jax_cache_')
+os.environ['RAHIMI_JAX_CACHE'] = CACHE
 # Grids run in the built-in rule's chunks, measuring nothing: tuning would
 # compile each test's program at several widths (tests/test_tuning.py tests
 # the tuner). Launchers the tests start inherit it.
@@ -23,6 +26,13 @@ os.environ['XLA_FLAGS'] = (
 jax.config.update('jax_num_cpu_devices', 1)
 
 from rahimi_jax import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def pytest_unconfigure(config):
+  """Removes this process's cache (the controller's and each xdist
+  worker's), which every launched run has finished with."""
+  del config
+  shutil.rmtree(CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')

@@ -71,12 +71,13 @@ def kernel(tmp_path):
   kernels = tmp_path / 'kernels'
   kernelspec.write_kernel_spec(kernels / KERNEL)
   specs = client_kernelspec.KernelSpecManager(kernel_dirs=[str(kernels)])
-  km = manager.KernelManager(kernel_name=KERNEL, kernel_spec_manager=specs)
+  km = manager.KernelManager(kernel_name=KERNEL, kernel_spec_manager=specs,
+                             connection_file=str(tmp_path / 'kernel.json'))
   assert km.kernel_spec.argv[0] == sys.executable
   return km
 
 
-def test_notebook_runs_shrunk(kernel):
+def test_notebook_runs_shrunk(kernel, tmp_path):
   nb = _read()
   nb.cells.remove(_tagged(nb, 'install'))
   at = nb.cells.index(_tagged(nb, 'parameters')) + 1
@@ -86,7 +87,8 @@ def test_notebook_runs_shrunk(kernel):
   client = nbclient.NotebookClient(
       nb, km=kernel, timeout=240,
       resources={'metadata': {'path': str(NOTEBOOK.parent)}})
-  client.execute(env=launchers.env())  # this checkout first, CPU only
+  # This checkout first, CPU only; the notebook's plot folder in tmp_path.
+  client.execute(env=dict(launchers.env(), TMPDIR=str(tmp_path)))
   text = '\n'.join(map(_text, nb.cells))
   assert 'JAX backend: cpu' in text, text
   assert '8 members: 2 optimizer x 2 norm x 1 init x 1 learning_rate x 2 seed' \

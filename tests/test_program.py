@@ -116,7 +116,8 @@ _SHARDED = textwrap.dedent("""
     assert (info['num_devices'], info['chunk_size']) == (1, 8), info
     # A tuning that measured 2 devices fastest (cached for this program and
     # host): chunks of 1 on 2 of the 8 devices, the same bits.
-    os.environ['RAHIMI_JAX_CACHE'] = tempfile.mkdtemp()
+    os.environ['RAHIMI_JAX_CACHE'] = tempfile.mkdtemp(
+        dir=os.environ['RAHIMI_JAX_CACHE'])  # removed with the suite's
     os.makedirs(os.path.dirname(tuning.cache_path()), exist_ok=True)
     with open(tuning.cache_path(), 'w') as f:
       json.dump({{tuning.signature(t._train().config, tiny):
@@ -165,8 +166,8 @@ _SHARDED = textwrap.dedent("""
     os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
     compilation_cache.reset_cache()
-    stored = os.path.join(program.use_compilation_cache(tempfile.mkdtemp()),
-                          program.STORE_SUBDIR)
+    stored = os.path.join(program.use_compilation_cache(tempfile.mkdtemp(
+        dir=os.environ['RAHIMI_JAX_CACHE'])), program.STORE_SUBDIR)
     for hits, kept in ((0, 1), (2, 1), (2, 0)):  # start (JAX's) and advance
       program._SERIALIZED.clear()
       res = program.execute(
