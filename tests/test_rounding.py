@@ -142,6 +142,12 @@ def test_collapse_to_chance_is_dated_at_the_first_step_it_stays_there():
   assert rounding.collapse(diverged, 'test_accuracy', 0.15) == (7, 'non-finite')
 
 
+def test_event_counts_are_means_over_seeds_never_rounded_to_zero():
+  # One seed of two with one overflow: a mean of 0.5, not "0".
+  assert [rounding._count(t) for t in (0.5, 1.5, 3.0, 0.25, 12345.5)] == [
+      '0.5', '1.5', '3', '0.25', '12,346']
+
+
 @pytest.mark.parametrize('kwargs, message', [
     (dict(precisions=('float32', 'bfloat16')), 'float32 is the reference'),
     (dict(optimizers=('sgd', 'adam'), learning_rates=(0.1,)),
@@ -173,6 +179,10 @@ def test_launcher_end_to_end(study):
   assert 'rounding events over the run' in text
   # float16 rounds eps = 1e-8 to 0: Adam divides 0/0 where a gradient is 0.
   assert 'eps 1e-08 -> 0 ' in text, text
+  # Toward zero flushes what is below the smallest subnormal (5.96e-8),
+  # nearest-even what is below half of it.
+  assert 'eps 1e-08 -> 0 (below the smallest subnormal)' in text, text
+  assert 'eps 1e-08 -> 0 (below half the smallest subnormal)' in text, text
   # A dynamic scale starting at 1e9 overflows float16: nearest-even makes
   # infinities, so the scale backs off; toward zero saturates at 65504 (never
   # infinite), so it never does and the gradients stay clipped.

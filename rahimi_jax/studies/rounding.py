@@ -372,12 +372,21 @@ def constant_lines(optimizer: str, hp: dict[str, float], fmt: str,
       elif new >= 1:
         text += '; the average never forgets'
     elif name == 'eps' and new == 0:
-      text += (' (below half the smallest subnormal): the update divides by '
+      below = ('the smallest subnormal' if mode == 'toward_zero' else
+               'half the smallest subnormal')
+      text += (f' (below {below}): the update divides by '
                'sqrt(v) alone, 0/0 = NaN wherever a gradient is exactly 0')
     else:
       text += f' ({(new - value) / value:+.2%})'
     lines.append(text)
   return lines
+
+
+def _count(total: float) -> str:
+  """A counter's mean over seeds: whole counts as integers; a fraction
+  (0.5: one seed of two) as one, never rounded to 0."""
+  return (f'{total:,.0f}' if total >= 100 or total == round(total) else
+          f'{total:.2g}')
 
 
 def _counts(res: results_lib.Results, members) -> dict[str, Any]:
@@ -421,19 +430,25 @@ def explain(res: results_lib.Results, row: dict) -> list[str]:
     lines.append(f'updates rounded away (nonzero updates that left their '
                  f'stored parameter unchanged), mean over the run: '
                  f'{ci.mean:.1%} [{ci.low:.1%}, {ci.high:.1%}]')
-  overflow_to = ('its largest finite value' if cell['rounding'] == 'toward_zero'
-                 else 'infinity' if fmt.has_inf else 'NaN (no infinity)')
+  beyond = 'infinity' if fmt.has_inf else 'NaN (no infinity)'
+  overflow_to = {
+      'toward_zero': 'its largest finite value',
+      'nearest_even': f'{beyond}, but those within half a unit in the last '
+                      'place of +-max to +-max',
+      'stochastic': f'{beyond}, but those within a unit in the last place of '
+                    f'+-max to +-max or {beyond.split()[0]} at random',
+  }[cell['rounding']]
   for name, (total, first) in _counts(res, members).items():
     kind, _, place = name.partition('_')
     if kind == 'overflows':
-      lines.append(f'{place}: {total:,.0f} values beyond +-{fmt.max:g} over '
+      lines.append(f'{place}: {_count(total)} values beyond +-{fmt.max:g} over '
                    f'the run (mean over seeds; first by step {first}), '
                    f'rounded to {overflow_to}')
     elif kind == 'underflows':
-      lines.append(f'{place}: {total:,.0f} nonzero values flushed to 0 over '
+      lines.append(f'{place}: {_count(total)} nonzero values flushed to 0 over '
                    f'the run (mean over seeds; first by step {first})')
     else:
-      lines.append(f'dynamic loss scaling skipped {total:,.0f} steps (first '
+      lines.append(f'dynamic loss scaling skipped {_count(total)} steps (first '
                    f'by step {first})')
   if 'loss_scale' in res.columns and cell['loss_scaling'] == 'dynamic':
     final = res.final()
@@ -557,7 +572,7 @@ def events(res: results_lib.Results, rows: list[dict]) -> str:
     counts = _counts(res, r['members'])
     if counts:
       lines.append(f'  {r["optimizer"]}, {r["label"]}: ' + ', '.join(
-          f'{n} {total:,.0f}' for n, (total, _) in counts.items()))
+          f'{n} {_count(total)}' for n, (total, _) in counts.items()))
   head = ('rounding events over the run (mean over seeds; overflows: beyond '
           'the format\'s largest finite value; underflows: nonzero values '
           'flushed to 0):')
