@@ -171,13 +171,37 @@ def aumann_shapley(f, knobs: dict[str, Any], data: Dataset,
 # Attribution of the discrete factorial grid.
 
 
+def drop_diverged_seeds(results, metric: str):
+  """Diverged members, and the results without the seeds they belong to.
+
+  A seed's on/off patterns are compared within the seed, each averaged over
+  the other axes: a diverged member (or a non-finite final ``metric``) would
+  leave its pattern averaged over a different mix of them, so its whole
+  seed is left out.
+
+  Returns:
+    ``([(member, diverged_step), ...], results of the other seeds)``.
+  """
+  final = results.final().columns
+  bad = ~np.isfinite(final[metric])
+  if 'diverged_step' in final:
+    bad |= final['diverged_step'] >= 0
+  steps = final.get('diverged_step', np.full(len(bad), -1))
+  diverged = [(str(m), int(s)) for m, s in zip(final['member'][bad],
+                                               steps[bad])]
+  keep = ~np.isin(results.columns[grid_lib.SEED], final[grid_lib.SEED][bad])
+  return diverged, results.subset(keep)
+
+
 def component_table(results, metric: str, components: Sequence[str],
                      baselines: dict[str, Any] | None):
   """Per seed, the final ``metric`` of every on/off pattern of ``components``.
 
   Each component axis must have exactly two values: its baseline ('off', the
   first value unless ``baselines`` names it) and the other ('on'). Other
-  non-seed axes are averaged out within a seed.
+  non-seed axes are averaged out within a seed. A seed with a diverged
+  member is left out (``drop_diverged_seeds``): the intervals' ``n`` counts
+  the seeds used.
 
   Returns:
     ``(seeds, table)`` with ``table[s, pattern]`` where bit ``i`` of
@@ -187,6 +211,11 @@ def component_table(results, metric: str, components: Sequence[str],
   if not components:
     raise ValueError('components: give at least one on/off axis.')
   axes = results.metadata['axes']
+  diverged, results = drop_diverged_seeds(results, metric)
+  if diverged and not len(results):
+    raise ValueError(f'{metric}: every seed has a diverged member (or a '
+                     f'non-finite result; {len(diverged)} members): nothing '
+                     'to attribute.')
   on = {}
   for c in components:
     values = axes.get(c)

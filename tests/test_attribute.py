@@ -2,13 +2,13 @@
 
 import csv
 
-import numpy as np
+import chex
+import jax
+import jax.numpy as jnp
 import pytest
 
 import launchers
 
-from rahimi_jax import grid as grid_lib
-from rahimi_jax import results as results_lib
 from rahimi_jax import storage
 from rahimi_jax.studies import attribute
 
@@ -103,17 +103,30 @@ def test_diverging_run_is_saved_and_named(tmp_path):
   assert len(storage.load(str(tmp_path / 'saved'))) == len(out['results'])
 
 
-def test_drop_diverged_seeds_keeps_complete_seeds():
-  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'batch')),
-                       grid_lib.Seeds(3))
-  loss = np.array([[1.0], [2.0], [np.nan], [3.0], [4.0], [5.0]])
-  diverged_step = np.array([-1, -1, 7, -1, -1, -1], np.int32)
-  res = results_lib.from_outputs(grid, {
-      'step': np.full((6, 1), 10, np.int32), 'test_loss': loss,
-      'diverged_step': diverged_step})
-  bad, kept = attribute._drop_diverged_seeds(res, 'test_loss')
-  member = res.columns['member'][2]
-  assert bad == [(member, 7)]
-  seed_of_bad = res.columns['seed'][2]
-  assert seed_of_bad not in set(kept.columns['seed'])
-  assert len(kept) == 4
+def test_a_diverged_gate_path_leaves_its_seed_out_of_every_column(
+    monkeypatch):
+  """A seed whose gate credits are non-finite is dropped from the Shapley,
+  Aumann-Shapley, difference and ANOVA columns alike, and named."""
+  def credits(f, knobs, data, components, nodes):
+    del f, data, nodes
+    seed = jax.random.key_data(knobs['seed'])[-1]
+    return jnp.where(seed == 1, jnp.nan, 1.0) * jnp.ones(len(components))
+
+  monkeypatch.setattr(attribute.attribution, 'aumann_shapley', credits)
+  config = attribute.AttributeConfig(
+      gates=(('norm', 'none', 'batch'),), hidden=(8,), steps=10, seeds=3,
+      nodes=2, batch_size=32)
+  out = attribute.run(config)
+  assert out['diverged'] == [] and out['gate_diverged'] == [1]
+  assert out['seeds_used'] == [0, 2]
+  (row,) = out['rows']
+  for ci in (*(row[k] for k in ('shapley', 'aumann_shapley', 'difference')),
+             *out['anova'].values()):
+    assert ci.n == 2
+  chex.assert_trees_all_close(row['aumann_shapley'].mean, 1.0)
+  chex.assert_trees_all_close(row['difference'].mean,
+                              1.0 - row['shapley'].mean, rtol=1e-12)
+  text = attribute.report(config, out)
+  assert ('gate path diverged (a non-finite credit) for seed 1; left out of '
+          'every column (2 of 3 seeds remain)') in text, text
+  assert 'sum of gate credits +1.0000' in text, text

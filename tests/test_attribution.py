@@ -230,3 +230,55 @@ def test_shapley_needs_on_off_axes():
     attribution.shapley(res, 'test_accuracy', ['norm', 'bogus'])
   with pytest.raises(ValueError, match='baseline'):
     attribution.shapley(res, 'test_accuracy', ['norm'], {'norm': 'layer'})
+
+
+def test_drop_diverged_seeds_keeps_complete_seeds():
+  from rahimi_jax import results as results_lib  # pylint: disable=g-import-not-at-top
+  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'batch')),
+                       grid_lib.Seeds(3))
+  loss = np.array([[1.0], [2.0], [np.nan], [3.0], [4.0], [5.0]])
+  diverged_step = np.array([-1, -1, 7, -1, -1, -1], np.int32)
+  res = results_lib.from_outputs(grid, {
+      'step': np.full((6, 1), 10, np.int32), 'test_loss': loss,
+      'diverged_step': diverged_step})
+  bad, kept = attribution.drop_diverged_seeds(res, 'test_loss')
+  member = res.columns['member'][2]
+  assert bad == [(member, 7)]
+  seed_of_bad = res.columns['seed'][2]
+  assert seed_of_bad not in set(kept.columns['seed'])
+  assert len(kept) == 4
+
+
+def test_a_diverged_member_drops_its_seed_not_its_cell():
+  # A 2 x 2 factorial x 2 learning rates: b has no effect, the larger rate
+  # lowers the loss by 1. The member (b on, rate 0.2) of seed 0 diverges.
+  # Averaging that seed's cell over its survivors would credit b with the
+  # rate's effect (-0.5); dropping the seed keeps b's value exactly 0.
+  from rahimi_jax import results as results_lib  # pylint: disable=g-import-not-at-top
+  grid = grid_lib.Grid(grid_lib.Choice('a', ('off', 'on')),
+                       grid_lib.Choice('b', ('off', 'on')),
+                       grid_lib.Values('learning_rate', (0.1, 0.2)),
+                       grid_lib.Seeds(4))
+  loss, step = [], []
+  for m in grid.members:
+    v = m.values
+    bad = v['b'] == 'on' and v['learning_rate'] == 0.2 and v['seed'] == 0
+    loss.append(np.nan if bad else 2.0 + 0.3 * (v['a'] == 'on') -
+                (v['learning_rate'] == 0.2) + 0.01 * v['seed'])
+    step.append(5 if bad else -1)
+  res = results_lib.from_outputs(grid, {
+      'step': np.full((len(grid), 1), 10, np.int32),
+      'test_loss': np.asarray(loss)[:, None],
+      'diverged_step': np.asarray(step, np.int32)})
+  values = attribution.shapley(res, 'test_loss', ['a', 'b'])
+  effects = attribution.anova(res, 'test_loss', ['a', 'b'])
+  for ci, want in ((values['a'], 0.3), (values['b'], 0.0),
+                   (effects['a'], 0.3), (effects['b'], 0.0)):
+    chex.assert_trees_all_close(ci.mean, want, atol=1e-12)
+    assert ci.n == 3
+  every = results_lib.from_outputs(grid, {
+      'step': np.full((len(grid), 1), 10, np.int32),
+      'test_loss': np.full((len(grid), 1), np.nan),
+      'diverged_step': np.full(len(grid), 3, np.int32)})
+  with pytest.raises(ValueError, match='every seed has a diverged member'):
+    attribution.shapley(every, 'test_loss', ['a', 'b'])

@@ -6,8 +6,9 @@ Shapley values and the ANOVA (main effects, two-way interactions). The same
 components as continuous gates give Aumann–Shapley credits: gradients of the
 final metric along the straight gate path from all-off to all-on, integrated
 by quadrature (each node a training run, differentiated through the whole
-run). Both come per seed, with bootstrap intervals over seeds, and their
-difference per seed.
+run). Both come per seed, with t-intervals over seeds (extended for skew),
+and their difference per seed. A seed whose grid or gate path diverged is
+left out of every column, and named.
 """
 
 import dataclasses
@@ -26,7 +27,6 @@ from rahimi_jax import grid as grid_lib
 from rahimi_jax import plots
 from rahimi_jax import program
 from rahimi_jax import registry
-from rahimi_jax import results as results_lib
 from rahimi_jax import stats
 from rahimi_jax import storage
 from rahimi_jax import train as train_lib
@@ -121,7 +121,7 @@ def run(config: AttributeConfig) -> dict[str, Any]:
                    metadata={'config': dataclasses.asdict(config)})
   names = [g[0] for g in config.gates]
   baselines = {a: off for a, off, _ in config.gates}
-  diverged, res_kept = _drop_diverged_seeds(res, config.metric)
+  diverged, res_kept = attribution.drop_diverged_seeds(res, config.metric)
   out = {'results': res, 'diverged': diverged, 'names': names,
          'seeds_used': sorted({int(s) for s in
                                res_kept.columns[grid_lib.SEED]})}
@@ -146,6 +146,18 @@ def run(config: AttributeConfig) -> dict[str, Any]:
     raise program.Interrupted(res, len(grid), len(grid),
                              during='gate paths') from None
   gate_s = time.perf_counter() - start
+  # A seed whose gate path diverged (a non-finite credit) leaves every
+  # column, so that all of them, and their difference, hold the same seeds.
+  finite = np.isfinite(gates).all(1)
+  out['gate_diverged'] = [s for s, ok in zip(out['seeds_used'], finite)
+                          if not ok]
+  if not finite.all():
+    out['seeds_used'] = [s for s, ok in zip(out['seeds_used'], finite) if ok]
+    table, discrete, gates = table[finite], discrete[finite], gates[finite]
+    res_kept = res_kept.subset(np.isin(res_kept.columns[grid_lib.SEED],
+                                       out['seeds_used']))
+    if not out['seeds_used']:
+      return {**out, 'gate_s': gate_s}
   zeros = np.zeros(len(table))
   rows = []
   for i, name in enumerate(names):
@@ -161,25 +173,6 @@ def run(config: AttributeConfig) -> dict[str, Any]:
           'gate_total': gates.sum(1), 'gate_s': gate_s}
 
 
-def _drop_diverged_seeds(res: results_lib.Results, metric: str):
-  """Diverged members, and the results without the seeds they belong to.
-
-  Shapley values and the ANOVA need every on/off pattern of a seed; a seed
-  with a diverged member (or a non-finite final ``metric``) is left out of
-  both attributions, and the report names the members.
-
-  Returns:
-    ``([(member, diverged_step), ...], results of the other seeds)``.
-  """
-  final = res.final().columns
-  bad = (final['diverged_step'] >= 0) | ~np.isfinite(final[metric])
-  diverged = [(str(m), int(s)) for m, s in
-              zip(final['member'][bad], final['diverged_step'][bad])]
-  keep = ~np.isin(res.columns[grid_lib.SEED], final[grid_lib.SEED][bad])
-  return diverged, results_lib.Results(
-      {k: v[keep] for k, v in res.columns.items()}, res.metadata)
-
-
 def report(config: AttributeConfig, out: dict[str, Any],
            out_dir: str | None = None) -> str:
   """The contribution table (and CSV + PNGs in ``out_dir``)."""
@@ -187,15 +180,21 @@ def report(config: AttributeConfig, out: dict[str, Any],
   head = []
   if out['diverged']:
     head.append(f'diverged: {len(out["diverged"])} members ' + ', '.join(
-        f'{m} (step {s})' for m, s in out['diverged']) + '; their seeds are '
-        f'left out of the attribution ({n} of {config.seeds} seeds remain)')
+        f'{m} (step {s})' for m, s in out['diverged']) +
+                '; their seeds are left out of the attribution')
+  if out.get('gate_diverged'):
+    head.append('gate path diverged (a non-finite credit) for seed ' +
+                ', '.join(map(str, out['gate_diverged'])) +
+                '; left out of every column')
+  if head:
+    head[-1] += f' ({n} of {config.seeds} seeds remain)'
   if not n:
     return '\n'.join(head + ['no seed without a diverged member: nothing to '
                               'attribute (try a smaller --learning_rate)'])
   lines = head + [f'contributions to the final {config.metric} (off -> on), mean over '
            f'{n} seeds [95% t-interval over seeds, extended for skew]',
            f'{"component":<36}{"Shapley (grid)":>30}{"Aumann-Shapley (gates)":>30}'
-           f'{"difference":>30}']
+           f'{"difference (gates - grid)":>30}']
   fmt = lambda ci: f'{ci.mean:+.4f} [{ci.low:+.4f}, {ci.high:+.4f}]'
   csv_rows = ['component,method,mean,low,high,seeds']
   for r in out['rows']:

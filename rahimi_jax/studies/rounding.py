@@ -518,8 +518,8 @@ def attribute(res: results_lib.Results, optimizer: str,
   On the two-level sub-factorial of the first two options of each of the
   precision, rounding and placement axes that have at least two (without
   loss scaling): ``(components, shapley, anova)``, or a one-line reason
-  when it cannot be computed (fewer than two such axes, or a pattern with no
-  finite result).
+  when it cannot be computed (fewer than two such axes, or no seed whose
+  members all finished: ``attribution.component_table``).
   """
   metric = headline_metric(res)
   levels = _levels(res)
@@ -550,9 +550,11 @@ def attribution_lines(res: results_lib.Results) -> list[str]:
     names, shapley, anova = out
     levels = ', '.join(f'{a} {v[0]} -> {v[1]}'
                        for a, v in _levels(res).items() if a in names)
+    n, seeds = shapley[names[0]].n, len(res.metadata['axes'][grid_lib.SEED])
+    left = '' if n == seeds else ', those with a diverged member left out'
     lines.append(f'{opt}: Shapley values of final {metric} over the 2^'
-                 f'{len(names)} factorial ({levels}), mean over seeds [95% '
-                 'interval]')
+                 f'{len(names)} factorial ({levels}), mean over {n} of {seeds} '
+                 f'seeds{left} [95% interval]')
     for a in names:
       lines.append(f'  {a:<30}{_fmt_ci(shapley[a], True):>32}')
     lines.append('  ANOVA: main effects and two-way interactions')
