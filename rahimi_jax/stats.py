@@ -25,8 +25,9 @@ Carlo standard error 0.0015; the percentile bootstrap, which this replaces,
 
 Student-t is exact for normal seeds but undercovers skewed ones (losses are
 skewed); Hall's correction fixes most of the skew but undercovers heavy
-symmetric tails; their union keeps both, at 21% more width than t at n=4 on
-normal seeds and 2% at n=32. (Bootstrap-t was about twice as wide as t at
+symmetric tails; their union keeps both, at a cost in width on normal seeds
+(against t's, median / mean over 4000 draws): 2.16x / 1.87x at n=3, 1.23x /
+1.58x at n=4, 1.08x / 1.18x at n=8, 1.02x / 1.02x at n=32. (Bootstrap-t was about twice as wide as t at
 n=4 and undercovered t(3) at n=32; BCa covered 80% at n=4.) No interval for a
 mean can be exact for every distribution at a fixed n (Bahadur & Savage,
 1956): with seeds as skewed as an exponential (skewness 2) expect about 93%
