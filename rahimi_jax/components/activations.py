@@ -30,7 +30,9 @@ ACTIVATIONS: dict[str, Callable[..., jax.Array]] = {
 
 AXIS = registry.register(registry.Axis(
     name='activation', options=ACTIVATIONS, default='relu',
-    flag='activations', help='Activation functions.', switchable=True))
+    flag='activations', help=('Activation functions (gelu: the tanh '
+                              'approximation, jax.nn.gelu\'s default).'),
+    switchable=True))
 
 
 def relaxed_activation(names: Sequence[str]):

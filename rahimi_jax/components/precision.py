@@ -25,7 +25,8 @@ Semantics (those of IEEE 754 and of the ``gfloat`` reference):
   probability ``D / 2**K``, unbiased to ``2**-K`` of a quantum;
 * overflow (a rounded magnitude above ``max``): ``max`` when saturating or
   rounding toward zero, otherwise infinity, or NaN for a format without
-  infinities (float8 e4m3fn); an infinite input likewise;
+  infinities (float8 e4m3fn); an infinite input stays infinite (NaN without
+  infinities) in every mode, ``max`` only when saturating;
 * NaN stays NaN; zeros keep their sign.
 """
 
