@@ -13,7 +13,9 @@ the run really gets, or its operations are big enough to use several cores
 from one device), and caches the choice per (host, program) in
 ``cache_path()``: later runs of the program on this host pay nothing and run
 the same chunks, hence the same bits (a ``vmap`` of another width may round
-differently in the last bit; the device count changes no bit).
+differently in the last bit; the device count changes no bit). The width
+holds for every device count: a run on another one takes it and measures
+only how many of its devices to use (cached per device count).
 
 What is timed (``Measure``; ``program._Probe``) is the run's own compiled
 programs, whole passes of real members on every local device at once, as a
@@ -211,15 +213,17 @@ def signature(config: Any, data: Any) -> str:
   """SHA-256 of what the member's step computes: its train config (but the
   steps and the log interval, which change how long it runs, not its step),
   the data's shapes and dtypes, the float32 matmul precision it is traced at
-  (``jax_default_matmul_precision``) and the host."""
+  (``jax_default_matmul_precision``) and the host, but its device count: a
+  width holds for every device count (the same chunks, the same bits)."""
   fields = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {
       'config': config}
   for name in ('steps', 'log_every'):
     fields.pop(name, None)
   spec = [(tuple(np.shape(a)), str(np.asarray(a).dtype) if not hasattr(
       a, 'dtype') else str(a.dtype)) for a in jax.tree.leaves(data)]
+  machine = {k: v for k, v in host().items() if k != 'devices'}
   text = repr((sorted(fields.items()), str(jax.tree.structure(data)), spec,
-               jax.config.jax_default_matmul_precision, sorted(host().items())))
+               jax.config.jax_default_matmul_precision, sorted(machine.items())))
   return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -432,17 +436,41 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   # after a longer run of the program tuned it: its chunks, hence its bits.
   if mode == AUTO and run in entry.get('short_runs', ()):
     return Choice(rule, RULE, 0.0, timed, 'cached: too short to tune')
-  if mode == AUTO and 'width' in entry:  # tuned for this program and host
-    best = int(entry['width'])
-    width = min(ladder, key=lambda w: (abs(math.log(w / best)), w))
-    return Choice(width, 'cached', 0.0, timed, devices=entry.get('devices'),
-                  us_by_devices={int(k): v for k, v in
-                                 entry.get('us_by_devices', {}).items()})
   start = time.perf_counter()
 
   def spent(width):  # what choosing added to the run
     return max(0.0, time.perf_counter() - start -
                measure.compile_s.get(width, 0.0))
+
+  def on_devices(width, cost_all=None):
+    """The fewest devices no slower at ``width`` (``None``: all) and the
+    cost on each device count measured; cached per device count."""
+    usable = min(devices, math.ceil(g / width))  # no device runs padding only
+    if usable < 2:
+      return None, {}
+    if cost_all is None:
+      cost_all = measure([width]).get(width, math.inf)
+    costs = fewer_devices(width, usable, cost_all, measure)
+    count = cheapest(costs, TIE)
+    return (None if count == usable else count,
+            {k: round(c * 1e6, 3) for k, c in sorted(costs.items())})
+
+  by_devices = entry.get('by_devices', {})
+  if mode == AUTO and 'width' in entry:  # tuned for this program and host
+    best = int(entry['width'])
+    width = min(ladder, key=lambda w: (abs(math.log(w / best)), w))
+    seconds = 0.0
+    if str(devices) not in by_devices:  # tuned on another device count
+      count, costs = on_devices(width)
+      by_devices = {**by_devices, str(devices): {'devices': count,
+                                                 'us_by_devices': costs}}
+      _write_cache(key, {**entry, 'by_devices': by_devices})
+      seconds = spent(width)
+    here = by_devices[str(devices)]
+    return Choice(width, 'cached', seconds, timed,
+                  devices=here['devices'],
+                  us_by_devices={int(k): v for k, v in
+                                 here['us_by_devices'].items()})
 
   if mode == AUTO:  # does tuning pay?
     if timed:
@@ -466,20 +494,17 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
                 | measure(ws), TIE)
   width = cheapest(costs, TIE)
   timed = {w: round(s * 1e6, 3) for w, s in sorted(costs.items())}
-  usable = min(devices, math.ceil(g / width))  # no device runs padding only
-  by_devices = (fewer_devices(width, usable, costs[width], measure)
-                if usable > 1 else {})
-  count = cheapest(by_devices, TIE) if by_devices else usable
-  count = None if count == usable else count
-  by_devices = {k: round(s * 1e6, 3) for k, s in sorted(by_devices.items())}
+  count, us_by_devices = on_devices(width, costs[width])
   seconds = spent(width)
   # Tuned by 'auto' (a long run): earlier short runs keep their chunks.
-  # Asked for ('tune'): every later 'auto' run takes the new width.
+  # Asked for ('tune'): every later 'auto' run takes the new width, on every
+  # device count (their device choices were for the width before).
   _write_cache(key, {'short_runs': entry.get('short_runs', []) if mode == AUTO
                      else [], 'width': width, 'members': g,
-                     'us_per_member_step': timed, 'devices': count,
-                     'us_by_devices': by_devices,
+                     'us_per_member_step': timed,
+                     'by_devices': {str(devices): {
+                         'devices': count, 'us_by_devices': us_by_devices}},
                      'seconds': seconds, 'host': host(),
                      'when': time.strftime('%Y-%m-%dT%H:%M:%S')})
   return Choice(width, 'tuned', seconds, timed, devices=count,
-                us_by_devices=by_devices)
+                us_by_devices=us_by_devices)

@@ -121,7 +121,8 @@ _SHARDED = textwrap.dedent("""
     os.makedirs(os.path.dirname(tuning.cache_path()), exist_ok=True)
     with open(tuning.cache_path(), 'w') as f:
       json.dump({{tuning.signature(t._train().config, tiny):
-                 {{'width': 1, 'devices': 2}}}}, f)
+                 {{'width': 1, 'by_devices': {{'8': {{
+                     'devices': 2, 'us_by_devices': {{}}}}}}}}}}, f)
     with program.run_options(chunk_size='auto'):
       res = program.execute(t._train(), t.GRID, tiny)
     info = res.metadata['engine']

@@ -277,6 +277,36 @@ def test_fewer_devices_are_chosen_only_when_measured_faster(
   assert (cached.source, cached.width, cached.devices) == ('cached', 4, chosen)
 
 
+def test_a_tuned_width_holds_on_every_device_count(tmp_path, monkeypatch):
+  # Results depend on the width only: a run on another device count takes
+  # the width tuned on the first, even where it would measure another, and
+  # measures (once) only how many of its devices to use.
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
+  assert 'devices' in tuning.host()
+  monkeypatch.setattr(tuning, 'host', lambda: {'cpu': 'x', 'devices': 2})
+  config = CONFIG.for_grid(GRID)
+  measure = _Clock({2: 2.0, 4: 1.0, 8: 2.0}, 1.0, monkeypatch)
+  measure.costs_on = {1: {4: 0.98}}
+  tuned = tuning.choose_chunk(config, GRID, None, mode='tune',
+                              measure=measure, devices=2)
+  assert (tuned.width, tuned.devices) == (4, None), tuned
+  measure.costs = {2: 2.0, 4: 1.0, 8: 0.5}  # 8 would win now
+  monkeypatch.setattr(tuning, 'host', lambda: {'cpu': 'x', 'devices': 1})
+  calls = len(measure.calls)
+  one = tuning.choose_chunk(config, GRID, None, measure=measure, devices=1)
+  assert (one.source, one.width, one.devices) == ('cached', 4, None), one
+  assert len(measure.calls) == calls and one.seconds == 0.0
+  monkeypatch.setattr(tuning, 'host', lambda: {'cpu': 'x', 'devices': 4})
+  measure.costs_on = {1: {4: 0.5}}  # 2 chunks of 4: one device is faster
+  four = tuning.choose_chunk(config, GRID, None, measure=measure, devices=4)
+  assert (four.source, four.width, four.devices) == ('cached', 4, 1), four
+  assert measure.calls[calls:] == [[4], ([4], 1)] and four.seconds > 0
+  again = tuning.choose_chunk(config, GRID, None, measure=measure, devices=4)
+  assert (again.width, again.devices, again.seconds) == (4, 1, 0.0), again
+  assert len(measure.calls) == calls + 2
+  assert again.us_by_devices == {1: 0.5e6, 2: 1e6}
+
+
 def test_a_single_chunk_times_no_device_count():
   assert tuning.fewer_devices(8, 1, 1.0, measure=None) == {1: 1.0}
   halves = []
