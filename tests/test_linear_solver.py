@@ -36,6 +36,8 @@ def test_falkon_needs_far_fewer_iterations_for_the_same_system(study):
   # Every solver fits the noise-0.1 target (MSE 0.01) about equally.
   assert (c['test_mse'] < 0.03).all(), c['test_mse']
   assert (c['gap'][falkon] < 0.1).all(), c['gap']
+  # Provenance, as every launcher records it.
+  assert {'versions', 'git_commit', 'matmul_precision'} <= set(res.metadata)
   histories = res.metadata['residuals']
   assert [len(h['residuals']) for h in histories] == list(
       c['iterations'][~(c['solver'] == 'exact')] + 1)

@@ -51,6 +51,7 @@ def test_the_run_writes_tables_plots_and_slopes(study):
         'test_accuracy'])
   assert rff_acc(32) > rff_acc(8)
   assert abs(np.mean(acc['rff']) - np.mean(acc['sklearn_rff'])) < 0.1
+  assert {'versions', 'git_commit', 'matmul_precision'} <= set(res.metadata)
   timings = {t['method'] for t in res.metadata['timings']}
   assert timings == gaussian
   # The timings say what BLAS threads both sides ran on.

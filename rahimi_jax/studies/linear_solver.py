@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rahimi_jax import kernels
+from rahimi_jax import provenance
 from rahimi_jax import results as results_lib
 from rahimi_jax.solvers import kernel_ridge as kr
 from rahimi_jax.studies import kernel_data
@@ -176,7 +177,8 @@ def run(config: LinearSolverConfig) -> results_lib.Results:
         rows.append(solve(config, d, solver, bandwidth, mesh))
   columns = {k: np.array([r[k] for r in rows]) for k in rows[0]
              if k != 'residuals'}
-  return results_lib.Results(columns, dict(
+  # Provenance's device list; 'devices' here: the count the study used.
+  return results_lib.Results(columns, provenance.provenance() | dict(
       study='linear_solver', config=dataclasses.asdict(config),
       bandwidth=bandwidth, devices=devices, residuals=[
           dict(n=r['n'], solver=r['solver'], residuals=r['residuals'])

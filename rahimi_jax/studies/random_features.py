@@ -31,6 +31,7 @@ import numpy as np
 
 from rahimi_jax import data as data_lib
 from rahimi_jax import kernels
+from rahimi_jax import provenance
 from rahimi_jax import results as results_lib
 from rahimi_jax.solvers import kernel_ridge as kr
 from rahimi_jax.studies import kernel_data
@@ -242,6 +243,8 @@ def run(config: RandomFeaturesConfig) -> results_lib.Results:
       slopes[method] = slope(config.features, [
           np.mean(sel.columns['approx_error'][sel.columns['features'] == f])
           for f in config.features])
+  # Provenance's device list; 'devices' here: the count the study used.
+  res.metadata.update(provenance.provenance())
   res.metadata.update(
       study='random_features', config=dataclasses.asdict(config),
       bandwidth=bandwidth, metric=metric, n_train=len(d.x),
