@@ -10,6 +10,7 @@ A two-member check that a grid member is the same run as that config alone:
       --inits=lecun_normal --seeds=1 --steps=200
 """
 
+import math
 import os
 
 from absl import flags
@@ -64,6 +65,7 @@ def partition_line(choice) -> str:
 
 def main(argv):
   cli.start(argv, __name__)
+  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
   from rahimi_jax import stats  # pylint: disable=g-import-not-at-top
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import ablation  # pylint: disable=g-import-not-at-top
@@ -79,15 +81,11 @@ def main(argv):
     grid = config.grid()
     budget = None
     if FLAGS.memory_budget_mb is not None:
-      if FLAGS.memory_budget_mb <= 0:
-        raise ValueError(f'memory_budget_mb must be > 0; got {FLAGS.memory_budget_mb}.')
+      if not 0 < FLAGS.memory_budget_mb < math.inf:
+        raise ValueError(f'memory_budget_mb must be finite and > 0; got '
+                         f'{FLAGS.memory_budget_mb}.')
       budget = int(FLAGS.memory_budget_mb * 2**20)
-    given = tuple(FLAGS.partition)
-    partition = {('auto',): 'auto', ('none',): ()}.get(given, given)
-    for axis in partition if partition != 'auto' else ():
-      if axis not in grid.choices:
-        raise ValueError(f'partition: {axis!r} is not a choice axis of this '
-                         f'grid; choice axes: {", ".join(grid.choices)}.')
+    partition = engine.check_partition(grid, cli.partition_value())
     cli.check_switch(grid)
     return config, budget, partition
 

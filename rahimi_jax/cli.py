@@ -137,8 +137,23 @@ def switch_value(flag_values: flags.FlagValues = flags.FLAGS
   defines none)."""
   if 'switch' not in flag_values:
     return 'auto'
-  given = tuple(flag_values.switch)
+  return _axes_flag('switch', flag_values.switch)
+
+
+def _axes_flag(name: str, given) -> tuple[str, ...] | str:
+  """A list flag of axis names, or ``auto``, or ``none`` (``()``); an empty
+  list is a ``ValueError`` (checked in a launcher's ``build``)."""
+  given = tuple(given)
+  if not given:
+    raise ValueError(f'{name}: empty; give auto, none or axis names.')
   return {('auto',): 'auto', ('none',): ()}.get(given, given)
+
+
+def partition_value(flag_values: flags.FlagValues = flags.FLAGS
+                    ) -> tuple[str, ...] | str:
+  """``--partition`` as ``engine.run`` takes it (its axes checked against
+  the grid by ``engine.run``)."""
+  return _axes_flag('partition', flag_values.partition)
 
 
 def check_switch(*grids) -> None:
@@ -715,9 +730,20 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
     0, 1 for bad input, or ``INTERRUPTED`` after Ctrl-C (give it to
     ``run_app``, which then exits at once).
   """
+  from rahimi_jax import program  # pylint: disable=g-import-not-at-top
+  options = dict(
+      keep=flags.FLAGS['keep_checkpoints'].value,
+      checkpoint_every_s=flags.FLAGS['checkpoint_every_s'].value,
+      logs_per_call=flags.FLAGS['logs_per_call'].value,
+      progress={'auto': None, 'bar': True,
+                'none': False}[flags.FLAGS['progress'].value],
+      chunk_size=flags.FLAGS['chunk_size'].value)
   try:
+    program.RunOptions(**options)  # checks the run flags
+    if options['chunk_size'] is None:
+      program.env_chunk_mode()
     config = build()
-    out = storage.check_writable(out)
+    out = storage.check_writable(out, create=False)  # a dry run writes nothing
     resuming = _check_resume(out)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
@@ -726,7 +752,6 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
   if dry_run:
     print(f'dry run: the input is valid; nothing was run or written to {out}.')
     return 0
-  from rahimi_jax import program  # pylint: disable=g-import-not-at-top
   checkpoint = os.path.join(out, storage.CHECKPOINT)
   if flags.FLAGS['overwrite'].value:
     shutil.rmtree(checkpoint, ignore_errors=True)
@@ -739,13 +764,8 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
   resume = (' (the same command resumes from its checkpoint in '
             f'{checkpoint})')
   try:
-    with program.run_options(
-        checkpoint_dir=checkpoint, keep=flags.FLAGS['keep_checkpoints'].value,
-        checkpoint_every_s=flags.FLAGS['checkpoint_every_s'].value,
-        logs_per_call=flags.FLAGS['logs_per_call'].value,
-        progress={'auto': None, 'bar': True,
-                  'none': False}[flags.FLAGS['progress'].value],
-        chunk_size=flags.FLAGS['chunk_size'].value, switch=switch_value()):
+    with program.run_options(checkpoint_dir=checkpoint, switch=switch_value(),
+                             **options):
       outcome = run(config)
   except program.CheckpointMismatch as e:
     print(f'error: {e}', file=sys.stderr)

@@ -11,6 +11,7 @@ the parts merged into one ``Results`` in grid order. Data flows grid ->
 engine -> train (the pure loop) -> results.
 """
 
+from collections.abc import Sequence
 import dataclasses
 import hashlib
 
@@ -147,6 +148,28 @@ def _switchable(grid: grid_lib.Grid) -> list[str]:
           and registry.AXES[a.name].switchable]
 
 
+def _twice(name: str, axes: Sequence[str]) -> None:
+  twice = sorted({a for a in axes if list(axes).count(a) > 1})
+  if twice:
+    raise ValueError(f'{name}: {", ".join(twice)} listed twice.')
+
+
+def check_partition(grid: grid_lib.Grid, partition: tuple[str, ...] | str
+                    ) -> tuple[str, ...] | str:
+  """``run``'s ``partition`` checked against ``grid`` (before any compile)."""
+  if isinstance(partition, str):
+    if partition != 'auto':
+      raise ValueError(f"partition must be a tuple of choice axes or 'auto'; "
+                       f'got {partition!r}.')
+    return partition
+  _twice('partition', partition)
+  for axis in partition:
+    if axis not in grid.choices:
+      raise ValueError(f'partition: {axis!r} is not a choice axis of the grid; '
+                       f'choice axes: {", ".join(grid.choices)}.')
+  return tuple(partition)
+
+
 def check_switch(grid: grid_lib.Grid, switch: tuple[str, ...] | str
                  ) -> tuple[str, ...] | str:
   """``run``'s ``switch`` checked against ``grid`` (before any compile)."""
@@ -156,6 +179,7 @@ def check_switch(grid: grid_lib.Grid, switch: tuple[str, ...] | str
                        f'got {switch!r}.')
     return switch
   switchable = _switchable(grid)
+  _twice('switch', switch)
   for axis in switch:
     if axis not in switchable:
       raise ValueError(
@@ -240,13 +264,7 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
   """
   train_lib.check_task(config.for_grid(grid), data.task)
   choice = {'mode': 'given'}
-  if isinstance(partition, str) and partition != 'auto':
-    raise ValueError(f"partition must be a tuple of choice axes or 'auto'; "
-                     f'got {partition!r}.')
-  for axis in () if partition == 'auto' else partition:
-    if not isinstance(grid.axis(axis), grid_lib.Choice):
-      raise ValueError(f'partition: {axis!r} is not a choice axis of the grid; '
-                       f'choice axes: {", ".join(grid.choices)}.')
+  partition = check_partition(grid, partition)
   switch = check_switch(grid, program.current_options().switch
                         if switch is None else switch)
   ratios = (cost_ratios(config, grid, data)

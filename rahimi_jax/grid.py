@@ -91,6 +91,22 @@ class Values:
       raise ValueError(f'{self.name}: values must be finite; got {bad}.')
     if len(set(values)) != len(values):
       raise ValueError(f'{self.name}: values listed twice in {list(values)}.')
+    # The knob is float32 (``Grid.knobs``): a value it turns to infinity, or
+    # to 0 or a subnormal (flushed to 0 on CPUs), is not the value asked for.
+    tiny, most = (float(np.finfo(np.float32).tiny),
+                  float(np.finfo(np.float32).max))
+    bad = [v for v in values if abs(v) > most or 0 < abs(v) < tiny]
+    if bad:
+      raise ValueError(f'{self.name}: {bad[0]!r} is out of float32\'s range '
+                       f'(the knob\'s type): give 0 or a magnitude from '
+                       f'{tiny:.4g} to {most:.4g}.')
+    labels = [_format(v) for v in values]
+    for i, label in enumerate(labels):
+      if labels.index(label) != i:
+        raise ValueError(
+            f'{self.name}: {values[labels.index(label)]!r} and {values[i]!r} '
+            f'both read {label} in member names (6 significant digits); give '
+            'values that differ there.')
     object.__setattr__(self, 'values', values)
 
   @property

@@ -698,23 +698,39 @@ class RunOptions:
   calls: int = 0  # execute calls so far in the block (checkpoint directories)
 
   def __post_init__(self):
+    # Named as a launcher's flags name them too.
     if self.keep < 1:
-      raise ValueError(f'keep must be >= 1; got {self.keep}.')
+      raise ValueError(f'keep (--keep_checkpoints) must be >= 1; got '
+                       f'{self.keep}.')
     if self.logs_per_call is not None and self.logs_per_call < 1:
       raise ValueError(f'logs_per_call must be >= 1; got {self.logs_per_call}.')
     if not self.seconds_per_call > 0:
       raise ValueError(f'seconds_per_call must be > 0; got '
                        f'{self.seconds_per_call}.')
+    # NaN would never be reached: no checkpoint at all.
+    if not 0 <= self.checkpoint_every_s < math.inf:
+      raise ValueError(f'checkpoint_every_s must be finite and >= 0 (0: after '
+                       f'every call); got {self.checkpoint_every_s}.')
     if self.chunk_size is not None:
       self.chunk_size = _chunk_mode(self.chunk_size)
 
 
 def _chunk_mode(value: str | int) -> str | int:
-  """``tuning.check_mode`` of ``value``, a width also as a string (from a flag
-  or ``$RAHIMI_JAX_CHUNK_SIZE``)."""
+  """``tuning.check_mode`` of ``value``, a width also as a string (from a
+  flag)."""
   if isinstance(value, str) and value.strip().isdigit():
     value = int(value)
   return tuning.check_mode(value)
+
+
+def env_chunk_mode() -> str | int:
+  """The chunk mode ``$RAHIMI_JAX_CHUNK_SIZE`` sets (``'auto'`` unset); a
+  bad value is a ``ValueError`` naming the variable."""
+  value = os.environ.get(tuning.MODE_ENV, tuning.AUTO)
+  try:
+    return _chunk_mode(value)
+  except ValueError as e:
+    raise ValueError(f'${tuning.MODE_ENV}: {e}') from None
 
 
 _OPTIONS = RunOptions()
@@ -1245,8 +1261,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   if plan is not None:  # a resumed run keeps its chunks
     choice = tuning.Choice(plan['chunk_size'], 'checkpoint')
   elif chunk_size is None:
-    mode = options.chunk_size or _chunk_mode(
-        os.environ.get(tuning.MODE_ENV, tuning.AUTO))
+    mode = options.chunk_size or env_chunk_mode()
     # Several processes run process 0's choice (the others measure nothing).
     probe = (_Probe(train_fn, run, first, data, devices, budget)
              if run.passes else None)

@@ -73,14 +73,15 @@ def is_finished(path: str) -> bool:
     return 'interrupted' not in json.load(f)
 
 
-def check_writable(out_dir: str) -> str:
+def check_writable(out_dir: str, create: bool = True) -> str:
   """Checks that ``out_dir`` can receive results; raises ``ValueError`` if not.
 
   ``out_dir`` may be missing, an empty directory, a results directory
   written before (which a save replaces whole), or one holding only the
-  checkpoint of an unfinished run; its parent is created if needed and must
-  be writable. Any other existing path is refused, so that a save never
-  replaces a directory of other files.
+  checkpoint of an unfinished run; its parent is created if needed
+  (``create``; else only checked: its nearest existing ancestor must be a
+  writable directory) and must be writable. Any other existing path is
+  refused, so that a save never replaces a directory of other files.
   """
   out_dir = os.path.abspath(out_dir)
   if os.path.lexists(out_dir):
@@ -95,7 +96,11 @@ def check_writable(out_dir: str) -> str:
           'directory, so give a new or empty directory.')
   parent = os.path.dirname(out_dir)
   try:
-    os.makedirs(parent, exist_ok=True)
+    if create:
+      os.makedirs(parent, exist_ok=True)
+    else:  # the folders a save would create: none yet
+      while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
     with tempfile.TemporaryFile(dir=parent):
       pass
   except OSError as e:

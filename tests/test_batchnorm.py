@@ -46,6 +46,9 @@ def test_value_knobs_set_every_member():
   with pytest.raises(ValueError, match='momentum: the grids vary the '
                      'learning rate only; got 0.5, 0.9'):
     batchnorm.BatchNormConfig(values={'momentum': (0.5, 0.9)})
+  # A model listed twice would run its grid twice and keep one.
+  with pytest.raises(ValueError, match='models: options listed twice: mlp'):
+    batchnorm.BatchNormConfig(models=('mlp', 'cnn', 'mlp'))
 
 
 def test_verdicts_read_the_noisy_arm():

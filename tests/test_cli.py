@@ -4,6 +4,7 @@ import os
 import types
 
 from absl import flags
+from absl.testing import flagsaver
 import chex
 import jax
 import numpy as np
@@ -151,7 +152,7 @@ def test_launch_dry_run_checks_and_describes_only(tmp_path, capsys):
   def run(config):
     raise AssertionError('must not run')
 
-  out = str(tmp_path / 'out')
+  out = str(tmp_path / 'a' / 'b' / 'out')  # not even its parents created
   assert cli.launch(lambda: '8 members', str, run, _write, out,
                     dry_run=True) == 0
   printed = capsys.readouterr().out.splitlines()
@@ -170,6 +171,48 @@ def test_launch_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
   assert code == 1
   assert capsys.readouterr().err == "error: lrs: 'abc' is not a number\n"
   assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('given, env, bad', [
+    ({'keep_checkpoints': 0}, None, 'keep (--keep_checkpoints) must be >= 1'),
+    ({'logs_per_call': 0}, None, 'logs_per_call must be >= 1; got 0'),
+    # NaN would silently never checkpoint.
+    ({'checkpoint_every_s': float('nan')}, None, 'checkpoint_every_s'),
+    ({}, 'abc', "$RAHIMI_JAX_CHUNK_SIZE: chunk size 'abc'"),
+    ({}, '0', "$RAHIMI_JAX_CHUNK_SIZE: chunk size 0"),
+])
+def test_launch_bad_run_flags_are_one_line_before_anything(
+    tmp_path, capsys, monkeypatch, given, env, bad):
+  def build():
+    raise AssertionError('must not build')
+
+  if env is not None:
+    monkeypatch.setenv('RAHIMI_JAX_CHUNK_SIZE', env)
+  with flagsaver.flagsaver(**given):
+    code = cli.launch(build, str, build, _write, str(tmp_path / 'out'))
+  assert code == 1
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and err.count('\n') == 1, err
+  assert bad in err, err
+  assert os.listdir(tmp_path) == []
+
+
+def test_axis_lists_reject_empty_and_repeated_names():
+  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
+  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'batch')),
+                       grid_lib.Choice('optimizer', ('sgd', 'adam')))
+  with pytest.raises(ValueError, match='switch: norm listed twice'):
+    engine.check_switch(grid, ('norm', 'optimizer', 'norm'))
+  with pytest.raises(ValueError, match='partition: optimizer listed twice'):
+    engine.check_partition(grid, ('optimizer', 'optimizer'))
+  with pytest.raises(ValueError, match="partition: 'seed' is not a choice"):
+    engine.check_partition(grid, ('seed',))
+  assert engine.check_partition(grid, ['norm']) == ('norm',)
+  # --switch= (an empty list) is not "none".
+  with pytest.raises(ValueError, match='switch: empty; give auto, none'):
+    cli._axes_flag('switch', [])
+  assert cli._axes_flag('switch', ['none']) == ()
+  assert cli._axes_flag('partition', ['auto']) == 'auto'
 
 
 def test_launch_interrupted_saves_finished_members(tmp_path, capsys):

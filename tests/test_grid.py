@@ -75,8 +75,9 @@ class GridTest(parameterized.TestCase):
   def test_names_that_collide_are_rejected(self):
     # Names print 6 significant digits; values that differ beyond them would
     # give two members one name (one row key in the results).
-    with self.assertRaisesRegex(ValueError,
-                                'listed twice: learning_rate=0.1,seed=0'):
+    with self.assertRaisesRegex(
+        ValueError, r'learning_rate: 0\.1 and 0\.1000001 both read 0\.1 in '
+        'member names'):
       Grid(Values('learning_rate', (0.1, 0.1000001)))
 
   def test_knob_shapes_and_dtypes(self):
@@ -262,6 +263,11 @@ class AxisTest(parameterized.TestCase):
        r'learning_rate: values must be finite.*nan'),
       ('values_inf', lambda: Values('momentum', (np.inf,)),
        r'momentum: values must be finite.*inf'),
+      # The knob is float32: 1e-50 would train at 0, 1e39 at infinity.
+      ('values_float32_zero', lambda: Values('learning_rate', (1e-50, 0.1)),
+       r"learning_rate: 1e-50 is out of float32's range"),
+      ('values_float32_inf', lambda: Values('learning_rate', (1e39,)),
+       r"learning_rate: 1e\+39 is out of float32's range"),
       ('values_not_numbers', lambda: Values('learning_rate', ('fast',)),
        r"learning_rate: values must be numbers.*'fast'"),
       ('seeds_zero', lambda: Seeds(0), r'seeds must be a count >= 1; got 0'),

@@ -88,6 +88,8 @@ class BatchNormConfig:
       raise ValueError(f'dataset {self.dataset!r} is a regression task; the '
                        'batch-norm study reads accuracy (use digits or '
                        'mnist1d).')
+    from rahimi_jax import models  # pylint: disable=g-import-not-at-top
+    registry.check_options(models.MODELS, self.models, 'models')
     registry.get_axis('norm').check(self.norms)
     for needed in ('none', 'batch'):
       if needed not in self.norms:
