@@ -144,8 +144,8 @@ def test_collapse_to_chance_is_dated_at_the_first_step_it_stays_there():
 
 def test_event_counts_are_means_over_seeds_never_rounded_to_zero():
   # One seed of two with one overflow: a mean of 0.5, not "0".
-  assert [rounding._count(t) for t in (0.5, 1.5, 3.0, 0.25, 12345.5)] == [
-      '0.5', '1.5', '3', '0.25', '12,346']
+  assert [rounding._count(t) for t in (0.5, 1.25, 3.0, 0.25, 12345.5)] == [
+      '0.5', '1.25', '3', '0.25', '12,346']
 
 
 @pytest.mark.parametrize('kwargs, message', [

@@ -386,7 +386,7 @@ def _count(total: float) -> str:
   """A counter's mean over seeds: whole counts as integers; a fraction
   (0.5: one seed of two) as one, never rounded to 0."""
   return (f'{total:,.0f}' if total >= 100 or total == round(total) else
-          f'{total:.2g}')
+          f'{total:.3g}')
 
 
 def _counts(res: results_lib.Results, members) -> dict[str, Any]:
@@ -551,10 +551,11 @@ def attribution_lines(res: results_lib.Results) -> list[str]:
     levels = ', '.join(f'{a} {v[0]} -> {v[1]}'
                        for a, v in _levels(res).items() if a in names)
     n, seeds = shapley[names[0]].n, len(res.metadata['axes'][grid_lib.SEED])
-    left = '' if n == seeds else ', those with a diverged member left out'
+    over = (f'{n} seeds' if n == seeds else f'{n} of {seeds} seeds, those '
+            'with a diverged member left out')
     lines.append(f'{opt}: Shapley values of final {metric} over the 2^'
-                 f'{len(names)} factorial ({levels}), mean over {n} of {seeds} '
-                 f'seeds{left} [95% interval]')
+                 f'{len(names)} factorial ({levels}), mean over {over} [95% '
+                 'interval]')
     for a in names:
       lines.append(f'  {a:<30}{_fmt_ci(shapley[a], True):>32}')
     lines.append('  ANOVA: main effects and two-way interactions')
