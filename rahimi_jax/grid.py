@@ -27,6 +27,10 @@ import jax
 import numpy as np
 
 SEED = 'seed'
+# The most members a grid holds: each is a Python object (its name and
+# values, ~1 KB), built before anything runs; a grid of 10^8 (a typo in
+# --seeds) would exhaust the host's memory instead of failing cleanly.
+MAX_MEMBERS = 10**6
 
 
 @functools.lru_cache(maxsize=None)
@@ -163,8 +167,9 @@ class Seeds:
     _check_name(self.name)
     seeds = self.seeds
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
-      if seeds < 1:
-        raise ValueError(f'seeds must be a count >= 1; got {seeds}.')
+      if not 1 <= seeds <= MAX_MEMBERS:
+        raise ValueError(f'seeds must be a count from 1 to {MAX_MEMBERS:,} '
+                         f'(a grid\'s most members); got {seeds}.')
       seeds = tuple(range(int(seeds)))
     try:
       seeds = tuple(int(s) for s in seeds)
@@ -218,6 +223,13 @@ class Grid:
       raise ValueError(f'Grid axes declared twice: {", ".join(duplicates)}.')
     if sum(isinstance(a, Seeds) for a in axes) == 0:
       axes = tuple(axes) + (Seeds(1),)
+    count = math.prod(len(a.labels) for a in axes)
+    if count > MAX_MEMBERS:
+      raise ValueError(
+          f'A grid of {count:,} members (' + ' x '.join(
+              f'{len(a.labels)} {a.name}' for a in axes) + ') is over '
+          f'{MAX_MEMBERS:,}: every member is built on the host first; run it '
+          'in parts.')
     self._set(tuple(axes), itertools.product(*(a.labels for a in axes)))
 
   def _set(self, axes, points):

@@ -270,7 +270,7 @@ class AxisTest(parameterized.TestCase):
        r"learning_rate: 1e\+39 is out of float32's range"),
       ('values_not_numbers', lambda: Values('learning_rate', ('fast',)),
        r"learning_rate: values must be numbers.*'fast'"),
-      ('seeds_zero', lambda: Seeds(0), r'seeds must be a count >= 1; got 0'),
+      ('seeds_zero', lambda: Seeds(0), r'seeds must be a count from 1 to .*; got 0'),
       ('seeds_negative_count', lambda: Seeds(-3), r'got -3'),
       ('seeds_negative', lambda: Seeds((1, -2)), r'\[0, 2\*\*32\).*-2'),
       ('seeds_twice', lambda: Seeds((4, 4)), r'distinct.*\[4, 4\]'),
@@ -287,6 +287,12 @@ class AxisTest(parameterized.TestCase):
        r'declared twice: norm'),
       ('grid_seeds_twice', lambda: Grid(Seeds(2), Seeds(3)),
        r'declared twice: seed'),
+      ('seeds_too_many', lambda: Seeds(10**8),
+       r'seeds must be a count from 1 to 1,000,000.*got 100000000'),
+      ('grid_too_big', lambda: Grid(Choice('norm', ('none', 'batch')),
+                                    Seeds(10**6)),
+       r'A grid of 2,000,000 members \(2 norm x 1000000 seed\) is over '
+       '1,000,000'),
       ('grid_not_an_axis', lambda: Grid(Choice('norm', ('none',)), 'lr'),
        r"Choice, Gate, Values or Seeds; got 'lr'"),
   )
