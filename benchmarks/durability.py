@@ -6,7 +6,7 @@ of ``--repeats`` each:
 
   plain        no checkpoints, no progress (the usual way: one run to its end)
   default      progress bar and orbax checkpoints at the launchers' default
-               interval (``--checkpoint_every_s``, 30 s, and each chunk's end)
+               interval (``--checkpoint_every_s``, 30 s, at the end of a call)
   every call   a checkpoint after every call (~5 s of work each)
 
 and prints each one's run time, its ratio to plain (issue 15's target: <= 1.05
@@ -31,6 +31,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import measure
+from benchmarks import workloads
 from rahimi_jax import cli
 
 flags.DEFINE_integer('steps', 500, 'Optimizer steps.')
@@ -113,7 +114,7 @@ def main(argv):
     finally:
       sys.stderr = stderr
   g = len(grid)
-  flops = engine.step_flops(train_config, grid, data) * FLAGS.steps * g
+  flops = workloads.run_flops(train_config, grid, data) * g  # with evaluations
   print(f'{measure.cpu_model()}; default ablation grid G={g}, {FLAGS.steps} '
         f'steps; {measure.peak_line(measured)}')
   print(f'{"way":<12}{"run_s":>8}{"vs plain":>10}{"calls":>7}{"saves":>7}'

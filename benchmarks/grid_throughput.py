@@ -34,9 +34,9 @@ and the last step). ``--profile`` adds where (a)'s device time goes, per XLA
 instruction, at the largest G, with the rate of each instruction that computes
 matrix products and, beside it on a CPU with the torch methods, the same
 products' rate as ``torch.einsum`` on one thread: whether another library's
-kernels run the program's own products faster. On a shared host, torch's
-default OpenMP threads can stall on tiny ops; pass ``--torch_threads=1``
-there.
+kernels run the program's own products faster. Each torch row runs at the
+faster of torch's default threads and one (on a shared host the default's
+OpenMP threads can stall on tiny ops), unless ``--torch_threads`` fixes it.
 
 Default: two workloads where per-step overhead dominates (a few minutes on 2
 CPU cores):
@@ -88,9 +88,10 @@ flags.DEFINE_integer('peak_n', None, 'Side of the square float32 matmul that '
 flags.DEFINE_bool('dry_run', False, 'Check the flags and exit.')
 flags.DEFINE_float('tolerance', 1e-5, 'Largest accepted |(a) - (b)| of the '
                    'final train_loss.')
-flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads for (d, e); 0 '
-                     'keeps torch\'s default (one per core). On a loaded host '
-                     'OpenMP threads can stall tiny ops; 1 is the robust choice.')
+flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads for (d, e); 0: '
+                     'each torch row timed at torch\'s default (one per core) '
+                     'and at 1, the faster kept and named (on a loaded host '
+                     'OpenMP threads can stall tiny ops).')
 if 'chunk_size' not in flags.FLAGS:  # the launchers' flag (rahimi_jax.cli)
   flags.DEFINE_string('chunk_size', None, '(a): members vmapped together '
                       '(one chunk per device at a time): auto, tune, rule or '

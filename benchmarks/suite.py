@@ -95,6 +95,24 @@ def make_bench_config(*, regime: str, grid_sizes, methods, steps=None,
                      bool(profile))
 
 
+def _torch_at_better_threads(torch, runner, bench, members):
+  """``runner(bench, members)`` at torch's default threads and at one, the
+  faster kept, with torch left at its thread count (its record names it):
+  on a shared host the default's OpenMP threads can stall on tiny ops (up to
+  80x here), on a quiet one they may help a wide member."""
+  default = torch.get_num_threads()
+  runs = []
+  for threads in sorted({default, 1}, reverse=True):
+    torch.set_num_threads(threads)
+    runs.append((runner(bench, members), threads))
+  timing, threads = min(runs, key=lambda r: r[0].run_s)
+  torch.set_num_threads(threads)
+  other = ', '.join(f'{n} threads: {t.run_s:.3g} s' for t, n in runs
+                    if n != threads)
+  return timing._replace(note='; '.join(filter(None, [
+      timing.note, other and f'faster than {other}'])))
+
+
 def run_benchmark(cfg: BenchConfig, out=print) -> list[dict[str, Any]]:
   """Runs every (workload, G, method) of ``cfg``; returns the records."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -115,12 +133,15 @@ def run_benchmark(cfg: BenchConfig, out=print) -> list[dict[str, Any]]:
           'requirements-bench.txt')
       methods = [m for m in methods if m not in methods_lib.TORCH_METHODS]
     else:
+      default_threads = torch.get_num_threads()
       if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
       where = ('' if jax.default_backend() == 'cpu' else
                f'; torch runs on the CPU, rahimi_jax on {jax.default_backend()}')
-      out(f'torch {torch.__version__}, {torch.get_num_threads()} threads'
-          f'{"" if cfg.torch_threads else " (its default)"}{where}')
+      out(f'torch {torch.__version__}, ' + (
+          f'{cfg.torch_threads} threads' if cfg.torch_threads else
+          f'each row at the faster of its default {default_threads} threads '
+          'and 1 (the row names it)') + where)
   peak = measure.measure_peak(cfg.peak_n)
   out(measure.peak_line(peak))
   loop_methods = [m for m in methods_lib.LOOP_METHODS if m in methods]
@@ -143,10 +164,16 @@ def run_benchmark(cfg: BenchConfig, out=print) -> list[dict[str, Any]]:
       a_record, a_loss = None, None
       for method in methods:
         members = methods_lib.members_to_time(method, g, cfg.loop_members_cap)
-        t = methods_lib.RUNNERS[method](bench, members)
+        if method in methods_lib.TORCH_METHODS and not cfg.torch_threads:
+          t = _torch_at_better_threads(torch, methods_lib.RUNNERS[method],
+                                       bench, members)
+        else:
+          t = methods_lib.RUNNERS[method](bench, members)
         rec = report.make_record(bench, method, t, peak, a_record, a_loss,
                                  device, regime=cfg.regime,
                                  tolerance=cfg.tolerance)
+        if method in methods_lib.TORCH_METHODS and not cfg.torch_threads:
+          torch.set_num_threads(default_threads)
         if method == 'a':
           a_record, a_loss = rec, np.asarray(t.final_train_loss)
         records.append(rec)

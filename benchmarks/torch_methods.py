@@ -15,12 +15,23 @@ from benchmarks.workloads import Timing
 
 
 def import_torch():
-  """``(torch, None)``, or ``(None, why)`` where torch does not import."""
+  """``(torch, None)``, or ``(None, why)`` where torch does not import.
+
+  Warmed up, untimed, as ``measure.measure_peak`` warms JAX: the first
+  ``torch.optim.SGD`` of a process imports ~800 modules (~1 s), which the
+  first row's "compile" would otherwise count.
+  """
   try:
     import torch  # pylint: disable=g-import-not-at-top
     import torch.func  # pylint: disable=g-import-not-at-top,unused-import
   except Exception as e:  # pylint: disable=broad-except
     return None, f'{type(e).__name__}: {e}'
+  layer = torch.nn.Linear(2, 2)
+  opt = torch.optim.SGD(layer.parameters(), lr=0.0)
+  torch.nn.functional.cross_entropy(layer(torch.ones(1, 2)),
+                                    torch.zeros(1, dtype=torch.long)).backward()
+  opt.step()
+  torch.func.vmap(torch.func.grad(lambda w: (w * w).sum()))(torch.ones(2, 2))
   return torch, None
 
 

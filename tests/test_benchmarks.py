@@ -213,6 +213,38 @@ def test_launcher_imports_neither_jax_nor_torch():
   assert proc.stdout.strip() == '[]', proc.stdout
 
 
+class _Threads:
+  """torch's thread setting, alone."""
+
+  def __init__(self, n):
+    self.n = n
+
+  def get_num_threads(self):
+    return self.n
+
+  def set_num_threads(self, n):
+    self.n = n
+
+
+@pytest.mark.parametrize('default, run_s, kept, note', [
+    # A loaded host: the default's threads stall on tiny ops.
+    (4, {4: 2.0, 1: 0.5}, 1, 'x; faster than 4 threads: 2 s'),
+    (4, {4: 0.4, 1: 0.5}, 4, 'x; faster than 1 threads: 0.5 s'),
+    (1, {1: 0.5}, 1, 'x'),  # timed once
+])
+def test_torch_rows_keep_the_faster_thread_setting(default, run_s, kept, note):
+  torch, seen = _Threads(default), []
+
+  def runner(bench, members):
+    seen.append(torch.n)
+    return workloads.Timing(0.1, run_s[torch.n], members, np.zeros(1),
+                            note='x')
+
+  t = suite._torch_at_better_threads(torch, runner, None, np.arange(1))
+  assert sorted(seen) == sorted(run_s) and torch.n == kept
+  assert t.run_s == run_s[kept] and t.note == note, t.note
+
+
 def test_loop_members_are_capped_and_spread():
   chex.assert_trees_all_equal(methods.members_to_time('b', 8, 16), np.arange(8))
   picked = methods.members_to_time('c', 256, 16)
