@@ -46,6 +46,8 @@ flags.DEFINE_integer('scale_centres', 10000, 'Centres of the scale run.')
 flags.DEFINE_float('scale_tol', 1e-5, 'Relative residual of the scale run.')
 flags.DEFINE_integer('scale_maxiter', 100, 'Iterations cap of the scale run.')
 flags.DEFINE_integer('block_size', 1024, 'Rows per kernel block.')
+flags.DEFINE_integer('peak_n', None, 'Side of the peak matmul (default 2048 '
+                     'on a CPU).')
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the plan, exit.')
 cli.define_precision_flag()  # applied by cli.start
 
@@ -82,7 +84,7 @@ def best_time(fn, repeats):
   return best, out, threads
 
 
-def peers(d, bandwidth):
+def peers(d, bandwidth, peak):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from sklearn import kernel_approximation  # pylint: disable=g-import-not-at-top
@@ -121,11 +123,13 @@ def peers(d, bandwidth):
 
   key = jax.random.key(0)
   rows = []
-  for name, ours, theirs in (
+  dim, n_test = d.x.shape[1], len(d.x_test)
+  for name, ours, theirs, flops in (
       (f'RFF D={FLAGS.features} + ridge', lambda: jax.block_until_ready(
-          rff(d.x, d.y, d.x_test, key)), sk_rff),
+          rff(d.x, d.y, d.x_test, key)), sk_rff,
+       measure.rff_ridge_flops(n, n_test, dim, FLAGS.features)),
       ('exact KRR (Cholesky)', lambda: jax.block_until_ready(
-          exact(d.x, d.y, d.x_test)), sk_exact)):
+          exact(d.x, d.y, d.x_test)), sk_exact, measure.krr_flops(n, n_test, dim))):
     start = time.perf_counter()
     ours()  # compile + first run
     first = time.perf_counter() - start
@@ -134,13 +138,13 @@ def peers(d, bandwidth):
     mse = [kernel_data.score('regression', p, d.y_test)
            for p in (p_ours, p_sk)]
     rows.append(f'{name:<26} ours {t_ours:7.3f}s ({ours_on}; first call '
-                f'{first:6.2f}s) scikit-learn {t_sk:7.3f}s ({sk_on})  ratio '
-                f'{t_sk / t_ours:5.2f}x  test mse {mse[0]:.5f} vs '
-                f'{mse[1]:.5f}')
+                f'{first:6.2f}s; {measure.rate(flops, t_ours, peak)}) scikit-learn '
+                f'{t_sk:7.3f}s ({sk_on})  ratio {t_sk / t_ours:5.2f}x  test mse '
+                f'{mse[0]:.5f} vs {mse[1]:.5f}')
   return rows
 
 
-def sweep(n, bandwidths, lams):
+def sweep(n, bandwidths, lams, peak):
   """``len(bandwidths) x len(lams)`` exact KRR fits at ``n`` rows: one
   ``kernel_ridge.exact_sweep`` program vs a loop of ``KernelRidge`` fits."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -188,9 +192,15 @@ def sweep(n, bandwidths, lams):
   p_ours = np.asarray(p_ours).reshape(len(p_sk), *np.shape(p_sk[0]))
   gap = max(float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
             for a, b in zip(p_ours, p_sk))
-  return [f'sweep of {len(bandwidths) * len(lams)} (bandwidth, lam) exact KRR '
+  # A kernel matrix per bandwidth, a factorization per pair: per pair, the
+  # fit's FLOPs less the kernel matrices' products, which it shares.
+  pairs = len(bandwidths) * len(lams)
+  flops = pairs * measure.krr_flops(n, len(d.x_test), d.x.shape[1]) - (
+      pairs - len(bandwidths)) * 2 * n * (n + len(d.x_test)) * d.x.shape[1]
+  return [f'sweep of {pairs} (bandwidth, lam) exact KRR '
           f'fits at n={n}: one program {t_ours:.3f}s ({ours_on}; first call '
-          f'{first:.2f}s), scikit-learn loop {t_sk:.3f}s ({sk_on}), ratio '
+          f'{first:.2f}s; {measure.rate(flops, t_ours, peak)}), scikit-learn loop '
+          f'{t_sk:.3f}s ({sk_on}), ratio '
           f'{t_sk / t_ours:.2f}x (first call {t_sk / first:.2f}x); largest '
           f'relative prediction difference {gap:.1e}']
 
@@ -260,16 +270,19 @@ def main(argv):
   from rahimi_jax.studies import kernel_data  # pylint: disable=g-import-not-at-top
   print(f'CPU: {measure.cpu_model()}; {len(jax.devices())} XLA device(s); jax '
         f'{jax.__version__}', flush=True)
+  peak = measure.measure_peak(FLAGS.peak_n)
+  print(measure.peak_line(peak) + '; rates below: textbook FLOPs (Cholesky '
+        'n^3/3, products 2mnk) over our time', flush=True)
   if 'peers' in parts:
     d = kernel_data.procedural(FLAGS.n, FLAGS.n_test, FLAGS.in_dim)
     bandwidth = kernel_data.median_distance(d.x)
     print(f'peers at n={FLAGS.n}, bandwidth {bandwidth:.3f}, lam {FLAGS.lam:g}:')
-    for row in peers(d, bandwidth):
+    for row in peers(d, bandwidth, peak):
       print('  ' + row, flush=True)
   if 'sweep' in parts:
     for n in FLAGS.sweep_n:
       for row in sweep(int(n), [float(b) for b in FLAGS.sweep_bandwidths],
-                       [float(l) for l in FLAGS.sweep_lams]):
+                       [float(l) for l in FLAGS.sweep_lams], peak):
         print(row, flush=True)
   if 'scale' in parts:
     for row in scale():

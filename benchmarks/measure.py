@@ -78,6 +78,36 @@ def peak_line(peak: dict[str, Any]) -> str:
           f'-> peak {peak["peak"]:.1f} GFLOP/s')
 
 
+def krr_flops(n: int, n_test: int, dim: int) -> float:
+  """Textbook FLOPs of an exact kernel ridge fit and prediction: the kernel
+  matrices' squared distances as products (``2 n^2 d``, ``2 n_test n d``),
+  a Cholesky (``n^3 / 3``), two triangular solves (``2 n^2``) and the
+  prediction's matvec (``2 n_test n``); the kernel's exponentials not
+  counted."""
+  return (2 * n * n * dim + n**3 / 3 + 2 * n * n + 2 * n_test * n * dim
+          + 2 * n_test * n)
+
+
+def rff_ridge_flops(n: int, n_test: int, dim: int, features: int) -> float:
+  """Textbook FLOPs of random Fourier features and a ridge fit and
+  prediction as ``ridge_fit`` solves it: the features (``2 (n + n_test) d
+  D``), then at ``D <= n`` (primal) the Gram (``2 n D^2``), ``Phi^T y``
+  (``2 n D``), a Cholesky (``D^3 / 3``) and two triangular solves
+  (``2 D^2``), at ``D > n`` (dual) ``Phi Phi^T`` (``2 n^2 D``), a Cholesky
+  (``n^3 / 3``), two solves (``2 n^2``) and ``Phi^T alpha`` (``2 n D``);
+  the prediction ``2 n_test D``."""
+  big, small = max(n, features), min(n, features)
+  return (2 * (n + n_test) * dim * features + 2 * small * small * big
+          + 2 * n * features + small**3 / 3 + 2 * small * small
+          + 2 * n_test * features)
+
+
+def rate(flops: float, seconds: float, peak: dict) -> str:
+  """``flops`` in ``seconds`` as GFLOP/s and its share of the measured peak."""
+  gflops = flops / seconds / 1e9
+  return f'{gflops:.1f} GFLOP/s, {gflops / peak["peak"]:.1%} of peak'
+
+
 # Instructions that only hold others (their time is their contents').
 _CONTAINERS = ('while', 'call', 'conditional', 'tuple', 'get-tuple-element',
                'parameter', 'constant', 'bitcast')

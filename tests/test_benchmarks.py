@@ -299,6 +299,13 @@ def test_kernel_solvers_benchmark_runs_shrunk():
   np.testing.assert_allclose(*map(float, exact.groups()), rtol=1e-2)
   gap = float(re.search(r'prediction difference ([\d.e+-]+)', lines[2])[1])
   assert gap < 1e-2, lines[2]
+  # Our rate on textbook FLOPs, against the peak measured in the run:
+  # n=300, 50 test rows, d=8: 2 n^2 d + n^3/3 + 2 n^2 + 2 n_test n d + 2 n_test n.
+  assert measure.krr_flops(300, 50, 8) == (
+      1_440_000 + 9_000_000 + 180_000 + 240_000 + 30_000)
+  assert 'matmul peak' in proc.stdout
+  for line in lines:
+    assert re.search(r'[\d.]+ GFLOP/s, [\d.]+% of peak', line), line
 
 
 def test_chunk_tuning_benchmark_runs_shrunk():
