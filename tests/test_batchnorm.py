@@ -69,6 +69,24 @@ def test_verdicts_read_the_noisy_arm():
   assert text.count('is LESS smooth') == 3 and 'follows smoothness' not in text
 
 
+def test_the_table_counts_diverged_members():
+  res = _results({'none': 0.5, 'batch': 0.6, 'noisy_batch': 0.58},
+                 {'none': 0.1, 'batch': 0.1, 'noisy_batch': 0.5},
+                 {'none': 5.0, 'batch': 3.0, 'noisy_batch': 3.0})
+  first = next(m for m in res.metadata['axes']['learning_rate'])
+  bad = ((res.columns['norm'] == 'none') & (res.columns['seed'] == 1) &
+         (res.columns['learning_rate'] == first))
+  res.columns['diverged_step'][bad] = 10
+  for name in ('test_accuracy', 'ics_l2', 'preact_mean_drift',
+               'beta_smoothness'):
+    res.columns[name][bad & (res.columns['step'] >= 10)] = np.nan
+  text = batchnorm.table(batchnorm.time_means(
+      res, ('ics_l2', 'preact_mean_drift', 'beta_smoothness')))
+  row = next(l for l in text.splitlines()[1:] if ' none ' in l)
+  assert row.count('(1/4 div.)') == 4, text
+  assert 'div.' not in text.replace(row, ''), text
+
+
 def test_time_means_average_the_logs_after_step_0():
   res = _results({'none': 0.5, 'batch': 0.6, 'noisy_batch': 0.58},
                  {'none': 0.1, 'batch': 0.1, 'noisy_batch': 0.5},

@@ -214,7 +214,7 @@ def table(means: results_lib.Results, level: float = 0.95) -> str:
         text = (_percent(s.interval) if m == 'test_accuracy'
                 else _ci(s.interval))
         if s.diverged:
-          text += f' ({s.diverged}/{s.total} div.)'
+          text += f' ({s.diverged}/{s.members} div.)'
         cells.append(f'{text:>26}')
       lines.append(f'{lr:>7g} {norm:<12} ' + ' '.join(cells))
   return '\n'.join(lines)
