@@ -58,6 +58,20 @@ def test_readme_names_no_file_outside_the_repository():
     pytest.fail(f'README points outside the repository: {path}')
 
 
+def test_commands_followed_in_order_write_to_distinct_folders():
+  # Finished results are never replaced without --overwrite: two commands
+  # with one --out would make the second refuse to run.
+  outs = []
+  for words in _module_commands():
+    if not words[0].startswith('experiments.'):
+      continue  # a benchmark writes no results folder
+    given = [w.split('=', 1)[1] for w in words if w.startswith('--out=')]
+    if any(w.startswith('--config') for w in words) and not given:
+      continue  # the config file names its own
+    outs.append(given[0] if given else f'{words[0]} default')
+  assert len(outs) == len(set(outs)), sorted(outs)
+
+
 def test_every_launcher_command_parses(tmp_path):
   commands = _module_commands()
   modules = {c[0] for c in commands}
