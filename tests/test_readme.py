@@ -68,7 +68,10 @@ def test_commands_followed_in_order_write_to_distinct_folders():
     given = [w.split('=', 1)[1] for w in words if w.startswith('--out=')]
     if any(w.startswith('--config') for w in words) and not given:
       continue  # the config file names its own
-    outs.append(given[0] if given else f'{words[0]} default')
+    if not given:  # the launcher's default
+      source = (ROOT / (words[0].replace('.', '/') + '.py')).read_text()
+      given = re.findall(r"DEFINE_string\('out', '([^']+)'", source)
+    outs.append(given[0])
   assert len(outs) == len(set(outs)), sorted(outs)
 
 
