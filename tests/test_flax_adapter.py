@@ -117,6 +117,13 @@ def test_depth_override_and_errors(user_model):
     model.init(jax.random.key(0), 4, 3, KNOBS)
   with pytest.raises(TypeError, match='flax.linen.Module'):
     models.from_flax(42)
+  # Two likely slips: the class for an instance, and an nnx module.
+  with pytest.raises(TypeError, match=r'UserMlp\(1\) failed .*pass an '
+                     r'instance, e\.g\. UserMlp\(\.\.\.\)'):
+    models.from_flax(UserMlp)
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  with pytest.raises(TypeError, match='flax.nnx module Linear.*to_linen'):
+    models.from_flax(nnx.Linear(4, 3, rngs=nnx.Rngs(0)))
   with pytest.raises(ValueError, match="'test_user_net' is already"):
     models.register(user_model, lambda hidden, options: None)
   with pytest.raises(ValueError, match="'mlp' is already"):

@@ -59,6 +59,14 @@ def sequential_depth(params) -> Any:
           params.items()))
 
 
+def _is_nnx(module) -> bool:
+  try:
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+  except ImportError:  # an older flax
+    return False
+  return isinstance(module, nnx.Module)
+
+
 def from_flax(module: nn.Module | Callable[[int], nn.Module], *,
               choice_axes: Sequence[str] = (),
               depth: Callable[[Any], Any] | None = None,
@@ -96,10 +104,22 @@ def from_flax(module: nn.Module | Callable[[int], nn.Module], *,
     make = lambda out_dim: fixed  # pylint: disable=unnecessary-lambda-assignment
     width = lambda params: None  # pylint: disable=unnecessary-lambda-assignment
     probe = module
+  elif _is_nnx(module):
+    raise TypeError('from_flax takes a flax.linen.Module; got the flax.nnx '
+                    f'module {type(module).__name__} (wrap it for linen with '
+                    'flax.nnx.bridge.to_linen).')
   elif callable(module):
     make = module
     width = out_dim or _last_axis_of_last_layer
-    probe = make(1)
+    try:
+      probe = make(1)
+    except TypeError as e:
+      if not isinstance(module, type):
+        raise
+      # A module class is a make(out_dim) when its first field is the width.
+      raise TypeError(
+          f'from_flax: {module.__name__}(1) failed ({e}); pass an instance, '
+          f'e.g. {module.__name__}(...), or make(out_dim) -> Module.') from None
   else:
     raise TypeError('from_flax takes a flax.linen.Module or make(out_dim) -> '
                     f'Module; got {type(module).__name__}.')
