@@ -288,7 +288,7 @@ def test_kernel_solvers_benchmark_runs_shrunk():
   proc = launchers.launch('benchmarks.kernel_solvers', '--parts=peers,sweep',
                           '--n=300', '--n_test=50', '--features=32',
                           '--sweep_n=64', '--sweep_bandwidths=1,2',
-                          '--sweep_lams=1e-3', '--repeats=1')
+                          '--sweep_lams=1e-3', '--repeats=1', '--peak_n=64')
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = [l for l in proc.stdout.splitlines() if 'ratio' in l]
   assert len(lines) == 3, proc.stdout
