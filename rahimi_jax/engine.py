@@ -148,44 +148,36 @@ def _switchable(grid: grid_lib.Grid) -> list[str]:
           and registry.AXES[a.name].switchable]
 
 
-def _twice(name: str, axes: Sequence[str]) -> None:
-  twice = sorted({a for a in axes if list(axes).count(a) > 1})
+def _check_axes(name: str, given: tuple[str, ...] | str,
+                accepted: Sequence[str], what: str) -> tuple[str, ...] | str:
+  """``given`` (``'auto'`` or axis names, each once, each ``accepted``)."""
+  if isinstance(given, str):
+    if given != 'auto':
+      raise ValueError(f"{name} must be a tuple of choice axes or 'auto'; "
+                       f'got {given!r}.')
+    return given
+  twice = sorted({a for a in given if list(given).count(a) > 1})
   if twice:
     raise ValueError(f'{name}: {", ".join(twice)} listed twice.')
+  for axis in given:
+    if axis not in accepted:
+      raise ValueError(f'{name}: {axis!r} is not a {what} of the grid; '
+                       f'accepted: {", ".join(accepted) or "none"}.')
+  return tuple(given)
 
 
 def check_partition(grid: grid_lib.Grid, partition: tuple[str, ...] | str
                     ) -> tuple[str, ...] | str:
   """``run``'s ``partition`` checked against ``grid`` (before any compile)."""
-  if isinstance(partition, str):
-    if partition != 'auto':
-      raise ValueError(f"partition must be a tuple of choice axes or 'auto'; "
-                       f'got {partition!r}.')
-    return partition
-  _twice('partition', partition)
-  for axis in partition:
-    if axis not in grid.choices:
-      raise ValueError(f'partition: {axis!r} is not a choice axis of the grid; '
-                       f'choice axes: {", ".join(grid.choices)}.')
-  return tuple(partition)
+  return _check_axes('partition', partition, tuple(grid.choices),
+                     'choice axis')
 
 
 def check_switch(grid: grid_lib.Grid, switch: tuple[str, ...] | str
                  ) -> tuple[str, ...] | str:
   """``run``'s ``switch`` checked against ``grid`` (before any compile)."""
-  if isinstance(switch, str):
-    if switch != 'auto':
-      raise ValueError(f"switch must be a tuple of choice axes or 'auto'; "
-                       f'got {switch!r}.')
-    return switch
-  switchable = _switchable(grid)
-  _twice('switch', switch)
-  for axis in switch:
-    if axis not in switchable:
-      raise ValueError(
-          f'switch: {axis!r} is not a switchable choice axis of the grid; '
-          f'accepted: {", ".join(switchable) or "none"}.')
-  return tuple(switch)
+  return _check_axes('switch', switch, tuple(_switchable(grid)),
+                     'switchable choice axis')
 
 
 def auto_switch(grid: grid_lib.Grid, ratios: dict[str, CostRatio],
