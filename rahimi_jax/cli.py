@@ -152,7 +152,7 @@ def _axes_flag(name: str, given) -> tuple[str, ...] | str:
 def partition_value(flag_values: flags.FlagValues = flags.FLAGS
                     ) -> tuple[str, ...] | str:
   """``--partition`` as ``engine.run`` takes it (its axes checked against
-  the grid by ``engine.run``)."""
+  the grid by ``engine.check_partition``)."""
   return _axes_flag('partition', flag_values.partition)
 
 
