@@ -164,15 +164,14 @@ def run_benchmark(cfg: BenchConfig, out=print) -> list[dict[str, Any]]:
       a_record, a_loss = None, None
       for method in methods:
         members = methods_lib.members_to_time(method, g, cfg.loop_members_cap)
-        if method in methods_lib.TORCH_METHODS and not cfg.torch_threads:
-          t = _torch_at_better_threads(torch, methods_lib.RUNNERS[method],
-                                       bench, members)
-        else:
-          t = methods_lib.RUNNERS[method](bench, members)
+        both = method in methods_lib.TORCH_METHODS and not cfg.torch_threads
+        t = (_torch_at_better_threads(torch, methods_lib.RUNNERS[method],
+                                      bench, members) if both
+             else methods_lib.RUNNERS[method](bench, members))
         rec = report.make_record(bench, method, t, peak, a_record, a_loss,
                                  device, regime=cfg.regime,
                                  tolerance=cfg.tolerance)
-        if method in methods_lib.TORCH_METHODS and not cfg.torch_threads:
+        if both:  # the record named the kept setting; the next row starts over
           torch.set_num_threads(default_threads)
         if method == 'a':
           a_record, a_loss = rec, np.asarray(t.final_train_loss)

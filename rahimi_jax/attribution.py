@@ -183,10 +183,8 @@ def drop_diverged_seeds(results, metric: str):
     ``([(member, diverged_step), ...], results of the other seeds)``.
   """
   final = results.final().columns
-  bad = ~np.isfinite(final[metric])
-  if 'diverged_step' in final:
-    bad |= final['diverged_step'] >= 0
-  steps = final.get('diverged_step', np.full(len(bad), -1))
+  steps = final.get('diverged_step', np.full(len(final[metric]), -1))
+  bad = ~np.isfinite(final[metric]) | (steps >= 0)
   diverged = [(str(m), int(s)) for m, s in zip(final['member'][bad],
                                                steps[bad])]
   keep = ~np.isin(results.columns[grid_lib.SEED], final[grid_lib.SEED][bad])
