@@ -17,7 +17,8 @@ a FALKON solve at scale. Ratios are measured in this process, never promised.
   over the host's cores) vs a loop of ``KernelRidge`` fits.
 * ``scale``: FALKON-preconditioned CG at ``--scale_n`` rows and
   ``--scale_centres`` centres, rows sharded over the host's cores: the
-  iterations, residuals, time and the process's peak resident memory.
+  iterations, residuals, time, rate (``measure.falkon_flops``) and the
+  process's peak resident memory.
 """
 
 import resource
@@ -205,7 +206,7 @@ def sweep(n, bandwidths, lams, peak):
           f'relative prediction difference {gap:.1e}']
 
 
-def scale():
+def scale(peak):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from rahimi_jax import kernels  # pylint: disable=g-import-not-at-top
@@ -235,12 +236,18 @@ def scale():
   run_s = time.perf_counter() - start
   it = int(res.iterations)
   mse = float(np.mean((np.asarray(pred) - d.y_test)**2))
+  flops = measure.falkon_flops(FLAGS.scale_n, FLAGS.n_test, FLAGS.in_dim,
+                               FLAGS.scale_centres, it)
+  entries = ((it + 1) * FLAGS.scale_n + FLAGS.n_test
+             + FLAGS.scale_centres) * FLAGS.scale_centres
   history = ', '.join(f'{r:.1e}' for r in np.asarray(res.residuals)[:it + 1])
   return [f'FALKON n={FLAGS.scale_n} M={FLAGS.scale_centres} d={FLAGS.in_dim} '
           f'lam={FLAGS.lam:g} on {len(jax.devices())} device(s): {it} '
           f'iterations, converged {bool(res.converged)} (tol '
           f'{FLAGS.scale_tol:g}); data {data_s:.1f}s, compile {compile_s:.1f}s, '
-          f'solve + predict {run_s:.1f}s; peak RSS {peak_rss_mb():.0f} MB; '
+          f'solve + predict {run_s:.1f}s ('
+          f'{measure.rate(flops, run_s, peak)}; {entries / run_s / 1e9:.2f} '
+          f'G kernel entries/s, each an exponential); peak RSS {peak_rss_mb():.0f} MB; '
           f'test mse {mse:.5f} (noise variance 0.01)',
           f'residual history: {history}']
 
@@ -285,7 +292,7 @@ def main(argv):
                        [float(l) for l in FLAGS.sweep_lams], peak):
         print(row, flush=True)
   if 'scale' in parts:
-    for row in scale():
+    for row in scale(peak):
       print(row, flush=True)
 
 

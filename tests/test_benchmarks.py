@@ -285,12 +285,14 @@ def test_precision_cost_benchmark_runs_shrunk():
 def test_kernel_solvers_benchmark_runs_shrunk():
   """Each side timed on OpenBLAS's default threads and on one (the faster
   named); exact kernel ridge agrees with scikit-learn's KernelRidge."""
-  proc = launchers.launch('benchmarks.kernel_solvers', '--parts=peers,sweep',
-                          '--n=300', '--n_test=50', '--features=32',
-                          '--sweep_n=64', '--sweep_bandwidths=1,2',
-                          '--sweep_lams=1e-3', '--repeats=1', '--peak_n=64')
+  proc = launchers.launch('benchmarks.kernel_solvers',
+                          '--parts=peers,sweep,scale', '--n=300',
+                          '--n_test=50', '--features=32', '--sweep_n=64',
+                          '--sweep_bandwidths=1,2', '--sweep_lams=1e-3',
+                          '--repeats=1', '--peak_n=64', '--scale_n=400',
+                          '--scale_centres=40')
   assert proc.returncode == 0, proc.stderr[-3000:]
-  lines = [l for l in proc.stdout.splitlines() if 'ratio' in l]
+  lines = [l for l in proc.stdout.splitlines() if re.search(r'\bratio ', l)]
   assert len(lines) == 3, proc.stdout
   threads = r'\((default|1 BLAS thread)[;)]'
   for line in lines:
@@ -303,8 +305,17 @@ def test_kernel_solvers_benchmark_runs_shrunk():
   # n=300, 50 test rows, d=8: 2 n^2 d + n^3/3 + 2 n^2 + 2 n_test n d + 2 n_test n.
   assert measure.krr_flops(300, 50, 8) == (
       1_440_000 + 9_000_000 + 180_000 + 240_000 + 30_000)
+  # FALKON at n=100, 50 test rows, d=2, M=4 after 3 iterations: K_MM
+  # 2 M^2 d, the factors M^3/3 + 2 M^3 + M^3/3, four normal products
+  # (2 n M d + 4 n M), 5 x 3 + 4 triangular solves of M^2, prediction
+  # 2 n_test M (d + 1).
+  np.testing.assert_allclose(
+      measure.falkon_flops(100, 50, 2, 4, 3),
+      64 + 64 * 8 / 3 + 4 * 3200 + 19 * 16 + 1200)
   assert 'matmul peak' in proc.stdout
-  for line in lines:
+  (falkon,) = [l for l in proc.stdout.splitlines() if l.startswith('FALKON')]
+  assert 'converged True' in falkon, falkon
+  for line in lines + [falkon]:
     assert re.search(r'[\d.]+ GFLOP/s, [\d.]+% of peak', line), line
 
 
