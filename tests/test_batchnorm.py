@@ -69,19 +69,38 @@ def test_verdicts_read_the_noisy_arm():
   assert text.count('is LESS smooth') == 3 and 'follows smoothness' not in text
 
 
-def test_the_table_counts_diverged_members():
+def _santurkar(diverged_seeds=()):
+  """Santurkar's world, the no-norm runs of ``diverged_seeds`` at the first
+  learning rate diverged at step 10."""
   res = _results({'none': 0.5, 'batch': 0.6, 'noisy_batch': 0.58},
                  {'none': 0.1, 'batch': 0.1, 'noisy_batch': 0.5},
                  {'none': 5.0, 'batch': 3.0, 'noisy_batch': 3.0})
-  first = next(m for m in res.metadata['axes']['learning_rate'])
-  bad = ((res.columns['norm'] == 'none') & (res.columns['seed'] == 1) &
-         (res.columns['learning_rate'] == first))
+  bad = ((res.columns['norm'] == 'none')
+         & np.isin(res.columns['seed'], diverged_seeds)
+         & (res.columns['learning_rate'] == LRS[0]))
   res.columns['diverged_step'][bad] = 10
   for name in ('test_accuracy', 'ics_l2', 'preact_mean_drift',
                'beta_smoothness'):
     res.columns[name][bad & (res.columns['step'] >= 10)] = np.nan
-  text = batchnorm.table(batchnorm.time_means(
-      res, ('ics_l2', 'preact_mean_drift', 'beta_smoothness')))
+  return batchnorm.time_means(
+      res, ('ics_l2', 'preact_mean_drift', 'beta_smoothness'))
+
+
+def test_verdicts_without_an_interval_decide_nothing():
+  # The baseline diverged on 3 of 4 seeds at the first rate: one pair left,
+  # no interval. Before, the missing interval read as "does not gain".
+  text = batchnorm.verdicts(_santurkar(diverged_seeds=(0, 1, 2)))
+  first = '\n'.join(text[:4])
+  assert first.count('Over 1 seed(s): 3 of 4 pairs dropped') == 2, first
+  assert first.count('undecided: an interval needs two seeds') == 2, first
+  assert 'does not gain' not in first, first
+  # The other rates, all pairs kept, read as before.
+  rest = '\n'.join(text[4:])
+  assert 'Over' not in rest and rest.count('follows smoothness') == 2, rest
+
+
+def test_the_table_counts_diverged_members():
+  text = batchnorm.table(_santurkar(diverged_seeds=(1,)))
   row = next(l for l in text.splitlines()[1:] if ' none ' in l)
   assert row.count('(1/4 div.)') == 4, text
   assert 'div.' not in text.replace(row, ''), text

@@ -220,13 +220,34 @@ def table(means: results_lib.Results, level: float = 0.95) -> str:
   return '\n'.join(lines)
 
 
-def _effect(at: results_lib.Results, metric: str, arm: str, level: float):
+def _effect(at: results_lib.Results, metric: str, arm: str, level: float
+            ) -> results_lib.Effect:
   rows = {e.value: e for e in at.compare(metric, 'norm', 'none', level)}
-  return rows[arm].interval
+  return rows[arm]
+
+
+def _known(*intervals: stats.Interval) -> bool:
+  """Whether every interval exists (two or more seeds where both arms
+  finished); a missing one decides nothing."""
+  return all(np.isfinite(i.low) and np.isfinite(i.high) for i in intervals)
+
+
+def _seeds_used(effect: results_lib.Effect) -> str:
+  """Over how many seeds an arm's effects are, when pairs were dropped."""
+  if not effect.dropped:
+    return ''
+  return (f' Over {effect.interval.n} seed(s): {effect.dropped} of '
+          f'{effect.pairs} pairs dropped (a run diverged).')
+
+
+_TOO_FEW = ('undecided: an interval needs two seeds where both arms finished '
+            '(see the counts above).')
 
 
 def _smoothness(gain, beta, n_gain=None, n_beta=None) -> str:
   """What the effective beta says of batch norm's gain (paired intervals)."""
+  if not _known(gain, beta):
+    return _TOO_FEW
   if not gain.low > 0:
     return 'batch norm does not gain here (its interval reaches 0 or below).'
   if beta.low > 0:
@@ -235,7 +256,11 @@ def _smoothness(gain, beta, n_gain=None, n_beta=None) -> str:
   if not beta.high < 0:
     return 'undecided at these seeds (the beta interval crosses zero).'
   text = 'batch norm gains and is smoother (smaller effective beta) than no norm'
-  if n_gain is None or not n_gain.low > 0:
+  if n_gain is None:
+    return text + ': consistent with smoothness.'
+  if not _known(n_gain, n_beta):
+    return text + ': consistent with smoothness (noisy batch norm: no interval).'
+  if not n_gain.low > 0:
     return text + ': consistent with smoothness.'
   if n_beta.high < 0:
     return text + (', and so does noisy batch norm: the gain follows '
@@ -244,49 +269,56 @@ def _smoothness(gain, beta, n_gain=None, n_beta=None) -> str:
                  'smoothness does not explain all of it.')
 
 
+def _shift(gain, n_gain, n_shift, n_drift) -> str:
+  """What noisy batch norm's added shift says of batch norm's gain."""
+  if not _known(gain, n_gain, n_shift, n_drift):
+    return _TOO_FEW
+  more_shift = n_shift.low > 0 or n_drift.low > 0
+  if more_shift and gain.low > 0 and n_gain.low > 0:
+    return ('noisy batch norm has MORE shift than no norm and still gains: '
+            'the gain does not follow a reduction of covariate shift.')
+  if more_shift and n_gain.high < 0:
+    return 'the added shift costs accuracy here: consistent with the folklore.'
+  return 'undecided at these seeds (an interval crosses zero).'
+
+
 def verdicts(means: results_lib.Results, level: float = 0.95) -> list[str]:
   """Per learning rate: batch norm's gain, and what the noisy arm says.
 
   Effects are paired against no norm (same seed). Covariate shift decides
   nothing if noisy batch norm, with more shift than no norm, keeps the gain;
   smoothness is supported when the arms that gain have a smaller effective
-  beta than no norm. "Undecided" where an interval crosses zero.
+  beta than no norm. "Undecided" where an interval crosses zero or is
+  missing (fewer than two seeds where both arms finished).
   """
   lines = []
   noisy = 'noisy_batch' in means.metadata['axes']['norm']
   for lr in means.metadata['axes']['learning_rate']:
     at = means.where(learning_rate=lr)
-    gain = _effect(at, 'test_accuracy', 'batch', level)
-    beta = _effect(at, 'beta_smoothness', 'batch', level)
-    shift = _effect(at, 'ics_l2', 'batch', level)
+    gain, beta, shift = (_effect(at, m, 'batch', level) for m in (
+        'test_accuracy', 'beta_smoothness', 'ics_l2'))
     line = [f'lr {lr:g}: batch norm vs none: accuracy '
-            f'{_percent(gain, True)} points, ICS (l2) {_ci(shift, signed=True)}'
-            f', beta-smoothness {_ci(beta, signed=True)}.']
+            f'{_percent(gain.interval, True)} points, ICS (l2) '
+            f'{_ci(shift.interval, signed=True)}, beta-smoothness '
+            f'{_ci(beta.interval, signed=True)}.' + _seeds_used(gain)]
     if noisy:
-      n_gain = _effect(at, 'test_accuracy', 'noisy_batch', level)
-      n_shift = _effect(at, 'ics_l2', 'noisy_batch', level)
-      n_drift = _effect(at, 'preact_mean_drift', 'noisy_batch', level)
-      n_beta = _effect(at, 'beta_smoothness', 'noisy_batch', level)
+      n_gain, n_shift, n_drift, n_beta = (
+          _effect(at, m, 'noisy_batch', level) for m in (
+              'test_accuracy', 'ics_l2', 'preact_mean_drift',
+              'beta_smoothness'))
       line.append(
-          f'  noisy batch norm vs none: accuracy {_percent(n_gain, True)} '
-          f'points, ICS (l2) {_ci(n_shift, signed=True)}, pre-activation mean '
-          f'drift {_ci(n_drift, signed=True)}, beta-smoothness '
-          f'{_ci(n_beta, signed=True)}.')
-      more_shift = n_shift.low > 0 or n_drift.low > 0
-      gains = gain.low > 0 and n_gain.low > 0
-      if more_shift and gains:
-        line.append('  => covariate shift: noisy batch norm has MORE shift '
-                    'than no norm and still gains: the gain does not follow '
-                    'a reduction of covariate shift.')
-      elif more_shift and n_gain.high < 0:
-        line.append('  => covariate shift: the added shift costs accuracy '
-                    'here: consistent with the folklore.')
-      else:
-        line.append('  => covariate shift: undecided at these seeds (an '
-                    'interval crosses zero).')
-      line.append('  => smoothness: ' + _smoothness(gain, beta, n_gain, n_beta))
+          f'  noisy batch norm vs none: accuracy '
+          f'{_percent(n_gain.interval, True)} points, ICS (l2) '
+          f'{_ci(n_shift.interval, signed=True)}, pre-activation mean drift '
+          f'{_ci(n_drift.interval, signed=True)}, beta-smoothness '
+          f'{_ci(n_beta.interval, signed=True)}.' + _seeds_used(n_gain))
+      line.append('  => covariate shift: ' + _shift(
+          gain.interval, n_gain.interval, n_shift.interval, n_drift.interval))
+      line.append('  => smoothness: ' + _smoothness(
+          gain.interval, beta.interval, n_gain.interval, n_beta.interval))
     else:
-      line.append('  => smoothness: ' + _smoothness(gain, beta))
+      line.append('  => smoothness: ' + _smoothness(gain.interval,
+                                                    beta.interval))
     lines.extend(line)
   return lines
 
