@@ -106,6 +106,26 @@ def test_effects_are_paired_by_seed(study):
   assert row['effect'].n == 2
 
 
+def test_the_table_says_over_how_many_seeds_when_some_diverged(study):
+  # One of the two seeds of a cell diverged: its value and effect are over
+  # the one left, which has no interval; before, the row sat under "mean
+  # over 2 seeds" with "nan" bounds.
+  res = study[0]
+  cols = {k: v.copy() for k, v in res.columns.items()}
+  bad = ((cols['precision'] == 'bfloat16') & (cols['rounding'] == 'toward_zero')
+         & (cols['placement'] == 'storage') & (cols['loss_scaling'] == 'none')
+         & (cols['seed'] == cols['seed'].min()))
+  cols['test_accuracy'][bad & (cols['step'] > 0)] = np.nan
+  cols['diverged_step'][bad] = 10
+  res = results_lib.Results(cols, res.metadata)
+  text = rounding.table(res, rounding.cells(res))
+  (row,) = [l for l in text.splitlines()
+            if l.strip().startswith('bfloat16 toward_zero storage')
+            and 'scal' not in l]
+  assert row.count('[no interval] (n=1)') == 2, row
+  assert 'nan' not in text and text.count('(n=') == 3, text  # + header
+
+
 def test_attribution_names_why_it_cannot_run_on_a_collapsed_factorial(study):
   res = study[0]
   out = rounding.attribute(res, 'adam')

@@ -291,11 +291,15 @@ def cells(res: results_lib.Results, level: float = 0.95) -> list[dict]:
   return out
 
 
-def _fmt_ci(ci, signed=False) -> str:
+def _fmt_ci(ci, signed=False, seeds=None) -> str:
+  """``mean [low, high]``; ``(n=k)`` when ``k`` of ``seeds`` seeds were
+  finite, ``[no interval]`` under two."""
   if ci is None or not np.isfinite(ci.mean):
     return '-'
   s = '+' if signed else ''
-  return f'{ci.mean:{s}.4f} [{ci.low:{s}.4f}, {ci.high:{s}.4f}]'
+  text = (f'{ci.mean:{s}.4f} [{ci.low:{s}.4f}, {ci.high:{s}.4f}]'
+          if np.isfinite(ci.low) else f'{ci.mean:{s}.4f} [no interval]')
+  return text + (f' (n={ci.n})' if seeds is not None and ci.n < seeds else '')
 
 
 def _collapse_text(row) -> str:
@@ -317,10 +321,11 @@ def table(res: results_lib.Results, rows: list[dict]) -> str:
     lines.append(
         f'{opt} (learning rate {mine[0]["learning_rate"]:g}): final '
         f'{metric}, mean over {mine[0]["seeds"]} seeds [95% interval]; effect '
-        'vs float32 paired by seed (finite seeds)')
+        'vs float32 paired by seed; (n=k): over the k seeds that finished')
     for r in mine:
-      lines.append(f'  {r["label"]:<{width}}{_fmt_ci(r["value"]):>28}'
-                   f'{_fmt_ci(r["effect"], True):>30}  {_collapse_text(r)}')
+      lines.append(
+          f'  {r["label"]:<{width}}{_fmt_ci(r["value"], seeds=r["seeds"]):>28}'
+          f'{_fmt_ci(r["effect"], True, r["seeds"]):>30}  {_collapse_text(r)}')
   threshold = res.metadata.get('chance_threshold')
   if threshold is not None:
     lines.append(f'chance level: test accuracy <= {threshold:.4f} (the '
@@ -474,7 +479,7 @@ def explanations(res: results_lib.Results, rows: list[dict],
       continue
     if r['collapses'] or large_gap(r, gap):
       what = (_collapse_text(r) if r['collapses'] else
-              f'effect {_fmt_ci(r["effect"], True)}')
+              f'effect {_fmt_ci(r["effect"], True, r["seeds"])}')
       lines.append(f'{r["optimizer"]}, {r["label"]}: {what}')
       lines += [f'    {l}' for l in explain(res, r)]
   by_cell = {(r['optimizer'],) + tuple(r['cell'].values()): r for r in rows}
@@ -487,15 +492,15 @@ def explanations(res: results_lib.Results, rows: list[dict],
     if tz is not None and r['collapses'] and not tz['collapses']:
       contrasts.append(
           f'{opt}, {prec} {place}: toward_zero trains '
-          f'({_fmt_ci(tz["value"])}); changing only the rounding mode to '
+          f'({_fmt_ci(tz["value"], seeds=tz["seeds"])}); changing only the rounding mode to '
           f'nearest_even collapses it ({_collapse_text(r)})')
     if (sr is not None and not sr['collapses'] and significant_gap(r, gap)
         and not large_gap(sr, gap)
         and sr['effect'].low <= 0 <= sr['effect'].high):
       contrasts.append(
           f'{opt}, {prec} {place}: stochastic rounding recovers float32 '
-          f'(effect {_fmt_ci(sr["effect"], True)}) where nearest_even loses '
-          f'{_fmt_ci(r["effect"], True)}')
+          f'(effect {_fmt_ci(sr["effect"], True, sr["seeds"])}) where '
+          f'nearest_even loses {_fmt_ci(r["effect"], True, r["seeds"])}')
   if contrasts:
     lines += ['contrasts:'] + [f'  {c}' for c in contrasts]
   return '\n'.join(lines) if lines else 'no collapse and no gap to explain'
