@@ -46,10 +46,6 @@ def _label(value) -> str:
   return f'{value:g}' if isinstance(value, float) else str(value)
 
 
-def _number(x: float, fmt: str) -> str:
-  return format(x, fmt) if np.isfinite(x) else '-'
-
-
 @dataclasses.dataclass
 class Results:
   columns: dict[str, np.ndarray]
@@ -225,9 +221,9 @@ class Results:
                        if k)
       lines.append(
           f'{axis:<{wa}}{_label(e.value):<{wv}}{_label(baseline):<{wv - 2}}'
-          f'{_number(ci.mean, "+.4f"):>9}{_number(ci.low, "+.4f"):>9}'
-          f'{_number(ci.high, "+.4f"):>9}{ci.n:>7d}'
-          f'{f"{e.dropped}/{e.pairs}":>9}{_number(e.p_better, ".2f"):>11}'
+          f'{stats.number(ci.mean, "+.4f"):>9}{stats.number(ci.low, "+.4f"):>9}'
+          f'{stats.number(ci.high, "+.4f"):>9}{ci.n:>7d}'
+          f'{f"{e.dropped}/{e.pairs}":>9}{stats.number(e.p_better, ".2f"):>11}'
           f'  {note}'.rstrip())
     return '\n'.join(lines)
 
@@ -250,8 +246,8 @@ class Results:
         ci = row.interval
         flag = ' !' if row.diverged else ''
         lines.append(f'{axis:<{wa}}{_label(row.value):<{wv}}'
-                     f'{_number(ci.mean, ".4f"):>9}{_number(ci.low, ".4f"):>9}'
-                     f'{_number(ci.high, ".4f"):>9}{ci.n:>7d}'
+                     f'{stats.number(ci.mean, ".4f"):>9}{stats.number(ci.low, ".4f"):>9}'
+                     f'{stats.number(ci.high, ".4f"):>9}{ci.n:>7d}'
                      f'{f"{row.diverged}/{row.members}":>10}{flag}')
     return '\n'.join(lines)
 

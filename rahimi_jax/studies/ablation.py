@@ -157,6 +157,6 @@ def rounding_lines(res: results_lib.Results) -> list[str]:
     per_seed = [stats.finite_mean(final['updates_lost'][at & (seed == s)])
                 for s in np.unique(seed[at])]
     ci = stats.mean_ci(per_seed, bounds=(0.0, 1.0))
-    lines.append(f'  {" ".join(map(str, key)):<36}{ci.mean:7.1%} '
-                 f'[{ci.low:.1%}, {ci.high:.1%}]')
+    lines.append(f'  {" ".join(map(str, key)):<36}'
+                 f'{stats.format_interval(ci, ".1%")}')
   return lines

@@ -195,7 +195,7 @@ def report(config: AttributeConfig, out: dict[str, Any],
            f'{n} seeds [95% t-interval over seeds, extended for skew]',
            f'{"component":<36}{"Shapley (grid)":>30}{"Aumann-Shapley (gates)":>30}'
            f'{"difference (gates - grid)":>30}']
-  fmt = lambda ci: f'{ci.mean:+.4f} [{ci.low:+.4f}, {ci.high:+.4f}]'
+  fmt = lambda ci: stats.format_interval(ci, '+.4f')
   csv_rows = ['component,method,mean,low,high,seeds']
   for r in out['rows']:
     lines.append(f'{r["component"]:<36}{fmt(r["shapley"]):>30}'

@@ -186,11 +186,7 @@ def time_means(res: results_lib.Results, metrics) -> results_lib.Results:
 
 
 def _ci(interval, fmt='.3g', signed=False) -> str:
-  sign = '+' if signed else ''
-  if not np.isfinite(interval.low):
-    return f'{interval.mean:{sign}{fmt}}'
-  return (f'{interval.mean:{sign}{fmt}} [{interval.low:{sign}{fmt}}, '
-          f'{interval.high:{sign}{fmt}}]')
+  return stats.format_interval(interval, ('+' if signed else '') + fmt)
 
 
 def _percent(interval, signed=False) -> str:

@@ -531,8 +531,9 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
     depth = int(rows.columns['depth'][0])
     steps = int(rows.columns['step'][0])
     lines.append(f'{depth:>5} {method:<6} {lr:>8} {c["init_scale"]:>10g} '
-                 f'{steps:>7d} {ci.mean:>10.3e} {ci.low:>10.3e} '
-                 f'{ci.high:>10.3e} {grad.mean:>10.3e} '
+                 f'{steps:>7d} {ci.mean:>10.3e} '
+                 f'{stats.number(ci.low, ".3e"):>10} '
+                 f'{stats.number(ci.high, ".3e"):>10} {grad.mean:>10.3e} '
                  f'{int((~alive).sum()):>8d}')
     if zeros:
       zero_notes.append(f'  {method} lr {lr}: {zeros} seed(s) at exactly 0, '

@@ -292,13 +292,11 @@ def cells(res: results_lib.Results, level: float = 0.95) -> list[dict]:
 
 
 def _fmt_ci(ci, signed=False, seeds=None) -> str:
-  """``mean [low, high]``; ``(n=k)`` when ``k`` of ``seeds`` seeds were
-  finite, ``[no interval]`` under two."""
+  """``mean [low, high]`` (``stats.format_interval``); ``(n=k)`` when ``k``
+  of ``seeds`` seeds were finite."""
   if ci is None or not np.isfinite(ci.mean):
     return '-'
-  s = '+' if signed else ''
-  text = (f'{ci.mean:{s}.4f} [{ci.low:{s}.4f}, {ci.high:{s}.4f}]'
-          if np.isfinite(ci.low) else f'{ci.mean:{s}.4f} [no interval]')
+  text = stats.format_interval(ci, '+.4f' if signed else '.4f')
   return text + (f' (n={ci.n})' if seeds is not None and ci.n < seeds else '')
 
 
@@ -434,7 +432,7 @@ def explain(res: results_lib.Results, row: dict) -> list[str]:
     ci = stats.mean_ci(lost, bounds=(0.0, 1.0))
     lines.append(f'updates rounded away (nonzero updates that left their '
                  f'stored parameter unchanged), mean over the run: '
-                 f'{ci.mean:.1%} [{ci.low:.1%}, {ci.high:.1%}]')
+                 f'{stats.format_interval(ci, ".1%")}')
   beyond = 'infinity' if fmt.has_inf else 'NaN (no infinity)'
   overflow_to = {
       'toward_zero': 'its largest finite value',
