@@ -49,6 +49,9 @@ def check_dataset(data: Dataset) -> Dataset:
   """Raises ``ValueError`` on bad shapes, dtypes or non-finite values."""
   if data.task not in TASKS:
     raise ValueError(f'Unknown task {data.task!r}; accepted: {", ".join(TASKS)}.')
+  if not isinstance(data.num_outputs, (int, np.integer)) or data.num_outputs < 1:
+    raise ValueError(f'num_outputs={data.num_outputs!r}; accepted: an integer '
+                     '>= 1 (classes, or target columns of a regression).')
   for split in ('train', 'test'):
     x = np.asarray(getattr(data, f'x_{split}'))
     y = np.asarray(getattr(data, f'y_{split}'))
@@ -64,12 +67,15 @@ def check_dataset(data: Dataset) -> Dataset:
       if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f'y_{split} must be integer labels [n]; got '
                          f'{y.dtype}{list(y.shape)}.')
-      if y.min() < 0 or y.max() >= data.num_outputs:
-        raise ValueError(f'y_{split} labels must lie in [0, {data.num_outputs}).')
+      bad = y[(y < 0) | (y >= data.num_outputs)]
+      if bad.size:
+        raise ValueError(f'y_{split} labels must lie in [0, '
+                         f'{data.num_outputs}) (num_outputs); got '
+                         f'{", ".join(map(str, np.unique(bad)[:5]))}.')
     else:
       if y.shape != (x.shape[0], data.num_outputs):
-        raise ValueError(f'y_{split} must be [n, {data.num_outputs}]; got '
-                         f'{list(y.shape)}.')
+        raise ValueError(f'y_{split} must be [n, {data.num_outputs}] '
+                         f'(num_outputs columns); got {list(y.shape)}.')
       if not np.all(np.isfinite(y)):
         raise ValueError(f'y_{split} has non-finite values; data must be finite.')
   if data.x_train.shape[1] != data.x_test.shape[1]:

@@ -26,6 +26,7 @@ from rahimi_jax import registry
 from rahimi_jax import results as results_lib
 from rahimi_jax import train as train_lib
 from rahimi_jax import tuning
+from rahimi_jax.data import check_dataset
 from rahimi_jax.data import Dataset
 
 
@@ -254,6 +255,7 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
     program.Interrupted: on Ctrl-C, with the members of the programs and
       member-batches that had finished.
   """
+  check_dataset(data)
   train_lib.check_task(config.for_grid(grid), data.task)
   choice = {'mode': 'given'}
   partition = check_partition(grid, partition)

@@ -280,6 +280,25 @@ class CheckDatasetTest(parameterized.TestCase):
           data_lib.check_dataset(bad)
 
 
+  def test_the_engine_checks_a_users_data_before_anything_runs(self):
+    # A label out of range ran, then read as every member diverging at
+    # step 0; [n] regression targets broadcast the loss to [n, n].
+    import rahimi_jax as rj  # pylint: disable=g-import-not-at-top
+    config, grid = rj.TrainConfig(hidden=(4,), steps=2), rj.Grid(rj.Seeds(1))
+    d = _small_classification()
+    y = np.array(d.y_train)
+    y[0] = 12
+    for bad, pattern in (
+        (dataclasses.replace(d, y_train=y),
+         r'y_train labels must lie in \[0, 4\) \(num_outputs\); got 12\.'),
+        (dataclasses.replace(d, num_outputs=0), 'num_outputs=0; accepted'),
+        (_small_regression(y_train=np.zeros(8, np.float32)),
+         r'y_train must be \[n, 2\] \(num_outputs columns\); got \[8\]')):
+      with self.subTest(pattern=pattern):
+        with self.assertRaisesRegex(ValueError, pattern):
+          rj.run(config, grid, bad)
+
+
 class RegistryTest(parameterized.TestCase):
 
   def test_unknown_dataset_lists_accepted(self):
