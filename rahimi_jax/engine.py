@@ -256,6 +256,7 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
       member-batches that had finished.
   """
   check_dataset(data)
+  config.for_grid(grid).check_knobs_read(grid)
   train_lib.check_task(config.for_grid(grid), data.task)
   choice = {'mode': 'given'}
   partition = check_partition(grid, partition)

@@ -81,8 +81,11 @@ class Knob:
     minimum: values must exceed it (or equal it, if ``inclusive``); ``None``:
       any finite value.
     inclusive: ``minimum`` itself is allowed (a momentum of 0).
-    read_by: the options of its axis that read it (``None``: every one);
-      the others must ignore it (tests/test_components.py checks both).
+    read_by: the options of its axis that read it (``None``: every one
+      but ``ignored_by``); the others must ignore it
+      (tests/test_components.py checks both).
+    ignored_by: with ``read_by=None``, the options that do not read it (an
+      option registered later reads it).
   """
   name: str
   default: float
@@ -90,6 +93,12 @@ class Knob:
   minimum: float | None = 0.0
   inclusive: bool = False
   read_by: tuple[str, ...] | None = None
+  ignored_by: tuple[str, ...] = ()
+
+  def readers(self, options: Sequence[str]) -> tuple[str, ...]:
+    """The ones of ``options`` that read this knob."""
+    return tuple(o for o in options if o not in self.ignored_by and (
+        self.read_by is None or o in self.read_by))
 
   def bound(self) -> str:
     """The values allowed, in words (``>= 0``, ``> 0``, or empty: any)."""
@@ -108,8 +117,11 @@ class Knob:
                          + (f' {self.bound()}.' if self.bound() else '.'))
 
   def full_help(self) -> str:
-    return self.help + (f' Read by: {", ".join(self.read_by)}.'
-                        if self.read_by is not None else '')
+    if self.read_by is not None:
+      return self.help + f' Read by: {", ".join(self.read_by)}.'
+    if self.ignored_by:
+      return self.help + f' Ignored by: {", ".join(self.ignored_by)}.'
+    return self.help
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +165,8 @@ class Axis:
     for knob in self.knobs:
       if knob.read_by is not None:
         self.check(knob.read_by)
+      if knob.ignored_by:
+        self.check(knob.ignored_by)
 
   def get(self, name: str) -> Any:
     """The option ``name``; an error names the accepted ones."""
@@ -198,3 +212,8 @@ def get_axis(name: str) -> Axis:
 def knobs() -> dict[str, Knob]:
   """Every value knob of every registered axis, by name."""
   return {k.name: k for axis in AXES.values() for k in axis.knobs}
+
+
+def knob_axis(name: str) -> Axis:
+  """The axis whose components read knob ``name``."""
+  return next(a for a in AXES.values() if any(k.name == name for k in a.knobs))

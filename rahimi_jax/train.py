@@ -222,6 +222,29 @@ class TrainConfig:
             'keep one option.')
     return dataclasses.replace(self, options=tuple(options.items()))
 
+  def check_knobs_read(self, grid: grid_lib.Grid) -> None:
+    """Raises ``ValueError`` for a ``Values`` axis of several values that no
+    member of ``grid`` reads (its members would be copies: an effect of
+    exactly 0). Called on a whole grid (``engine.run``), not on the groups
+    it runs in."""
+    options = self.option_dict()
+    for axis in grid.axes:
+      if not isinstance(axis, grid_lib.Values) or len(axis.values) < 2:
+        continue
+      owner = registry.knob_axis(axis.name)
+      knob = registry.knobs()[axis.name]
+      if owner.name not in self.reads:
+        raise ValueError(
+            f'{axis.name}: no member reads it: model {self.model!r} has no '
+            f'{owner.name} axis (it reads: {", ".join(self.reads)}); drop the '
+            f'{axis.name} axis.')
+      if not knob.readers(options[owner.name]):
+        raise ValueError(
+            f'{axis.name}: no member reads it: the {owner.name} options here '
+            f'are {", ".join(options[owner.name])}, and it is read by '
+            f'{", ".join(knob.readers(owner.options))}; add one of those or '
+            f'drop the {axis.name} axis.')
+
   def log_steps(self) -> np.ndarray:
     """The steps at which metrics are logged: 0, log_every, ..., steps."""
     steps = list(range(0, self.steps + 1, self.log_every))

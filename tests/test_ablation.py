@@ -134,12 +134,12 @@ def test_cnn_reads_norm_activation_init():
 
 def test_shrunk_config_grid_and_train_config():
   config = ablation.AblationConfig(
-      options={'init': ['lecun_normal'], 'optimizer': 'sgd, adam',
+      options={'init': ['lecun_normal'], 'optimizer': 'sgd, momentum',
                'norm': ('none', 'batch')},
       values={'momentum': '0,0.5', 'learning_rate': '0.1,0.01'}, seeds=2,
       steps=20, log_every=10, hidden=(8,))
   # Stored in the registries' order, whatever order they were given in.
-  assert config.options == (('optimizer', ('sgd', 'adam')),
+  assert config.options == (('optimizer', ('sgd', 'momentum')),
                             ('norm', ('none', 'batch')),
                             ('init', ('lecun_normal',)))
   assert config.values == (('learning_rate', (0.1, 0.01)),
@@ -150,12 +150,12 @@ def test_shrunk_config_grid_and_train_config():
   assert len(grid) == 2 * 2 * 1 * 2 * 2 * 2
   tc = config.train_config()
   assert (tc.steps, tc.log_every, tc.hidden) == (20, 10, (8,))
-  assert dict(tc.options) == {'optimizer': ('sgd', 'adam'),
+  assert dict(tc.options) == {'optimizer': ('sgd', 'momentum'),
                               'norm': ('none', 'batch'),
                               'init': ('lecun_normal',)}
   chex.assert_trees_all_equal(tc.log_steps(), np.asarray([0, 10, 20], np.int32))
   assert tc.for_grid(grid) == tc
-  assert config.to_dict()['options']['optimizer'] == ['sgd', 'adam']
+  assert config.to_dict()['options']['optimizer'] == ['sgd', 'momentum']
   assert config.to_dict()['values']['momentum'] == [0.0, 0.5]
 
 

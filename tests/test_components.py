@@ -44,7 +44,8 @@ AXES = {
 HP = {'learning_rate': 0.1, 'momentum': 0.8, 'weight_decay': 0.05}
 # The optimizers that read each hyperparameter, as the optimizer axis declares
 # (and its --help says); every other option must ignore it.
-READS = {k.name: k.read_by for k in components.optimizers.AXIS.knobs}
+READS = {k.name: k.readers(components.OPTIMIZERS)
+         for k in components.optimizers.AXIS.knobs}
 
 
 def _onehot(names, name):

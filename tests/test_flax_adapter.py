@@ -53,6 +53,10 @@ def test_plain_module_joins_a_grid(user_model, tiny_digits):
   assert 'norm' not in config.reads
   with pytest.raises(ValueError, match="'test_user_net' has no norm"):
     rj.TrainConfig(model=user_model, options=(('norm', ('batch',)),))
+  # Init scales it never reads would make copies of each member.
+  with pytest.raises(ValueError, match="init_scale: no member reads it: "
+                     "model 'test_user_net' has no init axis"):
+    rj.run(config, rj.Grid(rj.Values('init_scale', [0.5, 2.0])), tiny_digits)
   grid = rj.Grid(rj.Choice('optimizer', ['sgd', 'adam']),
                  rj.Values('learning_rate', [0.01]), rj.Seeds(2))
   results = rj.run(config, grid, tiny_digits, partition=())

@@ -296,6 +296,27 @@ def test_value_axes_from_python_are_checked_against_the_knob_bound(
     CONFIG.for_grid(grid_lib.Grid(grid_lib.Values(knob, values)))
 
 
+def test_a_value_axis_no_member_reads_fails_before_compiling(tiny_digits):
+  # Two momenta under sgd and adam would be copies: an "effect" of exactly 0.
+  with pytest.raises(ValueError, match=re.escape(
+      'momentum: no member reads it: the optimizer options here are sgd, '
+      'adam, and it is read by momentum, nesterov; add one')):
+    engine.run(CONFIG, grid_lib.Grid(
+        grid_lib.Choice('optimizer', ('sgd', 'adam')),
+        grid_lib.Values('momentum', (0.5, 0.9))), tiny_digits)
+  # One option that reads it is enough; one value is no axis of copies.
+  for grid in (grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd', 'nesterov')),
+                             grid_lib.Values('momentum', (0.5, 0.9))),
+               grid_lib.Grid(grid_lib.Values('momentum', (0.5,)))):
+    CONFIG.for_grid(grid).check_knobs_read(grid)
+  # An optimizer registered later reads the learning rate (only the least
+  # squares ones are declared not to), and the help says so.
+  knob = components.optimizers.AXIS.knobs[0]
+  assert knob.readers(('sgd', 'lion', 'gauss_newton')) == ('sgd', 'lion')
+  assert knob.full_help().endswith(
+      'Ignored by: gauss_newton, levenberg_marquardt.')
+
+
 def test_a_grid_keeps_the_config_options_it_does_not_choose():
   """A study's one-option axis (an init) reaches the runs; several options
   with no grid axis to pick one are refused."""

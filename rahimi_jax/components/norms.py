@@ -223,7 +223,7 @@ def relaxed_norm(names: Sequence[str]):
   """
   names = AXIS.check(names)
   norms = [NORMS[n] for n in names]
-  readers = {n for k in AXIS.knobs for n in (k.read_by or NORMS)}
+  readers = {n for k in AXIS.knobs for n in k.readers(NORMS)}
 
   def init(features):
     inits = [norm.init(features) for norm in norms]

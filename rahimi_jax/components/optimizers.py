@@ -51,8 +51,7 @@ AXIS = registry.register(registry.Axis(
     study=('sgd', 'momentum', 'adam'), loop=True,
     switchable=True,
     knobs=(registry.Knob('learning_rate', 0.01, 'Learning rate.',
-                         read_by=tuple(n for n in OPTIMIZERS
-                                       if n not in LEAST_SQUARES)),
+                         ignored_by=LEAST_SQUARES),
            registry.Knob('momentum', 0.9, "Momentum (Adam's b1 stays 0.9).",
                          inclusive=True, read_by=('momentum', 'nesterov')),
            registry.Knob('weight_decay', 1e-4, 'Decoupled weight decay.',

@@ -93,8 +93,8 @@ class AblationConfig:
       raise ValueError(f'seeds must be a count >= 1; got {self.seeds!r}.')
     train_config = self.train_config()  # validates steps, widths, log_every
     object.__setattr__(self, 'log_every', train_config.log_every)  # default
-    train_lib.check_task(train_config,
-                         data_lib.task_of(self.dataset))
+    train_config.for_grid(self.grid()).check_knobs_read(self.grid())
+    train_lib.check_task(train_config, data_lib.task_of(self.dataset))
 
   def grid(self) -> grid_lib.Grid:
     axes = [grid_lib.Choice(axis, names) for axis, names in self.options]
