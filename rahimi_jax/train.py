@@ -373,7 +373,45 @@ class Loop(NamedTuple):
   targets: Callable[..., Any]
 
 
-@functools.lru_cache(maxsize=64)
+class _Same:
+  """A registry entry, compared by identity (hashable or not)."""
+  __slots__ = ('entry',)
+
+  def __init__(self, entry):
+    self.entry = entry
+
+  def __hash__(self):
+    return id(self.entry)
+
+  def __eq__(self, other):
+    return isinstance(other, _Same) and other.entry is self.entry
+
+
+def _code(config: TrainConfig) -> tuple[_Same, ...]:
+  """What ``config``'s names resolve to now: its model's ``make`` and each
+  option's component (a ``Parsed`` registry builds its options from the
+  name). An option or model redefined under its name (a notebook cell run
+  again) is another program."""
+  entries = [models.MODELS.get(config.model)]
+  for axis, names in config.option_dict().items():
+    options = registry.AXES[axis].options
+    if not isinstance(options, registry.Parsed):
+      entries += [options.get(n) for n in names]
+  return tuple(map(_Same, entries))
+
+
+def _cached_by_code(make):
+  """``make(config)``, cached per config and per what its names resolve to
+  (``_code``); ``__wrapped__`` is ``make`` uncached."""
+  cached = functools.lru_cache(maxsize=64)(lambda config, code: make(config))
+
+  @functools.wraps(make)
+  def wrapper(config):
+    return cached(config, _code(config))
+  return wrapper
+
+
+@_cached_by_code
 def make_loop(config: TrainConfig) -> Loop:
   """The ``Loop`` of ``config``; ``make_train`` scans it."""
   options = config.option_dict()
@@ -646,7 +684,7 @@ class Train(NamedTuple):
   finish: Callable[..., Any]
 
 
-@functools.lru_cache(maxsize=64)
+@_cached_by_code
 def make_train(config: TrainConfig):
   """Returns the pure ``train(knobs, data) -> outputs`` of ``config``.
 

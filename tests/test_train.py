@@ -317,6 +317,30 @@ def test_a_value_axis_no_member_reads_fails_before_compiling(tiny_digits):
       'Ignored by: gauss_newton, levenberg_marquardt.')
 
 
+def test_an_option_or_model_redefined_under_its_name_is_a_new_program(
+    monkeypatch):
+  # Before, the loop was cached by the names alone: a notebook cell that
+  # redefined an optimizer trained the old one.
+  loop = train_lib.make_loop(CONFIG)
+  assert train_lib.make_loop(CONFIG) is loop
+  old = components.OPTIMIZERS['sgd']
+  monkeypatch.setitem(components.OPTIMIZERS, 'sgd', lambda hp: old(hp))
+  assert train_lib.make_loop(CONFIG) is not loop
+  train = train_lib.make_train(CONFIG)
+  monkeypatch.setitem(components.OPTIMIZERS, 'sgd', old)
+  assert train_lib.make_loop(CONFIG) is loop
+  assert train_lib.make_train(CONFIG) is not train
+  # A user's model registered again (the cell run again) replaces the old.
+  from rahimi_jax import models  # pylint: disable=g-import-not-at-top
+  mlp = models.MODELS['mlp']
+  monkeypatch.setitem(models.MODELS, 'user_mlp', mlp)
+  user = dataclasses.replace(CONFIG, model='user_mlp')
+  first = train_lib.make_loop(user)
+  again = lambda hidden, options: mlp(hidden, options)
+  assert models.register('user_mlp', again) is again
+  assert train_lib.make_loop(user) is not first
+
+
 def test_a_grid_keeps_the_config_options_it_does_not_choose():
   """A study's one-option axis (an init) reaches the runs; several options
   with no grid axis to pick one are refused."""

@@ -16,6 +16,7 @@ MODELS: dict[str, MakeModel] = {
     'deep_linear': deep_linear,
     'cnn': cnn,
 }
+BUILT_IN = tuple(MODELS)
 
 
 def get_model(name: str):
@@ -25,14 +26,16 @@ def get_model(name: str):
 def register(name: str, make: MakeModel) -> MakeModel:
   """Adds ``make(hidden, options) -> Model`` to ``MODELS`` as ``name``, so
   that ``TrainConfig(model=name)`` trains it (e.g. ``from_flax`` of your
-  own module). A name already taken by another model is an error."""
+  own module). Registering a name again replaces its model (a notebook
+  cell run again; its programs are built anew); a built-in name is an
+  error."""
   if not isinstance(name, str) or not name:
     raise ValueError(f'A model name must be a non-empty string; got {name!r}.')
   if not callable(make):
     raise TypeError(f'register({name!r}, ...) needs make(hidden, options) -> '
                     f'Model; got {type(make).__name__}.')
-  if MODELS.get(name, make) is not make:
-    raise ValueError(f'Model {name!r} is already registered; accepted new '
-                     f'names are any but: {", ".join(sorted(MODELS))}.')
+  if name in BUILT_IN and MODELS[name] is not make:
+    raise ValueError(f'Model {name!r} is built in; accepted names are any '
+                     f'but: {", ".join(BUILT_IN)}.')
   MODELS[name] = make
   return make
