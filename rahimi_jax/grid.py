@@ -62,7 +62,10 @@ class Choice:
     options = tuple(self.options) if not isinstance(self.options, str) else (
         self.options,)
     if not options:
-      raise ValueError(f'{self.name}: empty list of options.')
+      from rahimi_jax import registry  # pylint: disable=g-import-not-at-top
+      axis = registry.AXES.get(self.name)
+      raise ValueError(f'{self.name}: empty list of options' + (
+          f'; accepted: {", ".join(axis.options)}.' if axis else '.'))
     if len(set(options)) != len(options):
       raise ValueError(f'{self.name}: options listed twice in {list(options)}.')
     object.__setattr__(self, 'options', options)

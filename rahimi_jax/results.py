@@ -62,6 +62,7 @@ class Results:
     """The rows whose columns equal the given values."""
     mask = np.ones(len(self), bool)
     for name, value in equal.items():
+      self._check_column(name)
       mask &= self.columns[name] == value
     return Results({k: v[mask] for k, v in self.columns.items()}, self.metadata)
 
@@ -96,6 +97,15 @@ class Results:
     return {k: Results({c: v[np.asarray(idx)] for c, v in self.columns.items()},
                        self.metadata) for k, idx in groups.items()}
 
+  def _check_column(self, name: str) -> None:
+    if name not in self.columns:
+      raise ValueError(f'No column {name!r}; columns: '
+                       f'{", ".join(self.columns)}.')
+
+  def _check_axis(self, name: str) -> None:
+    if name not in self.metadata.get('axes', {}):
+      raise ValueError(f'No axis {name!r}; axes: {", ".join(self.axes)}.')
+
   def _check_metric(self, metric: str) -> None:
     if metric not in self.columns:
       raise ValueError(f'Unknown metric {metric!r}; columns: '
@@ -115,6 +125,7 @@ class Results:
     to the metric's range.
     """
     self._check_metric(metric)
+    self._check_axis(by)
     final = self.final().columns
     done = _finished(final, metric)
     seed = final[grid_lib.SEED]
@@ -143,6 +154,7 @@ class Results:
     worse than any finished one.
     """
     self._check_metric(metric)
+    self._check_axis(axis)
     if baseline not in self.metadata['axes'].get(axis, []):
       raise ValueError(f'{axis}: baseline {baseline!r} is not among its values '
                        f'{self.metadata["axes"].get(axis)}.')
@@ -201,6 +213,7 @@ class Results:
 
   def effects_table(self, metric: str, level: float = 0.95) -> str:
     """``effects`` as a text table."""
+    self._check_metric(metric)
     wa, wv = self._widths()
     better = 'higher' if stats.higher_is_better(metric) else 'lower'
     lines = [
@@ -229,6 +242,7 @@ class Results:
 
   def summary_table(self, metric: str, level: float = 0.95) -> str:
     """A text table of ``summarize(metric, axis)`` for every non-seed axis."""
+    self._check_metric(metric)
     wa, wv = self._widths()
     low, high = stats.metric_range(metric)
     lines = [f'final {metric}: mean over seeds, {level:.0%} t-interval '

@@ -167,6 +167,9 @@ def mean_ci(values, level: float = 0.95, *,
   at n=4 a quarter of the time, and a zero-width interval there covered
   76%; printed only when the seeds differ, 100%).
   """
+  if not 0 < level < 1:
+    raise ValueError(f'level={level!r}; accepted: a fraction in (0, 1), e.g. '
+                     '0.95.')
   x = np.asarray(values, np.float64).ravel()
   x = x[np.isfinite(x)]
   n = len(x)

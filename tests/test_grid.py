@@ -252,7 +252,8 @@ class AxisTest(parameterized.TestCase):
       setattr(make(), field, ())
 
   @parameterized.named_parameters(
-      ('choice_empty', lambda: Choice('norm', ()), 'norm: empty'),
+      ('choice_empty', lambda: Choice('norm', ()),
+       'norm: empty list of options; accepted: none, batch'),
       ('choice_twice', lambda: Choice('norm', ('batch', 'none', 'batch')),
        r"norm: options listed twice.*'batch'"),
       ('values_empty', lambda: Values('learning_rate', ()),

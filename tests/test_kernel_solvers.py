@@ -58,7 +58,7 @@ def test_exact_krr_matches_sklearn_kernel_ridge(name, x64):
   del x64
   x, y, x_test, _ = _problem(80)
   kernel = kernels.get_kernel(name)
-  coef = _exact_fit(kernel, x, y, BANDWIDTH, LAM, block_size=32)
+  coef = _exact_fit(name, x, y, BANDWIDTH, LAM, block_size=32)  # or by name
   ours = _matvec(kernel, x_test, x, coef, BANDWIDTH)
   peer = sk_kernel_ridge.KernelRidge(
       alpha=80 * LAM, kernel='rbf' if name == 'gaussian' else name,

@@ -259,6 +259,19 @@ def test_summarize_unknown_metric(res):
   res.columns['sharpness'] = res.columns['train_loss']
   with pytest.raises(ValueError, match="'sharpness'.*stats.METRICS"):
     res.summarize('sharpness', 'optimizer')
+  # Misspelt names and a level in percent: one line naming what exists,
+  # before, a bare KeyError or NaN intervals.
+  for call, message in (
+      (lambda: res.summary_table('test_loss'), "'test_loss'; columns: "),
+      (lambda: res.summarize('train_loss', 'optimiser'),
+       "No axis 'optimiser'; axes: optimizer"),
+      (lambda: res.compare('train_loss', 'optimiser', 'sgd'),
+       "No axis 'optimiser'"),
+      (lambda: res.where(optimiser='sgd'), "No column 'optimiser'; columns: "),
+      (lambda: res.summarize('train_loss', 'optimizer', 95),
+       r'level=95; accepted: a fraction in \(0, 1\)')):
+    with pytest.raises(ValueError, match=message):
+      call()
 
 
 def test_summary_table_lists_axis_values(res):

@@ -64,8 +64,11 @@ KERNELS: dict[str, Kernel] = {
 }
 
 
-def get_kernel(name: str) -> Kernel:
-  """The kernel named ``name``; ``ValueError`` names the accepted ones."""
+def get_kernel(name: str | Kernel) -> Kernel:
+  """The kernel named ``name`` (a ``Kernel`` passes through); ``ValueError``
+  names the accepted ones."""
+  if isinstance(name, Kernel):
+    return name
   return registry.get(KERNELS, name, 'kernel')
 
 

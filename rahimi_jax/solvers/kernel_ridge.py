@@ -151,12 +151,13 @@ def _cho_solve(upper, b):
 # --- Exact and feature ridge ---------------------------------------------------
 
 
-def exact_fit(kernel: kernels_lib.Kernel, x: jax.Array, y: jax.Array,
+def exact_fit(kernel: kernels_lib.Kernel | str, x: jax.Array, y: jax.Array,
               bandwidth: jax.Array, lam: jax.Array, *,
               block_size: int = kernels_lib.DEFAULT_BLOCK_SIZE) -> jax.Array:
   """Exact KRR coefficients ``c = (K + n lam I)^{-1} y``, ``[n]`` / ``[n, k]``;
   predictions ``kernels.kernel_matvec(kernel, x_new, x, c, bandwidth)``."""
   check_problem(x, y, bandwidth, lam)
+  kernel = kernels_lib.get_kernel(kernel)
   k = kernels_lib.kernel_matrix(kernel, x, x, bandwidth, block_size=block_size)
   return _ridge_solve(k, y, lam)
 
@@ -167,7 +168,7 @@ def _ridge_solve(k, y, lam):
   return _cho_solve(linalg.cholesky(k + n * lam * jnp.eye(n, dtype=k.dtype)), y)
 
 
-def exact_sweep(kernel: kernels_lib.Kernel, x: jax.Array, y: jax.Array,
+def exact_sweep(kernel: kernels_lib.Kernel | str, x: jax.Array, y: jax.Array,
                 bandwidths: jax.Array, lams: jax.Array, *,
                 block_size: int = kernels_lib.DEFAULT_BLOCK_SIZE,
                 mesh: jax.sharding.Mesh | None = None) -> jax.Array:
@@ -194,6 +195,7 @@ def exact_sweep(kernel: kernels_lib.Kernel, x: jax.Array, y: jax.Array,
   core.
   """
   check_problem(x, y, bandwidths, lams)
+  kernel = kernels_lib.get_kernel(kernel)
   if mesh is not None and len(mesh.axis_names) != 1:
     raise ValueError(f'mesh: axes {mesh.axis_names}; accepted: a one-axis '
                      'mesh (kernels.row_mesh()).')
@@ -263,7 +265,7 @@ def falkon_factors(k_mm: jax.Array, lam: jax.Array
   return t, linalg.cholesky(t @ t.T / m + lam * eye)
 
 
-def nystrom_fit(kernel: kernels_lib.Kernel, x: jax.Array, y: jax.Array,
+def nystrom_fit(kernel: kernels_lib.Kernel | str, x: jax.Array, y: jax.Array,
                 centres: jax.Array, bandwidth: jax.Array, lam: jax.Array, *,
                 preconditioner: str = 'falkon', tol: float = 1e-5,
                 maxiter: int = 100,
@@ -288,6 +290,7 @@ def nystrom_fit(kernel: kernels_lib.Kernel, x: jax.Array, y: jax.Array,
     ``NystromResult``.
   """
   check_problem(x, y, bandwidth, lam)
+  kernel = kernels_lib.get_kernel(kernel)
   if centres.shape[0] > x.shape[0]:
     raise ValueError(f'M={centres.shape[0]} centres for n={x.shape[0]} rows; '
                      'accepted: M <= n.')
