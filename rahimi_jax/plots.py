@@ -56,9 +56,11 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
               results.where(**{by: v}) for v in results.metadata['axes'][by]}
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for label, rows in groups.items():
-    finished = results_lib._finished(rows.final().columns, metric)  # pylint: disable=protected-access
-    if not finished.all():
-      label += f' ({np.sum(~finished)}/{len(finished)} diverged)'
+    diverged, non_finite = results_lib.left_out(rows.final().columns, metric)
+    if diverged.any():
+      label += f' ({np.sum(diverged)}/{len(diverged)} diverged)'
+    if non_finite.any():
+      label += f' ({np.sum(non_finite)}/{len(diverged)} finished, non-finite)'
     steps = np.unique(rows.columns['step'])
     per_seed = []
     for s in np.unique(rows.columns[grid_lib.SEED]):

@@ -21,6 +21,8 @@ class Summary(NamedTuple):
   interval: stats.Interval  # over seeds, of the members that finished
   diverged: int  # members excluded from the mean: they diverged
   members: int  # all members with this value
+  non_finite: int = 0  # also excluded: runs that finished, the metric not
+                       # finite (a probe that overflowed)
 
 
 class Effect(NamedTuple):
@@ -34,12 +36,19 @@ class Effect(NamedTuple):
   value_diverged: int  # pairs whose value run diverged
 
 
+def left_out(columns, metric: str) -> tuple[np.ndarray, np.ndarray]:
+  """Rows a mean of ``metric`` leaves out: ``(diverged, non_finite)``, the
+  runs marked diverged, and the others whose ``metric`` is not finite (a
+  run that finished, its reading overflowed)."""
+  diverged = (columns['diverged_step'] >= 0 if 'diverged_step' in columns
+              else np.zeros(len(columns[metric]), bool))
+  return diverged, ~diverged & ~np.isfinite(columns[metric])
+
+
 def _finished(columns, metric: str) -> np.ndarray:
-  """Rows whose run finished: not marked diverged and ``metric`` finite."""
-  done = np.isfinite(columns[metric])
-  if 'diverged_step' in columns:
-    done &= columns['diverged_step'] < 0
-  return done
+  """Rows whose run finished and whose ``metric`` is finite."""
+  diverged, non_finite = left_out(columns, metric)
+  return ~diverged & ~non_finite
 
 
 def _label(value) -> str:
@@ -116,10 +125,11 @@ class Results:
                 ) -> list[Summary]:
     """For each value of axis ``by``: the final ``metric`` over seeds.
 
-    A member that diverged (``diverged_step >= 0`` or a non-finite final
-    metric) is left out of the mean and counted in ``diverged``: the mean is
-    over the members that finished, so it flatters a value whose bad runs
-    diverged (read it beside ``diverged``). Each seed contributes the mean of
+    A member that diverged (``diverged_step >= 0``) is left out of the mean
+    and counted in ``diverged``, one that finished with a non-finite final
+    metric (a probe that overflowed) in ``non_finite``: the mean is over the
+    members that finished, so it flatters a value whose bad runs diverged
+    (read it beside ``diverged``). Each seed contributes the mean of
     ``metric`` over its finished members with that value (averaging the other
     axes out); the interval (``stats.mean_ci``) is over those seeds, clipped
     to the metric's range.
@@ -127,7 +137,8 @@ class Results:
     self._check_metric(metric)
     self._check_axis(by)
     final = self.final().columns
-    done = _finished(final, metric)
+    diverged, non_finite = left_out(final, metric)
+    done = ~diverged & ~non_finite
     seed = final[grid_lib.SEED]
     rows = []
     for value in self.metadata['axes'][by]:
@@ -136,7 +147,8 @@ class Results:
                   for s in np.unique(seed[at])]
       rows.append(Summary(value, stats.mean_ci(
           per_seed, level, bounds=stats.metric_range(metric)),
-                          int(np.sum(at & ~done)), int(np.sum(at))))
+                          int(np.sum(at & diverged)), int(np.sum(at)),
+                          int(np.sum(at & non_finite))))
     return rows
 
   def compare(self, metric: str, axis: str, baseline: Any,
@@ -259,6 +271,8 @@ class Results:
       for row in self.summarize(metric, axis, level):
         ci = row.interval
         flag = ' !' if row.diverged else ''
+        if row.non_finite:
+          flag += f' ({row.non_finite} finished, {metric} non-finite)'
         lines.append(f'{axis:<{wa}}{_label(row.value):<{wv}}'
                      f'{stats.number(ci.mean, ".4f"):>9}{stats.number(ci.low, ".4f"):>9}'
                      f'{stats.number(ci.high, ".4f"):>9}{ci.n:>7d}'

@@ -104,6 +104,12 @@ def test_the_table_counts_diverged_members():
   row = next(l for l in text.splitlines()[1:] if ' none ' in l)
   assert row.count('(1/4 div.)') == 4, text
   assert 'div.' not in text.replace(row, ''), text
+  # A run that finished with a probe overflowed is no divergence.
+  means = _santurkar()
+  means.columns['beta_smoothness'][(means.columns['norm'] == 'batch')
+                                   & (means.columns['seed'] == 2)] = np.inf
+  text = batchnorm.table(means)
+  assert 'div.' not in text and text.count('(1/4 non-finite)') == 3, text
 
 
 def test_time_means_average_the_logs_after_step_0():

@@ -195,7 +195,10 @@ def _percent(interval, signed=False) -> str:
 
 
 def table(means: results_lib.Results, level: float = 0.95) -> str:
-  """Per learning rate and norm: accuracy and each probe, mean [interval]."""
+  """Per learning rate and norm: accuracy and each probe, mean [interval];
+  ``(k/n div.)``: members that diverged, ``(j/n non-finite)``: members that
+  finished with the reading not finite (a probe that overflowed), each left
+  out of the mean."""
   metrics = ['test_accuracy', *[m for m in (*SHIFT, *SMOOTHNESS)
                                 if m in means.columns]]
   lines = [f'{"lr":>7} {"norm":<12} ' + ' '.join(f'{m:>26}' for m in metrics)]
@@ -211,6 +214,8 @@ def table(means: results_lib.Results, level: float = 0.95) -> str:
                 else _ci(s.interval))
         if s.diverged:
           text += f' ({s.diverged}/{s.members} div.)'
+        if s.non_finite:
+          text += f' ({s.non_finite}/{s.members} non-finite)'
         cells.append(f'{text:>26}')
       lines.append(f'{lr:>7g} {norm:<12} ' + ' '.join(cells))
   return '\n'.join(lines)
