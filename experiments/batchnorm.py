@@ -121,8 +121,8 @@ def main(argv):
         files.append(f'{metric}_{model}.png')
         plots.curves(at, metric, os.path.join(directory, files[-1]),
                      by='norm', log_y=log_y,
-                     title=f'{model}, lr {top:g}: {metric}, mean over seeds, '
-                     '95% interval')
+                     title=f'{model}, lr {top:g}: {metric}, '
+                     + plots.mean_words(log_y))
     info = [r.metadata['engine'] for r in out.values()]
     return '\n'.join([
         f'compile {sum(i["compile_s"] for i in info):.1f}s, run '

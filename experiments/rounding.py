@@ -117,8 +117,11 @@ def main(argv):
         files.append(f'curves_{opt}_{place}.png')
         plots.curves(res.subset(mask), metric,
                      os.path.join(directory, files[-1]), log_y=False,
-                     title=f'{opt}, rounding at {place}: {metric}, mean over '
-                     'seeds, 95% interval')
+                     title=f'{opt}, rounding at {place}: {metric}, '
+                     + plots.mean_words(False),
+                     label_of=lambda c: ('float32 (reference)'
+                                         if c['precision'] == 'float32'
+                                         else None))
     info = res.metadata['engine']
     return '\n'.join([
         f'compile {info["compile_s"]:.1f}s, run {info["run_s"]:.1f}s on '

@@ -1,7 +1,9 @@
 """Plots written as PNG files (matplotlib, no display needed)."""
 
+from collections.abc import Callable
 import os
 import tempfile
+from typing import Any
 
 import matplotlib
 matplotlib.use('Agg')
@@ -29,26 +31,35 @@ def save_figure(fig, path: str) -> None:
 
 def curves(results: results_lib.Results, metric: str, path: str, *,
            by: str | None = None, log_y: bool = True,
-           title: str | None = None, level: float = 0.95) -> None:
+           title: str | None = None, level: float = 0.95,
+           label_of: Callable[[dict[str, Any]], str | None] | None = None
+           ) -> None:
   """Learning curves with interval bands over seeds.
 
   One line per configuration (all axes but the seed; labelled by the axes
-  that differ between lines), or with ``by`` one line
+  that differ between lines, a line alone by the design's varied axes, or
+  ``label_of(config)`` where it returns a label), or with ``by`` one line
   per value of that axis, each seed averaging the members that share it. The
-  line is the mean over seeds (geometric on a log axis) and the band its
-  ``level`` interval (``stats.mean_ci``; in the metric's range); NaN
-  (diverged) points are left out, and the legend counts a line's members that
-  diverged (its mean is over the others from then on).
+  line is the mean over seeds and the band its ``level`` interval
+  (``stats.mean_ci``; in the metric's range); on a log axis the geometric
+  mean and its interval (``mean_ci`` of the logs), as the title says, and a
+  step where a seed's value is <= 0 (a geometric mean of 0) is not drawn.
+  NaN (diverged) points are left out, and the legend counts a line's members
+  that diverged (its mean is over the others from then on), and says where a
+  line has no band (one seed).
   """
   from rahimi_jax import stats  # pylint: disable=g-import-not-at-top
   if by is None:
     configs = results.configs()
     # Label by the axes that differ between the lines.
     varied = {k for k, v in set().union(*configs) if any(
-        dict(c)[k] != v for c in configs)}
-    groups = {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}'
-                        for k, v in config if k in varied) or 'all': rows
-              for config, rows in configs.items()}
+        dict(c)[k] != v for c in configs)} or set(results.varied_axes)
+    labels = [(label_of and label_of(dict(config))) or ', '.join(
+        f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}'
+        for k, v in config if k in varied) or 'all' for config in configs]
+    if len(set(labels)) < len(labels):
+      raise ValueError(f'curves: lines labelled alike: {labels}.')
+    groups = dict(zip(labels, configs.values()))
   else:
     if by not in results.columns:
       raise ValueError(f'by: no axis {by!r}; axes: {", ".join(results.axes)}.')
@@ -69,11 +80,15 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
                            for t in steps])
       per_seed.append(values)
     values = np.stack(per_seed)
+    if len(values) < 2:
+      label += f' ({len(values)} seed: no interval)'
     if log_y:
-      zeros = int(np.sum(np.isfinite(values) & (values <= 0)))
-      if zeros:  # a log axis cannot draw them: say so
-        label += f' ({zeros} seed values <= 0 not drawn)'
+      # A seed value <= 0 makes that step's geometric mean 0: not drawable.
+      zero = np.any(np.isfinite(values) & (values <= 0), axis=0)
+      if zero.any():
+        label += f' ({zero.sum()} steps with a seed value <= 0 not drawn)'
       values = np.log10(np.where(values > 0, values, np.nan))
+      values[:, zero] = np.nan
     bounds = (-np.inf, np.inf) if log_y else stats.metric_range(metric)
     intervals = [stats.mean_ci(values[:, j], level, bounds=bounds)
                  for j in range(len(steps))]
@@ -81,18 +96,26 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
                        for f in ('mean', 'low', 'high'))
     if log_y:
       mean, low, high = 10**mean, 10**low, 10**high
-    line, = ax.plot(steps, mean, label=label)
-    ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+    line, = ax.plot(steps, mean, label=label,
+                    marker='o' if len(steps) == 1 else None)
+    if np.isfinite(low).any():
+      ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
   if log_y:
     ax.set_yscale('log')
   ax.set_xlabel('step')
   ax.set_ylabel(metric)
   ax.set_title(title or f'{metric}' + (f' by {by}, other axes averaged' if by
-                                        else '') +
-               f': mean over seeds, {level:.0%} interval')
+                                        else '') + ': ' + mean_words(log_y, level))
   ax.legend(fontsize=7, loc='best')
   ax.grid(True, which='both', alpha=0.3)
   save_figure(fig, path)
+
+
+def mean_words(log_y: bool, level: float = 0.95) -> str:
+  """What ``curves`` draws, for a title: the mean, or on a log axis the
+  geometric mean, over seeds, and its interval."""
+  return (f'{"geometric mean" if log_y else "mean"} over seeds, {level:.0%} '
+          'interval')
 
 
 def effects(results: results_lib.Results, metric: str, path: str, *,
@@ -148,7 +171,9 @@ def effects(results: results_lib.Results, metric: str, path: str, *,
 
 
 def spectrum(eigenvalues: np.ndarray, path: str, *, title: str) -> None:
-  """Histogram of ``log10 |lambda|`` of Hessian eigenvalues, signs split."""
+  """Histogram of ``log10 |lambda|`` of Hessian eigenvalues, signs split;
+  magnitudes below the first bin (exact zeros too) are counted in it, and
+  the axis label says how many."""
   eigenvalues = np.asarray(eigenvalues)
   fig, ax = plt.subplots(figsize=(7, 4))
   mags = np.log10(np.maximum(np.abs(eigenvalues), 1e-300))
@@ -156,7 +181,10 @@ def spectrum(eigenvalues: np.ndarray, path: str, *, title: str) -> None:
   ax.hist([np.clip(mags[eigenvalues > 0], bins[0], None),
            np.clip(mags[eigenvalues <= 0], bins[0], None)],
           bins=bins, stacked=True, label=['λ > 0', 'λ ≤ 0'])
-  ax.set_xlabel('log10 |eigenvalue|')
+  below = int(np.sum(mags < bins[0]))
+  ax.set_xlabel('log10 |eigenvalue|' + (
+      f' ({below} below 1e{bins[0]:.1f}, zeros too, in the first bin)'
+      if below else ''))
   ax.set_ylabel('count')
   ax.set_title(title)
   ax.legend()
@@ -171,8 +199,15 @@ def contributions(rows, path: str, *, title: str) -> None:
                              (0.18, 'aumann_shapley', 'Aumann–Shapley (gates)')):
     means = np.asarray([r[key].mean for r in rows])
     err = np.abs(np.asarray([[r[key].low, r[key].high] for r in rows]).T - means)
-    ax.barh(y + offset, means, height=0.34, xerr=np.nan_to_num(err),
-            label=label, capsize=3)
+    known = np.isfinite(err).all(0)
+    bars = ax.barh(y + offset, means, height=0.34, label=label)
+    ax.errorbar(means[known], (y + offset)[known], xerr=err[:, known],
+                fmt='none', ecolor='black', capsize=3)
+    for bar, ok in zip(bars, known):  # no bar of zero width where unknown
+      if not ok:
+        ax.annotate('no interval', (bar.get_x() + bar.get_width(),
+                                    bar.get_y() + bar.get_height() / 2),
+                    fontsize=7, va='center')
   ax.set_yticks(y, [r['component'] for r in rows])
   ax.axvline(0, color='black', lw=0.8)
   ax.set_xlabel('contribution (95% interval over seeds)')

@@ -121,13 +121,59 @@ def test_effects_need_a_varied_axis(tmp_path):
     plots.effects(res, 'test_accuracy', str(tmp_path / 'effects.png'))
 
 
-def test_curves_on_a_log_axis_say_how_many_values_they_cannot_draw(
+def test_curves_on_a_log_axis_draw_the_geometric_mean_and_say_so(
     saved, tmp_path):
   acc = _accuracy()
-  acc[1, :, :, -1] = 0.0  # adam reaches exactly 0 at the last step
+  acc[1, :, 0, -1] = 0.0  # adam's seed 0 reaches exactly 0 at the last step
   res = _results(acc)
   plots.curves(res, 'test_accuracy', str(tmp_path / 'c.png'), by='optimizer',
                log_y=True)
-  labels = sorted(l.get_label() for l in saved[0].axes[0].get_lines())
-  assert labels == ['optimizer=adam (3 seed values <= 0 not drawn)',
-                    'optimizer=sgd (1/6 diverged)']
+  ax, = saved[0].axes
+  assert 'geometric mean over seeds, 95% interval' in ax.get_title()
+  lines = {l.get_label(): l.get_ydata() for l in ax.get_lines()}
+  assert sorted(lines) == [
+      'optimizer=adam (1 steps with a seed value <= 0 not drawn)',
+      'optimizer=sgd (1/6 diverged)']
+  # Per seed the mean over the norms, then the geometric mean over seeds;
+  # a seed at 0 makes it 0, which a log axis cannot draw: left out, not the
+  # mean of the others.
+  per_seed = acc[1].mean(axis=0)
+  adam = lines['optimizer=adam (1 steps with a seed value <= 0 not drawn)']
+  np.testing.assert_allclose(adam[:-1], np.exp(np.log(per_seed[:, :-1]).mean(0)),
+                             rtol=1e-12)
+  assert np.isnan(adam[-1])
+
+
+def test_curves_name_lines_and_say_where_there_is_no_band(saved, tmp_path):
+  res = _results(_accuracy())
+  one_seed = res.subset(res.columns['seed'] == 0)
+  plots.curves(one_seed.subset(one_seed.columns['optimizer'] == 'adam'),
+               'test_accuracy', str(tmp_path / 'a.png'), log_y=False)
+  plots.curves(res, 'test_accuracy', str(tmp_path / 'b.png'), log_y=False,
+               label_of=lambda c: 'reference' if c['norm'] == 'none' and
+               c['optimizer'] == 'sgd' else None)
+  one, both = ([l.get_label() for l in f.axes[0].get_lines()] for f in saved)
+  assert not saved[0].axes[0].collections  # no band ...
+  # ... and the legend says why; a line alone is named by the design's
+  # varied axes (the norms), not "all".
+  assert one == ['norm=none (1 seed: no interval)',
+                 'norm=batch (1 seed: no interval)'], one
+  assert sorted(both) == ['optimizer=adam, norm=batch',
+                          'optimizer=adam, norm=none',
+                          'optimizer=sgd, norm=batch (1/3 diverged)',
+                          'reference'], both
+
+
+def test_contributions_without_an_interval_draw_no_bar(saved, tmp_path):
+  from rahimi_jax import stats  # pylint: disable=g-import-not-at-top
+  rows = [{'component': c, 'shapley': stats.Interval(m, lo, hi, n),
+           'aumann_shapley': stats.Interval(m, lo, hi, n)}
+          for c, m, lo, hi, n in (('norm', -0.3, np.nan, np.nan, 1),
+                                  ('optimizer', 0.2, 0.1, 0.3, 4))]
+  plots.contributions(rows, str(tmp_path / 'c.png'), title='t')
+  ax, = saved[0].axes
+  caps = [l.get_xdata() for l in ax.get_lines() if len(l.get_xdata())]
+  assert caps and all(np.isfinite(x).all() for x in caps)
+  spans = [seg[:, 0] for c in ax.collections for seg in c.get_segments()]
+  assert len(spans) == 2 and all(np.ptp(s) > 0 for s in spans), spans
+  assert [t.get_text() for t in ax.texts] == ['no interval'] * 2

@@ -592,7 +592,8 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
         plots.curves(rows, 'train_loss',
                      os.path.join(out_dir, f'loss_{kind}depth{depth}.png'),
                      title=f'deep linear net, depth {depth}, condition number '
-                     f'{config.condition_number:g}')
+                     f'{config.condition_number:g}: train loss, '
+                     + plots.mean_words(True))
   return '\n'.join(lines)
 
 
