@@ -759,14 +759,19 @@ def run_options(**options):
 
 
 def _fingerprint(train_fn, grid, data) -> dict[str, str]:
-  """SHA-256 of what a checkpoint's run is: its config, grid and data."""
+  """SHA-256 of what a checkpoint's run is: its config, grid and data, and
+  the code that computes it (the library's source, ``provenance.
+  code_sha256``, and the versions of the libraries it runs on)."""
   def sha(b):
     return hashlib.sha256(b).hexdigest()
 
   digest = hashlib.sha256()
   for leaf in jax.tree.leaves(data):
     digest.update(np.ascontiguousarray(leaf).tobytes())
-  return {'train config': sha(repr(train_config_of(train_fn)).encode()),
+  import flax, jaxlib, optax  # pylint: disable=g-import-not-at-top,multiple-imports
+  versions = [m.__version__ for m in (jax, jaxlib, optax, flax)]
+  return {'code': sha(repr((provenance.code_sha256(), versions)).encode()),
+          'train config': sha(repr(train_config_of(train_fn)).encode()),
           'grid': sha(repr(grid.axes).encode()),
           'data': digest.hexdigest() + sha(str(jax.tree.structure(data)).encode())}
 

@@ -446,3 +446,19 @@ def test_memory_does_not_grow_with_steps(tiny_digits):
   short, long = call_bytes(500), call_bytes(20_000)
   assert long < 1.5 * short, (short, long)
   assert long - short < 20_000 * 32 * 4, (short, long)
+
+
+def test_a_checkpoint_of_other_code_is_not_resumed(tiny_digits, tmp_path,
+                                                   monkeypatch):
+  """Resuming after the library changed would mix two codes' steps in one
+  result; the checkpoint's plan records the code, and another is refused."""
+  from rahimi_jax import provenance  # pylint: disable=g-import-not-at-top
+  before = program._fingerprint(_train(), GRID, tiny_digits)  # pylint: disable=protected-access
+  checkpoints = program._Checkpoints(str(tmp_path), keep=1)  # pylint: disable=protected-access
+  checkpoints.write_plan({'fingerprint': before})
+  assert checkpoints.plan(before) == {'fingerprint': before}
+  monkeypatch.setattr(provenance, 'code_sha256', lambda: 'an edited library')
+  after = program._fingerprint(_train(), GRID, tiny_digits)  # pylint: disable=protected-access
+  assert [k for k in after if after[k] != before[k]] == ['code']
+  with pytest.raises(program.CheckpointMismatch, match=r'\(its code differs\)'):
+    checkpoints.plan(after)

@@ -1,5 +1,6 @@
 """Tests of rahimi_jax.provenance against real git repositories."""
 
+import pathlib
 import subprocess
 
 import jax
@@ -56,6 +57,22 @@ def test_any_change_makes_it_dirty(repo, change):
 def test_not_a_checkout_is_unknown(tmp_path):
   info = provenance.provenance(str(tmp_path))
   assert info['git_commit'] is None and info['git_dirty'] is None
+
+
+def test_an_install_inside_another_repository_is_unknown(repo):
+  # The enclosing project's commit is not the library's.
+  (repo / 'site').mkdir()
+  (repo / 'site' / 'provenance.py').write_text('')
+  state = provenance._git_state(str(repo), str(repo / 'site' / 'provenance.py'))  # pylint: disable=protected-access
+  assert state == {'git_commit': None, 'git_dirty': None}
+  assert provenance._git_state(str(repo), str(repo / 'a.py'))['git_commit']  # pylint: disable=protected-access
+
+
+def test_the_librarys_own_record(repo):
+  info = provenance.provenance()
+  assert info['versions']['rahimi_jax'] and len(info['code_sha256']) == 64
+  if (pathlib.Path(provenance.__file__).parents[1] / '.git').exists():
+    assert info['git_commit'] is not None  # this checkout tracks the library
 
 
 def test_no_git_is_unknown(repo, monkeypatch):
