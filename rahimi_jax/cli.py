@@ -752,50 +752,63 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
   if dry_run:
     print(f'dry run: the input is valid; nothing was run or written to {out}.')
     return 0
-  checkpoint = os.path.join(out, storage.CHECKPOINT)
-  if flags.FLAGS['overwrite'].value:
-    shutil.rmtree(checkpoint, ignore_errors=True)
-  if resuming:
-    print(resuming, flush=True)
-  else:
-    os.makedirs(checkpoint, exist_ok=True)
-    storage.write_text(os.path.join(checkpoint, 'flags.json'),
-                       json.dumps(run_flags(), default=str, indent=1))
-  resume = (' (the same command resumes from its checkpoint in '
-            f'{checkpoint})')
-  try:
-    with program.run_options(checkpoint_dir=checkpoint, switch=switch_value(),
-                             **options):
-      outcome = run(config)
-  except program.CheckpointMismatch as e:
+  import jax  # pylint: disable=g-import-not-at-top
+  try:  # process 0 writes (several processes: initialize_distributed)
+    held = storage.lock(out) if jax.process_index() == 0 else None
+  except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  except KeyboardInterrupt as e:
-    partial = getattr(e, 'results', None)
-    if partial is None:
-      print(f'interrupted: no member had finished{resume}.', file=sys.stderr)
+
+  def run_and_save() -> int:
+    checkpoint = os.path.join(out, storage.CHECKPOINT)
+    if flags.FLAGS['overwrite'].value:
+      shutil.rmtree(checkpoint, ignore_errors=True)
+    if resuming:
+      print(resuming, flush=True)
     else:
-      storage.save(partial, out, keep=(storage.CHECKPOINT,))
-      print(f'interrupted: saved the {e.finished} of {e.total} members that '
-            f'had finished to {out}/{storage.CSV} (metadata marks it '
-            f'interrupted){resume}.', file=sys.stderr)
-    return INTERRUPTED
-  import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_index() != 0:
-    return 0  # several processes (initialize_distributed): process 0 writes
+      os.makedirs(checkpoint, exist_ok=True)
+      storage.write_text(os.path.join(checkpoint, 'flags.json'),
+                         json.dumps(run_flags(), default=str, indent=1))
+    resume = (' (the same command resumes from its checkpoint in '
+              f'{checkpoint})')
+    try:
+      with program.run_options(checkpoint_dir=checkpoint, switch=switch_value(),
+                               **options):
+        outcome = run(config)
+    except program.CheckpointMismatch as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 1
+    except KeyboardInterrupt as e:
+      partial = getattr(e, 'results', None)
+      if partial is None:
+        print(f'interrupted: no member had finished{resume}.', file=sys.stderr)
+      else:
+        storage.save(partial, out, keep=(storage.CHECKPOINT,))
+        print(f'interrupted: saved the {e.finished} of {e.total} members that '
+              f'had finished to {out}/{storage.CSV} (metadata marks it '
+              f'interrupted){resume}.', file=sys.stderr)
+      return INTERRUPTED
+    if jax.process_index() != 0:
+      return 0  # several processes (initialize_distributed): process 0 writes
+    try:
+      with storage.staged(out) as stage:
+        text = write(config, outcome, stage)
+    except KeyboardInterrupt:
+      print(f'interrupted while saving; previous contents of {out} kept.',
+            file=sys.stderr)
+      return INTERRUPTED
+    print(text)
+    hits = program.compile_cache_hits()
+    if hits:
+      print(f'{hits} program{"s" * (hits != 1)} loaded from the compilation '
+            f'cache ({jax.config.jax_compilation_cache_dir}), not compiled: '
+            'compile times above include the loading '
+            '(JAX_ENABLE_COMPILATION_CACHE=false compiles afresh).')
+    return 0
+
   try:
-    with storage.staged(out) as stage:
-      text = write(config, outcome, stage)
-  except KeyboardInterrupt:
-    print(f'interrupted while saving; previous contents of {out} kept.',
-          file=sys.stderr)
-    return INTERRUPTED
-  print(text)
-  hits = program.compile_cache_hits()
-  if hits:
-    print(f'{hits} program{"s" * (hits != 1)} loaded from the compilation '
-          f'cache ({jax.config.jax_compilation_cache_dir}), not compiled: '
-          'compile times above include the loading '
-          '(JAX_ENABLE_COMPILATION_CACHE=false compiles afresh).')
-  return 0
+    return run_and_save()
+  finally:
+    if held is not None:
+      os.close(held)
 

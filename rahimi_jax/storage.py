@@ -10,12 +10,14 @@ import contextlib
 import csv
 import ctypes
 import errno
+import fcntl
 import hashlib
 import io
 import json
 import os
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -64,6 +66,32 @@ def is_results_dir(path: str) -> bool:
     return False
 
 
+def lock(out_dir: str) -> int:
+  """Takes ``out_dir``'s run lock (``flock`` of the directory, created if
+  missing) and returns its descriptor, to ``os.close`` when the run is
+  saved; ``ValueError`` if another process holds it (two runs into one
+  directory would share its checkpoint)."""
+  os.makedirs(out_dir, exist_ok=True)
+  fd = os.open(out_dir, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    os.close(fd)
+    raise ValueError(f'out: another process is running into {out_dir!r}; '
+                     'wait for it, or give another directory.') from None
+  return fd
+
+
+def _saved_files(path: str) -> list[str] | None:
+  """The entries the save of ``path`` wrote (``None``: not recorded, a save
+  before they were)."""
+  try:
+    with open(os.path.join(path, METADATA)) as f:
+      return json.load(f).get('files')
+  except (OSError, ValueError):
+    return None
+
+
 def is_finished(path: str) -> bool:
   """Whether ``path`` holds the results of a run that finished: results not
   marked interrupted, and no checkpoint of a run to resume."""
@@ -77,23 +105,38 @@ def check_writable(out_dir: str, create: bool = True) -> str:
   """Checks that ``out_dir`` can receive results; raises ``ValueError`` if not.
 
   ``out_dir`` may be missing, an empty directory, a results directory
-  written before (which a save replaces whole), or one holding only the
+  written before (which a save replaces whole: it must hold only what that
+  save wrote, ``metadata.json``'s ``files``), or one holding only the
   checkpoint of an unfinished run; its parent is created if needed
   (``create``; else only checked: its nearest existing ancestor must be a
   writable directory) and must be writable. Any other existing path is
-  refused, so that a save never replaces a directory of other files.
+  refused (a mount point too: a save renames the directory), so that a
+  save never replaces a directory of other files. ``~`` is expanded.
   """
-  out_dir = os.path.abspath(out_dir)
+  out_dir = os.path.abspath(os.path.expanduser(out_dir))
   if os.path.lexists(out_dir):
     if not os.path.isdir(out_dir) or os.path.islink(out_dir):
       raise ValueError(f'out: {out_dir!r} exists and is not a directory; give '
                        'a new directory or one that holds earlier results.')
-    if (set(os.listdir(out_dir)) - {CHECKPOINT}
-        and not is_results_dir(out_dir)):
+    if os.path.ismount(out_dir):
+      raise ValueError(f'out: {out_dir!r} is a mount point, which a save '
+                       'cannot replace (it renames the directory); give a '
+                       'directory inside it.')
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+      raise ValueError(f'out: {out_dir!r} is not writable; give a directory '
+                       'in a writable place.')
+    entries = set(os.listdir(out_dir)) - {CHECKPOINT}
+    if entries and not is_results_dir(out_dir):
       raise ValueError(
           f'out: {out_dir!r} holds files that are not rahimi_jax results '
           f'(no {METADATA} written by a save); a save replaces the whole '
           'directory, so give a new or empty directory.')
+    foreign = sorted(entries - set(_saved_files(out_dir) or entries))
+    if foreign:
+      raise ValueError(
+          f'out: {out_dir!r} holds entries no save wrote there '
+          f'({", ".join(foreign[:5])}); a save replaces the whole directory, '
+          'so move them or give another directory.')
   parent = os.path.dirname(out_dir)
   try:
     if create:
@@ -156,6 +199,13 @@ def staged(out_dir: str, keep: tuple[str, ...] = ()):
   try:
     os.chmod(stage, 0o777 & ~_umask())
     yield stage
+    metadata = os.path.join(stage, METADATA)
+    if os.path.exists(metadata):  # what this save wrote (check_writable)
+      with open(metadata) as f:
+        meta = json.load(f)
+      meta['files'] = sorted(os.listdir(stage))
+      with open(metadata, 'w') as f:
+        f.write(json.dumps(meta, indent=2) + '\n')
     for entry in os.listdir(stage):
       fd = os.open(os.path.join(stage, entry), os.O_RDONLY)
       try:
@@ -221,9 +271,21 @@ def write(results: Results, directory: str) -> None:
   meta = {**results.metadata, 'columns': kinds, 'rows': len(results),
           'csv_sha256': hashlib.sha256(text.encode()).hexdigest()}
   for name, content in ((CSV, text), (METADATA, json.dumps(
-      meta, indent=2, default=_json_default) + '\n')):
+      _finite(meta), indent=2, default=_json_default, allow_nan=False) + '\n')):
     with open(os.path.join(directory, name), 'w', newline='') as f:
       f.write(content)
+
+
+def _finite(value):
+  """``value`` with each non-finite float as the string ``'nan'``,
+  ``'inf'`` or ``'-inf'``: strict JSON has no NaN or Infinity."""
+  if isinstance(value, dict):
+    return {k: _finite(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite(v) for v in value]
+  if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+    return str(float(value))
+  return value
 
 
 def _json_default(value):
@@ -235,9 +297,17 @@ def _json_default(value):
 
 
 def load(out_dir: str) -> Results:
-  """Reads what ``save`` wrote; checks the CSV against the metadata."""
+  """Reads what ``save`` wrote; checks the CSV against the metadata. Warns
+  when a checkpoint of another, unfinished run sits beside them (an
+  ``--overwrite`` run killed before it saved: these results are older)."""
+  out_dir = os.path.expanduser(out_dir)
   with open(os.path.join(out_dir, METADATA)) as f:
     meta = json.load(f)
+  if ('interrupted' not in meta
+      and os.path.isdir(os.path.join(out_dir, CHECKPOINT))):
+    warnings.warn(f'{out_dir} also holds the checkpoint of an unfinished run '
+                  'that would replace these results when it finishes: they '
+                  'are an earlier run\'s.', stacklevel=2)
   with open(os.path.join(out_dir, CSV), newline='') as f:
     text = f.read()
   if hashlib.sha256(text.encode()).hexdigest() != meta.get('csv_sha256'):
@@ -248,6 +318,7 @@ def load(out_dir: str) -> Results:
   kinds = meta.pop('columns')
   meta.pop('rows')
   meta.pop('csv_sha256')
+  meta.pop('files', None)
   columns = {}
   for j, name in enumerate(header):
     cells = [r[j] for r in body]

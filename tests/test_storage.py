@@ -160,6 +160,66 @@ def test_save_refuses_a_directory_of_other_files(res, tmp_path):
   assert (tmp_path / 'notes.txt').read_text() == 'mine'
 
 
+def test_save_refuses_entries_no_save_wrote_beside_results(res, tmp_path):
+  # Before, a results folder with a user's notes or another run's results
+  # inside was swapped away whole by the next save (--overwrite).
+  storage.save(res, str(tmp_path))
+  (tmp_path / 'NOTES.txt').write_text('mine')
+  (tmp_path / 'inner').mkdir()
+  with pytest.raises(ValueError, match=r"holds entries no save wrote there "
+                     r"\(NOTES.txt, inner\)"):
+    storage.save(res, str(tmp_path))
+  assert (tmp_path / 'NOTES.txt').read_text() == 'mine'
+  (tmp_path / 'NOTES.txt').unlink()
+  (tmp_path / 'inner').rmdir()
+  (tmp_path / storage.CHECKPOINT).mkdir()  # a run's own: no foreign entry
+  storage.save(res, str(tmp_path), keep=(storage.CHECKPOINT,))
+
+
+def test_one_run_at_a_time_into_a_directory(tmp_path):
+  # Before, a second launch into a running one's --out resumed its live
+  # checkpoint, and the first crashed in orbax.
+  out = str(tmp_path / 'out')
+  held = storage.lock(out)
+  try:
+    with pytest.raises(ValueError, match='another process is running into'):
+      storage.lock(out)  # another open file: flock conflicts as across processes
+  finally:
+    os.close(held)
+  os.close(storage.lock(out))  # released: the next run takes it
+
+
+def test_a_read_only_directory_is_refused_before_anything(res, tmp_path):
+  out = tmp_path / 'out'
+  out.mkdir()
+  out.chmod(0o500)
+  try:
+    if os.access(out, os.W_OK):  # root writes anywhere
+      pytest.skip('this user can write to a read-only directory')
+    with pytest.raises(ValueError, match="is not writable"):
+      storage.check_writable(str(out))
+  finally:
+    out.chmod(0o700)
+
+
+def test_metadata_is_strict_json_and_warns_of_a_newer_unfinished_run(
+    res, tmp_path):
+  res.metadata['gap'] = float('inf')
+  res.metadata['nested'] = {'x': [np.float32('nan'), 1.0]}
+  storage.save(res, str(tmp_path))
+
+  def strict(token):
+    raise ValueError(f'not JSON: {token}')
+  meta = json.loads((tmp_path / storage.METADATA).read_text(),
+                    parse_constant=strict)
+  assert meta['gap'] == 'inf' and meta['nested'] == {'x': ['nan', 1.0]}
+  # An --overwrite run killed before it saved left its checkpoint beside
+  # these: load says they are an earlier run's.
+  (tmp_path / storage.CHECKPOINT).mkdir()
+  with pytest.warns(UserWarning, match="an earlier run's"):
+    storage.load(str(tmp_path))
+
+
 def test_write_text_failure_leaves_no_temp_file(tmp_path, monkeypatch):
   path = tmp_path / 'records.json'
   path.write_text('old')
