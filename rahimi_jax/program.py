@@ -390,9 +390,13 @@ def _cache_dir() -> str | None:
   return jax.config.jax_compilation_cache_dir or None
 
 
-def _stored_path(lowered, device, options: dict[str, Any]) -> str | None:
+def _stored_path(lowered, device, options: dict[str, Any],
+                 arguments: Any) -> str | None:
   """Where ``lowered``, compiled for ``device`` with ``options``, is kept:
-  named by its StableHLO, its arguments' and results' trees, the options,
+  named by its StableHLO, its arguments' and results' trees, its
+  arguments' shapes and dtypes (``arguments``: ``_key`` of them; jit drops
+  an argument the program never reads from the StableHLO, yet a call
+  passes it: two grids of 1 and 2 init options had one name), the options,
   ``XLA_FLAGS``, the JAX, jaxlib and backend versions and the host's CPU
   (``tuning.host``, less its device and core counts). ``None``: the
   compilation cache is off."""
@@ -404,7 +408,7 @@ def _stored_path(lowered, device, options: dict[str, Any]) -> str | None:
                                                               'cores')}
   key = hashlib.sha256(repr((
       lowered.as_text(), str(lowered.in_tree), str(lowered.out_tree),
-      sorted(options.items()),
+      str(arguments), sorted(options.items()),
       os.environ.get('XLA_FLAGS', ''), jax.__version__, jaxlib.__version__,
       device.client.platform_version, sorted(host.items()))).encode())
   return os.path.join(directory, STORE_SUBDIR, key.hexdigest() + '.pkl')
@@ -520,7 +524,8 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
   if missing and load and len(devices) > 1 and program not in _SERIALIZED:
     device, key = missing[0]
     lowered = lower(device)
-    path = _stored_path(lowered, device, _compiler_options(device, cpu_level))
+    path = _stored_path(lowered, device, _compiler_options(device, cpu_level),
+                        _key(spec))
     stored = _read_stored(path)
     if stored is not None:  # compiled by an earlier process
       serialized, _ = stored

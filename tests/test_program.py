@@ -462,3 +462,21 @@ def test_a_checkpoint_of_other_code_is_not_resumed(tiny_digits, tmp_path,
   assert [k for k in after if after[k] != before[k]] == ['code']
   with pytest.raises(program.CheckpointMismatch, match=r'\(its code differs\)'):
     checkpoints.plan(after)
+
+
+def test_stored_programs_are_named_by_their_arguments_shapes(tmp_path,
+                                                             monkeypatch):
+  """jit leaves an argument the program never reads out of its StableHLO
+  (a grid's init weights, which ``advance`` does not read): two grids of 2
+  and 1 init options had one stored program, and the second process to run
+  loaded the first's and failed on the call."""
+  monkeypatch.setattr(program, '_cache_dir', lambda: str(tmp_path))
+  step = jax.jit(lambda unused, x: x + 1)
+  device = jax.devices()[0]
+  texts, paths = set(), set()
+  for shape in ((4, 2), (4, 1)):
+    args = (np.zeros(shape, np.float32), np.zeros(3, np.float32))
+    lowered = step.lower(*args)
+    texts.add(lowered.as_text())
+    paths.add(program._stored_path(lowered, device, {}, program._key(args)))  # pylint: disable=protected-access
+  assert len(texts) == 1 and len(paths) == 2
