@@ -12,6 +12,7 @@ import re
 
 import chex
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import optax
@@ -328,3 +329,23 @@ def test_switched_placement_rounds_only_where_the_group_rounds():
   assert 'cond[' in str(shared)
   chex.assert_trees_all_equal(jax.vmap(rounded, in_axes=(None, 0))(w, xs)[0],
                               _bf16(xs))
+
+
+def test_stochastic_bits_follow_an_arrays_path_not_its_position():
+  """A relaxed grid's tree also holds the options a member does not use (a
+  batch norm's scale beside a member without norm); before, they shifted
+  the later arrays' bits, so a member alone or in a partition rounded
+  differently from the same member in the grid."""
+  options = {'precision': ('bfloat16',), 'rounding': ('stochastic',),
+             'placement': ('storage',), 'loss_scaling': ('none',)}
+  knobs = {'precision': np.ones(1, np.float32),
+           'rounding': np.ones(1, np.float32),
+           'placement': np.ones(1, np.float32),
+           'loss_scaling': np.ones(1, np.float32), 'loss_scale': 1.0}
+  policy = placement.Policy(options, knobs, jax.random.key(3))
+  w = jax.random.normal(jax.random.key(0), (64, 10)) * 1e-2
+  alone, _ = policy.round('storage', {'readout': w}, {})
+  beside, _ = policy.round('storage', {'norm': {'batch': jnp.ones(64)},
+                                       'readout': w}, {})
+  chex.assert_trees_all_equal(alone['readout'], beside['readout'])
+  assert not np.array_equal(alone['readout'], w)  # it did round, at random

@@ -43,6 +43,7 @@ The choice between the three is traced, so one program holds them; that is why
 
 from collections.abc import Callable, Mapping
 from typing import Any
+import zlib
 
 import jax
 from jax import lax
@@ -226,14 +227,18 @@ class Policy:
     key = (None if self.key is None
            else jax.random.fold_in(self.key, PLACES.index(place)))
     counting = f'overflows_{place}' in counts
-    leaves, treedef = jax.tree.flatten(tree)
+    leaves, treedef = jax.tree.flatten_with_path(tree)
     out, over, under = [], 0, 0
-    for j, leaf in enumerate(leaves):
+    for path, leaf in leaves:
       if not (hasattr(leaf, 'dtype') and leaf.dtype == jnp.float32):
         out.append(leaf)  # counts, integers
         continue
+      # Each array's bits by its path, not its position: a relaxed grid's
+      # tree also holds the other options' arrays (a batch norm's scale
+      # beside a member without norm), which must not move this one's.
+      array = zlib.crc32(jax.tree_util.keystr(path).encode()) & 0x7FFFFFFF
 
-      def rounded(x, k=None if key is None else jax.random.fold_in(key, j)):
+      def rounded(x, k=None if key is None else jax.random.fold_in(key, array)):
         q = self._round(x, k)
         return q, (jnp.stack(count_both(self._overflow(x), (x != 0) & (q == 0)))
                    if counting else jnp.zeros(2, jnp.int32))
