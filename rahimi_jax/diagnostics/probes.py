@@ -26,7 +26,10 @@ Keys: the gradient before a step is taken with the key of the step it
 simulates and the gradient (or pre-activations) after it with the next step's
 key, as the run itself would see them; a deterministic network ignores both,
 while noisy batch norm's fresh noise then counts as the shift it adds on
-purpose. The landscape is one function, evaluated with one key.
+purpose (so its readings are mostly that noise: a step of size 0 gave a CNN's
+layers 0.2-0.58 of ICS, against 0.0135 for batch norm's whole step; the
+batch-norm study's verdicts say so). The landscape is one function,
+evaluated with one key.
 
 References:
   Santurkar, S., Tsipras, D., Ilyas, A. & Madry, A. (2018). How does batch

@@ -276,8 +276,10 @@ def _shift(gain, n_gain, n_shift, n_drift) -> str:
     return _TOO_FEW
   more_shift = n_shift.low > 0 or n_drift.low > 0
   if more_shift and gain.low > 0 and n_gain.low > 0:
-    return ('noisy batch norm has MORE shift than no norm and still gains: '
-            'the gain does not follow a reduction of covariate shift.')
+    return ('noisy batch norm has MORE shift than no norm (its readings '
+            'include the noise it redraws each step: the shift it adds by '
+            'design) and still gains: the gain does not follow a reduction '
+            'of covariate shift.')
   if more_shift and n_gain.high < 0:
     return 'the added shift costs accuracy here: consistent with the folklore.'
   return 'undecided at these seeds (an interval crosses zero).'
