@@ -267,7 +267,10 @@ def _blas_threads() -> int | None:
 
 
 def _mean_sd(values) -> str:
-  return f'{np.mean(values):.4f} ± {np.std(values):.4f}'
+  """Mean ± the sample standard deviation (``ddof=1``; ``ddof=0`` read
+  13% narrow at 4 seeds)."""
+  sd = np.std(values, ddof=1) if len(values) > 1 else np.nan
+  return f'{np.mean(values):.4f} ± {sd:.4f}'
 
 
 def report(res: results_lib.Results) -> str:
