@@ -206,13 +206,14 @@ def staged(out_dir: str, keep: tuple[str, ...] = ()):
       meta['files'] = sorted(os.listdir(stage))
       with open(metadata, 'w') as f:
         f.write(json.dumps(meta, indent=2) + '\n')
-    for entry in os.listdir(stage):
-      fd = os.open(os.path.join(stage, entry), os.O_RDONLY)
-      try:
-        os.fsync(fd)
-      finally:
-        os.close(fd)
-    _fsync_dir(stage)
+    for directory, _, files in os.walk(stage, topdown=False):
+      for entry in files:  # a study's folders of results too
+        fd = os.open(os.path.join(directory, entry), os.O_RDONLY)
+        try:
+          os.fsync(fd)
+        finally:
+          os.close(fd)
+      _fsync_dir(directory)
     moved = [e for e in keep if os.path.exists(os.path.join(out_dir, e))]
     for entry in moved:
       os.replace(os.path.join(out_dir, entry), os.path.join(stage, entry))
