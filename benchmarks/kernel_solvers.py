@@ -46,7 +46,8 @@ flags.DEFINE_integer('scale_n', 1000000, 'Rows of the scale run.')
 flags.DEFINE_integer('scale_centres', 10000, 'Centres of the scale run.')
 flags.DEFINE_float('scale_tol', 1e-5, 'Relative residual of the scale run.')
 flags.DEFINE_integer('scale_maxiter', 100, 'Iterations cap of the scale run.')
-flags.DEFINE_integer('block_size', 1024, 'Rows per kernel block.')
+flags.DEFINE_integer('block_size', None, 'Rows per kernel block (default: '
+                     'kernels.default_block_size).')
 flags.DEFINE_integer('peak_n', None, 'Side of the peak matmul (default 2048 '
                      'on a CPU).')
 flags.DEFINE_bool('dry_run', False, 'Check the flags, print the plan, exit.')
@@ -241,8 +242,11 @@ def scale(peak):
   entries = ((it + 1) * FLAGS.scale_n + FLAGS.n_test
              + FLAGS.scale_centres) * FLAGS.scale_centres
   history = ', '.join(f'{r:.1e}' for r in np.asarray(res.residuals)[:it + 1])
+  block = FLAGS.block_size or kernels.ACCELERATOR_BLOCK_SIZE
+  tile = kernels.default_block_size(FLAGS.scale_centres)
   return [f'FALKON n={FLAGS.scale_n} M={FLAGS.scale_centres} d={FLAGS.in_dim} '
-          f'lam={FLAGS.lam:g} on {len(jax.devices())} device(s): {it} '
+          f'lam={FLAGS.lam:g} on {len(jax.devices())} device(s), blocks of '
+          f'{block} rows in tiles of {tile if block % tile == 0 else block}: {it} '
           f'iterations, converged {bool(res.converged)} (tol '
           f'{FLAGS.scale_tol:g}); data {data_s:.1f}s, compile {compile_s:.1f}s, '
           f'solve + predict {run_s:.1f}s ('

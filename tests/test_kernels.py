@@ -61,6 +61,26 @@ def test_blocked_matrix_and_products_match_sklearn(name, points):
   np.testing.assert_allclose(sweep[1], _exact(name, x, y, 2.0), atol=2e-6)
 
 
+def test_blocks_fill_half_an_l2_cache_and_tiles_sum_as_blocks(points,
+                                                              monkeypatch):
+  from rahimi_jax.kernels import kernels as kernels_module  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(kernels_module, 'l2_cache_bytes', lambda: 2 << 20)
+  # Half of 2 MiB over 4-byte rows of M entries, a power of two in [8, 1024].
+  assert [kernels.default_block_size(m) for m in (10, 2000, 10000, 10**6)] == [
+      1024, 128, 16, 8]
+  # A block computed in tiles (blocks of 8 rows, tiles of 4) is the same
+  # product.
+  x, y = points
+  kernel = kernels.get_kernel('gaussian')
+  exact = _exact('gaussian', x, y)
+  v = np.random.default_rng(1).normal(size=(11, 2)).astype(np.float32)
+  w = np.random.default_rng(2).normal(size=(30, 2)).astype(np.float32)
+  monkeypatch.setattr(kernels_module, 'default_block_size', lambda m: 4)
+  np.testing.assert_allclose(
+      kernels.normal_matvec(kernel, x, y, v, w, BANDWIDTH, block_size=8),
+      exact.T @ (exact @ v + w), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize('name', sorted(kernels.KERNELS))
 def test_rff_error_falls_like_one_over_sqrt_features(name, points):
   x = points[0]

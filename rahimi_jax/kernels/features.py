@@ -136,7 +136,7 @@ def nystrom(kernel: kernels_lib.Kernel, centres: jax.Array,
 
 def nystrom_apply(kernel: kernels_lib.Kernel, nys: Nystrom, x: jax.Array,
                   bandwidth: jax.Array, *,
-                  block_size: int = kernels_lib.DEFAULT_BLOCK_SIZE
+                  block_size: int | None = None
                   ) -> jax.Array:
   """``phi(x): [n, M]`` for a ``Nystrom`` map made at ``bandwidth``."""
   k_nc = kernels_lib.kernel_matrix(kernel, x, nys.centres, bandwidth,
@@ -147,7 +147,7 @@ def nystrom_apply(kernel: kernels_lib.Kernel, nys: Nystrom, x: jax.Array,
 def nystrom_features(kernel: kernels_lib.Kernel, x: jax.Array,
                      centres: jax.Array, bandwidth: jax.Array,
                      num_centres: jax.Array | int | None = None, *,
-                     block_size: int = kernels_lib.DEFAULT_BLOCK_SIZE
+                     block_size: int | None = None
                      ) -> jax.Array:
   """``K(x, C) K_CC^{-1/2}: [n, M]`` (``nystrom`` then ``nystrom_apply``)."""
   return nystrom_apply(kernel, nystrom(kernel, centres, bandwidth,

@@ -27,6 +27,8 @@ References:
 """
 
 from collections.abc import Callable
+import functools
+import os
 from typing import NamedTuple
 
 import jax
@@ -35,7 +37,44 @@ import numpy as np
 
 from rahimi_jax import registry
 
-DEFAULT_BLOCK_SIZE = 1024
+# Rows per kernel block on an accelerator, and the most on a CPU.
+ACCELERATOR_BLOCK_SIZE = 1024
+# A CPU's L2 per core where the OS does not say (``l2_cache_bytes``).
+FALLBACK_L2_BYTES = 1 << 20
+
+
+@functools.cache
+def l2_cache_bytes() -> int:
+  """One core's L2 cache in bytes, from Linux's sysfs; else
+  ``FALLBACK_L2_BYTES``."""
+  root = '/sys/devices/system/cpu/cpu0/cache'
+  try:
+    for index in sorted(os.listdir(root)):
+      def read(name, index=index):
+        with open(os.path.join(root, index, name)) as f:
+          return f.read().strip()
+      if read('level') == '2' and read('type') in ('Unified', 'Data'):
+        size = read('size')
+        scale = {'K': 1 << 10, 'M': 1 << 20}.get(size[-1], 1)
+        return int(size.rstrip('KM')) * scale
+  except (OSError, ValueError):
+    pass
+  return FALLBACK_L2_BYTES
+
+
+def default_block_size(columns: int, itemsize: int = 4) -> int:
+  """Rows per block of a ``[rows, columns]`` kernel tile: on a CPU the most
+  (a power of two, 8 to ``ACCELERATOR_BLOCK_SIZE``) whose tile fills at most
+  half of one core's L2 cache, so the kernel entries are computed, used
+  twice and dropped without a trip to memory; on an accelerator
+  ``ACCELERATOR_BLOCK_SIZE``. ``normal_matvec``'s products (n=2e5 rows, 2
+  devices) ran 2.28x / 1.87x / 1.34x / 0.92x the speed of 1024-row tiles at
+  M = 1e4 / 6000 / 4000 / 2000 centres on a 2-core Intel Xeon with 2 MiB of
+  L2 (WORKSPACE.md, "Random features and kernel solvers")."""
+  if jax.default_backend() != 'cpu':
+    return ACCELERATOR_BLOCK_SIZE
+  rows = l2_cache_bytes() // 2 // max(1, columns * itemsize)
+  return int(min(ACCELERATOR_BLOCK_SIZE, max(8, 1 << max(0, int(rows).bit_length() - 1))))
 ROWS = 'rows'  # the mesh axis that rows are sharded over
 
 
@@ -104,9 +143,11 @@ def check_finite(name: str, x) -> None:
                      'finite data.')
 
 
-def check_block_size(block_size: int) -> None:
-  if not (isinstance(block_size, (int, np.integer)) and block_size >= 1):
-    raise ValueError(f'block_size={block_size!r}; accepted: an integer >= 1.')
+def check_block_size(block_size: int | None) -> None:
+  if block_size is not None and not (
+      isinstance(block_size, (int, np.integer)) and block_size >= 1):
+    raise ValueError(f'block_size={block_size!r}; accepted: an integer >= 1, '
+                     'or None (default_block_size).')
 
 
 # --- Row blocks -------------------------------------------------------------
@@ -130,43 +171,53 @@ def row_blocks(x: jax.Array, block_size: int, multiple: int = 1
 
 def kernel_matrix(kernel: Kernel, x: jax.Array, y: jax.Array,
                   bandwidth: jax.Array, *,
-                  block_size: int = DEFAULT_BLOCK_SIZE) -> jax.Array:
-  """The exact ``K(x, y): [n, m]``, computed ``block_size`` rows at a time."""
+                  block_size: int | None = None) -> jax.Array:
+  """The exact ``K(x, y): [n, m]``, computed ``block_size`` rows at a time
+  (None: ``default_block_size(m)``)."""
   check_block_size(block_size)
-  blocks, _ = row_blocks(x, block_size)
+  blocks, _ = row_blocks(x, block_size or default_block_size(y.shape[0]))
   out = jax.lax.map(lambda b: kernel.pairwise(b, y, bandwidth), blocks)
   return out.reshape(-1, y.shape[0])[:x.shape[0]]
 
 
 def kernel_matvec(kernel: Kernel, x: jax.Array, y: jax.Array, v: jax.Array,
                   bandwidth: jax.Array, *,
-                  block_size: int = DEFAULT_BLOCK_SIZE) -> jax.Array:
+                  block_size: int | None = None) -> jax.Array:
   """``K(x, y) @ v`` (``v: [m]`` or ``[m, k]``) without forming ``K``:
   ``O(block_size * m)`` memory. Also the predictions ``K(x_new, centres) @
   coef`` of every kernel ridge model here."""
   check_block_size(block_size)
-  blocks, _ = row_blocks(x, block_size)
+  blocks, _ = row_blocks(x, block_size or default_block_size(y.shape[0]))
   out = jax.lax.map(lambda b: kernel.pairwise(b, y, bandwidth) @ v, blocks)
   return out.reshape(-1, *v.shape[1:])[:x.shape[0]]
 
 
 def _normal_matvec_local(kernel, axis, blocks, mask, v_blocks, centres, u,
-                         bandwidth):
+                         bandwidth, tile):
   """Sum over this device's row blocks of ``K_bM^T (K_bM u + v_b)``; under
-  ``shard_map`` over ``axis`` (else None) the sum varies along it."""
-  def body(acc, inputs):
+  ``shard_map`` over ``axis`` (else None) the sum varies along it. Each
+  block is computed ``tile`` rows at a time (its kernel entries kept in
+  cache) and summed on its own before it joins the total, so the float32
+  sum has as few terms in a row as with whole blocks (with 16-row blocks
+  alone, n=1e6 FALKON took 27 CG iterations instead of 8)."""
+  def zeros():
+    acc = jnp.zeros(u.shape, jnp.result_type(u, centres))
+    return acc if axis is None else jax.lax.pcast(acc, (axis,), to='varying')
+
+  def in_tiles(acc, inputs):
     b, m, vb = inputs
     k = kernel.pairwise(b, centres, bandwidth) * m[:, None]
     return acc + k.T @ (k @ u + vb), None
-  acc = jnp.zeros(u.shape, jnp.result_type(u, centres))
-  if axis is not None:
-    acc = jax.lax.pcast(acc, (axis,), to='varying')
-  return jax.lax.scan(body, acc, (blocks, mask, v_blocks))[0]
+
+  def body(acc, inputs):
+    tiles = [a.reshape(-1, tile, *a.shape[1:]) for a in inputs]
+    return acc + jax.lax.scan(in_tiles, zeros(), tiles)[0], None
+  return jax.lax.scan(body, zeros(), (blocks, mask, v_blocks))[0]
 
 
 def normal_matvec(kernel: Kernel, x: jax.Array, centres: jax.Array,
                   u: jax.Array, v: jax.Array | None, bandwidth: jax.Array, *,
-                  block_size: int = DEFAULT_BLOCK_SIZE,
+                  block_size: int | None = None,
                   mesh: jax.sharding.Mesh | None = None) -> jax.Array:
   """``K_nM^T (K_nM u + v)`` with ``K_nM = K(x, centres)``, never formed.
 
@@ -177,13 +228,19 @@ def normal_matvec(kernel: Kernel, x: jax.Array, centres: jax.Array,
     u: ``[M]`` or ``[M, k]``.
     v: ``[n]`` / ``[n, k]`` like ``u``, or None for zeros.
     bandwidth: the kernel's bandwidth (traced).
-    block_size: rows per block; memory ``O(block_size * M)`` per device.
+    block_size: rows per block (None: ``ACCELERATOR_BLOCK_SIZE``), each
+      computed in tiles of ``default_block_size(M)`` rows where that
+      divides it; memory ``O(block_size * M)`` per device.
     mesh: a one-axis mesh (axis ``'rows'``) to shard the rows over, or None.
 
   Returns:
     ``[M]`` or ``[M, k]``.
   """
   check_block_size(block_size)
+  block_size = block_size or ACCELERATOR_BLOCK_SIZE
+  tile = min(block_size, default_block_size(centres.shape[0]), x.shape[0])
+  if min(block_size, x.shape[0]) % tile:
+    tile = min(block_size, x.shape[0])
   devices = 1 if mesh is None else mesh.size
   blocks, mask = row_blocks(x, block_size, devices)
   if v is None:
@@ -191,13 +248,13 @@ def normal_matvec(kernel: Kernel, x: jax.Array, centres: jax.Array,
   v_blocks, _ = row_blocks(v, block_size, devices)
   if mesh is None:
     return _normal_matvec_local(kernel, None, blocks, mask, v_blocks,
-                                centres, u, bandwidth)
+                                centres, u, bandwidth, tile)
   spec = jax.sharding.PartitionSpec
   rows = spec(ROWS)
 
   def sharded(blocks, mask, v_blocks, centres, u, bandwidth):
     local = _normal_matvec_local(kernel, ROWS, blocks, mask, v_blocks,
-                                 centres, u, bandwidth)
+                                 centres, u, bandwidth, tile)
     return jax.lax.psum(local, ROWS)
   return jax.shard_map(sharded, mesh=mesh,
                        in_specs=(rows, rows, rows, spec(), spec(), spec()),

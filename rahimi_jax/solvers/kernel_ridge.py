@@ -153,7 +153,7 @@ def _cho_solve(upper, b):
 
 def exact_fit(kernel: kernels_lib.Kernel | str, x: jax.Array, y: jax.Array,
               bandwidth: jax.Array, lam: jax.Array, *,
-              block_size: int = kernels_lib.DEFAULT_BLOCK_SIZE) -> jax.Array:
+              block_size: int | None = None) -> jax.Array:
   """Exact KRR coefficients ``c = (K + n lam I)^{-1} y``, ``[n]`` / ``[n, k]``;
   predictions ``kernels.kernel_matvec(kernel, x_new, x, c, bandwidth)``."""
   check_problem(x, y, bandwidth, lam)
@@ -170,7 +170,7 @@ def _ridge_solve(k, y, lam):
 
 def exact_sweep(kernel: kernels_lib.Kernel | str, x: jax.Array, y: jax.Array,
                 bandwidths: jax.Array, lams: jax.Array, *,
-                block_size: int = kernels_lib.DEFAULT_BLOCK_SIZE,
+                block_size: int | None = None,
                 mesh: jax.sharding.Mesh | None = None) -> jax.Array:
   """``exact_fit`` at every (bandwidth, lam) of ``bandwidths: [B]`` x ``lams:
   [L]``: coefficients ``[B, L, n]`` / ``[B, L, n, k]``.
@@ -269,7 +269,7 @@ def nystrom_fit(kernel: kernels_lib.Kernel | str, x: jax.Array, y: jax.Array,
                 centres: jax.Array, bandwidth: jax.Array, lam: jax.Array, *,
                 preconditioner: str = 'falkon', tol: float = 1e-5,
                 maxiter: int = 100,
-                block_size: int = kernels_lib.DEFAULT_BLOCK_SIZE,
+                block_size: int | None = None,
                 mesh: jax.sharding.Mesh | None = None) -> NystromResult:
   """Nyström KRR by (FALKON-preconditioned) conjugate gradients.
 

@@ -56,7 +56,7 @@ class LinearSolverConfig:
   maxiter: int = 1000
   exact_max: int = 4000
   in_dim: int = 8
-  block_size: int = 1024
+  block_size: int | None = None  # None: kernels.default_block_size
   devices: int = 0
 
   def __post_init__(self):
@@ -72,8 +72,9 @@ class LinearSolverConfig:
       kernels.check_positive('bandwidth', self.bandwidth)
     kernels.check_positive('lam', self.lam)
     kernels.check_positive('tol', self.tol)
+    kernels.check_block_size(self.block_size)
     for name, low in (('maxiter', 1), ('exact_max', 0), ('in_dim', 1),
-                      ('block_size', 1), ('devices', 0)):
+                      ('devices', 0)):
       value = getattr(self, name)
       if not (isinstance(value, int) and value >= low):
         raise ValueError(f'{name}={value!r}; accepted: an integer >= {low}.')
