@@ -167,11 +167,10 @@ def main(argv):
             f'{"  <- best" if w == best else ""}'
             f'{"  <- rule" if w == rule else ""}')
     tuned_w = again['chunk_size']
-    # The default engine at the tuned width on every device runs the
-    # hand-picked program of that width: its runs pool with those
-    # (interleaved, so less drift).
-    tuned_s = min(auto_times + (times.get(tuned_w, []) if choice['devices']
-                                is None else []))
+    # The default engine's own runs at the tuned width, as many as each
+    # hand-picked width's (pooled with that width's, a minimum over more
+    # runs favoured it).
+    tuned_s = min(auto_times)
     row = (name, auto['width'], tuned_w, best, tuned_s / min(times[best]),
            tuned_s / min(times[rule]) if rule in times else float('nan'),
            auto['seconds'], choice['seconds'], again['chunk_choice']['seconds'])

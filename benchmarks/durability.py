@@ -13,8 +13,8 @@ and prints each one's run time, its ratio to plain (issue 15's target: <= 1.05
 at the default interval), and the achieved matmul FLOP/s against this
 machine's float32 matmul peak measured in the same run. Then, as
 subprocesses, the same grid through ``experiments.ablate`` on one process with
-two CPU devices and on two processes (``jax.distributed`` over gloo on
-localhost) with one device each, and their time per member-step (target: two
+a CPU device per usable core and on two processes (``jax.distributed`` over
+gloo on localhost) sharing them, and their time per member-step (target: two
 processes within 1.3x of one):
 
   python -m benchmarks.durability --steps=500 --repeats=3
@@ -46,10 +46,17 @@ flags.DEFINE_bool('processes', True, 'Also time one process against two.')
 FLAGS = flags.FLAGS
 
 
+def _devices_each(processes: int) -> int:
+  """CPU devices per process: the host's usable cores shared out."""
+  from rahimi_jax import tuning  # pylint: disable=g-import-not-at-top
+  return max(1, tuning.usable_cores() // processes)
+
+
 def _launch(out: str, processes: int) -> dict:
   """``experiments.ablate`` of the benchmark's grid over ``processes``
-  processes with 2 CPU devices in all; its engine metadata. Its programs are
-  compiled, not loaded from a compilation cache an earlier run left."""
+  processes sharing the host's cores (``_devices_each``); its engine
+  metadata. Its programs are compiled, not loaded from a compilation cache
+  an earlier run left."""
   base = dict(os.environ, JAX_PLATFORMS='cpu',
               JAX_ENABLE_COMPILATION_CACHE='false')
   flags_ = [f'--steps={FLAGS.steps}', f'--seeds={FLAGS.seeds}',
@@ -60,7 +67,7 @@ def _launch(out: str, processes: int) -> dict:
   procs = []
   for index in range(processes):
     env = dict(base, XLA_FLAGS='--xla_force_host_platform_device_count='
-               f'{2 // processes}')
+               f'{_devices_each(processes)}')
     if processes > 1:
       env |= {'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}',
               'JAX_NUM_PROCESSES': str(processes),
@@ -131,10 +138,11 @@ def main(argv):
     with tempfile.TemporaryDirectory() as tmp:
       one = _launch(os.path.join(tmp, 'one'), 1)
       two = _launch(os.path.join(tmp, 'two'), 2)
-    for name, info in (('1 process x 2 devices', one),
-                       ('2 processes x 1 device', two)):
+    for name, info in ((f'1 process x {_devices_each(1)} devices', one),
+                       (f'2 processes x {_devices_each(2)} device(s)', two)):
       print(f'{name:<24} run {info["run_s"]:6.2f} s, '
-            f'{info["run_s"] / g / FLAGS.steps * 1e6:7.2f} us/member-step, '
+            f'{info["run_s"] / g / FLAGS.steps * 1e6:7.2f} us/member-step '
+            '(evaluations every 50 steps included), '
             f'compile {info["compile_s"]:.1f} s')
     print(f'2 processes / 1 process time per member-step: '
           f'{two["run_s"] / one["run_s"]:.2f}x (target <= 1.3x)')

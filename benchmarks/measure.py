@@ -63,6 +63,7 @@ def measure_peak(n: int | None = None, reps: int = 5) -> dict[str, Any]:
 
   from rahimi_jax import provenance  # pylint: disable=g-import-not-at-top
   out = {'n': n, 'precision': provenance.matmul_precision(),
+         'cpu': cpu_model(),
          'jnp': best(lambda: dot(ja, jb).block_until_ready()),
          'np': best(lambda: np.dot(a, b))}
   out['peak'] = (max(out['jnp'], out['np']) if jax.default_backend() == 'cpu'
@@ -72,7 +73,8 @@ def measure_peak(n: int | None = None, reps: int = 5) -> dict[str, Any]:
 
 def peak_line(peak: dict[str, Any]) -> str:
   """One line naming what ``measure_peak`` measured."""
-  return (f'float32 matmul peak ({peak["n"]}x{peak["n"]}, matmul precision '
+  return (f'float32 matmul peak on {peak["cpu"]} ({peak["n"]}x{peak["n"]}, '
+          f'matmul precision '
           f'{peak["precision"]}, best of 5 after warm-up): jnp.dot '
           f'{peak["jnp"]:.1f} GFLOP/s, np.dot {peak["np"]:.1f} GFLOP/s (host) '
           f'-> peak {peak["peak"]:.1f} GFLOP/s')

@@ -53,6 +53,7 @@ def make_record(bench: Bench, method: str, t: Timing, peak: dict[str, float],
       'member_indices': [int(i) for i in t.members],
       'final_train_loss': [float(v) for v in t.final_train_loss],
       'device': 'cpu (torch)' if method in methods.TORCH_METHODS else device,
+      'cpu': peak['cpu'],
       'note': t.note,
       'chunk_choice': t.chunk,
   }

@@ -122,7 +122,8 @@ def run_benchmark(cfg: BenchConfig, out=print) -> list[dict[str, Any]]:
   out(f'grid_throughput: regime={cfg.regime} workloads={",".join(cfg.workloads)}'
       f' G={",".join(map(str, cfg.grid_sizes))} methods={",".join(cfg.methods)}'
       f' steps={cfg.steps}')
-  out(f'device: {device}; host CPUs: {os.cpu_count()}; jax {jax.__version__}')
+  out(f'device: {device}; host CPUs: {os.cpu_count()} ({measure.cpu_model()}); '
+      f'jax {jax.__version__}')
   methods = list(cfg.methods)
   torch_wanted = [m for m in methods if m in methods_lib.TORCH_METHODS]
   if torch_wanted:
