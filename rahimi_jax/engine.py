@@ -256,8 +256,9 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
       member-batches that had finished.
   """
   check_dataset(data)
-  config.for_grid(grid).check_knobs_read(grid)
-  train_lib.check_task(config.for_grid(grid), data.task)
+  whole = config.for_grid(grid)
+  whole.check_knobs_read(grid)
+  train_lib.check_task(whole, data.task)
   choice = {'mode': 'given'}
   partition = check_partition(grid, partition)
   switch = check_switch(grid, program.current_options().switch
