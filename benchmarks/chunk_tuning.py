@@ -20,7 +20,8 @@ group's), in one process run:
                reading the cache.
 
 It prints each width's run time, achieved matmul GFLOP/s and fraction of this
-machine's float32 matmul peak (measured in the same run), the tuner's choice,
+machine's float32 matmul peak (the best of its readings before and after each
+workload in the same run: ``measure.best_peak``), the tuner's choice,
 the tuned width's run time against the best hand-picked width (issue 16's
 target: within 10%) and against the rule, and what choosing cost on first
 use and after (timing, and compiling the widths the run does not take: the
@@ -124,13 +125,8 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from rahimi_jax import tuning  # pylint: disable=g-import-not-at-top
   tuning.MIN_PROBE_S = FLAGS.probe_s
-  measured = measure.measure_peak(FLAGS.peak_n)
-  peak = measured['peak']
-  print(f'{measure.cpu_model()} ({tuning.host()["cpu_flags"]}), '
-        f'{jax.local_device_count()} {jax.default_backend()} devices '
-        f'({jax.devices()[0].device_kind}), jax {jax.__version__}; '
-        f'{measure.peak_line(measured)}')
-  summary = []
+  readings = [measure.measure_peak(FLAGS.peak_n)]
+  summary, tables = [], []
   for name in FLAGS.workloads:
     config, grid, data, flops = _case(name)
     groups, g = _group_size(config, grid, data)  # widths are a group's
@@ -150,22 +146,9 @@ def main(argv):
     auto_times = [again['run_s']]
     for _ in range(FLAGS.repeats - 1):
       auto_times.append(_run(config, grid, data)['run_s'])
+    readings.append(measure.measure_peak(FLAGS.peak_n))  # the host drifts
     choice = first['chunk_choice']
     best = min(hand, key=lambda w: min(times[w]))
-    switched = (f' in {groups} switched groups of {g}' if groups > 1
-                else '')
-    print(f'\n== {name}: G={len(grid)}{switched}, {config.steps} steps; rule '
-          f'width {rule} ==')
-    print(f'{"width":>6}{"compile_s":>10}{"run_s":>8}{"GFLOP/s":>9}'
-          f'{"of peak":>9}{"tuner us/member-step":>22}')
-    probe = choice['us_per_member_step']
-    for w in hand:
-      run_s = min(times[w])
-      print(f'{w:>6}{compile_s[w]:>10.2f}{run_s:>8.2f}'
-            f'{flops / run_s / 1e9:>9.1f}{flops / run_s / 1e9 / peak:>9.1%}'
-            f'{probe.get(str(w), float("nan")):>22.1f}'
-            f'{"  <- best" if w == best else ""}'
-            f'{"  <- rule" if w == rule else ""}')
     tuned_w = again['chunk_size']
     # The default engine's own runs at the tuned width, as many as each
     # hand-picked width's (pooled with that width's, a minimum over more
@@ -175,17 +158,42 @@ def main(argv):
            tuned_s / min(times[rule]) if rule in times else float('nan'),
            auto['seconds'], choice['seconds'], again['chunk_choice']['seconds'])
     summary.append(row)
-    print(f'auto on first use: width {auto["width"]} ({auto["source"]}'
-          f'{": " + auto["why"] if auto["why"] else ""}; {auto["seconds"]:.1f}'
-          f' s)')
+    switched = (f' in {groups} switched groups of {g}' if groups > 1
+                else '')
     by_devices = ', '.join(f'{us:.1f} on {k}' for k, us in
                            choice['us_by_devices'].items())
-    print(f'tune: width {tuned_w} on {again["num_devices"]} device(s) '
-          f'(us per member-step by device count: {by_devices or "one only"};'
-          f' {choice["source"]}, then '
-          f'{again["chunk_choice"]["source"]}), run {tuned_s:.2f} s = '
-          f'{row[4]:.3f}x the best hand-picked ({best}), {row[5]:.3f}x the '
-          f'rule; tuning took {row[7]:.1f} s, {row[8]:.1f} s after')
+    probe = choice['us_per_member_step']
+    tables.append((
+        f'\n== {name}: G={len(grid)}{switched}, {config.steps} steps; rule '
+        f'width {rule} ==',
+        [(w, compile_s[w], min(times[w]), flops / min(times[w]) / 1e9,
+          probe.get(str(w), float('nan')),
+          f'{"  <- best" if w == best else ""}'
+          f'{"  <- rule" if w == rule else ""}') for w in hand],
+        f'auto on first use: width {auto["width"]} ({auto["source"]}'
+        f'{": " + auto["why"] if auto["why"] else ""}; {auto["seconds"]:.1f}'
+        ' s)\n'
+        f'tune: width {tuned_w} on {again["num_devices"]} device(s) '
+        f'(us per member-step by device count: {by_devices or "one only"};'
+        f' {choice["source"]}, then '
+        f'{again["chunk_choice"]["source"]}), run {tuned_s:.2f} s = '
+        f'{row[4]:.3f}x the best hand-picked ({best}), {row[5]:.3f}x the '
+        f'rule; tuning took {row[7]:.1f} s, {row[8]:.1f} s after'))
+  # The tables divide by the run's best reading: each timing is the fastest
+  # of its runs too (``measure.best_peak``).
+  measured = measure.best_peak(*readings)
+  print(f'{measure.cpu_model()} ({tuning.host()["cpu_flags"]}), '
+        f'{jax.local_device_count()} {jax.default_backend()} devices '
+        f'({jax.devices()[0].device_kind}), jax {jax.__version__}; '
+        f'{measure.peak_line(measured)}')
+  for title, rows, choices in tables:
+    print(title)
+    print(f'{"width":>6}{"compile_s":>10}{"run_s":>8}{"GFLOP/s":>9}'
+          f'{"of peak":>9}{"tuner us/member-step":>22}')
+    for w, compile_s, run_s, gflops, probe, marks in rows:
+      print(f'{w:>6}{compile_s:>10.2f}{run_s:>8.2f}{gflops:>9.1f}'
+            f'{gflops / measured["peak"]:>9.1%}{probe:>22.1f}{marks}')
+    print(choices)
   print(f'\n{measure.cpu_model()}: the tuned width vs the best hand-picked '
         '(target <= 1.10x)')
   print(f'{"workload":<12}{"auto":>6}{"tuned":>6}{"best":>6}{"vs best":>9}'

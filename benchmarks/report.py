@@ -26,7 +26,7 @@ def make_record(bench: Bench, method: str, t: Timing, peak: dict[str, float],
     method: a key of ``METHODS``.
     t: what the method measured on its members (loop methods: a subset, whose
       run time is extrapolated linearly to the whole grid).
-    peak: ``measure.measure_peak``'s GFLOP/s.
+    peak: ``measure.measure_peak``'s GFLOP/s (or ``measure.best_peak``'s).
     a_record: (a)'s record on ``bench``, for the speedups; None for (a) itself.
     a_loss: (a)'s final train losses [G], for the agreement check.
     device: what JAX runs on (the torch methods run on the CPU).
@@ -46,9 +46,7 @@ def make_record(bench: Bench, method: str, t: Timing, peak: dict[str, float],
       'members_timed': k, 'extrapolated': k < g,
       'ms_per_member': 1e3 * run_s / g, 'runs_per_s': g / run_s,
       'flops_per_member': flops, 'gflops': gflops,
-      'matmul_precision': peak['precision'], 'peak_gflops': peak['peak'],
-      'peak_gflops_jnp': peak['jnp'],
-      'peak_gflops_np': peak['np'], 'pct_peak': 100 * gflops / peak['peak'],
+      'matmul_precision': peak['precision'],
       'program_bytes': t.program_bytes, 'maxrss_mb': maxrss_mb(),
       'member_indices': [int(i) for i in t.members],
       'final_train_loss': [float(v) for v in t.final_train_loss],
@@ -57,6 +55,7 @@ def make_record(bench: Bench, method: str, t: Timing, peak: dict[str, float],
       'note': t.note,
       'chunk_choice': t.chunk,
   }
+  rec = with_peak(rec, peak)
   if method in methods.TORCH_METHODS:
     import torch  # pylint: disable=g-import-not-at-top
     rec['torch_threads'] = torch.get_num_threads()
@@ -70,6 +69,15 @@ def make_record(bench: Bench, method: str, t: Timing, peak: dict[str, float],
     rec['agrees_with_a'] = bool(
         np.all(diff <= methods.tolerance(method, tolerance)))
   return rec
+
+
+def with_peak(rec: dict[str, Any], peak: dict[str, Any]) -> dict[str, Any]:
+  """``rec`` with its peak and share of it from ``peak`` (``measure.best_peak``
+  of the run's readings so far)."""
+  return {**rec, 'peak_gflops': peak['peak'], 'peak_gflops_jnp': peak['jnp'],
+          'peak_gflops_np': peak['np'],
+          'peak_readings': peak.get('readings', [peak['peak']]),
+          'pct_peak': 100 * rec['gflops'] / peak['peak']}
 
 
 HEADER = (f'{"G":>5} {"method":<29}{"compile_s":>10}{"run_s":>9}'
