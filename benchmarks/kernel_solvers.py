@@ -306,8 +306,9 @@ def main(argv):
       print(row, flush=True)
   peak = measure.best_peak(peak, measure.measure_peak(FLAGS.peak_n))
   print(f'read again at the end: {measure.peak_line(peak)}' + (
-      f'; the shares above are of {used:.1f} or less: against this best '
-      f'reading they are {used / peak["peak"]:.2f}x or less as large'
+      f'; the shares above divide by {used:.1f} GFLOP/s or less: of this '
+      f'best reading each is at most {used / peak["peak"]:.2f}x the share '
+      'printed'
       if peak['peak'] > used else ''), flush=True)
 
 if __name__ == '__main__':

@@ -70,11 +70,16 @@ def default_block_size(columns: int, itemsize: int = 4) -> int:
   ``ACCELERATOR_BLOCK_SIZE``. ``normal_matvec``'s products (n=2e5 rows, 2
   devices) ran 2.28x / 1.87x / 1.34x / 0.92x the speed of 1024-row tiles at
   M = 1e4 / 6000 / 4000 / 2000 centres on a 2-core Intel Xeon with 2 MiB of
-  L2 (WORKSPACE.md, "Random features and kernel solvers")."""
+  L2, and 1.91x / 1.84x at M = 1e4 / 4000 on a 2-core AMD EPYC with 1 MiB
+  (tiles of 8 and 32 rows there; WORKSPACE.md, "Random features and kernel
+  solvers")."""
   if jax.default_backend() != 'cpu':
     return ACCELERATOR_BLOCK_SIZE
   rows = l2_cache_bytes() // 2 // max(1, columns * itemsize)
-  return int(min(ACCELERATOR_BLOCK_SIZE, max(8, 1 << max(0, int(rows).bit_length() - 1))))
+  return int(min(ACCELERATOR_BLOCK_SIZE,
+                 max(8, 1 << max(0, int(rows).bit_length() - 1))))
+
+
 ROWS = 'rows'  # the mesh axis that rows are sharded over
 
 
