@@ -75,6 +75,40 @@ def test_binning_joins_the_study_for_the_laplacian_kernel(study):
   assert set(res.metadata['slopes']) == {'rff', 'nystrom', 'binning'}
 
 
+def test_laplacian_bandwidth_and_binning_error_mean_what_they_say(study):
+  import jax  # pylint: disable=g-import-not-at-top
+  from scipy.spatial import distance  # pylint: disable=g-import-not-at-top
+  from sklearn.metrics import pairwise  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import kernels  # pylint: disable=g-import-not-at-top
+  res = study[4]
+  config = random_features.RandomFeaturesConfig(
+      kernel='laplacian', features=(8, 128), train_size=200,
+      approx_points=100)
+  d = config.data()
+  x = np.asarray(d.x, np.float64)
+  bandwidth = res.metadata['bandwidth']
+  # The median heuristic in the Laplacian's own (L1) distance: the median
+  # pair's kernel value is exp(-1), not ~0 (the Euclidean median's).
+  np.testing.assert_allclose(
+      bandwidth, np.median(distance.pdist(x, 'cityblock')), rtol=1e-6)
+  k = pairwise.laplacian_kernel(x, gamma=1 / bandwidth)
+  np.testing.assert_allclose(np.median(k[np.triu_indices(len(x), 1)]),
+                             np.exp(-1), rtol=1e-6)
+  # The binning error is that of the hashed features the ridge fits:
+  # z z^T against scikit-learn's kernel, for the study's draw (key 0, seed 0).
+  sub = x[:100]
+  k_sub = pairwise.laplacian_kernel(sub, gamma=1 / bandwidth)
+  key = jax.random.split(jax.random.key(0), 2)[0]
+  draw = kernels.draw_binning(key, x.shape[1], 8)
+  z = np.asarray(kernels.binning_features(
+      draw, sub.astype(np.float32), bandwidth,
+      buckets=random_features.BUCKETS), np.float64)
+  want = np.linalg.norm(k_sub - z @ z.T) / np.linalg.norm(k_sub)
+  got = res.where(method='binning', features=8, seed=0).columns[
+      'approx_error'][0]
+  np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
 def test_bad_input_is_one_error_line(study):
   launchers.assert_clean_error(study[2], 'lam=0.0')
 

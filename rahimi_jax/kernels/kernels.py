@@ -87,6 +87,10 @@ class Kernel(NamedTuple):
   pairwise: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
   sample_frequencies: Callable[[jax.Array, tuple[int, ...]], jax.Array]
   gamma: Callable[[float], float]  # scikit-learn's gamma at a bandwidth
+  # The norm of ``x - y`` the kernel decays in (2: Euclidean, 1: L1): the
+  # distance whose median is the default bandwidth
+  # (``kernel_data.median_distance``).
+  distance_ord: int = 2
 
 
 def _gaussian(x, y, bandwidth):
@@ -104,7 +108,7 @@ KERNELS: dict[str, Kernel] = {
     'gaussian': Kernel(_gaussian, jax.random.normal,
                        lambda bandwidth: 1 / (2 * bandwidth**2)),
     'laplacian': Kernel(_laplacian, jax.random.cauchy,
-                        lambda bandwidth: 1 / bandwidth),
+                        lambda bandwidth: 1 / bandwidth, distance_ord=1),
 }
 
 

@@ -68,12 +68,20 @@ def metric_name(task: str) -> str:
   return 'test_accuracy' if task == 'classification' else 'test_mse'
 
 
-def median_distance(x: np.ndarray, points: int = 1000, seed: int = 0
-                    ) -> float:
-  """The median pairwise Euclidean distance of up to ``points`` rows: the
-  usual default bandwidth."""
+def median_distance(x: np.ndarray, points: int = 1000, seed: int = 0,
+                    ord: int = 2) -> float:  # pylint: disable=redefined-builtin
+  """The median pairwise distance of up to ``points`` rows, in the norm
+  ``ord`` (2: Euclidean; 1: L1, the Laplacian kernel's, so that the median
+  pair's kernel value is ``exp(-1)`` as the Gaussian's median pair's is
+  ``exp(-1/2)``): the usual default bandwidth. Pass the kernel's
+  ``Kernel.distance_ord``."""
+  if ord not in (1, 2):
+    raise ValueError(f'ord {ord!r}: accepted are 1 (L1) and 2 (Euclidean).')
   rng = np.random.default_rng(seed)
   sub = x[rng.permutation(len(x))[:points]].astype(np.float64)
+  if ord == 1:
+    from scipy.spatial import distance  # pylint: disable=g-import-not-at-top
+    return float(np.median(distance.pdist(sub, 'cityblock')))
   sq = (sub**2).sum(1)
   d2 = sq[:, None] + sq[None] - 2 * sub @ sub.T
   return float(np.sqrt(np.median(np.maximum(d2[np.triu_indices(len(sub), 1)],

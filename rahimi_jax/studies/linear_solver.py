@@ -38,7 +38,8 @@ class LinearSolverConfig:
     sizes: training set sizes ``n``, increasing.
     centres: Nyström centres ``M`` (``<= n`` for every size).
     kernel: ``kernels.KERNELS``.
-    bandwidth: the kernel's; None: the median pairwise distance.
+    bandwidth: the kernel's; None: the median pairwise distance in the
+      kernel's norm (``Kernel.distance_ord``).
     lam: ridge per sample.
     tol: relative residual to stop at.
     maxiter: the most CG iterations (plain and preconditioned).
@@ -172,7 +173,8 @@ def run(config: LinearSolverConfig) -> results_lib.Results:
   for n in config.sizes:
     d = kernel_data.procedural(n, in_dim=config.in_dim)
     if bandwidth is None:
-      bandwidth = kernel_data.median_distance(d.x)
+      bandwidth = kernel_data.median_distance(
+          d.x, ord=kernels.get_kernel(config.kernel).distance_ord)
     for solver in SOLVERS:
       if solver != 'exact' or n <= config.exact_max:
         rows.append(solve(config, d, solver, bandwidth, mesh))
