@@ -510,8 +510,11 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
   lines.append(f'problem: condition number of the least-squares target '
                f'{float(diagnostics.condition_number(w)):.3g}, of the '
                f'inputs {float(diagnostics.condition_number(x)):.3g}; '
-               f'least-squares optimum of the stored {config.dtype} data '
-               f'{optimum:.2g}')
+               f'loss of numpy\'s least-squares fit to the stored '
+               f'{config.dtype} data {optimum:.2g}'
+               + (' (the optimum is 0: realizable; this is float64 rounding, '
+                  'which a solver may undercut)' if config.noise == 0 else
+                  ' (the optimum, to float64 rounding)'))
   lines.append(f'target condition number {config.condition_number:g}; '
                f'full batch; final train loss, geometric mean over the seeds '
                f'that finished (of {config.seeds}) [95% interval of the '
