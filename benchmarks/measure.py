@@ -75,10 +75,11 @@ def best_peak(*readings: dict[str, Any]) -> dict[str, Any]:
   """The best of a run's ``measure_peak`` readings, column by column.
 
   A shared host's speed drifts within minutes: on a 2-core AMD EPYC VM,
-  np.dot 2048^2 read 139-205 GFLOP/s within one hour, for minutes at a
+  a 2048^2 product read 98-214 GFLOP/s within one hour, for minutes at a
   time. A share of the peak divided by one reading taken in a slow moment
-  overstates itself (a 125 GFLOP/s run read "86% of peak" against a 146
-  GFLOP/s reading, 63% of the hour's best). So the benchmarks read the peak
+  overstates itself (a 125.6 GFLOP/s run read "86% of peak" against a 145.7
+  GFLOP/s reading at its start, 61% of the next run's best reading, 205.6).
+  So the benchmarks read the peak
   at their start and again after their timed runs, and divide by the best
   reading, as their timings are the fastest of several runs. ``readings``
   (in the result) lists every reading's ``peak``.

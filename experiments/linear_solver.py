@@ -28,8 +28,9 @@ flags.DEFINE_integer('centres', 500, 'Nyström centres M (<= the smallest n).')
 flags.DEFINE_string('kernel', 'gaussian',
                     f'Kernel: {" | ".join(kernels.KERNELS)}.')
 flags.DEFINE_float('bandwidth', None, 'Kernel bandwidth (default: the median '
-                   'pairwise distance of the first size\'s inputs, in the kernel\'s '
-                   'norm: Euclidean for gaussian, L1 for laplacian).')
+                   'pairwise distance of the first size\'s inputs, in the '
+                   'kernel\'s norm: Euclidean for gaussian, L1 for '
+                   'laplacian).')
 flags.DEFINE_float('lam', 1e-5, 'Ridge per sample.')
 flags.DEFINE_float('tol', 1e-6, 'Relative residual to stop at.')
 flags.DEFINE_integer('maxiter', 1000, 'The most CG iterations.')

@@ -28,8 +28,9 @@ flags.DEFINE_string('kernel', 'gaussian',
 flags.DEFINE_list('features', ['16', '32', '64', '128', '256', '512', '1024'],
                   'Numbers of random features (and Nyström centres).')
 flags.DEFINE_float('bandwidth', None, 'Kernel bandwidth (default: the median '
-                   'pairwise distance of the training inputs, in the kernel\'s norm: '
-                   'Euclidean for gaussian, L1 for laplacian).')
+                   'pairwise distance of the training inputs, in the '
+                   'kernel\'s norm: Euclidean for gaussian, L1 for '
+                   'laplacian).')
 flags.DEFINE_float('lam', 1e-4, "Ridge per sample (scikit-learn's alpha = "
                    'n * lam).')
 flags.DEFINE_integer('seeds', 3, 'Feature draws per number of features.')
