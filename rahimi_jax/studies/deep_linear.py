@@ -513,8 +513,14 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
                f'loss of numpy\'s least-squares fit to the stored '
                f'{config.dtype} data {optimum:.2g}'
                + (' (the optimum is 0: realizable; this is float64 rounding, '
-                  'which a solver may undercut)' if config.noise == 0 else
-                  ' (the optimum, to float64 rounding)'))
+                  'which a solver may undercut)'
+                  if (config.noise == 0 and config.dtype == 'float64' and
+                      config.width >= min(config.in_dim, config.out_dim))
+                  else ' (the linear optimum, to float64 rounding; a net '
+                  'narrower than the target\'s rank has a higher one)'
+                  if config.width < min(config.in_dim, config.out_dim)
+                  else ' (the optimum of the stored data, to float64 '
+                  'rounding)'))
   lines.append(f'target condition number {config.condition_number:g}; '
                f'full batch; final train loss, geometric mean over the seeds '
                f'that finished (of {config.seeds}) [95% interval of the '
