@@ -507,20 +507,20 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
   y = np.asarray(d.y_train, np.float64)
   w, *_ = np.linalg.lstsq(x, y, rcond=None)
   optimum = 0.5 * np.mean(np.sum((x @ w - y) ** 2, -1))
+  rank = min(config.in_dim, config.out_dim)
+  if config.width < rank:
+    meaning = ('the linear optimum, to float64 rounding; a net narrower than '
+               'the target\'s rank has a higher one')
+  elif config.noise == 0 and config.dtype == 'float64':
+    meaning = ('the optimum is 0: realizable; this is float64 rounding, '
+               'which a solver may undercut')
+  else:
+    meaning = 'the optimum of the stored data, to float64 rounding'
   lines.append(f'problem: condition number of the least-squares target '
                f'{float(diagnostics.condition_number(w)):.3g}, of the '
                f'inputs {float(diagnostics.condition_number(x)):.3g}; '
                f'loss of numpy\'s least-squares fit to the stored '
-               f'{config.dtype} data {optimum:.2g}'
-               + (' (the optimum is 0: realizable; this is float64 rounding, '
-                  'which a solver may undercut)'
-                  if (config.noise == 0 and config.dtype == 'float64' and
-                      config.width >= min(config.in_dim, config.out_dim))
-                  else ' (the linear optimum, to float64 rounding; a net '
-                  'narrower than the target\'s rank has a higher one)'
-                  if config.width < min(config.in_dim, config.out_dim)
-                  else ' (the optimum of the stored data, to float64 '
-                  'rounding)'))
+               f'{config.dtype} data {optimum:.2g} ({meaning})')
   lines.append(f'target condition number {config.condition_number:g}; '
                f'full batch; final train loss, geometric mean over the seeds '
                f'that finished (of {config.seeds}) [95% interval of the '
