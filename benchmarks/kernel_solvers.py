@@ -247,13 +247,14 @@ def scale(peak):
   return [f'FALKON n={FLAGS.scale_n} M={FLAGS.scale_centres} d={FLAGS.in_dim} '
           f'lam={FLAGS.lam:g} on {len(jax.devices())} device(s), blocks of '
           f'{block} rows in tiles of {tile if block % tile == 0 else block}: {it} '
-          f'iterations, converged {bool(res.converged)} (tol '
-          f'{FLAGS.scale_tol:g}); data {data_s:.1f}s, compile {compile_s:.1f}s, '
+          f'iterations (tol {FLAGS.scale_tol:g}), recomputed residual '
+          f'{float(res.residual):.1e} (converged {bool(res.converged)}); data '
+          f'{data_s:.1f}s, compile {compile_s:.1f}s, '
           f'solve + predict {run_s:.1f}s ('
           f'{measure.rate(flops, run_s, peak)}; {entries / run_s / 1e9:.2f} '
           f'G kernel entries/s, each an exponential); peak RSS {peak_rss_mb():.0f} MB; '
           f'test mse {mse:.5f} (noise variance 0.01)',
-          f'residual history: {history}']
+          f'residual history (the recurrence\'s): {history}']
 
 
 def main(argv):

@@ -41,7 +41,6 @@ out['iterations'] = [np.asarray(one.iterations).tolist(),
                      np.asarray(eight.iterations).tolist()]
 out['coef'] = float(jnp.max(jnp.abs(one.coef - eight.coef))
                     / jnp.max(jnp.abs(one.coef)))
-out['converged'] = np.asarray(eight.converged).tolist()
 
 # Exact fits split over the devices, each device factoring its own pairs
 # (LAPACK calls on 8 devices at once): by bandwidth (3 x 2 pairs: 3
@@ -68,7 +67,7 @@ def test_eight_devices_give_the_numbers_of_one():
   assert out['product'][1] == 0.0, out  # a mesh of 1 is the unsharded scan
   assert out['product'][2] < 1e-6, out
   assert out['iterations'][0] == out['iterations'][1], out
-  assert all(out['converged']), out
+  assert max(out['iterations'][1]) < 100, out  # each reached tol
   assert out['coef'] < 1e-3, out
   # Each pair's fit is the same program on every device: the same bits.
   assert out['by_bandwidth'] == [[3, 2, 60, 2], 0.0], out

@@ -31,7 +31,13 @@ def test_falkon_needs_far_fewer_iterations_for_the_same_system(study):
       (300, 'falkon'), (300, 'cg'), (300, 'exact'), (600, 'falkon'),
       (600, 'cg')]
   falkon, cg = c['solver'] == 'falkon', c['solver'] == 'cg'
-  assert c['converged'][falkon].all()
+  assert (c['iterations'][falkon] < 300).all()  # the recurrence reached tol
+  # converged is read from ||b - A x|| / ||b||, recomputed; float32 leaves
+  # FALKON's above tol 1e-6, and the report says so.
+  assert np.isfinite(c['residual'][falkon | cg]).all(), c['residual']
+  stalled = falkon & ~c['converged']
+  assert ('reached tol but ||b - A x|| / ||b|| did not (falkon'
+          in ok.stdout) == stalled.any(), ok.stdout
   assert (5 * c['iterations'][falkon] < c['iterations'][cg]).all(), c
   # Every solver fits the noise-0.1 target (MSE 0.01) about equally.
   assert (c['test_mse'] < 0.03).all(), c['test_mse']

@@ -29,15 +29,22 @@ convention; scikit-learn's ``KernelRidge(alpha=n * lam)``):
   iterates in exact arithmetic): in float32 the latter multiplies the
   ill-conditioned ``H`` itself; at ``n = 1e5``, ``M = 2000``, ``lam = 1e-5`` it
   stalled near 1e-3 and diverged (test MSE 28.6 after 100 iterations) where
-  Algorithm 1 reached 1e-5 in 12 iterations (test MSE 0.0107, noise 0.01).
+  Algorithm 1's recurrence reached 1e-5 in 12 iterations (test MSE 0.0107,
+  noise 0.01).
 
 ``conjugate_gradient`` is written here rather than taken from
 ``jax.scipy.sparse.linalg.cg``: that returns no per-iteration residuals and
 no iteration count (``info`` is always None), and a study of preconditioning
 needs both. It runs ``k`` right-hand sides in lockstep (one shared product
-per iteration), stops when every relative residual ``||b - A x_k|| / ||b||``
-is at most ``tol`` or after ``maxiter`` iterations, and is a ``while_loop``:
+per iteration), stops when every relative residual of the recurrence is at
+most ``tol`` or after ``maxiter`` iterations, and is a ``while_loop``:
 vmappable over ``lam``, bandwidth and the seed that chose the centres.
+``converged`` is read from the residual recomputed after the loop, ``||b -
+A x|| / ||b||`` (one more product), not from the recurrence's: in float32 the
+recurrence's keeps falling after the true residual has stalled (FALKON at n
+= 1000, M = 200, lam = 1e-5: the recurrence's reached 8.4e-7 in 42
+iterations while ``||b - A x|| / ||b||`` stayed at 3.7e-3, 4.6e-3 evaluated
+in float64; WORKSPACE.md, "CG's two residuals").
 
 Bad hyperparameters (``lam <= 0``, bandwidth ``<= 0``, ``M > n``,
 non-finite data) raise one-line ``ValueError``s before anything is traced
@@ -65,8 +72,10 @@ PRECONDITIONERS = ('falkon', 'none')
 class CGResult(NamedTuple):
   x: jax.Array           # [m] or [m, k]
   iterations: jax.Array  # [] int32
-  residuals: jax.Array   # [maxiter + 1]: max relative residual; NaN after stop
-  converged: jax.Array   # [] bool: every column reached tol
+  residuals: jax.Array   # [maxiter + 1]: max relative residual of the
+                         # recurrence; NaN after the stop
+  residual: jax.Array    # []: max ||b - A x|| / ||b||, recomputed at the end
+  converged: jax.Array   # [] bool: residual <= tol
 
 
 def _columns(b):
@@ -90,7 +99,9 @@ def conjugate_gradient(matvec: Callable[[jax.Array], jax.Array],
 
   Returns:
     ``CGResult``; ``residuals[i]`` is the largest relative residual (of the
-    recurrence) after ``i`` iterations.
+    recurrence) after ``i`` iterations; ``residual`` the largest ``||b - A
+    x|| / ||b||`` of the result, from one more product, and ``converged``
+    whether it is at most ``tol``.
   """
   if not (isinstance(maxiter, int) and maxiter >= 1):
     raise ValueError(f'maxiter={maxiter!r}; accepted: an integer >= 1.')
@@ -124,8 +135,9 @@ def conjugate_gradient(matvec: Callable[[jax.Array], jax.Array],
   history = jnp.full(maxiter + 1, jnp.nan, b2.dtype).at[0].set(relative(b2))
   init = (jnp.int32(0), jnp.zeros_like(b2), b2, z, jnp.sum(b2 * z, 0),
           history)
-  i, x, r, _, _, history = jax.lax.while_loop(cond, body, init)
-  return CGResult(x.reshape(b.shape), i, history, relative(r) <= tol)
+  i, x, _, _, _, history = jax.lax.while_loop(cond, body, init)
+  residual = relative(b2 - matvec(x))
+  return CGResult(x.reshape(b.shape), i, history, residual, residual <= tol)
 
 
 # --- Checks ------------------------------------------------------------------
@@ -249,9 +261,11 @@ def ridge_fit(features: jax.Array, y: jax.Array, lam: jax.Array
 class NystromResult(NamedTuple):
   coef: jax.Array        # [M] or [M, k]: f(x) = K(x, C) coef
   iterations: jax.Array  # [] int32
-  residuals: jax.Array   # [maxiter + 1] relative residuals of the system CG
-                         # runs on (FALKON: the preconditioned one)
-  converged: jax.Array   # [] bool
+  residuals: jax.Array   # [maxiter + 1] relative residuals (the
+                         # recurrence's) of the system CG runs on (FALKON:
+                         # the preconditioned one)
+  residual: jax.Array    # [] recomputed at the end: CGResult.residual
+  converged: jax.Array   # [] bool: residual <= tol
 
 
 def falkon_factors(k_mm: jax.Array, lam: jax.Array
@@ -326,4 +340,5 @@ def nystrom_fit(kernel: kernels_lib.Kernel | str, x: jax.Array, y: jax.Array,
     res = conjugate_gradient(bhb, bt_mul(rhs), tol=tol, maxiter=maxiter)
     coef = b_mul(res.x)
   coef = coef if y.ndim == 2 else coef[:, 0]
-  return NystromResult(coef, res.iterations, res.residuals, res.converged)
+  return NystromResult(coef, res.iterations, res.residuals, res.residual,
+                       res.converged)
