@@ -265,3 +265,31 @@ def test_notebook_reference_gradient_is_the_loss_derivative():
   assert nb.gradient_descent(0, 1e-6, 0) == start
   assert nb.gradient_descent(0, 1e-6, 50) < start
   assert np.isnan(nb.gradient_descent(0, 1e-2, 50))  # diverges
+
+
+
+def test_float32_stall_spectrum_is_computed_in_float64():
+  # Formed in float32, J^T J's small eigenvalues are rounding: at the
+  # default problem's stall the null count read 21 of the symmetry's 36.
+  import jax  # pylint: disable=g-import-not-at-top
+  config = deep_linear.DeepLinearConfig(**(SMALL | dict(
+      dtype='float32', methods=('gd',), gd_lrs=(0.3,), seeds=1)))
+  with jax.enable_x64(False):
+    member = deep_linear.run(config).columns['member'][0]
+    spec = deep_linear.stall_spectrum(config, 1, member)
+    (w1, w2), x, y = jax.tree.map(
+        lambda a: np.asarray(a, np.float64),
+        deep_linear.stall_point(config, 1, member))
+  assert w1.dtype == np.float64 and (w1 == w1.astype(np.float32)).all()
+  # The residuals' Jacobian by hand (NumPy, float64): r = (x W1 W2 - y) /
+  # sqrt(n), d r[i, c] / d W1[a, b] = x[i, a] W2[b, c], d r[i, c] / d W2[b,
+  # d] = (x W1)[i, b] [c == d].
+  n, out = y.shape
+  jac = np.concatenate([
+      np.einsum('ia,bc->icab', x, w2).reshape(n * out, -1),
+      np.einsum('ib,cd->icbd', x @ w1, np.eye(out)).reshape(n * out, -1)],
+                       1) / np.sqrt(n)
+  gn = np.linalg.eigvalsh(jac.T @ jac)
+  chex.assert_trees_all_close(spec['gauss_newton'], gn, atol=1e-9 * gn.max())
+  assert spec['gn_null'] == spec['symmetry_dim'] == 36, spec['gn_null']
+  chex.assert_trees_all_close(spec['gn_min_positive'], gn[36], rtol=1e-6)

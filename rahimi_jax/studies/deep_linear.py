@@ -293,8 +293,22 @@ def stall_spectrum(config: DeepLinearConfig, depth: int,
   tangent space where the weights are full rank), and the Hessian restricted
   to the orthogonal complement of the symmetry tangents: the directions that
   change the network's function.
+
+  Computed in float64 whatever the run's dtype (the end point of a float32
+  run is cast exactly): formed in float32, ``J^T J``'s and the Hessian's
+  eigenvalues below ~1e-7 lambda_max are rounding: a float32 run's report
+  read 21 Gauss-Newton null eigenvalues, smallest nonzero 3.9e-9, where its
+  point has 36 (the symmetry's dimension) and 3.06e-3 (WORKSPACE.md, "Stall
+  spectra of a float32 run").
   """
   params, x, y = stall_point(config, depth, member)
+  with jax.enable_x64(True):
+    return _spectra(*jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
+                                  (params, x, y)))
+
+
+def _spectra(params, x, y) -> dict[str, Any]:
+  """``stall_spectrum``'s readings at ``params`` on ``(x, y)``."""
   n = x.shape[0]
 
   def predict(p):
