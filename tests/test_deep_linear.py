@@ -59,7 +59,7 @@ def test_gradient_descent_stalls_where_least_squares_converge(
   text = deep_linear.report(config, res, str(tmp_path))
   assert 'condition number of the least-squares target 1e+03' in text
   assert 'orders of magnitude below gradient descent' in text
-  assert 'first step below 1e-20 per seed' in text
+  assert 'first step within 1e-20 of the optimal loss per seed' in text
   assert 'every seed within 20 iterations' in text
   # The symmetry-aware reading: 2 x 6 x 6 tangents, 36 null GN eigenvalues.
   assert 'along 36 directions that change no prediction' in text
@@ -117,6 +117,29 @@ def test_stall_spectrum_quotients_the_symmetry(small_run):
   # final_state is the member's run: the same final loss as the grid logged.
   logged = res.where(member=member).final().columns['train_loss'][0]
   chex.assert_trees_all_close(spec['loss'], logged, rtol=1e-9)
+
+
+def test_narrow_net_optimum_is_reduced_rank_regression(x64):
+  # Width 3 < rank 6: the optimum is above the linear fit's. Reference:
+  # scipy's Levenberg-Marquardt (MINPACK) on the net's weights from a random
+  # start (every local minimum of a linear net is global).
+  del x64
+  import scipy.optimize  # pylint: disable=g-import-not-at-top
+  config = deep_linear.DeepLinearConfig(**(SMALL | dict(width=3)))
+  net, linear = deep_linear.optimal_loss(config)
+  d = config.dataset()
+  x, y = np.asarray(d.x_train), np.asarray(d.y_train)
+
+  def residual(f):
+    a, b = f[:18].reshape(6, 3), f[18:].reshape(3, 10)
+    return ((x @ a @ b - y) / np.sqrt(len(x))).ravel()
+
+  fit = scipy.optimize.least_squares(
+      residual, np.random.default_rng(0).normal(size=48), method='lm',
+      xtol=1e-15, ftol=1e-15, gtol=1e-15)
+  chex.assert_trees_all_close(net, fit.cost, rtol=1e-9)
+  assert linear < 1e-28 < 1e-5 < net, (linear, net)  # 1.1e-30, 1.3e-4
+  chex.assert_trees_all_close(linear, _optimal_loss(config), atol=1e-30)
 
 
 def test_depths_and_small_init(x64):
@@ -220,7 +243,7 @@ def launched(tmp_path_factory):
 def test_launcher_end_to_end(launched):
   proc, out = launched[0]
   assert proc.returncode == 0, proc.stderr[-3000:]
-  for text in ('lm: first step below', 'function-changing',
+  for text in ('lm: first step within', 'function-changing',
                'Saxe half-rise times',
                # One option per grid here: nothing to switch, per grid.
                'first-order grid: switched: none',

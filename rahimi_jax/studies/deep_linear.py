@@ -44,7 +44,9 @@ METHODS = {'gd': 'sgd', 'adam': 'adam', 'lm': 'levenberg_marquardt',
            'gn': 'gauss_newton'}
 LEAST_SQUARES = ('lm', 'gn')
 NULL_TOLERANCE = 1e-12  # |lambda| <= this * lambda_max counts as null
-# "Machine precision" of a least-squares run: the loss it must get below.
+# "Machine precision" of a least-squares run: how far above the net's optimal
+# loss it may end (plus 1e3 eps of the optimum, the rounding of a loss of
+# that size; WORKSPACE.md, "The target measured from the optimum").
 TARGET_LOSS = {'float64': 1e-20, 'float32': 1e-10}
 
 
@@ -133,6 +135,7 @@ class DeepLinearConfig:
 
   @property
   def target_loss(self) -> float:
+    """How far above ``optimal_loss`` a converged run may end."""
     return TARGET_LOSS[self.dtype]
 
   def dataset(self) -> data_lib.Dataset:
@@ -503,6 +506,30 @@ def _saxe_report(config, lr, scale, out_dir):
   return lines
 
 
+def optimal_loss(config: DeepLinearConfig) -> tuple[float, float]:
+  """The lowest loss of the net on the stored data, and of a linear map.
+
+  In float64 by NumPy. The net's product of weights is a linear map of rank
+  at most ``width``; the best such map is reduced-rank regression (Izenman,
+  1975): with ``Y_hat = X W_ols`` the least-squares fit, the loss rises by
+  ``Y_hat``'s squared singular values beyond the ``width`` largest
+  (Eckart–Young; ``Y - Y_hat`` is orthogonal to every ``X W``). Every local
+  minimum of a deep linear net is global (Baldi & Hornik, 1989; Kawaguchi,
+  2016), so this is where a converged optimizer ends.
+
+  Returns:
+    ``(net, linear)``: ``0.5 mean_i ||x_i W - y_i||^2`` at the best
+    rank-``width`` ``W`` and at the least-squares ``W_ols``.
+  """
+  d = config.dataset()
+  x = np.asarray(d.x_train, np.float64)
+  y = np.asarray(d.y_train, np.float64)
+  fitted = x @ np.linalg.lstsq(x, y, rcond=None)[0]
+  linear = 0.5 * np.mean(np.sum((fitted - y) ** 2, -1))
+  dropped = np.linalg.svd(fitted, compute_uv=False)[config.width:]
+  return linear + 0.5 * np.sum(dropped ** 2) / len(x), linear
+
+
 def _first_below(values, steps, target):
   below = np.flatnonzero(values < target)
   return int(steps[below[0]]) if len(below) else None
@@ -515,26 +542,30 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
   final = results.final()
   inverse = {v: k for k, v in METHODS.items()}
   floor = float(np.finfo(np.dtype(config.dtype)).tiny)
-  target = config.target_loss
   d = config.dataset()
   x = np.asarray(d.x_train, np.float64)
   y = np.asarray(d.y_train, np.float64)
   w, *_ = np.linalg.lstsq(x, y, rcond=None)
-  optimum = 0.5 * np.mean(np.sum((x @ w - y) ** 2, -1))
+  optimum, linear = optimal_loss(config)
   rank = min(config.in_dim, config.out_dim)
   if config.width < rank:
-    meaning = ('the linear optimum, to float64 rounding; a net narrower than '
-               'the target\'s rank has a higher one')
+    meaning = (f'the best rank-{config.width} map, numpy\'s SVD of the '
+               f'least-squares fit; the fit itself {linear:.3g}')
   elif config.noise == 0 and config.dtype == 'float64':
     meaning = ('the optimum is 0: realizable; this is float64 rounding, '
                'which a solver may undercut')
   else:
     meaning = 'the optimum of the stored data, to float64 rounding'
+  # A converged run ends within this of the optimum: the dtype's target
+  # plus the rounding of a loss as large as the optimum.
+  excess = config.target_loss + 1e3 * float(
+      np.finfo(np.dtype(config.dtype)).eps) * optimum
+  target = optimum + excess
   lines.append(f'problem: condition number of the least-squares target '
                f'{float(diagnostics.condition_number(w)):.3g}, of the '
                f'inputs {float(diagnostics.condition_number(x)):.3g}; '
-               f'loss of numpy\'s least-squares fit to the stored '
-               f'{config.dtype} data {optimum:.2g} ({meaning})')
+               f'optimal loss on the stored {config.dtype} data '
+               f'{optimum:.3g} ({meaning})')
   lines.append(f'target condition number {config.condition_number:g}; '
                f'full batch; final train loss, geometric mean over the seeds '
                f'that finished (of {config.seeds}) [95% interval of the '
@@ -581,7 +612,8 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
   lines += zero_notes
   lines.append('')
   lines.append(f'per seed: final train loss (least squares: in parentheses '
-               f'the first step below {target:g}; - never)')
+               f'the first step within {excess:.2g} of the optimal loss; - '
+               'never)')
   seeds = max(len(cells) for *_, cells in per_seed)
   header = (f'{"depth":>5} {"method":<6} {"lr":>8} {"init_scale":>10} '
             f'{"steps":>7} ' + ' '.join(f'{"seed " + str(i):>15}'
@@ -593,7 +625,7 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
   for depth in config.depths:
     for scale in config.init_scales:
       lines += _depth_summary(config, results, final, best, depth, scale,
-                              target, out_dir)
+                              target, excess, out_dir)
   if config.saxe:
     for lr in config.gd_lrs:
       for scale in config.init_scales:
@@ -621,7 +653,7 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
 
 
 def _depth_summary(config, results, final, best, depth, scale, target,
-                   out_dir):
+                   excess, out_dir):
   """Side by side per seed, then the curvature at the gradient-descent stall."""
   lines = []
   if (depth, 'gd', scale) not in best:
@@ -650,7 +682,8 @@ def _depth_summary(config, results, final, best, depth, scale, target,
                if len(reached) == len(firsts) else
                f'{len(firsts) - len(reached)} of {len(firsts)} seeds never')
     lines.append(
-        f'  {method}: first step below {target:g} per seed: '
+        f'  {method}: first step within {excess:.2g} of the optimal loss '
+        'per seed: '
         + ', '.join('-' if f is None else str(f) for f in firsts)
         + f' ({verdict}); final loss {min(rows.columns["train_loss"]):.2e}'
         f'..{max(rows.columns["train_loss"]):.2e}, '
