@@ -763,10 +763,23 @@ def run_options(**options):
     _OPTIONS = previous
 
 
+def _user_components(train_fn) -> list[Any]:
+  """The model factory and the components of the options the run reads."""
+  from rahimi_jax import models, registry  # pylint: disable=g-import-not-at-top
+  config = getattr(train_fn, 'config', None)
+  if not isinstance(config, train_lib.TrainConfig):
+    return [train_fn]
+  options = config.option_dict()
+  return [models.MODELS.get(config.model)] + [
+      registry.AXES[axis].get(name) for axis in config.reads
+      for name in options[axis]]
+
+
 def _fingerprint(train_fn, grid, data) -> dict[str, str]:
   """SHA-256 of what a checkpoint's run is: its config, grid and data, and
   the code that computes it (the library's source, ``provenance.
-  code_sha256``, and the versions of the libraries it runs on)."""
+  code_sha256``, the versions of the libraries it runs on, and the user code
+  of its model and options, ``provenance.user_code_sha256``)."""
   def sha(b):
     return hashlib.sha256(b).hexdigest()
 
@@ -776,6 +789,8 @@ def _fingerprint(train_fn, grid, data) -> dict[str, str]:
   import flax, jaxlib, optax  # pylint: disable=g-import-not-at-top,multiple-imports
   versions = [m.__version__ for m in (jax, jaxlib, optax, flax)]
   return {'code': sha(repr((provenance.code_sha256(), versions)).encode()),
+          'user code': provenance.user_code_sha256(
+              _user_components(train_fn)),
           'train config': sha(repr(train_config_of(train_fn)).encode()),
           'grid': sha(repr(grid.axes).encode()),
           'data': digest.hexdigest() + sha(str(jax.tree.structure(data)).encode())}

@@ -1,12 +1,17 @@
 """Provenance of a run: library versions, devices, platform, matmul precision
 and git state."""
 
+from collections.abc import Iterable
 import functools
 import hashlib
+import inspect
 import os
 import platform
+import re
 import subprocess
 import sys
+import sysconfig
+import types
 from typing import Any
 
 
@@ -67,6 +72,114 @@ def code_sha256() -> str:
       with open(path, 'rb') as f:
         digest.update(f.read())
   return digest.hexdigest()
+
+
+def user_code_sha256(objects: Iterable[Any]) -> str:
+  """SHA-256 of the user code among ``objects`` (a run's model factory and
+  the components of the options it uses) and of the user code they refer
+  to, by name (their globals) or by closure, transitively.
+
+  User code is code outside this library (``code_sha256`` covers that), the
+  standard library and installed packages: a notebook's cells, a script, a
+  module of the user's project. Each function or class counts by its source
+  (``inspect.getsource``; IPython keeps cells' sources), else by its
+  bytecode and constants; a ``functools.partial`` by its function and
+  arguments, a tuple (a ``components.norms.Norm``) by its fields. A
+  checkpoint records it: resuming after an option defined in a notebook was
+  edited would mix two codes' steps.
+  """
+  texts, seen = [], set()
+  for obj in objects:
+    _visit_user_code(obj, texts, seen, depth=0)
+  return hashlib.sha256('\0'.join(texts).encode()).hexdigest()
+
+
+_MAX_DEPTH = 16  # references followed from a run's components
+
+
+def _visit_user_code(obj, texts, seen, depth):
+  if depth > _MAX_DEPTH or id(obj) in seen:
+    return
+  seen.add(id(obj))
+  if isinstance(obj, functools.partial):
+    texts.append(_stable_repr((obj.args, obj.keywords)))
+    for x in (obj.func, *obj.args, *obj.keywords.values()):
+      _visit_user_code(x, texts, seen, depth + 1)
+    return
+  if isinstance(obj, tuple):
+    for x in obj:
+      _visit_user_code(x, texts, seen, depth + 1)
+    return
+  if isinstance(obj, types.MethodType):
+    obj = obj.__func__
+  if not isinstance(obj, (types.FunctionType, type)) or not _is_user(obj):
+    return
+  try:
+    texts.append(inspect.getsource(obj))
+  except (OSError, TypeError):  # no source file: a compiled string
+    texts.append(_code_text(getattr(obj, '__code__', None)) or repr(
+        sorted(vars(obj))))
+  functions = ([obj] if isinstance(obj, types.FunctionType) else
+               [f for f in vars(obj).values()
+                if isinstance(f, types.FunctionType)])
+  for f in functions:
+    for name in _global_names(f.__code__):
+      if name in f.__globals__:
+        _visit_user_code(f.__globals__[name], texts, seen, depth + 1)
+    for cell in f.__closure__ or ():
+      try:
+        _visit_user_code(cell.cell_contents, texts, seen, depth + 1)
+      except ValueError:  # an empty cell
+        pass
+
+
+def _global_names(code: types.CodeType) -> list[str]:
+  """The names ``code`` and the code nested in it look up."""
+  names = list(code.co_names)
+  for const in code.co_consts:
+    if isinstance(const, types.CodeType):
+      names += _global_names(const)
+  return names
+
+
+def _code_text(code: types.CodeType | None) -> str:
+  """Bytecode, names and constants (nested code alike), without addresses."""
+  if code is None:
+    return ''
+  consts = [_code_text(c) if isinstance(c, types.CodeType) else
+            repr(sorted(map(repr, c))) if isinstance(c, frozenset) else repr(c)
+            for c in code.co_consts]  # a frozenset's order is the hash seed's
+  return repr((code.co_code, code.co_names, consts))
+
+
+def _stable_repr(value) -> str:
+  """``repr`` without object addresses (which differ between processes)."""
+  return re.sub(r' at 0x[0-9a-fA-F]+', '', repr(value))
+
+
+@functools.cache
+def _installed_roots() -> tuple[str, ...]:
+  """Where the standard library and installed packages live, and this
+  library."""
+  paths = sysconfig.get_paths()
+  roots = {os.path.realpath(paths[k]) for k in ('stdlib', 'platstdlib',
+                                                 'purelib', 'platlib')
+           if k in paths}
+  roots.add(os.path.dirname(os.path.realpath(__file__)))
+  return tuple(sorted(roots))
+
+
+def _is_user(obj) -> bool:
+  """Whether ``obj`` (a function or class) is defined in user code."""
+  module = sys.modules.get(getattr(obj, '__module__', None) or '')
+  if module is None or module.__name__ in sys.builtin_module_names:
+    return module is None
+  path = getattr(module, '__file__', None)
+  if path is None:  # a notebook's __main__, or a module built in memory
+    return True
+  path = os.path.realpath(path)
+  return not any(path.startswith(root + os.sep)
+                 for root in _installed_roots())
 
 
 @functools.cache

@@ -464,6 +464,46 @@ def test_a_checkpoint_of_other_code_is_not_resumed(tiny_digits, tmp_path,
     checkpoints.plan(after)
 
 
+def test_a_checkpoint_of_edited_user_code_is_not_resumed(tiny_digits, tmp_path,
+                                                         monkeypatch):
+  """An option defined outside the library (a notebook, a script, a module
+  of the user's) is code a checkpoint records too: after an edit of what it
+  calls, a resume is refused; the library's own options add nothing."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import components, provenance  # pylint: disable=g-import-not-at-top
+  library = program._fingerprint(_train(), GRID, tiny_digits)  # pylint: disable=protected-access
+  assert library['user code'] == provenance.user_code_sha256([])
+  module = tmp_path / 'user_optimizer.py'
+
+  def write(factor):
+    module.write_text(
+        'import optax\n\n\ndef factor():\n  return ' + factor + '\n\n\n'
+        'def make(hp):\n  return optax.sgd(hp["learning_rate"] * factor())\n')
+    importlib.invalidate_caches()
+
+  monkeypatch.setattr(sys, 'dont_write_bytecode', True)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  write('1.0')
+  user = importlib.import_module('user_optimizer')
+  monkeypatch.setitem(components.OPTIMIZERS, 'user_sgd', user.make)
+  grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd', 'user_sgd')),
+                       grid_lib.Seeds(1))
+  train = lambda: train_lib.make_train(CONFIG.for_grid(grid))  # pylint: disable=unnecessary-lambda-assignment
+  before = program._fingerprint(train(), grid, tiny_digits)  # pylint: disable=protected-access
+  assert before['user code'] != library['user code']
+  checkpoints = program._Checkpoints(str(tmp_path / 'ckpt'), keep=1)  # pylint: disable=protected-access
+  checkpoints.write_plan({'fingerprint': before})
+  assert program._fingerprint(train(), grid, tiny_digits) == before  # pylint: disable=protected-access
+  write('0.5')  # the helper the option calls, not the option itself
+  monkeypatch.setitem(components.OPTIMIZERS, 'user_sgd',
+                      importlib.reload(user).make)
+  after = program._fingerprint(train(), grid, tiny_digits)  # pylint: disable=protected-access
+  assert [k for k in after if after[k] != before[k]] == ['user code']
+  with pytest.raises(program.CheckpointMismatch,
+                     match=r'\(its user code differs\)'):
+    checkpoints.plan(after)
+
+
 def test_stored_programs_are_named_by_their_arguments_shapes(tmp_path,
                                                              monkeypatch):
   """jit leaves an argument the program never reads out of its StableHLO
