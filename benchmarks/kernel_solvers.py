@@ -247,7 +247,7 @@ def scale(peak):
   return [f'FALKON n={FLAGS.scale_n} M={FLAGS.scale_centres} d={FLAGS.in_dim} '
           f'lam={FLAGS.lam:g} on {len(jax.devices())} device(s), blocks of '
           f'{block} rows in tiles of {tile if block % tile == 0 else block}: {it} '
-          f'iterations (tol {FLAGS.scale_tol:g}), recomputed residual '
+          f'iterations (tol {FLAGS.scale_tol:g}), the Nyström system\'s residual '
           f'{float(res.residual):.1e} (converged {bool(res.converged)}); data '
           f'{data_s:.1f}s, compile {compile_s:.1f}s, '
           f'solve + predict {run_s:.1f}s ('

@@ -132,17 +132,17 @@ def falkon_flops(n: int, n_test: int, dim: int, centres: int,
   column) after ``iterations`` CG steps, and its prediction: ``K_MM``'s
   distances (``2 M^2 d``); the factors ``T = chol(K_MM)``, ``T T^T`` and
   ``A = chol(.)`` (``M^3 / 3 + 2 M^3 + M^3 / 3``); one ``K_nM^T (K_nM u +
-  v)`` for the right-hand side, one per iteration and one for the residual
-  recomputed at the end (``K_nM``'s distances ``2 n M d``, its two products
-  ``4 n M``), the five triangular solves (``5 M^2``) of each iteration and
-  of the recomputation, and the two of ``B^T`` on the right-hand side and
-  two of ``B`` on the answer (``4 M^2``); the prediction ``2 n_test M (d +
-  1)``. CG's vector updates (``O(M)``) and the kernel's exponentials not
-  counted."""
+  v)`` for the right-hand side, one per iteration and one for the Nyström
+  system's residual at the end (``K_nM``'s distances ``2 n M d``, its two
+  products ``4 n M``), each iteration's five triangular solves (``5 M^2``),
+  the two of ``B^T`` on the right-hand side and two of ``B`` on the answer
+  (``4 M^2``) and the residual's ``K_MM a`` (``2 M^2``); the prediction ``2
+  n_test M (d + 1)``. CG's vector updates (``O(M)``) and the kernel's
+  exponentials not counted."""
   m = centres
   return (2 * m * m * dim + 2 * m**3 / 3 + 2 * m**3
           + (iterations + 2) * (2 * n * m * dim + 4 * n * m)
-          + (5 * iterations + 9) * m * m + 2 * n_test * m * (dim + 1))
+          + (5 * iterations + 6) * m * m + 2 * n_test * m * (dim + 1))
 
 
 def rate(flops: float, seconds: float, peak: dict) -> str:

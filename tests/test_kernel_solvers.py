@@ -128,6 +128,19 @@ def test_falkon_cuts_iterations_by_a_large_factor():
       preconditioner=p, block_size=256), static_argnums=0)
   falkon, plain = fit('falkon'), fit('none')
   assert int(falkon.iterations) < 500  # its recurrence reached tol
+  # The residual each returns is the Nyström system's, evaluated by NumPy
+  # in float64 here (to float32's rounding of it).
+  gamma = kernels.sklearn_gamma('gaussian', BANDWIDTH)
+  k_nm = pairwise.rbf_kernel(x.astype(np.float64), c.astype(np.float64),
+                             gamma=gamma)
+  h = k_nm.T @ k_nm / 600 + 1e-5 * pairwise.rbf_kernel(
+      c.astype(np.float64), c.astype(np.float64), gamma=gamma)
+  rhs = k_nm.T @ y / 600
+  for res in (falkon, plain):
+    truth = np.max(np.linalg.norm(rhs - h @ np.asarray(res.coef, np.float64),
+                                  axis=0) / np.linalg.norm(rhs, axis=0))
+    np.testing.assert_allclose(res.residual, truth, rtol=0.3)
+    assert bool(res.converged) == (truth <= 1e-4), (res.residual, truth)
   assert 4 * int(falkon.iterations) < int(plain.iterations), (
       falkon.iterations, plain.iterations)
   mse = np.mean((_matvec(kernel, x_test, c, falkon.coef, BANDWIDTH)

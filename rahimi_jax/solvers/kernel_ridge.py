@@ -20,10 +20,13 @@ convention; scikit-learn's ``KernelRidge(alpha=n * lam)``):
   chol(K_MM + eps M I)``, ``A = chol(T T^T / M + lam I)``, ``B = T^{-1}
   A^{-1}`` (upper factors) and the ``lam K_MM`` term applied as ``lam A^{-T}
   A^{-1}`` (exact up to the ``eps M`` jitter); ``'none'``: plain CG on ``H a
-  = K_nM^T y / n``, for comparison. Their residuals are of different systems
-  (FALKON's is preconditioned); the studies compare solutions and test
-  errors too. With ``M = n`` and every point a centre, the solution is exact
-  KRR's.
+  = K_nM^T y / n``, for comparison. Their recurrences' residuals are of
+  different systems (FALKON's is preconditioned); the residual each returns,
+  recomputed at the end, is of the Nyström system ``H a = K_nM^T y / n``
+  for both (FALKON's own, in float32, stalls far above it: 4.7e-2 where the
+  Nyström system's was 1.0e-4 at n = 2000, M = 500; WORKSPACE.md, "CG's two
+  residuals"), and the studies compare solutions and test errors too. With
+  ``M = n`` and every point a centre, the solution is exact KRR's.
 
   Why Algorithm 1 and not CG on ``H`` preconditioned by ``B B^T`` (the same
   iterates in exact arithmetic): in float32 the latter multiplies the
@@ -103,16 +106,29 @@ def conjugate_gradient(matvec: Callable[[jax.Array], jax.Array],
     x|| / ||b||`` of the result, from one more product, and ``converged``
     whether it is at most ``tol``.
   """
+  b2 = _columns(b)
+  x, i, history = _iterate(matvec, b2, preconditioner, tol, maxiter)
+  residual = relative_residual(b2, matvec(x))
+  return CGResult(x.reshape(b.shape), i, history, residual, residual <= tol)
+
+
+def relative_residual(b: jax.Array, ax: jax.Array) -> jax.Array:
+  """The largest ``||b - A x|| / ||b||`` over the columns of ``[m, k]``
+  arrays (a zero column of ``b``: ``||A x||``)."""
+  b_norm = jnp.linalg.norm(b, axis=0)
+  return jnp.max(jnp.linalg.norm(b - ax, axis=0)
+                 / jnp.where(b_norm > 0, b_norm, 1))
+
+
+def _iterate(matvec, b2, preconditioner, tol, maxiter):
+  """CG's loop on ``[m, k]`` right-hand sides: ``(x, iterations, history)``."""
   if not (isinstance(maxiter, int) and maxiter >= 1):
     raise ValueError(f'maxiter={maxiter!r}; accepted: an integer >= 1.')
   kernels_lib.check_positive('tol', tol)
-  b2 = _columns(b)
   prec = preconditioner or (lambda r: r)
-  b_norm = jnp.linalg.norm(b2, axis=0)
-  b_norm = jnp.where(b_norm > 0, b_norm, 1)
 
   def relative(r):
-    return jnp.max(jnp.linalg.norm(r, axis=0) / b_norm)
+    return relative_residual(b2, b2 - r)
 
   def cond(state):
     i, _, r, *_ = state
@@ -136,8 +152,7 @@ def conjugate_gradient(matvec: Callable[[jax.Array], jax.Array],
   init = (jnp.int32(0), jnp.zeros_like(b2), b2, z, jnp.sum(b2 * z, 0),
           history)
   i, x, _, _, _, history = jax.lax.while_loop(cond, body, init)
-  residual = relative(b2 - matvec(x))
-  return CGResult(x.reshape(b.shape), i, history, residual, residual <= tol)
+  return x, i, history
 
 
 # --- Checks ------------------------------------------------------------------
@@ -264,7 +279,9 @@ class NystromResult(NamedTuple):
   residuals: jax.Array   # [maxiter + 1] relative residuals (the
                          # recurrence's) of the system CG runs on (FALKON:
                          # the preconditioned one)
-  residual: jax.Array    # [] recomputed at the end: CGResult.residual
+  residual: jax.Array    # [] ||K_nM^T y / n - H a|| / ||K_nM^T y / n||,
+                         # recomputed at the end: the Nyström system's,
+                         # whichever the preconditioner
   converged: jax.Array   # [] bool: residual <= tol
 
 
@@ -295,7 +312,9 @@ def nystrom_fit(kernel: kernels_lib.Kernel | str, x: jax.Array, y: jax.Array,
     bandwidth: traced.
     lam: ridge per sample, traced.
     preconditioner: ``'falkon'`` or ``'none'`` (plain CG).
-    tol: relative residual to stop at.
+    tol: relative residual of the system CG runs on (FALKON's:
+      preconditioned) to stop at; ``converged``: the Nyström system's
+      residual, recomputed, is at most this too.
     maxiter: the most CG iterations (static).
     block_size: rows per kernel block: memory ``O(block_size * M)``.
     mesh: ``kernels.row_mesh(...)`` to shard the rows over, or None.
@@ -320,10 +339,14 @@ def nystrom_fit(kernel: kernels_lib.Kernel | str, x: jax.Array, y: jax.Array,
                                      block_size=block_size, mesh=mesh) / n
 
   rhs = product(jnp.zeros((centres.shape[0], y2.shape[1]), x.dtype), y2)
+
+  def h_mul(u):  # H u
+    return product(u, None) + lam * (k_mm @ u)
+
   if preconditioner == 'none':
-    res = conjugate_gradient(lambda u: product(u, None) + lam * (k_mm @ u),
-                             rhs, tol=tol, maxiter=maxiter)
-    coef = res.x
+    res = conjugate_gradient(h_mul, rhs, tol=tol, maxiter=maxiter)
+    coef, iterations, history, residual = (res.x, res.iterations,
+                                           res.residuals, res.residual)
   else:
     t, a = falkon_factors(k_mm, lam)
 
@@ -337,8 +360,9 @@ def nystrom_fit(kernel: kernels_lib.Kernel | str, x: jax.Array, y: jax.Array,
       return solve_triangular(
           a, solve_triangular(t, product(b_mul(u), None), 'T')
           + lam * solve_triangular(a, u), 'T')
-    res = conjugate_gradient(bhb, bt_mul(rhs), tol=tol, maxiter=maxiter)
-    coef = b_mul(res.x)
-  coef = coef if y.ndim == 2 else coef[:, 0]
-  return NystromResult(coef, res.iterations, res.residuals, res.residual,
-                       res.converged)
+    solution, iterations, history = _iterate(bhb, bt_mul(rhs), None, tol,
+                                             maxiter)
+    coef = b_mul(solution)
+    residual = relative_residual(rhs, h_mul(coef))
+  return NystromResult(coef if y.ndim == 2 else coef[:, 0], iterations,
+                       history, residual, residual <= tol)

@@ -7,9 +7,10 @@ FALKON-preconditioned CG (``solvers.kernel_ridge.nystrom_fit``), rows sharded
 over the host's devices; exact kernel ridge (Cholesky of the ``n x n``
 system) beside them while ``n`` is small. Per solve: iterations until the
 CG recurrence's relative residual reached the tolerance, its history, the
-residual ``||b - A x|| / ||b||`` recomputed at the end (``converged`` is
-read from it: in float32 it stalls above a small ``tol`` while the
-recurrence's keeps falling, and the report says so), compile and run time,
+Nyström system's residual recomputed at the end, the same system for both
+solvers (``converged`` is read from it: in float32 it stalls above a small
+``tol`` while the recurrence's keeps falling, and the report says so),
+compile and run time,
 XLA's peak memory estimate of the compiled program (arguments + outputs +
 temporaries), the test error, and how far the test predictions are from
 those of the same system solved in float64 by NumPy (``reference_gap``): a
@@ -223,15 +224,16 @@ def report(res: results_lib.Results) -> str:
              & (c['solver'] != 'exact'))
   if stalled.any():
     lines.append(
-        'the recurrence\'s residual reached tol but ||b - A x|| / ||b|| did '
-        'not (' + ', '.join(f'{c["solver"][i]} n={c["n"][i]}: '
+        'the recurrence\'s residual reached tol but the Nyström system\'s '
+        'did not (' + ', '.join(f'{c["solver"][i]} n={c["n"][i]}: '
                             f'{c["residual"][i]:.1e}'
                             for i in np.flatnonzero(stalled))
         + '): float32 CG stalls there on this system (more iterations '
         'lowered neither it nor the test error in WORKSPACE.md\'s probe); '
         'gap shows how far the predictions are')
-  lines.append('(residual: ||b - A x|| / ||b|| of the system CG runs on, '
-               'recomputed at the end; exact: Cholesky of the n x n system; '
+  lines.append('(residual: the Nyström system\'s ||K_nM^T y/n - H a|| / '
+               '||K_nM^T y/n||, recomputed at the end, for both solvers; '
+               'exact: Cholesky of the n x n system; '
                'peak_MB: XLA\'s estimate for the compiled solve; gap: '
                'relative distance of the test predictions from the float64 '
                'solution of the same Nyström system)')
@@ -240,7 +242,8 @@ def report(res: results_lib.Results) -> str:
 
 def plot(res: results_lib.Results, path: str) -> None:
   """Relative residual vs iteration, per n and solver (log scale): the
-  recurrence's (lines) and the one recomputed at the end (dots)."""
+  recurrence's of the system CG runs on (lines) and the Nyström system's,
+  recomputed at the end (dots)."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   from rahimi_jax import plots  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -255,8 +258,8 @@ def plot(res: results_lib.Results, path: str) -> None:
   ax.set_xlabel('iteration')
   ax.set_xscale('symlog', linthresh=10)
   ax.set_xlim(left=0)
-  ax.set_ylabel('relative residual of the system CG runs on\n'
-                '(line: recurrence; dot: ||b - Ax|| / ||b|| at the end)')
+  ax.set_ylabel('relative residual\n(line: CG\'s recurrence, its system; '
+                'dot: H a = r, at the end)')
   ax.set_title('FALKON (solid: B^T H B b = B^T r) vs plain CG (dotted: H a = r)')
   ax.legend(fontsize=7, ncol=2)
   plots.save_figure(fig, path)
