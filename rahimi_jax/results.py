@@ -68,12 +68,14 @@ class Results:
     return list(self.metadata.get('axes', {}))
 
   def where(self, **equal) -> 'Results':
-    """The rows whose columns equal the given values."""
+    """The rows whose columns equal the given values (``subset``: the axes
+    in the metadata keep only the values that remain, so a table of
+    ``where(optimizer='sgd')`` has no empty ``adam`` row)."""
     mask = np.ones(len(self), bool)
     for name, value in equal.items():
       self._check_column(name)
       mask &= self.columns[name] == value
-    return Results({k: v[mask] for k, v in self.columns.items()}, self.metadata)
+    return self.subset(mask)
 
   def subset(self, mask) -> 'Results':
     """The rows where ``mask``; each axis in the metadata keeps only the

@@ -145,8 +145,15 @@ def test_where_selects_equal_rows(res):
   chex.assert_trees_all_equal(sel.columns['step'], np.full(len(sel), 10))
   sel = res.where(learning_rate=0.01, seed=2)
   assert len(sel) == len(OPTIMIZERS) * len(STEPS)
-  assert sel.metadata is res.metadata
+  assert sel.metadata == {**res.metadata, 'axes': {
+      'optimizer': ['sgd', 'adam'], 'learning_rate': [0.01], 'seed': [2]}}
   assert len(res.where(optimizer='rmsprop')) == 0
+  # A filtered table lists what is in it: no empty 'sgd' row, no effect of
+  # the optimizer, which no longer varies.
+  adam = res.where(optimizer='adam')
+  assert [s.value for s in adam.summarize('train_loss', 'optimizer')] == [
+      'adam']
+  assert adam.varied_axes == ['learning_rate']
 
 
 def _hand_t_interval(values, level=0.95, low=0.0):
