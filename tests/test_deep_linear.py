@@ -297,8 +297,8 @@ def test_float32_stall_spectrum_is_computed_in_float64():
   import jax  # pylint: disable=g-import-not-at-top
   config = deep_linear.DeepLinearConfig(**(SMALL | dict(
       dtype='float32', methods=('gd',), gd_lrs=(0.3,), seeds=1)))
+  member = config.grids()[False].members[0].name  # gd, lr 0.3, seed 0
   with jax.enable_x64(False):
-    member = deep_linear.run(config).columns['member'][0]
     spec = deep_linear.stall_spectrum(config, 1, member)
     (w1, w2), x, y = jax.tree.map(
         lambda a: np.asarray(a, np.float64),
