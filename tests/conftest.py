@@ -2,19 +2,11 @@
 
 import os
 import shutil
-import sys
 import tempfile
 
-# Bytecode is written even where PYTHONDONTWRITEBYTECODE is set (the
-# sandboxes this project is developed in set it): each launcher process the
-# suite starts would otherwise compile rahimi_jax from source (1.83 s to
-# import it and a launcher, 1.52 s from bytecode). Launchers inherit it.
-sys.dont_write_bytecode = False
-os.environ.pop('PYTHONDONTWRITEBYTECODE', None)
-
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-from launchers import IN_PROCESS_COMPILE  # pylint: disable=g-import-not-at-top,wrong-import-position
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+from launchers import IN_PROCESS_COMPILE
+import pytest
 
 # Generated datasets (MNIST-1D) and compiled programs are cached in a fresh
 # directory per process (removed when it ends: ``pytest_unconfigure``), not
