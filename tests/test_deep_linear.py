@@ -89,7 +89,7 @@ def test_stall_spectrum_quotients_the_symmetry(small_run):
     return 0.5 * jax.numpy.sum(residual(f) ** 2)
 
   flat = np.concatenate([w1.ravel(), w2.ravel()])
-  hessian = np.asarray(jax.hessian(loss)(flat))
+  hessian = np.asarray(jax.jit(jax.hessian(loss))(flat))
   exact = np.linalg.eigvalsh(hessian)
   chex.assert_trees_all_close(np.sort(spec['eigenvalues']), exact,
                               atol=1e-9 * exact.max())
@@ -104,7 +104,7 @@ def test_stall_spectrum_quotients_the_symmetry(small_run):
                                 rtol=1e-9)
   tangents = np.stack([np.concatenate([(w1 @ e).ravel(), (-e @ w2).ravel()])
                        for e in np.eye(36).reshape(36, 6, 6)])
-  jac = np.asarray(jax.jacfwd(residual)(flat))
+  jac = np.asarray(jax.jit(jax.jacfwd(residual))(flat))
   chex.assert_trees_all_close(np.linalg.norm(jac @ tangents.T), 0.0,
                               atol=1e-9)
   complement = scipy.linalg.null_space(tangents)  # [96, 60]

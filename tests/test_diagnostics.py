@@ -33,7 +33,7 @@ def _problem():
 
 def _explicit_hessian(loss, params):
   flat, unravel = ravel_pytree(params)
-  return jax.hessian(lambda f: loss(unravel(f)))(flat)
+  return jax.jit(jax.hessian(lambda f: loss(unravel(f))))(flat)
 
 
 def test_hvp_is_the_derivative_of_the_gradient(x64):
@@ -49,7 +49,8 @@ def test_hvp_is_the_derivative_of_the_gradient(x64):
       ravel_pytree(diagnostics.hvp(loss, params, v))[0],
       _explicit_hessian(loss, params) @ ravel_pytree(v)[0], rtol=1e-10)
   # Its own derivatives (third derivatives of the loss, and linear in v).
-  jax.test_util.check_grads(lambda p, t: diagnostics.hvp(loss, p, t),
+  # (Jitted: op by op, the check took 3 s.)
+  jax.test_util.check_grads(jax.jit(lambda p, t: diagnostics.hvp(loss, p, t)),
                             (params, v), order=1, modes=('fwd', 'rev'))
 
 

@@ -240,7 +240,7 @@ class DeepLinearTest(parameterized.TestCase):
 
       np.testing.assert_allclose(jax.jit(f)(params), expected, rtol=1e-12,
                                  atol=1e-12)
-      jtu.check_grads(f, (params,), order=2, modes=('fwd', 'rev'))
+      jtu.check_grads(jax.jit(f), (params,), order=2, modes=('fwd', 'rev'))
 
   @parameterized.parameters([(h,) for h in HIDDEN])
   def test_output_is_the_product(self, hidden):
