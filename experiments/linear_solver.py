@@ -41,6 +41,8 @@ flags.DEFINE_integer('block_size', None, 'Rows per kernel block (default: '
                      'as fill half of a core\'s L2 cache on a CPU, 1024 on an '
                      'accelerator: kernels.default_block_size).')
 flags.DEFINE_integer('devices', 0, 'Devices to shard the rows over (0: all).')
+flags.DEFINE_enum('dtype', 'float32', ['float32', 'float64'], 'Arithmetic '
+                  '(float64: residuals below float32\'s floor, e.g. tol 1e-6).')
 flags.DEFINE_string('out', '/tmp/rahimi_linear_solver', 'Directory for '
                     'results.csv, metadata.json and convergence.png '
                     '(replaced whole).')
@@ -54,6 +56,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   cli.start(argv, __name__)
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.dtype == 'float64':
+    jax.config.update('jax_enable_x64', True)
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import linear_solver  # pylint: disable=g-import-not-at-top
 
@@ -63,7 +68,8 @@ def main(argv):
         centres=FLAGS.centres, kernel=FLAGS.kernel, bandwidth=FLAGS.bandwidth,
         lam=FLAGS.lam, tol=FLAGS.tol, maxiter=FLAGS.maxiter,
         exact_max=FLAGS.exact_max, in_dim=FLAGS.in_dim,
-        block_size=FLAGS.block_size, devices=FLAGS.devices)
+        block_size=FLAGS.block_size, devices=FLAGS.devices,
+        dtype=FLAGS.dtype)
 
   def describe(config):
     exact = [n for n in config.sizes if n <= config.exact_max]

@@ -15,16 +15,20 @@ def study(tmp_path_factory):
   """The launcher run as a user would, beside bad input that must fail
   before anything runs."""
   tmp = tmp_path_factory.mktemp('linear_solver')
-  ok, bad = launchers.launch_many('experiments.linear_solver', [
+  ok, bad, f64 = launchers.launch_many('experiments.linear_solver', [
       ['--sizes=300,600', '--centres=60', '--maxiter=300', '--exact_max=300',
        '--block_size=128', f'--out={tmp / "out"}'],
-      ['--sizes=500', '--centres=900', f'--out={tmp / "bad"}']])
-  assert ok.returncode == 0, ok.stderr[-3000:]
-  return storage.load(str(tmp / 'out')), ok, bad, tmp
+      ['--sizes=500', '--centres=900', f'--out={tmp / "bad"}'],
+      ['--sizes=300', '--centres=60', '--maxiter=300', '--exact_max=0',
+       '--block_size=128', '--dtype=float64', f'--out={tmp / "f64"}']])
+  for proc in (ok, f64):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  return (storage.load(str(tmp / 'out')), ok, bad, tmp,
+          storage.load(str(tmp / 'f64')))
 
 
 def test_falkon_needs_far_fewer_iterations_for_the_same_system(study):
-  res, ok, _, tmp = study
+  res, ok, _, tmp, _ = study
   assert (tmp / 'out' / 'convergence.png').stat().st_size > 1000
   c = res.columns
   assert list(zip(c['n'], c['solver'])) == [
@@ -52,6 +56,18 @@ def test_falkon_needs_far_fewer_iterations_for_the_same_system(study):
   assert np.isnan(c['gap'][c['solver'] == 'exact']).all()
 
 
+def test_float64_reaches_the_tolerance_float32_cannot(study):
+  # Both solvers' Nyström residuals reach tol 1e-6 in float64; FALKON's
+  # predictions are then the float64 reference's (NumPy, scikit-learn's
+  # kernel) to 1e-6, plain CG's still 1e-3 away: its residual is dominated
+  # by the large eigenvalues.
+  c = study[4].columns
+  assert study[4].metadata['config']['dtype'] == 'float64'
+  assert c['converged'].all() and (c['residual'] <= 1e-6).all(), c
+  falkon, cg = (c['gap'][c['solver'] == s][0] for s in ('falkon', 'cg'))
+  assert falkon < 1e-5 and cg > 100 * falkon, (falkon, cg)
+
+
 def test_bad_input_is_one_error_line(study):
   launchers.assert_clean_error(study[2], 'M=900 centres with n=500')
 
@@ -60,6 +76,7 @@ def test_bad_config_fails_before_anything_runs():
   for kwargs, message in ((dict(lam=-1.0), 'lam=-1.0'),
                           (dict(sizes=(2000, 1000)), 'increasing'),
                           (dict(tol=0.0), 'tol=0.0'),
-                          (dict(kernel='rbf'), "'rbf'")):
+                          (dict(kernel='rbf'), "'rbf'"),
+                          (dict(dtype='float16'), "'float16'")):
     with pytest.raises(ValueError, match=message):
       linear_solver.LinearSolverConfig(**kwargs)

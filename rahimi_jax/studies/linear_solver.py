@@ -32,6 +32,7 @@ from rahimi_jax.solvers import kernel_ridge as kr
 from rahimi_jax.studies import kernel_data
 
 SOLVERS = ('falkon', 'cg', 'exact')
+DTYPES = ('float32', 'float64')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,9 @@ class LinearSolverConfig:
     in_dim: input dimension of the procedural data.
     block_size: rows per kernel block.
     devices: devices to shard the rows over (0: all local devices).
+    dtype: the arithmetic: ``'float32'``, or ``'float64'`` (needs
+      ``jax_enable_x64``; the launcher sets it), where the Nyström system's
+      residual can reach a ``tol`` that float32's cannot.
   """
   sizes: tuple[int, ...] = (1000, 2000, 4000, 8000)
   centres: int = 500
@@ -63,9 +67,15 @@ class LinearSolverConfig:
   in_dim: int = 8
   block_size: int | None = None  # None: kernels.default_block_size
   devices: int = 0
+  dtype: str = 'float32'
 
   def __post_init__(self):
     kernels.get_kernel(self.kernel)
+    if self.dtype not in DTYPES:
+      raise ValueError(f'dtype={self.dtype!r}; accepted: {", ".join(DTYPES)}.')
+    if self.dtype == 'float64' and not jax.config.jax_enable_x64:
+      raise ValueError("dtype 'float64' needs jax_enable_x64 (the launcher "
+                       'sets it); use dtype=float32 otherwise.')
     s = self.sizes
     if (not s or any(not isinstance(n, int) or n < 1 for n in s)
         or list(s) != sorted(set(s))):
@@ -103,15 +113,14 @@ def solve(config: LinearSolverConfig, d: kernel_data.KernelData,
           solver: str, bandwidth: float, mesh=None) -> dict:
   """One solve: its iterations, residuals, times, memory and test error."""
   kernel = kernels.get_kernel(config.kernel)
-  x, y = jnp.asarray(d.x), jnp.asarray(d.y)
-  x_test = jnp.asarray(d.x_test)
+  x, y, x_test = (jnp.asarray(a, config.dtype) for a in (d.x, d.y, d.x_test))
   if solver == 'exact':
     def fn(x, y, x_test):
       coef = kr.exact_fit(kernel, x, y, bandwidth, config.lam,
                           block_size=config.block_size)
       pred = kernels.kernel_matvec(kernel, x_test, x, coef, bandwidth,
                                    block_size=config.block_size)
-      return (pred, jnp.int32(0), jnp.full(1, jnp.nan), jnp.float32(jnp.nan),
+      return (pred, jnp.int32(0), jnp.full(1, jnp.nan), jnp.full((), jnp.nan),
               jnp.bool_(True), coef, x)
   else:
     def fn(x, y, x_test):
@@ -198,7 +207,8 @@ def report(res: results_lib.Results) -> str:
   """The table, and how many times fewer iterations FALKON took."""
   meta, c = res.metadata, res.columns
   cfg = meta['config']
-  lines = [f'{cfg["kernel"]} kernel, bandwidth {meta["bandwidth"]:.4g}, lam '
+  lines = [f'{cfg["kernel"]} kernel, {cfg["dtype"]}, bandwidth '
+           f'{meta["bandwidth"]:.4g}, lam '
            f'{cfg["lam"]:g}, M={cfg["centres"]} centres, tol {cfg["tol"]:g}, '
            f'maxiter {cfg["maxiter"]}; rows sharded over {meta["devices"]} '
            'device(s)',
@@ -228,9 +238,10 @@ def report(res: results_lib.Results) -> str:
         'did not (' + ', '.join(f'{c["solver"][i]} n={c["n"][i]}: '
                             f'{c["residual"][i]:.1e}'
                             for i in np.flatnonzero(stalled))
-        + '): float32 CG stalls there on this system (more iterations '
-        'lowered neither it nor the test error in WORKSPACE.md\'s probe); '
-        'gap shows how far the predictions are')
+        + f'): {cfg["dtype"]} CG stalls there on this system (in float32 '
+        'more iterations lowered neither it nor the test error in '
+        'WORKSPACE.md\'s probe; --dtype=float64 reaches it); gap shows how '
+        'far the predictions are')
   lines.append('(residual: the Nyström system\'s ||K_nM^T y/n - H a|| / '
                '||K_nM^T y/n||, recomputed at the end, for both solvers; '
                'exact: Cholesky of the n x n system; '
