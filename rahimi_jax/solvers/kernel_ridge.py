@@ -115,9 +115,13 @@ def conjugate_gradient(matvec: Callable[[jax.Array], jax.Array],
 def relative_residual(b: jax.Array, ax: jax.Array) -> jax.Array:
   """The largest ``||b - A x|| / ||b||`` over the columns of ``[m, k]``
   arrays (a zero column of ``b``: ``||A x||``)."""
+  return _relative(b - ax, b)
+
+
+def _relative(r, b):
+  """The largest ``||r|| / ||b||`` over the columns."""
   b_norm = jnp.linalg.norm(b, axis=0)
-  return jnp.max(jnp.linalg.norm(b - ax, axis=0)
-                 / jnp.where(b_norm > 0, b_norm, 1))
+  return jnp.max(jnp.linalg.norm(r, axis=0) / jnp.where(b_norm > 0, b_norm, 1))
 
 
 def _iterate(matvec, b2, preconditioner, tol, maxiter):
@@ -128,7 +132,7 @@ def _iterate(matvec, b2, preconditioner, tol, maxiter):
   prec = preconditioner or (lambda r: r)
 
   def relative(r):
-    return relative_residual(b2, b2 - r)
+    return _relative(r, b2)
 
   def cond(state):
     i, _, r, *_ = state
