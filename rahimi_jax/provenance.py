@@ -84,7 +84,8 @@ def user_code_sha256(objects: Iterable[Any]) -> str:
   module of the user's project. Each function or class counts by its source
   (``inspect.getsource``; IPython keeps cells' sources), else by its
   bytecode and constants; a ``functools.partial`` by its function and
-  arguments, a tuple (a ``components.norms.Norm``) by its fields. A
+  arguments, a tuple (a ``components.norms.Norm``) by its fields, a
+  callable instance by its class and attributes. A
   checkpoint records it: resuming after an option defined in a notebook was
   edited would mix two codes' steps.
   """
@@ -112,7 +113,12 @@ def _visit_user_code(obj, texts, seen, depth):
     return
   if isinstance(obj, types.MethodType):
     obj = obj.__func__
-  if not isinstance(obj, (types.FunctionType, type)) or not _is_user(obj):
+  if not isinstance(obj, (types.FunctionType, type)):
+    if callable(obj) and _is_user(type(obj)):  # a user class's instance
+      texts.append(_stable_repr(sorted(getattr(obj, '__dict__', {}).items())))
+      _visit_user_code(type(obj), texts, seen, depth + 1)
+    return
+  if not _is_user(obj):
     return
   try:
     texts.append(inspect.getsource(obj))

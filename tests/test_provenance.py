@@ -95,3 +95,37 @@ def test_matmul_precision_is_the_one_programs_trace_at(repo):
       assert provenance.provenance(str(repo))['matmul_precision'] == 'bfloat16'
   finally:
     jax.config.update('jax_default_matmul_precision', before)
+
+
+def test_user_code_hash_reads_the_code_a_component_runs():
+  """Source where there is a file, bytecode where there is none (``python
+  -c``, ``exec``); the code a component calls by name or closure counts;
+  the library's and installed packages' code does not."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import components  # pylint: disable=g-import-not-at-top
+  empty = provenance.user_code_sha256([])
+  assert provenance.user_code_sha256(
+      [optax.adam, components.OPTIMIZERS['sgd'], jax.nn.relu, len]) == empty
+
+  def build(helper_body, call=''):
+    scope = {'__name__': 'a_notebook_cell'}  # a module not imported
+    exec(compile('def helper(x):\n  return ' + helper_body + '\n'
+                 'class Step:\n  def __init__(self, lr):\n    self.lr = lr\n'
+                 '  def __call__(self, x):\n    return helper(x) * self.lr\n'
+                 'def make(hp):\n  return helper(hp)' + call + '\n',
+                 '<cell>', 'exec'), scope)
+    return scope
+
+  a, b = build('x + 1'), build('x + 2')
+  hashes = {provenance.user_code_sha256([s['make']]) for s in (a, b)}
+  assert len(hashes) == 2 and empty not in hashes  # the helper it calls
+  assert provenance.user_code_sha256([build('x + 1')['make']]) == (
+      provenance.user_code_sha256([a['make']]))  # the same code again
+  # A callable instance: its class and attributes; a partial: its arguments.
+  assert provenance.user_code_sha256([a['Step'](0.1)]) != (
+      provenance.user_code_sha256([a['Step'](0.2)]))
+  assert provenance.user_code_sha256([a['Step'](0.1)]) != (
+      provenance.user_code_sha256([b['Step'](0.1)]))
+  assert provenance.user_code_sha256([functools.partial(a['make'], 1)]) != (
+      provenance.user_code_sha256([functools.partial(a['make'], 2)]))
