@@ -267,10 +267,25 @@ def test_flops_of_the_two_layer_linear_net():
   assert bench.flops_per_member() == 10 * step + 2 * log
 
 
-def test_precision_cost_benchmark_runs_shrunk():
-  # Switched groups of 4 and 3 members: one program (the second padded).
-  proc = launchers.launch('benchmarks.precision_cost', '--members=7',
-                          '--repeats=1', '--steps=2', '--peak_n=64')
+@pytest.fixture(scope='module')
+def shrunk():
+  """The other benchmarks, shrunk, started together (one import of JAX)."""
+  names = ('precision_cost', 'kernel_solvers', 'chunk_tuning')
+  flag_lists = [
+      # Switched groups of 4 and 3 members: one program (the second padded).
+      ['--members=7', '--repeats=1', '--steps=2', '--peak_n=64'],
+      ['--parts=peers,sweep,scale', '--n=300', '--n_test=50', '--features=32',
+       '--sweep_n=64', '--sweep_bandwidths=1,2', '--sweep_lams=1e-3',
+       '--repeats=1', '--peak_n=64', '--scale_n=400', '--scale_centres=40'],
+      ['--workloads=mlp32', '--grid_size=8', '--steps=3', '--repeats=1',
+       '--min_width=8', '--max_width=8', '--peak_n=64', '--probe_s=0.002']]
+  procs = launchers.launch_runs([(f'benchmarks.{name}', flags)
+                                 for name, flags in zip(names, flag_lists)])
+  return dict(zip(names, procs))
+
+
+def test_precision_cost_benchmark_runs_shrunk(shrunk):
+  proc = shrunk['precision_cost']
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
   assert 'matmul peak' in lines[0] and 'G=7, 2 steps' in lines[0], lines
@@ -282,15 +297,10 @@ def test_precision_cost_benchmark_runs_shrunk():
   assert lines[7].startswith('mixed: switched: placement (2 groups'), lines
 
 
-def test_kernel_solvers_benchmark_runs_shrunk():
+def test_kernel_solvers_benchmark_runs_shrunk(shrunk):
   """Each side timed on OpenBLAS's default threads and on one (the faster
   named); exact kernel ridge agrees with scikit-learn's KernelRidge."""
-  proc = launchers.launch('benchmarks.kernel_solvers',
-                          '--parts=peers,sweep,scale', '--n=300',
-                          '--n_test=50', '--features=32', '--sweep_n=64',
-                          '--sweep_bandwidths=1,2', '--sweep_lams=1e-3',
-                          '--repeats=1', '--peak_n=64', '--scale_n=400',
-                          '--scale_centres=40')
+  proc = shrunk['kernel_solvers']
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = [l for l in proc.stdout.splitlines() if re.search(r'\bratio ', l)]
   assert len(lines) == 3, proc.stdout
@@ -323,11 +333,8 @@ def test_kernel_solvers_benchmark_runs_shrunk():
     assert re.search(r'[\d.]+ GFLOP/s, [\d.]+% of peak', line), line
 
 
-def test_chunk_tuning_benchmark_runs_shrunk():
-  proc = launchers.launch('benchmarks.chunk_tuning', '--workloads=mlp32',
-                          '--grid_size=8', '--steps=3', '--repeats=1',
-                          '--min_width=8', '--max_width=8', '--peak_n=64',
-                          '--probe_s=0.002')
+def test_chunk_tuning_benchmark_runs_shrunk(shrunk):
+  proc = shrunk['chunk_tuning']
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout
   assert 'matmul peak' in out and '== mlp32: G=8, 3 steps; rule width 8' in out
