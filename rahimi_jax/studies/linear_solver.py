@@ -268,7 +268,8 @@ def plot(res: results_lib.Results, path: str) -> None:
   ax.axhline(res.metadata['config']['tol'], color='k', lw=0.5)
   ax.set_xlabel('iteration')
   ax.set_xscale('symlog', linthresh=10)
-  ax.set_xlim(left=0)
+  last = max(len(h['residuals']) for h in res.metadata['residuals']) - 1
+  ax.set_xlim(0, 1.25 * last)  # the dots at the last iteration in view
   ax.set_ylabel('relative residual\n(line: CG\'s recurrence, its system; '
                 'dot: H a = r, at the end)')
   ax.set_title('FALKON (solid: B^T H B b = B^T r) vs plain CG (dotted: H a = r)')
