@@ -81,9 +81,11 @@ def user_code_sha256(objects: Iterable[Any]) -> str:
 
   User code is code outside this library (``code_sha256`` covers that), the
   standard library and installed packages: a notebook's cells, a script, a
-  module of the user's project. Each function or class counts by its source
+  module of the user's project. Each function counts by its source
   (``inspect.getsource``; IPython keeps cells' sources), else by its
-  bytecode and constants; a ``functools.partial`` by its function and
+  bytecode and constants; a class by its methods (a notebook's class has no
+  source file ``inspect`` reads; its methods do) and plain attributes; a
+  ``functools.partial`` by its function and
   arguments, a tuple (a ``components.norms.Norm``) by its fields, a
   callable instance by its class and attributes. A
   checkpoint records it: resuming after an option defined in a notebook was
@@ -120,23 +122,24 @@ def _visit_user_code(obj, texts, seen, depth):
     return
   if not _is_user(obj):
     return
+  if isinstance(obj, type):  # its attributes, then each method as code
+    texts.append(_stable_repr([(k, v) for k, v in vars(obj).items()
+                               if not callable(v) and not k.startswith('__')]))
+    for x in vars(obj).values():
+      _visit_user_code(getattr(x, '__func__', x), texts, seen, depth + 1)
+    return
   try:
     texts.append(inspect.getsource(obj))
   except (OSError, TypeError):  # no source file: a compiled string
-    texts.append(_code_text(getattr(obj, '__code__', None)) or repr(
-        sorted(vars(obj))))
-  functions = ([obj] if isinstance(obj, types.FunctionType) else
-               [f for f in vars(obj).values()
-                if isinstance(f, types.FunctionType)])
-  for f in functions:
-    for name in _global_names(f.__code__):
-      if name in f.__globals__:
-        _visit_user_code(f.__globals__[name], texts, seen, depth + 1)
-    for cell in f.__closure__ or ():
-      try:
-        _visit_user_code(cell.cell_contents, texts, seen, depth + 1)
-      except ValueError:  # an empty cell
-        pass
+    texts.append(_code_text(obj.__code__))
+  for name in _global_names(obj.__code__):
+    if name in obj.__globals__:
+      _visit_user_code(obj.__globals__[name], texts, seen, depth + 1)
+  for cell in obj.__closure__ or ():
+    try:
+      _visit_user_code(cell.cell_contents, texts, seen, depth + 1)
+    except ValueError:  # an empty cell
+      pass
 
 
 def _global_names(code: types.CodeType) -> list[str]:

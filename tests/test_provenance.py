@@ -108,12 +108,12 @@ def test_user_code_hash_reads_the_code_a_component_runs():
   assert provenance.user_code_sha256(
       [optax.adam, components.OPTIMIZERS['sgd'], jax.nn.relu, len]) == empty
 
-  def build(helper_body, call=''):
+  def build(helper_body, op='*'):
     scope = {'__name__': 'a_notebook_cell'}  # a module not imported
     exec(compile('def helper(x):\n  return ' + helper_body + '\n'
                  'class Step:\n  def __init__(self, lr):\n    self.lr = lr\n'
-                 '  def __call__(self, x):\n    return helper(x) * self.lr\n'
-                 'def make(hp):\n  return helper(hp)' + call + '\n',
+                 '  def __call__(self, x):\n    return helper(x) ' + op
+                 + ' self.lr\ndef make(hp):\n  return helper(hp)\n',
                  '<cell>', 'exec'), scope)
     return scope
 
@@ -127,5 +127,8 @@ def test_user_code_hash_reads_the_code_a_component_runs():
       provenance.user_code_sha256([a['Step'](0.2)]))
   assert provenance.user_code_sha256([a['Step'](0.1)]) != (
       provenance.user_code_sha256([b['Step'](0.1)]))
+  # A class without a source file (a notebook's): its methods' code.
+  assert provenance.user_code_sha256([a['Step']]) != (
+      provenance.user_code_sha256([build('x + 1', op='/')['Step']]))
   assert provenance.user_code_sha256([functools.partial(a['make'], 1)]) != (
       provenance.user_code_sha256([functools.partial(a['make'], 2)]))
