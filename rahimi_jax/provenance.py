@@ -85,11 +85,10 @@ def user_code_sha256(objects: Iterable[Any]) -> str:
   (``inspect.getsource``; IPython keeps cells' sources), else by its
   bytecode and constants; a class by its methods (a notebook's class has no
   source file ``inspect`` reads; its methods do) and plain attributes; a
-  ``functools.partial`` by its function and
-  arguments, a tuple (a ``components.norms.Norm``) by its fields, a
-  callable instance by its class and attributes. A
-  checkpoint records it: resuming after an option defined in a notebook was
-  edited would mix two codes' steps.
+  ``functools.partial`` by its function and arguments; a tuple (a
+  ``components.norms.Norm``) by its fields; a callable instance by its class
+  and attributes. A checkpoint records it: resuming after an option defined
+  in a notebook was edited would mix two codes' steps.
   """
   texts, seen = [], set()
   for obj in objects:
