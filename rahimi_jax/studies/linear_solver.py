@@ -10,12 +10,12 @@ CG recurrence's relative residual reached the tolerance, its history, the
 Nyström system's residual recomputed at the end, the same system for both
 solvers (``converged`` is read from it: in float32 it stalls above a small
 ``tol`` while the recurrence's keeps falling, and the report says so),
-compile and run time,
-XLA's peak memory estimate of the compiled program (arguments + outputs +
-temporaries), the test error, and how far the test predictions are from
-those of the same system solved in float64 by NumPy (``reference_gap``): a
-relative residual is not an error, and plain CG's residual is dominated by
-the large eigenvalues, so this shows what stopping at ``tol`` bought.
+compile and run time, XLA's peak memory estimate of the compiled program
+(arguments + outputs + temporaries), the test error, and how far the test
+predictions are from those of the same system solved in float64 by NumPy
+(``reference_gap``): a relative residual is not an error, and plain CG's
+residual is dominated by the large eigenvalues, so this shows what stopping
+at ``tol`` bought. ``dtype='float64'`` runs the same data in float64.
 """
 
 import dataclasses
