@@ -524,12 +524,20 @@ def optimal_loss(config: DeepLinearConfig) -> tuple[float, float]:
     rank-``width`` ``W`` and at the least-squares ``W_ols``.
   """
   d = config.dataset()
-  x = np.asarray(d.x_train, np.float64)
-  y = np.asarray(d.y_train, np.float64)
-  fitted = x @ np.linalg.lstsq(x, y, rcond=None)[0]
+  net, linear, _ = _optimal_fits(np.asarray(d.x_train, np.float64),
+                                 np.asarray(d.y_train, np.float64),
+                                 config.width)
+  return net, linear
+
+
+def _optimal_fits(x, y, width):
+  """``optimal_loss``'s ``(net, linear)`` on float64 ``x, y``, and
+  ``W_ols``."""
+  w = np.linalg.lstsq(x, y, rcond=None)[0]
+  fitted = x @ w
   linear = 0.5 * np.mean(np.sum((fitted - y) ** 2, -1))
-  dropped = np.linalg.svd(fitted, compute_uv=False)[config.width:]
-  return linear + 0.5 * np.sum(dropped ** 2) / len(x), linear
+  dropped = np.linalg.svd(fitted, compute_uv=False)[width:]
+  return linear + 0.5 * np.sum(dropped ** 2) / len(x), linear, w
 
 
 def _first_below(values, steps, target):
@@ -547,8 +555,7 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
   d = config.dataset()
   x = np.asarray(d.x_train, np.float64)
   y = np.asarray(d.y_train, np.float64)
-  w, *_ = np.linalg.lstsq(x, y, rcond=None)
-  optimum, linear = optimal_loss(config)
+  optimum, linear, w = _optimal_fits(x, y, config.width)
   rank = min(config.in_dim, config.out_dim)
   if config.width < rank:
     meaning = (f'the best rank-{config.width} map, numpy\'s SVD of the '
