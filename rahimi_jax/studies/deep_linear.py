@@ -38,6 +38,7 @@ from rahimi_jax import registry
 from rahimi_jax import results as results_lib
 from rahimi_jax import stats
 from rahimi_jax import train as train_lib
+from rahimi_jax import studies
 
 # Method names of this study -> optimizer registry names.
 METHODS = {'gd': 'sgd', 'adam': 'adam', 'lm': 'levenberg_marquardt',
@@ -120,12 +121,7 @@ class DeepLinearConfig:
       object.__setattr__(self, name, values)
     if self.noise < 0 or not math.isfinite(self.noise):
       raise ValueError(f'noise must be >= 0; got {self.noise!r}.')
-    if self.dtype not in TARGET_LOSS:
-      raise ValueError(f'Unknown dtype {self.dtype!r}; accepted: '
-                       f'{", ".join(TARGET_LOSS)}.')
-    if self.dtype == 'float64' and not jax.config.jax_enable_x64:
-      raise ValueError("dtype 'float64' needs jax_enable_x64 (the launcher "
-                       'sets it); use dtype=float32 otherwise.')
+    studies.check_dtype(self.dtype, tuple(TARGET_LOSS))
     if self.saxe and 'gd' not in self.methods:
       raise ValueError(f'saxe measures gradient descent; methods '
                        f'{list(self.methods)} have no gd.')

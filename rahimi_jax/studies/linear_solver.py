@@ -28,6 +28,7 @@ import numpy as np
 from rahimi_jax import kernels
 from rahimi_jax import provenance
 from rahimi_jax import results as results_lib
+from rahimi_jax import studies
 from rahimi_jax.solvers import kernel_ridge as kr
 from rahimi_jax.studies import kernel_data
 
@@ -71,11 +72,7 @@ class LinearSolverConfig:
 
   def __post_init__(self):
     kernels.get_kernel(self.kernel)
-    if self.dtype not in DTYPES:
-      raise ValueError(f'dtype={self.dtype!r}; accepted: {", ".join(DTYPES)}.')
-    if self.dtype == 'float64' and not jax.config.jax_enable_x64:
-      raise ValueError("dtype 'float64' needs jax_enable_x64 (the launcher "
-                       'sets it); use dtype=float32 otherwise.')
+    studies.check_dtype(self.dtype, DTYPES)
     s = self.sizes
     if (not s or any(not isinstance(n, int) or n < 1 for n in s)
         or list(s) != sorted(set(s))):
