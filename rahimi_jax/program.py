@@ -1003,17 +1003,18 @@ def blas_on_one_thread():
 
 def _compile_chunk(train_fn, run: train_lib.Train, grid: grid_lib.Grid,
                    data: Any, devices: Sequence[Any], chunk: int,
-                   chunks: int | None = None) -> _Chunked:
+                   chunks: int | None = None, state: Any = None) -> _Chunked:
   """``run``'s programs for ``chunks`` chunks (default: as many as ``grid``
   fills) of ``chunk`` members of ``grid`` on ``devices`` (cached by
-  ``compile_program``)."""
+  ``compile_program``); given the chunk ``state``'s shapes, ``advance``
+  only (the chunk tuner's probe, which starts chunks otherwise)."""
   me = jax.process_index()
   used = list(devices[:chunks or math.ceil(len(grid) / chunk)])
   local = [d for d in used if d.process_index == me]
   shared = _shared(run)
   knobs = _spec(_knobs(grid, np.zeros(chunk, int), shared))
   knobs_batched = _knobs_batched(grid, shared)
-  starts = local[:1] if run.passes else local
+  starts = [] if state is not None else local[:1] if run.passes else local
   start, seconds = compile_program(run.start, (knobs, data), starts,
                                    (knobs_batched, False), owner=train_fn,
                                    cpu_level=START_OPTIMIZATION_LEVEL
@@ -1022,10 +1023,11 @@ def _compile_chunk(train_fn, run: train_lib.Train, grid: grid_lib.Grid,
   # for them cost ~45 ms per call of a cached run), else traced. (Compiling
   # ``start`` in a thread beside ``advance`` from traced shapes, tried: the
   # default ablation's first compile 3.9 -> 3.6 s, its second 1.2 -> 1.3 s.)
-  state = (jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
-                        start[0].out_info) if start else
-           jax.eval_shape(jax.vmap(run.start, in_axes=_in_axes(
-               (knobs_batched, False))), knobs, data))
+  if state is None:
+    state = (jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
+                          start[0].out_info) if start else
+             jax.eval_shape(jax.vmap(run.start, in_axes=_in_axes(
+                 (knobs_batched, False))), knobs, data))
   advance = []
   if run.passes:
     scalar = jax.ShapeDtypeStruct((), np.int32)
@@ -1046,7 +1048,11 @@ class _Probe:
   widths: the run's own programs (``_compile_chunk``, so the width the run
   then takes is compiled already), each local device running a chunk of
   real members at once, as in a round of the run, timed over whole passes
-  (a log and ``log_every`` steps).
+  (a log and ``log_every`` steps). The widths of its first call are
+  compiled whole; later ones, ``advance`` only, their chunks started by the
+  first width's ``start`` (a chunk of another width: that start run on as
+  many chunks of its width as it takes; ``start`` took about half of a
+  width's compile, 0.3-0.6 s of the deep linear net's ~1 s).
 
   ``probe(widths, devices)`` is each width's estimated seconds per
   member-step of the whole run on the first ``devices`` devices (default
@@ -1066,26 +1072,40 @@ class _Probe:
     self.devices, self.budget = list(devices), budget
     self.compile_s: dict[int, float] = {}
     self.spared_s = 0.0  # compiling that the compilation cache spared
+    self.base: _Chunked | None = None  # the first width's, ``start`` too
 
   def _chunks(self, width: int, devices: int | None = None
               ) -> tuple[_Chunked, list[list[Any]]] | None:
     """The width's programs on the first ``devices`` devices and, per local
     used device, ``[advance, knobs, data, state]`` of a chunk started there;
     ``None``: over the budget."""
+    base = self.base
+    state = None if base is None else jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct((width,) + s.shape[1:], s.dtype),
+        base.state)
     chunked = _compile_chunk(self.train_fn, self.run, self.grid, self.data,
-                             self.devices[:devices], width)
+                             self.devices[:devices], width, state=state)
     self.compile_s[width] = self.compile_s.get(width, 0.0) + chunked.seconds
     if self.budget and chunked.need and chunked.need > self.budget:
       return None
-    g, slots = len(self.grid), []
+    g, slots, shared = len(self.grid), [], _shared(self.run)
     local = [d for d in chunked.used if d.id in chunked.advance]
     placed = {d.id: jax.device_put(self.data, d) for d in local}
+    starter = chunked if base is None else base
     for i, device in enumerate(local):  # started where the run starts them
-      knobs = jax.device_put(_knobs(
-          self.grid, (i * width + np.arange(width)) % g, _shared(self.run)),
-                             device)
+      members = (i * width + np.arange(width)) % g
+      knobs = jax.device_put(_knobs(self.grid, members, shared), device)
+      if base is None or base.chunk == width:
+        started = starter.started(knobs, placed, device)
+      else:  # the first width's chunks, joined
+        parts = [jax.device_get(base.started(jax.device_put(_knobs(
+            self.grid, np.resize(members[k:], base.chunk), shared), device),
+                                             placed, device))
+                 for k in range(0, width, base.chunk)]
+        started = jax.device_put(jax.tree.map(
+            lambda *a: np.concatenate(a)[:width], *parts), device)
       slots.append([chunked.advance[device.id], knobs, placed[device.id],
-                    chunked.started(knobs, placed, device)])
+                    started])
     return chunked, slots
 
   @staticmethod
@@ -1098,8 +1118,8 @@ class _Probe:
     jax.block_until_ready([slot[3] for slot in slots])
     return time.perf_counter() - start
 
-  def __call__(self, widths: Sequence[int],
-               devices: int | None = None) -> dict[int, float]:
+  def __call__(self, widths: Sequence[int], devices: int | None = None,
+               rounds: int = tuning.PROBE_ROUNDS) -> dict[int, float]:
     steps = self.run.passes - 1  # passes with steps (the last only logs)
     if not widths or steps < 1:
       return {}
@@ -1109,6 +1129,8 @@ class _Probe:
           functools.partial(self._chunks, devices=devices)), widths)))
     self.spared_s += _CACHE_SPARED['seconds'] - spared
     ready = {w: r for w, r in ready.items() if r is not None}
+    if self.base is None and ready:
+      self.base = next(iter(ready.values()))[0]
     if not ready:
       return {}
     plan, best = {}, {}  # width: (passes per call, calls per stretch)
@@ -1120,8 +1142,8 @@ class _Probe:
         plan[w] = (count, math.ceil(passes / count), one)
       longest = max(one * count * calls
                     for count, calls, one in plan.values())
-      rounds = max(1, min(tuning.PROBE_ROUNDS, math.ceil(
-          tuning.PROBE_ROUNDS * tuning.MIN_PROBE_S / longest)))
+      rounds = max(1, min(rounds, math.ceil(
+          rounds * tuning.MIN_PROBE_S / longest)))
       for _ in range(rounds):  # interleaved: a drift of the host's speed
         for w, (count, calls, _) in plan.items():  # falls on every width
           best[w] = min(best[w], self._time(ready[w][1], count, calls) /

@@ -10,12 +10,14 @@ tuning to pay (``TUNE_PAYS``), at the widths around it while they get faster
 (``climb``), keeps the fastest, then times it on fewer of the devices (half,
 a quarter, ... while that is faster: where the devices outnumber the cores
 the run really gets, or its operations are big enough to use several cores
-from one device), and caches the choice per (host, program) in
-``cache_path()``: later runs of the program on this host pay nothing and run
-the same chunks, hence the same bits (a ``vmap`` of another width may round
-differently in the last bit; the device count changes no bit). The width
-holds for every device count: a run on another one takes it and measures
-only how many of its devices to use (cached per device count).
+from one device); a shorter run, at the rule's width and its two neighbours
+when that keeps choosing within ``FIRST_USE_S``. It caches the choice per
+(host, program) in ``cache_path()``: later runs of the program on this host
+pay nothing and run the same chunks, hence the same bits (a ``vmap`` of
+another width may round differently in the last bit; the device count
+changes no bit). The width holds for every device count: a run on another
+one takes it and measures only how many of its devices to use (cached per
+device count).
 
 What is timed (``Measure``; ``program._Probe``) is the run's own compiled
 programs, whole passes of real members on every local device at once, as a
@@ -47,7 +49,8 @@ import numpy as np
 # both, 14-16 up to 1.16x; members of 0.24-0.32 MFLOP (the deep linear net,
 # the 64-32-10 MLP) in chunks of 16-32 on the Xeon (32 up to 1.3x slower
 # than 16 for the deep linear net there) and 32-64 on the EPYC (16 up to
-# 1.17x slower): no width is within 10% on both, 16 stays. An accelerator
+# 1.17x slower): no width is within 10% on both, 16 stays (a short run that
+# compiles quickly times 8 and 32 beside it: ``FIRST_USE_S``). An accelerator
 # wants wide vmaps: on an H200 at G=4096, one chunk of 4096 ran the 64-128-10
 # MLP 1.14x and the deep linear net 1.5x faster than four of 1024 (the
 # 64-32-10 MLP alike); a program that needs more than the memory budget gets
@@ -63,11 +66,21 @@ TUNE = 'tune'  # the width measured fastest on this host, measured now
 RULE = 'rule'  # ``rule_width``, measuring nothing
 MODES = (AUTO, TUNE, RULE)
 TUNE_PAYS = 10  # 'auto' tunes a run estimated to take this x tuning or more
+# A shorter run: 'auto' times the rule's width beside its two neighbours
+# (``climb``'s first round, over ``ROUND_PROBE_ROUNDS`` stretches) when that
+# is estimated to keep what choosing costs the run's first use within this
+# many seconds (issue 16's budget), and the run keeps the fastest. Programs
+# that compile in about a second qualify: the benchmark's deep linear net
+# (G=256, a 0.2-s run), whose best width is host-specific (the rule's 16 ran
+# 1.21-1.375x slower than 64 on a 2-core AMD EPYC; 64 ran 1.26x slower than
+# 16 on a 2-core Intel Xeon), not the MLPs (~2 s a width).
+FIRST_USE_S = 2.0
 TIE = 0.03  # widths timed this close (relative) count as equal: the wider wins
 MODE_ENV = 'RAHIMI_JAX_CHUNK_SIZE'  # the default mode, or a width
 
 MIN_PROBE_S = 0.05  # a width's timed stretch of passes lasts at least this
 PROBE_ROUNDS = 5  # timed stretches per width (fewer when a pass is longer)
+ROUND_PROBE_ROUNDS = 2  # those of a short run's round (``FIRST_USE_S``)
 CACHE_FILE = 'chunk_tuning.json'
 
 
@@ -300,10 +313,11 @@ class Measure(Protocol):
   compile_s: dict[int, float]  # per width: what compiling its programs took
   spared_s: float  # compiling that the compilation cache spared, in all
 
-  def __call__(self, widths: Sequence[int],
-               devices: int | None = None) -> dict[int, float]:
+  def __call__(self, widths: Sequence[int], devices: int | None = None,
+               rounds: int = ...) -> dict[int, float]:
     """Seconds per member-step of the whole run at each of ``widths`` on the
-    first ``devices`` of its devices (``None``: all); a width whose programs
+    first ``devices`` of its devices (``None``: all), timed over ``rounds``
+    interleaved stretches (default ``PROBE_ROUNDS``); a width whose programs
     do not fit is left out."""
 
 
@@ -364,6 +378,22 @@ def _run_key(config, members: int) -> str:
   return f'{members} members x {config.steps} steps'
 
 
+def _nearest(ladder: Sequence[int], width: int) -> int:
+  """The width of ``ladder`` nearest ``width`` (by ratio; the narrower of
+  two as near): a width measured for another grid size."""
+  return min(ladder, key=lambda w: (abs(math.log(w / width)), w))
+
+
+def _short_runs(entry: dict[str, Any], rule: int) -> dict[str, int]:
+  """The cached short runs of a program and the width each ran in (a list
+  of runs: a cache written before short runs were timed, each at the
+  rule's width)."""
+  runs = entry.get('short_runs', {})
+  if isinstance(runs, list):
+    return {run: rule for run in runs}
+  return {run: int(w) for run, w in runs.items()}
+
+
 def fewer_devices(width: int, most: int, cost_all: float,
                   measure: Measure, tie: float = TIE) -> dict[int, float]:
   """The run's cost at ``width`` on ``most`` devices (``cost_all``, measured
@@ -392,10 +422,14 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   ``1 / TUNE_PAYS`` of it (estimated from the rule's width, timed now or
   earlier), the fastest width measured now (``climb`` from the rule's
   width), and the fewest devices no slower at that width
-  (``fewer_devices``), cached for every later run of the program; else the
-  rule's width on every device, and that decision cached for this run's
-  grid size and steps (so the same command runs the same chunks again, also
-  after a longer run of the program tuned it; a ``'tune'`` resets that).
+  (``fewer_devices``), cached for every later run of the program; else,
+  when timing the rule's width beside its two neighbours keeps choosing
+  within ``FIRST_USE_S`` (estimated likewise), the fastest of the three
+  (cached for the program: its other short runs take it too, at the nearest
+  width of their grid), else the rule's width, on every device, either
+  cached for this run's grid size and steps (so the same command runs the
+  same chunks again, also after a longer run of the program tuned it; a
+  ``'tune'`` resets that).
   ``'tune'``: measure now, whatever the run's length. ``'rule'``:
   ``rule_width``. An integer: that width.
 
@@ -432,10 +466,14 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   key, run = signature(config, data), _run_key(config, g)
   entry = _read_cache().get(key, {})
   timed = {int(k): v for k, v in entry.get('us_per_member_step', {}).items()}
-  # A run too short to tune keeps the rule's width when run again, even
-  # after a longer run of the program tuned it: its chunks, hence its bits.
-  if mode == AUTO and run in entry.get('short_runs', ()):
-    return Choice(rule, RULE, 0.0, timed, 'cached: too short to tune')
+  short_runs = _short_runs(entry, rule)
+  # A run too short to tune keeps its width when run again, even after a
+  # longer run of the program tuned it: its chunks, hence its bits.
+  if mode == AUTO and run in short_runs:
+    width = short_runs[run]
+    if width == rule:
+      return Choice(rule, RULE, 0.0, timed, 'cached: too short to tune')
+    return Choice(width, 'cached', 0.0, timed, 'cached: a short run\'s round')
   start = time.perf_counter()
 
   def spent(width):  # what choosing added to the run
@@ -457,8 +495,7 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
 
   by_devices = entry.get('by_devices', {})
   if mode == AUTO and 'width' in entry:  # tuned for this program and host
-    best = int(entry['width'])
-    width = min(ladder, key=lambda w: (abs(math.log(w / best)), w))
+    width = _nearest(ladder, int(entry['width']))
     seconds = 0.0
     if str(devices) not in by_devices:  # tuned on another device count
       count, costs = on_devices(width)
@@ -484,12 +521,30 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
     run_s = min(timed.values(), default=0.0) * 1e-6 * g * config.steps
     if run_s < TUNE_PAYS * tune_s:
       why = (f'run ~{run_s:.3g} s < {TUNE_PAYS} x tuning ~{tune_s:.2g} s')
+      i = ladder.index(rule)
+      round_ = ladder[max(0, i - 1):i + 2]  # the climb's first round
+      # It compiles the rule's neighbours, side by side where cores allow.
+      round_s = probe_s * (len(round_) - 1) / min(len(round_) - 1,
+                                                   usable_cores())
+      width, source, found = rule, RULE, {}
+      if 'short_width' in entry:  # a round of another short run's
+        width, source = _nearest(ladder, int(entry['short_width'])), 'cached'
+        why = f'a short run ({why}): the width an earlier round measured'
+      elif spent(rule) + round_s <= FIRST_USE_S:
+        costs = {w: math.inf for w in round_} | measure(
+            round_, rounds=ROUND_PROBE_ROUNDS)
+        width = cheapest(costs, TIE)
+        source, timed = 'tuned', {w: round(c * 1e6, 3) for w, c in
+                                  sorted(costs.items())}
+        found = {'short_width': width}
+        why = (f'a short run ({why}): the rule\'s width and its '
+               f'neighbours timed, one round ~{round_s:.2g} s')
+      else:
+        why = f'too short to tune: {why}'
       _write_cache(key, {**entry, 'us_per_member_step': timed,
-                         'probe_s': probe_s, 'host': host(),
-                         'short_runs': sorted({*entry.get('short_runs', ()),
-                                               run})})
-      return Choice(rule, RULE, spent(rule), timed,
-                    f'too short to tune: {why}')
+                         'probe_s': probe_s, 'host': host(), **found,
+                         'short_runs': {**short_runs, run: width}})
+      return Choice(width, source, spent(width), timed, why)
   costs = climb(ladder, rule, lambda ws: {w: math.inf for w in ws}
                 | measure(ws), TIE)
   width = cheapest(costs, TIE)
@@ -499,8 +554,8 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   # Tuned by 'auto' (a long run): earlier short runs keep their chunks.
   # Asked for ('tune'): every later 'auto' run takes the new width, on every
   # device count (their device choices were for the width before).
-  _write_cache(key, {'short_runs': entry.get('short_runs', []) if mode == AUTO
-                     else [], 'width': width, 'members': g,
+  _write_cache(key, {'short_runs': short_runs if mode == AUTO else {},
+                     'width': width, 'members': g,
                      'us_per_member_step': timed,
                      'by_devices': {str(devices): {
                          'devices': count, 'us_by_devices': us_by_devices}},

@@ -180,7 +180,8 @@ class _Clock:
     self.spared = spared  # each call's programs, loaded: compiling spared
     monkeypatch.setattr(tuning.time, 'perf_counter', lambda: self.now)
 
-  def __call__(self, widths, devices=None):
+  def __call__(self, widths, devices=None, rounds=tuning.PROBE_ROUNDS):
+    self.rounds = rounds
     self.calls.append(list(widths) if devices is None else (
         list(widths), devices))
     self.now += self.seconds
@@ -193,15 +194,16 @@ class _Clock:
 def test_auto_tunes_only_runs_long_enough_to_pay(tmp_path, monkeypatch):
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
   config = CONFIG.for_grid(GRID)  # 8 members x 12 steps
-  # At 1 ms per member-step the run takes ~0.1 s: < 10 x one width's 1-s
-  # probe. The rule, after timing the rule's width once; choosing cost the
-  # probe but its compile, which the run reuses.
-  measure = _Clock({2: 1e-3, 4: 1e-3, 8: 1e-3}, 1.0, monkeypatch)
+  # At 1 ms per member-step the run takes ~0.1 s: < 10 x one width's 2-s
+  # probe, and timing the rule's neighbour too (~2 s more) would take
+  # choosing past FIRST_USE_S. The rule, after timing the rule's width once;
+  # choosing cost the probe but its compile, which the run reuses.
+  measure = _Clock({2: 1e-3, 4: 1e-3, 8: 1e-3}, 2.0, monkeypatch)
   first = tuning.choose_chunk(config, GRID, None, measure=measure)
   assert (first.width, first.source) == (8, 'rule'), first
   assert first.why.startswith('too short to tune'), first
   assert measure.calls == [[8]] and first.us_per_member_step == {8: 1e3}
-  assert first.seconds == 0.5, first
+  assert first.seconds == 1.0, first
   again = tuning.choose_chunk(config, GRID, None, measure=measure)
   assert (again.width, again.why, again.seconds) == (
       8, 'cached: too short to tune', 0.0), again
@@ -228,6 +230,55 @@ def test_auto_tunes_only_runs_long_enough_to_pay(tmp_path, monkeypatch):
   assert (again.width, again.source) == (4, 'cached'), again
 
 
+@pytest.mark.parametrize('cores', [1, 2])
+def test_a_short_run_times_the_rules_neighbours_within_the_budget(
+    cores, tmp_path, monkeypatch):
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
+  monkeypatch.setattr(tuning, 'usable_cores', lambda: cores)
+  # 64 members x 12 steps at ~1 ms per member-step: a 0.8-s run, too short
+  # to tune (10 x ~0.9 s); the rule's width (16) timed in 0.6 s, half of it
+  # compiling. Its neighbours, compiled side by side on 2 cores (~0.6 s)
+  # or one after the other (~1.2 s), keep choosing within FIRST_USE_S: the
+  # round is timed and its fastest taken, here the wider neighbour.
+  grid = rj.Grid(rj.Seeds(64))  # widths 1, 2, 4, ..., 64
+  config = CONFIG.for_grid(grid)
+  measure = _Clock({4: 3e-3, 8: 1.2e-3, 16: 1e-3, 32: 0.8e-3}, 0.6,
+                   monkeypatch)
+  first = tuning.choose_chunk(config, grid, None, measure=measure)
+  assert (first.width, first.source) == (32, 'tuned'), first
+  assert measure.calls == [[16], [8, 16, 32]], measure.calls
+  assert measure.rounds == tuning.ROUND_PROBE_ROUNDS  # fewer stretches
+  assert first.why.startswith('a short run (run ~0.768 s < 10 x tuning'), first
+  assert first.us_per_member_step == {8: 1.2e3, 16: 1e3, 32: 0.8e3}
+  assert math.isclose(first.seconds, 0.9), first  # not 32's compile
+  assert first.devices is None  # all of them: not timed on fewer
+  # The same run again: the same chunks, nothing measured.
+  again = tuning.choose_chunk(config, grid, None, measure=measure)
+  assert (again.width, again.source, again.seconds) == (32, 'cached', 0.0)
+  assert len(measure.calls) == 2
+  # Another short run of the program (half the grid: its widths 1..32)
+  # takes the round's width, measuring nothing.
+  half = rj.Grid(rj.Seeds(32))
+  other = tuning.choose_chunk(CONFIG.for_grid(half), half, None,
+                              measure=measure)
+  assert (other.width, other.source, other.seconds) == (32, 'cached', 0.0)
+  assert other.why.endswith('the width an earlier round measured'), other
+  assert len(measure.calls) == 2
+  # Where the round would not fit the budget (a slower compile), the rule.
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'slow'))
+  slow = tuning.choose_chunk(config, grid, None, measure=_Clock(
+      measure.costs, 1.5, monkeypatch))
+  assert (slow.width, slow.source) == (16, 'rule'), slow
+  # A cache written before short runs were timed lists them: the rule's.
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'old'))
+  key = tuning.signature(config, None)
+  tuning._write_cache(key, {'short_runs': [tuning._run_key(config, 64)],
+                            'us_per_member_step': {'16': 1e3},
+                            'probe_s': 0.6})
+  old = tuning.choose_chunk(config, grid, None, measure=measure)
+  assert (old.width, old.why) == (16, 'cached: too short to tune'), old
+
+
 def test_auto_counts_the_compiling_the_compilation_cache_spared(
     tmp_path, monkeypatch):
   monkeypatch.setattr(tuning, 'usable_cores', lambda: 3)  # tuning ~ a probe
@@ -241,11 +292,14 @@ def test_auto_counts_the_compiling_the_compilation_cache_spared(
                                measure=_Clock(costs, 0.1, monkeypatch))
   assert choice.source == 'tuned', choice
   # Its programs loaded from the compilation cache in 0.1 s, sparing 1 s of
-  # compiling: the other widths are not there, so tuning would not pay.
+  # compiling: the other widths are not there, so tuning would not pay (a
+  # round of the rule's neighbours, ~1.1 s too, fits FIRST_USE_S).
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'b'))
   choice = tuning.choose_chunk(
       config, GRID, None, measure=_Clock(costs, 0.1, monkeypatch, spared=1.0))
-  assert choice.source == 'rule' and 'tuning ~1.1 s' in choice.why, choice
+  assert choice.why.startswith('a short run') and (
+      'tuning ~1.1 s' in choice.why and 'one round ~1.1 s' in choice.why
+  ), choice
 
 
 def test_a_width_that_does_not_fit_is_not_chosen(tmp_path, monkeypatch):
