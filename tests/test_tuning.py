@@ -170,6 +170,25 @@ def test_tuned_chunk_is_measured_once_cached_and_reproducible(
     chex.assert_trees_all_equal(given.columns[name], first.columns[name])
 
 
+def test_the_probe_starts_later_widths_from_the_first_widths_start(
+    tiny_digits):
+  """A width probed after the first compiles ``advance`` only; its chunks'
+  states, joined from the first width's ``start``, are those its own
+  ``start`` gives the same members."""
+  train = train_lib.make_train(CONFIG.for_grid(GRID))
+  run = program._resumable(train)  # pylint: disable=protected-access
+  devices = jax.local_devices()[:1]
+  probe = program._Probe(train, run, GRID, tiny_digits, devices, None)  # pylint: disable=protected-access
+  assert set(probe([2])) == {2} and probe.base.chunk == 2
+  chunked, slots = probe._chunks(8)  # pylint: disable=protected-access
+  assert not chunked.start and chunked.advance  # no start of its own
+  own = program._compile_chunk(train, run, GRID, tiny_digits, devices, 8)  # pylint: disable=protected-access
+  placed = {devices[0].id: tiny_digits}
+  expected = own.started(slots[0][1], placed, devices[0])
+  chex.assert_trees_all_equal(jax.device_get(slots[0][3]),
+                              jax.device_get(expected))
+
+
 class _Clock:
   """A ``tuning.Measure`` at known costs (seconds per member-step), whose
   each call takes ``seconds`` of the clock."""
