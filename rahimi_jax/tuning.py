@@ -510,6 +510,7 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
                                  here['us_by_devices'].items()})
 
   if mode == AUTO:  # does tuning pay?
+    probed = not timed  # the rule's width compiled and timed now
     if timed:
       probe_s = entry['probe_s']
     else:
@@ -523,9 +524,10 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
       why = (f'run ~{run_s:.3g} s < {TUNE_PAYS} x tuning ~{tune_s:.2g} s')
       i = ladder.index(rule)
       round_ = ladder[max(0, i - 1):i + 2]  # the climb's first round
-      # It compiles the rule's neighbours, side by side where cores allow.
-      round_s = probe_s * (len(round_) - 1) / min(len(round_) - 1,
-                                                   usable_cores())
+      # It compiles the rule's neighbours (and the rule's width, unless
+      # probed now), side by side where cores allow.
+      new = len(round_) - probed
+      round_s = probe_s * new / min(new, usable_cores())
       width, source, found = rule, RULE, {}
       if 'short_width' in entry:  # a round of another short run's
         width, source = _nearest(ladder, int(entry['short_width'])), 'cached'

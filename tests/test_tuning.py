@@ -283,6 +283,14 @@ def test_a_short_run_times_the_rules_neighbours_within_the_budget(
   assert (other.width, other.source, other.seconds) == (32, 'cached', 0.0)
   assert other.why.endswith('the width an earlier round measured'), other
   assert len(measure.calls) == 2
+  # A short run of the program whose rule was timed earlier, in a process
+  # that has compiled nothing: the round would compile three widths (~0.9 s
+  # on 2 cores, 1.8 s on 1), measured where that fits.
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'timed'))
+  tuning._write_cache(tuning.signature(config, None), {
+      'us_per_member_step': {'16': 1e3}, 'probe_s': 0.6})
+  later = tuning.choose_chunk(config, grid, None, measure=measure)
+  assert later.why.endswith(f'one round ~{1.8 / cores:.2g} s'), later
   # Where the round would not fit the budget (a slower compile), the rule.
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'slow'))
   slow = tuning.choose_chunk(config, grid, None, measure=_Clock(
