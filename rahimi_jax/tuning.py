@@ -80,7 +80,7 @@ MODE_ENV = 'RAHIMI_JAX_CHUNK_SIZE'  # the default mode, or a width
 
 MIN_PROBE_S = 0.05  # a width's timed stretch of passes lasts at least this
 PROBE_ROUNDS = 5  # timed stretches per width (fewer when a pass is longer)
-ROUND_PROBE_ROUNDS = 2  # those of a short run's round (``FIRST_USE_S``)
+ROUND_PROBE_ROUNDS = 2  # those of 'auto's first timing and a short run's round
 CACHE_FILE = 'chunk_tuning.json'
 
 
@@ -514,7 +514,9 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
     if timed:
       probe_s = entry['probe_s']
     else:
-      timed = {w: s * 1e6 for w, s in measure([rule]).items()}
+      # Only the run's length hangs on it: two stretches, as a round's.
+      timed = {w: s * 1e6 for w, s in measure(
+          [rule], rounds=ROUND_PROBE_ROUNDS).items()}
       # As if compiled: the other widths are not in the compilation cache.
       probe_s = time.perf_counter() - start + measure.spared_s
     # The climb compiles and times ~3 more widths, 2 at a time or more.
