@@ -142,8 +142,7 @@ def main(argv):
     times = {w: [] for w in hand}
     compile_s = {w: _run(config, grid, data, w)['compile_s'] for w in hand}
     # The default's first use: nothing of this workload compiled.
-    program._COMPILED.clear()  # pylint: disable=protected-access
-    jax.clear_caches()
+    program.clear_compiled()
     auto = _run(config, grid, data)['chunk_choice']  # does tuning pay?
     default_times = []  # its later runs, reading the cache
     for _ in range(FLAGS.repeats):

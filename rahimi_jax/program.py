@@ -459,6 +459,16 @@ def _write_stored(path: str | None, serialized, seconds: float) -> None:
         os.remove(old.path)
 
 
+def clear_compiled() -> None:
+  """Forgets every program ``compile_program`` compiled or serialized in
+  this process, and JAX's in-memory caches (a benchmark timing a first
+  use; a persistent compilation cache on disk stays)."""
+  with _COMPILED_LOCK:
+    _COMPILED.clear()
+    _SERIALIZED.clear()
+  jax.clear_caches()
+
+
 def _program_keys(fn, spec, devices, batched, owner, cpu_level) -> list[Any]:
   """``compile_program``'s cache keys, one per device."""
   precision = jax.config.jax_default_matmul_precision
