@@ -1052,9 +1052,9 @@ def _compile_chunk(train_fn, run: train_lib.Train, grid: grid_lib.Grid,
     pool.shutdown(wait=False)
   # The state's shapes: the compiled start's outputs when it is at hand
   # (tracing ``start`` again for them cost ~45 ms per call of a cached
-  # run), else traced. Compiling the two side by side took the deep linear
-  # net's and the 64-32-10 MLP's first compile from 1.25-1.63 / 2.53-2.71 s
-  # to 1.06-1.39 / 1.96-2.43 s (one after the other).
+  # run), else traced. Compiled side by side, the deep linear net's and the
+  # 64-32-10 MLP's first compile took 1.01-1.39 / 1.96-2.43 s, against
+  # 1.25-1.63 / 2.53-2.71 s one after the other (WORKSPACE.md).
   if state is None:
     state = (jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
                           compiling.result()[0][0].out_info)
