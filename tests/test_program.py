@@ -352,6 +352,21 @@ def test_a_process_without_chunks_compiles_nothing():
                                  (True,)) == ([], 0.0)
 
 
+def test_compiled_already_knows_what_compile_program_holds():
+  # What a chunk's start is checked against before it compiles in a thread.
+  def double(x):
+    return 2 * x
+  args, devices = (np.zeros((2, 3), np.float32),), jax.local_devices()[:1]
+  assert not program.compiled_already(double, args, devices, (True,))
+  program.compile_program(double, args, devices, (True,))
+  assert program.compiled_already(double, args, devices, (True,))
+  # Another shape, or optimization level, is another program.
+  assert not program.compiled_already(
+      double, (np.zeros((3, 3), np.float32),), devices, (True,))
+  assert not program.compiled_already(double, args, devices, (True,),
+                                      cpu_level=2)
+
+
 def test_bad_chunk_size_is_refused_before_compiling():
   with pytest.raises(ValueError, match='chunk_size'):
     program.execute(_train(), GRID, np.zeros(3), chunk_size=-1)
