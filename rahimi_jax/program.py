@@ -1126,17 +1126,19 @@ class _Probe:
     g, slots, shared = len(self.grid), [], _shared(self.run)
     local = [d for d in chunked.used if d.id in chunked.advance]
     placed = {d.id: jax.device_put(self.data, d) for d in local}
-    starter = chunked if base is None else base
+    starter = base or chunked  # the programs with a ``start``
     for i, device in enumerate(local):  # started where the run starts them
       members = (i * width + np.arange(width)) % g
       knobs = jax.device_put(_knobs(self.grid, members, shared), device)
-      if base is None or base.chunk == width:
+      if starter.chunk == width:
         started = starter.started(knobs, placed, device)
       else:  # the first width's chunks, joined
-        parts = [jax.device_get(base.started(jax.device_put(_knobs(
-            self.grid, np.resize(members[k:], base.chunk), shared), device),
-                                             placed, device))
-                 for k in range(0, width, base.chunk)]
+        parts = []
+        for k in range(0, width, starter.chunk):
+          part = _knobs(self.grid, np.resize(members[k:], starter.chunk),
+                        shared)
+          parts.append(jax.device_get(starter.started(
+              jax.device_put(part, device), placed, device)))
         started = jax.device_put(jax.tree.map(
             lambda *a: np.concatenate(a)[:width], *parts), device)
       slots.append([chunked.advance[device.id], knobs, placed[device.id],

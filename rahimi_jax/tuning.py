@@ -528,7 +528,7 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
       round_ = ladder[max(0, i - 1):i + 2]  # the climb's first round
       # It compiles the rule's neighbours (and the rule's width, unless
       # probed now), side by side where cores allow.
-      new = len(round_) - probed
+      new = len(round_) - (1 if probed else 0)
       round_s = probe_s * new / min(new, usable_cores())
       width, source, found = rule, RULE, {}
       if 'short_width' in entry:  # a round of another short run's
