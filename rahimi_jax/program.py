@@ -23,6 +23,7 @@ import json
 import math
 import os
 import pickle
+import queue
 import signal
 import sys
 import threading
@@ -634,25 +635,59 @@ class Interrupted(KeyboardInterrupt):
     self.total = total
 
 
+class _Blocker:
+  """Daemon threads that block until outputs are computed, each reused once
+  it is done (``wait``): a thread started per wait cost a short run ~0.5 ms
+  a wait with both cores busy. One still blocked (its wait interrupted) is
+  not reused; another starts. Daemon threads: an interrupted wait's outputs
+  may still be computing when the process exits, which must not wait."""
+
+  def __init__(self):
+    self._jobs = queue.SimpleQueue()
+    self._lock = threading.Lock()
+    self._idle = 0
+
+  def submit(self, outputs) -> threading.Event:
+    """An event set once ``outputs`` are computed (or failed)."""
+    done = threading.Event()
+    with self._lock:
+      if self._idle:
+        self._idle -= 1
+      else:
+        threading.Thread(target=self._serve, daemon=True).start()
+    self._jobs.put((outputs, done))
+    return done
+
+  def _serve(self):
+    while True:
+      outputs, done = self._jobs.get()
+      try:
+        jax.block_until_ready(outputs)
+      except Exception:  # pylint: disable=broad-except
+        pass  # surfaces in the waiting thread (``wait``'s fetch)
+      del outputs  # its buffers are the caller's to free
+      with self._lock:
+        self._idle += 1
+      done.set()
+
+
+_BLOCKER = _Blocker()
+# A forked child has none of the parent's threads.
+os.register_at_fork(after_in_child=lambda: globals().update(_BLOCKER=_Blocker()))
+
+
 def wait(outputs, fetch: bool = True):
   """Blocks until ``outputs`` are computed, answering Ctrl-C at once.
 
   A blocking ``device_get`` holds Python's signal handling until the whole
-  program has run. Here a helper thread blocks instead, and the main thread
-  waits on an event, which a signal interrupts: ``KeyboardInterrupt`` gets
-  through at once, and a finished program is noticed at once too (the
-  computation itself goes on in the background until the process exits).
-  Returns ``outputs`` on the host (``fetch``) or where they are.
+  program has run. Here a helper thread blocks instead (``_Blocker``), and
+  the main thread waits on an event, which a signal interrupts:
+  ``KeyboardInterrupt`` gets through at once, and a finished program is
+  noticed at once too (the computation itself goes on in the background
+  until the process exits). Returns ``outputs`` on the host (``fetch``) or
+  where they are.
   """
-  done = threading.Event()
-
-  def block():
-    try:
-      jax.block_until_ready(outputs)
-    finally:  # an error surfaces below, from device_get
-      done.set()
-
-  threading.Thread(target=block, daemon=True).start()
+  done = _BLOCKER.submit(outputs)
   while not done.wait(0.1):
     pass
   return jax.device_get(outputs) if fetch else jax.block_until_ready(outputs)
@@ -1019,9 +1054,22 @@ def blas_on_one_thread():
   if jax.default_backend() != 'cpu':
     yield
     return
-  import threadpoolctl  # pylint: disable=g-import-not-at-top
-  with threadpoolctl.threadpool_limits(limits=1, user_api='blas'):
+  with _blas_controller().limit(limits=1, user_api='blas'):
     yield
+
+
+_BLAS = {}  # the ThreadpoolController, and how many modules it has seen
+
+
+def _blas_controller():
+  """threadpoolctl's view of the loaded BLAS libraries, read again only
+  after an import (which may load one: jaxlib's LAPACK loads scipy's
+  OpenBLAS): reading them (``/proc/self/maps``) took ~2.5 ms of every run."""
+  import threadpoolctl  # pylint: disable=g-import-not-at-top
+  if _BLAS.get('modules') != len(sys.modules):
+    _BLAS['controller'] = threadpoolctl.ThreadpoolController()
+    _BLAS['modules'] = len(sys.modules)
+  return _BLAS['controller']
 
 
 def _compile_chunk(train_fn, run: train_lib.Train, grid: grid_lib.Grid,

@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import threading
 from unittest import mock
 
 import chex
@@ -249,6 +250,47 @@ def test_blas_runs_on_one_thread_while_a_grid_runs(tiny_digits):
       program.execute(_train(), GRID, tiny_digits)
     assert threads() == outside
   assert seen and all(set(t.values()) == {1} for t in seen), seen
+
+
+def test_the_blas_libraries_are_read_again_after_an_import(tmp_path,
+                                                         monkeypatch):
+  """Reading the loaded libraries costs a run ~2.5 ms, so it is kept; an
+  import may load another BLAS, so one is read again after it."""
+  first = program._blas_controller()  # pylint: disable=protected-access
+  assert program._blas_controller() is first  # pylint: disable=protected-access
+  (tmp_path / 'a_new_module.py').write_text('')
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.delitem(sys.modules, 'a_new_module', raising=False)
+  __import__('a_new_module')
+  assert program._blas_controller() is not first  # pylint: disable=protected-access
+
+
+def test_waits_reuse_helper_threads_but_not_a_blocked_one():
+  """A thread started per wait cost ~0.5 ms of a busy host's wait; one whose
+  wait was interrupted (still blocked on its outputs) is not reused."""
+  x = jax.block_until_ready(jax.numpy.arange(3.0))
+  program.wait(x)
+  with mock.patch.object(threading.Thread, 'start', autospec=True,
+                         side_effect=threading.Thread.start) as started:
+    for _ in range(20):
+      program.wait(x, fetch=False)
+  assert started.call_count == 0
+  release, real = threading.Event(), jax.block_until_ready
+  stuck = object()
+
+  def block(outputs):  # the interrupted wait's outputs never finish
+    if outputs is stuck:
+      release.wait()
+    return real(outputs)
+
+  with mock.patch.object(jax, 'block_until_ready', block):
+    blocked = program._BLOCKER.submit(stuck)  # pylint: disable=protected-access
+    answered = concurrent.futures.ThreadPoolExecutor(1).submit(
+        program.wait, x)
+    np.testing.assert_array_equal(answered.result(timeout=30), [0, 1, 2])
+    assert not blocked.is_set()
+    release.set()
+    assert blocked.wait(30)
 
 
 def test_worker_threads_trace_at_the_callers_settings():
