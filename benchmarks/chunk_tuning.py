@@ -14,8 +14,8 @@ group's), in one process run:
   auto         the engine's default (no flags), first with nothing of the
                workload compiled or cached: it times the rule's width and
                tunes if the run is long enough to pay for it
-               (``tuning.TUNE_PAYS``), else times the rule's neighbours too
-               if that keeps choosing within ``tuning.FIRST_USE_S``; then
+               (``tuning.TUNE_PAYS``), else climbs as far as that keeps
+               choosing within ``tuning.FIRST_USE_S``; then
                its runs (reading the cache) timed beside the hand-picked
                widths';
   tune         the tuner forced (``chunk_size='tune'``): the widths it

@@ -1013,6 +1013,7 @@ class _Chunked:
     advance: ``advance`` compiled per local used device (``{device id:
       compiled}``; empty for a run in one call).
     seconds: what compiling took (0 for programs compiled before).
+    advance_s: what compiling ``advance`` took (beside ``start``'s compile).
     state: the chunk state's ``ShapeDtypeStruct``s.
     need: the most bytes one of the programs needs, if known.
   """
@@ -1021,6 +1022,7 @@ class _Chunked:
   start: dict[int, Any]
   advance: dict[int, Any]
   seconds: float
+  advance_s: float
   state: Any
   need: int | None
 
@@ -1122,8 +1124,8 @@ def _compile_chunk(train_fn, run: train_lib.Train, grid: grid_lib.Grid,
   need = max([program_bytes(c) or 0 for c in (*start[:1], *advance[:1])],
              default=0) or None
   return _Chunked(chunk, used, {d.id: c for d, c in zip(starts, start)},
-                  {d.id: c for d, c in zip(local, advance)}, seconds, state,
-                  need)
+                  {d.id: c for d, c in zip(local, advance)}, seconds, more,
+                  state, need)
 
 
 class _Probe:
@@ -1146,7 +1148,8 @@ class _Probe:
   next round is dispatched ahead of them, but the host's work takes its
   share of a 2-core CPU). ``compile_s`` has each width's compile seconds,
   ``spared_s`` the compiling that programs loaded from the compilation cache
-  spared (``use_compilation_cache``).
+  spared (``use_compilation_cache``), ``next_compile_s`` what compiling
+  another width should take (its ``advance``, as the last width's took).
   """
 
   def __init__(self, train_fn, run: train_lib.Train, grid: grid_lib.Grid,
@@ -1155,6 +1158,7 @@ class _Probe:
     self.devices, self.budget = list(devices), budget
     self.compile_s: dict[int, float] = {}
     self.spared_s = 0.0  # compiling that the compilation cache spared
+    self.next_compile_s = 0.0
     self.base: _Chunked | None = None  # the first width's, ``start`` too
 
   def _chunks(self, width: int, devices: int | None = None
@@ -1169,6 +1173,8 @@ class _Probe:
     chunked = _compile_chunk(self.train_fn, self.run, self.grid, self.data,
                              self.devices[:devices], width, state=state)
     self.compile_s[width] = self.compile_s.get(width, 0.0) + chunked.seconds
+    if chunked.advance_s:
+      self.next_compile_s = chunked.advance_s
     if self.budget and chunked.need and chunked.need > self.budget:
       return None
     g, slots, shared = len(self.grid), [], _shared(self.run)

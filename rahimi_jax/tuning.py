@@ -10,8 +10,8 @@ tuning to pay (``TUNE_PAYS``), at the widths around it while they get faster
 (``climb``), keeps the fastest, then times it on fewer of the devices (half,
 a quarter, ... while that is faster: where the devices outnumber the cores
 the run really gets, or its operations are big enough to use several cores
-from one device); a shorter run, at the rule's width and its two neighbours
-when that keeps choosing within ``FIRST_USE_S``. It caches the choice per
+from one device); a shorter run, the same climb as far as it keeps
+choosing within ``FIRST_USE_S``. It caches the choice per
 (host, program) in ``cache_path()``: later runs of the program on this host
 pay nothing and run the same chunks, hence the same bits (a ``vmap`` of
 another width may round differently in the last bit; the device count
@@ -28,6 +28,7 @@ share of the cores), which favours wider chunks in short runs.
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -66,14 +67,15 @@ TUNE = 'tune'  # the width measured fastest on this host, measured now
 RULE = 'rule'  # ``rule_width``, measuring nothing
 MODES = (AUTO, TUNE, RULE)
 TUNE_PAYS = 10  # 'auto' tunes a run estimated to take this x tuning or more
-# A shorter run: 'auto' times the rule's width beside its two neighbours
-# (``climb``'s first round, over ``ROUND_PROBE_ROUNDS`` stretches) when that
-# is estimated to keep what choosing costs the run's first use within this
-# many seconds (issue 16's budget), and the run keeps the fastest. Programs
-# that compile in about a second qualify: the benchmark's deep linear net
-# (G=256, a 0.2-s run), whose best width is host-specific (the rule's 16 ran
-# 1.21-1.375x slower than 64 on a 2-core AMD EPYC; 64 ran 1.26x slower than
-# 16 on a 2-core Intel Xeon), not the MLPs (~2 s a width).
+# A shorter run: 'auto' climbs from the rule's width (over
+# ``ROUND_PROBE_ROUNDS`` stretches a width) as far as each next width is
+# estimated to keep what choosing costs the run's first use within this many
+# seconds (issue 16's budget: each new width compiled as the last was), and
+# the run keeps the fastest. Programs that compile in about a second time a
+# neighbour or two: the benchmark's deep linear net (G=256, a 0.2-s run),
+# whose best width is host-specific (the rule's 16 ran 1.21-1.375x slower
+# than 64 on a 2-core AMD EPYC; 64 ran 1.26x slower than 16 on a 2-core Intel
+# Xeon), not the MLPs (~2 s a width).
 FIRST_USE_S = 2.0
 TIE = 0.03  # widths timed this close (relative) count as equal: the wider wins
 MODE_ENV = 'RAHIMI_JAX_CHUNK_SIZE'  # the default mode, or a width
@@ -123,35 +125,48 @@ def cheapest(costs: dict[int, float], tie: float = 0.0) -> int:
 
 
 def climb(ladder: Sequence[int], start: int,
-          cost: Callable[[list[int]], dict[int, float]], tie: float = 0.0
+          cost: Callable[[list[int]], dict[int, float]], tie: float = 0.0,
+          affords: Callable[[list[int]], bool] = lambda widths: True
           ) -> dict[int, float]:
   """Searches ``ladder`` (ascending widths) outward from ``start`` for the
-  cheapest width (``cheapest(costs, tie)``).
+  cheapest width (``cheapest(costs, tie)``), one new width at a time.
 
-  ``cost(widths) -> {width: cost}`` measures a batch of widths at once (so
-  they may compile in parallel): first ``start`` and its two neighbours, then
-  one width further past whichever end is cheapest, with the cheapest so far
-  measured again beside it (a host's speed drifts), until the cheapest is
-  interior or at the ladder's end. Exact for a cost that falls then rises
-  along the ladder; a width beyond a worse one is not tried.
+  ``cost(widths) -> {width: cost}`` measures widths side by side: first
+  ``start`` and its wider neighbour (at the ladder's end, its narrower),
+  then one width further past whichever end of those measured is cheapest
+  (the wider end first), with the cheapest so far measured again beside it
+  (a host's speed drifts), until the cheapest is interior or at the
+  ladder's end, or ``affords(widths)`` says measuring the next ones would
+  not fit a budget. Exact for a cost that falls then rises along the
+  ladder; a width beyond a worse one is not tried. (A new width at a time:
+  two compiled side by side gained little, 1.03-1.35 s against 1.07-1.53 s
+  one after the other for the deep linear net's ``advance`` on a 2-core AMD
+  EPYC, and the budget can stop between them. The wider first: a
+  narrower chunk pays more rounds' start and bookkeeping, which the probe
+  does not time.)
 
   Returns:
-    The cost of every width measured.
+    The cost of every width measured (none: the first did not fit).
   """
   ladder = list(ladder)
   i = ladder.index(start)
-  costs = dict(cost([ladder[j] for j in (i - 1, i, i + 1)
-                     if 0 <= j < len(ladder)]))
+  first = ladder[i:i + 2] if i + 1 < len(ladder) else ladder[max(0, i - 1):]
+  if not affords(first):
+    return {}
+  costs = dict(cost(first))
   while True:
     measured = [j for j, w in enumerate(ladder) if w in costs]
     best = ladder.index(cheapest(costs, tie))
-    if best == measured[0] and best > 0:
-      nxt = best - 1
-    elif best == measured[-1] and best < len(ladder) - 1:
+    if best == measured[-1] and best < len(ladder) - 1:
       nxt = best + 1
+    elif best == measured[0] and best > 0:
+      nxt = best - 1
     else:
       return costs
-    costs.update(cost([ladder[nxt], ladder[best]]))
+    batch = [ladder[nxt], ladder[best]]
+    if not affords(batch):
+      return costs
+    costs.update(cost(batch))
 
 
 def cpu_model() -> str:
@@ -312,6 +327,7 @@ class Measure(Protocol):
 
   compile_s: dict[int, float]  # per width: what compiling its programs took
   spared_s: float  # compiling that the compilation cache spared, in all
+  next_compile_s: float  # what compiling another width should take
 
   def __call__(self, widths: Sequence[int], devices: int | None = None,
                rounds: int = ...) -> dict[int, float]:
@@ -422,11 +438,11 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   ``1 / TUNE_PAYS`` of it (estimated from the rule's width, timed now or
   earlier), the fastest width measured now (``climb`` from the rule's
   width), and the fewest devices no slower at that width
-  (``fewer_devices``), cached for every later run of the program; else,
-  when timing the rule's width beside its two neighbours keeps choosing
-  within ``FIRST_USE_S`` (estimated likewise), the fastest of the three
-  (cached for the program: its other short runs take it too, at the nearest
-  width of their grid), else the rule's width, on every device, either
+  (``fewer_devices``), cached for every later run of the program; else the
+  fastest of the widths that climb measures while each next one is
+  estimated to keep choosing within ``FIRST_USE_S`` (cached for the
+  program: its other short runs take it too, at the nearest width of their
+  grid), else (none fits) the rule's width, on every device, either
   cached for this run's grid size and steps (so the same command runs the
   same chunks again, also after a longer run of the program tuned it; a
   ``'tune'`` resets that).
@@ -509,48 +525,58 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
                   us_by_devices={int(k): v for k, v in
                                  here['us_by_devices'].items()})
 
+  def measured(widths, rounds=PROBE_ROUNDS):  # one that does not fit: inf
+    return {w: math.inf for w in widths} | measure(widths, rounds=rounds)
+
   if mode == AUTO:  # does tuning pay?
-    probed = not timed  # the rule's width compiled and timed now
     if timed:
-      probe_s = entry['probe_s']
+      probe_s, time_s = entry['probe_s'], 0.0
     else:
       # Only the run's length hangs on it: two stretches, as a round's.
       timed = {w: s * 1e6 for w, s in measure(
           [rule], rounds=ROUND_PROBE_ROUNDS).items()}
       # As if compiled: the other widths are not in the compilation cache.
       probe_s = time.perf_counter() - start + measure.spared_s
-    # The climb compiles and times ~3 more widths, 2 at a time or more.
-    tune_s = probe_s * 3 / min(3, usable_cores())
+      time_s = spent(rule)  # timing a width, its chunks started
+    # The climb compiles and times ~3 more widths, one after another.
+    tune_s = probe_s * 3
     run_s = min(timed.values(), default=0.0) * 1e-6 * g * config.steps
     if run_s < TUNE_PAYS * tune_s:
-      why = (f'run ~{run_s:.3g} s < {TUNE_PAYS} x tuning ~{tune_s:.2g} s')
-      i = ladder.index(rule)
-      round_ = ladder[max(0, i - 1):i + 2]  # the climb's first round
-      # It compiles the rule's neighbours (and the rule's width, unless
-      # probed now), side by side where cores allow.
-      new = len(round_) - (1 if probed else 0)
-      round_s = probe_s * new / min(new, usable_cores())
+
+      def affords(widths):
+        """Whether measuring ``widths`` keeps what choosing costs the run
+        (``spent``) within ``FIRST_USE_S``: each new one compiled as the
+        last (``next_compile_s``; where this process compiled none, as the
+        earlier process's whole probe of the rule's width), each timed as
+        the rule's width was, less the compile of the width the run then
+        takes (the least of them)."""
+        new = [w for w in widths if w not in measure.compile_s]
+        each = (max(measure.next_compile_s, measure.spared_s)
+                if measure.compile_s else probe_s)
+        least = min([*measure.compile_s.values()] + [each] * bool(new))
+        return (time.perf_counter() - start + len(new) * each +
+                len(widths) * time_s - least) <= FIRST_USE_S
+
+      why = f'run ~{run_s:.3g} s < {TUNE_PAYS} x tuning ~{tune_s:.2g} s'
       width, source, found = rule, RULE, {}
       if 'short_width' in entry:  # a round of another short run's
         width, source = _nearest(ladder, int(entry['short_width'])), 'cached'
         why = f'a short run ({why}): the width an earlier round measured'
-      elif spent(rule) + round_s <= FIRST_USE_S:
-        costs = {w: math.inf for w in round_} | measure(
-            round_, rounds=ROUND_PROBE_ROUNDS)
-        width = cheapest(costs, TIE)
-        source, timed = 'tuned', {w: round(c * 1e6, 3) for w, c in
-                                  sorted(costs.items())}
+      elif costs := climb(ladder, rule, functools.partial(
+          measured, rounds=ROUND_PROBE_ROUNDS), TIE, affords):
+        width, source = cheapest(costs, TIE), 'tuned'
+        timed = {w: round(c * 1e6, 3) for w, c in sorted(costs.items())}
         found = {'short_width': width}
-        why = (f'a short run ({why}): the rule\'s width and its '
-               f'neighbours timed, one round ~{round_s:.2g} s')
+        why = (f'a short run ({why}): {len(costs)} widths timed, choosing '
+               f'within {FIRST_USE_S:g} s')
       else:
-        why = f'too short to tune: {why}'
+        why = (f'too short to tune: {why}; timing another width would take '
+               f'choosing past {FIRST_USE_S:g} s')
       _write_cache(key, {**entry, 'us_per_member_step': timed,
                          'probe_s': probe_s, 'host': host(), **found,
                          'short_runs': {**short_runs, run: width}})
       return Choice(width, source, spent(width), timed, why)
-  costs = climb(ladder, rule, lambda ws: {w: math.inf for w in ws}
-                | measure(ws), TIE)
+  costs = climb(ladder, rule, measured, TIE)
   width = cheapest(costs, TIE)
   timed = {w: round(s * 1e6, 3) for w, s in sorted(costs.items())}
   count, us_by_devices = on_devices(width, costs[width])

@@ -65,7 +65,34 @@ def test_climb_finds_the_cheapest_width_of_a_valley(seed):
   # It goes no further than one width past the cheapest.
   i = ladder.index(start)
   assert set(got) <= set(ladder[max(0, min(i, low) - 1):max(i, low) + 2])
-  assert sorted(asked[0]) == ladder[max(0, i - 1):i + 2]
+  # The start and its wider neighbour (at the end, its narrower), then one
+  # new width at a time.
+  assert asked[0] == (ladder[i:i + 2] if i + 1 < len(ladder) else
+                      ladder[max(0, i - 1):])
+  seen = set(asked[0])
+  for batch in asked[1:]:
+    assert len(set(batch) - seen) == 1, asked
+    seen |= set(batch)
+
+
+def test_the_climb_measures_what_its_budget_affords():
+  cost = {1: 3.0, 2: 2.0, 4: 1.0, 8: 0.9, 16: 0.8, 32: 2.0}
+  asked = []
+
+  def measure(widths_):
+    asked.append(widths_)
+    return {w: cost[w] for w in widths_}
+
+  budget = iter([True, True, False])  # the third batch would not fit
+  got = tuning.climb(sorted(cost), 4, measure,
+                     affords=lambda widths_: next(budget))
+  assert asked == [[4, 8], [16, 8]] and tuning.cheapest(got) == 16, asked
+  assert tuning.climb(sorted(cost), 4, measure, affords=lambda _: False) == {}
+  # The wider neighbour dearer: the narrower side next.
+  asked.clear()
+  cost = {1: 2.0, 2: 1.0, 4: 1.5, 8: 2.0}
+  assert tuning.cheapest(tuning.climb(sorted(cost), 4, measure)) == 2
+  assert asked == [[4, 8], [2, 4], [1, 2]], asked
 
 
 def test_near_ties_go_to_the_wider_width():
@@ -191,11 +218,13 @@ def test_the_probe_starts_later_widths_from_the_first_widths_start(
 
 class _Clock:
   """A ``tuning.Measure`` at known costs (seconds per member-step), whose
-  each call takes ``seconds`` of the clock."""
+  each call takes ``seconds / 2`` of the clock to compile each width new to
+  it and ``seconds / 2`` to time each width."""
 
   def __init__(self, costs, seconds, monkeypatch, spared=0.0):
     self.costs, self.seconds, self.now = costs, seconds, 100.0
     self.compile_s, self.calls, self.spared_s = {}, [], 0.0
+    self.next_compile_s = seconds / 2
     self.spared = spared  # each call's programs, loaded: compiling spared
     monkeypatch.setattr(tuning.time, 'perf_counter', lambda: self.now)
 
@@ -203,9 +232,10 @@ class _Clock:
     self.rounds = rounds
     self.calls.append(list(widths) if devices is None else (
         list(widths), devices))
-    self.now += self.seconds
+    new = [w for w in widths if w not in self.compile_s]
+    self.now += self.seconds / 2 * (len(new) + len(widths))
     self.spared_s += self.spared
-    self.compile_s.update({w: self.seconds / 2 for w in widths})
+    self.compile_s.update({w: self.seconds / 2 for w in new})
     costs = self.costs if devices is None else self.costs_on[devices]
     return {w: costs[w] for w in widths if w in costs}
 
@@ -213,8 +243,9 @@ class _Clock:
 def test_auto_tunes_only_runs_long_enough_to_pay(tmp_path, monkeypatch):
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
   config = CONFIG.for_grid(GRID)  # 8 members x 12 steps
-  # At 1 ms per member-step the run takes ~0.1 s: < 10 x one width's 2-s
-  # probe, and timing the rule's neighbour too (~2 s more) would take
+  # At 1 ms per member-step the run takes ~0.1 s: < 10 x tuning (3 widths
+  # like the rule's, each compiled in 1 s and timed in 1 s), and timing the
+  # rule's neighbour too (1 s to compile, 2 s to time both) would take
   # choosing past FIRST_USE_S. The rule, after timing the rule's width once;
   # choosing cost the probe but its compile, which the run reuses.
   measure = _Clock({2: 1e-3, 4: 1e-3, 8: 1e-3}, 2.0, monkeypatch)
@@ -234,8 +265,10 @@ def test_auto_tunes_only_runs_long_enough_to_pay(tmp_path, monkeypatch):
   measure = _Clock({1: 3.0, 2: 2.0, 4: 1.0, 8: 2.0}, 1.0, monkeypatch)
   chosen = tuning.choose_chunk(long, GRID, None, measure=measure)
   assert (chosen.width, chosen.source) == (4, 'tuned'), chosen
-  assert measure.calls[0] == [4, 8] and [2, 4] in measure.calls
-  assert chosen.seconds == len(measure.calls) - 0.5, chosen
+  assert measure.calls == [[4, 8], [2, 4]], measure.calls
+  # 4 and 2 compiled (1 s), 4 and 8 twice timed, 2 once (2.5 s): what the
+  # run does not reuse, 4's compile, is not the choice's.
+  assert chosen.seconds == 3.0, chosen
   cached = tuning.choose_chunk(long, GRID, None, measure=measure)
   assert (cached.width, cached.source, cached.seconds) == (4, 'cached', 0.0)
   # The short run again: the chunks it ran before, not the tuned ones...
@@ -249,32 +282,31 @@ def test_auto_tunes_only_runs_long_enough_to_pay(tmp_path, monkeypatch):
   assert (again.width, again.source) == (4, 'cached'), again
 
 
-@pytest.mark.parametrize('cores', [1, 2])
-def test_a_short_run_times_the_rules_neighbours_within_the_budget(
-    cores, tmp_path, monkeypatch):
+def test_a_short_run_climbs_as_far_as_the_budget_affords(tmp_path,
+                                                          monkeypatch):
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
-  monkeypatch.setattr(tuning, 'usable_cores', lambda: cores)
   # 64 members x 12 steps at ~1 ms per member-step: a 0.8-s run, too short
-  # to tune (10 x ~0.9 s); the rule's width (16) timed in 0.6 s, half of it
-  # compiling. Its neighbours, compiled side by side on 2 cores (~0.6 s)
-  # or one after the other (~1.2 s), keep choosing within FIRST_USE_S: the
-  # round is timed and its fastest taken, here the wider neighbour.
+  # to tune (10 x 3 x ~0.4 s); the rule's width (16) compiled and timed in
+  # 0.4 s. Each next width (0.2 s to compile, 0.2 s to time it and the
+  # fastest again) keeps choosing within FIRST_USE_S: the climb goes on,
+  # wider first, to the valley's floor (32).
   grid = rj.Grid(rj.Seeds(64))  # widths 1, 2, 4, ..., 64
   config = CONFIG.for_grid(grid)
-  measure = _Clock({4: 3e-3, 8: 1.2e-3, 16: 1e-3, 32: 0.8e-3}, 0.6,
-                   monkeypatch)
+  measure = _Clock({4: 3e-3, 8: 1.2e-3, 16: 1e-3, 32: 0.8e-3, 64: 0.9e-3},
+                   0.4, monkeypatch)
   first = tuning.choose_chunk(config, grid, None, measure=measure)
   assert (first.width, first.source) == (32, 'tuned'), first
-  assert measure.calls == [[16], [8, 16, 32]], measure.calls
+  assert measure.calls == [[16], [16, 32], [64, 32]], measure.calls
   assert measure.rounds == tuning.ROUND_PROBE_ROUNDS  # fewer stretches
-  assert first.why.startswith('a short run (run ~0.768 s < 10 x tuning'), first
-  assert first.us_per_member_step == {8: 1.2e3, 16: 1e3, 32: 0.8e3}
-  assert math.isclose(first.seconds, 0.9), first  # not 32's compile
+  assert first.why == ('a short run (run ~0.768 s < 10 x tuning ~1.2 s): 3 '
+                       'widths timed, choosing within 2 s'), first
+  assert first.us_per_member_step == {16: 1e3, 32: 0.8e3, 64: 0.9e3}
+  assert math.isclose(first.seconds, 1.4), first  # not 32's compile
   assert first.devices is None  # all of them: not timed on fewer
   # The same run again: the same chunks, nothing measured.
   again = tuning.choose_chunk(config, grid, None, measure=measure)
   assert (again.width, again.source, again.seconds) == (32, 'cached', 0.0)
-  assert len(measure.calls) == 2
+  assert len(measure.calls) == 3
   # Another short run of the program (half the grid: its widths 1..32)
   # takes the round's width, measuring nothing.
   half = rj.Grid(rj.Seeds(32))
@@ -282,51 +314,58 @@ def test_a_short_run_times_the_rules_neighbours_within_the_budget(
                               measure=measure)
   assert (other.width, other.source, other.seconds) == (32, 'cached', 0.0)
   assert other.why.endswith('the width an earlier round measured'), other
-  assert len(measure.calls) == 2
-  # A short run of the program whose rule was timed earlier, in a process
-  # that has compiled nothing: the round would compile three widths (~0.9 s
-  # on 2 cores, 1.8 s on 1), measured where that fits.
+  assert len(measure.calls) == 3
+  # A slower compile: timing the wider neighbour would take choosing past
+  # FIRST_USE_S (0.75 s to compile it, 1.5 s to time both): the rule.
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'slow'))
+  slow = _Clock(measure.costs, 1.5, monkeypatch)
+  chosen = tuning.choose_chunk(config, grid, None, measure=slow)
+  assert (chosen.width, chosen.source) == (16, 'rule'), chosen
+  assert chosen.why.endswith('would take choosing past 2 s'), chosen
+  assert slow.calls == [[16]]
+  # The rule's width timed by an earlier process, this one has compiled
+  # nothing: a width is estimated at that whole probe (0.4 s), so the rule
+  # and its neighbour (compiled, 0.4 s; timed, 0.4 s) fit.
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'timed'))
   tuning._write_cache(tuning.signature(config, None), {
-      'us_per_member_step': {'16': 1e3}, 'probe_s': 0.6})
-  later = tuning.choose_chunk(config, grid, None, measure=measure)
-  assert later.why.endswith(f'one round ~{1.8 / cores:.2g} s'), later
-  # Where the round would not fit the budget (a slower compile), the rule.
-  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'slow'))
-  slow = tuning.choose_chunk(config, grid, None, measure=_Clock(
-      measure.costs, 1.5, monkeypatch))
-  assert (slow.width, slow.source) == (16, 'rule'), slow
+      'us_per_member_step': {'16': 1e3}, 'probe_s': 0.4})
+  later = _Clock(measure.costs, 0.4, monkeypatch)
+  chosen = tuning.choose_chunk(config, grid, None, measure=later)
+  assert (chosen.width, later.calls[0]) == (32, [16, 32]), later.calls
   # A cache written before short runs were timed lists them: the rule's.
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'old'))
   key = tuning.signature(config, None)
   tuning._write_cache(key, {'short_runs': [tuning._run_key(config, 64)],
                             'us_per_member_step': {'16': 1e3},
-                            'probe_s': 0.6})
+                            'probe_s': 0.4})
   old = tuning.choose_chunk(config, grid, None, measure=measure)
   assert (old.width, old.why) == (16, 'cached: too short to tune'), old
 
 
 def test_auto_counts_the_compiling_the_compilation_cache_spared(
     tmp_path, monkeypatch):
-  monkeypatch.setattr(tuning, 'usable_cores', lambda: 3)  # tuning ~ a probe
-  # 8 members x 200 steps at 1 ms per member-step: a 1.6-s run.
-  config = train_lib.TrainConfig(hidden=(8,), steps=200, log_every=4,
+  # 8 members x 400 steps at 1 ms per member-step: a 3.2-s run.
+  config = train_lib.TrainConfig(hidden=(8,), steps=400, log_every=4,
                                  batch_size=16).for_grid(GRID)
   costs = {2: 1e-3, 4: 1e-3, 8: 1e-3}
-  # The rule's width compiled and timed in 0.1 s: tuning (~0.1 s) pays.
+  # The rule's width compiled and timed in 0.1 s: tuning (~0.3 s) pays.
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'a'))
   choice = tuning.choose_chunk(config, GRID, None,
                                measure=_Clock(costs, 0.1, monkeypatch))
   assert choice.source == 'tuned', choice
   # Its programs loaded from the compilation cache in 0.1 s, sparing 1 s of
-  # compiling: the other widths are not there, so tuning would not pay (a
-  # round of the rule's neighbours, ~1.1 s too, fits FIRST_USE_S).
+  # compiling: the other widths are not there, so tuning would not pay; a
+  # short run's climb counts each width at the 1 s spared, and fits.
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'b'))
   choice = tuning.choose_chunk(
       config, GRID, None, measure=_Clock(costs, 0.1, monkeypatch, spared=1.0))
-  assert choice.why.startswith('a short run') and (
-      'tuning ~1.1 s' in choice.why and 'one round ~1.1 s' in choice.why
-  ), choice
+  assert choice.why.startswith('a short run (run ~3.2 s < 10 x tuning ~3.3 '
+                               's)'), choice
+  # 2 s spared: the neighbour would take choosing past FIRST_USE_S.
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'c'))
+  choice = tuning.choose_chunk(
+      config, GRID, None, measure=_Clock(costs, 0.1, monkeypatch, spared=2.0))
+  assert choice.why.startswith('too short to tune'), choice
 
 
 def test_a_width_that_does_not_fit_is_not_chosen(tmp_path, monkeypatch):
