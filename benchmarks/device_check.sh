@@ -49,11 +49,11 @@ run_stage() {
   case $1 in
     throughput)
       echo "== grid_throughput small (float32) =="
-      limited 140 throughput python3 -m benchmarks.grid_throughput --regime=small \
+      limited 140 throughput python3 -m benchmarks.grid_throughput --regime=small --repeats=1 \
           --grid_sizes=1,64,1024,4096 --methods=a,b,c --loop_members_cap=4 \
           --profile --json_out="$out/bench_small.json"
       echo "== grid_throughput compute (float32) =="
-      limited 100 throughput python3 -m benchmarks.grid_throughput --regime=compute \
+      limited 100 throughput python3 -m benchmarks.grid_throughput --regime=compute --repeats=1 \
           --grid_sizes=1,128,1024,4096 --methods=a,b,c --loop_members_cap=4 \
           --profile --json_out="$out/bench_compute.json"
       ;;
@@ -63,7 +63,7 @@ run_stage() {
         xf=
         [ "$name" = cublas ] && xf=--xla_gpu_enable_triton_gemm=false
         echo "== GEMM back end: $name (XLA_FLAGS='$xf') =="
-        XLA_FLAGS=$xf limited 55 gemm python3 -m benchmarks.grid_throughput \
+        XLA_FLAGS=$xf limited 55 gemm python3 -m benchmarks.grid_throughput --repeats=1 \
             --regime=compute --grid_sizes=4096 --methods=a \
             --json_out="$out/gemm_$name.json"
         XLA_FLAGS=$xf limited 30 gemm /usr/bin/time -f 'wall %es' python3 -m \
@@ -71,7 +71,7 @@ run_stage() {
       done ;;
     tf32)
       echo "== grid_throughput compute (tensorfloat32, stated) =="
-      limited 45 tf32 python3 -m benchmarks.grid_throughput --regime=compute \
+      limited 45 tf32 python3 -m benchmarks.grid_throughput --regime=compute --repeats=1 \
           --grid_sizes=128,4096 --methods=a --matmul_precision=tensorfloat32 \
           --profile --json_out="$out/bench_compute_tf32.json" ;;
     tuning)
@@ -95,7 +95,7 @@ run_stage() {
     kernels)
       echo "== mlp128 G=4096 per kernel (XLA_FLAGS=--xla_gpu_enable_command_buffer=) =="
       XLA_FLAGS=--xla_gpu_enable_command_buffer= limited 60 kernels python3 -m \
-          benchmarks.grid_throughput --regime=compute --grid_sizes=4096 \
+          benchmarks.grid_throughput --regime=compute --grid_sizes=4096 --repeats=1 \
           --methods=a --profile --json_out="$out/kernels.json" ;;
     deep_linear)
       echo "== deep_linear (default, float64) =="

@@ -37,6 +37,8 @@ products' rate as ``torch.einsum`` on one thread: whether another library's
 kernels run the program's own products faster. Each torch row runs at the
 faster of torch's default threads and one (on a shared host the default's
 OpenMP threads can stall on tiny ops), unless ``--torch_threads`` fixes it.
+Each method runs ``--repeats`` times (3), its fastest run counting: the
+speedups divide two fastest runs.
 
 Default: two workloads where per-step overhead dominates (a few minutes on 2
 CPU cores):
@@ -85,6 +87,9 @@ flags.DEFINE_integer('loop_members_cap', 16,
 flags.DEFINE_integer('peak_n', None, 'Side of the square float32 matmul that '
                      'measures the peak FLOP/s (default: 2048 on a CPU, 8192 '
                      'on an accelerator).')
+flags.DEFINE_integer('repeats', 3, 'Runs of each method (each compiling '
+                     'again); the fastest counts, for every method alike: a '
+                     'host\'s speed drifts within a run.')
 flags.DEFINE_bool('dry_run', False, 'Check the flags and exit.')
 flags.DEFINE_float('tolerance', 1e-5, 'Largest accepted |(a) - (b)| of the '
                    'final train_loss.')
@@ -129,7 +134,7 @@ def main(argv):
         loop_members_cap=FLAGS.loop_members_cap, peak_n=FLAGS.peak_n,
         tolerance=FLAGS.tolerance, json_out=FLAGS.json_out,
         torch_threads=FLAGS.torch_threads, chunk_size=FLAGS.chunk_size,
-        profile=FLAGS.profile)
+        profile=FLAGS.profile, repeats=FLAGS.repeats)
     if FLAGS.cpu_devices < 0:
       raise ValueError(f'cpu_devices must be >= 0; got {FLAGS.cpu_devices}.')
   except ValueError as e:

@@ -32,7 +32,8 @@ from rahimi_jax import program
 ROOT = pathlib.Path(__file__).parents[1]
 REQUIRED = ('regime', 'workload', 'G', 'method', 'compile_s', 'run_s', 'gflops',
             'peak_gflops', 'matmul_precision')
-TINY = ['--regime=small', '--grid_sizes=2', '--steps=5', '--peak_n=128']
+TINY = ['--regime=small', '--grid_sizes=2', '--steps=5', '--peak_n=128',
+        '--repeats=1']
 
 
 def _env(extra_path=()):
@@ -166,6 +167,7 @@ BAD = {
     'non_integer_size': (dict(grid_sizes=['8', 'x']), "'x'"),
     'repeated_size': (dict(grid_sizes=['8', '8']), 'distinct'),
     'zero_steps': (dict(steps=0), 'steps'),
+    'zero_repeats': (dict(repeats=0), 'repeats'),
     'workload_of_other_regime': (dict(workloads=['mlp128']), "'mlp128'"),
     'unwritable_json': (dict(json_out='/nonexistent/dir/x.json'), 'json_out'),
 }
@@ -178,6 +180,18 @@ def test_bad_options_fail_early(name):
   with pytest.raises(ValueError) as err:
     suite.make_bench_config(**(base | kwargs))
   assert needle in str(err.value)
+
+
+def test_each_method_keeps_its_fastest_run():
+  runs = iter([3.0, 1.0, 2.0])
+
+  def runner(bench, members):
+    del bench, members
+    run_s = next(runs)
+    return workloads.Timing(run_s, run_s, np.arange(2), np.zeros(2))
+
+  # The fastest run's seconds, the first run's compile.
+  assert suite.fastest_of(runner, 3)(None, None)[:2] == (3.0, 1.0)
 
 
 def test_disagreeing_methods_exit_non_zero(monkeypatch, capsys):
