@@ -1,5 +1,6 @@
 """Tests of rahimi_jax.cli: list parsing, errors, Ctrl-C and staged output."""
 
+import json
 import os
 import types
 
@@ -195,6 +196,28 @@ def test_launch_bad_run_flags_are_one_line_before_anything(
   assert err.startswith('error: ') and err.count('\n') == 1, err
   assert bad in err, err
   assert os.listdir(tmp_path) == []
+
+
+def test_launch_resumes_only_under_the_checkpointed_flags(tmp_path, capsys,
+                                                          monkeypatch):
+  """A checkpoint of a run with other result flags is refused before
+  anything runs, naming each flag's saved and given value; under the same
+  flags it is resumed (tests/test_ablate.py: kill -9, bit for bit)."""
+  out = tmp_path / 'out'
+  (out / storage.CHECKPOINT).mkdir(parents=True)
+  (out / storage.CHECKPOINT / 'flags.json').write_text(
+      json.dumps({'log_every': 5, 'steps': 60}))
+
+  def run(config):
+    raise AssertionError('must not run')
+
+  monkeypatch.setattr(cli, 'run_flags', lambda: {'log_every': 10, 'steps': 60})
+  assert cli.launch(lambda: 'config', str, run, _write, str(out)) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and '--log_every=5, not 10' in err, err
+  assert '--steps' not in err and '--overwrite' in err, err
+  monkeypatch.setattr(cli, 'run_flags', lambda: {'log_every': 5, 'steps': 60})
+  assert cli._check_resume(str(out)).startswith('resuming')  # pylint: disable=protected-access
 
 
 def test_axis_lists_reject_empty_and_repeated_names():
