@@ -673,8 +673,9 @@ class _Blocker:
 
 
 _BLOCKER = _Blocker()
-# A forked child has none of the parent's threads.
-os.register_at_fork(after_in_child=lambda: globals().update(_BLOCKER=_Blocker()))
+if hasattr(os, 'register_at_fork'):  # a forked child has none of our threads
+  os.register_at_fork(
+      after_in_child=lambda: globals().update(_BLOCKER=_Blocker()))
 
 
 def wait(outputs, fetch: bool = True):
