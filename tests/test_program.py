@@ -293,6 +293,30 @@ def test_waits_reuse_helper_threads_but_not_a_blocked_one():
     assert blocked.wait(30)
 
 
+_FORKED_WAIT = """
+import os, signal
+import jax, jax.numpy as jnp
+from rahimi_jax import program
+x = jax.block_until_ready(jnp.arange(3.0))
+program.wait(x)  # a helper thread now parked, ready for the next wait
+pid = os.fork()
+if pid == 0:  # the child has no helper thread: its wait must start one
+  signal.alarm(20)
+  program.wait(x)
+  os._exit(0)
+print('child exit status', os.waitpid(pid, 0)[1])
+"""
+
+
+def test_a_forked_child_waits_with_threads_of_its_own():
+  proc = subprocess.run([sys.executable, '-W', 'ignore', '-c', _FORKED_WAIT],
+                        env=dict(os.environ, PYTHONPATH=str(ROOT),
+                                 JAX_PLATFORMS='cpu'),
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'child exit status 0' in proc.stdout, proc.stdout  # 14: it hung
+
+
 def test_worker_threads_trace_at_the_callers_settings():
   """The devices' and the tuner's compiles run in threads, where JAX's
   thread-local settings would fall back to the global ones."""
