@@ -82,7 +82,7 @@ MODE_ENV = 'RAHIMI_JAX_CHUNK_SIZE'  # the default mode, or a width
 
 MIN_PROBE_S = 0.05  # a width's timed stretch of passes lasts at least this
 PROBE_ROUNDS = 5  # timed stretches per width (fewer when a pass is longer)
-ROUND_PROBE_ROUNDS = 2  # those of 'auto's first timing and a short run's round
+ROUND_PROBE_ROUNDS = 2  # those of 'auto's first timing and a short run's climb
 CACHE_FILE = 'chunk_tuning.json'
 
 
@@ -491,7 +491,7 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
     width = short_runs[run]
     if width == rule:
       return Choice(rule, RULE, 0.0, timed, 'cached: too short to tune')
-    return Choice(width, 'cached', 0.0, timed, 'cached: a short run\'s round')
+    return Choice(width, 'cached', 0.0, timed, 'cached: a short run\'s climb')
   start = time.perf_counter()
 
   def spent(width):  # what choosing added to the run
@@ -561,9 +561,9 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
 
       why = f'run ~{run_s:.3g} s < {TUNE_PAYS} x tuning ~{tune_s:.2g} s'
       width, source, found = rule, RULE, {}
-      if 'short_width' in entry:  # a round of another short run's
+      if 'short_width' in entry:  # another short run's climb found it
         width, source = _nearest(ladder, int(entry['short_width'])), 'cached'
-        why = f'a short run ({why}): the width an earlier round measured'
+        why = f'a short run ({why}): the width an earlier climb measured'
       elif costs := climb(ladder, rule, functools.partial(
           measured, rounds=ROUND_PROBE_ROUNDS), TIE, affords):
         width, source = cheapest(costs, TIE), 'tuned'

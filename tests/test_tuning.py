@@ -313,7 +313,7 @@ def test_a_short_run_climbs_as_far_as_the_budget_affords(tmp_path,
   other = tuning.choose_chunk(CONFIG.for_grid(half), half, None,
                               measure=measure)
   assert (other.width, other.source, other.seconds) == (32, 'cached', 0.0)
-  assert other.why.endswith('the width an earlier round measured'), other
+  assert other.why.endswith('the width an earlier climb measured'), other
   assert len(measure.calls) == 3
   # A slower compile: timing the wider neighbour would take choosing past
   # FIRST_USE_S (0.75 s to compile it, 1.5 s to time both): the rule.
