@@ -51,7 +51,7 @@ import numpy as np
 # the 64-32-10 MLP) in chunks of 16-32 on the Xeon (32 up to 1.3x slower
 # than 16 for the deep linear net there) and 32-64 on the EPYC (16 up to
 # 1.17x slower): no width is within 10% on both, 16 stays (a short run that
-# compiles quickly times 8 and 32 beside it: ``FIRST_USE_S``). An accelerator
+# compiles quickly climbs from it, 32 first: ``FIRST_USE_S``). An accelerator
 # wants wide vmaps: on an H200 at G=4096, one chunk of 4096 ran the 64-128-10
 # MLP 1.14x and the deep linear net 1.5x faster than four of 1024 (the
 # 64-32-10 MLP alike); a program that needs more than the memory budget gets
