@@ -172,6 +172,7 @@ def _count_compile_saved(event: str, seconds: float, **_) -> None:
   if event == '/jax/compilation_cache/compile_time_saved_sec':
     with _CACHE_SPARED_LOCK:
       _CACHE_SPARED['seconds'] += seconds
+    _THREAD_HITS.seconds = getattr(_THREAD_HITS, 'seconds', 0.0) + seconds
 
 
 monitoring.register_event_listener(_count_cache_hit)
@@ -305,6 +306,9 @@ def _in_callers_config(fn: Callable[..., Any]) -> Callable[..., Any]:
 # devices, per program (``compile_program``'s key less the device): what
 # ``_load`` loads for the others. ``None``: it could not be serialized.
 _SERIALIZED: dict[Any, Any] = {}
+# program (``_COMPILED``'s key less the device) -> (seconds its compile call
+# took, seconds of compiling a compilation cache spared it), as it was built.
+_BUILT: dict[Any, tuple[float, float]] = {}
 # Whether programs are compiled once and loaded for the other devices
 # (``False`` after a failure: each device compiles its own).
 _LOAD_FOR_DEVICES = True
@@ -467,6 +471,7 @@ def clear_compiled() -> None:
   with _COMPILED_LOCK:
     _COMPILED.clear()
     _SERIALIZED.clear()
+    _BUILT.clear()
   jax.clear_caches()
 
 
@@ -483,6 +488,19 @@ def compiled_already(fn, args, devices, batched: tuple[bool, ...],
   keys = _program_keys(fn, _spec(args), devices, batched, owner, cpu_level)
   with _COMPILED_LOCK:
     return all(k in _COMPILED for k in keys)
+
+
+def build_cost(fn, args, devices, batched: tuple[bool, ...], owner=None,
+               cpu_level: int | None = None) -> tuple[float, float]:
+  """What building ``compile_program``'s programs took in this process
+  (now or earlier): the seconds of the call that built them, and the
+  compiling that a compilation cache spared it (programs loaded: the seconds
+  their compile had taken). ``(0.0, 0.0)`` for programs not in memory."""
+  if not devices:
+    return 0.0, 0.0
+  key = _program_keys(fn, _spec(args), devices, batched, owner, cpu_level)[0]
+  with _COMPILED_LOCK:
+    return _BUILT.get(key[:2] + key[3:], (0.0, 0.0))
 
 
 def compile_program(fn, args, devices, batched: tuple[bool, ...],
@@ -530,9 +548,14 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
         spec))
 
+  spared = [0.0]  # by JAX's compilation cache (a device's: each loads it)
+
   def one(device, lowered=None):
-    return (lowered or lower(device)).compile(
+    before = getattr(_THREAD_HITS, 'seconds', 0.0)
+    compiled = (lowered or lower(device)).compile(
         compiler_options=_compiler_options(device, cpu_level))
+    spared.append(getattr(_THREAD_HITS, 'seconds', 0.0) - before)
+    return compiled
 
   start = time.perf_counter()
   program = keys[0][:2] + keys[0][3:]  # the key less the device
@@ -577,6 +600,7 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
       with _CACHE_SPARED_LOCK:  # as JAX counts its cache's
         _CACHE_SPARED['hits'] += 1
         _CACHE_SPARED['seconds'] += stored[1]
+      spared.append(stored[1])
   if missing:
     with concurrent.futures.ThreadPoolExecutor(len(missing)) as pool:
       have.update(zip([k for _, k in missing],
@@ -589,9 +613,11 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
     while len(_COMPILED) > CACHE_SIZE:
       _COMPILED.popitem(last=False)
     if built:  # only then can a program have left the cache
+      _BUILT[program] = (seconds, max(spared))
       live = {k[:2] + k[3:] for k in _COMPILED}
-      for gone in [p for p in _SERIALIZED if p not in live]:
-        del _SERIALIZED[gone]
+      for gone in [p for p in (*_SERIALIZED, *_BUILT) if p not in live]:
+        _SERIALIZED.pop(gone, None)
+        _BUILT.pop(gone, None)
   return [have[key] for key in keys], seconds
 
 
@@ -1015,7 +1041,11 @@ class _Chunked:
     advance: ``advance`` compiled per local used device (``{device id:
       compiled}``; empty for a run in one call).
     seconds: what compiling took (0 for programs compiled before).
-    advance_s: what compiling ``advance`` took (beside ``start``'s compile).
+    advance_s: what compiling ``advance`` took when it was built, now
+      (beside ``start``'s compile) or earlier in this process; loaded from
+      a compilation cache, the compiling that spared (``build_cost``).
+    cost_s: what compiling the programs took, as ``advance_s``: their wall
+      time side by side (compiled earlier: the longer one's).
     state: the chunk state's ``ShapeDtypeStruct``s.
     need: the most bytes one of the programs needs, if known.
   """
@@ -1025,6 +1055,7 @@ class _Chunked:
   advance: dict[int, Any]
   seconds: float
   advance_s: float
+  cost_s: float
   state: Any
   need: int | None
 
@@ -1113,21 +1144,27 @@ def _compile_chunk(train_fn, run: train_lib.Train, grid: grid_lib.Grid,
              if compiling.done() and compiling.result()[0] else
              jax.eval_shape(jax.vmap(run.start, in_axes=_in_axes(
                  (knobs_batched, False))), knobs, data))
-  advance, more = [], 0.0
+  advance, more, advance_cost = [], 0.0, (0.0, 0.0)
   if run.passes:
     scalar = jax.ShapeDtypeStruct((), np.int32)
-    advance, more = compile_program(
-        run.advance, (knobs, data, state, scalar, scalar), local,
-        (knobs_batched, False, True, False, False), donate=(2,),
-        owner=train_fn)
+    advance_args = (run.advance, (knobs, data, state, scalar, scalar), local,
+                    (knobs_batched, False, True, False, False))
+    advance, more = compile_program(*advance_args, donate=(2,),
+                                    owner=train_fn)
+    advance_cost = build_cost(*advance_args, owner=train_fn)
   start, seconds = compiling.result()
+  start_cost = build_cost(*start_args, **start_options)
   if seconds or more:  # the two side by side: their wall time
     seconds = time.perf_counter() - begun
+  # Compiled earlier in this process (a run at a given width, say): what
+  # they took then (side by side: the longer), for the chunk tuner.
+  cost = (seconds or max(start_cost[0], advance_cost[0])) + (
+      start_cost[1] + advance_cost[1])
   need = max([program_bytes(c) or 0 for c in (*start[:1], *advance[:1])],
              default=0) or None
   return _Chunked(chunk, used, {d.id: c for d, c in zip(starts, start)},
-                  {d.id: c for d, c in zip(local, advance)}, seconds, more,
-                  state, need)
+                  {d.id: c for d, c in zip(local, advance)}, seconds,
+                  sum(advance_cost), cost, state, need)
 
 
 class _Probe:
@@ -1148,10 +1185,12 @@ class _Probe:
   width whose programs need more than ``budget`` bytes is left out. Not
   timed: what a run does between passes and rounds (a call, a finish; the
   next round is dispatched ahead of them, but the host's work takes its
-  share of a 2-core CPU). ``compile_s`` has each width's compile seconds,
-  ``spared_s`` the compiling that programs loaded from the compilation cache
-  spared (``use_compilation_cache``), ``next_compile_s`` what compiling
-  another width should take (its ``advance``, as the last width's took).
+  share of a 2-core CPU). ``compile_s`` has each width's compile seconds
+  (0 for programs compiled before), ``cost_s`` what compiling them took when
+  they were built, now or earlier in this process (programs loaded from the
+  compilation cache: the compiling that spared, ``use_compilation_cache``),
+  ``next_compile_s`` what compiling another width should take (its
+  ``advance``, as the last width's took).
   """
 
   def __init__(self, train_fn, run: train_lib.Train, grid: grid_lib.Grid,
@@ -1159,7 +1198,7 @@ class _Probe:
     self.train_fn, self.run, self.grid, self.data = train_fn, run, grid, data
     self.devices, self.budget = list(devices), budget
     self.compile_s: dict[int, float] = {}
-    self.spared_s = 0.0  # compiling that the compilation cache spared
+    self.cost_s: dict[int, float] = {}
     self.next_compile_s = 0.0
     self.base: _Chunked | None = None  # the first width's, ``start`` too
 
@@ -1175,6 +1214,7 @@ class _Probe:
     chunked = _compile_chunk(self.train_fn, self.run, self.grid, self.data,
                              self.devices[:devices], width, state=state)
     self.compile_s[width] = self.compile_s.get(width, 0.0) + chunked.seconds
+    self.cost_s.setdefault(width, chunked.cost_s)
     if chunked.advance_s:
       self.next_compile_s = chunked.advance_s
     if self.budget and chunked.need and chunked.need > self.budget:
@@ -1216,11 +1256,9 @@ class _Probe:
     steps = self.run.passes - 1  # passes with steps (the last only logs)
     if not widths or steps < 1:
       return {}
-    spared = _CACHE_SPARED['seconds']
     with concurrent.futures.ThreadPoolExecutor(len(widths)) as pool:
       ready = dict(zip(widths, pool.map(_in_callers_config(
           functools.partial(self._chunks, devices=devices)), widths)))
-    self.spared_s += _CACHE_SPARED['seconds'] - spared
     ready = {w: r for w, r in ready.items() if r is not None}
     if self.base is None and ready:
       self.base = next(iter(ready.values()))[0]

@@ -328,7 +328,9 @@ class Measure(Protocol):
   """Times a run at chunk widths (``program._Probe``)."""
 
   compile_s: dict[int, float]  # per width: what compiling its programs took
-  spared_s: float  # compiling that the compilation cache spared, in all
+  # per width: what they took when built, now or earlier in this process
+  # (loaded from the compilation cache: the compiling that spared)
+  cost_s: dict[int, float]
   next_compile_s: float  # what compiling another width should take
 
   def __call__(self, widths: Sequence[int], devices: int | None = None,
@@ -537,9 +539,10 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
       # Only the run's length hangs on it: two stretches, as a round's.
       timed = {w: s * 1e6 for w, s in measure(
           [rule], rounds=ROUND_PROBE_ROUNDS).items()}
-      # As if compiled: the other widths are not in the compilation cache.
-      probe_s = time.perf_counter() - start + measure.spared_s
       time_s = spent(rule)  # timing a width, its chunks started
+      # As if compiled now: the other widths are not in the compilation
+      # cache, nor compiled in this process.
+      probe_s = time_s + measure.cost_s.get(rule, 0.0)
     # The climb compiles and times ~3 more widths, one after another.
     tune_s = probe_s * 3
     run_s = min(timed.values(), default=0.0) * 1e-6 * g * config.steps
@@ -553,8 +556,7 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
         the rule's width was, less the compile of the width the run then
         takes (the least of them)."""
         new = [w for w in widths if w not in measure.compile_s]
-        each = (max(measure.next_compile_s, measure.spared_s)
-                if measure.compile_s else probe_s)
+        each = measure.next_compile_s if measure.compile_s else probe_s
         least = min([*measure.compile_s.values()] + [each] * bool(new))
         return (time.perf_counter() - start + len(new) * each +
                 len(widths) * time_s - least) <= FIRST_USE_S

@@ -380,12 +380,21 @@ def test_a_program_compiled_once_is_loaded_from_disk(tiny_digits,
   # As a later process would: the same program from new functions, in
   # neither the engine's memory nor JAX's, compiled again, which JAX answers
   # from the directory.
-  hits = program.compile_cache_hits()
-  again = program.execute(train_lib.make_train.__wrapped__(config), grid,
-                          tiny_digits)
+  hits, spared = program.compile_cache_hits(), program._CACHE_SPARED['seconds']  # pylint: disable=protected-access
+  train = train_lib.make_train.__wrapped__(config)
+  again = program.execute(train, grid, tiny_digits)
   info = again.metadata['engine']
   assert info['compile_cache_hits'] >= 2, info  # start and advance
   assert program.compile_cache_hits() - hits == info['compile_cache_hits']
+  # Those programs, in memory now, read what building them took (the chunk
+  # tuner's estimate of another width), not nothing.
+  spared = program._CACHE_SPARED['seconds'] - spared  # pylint: disable=protected-access
+  chunked = program._compile_chunk(  # pylint: disable=protected-access
+      train, program._resumable(train), grid, tiny_digits,  # pylint: disable=protected-access
+      jax.local_devices()[:1], info['chunk_choice']['width'])
+  loading = info['compile_s'] + spared  # JAX's saving is net of loading
+  assert chunked.seconds == 0 and (
+      0.5 * loading <= chunked.cost_s <= 2 * loading), (chunked.cost_s, info)
   chex.assert_trees_all_equal(_metrics(again), _metrics(first))
   # A directory the user configured wins.
   assert program.use_compilation_cache('/elsewhere') == compilation_cache

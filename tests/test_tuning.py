@@ -214,6 +214,13 @@ def test_the_probe_starts_later_widths_from_the_first_widths_start(
   expected = own.started(slots[0][1], placed, devices[0])
   chex.assert_trees_all_equal(jax.device_get(slots[0][3]),
                               jax.device_get(expected))
+  # Another probe of the width, now compiled: it costs the probe nothing,
+  # yet reads what compiling it took, to estimate the next width's compile.
+  again = program._Probe(train, run, GRID, tiny_digits, devices, None)  # pylint: disable=protected-access
+  again([8])
+  assert again.compile_s == {8: 0.0}, again.compile_s
+  assert again.cost_s == {8: own.cost_s} and own.cost_s > 0, again.cost_s
+  assert again.next_compile_s == own.advance_s > 0
 
 
 class _Clock:
@@ -221,11 +228,12 @@ class _Clock:
   each call takes ``seconds / 2`` of the clock to compile each width new to
   it and ``seconds / 2`` to time each width."""
 
-  def __init__(self, costs, seconds, monkeypatch, spared=0.0):
+  def __init__(self, costs, seconds, monkeypatch, spared=0.0, built=()):
     self.costs, self.seconds, self.now = costs, seconds, 100.0
-    self.compile_s, self.calls, self.spared_s = {}, [], 0.0
-    self.next_compile_s = seconds / 2
-    self.spared = spared  # each call's programs, loaded: compiling spared
+    self.compile_s, self.cost_s, self.calls = {}, {}, []
+    self.next_compile_s = 0.0
+    self.spared = spared  # each width's programs, loaded: compiling spared
+    self.built = built  # widths compiled earlier in the process
     monkeypatch.setattr(tuning.time, 'perf_counter', lambda: self.now)
 
   def __call__(self, widths, devices=None, rounds=tuning.PROBE_ROUNDS):
@@ -233,9 +241,12 @@ class _Clock:
     self.calls.append(list(widths) if devices is None else (
         list(widths), devices))
     new = [w for w in widths if w not in self.compile_s]
-    self.now += self.seconds / 2 * (len(new) + len(widths))
-    self.spared_s += self.spared
-    self.compile_s.update({w: self.seconds / 2 for w in new})
+    now = [w for w in new if w not in self.built]
+    self.now += self.seconds / 2 * (len(now) + len(widths))
+    self.compile_s.update({w: self.seconds / 2 * (w in now) for w in new})
+    self.cost_s.update({w: self.seconds / 2 + self.spared for w in new})
+    if new:
+      self.next_compile_s = self.seconds / 2 + self.spared
     costs = self.costs if devices is None else self.costs_on[devices]
     return {w: costs[w] for w in widths if w in costs}
 
@@ -323,6 +334,13 @@ def test_a_short_run_climbs_as_far_as_the_budget_affords(tmp_path,
   assert (chosen.width, chosen.source) == (16, 'rule'), chosen
   assert chosen.why.endswith('would take choosing past 2 s'), chosen
   assert slow.calls == [[16]]
+  # The same, the rule's programs compiled earlier in this process (a run
+  # at that width): the next width is still estimated at their compile.
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'earlier'))
+  earlier = _Clock(measure.costs, 1.5, monkeypatch, built=(16,))
+  chosen = tuning.choose_chunk(config, grid, None, measure=earlier)
+  assert (chosen.width, earlier.calls) == (16, [[16]]), chosen
+  assert chosen.why.startswith('too short to tune'), chosen
   # The rule's width timed by an earlier process, this one has compiled
   # nothing: a width is estimated at that whole probe (0.4 s), so the rule
   # and its neighbour (compiled, 0.4 s; timed, 0.4 s) fit.
