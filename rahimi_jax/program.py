@@ -563,12 +563,17 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
     have = {k: _COMPILED[k] for k in keys if k in _COMPILED}
   missing = [(d, k) for d, k in zip(devices, keys) if k not in have]
   built = bool(missing)
+  whole = len(missing) == len(keys)  # not some devices' only, after eviction
   # CPUs (tested) and GPUs (without the compilation cache: JAX's own loads a
   # GPU program compiled for one device on another) only.
   load = (_LOAD_FOR_DEVICES and jax.local_device_count() > 1 and
           devices[0].platform in (('cpu',) if _cache_dir() else ('cpu', 'gpu')))
   stored = None  # this program as an earlier process kept it
-  if missing and load and len(devices) > 1 and program not in _SERIALIZED:
+  with _COMPILED_LOCK:
+    serialized = _SERIALIZED.get(program)
+    tried = program in _SERIALIZED  # serialized (or found not to serialize)
+  if missing and load and len(devices) > 1 and not tried:
+    tried = True
     device, key = missing[0]
     lowered = lower(device)
     path = _stored_path(lowered, device, _compiler_options(device, cpu_level),
@@ -585,9 +590,6 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
       fresh = getattr(_THREAD_HITS, 'count', 0) == hits
       serialized = _serialize(have[key]) if fresh else None  # before a run
       _write_stored(path, serialized, time.perf_counter() - begun)
-    with _COMPILED_LOCK:
-      _SERIALIZED[program] = serialized
-  serialized = _SERIALIZED.get(program)
   if load and serialized is not None and missing:
     with concurrent.futures.ThreadPoolExecutor(len(missing)) as pool:
       loaded = list(pool.map(lambda d: _load(serialized, d),
@@ -613,7 +615,12 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
     while len(_COMPILED) > CACHE_SIZE:
       _COMPILED.popitem(last=False)
     if built:  # only then can a program have left the cache
-      _BUILT[program] = (seconds, max(spared))
+      # Set here, with its keys (another thread's clean-up below drops a
+      # program none of whose keys is in ``_COMPILED``).
+      if tried:
+        _SERIALIZED[program] = serialized
+      if whole or program not in _BUILT:  # not a device's load alone
+        _BUILT[program] = (seconds, max(spared))
       live = {k[:2] + k[3:] for k in _COMPILED}
       for gone in [p for p in (*_SERIALIZED, *_BUILT) if p not in live]:
         _SERIALIZED.pop(gone, None)
@@ -1044,8 +1051,8 @@ class _Chunked:
     advance_s: what compiling ``advance`` took when it was built, now
       (beside ``start``'s compile) or earlier in this process; loaded from
       a compilation cache, the compiling that spared (``build_cost``).
-    cost_s: what compiling the programs took, as ``advance_s``: their wall
-      time side by side (compiled earlier: the longer one's).
+    cost_s: what compiling the programs took, as ``advance_s`` (side by
+      side: the longer one's).
     state: the chunk state's ``ShapeDtypeStruct``s.
     need: the most bytes one of the programs needs, if known.
   """
@@ -1156,10 +1163,9 @@ def _compile_chunk(train_fn, run: train_lib.Train, grid: grid_lib.Grid,
   start_cost = build_cost(*start_args, **start_options)
   if seconds or more:  # the two side by side: their wall time
     seconds = time.perf_counter() - begun
-  # Compiled earlier in this process (a run at a given width, say): what
-  # they took then (side by side: the longer), for the chunk tuner.
-  cost = (seconds or max(start_cost[0], advance_cost[0])) + (
-      start_cost[1] + advance_cost[1])
+  # What building them took, now or earlier in this process (a run at a
+  # given width, say), for the chunk tuner: side by side, the longer.
+  cost = max(start_cost[0], advance_cost[0]) + start_cost[1] + advance_cost[1]
   need = max([program_bytes(c) or 0 for c in (*start[:1], *advance[:1])],
              default=0) or None
   return _Chunked(chunk, used, {d.id: c for d, c in zip(starts, start)},
@@ -1180,8 +1186,10 @@ class _Probe:
 
   ``probe(widths, devices)`` is each width's estimated seconds per
   member-step of the whole run on the first ``devices`` devices (default
-  all): a pass's time x the rounds of chunks the grid needs at that width
-  (idle devices in the last round count), over members x steps per pass. A
+  all): a pass's time x the rounds of chunks the run needs at that width
+  (every group's chunks, ``groups`` the run's group sizes, default the
+  grid's: idle devices in the last round count), over members x steps per
+  pass (the chunks timed are the first group's, ``grid``). A
   width whose programs need more than ``budget`` bytes is left out. Not
   timed: what a run does between passes and rounds (a call, a finish; the
   next round is dispatched ahead of them, but the host's work takes its
@@ -1194,9 +1202,11 @@ class _Probe:
   """
 
   def __init__(self, train_fn, run: train_lib.Train, grid: grid_lib.Grid,
-               data: Any, devices: Sequence[Any], budget: int | None):
+               data: Any, devices: Sequence[Any], budget: int | None,
+               groups: Sequence[int] | None = None):
     self.train_fn, self.run, self.grid, self.data = train_fn, run, grid, data
     self.devices, self.budget = list(devices), budget
+    self.groups = list(groups or [len(grid)])
     self.compile_s: dict[int, float] = {}
     self.cost_s: dict[int, float] = {}
     self.next_compile_s = 0.0
@@ -1212,7 +1222,8 @@ class _Probe:
         lambda s: jax.ShapeDtypeStruct((width,) + s.shape[1:], s.dtype),
         base.state)
     chunked = _compile_chunk(self.train_fn, self.run, self.grid, self.data,
-                             self.devices[:devices], width, state=state)
+                             self.devices[:devices], width,
+                             self._chunks_of(width), state=state)
     self.compile_s[width] = self.compile_s.get(width, 0.0) + chunked.seconds
     self.cost_s.setdefault(width, chunked.cost_s)
     if chunked.advance_s:
@@ -1240,6 +1251,10 @@ class _Probe:
       slots.append([chunked.advance[device.id], knobs, placed[device.id],
                     started])
     return chunked, slots
+
+  def _chunks_of(self, width: int) -> int:
+    """The run's chunks at ``width``: each group's, its last padded."""
+    return sum(math.ceil(n / width) for n in self.groups)
 
   @staticmethod
   def _time(slots, count: int, calls: int) -> float:
@@ -1279,11 +1294,11 @@ class _Probe:
         for w, (count, calls, _) in plan.items():  # falls on every width
           best[w] = min(best[w], self._time(ready[w][1], count, calls) /
                         (count * calls))
-    g, every = len(self.grid), self.run.config.log_every
+    members, every = sum(self.groups), self.run.config.log_every
     out = {}
     for w, (chunked, _) in ready.items():
-      rounds_of_run = math.ceil(math.ceil(g / w) / len(chunked.used))
-      out[w] = best[w] * rounds_of_run / (g * every)
+      rounds_of_run = math.ceil(self._chunks_of(w) / len(chunked.used))
+      out[w] = best[w] * rounds_of_run / (members * every)
     return out
 
 
@@ -1441,7 +1456,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
   elif chunk_size is None:
     mode = options.chunk_size or env_chunk_mode()
     # Several processes run process 0's choice (the others measure nothing).
-    probe = (_Probe(train_fn, run, first, data, devices, budget)
+    probe = (_Probe(train_fn, run, first, data, devices, budget, groups)
              if run.passes else None)
     flops = None
     # The rule's input, traced only where it decides (a CPU, a grid whose
@@ -1457,7 +1472,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
         mode=tuning.RULE if me and mode in (tuning.AUTO, tuning.TUNE) else mode,
         most=member_batch_size, measure=probe,
         devices=1 if several or num_devices else len(devices),
-        step_flops=flops)
+        step_flops=flops, groups=groups)
     if choice.devices and not (several or num_devices):
       devices = devices[:choice.devices]
     if several:

@@ -119,8 +119,11 @@ def rule_width(members: int, backend: str | None = None,
 def cheapest(costs: dict[int, float], tie: float = 0.0) -> int:
   """The widest width whose cost is within ``tie`` (relative) of the least:
   a wider chunk means fewer rounds of chunks, whose start and bookkeeping
-  the probe does not time."""
+  the probe does not time. None fits (every cost ``inf``): the narrowest,
+  so that a climb goes on toward narrower widths."""
   least = min(costs.values())
+  if math.isinf(least):
+    return min(costs)
   return max(w for w, c in costs.items() if c <= least * (1 + tie))
 
 
@@ -299,7 +302,8 @@ class Choice:
     us_per_member_step: the run's time per member and step at each width
       measured, estimated from its timed passes (for ``'cached'``, when it
       was measured).
-    why: why the rule's width, when tuning would not have paid.
+    why: why this width, where tuning did not run whole (a short run's
+      climb, or the rule's width when choosing would not have paid).
     devices: how many of the run's devices to run chunks on (``None``: all
       of them).
     us_by_devices: for a tuned choice, the run's time per member and step at
@@ -414,6 +418,13 @@ def _short_runs(entry: dict[str, Any], rule: int) -> dict[str, int]:
   return {run: int(w) for run, w in runs.items()}
 
 
+def _finite_us(costs: dict[int, float]) -> dict[int, float]:
+  """Seconds per member-step as microseconds, for the cache and the
+  results' metadata; a width that did not fit (``inf``) left out."""
+  return {w: round(c * 1e6, 3) for w, c in sorted(costs.items())
+          if math.isfinite(c)}
+
+
 def fewer_devices(width: int, most: int, cost_all: float,
                   measure: Measure, tie: float = TIE) -> dict[int, float]:
   """The run's cost at ``width`` on ``most`` devices (``cost_all``, measured
@@ -433,7 +444,8 @@ def fewer_devices(width: int, most: int, cost_all: float,
 def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
                  most: int | None = None,
                  measure: Measure | None = None, devices: int = 1,
-                 step_flops: float | None = None) -> Choice:
+                 step_flops: float | None = None,
+                 groups: Sequence[int] | None = None) -> Choice:
   """The chunk width (and device count) a grid of ``config`` runs in on
   this host.
 
@@ -468,6 +480,9 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
     devices: the run's device count (``fewer_devices`` tries fewer).
     step_flops: a member's step's matmul FLOPs, for ``rule_width``
       (``member_step_flops``; ``None``: unknown).
+    groups: the sizes of the run's groups of members, each chunked like
+      ``grid`` and run in the same rounds (default ``[len(grid)]``): the
+      run's length and chunks (``measure`` times the whole run's rounds).
 
   Returns:
     The ``Choice``; its ``seconds`` leave out compiling the chosen width,
@@ -483,15 +498,19 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   rule = max(w for w in ladder if w <= rule_width(g, step_flops=step_flops))
   if len(ladder) == 1:
     return Choice(rule, RULE)
-  key, run = signature(config, data), _run_key(config, g)
+  groups = list(groups or [g])
+  total = sum(groups)
+  key, run = signature(config, data), _run_key(config, total)
   entry = _read_cache().get(key, {})
   timed = {int(k): v for k, v in entry.get('us_per_member_step', {}).items()}
   short_runs = _short_runs(entry, rule)
   # A run too short to tune keeps its width when run again, even after a
   # longer run of the program tuned it: its chunks, hence its bits.
   if mode == AUTO and run in short_runs:
-    width = short_runs[run]
-    if width == rule:
+    width = _nearest(ladder, short_runs[run])  # within ``most``
+    climbed = 'short_width' in entry and _nearest(
+        ladder, int(entry['short_width'])) == width
+    if width == rule and not climbed:
       return Choice(rule, RULE, 0.0, timed, 'cached: too short to tune')
     return Choice(width, 'cached', 0.0, timed, 'cached: a short run\'s climb')
   start = time.perf_counter()
@@ -503,7 +522,8 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   def on_devices(width, cost_all=None):
     """The fewest devices no slower at ``width`` (``None``: all) and the
     cost on each device count measured; cached per device count."""
-    usable = min(devices, math.ceil(g / width))  # no device runs padding only
+    # No device runs padding only.
+    usable = min(devices, sum(math.ceil(n / width) for n in groups))
     if usable < 2:
       return None, {}
     if cost_all is None:
@@ -511,7 +531,7 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
     costs = fewer_devices(width, usable, cost_all, measure)
     count = cheapest(costs, TIE)
     return (None if count == usable else count,
-            {k: round(c * 1e6, 3) for k, c in sorted(costs.items())})
+            _finite_us(costs))
 
   by_devices = entry.get('by_devices', {})
   if mode == AUTO and 'width' in entry:  # tuned for this program and host
@@ -533,8 +553,9 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
     return {w: math.inf for w in widths} | measure(widths, rounds=rounds)
 
   if mode == AUTO:  # does tuning pay?
-    if timed:
-      probe_s, time_s = entry['probe_s'], 0.0
+    if timed:  # timed by an earlier process
+      probe_s = entry['probe_s']
+      time_s = entry.get('time_s', 0.0)  # 0: a cache of older code
     else:
       # Only the run's length hangs on it: two stretches, as a round's.
       timed = {w: s * 1e6 for w, s in measure(
@@ -545,7 +566,10 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
       probe_s = time_s + measure.cost_s.get(rule, 0.0)
     # The climb compiles and times ~3 more widths, one after another.
     tune_s = probe_s * 3
-    run_s = min(timed.values(), default=0.0) * 1e-6 * g * config.steps
+    # The rule's width does not fit (left out): the run's length is
+    # unknown, and the climb must find a narrower width that fits.
+    run_s = (min(timed.values()) * 1e-6 * total * config.steps if timed
+             else math.inf)
     if run_s < TUNE_PAYS * tune_s:
 
       def affords(widths):
@@ -556,7 +580,8 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
         the rule's width was, less the compile of the width the run then
         takes (the least of them)."""
         new = [w for w in widths if w not in measure.compile_s]
-        each = measure.next_compile_s if measure.compile_s else probe_s
+        each = (measure.next_compile_s if measure.compile_s else
+                probe_s - time_s)  # an earlier process's compile of the rule
         least = min([*measure.compile_s.values()] + [each] * bool(new))
         return (time.perf_counter() - start + len(new) * each +
                 len(widths) * time_s - least) <= FIRST_USE_S
@@ -569,7 +594,7 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
       elif costs := climb(ladder, rule, functools.partial(
           measured, rounds=ROUND_PROBE_ROUNDS), TIE, affords):
         width, source = cheapest(costs, TIE), 'tuned'
-        timed = {w: round(c * 1e6, 3) for w, c in sorted(costs.items())}
+        timed = _finite_us(costs)
         found = {'short_width': width}
         why = (f'a short run ({why}): {len(costs)} widths timed, choosing '
                f'within {FIRST_USE_S:g} s')
@@ -577,13 +602,15 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
         why = (f'too short to tune: {why}; timing another width would take '
                f'choosing past {FIRST_USE_S:g} s')
       _write_cache(key, {**entry, 'us_per_member_step': timed,
-                         'probe_s': probe_s, 'host': host(), **found,
+                         'probe_s': probe_s, 'time_s': time_s,
+                         'host': host(), **found,
                          'short_runs': {**short_runs, run: width}})
       return Choice(width, source, spent(width), timed, why)
   costs = climb(ladder, rule, measured, TIE)
   width = cheapest(costs, TIE)
-  timed = {w: round(s * 1e6, 3) for w, s in sorted(costs.items())}
-  count, us_by_devices = on_devices(width, costs[width])
+  timed = _finite_us(costs)
+  count, us_by_devices = (on_devices(width, costs[width])
+                          if math.isfinite(costs[width]) else (None, {}))
   seconds = spent(width)
   # Tuned by 'auto' (a long run): earlier short runs keep their chunks.
   # Asked for ('tune'): every later 'auto' run takes the new width, on every

@@ -145,9 +145,29 @@ _SHARDED = textwrap.dedent("""
     assert shapes == [(2, 2, 2, 1), (2, 2, 1, 2)], shapes
     chex.assert_trees_all_equal(*[{{m: r.columns[m] for m in t.METRICS}}
                                   for r in side])
+    # The chunk tuner's probe of a run of 2 groups of 4 times a width of 4
+    # as the run runs it: both groups' chunks side by side, on 2 devices.
+    first = t.GRID.subset(range(4), keep=t.GRID.choices)
+    train_fn = t._train()
+    for groups, used in (([4, 4], 2), ([4], 1)):
+      probe = program._Probe(train_fn, program._resumable(train_fn), first,
+                             tiny, jax.devices()[:2], None, groups)
+      assert set(probe([4])) == {{4}} and len(probe.base.used) == used
     # One compile per program: the other devices loaded it.
     assert program._LOAD_FOR_DEVICES
     assert program._SERIALIZED and all(program._SERIALIZED.values())
+    # A device's copy evicted and loaded again: what building the program
+    # took (the chunk tuner's estimate) is kept, not the load's seconds.
+    d0, d1 = jax.devices()[:2]
+    both = {{k[:2] + k[3:] for k in program._COMPILED if k[2] == d1.id}}
+    built = {{p: program._BUILT[p] for p in both}}
+    for k in [k for k in program._COMPILED
+              if k[2] == d0.id and k[:2] + k[3:] in both]:
+      del program._COMPILED[k]
+    res, shape = run(num_devices=2)
+    assert {{p: program._BUILT[p] for p in both}} == built
+    chex.assert_trees_all_equal({{m: res.columns[m] for m in t.METRICS}},
+                                {{m: one.columns[m] for m in t.METRICS}})
     # Where loading fails (another JAX), each device compiles its own: the
     # same bits.
     program._COMPILED.clear()

@@ -293,6 +293,22 @@ def test_auto_tunes_only_runs_long_enough_to_pay(tmp_path, monkeypatch):
   assert (again.width, again.source) == (4, 'cached'), again
 
 
+def test_a_run_of_several_groups_is_as_long_as_all_of_them(tmp_path,
+                                                            monkeypatch):
+  # 8 members x 12 steps at 1 ms per member-step: a 0.1-s group, under 10 x
+  # tuning (3 x a 10-ms probe); four such groups run together: 0.38 s.
+  costs = {2: 1e-3, 4: 1e-3, 8: 1e-3}
+  config = CONFIG.for_grid(GRID)
+  for groups, short in (([8], True), ([8] * 4, False)):
+    monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / str(len(groups))))
+    chosen = tuning.choose_chunk(config, GRID, None, groups=groups,
+                                 measure=_Clock(costs, 0.01, monkeypatch))
+    assert chosen.source == 'tuned', chosen
+    assert chosen.why.startswith('a short run (run ~0.096 s') == short, (
+        groups, chosen)  # else tuned as a run that pays for it: no why
+    assert bool(chosen.why) == short, chosen
+
+
 def test_a_short_run_climbs_as_far_as_the_budget_affords(tmp_path,
                                                           monkeypatch):
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
@@ -318,6 +334,9 @@ def test_a_short_run_climbs_as_far_as_the_budget_affords(tmp_path,
   again = tuning.choose_chunk(config, grid, None, measure=measure)
   assert (again.width, again.source, again.seconds) == (32, 'cached', 0.0)
   assert len(measure.calls) == 3
+  # ... and with fewer members per chunk allowed, the nearest of its widths.
+  capped = tuning.choose_chunk(config, grid, None, measure=measure, most=8)
+  assert (capped.width, capped.source) == (8, 'cached'), capped
   # Another short run of the program (half the grid: its widths 1..32)
   # takes the round's width, measuring nothing.
   half = rj.Grid(rj.Seeds(32))
@@ -350,6 +369,15 @@ def test_a_short_run_climbs_as_far_as_the_budget_affords(tmp_path,
   later = _Clock(measure.costs, 0.4, monkeypatch)
   chosen = tuning.choose_chunk(config, grid, None, measure=later)
   assert (chosen.width, later.calls[0]) == (32, [16, 32]), later.calls
+  # The same with a probe of 1.6 s, 0.6 of it timing: compiling and timing
+  # the rule and its neighbour would take 2 x 1 + 2 x 0.6 - 1 s, past 2 s.
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'timed_slow'))
+  tuning._write_cache(tuning.signature(config, None), {
+      'us_per_member_step': {'16': 1e3}, 'probe_s': 1.6, 'time_s': 0.6})
+  later = _Clock(measure.costs, 1.6, monkeypatch)
+  chosen = tuning.choose_chunk(config, grid, None, measure=later)
+  assert (chosen.width, later.calls) == (16, []), later.calls
+  assert chosen.why.endswith('would take choosing past 2 s'), chosen
   # A cache written before short runs were timed lists them: the rule's.
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'old'))
   key = tuning.signature(config, None)
@@ -358,6 +386,14 @@ def test_a_short_run_climbs_as_far_as_the_budget_affords(tmp_path,
                             'probe_s': 0.4})
   old = tuning.choose_chunk(config, grid, None, measure=measure)
   assert (old.width, old.why) == (16, 'cached: too short to tune'), old
+  # A climb that found the rule's width fastest says so when run again.
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'rule_best'))
+  best = _Clock({8: 1.2e-3, 16: 0.8e-3, 32: 1e-3}, 0.4, monkeypatch)
+  first = tuning.choose_chunk(config, grid, None, measure=best)
+  assert (first.width, first.source) == (16, 'tuned'), first
+  again = tuning.choose_chunk(config, grid, None, measure=best)
+  assert (again.width, again.source, again.why) == (
+      16, 'cached', 'cached: a short run\'s climb'), again
 
 
 def test_auto_counts_the_compiling_the_compilation_cache_spared(
@@ -392,7 +428,19 @@ def test_a_width_that_does_not_fit_is_not_chosen(tmp_path, monkeypatch):
   measure = _Clock({2: 2.0, 4: 1.0}, 1.0, monkeypatch)
   chosen = tuning.choose_chunk(CONFIG.for_grid(GRID), GRID, None,
                                mode='tune', measure=measure)
-  assert chosen.width == 4 and math.isinf(chosen.us_per_member_step[8])
+  assert chosen.width == 4 and chosen.us_per_member_step == {2: 2e6, 4: 1e6}
+  # 'auto' where the rule's width (16) and wider do not fit: the run's
+  # length is unknown, so the climb runs, toward narrower widths, and
+  # stops at the fastest that fits; nothing over the budget is cached.
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'auto'))
+  grid = rj.Grid(rj.Seeds(64))
+  measure = _Clock({4: 3e-3, 8: 1.2e-3}, 0.1, monkeypatch)
+  chosen = tuning.choose_chunk(CONFIG.for_grid(grid), grid, None,
+                               measure=measure)
+  assert (chosen.width, chosen.source) == (8, 'tuned'), chosen
+  assert measure.calls[:3] == [[16], [16, 32], [8, 16]], measure.calls
+  with open(tuning.cache_path()) as f:
+    json.loads(f.read(), parse_constant=lambda c: pytest.fail(c))
 
 
 @pytest.mark.parametrize('on_one,chosen', [(0.5, 1), (0.98, None)])
