@@ -548,7 +548,7 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
         spec))
 
-  spared = [0.0]  # by JAX's compilation cache (a device's: each loads it)
+  spared = []  # by JAX's compilation cache (net of loading), per device
 
   def one(device, lowered=None):
     before = getattr(_THREAD_HITS, 'seconds', 0.0)
@@ -620,7 +620,7 @@ def compile_program(fn, args, devices, batched: tuple[bool, ...],
       if tried:
         _SERIALIZED[program] = serialized
       if whole or program not in _BUILT:  # not a device's load alone
-        _BUILT[program] = (seconds, max(spared))
+        _BUILT[program] = (seconds, max(spared, default=0.0))
       live = {k[:2] + k[3:] for k in _COMPILED}
       for gone in [p for p in (*_SERIALIZED, *_BUILT) if p not in live]:
         _SERIALIZED.pop(gone, None)
