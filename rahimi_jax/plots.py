@@ -114,8 +114,8 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
 def mean_words(log_y: bool, level: float = 0.95) -> str:
   """What ``curves`` draws, for a title: the mean, or on a log axis the
   geometric mean, over seeds, and its interval."""
-  return (f'{"geometric mean" if log_y else "mean"} over seeds, {level:.0%} '
-          'interval')
+  return (f'{"geometric mean" if log_y else "mean"} over seeds, '
+          f'{results_lib.percent(level)} interval')
 
 
 def effects(results: results_lib.Results, metric: str, path: str, *,
@@ -148,7 +148,7 @@ def effects(results: results_lib.Results, metric: str, path: str, *,
     ax.plot([ci.mean], [yi], 'o', color=color)
     note = f'P(better) {e.p_better:.2f}' if np.isfinite(e.p_better) else ''
     if e.dropped:
-      note += f'; {e.dropped}/{e.pairs} pairs dropped (a run diverged)'
+      note += f'; {e.dropped}/{e.pairs} pairs dropped (a run diverged or non-finite)'
     if not np.isfinite(ci.low):
       note += f'; no interval ({ci.n} seed{"s" * (ci.n != 1)})'
     ax.annotate(note, (1.01, yi), xycoords=('axes fraction', 'data'),
@@ -163,7 +163,8 @@ def effects(results: results_lib.Results, metric: str, path: str, *,
   ax.axvline(0, color='black', lw=0.8)
   better = 'higher' if sign > 0 else 'lower'
   ax.set_xlabel(f'effect on final {metric} (value - baseline; {better} is '
-                f'better), {level:.0%} paired interval over seeds')
+                f'better), {results_lib.percent(level)} paired interval over '
+                'seeds')
   ax.set_title(title or f'paired effect on final {metric} vs each axis\'s '
                'first value')
   ax.grid(True, axis='x', alpha=0.3)

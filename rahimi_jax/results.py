@@ -29,11 +29,15 @@ class Effect(NamedTuple):
   """A row of ``Results.compare``."""
   value: Any
   interval: stats.Interval  # over seeds, of the pairs where both finished
-  p_better: float  # P(a value run beats a baseline run); diverged is worst
+  # P(a value run beats a baseline run of the same configuration: every
+  # other axis but the seed equal); a run left out is worst
+  p_better: float
   pairs: int  # all (baseline, value) pairs
-  dropped: int  # pairs left out of the interval: either run diverged
+  dropped: int  # pairs left out of the interval: either run left out
   baseline_diverged: int  # pairs whose baseline run diverged
   value_diverged: int  # pairs whose value run diverged
+  baseline_non_finite: int = 0  # ... finished, the metric not finite
+  value_non_finite: int = 0
 
 
 def left_out(columns, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -53,6 +57,30 @@ def _finished(columns, metric: str) -> np.ndarray:
 
 def _label(value) -> str:
   return f'{value:g}' if isinstance(value, float) else str(value)
+
+
+def percent(level: float) -> str:
+  """An interval's level as a label: 0.95 -> '95%', 0.975 -> '97.5%'."""
+  return f'{100 * level:g}%'
+
+
+def _p_better(values: np.ndarray, a_at: np.ndarray, b_at: np.ndarray,
+              configs: list[Any], higher: bool) -> float:
+  """``stats.probability_of_improvement`` of the runs at ``b_at`` over those
+  at ``a_at`` (pairs: ``a_at[j]``, ``b_at[j]``) within each configuration
+  (``configs[j]``: the pair's other axes but the seed), weighted by its
+  pairs of runs: ranked across configurations, another axis's effect would
+  swamp this one's (one adam run beats every sgd run, whatever the
+  learning rate compared)."""
+  strata: dict[Any, list[int]] = {}
+  for j, config in enumerate(configs):
+    strata.setdefault(config, []).append(j)
+  if not strata:
+    return np.nan
+  ps = [stats.probability_of_improvement(values[a_at[js]], values[b_at[js]],
+                                         higher_is_better=higher)
+        for js in strata.values()]
+  return float(np.average(ps, weights=[len(js)**2 for js in strata.values()]))
 
 
 @dataclasses.dataclass
@@ -160,12 +188,14 @@ class Results:
     Members are paired when they agree on every other axis and the seed
     (common random numbers). The effect is the mean over seeds of each seed's
     mean difference (value - baseline) of the final ``metric``, over the pairs
-    where both runs finished (pairs with a diverged run are dropped and
-    counted), with a ``stats.paired_ci`` interval over seeds (the resampling
-    unit: members sharing a seed are not independent). ``p_better`` is the
-    probability that a value run beats a baseline run in the metric's
-    direction (Mann–Whitney over all pairs' runs), a diverged run counting as
-    worse than any finished one.
+    where both runs finished with a finite ``metric`` (pairs with a run left
+    out are dropped and counted: diverged, or finished non-finite), with a
+    ``stats.paired_ci`` interval over seeds (the resampling unit: members
+    sharing a seed are not independent). ``p_better`` is the probability
+    that a value run beats a baseline run of the same configuration (every
+    other axis but the seed equal) in the metric's direction: Mann–Whitney
+    within each configuration, over its seeds, weighted by its pairs of
+    runs, a run left out counting as worse than any other.
     """
     self._check_metric(metric)
     self._check_axis(axis)
@@ -174,10 +204,13 @@ class Results:
                        f'{self.metadata["axes"].get(axis)}.')
     higher = stats.higher_is_better(metric)
     final = self.final().columns
-    done = _finished(final, metric)
+    diverged, non_finite = left_out(final, metric)
+    done = ~diverged & ~non_finite
     values = np.where(done, final[metric], np.nan)
     others = [a for a in self.axes if a != axis]
     keys = list(zip(*(final[a].tolist() for a in others)))
+    configs = [tuple(v for a, v in zip(others, k) if a != grid_lib.SEED)
+               for k in keys]
     base = {k: i for i, k in enumerate(keys) if final[axis][i] == baseline}
     rows = []
     for value in self.metadata['axes'][axis]:
@@ -195,10 +228,10 @@ class Results:
       rows.append(Effect(
           value,
           stats.paired_ci(a, b, level, bounds=stats.difference_range(metric)),
-          stats.probability_of_improvement(values[a_at], values[b_at],
-                                           higher_is_better=higher),
-          len(b_at), int(np.sum(~both)), int(np.sum(~done[a_at])),
-          int(np.sum(~done[b_at]))))
+          _p_better(values, a_at, b_at, [configs[i] for i in b_at], higher),
+          len(b_at), int(np.sum(~both)), int(np.sum(diverged[a_at])),
+          int(np.sum(diverged[b_at])), int(np.sum(non_finite[a_at])),
+          int(np.sum(non_finite[b_at]))))
     return rows
 
   def _widths(self) -> tuple[int, int]:
@@ -233,19 +266,24 @@ class Results:
     lines = [
         f'paired effect on final {metric} ({better} is better) vs each axis\'s '
         f'first value: mean over seeds of the difference value - baseline, '
-        f'{level:.0%} t-interval (extended for skew, Hall 1992) over seeds',
-        'pairs where either run diverged are dropped from the effect (column '
-        '"dropped"); P(better) = P(a value run beats a baseline run), a '
-        'diverged run counting as worse than any finished one']
+        f'{percent(level)} t-interval (extended for skew, Hall 1992) over '
+        'seeds',
+        'pairs where either run diverged (or finished with a non-finite '
+        f'{metric}) are dropped from the effect (column "dropped"); '
+        'P(better) = P(a value run beats a baseline run of the same '
+        'configuration, the other axes but the seed equal), a diverged run '
+        'counting as worse than any finished one']
     header = (f'{"axis":<{wa}}{"value":<{wv}}{"baseline":<{wv - 2}}{"effect":>9}'
               f'{"low":>9}{"high":>9}{"seeds":>7}{"dropped":>9}'
               f'{"P(better)":>11}  note')
     lines += [header, '-' * len(header)]
     for axis, baseline, e in self.effects(metric, level):
       ci = e.interval
-      note = '; '.join(f'{who} diverged in {k}/{e.pairs}' for who, k in (
-          ('baseline', e.baseline_diverged), ('value', e.value_diverged))
-                       if k)
+      note = '; '.join(f'{who} {what} in {k}/{e.pairs}' for who, what, k in (
+          ('baseline', 'diverged', e.baseline_diverged),
+          ('value', 'diverged', e.value_diverged),
+          ('baseline', f'{metric} non-finite', e.baseline_non_finite),
+          ('value', f'{metric} non-finite', e.value_non_finite)) if k)
       lines.append(
           f'{axis:<{wa}}{_label(e.value):<{wv}}{_label(baseline):<{wv - 2}}'
           f'{stats.number(ci.mean, "+.4f"):>9}{stats.number(ci.low, "+.4f"):>9}'
@@ -259,9 +297,9 @@ class Results:
     self._check_metric(metric)
     wa, wv = self._widths()
     low, high = stats.metric_range(metric)
-    lines = [f'final {metric}: mean over seeds, {level:.0%} t-interval '
-             f'(extended for skew, Hall 1992; clipped to [{low:g}, {high:g}]) '
-             'of the members that finished',
+    lines = [f'final {metric}: mean over seeds of each seed\'s mean over its '
+             f'members that finished, {percent(level)} t-interval over seeds '
+             f'(extended for skew, Hall 1992; clipped to [{low:g}, {high:g}])',
              'diverged members are excluded from the mean (survivor bias: '
              'read the mean beside "diverged", flagged !)']
     header = (f'{"axis":<{wa}}{"value":<{wv}}{"mean":>9}{"low":>9}{"high":>9}'

@@ -110,7 +110,8 @@ def test_effects_draw_each_value_vs_baseline_paired_over_seeds(saved, tmp_path):
     assert min(bar.get_xdata()) <= points[name] <= max(bar.get_xdata())
   assert len(bars) == 2
   notes = [t.get_text() for t in ax.texts]
-  assert sum('1/6 pairs dropped (a run diverged)' in n for n in notes) == 2, notes
+  assert sum('1/6 pairs dropped (a run diverged or non-finite)' in n
+             for n in notes) == 2, notes
 
 
 def test_effects_need_a_varied_axis(tmp_path):

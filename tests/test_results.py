@@ -284,8 +284,9 @@ def test_summarize_unknown_metric(res):
 def test_summary_table_lists_axis_values(res):
   table = res.summary_table('train_loss')
   lines = table.splitlines()
-  assert lines[0].startswith('final train_loss: mean over seeds, 95% '
-                             't-interval')
+  assert lines[0].startswith("final train_loss: mean over seeds of each "
+                             "seed's mean over its members that finished, "
+                             "95% t-interval over seeds")
   assert 'clipped to [0, inf]' in lines[0]
   assert 'diverged members are excluded from the mean' in lines[1]
   assert 'mean' in lines[2] and 'diverged' in lines[2]

@@ -312,24 +312,56 @@ def test_compare_drops_diverged_pairs_and_counts_them_in_p():
   # Seed 2 lost both its pairs; seeds 0 and 1 keep one pair each.
   assert e.interval.n == 5
   chex.assert_trees_all_close(e.interval.mean, 0.03, atol=1e-9)
-  # P(better) by counting: a diverged run loses to every finished run and
-  # ties with another diverged one.
+  # P(better) by counting, within each optimizer (the same configuration):
+  # a diverged run loses to every finished run and ties with another
+  # diverged one.
   final = res.final().columns
   acc = final['test_accuracy']
+  score = count = 0.0
+  for opt in ('sgd', 'adam'):
+    at = final['optimizer'] == opt
+    a, b = acc[at & (final['norm'] == 'none')], acc[at & (final['norm'] ==
+                                                          'batch')]
+    for x in a:
+      for y in b:
+        if np.isnan(x) or np.isnan(y):
+          score += 0.5 if np.isnan(x) and np.isnan(y) else float(np.isnan(x))
+        else:
+          score += float(y > x) + 0.5 * float(y == x)
+        count += 1
+  chex.assert_trees_all_close(e.p_better, score / count, rtol=1e-12)
   a, b = acc[final['norm'] == 'none'], acc[final['norm'] == 'batch']
-  score = 0.0
-  for x in a:
-    for y in b:
-      if np.isnan(x) or np.isnan(y):
-        score += 0.5 if np.isnan(x) and np.isnan(y) else float(np.isnan(x))
-      else:
-        score += float(y > x) + 0.5 * float(y == x)
-  chex.assert_trees_all_close(e.p_better, score / (len(a) * len(b)),
-                              rtol=1e-12)
   # Dropping the diverged runs instead would give a different number.
   fin = stats.probability_of_improvement(a[np.isfinite(a)], b[np.isfinite(b)],
                                          higher_is_better=True)
   assert abs(fin - e.p_better) > 1e-3
+
+
+def test_p_better_ranks_runs_of_the_same_configuration():
+  # The optimizer sets the loss (sgd ~2.0, adam ~0.1); a learning rate of 0.1
+  # lowers it by 0.01 in every configuration and seed. Every 0.1 run beats
+  # the 0.01 run of its optimizer on any seed: P(better) is 1, where ranking
+  # runs across optimizers would give 0.75 (scipy's Mann-Whitney U, below).
+  grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd', 'adam')),
+                       grid_lib.Values('learning_rate', (0.01, 0.1)),
+                       grid_lib.Seeds(4))
+  rng = np.random.default_rng(0)
+  noise = rng.normal(0, 1e-3, 8)  # per (optimizer, seed)
+  loss = np.asarray([{'sgd': 2.0, 'adam': 0.1}[m.values['optimizer']] +
+                     noise[m.values['seed'] * 2 + (m.values['optimizer'] ==
+                                                    'adam')]
+                     - 0.01 * (m.values['learning_rate'] == 0.1)
+                     for m in grid.members])
+  res = results_lib.from_outputs(grid, {
+      'step': np.zeros((len(grid), 1), np.int32), 'test_loss': loss[:, None],
+      'diverged_step': np.full(len(grid), -1, np.int32)})
+  (e,) = res.compare('test_loss', 'learning_rate', baseline=0.01)
+  assert e.p_better == 1.0, e
+  chex.assert_trees_all_close(e.interval.mean, -0.01, atol=1e-9)
+  lr = res.final().columns['learning_rate']
+  final = res.final().columns['test_loss']
+  pooled = scipy_stats.mannwhitneyu(final[lr == 0.01], final[lr == 0.1])
+  chex.assert_trees_all_close(pooled.statistic / 64, 0.75, atol=1e-12)
 
 
 def test_compare_baseline_diverged_everywhere_is_said_not_hidden():
@@ -374,3 +406,18 @@ def test_effects_table_notes_diverged_runs():
   assert norm[7] == '2/12'
   assert ' '.join(norm[9:]) == ('baseline diverged in 1/12; value diverged in '
                                 '1/12')
+  # A run that finished with a non-finite metric is dropped too, and said
+  # as such, not as diverged; an interval's level keeps its digits.
+  final = res.columns
+  at = ((final['norm'] == 'none') & (final['optimizer'] == 'sgd') &
+        (final['seed'] == 3))
+  final['test_accuracy'][at] = np.inf
+  (e,) = res.compare('test_accuracy', 'norm', baseline='none')
+  assert (e.dropped, e.baseline_diverged, e.baseline_non_finite) == (3, 1, 1)
+  table = res.effects_table('test_accuracy', level=0.975)
+  assert '97.5% t-interval' in table.splitlines()[0]
+  _, rows = _table_rows(table)
+  norm = next(r for r in rows if r[0] == 'norm')
+  assert ' '.join(norm[9:]) == (
+      'baseline diverged in 1/12; value diverged in 1/12; baseline '
+      'test_accuracy non-finite in 1/12'), norm

@@ -180,7 +180,8 @@ def report(config: AttributeConfig, out: dict[str, Any],
   head = []
   if out['diverged']:
     head.append(f'diverged: {len(out["diverged"])} members ' + ', '.join(
-        f'{m} (step {s})' for m, s in out['diverged']) +
+        f'{m} (step {s})' if s >= 0 else f'{m} (finished, {config.metric} '
+        'non-finite)' for m, s in out['diverged']) +
                 '; their seeds are left out of the attribution')
   if out.get('gate_diverged'):
     head.append('gate path diverged (a non-finite credit) for seed ' +

@@ -335,7 +335,8 @@ def report(results: dict[str, results_lib.Results], level: float = 0.95
     means = time_means(res, metrics)
     parts += [f'== {model}: final test accuracy (%), probes averaged over '
               f'training; mean over {len(np.unique(res.columns["seed"]))} '
-              f'seeds [{level:.0%} interval]', table(means, level),
+              f'seeds [{results_lib.percent(level)} interval]',
+              table(means, level),
               *verdicts(means, level), '']
   return '\n'.join(parts)
 
