@@ -885,7 +885,10 @@ def _fingerprint(train_fn, grid, data) -> dict[str, str]:
           'user code': provenance.user_code_sha256(
               _user_components(train_fn)),
           'train config': sha(repr(train_config_of(train_fn)).encode()),
-          'grid': sha(repr(grid.axes).encode()),
+          # The axes and which of their combinations are members (a union
+          # or subset of grids has the axes of another).
+          'grid': sha(repr((grid.axes, [sorted(m.values.items(), key=str)
+                                        for m in grid.members])).encode()),
           'data': digest.hexdigest() + sha(str(jax.tree.structure(data)).encode())}
 
 
@@ -962,6 +965,12 @@ class _Checkpoints:
     restored = jax.tree.leaves(
         manager.restore(step, args=ocp.args.StandardRestore(target)),
         is_leaf=lambda x: x is None)
+    for s, r in zip(leaves, restored):  # orbax cuts a bigger array silently
+      if r is not None and r.shape != s.shape:
+        raise CheckpointMismatch(
+            f'{self.directory}: chunk {chunk} was saved with shape {r.shape}'
+            f', this run\'s is {s.shape}; resume with the same settings, or '
+            'start afresh elsewhere.')
     return step, treedef.unflatten([
         np.zeros(s.shape, s.dtype) if r is None else r
         for s, r in zip(leaves, restored)])
@@ -1452,6 +1461,12 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
       DEFAULT_MEMORY_FRACTION * device_memory_bytes())
   probe = None
   if plan is not None:  # a resumed run keeps its chunks
+    if member_batch_size and member_batch_size < plan['chunk_size']:
+      raise CheckpointMismatch(
+          f'member_batch_size={member_batch_size}: the checkpoint in '
+          f'{checkpoints.directory} ran chunks of {plan["chunk_size"]} '
+          'members, which a resume keeps (its saved chunks are those); '
+          f'resume with member_batch_size >= {plan["chunk_size"]} or none.')
     choice = tuning.Choice(plan['chunk_size'], 'checkpoint')
   elif chunk_size is None:
     mode = options.chunk_size or env_chunk_mode()

@@ -12,6 +12,7 @@ from unittest import mock
 
 import chex
 import jax
+import jax.numpy as jnp
 from launchers import FAST_COMPILE
 import numpy as np
 import pytest
@@ -572,6 +573,43 @@ def test_a_checkpoint_of_other_code_is_not_resumed(tiny_digits, tmp_path,
   assert [k for k in after if after[k] != before[k]] == ['code']
   with pytest.raises(program.CheckpointMismatch, match=r'\(its code differs\)'):
     checkpoints.plan(after)
+
+
+def test_a_checkpoint_is_not_resumed_into_other_members_or_chunks(tmp_path):
+  """Two unions of grids with the same axes and labels hold other members,
+  and a member cap below the checkpoint's chunks would cut other members
+  into each chunk: both resumed the first run's states under the second
+  run's labels (a member labelled adam with sgd's learning rate); both are
+  refused, before anything compiles."""
+  sgd, adam = (grid_lib.Choice('optimizer', (o,)) for o in ('sgd', 'adam'))
+  lrs = grid_lib.Values('learning_rate', (0.1, 0.01))
+  one = grid_lib.Values('learning_rate', (0.1,))
+  first = grid_lib.Grid.union(grid_lib.Grid(sgd, lrs), grid_lib.Grid(adam, one))
+  other = grid_lib.Grid.union(grid_lib.Grid(sgd, one), grid_lib.Grid(adam, lrs))
+  assert repr(first.axes) == repr(other.axes)
+
+  def fn(knobs, data):
+    del data
+    return {'step': jnp.zeros((1,), jnp.int32),
+            'lr': knobs['learning_rate'][None]}
+
+  data = {'x': np.zeros(3, np.float32)}
+
+  def execute(grid, **kwargs):  # a call of its own: the checkpoint's run0
+    with program.run_options(checkpoint_dir=str(tmp_path), progress=False):
+      return program.execute(fn, grid, data, **kwargs)
+
+  done = execute(first, chunk_size=2)
+  with pytest.raises(program.CheckpointMismatch, match=r'\(its grid'):
+    execute(other, chunk_size=2)
+  with pytest.raises(program.CheckpointMismatch,
+                     match=r'member_batch_size=1: .* chunks of 2 members'):
+    execute(first, member_batch_size=1)
+  again = execute(first, member_batch_size=2)
+  assert again.metadata['engine']['chunk_choice']['source'] == 'checkpoint'
+  chex.assert_trees_all_equal(again.columns['lr'], done.columns['lr'])
+  chex.assert_trees_all_close(again.columns['lr'],  # each member's own
+                              done.columns['learning_rate'].astype(np.float32))
 
 
 def test_a_checkpoint_of_edited_user_code_is_not_resumed(tiny_digits, tmp_path,
