@@ -322,17 +322,25 @@ class Results:
 
 def concat(parts: list[Results], metadata: dict[str, Any] | None = None
            ) -> Results:
-  """Rows of several ``Results`` with the same columns, in order."""
+  """Rows of several ``Results``, in order. A column that some parts do not
+  have (a counter one cell's options log: a partition by loss scaling or
+  precision) is NaN in their rows: not logged there; a text column is
+  refused, it names every row."""
   if not parts:
     raise ValueError('concat needs at least one Results.')
-  names = list(parts[0].columns)
-  for p in parts[1:]:
-    if list(p.columns) != names:
-      raise ValueError(f'concat needs the same columns; got {names} and '
-                       f'{list(p.columns)}.')
-  return Results({n: np.concatenate([p.columns[n] for p in parts])
-                  for n in names},
-                 parts[0].metadata if metadata is None else metadata)
+  names = list(dict.fromkeys(n for p in parts for n in p.columns))
+  columns = {}
+  for n in names:
+    have = [p.columns[n] for p in parts if n in p.columns]
+    if len(have) < len(parts) and not all(
+        np.issubdtype(c.dtype, np.number) for c in have):
+      raise ValueError(f'concat: column {n!r} is in some parts only and not '
+                       'a number; got the columns '
+                       f'{[list(p.columns) for p in parts]}.')
+    columns[n] = np.concatenate([
+        p.columns[n] if n in p.columns else
+        np.full(len(next(iter(p.columns.values()))), np.nan) for p in parts])
+  return Results(columns, parts[0].metadata if metadata is None else metadata)
 
 
 def from_outputs(grid: grid_lib.Grid, outputs: dict[str, np.ndarray],

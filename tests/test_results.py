@@ -63,6 +63,26 @@ def test_from_outputs_rows_and_columns(res):
   assert res.metadata['note'] == 'hand'
 
 
+def test_concat_fills_a_column_some_parts_do_not_log(res):
+  """A partition's cells may log other counters (dynamic loss scaling's
+  ``loss_scale``): the merged table has every column, NaN where a part did
+  not log it; a text column in some parts only is refused."""
+  scaled = results.Results({**res.columns,
+                            'loss_scale': np.full(len(res), 2.0**15)},
+                           res.metadata)
+  merged = results.concat([res, scaled])
+  assert list(merged.columns) == [*res.columns, 'loss_scale']
+  assert len(merged) == 2 * len(res)
+  np.testing.assert_array_equal(merged.columns['loss_scale'],
+                                [np.nan] * len(res) + [2.0**15] * len(res))
+  np.testing.assert_array_equal(merged.columns['train_loss'],
+                                np.tile(res.columns['train_loss'], 2))
+  named = results.Results({**res.columns, 'note': np.full(len(res), 'x')},
+                          res.metadata)
+  with pytest.raises(ValueError, match="'note' is in some parts only"):
+    results.concat([res, named])
+
+
 def test_from_outputs_repeats_per_member_values(res):
   grid = _grid()
   outputs = _outputs(grid)
