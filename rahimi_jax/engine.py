@@ -287,13 +287,15 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
   # gradients placement), and the first group's chunk width (a smaller
   # group's chunk padded with copies): a width chosen per group size (the
   # rounding study's groups of 28 and 24 members; the precision benchmark's
-  # of 4 and 3) would compile the program again. A group under half the
-  # first's size runs after, in a call of its own: at the shared width where
-  # it fills half a chunk of it, else at a width of its own.
+  # of 4 and 3) would compile the program again. The largest group is the
+  # first (in the grid's order, a smaller one first capped every group's
+  # width at its size). A group under half the first's size runs after, in
+  # a call of its own: at the shared width where it fills half a chunk of
+  # it, else at a width of its own.
   plan = []
   for k, cell in enumerate(_groups(grid, partition)):
     cell_grid = grid.subset(cell)
-    groups = _groups(cell_grid, switch)
+    groups = sorted(_groups(cell_grid, switch), key=len, reverse=True)
     side = [x for x in groups if 2 * len(x) >= len(groups[0])]
     plan += [(k, cell, cell_grid, side)] + [
         (k, cell, cell_grid, [x]) for x in groups if x not in side]
@@ -339,9 +341,11 @@ def _merge(parts, indices, grid, config, choice):
   meta['train_config'] = dataclasses.asdict(config.for_grid(grid))
   meta['partition'] = choice
   if len(parts) > 1:
-    # Switched groups of one partition cell share its program.
-    programs = len({tuple(grid.members[i].values[a] for a in choice['axes'])
-                    for i in np.concatenate(indices)})
+    # Switched groups of one partition cell share its program, but a group
+    # run at a width of its own.
+    programs = len({(tuple(grid.members[i[0]].values[a]
+                           for a in choice['axes']), info['chunk_size'])
+                    for i, info in zip(indices, infos) if len(i)})
     meta['engine'] = {
         **({'programs': programs} if programs > 1 else {}),
         'groups': sum(i.get('groups', 1) for i in infos),

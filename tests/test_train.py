@@ -475,21 +475,24 @@ def test_switched_groups_of_a_union_grid_share_one_program(tiny_digits):
 
 
 def test_a_smaller_group_runs_padded_in_the_first_groups_program(tiny_digits):
-  # Groups of 4, 3 and 1. The 3 run beside the 4 in one call, as one chunk
-  # of 4 (a copy padding it); the 1, under half the first group, after, at a
-  # width of its own (a compile). The padded group's members are what they
-  # are in a grid of their own.
+  # Groups of 1, 4 and 3, the largest first: the 3 run beside the 4 in one
+  # call, as one chunk of 4 (a copy padding it); the 1, under half the
+  # first group, after, at a width of its own (a compile: two programs).
+  # (In the grid's order the 1 came first and capped every chunk at 1.) The
+  # padded group's members are what they are in a grid of their own.
   def part(norm, seeds):
     return grid_lib.Grid(grid_lib.Choice('norm', (norm,)),
                          grid_lib.Seeds(seeds))
-  grid = grid_lib.Grid.union(part('none', 4), part('layer', 3),
-                             part('rms', 1))
+  grid = grid_lib.Grid.union(part('rms', 1), part('none', 4),
+                             part('layer', 3))
   res = engine.run(CONFIG, grid, tiny_digits, partition=(), switch=('norm',))
   info = res.metadata['engine']
-  assert info['groups'] == 3
+  assert (info['groups'], info['programs']) == (3, 2), info
   assert [(p['chunk_size'], p['chunks'], p.get('groups', 1))
           for p in info['parts']] == [(4, 2, 2), (1, 1, 1)]
   assert [p['compile_s'] > 0 for p in info['parts']] == [True, True]
+  assert list(res.final().columns['norm']) == ['rms'] + ['none'] * 4 + [
+      'layer'] * 3  # the grid's order
   alone = engine.run(CONFIG, part('layer', 3), tiny_digits, partition=(),
                      switch=())
   layer = res.columns['norm'] == 'layer'
