@@ -112,8 +112,14 @@ def cost_ratios(config: train_lib.TrainConfig, grid: grid_lib.Grid,
   relaxed = cost(grid)
   ratios = {}
   for axis in candidates:
-    own = sum(len(i) * cost(grid.subset(i)) for i in _groups(grid, (axis,)))
-    own = own / len(grid)
+    # The matmul ratio against the partition's cells (each drops the options
+    # its members do not use, of every axis); the elementwise one against
+    # switched groups, which keep every other axis's options (a union grid's
+    # option of another axis used beside one option only is still computed).
+    others = [a for a in grid.choices if a != axis]
+    groups = _groups(grid, (axis,))
+    own = [sum(len(i) * cost(grid.subset(i, keep=keep))[k] for i in groups)
+           / len(grid) for k, keep in ((0, ()), (1, others))]
     ratios[axis] = CostRatio(*(
         float(r / o) if o else (float('inf') if r else 1.0)
         for r, o in zip(relaxed, own)))
