@@ -404,6 +404,9 @@ def _field_type(flag: flags.Flag) -> type:
   return str
 
 
+_HOW_LAUNCHED = ('overwrite', 'dry_run')
+
+
 def config_from_results(path: str,
                         flag_values: flags.FlagValues = flags.FLAGS
                         ) -> config_dict.ConfigDict:
@@ -418,7 +421,9 @@ def config_from_results(path: str,
     One field per recorded flag: lists as comma strings (as on the command
     line, so ``--config.optimizers=sgd,adam`` overrides one), ``None`` as a
     typed placeholder. Aliases an earlier run recorded (``lrs``) are left
-    out: the flag they name is recorded too.
+    out: the flag they name is recorded too; so are ``overwrite`` and
+    ``dry_run``, which say how that run was launched, not what it ran (a
+    recorded ``--overwrite`` would replace another run's results).
   """
   file = os.path.join(path, storage.METADATA) if os.path.isdir(path) else path
   try:
@@ -432,7 +437,8 @@ def config_from_results(path: str,
                      'metadata); give a config file instead.')
   config = config_dict.ConfigDict()
   for name, value in recorded.items():
-    if name in flag_values and _ALIAS.fullmatch(flag_values[name].help or ''):
+    if name in _HOW_LAUNCHED or (name in flag_values and _ALIAS.fullmatch(
+        flag_values[name].help or '')):
       continue
     if isinstance(value, list):
       value = ','.join(map(str, value))

@@ -27,6 +27,18 @@ CSV = 'results.csv'
 METADATA = 'metadata.json'
 # A launcher's checkpoints while its run is unfinished (``program.RunOptions``).
 CHECKPOINT = 'checkpoint'
+
+
+def _ours(checkpoint: str) -> bool:
+  """Whether ``checkpoint`` is a checkpoint directory a run of ours made:
+  its launcher's ``flags.json`` and the runs' ``run<k>`` folders only (a
+  folder of that name holding anything else is the user's: kept)."""
+  try:
+    names = os.listdir(checkpoint)
+  except OSError:
+    return False
+  return all(n == 'flags.json' or (n.startswith('run') and n[3:].isdigit())
+             for n in names)
 _KINDS = {'b': 'bool', 'i': 'int', 'u': 'int', 'f': 'float', 'U': 'str', 'O': 'str'}
 _DTYPES = {'bool': bool, 'int': np.int64, 'float': np.float64, 'str': str}
 
@@ -125,7 +137,9 @@ def check_writable(out_dir: str, create: bool = True) -> str:
     if not os.access(out_dir, os.W_OK | os.X_OK):
       raise ValueError(f'out: {out_dir!r} is not writable; give a directory '
                        'in a writable place.')
-    entries = set(os.listdir(out_dir)) - {CHECKPOINT}
+    entries = set(os.listdir(out_dir))
+    if _ours(os.path.join(out_dir, CHECKPOINT)):
+      entries -= {CHECKPOINT}
     if entries and not is_results_dir(out_dir):
       raise ValueError(
           f'out: {out_dir!r} holds files that are not rahimi_jax results '

@@ -147,9 +147,11 @@ def test_results_directory_round_trips(monkeypatch, tmp_path):
   recorded = _applied(monkeypatch, f'--config={path}', '--out=/tmp/first')
   run = tmp_path / 'run'
   run.mkdir()
-  # An alias recorded by an earlier version (ablate's lrs) is left out.
+  # An alias recorded by an earlier version (ablate's lrs) is left out; so
+  # is how that run was launched (a recorded --dry_run, or --overwrite,
+  # which would replace another run's results at the new --out).
   (run / 'metadata.json').write_text(json.dumps({'flags': recorded | {
-      'n': recorded['steps']}}))
+      'n': recorded['steps'], 'dry_run': True}}))
   for arg in (run, run / 'metadata.json'):
     chex.assert_trees_all_equal(
         _applied(monkeypatch, f'--config={arg}'), recorded)

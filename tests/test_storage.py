@@ -158,6 +158,14 @@ def test_save_refuses_a_directory_of_other_files(res, tmp_path):
     storage.save(res, str(tmp_path))
   assert repr(str(tmp_path)) in str(info.value)
   assert (tmp_path / 'notes.txt').read_text() == 'mine'
+  # A folder named like a run's checkpoint but holding the user's files
+  # (a week's weights) is theirs too: refused, not swapped away.
+  (tmp_path / 'notes.txt').unlink()
+  (tmp_path / storage.CHECKPOINT).mkdir()
+  (tmp_path / storage.CHECKPOINT / 'model.ckpt').write_text('weights')
+  with pytest.raises(ValueError, match='not rahimi_jax results'):
+    storage.save(res, str(tmp_path))
+  assert (tmp_path / storage.CHECKPOINT / 'model.ckpt').read_text() == 'weights'
 
 
 def test_save_refuses_entries_no_save_wrote_beside_results(res, tmp_path):
