@@ -614,6 +614,7 @@ def start(argv: Sequence[str], module_name: str = '__main__') -> None:
   """
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  quiet_logging()  # before JAX's first operation, which logs its backends
   try:
     apply_config(module_name)
   except ValueError as e:
@@ -628,7 +629,6 @@ def start(argv: Sequence[str], module_name: str = '__main__') -> None:
   program.use_host_cores()
   program.use_compilation_cache()
   apply_precision_flag()
-  quiet_logging()
 
 
 def apply_precision_flag() -> None:

@@ -129,4 +129,6 @@ def assert_clean_error(proc, bad_value: str) -> None:
   assert 'Traceback' not in proc.stderr, proc.stderr
   errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
   assert len(errors) == 1, proc.stderr
+  # Nothing before it either (JAX's INFO line on its backends came first).
+  assert proc.stderr.strip() == errors[0], proc.stderr
   assert bad_value in errors[0], errors[0]
