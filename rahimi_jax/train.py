@@ -129,7 +129,11 @@ class TrainConfig:
     if any(not isinstance(h, (int, np.integer)) or h < 1 for h in hidden):
       raise ValueError(f'hidden widths must be positive integers; got {list(hidden)}.')
     object.__setattr__(self, 'hidden', tuple(int(h) for h in hidden))
-    options = tuple((axis, tuple(names)) for axis, names in dict(self.options).items())
+    axes = [axis for axis, _ in self.options]
+    if len(set(axes)) < len(axes):
+      raise ValueError(f'options: an axis listed twice in {axes}; give each '
+                       'axis once, with all of its options.')
+    options = tuple((axis, tuple(names)) for axis, names in self.options)
     object.__setattr__(self, 'options', options)
     reads = self.reads
     for axis, names in options:
@@ -149,8 +153,10 @@ class TrainConfig:
       object.__setattr__(self, 'log_every', min(50, int(self.steps)))
     for name in ('steps', 'log_every'):
       value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f'{name} must be a positive integer; got {value!r}.')
+      if (not isinstance(value, (int, np.integer)) or value < 1 or
+          value >= 2**31):  # steps are counted in int32
+        raise ValueError(f'{name} must be a positive integer < 2**31; got '
+                         f'{value!r}.')
     if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 0:
       raise ValueError(f'batch_size must be an integer >= 0 (0: full batch); '
                        f'got {self.batch_size!r}.')
@@ -697,9 +703,11 @@ def make_train(config: TrainConfig):
   ``test_accuracy`` for classification) ``[L]``, evaluated on the whole split in
   eval mode and NaN from the step a run diverged; ``diverged_step`` ``[]``, the
   first step after which a parameter was non-finite (or, if earlier, the first
-  logged step with a non-finite metric), or -1. With a precision axis also
-  ``updates_lost`` ``[L]``: the fraction of nonzero parameter updates since
-  the previous log that rounding to the stored format undid (NaN at step 0).
+  logged step with a non-finite metric), or -1. With a precision axis,
+  ``rounding_events`` and the ``storage`` placement also ``updates_lost``
+  ``[L]``: the fraction of nonzero parameter updates since the previous log
+  that rounding to the stored format undid (NaN at step 0); other counters:
+  ``components.placement.counters``.
   """
   loop = make_loop(config)
   log_steps = config.log_steps()

@@ -49,6 +49,8 @@ BAD_CONFIGS = {
     'steps_zero': (dict(steps=0), ['steps', 'positive integer', 'got 0']),
     'steps_negative': (dict(steps=-5), ['steps', 'positive integer', 'got -5']),
     'steps_float': (dict(steps=2.5), ['steps', 'positive integer', 'got 2.5']),
+    'steps_over_int32': (dict(steps=3 * 10**9, log_every=3 * 10**9),
+                         ['steps', '< 2**31', 'got 3000000000']),
     'batch_size_negative': (dict(batch_size=-1),
                             ['batch_size', '>= 0', 'got -1']),
     'log_every_over_steps': (dict(steps=20, log_every=30),

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from rahimi_jax.grid import Choice
+from rahimi_jax.grid import Gate
 from rahimi_jax.grid import Grid
 from rahimi_jax.grid import Seeds
 from rahimi_jax.grid import Values
@@ -278,6 +279,10 @@ class AxisTest(parameterized.TestCase):
       ('seeds_empty', lambda: Seeds(()), 'empty'),
       ('seeds_not_ints', lambda: Seeds(('a',)), r"integers.*'a'"),
       ('seeds_bool', lambda: Seeds(True), 'True'),
+      ('seeds_string', lambda: Seeds('12'), r"integers; got '12'"),
+      ('seeds_fractions', lambda: Seeds((1.9, 2.5)), r'integers.*1\.9'),
+      ('gates_string', lambda: Gate('norm', 'none', 'batch', '01'),
+       r"gates must be numbers; got '01'"),
       ('choice_name_space', lambda: Choice('my norm', ('none',)),
        r"identifier; got 'my norm'"),
       ('values_name_digit', lambda: Values('1lr', (0.1,)),

@@ -118,6 +118,8 @@ def test_bad_config_fails_before_anything_runs():
                           (dict(features=(8,)), 'at least two sizes'),
                           (dict(features=(32, 8)), 'increasing'),
                           (dict(bandwidth=-1.0), 'bandwidth=-1.0'),
-                          (dict(dataset='cifar'), "'cifar'")):
+                          (dict(dataset='cifar'), "'cifar'"),
+                          (dict(train_size=10**5),
+                           r'train_size=100000; .* to the 1347 training')):
     with pytest.raises(ValueError, match=message):
       random_features.RandomFeaturesConfig(**kwargs).data()

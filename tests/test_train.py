@@ -352,6 +352,10 @@ def test_a_grid_keeps_the_config_options_it_does_not_choose():
   with pytest.raises(ValueError, match="norm: the config lists 2 options "
                      r"\(none, batch\) but the grid has no norm axis"):
     config.for_grid(grid_lib.Grid(grid_lib.Seeds(1)))
+  # An axis listed twice kept its last options only, silently.
+  with pytest.raises(ValueError, match=r"an axis listed twice in \['norm', "
+                     r"'norm'\]"):
+    train_lib.TrainConfig(options=(('norm', ('batch',)), ('norm', ('layer',))))
 
 
 def test_elementwise_options_stay_in_one_program_and_a_split_matches_it(

@@ -21,9 +21,9 @@ def load(name: str, train_size: int = 0) -> KernelData:
   ``train_size`` > 0 keeps the first that many training rows."""
   ds = data_lib.get_dataset(name)()
   x, y = np.asarray(ds.x_train), np.asarray(ds.y_train)
-  if not (isinstance(train_size, int) and 0 <= train_size):
-    raise ValueError(f'train_size={train_size!r}; accepted: an integer >= 0 '
-                     '(0: all).')
+  if not (isinstance(train_size, int) and 0 <= train_size <= len(x)):
+    raise ValueError(f'train_size={train_size!r}; accepted: an integer from 0 '
+                     f'(all) to the {len(x)} training rows of {name}.')
   if train_size:
     x, y = x[:train_size], y[:train_size]
   if ds.task == 'classification':
