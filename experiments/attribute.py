@@ -12,13 +12,15 @@ orthogonal initialization, each switched off -> on:
 from absl import flags
 
 from rahimi_jax import cli
+from rahimi_jax import data
 
 flags.DEFINE_string('gates', 'norm:none..batch,optimizer:sgd..momentum,'
                     'init:lecun_normal..orthogonal',
                     'Components to attribute: comma list of axis:off..on.')
 flags.DEFINE_string('metric', 'test_loss',
                     'Final metric to attribute: test_loss | train_loss.')
-flags.DEFINE_string('dataset', 'digits', 'Dataset (classification).')
+flags.DEFINE_string('dataset', 'digits',
+                    f'Dataset: {" | ".join(data.DATASETS)}.')
 flags.DEFINE_list('hidden', ['64', '64'], 'Hidden widths.')
 # --learning_rate, --momentum, ...: one value of each knob for every member.
 cli.define_axis_flags(choices=False, grid=False)

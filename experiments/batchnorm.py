@@ -31,9 +31,10 @@ flags.DEFINE_string('dataset', 'mnist1d',
                     f'Dataset: {" | ".join(data.DATASETS)}.')
 flags.DEFINE_list('models', ['cnn', 'mlp', 'deep_linear'],
                   f'Models, one grid each: {", ".join(models.MODELS)}.')
-flags.DEFINE_integer('width', 64, 'Hidden width of the MLP and deep linear net.')
+flags.DEFINE_integer('width', 64, 'Hidden width of the MLP and deep linear '
+                     'net, 1 to 64.')
 flags.DEFINE_integer('depth', 8, 'Hidden layers of the MLP and deep linear '
-                     'net (each reads the norm axis).')
+                     'net (each reads the norm axis), 1 to 64.')
 flags.DEFINE_list('channels', ['25', '25', '25'], "The CNN's channels per "
                   "convolution (MNIST-1D's ConvBase).")
 flags.DEFINE_list('norms', ['none', 'batch', 'noisy_batch', 'layer'],

@@ -272,7 +272,8 @@ def parse_numbers(name: str, items: Sequence[str] | str, kind: type = float, *,
     try:
       value = kind(s)
     except ValueError:
-      raise ValueError(f'{name}: {s!r} is not a number; give {what}.') from None
+      raise ValueError(f'{name}: {s!r} is not {"an" if kind is int else "a"} '
+                       f'{noun}; give {what}.') from None
     low = minimum is not None and (value < minimum if inclusive
                                    else value <= minimum)
     if not math.isfinite(value) or low:
@@ -705,10 +706,17 @@ def _check_resume(out: str) -> str | None:
   if saved != now:
     differ = sorted(n for n in set(saved or {}) | set(now)
                     if (saved or {}).get(n) != now.get(n))
+
+    def typed(value):  # as typed on the command line
+      if value is None:
+        return '(not given)'
+      return ','.join(map(str, value)) if isinstance(value, list) else value
+
     raise ValueError(
         f'out: {out} holds the checkpoint of an unfinished run with other '
-        'flags (' + ', '.join(f'--{n}={(saved or {}).get(n)}, not {now.get(n)}'
-                              for n in differ[:3]) +
+        'flags (' + ', '.join(
+            f'--{n}={typed((saved or {}).get(n))}, not {typed(now.get(n))}'
+            for n in differ[:3]) +
         '); re-run with those to resume, or --overwrite to start afresh.')
   return f'resuming the unfinished run checkpointed in {checkpoint}'
 

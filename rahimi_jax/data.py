@@ -55,8 +55,9 @@ def check_dataset(data: Dataset) -> Dataset:
   for split in ('train', 'test'):
     x = np.asarray(getattr(data, f'x_{split}'))
     y = np.asarray(getattr(data, f'y_{split}'))
-    if x.ndim != 2 or x.shape[0] == 0:
-      raise ValueError(f'x_{split} must be [n > 0, features]; got {x.shape}.')
+    if x.ndim != 2 or 0 in x.shape:
+      raise ValueError(f'x_{split} must be [n > 0, features > 0]; got '
+                       f'{x.shape}.')
     if y.shape[0] != x.shape[0]:
       raise ValueError(
           f'x_{split} has {x.shape[0]} rows but y_{split} has {y.shape[0]}.')
@@ -164,6 +165,10 @@ def synthetic(*, n_train: int = 1000, n_test: int = 1000, in_dim: int = 6,
   if dtype not in SYNTHETIC_DTYPES:
     raise ValueError(f'Unknown dtype {dtype!r}; accepted: '
                      f'{", ".join(SYNTHETIC_DTYPES)}.')
+  for name, n in (('n_train', n_train), ('n_test', n_test),
+                  ('in_dim', in_dim), ('out_dim', out_dim)):
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+      raise ValueError(f'{name} must be an integer >= 1; got {n!r}.')
   if (not isinstance(condition_number, (int, float, np.number))
       or not np.isfinite(condition_number) or condition_number < 1):
     raise ValueError(f'condition_number must be a finite number >= 1; got '
@@ -453,7 +458,7 @@ def mnist1d(*, num_samples: int = 5000, train_split: float = 0.8,
                      f'{num_samples!r}.')
   total = num_samples // 10 * 10
   if (not isinstance(train_split, (int, float, np.number))
-      or not 0 < int(total * train_split) < total):
+      or not 0 < train_split < 1 or not 0 < int(total * train_split) < total):
     raise ValueError(f'train_split must leave both splits non-empty (in (0, '
                      f'1)); got {train_split!r}.')
   if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:

@@ -34,7 +34,7 @@ def test_parse_numbers():
     ('inf', float, "'inf' must be a finite number > 0"),
     ('nan', float, "'nan' must be a finite number > 0"),
     ('0.1,abc', float, 'give comma-separated numbers, e.g. 0.1,0.01'),
-    ('1.5', int, "'1.5' is not a number; give comma-separated integers"),
+    ('1.5', int, "'1.5' is not an integer; give comma-separated integers"),
     ('-3', int, "'-3' must be a finite integer > 0"),
 ])
 def test_parse_numbers_names_the_bad_item(items, kind, match):
@@ -206,17 +206,21 @@ def test_launch_resumes_only_under_the_checkpointed_flags(tmp_path, capsys,
   out = tmp_path / 'out'
   (out / storage.CHECKPOINT).mkdir(parents=True)
   (out / storage.CHECKPOINT / 'flags.json').write_text(
-      json.dumps({'log_every': 5, 'steps': 60}))
+      json.dumps({'log_every': 5, 'steps': 60, 'lr': None, 'norms': ['a']}))
 
   def run(config):
     raise AssertionError('must not run')
 
-  monkeypatch.setattr(cli, 'run_flags', lambda: {'log_every': 10, 'steps': 60})
+  monkeypatch.setattr(cli, 'run_flags', lambda: {
+      'log_every': 10, 'steps': 60, 'lr': ['0.01'], 'norms': ['a', 'b']})
   assert cli.launch(lambda: 'config', str, run, _write, str(out)) == 1
   err = capsys.readouterr().err
-  assert err.count('\n') == 1 and '--log_every=5, not 10' in err, err
+  # Each value as it is typed (an unset flag: not given).
+  assert err.count('\n') == 1 and ('--log_every=5, not 10, --lr=(not given), '
+                                   'not 0.01, --norms=a, not a,b') in err, err
   assert '--steps' not in err and '--overwrite' in err, err
-  monkeypatch.setattr(cli, 'run_flags', lambda: {'log_every': 5, 'steps': 60})
+  monkeypatch.setattr(cli, 'run_flags', lambda: {
+      'log_every': 5, 'steps': 60, 'lr': None, 'norms': ['a']})
   assert cli._check_resume(str(out)).startswith('resuming')  # pylint: disable=protected-access
 
 

@@ -185,6 +185,10 @@ class SyntheticTest(parameterized.TestCase):
   def test_bad_dtype(self):
     with self.assertRaisesRegex(ValueError, "'float16'.*float32, float64"):
       data_lib.synthetic(dtype='float16')
+    for name, value in (('in_dim', 0), ('n_train', -1), ('out_dim', 2.0)):
+      with self.assertRaisesRegex(
+          ValueError, f'{name} must be an integer >= 1; got {value!r}'):
+        data_lib.synthetic(**{name: value})
 
   def test_noise_is_not_realizable(self):
     d = data_lib.synthetic(condition_number=1e3, noise=0.1)
@@ -267,6 +271,9 @@ class CheckDatasetTest(parameterized.TestCase):
         (dataclasses.replace(d, x_train=d.x_train[:, 0]), r'x_train must be'),
         (dataclasses.replace(d, x_train=d.x_train[:0], y_train=d.y_train[:0]),
          r'x_train must be \[n > 0'),
+        (dataclasses.replace(d, x_train=d.x_train[:, :0],
+                             x_test=d.x_test[:, :0]),
+         r'x_train must be \[n > 0, features > 0\]'),
         (dataclasses.replace(d, y_train=d.y_train.astype(np.float32)),
          'y_train must be integer labels'),
         (dataclasses.replace(d, x_test=d.x_test[:, :2]),

@@ -191,6 +191,8 @@ def test_an_unwritable_cache_dir_still_returns_data(tmp_path, monkeypatch):
     ({'num_samples': 100.0}, 'got 100.0'),
     ({'train_split': 1.0}, 'train_split must leave both splits non-empty'),
     ({'train_split': 0.0}, 'got 0.0'),
+    ({'train_split': float('nan')}, 'got nan'),
+    ({'train_split': float('inf')}, 'got inf'),
     ({'seed': -1}, r'seed must be an integer in \[0, 2\*\*32\); got -1'),
 ])
 def test_bad_arguments_are_one_line_errors(kwargs, bad):
