@@ -331,6 +331,33 @@ def test_switched_placement_rounds_only_where_the_group_rounds():
                               _bf16(xs))
 
 
+@pytest.mark.parametrize('fmt,dtype', [
+    ('float8_e4m3fn', ml_dtypes.float8_e4m3fn), ('bfloat16', ml_dtypes.bfloat16),
+    ('float8_e5m2', ml_dtypes.float8_e5m2)])
+def test_an_overflow_is_a_value_rounded_past_the_largest(fmt, dtype):
+  """A value between the largest finite one and the midpoint past it rounds
+  down to the largest (nearest-even): not an overflow. Counted by the
+  magnitude before rounding, float8_e4m3fn's 450 and 460 (to 448) were
+  counted with 470 (to NaN). The count is of ml_dtypes' casts that are not
+  finite."""
+  top = float(ml_dtypes.finfo(dtype).max)
+  ulp = top - float(np.nextafter(np.asarray(top, dtype), np.asarray(0, dtype)))
+  x = np.asarray([top, top + 0.3 * ulp, top + 0.45 * ulp, top + 0.55 * ulp,
+                  -(top + 0.4 * ulp), -(top + 0.6 * ulp), 1.0], np.float32)
+  options = {'precision': (fmt,), 'rounding': ('nearest_even',),
+             'placement': ('gradients',), 'loss_scaling': ('none',)}
+  policy = placement.Policy(options, {
+      'precision': np.ones(1, np.float32), 'rounding': np.ones(1, np.float32),
+      'placement': np.ones(1, np.float32),
+      'loss_scaling': np.ones(1, np.float32),
+      'loss_scale': np.float32(1.0)}, None)
+  out, counts = jax.jit(lambda x: policy.round(
+      'gradients', {'g': x}, placement.counters(options)))(x)
+  cast = x.astype(dtype).astype(np.float32)
+  chex.assert_trees_all_equal(out['g'], cast)
+  assert counts['overflows_gradients'] == np.sum(~np.isfinite(cast)) == 2
+
+
 def test_stochastic_bits_follow_an_arrays_path_not_its_position():
   """A relaxed grid's tree also holds the options a member does not use (a
   batch norm's scale beside a member without norm); before, they shifted

@@ -42,6 +42,7 @@ The choice between the three is traced, so one program holds them; that is why
 """
 
 from collections.abc import Callable, Mapping
+import functools
 from typing import Any
 import zlib
 
@@ -200,17 +201,24 @@ class Policy:
     q, events = rounded(x)
     return jnp.where(on, q, x), jnp.where(on, events, 0)
 
-  def _round(self, x, key, mode=None):
+  def _round(self, x, key, mode=None, overflows=False):
     """``x`` rounded (``mode``: the member's; stochastic bits from ``key``
-    when some option rounds stochastically and ``mode`` is not forced)."""
+    when some option rounds stochastically and ``mode`` is not forced), and
+    where it overflowed, if asked (``precision.quantize``)."""
     bits = None
     if self.stochastic and mode is None:
       if key is None:
         raise ValueError('stochastic rounding needs a key.')
       bits = precision.stochastic_bits(key, x.shape)
-    return _ste(x, precision.quantize(x, self.fmt,
-                                      self.mode if mode is None else mode,
-                                      bits))
+    q, over = precision.quantize(x, self.fmt,
+                                 self.mode if mode is None else mode, bits,
+                                 overflows=True)
+    return (_ste(x, q), over) if overflows else _ste(x, q)
+
+  def _events(self, x, key):
+    """``x`` rounded, and its events: ``[overflows, flushed to 0]``."""
+    q, over = self._round(x, key, overflows=True)
+    return q, jnp.stack(count_both(over, (x != 0) & (q == 0)))
 
   def round(self, place: str, tree: Any, counts: dict[str, jax.Array],
             counted: jax.Array | bool = True
@@ -239,9 +247,9 @@ class Policy:
       array = zlib.crc32(jax.tree_util.keystr(path).encode()) & 0x7FFFFFFF
 
       def rounded(x, k=None if key is None else jax.random.fold_in(key, array)):
-        q = self._round(x, k)
-        return q, (jnp.stack(count_both(self._overflow(x), (x != 0) & (q == 0)))
-                   if counting else jnp.zeros(2, jnp.int32))
+        if counting:
+          return self._events(x, k)
+        return self._round(x, k), jnp.zeros(2, jnp.int32)
 
       q, events = self._at(place, rounded, leaf)
       out.append(q)
@@ -253,11 +261,6 @@ class Policy:
       counts[f'underflows_{place}'] += jnp.where(on, under, 0).astype(
           jnp.float32)
     return jax.tree.unflatten(treedef, out), counts
-
-  def _overflow(self, x):
-    """Where ``x`` is finite and beyond the format's largest finite value."""
-    u = lax.bitcast_convert_type(x, jnp.int32) & 0x7FFFFFFF
-    return (u > self.fmt['max_bits']) & (u < 0x7F800000)
 
   def constants(self, hp: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     """The optimizer's knobs and constants, rounded if ``constants`` is on
@@ -285,11 +288,8 @@ class Policy:
           jax.random.fold_in(self.key, PLACES.index('activations')),
           len(tally)))
 
-      def rounded(x):
-        q = self._round(x, key)
-        return q, jnp.stack(count_both(self._overflow(x), (x != 0) & (q == 0)))
-
-      q, events = self._at('activations', rounded, x)
+      q, events = self._at('activations',
+                           functools.partial(self._events, key=key), x)
       tally.append(lax.stop_gradient(events))
       return q
 

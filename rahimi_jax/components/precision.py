@@ -141,10 +141,10 @@ def _round_half_even(n, s):
 # ``engine.cost_ratios`` and the compile re-trace the step; a jit's trace is
 # reused per shape (the rounding study's first run 41-43 -> 30-32 s,
 # WORKSPACE.md). Integer arithmetic: the same bits inlined or not.
-@jax.jit
+@functools.partial(jax.jit, static_argnames=('overflows',))
 def quantize(x: jax.Array, fmt: Mapping[str, jax.Array], mode: jax.Array,
              srbits: jax.Array | None = None, *,
-             saturate: bool | jax.Array = False) -> jax.Array:
+             saturate: bool | jax.Array = False, overflows: bool = False):
   """``x`` (float32) rounded to ``fmt`` in ``mode``; float32 out.
 
   Args:
@@ -156,9 +156,12 @@ def quantize(x: jax.Array, fmt: Mapping[str, jax.Array], mode: jax.Array,
       ``SR_BITS`` bits are used); required for stochastic rounding (see
       ``stochastic_bits``).
     saturate: overflow gives ``max`` instead of inf / NaN.
+    overflows: also return where a finite ``x`` overflowed (its rounded
+      magnitude above ``max``: a value that rounds down to ``max`` did not).
 
   Returns:
-    float32 array of the values of the format, shape of ``x``.
+    float32 array of the values of the format, shape of ``x`` (and the
+    overflows, a bool array, when asked).
   """
   x = jnp.asarray(x, jnp.float32)
   bits = lax.bitcast_convert_type(x, jnp.int32)
@@ -207,7 +210,8 @@ def quantize(x: jax.Array, fmt: Mapping[str, jax.Array], mode: jax.Array,
   inf_in = (ef == 255) & ~is_nan
   out = jnp.where(inf_in & ~jnp.asarray(saturate),
                   jnp.where(fmt['has_inf'], _INF_BITS, _NAN_BITS), out)
-  return lax.bitcast_convert_type(sign | out, jnp.float32)
+  value = lax.bitcast_convert_type(sign | out, jnp.float32)
+  return (value, over & finite) if overflows else value
 
 
 def _mix(x):
