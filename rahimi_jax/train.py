@@ -531,7 +531,10 @@ def make_loop(config: TrainConfig) -> Loop:
         grads, opt_state, params,
         **optimizer_inputs(data.task, k, carry[1], x, y, key))
     if policy is not None:
-      updates, counts = policy.round('updates', updates, counts)
+      # The parameters the member reads: a zero-weight option's have an
+      # exact zero gradient (the strong zero), and their events do not count.
+      used = jax.tree.map(lambda g: jnp.any(g != 0), grads)
+      updates, counts = policy.round('updates', updates, counts, used=used)
       # One state per optimizer option; only the member's own counts.
       rounded = []
       for w, option_state in zip(k['optimizer'], new_opt_state):
@@ -541,13 +544,15 @@ def make_loop(config: TrainConfig) -> Loop:
       new_opt_state = tuple(rounded)
     new_params = optax.apply_updates(params, updates)
     if policy is not None:
-      new_params, counts = policy.round('storage', new_params, counts)
+      new_params, counts = policy.round('storage', new_params, counts,
+                                        used=used)
       if 'updates_lost' in counts:  # updates that left their parameter
         lost, made = zip(*[
-            placement.count_both((u != 0) & (s == p), u != 0)
-            for u, p, s in zip(jax.tree.leaves(updates),
-                               jax.tree.leaves(params),
-                               jax.tree.leaves(new_params))])
+            placement.count_both((u != 0) & (s == p) & m, (u != 0) & m)
+            for u, p, s, m in zip(jax.tree.leaves(updates),
+                                  jax.tree.leaves(params),
+                                  jax.tree.leaves(new_params),
+                                  jax.tree.leaves(used))])
         counts = counts | {
             'updates_lost': counts['updates_lost'] + sum(lost),
             'updates_made': counts['updates_made'] + sum(made)}

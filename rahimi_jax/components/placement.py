@@ -221,13 +221,15 @@ class Policy:
     return q, jnp.stack(count_both(over, (x != 0) & (q == 0)))
 
   def round(self, place: str, tree: Any, counts: dict[str, jax.Array],
-            counted: jax.Array | bool = True
+            counted: jax.Array | bool = True, used: Any = None
             ) -> tuple[Any, dict[str, jax.Array]]:
     """``tree``'s float32 leaves rounded if the member rounds at ``place``.
 
     ``counted``: whether its events count (False for the state of an
     optimizer option of weight 0, which the relaxed mixture keeps but the
-    member does not use).
+    member does not use). ``used``: per leaf of ``tree``, whether its events
+    count (``None``: all; a grid's parameters also hold the norm options a
+    member does not use, which weight decay still moves).
     """
     if place not in self.places:
       return tree, counts
@@ -236,8 +238,10 @@ class Policy:
            else jax.random.fold_in(self.key, PLACES.index(place)))
     counting = f'overflows_{place}' in counts
     leaves, treedef = jax.tree.flatten_with_path(tree)
+    flags = ([True] * len(leaves) if used is None
+             else treedef.flatten_up_to(used))
     out, over, under = [], 0, 0
-    for path, leaf in leaves:
+    for (path, leaf), flag in zip(leaves, flags):
       if not (hasattr(leaf, 'dtype') and leaf.dtype == jnp.float32):
         out.append(leaf)  # counts, integers
         continue
@@ -253,6 +257,7 @@ class Policy:
 
       q, events = self._at(place, rounded, leaf)
       out.append(q)
+      events = jnp.where(flag, events, 0)
       over, under = over + events[0], under + events[1]
     counts = dict(counts)
     if counting:
