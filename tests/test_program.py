@@ -146,14 +146,15 @@ _SHARDED = textwrap.dedent("""
     assert shapes == [(2, 2, 2, 1), (2, 2, 1, 2)], shapes
     chex.assert_trees_all_equal(*[{{m: r.columns[m] for m in t.METRICS}}
                                   for r in side])
-    # The chunk tuner's probe of a run of 2 groups of 4 times a width of 4
+    # The chunk tuner's probe of a run of 2 groups of 1 times a width of 1
     # as the run runs it: both groups' chunks side by side, on 2 devices
-    # (the first group's alone took 1).
-    first = t.GRID.subset(range(4), keep=t.GRID.choices)
+    # (the first group's alone took 1); the programs of the runs above.
+    first = t.GRID.subset(range(1), keep=t.GRID.choices)
     train_fn = t._train()
     probe = program._Probe(train_fn, program._resumable(train_fn), first,
-                           tiny, jax.devices()[:2], None, [4, 4])
-    assert set(probe([4])) == {{4}} and len(probe.base.used) == 2
+                           tiny, jax.devices()[:2], None, [1, 1])
+    assert set(probe([1])) == {{1}} and len(probe.base.used) == 2
+    assert probe.compile_s == {{1: 0.0}}, probe.compile_s
     # One compile per program: the other devices loaded it.
     assert program._LOAD_FOR_DEVICES
     assert program._SERIALIZED and all(program._SERIALIZED.values())
