@@ -140,10 +140,10 @@ class Gate:
     if self.off == self.on:
       raise ValueError(f'{self.name}: off and on are the same option {self.on!r}.')
     try:
-      if isinstance(self.gates, (str, bytes)) or any(
-          isinstance(g, (str, bytes)) for g in np.atleast_1d(self.gates)):
+      given = np.atleast_1d(self.gates)
+      if given.dtype.kind in 'SU':
         raise TypeError  # '01' is not the gate 1
-      gates = tuple(float(g) for g in np.atleast_1d(self.gates))
+      gates = tuple(float(g) for g in given)
     except (TypeError, ValueError):
       raise ValueError(f'{self.name}: gates must be numbers; got '
                        f'{self.gates!r}.') from None
@@ -178,9 +178,11 @@ class Seeds:
                          f'(a grid\'s most members); got {seeds}.')
       seeds = tuple(range(int(seeds)))
     try:
-      if isinstance(seeds, (str, bytes)) or any(
-          isinstance(s, bool) or int(s) != s for s in seeds):
-        raise TypeError  # '12' is not seeds 1 and 2, nor 1.9 seed 1
+      if isinstance(seeds, (str, bytes)):
+        raise TypeError  # '12' is not seeds 1 and 2
+      seeds = tuple(seeds)
+      if any(isinstance(s, bool) or int(s) != s for s in seeds):
+        raise TypeError  # nor 1.9 seed 1
       seeds = tuple(int(s) for s in seeds)
     except (TypeError, ValueError):
       raise ValueError(f'seeds must be a count or integers; got {seeds!r}.') from None

@@ -148,7 +148,8 @@ def effects(results: results_lib.Results, metric: str, path: str, *,
     ax.plot([ci.mean], [yi], 'o', color=color)
     note = f'P(better) {e.p_better:.2f}' if np.isfinite(e.p_better) else ''
     if e.dropped:
-      note += f'; {e.dropped}/{e.pairs} pairs dropped (a run diverged or non-finite)'
+      note += (f'; {e.dropped}/{e.pairs} pairs dropped (a run diverged or '
+               'non-finite)')
     if not np.isfinite(ci.low):
       note += f'; no interval ({ci.n} seed{"s" * (ci.n != 1)})'
     ax.annotate(note, (1.01, yi), xycoords=('axes fraction', 'data'),

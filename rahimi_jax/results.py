@@ -338,8 +338,8 @@ def concat(parts: list[Results], metadata: dict[str, Any] | None = None
                        'a number; got the columns '
                        f'{[list(p.columns) for p in parts]}.')
     columns[n] = np.concatenate([
-        p.columns[n] if n in p.columns else
-        np.full(len(next(iter(p.columns.values()))), np.nan) for p in parts])
+        p.columns[n] if n in p.columns else np.full(len(p), np.nan)
+        for p in parts])
   return Results(columns, parts[0].metadata if metadata is None else metadata)
 
 

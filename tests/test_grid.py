@@ -111,6 +111,7 @@ class GridTest(parameterized.TestCase):
 
   def test_seed_keys_follow_the_prng_implementation_in_force(self):
     grid = Grid(Seeds((3, 7)))
+    assert Seeds(s for s in (3, 7)) == grid.axes[0]  # any iterable of seeds
     previous = jax.config.jax_default_prng_impl
     try:
       for impl in ('rbg', previous):
