@@ -1,8 +1,10 @@
 """Running the experiment launchers as a user would, and checking bad input."""
 
+import fcntl
 import json
 import os
 import pathlib
+import pickle
 import signal
 import subprocess
 import sys
@@ -121,6 +123,30 @@ def launch_runs(runs, timeout: int = 300,
         done.append(subprocess.CompletedProcess(
             [sys.executable, *command, *flags], code, o.read(), e.read()))
   return done
+
+
+def once(tmp_path_factory, name: str, make):
+  """``make(directory)``, run once per test session however the pytest-xdist
+  workers split a module: the first worker to ask runs it (the others wait
+  on a lock) and saves its value; the others read that. ``directory``, new
+  for each try, is shared by the workers: put the runs' outputs there.
+
+  A module-scoped fixture runs once per worker that runs one of its tests,
+  and work stealing splits modules: a split launcher fixture (10-25 s of
+  subprocesses) ran twice. ``make``'s value must pickle (CompletedProcess,
+  paths); an exception is not saved, so each worker re-raises its own.
+  """
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # the session's, above each worker's own
+  with open(root / f'once_{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    saved = root / f'once_{name}.pickle'
+    if saved.exists():
+      return pickle.loads(saved.read_bytes())
+    value = make(pathlib.Path(tempfile.mkdtemp(prefix=f'{name}_', dir=root)))
+    saved.write_bytes(pickle.dumps(value))
+    return value
 
 
 def assert_clean_error(proc, bad_value: str) -> None:

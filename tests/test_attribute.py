@@ -28,13 +28,16 @@ BAD_INPUTS = [
 @pytest.fixture(scope='module')
 def launched(tmp_path_factory):
   """The shrunk run and every bad flag, launched at once."""
-  out = tmp_path_factory.mktemp('attribute')
-  bad_dir = tmp_path_factory.mktemp('bad')
-  procs = launchers.launch_many('experiments.attribute', [
-      [*TINY, f'--out={out}'],
-      *[[flag, f'--out={bad_dir / f"out{i}"}']
-        for i, (flag, _) in enumerate(BAD_INPUTS)]])
-  return (procs[0], out), (procs[1:], bad_dir)
+  def make(tmp):
+    out, bad_dir = tmp / 'attribute', tmp / 'bad'
+    bad_dir.mkdir()
+    procs = launchers.launch_many('experiments.attribute', [
+        [*TINY, f'--out={out}'],
+        *[[flag, f'--out={bad_dir / f"out{i}"}']
+          for i, (flag, _) in enumerate(BAD_INPUTS)]])
+    return (procs[0], out), (procs[1:], bad_dir)
+
+  return launchers.once(tmp_path_factory, 'attribute', make)
 
 
 def test_end_to_end(launched):

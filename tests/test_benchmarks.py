@@ -71,7 +71,10 @@ def _torch_installed():
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   """Both shrunk runs, started together (each is mostly single-threaded)."""
-  tmp = tmp_path_factory.mktemp('bench')
+  return launchers.once(tmp_path_factory, 'grid_throughput', _both_runs)
+
+
+def _both_runs(tmp):
   # A `torch` that fails to import, ahead of any installed one: the CI case.
   fake = tmp / 'no_torch'
   (fake / 'torch').mkdir(parents=True)
@@ -282,12 +285,20 @@ def test_flops_of_the_two_layer_linear_net():
 
 
 @pytest.fixture(scope='module')
-def shrunk():
+def shrunk(tmp_path_factory):
   """The other benchmarks, shrunk, started together (one import of JAX)."""
+  return launchers.once(tmp_path_factory, 'benchmarks', _other_runs)
+
+
+def _other_runs(tmp):
+  del tmp  # they write nothing
   names = ('precision_cost', 'kernel_solvers', 'chunk_tuning')
   flag_lists = [
       # Switched groups of 4 and 3 members: one program (the second padded).
-      ['--members=7', '--repeats=1', '--steps=2', '--peak_n=64'],
+      # Named, not 'auto': --switch=auto traces each option's step for its
+      # cost (4.7 of 19 s CPU here; launchers' smoke tests take that path).
+      ['--members=7', '--repeats=1', '--steps=2', '--peak_n=64',
+       '--switch=placement'],
       ['--parts=peers,sweep,scale', '--n=300', '--n_test=50', '--features=32',
        '--sweep_n=64', '--sweep_bandwidths=1,2', '--sweep_lams=1e-3',
        '--repeats=1', '--peak_n=64', '--scale_n=400', '--scale_centres=40'],

@@ -229,15 +229,18 @@ BAD_INPUTS = [
 @pytest.fixture(scope='module')
 def launched(tmp_path_factory):
   """The shrunk launcher run and every bad flag, launched at once."""
-  out = tmp_path_factory.mktemp('deep_linear')
-  bad_dir = tmp_path_factory.mktemp('bad')
-  procs = launchers.launch_many('experiments.deep_linear', [
-      ['--n_train=100', '--condition_number=1e3', '--steps=100',
-       '--log_every=50', '--seeds=2', '--gd_lrs=0.1', '--methods=gd,lm',
-       '--solver_steps=10', '--saxe', f'--out={out}'],
-      *[[flag, f'--out={bad_dir / str(i)}']
-        for i, (flag, _) in enumerate(BAD_INPUTS)]])
-  return (procs[0], out), (procs[1:], bad_dir)
+  def make(tmp):
+    out, bad_dir = tmp / 'deep_linear', tmp / 'bad'
+    bad_dir.mkdir()
+    procs = launchers.launch_many('experiments.deep_linear', [
+        ['--n_train=100', '--condition_number=1e3', '--steps=100',
+         '--log_every=50', '--seeds=2', '--gd_lrs=0.1', '--methods=gd,lm',
+         '--solver_steps=10', '--saxe', f'--out={out}'],
+        *[[flag, f'--out={bad_dir / str(i)}']
+          for i, (flag, _) in enumerate(BAD_INPUTS)]])
+    return (procs[0], out), (procs[1:], bad_dir)
+
+  return launchers.once(tmp_path_factory, 'deep_linear', make)
 
 
 def test_launcher_end_to_end(launched):

@@ -14,13 +14,16 @@ from rahimi_jax.studies import linear_solver
 def study(tmp_path_factory):
   """The launcher run as a user would, beside bad input that must fail
   before anything runs."""
-  tmp = tmp_path_factory.mktemp('linear_solver')
-  ok, bad, f64 = launchers.launch_many('experiments.linear_solver', [
-      ['--sizes=300,600', '--centres=60', '--maxiter=300', '--exact_max=300',
-       '--block_size=128', f'--out={tmp / "out"}'],
-      ['--sizes=500', '--centres=900', f'--out={tmp / "bad"}'],
-      ['--sizes=300', '--centres=60', '--maxiter=300', '--exact_max=0',
-       '--block_size=128', '--dtype=float64', f'--out={tmp / "f64"}']])
+  def make(tmp):
+    return tmp, launchers.launch_many('experiments.linear_solver', [
+        ['--sizes=300,600', '--centres=60', '--maxiter=300',
+         '--exact_max=300', '--block_size=128', f'--out={tmp / "out"}'],
+        ['--sizes=500', '--centres=900', f'--out={tmp / "bad"}'],
+        ['--sizes=300', '--centres=60', '--maxiter=300', '--exact_max=0',
+         '--block_size=128', '--dtype=float64', f'--out={tmp / "f64"}']])
+
+  tmp, (ok, bad, f64) = launchers.once(tmp_path_factory, 'linear_solver',
+                                       make)
   for proc in (ok, f64):
     assert proc.returncode == 0, proc.stderr[-3000:]
   return (storage.load(str(tmp / 'out')), ok, bad, tmp,

@@ -17,13 +17,16 @@ _FLAGS = ['--features=8,32', '--seeds=2', '--train_size=200',
 def study(tmp_path_factory):
   """The launcher run as a user would, beside bad input that must fail
   before anything runs."""
-  tmp = tmp_path_factory.mktemp('random_features')
-  ok, laplacian, bad = launchers.launch_many('experiments.random_features', [
-      [*_FLAGS, f'--out={tmp / "out"}'],
-      ['--kernel=laplacian', '--features=8,128', '--seeds=2',
-       '--train_size=200', '--approx_points=100', '--peers=false',
-       f'--out={tmp / "laplacian"}'],
-      ['--lam=0', f'--out={tmp / "bad"}']])
+  def make(tmp):
+    return tmp, launchers.launch_many('experiments.random_features', [
+        [*_FLAGS, f'--out={tmp / "out"}'],
+        ['--kernel=laplacian', '--features=8,128', '--seeds=2',
+         '--train_size=200', '--approx_points=100', '--peers=false',
+         f'--out={tmp / "laplacian"}'],
+        ['--lam=0', f'--out={tmp / "bad"}']])
+
+  tmp, (ok, laplacian, bad) = launchers.once(tmp_path_factory,
+                                             'random_features', make)
   for proc in (ok, laplacian):
     assert proc.returncode == 0, proc.stderr[-3000:]
   return (storage.load(str(tmp / 'out')), ok, bad, tmp,

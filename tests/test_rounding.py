@@ -35,10 +35,12 @@ def study(tmp_path_factory):
   """The launcher run as a user would (the module's one subprocess run),
   beside a bad flag that must fail before anything runs; the study's tests
   read the results it saved."""
-  tmp = tmp_path_factory.mktemp('rounding')
-  ok, bad = launchers.launch_many('experiments.rounding', [
-      [*_FLAGS, f'--out={tmp / "out"}'],
-      ['--placements=storage,weights', f'--out={tmp / "bad"}']])
+  def make(tmp):
+    return tmp, launchers.launch_many('experiments.rounding', [
+        [*_FLAGS, f'--out={tmp / "out"}'],
+        ['--placements=storage,weights', f'--out={tmp / "bad"}']])
+
+  tmp, (ok, bad) = launchers.once(tmp_path_factory, 'rounding', make)
   assert ok.returncode == 0, ok.stderr[-3000:]
   res = storage.load(str(tmp / 'out'))
   return res, rounding.cells(res), ok, bad, tmp
