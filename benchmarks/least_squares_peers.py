@@ -30,7 +30,7 @@ def _runs(config, seeds):
   grid = dataclasses.replace(config, methods=('gd',), gd_lrs=(0.1,)).grid()
   for seed in range(seeds):
     knobs = jax.tree.map(lambda a: a[0], grid.knobs([seed]))
-    yield seed, list(loop.init(knobs, data).params), x, y
+    yield seed, loop.init(knobs, data).params['w'], x, y
 
 
 def main(argv):

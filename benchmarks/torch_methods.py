@@ -38,7 +38,7 @@ def import_torch():
 def _layers(bench: Bench, params, i: int):
   """Member ``i``'s ``[(w [out, in], b or None)]`` from stacked JAX params."""
   if bench.workload.model == 'deep_linear':
-    return [(np.ascontiguousarray(w[i].T), None) for w in params]
+    return [(np.ascontiguousarray(w[i].T), None) for w in params['w']]
   readout = params['readout']  # its weight is stored [out, in] already
   return [(np.ascontiguousarray(d['w'][i].T), np.asarray(d['b'][i]))
           for d in params['dense']] + [

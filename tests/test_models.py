@@ -230,7 +230,7 @@ class DeepLinearTest(parameterized.TestCase):
     params = _np(params)
     x = np.random.default_rng(4).standard_normal((40, IN_DIM))
     expected = x
-    for w in params:
+    for w in params['w']:
       expected = expected @ w
     with jax.enable_x64(True):
       knobs = _knobs(PLAIN, dtype=np.float64)
@@ -247,10 +247,11 @@ class DeepLinearTest(parameterized.TestCase):
     model = models.get_model('deep_linear')(hidden, PLAIN)
     knobs = _knobs(PLAIN)
     params, state = model.init(jax.random.key(0), IN_DIM, OUT_DIM, knobs)
-    self.assertLen(params, len(hidden) + 1)
+    self.assertEqual(list(params), ['w'])
+    self.assertLen(params['w'], len(hidden) + 1)
     x = _x()
     expected = x.astype(np.float64)
-    for w in _np(params):
+    for w in _np(params)['w']:
       expected = expected @ w
     for train in (True, False):
       y, new_state = model.apply(params, state, x, knobs, train)
@@ -261,7 +262,7 @@ class DeepLinearTest(parameterized.TestCase):
     model = models.get_model('deep_linear')((4,), PLAIN)
     w1 = np.arange(20.0, dtype=np.float32).reshape(5, 4) / 20
     w2 = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
-    y, _ = model.apply([w1, w2], {}, _x(), _knobs(PLAIN), True)
+    y, _ = model.apply({'w': [w1, w2]}, {}, _x(), _knobs(PLAIN), True)
     np.testing.assert_allclose(y, _x() @ w1 @ w2, rtol=1e-5, atol=1e-6)
 
 

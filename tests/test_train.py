@@ -166,7 +166,8 @@ def test_a_feature_major_model_steps_on_feature_major_targets(tiny_synthetic):
   on_y = step(knobs, tiny_synthetic, carry, jnp.int32(1))
   on_targets = step(knobs, tiny_synthetic, carry, jnp.int32(1), targets)
   chex.assert_trees_all_equal(on_targets.params, on_y.params)
-  assert not np.array_equal(on_y.params[0], carry.params[0])  # it stepped
+  assert not np.array_equal(on_y.params['w'][0],
+                            carry.params['w'][0])  # it stepped
   # Minibatches, batch-major models: the steps read the data.
   for kwargs in ({'batch_size': 16}, {'model': 'mlp'}):
     other = train_lib.make_loop(dataclasses.replace(config, **kwargs))

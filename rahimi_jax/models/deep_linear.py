@@ -82,10 +82,12 @@ def deep_linear(hidden: Sequence[int],
 
   Returns:
     A ``Model`` whose knobs are the init and norm weights and ``init_scale``.
-    With the norm options ``('none',)`` its parameters are the list of
-    factors ``[W_1, ..., W_L]`` and its state ``{}``, as before norms
-    existed (same values, same program); otherwise ``{'w': [W_1, ...],
-    'norm': [one per hidden layer]}`` and ``{'norm': [...]}``.
+    Its parameters are ``{'w': [W_1, ..., W_L]}`` and its state ``{}`` with
+    the norm options ``('none',)``; otherwise ``{'w': [...], 'norm': [one
+    per hidden layer]}`` and ``{'norm': [...]}``. The factors keep their
+    path either way: a member's stochastic rounding draws its bits by path
+    (``placement``), so a member without norm in a grid with a norm axis
+    rounds as its run without the axis.
   """
   hidden = tuple(hidden)
   init_fn = components.relaxed_init(options['init'])
@@ -101,7 +103,7 @@ def deep_linear(hidden: Sequence[int],
         for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]))
     ]
     if plain:
-      return ws, {}
+      return {'w': ws}, {}
     norms = [norm_init(width) for width in hidden]
     return ({'w': ws, 'norm': [p for p, _ in norms]},
             {'norm': [s for _, s in norms]})
@@ -115,10 +117,10 @@ def deep_linear(hidden: Sequence[int],
       # vmapped grid's [members * out, batch] activations are one row-major
       # matrix, so neither pass transposes them. Together: 41 -> 8.9 us per
       # member-step on one CPU device (WORKSPACE.md).
-      return _chain([w.T for w in reversed(params)] + [x.T]).T, state
+      return _chain([w.T for w in reversed(params['w'])] + [x.T]).T, state
     # Layer by layer (with a hook and no norm: the textbook order, equal to
     # the product above up to float rounding).
-    ws = params if plain else params['w']
+    ws = params['w']
     new_norm_state = []
     for i, w in enumerate(ws[:-1]):
       x = x @ w
@@ -133,10 +135,9 @@ def deep_linear(hidden: Sequence[int],
     return y, (state if plain else {'norm': new_norm_state})
 
   def depth(params):
-    if plain:
-      return list(range(len(params)))
     return {'w': list(range(len(params['w']))),
-            'norm': [layer_depth(n, i) for i, n in enumerate(params['norm'])]}
+            **({} if plain else {'norm': [layer_depth(n, i) for i, n in
+                                          enumerate(params['norm'])]})}
 
   return Model(init, apply, choice_axes=('norm', 'init'), depth=depth,
                preactivation_hook=True, feature_major=plain,

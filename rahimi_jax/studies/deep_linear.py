@@ -264,7 +264,8 @@ def symmetry_tangents(weights) -> jax.Array:
 
 
 def stall_point(config: DeepLinearConfig, depth: int, member: str):
-  """The weights at the end of ``member``'s run, and the training data."""
+  """The weights at the end of ``member``'s run (``[W_1, ..., W_L]``), and
+  the training data."""
   for least_squares, grid in config.grids().items():
     names = [m.name for m in grid.members]
     if member in names:
@@ -279,7 +280,7 @@ def stall_point(config: DeepLinearConfig, depth: int, member: str):
   params, _ = jax.jit(train_lib.final_state, static_argnums=0)(tc, knobs,
                                                                dataset)
   dtype = jnp.dtype(config.dtype)
-  return (params, jnp.asarray(dataset.x_train, dtype),
+  return (params['w'], jnp.asarray(dataset.x_train, dtype),
           jnp.asarray(dataset.y_train, dtype))
 
 
@@ -409,11 +410,11 @@ def saxe_modes(config: DeepLinearConfig, lr: float, scale: float
 
   @jax.jit
   def trajectory(w1, w2):
-    carry = loop.init(knobs, dataset)._replace(params=[w1, w2])
+    carry = loop.init(knobs, dataset)._replace(params={'w': [w1, w2]})
     targets = loop.targets(dataset)
 
     def modes(carry):
-      product = carry.params[0] @ carry.params[1]
+      product = carry.params['w'][0] @ carry.params['w'][1]
       return jnp.einsum('im,io,mo->m', proj_u, product, proj_v)
 
     def step(carry, t):
