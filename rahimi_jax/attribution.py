@@ -4,17 +4,19 @@ Every choice axis is a weight vector on the simplex, so a component's influence
 on a trained model is a derivative through the whole training run. Moving the
 weight of ``axis`` from its ``baseline`` option toward ``option`` is the
 direction ``e_option - e_baseline``; the directional derivative of the final
-metric along it is the *gate sensitivity* of that option. At a vertex (a grid
-point) it says how the result responds to mixing in a little of the option; on
-the segment between baseline and option it integrates to the discrete effect
-(the Aumann–Shapley path of issue 3).
+metric along it is the *gate sensitivity* of that option. At the baseline's
+vertex (the member that takes the baseline) it says how the result responds to
+mixing in a little of the option; on the segment between baseline and option
+it integrates to the discrete effect (the Aumann–Shapley path of issue 3). At
+another vertex the same direction lowers a weight that is already 0 (off the
+simplex): there it is a derivative of the relaxed function, not a mixing.
 
 Two modes, which agree (tests check both against central finite differences):
 
 * forward (``jax.jvp``): memory independent of the number of steps, one pass
   per direction, vmapped over directions;
-* reverse (``jax.grad``): all directions of every axis from one backward pass;
-  with ``TrainConfig(remat=True)`` each step is rematerialized.
+* reverse (``jax.grad``): every direction of the axis from one backward
+  pass; with ``TrainConfig(remat=True)`` each step is rematerialized.
 """
 
 from collections.abc import Callable, Sequence
@@ -72,25 +74,41 @@ def gate_sensitivities(f, knobs: dict[str, Any], data: Dataset, axis: str,
     knobs: one member's knobs (unstacked); ``knobs[axis]`` is the point.
     data: the dataset.
     axis: a choice axis present in ``knobs``.
-    dirs: ``[d, k]`` directions in the axis's weight space.
+    dirs: ``[d, k]`` directions in the axis's weight space (``directions``).
     mode: 'fwd' (jvp, vmapped over directions) or 'rev' (one grad).
 
   Returns:
     ``[d]`` derivatives.
   """
-  if axis not in knobs:
-    raise ValueError(f'axis {axis!r} is not among the knobs: {sorted(knobs)}.')
+  size = _option_count(knobs, axis, 'axis')
+  dirs = jnp.asarray(dirs)
+  if dirs.ndim != 2 or dirs.shape[1] != size:
+    raise ValueError(f'dirs: shape {dirs.shape}; expected [d, {size}] (one '
+                     f'row per direction over the {size} options of {axis!r}).')
 
   def along(weights):
     return f({**knobs, axis: weights}, data)
 
-  dirs = jnp.asarray(dirs)
   point = jnp.asarray(knobs[axis], dirs.dtype)
   if mode == 'fwd':
     return jax.vmap(lambda d: jax.jvp(along, (point,), (d,))[1])(dirs)
   if mode == 'rev':
     return dirs @ jax.grad(along)(point)
   raise ValueError(f'mode {mode!r}; accepted: fwd, rev.')
+
+
+def _option_count(knobs: dict[str, Any], axis: str, what: str) -> int:
+  """The number of options of choice axis ``axis`` in one member's
+  ``knobs`` (its weight vector's length), or a ValueError."""
+  if axis not in knobs:
+    raise ValueError(f'{what} {axis!r} is not among the knobs: '
+                     f'{sorted(knobs)}.')
+  shape = jnp.shape(knobs[axis])
+  if len(shape) != 1 or shape[0] < 2:
+    raise ValueError(f'{what} {axis!r}: knobs[{axis!r}] has shape {shape}; '
+                     'a choice axis of two or more options has one weight '
+                     'per option.')
+  return shape[0]
 
 
 def gate_path(f, knobs: dict[str, Any], data: Dataset,
@@ -112,10 +130,16 @@ def gate_path(f, knobs: dict[str, Any], data: Dataset,
     ``gates: [len(components)] -> scalar``.
   """
   axes = tuple(components)
+  if not axes:
+    raise ValueError('components: give at least one {axis: (off, on)}.')
   for axis in axes:
-    if axis not in knobs:
-      raise ValueError(f'component {axis!r} is not among the knobs: '
-                       f'{sorted(knobs)}.')
+    size = _option_count(knobs, axis, 'component')
+    ends = components[axis]
+    if (len(ends) != 2 or ends[0] == ends[1] or not all(
+        isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+        and 0 <= i < size for i in ends)):
+      raise ValueError(f'component {axis!r}: (off, on) = {tuple(ends)!r}; '
+                       f'two different option indices in 0..{size - 1}.')
 
   def of_gates(gates):
     k = dict(knobs)
@@ -208,6 +232,15 @@ def component_table(results, metric: str, components: Sequence[str],
   components = tuple(components)
   if not components:
     raise ValueError('components: give at least one on/off axis.')
+  if len(set(components)) != len(components):
+    raise ValueError(f'components: {list(components)} names an axis twice.')
+  unknown = sorted(set(baselines or {}) - set(components))
+  if unknown:
+    raise ValueError(f'baselines: {unknown} are not among the components '
+                     f'{list(components)}.')
+  if metric not in results.columns:
+    raise ValueError(f'Unknown metric {metric!r}; columns: '
+                     f'{", ".join(results.columns)}.')
   axes = results.metadata['axes']
   diverged, results = drop_diverged_seeds(results, metric)
   if diverged and not len(results):

@@ -151,6 +151,22 @@ def test_bad_input():
     attribution.directions(('none', 'batch'), 'bogus')
   with pytest.raises(ValueError, match='bogus'):
     attribution.gate_path(None, {'norm': None}, None, {'bogus': (0, 1)})
+  # Option indices: an index past the axis was a zero weight vector (a
+  # credit for nothing), off == on a silent 0.
+  knobs = {'norm': jnp.eye(3)[0], 'learning_rate': jnp.float32(0.1)}
+  for ends in ((0, 5), (-1, 1), (1, 1), (0.0, 1), (True, 2), (0,)):
+    with pytest.raises(ValueError, match=r"component 'norm': \(off, on\) = "
+                       r'.*two different option indices in 0\.\.2'):
+      attribution.gate_path(None, knobs, None, {'norm': ends})
+  with pytest.raises(ValueError, match=r"'learning_rate': knobs\['learning_"
+                     r"rate'\] has shape \(\)"):
+    attribution.gate_path(None, knobs, None, {'learning_rate': (0, 1)})
+  with pytest.raises(ValueError, match='at least one'):
+    attribution.gate_path(None, knobs, None, {})
+  # Directions: one row per direction over the axis's options.
+  for dirs in (jnp.ones(3), jnp.ones((2, 2))):
+    with pytest.raises(ValueError, match=r"dirs: shape .*expected \[d, 3\]"):
+      attribution.gate_sensitivities(None, knobs, None, 'norm', dirs)
 
 
 def _factorial(effect, interaction=0.0, seeds=5):
@@ -230,6 +246,14 @@ def test_shapley_needs_on_off_axes():
     attribution.shapley(res, 'test_accuracy', ['norm', 'bogus'])
   with pytest.raises(ValueError, match='baseline'):
     attribution.shapley(res, 'test_accuracy', ['norm'], {'norm': 'layer'})
+  # A misspelled baseline was ignored (the first value taken: signs flipped).
+  with pytest.raises(ValueError, match=r"baselines: \['nrom'\] are not among "
+                     r"the components \['norm'\]"):
+    attribution.shapley(res, 'test_accuracy', ['norm'], {'nrom': 'batch'})
+  with pytest.raises(ValueError, match='names an axis twice'):
+    attribution.anova(res, 'test_accuracy', ['norm', 'norm'])
+  with pytest.raises(ValueError, match="Unknown metric 'test_acc'; columns: "):
+    attribution.shapley(res, 'test_acc', ['norm'])
 
 
 def test_drop_diverged_seeds_keeps_complete_seeds():

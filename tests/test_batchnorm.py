@@ -69,6 +69,38 @@ def test_verdicts_read_the_noisy_arm():
   assert text.count('is LESS smooth') == 3 and 'follows smoothness' not in text
 
 
+def test_an_interval_that_reaches_zero_is_read_as_undecided():
+  """A gain, a smoothness or an added shift whose interval reaches 0 was
+  read as its absence ("does not gain", "gains without being smoother")."""
+  text = _verdicts({'none': 0.5, 'batch': 0.5, 'noisy_batch': 0.5},
+                   {'none': 0.1, 'batch': 0.1, 'noisy_batch': 0.5},
+                   {'none': 5.0, 'batch': 3.0, 'noisy_batch': 3.0})
+  assert text.count('undecided: no gain shown at these seeds') == 3, text
+  assert 'does not gain' not in text
+  assert text.count('its accuracy effect crosses zero') == 3, text
+  # Noisy batch norm as rough as no norm: its beta interval holds 0 at a
+  # rate (seed noise decides), and its verdict says so there.
+  lines = _verdicts({'none': 0.5, 'batch': 0.6, 'noisy_batch': 0.58},
+                    {'none': 0.1, 'batch': 0.1, 'noisy_batch': 0.1},
+                    {'none': 5.0, 'batch': 3.0, 'noisy_batch': 5.0}
+                    ).splitlines()
+  undecided = 0
+  for noisy, shift, smooth in zip(lines[1::4], lines[2::4], lines[3::4]):
+    low, high = map(float, re.search(
+        r'beta-smoothness [+-][\d.e-]+ \[([+-][\d.e-]+), ([+-][\d.e-]+)\]',
+        noisy).groups())
+    if low <= 0 <= high:
+      undecided += 1
+      assert 'whether it is smoother is undecided' in smooth, smooth
+    assert 'without being smoother' not in smooth
+    assert "noisy batch norm's added shift is not shown" in shift, shift
+  assert undecided >= 1, lines
+  text = _verdicts({'none': 0.6, 'batch': 0.5, 'noisy_batch': 0.5},
+                   {'none': 0.1, 'batch': 0.1, 'noisy_batch': 0.5},
+                   {'none': 5.0, 'batch': 3.0, 'noisy_batch': 3.0})
+  assert text.count('batch norm loses accuracy here') == 3, text
+
+
 def _santurkar(diverged_seeds=()):
   """Santurkar's world, the no-norm runs of ``diverged_seeds`` at the first
   learning rate diverged at step 10."""
