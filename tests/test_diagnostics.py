@@ -94,6 +94,35 @@ def test_full_lanczos_gives_exact_eigenvalues(x64):
   chex.assert_trees_all_close(ritz, exact, atol=1e-9)
 
 
+@pytest.mark.parametrize('spectrum', [
+    (1.0,) * 6, (0.0,) * 6, (1.0, 1.0, 1.0, 3.0, 3.0, 0.0)])
+def test_lanczos_finds_repeated_eigenvalues_with_their_multiplicity(
+    x64, spectrum):
+  """A Krylov space that closes before n steps (k distinct eigenvalues: k
+  steps) restarts: matfree's Lanczos gave -0.80 ... 2.80 for I, NaN for 0."""
+  q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((6, 6)))
+  matrix = q @ np.diag(spectrum) @ q.T
+
+  def loss(p):
+    return 0.5 * p['x'] @ matrix @ p['x']
+
+  params = {'x': jnp.ones(6)}
+  ritz, weights = jax.jit(lambda p: diagnostics.lanczos(
+      loss, p, jax.random.key(3), 6))(params)
+  chex.assert_trees_all_close(ritz, np.linalg.eigvalsh(matrix), atol=1e-12)
+  chex.assert_trees_all_close(weights.sum(), 1.0, rtol=1e-12)
+  # The start vector's quadrature: its weight on each distinct eigenvalue
+  # is its squared projection on that eigenspace.
+  start = np.array(jax.random.normal(jax.random.split(jax.random.key(3))[0],
+                                     (6,), jnp.float64))
+  start /= np.linalg.norm(start)
+  for value in set(spectrum):
+    space = q[:, np.asarray(spectrum) == value]
+    chex.assert_trees_all_close(
+        float(weights[np.abs(ritz - value) < 1e-9].sum()),
+        float(np.sum((space.T @ start) ** 2)), rtol=1e-9)
+
+
 def test_few_lanczos_iterations_find_the_extremes(x64):
   loss, _, params = _problem()
   exact = np.linalg.eigvalsh(_explicit_hessian(loss, params))
