@@ -345,7 +345,8 @@ def parse_knob(name: str, items) -> tuple[float, ...]:
 
 
 def parse_single_knobs(values: Mapping[str, Any] | Sequence | None,
-                       accepted: Sequence[str], why: str
+                       accepted: Sequence[str], why: str,
+                       options: Mapping[str, Sequence[str]] | None = None
                        ) -> tuple[tuple[str, float], ...]:
   """Value knobs at one value for every member of a study's grid.
 
@@ -354,6 +355,9 @@ def parse_single_knobs(values: Mapping[str, Any] | Sequence | None,
       number, as a flag gives it), or ``(knob, value)`` pairs.
     accepted: the knobs the study takes this way.
     why: why a knob takes one value here, for the error on several.
+    options: the study's options by axis; a knob that none of its axis's
+      options reads is refused (``--momentum`` beside sgd alone was recorded
+      and never applied).
 
   Returns:
     ``(knob, value)`` pairs in registry order, each value checked against
@@ -368,6 +372,14 @@ def parse_single_knobs(values: Mapping[str, Any] | Sequence | None,
     parsed = parse_knob(name, value)
     if len(parsed) != 1:
       raise ValueError(f'{name}: {why}; got {", ".join(map(str, parsed))}.')
+    owner = registry.knob_axis(name)
+    given = (options or {}).get(owner.name)
+    knob = registry.knobs()[name]
+    if given is not None and not knob.readers(given):
+      raise ValueError(
+          f'{name}: no member reads it: the {owner.name} options here are '
+          f'{", ".join(given)}, and it is read by '
+          f'{", ".join(knob.readers(owner.options))}.')
     out[name] = parsed[0]
   return tuple((k, out[k]) for k in registry.knobs() if k in out)
 

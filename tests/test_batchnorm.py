@@ -43,6 +43,10 @@ def test_value_knobs_set_every_member():
   config = batchnorm.BatchNormConfig(models=('mlp',), optimizer='momentum',
                                      values={'momentum': '0.5'})
   assert {m.values['momentum'] for m in config.grid().members} == {0.5}
+  # A knob the optimizer does not read was recorded and never applied.
+  with pytest.raises(ValueError, match='momentum: no member reads it: the '
+                     'optimizer options here are sgd, and it is read by '):
+    batchnorm.BatchNormConfig(values={'momentum': 0.5})
   with pytest.raises(ValueError, match='momentum: the grids vary the '
                      'learning rate only; got 0.5, 0.9'):
     batchnorm.BatchNormConfig(values={'momentum': (0.5, 0.9)})

@@ -111,7 +111,8 @@ class BatchNormConfig:
     for name, value in self.noise:
       registry.knobs()[name].check([value])
     object.__setattr__(self, 'values', cli.parse_single_knobs(
-        self.values, VALUE_KNOBS, 'the grids vary the learning rate only'))
+        self.values, VALUE_KNOBS, 'the grids vary the learning rate only',
+        {'optimizer': (self.optimizer,)}))
     if not (isinstance(self.seeds, int) and self.seeds >= 2):
       raise ValueError(f'seeds: intervals need at least 2; got {self.seeds!r}.')
     for name in ('width', 'depth'):

@@ -131,7 +131,8 @@ class RoundingConfig:
     if not self.loss_scale > 0:
       raise ValueError(f'loss_scale must be > 0; got {self.loss_scale!r}.')
     object.__setattr__(self, 'values', cli.parse_single_knobs(
-        self.values, VALUE_KNOBS, 'every cell runs at one value'))
+        self.values, VALUE_KNOBS, 'every cell runs at one value',
+        {'optimizer': self.optimizers}))
     if not (isinstance(self.seeds, int) and self.seeds >= 2):
       raise ValueError(f'seeds: intervals need at least 2; got {self.seeds!r}.')
     if not self.gap >= 0:
