@@ -127,12 +127,32 @@ def test_verdicts_without_an_interval_decide_nothing():
   # no interval. Before, the missing interval read as "does not gain".
   text = batchnorm.verdicts(_santurkar(diverged_seeds=(0, 1, 2)))
   first = '\n'.join(text[:4])
-  assert first.count('Over 1 seed(s): 3 of 4 pairs dropped') == 2, first
+  assert first.count('accuracy, ICS, beta smoothness over 1 seed(s), 3 of 4 '
+                     'pairs dropped (3 run(s) diverged).') == 1, first
+  assert first.count('accuracy, ICS, drift, beta smoothness over 1 seed(s), '
+                     '3 of 4 pairs dropped (3 run(s) diverged).') == 1, first
   assert first.count('undecided: an interval needs two seeds') == 2, first
   assert 'does not gain' not in first, first
   # The other rates, all pairs kept, read as before.
   rest = '\n'.join(text[4:])
-  assert 'Over' not in rest and rest.count('follows smoothness') == 2, rest
+  assert 'dropped' not in rest and rest.count('follows smoothness') == 2, rest
+
+
+def test_an_overflowed_probe_leaves_smoothness_undecided():
+  """No norm's beta probe overflowed in 2 of 4 runs that finished: those are
+  its roughest, and the pairs left would favour it; the verdict read
+  "smoother" from the other 2, the drops unmentioned."""
+  means = _santurkar()
+  bad = ((means.columns['norm'] == 'none') & np.isin(means.columns['seed'],
+                                                     (0, 1)))
+  means.columns['beta_smoothness'][bad] = np.nan
+  text = batchnorm.verdicts(means)
+  for lr in range(len(LRS)):
+    bn, _, _, smooth = text[4 * lr:4 * lr + 4]
+    assert ('beta smoothness over 2 seed(s), 2 of 4 pairs dropped (2 '
+            'finished with the reading overflowed).') in bn, bn
+    assert smooth.startswith('  => smoothness: undecided: the beta reading '
+                             'overflowed in 2 run(s)'), smooth
 
 
 def test_the_table_counts_diverged_members():

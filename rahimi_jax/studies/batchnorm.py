@@ -234,22 +234,45 @@ def _known(*intervals: stats.Interval) -> bool:
   return all(np.isfinite(i.low) and np.isfinite(i.high) for i in intervals)
 
 
-def _seeds_used(effect: results_lib.Effect) -> str:
-  """Over how many seeds an arm's effects are, when pairs were dropped."""
-  if not effect.dropped:
-    return ''
-  return (f' Over {effect.interval.n} seed(s): {effect.dropped} of '
-          f'{effect.pairs} pairs dropped (a run diverged).')
+def _seeds_used(**effects: results_lib.Effect) -> str:
+  """Over how many seeds each of an arm's effects is, where pairs were
+  dropped: a run diverged, or finished with the reading not finite (a probe
+  that overflowed)."""
+  notes = {}  # the note -> the effects it is of
+  for name, effect in effects.items():
+    if not effect.dropped:
+      continue
+    diverged = effect.baseline_diverged + effect.value_diverged
+    overflowed = _overflowed(effect)
+    why = '; '.join([f'{diverged} run(s) diverged'] * bool(diverged) + [
+        f'{overflowed} finished with the reading overflowed'] * bool(
+            overflowed))
+    note = (f'over {effect.interval.n} seed(s), {effect.dropped} of '
+            f'{effect.pairs} pairs dropped ({why})')
+    notes.setdefault(note, []).append(name.replace('_', ' '))
+  return ''.join(f' {", ".join(names)} {note}.'
+                 for note, names in notes.items())
+
+
+def _overflowed(effect: results_lib.Effect) -> int:
+  """Runs that finished with the effect's reading not finite."""
+  return effect.baseline_non_finite + effect.value_non_finite
 
 
 _TOO_FEW = ('undecided: an interval needs two seeds where both arms finished '
             '(see the counts above).')
 
 
-def _smoothness(gain, beta, n_gain=None, n_beta=None) -> str:
-  """What the effective beta says of batch norm's gain (paired intervals)."""
+def _smoothness(gain, beta, n_gain=None, n_beta=None, overflowed=0,
+                n_overflowed=0) -> str:
+  """What the effective beta says of batch norm's gain (paired intervals;
+  ``overflowed``: runs whose beta reading overflowed, left out)."""
   if not _known(gain, beta):
     return _TOO_FEW
+  if overflowed:
+    return (f'undecided: the beta reading overflowed in {overflowed} run(s), '
+            'left out; those are the roughest runs, and without them the '
+            'comparison favours the rougher arm.')
   if gain.high < 0:
     return 'batch norm loses accuracy here: no gain to explain.'
   if not gain.low > 0:
@@ -265,6 +288,9 @@ def _smoothness(gain, beta, n_gain=None, n_beta=None) -> str:
     return text + ': consistent with smoothness.'
   if not _known(n_gain, n_beta):
     return text + ': consistent with smoothness (noisy batch norm: no interval).'
+  if n_overflowed:
+    return text + (': consistent with smoothness (noisy batch norm: its beta '
+                   f'reading overflowed in {n_overflowed} run(s); undecided).')
   if not n_gain.low > 0:
     return text + ': consistent with smoothness.'
   if n_beta.high < 0:
@@ -321,7 +347,8 @@ def verdicts(means: results_lib.Results, level: float = 0.95) -> list[str]:
     line = [f'lr {lr:g}: batch norm vs none: accuracy '
             f'{_percent(gain.interval, True)} points, ICS (l2) '
             f'{_ci(shift.interval, signed=True)}, beta-smoothness '
-            f'{_ci(beta.interval, signed=True)}.' + _seeds_used(gain)]
+            f'{_ci(beta.interval, signed=True)}.' + _seeds_used(
+                accuracy=gain, ICS=shift, beta_smoothness=beta)]
     if noisy:
       n_gain, n_shift, n_drift, n_beta = (
           _effect(at, m, 'noisy_batch', level) for m in (
@@ -337,14 +364,17 @@ def verdicts(means: results_lib.Results, level: float = 0.95) -> list[str]:
           f'{_percent(n_gain.interval, True)} points, ICS (l2) '
           f'{_ci(n_shift.interval, signed=True)}, pre-activation mean drift '
           f'{_ci(n_drift.interval, signed=True)}, beta-smoothness '
-          f'{_ci(n_beta.interval, signed=True)}.' + _seeds_used(n_gain))
+          f'{_ci(n_beta.interval, signed=True)}.' + _seeds_used(
+              accuracy=n_gain, ICS=n_shift, drift=n_drift,
+              beta_smoothness=n_beta))
       line.append('  => covariate shift: ' + _shift(
           gain.interval, n_gain.interval, t_shift, t_drift))
       line.append('  => smoothness: ' + _smoothness(
-          gain.interval, beta.interval, n_gain.interval, n_beta.interval))
+          gain.interval, beta.interval, n_gain.interval, n_beta.interval,
+          _overflowed(beta), _overflowed(n_beta)))
     else:
-      line.append('  => smoothness: ' + _smoothness(gain.interval,
-                                                    beta.interval))
+      line.append('  => smoothness: ' + _smoothness(
+          gain.interval, beta.interval, overflowed=_overflowed(beta)))
     lines.extend(line)
   return lines
 
