@@ -45,7 +45,9 @@ import jax
 import jax.numpy as jnp
 
 # Step sizes of ``landscape`` as multiples of the member's learning rate:
-# Santurkar et al. move up to four training steps along the gradient.
+# Santurkar et al. move up to four times the learning rate along the gradient
+# (four plain SGD steps; with momentum or Adam a training step is another
+# move, so these are multiples of lr * g, not of the optimizer's step).
 STEP_MULTIPLIERS = (0.5, 1.0, 2.0, 4.0)
 
 
