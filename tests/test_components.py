@@ -120,15 +120,17 @@ def _plain_acts(x):
   return {n: components.ACTIVATIONS[n](x) for n in ACT_NAMES}
 
 
-@chex.assert_max_traces(n=1)
-def _relaxed_opt_update(weights, grads, state, params, hp):
-  """The mixture, built inside the program from traced weights and ``hp``.
-
-  Every call passes the same shapes and dtypes (``hp`` of Python floats), so
-  one trace serves every option, weight and hyperparameter value.
-  """
+def _relaxed_opt_step(weights, grads, state, params, hp):
+  """The mixture, built inside the program from traced weights and ``hp``."""
   tx = components.relaxed_optimizer(OPT_NAMES, weights, hp)
   return tx.update(grads, state, params, residual_fn=_residual)
+
+
+# Every call passes the same shapes and dtypes (``hp`` of Python floats), so
+# one trace serves every option, weight and hyperparameter value. (The
+# switched program below traces the step uncounted: in the same worker it
+# counted as this one's second trace.)
+_relaxed_opt_update = chex.assert_max_traces(n=1)(_relaxed_opt_step)
 
 
 def _plain_opt_updates(grads, states, params, hp):
@@ -467,7 +469,7 @@ def _switching(axis, fn):
 
 _switched_norm_jit = jax.jit(_switching('norm', _NORM_APPLY), static_argnums=4)
 _switched_act_jit = jax.jit(_switching('activation', _ACT))
-_switched_opt_update_jit = jax.jit(_switching('optimizer', _relaxed_opt_update))
+_switched_opt_update_jit = jax.jit(_switching('optimizer', _relaxed_opt_step))
 
 
 class SwitchedTest(parameterized.TestCase):
@@ -537,6 +539,18 @@ class MixTest(chex.TestCase):
     chex.assert_trees_all_close(
         out, {'a': np.full((2,), 1.75, np.float32),
               'b': np.arange(3.0, dtype=np.float32) * 1.75})
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_integer_leaves_mix_to_the_nearest_count(self):
+    # (The weights cast to int32 first made 0.5 * 2 + 0.5 * 4 = 0.)
+    counts = [np.int32(2), np.int32(4)]
+    for weights, want in (([0.5, 0.5], 3), ([0.0, 1.0], 4), ([0.8, 0.2], 2)):
+      out = self.variant(relaxed.mix)(np.asarray(weights, np.float32), counts)
+      chex.assert_trees_all_equal(out, np.int32(want))
+    # A vertex is its count exactly, past float32's integers (2**24).
+    big = [np.int32(2**24 + 1), np.int32(0)]
+    out = self.variant(relaxed.mix)(np.asarray([1.0, 0.0], np.float32), big)
+    chex.assert_trees_all_equal(out, np.int32(2**24 + 1))
 
   def test_mix_grad_wrt_weights_is_the_options(self):
     options = [_x((2, 3), seed=s) for s in range(3)]
