@@ -75,6 +75,7 @@ def test_bad_input(launched):
     ({'gates': 'norm:none..batch,norm:none..layer'}, 'listed twice'),
     ({'metric': 'test_accuracy'}, 'test_accuracy'),
     ({'nodes': 0}, 'nodes'),
+    ({'nodes': True}, 'nodes must be a positive integer; got True'),
     ({'values': {'momentum': '0.5,0.9'}}, 'one value; got 0.5, 0.9'),
     ({'values': {'beta1': 0.9}}, "'beta1'"),
 ])

@@ -94,7 +94,9 @@ class AttributeConfig:
     object.__setattr__(self, 'values', tuple(
         (k, values[k]) for k in knobs if k in values))
     for name in ('seeds', 'nodes'):
-      if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+      value = getattr(self, name)
+      if (not isinstance(value, int) or isinstance(value, bool)
+          or value < 1):
         raise ValueError(f'{name} must be a positive integer; got '
                          f'{getattr(self, name)!r}.')
     train_lib.check_task(self.train_config().for_grid(self.grid()),
@@ -208,7 +210,8 @@ def report(config: AttributeConfig, out: dict[str, Any],
   lines.append(f'completeness: f(all on) - f(all off) = '
                f'{np.mean(out["total"]):+.4f}; sum of gate credits '
                f'{np.mean(out["gate_total"]):+.4f} (gap from quadrature with '
-               f'{config.nodes} nodes; ReLU makes the path only piecewise smooth)')
+               f'{config.nodes} nodes; a ReLU net\'s path is only piecewise '
+               'smooth)')
   lines.append('ANOVA (two-level factorial): main effects and two-way interactions')
   for k, ci in out['anova'].items():
     label = ' x '.join(k) if isinstance(k, tuple) else k
