@@ -526,14 +526,17 @@ def make_loop(config: TrainConfig) -> Loop:
           'overflows_activations': counts['overflows_activations'] + tally[0],
           'underflows_activations': counts['underflows_activations'] + tally[1]}
     if policy is not None:
+      # The parameters the member reads: a zero-weight option's have an
+      # exact zero gradient (the strong zero), and their events do not count.
+      # Read before the gradients are rounded: a leaf whose whole gradient
+      # underflowed is still the member's (its optimizer state still moves
+      # it), and its lost updates are the underflow's evidence.
+      used = jax.tree.map(lambda g: jnp.any(g != 0), grads)
       grads, grads_finite, counts = policy.gradients(grads, scaler, counts)
     updates, new_opt_state = opt.update(
         grads, opt_state, params,
         **optimizer_inputs(data.task, k, carry[1], x, y, key))
     if policy is not None:
-      # The parameters the member reads: a zero-weight option's have an
-      # exact zero gradient (the strong zero), and their events do not count.
-      used = jax.tree.map(lambda g: jnp.any(g != 0), grads)
       updates, counts = policy.round('updates', updates, counts, used=used)
       # One state per optimizer option; only the member's own counts.
       rounded = []
@@ -547,12 +550,18 @@ def make_loop(config: TrainConfig) -> Loop:
       new_params, counts = policy.round('storage', new_params, counts,
                                         used=used)
       if 'updates_lost' in counts:  # updates that left their parameter
+        # Finite values of a step that is taken only: a diverged run's NaN
+        # updates counted as made and never lost (its later logs read 0%),
+        # and a step dynamic scaling skips changes nothing.
+        taken = ~policy.skips(grads_finite) if policy.dynamic else True
         lost, made = zip(*[
-            placement.count_both((u != 0) & (s == p) & m, (u != 0) & m)
-            for u, p, s, m in zip(jax.tree.leaves(updates),
-                                  jax.tree.leaves(params),
-                                  jax.tree.leaves(new_params),
-                                  jax.tree.leaves(used))])
+            placement.count_both((u != 0) & (s == p) & ok, (u != 0) & ok)
+            for u, p, s, ok in (
+                (u, p, s, m & taken & jnp.isfinite(u) & jnp.isfinite(s))
+                for u, p, s, m in zip(jax.tree.leaves(updates),
+                                      jax.tree.leaves(params),
+                                      jax.tree.leaves(new_params),
+                                      jax.tree.leaves(used)))])
         counts = counts | {
             'updates_lost': counts['updates_lost'] + sum(lost),
             'updates_made': counts['updates_made'] + sum(made)}

@@ -86,9 +86,19 @@ def test_rtz_trains_and_rne_collapses_with_the_mechanism(study):
   assert rtz['value'].mean > res.metadata['chance_threshold']
   text = rounding.explanations(res, rows, gap=0.02)
   assert 'b2 0.999 -> 1 ' in text
+  # 2 of 2 seeds against 0 of 2 could be chance (Fisher's p = 1/6).
   assert ("adam, bfloat16 constants: toward_zero trains" in text
-          and 'changing only the rounding mode to nearest_even collapses it'
-          in text), text
+          and "2 of 2 seeds against 0 of 2 is too few to call it the mode's "
+          'doing (one-sided Fisher exact p = 0.17)' in text), text
+  assert 'changing only the rounding mode' not in text
+  # 5 of 5 against 0 of 5 is not (p = 1/252).
+  five = [r | {'seeds': 5, 'collapses': r['collapses'] * (5 // max(
+      len(r['collapses']), 1) + 1)} for r in rows]
+  five = [r | {'collapses': r['collapses'][:5]} for r in five]
+  text = rounding.explanations(res, five, gap=0.02)
+  assert ('changing only the rounding mode to nearest_even collapses it '
+          '(non-finite from step 1 (5/5 seeds); one-sided Fisher exact p = '
+          '0.004)') in text, text
   # Reference and storage cells: finite, no collapse.
   for r in rows:
     if r['cell']['placement'] == 'storage':
@@ -220,3 +230,13 @@ def test_launcher_end_to_end(study):
   assert res.metadata['axes'][grid_lib.SEED] == [0, 1]
   launchers.assert_clean_error(bad, "'weights'")
   assert not (tmp / 'bad').exists()
+
+
+def test_updates_rounded_away_are_averaged_up_to_a_divergence():
+  """After a divergence the updates are NaN: counted as made, never lost, the
+  later logs read 0% and the run's mean fell (11% -> 3.3% in a float8 run)."""
+  columns = {'step': np.arange(0, 10, 2), 'diverged_step': np.full(5, 3),
+             'updates_lost': np.asarray([np.nan, 0.1, 0.2, 0.0, 0.0])}
+  assert rounding._lost_until_divergence(columns) == pytest.approx(0.15)
+  columns['diverged_step'][:] = -1  # a run that finished: every log
+  assert rounding._lost_until_divergence(columns) == pytest.approx(0.075)

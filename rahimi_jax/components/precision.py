@@ -84,14 +84,14 @@ FORMATS: dict[str, Format] = {
     'float8_e5m2': ieee_format(5, 2),
     'float8_e4m3fn': Format(3, -6, 448.0, False),
 }
-_CUSTOM = re.compile(r'e(\d+)m(\d+)$')
+_CUSTOM = re.compile(r'e(\d+)m(\d+)')
 
 
 def get_format(name: str) -> Format:
   """A format by name: one of ``FORMATS``, or ``'e<E>m<M>'`` (IEEE-style)."""
   if name in FORMATS:
     return FORMATS[name]
-  match = _CUSTOM.match(name)
+  match = _CUSTOM.fullmatch(name)
   if match is None:
     raise ValueError(f'Unknown format {name!r}; accepted: '
                      f'{", ".join(FORMATS)}, or e<E>m<M> with E in 2..8 '

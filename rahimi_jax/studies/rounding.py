@@ -22,6 +22,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 from rahimi_jax import attribution
 from rahimi_jax import cli
@@ -373,6 +374,9 @@ def constant_lines(optimizer: str, hp: dict[str, float], fmt: str,
       if new >= 1 and name in ('b1', 'b2'):
         text += (f'; the moment never moves from 0 and Adam\'s bias '
                  f'correction 1 - {name}^t is 0: 0/0 = NaN at step 1')
+      elif new >= 1 and name == 'decay':
+        text += ('; the average of squared gradients starts at 0 and never '
+                 'moves: every update is lr * g / sqrt(eps)')
       elif new >= 1:
         text += '; the average never forgets'
     elif name == 'eps' and new == 0:
@@ -413,6 +417,19 @@ def _counts(res: results_lib.Results, members) -> dict[str, Any]:
   return out
 
 
+def _lost_until_divergence(columns) -> float:
+  """One member's logged ``updates_lost``, averaged over its logs up to the
+  one that covers its divergence (NaN where none is finite): a diverged
+  run's later updates were NaN, counted as made and never lost, and its
+  later logs read 0%."""
+  lost = np.asarray(columns['updates_lost'], np.float64)
+  diverged = int(columns['diverged_step'][0]) if 'diverged_step' in columns else -1
+  if diverged >= 0:
+    steps = np.asarray(columns['step'])
+    lost = lost[:int(np.searchsorted(steps, diverged)) + 1]
+  return float(np.nanmean(lost)) if np.isfinite(lost).any() else np.nan
+
+
 def explain(res: results_lib.Results, row: dict) -> list[str]:
   """The mechanism of one cell's collapse or gap, from what was logged."""
   cell, members = row['cell'], row['members']
@@ -426,13 +443,12 @@ def explain(res: results_lib.Results, row: dict) -> list[str]:
     lines += constant_lines(row['optimizer'], hp, cell['precision'],
                             cell['rounding'])
   if 'storage' in places and 'updates_lost' in res.columns:
-    lost = []
-    for m in members:
-      c = res.where(member=m).columns['updates_lost']
-      lost.append(np.nanmean(c) if np.isfinite(c).any() else np.nan)
+    lost = [_lost_until_divergence(res.where(member=m).columns)
+            for m in members]
     ci = stats.mean_ci(lost, bounds=(0.0, 1.0))
     lines.append(f'updates rounded away (nonzero updates that left their '
-                 f'stored parameter unchanged), mean over the run: '
+                 f'stored parameter unchanged), mean over the run (a diverged '
+                 f'run\'s up to its divergence): '
                  f'{stats.format_interval(ci, ".1%")}')
   beyond = 'infinity' if fmt.has_inf else 'NaN (no infinity)'
   overflow_to = {
@@ -459,6 +475,10 @@ def explain(res: results_lib.Results, row: dict) -> list[str]:
     scales = [final.where(member=m).columns['loss_scale'][0] for m in members]
     lines.append(f'final loss scale {np.nanmean(scales):g} (start '
                  f'{res.metadata["config"]["loss_scale"]:g})')
+    if cell['rounding'] == 'toward_zero':
+      lines.append('toward zero saturates an overflow at the largest finite '
+                   'value: the gradients stay finite, so dynamic scaling '
+                   'never backs off (it halves on a non-finite gradient only)')
   if row['collapses']:
     lines.append(f'collapse: {_collapse_text(row)}')
   return lines or ['nothing rounded measurably: no update lost, no overflow '
@@ -469,12 +489,19 @@ def explanations(res: results_lib.Results, rows: list[dict],
                  gap: float) -> str:
   """Why: every collapse or mean gap of at least ``gap`` (its interval
   printed beside it), then the contrasts the talk asks about: toward zero
-  trains where nearest-even collapses; stochastic rounding within ``gap`` of
-  float32 (interval containing 0) where nearest-even is significantly
-  ``gap`` or more away."""
+  trains where nearest-even collapses (called the mode's doing where a
+  one-sided Fisher exact test on the seeds that collapsed gives p < 0.05);
+  stochastic rounding within ``gap`` of float32 (its whole interval inside
+  +-gap: an equivalence test) where nearest-even is significantly ``gap`` or
+  more away."""
   lines = []
+  unexplained = {}  # optimizer -> seeds whose float32 reference collapsed
   for r in rows:
-    if r['reference_collapsed'] or _is_reference(r['cell']):
+    if _is_reference(r['cell']):
+      if r['collapses']:
+        unexplained[r['optimizer']] = (len(r['collapses']), r['seeds'])
+      continue
+    if r['reference_collapsed']:
       continue
     if r['collapses'] or large_gap(r, gap):
       what = (_collapse_text(r) if r['collapses'] else
@@ -488,20 +515,44 @@ def explanations(res: results_lib.Results, rows: list[dict],
       continue
     other = lambda m: by_cell.get((opt, prec, m, place, scaling))
     tz, sr = other('toward_zero'), other('stochastic')
-    if tz is not None and r['collapses'] and not tz['collapses']:
-      contrasts.append(
-          f'{opt}, {prec} {place}: toward_zero trains '
-          f'({_fmt_ci(tz["value"], seeds=tz["seeds"])}); changing only the rounding mode to '
-          f'nearest_even collapses it ({_collapse_text(r)})')
+    if (tz is not None and r['collapses'] and not tz['collapses']
+        and not r['reference_collapsed']):
+      p = scipy_stats.fisher_exact(
+          [[len(r['collapses']), r['seeds'] - len(r['collapses'])],
+           [0, tz['seeds']]], alternative='greater').pvalue
+      trains = (f'{opt}, {prec} {place}: toward_zero trains '
+                f'({_fmt_ci(tz["value"], seeds=tz["seeds"])})')
+      if p < 0.05:
+        contrasts.append(
+            f'{trains}; changing only the rounding mode to nearest_even '
+            f'collapses it ({_collapse_text(r)}; one-sided Fisher exact p = '
+            f'{p:.2g})')
+      else:
+        contrasts.append(
+            f'{trains} and nearest_even collapses ({_collapse_text(r)}), but '
+            f'{len(r["collapses"])} of {r["seeds"]} seeds against 0 of '
+            f'{tz["seeds"]} is too few to call it the mode\'s doing '
+            f'(one-sided Fisher exact p = {p:.2g})')
     if (sr is not None and not sr['collapses'] and significant_gap(r, gap)
-        and not large_gap(sr, gap)
-        and sr['effect'].low <= 0 <= sr['effect'].high):
-      contrasts.append(
-          f'{opt}, {prec} {place}: stochastic rounding recovers float32 '
-          f'(effect {_fmt_ci(sr["effect"], True, sr["seeds"])}) where '
-          f'nearest_even loses {_fmt_ci(r["effect"], True, r["seeds"])}')
+        and not r['reference_collapsed']):
+      e = sr['effect']
+      if -gap < e.low and e.high < gap:
+        contrasts.append(
+            f'{opt}, {prec} {place}: stochastic rounding recovers float32 '
+            f'(effect {_fmt_ci(e, True, sr["seeds"])}, within +-{gap:g}) '
+            f'where nearest_even loses {_fmt_ci(r["effect"], True, r["seeds"])}')
+      elif not large_gap(sr, gap) and e.low <= 0 <= e.high:
+        contrasts.append(
+            f'{opt}, {prec} {place}: stochastic rounding is not '
+            f'distinguishable from float32 at {sr["seeds"]} seeds (effect '
+            f'{_fmt_ci(e, True, sr["seeds"])}, wider than +-{gap:g}: not '
+            f'shown equal) where nearest_even loses '
+            f'{_fmt_ci(r["effect"], True, r["seeds"])}')
   if contrasts:
     lines += ['contrasts:'] + [f'  {c}' for c in contrasts]
+  lines += [f'{opt}: its float32 reference collapsed on {k} of {n} seeds; its '
+            'cells are not compared with it' for opt, (k, n) in
+            unexplained.items()]
   return '\n'.join(lines) if lines else 'no collapse and no gap to explain'
 
 
