@@ -125,6 +125,10 @@ def ill_conditioned_matrix(rng: np.random.Generator, rows: int, cols: int,
                            condition_number: float) -> np.ndarray:
   """A random ``[rows, cols]`` matrix with log-spaced singular values in [1/cond, 1]."""
   k = min(rows, cols)
+  if k == 1 and condition_number != 1:
+    raise ValueError(f'condition_number {condition_number!r}: a {rows} x '
+                     f'{cols} matrix has one singular value (condition number '
+                     '1); give in_dim and out_dim of 2 or more.')
   u, _ = np.linalg.qr(rng.standard_normal((rows, k)))
   v, _ = np.linalg.qr(rng.standard_normal((cols, k)))
   s = np.logspace(0.0, -np.log10(condition_number), k)

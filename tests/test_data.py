@@ -207,6 +207,13 @@ class SyntheticTest(parameterized.TestCase):
     np.testing.assert_allclose(s, np.logspace(0, -np.log10(cond), 6),
                                rtol=0.01)
 
+  def test_a_single_output_has_no_condition_number_to_set(self):
+    # One singular value: a requested 1e5 came out 1, reported as 1e5.
+    with self.assertRaisesRegex(ValueError, r'condition_number 100000\.0: a '
+                                r'6 x 1 matrix has one singular value'):
+      data_lib.synthetic(out_dim=1)
+    data_lib.synthetic(out_dim=1, condition_number=1.0)  # what it has
+
   def test_deterministic_and_seeded(self):
     chex.assert_trees_all_equal(data_lib.synthetic(n_train=10, n_test=5),
                                 data_lib.synthetic(n_train=10, n_test=5))

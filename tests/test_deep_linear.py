@@ -319,3 +319,34 @@ def test_float32_stall_spectrum_is_computed_in_float64():
   chex.assert_trees_all_close(spec['gauss_newton'], gn, atol=1e-9 * gn.max())
   assert spec['gn_null'] == spec['symmetry_dim'] == 36, spec['gn_null']
   chex.assert_trees_all_close(spec['gn_min_positive'], gn[36], rtol=1e-6)
+
+
+def test_a_wide_nets_function_changing_directions_are_js_row_space(x64):
+  """Hidden width 5 over 4 inputs and 3 outputs: the symmetry's 25 tangents
+  are dependent and J's null space has 23 dimensions, so the complement of
+  the tangents (10 dimensions) was not the 12 that change the function.
+  Against J by central differences in NumPy and scipy's orthonormal basis
+  of its row space."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import scipy.linalg  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x, y = rng.standard_normal((20, 4)), rng.standard_normal((20, 3))
+  w1, w2 = rng.standard_normal((4, 5)), rng.standard_normal((5, 3))
+  spec = deep_linear._spectra([w1, w2], x, y)  # pylint: disable=protected-access
+
+  def residual(f):
+    return ((x @ f[:20].reshape(4, 5) @ f[20:].reshape(5, 3) - y)
+            / np.sqrt(20)).ravel()
+
+  flat = np.concatenate([w1.ravel(), w2.ravel()])
+  jac = np.stack([(residual(flat + 1e-6 * e) - residual(flat - 1e-6 * e))
+                  / 2e-6 for e in np.eye(35)], axis=1)
+  changing = scipy.linalg.orth(jac.T, rcond=1e-6)
+  assert changing.shape[1] == 12 and spec['unchanging_dim'] == 23
+  hessian = np.asarray(jax.hessian(
+      lambda f: 0.5 * jax.numpy.sum(
+          ((x @ f[:20].reshape(4, 5) @ f[20:].reshape(5, 3) - y) ** 2))
+      / 20)(flat))
+  chex.assert_trees_all_close(
+      spec['restricted'],
+      np.linalg.eigvalsh(changing.T @ hessian @ changing), atol=1e-6)

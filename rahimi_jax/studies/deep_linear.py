@@ -7,8 +7,9 @@ directions on the same problem, reach float64's rounding floor in a few dozen
 steps. The curvature where gradient descent stalls explains it, once the
 network's symmetry ``W_1 -> W_1 G, W_2 -> G^{-1} W_2`` (which changes no
 prediction) is quotiented out: along the directions that change the function,
-the Hessian's eigenvalues span ~10 decades, so any stable step size moves
-along the flattest of them at a crawl.
+the Hessian's eigenvalues span several decades (3.7-4.8 at the default
+study's stalls, about the target's condition number), so any stable step
+size moves along the flattest of them at a crawl.
 
 The first-order methods (step sizes, scales, seeds) run ``steps`` iterations
 as one grid, the least-squares ones ``solver_steps`` as another (one program
@@ -289,10 +290,16 @@ def stall_spectrum(config: DeepLinearConfig, depth: int,
   """Curvature at the end of ``member``'s run, with the symmetry quotiented.
 
   Returns the exact Hessian spectrum (full Lanczos), the Gauss–Newton
-  spectrum (``J^T J`` of the residuals; its null space is the symmetry's
-  tangent space where the weights are full rank), and the Hessian restricted
-  to the orthogonal complement of the symmetry tangents: the directions that
-  change the network's function.
+  spectrum (``J^T J`` of the residuals), and the Hessian restricted to the
+  row space of ``J``: the directions that change the network's function to
+  first order. Where the hidden width is at most the input and output
+  widths and the weights are full rank, that is the orthogonal complement
+  of the symmetry tangents (``symmetry_dim`` of them); a wider net's
+  tangents are dependent and miss null directions of ``J`` (width 12 on the
+  talk's data: 144 tangents of rank 132; width 8: 68 null directions, 64
+  tangents), and the complement of the tangents was not the
+  function-changing space (its restricted minimum read -5.1e-2 where the
+  row space's is -1.9e-2).
 
   Computed in float64 whatever the run's dtype (the end point of a float32
   run is cast exactly): formed in float32, ``J^T J``'s and the Hessian's
@@ -328,23 +335,28 @@ def _spectra(params, x, y) -> dict[str, Any]:
     flat, unravel = ravel_pytree(p)
     return (diagnostics.hessian_eigenvalues(loss, p, jax.random.key(0),
                                             n_params),
-            diagnostics.gauss_newton_eigenvalues(residual, p),
-            diagnostics.restricted_hessian(loss, p, tangents),
+            jax.jacfwd(lambda f: jnp.ravel(residual(unravel(f))))(flat),
             jax.hessian(lambda f: loss(unravel(f)))(flat),
             diagnostics.gradient_norm(loss, p), loss(p))
 
   # One program (evaluated op by op, the dense Hessian alone took 2.8 s).
-  eigenvalues, gn, restricted, hessian, grad_norm, loss_value = jax.tree.map(
+  eigenvalues, jac, hessian, grad_norm, loss_value = jax.tree.map(
       np.asarray, spectra(params))
   top = eigenvalues.max()
   null = np.abs(eigenvalues) <= NULL_TOLERANCE * top
   positive = eigenvalues[(eigenvalues > 0) & ~null]
+  gn = np.linalg.eigvalsh(jac.T @ jac)
   gn_null = gn <= NULL_TOLERANCE * gn.max()
+  # J's row space (the function-changing directions) and null space (the
+  # directions that change no prediction), from its right singular vectors.
+  _, _, vt = np.linalg.svd(jac, full_matrices=True)
+  rank = n_params - int(gn_null.sum())
+  changing, unchanging = vt[:rank].T, vt[rank:].T
+  restricted = np.linalg.eigvalsh(changing.T @ hessian @ changing)
   # Where the Hessian's negative curvature lives: the share of each negative
-  # eigenvector in the symmetry tangent space.
+  # eigenvector in the directions that change no prediction.
   values, vecs = np.linalg.eigh(hessian)
-  q, _ = np.linalg.qr(np.asarray(tangents).T)
-  share = np.sum((q.T @ vecs) ** 2, axis=0)
+  share = np.sum((unchanging.T @ vecs) ** 2, axis=0)
   negative = values < -NULL_TOLERANCE * top
   return {
       'eigenvalues': eigenvalues, 'lambda_max': float(top),
@@ -354,7 +366,8 @@ def _spectra(params, x, y) -> dict[str, Any]:
       'lambda_min_positive': float(positive.min()),
       'negative_share_in_symmetry': float(np.min(share[negative],
                                                  initial=1.0)),
-      'symmetry_dim': int(tangents.shape[0]),
+      'symmetry_dim': int(np.linalg.matrix_rank(np.asarray(tangents))),
+      'unchanging_dim': n_params - rank,
       'restricted': restricted,
       'restricted_min': float(restricted.min()),
       'restricted_max': float(restricted.max()),
@@ -691,8 +704,9 @@ def _depth_summary(config, results, final, best, depth, scale, target,
         f'  {method}: first step within {excess:.2g} of the optimal loss '
         'per seed: '
         + ', '.join('-' if f is None else str(f) for f in firsts)
-        + f' ({verdict}); final loss {min(rows.columns["train_loss"]):.2e}'
-        f'..{max(rows.columns["train_loss"]):.2e}, '
+        + f' ({verdict}); final loss '
+        f'{np.nanmin(rows.columns["train_loss"]):.2e}'
+        f'..{np.nanmax(rows.columns["train_loss"]):.2e}, '
         f'{math.log10(best[(depth, "gd", scale)][0] / max(best[(depth, method, scale)][0], 1e-300)):+.1f} '
         'orders of magnitude below gradient descent (geometric means)')
   loss, rows = best[(depth, 'gd', scale)]
@@ -707,6 +721,7 @@ def _depth_summary(config, results, final, best, depth, scale, target,
       f'steps the loss fell only {half / last:.2f}x.')
   spec = stall_spectrum(config, depth, member)
   k = spec['symmetry_dim']
+  null_dim = spec['unchanging_dim']
   n_params = len(spec['eigenvalues'])
   flat = spec['restricted_min']
   lines.append(
@@ -718,16 +733,17 @@ def _depth_summary(config, results, final, best, depth, scale, target,
       f'positive {spec["lambda_min_positive"]:.2e}.')
   share = spec['negative_share_in_symmetry']
   lines.append(
-      f'  The symmetry W_i -> W_i G, W_i+1 -> G^-1 W_i+1 moves the weights '
-      f'along {k} directions that change no prediction; each negative '
-      f'eigenvector lies >= {share:.0%} in them'
+      f'  The weights move along {null_dim} directions that change no '
+      f'prediction (J\'s null space; the symmetry W_i -> W_i G, W_i+1 -> '
+      f'G^-1 W_i+1 spans {k} of them); each negative eigenvector lies >= '
+      f'{share:.0%} in them'
       + (' (curvature along the orbit, where the loss is constant only to '
          'first order away from a critical point: not a saddle of the '
          'function).' if share >= 0.9 else '.')
       + ' Quotiented out:')
   lines.append(
-      f'  Hessian on the {n_params - k} function-changing directions '
-      f'(orthogonal complement of the symmetry tangents): eigenvalues '
+      f'  Hessian on the {n_params - null_dim} function-changing directions '
+      f'(the row space of the residuals\' Jacobian J): eigenvalues '
       f'{flat:.3e} .. {spec["restricted_max"]:.3e}, '
       f'{spec["restricted_negative"]} negative; Gauss-Newton J^T J: '
       f'{spec["gn_null"]} null eigenvalues (the symmetry has {k}), smallest '
