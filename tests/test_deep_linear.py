@@ -204,6 +204,7 @@ def test_saxe_half_rise_times_match_theory(x64):
     ({'gd_lrs': ()}, 'gd_lrs'),
     ({'gd_lrs': (0.1, -1.0)}, 'gd_lrs'),
     ({'depths': (0,)}, 'depths'),
+    ({'depths': (1.5,)}, r'depths must be whole numbers .*\[1\.5\]'),
     ({'condition_number': 0.5}, 'condition_number'),
     ({'noise': -1.0}, 'noise'),
     ({'init': 'zeros'}, 'zeros'),

@@ -243,6 +243,8 @@ def test_levenberg_marquardt_reaches_machine_precision(rahimi_small):
     ({'solver': 'qr'}, "'qr'.*auto, dense, cg"),
     ({'factor': 1.0}, 'factor'),
     ({'initial_damping': -1.0}, 'initial_damping'),
+    ({'min_damping': 1.0, 'max_damping': 0.1},
+     'min_damping 1.0 > max_damping 0.1'),
 ])
 def test_bad_options(kwargs, match):
   with pytest.raises(ValueError, match=match):

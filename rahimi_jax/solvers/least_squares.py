@@ -225,6 +225,10 @@ def _least_squares(*, initial_damping: float, factor: float | None,
       raise ValueError(f'{name} must be a finite number >= 0; got {value!r}.')
   if factor is not None and not (math.isfinite(factor) and factor > 1):
     raise ValueError(f'factor must be a finite number > 1; got {factor!r}.')
+  if (min_damping is not None and max_damping is not None
+      and min_damping > max_damping):
+    raise ValueError(f'min_damping {min_damping!r} > max_damping '
+                     f'{max_damping!r}: the damping would have no range.')
 
   def init(params):
     dtype = jax.tree.leaves(params)[0].dtype
