@@ -186,9 +186,11 @@ def test_saxe_half_rise_times_match_theory(x64):
   s = modes['s']
   expected = np.asarray([_half_rise(0.03**2, s[j], 0.05) for j in range(2)])
   chex.assert_trees_all_close(modes['discrete'][:2], expected, rtol=1e-9)
+  # The logistic u(t) = s / (1 + (s/u0 - 1) e^(-2 s lr t)) is s/2 at
+  # ln(s/u0 - 1) / (2 s lr).
   chex.assert_trees_all_close(
-      modes['continuous'][:2], np.log(s[:2] / 0.03**2) / (2 * 0.05 * s[:2]),
-      rtol=1e-12)
+      modes['continuous'][:2],
+      np.log(s[:2] / 0.03**2 - 1) / (2 * 0.05 * s[:2]), rtol=1e-12)
   # The project's own step from the balanced, aligned init: within 1% of the
   # decoupled theory (the sampled inputs couple the modes slightly), within
   # a few percent of the continuous-time form.
