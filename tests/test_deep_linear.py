@@ -346,10 +346,10 @@ def test_a_wide_nets_function_changing_directions_are_js_row_space(x64):
                   / 2e-6 for e in np.eye(35)], axis=1)
   changing = scipy.linalg.orth(jac.T, rcond=1e-6)
   assert changing.shape[1] == 12 and spec['unchanging_dim'] == 23
-  hessian = np.asarray(jax.hessian(
+  hessian = np.asarray(jax.jit(jax.hessian(
       lambda f: 0.5 * jax.numpy.sum(
           ((x @ f[:20].reshape(4, 5) @ f[20:].reshape(5, 3) - y) ** 2))
-      / 20)(flat))
+      / 20))(flat))
   chex.assert_trees_all_close(
       spec['restricted'],
       np.linalg.eigvalsh(changing.T @ hessian @ changing), atol=1e-6)
