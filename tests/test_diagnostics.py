@@ -94,6 +94,13 @@ def test_full_lanczos_gives_exact_eigenvalues(x64):
   chex.assert_trees_all_close(ritz, exact, atol=1e-9)
 
 
+@jax.jit
+def _quadratic_lanczos(matrix, params):
+  """Full Lanczos on ``0.5 x^T matrix x`` (one compile for every matrix)."""
+  return diagnostics.lanczos(lambda p: 0.5 * p['x'] @ matrix @ p['x'], params,
+                             jax.random.key(3), 6)
+
+
 @pytest.mark.parametrize('spectrum', [
     (1.0,) * 6, (0.0,) * 6, (1.0, 1.0, 1.0, 3.0, 3.0, 0.0)])
 def test_lanczos_finds_repeated_eigenvalues_with_their_multiplicity(
@@ -102,13 +109,7 @@ def test_lanczos_finds_repeated_eigenvalues_with_their_multiplicity(
   steps) restarts: matfree's Lanczos gave -0.80 ... 2.80 for I, NaN for 0."""
   q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((6, 6)))
   matrix = q @ np.diag(spectrum) @ q.T
-
-  def loss(p):
-    return 0.5 * p['x'] @ matrix @ p['x']
-
-  params = {'x': jnp.ones(6)}
-  ritz, weights = jax.jit(lambda p: diagnostics.lanczos(
-      loss, p, jax.random.key(3), 6))(params)
+  ritz, weights = _quadratic_lanczos(jnp.asarray(matrix), {'x': jnp.ones(6)})
   chex.assert_trees_all_close(ritz, np.linalg.eigvalsh(matrix), atol=1e-12)
   chex.assert_trees_all_close(weights.sum(), 1.0, rtol=1e-12)
   # The start vector's quadrature: its weight on each distinct eigenvalue
