@@ -549,24 +549,24 @@ def make_loop(config: TrainConfig) -> Loop:
     if policy is not None:
       new_params, counts = policy.round('storage', new_params, counts,
                                         used=used)
+      skip = policy.skips(grads_finite)  # dynamic scaling, non-finite
       if 'updates_lost' in counts:  # updates that left their parameter
         # Finite values of a step that is taken only: a diverged run's NaN
         # updates counted as made and never lost (its later logs read 0%),
         # and a step dynamic scaling skips changes nothing.
-        taken = ~policy.skips(grads_finite) if policy.dynamic else True
-        lost, made = zip(*[
-            placement.count_both((u != 0) & (s == p) & ok, (u != 0) & ok)
-            for u, p, s, ok in (
-                (u, p, s, m & taken & jnp.isfinite(u) & jnp.isfinite(s))
-                for u, p, s, m in zip(jax.tree.leaves(updates),
-                                      jax.tree.leaves(params),
-                                      jax.tree.leaves(new_params),
-                                      jax.tree.leaves(used)))])
+        lost, made = [], []
+        for u, p, s, m in zip(jax.tree.leaves(updates), jax.tree.leaves(params),
+                              jax.tree.leaves(new_params),
+                              jax.tree.leaves(used)):
+          ok = m & ~skip & jnp.isfinite(u) & jnp.isfinite(s)
+          counted = placement.count_both((u != 0) & (s == p) & ok,
+                                         (u != 0) & ok)
+          lost.append(counted[0])
+          made.append(counted[1])
         counts = counts | {
             'updates_lost': counts['updates_lost'] + sum(lost),
             'updates_made': counts['updates_made'] + sum(made)}
       if policy.dynamic:  # a non-finite scaled gradient: skip the step
-        skip = policy.skips(grads_finite)
         new_params, new_opt_state = jax.tree.map(
             lambda old, new: jnp.where(skip, old, new), (params, opt_state),
             (new_params, new_opt_state))
