@@ -372,14 +372,9 @@ def parse_single_knobs(values: Mapping[str, Any] | Sequence | None,
     parsed = parse_knob(name, value)
     if len(parsed) != 1:
       raise ValueError(f'{name}: {why}; got {", ".join(map(str, parsed))}.')
-    owner = registry.knob_axis(name)
-    given = (options or {}).get(owner.name)
-    knob = registry.knobs()[name]
-    if given is not None and not knob.readers(given):
-      raise ValueError(
-          f'{name}: no member reads it: the {owner.name} options here are '
-          f'{", ".join(given)}, and it is read by '
-          f'{", ".join(knob.readers(owner.options))}.')
+    given = (options or {}).get(registry.knob_axis(name).name)
+    if given is not None:
+      registry.check_knob_read(name, given)
     out[name] = parsed[0]
   return tuple((k, out[k]) for k in registry.knobs() if k in out)
 

@@ -217,3 +217,14 @@ def knobs() -> dict[str, Knob]:
 def knob_axis(name: str) -> Axis:
   """The axis whose components read knob ``name``."""
   return next(a for a in AXES.values() if any(k.name == name for k in a.knobs))
+
+
+def check_knob_read(name: str, options: Sequence[str], hint: str = '') -> None:
+  """Raises ``ValueError`` if none of ``options`` (of the axis that reads
+  knob ``name``) reads it: a knob set for members that ignore it."""
+  owner, knob = knob_axis(name), knobs()[name]
+  if not knob.readers(options):
+    raise ValueError(
+        f'{name}: no member reads it: the {owner.name} options here are '
+        f'{", ".join(options)}, and it is read by '
+        f'{", ".join(knob.readers(owner.options))}{hint}.')

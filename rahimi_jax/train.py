@@ -238,18 +238,14 @@ class TrainConfig:
       if not isinstance(axis, grid_lib.Values) or len(axis.values) < 2:
         continue
       owner = registry.knob_axis(axis.name)
-      knob = registry.knobs()[axis.name]
       if owner.name not in self.reads:
         raise ValueError(
             f'{axis.name}: no member reads it: model {self.model!r} has no '
             f'{owner.name} axis (it reads: {", ".join(self.reads)}); drop the '
             f'{axis.name} axis.')
-      if not knob.readers(options[owner.name]):
-        raise ValueError(
-            f'{axis.name}: no member reads it: the {owner.name} options here '
-            f'are {", ".join(options[owner.name])}, and it is read by '
-            f'{", ".join(knob.readers(owner.options))}; add one of those or '
-            f'drop the {axis.name} axis.')
+      registry.check_knob_read(
+          axis.name, options[owner.name],
+          f'; add one of those or drop the {axis.name} axis')
 
   def log_steps(self) -> np.ndarray:
     """The steps at which metrics are logged: 0, log_every, ..., steps."""

@@ -306,8 +306,8 @@ def _smoothness(gain, beta, n_gain=None, n_beta=None, overflowed=0,
 def _shift(gain, n_gain, n_shift, n_drift) -> str:
   """What noisy batch norm's added shift says of batch norm's gain.
 
-  ``n_shift`` and ``n_drift`` are intervals at twice the confidence of the
-  others' error rate (Bonferroni: "more shift" is either reading above 0).
+  ``n_shift`` and ``n_drift`` are intervals at half the others' error rate
+  (Bonferroni: "more shift" is either reading above 0).
   """
   if not _known(gain, n_gain, n_shift, n_drift):
     return _TOO_FEW
