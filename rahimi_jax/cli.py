@@ -774,10 +774,16 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
     print(f'dry run: the input is valid; nothing was run or written to {out}.')
     return 0
   import jax  # pylint: disable=g-import-not-at-top
+  held = None
   try:  # process 0 writes (several processes: initialize_distributed)
-    held = storage.lock(out) if jax.process_index() == 0 else None
+    if jax.process_index() == 0:
+      held = storage.lock(out)
+      if storage.recover(out):  # a save killed mid-way: its checkpoint back
+        resuming = _check_resume(out)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
+    if held is not None:
+      os.close(held)
     return 1
 
   def run_and_save() -> int:

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import tempfile
 import warnings
 
@@ -194,6 +195,80 @@ def _fsync_dir(path: str) -> None:
     os.close(fd)
 
 
+def _owner() -> str:
+  """This process, as staging folders name their owner: ``pid@host``."""
+  return f'{os.getpid()}@{socket.gethostname()}'
+
+
+def _stale(out_dir: str) -> list[str]:
+  """The staging folders beside ``out_dir`` (``staged``'s ``.new-`` and
+  ``.old-``) whose save was killed: their process is gone from this host. A
+  folder of another host's process, or of a live one, is left alone."""
+  parent, name = os.path.split(out_dir)
+  try:
+    entries = os.listdir(parent)
+  except OSError:
+    return []
+  stale = []
+  for entry in sorted(entries):
+    for kind in ('new', 'old'):
+      prefix = f'.{name}.{kind}-'
+      if not entry.startswith(prefix):
+        continue
+      owner = entry[len(prefix):].rpartition('-')[0]  # mkdtemp's suffix
+      pid, _, host = owner.partition('@')
+      if host == socket.gethostname() and pid.isdigit():
+        try:
+          os.kill(int(pid), 0)
+          continue  # a save under way
+        except ProcessLookupError:
+          pass
+        except PermissionError:  # another user's live process
+          continue
+      elif host:  # another host's save: cannot tell
+        continue
+      stale.append(os.path.join(parent, entry))
+  return stale
+
+
+def recover(out_dir: str) -> bool:
+  """Finishes what a killed save into ``out_dir`` left undone, and removes
+  its staging folders; returns whether it brought anything back.
+
+  A save swaps a staged directory with ``out_dir``, then moves the entries
+  it keeps (``staged``'s ``keep``: the checkpoint beside interrupted
+  results) from the old contents into the new. Killed between the two,
+  the new results record an entry (``metadata.json``'s ``files``) that sits
+  in the staging folder: it is moved back. Killed between the two renames
+  of a system without an atomic swap, ``out_dir`` is missing: the previous
+  contents are moved back. Call it holding the directory's run lock
+  (``lock``): ``staged`` and a launcher's start do.
+  """
+  out_dir = os.path.abspath(os.path.expanduser(out_dir))
+  stale = _stale(out_dir)
+  name = os.path.basename(out_dir)
+  olds = [os.path.join(s, name) for s in stale if '.old-' in s]
+  moved = False
+  if not os.path.lexists(out_dir):
+    for old in olds:
+      if os.path.isdir(old):
+        os.replace(old, out_dir)
+        moved = True
+        break
+  for entry in _saved_files(out_dir) or []:
+    target = os.path.join(out_dir, entry)
+    for folder in [*stale, *olds]:
+      source = os.path.join(folder, entry)
+      if not os.path.lexists(target) and os.path.lexists(source):
+        os.replace(source, target)
+        moved = True
+  for folder in stale:
+    shutil.rmtree(folder, ignore_errors=True)
+  if moved or stale:
+    _fsync_dir(os.path.dirname(out_dir))
+  return moved
+
+
 @contextlib.contextmanager
 def staged(out_dir: str, keep: tuple[str, ...] = ()):
   """Yields a new directory that replaces ``out_dir`` whole on success.
@@ -204,20 +279,24 @@ def staged(out_dir: str, keep: tuple[str, ...] = ()):
   raises, ``out_dir`` keeps its previous contents and the staging directory
   is removed. Files of an earlier save that this one does not write are gone
   afterwards: one directory, one run; but for the entries named in ``keep``
-  (e.g. ``CHECKPOINT`` beside interrupted results), moved into the new
-  directory just before the swap.
+  (e.g. ``CHECKPOINT`` beside interrupted results), moved from the old
+  contents into the new just after the swap (a save killed in between:
+  ``recover``, which the next save or launch runs, moves them).
   """
   out_dir = check_writable(out_dir)
+  recover(out_dir)
   parent, name = os.path.split(out_dir)
-  stage = tempfile.mkdtemp(dir=parent, prefix=f'.{name}.new-')
+  stage = tempfile.mkdtemp(dir=parent, prefix=f'.{name}.new-{_owner()}-')
+  old, swapped = stage, False  # where the old contents are after the swap
   try:
     os.chmod(stage, 0o777 & ~_umask())
     yield stage
+    kept = [e for e in keep if os.path.lexists(os.path.join(out_dir, e))]
     metadata = os.path.join(stage, METADATA)
     if os.path.exists(metadata):  # what this save wrote (check_writable)
       with open(metadata) as f:
         meta = json.load(f)
-      meta['files'] = sorted(os.listdir(stage))
+      meta['files'] = sorted({*os.listdir(stage), *kept})
       with open(metadata, 'w') as f:
         f.write(json.dumps(meta, indent=2) + '\n')
     for directory, _, files in os.walk(stage, topdown=False):
@@ -228,25 +307,28 @@ def staged(out_dir: str, keep: tuple[str, ...] = ()):
         finally:
           os.close(fd)
       _fsync_dir(directory)
-    moved = [e for e in keep if os.path.exists(os.path.join(out_dir, e))]
-    for entry in moved:
-      os.replace(os.path.join(out_dir, entry), os.path.join(stage, entry))
-    try:
-      if not os.path.exists(out_dir) or not os.listdir(out_dir):
-        os.replace(stage, out_dir)  # onto nothing or an empty directory
-      elif not _exchange(stage, out_dir):
-        old = tempfile.mkdtemp(dir=parent, prefix=f'.{name}.old-')
-        os.replace(out_dir, os.path.join(old, name))
-        os.replace(stage, out_dir)
-        shutil.rmtree(old)
-    except BaseException:
-      for entry in moved:  # back where they were
-        if os.path.exists(os.path.join(stage, entry)):
-          os.replace(os.path.join(stage, entry), os.path.join(out_dir, entry))
-      raise
+    if not os.path.exists(out_dir) or not os.listdir(out_dir):
+      os.replace(stage, out_dir)  # onto nothing or an empty directory
+    elif not _exchange(stage, out_dir):
+      holder = tempfile.mkdtemp(dir=parent, prefix=f'.{name}.old-{_owner()}-')
+      old = os.path.join(holder, name)
+      os.replace(out_dir, old)
+      os.replace(stage, out_dir)
+      stage = holder
+    # Swapped: the old contents hold what ``keep`` moves back (a failure
+    # leaves them for ``recover``).
+    swapped = True
+    for entry in kept:
+      os.replace(os.path.join(old, entry), os.path.join(out_dir, entry))
+    _fsync_dir(out_dir)
     _fsync_dir(parent)
+  except BaseException:
+    if swapped and any(os.path.lexists(os.path.join(old, e)) for e in keep):
+      stage = None  # not all moved back: ``recover``'s
+    raise
   finally:
-    shutil.rmtree(stage, ignore_errors=True)  # the old contents after a swap
+    if stage is not None:
+      shutil.rmtree(stage, ignore_errors=True)  # the old contents
 
 
 def _umask() -> int:

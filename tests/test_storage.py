@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import socket
 
 import chex
 import numpy as np
@@ -285,3 +286,51 @@ def test_summarize_survives_round_trip(res, tmp_path):
     chex.assert_trees_all_equal([tuple(r[1]) for r in got],
                                 [tuple(r[1]) for r in want])
 
+
+
+class _Killed(BaseException):
+  """A ``kill -9`` inside a save (nothing after it runs)."""
+
+
+@pytest.mark.parametrize('exchange, at', [(True, 'keep'), (False, 'keep'),
+                                          (False, 'rename')])
+def test_a_save_killed_midway_is_recovered(res, tmp_path, monkeypatch,
+                                           exchange, at):
+  """Killed after the swap and before the checkpoint moved into the new
+  results (or, without an atomic swap, between the two renames): ``recover``
+  (run by the next save and a launcher's start) puts it back and leaves no
+  staging folder; a live process's staging folder is left alone."""
+  out = tmp_path / 'out'
+  storage.save(res, str(out))
+  state = out / storage.CHECKPOINT / 'run0' / 'state'
+  state.parent.mkdir(parents=True)
+  state.write_text('passes 3')
+  host = socket.gethostname()
+  replace = os.replace
+
+  def dying(src, dst):
+    src, dst = str(src), str(dst)
+    if (src.endswith(storage.CHECKPOINT) if at == 'keep' else
+        '.new-' in src and dst == str(out)):
+      raise _Killed
+    replace(src, dst)
+
+  with monkeypatch.context() as m:
+    m.setattr(storage, '_owner', lambda: f'999999999@{host}')  # gone after
+    if not exchange:
+      m.setattr(storage, '_exchange', lambda a, b: False)
+    m.setattr(storage.shutil, 'rmtree', lambda *a, **k: None)
+    m.setattr(storage.os, 'replace', dying)
+    with pytest.raises(_Killed):
+      storage.save(res.where(optimizer='adam'), str(out),
+                   keep=(storage.CHECKPOINT,))
+  assert not state.exists()  # hidden in a staging folder
+  live = tmp_path / f'.out.new-{os.getpid()}@{host}-x'
+  live.mkdir()
+  assert storage.recover(str(out))
+  assert state.read_text() == 'passes 3'
+  assert sorted(os.listdir(tmp_path)) == sorted(['out', live.name])
+  want = res if at == 'rename' else res.where(optimizer='adam')
+  with pytest.warns(UserWarning, match='unfinished'):  # not marked interrupted
+    assert len(storage.load(str(out))) == len(want)
+  assert not storage.recover(str(out))  # nothing left to do
