@@ -858,14 +858,10 @@ def run_options(**options):
 
 def _user_components(train_fn) -> list[Any]:
   """The model factory and the components of the options the run reads."""
-  from rahimi_jax import models, registry  # pylint: disable=g-import-not-at-top
   config = getattr(train_fn, 'config', None)
   if not isinstance(config, train_lib.TrainConfig):
     return [train_fn]
-  options = config.option_dict()
-  return [models.MODELS.get(config.model)] + [
-      registry.AXES[axis].get(name) for axis in config.reads
-      for name in options[axis]]
+  return config.components()
 
 
 def _fingerprint(train_fn, grid, data) -> dict[str, str]:
@@ -915,8 +911,9 @@ class _Checkpoints:
         plan = json.load(f)
     except FileNotFoundError:
       return None
-    differ = [k for k, v in fingerprint.items()
-              if plan['fingerprint'].get(k) != v]
+    saved = plan['fingerprint']
+    differ = [k for k in {**saved, **fingerprint}
+              if saved.get(k) != fingerprint.get(k)]
     if differ:
       raise CheckpointMismatch(
           f'{self.directory} holds a checkpoint of another run (its '
@@ -1515,9 +1512,13 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
                                   else 0.0)
   if (member_batch_size is None and plan is None and programs.need is not None
       and programs.need > budget and chunk > 1):
+    over = (f'a chunk of {chunk} needs {programs.need / 2**20:.1f} MB > '
+            f'budget {budget / 2**20:.1f} MB')
     chunk = max(1, int(budget // (programs.need / chunk)))  # fewer per chunk
-    logging.info('A chunk needs %.1f MB > budget %.1f MB; chunks of %d.',
-                 programs.need / 2**20, budget / 2**20, chunk)
+    logging.info('%s; chunks of %d.', over, chunk)
+    choice = dataclasses.replace(  # what runs, and why
+        choice, width=chunk, source='memory budget',
+        why=f'{over} ({choice.source} width {choice.width})')
     chunks = chunked(chunk)
     programs = _compile_chunk(train_fn, run, grid, data, devices, chunk,
                               len(chunks))

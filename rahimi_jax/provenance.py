@@ -14,6 +14,8 @@ import sysconfig
 import types
 from typing import Any
 
+import numpy as np
+
 
 def provenance(root: str | None = None) -> dict[str, Any]:
   """Library versions, devices and the git state of this run.
@@ -100,32 +102,58 @@ _MAX_DEPTH = 16  # references followed from a run's components
 
 
 def _visit_user_code(obj, texts, seen, depth):
-  if depth > _MAX_DEPTH or id(obj) in seen:
+  if depth > _MAX_DEPTH:
+    return
+  if isinstance(obj, _SCALARS):  # not by identity: small ints are shared
+    texts.append(repr(obj))
+    return
+  if id(obj) in seen:
     return
   seen.add(id(obj))
   if isinstance(obj, functools.partial):
-    texts.append(_stable_repr((obj.args, obj.keywords)))
-    for x in (obj.func, *obj.args, *obj.keywords.values()):
-      _visit_user_code(x, texts, seen, depth + 1)
-    return
-  if isinstance(obj, tuple):
+    obj = (obj.func, obj.args, obj.keywords)
+  if isinstance(obj, (tuple, list)):
+    texts.append(f'{type(obj).__name__}[{len(obj)}]')
     for x in obj:
       _visit_user_code(x, texts, seen, depth + 1)
+    return
+  if isinstance(obj, dict):
+    for k, v in obj.items():
+      texts.append(_stable_repr(k))
+      _visit_user_code(v, texts, seen, depth + 1)
+    return
+  if isinstance(obj, (set, frozenset)):
+    texts.append(repr(sorted(_stable_repr(x) for x in obj)))
+    return
+  if hasattr(obj, 'dtype') and hasattr(obj, 'shape') and hasattr(
+      obj, '__array__'):  # an array (numpy, JAX): its values
+    try:
+      a = np.ascontiguousarray(obj)
+    except TypeError:  # typed PRNG keys
+      texts.append(_stable_repr(obj))
+    else:
+      texts.append(f'{a.dtype}{a.shape}:'
+                   + hashlib.sha256(a.tobytes()).hexdigest())
     return
   if isinstance(obj, types.MethodType):
     obj = obj.__func__
   if not isinstance(obj, (types.FunctionType, type)):
-    if callable(obj) and _is_user(type(obj)):  # a user class's instance
-      texts.append(_stable_repr(sorted(getattr(obj, '__dict__', {}).items())))
+    if _is_user(type(obj)):  # a user class's instance: its class, its state
       _visit_user_code(type(obj), texts, seen, depth + 1)
+      _visit_user_code(getattr(obj, '__dict__', {}), texts, seen, depth + 1)
+    else:  # a library's function by its name; a module or object, its kind
+      texts.append(_library_name(obj) if callable(obj) else
+                   type(obj).__qualname__)
     return
   if not _is_user(obj):
+    texts.append(_library_name(obj))
     return
   if isinstance(obj, type):  # its attributes, then each method as code
-    texts.append(_stable_repr([(k, v) for k, v in vars(obj).items()
-                               if not callable(v) and not k.startswith('__')]))
-    for x in vars(obj).values():
-      _visit_user_code(getattr(x, '__func__', x), texts, seen, depth + 1)
+    for k, v in vars(obj).items():
+      if not k.startswith('__') or callable(v):
+        texts.append(k)
+        v = (v.fget, v.fset) if isinstance(v, property) else v
+        _visit_user_code(getattr(v, '__func__', v), texts, seen, depth + 1)
     return
   try:
     texts.append(inspect.getsource(obj))
@@ -139,6 +167,20 @@ def _visit_user_code(obj, texts, seen, depth):
       _visit_user_code(cell.cell_contents, texts, seen, depth + 1)
     except ValueError:  # an empty cell
       pass
+  if obj.__defaults__ or obj.__kwdefaults__:
+    _visit_user_code((obj.__defaults__, obj.__kwdefaults__), texts, seen,
+                     depth + 1)
+
+
+_SCALARS = (bool, int, float, complex, str, bytes, type(None))
+
+
+def _library_name(obj) -> str:
+  """A library's function or class by its module and name (``jax.nn.relu``
+  read from a global is not ``jax.nn.gelu``)."""
+  return (f'{getattr(obj, "__module__", "")}.'
+          f'{getattr(obj, "__qualname__", getattr(obj, "__name__", ""))}'
+          or type(obj).__qualname__)
 
 
 def _global_names(code: types.CodeType) -> list[str]:

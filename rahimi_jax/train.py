@@ -192,6 +192,14 @@ class TrainConfig:
     return tuple(a for a, axis in registry.AXES.items()
                  if axis.loop) + model.choice_axes
 
+  def components(self) -> list[Any]:
+    """The model factory and the component of each option the run reads:
+    the code it runs (``provenance.user_code_sha256``)."""
+    options = self.option_dict()
+    return [models.MODELS.get(self.model)] + [
+        registry.AXES[axis].get(name) for axis in self.reads
+        for name in options[axis]]
+
   def option_dict(self) -> dict[str, tuple[str, ...]]:
     """Options of every choice axis, defaults filled in."""
     given = dict(self.options)

@@ -29,6 +29,7 @@ share of the cores), which favours wider chunks in short runs.
 
 import dataclasses
 import functools
+import fcntl
 import hashlib
 import json
 import math
@@ -38,8 +39,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from absl import logging
+
 import jax
 import numpy as np
+
+from rahimi_jax import provenance
 
 # Members per chunk of the built-in rule (``rule_width``), the default of a
 # run too short for tuning to pay. On a CPU it depends on the member's size,
@@ -246,10 +251,15 @@ def signature(config: Any, data: Any) -> str:
   """SHA-256 of what the member's step computes: its train config (but the
   steps and the log interval, which change how long it runs, not its step),
   the data's shapes and dtypes, the float32 matmul precision it is traced at
-  (``jax_default_matmul_precision``) and the host, but its device count: a
-  width holds for every device count (the same chunks, the same bits)."""
+  (``jax_default_matmul_precision``), the user code it runs (a model or
+  option defined in a notebook: ``provenance.user_code_sha256``) and the
+  host, but its device count: a width holds for every device count (the same
+  chunks, the same bits)."""
   fields = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {
       'config': config}
+  components = getattr(config, 'components', None)
+  fields['user code'] = provenance.user_code_sha256(
+      components() if components else [config])
   for name in ('steps', 'log_every'):
     fields.pop(name, None)
   spec = [(tuple(np.shape(a)), str(np.asarray(a).dtype) if not hasattr(
@@ -276,17 +286,56 @@ def _read_cache() -> dict[str, Any]:
     return {}
 
 
-def _write_cache(key: str, entry: dict[str, Any]) -> None:
-  """Adds ``entry`` atomically (a concurrent writer's entry may be lost: it
-  is measured again)."""
+_UNWRITABLE: list[str] = []  # warned once per process
+
+
+def _update_cache(key: str, update: Callable[[dict[str, Any]], dict[str, Any]]
+                  ) -> None:
+  """Replaces the cache's entry ``key`` with ``update(entry)`` of the entry
+  read now, holding the cache's lock (``flock``) so that a concurrent run's
+  write is merged, not lost; written atomically."""
   from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
-  cache = _read_cache()
-  cache[key] = entry
+  path = cache_path()
   try:
-    os.makedirs(os.path.dirname(cache_path()), exist_ok=True)
-    storage.write_text(cache_path(), json.dumps(cache, indent=1))
-  except OSError:  # a read-only home: the choice holds for this run only
-    pass
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + '.lock', 'a') as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      cache = _read_cache()
+      cache[key] = update(_entry(cache, key))
+      storage.write_text(path, json.dumps(cache, indent=1))
+  except OSError as e:  # a read-only home: the choice holds for this run
+    if path not in _UNWRITABLE:
+      _UNWRITABLE.append(path)
+      logging.warning('Cannot write the chunk tuning cache %s (%s): a later '
+                      'run measures again and may choose another width.',
+                      path, e.strerror or e)
+
+
+def _entry(cache: dict[str, Any], key: str) -> dict[str, Any]:
+  """``cache[key]`` if its fields read as ``choose_chunk`` reads them, else
+  ``{}``: an entry written by hand or by other code is measured again."""
+  entry = cache.get(key, {})
+  try:
+    if not isinstance(entry, dict):
+      raise TypeError(entry)
+    for v in [*entry.get('us_per_member_step', {}).values(),
+              *([entry['probe_s'], entry.get('time_s', 0.0)]  # a short run's
+                if entry.get('us_per_member_step') and 'width' not in entry
+                else [])]:
+      float(v)
+    for k in entry.get('us_per_member_step', {}):
+      int(k)
+    widths = [int(entry[k]) for k in ('width', 'short_width') if k in entry]
+    widths += _short_runs(entry, 1).values()
+    if any(w < 1 for w in widths):
+      raise ValueError(widths)
+    for here in entry.get('by_devices', {}).values():
+      if here['devices'] is not None:
+        int(here['devices'])
+      {int(k): float(v) for k, v in here['us_by_devices'].items()}  # pylint: disable=expression-not-assigned
+  except (KeyError, TypeError, ValueError, AttributeError):
+    return {}
+  return entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,37 +402,18 @@ def member_step_flops(config, data, count: Callable[[], float]) -> float:
                     lambda: float(count()))
 
 
-_CODE_VERSION: list[str] = []
-
-
-def code_version() -> str:
-  """SHA-256 of this package's Python sources: a traced cost holds for the
-  code that traced it."""
-  if not _CODE_VERSION:
-    root = os.path.dirname(os.path.abspath(__file__))
-    digest = hashlib.sha256()
-    for folder, _, files in sorted(os.walk(root)):
-      for name in sorted(f for f in files if f.endswith('.py')):
-        path = os.path.join(folder, name)
-        digest.update(os.path.relpath(path, root).encode())
-        with open(path, 'rb') as f:
-          digest.update(f.read())
-    _CODE_VERSION.append(digest.hexdigest())
-  return _CODE_VERSION[0]
-
-
 _REMEMBERED: dict[str, Any] = {}
 
 
 def remembered(key: str, compute: Callable[[], Any]) -> Any:
   """``compute()`` (JSON-able), remembered under ``key`` in this process and
-  in ``cache_path()``, for the code that computed it (``code_version``)."""
-  key = f'{key} code {code_version()}'
+  in ``cache_path()``, for the code that computed it (``provenance.code_sha256``)."""
+  key = f'{key} code {provenance.code_sha256()}'
   if key not in _REMEMBERED:
     entry = _read_cache().get(key)
     if not isinstance(entry, dict) or 'value' not in entry:
       entry = {'value': compute()}
-      _write_cache(key, entry)
+      _update_cache(key, lambda _: entry)
     _REMEMBERED[key] = entry['value']
   return _REMEMBERED[key]
 
@@ -501,7 +531,7 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   groups = list(groups or [g])
   total = sum(groups)
   key, run = signature(config, data), _run_key(config, total)
-  entry = _read_cache().get(key, {})
+  entry = _entry(_read_cache(), key)
   timed = {int(k): v for k, v in entry.get('us_per_member_step', {}).items()}
   short_runs = _short_runs(entry, rule)
   # A run too short to tune keeps its width when run again, even after a
@@ -541,7 +571,9 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
       count, costs = on_devices(width)
       by_devices = {**by_devices, str(devices): {'devices': count,
                                                  'us_by_devices': costs}}
-      _write_cache(key, {**entry, 'by_devices': by_devices})
+      _update_cache(key, lambda fresh: {**fresh, 'by_devices': {
+          **fresh.get('by_devices', {}), str(devices): by_devices[
+              str(devices)]}})
       seconds = spent(width)
     here = by_devices[str(devices)]
     return Choice(width, 'cached', seconds, timed,
@@ -601,10 +633,10 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
       else:
         why = (f'too short to tune: {why}; timing another width would take '
                f'choosing past {FIRST_USE_S:g} s')
-      _write_cache(key, {**entry, 'us_per_member_step': timed,
-                         'probe_s': probe_s, 'time_s': time_s,
-                         'host': host(), **found,
-                         'short_runs': {**short_runs, run: width}})
+      _update_cache(key, lambda fresh: {
+          **fresh, 'us_per_member_step': timed, 'probe_s': probe_s,
+          'time_s': time_s, 'host': host(), **found,
+          'short_runs': {**_short_runs(fresh, rule), run: width}})
       return Choice(width, source, spent(width), timed, why)
   costs = climb(ladder, rule, measured, TIE)
   width = cheapest(costs, TIE)
@@ -615,12 +647,12 @@ def choose_chunk(config, grid, data, *, mode: str | int = AUTO,
   # Tuned by 'auto' (a long run): earlier short runs keep their chunks.
   # Asked for ('tune'): every later 'auto' run takes the new width, on every
   # device count (their device choices were for the width before).
-  _write_cache(key, {'short_runs': short_runs if mode == AUTO else {},
-                     'width': width, 'members': g,
-                     'us_per_member_step': timed,
-                     'by_devices': {str(devices): {
-                         'devices': count, 'us_by_devices': us_by_devices}},
-                     'seconds': seconds, 'host': host(),
-                     'when': time.strftime('%Y-%m-%dT%H:%M:%S')})
+  _update_cache(key, lambda fresh: {
+      'short_runs': _short_runs(fresh, rule) if mode == AUTO else {},
+      'width': width, 'members': g, 'us_per_member_step': timed,
+      'by_devices': {str(devices): {'devices': count,
+                                    'us_by_devices': us_by_devices}},
+      'seconds': seconds, 'host': host(),
+      'when': time.strftime('%Y-%m-%dT%H:%M:%S')})
   return Choice(width, 'tuned', seconds, timed, devices=count,
                 us_by_devices=us_by_devices)

@@ -65,6 +65,10 @@ def test_memory_budget_splits_the_grid(tiny_digits):
   info = small.metadata['engine']
   assert info['member_batches'] > 1
   assert info['member_batch_size'] < len(GRID)
+  # The choice recorded is the width that ran, and why.
+  assert info['chunk_choice']['width'] == info['chunk_size'], info
+  assert info['chunk_choice']['source'] == 'memory budget', info
+  assert 'budget' in info['chunk_choice']['why'], info
   _assert_same_runs(small, whole)
 
 
@@ -576,6 +580,19 @@ def test_a_checkpoint_of_other_code_is_not_resumed(tiny_digits, tmp_path,
     checkpoints.plan(after)
 
 
+def test_a_plan_differing_by_a_key_either_side_is_another_runs(tmp_path):
+  """A checkpoint of a run in several groups (its plan has ``groups``) is
+  not resumed by a run without them, nor the other way round."""
+  checkpoints = program._Checkpoints(str(tmp_path), keep=1)
+  checkpoints.write_plan({'fingerprint': {'grid': 'a', 'groups': '4,3'}})
+  with pytest.raises(program.CheckpointMismatch, match='groups differs'):
+    checkpoints.plan({'grid': 'a'})
+  checkpoints.write_plan({'fingerprint': {'grid': 'a'}})
+  with pytest.raises(program.CheckpointMismatch, match='groups differs'):
+    checkpoints.plan({'grid': 'a', 'groups': '4,3'})
+  assert checkpoints.plan({'grid': 'a'}) == {'fingerprint': {'grid': 'a'}}
+
+
 def test_a_checkpoint_is_not_resumed_into_other_members_or_chunks(tmp_path):
   """Two unions of grids with the same axes and labels hold other members,
   and a member cap below the checkpoint's chunks would cut other members
@@ -617,11 +634,10 @@ def test_a_checkpoint_of_edited_user_code_is_not_resumed(tiny_digits, tmp_path,
                                                          monkeypatch):
   """An option defined outside the library (a notebook, a script, a module
   of the user's) is code a checkpoint records too: after an edit of what it
-  calls, a resume is refused; the library's own options add nothing."""
+  calls, a resume is refused; the library's own options count by name."""
   import importlib  # pylint: disable=g-import-not-at-top
-  from rahimi_jax import components, provenance  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import components  # pylint: disable=g-import-not-at-top
   library = program._fingerprint(_train(), GRID, tiny_digits)  # pylint: disable=protected-access
-  assert library['user code'] == provenance.user_code_sha256([])
   module = tmp_path / 'user_optimizer.py'
 
   def write(factor):

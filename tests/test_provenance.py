@@ -4,6 +4,7 @@ import pathlib
 import subprocess
 
 import jax
+import numpy as np
 import pytest
 
 from rahimi_jax import provenance
@@ -105,8 +106,12 @@ def test_user_code_hash_reads_the_code_a_component_runs():
   import optax  # pylint: disable=g-import-not-at-top
   from rahimi_jax import components  # pylint: disable=g-import-not-at-top
   empty = provenance.user_code_sha256([])
-  assert provenance.user_code_sha256(
-      [optax.adam, components.OPTIMIZERS['sgd'], jax.nn.relu, len]) == empty
+  # The library's and installed packages' functions count by name only.
+  bundled = [optax.adam, components.OPTIMIZERS['sgd'], jax.nn.relu, len]
+  assert provenance.user_code_sha256(bundled) == (
+      provenance.user_code_sha256(list(bundled)))
+  assert provenance.user_code_sha256([jax.nn.relu]) != (
+      provenance.user_code_sha256([jax.nn.gelu]))
 
   def build(helper_body, op='*'):
     scope = {'__name__': 'a_notebook_cell'}  # a module not imported
@@ -132,3 +137,35 @@ def test_user_code_hash_reads_the_code_a_component_runs():
       provenance.user_code_sha256([build('x + 1', op='/')['Step']]))
   assert provenance.user_code_sha256([functools.partial(a['make'], 1)]) != (
       provenance.user_code_sha256([functools.partial(a['make'], 2)]))
+
+
+def test_user_code_hash_reads_the_values_it_reads():
+  """A constant or array a component reads by global name, by closure, by
+  a ``partial``'s argument or an instance's attribute counts by its value
+  (an edited notebook constant must not resume the old run's checkpoint);
+  an array by its bytes, not numpy's shortened repr."""
+  import functools  # pylint: disable=g-import-not-at-top
+  scope = {'__name__': 'a_notebook_cell'}
+  exec(compile('import numpy as np\nSCALE = 0.1\nMASK = np.ones(2000)\n'
+               'ACT = np.tanh\ndef act(x, m=MASK):\n'
+               '  return ACT(x) * SCALE * m\n'
+               'class Holder:\n  def __init__(self, m):\n    self.m = m\n',
+               '<cell>', 'exec'), scope)
+
+  def sha(*objects):
+    return provenance.user_code_sha256(objects)
+
+  before = sha(scope['act'])
+  for name, value in [('SCALE', 10.0), ('ACT', np.sin)]:
+    old, scope[name] = scope[name], value
+    assert sha(scope['act']) != before, name
+    scope[name] = old
+  assert sha(scope['act']) == before
+  a, b = np.zeros(2000), np.zeros(2000)
+  b[1000] = 1  # numpy's repr of both: [0. 0. 0. ... 0. 0. 0.]
+  assert repr(a) == repr(b)
+  assert sha(functools.partial(scope['act'], m=a)) != (
+      sha(functools.partial(scope['act'], m=b)))
+  assert sha(scope['Holder'](a)) != sha(scope['Holder'](b))
+  assert sha(scope['Holder'](a)) == sha(scope['Holder'](a.copy()))
+

@@ -133,6 +133,23 @@ def test_signature_is_the_step_and_the_host(tiny_digits, monkeypatch):
   assert tuning.signature(CONFIG, tiny_digits) != base
 
 
+def test_a_user_model_edited_is_another_program(tiny_digits, monkeypatch):
+  """A model registered again under its name (a notebook cell edited and
+  run again) is another program: not the first one's width or FLOPs."""
+  from rahimi_jax import models  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(models, 'MODELS', dict(models.MODELS))
+  scope = {'__name__': 'a_notebook_cell', 'mlp': models.mlp}
+  signatures = []
+  for width in (8, 1024):
+    exec(f'def make(hidden, options):\n  return mlp(({width},), options)\n',
+         scope)
+    models.register('cell_mlp', scope['make'])
+    config = train_lib.TrainConfig(model='cell_mlp', steps=12, log_every=4,
+                                   batch_size=16)
+    signatures.append(tuning.signature(config, tiny_digits))
+  assert signatures[0] != signatures[1]
+
+
 def test_the_rule_reads_the_members_size_traced_once(tiny_digits, tmp_path,
                                                     monkeypatch):
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
@@ -293,6 +310,50 @@ def test_auto_tunes_only_runs_long_enough_to_pay(tmp_path, monkeypatch):
   assert (again.width, again.source) == (4, 'cached'), again
 
 
+def test_a_concurrent_runs_cache_entry_is_merged_not_lost(tmp_path,
+                                                         monkeypatch):
+  """A long run tunes the program while a short run of it measures: the
+  short run's write keeps the tuned width (it rewrote the entry it had
+  read at its start, and the next long run measured again)."""
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
+  long = train_lib.TrainConfig(hidden=(8,), steps=10**7, log_every=4,
+                               batch_size=16).for_grid(GRID)
+  costs = {1: 3.0, 2: 2.0, 4: 1.0, 8: 2.0}
+
+  class Meanwhile(_Clock):
+    def __call__(self, *args, **kwargs):
+      if not self.calls:  # the long run, in another process, tunes it now
+        tuned = tuning.choose_chunk(long, GRID, None,
+                                    measure=_Clock(costs, 1.0, monkeypatch))
+        assert tuned.width == 4, tuned
+        monkeypatch.setattr(tuning.time, 'perf_counter', lambda: self.now)
+      return super().__call__(*args, **kwargs)
+
+  short = tuning.choose_chunk(CONFIG.for_grid(GRID), GRID, None, measure=(
+      Meanwhile({w: c * 1e-3 for w, c in costs.items()}, 2.0, monkeypatch)))
+  assert short.why.startswith('too short to tune'), short
+  again = tuning.choose_chunk(long, GRID, None,
+                              measure=_Clock(costs, 1.0, monkeypatch))
+  assert (again.width, again.source) == (4, 'cached'), again
+
+
+@pytest.mark.parametrize('entry', [
+    [], {'width': None}, {'width': 0}, {'us_per_member_step': {'8': 1.0}},
+    {'us_per_member_step': {'eight': 1.0}, 'probe_s': 1.0},
+    {'width': 4, 'by_devices': {'1': {'devices': 'all'}}},
+    {'short_runs': {'8 members x 12 steps': 'eight'}}])
+def test_a_malformed_cache_entry_is_measured_again(entry, tmp_path,
+                                                   monkeypatch):
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
+  config = CONFIG.for_grid(GRID)
+  with open(os.path.join(tmp_path, tuning.CACHE_FILE), 'w') as f:
+    json.dump({tuning.signature(config, None): entry}, f)
+  measure = _Clock({2: 1e-3, 4: 1e-3, 8: 1e-3}, 2.0, monkeypatch)
+  chosen = tuning.choose_chunk(config, GRID, None, measure=measure)
+  assert (chosen.width, chosen.source) == (8, 'rule'), chosen
+  assert measure.calls == [[8]]
+
+
 def test_a_run_of_several_groups_is_as_long_as_all_of_them(tmp_path,
                                                             monkeypatch):
   # 8 members x 12 steps at 1 ms per member-step: a 0.1-s group, under 10 x
@@ -364,7 +425,7 @@ def test_a_short_run_climbs_as_far_as_the_budget_affords(tmp_path,
   # nothing: a width is estimated at that whole probe (0.4 s), so the rule
   # and its neighbour (compiled, 0.4 s; timed, 0.4 s) fit.
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'timed'))
-  tuning._write_cache(tuning.signature(config, None), {
+  tuning._update_cache(tuning.signature(config, None), lambda _: {
       'us_per_member_step': {'16': 1e3}, 'probe_s': 0.4})
   later = _Clock(measure.costs, 0.4, monkeypatch)
   chosen = tuning.choose_chunk(config, grid, None, measure=later)
@@ -372,7 +433,7 @@ def test_a_short_run_climbs_as_far_as_the_budget_affords(tmp_path,
   # The same with a probe of 1.6 s, 0.6 of it timing: compiling and timing
   # the rule and its neighbour would take 2 x 1 + 2 x 0.6 - 1 s, past 2 s.
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'timed_slow'))
-  tuning._write_cache(tuning.signature(config, None), {
+  tuning._update_cache(tuning.signature(config, None), lambda _: {
       'us_per_member_step': {'16': 1e3}, 'probe_s': 1.6, 'time_s': 0.6})
   later = _Clock(measure.costs, 1.6, monkeypatch)
   chosen = tuning.choose_chunk(config, grid, None, measure=later)
@@ -381,9 +442,9 @@ def test_a_short_run_climbs_as_far_as_the_budget_affords(tmp_path,
   # A cache written before short runs were timed lists them: the rule's.
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path / 'old'))
   key = tuning.signature(config, None)
-  tuning._write_cache(key, {'short_runs': [tuning._run_key(config, 64)],
-                            'us_per_member_step': {'16': 1e3},
-                            'probe_s': 0.4})
+  tuning._update_cache(key, lambda _: {
+      'short_runs': [tuning._run_key(config, 64)],
+      'us_per_member_step': {'16': 1e3}, 'probe_s': 0.4})
   old = tuning.choose_chunk(config, grid, None, measure=measure)
   assert (old.width, old.why) == (16, 'cached: too short to tune'), old
   # A climb that found the rule's width fastest says so when run again.
