@@ -55,16 +55,16 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
     varied = {k for k, v in set().union(*configs) if any(
         dict(c)[k] != v for c in configs)} or set(results.varied_axes)
     labels = [(label_of and label_of(dict(config))) or ', '.join(
-        f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}'
-        for k, v in config if k in varied) or 'all' for config in configs]
+        f'{k}={results_lib.value_label(v)}' for k, v in config if k in varied)
+        or 'all' for config in configs]
     if len(set(labels)) < len(labels):
       raise ValueError(f'curves: lines labelled alike: {labels}.')
     groups = dict(zip(labels, configs.values()))
   else:
     if by not in results.columns:
       raise ValueError(f'by: no axis {by!r}; axes: {", ".join(results.axes)}.')
-    groups = {f'{by}={v:g}' if isinstance(v, float) else f'{by}={v}':
-              results.where(**{by: v}) for v in results.metadata['axes'][by]}
+    groups = {f'{by}={results_lib.value_label(v)}': results.where(**{by: v})
+              for v in results.metadata['axes'][by]}
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for label, rows in groups.items():
     diverged, non_finite = results_lib.left_out(rows.final().columns, metric)
@@ -72,14 +72,12 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
       label += f' ({np.sum(diverged)}/{len(diverged)} diverged)'
     if non_finite.any():
       label += f' ({np.sum(non_finite)}/{len(diverged)} finished, non-finite)'
-    steps = np.unique(rows.columns['step'])
-    per_seed = []
-    for s in np.unique(rows.columns[grid_lib.SEED]):
-      at = rows.where(seed=s).columns
-      values = np.asarray([stats.finite_mean(at[metric][at['step'] == t])
-                           for t in steps])
-      per_seed.append(values)
-    values = np.stack(per_seed)
+    step, seed = rows.columns['step'], rows.columns[grid_lib.SEED]
+    steps, seeds = np.unique(step), np.unique(seed)
+    # [seeds, steps]: each seed's mean over its members with a finite value.
+    values = np.stack([results_lib.seed_means(rows.columns[metric][step == t],
+                                              seed[step == t], seeds)
+                       for t in steps], axis=1)
     if len(values) < 2:
       label += f' ({len(values)} seed: no interval)'
     if log_y:
@@ -125,8 +123,11 @@ def effects(results: results_lib.Results, metric: str, path: str, *,
   One row per ``Results.effects`` row (every value of every varied axis): the
   paired effect on the final ``metric`` against the axis's first value, a
   point at its mean over seeds and a bar over its
-  ``level`` interval; green where the interval is on the better side of zero,
-  red on the worse, grey across it. The right margin gives P(better) and the
+  ``level`` interval. A bar is green where its Bonferroni-adjusted interval
+  (level ``1 - (1 - level) / rows``, ``stats.bonferroni``) is on the better
+  side of zero, red on the worse, grey across it: with several rows, a bar
+  whose own interval misses zero by chance is otherwise likely (with six and
+  no effect, one in six designs). The right margin gives P(better) and the
   pairs dropped because a run diverged.
 
   Raises:
@@ -136,12 +137,15 @@ def effects(results: results_lib.Results, metric: str, path: str, *,
   rows = results.effects(metric, level)  # (axis, baseline, Effect)
   if not rows:
     raise ValueError('effects: no axis but the seed has two or more values.')
+  # Colours: by each row's interval at the Bonferroni-adjusted level.
+  adjusted = stats.bonferroni(level, len(rows))
+  adjusted_cis = [e.interval for _, _, e in results.effects(metric, adjusted)]
   sign = 1.0 if stats.higher_is_better(metric) else -1.0
   fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(rows)))
   y = -np.arange(len(rows))  # the first row on top
-  for yi, (axis, _, e) in zip(y, rows):
+  for yi, (axis, _, e), wide in zip(y, rows, adjusted_cis):
     ci = e.interval
-    low, high = sorted((sign * ci.low, sign * ci.high))
+    low, high = sorted((sign * wide.low, sign * wide.high))
     color = ('tab:green' if low > 0 else 'tab:red' if high < 0 else 'tab:gray')
     if np.isfinite(ci.low) and np.isfinite(ci.high):
       ax.plot([ci.low, ci.high], [yi, yi], color=color, lw=2)
@@ -157,15 +161,19 @@ def effects(results: results_lib.Results, metric: str, path: str, *,
   for i in range(1, len(rows)):
     if rows[i][0] != rows[i - 1][0]:  # a line between axes
       ax.axhline(y[i] + 0.5, color='black', lw=0.5, alpha=0.4)
-  label = results_lib._label  # pylint: disable=protected-access
+  label = results_lib.value_label
   ax.set_yticks(y, [f'{axis}: {label(e.value)} - {label(base)}'
                     for axis, base, e in rows])
   ax.set_ylim(y[-1] - 0.6, 0.6)
   ax.axvline(0, color='black', lw=0.8)
   better = 'higher' if sign > 0 else 'lower'
+  colours = ('coloured where it excludes 0' if len(rows) == 1 else
+             'coloured where the Bonferroni-adjusted '
+             f'{results_lib.percent(adjusted)} interval ({len(rows)} '
+             'comparisons) excludes 0')
   ax.set_xlabel(f'effect on final {metric} (value - baseline; {better} is '
                 f'better), {results_lib.percent(level)} paired interval over '
-                'seeds')
+                f'seeds;\n{colours}')
   ax.set_title(title or f'paired effect on final {metric} vs each axis\'s '
                'first value')
   ax.grid(True, axis='x', alpha=0.3)

@@ -49,13 +49,42 @@ def left_out(columns, metric: str) -> tuple[np.ndarray, np.ndarray]:
   return diverged, ~diverged & ~np.isfinite(columns[metric])
 
 
-def _finished(columns, metric: str) -> np.ndarray:
-  """Rows whose run finished and whose ``metric`` is finite."""
+class SeedMean(NamedTuple):
+  """``seed_mean``: a mean over seeds, and the members it left out."""
+  interval: stats.Interval  # over seeds, of each seed's mean
+  diverged: int  # members left out: they diverged
+  non_finite: int  # members left out: finished, the metric not finite
+  members: int  # all members
+
+
+def seed_means(values, seed, seeds) -> np.ndarray:
+  """``[len(seeds)]``: the mean of the finite ``values`` whose ``seed`` is
+  each of ``seeds`` (NaN where there is none): one value per seed, the unit
+  an interval over seeds resamples."""
+  values, seed = np.asarray(values), np.asarray(seed)
+  return np.asarray([stats.finite_mean(values[seed == s]) for s in seeds])
+
+
+def seed_mean(columns, metric: str, level: float = 0.95) -> SeedMean:
+  """The mean over seeds of each seed's mean ``metric`` over its members
+  that finished, and its ``stats.mean_ci`` interval (in the metric's range).
+
+  ``columns`` holds one row per member (``Results.final().columns``, or some
+  of its rows). A member that diverged, or finished with a non-finite
+  ``metric``, is left out of the mean and counted (``left_out``); a seed
+  with no member left contributes nothing.
+  """
   diverged, non_finite = left_out(columns, metric)
-  return ~diverged & ~non_finite
+  values = np.where(diverged | non_finite, np.nan, columns[metric])
+  seed = columns[grid_lib.SEED]
+  ci = stats.mean_ci(seed_means(values, seed, np.unique(seed)), level,
+                     bounds=stats.metric_range(metric))
+  return SeedMean(ci, int(np.sum(diverged)), int(np.sum(non_finite)),
+                  len(values))
 
 
-def _label(value) -> str:
+def value_label(value) -> str:
+  """An axis value as tables and plots print it: a float in ``g`` format."""
   return f'{value:g}' if isinstance(value, float) else str(value)
 
 
@@ -167,18 +196,12 @@ class Results:
     self._check_metric(metric)
     self._check_axis(by)
     final = self.final().columns
-    diverged, non_finite = left_out(final, metric)
-    done = ~diverged & ~non_finite
-    seed = final[grid_lib.SEED]
     rows = []
     for value in self.metadata['axes'][by]:
       at = final[by] == value
-      per_seed = [stats.finite_mean(final[metric][at & done & (seed == s)])
-                  for s in np.unique(seed[at])]
-      rows.append(Summary(value, stats.mean_ci(
-          per_seed, level, bounds=stats.metric_range(metric)),
-                          int(np.sum(at & diverged)), int(np.sum(at)),
-                          int(np.sum(at & non_finite))))
+      m = seed_mean({c: v[at] for c, v in final.items()}, metric, level)
+      rows.append(Summary(value, m.interval, m.diverged, m.members,
+                          m.non_finite))
     return rows
 
   def compare(self, metric: str, axis: str, baseline: Any,
@@ -237,7 +260,7 @@ class Results:
   def _widths(self) -> tuple[int, int]:
     """Columns wide enough for every axis name and value label."""
     axes = [a for a in self.axes if a != grid_lib.SEED]
-    labels = [_label(v) for a in axes for v in self.metadata['axes'][a]]
+    labels = [value_label(v) for a in axes for v in self.metadata['axes'][a]]
     return (max([13, *map(len, axes)]) + 1,
             max([14, *map(len, labels)]) + 2)
 
@@ -259,25 +282,42 @@ class Results:
     return rows
 
   def effects_table(self, metric: str, level: float = 0.95) -> str:
-    """``effects`` as a text table."""
+    """``effects`` as a text table.
+
+    Each interval is at ``level`` on its own: the header says so, and that
+    they are not adjusted for the table's number of comparisons.
+    """
     self._check_metric(metric)
     wa, wv = self._widths()
     better = 'higher' if stats.higher_is_better(metric) else 'lower'
+    effects = self.effects(metric, level)
+    n = len(effects)
     lines = [
         f'paired effect on final {metric} ({better} is better) vs each axis\'s '
         f'first value: mean over seeds of the difference value - baseline, '
         f'{percent(level)} t-interval (extended for skew, Hall 1992) over '
-        'seeds',
+        'seeds']
+    if n > 1:
+      lines.append(
+          f'each interval is {percent(level)} on its own, not adjusted for the '
+          f'{n} comparisons in this table: with no effect anywhere, some '
+          f'interval excludes 0 more often than {percent(1 - level)} of the '
+          'time (plots.effects colours a bar only where its '
+          f'Bonferroni-adjusted {percent(stats.bonferroni(level, n))} '
+          'interval excludes 0)')
+    lines.append(
         'pairs where either run diverged (or finished with a non-finite '
         f'{metric}) are dropped from the effect (column "dropped"); '
         'P(better) = P(a value run beats a baseline run of the same '
-        'configuration, the other axes but the seed equal), a diverged run '
-        'counting as worse than any finished one']
+        'configuration, the other axes but the seed equal), a run that '
+        f'diverged or finished with a non-finite {metric} counting as worse '
+        'than every other run and tying with another such run; a tie counts '
+        'half')
     header = (f'{"axis":<{wa}}{"value":<{wv}}{"baseline":<{wv - 2}}{"effect":>9}'
               f'{"low":>9}{"high":>9}{"seeds":>7}{"dropped":>9}'
               f'{"P(better)":>11}  note')
     lines += [header, '-' * len(header)]
-    for axis, baseline, e in self.effects(metric, level):
+    for axis, baseline, e in effects:
       ci = e.interval
       note = '; '.join(f'{who} {what} in {k}/{e.pairs}' for who, what, k in (
           ('baseline', 'diverged', e.baseline_diverged),
@@ -285,11 +325,13 @@ class Results:
           ('baseline', f'{metric} non-finite', e.baseline_non_finite),
           ('value', f'{metric} non-finite', e.value_non_finite)) if k)
       lines.append(
-          f'{axis:<{wa}}{_label(e.value):<{wv}}{_label(baseline):<{wv - 2}}'
+          f'{axis:<{wa}}{value_label(e.value):<{wv}}'
+          f'{value_label(baseline):<{wv - 2}}'
           f'{stats.number(ci.mean, "+.4f"):>9}{stats.number(ci.low, "+.4f"):>9}'
           f'{stats.number(ci.high, "+.4f"):>9}{ci.n:>7d}'
           f'{f"{e.dropped}/{e.pairs}":>9}{stats.number(e.p_better, ".2f"):>11}'
           f'  {note}'.rstrip())
+    lines += stats.two_seed_note(e.interval for _, _, e in effects)
     return '\n'.join(lines)
 
   def summary_table(self, metric: str, level: float = 0.95) -> str:
@@ -305,18 +347,21 @@ class Results:
     header = (f'{"axis":<{wa}}{"value":<{wv}}{"mean":>9}{"low":>9}{"high":>9}'
               f'{"seeds":>7}{"diverged":>10}')
     lines += [header, '-' * len(header)]
+    intervals = []
     for axis in self.axes:
       if axis == grid_lib.SEED:
         continue
       for row in self.summarize(metric, axis, level):
         ci = row.interval
+        intervals.append(ci)
         flag = ' !' if row.diverged else ''
         if row.non_finite:
           flag += f' ({row.non_finite} finished, {metric} non-finite)'
-        lines.append(f'{axis:<{wa}}{_label(row.value):<{wv}}'
+        lines.append(f'{axis:<{wa}}{value_label(row.value):<{wv}}'
                      f'{stats.number(ci.mean, ".4f"):>9}{stats.number(ci.low, ".4f"):>9}'
                      f'{stats.number(ci.high, ".4f"):>9}{ci.n:>7d}'
                      f'{f"{row.diverged}/{row.members}":>10}{flag}')
+    lines += stats.two_seed_note(intervals)
     return '\n'.join(lines)
 
 
@@ -325,7 +370,12 @@ def concat(parts: list[Results], metadata: dict[str, Any] | None = None
   """Rows of several ``Results``, in order. A column that some parts do not
   have (a counter one cell's options log: a partition by loss scaling or
   precision) is NaN in their rows: not logged there; a text column is
-  refused, it names every row."""
+  refused, it names every row.
+
+  Without ``metadata``, the first part's, its ``axes`` the union of the
+  parts' (each axis's values in order of appearance), so a value only later
+  parts ran is in every table.
+  """
   if not parts:
     raise ValueError('concat needs at least one Results.')
   names = list(dict.fromkeys(n for p in parts for n in p.columns))
@@ -340,7 +390,14 @@ def concat(parts: list[Results], metadata: dict[str, Any] | None = None
     columns[n] = np.concatenate([
         p.columns[n] if n in p.columns else np.full(len(p), np.nan)
         for p in parts])
-  return Results(columns, parts[0].metadata if metadata is None else metadata)
+  if metadata is None:
+    axes = {}
+    for p in parts:
+      for a, values in p.metadata.get('axes', {}).items():
+        merged = axes.setdefault(a, [])
+        merged += [v for v in values if v not in merged]
+    metadata = {**parts[0].metadata, 'axes': axes}
+  return Results(columns, metadata)
 
 
 def from_outputs(grid: grid_lib.Grid, outputs: dict[str, np.ndarray],

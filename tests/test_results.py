@@ -83,6 +83,48 @@ def test_concat_fills_a_column_some_parts_do_not_log(res):
     results.concat([res, named])
 
 
+def test_concat_without_metadata_merges_the_parts_axes():
+  """Parts run at other values of an axis (a learning rate run later): every
+  value reaches the tables, in order of appearance."""
+  def part(lrs):
+    grid = grid_lib.Grid(grid_lib.Values('learning_rate', lrs),
+                         grid_lib.Seeds(3))
+    return results.from_outputs(grid, {
+        'step': np.zeros((len(grid), 1), np.int32),
+        'train_loss': np.linspace(1.0, 2.0, len(grid))[:, None],
+        'diverged_step': np.full(len(grid), -1, np.int32)},
+                                metadata={'note': 'kept'})
+  merged = results.concat([part((0.1,)), part((0.01, 0.1, 0.001))])
+  assert merged.metadata == {'note': 'kept', 'axes': {
+      'learning_rate': [0.1, 0.01, 0.001], 'seed': [0, 1, 2]}}
+  assert [r.value for r in merged.summarize('train_loss', 'learning_rate')
+          ] == [0.1, 0.01, 0.001]
+  assert [e.value for e in merged.compare('train_loss', 'learning_rate', 0.1)
+          ] == [0.01, 0.001]
+  # Given metadata is kept as given.
+  assert results.concat([part((0.1,)), part((0.01,))], {'axes': {}}
+                        ).metadata == {'axes': {}}
+
+
+def test_seed_mean_leaves_out_and_counts_what_did_not_finish():
+  # Seeds 0, 0, 1, 1, 2: one member diverged (finite reading: still out),
+  # one finished non-finite; seed 2 has no member left.
+  columns = {'seed': np.asarray([0, 0, 1, 1, 2]),
+             'train_loss': np.asarray([1.0, 3.0, 4.0, np.inf, 9.0]),
+             'diverged_step': np.asarray([-1, -1, -1, -1, 5])}
+  m = results.seed_mean(columns, 'train_loss')
+  assert (m.diverged, m.non_finite, m.members) == (1, 1, 5)
+  want = scipy_stats.ttest_1samp([2.0, 4.0], 0.0).confidence_interval(0.95)
+  chex.assert_trees_all_close(tuple(m.interval),
+                              (3.0, max(want.low, 0.0), want.high, 2),
+                              rtol=1e-12)
+  chex.assert_trees_all_equal(
+      results.seed_means(columns['train_loss'], columns['seed'], [0, 1, 7]),
+      np.asarray([2.0, 4.0, np.nan]))
+  assert [results.value_label(v) for v in (0.001, 1e-4, 'sgd', 3)] == [
+      '0.001', '0.0001', 'sgd', '3']
+
+
 def test_from_outputs_repeats_per_member_values(res):
   grid = _grid()
   outputs = _outputs(grid)

@@ -135,28 +135,41 @@ def headline_metric(results: results_lib.Results) -> str:
 ROUNDING_AXES = ('precision', 'rounding', 'placement', 'loss_scaling')
 
 
-def rounding_lines(res: results_lib.Results) -> list[str]:
+def rounding_lines(res: results_lib.Results, level: float = 0.95
+                   ) -> list[str]:
   """Why a low precision costs accuracy: the updates rounding undid, per
-  combination of the rounding axes the grid varies."""
+  combination of the rounding axes the grid varies (one line for the whole
+  grid where it varies none: a single precision), with the ``level``
+  interval over seeds and the members left out of it."""
   if 'updates_lost' not in res.columns:
     return []
   axes = [a for a in ROUNDING_AXES if len(res.metadata['axes'].get(a, ())) > 1]
+  fixed = [str(res.metadata['axes'][a][0]) for a in ROUNDING_AXES
+           if len(res.metadata['axes'].get(a, ())) == 1]
   final = res.final().columns
-  keys = dict.fromkeys(zip(*(final[a] for a in axes)))
-  seed = final[grid_lib.SEED]
-  lines = ['updates lost to rounding over the last log interval (nonzero '
-           'updates that left their stored parameter unchanged), mean over '
-           'seeds [95% interval]. Stochastic rounding leaves as many '
-           'unchanged, but moves a weight a whole ulp with probability '
-           'update/ulp, so on average nothing is lost; nearest-even and '
-           'toward zero lose them for good:']
+  keys = dict.fromkeys(zip(*(final[a] for a in axes))) if axes else {(): None}
+  header = ('updates lost to rounding over the last log interval (nonzero '
+            'updates that left their stored parameter unchanged), mean over '
+            f'seeds [{results_lib.percent(level)} interval] of the members '
+            'that finished (diverged ones, and ones whose updates_lost is not '
+            'finite, are left out and counted). Stochastic rounding leaves as '
+            'many unchanged, but moves a weight a whole ulp with probability '
+            'update/ulp, so on average nothing is lost; nearest-even and '
+            'toward zero lose them for good.')
+  lines, intervals = [], []
   for key in keys:
-    at = np.ones(len(seed), bool)
+    at = np.ones(len(final[grid_lib.SEED]), bool)
     for a, v in zip(axes, key):
       at &= final[a] == v
-    per_seed = [stats.finite_mean(final['updates_lost'][at & (seed == s)])
-                for s in np.unique(seed[at])]
-    ci = stats.mean_ci(per_seed, bounds=(0.0, 1.0))
-    lines.append(f'  {" ".join(map(str, key)):<36}'
-                 f'{stats.format_interval(ci, ".1%")}')
-  return lines
+    m = results_lib.seed_mean({c: v[at] for c, v in final.items()},
+                              'updates_lost', level)
+    intervals.append(m.interval)
+    label = ' '.join(map(str, key)) or ' '.join(fixed) or 'all members'
+    left = f'{m.diverged}/{m.members} diverged'
+    if m.non_finite:
+      left += f', {m.non_finite}/{m.members} finished, updates_lost not finite'
+    lines.append(f'  {label:<36}{stats.format_interval(m.interval, ".1%")}'
+                 f'  ({m.interval.n} seeds; {left})')
+  # The note on two-seed intervals, if any, ends the header: the report
+  # reads the lines after it as one per combination.
+  return [' '.join([header, *stats.two_seed_note(intervals)]), *lines]
