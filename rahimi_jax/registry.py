@@ -19,31 +19,51 @@ from typing import Any, TypeVar
 T = TypeVar('T')
 
 
+def accepted(registry: Mapping[str, Any], ordered: bool = False) -> str:
+  """What ``registry`` accepts, for errors and ``--help``: its ``accepted``
+  (a ``Parsed`` registry describes the names it parses), else its names
+  (sorted, or in its order: ``ordered``)."""
+  return getattr(registry, 'accepted', None) or ', '.join(
+      registry if ordered else sorted(registry))
+
+
 def get(registry: Mapping[str, T], name: str, what: str) -> T:
   """Looks ``name`` up in ``registry``; a helpful error names what exists."""
   try:
     return registry[name]
   except (KeyError, TypeError):
-    # A registry that builds options on lookup (``Parsed``) describes them.
-    accepted = getattr(registry, 'accepted', None) or ', '.join(
-        sorted(registry))
-    raise ValueError(f'Unknown {what} {name!r}; accepted: {accepted}.'
-                     ) from None
+    raise ValueError(f'Unknown {what} {name!r}; accepted: '
+                     f'{accepted(registry)}.') from None
 
 
 def check_options(registry: Mapping[str, Any], names: Sequence[str],
                   what: str) -> tuple[str, ...]:
-  """Validates a list of option names of ``what``; returns it as a tuple."""
+  """Validates a list of option names of ``what``; returns it as a tuple.
+
+  Two names of one option (a ``Parsed`` registry's ``bfloat16`` and
+  ``e8m7``) are refused as a name listed twice is: the grid would hold
+  identical members under two labels.
+  """
+  if isinstance(names, str):
+    raise ValueError(f'{what}: expected a list of options, got the string '
+                     f'{names!r}; write ({names!r},).')
   names = tuple(names)
   if not names:
     raise ValueError(
-        f'{what}: empty list of options; accepted: '
-        f'{", ".join(sorted(registry))}.')
-  for name in names:
-    get(registry, name, what)
+        f'{what}: empty list of options; accepted: {accepted(registry)}.')
+  options = [get(registry, name, what) for name in names]
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
     raise ValueError(f'{what}: options listed twice: {", ".join(duplicates)}.')
+  for i, a in enumerate(options):
+    for j in range(i):
+      try:
+        same = a is options[j] or bool(a == options[j])
+      except Exception:  # pylint: disable=broad-except
+        same = False  # options that do not compare (arrays): by name only
+      if same:
+        raise ValueError(f'{what}: {names[j]!r} and {names[i]!r} are one '
+                         'option listed twice; keep one.')
   return names
 
 
@@ -182,9 +202,8 @@ class Axis:
   def flag_help(self) -> str:
     """The flag's help: what it chooses, the options, the default."""
     default = ','.join(self.study) if self.study else self.default
-    accepted = getattr(self.options, 'accepted', None) or ', '.join(
-        self.options)
-    return f'{self.help} Comma list of: {accepted}. Default: {default}.'
+    return (f'{self.help} Comma list of: {accepted(self.options, ordered=True)}. '
+            f'Default: {default}.')
 
 
 # name -> Axis, in the order the launchers list them and grids order them.

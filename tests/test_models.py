@@ -4,6 +4,8 @@ Knobs are built as ``train._resolve_knobs`` builds them: one weight vector per
 choice axis (one weight per option) and a float32 ``init_scale``.
 """
 
+import functools
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import chex
@@ -408,6 +410,12 @@ class CnnTest(parameterized.TestCase):
         jax.vmap(lambda p: patch_conv.apply(p, x))(params),
         jax.vmap(lambda p: flax_conv.apply(p, x))(params), rtol=1e-5,
         atol=1e-5)
+
+  def test_an_input_shorter_than_the_kernel_is_refused(self):
+    model = models.get_model('cnn')((3,), PLAIN)
+    with self.assertRaisesRegex(ValueError, 'input of length 2 is shorter'):
+      jax.eval_shape(functools.partial(model.init, in_dim=2, out_dim=OUT_DIM),
+                     jax.random.key(0), knobs=_knobs(PLAIN))
 
   def test_batch_norm_state_and_keys(self):
     options = PLAIN | {'norm': ('none', 'noisy_batch')}

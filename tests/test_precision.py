@@ -132,6 +132,16 @@ def test_stochastic_rounding_picks_a_neighbour_unbiased():
   # Bernoulli p (1 - p) quantum**2 of an unbiased rounding, nothing more.
 
 
+def test_stochastic_rounding_without_bits_is_nan_not_truncation():
+  x = np.asarray([1.0078, -3.3], np.float32)
+  modes = jnp.asarray([precision.get_mode('stochastic'),
+                       precision.get_mode('nearest_even')])
+  got = precision.quantize(x, _knobs('bfloat16'), modes)
+  assert np.isnan(got[0])  # toward zero would be 1.0, silently
+  chex.assert_trees_all_equal(
+      got[1], np.float32(ml_dtypes.bfloat16(np.float32(-3.3))))
+
+
 def test_stochastic_bits_are_uniform_and_uncorrelated():
   """The counter-hash generator, by scipy's tests: the 16 bits the rounding
   uses are uniform (chi-square over 256 bins), and neither neighbouring

@@ -1,5 +1,7 @@
 """An axis is one declaration: a throwaway axis reaches every layer from it."""
 
+import re
+
 from absl import flags
 import jax
 import numpy as np
@@ -97,3 +99,21 @@ def test_register_refuses_taken_names(throwaway):
     registry.Axis(name='output', options=OUTPUTS, default='bogus', flag='x',
                   help='')
 
+
+
+def test_a_string_or_two_names_of_one_option_are_refused():
+  """A bare string is not split into letters; two spellings of one number
+  format or placement would be identical members under two labels."""
+  from rahimi_jax.components import placement, precision  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="got the string 'float32'"):
+    precision.AXIS.check('float32')
+  for axis, names in ((precision.AXIS, ('bfloat16', 'e8m7')),
+                      (precision.AXIS, ('float32', 'e8m23')),
+                      (placement.AXIS, ('storage+gradients',
+                                        'gradients+storage'))):
+    with pytest.raises(ValueError, match=re.escape(
+        f"'{names[0]}' and '{names[1]}' are one option")):
+      axis.check(names)
+  assert precision.AXIS.check(('bfloat16', 'e8m3')) == ('bfloat16', 'e8m3')
+  with pytest.raises(ValueError, match=r'accepted: .*e<E>m<M>'):
+    precision.AXIS.check(())

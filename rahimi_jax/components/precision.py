@@ -154,7 +154,7 @@ def quantize(x: jax.Array, fmt: Mapping[str, jax.Array], mode: jax.Array,
     mode: traced int32 code, an index in ``MODES``.
     srbits: unsigned random integers, shape of ``x`` (only the low
       ``SR_BITS`` bits are used); required for stochastic rounding (see
-      ``stochastic_bits``).
+      ``stochastic_bits``): without them its values are NaN.
     saturate: overflow gives ``max`` instead of inf / NaN.
     overflows: also return where a finite ``x`` overflowed (its rounded
       magnitude above ``max``: a value that rounds down to ``max`` did not).
@@ -211,6 +211,8 @@ def quantize(x: jax.Array, fmt: Mapping[str, jax.Array], mode: jax.Array,
   out = jnp.where(inf_in & ~jnp.asarray(saturate),
                   jnp.where(fmt['has_inf'], _INF_BITS, _NAN_BITS), out)
   value = lax.bitcast_convert_type(sign | out, jnp.float32)
+  if srbits is None:  # no bits to round with: NaN, not a silent truncation
+    value = jnp.where(mode == _STOCHASTIC, jnp.nan, value)
   return (value, over & finite) if overflows else value
 
 

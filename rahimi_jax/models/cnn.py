@@ -83,6 +83,12 @@ class Conv(nn.Module):
                         (self.width, channels, self.features))
     xpad = jnp.pad(x, ((0, 0), (self.padding, self.padding), (0, 0)))
     length = (xpad.shape[1] - self.width) // self.stride + 1
+    if length < 1:  # shapes are static: refused while tracing, before XLA
+      raise ValueError(
+          f'cnn: an input of length {x.shape[1]} is shorter than the '
+          f'kernel ({self.width}) less its padding ({self.padding} each '
+          f'side); accepted: length >= {self.width - 2 * self.padding} at '
+          'this layer (fewer or wider conv layers, or longer inputs).')
     end = self.stride * (length - 1) + 1
     patches = jnp.concatenate(
         [xpad[:, k:k + end:self.stride] for k in range(self.width)], axis=-1)
