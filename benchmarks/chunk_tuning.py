@@ -80,7 +80,7 @@ def _case(name: str):
     return config, grid, data, workloads.run_flops(config, grid, data) * len(
         grid)
   g, steps = SIZES[name]
-  g, steps = FLAGS.grid_size or g, FLAGS.steps or steps
+  g, steps = FLAGS.grid_size or g, FLAGS.steps or steps  # checked >= 1
   w = workloads.WORKLOADS[name]
   data = jax.device_put(
       data_lib.get_dataset(w.dataset)(**dict(w.dataset_kwargs)))
@@ -118,6 +118,19 @@ def main(argv):
   if bad:
     raise app.UsageError(f'Unknown workloads {bad}; accepted: ablation, '
                          f'{", ".join(SIZES)}.')
+  for name in ('grid_size', 'steps', 'repeats', 'min_width', 'max_width'):
+    value = FLAGS[name].value
+    if value is not None and value < 1:
+      raise app.UsageError(f'--{name}={value}; accepted: an integer >= 1.')
+  if FLAGS.min_width > FLAGS.max_width:
+    raise app.UsageError(f'--min_width={FLAGS.min_width} > --max_width='
+                         f'{FLAGS.max_width}; accepted: min_width <= '
+                         'max_width.')
+  if not FLAGS.probe_s > 0:
+    raise app.UsageError(f'--probe_s={FLAGS.probe_s}; accepted: > 0 seconds.')
+  if 'ablation' in FLAGS.workloads and (FLAGS.grid_size or FLAGS.steps):
+    print('note: --grid_size and --steps size the grid-throughput workloads; '
+          'the ablation workload runs the default ablation grid.')
   # An empty cache (tuning, compiled programs): first use is what is timed.
   os.environ['RAHIMI_JAX_CACHE'] = cache = tempfile.mkdtemp(
       prefix='chunk_tuning_')

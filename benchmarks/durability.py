@@ -144,7 +144,7 @@ def main(argv):
                        (f'2 processes x {_devices_each(2)} device(s)', two)):
       print(f'{name:<24} run {info["run_s"]:6.2f} s, '
             f'{info["run_s"] / g / FLAGS.steps * 1e6:7.2f} us/member-step '
-            '(evaluations every 50 steps included), '
+            f'(evaluations every {train_config.log_every} steps included), '
             f'compile {info["compile_s"]:.1f} s')
     print(f'2 processes / 1 process time per member-step: '
           f'{two["run_s"] / one["run_s"]:.2f}x (target <= 1.3x)')

@@ -62,7 +62,7 @@ def measure_peak(n: int | None = None, reps: int = 5) -> dict[str, Any]:
     return 2 * n**3 / min(times) / 1e9
 
   from rahimi_jax import provenance  # pylint: disable=g-import-not-at-top
-  out = {'n': n, 'precision': provenance.matmul_precision(),
+  out = {'n': n, 'reps': reps, 'precision': provenance.matmul_precision(),
          'cpu': cpu_model(),
          'jnp': best(lambda: dot(ja, jb).block_until_ready()),
          'np': best(lambda: np.dot(a, b))}
@@ -97,7 +97,8 @@ def peak_line(peak: dict[str, Any]) -> str:
             f'{min(values):.1f})' if len(values) > 1 else '')
   return (f'float32 matmul peak on {peak["cpu"]} ({peak["n"]}x{peak["n"]}, '
           f'matmul precision '
-          f'{peak["precision"]}, best of 5 after warm-up): jnp.dot '
+          f'{peak["precision"]}, best of {peak.get("reps", 5)} after '
+          'warm-up): jnp.dot '
           f'{peak["jnp"]:.1f} GFLOP/s, np.dot {peak["np"]:.1f} GFLOP/s (host) '
           f'-> peak {peak["peak"]:.1f} GFLOP/s{spread}')
 

@@ -46,7 +46,6 @@ def run_a(bench: Bench, members: np.ndarray) -> Timing:
   first = bench.run_grid().metadata['engine']  # compiles; first call warms up
   res = bench.run_grid()  # the same program again, warm
   info = res.metadata['engine']
-  warm_up_s = max(0.0, first['run_s'] - info['run_s'])
   final = res.final().columns
   order = {m.name: m.index for m in bench.grid.members}
   idx = np.asarray([order[name] for name in final['member']])
@@ -54,8 +53,10 @@ def run_a(bench: Bench, members: np.ndarray) -> Timing:
   loss[idx] = final['train_loss']
   note = (f'{info["member_batches"]} call(s) of {info["member_batch_size"]}'
           if info['member_batches'] > 1 else '')
-  # The first call chose the chunk (measured on first use: not compile time).
-  return Timing(first['compile_s'] + warm_up_s, info['run_s'],
+  # Its first use, as (b)'s and (c)'s stopwatch around their first call:
+  # the first call's wall time (tracing, choosing the chunk, compiling, the
+  # first execution) less a warm run's.
+  return Timing(max(0.0, first['wall_s'] - info['run_s']), info['run_s'],
                 np.arange(len(bench)), loss, info['program_bytes'], note,
                 first['chunk_choice'])
 

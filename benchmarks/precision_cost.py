@@ -98,8 +98,9 @@ def main(argv):
     run_s = min(times[name])
     flops = workloads.run_flops(cfg, grid, data) * g  # steps and evaluations
     rows[name] = (run_s, flops / run_s / 1e9)
-  print(f'{measure.cpu_model()}; G={g}, {FLAGS.steps} steps, MLP 64-64 on digits, '
-        f'batch 64; {measure.peak_line(measured)}')
+  print(f'{measure.cpu_model()}; G={g}, {FLAGS.steps} steps, MLP of hidden '
+        f'widths {"-".join(map(str, config.hidden))} on digits, batch '
+        f'{config.batch_size}; {measure.peak_line(measured)}')
   print(f'{"grid":<17}{"run_s":>8}{"us/member-step":>16}{"GFLOP/s":>9}'
         f'{"of peak":>9}')
   for name, (run_s, gflops) in rows.items():

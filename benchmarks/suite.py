@@ -158,6 +158,9 @@ def run_benchmark(cfg: BenchConfig, out=print) -> list[dict[str, Any]]:
           'and 1 (the row names it)') + where)
   peak = measure.measure_peak(cfg.peak_n)
   out(measure.peak_line(peak))
+  out('rows print as they run, their %peak against the readings so far; '
+      'each workload\'s scaling table divides by the best reading of the run '
+      'up to it (the host drifts)')
   loop_methods = [m for m in methods_lib.LOOP_METHODS if m in methods]
   if loop_methods and max(cfg.grid_sizes) > cfg.loop_members_cap:
     out(f'Loop methods ({",".join(loop_methods)}) '
@@ -216,7 +219,8 @@ def run_benchmark(cfg: BenchConfig, out=print) -> list[dict[str, Any]]:
       report.write_json(cfg.json_out, records)
     out(f'\n== scaling table: {name} on {measure.cpu_model()}, {device} '
         f'(regime {cfg.regime}, {cfg.steps} steps; '
-        'a_x_run = run_s(method) / run_s(a), a_x_total with compile) ==')
+        'a_x_run = run_s(method) / run_s(a), a_x_total with compile_s: '
+        'the first call\'s setup, compile and warm-up) ==')
     out(report.scaling_table(records, name))
   for method in methods[1:]:
     recs = [r for r in records
