@@ -97,7 +97,7 @@ def peers(d, bandwidth, peak):
   from rahimi_jax.studies import kernel_data  # pylint: disable=g-import-not-at-top
   kernel = kernels.get_kernel('gaussian')
   n, lam = len(d.x), FLAGS.lam
-  gamma = kernels.sklearn_gamma('gaussian', bandwidth)
+  gamma = kernel.gamma(bandwidth)
   x64, y64, t64 = (a.astype(np.float64) for a in (d.x, d.y, d.x_test))
 
   @jax.jit
@@ -120,8 +120,8 @@ def peers(d, bandwidth, peak):
     return m.predict(f.transform(t64))
 
   def sk_exact():
-    return kernel_ridge.KernelRidge(alpha=n * lam, kernel='rbf', gamma=gamma
-                                    ).fit(x64, y64).predict(t64)
+    return kernel_ridge.KernelRidge(alpha=n * lam, kernel=kernel.sklearn_name,
+                                    gamma=gamma).fit(x64, y64).predict(t64)
 
   key = jax.random.key(0)
   rows = []
@@ -182,7 +182,7 @@ def sweep(n, bandwidths, lams, peak):
 
   def theirs():
     return [kernel_ridge.KernelRidge(
-        alpha=n * l, kernel='rbf', gamma=kernels.sklearn_gamma('gaussian', b)
+        alpha=n * l, kernel=kernel.sklearn_name, gamma=kernel.gamma(b)
     ).fit(x64, y64).predict(t64) for b in bandwidths for l in lams]
 
   start = time.perf_counter()

@@ -1,5 +1,6 @@
 """Kernel ridge solvers against scikit-learn and numpy.linalg.solve."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +18,7 @@ BANDWIDTH, LAM = 2.0, 1e-3
 _exact_fit = jax.jit(kr.exact_fit, static_argnums=0,
                      static_argnames='block_size')
 _nystrom_fit = jax.jit(kr.nystrom_fit, static_argnums=0, static_argnames=(
-    'preconditioner', 'tol', 'maxiter', 'block_size'))
+    'preconditioner', 'tol', 'maxiter', 'checkpoints', 'block_size'))
 _matvec = jax.jit(kernels.kernel_matvec, static_argnums=0)
 
 
@@ -102,21 +103,57 @@ def test_falkon_with_every_point_a_centre_is_exact_krr(x64):
                              exact, rtol=1e-6, atol=1e-7)
 
 
+def _numpy_cg(h, b, steps, prec):
+  """The iterates of CG from 0 on ``h x = b`` preconditioned by ``r -> prec
+  @ r``, in float64: ``[steps + 1, m]``."""
+  x, r = np.zeros_like(b), b
+  z = prec @ r
+  p, iterates = z, [x]
+  for _ in range(steps):
+    hp = h @ p
+    alpha = (r @ z) / (p @ hp)
+    x, r_new = x + alpha * p, r - alpha * hp
+    z_new = prec @ r_new
+    p = z_new + (r_new @ z_new) / (r @ z) * p
+    r, z = r_new, z_new
+    iterates.append(x)
+  return np.stack(iterates)
+
+
 @pytest.mark.parametrize('preconditioner', kr.PRECONDITIONERS)
-def test_nystrom_solution_matches_numpy_solve(preconditioner, x64):
+def test_nystrom_solution_and_checked_residuals_match_numpy(preconditioner,
+                                                            x64):
   del x64
   x, y, _, _ = _problem(70)
   kernel = kernels.get_kernel('laplacian')
   c = x[np.asarray(kernels.choose_centres(jax.random.key(1), 70, 12))]
   gamma = kernels.sklearn_gamma('laplacian', BANDWIDTH)
   k_nm = pairwise.laplacian_kernel(x, c, gamma=gamma)
-  h = k_nm.T @ k_nm / 70 + LAM * pairwise.laplacian_kernel(c, c, gamma=gamma)
-  expected = np.linalg.solve(h, k_nm.T @ y[:, 0] / 70)
+  k_mm = pairwise.laplacian_kernel(c, c, gamma=gamma)
+  h = k_nm.T @ k_nm / 70 + LAM * k_mm
+  rhs = k_nm.T @ y[:, 0] / 70
+  expected = np.linalg.solve(h, rhs)
+  checkpoints = (0, 1, 2, 4, 300)
   res = _nystrom_fit(kernel, x, y[:, 0], c, BANDWIDTH, LAM, tol=1e-12,
-                     maxiter=300, preconditioner=preconditioner, block_size=16)
+                     maxiter=300, preconditioner=preconditioner,
+                     checkpoints=checkpoints, block_size=16)
   assert res.coef.shape == (12,)
   np.testing.assert_allclose(k_nm @ res.coef, k_nm @ expected, rtol=1e-6,
                              atol=1e-8)
+  # The Nyström residual at the checkpoints, ||rhs - H a_i|| / ||rhs||, of
+  # the iterates of NumPy's CG on H preconditioned by FALKON's B B^T (the
+  # same iterates in exact arithmetic) or by nothing; NaN past the stop.
+  prec = np.eye(12)
+  if preconditioner == 'falkon':
+    t = np.linalg.cholesky(k_mm + 12 * np.finfo(float).eps * np.eye(12)).T
+    a = np.linalg.cholesky(t @ t.T / 12 + LAM * np.eye(12)).T
+    b = np.linalg.inv(t) @ np.linalg.inv(a)
+    prec = b @ b.T
+  iterates = _numpy_cg(h, rhs, 4, prec)[list(checkpoints[:-1])]
+  want = np.linalg.norm(rhs - iterates @ h, axis=1) / np.linalg.norm(rhs)
+  assert int(res.iterations) < 300
+  chex.assert_trees_all_close(res.checked, np.append(want, np.nan),
+                              rtol=1e-6)
 
 
 def test_falkon_cuts_iterations_by_a_large_factor():
@@ -196,6 +233,21 @@ def test_ridge_with_more_features_than_rows_is_scikit_learns_ridge(x64):
   peer = linear_model.Ridge(alpha=30 * LAM, fit_intercept=False).fit(phi, y)
   np.testing.assert_allclose(w, peer.coef_.T, rtol=1e-8, atol=1e-10)
   assert not np.asarray(w)[70:].any()
+
+
+def test_ridge_checks_its_targets_before_tracing():
+  # NaN targets gave NaN weights; too few rows an XLA dot_general error.
+  phi = np.ones((50, 4), np.float32)
+  y = np.ones((50, 1), np.float32)
+  y[[3, 7]] = np.nan
+  with pytest.raises(ValueError, match=r'y has 2 non-finite entries; '
+                     'accepted: finite data'):
+    kr.ridge_fit(phi, y, LAM)
+  with pytest.raises(ValueError, match=r'features has 50 rows but y has 40; '
+                     'accepted: one target row per input row'):
+    kr.ridge_fit(phi, np.ones(40, np.float32), LAM)
+  with pytest.raises(ValueError, match=r'lam=True \(bool\)'):
+    kr.ridge_fit(phi, np.ones(50, np.float32), True)
 
 
 def test_a_sweep_of_lam_and_bandwidth_is_one_vmap():

@@ -1,6 +1,7 @@
 """Kernels, blocked products and random features against scikit-learn and
 NumPy."""
 
+import chex
 import jax
 from jax import test_util as jtu
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ from sklearn.metrics import pairwise
 
 from rahimi_jax import kernels
 from rahimi_jax.kernels import binning
+from rahimi_jax.kernels import features
 
 SKLEARN = {'gaussian': pairwise.rbf_kernel,
            'laplacian': pairwise.laplacian_kernel}
@@ -36,6 +38,18 @@ def test_registry_covers_the_peers_and_errors_name_the_accepted():
   assert set(kernels.KERNELS) == set(SKLEARN)
   with pytest.raises(ValueError, match="'rbf'.*gaussian, laplacian"):
     kernels.get_kernel('rbf')
+
+
+@pytest.mark.parametrize('name', sorted(kernels.KERNELS))
+def test_sklearn_name_and_gamma_name_the_same_kernel(name, points):
+  # The one mapping the studies and benchmarks hand scikit-learn.
+  x, y = points
+  kernel = kernels.get_kernel(name)
+  chex.assert_trees_all_close(
+      pairwise.pairwise_kernels(np.float64(x), np.float64(y),
+                                metric=kernel.sklearn_name,
+                                gamma=kernel.gamma(BANDWIDTH)),
+      np.float64(kernels.kernel_matrix(kernel, x, y, BANDWIDTH)), atol=2e-6)
 
 
 @pytest.mark.parametrize('name', sorted(kernels.KERNELS))
@@ -175,6 +189,55 @@ def test_bad_hyperparameters_are_one_line_errors(points):
     kernels.choose_centres(jax.random.key(0), 30, 31)
   with pytest.raises(ValueError, match='block_size=0'):
     kernels.kernel_matrix(kernel, x, x, 1.0, block_size=0)
+
+
+def test_fractional_sizes_bools_and_non_finite_inputs_are_refused(points):
+  # 2.5 features kept 3 columns scaled by sqrt(2 / 2.5): a kernel 1.2x too
+  # large; NaN inputs gave NaN features; lam=True passed as 1. Every check
+  # runs before anything is computed (the draws here are NumPy's).
+  x = points[0]
+  kernel = kernels.get_kernel('gaussian')
+  rng = np.random.default_rng(0)
+  rff = kernels.RFF(rng.normal(size=(3, 8)), rng.uniform(0, 6, 8))
+  with pytest.raises(ValueError, match=r'num_features=2\.5; accepted: '
+                     r'integers in 1\.\.8'):
+    kernels.rff_features(rff, x, 1.0, 2.5)
+  with pytest.raises(ValueError, match=r'num_features=6\.5; accepted: '
+                     r'integers in 1\.\.10'):
+    kernels.nystrom(kernel, x[:10], 1.0, 6.5)
+  features.check_num_features(np.float32(3.0), 8)  # whole: accepted
+  bad = np.where(np.eye(30, 3) > 0, np.nan, x)  # 3 NaNs
+  for call, message in (
+      (lambda: kernels.rff_features(rff, bad, 1.0), 'x has 3 non-finite'),
+      (lambda: kernels.nystrom(kernel, bad[:10], 1.0),
+       'centres has 3 non-finite'),
+      (lambda: kernels.nystrom_apply(kernel, kernels.Nystrom(
+          x[:5], np.ones(5), np.eye(5)), bad, 1.0), 'x has 3 non-finite')):
+    with pytest.raises(ValueError, match=message):
+      call()
+  for value in (True, np.bool_(True), '1e-3'):
+    with pytest.raises(ValueError, match=rf'lam={value!r} \(.*\); accepted: '
+                       'a finite number > 0'):
+      kernels.check_positive('lam', value)
+
+
+def test_binning_refuses_bins_past_int32_and_traced_calls_pass(points):
+  # |x| / (bandwidth * pitch) past 2^31: the int32 bins saturate and far
+  # points share one (at bandwidth 1e-8 the estimate put the two most
+  # distant points in one bin).
+  x = np.concatenate([points[0][:4], [[1e3, -1e3, 0]]]).astype(np.float32)
+  rng = np.random.default_rng(0)
+  draw = binning.Binning(rng.gamma(2.0, size=(16, 3)).astype(np.float32),
+                         rng.uniform(size=(16, 3)).astype(np.float32),
+                         rng.integers(0, 2**32, (3, 16, 3), np.uint32) | 1)
+  with pytest.raises(ValueError, match=r'bandwidth=1e-08 with \|x\| up to '
+                     r'1e\+03: bin indices up to .*; accepted: a bandwidth '
+                     r'>= '):
+    binning.binning_kernel(draw, x, x, 1e-8)
+  binning.check_cells(draw, x, 1.0)  # well inside: accepted
+  # Traced bandwidths are not checked (a vmapped sweep still traces).
+  chex.assert_shape(jax.eval_shape(
+      lambda s: binning.binning_kernel(draw, x, x, s), 1e-8), (5, 5))
 
 
 def test_masked_nystrom_is_the_nystrom_kernel_of_the_prefix(points):

@@ -6,7 +6,9 @@ import pytest
 
 import launchers
 
+from rahimi_jax import results as results_lib
 from rahimi_jax import storage
+from rahimi_jax.studies import kernel_data
 from rahimi_jax.studies import random_features
 
 _FLAGS = ['--features=8,32', '--seeds=2', '--train_size=200',
@@ -110,6 +112,26 @@ def test_laplacian_bandwidth_and_binning_error_mean_what_they_say(study):
   got = res.where(method='binning', features=8, seed=0).columns[
       'approx_error'][0]
   np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_a_failed_fit_scores_nan_and_the_report_says_so(study):
+  # The argmax of a NaN row is class 0: a failed Cholesky scored chance
+  # (0.1 on digits) as if it were a fit.
+  labels = np.array([0, 1, 2, 1])
+  predictions = np.eye(3)[[0, 1, 2, 2]]
+  assert kernel_data.score('classification', predictions, labels) == 0.75
+  predictions[1] = np.nan
+  assert np.isnan(kernel_data.score('classification', predictions, labels))
+  assert np.isnan(kernel_data.score('regression', np.array([1.0, np.inf]),
+                                    np.zeros(2)))
+  res = study[0]
+  accuracy = res.columns['test_accuracy'].copy()
+  method, seed = res.columns['method'], res.columns['seed']
+  accuracy[(method == 'exact') | ((method == 'rff') & (seed == 0))] = np.nan
+  text = random_features.report(results_lib.Results(
+      res.columns | dict(test_accuracy=accuracy), res.metadata))
+  assert 'exact kernel ridge test_accuracy: Cholesky failed (NaN)' in text
+  assert text.count('1/2 Cholesky failed') == 2, text  # rff at 8 and 32
 
 
 def test_bad_input_is_one_error_line(study):

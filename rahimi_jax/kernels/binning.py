@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rahimi_jax.kernels import features as features_lib
 from rahimi_jax.kernels import kernels as kernels_lib
@@ -65,12 +66,40 @@ def _mix(h: jax.Array) -> jax.Array:
   return h ^ (h >> 16)
 
 
+# The largest bin index ``check_cells`` lets through: int32 bins saturate at
+# 2^31 (far points would share the last bin); half of that leaves room for
+# float32's rounding of ``x / (bandwidth * pitch)``.
+MAX_CELL = 2**30
+
+
+def check_cells(draw: Binning, x: jax.Array, bandwidth: jax.Array) -> None:
+  """``ValueError`` if a bin index ``floor(x / (bandwidth * pitch) - shift)``
+  would pass int32's range (where the cast saturates and far points share a
+  bin), when ``draw``, ``x`` and ``bandwidth`` are concrete (traced: not
+  checked)."""
+  concrete = kernels_lib._concrete  # pylint: disable=protected-access
+  pitches, v, bw = concrete(draw.pitches), concrete(x), concrete(bandwidth)
+  if pitches is None or v is None or bw is None or not v.size:
+    return
+  scale = np.abs(v).max(0)  # [d] the data's reach per dimension
+  cells = float(np.max(scale / (np.min(bw) * pitches.min(0))) + 1)
+  if cells > MAX_CELL:
+    raise ValueError(
+        f'bandwidth={np.min(bw).item()!r} with |x| up to {scale.max():.3g}: '
+        f'bin indices up to {cells:.3g} cells (the smallest grid pitch '
+        f'{pitches.min():.3g} x bandwidth), past 2^30 (int32 bins saturate '
+        'at 2^31: far points would share a bin); accepted: a bandwidth >= '
+        f'{np.min(bw).item() * cells / MAX_CELL:.3g} for this data, or '
+        'centred / rescaled x.')
+
+
 def _hashes(draw: Binning, x: jax.Array, bandwidth: jax.Array
             ) -> jax.Array:
   """``[3, n, max_grids]`` uint32: per point and grid, two hashes of its bin
   (together the bin's key) and a third for the feature sign."""
   kernels_lib.check_positive('bandwidth', bandwidth)
   kernels_lib.check_finite('x', x)
+  check_cells(draw, x, bandwidth)
 
   def one_grid(grid):  # [3, n]; a grid at a time: no [n, grids, d] array
     pitch, shift, hashes = grid

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rahimi_jax import linalg
 from rahimi_jax.kernels import kernels as kernels_lib
@@ -37,9 +38,12 @@ class RFF(NamedTuple):
 
 
 def check_num_features(num_features, max_features: int) -> None:
-  """``ValueError`` unless a concrete ``num_features`` is in 1..max."""
+  """``ValueError`` unless a concrete ``num_features`` is a whole number in
+  1..max (2.5 would keep 3 columns but scale them by ``sqrt(2 / 2.5)``)."""
   v = kernels_lib._concrete(num_features)  # pylint: disable=protected-access
-  if v is not None and not ((v >= 1).all() and (v <= max_features).all()):
+  if v is not None and not (v.dtype != np.bool_ and (v >= 1).all()
+                            and (v <= max_features).all()
+                            and (v == np.floor(v)).all()):
     raise ValueError(f'num_features={v.tolist()!r}; accepted: integers in '
                      f'1..{max_features} (max_features).')
 
@@ -83,6 +87,7 @@ def rff_features(rff: RFF, x: jax.Array, bandwidth: jax.Array,
   """
   num_features, mask = prefix_mask(num_features, rff.phases.shape[0])
   kernels_lib.check_positive('bandwidth', bandwidth)
+  kernels_lib.check_finite('x', x)
   scale = jnp.sqrt(2 / jnp.asarray(num_features, x.dtype))
   z = x @ (rff.frequencies / bandwidth) + rff.phases
   return jnp.where(mask, scale * jnp.cos(z), 0)
@@ -124,6 +129,7 @@ def nystrom(kernel: kernels_lib.Kernel, centres: jax.Array,
   at the cost of the largest).
   """
   kernels_lib.check_positive('bandwidth', bandwidth)
+  kernels_lib.check_finite('centres', centres)
   m = centres.shape[0]
   keep = prefix_mask(num_centres, m)[1].astype(centres.dtype)
   k_cc = (kernel.pairwise(centres, centres, bandwidth) * keep[:, None] * keep
@@ -139,6 +145,7 @@ def nystrom_apply(kernel: kernels_lib.Kernel, nys: Nystrom, x: jax.Array,
                   block_size: int | None = None
                   ) -> jax.Array:
   """``phi(x): [n, M]`` for a ``Nystrom`` map made at ``bandwidth``."""
+  kernels_lib.check_finite('x', x)
   k_nc = kernels_lib.kernel_matrix(kernel, x, nys.centres, bandwidth,
                                    block_size=block_size)
   return (k_nc * nys.keep) @ nys.projection

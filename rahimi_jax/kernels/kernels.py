@@ -1,11 +1,12 @@
 """Shift-invariant kernels, their exact matrices in blocks, and matrix-free
 kernel products that never hold more than a block of rows.
 
-A kernel is a ``Kernel(pairwise, sample_frequencies)``: ``pairwise(x, y,
-bandwidth) -> [n, m]`` and ``sample_frequencies(key, shape)``, frequencies of
-its spectral density at unit bandwidth (Bochner; divided by the bandwidth for
-random Fourier features). Bandwidths are traced arguments, so a sweep over
-them is a ``vmap``.
+A kernel is a ``Kernel(pairwise, sample_frequencies, gamma, sklearn_name)``:
+``pairwise(x, y, bandwidth) -> [n, m]``, ``sample_frequencies(key, shape)``,
+frequencies of its spectral density at unit bandwidth (Bochner; divided by
+the bandwidth for random Fourier features), and scikit-learn's name and
+``gamma`` of the same kernel, for the peers the studies compare with.
+Bandwidths are traced arguments, so a sweep over them is a ``vmap``.
 
 * ``gaussian``: ``exp(-||x - y||^2 / (2 sigma^2))`` (scikit-learn's
   ``rbf_kernel`` with ``gamma = 1 / (2 sigma^2)``); frequencies ``N(0, I)``.
@@ -87,6 +88,9 @@ class Kernel(NamedTuple):
   pairwise: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
   sample_frequencies: Callable[[jax.Array, tuple[int, ...]], jax.Array]
   gamma: Callable[[float], float]  # scikit-learn's gamma at a bandwidth
+  # scikit-learn's name of the kernel (``pairwise.pairwise_kernels``'
+  # metric, ``KernelRidge``'s and ``Nystroem``'s ``kernel``).
+  sklearn_name: str
   # The norm of ``x - y`` the kernel decays in (2: Euclidean, 1: L1): the
   # distance whose median is the default bandwidth
   # (``kernel_data.median_distance``).
@@ -106,9 +110,10 @@ def _laplacian(x, y, bandwidth):
 
 KERNELS: dict[str, Kernel] = {
     'gaussian': Kernel(_gaussian, jax.random.normal,
-                       lambda bandwidth: 1 / (2 * bandwidth**2)),
+                       lambda bandwidth: 1 / (2 * bandwidth**2), 'rbf'),
     'laplacian': Kernel(_laplacian, jax.random.cauchy,
-                        lambda bandwidth: 1 / bandwidth, distance_ord=1),
+                        lambda bandwidth: 1 / bandwidth, 'laplacian',
+                        distance_ord=1),
 }
 
 
@@ -135,9 +140,14 @@ def _concrete(value) -> np.ndarray | None:
 
 
 def check_positive(name: str, value) -> None:
-  """``ValueError`` unless every entry of a concrete ``value`` is finite and
-  > 0 (tracers pass: they were checked where they were concrete)."""
+  """``ValueError`` unless every entry of a concrete ``value`` is a finite
+  number > 0 (not a bool; tracers pass: they were checked where they were
+  concrete)."""
   v = _concrete(value)
+  if v is not None and not (jnp.issubdtype(v.dtype, jnp.integer)
+                            or jnp.issubdtype(v.dtype, jnp.floating)):
+    raise ValueError(f'{name}={value!r} ({v.dtype}); accepted: a finite '
+                     'number > 0.')
   if v is not None and not (np.all(np.isfinite(v)) and np.all(v > 0)):
     bad = v.ravel()[~(np.isfinite(v.ravel()) & (v.ravel() > 0))][0].item()
     raise ValueError(f'{name}={bad!r}; accepted: a finite number > 0.')

@@ -47,7 +47,11 @@ A x|| / ||b||`` (one more product), not from the recurrence's: in float32 the
 recurrence's keeps falling after the true residual has stalled (FALKON at n
 = 1000, M = 200, lam = 1e-5: the recurrence's reached 8.4e-7 in 42
 iterations while ``||b - A x|| / ||b||`` stayed at 3.7e-3, 4.6e-3 evaluated
-in float64; WORKSPACE.md, "CG's two residuals").
+in float64; WORKSPACE.md, "CG's two residuals"). ``nystrom_fit``'s
+``checkpoints`` recompute the Nyström system's residual along the way too,
+for either preconditioner: the one measure on which their iterations
+compare (both solvers' float32 residuals rise and fall: plain CG's at n =
+2000, M = 500 was 5.5e-5 after 31 iterations, 1.3e-3 after 500).
 
 Bad hyperparameters (``lam <= 0``, bandwidth ``<= 0``, ``M > n``,
 non-finite data) raise one-line ``ValueError``s before anything is traced
@@ -59,11 +63,12 @@ References:
   Methods for Sparse Linear Systems, 9.2.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rahimi_jax import linalg
 from rahimi_jax.linalg import solve_triangular
@@ -107,7 +112,7 @@ def conjugate_gradient(matvec: Callable[[jax.Array], jax.Array],
     whether it is at most ``tol``.
   """
   b2 = _columns(b)
-  x, i, history = _iterate(matvec, b2, preconditioner, tol, maxiter)
+  x, i, history, _ = _iterate(matvec, b2, preconditioner, tol, maxiter)
   residual = relative_residual(b2, matvec(x))
   return CGResult(x.reshape(b.shape), i, history, residual, residual <= tol)
 
@@ -124,12 +129,28 @@ def _relative(r, b):
   return jnp.max(jnp.linalg.norm(r, axis=0) / jnp.where(b_norm > 0, b_norm, 1))
 
 
-def _iterate(matvec, b2, preconditioner, tol, maxiter):
-  """CG's loop on ``[m, k]`` right-hand sides: ``(x, iterations, history)``."""
+def check_checkpoints(checkpoints: Sequence[int], maxiter: int) -> None:
+  """``ValueError`` unless ``checkpoints`` are increasing iteration counts
+  in ``0..maxiter``."""
+  if not (all(isinstance(i, int) and 0 <= i <= maxiter for i in checkpoints)
+          and list(checkpoints) == sorted(set(checkpoints))):
+    raise ValueError(f'checkpoints={list(checkpoints)!r}; accepted: '
+                     f'increasing integers in 0..{maxiter} (maxiter).')
+
+
+def _iterate(matvec, b2, preconditioner, tol, maxiter, checkpoints=()):
+  """CG's loop on ``[m, k]`` right-hand sides: ``(x, iterations, history,
+  snapshots)``, ``snapshots: [len(checkpoints), m, k]`` the iterates after
+  ``checkpoints`` iterations (static; 0 past the stop)."""
   if not (isinstance(maxiter, int) and maxiter >= 1):
     raise ValueError(f'maxiter={maxiter!r}; accepted: an integer >= 1.')
   kernels_lib.check_positive('tol', tol)
+  check_checkpoints(checkpoints, maxiter)
   prec = preconditioner or (lambda r: r)
+  # The snapshot slot of each iteration count (len(checkpoints): none, out
+  # of bounds, dropped).
+  slots = np.full(maxiter + 1, len(checkpoints), np.int32)
+  slots[list(checkpoints)] = np.arange(len(checkpoints))
 
   def relative(r):
     return _relative(r, b2)
@@ -139,7 +160,7 @@ def _iterate(matvec, b2, preconditioner, tol, maxiter):
     return (i < maxiter) & (relative(r) > tol)
 
   def body(state):
-    i, x, r, p, rz, history = state
+    i, x, r, p, rz, history, snapshots = state
     ap = matvec(p)
     pap = jnp.sum(p * ap, 0)
     alpha = jnp.where(pap > 0, rz / jnp.where(pap > 0, pap, 1), 0)
@@ -149,27 +170,35 @@ def _iterate(matvec, b2, preconditioner, tol, maxiter):
     rz_new = jnp.sum(r * z, 0)
     beta = jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1), 0)
     history = history.at[i + 1].set(relative(r))
-    return i + 1, x, r, z + beta * p, rz_new, history
+    if checkpoints:
+      snapshots = snapshots.at[jnp.asarray(slots)[i + 1]].set(x, mode='drop')
+    return i + 1, x, r, z + beta * p, rz_new, history, snapshots
 
   z = prec(b2)
   history = jnp.full(maxiter + 1, jnp.nan, b2.dtype).at[0].set(relative(b2))
   init = (jnp.int32(0), jnp.zeros_like(b2), b2, z, jnp.sum(b2 * z, 0),
-          history)
-  i, x, _, _, _, history = jax.lax.while_loop(cond, body, init)
-  return x, i, history
+          history, jnp.zeros((len(checkpoints), *b2.shape), b2.dtype))
+  i, x, _, _, _, history, snapshots = jax.lax.while_loop(cond, body, init)
+  return x, i, history, snapshots
 
 
 # --- Checks ------------------------------------------------------------------
 
 
+def check_data(x, y, name: str = 'x') -> None:
+  """One-line ``ValueError``s for non-finite inputs ``x`` (called ``name``)
+  or targets ``y`` (concrete values), or row counts that differ."""
+  kernels_lib.check_finite(name, x)
+  kernels_lib.check_finite('y', y)
+  if x.shape[0] != y.shape[0]:
+    raise ValueError(f'{name} has {x.shape[0]} rows but y has {y.shape[0]}; '
+                     'accepted: one target row per input row.')
+
+
 def check_problem(x, y, bandwidth, lam) -> None:
   """One-line ``ValueError``s for non-finite data, ``bandwidth <= 0`` or
   ``lam <= 0`` (concrete values; tracers were checked where concrete)."""
-  kernels_lib.check_finite('x', x)
-  kernels_lib.check_finite('y', y)
-  if x.shape[0] != y.shape[0]:
-    raise ValueError(f'x has {x.shape[0]} rows but y has {y.shape[0]}; '
-                     'accepted: one target row per input row.')
+  check_data(x, y)
   kernels_lib.check_positive('bandwidth', bandwidth)
   kernels_lib.check_positive('lam', lam)
 
@@ -186,7 +215,10 @@ def exact_fit(kernel: kernels_lib.Kernel | str, x: jax.Array, y: jax.Array,
               bandwidth: jax.Array, lam: jax.Array, *,
               block_size: int | None = None) -> jax.Array:
   """Exact KRR coefficients ``c = (K + n lam I)^{-1} y``, ``[n]`` / ``[n, k]``;
-  predictions ``kernels.kernel_matvec(kernel, x_new, x, c, bandwidth)``."""
+  predictions ``kernels.kernel_matvec(kernel, x_new, x, c, bandwidth)``.
+  Where ``K + n lam I`` is not positive definite in the arithmetic (a tiny
+  ``lam`` in float32), the Cholesky factorization fails and every
+  coefficient is NaN: check ``jnp.isfinite`` before using them."""
   check_problem(x, y, bandwidth, lam)
   kernel = kernels_lib.get_kernel(kernel)
   k = kernels_lib.kernel_matrix(kernel, x, x, bandwidth, block_size=block_size)
@@ -194,7 +226,7 @@ def exact_fit(kernel: kernels_lib.Kernel | str, x: jax.Array, y: jax.Array,
 
 
 def _ridge_solve(k, y, lam):
-  """``(K + n lam I)^{-1} y`` by Cholesky."""
+  """``(K + n lam I)^{-1} y`` by Cholesky (all NaN where it fails)."""
   n = k.shape[0]
   return _cho_solve(linalg.cholesky(k + n * lam * jnp.eye(n, dtype=k.dtype)), y)
 
@@ -264,8 +296,10 @@ def ridge_fit(features: jax.Array, y: jax.Array, lam: jax.Array
   """Ridge weights ``(Phi^T Phi + n lam I)^{-1} Phi^T y``: ``[D]`` / ``[D,
   k]``; predictions ``phi(x_new) @ w``. More features than rows (``D > n``,
   e.g. hashed binning features): solved in the dual, ``Phi^T (Phi Phi^T + n
-  lam I)^{-1} y``, the same weights from an ``n x n`` factorization."""
-  kernels_lib.check_finite('features', features)
+  lam I)^{-1} y``, the same weights from an ``n x n`` factorization. A
+  failed Cholesky factorization (a system not positive definite in the
+  arithmetic) gives NaN weights, as in ``exact_fit``."""
+  check_data(features, y, 'features')
   kernels_lib.check_positive('lam', lam)
   n, d = features.shape
   if d > n:  # the dual: the n x n system of the kernel Phi Phi^T
@@ -287,6 +321,9 @@ class NystromResult(NamedTuple):
                          # recomputed at the end: the Nyström system's,
                          # whichever the preconditioner
   converged: jax.Array   # [] bool: residual <= tol
+  checked: jax.Array     # [len(checkpoints)] the same, recomputed for the
+                         # iterate after each checkpoint's iterations; NaN
+                         # past the stop
 
 
 def falkon_factors(k_mm: jax.Array, lam: jax.Array
@@ -303,7 +340,7 @@ def falkon_factors(k_mm: jax.Array, lam: jax.Array
 def nystrom_fit(kernel: kernels_lib.Kernel | str, x: jax.Array, y: jax.Array,
                 centres: jax.Array, bandwidth: jax.Array, lam: jax.Array, *,
                 preconditioner: str = 'falkon', tol: float = 1e-5,
-                maxiter: int = 100,
+                maxiter: int = 100, checkpoints: Sequence[int] = (),
                 block_size: int | None = None,
                 mesh: jax.sharding.Mesh | None = None) -> NystromResult:
   """Nyström KRR by (FALKON-preconditioned) conjugate gradients.
@@ -320,6 +357,12 @@ def nystrom_fit(kernel: kernels_lib.Kernel | str, x: jax.Array, y: jax.Array,
       preconditioned) to stop at; ``converged``: the Nyström system's
       residual, recomputed, is at most this too.
     maxiter: the most CG iterations (static).
+    checkpoints: iteration counts (static, increasing, ``<= maxiter``) after
+      which to recompute the Nyström system's residual too, e.g. to compare
+      the two preconditioners on it (their recurrences' residuals are of
+      different systems, and drift from it in float32): each iterate is
+      kept, and all are multiplied by ``H`` with the result, in one
+      product of ``len(checkpoints) + 1`` times the columns.
     block_size: rows per kernel block: memory ``O(block_size * M)``.
     mesh: ``kernels.row_mesh(...)`` to shard the rows over, or None.
 
@@ -348,9 +391,9 @@ def nystrom_fit(kernel: kernels_lib.Kernel | str, x: jax.Array, y: jax.Array,
     return product(u, None) + lam * (k_mm @ u)
 
   if preconditioner == 'none':
-    res = conjugate_gradient(h_mul, rhs, tol=tol, maxiter=maxiter)
-    coef, iterations, history, residual = (res.x, res.iterations,
-                                           res.residuals, res.residual)
+    solution, iterations, history, snapshots = _iterate(
+        h_mul, rhs, None, tol, maxiter, checkpoints)
+    to_coef = lambda u: u
   else:
     t, a = falkon_factors(k_mm, lam)
 
@@ -364,9 +407,18 @@ def nystrom_fit(kernel: kernels_lib.Kernel | str, x: jax.Array, y: jax.Array,
       return solve_triangular(
           a, solve_triangular(t, product(b_mul(u), None), 'T')
           + lam * solve_triangular(a, u), 'T')
-    solution, iterations, history = _iterate(bhb, bt_mul(rhs), None, tol,
-                                             maxiter)
-    coef = b_mul(solution)
-    residual = relative_residual(rhs, h_mul(coef))
+    solution, iterations, history, snapshots = _iterate(
+        bhb, bt_mul(rhs), None, tol, maxiter, checkpoints)
+    to_coef = b_mul
+  # The result and the checkpoints' iterates, [M, 1 + len(checkpoints), k]:
+  # their Nyström residuals from one product.
+  m, k = rhs.shape
+  coefs = to_coef(jnp.concatenate([solution[None], snapshots]).transpose(
+      1, 0, 2).reshape(m, -1)).reshape(m, -1, k)
+  products = h_mul(coefs.reshape(m, -1)).reshape(coefs.shape)
+  residuals = jax.vmap(relative_residual, (None, 1))(rhs, products)
+  coef, residual = coefs[:, 0], residuals[0]
+  checked = jnp.where(np.asarray(checkpoints, np.int32) <= iterations,
+                      residuals[1:], jnp.nan)
   return NystromResult(coef if y.ndim == 2 else coef[:, 0], iterations,
-                       history, residual, residual <= tol)
+                       history, residual, residual <= tol, checked)

@@ -1,8 +1,11 @@
 """Data for the kernel studies: a bundled dataset as regression targets, and
-a procedural nonlinear regression of any size."""
+a procedural nonlinear regression of any size; how they score and time a
+program."""
 
-from typing import NamedTuple
+import time
+from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from rahimi_jax import data as data_lib
@@ -53,12 +56,16 @@ def procedural(n: int, n_test: int = 1000, in_dim: int = 8, *,
 
 
 def score(task: str, predictions: np.ndarray, y_test: np.ndarray) -> float:
-  """Test accuracy (classification: argmax) or mean squared error.
+  """Test accuracy (classification: argmax) or mean squared error; NaN if
+  any prediction is not finite (a failed fit: the argmax of a NaN row would
+  read as class 0, a score of chance).
 
   Predictions of one target may come flat (scikit-learn's ``Ridge`` drops
   the target axis of a ``[n, 1]`` fit): they are reshaped to ``y_test``'s.
   """
   predictions = np.asarray(predictions)
+  if not np.all(np.isfinite(predictions)):
+    return float('nan')
   if task == 'classification':
     return float(np.mean(np.argmax(predictions, -1) == y_test))
   return float(np.mean((predictions.reshape(y_test.shape) - y_test)**2))
@@ -86,3 +93,28 @@ def median_distance(x: np.ndarray, points: int = 1000, seed: int = 0,
   d2 = sq[:, None] + sq[None] - 2 * sub @ sub.T
   return float(np.sqrt(np.median(np.maximum(d2[np.triu_indices(len(sub), 1)],
                                             0))))
+
+
+class Timed(NamedTuple):
+  """What ``timed_jit`` measured of one compiled program."""
+  outputs: Any
+  compile_s: float
+  run_s: float
+  peak_bytes: float  # XLA's estimate: arguments + outputs + temporaries
+                     # (NaN where the backend gives none)
+
+
+def timed_jit(fn, *args) -> Timed:
+  """``jax.jit(fn)(*args)``, compiled (timed) and then run once (timed,
+  to ``block_until_ready``), with XLA's peak memory estimate of the
+  compiled program."""
+  start = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  mid = time.perf_counter()
+  outputs = jax.block_until_ready(compiled(*args))
+  run_s = time.perf_counter() - mid
+  mem = compiled.memory_analysis()
+  peak = (float('nan') if mem is None else
+          mem.argument_size_in_bytes + mem.output_size_in_bytes
+          + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+  return Timed(outputs, mid - start, run_s, peak)

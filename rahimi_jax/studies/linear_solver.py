@@ -9,8 +9,10 @@ system) beside them while ``n`` is small. Per solve: iterations until the
 CG recurrence's relative residual reached the tolerance, its history, the
 Nyström system's residual recomputed at the end, the same system for both
 solvers (``converged`` is read from it: in float32 it stalls above a small
-``tol`` while the recurrence's keeps falling, and the report says so),
-compile and run time, XLA's peak memory estimate of the compiled program
+``tol`` while the recurrence's keeps falling, and the report says so), and
+recomputed along the way (``checkpoints``), so that the report compares the
+two solvers' iterations to the same residual of the same system, compile
+and run time, XLA's peak memory estimate of the compiled program
 (arguments + outputs + temporaries), the test error, and how far the test
 predictions are from those of the same system solved in float64 by NumPy
 (``reference_gap``): a relative residual is not an error, and plain CG's
@@ -19,7 +21,6 @@ at ``tol`` bought. ``dtype='float64'`` runs the same data in float64.
 """
 
 import dataclasses
-import time
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,9 @@ from rahimi_jax.studies import kernel_data
 
 SOLVERS = ('falkon', 'cg', 'exact')
 DTYPES = ('float32', 'float64')
+# The Nyström system's residual is recomputed at every iteration up to this,
+# then 1/DENSE apart (``checkpoints``).
+DENSE = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,20 +99,25 @@ class LinearSolverConfig:
                        f'{len(jax.local_devices())}.')
 
 
-def _compiled(fn, *args):
-  """(compiled, compile seconds, XLA's peak bytes estimate)."""
-  start = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  seconds = time.perf_counter() - start
-  mem = compiled.memory_analysis()
-  peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes
-          + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
-  return compiled, seconds, peak
+def checkpoints(maxiter: int, dense: int = DENSE) -> tuple[int, ...]:
+  """Iteration counts at which the Nyström system's residual is recomputed:
+  every one up to ``dense``, then ``1 / dense`` apart (for maxiter 1000: 113
+  checkpoints, multiplied by ``H`` in one product at the end)."""
+  points, i = list(range(min(dense, maxiter) + 1)), dense
+  while i < maxiter:
+    i = min(maxiter, i + i // dense)
+    points.append(i)
+  return tuple(points)
 
 
 def solve(config: LinearSolverConfig, d: kernel_data.KernelData,
           solver: str, bandwidth: float, mesh=None) -> dict:
-  """One solve: its iterations, residuals, times, memory and test error."""
+  """One solve: its iterations, residuals, times, memory and test error.
+
+  ``converged`` and ``residual`` of the exact solve: whether its
+  coefficients are finite (a Cholesky factorization that fails leaves
+  NaNs), and ``||y - (K + n lam I) c|| / ||y||``, ``K c`` in blocks.
+  """
   kernel = kernels.get_kernel(config.kernel)
   x, y, x_test = (jnp.asarray(a, config.dtype) for a in (d.x, d.y, d.x_test))
   if solver == 'exact':
@@ -117,8 +126,11 @@ def solve(config: LinearSolverConfig, d: kernel_data.KernelData,
                           block_size=config.block_size)
       pred = kernels.kernel_matvec(kernel, x_test, x, coef, bandwidth,
                                    block_size=config.block_size)
-      return (pred, jnp.int32(0), jnp.full(1, jnp.nan), jnp.full((), jnp.nan),
-              jnp.bool_(True), coef, x)
+      residual = kr.relative_residual(y, kernels.kernel_matvec(
+          kernel, x, x, coef, bandwidth, block_size=config.block_size)
+                                      + x.shape[0] * config.lam * coef)
+      return (pred, jnp.int32(0), jnp.full(1, jnp.nan), residual,
+              jnp.isfinite(coef).all(), coef, x, jnp.zeros(0, x.dtype))
   else:
     def fn(x, y, x_test):
       c = x[kernels.choose_centres(jax.random.key(0), x.shape[0],
@@ -127,27 +139,30 @@ def solve(config: LinearSolverConfig, d: kernel_data.KernelData,
           kernel, x, y, c, bandwidth, config.lam,
           preconditioner='falkon' if solver == 'falkon' else 'none',
           tol=config.tol, maxiter=config.maxiter,
+          checkpoints=checkpoints(config.maxiter),
           block_size=config.block_size, mesh=mesh)
       pred = kernels.kernel_matvec(kernel, x_test, c, res.coef, bandwidth,
                                    block_size=config.block_size)
       return (pred, res.iterations, res.residuals, res.residual,
-              res.converged, res.coef, c)
-  compiled, compile_s, peak = _compiled(fn, x, y, x_test)
-  start = time.perf_counter()
-  pred, iterations, residuals, residual, converged, coef, centres = (
-      jax.block_until_ready(compiled(x, y, x_test)))
-  run_s = time.perf_counter() - start
+              res.converged, res.coef, c, res.checked)
+  run = kernel_data.timed_jit(fn, x, y, x_test)
+  pred, iterations, residuals, residual, converged, coef, centres, checked = (
+      run.outputs)
   iterations = int(iterations)
   gap = (np.nan if solver == 'exact' else
          reference_gap(config, d, bandwidth, np.asarray(centres),
                        np.asarray(coef)))
+  checked_at = [i for i in checkpoints(config.maxiter) if i <= iterations
+                ] if solver != 'exact' else []
   return dict(n=len(d.x), solver=solver, iterations=iterations,
               residual=float(residual), converged=bool(converged),
-              compile_s=compile_s, run_s=run_s,
-              peak_mb=peak / 2**20,
+              compile_s=run.compile_s, run_s=run.run_s,
+              peak_mb=run.peak_bytes / 2**20,
               test_mse=kernel_data.score('regression', pred, d.y_test),
               gap=gap,
-              residuals=np.asarray(residuals)[:iterations + 1].tolist())
+              residuals=np.asarray(residuals)[:iterations + 1].tolist(),
+              checked_at=checked_at,
+              checked=np.asarray(checked)[:len(checked_at)].tolist())
 
 
 REFERENCE_MAX_ENTRIES = 2 * 10**7  # of K_nM in float64 (160 MB)
@@ -162,9 +177,12 @@ def reference_gap(config: LinearSolverConfig, d: kernel_data.KernelData,
   from sklearn.metrics import pairwise  # pylint: disable=g-import-not-at-top
   if len(d.x) * len(centres) > REFERENCE_MAX_ENTRIES:
     return np.nan
-  fn = {'gaussian': pairwise.rbf_kernel,
-        'laplacian': pairwise.laplacian_kernel}[config.kernel]
   gamma = kernels.sklearn_gamma(config.kernel, bandwidth)
+
+  def fn(a, b, gamma):
+    return pairwise.pairwise_kernels(
+        a, b, metric=kernels.get_kernel(config.kernel).sklearn_name,
+        gamma=gamma)
   c = centres.astype(np.float64)
   k_nm = fn(d.x.astype(np.float64), c, gamma=gamma)
   n = len(d.x)
@@ -189,19 +207,50 @@ def run(config: LinearSolverConfig) -> results_lib.Results:
     for solver in SOLVERS:
       if solver != 'exact' or n <= config.exact_max:
         rows.append(solve(config, d, solver, bandwidth, mesh))
+  histories = ('residuals', 'checked_at', 'checked')
   columns = {k: np.array([r[k] for r in rows]) for k in rows[0]
-             if k != 'residuals'}
+             if k not in histories}
   # Provenance's device list; 'devices' here: the count the study used.
   return results_lib.Results(columns, provenance.provenance() | dict(
       study='linear_solver', config=dataclasses.asdict(config),
       bandwidth=bandwidth, devices=devices, residuals=[
-          dict(n=r['n'], solver=r['solver'], residuals=r['residuals'],
-               residual=r['residual'])
+          {k: r[k] for k in ('n', 'solver', 'residual', *histories)}
           for r in rows if r['solver'] != 'exact']))
 
 
+# What a NaN residual (exact: NaN coefficients) means, per solver.
+FAILURES = {'exact': 'Cholesky failed (NaN)',
+            'falkon': 'FALKON\'s Cholesky failed (NaN)',
+            'cg': 'CG broke down (NaN)'}
+
+
+def iterations_to(history: dict, target: float) -> int | None:
+  """The first checkpoint (``checked_at``; the last iteration, whose
+  residual is ``residual``, too) at which a solve's Nyström residual,
+  recomputed, was at most ``target``; None if none."""
+  points = [*zip(history['checked_at'], history['checked']),
+            (len(history['residuals']) - 1, history['residual'])]
+  return next((i for i, r in sorted(points) if r <= target), None)
+
+
+def _ratio(cfg: dict, falkon: dict, cg: dict) -> str:
+  """Plain CG's iterations over FALKON's to the larger of tol and their
+  final Nyström residuals, which both reached: the same measure for both."""
+  n = falkon['n']
+  failed = [FAILURES[h['solver']] for h in (falkon, cg)
+            if not np.isfinite(h['residual'])]
+  if failed:
+    return f'n={n}: none ({", ".join(failed)})'
+  target = max(cfg['tol'], falkon['residual'], cg['residual'])
+  cg_it, falkon_it = (iterations_to(h, target) for h in (cg, falkon))
+  return (f'n={n}: {cg_it / max(falkon_it, 1):.1f}x ({cg_it} / {falkon_it} '
+          f'to {target:.1e}' + ('' if falkon['residual'] <= cfg['tol'] else
+                                '; FALKON did not converge') + ')')
+
+
 def report(res: results_lib.Results) -> str:
-  """The table, and how many times fewer iterations FALKON took."""
+  """The table, and how many times fewer iterations FALKON took to the same
+  Nyström residual."""
   meta, c = res.metadata, res.columns
   cfg = meta['config']
   lines = [f'{cfg["kernel"]} kernel, {cfg["dtype"]}, bandwidth '
@@ -212,36 +261,41 @@ def report(res: results_lib.Results) -> str:
            f'{"n":>8} {"solver":<8}{"iterations":>11}{"residual":>10}'
            f'{"converged":>10}{"compile_s":>10}{"run_s":>8}{"peak_MB":>9}'
            f'{"test_mse":>10}{"gap":>10}']
+  failed = ~np.isfinite(c['residual']) | ((c['solver'] == 'exact')
+                                          & ~c['converged'])
   for i in range(len(res)):
     lines.append(f'{c["n"][i]:>8} {c["solver"][i]:<8}{c["iterations"][i]:>11}'
                  f'{c["residual"][i]:>10.1e}{str(bool(c["converged"][i])):>10}'
                  f'{c["compile_s"][i]:>10.2f}{c["run_s"][i]:>8.2f}'
                  f'{c["peak_mb"][i]:>9.1f}{c["test_mse"][i]:>10.5f}'
-                 f'{c["gap"][i]:>10.2e}')
-  ratios = []
-  for n in cfg['sizes']:
-    it = {s: c['iterations'][(c['n'] == n) & (c['solver'] == s)][0]
-          for s in ('falkon', 'cg')}
-    ratios.append(f'n={n}: {it["cg"] / max(it["falkon"], 1):.1f}x' + (
-        ' (plain CG hit maxiter: at least)' if it['cg'] >= cfg['maxiter']
-        else ''))
-  lines.append('plain CG iterations / FALKON iterations until the '
-               'recurrence\'s residual reached tol: ' + ', '.join(ratios))
+                 f'{c["gap"][i]:>10.2e}'
+                 + (f'  {FAILURES[c["solver"][i]]}' if failed[i] else ''))
+  by = {(h['n'], h['solver']): h for h in meta['residuals']}
+  lines.append(
+      'plain CG iterations / FALKON iterations until the Nyström system\'s '
+      'residual, recomputed (every iteration to '
+      f'{DENSE}, then {100 / DENSE:.0f}% apart), first reached the larger of '
+      'tol and both final residuals: ' + ', '.join(
+          _ratio(cfg, by[(n, 'falkon')], by[(n, 'cg')])
+          for n in cfg['sizes']))
   stalled = ((c['iterations'] < cfg['maxiter']) & ~c['converged']
-             & (c['solver'] != 'exact'))
+             & (c['solver'] != 'exact') & ~failed)
   if stalled.any():
     lines.append(
         'the recurrence\'s residual reached tol but the Nyström system\'s '
         'did not (' + ', '.join(f'{c["solver"][i]} n={c["n"][i]}: '
                             f'{c["residual"][i]:.1e}'
                             for i in np.flatnonzero(stalled))
-        + f'): {cfg["dtype"]} CG stalls there on this system (in float32 '
-        'more iterations lowered neither it nor the test error in '
-        'WORKSPACE.md\'s probe; --dtype=float64 reaches it); gap shows how '
-        'far the predictions are')
+        + f'): {cfg["dtype"]} CG stalls there on this system ('
+        + ('in float32 more iterations lowered neither it nor the test error '
+           'in WORKSPACE.md\'s probe; --dtype=float64 reaches it'
+           if cfg['dtype'] == 'float32' else
+           'float64 is the widest arithmetic here: loosen --tol')
+        + '); gap shows how far the predictions are')
   lines.append('(residual: the Nyström system\'s ||K_nM^T y/n - H a|| / '
                '||K_nM^T y/n||, recomputed at the end, for both solvers; '
-               'exact: Cholesky of the n x n system; '
+               'exact: Cholesky of the n x n system, residual ||y - (K + n '
+               'lam I) c|| / ||y||, converged: its coefficients are finite; '
                'peak_MB: XLA\'s estimate for the compiled solve; gap: '
                'relative distance of the test predictions from the float64 '
                'solution of the same Nyström system)')
@@ -251,7 +305,7 @@ def report(res: results_lib.Results) -> str:
 def plot(res: results_lib.Results, path: str) -> None:
   """Relative residual vs iteration, per n and solver (log scale): the
   recurrence's of the system CG runs on (lines) and the Nyström system's,
-  recomputed at the end (dots)."""
+  recomputed at the checkpoints (small dots) and at the end (dots)."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   from rahimi_jax import plots  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -261,6 +315,7 @@ def plot(res: results_lib.Results, path: str) -> None:
     color = colors[sizes.index(h['n']) % len(colors)]
     ax.semilogy(h['residuals'], '-' if h['solver'] == 'falkon' else ':',
                 color=color, label=f'n={h["n"]} {h["solver"]}')
+    ax.plot(h['checked_at'], h['checked'], '.', color=color, ms=2)
     ax.plot(len(h['residuals']) - 1, h['residual'], 'o', color=color, ms=4)
   ax.axhline(res.metadata['config']['tol'], color='k', lw=0.5)
   ax.set_xlabel('iteration')
@@ -268,7 +323,7 @@ def plot(res: results_lib.Results, path: str) -> None:
   last = max(len(h['residuals']) for h in res.metadata['residuals']) - 1
   ax.set_xlim(0, 1.25 * last)  # the dots at the last iteration in view
   ax.set_ylabel('relative residual\n(line: CG\'s recurrence, its system; '
-                'dot: H a = r, at the end)')
+                'dots: H a = r, recomputed)')
   ax.set_title('FALKON (solid: B^T H B b = B^T r) vs plain CG (dotted: H a = r)')
   ax.legend(fontsize=7, ncol=2)
   plots.save_figure(fig, path)

@@ -104,15 +104,6 @@ class RandomFeaturesConfig:
     return d
 
 
-def _timed(fn, *args):
-  """(outputs, compile seconds, run seconds) of ``jax.jit(fn)(*args)``."""
-  start = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  mid = time.perf_counter()
-  out = jax.block_until_ready(compiled(*args))
-  return out, mid - start, time.perf_counter() - mid
-
-
 def _ours(config, d, bandwidth):
   kernel = kernels.get_kernel(config.kernel)
   x, y, x_test = jnp.asarray(d.x), jnp.asarray(d.y), jnp.asarray(d.x_test)
@@ -124,7 +115,7 @@ def _ours(config, d, bandwidth):
   def exact(x, y, x_test):
     coef = kr.exact_fit(kernel, x, y, bandwidth, config.lam)
     return kernels.kernel_matvec(kernel, x_test, x, coef, bandwidth)
-  pred, c, r = _timed(exact, x, y, x_test)
+  pred, c, r, _ = kernel_data.timed_jit(exact, x, y, x_test)
   rows.append(('exact', 0, 0, 0.0, pred))
   timings.append(('exact', 1, c, r))
 
@@ -167,7 +158,8 @@ def _ours(config, d, bandwidth):
   for method, fn in methods:
     compile_s = run_s = 0.0
     for size in config.features:
-      (preds, errs), c, r = _timed(functools.partial(fn, size=size), keys)
+      (preds, errs), c, r, _ = kernel_data.timed_jit(
+          functools.partial(fn, size=size), keys)
       compile_s, run_s = compile_s + c, run_s + r
       for s in range(config.seeds):
         rows.append((method, size, s, float(errs[s]), preds[s]))
@@ -183,7 +175,7 @@ def _peers(config, d, bandwidth, k_sub):
   from sklearn import linear_model  # pylint: disable=g-import-not-at-top
   n = len(d.x)
   gamma = kernels.sklearn_gamma(config.kernel, bandwidth)
-  sk_kernel = 'rbf' if config.kernel == 'gaussian' else config.kernel
+  sk_kernel = kernels.get_kernel(config.kernel).sklearn_name
   sub = d.x[:config.approx_points]
   rows, timings = [], []
   start = time.perf_counter()
@@ -273,7 +265,11 @@ def _blas_threads() -> int | None:
 
 def _mean_sd(values) -> str:
   """Mean ± the sample standard deviation (``ddof=1``; ``ddof=0`` read
-  13% narrow at 4 seeds)."""
+  13% narrow at 4 seeds); how many failed where any is NaN (a ridge's
+  Cholesky factorization failed: no score)."""
+  failed = int(np.sum(np.isnan(values)))
+  if failed:
+    return f'{failed}/{len(values)} Cholesky failed'
   sd = np.std(values, ddof=1) if len(values) > 1 else np.nan
   return f'{np.mean(values):.4f} ± {sd:.4f}'
 
@@ -302,8 +298,10 @@ def report(res: results_lib.Results) -> str:
       lines.append(f'{f:>9}' + ''.join(f'{c:>22}' for c in cells))
   for m in ('exact', 'sklearn_exact'):
     if len(res.where(method=m)):
-      lines.append(f'{m} kernel ridge {metric}: '
-                   f'{res.where(method=m).columns[metric][0]:.4f}')
+      value = res.where(method=m).columns[metric][0]
+      lines.append(f'{m} kernel ridge {metric}: ' + (
+          f'{value:.4f}' if np.isfinite(value) else 'Cholesky failed (NaN), '
+          'no score (try a larger lam)'))
   lines += ['', 'log-log slope of the approximation error vs features '
             '(Monte Carlo rate: -0.5): ' + ', '.join(
                 f'{m} {s:+.3f}' for m, s in meta['slopes'].items()),
