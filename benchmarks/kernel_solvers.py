@@ -6,22 +6,27 @@ a FALKON solve at scale. Ratios are measured in this process, never promised.
 
 * ``peers``: random Fourier features + ridge (``--features``) and exact
   kernel ridge at ``--n`` rows (procedural regression, Gaussian kernel):
-  ours (jitted, float32, timed after compile) vs ``RBFSampler`` + ``Ridge``
-  and ``KernelRidge`` (float64, scikit-learn's default), fit + predict on
-  ``--n_test`` rows. Every time is the best of ``--repeats`` on OpenBLAS's
+  ours (jitted, timed after compile) vs ``RBFSampler`` + ``Ridge`` and
+  ``KernelRidge``, both sides on the same float32 arrays (scikit-learn keeps
+  float32 input float32: its float64 fits took 1.6x as long), fit + predict
+  on ``--n_test`` rows. Every time is the best of ``--repeats`` on OpenBLAS's
   default threads and as many on one (``best_time``: each side its better
   setting, printed).
 * ``sweep``: ``--sweep_bandwidths`` x ``--sweep_lams`` exact kernel ridge fits
   at each of ``--sweep_n`` rows: one program (``kernel_ridge.exact_sweep``:
   a kernel matrix per bandwidth, a Cholesky per pair, the pairs split
-  over the host's cores) vs a loop of ``KernelRidge`` fits.
+  over the host's cores) vs a loop of ``KernelRidge`` fits (float32 both).
 * ``scale``: FALKON-preconditioned CG at ``--scale_n`` rows and
   ``--scale_centres`` centres, rows sharded over the host's cores: the
   iterations, residuals, time, rate (``measure.falkon_flops``) and the
   process's peak resident memory.
+
+"First call" times compile as a fresh process does: the persistent
+compilation cache stays off (unless ``JAX_ENABLE_COMPILATION_CACHE`` says
+otherwise; loaded programs are then counted and said).
 """
 
-import resource
+import os
 import sys
 import time
 
@@ -56,10 +61,6 @@ cli.define_precision_flag()  # applied by cli.start
 FLAGS = flags.FLAGS
 PARTS = ('peers', 'sweep', 'scale')
 
-
-
-def peak_rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
 def best_time(fn, repeats):
@@ -98,7 +99,7 @@ def peers(d, bandwidth, peak):
   kernel = kernels.get_kernel('gaussian')
   n, lam = len(d.x), FLAGS.lam
   gamma = kernel.gamma(bandwidth)
-  x64, y64, t64 = (a.astype(np.float64) for a in (d.x, d.y, d.x_test))
+  x32, y32, t32 = (np.asarray(a, np.float32) for a in (d.x, d.y, d.x_test))
 
   @jax.jit
   def rff(x, y, x_test, key):
@@ -114,14 +115,14 @@ def peers(d, bandwidth, peak):
   def sk_rff():
     f = kernel_approximation.RBFSampler(gamma=gamma,
                                         n_components=FLAGS.features,
-                                        random_state=0).fit(x64)
+                                        random_state=0).fit(x32)
     m = linear_model.Ridge(alpha=n * lam, fit_intercept=False).fit(
-        f.transform(x64), y64)
-    return m.predict(f.transform(t64))
+        f.transform(x32), y32)
+    return m.predict(f.transform(t32))
 
   def sk_exact():
     return kernel_ridge.KernelRidge(alpha=n * lam, kernel=kernel.sklearn_name,
-                                    gamma=gamma).fit(x64, y64).predict(t64)
+                                    gamma=gamma).fit(x32, y32).predict(t32)
 
   key = jax.random.key(0)
   rows = []
@@ -159,7 +160,7 @@ def sweep(n, bandwidths, lams, peak):
   kernel = kernels.get_kernel('gaussian')
   bws = np.array(bandwidths, np.float32)
   ls = np.array(lams, np.float32)
-  x64, y64, t64 = (a.astype(np.float64) for a in (d.x, d.y, d.x_test))
+  x32, y32, t32 = (np.asarray(a, np.float32) for a in (d.x, d.y, d.x_test))
 
   # The pairs split over the devices (one per core), each device's
   # pairs one after another: on one BLAS thread, 16 pairs at n = 2000 took
@@ -183,7 +184,7 @@ def sweep(n, bandwidths, lams, peak):
   def theirs():
     return [kernel_ridge.KernelRidge(
         alpha=n * l, kernel=kernel.sklearn_name, gamma=kernel.gamma(b)
-    ).fit(x64, y64).predict(t64) for b in bandwidths for l in lams]
+    ).fit(x32, y32).predict(t32) for b in bandwidths for l in lams]
 
   start = time.perf_counter()
   ours()
@@ -252,7 +253,7 @@ def scale(peak):
           f'{data_s:.1f}s, compile {compile_s:.1f}s, '
           f'solve + predict {run_s:.1f}s ('
           f'{measure.rate(flops, run_s, peak)}; {entries / run_s / 1e9:.2f} '
-          f'G kernel entries/s, each an exponential); peak RSS {peak_rss_mb():.0f} MB; '
+          f'G kernel entries/s, each an exponential); peak RSS {measure.maxrss_mb():.0f} MB; '
           f'test mse {mse:.5f} (noise variance 0.01)',
           f'residual history (the recurrence\'s): {history}']
 
@@ -271,14 +272,35 @@ def main(argv):
     print(f'error: --sweep_n: {bad[0]!r}; accepted: integers >= 2.',
           file=sys.stderr)
     return 1
+  for name in ('n', 'n_test', 'features', 'in_dim', 'repeats', 'scale_n',
+               'scale_centres', 'scale_maxiter'):
+    if FLAGS[name].value < 1:
+      print(f'error: --{name}={FLAGS[name].value}; accepted: an integer >= 1.',
+            file=sys.stderr)
+      return 1
+  for name in ('lam', 'scale_tol', 'sweep_bandwidths', 'sweep_lams'):
+    values = FLAGS[name].value
+    for v in values if isinstance(values, list) else [values]:
+      try:
+        ok = float(v) > 0 and float(v) < float('inf')
+      except ValueError:
+        ok = False
+      if not ok:
+        print(f'error: --{name}: {v!r}; accepted: finite numbers > 0.',
+              file=sys.stderr)
+        return 1
   if FLAGS.dry_run:
     print(f'parts {", ".join(parts)}; peers at n={FLAGS.n}, sweep of '
           f'{len(FLAGS.sweep_bandwidths) * len(FLAGS.sweep_lams)} pairs at '
           f'n={",".join(FLAGS.sweep_n)}, scale n={FLAGS.scale_n} M={FLAGS.scale_centres}')
     print('dry run: the input is valid; nothing was run.')
     return
+  # First calls compile, as in a fresh process (a cache that the user turns
+  # on is counted below).
+  os.environ.setdefault('JAX_ENABLE_COMPILATION_CACHE', 'false')
   cli.start(argv)
   import jax  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import program  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import kernel_data  # pylint: disable=g-import-not-at-top
   print(f'CPU: {measure.cpu_model()}; {len(jax.devices())} XLA device(s); jax '
         f'{jax.__version__}', flush=True)
@@ -290,7 +312,8 @@ def main(argv):
   if 'peers' in parts:
     d = kernel_data.procedural(FLAGS.n, FLAGS.n_test, FLAGS.in_dim)
     bandwidth = kernel_data.median_distance(d.x)
-    print(f'peers at n={FLAGS.n}, bandwidth {bandwidth:.3f}, lam {FLAGS.lam:g}:')
+    print(f'peers at n={FLAGS.n}, bandwidth {bandwidth:.3f}, lam {FLAGS.lam:g}, '
+          'float32 on both sides:')
     for row in peers(d, bandwidth, peak):
       print('  ' + row, flush=True)
   if 'sweep' in parts:
@@ -311,6 +334,10 @@ def main(argv):
       f'best reading each is at most {used / peak["peak"]:.2f}x the share '
       'printed'
       if peak['peak'] > used else ''), flush=True)
+  hits = program.compile_cache_hits()
+  if hits:
+    print(f'{hits} program(s) loaded from the compilation cache, not '
+          'compiled: their "first call" times are loads.', flush=True)
 
 if __name__ == '__main__':
   app.run(main)
