@@ -26,6 +26,17 @@ from rahimi_jax import storage
 TASKS = ('classification', 'regression')
 
 
+def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
+  """``value`` as an ``int``; ``ValueError`` unless it is an integer (Python
+  or NumPy, not a bool) in ``[lo, hi)`` (``hi=None``: no upper bound)."""
+  if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
+      or value < lo or (hi is not None and value >= hi)):
+    accepted = (f'>= {lo}' if hi is None else
+                f'in [{lo}, {"2**32" if hi == 2**32 else hi})')
+    raise ValueError(f'{name} must be an integer {accepted}; got {value!r}.')
+  return int(value)
+
+
 @struct.dataclass
 class Dataset:
   """Train/test arrays; ``y`` holds int labels or float targets by ``task``."""
@@ -49,7 +60,8 @@ def check_dataset(data: Dataset) -> Dataset:
   """Raises ``ValueError`` on bad shapes, dtypes or non-finite values."""
   if data.task not in TASKS:
     raise ValueError(f'Unknown task {data.task!r}; accepted: {", ".join(TASKS)}.')
-  if not isinstance(data.num_outputs, (int, np.integer)) or data.num_outputs < 1:
+  if (not isinstance(data.num_outputs, (int, np.integer))
+      or isinstance(data.num_outputs, bool) or data.num_outputs < 1):
     raise ValueError(f'num_outputs={data.num_outputs!r}; accepted: an integer '
                      '>= 1 (classes, or target columns of a regression).')
   for split in ('train', 'test'):
@@ -58,6 +70,8 @@ def check_dataset(data: Dataset) -> Dataset:
     if x.ndim != 2 or 0 in x.shape:
       raise ValueError(f'x_{split} must be [n > 0, features > 0]; got '
                        f'{x.shape}.')
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise ValueError(f'x_{split} must be floating point; got {x.dtype}.')
     if y.shape[0] != x.shape[0]:
       raise ValueError(
           f'x_{split} has {x.shape[0]} rows but y_{split} has {y.shape[0]}.')
@@ -77,11 +91,21 @@ def check_dataset(data: Dataset) -> Dataset:
       if y.shape != (x.shape[0], data.num_outputs):
         raise ValueError(f'y_{split} must be [n, {data.num_outputs}] '
                          f'(num_outputs columns); got {list(y.shape)}.')
+      if not jnp.issubdtype(y.dtype, jnp.floating):
+        raise ValueError(f'y_{split} (regression targets) must be floating '
+                         f'point; got {y.dtype}.')
       if not np.all(np.isfinite(y)):
         raise ValueError(f'y_{split} has non-finite values; data must be finite.')
   if data.x_train.shape[1] != data.x_test.shape[1]:
     raise ValueError('x_train and x_test have different feature counts.')
   return data
+
+
+# scikit-learn's digits: 1797 images of 8 x 8 pixels, 10 classes.
+_DIGITS_SHAPE = (1797, 64)
+# Bump when ``digits()``'s arrays change: cached files of another version are
+# not read.
+_DIGITS_VERSION = 1
 
 
 def digits(*, test_fraction: float = 0.25, seed: int = 0,
@@ -94,13 +118,29 @@ def digits(*, test_fraction: float = 0.25, seed: int = 0,
   start, WORKSPACE.md).
 
   Args:
-    test_fraction: share of the 1797 images held out (a fixed split).
-    seed: the seed of the fixed split.
+    test_fraction: share of the 1797 images held out (a fixed split), a
+      number in (0, 1) leaving each split at least one image per class
+      (``ceil(test_fraction * 1797)`` test images, as scikit-learn's).
+    seed: the seed of the fixed split, an integer in [0, 2**32).
     cache: read and write the cache (``False``: always from scikit-learn).
 
   Returns:
     A classification ``Dataset`` with 64 features and 10 classes.
   """
+  n, features = _DIGITS_SHAPE
+  if (not isinstance(test_fraction, (int, float, np.floating))
+      or isinstance(test_fraction, bool) or not 0 < test_fraction < 1
+      or not 10 <= math.ceil(test_fraction * n) <= n - 10):
+    raise ValueError(f'test_fraction must be a number in (0, 1) leaving at '
+                     f'least 10 images (one per class) in each split; got '
+                     f'{test_fraction!r}.')
+  if seed is None:
+    raise ValueError('seed must be an integer in [0, 2**32); got None (a '
+                     'fresh split each call, which the cache cannot hold).')
+  test_fraction, seed = float(test_fraction), _check_int('seed', seed, 0,
+                                                          2**32)
+  n_test = math.ceil(test_fraction * n)
+  n_train = n - n_test
 
   def make():
     from sklearn import datasets  # pylint: disable=g-import-not-at-top
@@ -116,7 +156,10 @@ def digits(*, test_fraction: float = 0.25, seed: int = 0,
             'y_test': y_test.astype(np.int32)}
 
   versions = [importlib.metadata.version(p) for p in ('scikit-learn', 'numpy')]
-  arrays = _cached('digits', [versions, test_fraction, seed], make, cache)
+  arrays = _cached('digits', [_DIGITS_VERSION, versions, test_fraction, seed],
+                   make, cache,
+                   {'x_train': (n_train, features), 'y_train': (n_train,),
+                    'x_test': (n_test, features), 'y_test': (n_test,)})
   return check_dataset(Dataset(**arrays, task='classification',
                                num_outputs=10))
 
@@ -171,8 +214,8 @@ def synthetic(*, n_train: int = 1000, n_test: int = 1000, in_dim: int = 6,
                      f'{", ".join(SYNTHETIC_DTYPES)}.')
   for name, n in (('n_train', n_train), ('n_test', n_test),
                   ('in_dim', in_dim), ('out_dim', out_dim)):
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-      raise ValueError(f'{name} must be an integer >= 1; got {n!r}.')
+    _check_int(name, n, 1)
+  _check_int('seed', seed, 0, 2**32)
   if (not isinstance(condition_number, (int, float, np.number))
       or not np.isfinite(condition_number) or condition_number < 1):
     raise ValueError(f'condition_number must be a finite number >= 1; got '
@@ -220,6 +263,16 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
   return perm.astype(jnp.int32)
 
 
+def _batches_per_epoch(n: int, batch_size: int) -> int:
+  """``n // batch_size``; ``ValueError`` unless ``1 <= batch_size <= n``."""
+  n = _check_int('n', n, 1)
+  if (not isinstance(batch_size, (int, np.integer))
+      or isinstance(batch_size, bool) or not 1 <= batch_size <= n):
+    raise ValueError(f'batch_size must be an integer in [1, n={n}] (a full '
+                     f'batch per epoch); got {batch_size!r}.')
+  return n // int(batch_size)
+
+
 def epoch_order(key: jax.Array, n: int, batch_size: int, steps: int,
                 epoch: jax.Array) -> jax.Array:
   """The sample order of one epoch of a minibatch run: a permutation of ``n``.
@@ -228,7 +281,7 @@ def epoch_order(key: jax.Array, n: int, batch_size: int, steps: int,
   (JAX's partitionable Threefry: the ``e``-th key does not depend on how many
   are split), so any epoch's order is drawn on its own, without the others.
   """
-  epochs = -(-steps // (n // batch_size))
+  epochs = -(-steps // _batches_per_epoch(n, batch_size))
   return permutation(jax.random.split(key, epochs)[epoch], n)
 
 
@@ -241,7 +294,7 @@ def step_batch(key: jax.Array, n: int, batch_size: int, steps: int,
   each epoch, so a run holds one epoch's order, not the whole run's indices.
   Step by step the same indices as ``batch_indices``.
   """
-  per_epoch = n // batch_size
+  per_epoch = _batches_per_epoch(n, batch_size)
   epoch, position = jnp.divmod(t - 1, per_epoch)
   order = jax.lax.cond(position == 0,
                        lambda: epoch_order(key, n, batch_size, steps, epoch),
@@ -256,7 +309,7 @@ def batch_indices(key: jax.Array, n: int, batch_size: int,
 
   The incomplete last batch of each epoch is dropped.
   """
-  per_epoch = n // batch_size
+  per_epoch = _batches_per_epoch(n, batch_size)
   epochs = -(-steps // per_epoch)
   perms = jax.vmap(lambda e: epoch_order(key, n, batch_size, steps, e))(
       jnp.arange(epochs))
@@ -383,8 +436,8 @@ _FIELDS = ('x_train', 'y_train', 'x_test', 'y_test')
 def _load_cached(path: str, shapes: dict[str, tuple[int, ...]] | None
                  ) -> dict[str, np.ndarray] | None:
   """The arrays cached at ``path``, or ``None`` if absent, partial or corrupt
-  (features float32, labels int32; of ``shapes`` where given, else each
-  split's rows and the features' widths consistent)."""
+  (features float32 and finite, labels int32; of ``shapes`` where given, else
+  each split's rows and the features' widths consistent)."""
   try:
     with np.load(path, allow_pickle=False) as f:  # zip CRCs checked on read
       arrays = {k: f[k] for k in _FIELDS}
@@ -402,6 +455,9 @@ def _load_cached(path: str, shapes: dict[str, tuple[int, ...]] | None
   if any(arrays[k].shape != shapes[k] or arrays[k].dtype != dtypes[k]
          for k in _FIELDS):
     logging.warning('Regenerating the cache file %s: unexpected arrays.', path)
+    return None
+  if not (np.all(np.isfinite(x)) and np.all(np.isfinite(xt))):
+    logging.warning('Regenerating the cache file %s: non-finite values.', path)
     return None
   return arrays
 
@@ -457,16 +513,13 @@ def mnist1d(*, num_samples: int = 5000, train_split: float = 0.8,
   References:
     Greydanus, "Scaling down deep learning", 2020 (arXiv:2011.14439).
   """
-  if not isinstance(num_samples, (int, np.integer)) or num_samples < 10:
-    raise ValueError(f'num_samples must be an integer >= 10; got '
-                     f'{num_samples!r}.')
+  num_samples = _check_int('num_samples', num_samples, 10)
   total = num_samples // 10 * 10
   if (not isinstance(train_split, (int, float, np.number))
       or not 0 < train_split < 1 or not 0 < int(total * train_split) < total):
     raise ValueError(f'train_split must leave both splits non-empty (in (0, '
                      f'1)); got {train_split!r}.')
-  if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-    raise ValueError(f'seed must be an integer in [0, 2**32); got {seed!r}.')
+  _check_int('seed', seed, 0, 2**32)
   args = {'num_samples': int(num_samples), 'train_split': float(train_split),
           'seed': int(seed), 'shuffle_seq': bool(shuffle_seq)}
   n_train = int(total * train_split)

@@ -126,6 +126,47 @@ class DigitsTest(absltest.TestCase):
           tuple(a.astype(b.dtype) for a, b in zip(want, (
               d.x_train, d.y_train, d.x_test, d.y_test))))
 
+  def test_a_cached_file_of_other_shapes_or_values_is_made_again(self):
+    # A consistent file of 10 rows per split was read as the dataset, and
+    # one with NaN features failed check_dataset instead of being remade.
+    want = _digits()
+    arrays = {k: np.asarray(getattr(want, k)) for k in data_lib._FIELDS}
+    with tempfile.TemporaryDirectory() as cache, mock.patch.dict(
+        os.environ, {'RAHIMI_JAX_CACHE': cache}):
+      data_lib.digits()
+      (name,) = os.listdir(cache)
+      for bad in ({k: a[:10] for k, a in arrays.items()},
+                  arrays | {'x_test': np.full_like(arrays['x_test'], np.nan)}):
+        np.savez(os.path.join(cache, name), **bad)
+        chex.assert_trees_all_equal(data_lib.digits(), want)
+      # The generator's version is part of the key: a new one, a new file.
+      with mock.patch.object(data_lib, '_DIGITS_VERSION', 2):
+        data_lib.digits()
+      self.assertLen(os.listdir(cache), 2)
+
+  def test_a_numpy_seed_is_the_int_seed(self):
+    chex.assert_trees_all_equal(data_lib.digits(seed=np.int64(0)), _digits())
+
+  def test_bad_arguments(self):
+    fraction = r'test_fraction must be a number in \(0, 1\) leaving .*; got '
+    seed = r'seed must be an integer in \[0, 2\*\*32\); got '
+    # 450 was read by scikit-learn as a count of test images.
+    for kwargs, pattern in (
+        ({'test_fraction': 450}, fraction + r'450\.'),
+        ({'test_fraction': 1}, fraction + r'1\.'),
+        ({'test_fraction': 0.0}, fraction + r'0\.0\.'),
+        ({'test_fraction': 0.001}, fraction + r'0\.001\.'),  # 2 images
+        ({'test_fraction': float('nan')}, fraction + 'nan'),
+        ({'test_fraction': True}, fraction + 'True'),
+        ({'seed': None}, seed + 'None'),
+        ({'seed': -1}, seed + '-1'),
+        ({'seed': 2**32}, seed + '4294967296'),
+        ({'seed': True}, seed + 'True'),
+        ({'seed': 1.0}, seed + r'1\.0')):
+      with self.subTest(**kwargs):
+        with self.assertRaisesRegex(ValueError, pattern):
+          data_lib.digits(cache=False, **kwargs)
+
   def test_is_a_pytree_with_static_metadata(self):
     d = _digits()
     leaves, treedef = jax.tree.flatten(d)
@@ -185,10 +226,15 @@ class SyntheticTest(parameterized.TestCase):
   def test_bad_dtype(self):
     with self.assertRaisesRegex(ValueError, "'float16'.*float32, float64"):
       data_lib.synthetic(dtype='float16')
-    for name, value in (('in_dim', 0), ('n_train', -1), ('out_dim', 2.0)):
+    for name, value in (('in_dim', 0), ('n_train', -1), ('out_dim', 2.0),
+                        ('n_test', True)):
       with self.assertRaisesRegex(
           ValueError, f'{name} must be an integer >= 1; got {value!r}'):
         data_lib.synthetic(**{name: value})
+    for value in (True, -1, None):
+      with self.assertRaisesRegex(ValueError, r'seed must be an integer in '
+                                  rf'\[0, 2\*\*32\); got {value!r}'):
+        data_lib.synthetic(seed=value)
 
   def test_noise_is_not_realizable(self):
     d = data_lib.synthetic(condition_number=1e3, noise=0.1)
@@ -294,6 +340,24 @@ class CheckDatasetTest(parameterized.TestCase):
           data_lib.check_dataset(bad)
 
 
+  def test_rejects_non_float_data_and_a_bool_num_outputs(self):
+    reg = _small_regression()
+    cases = [
+        (_small_classification(x_train=np.ones((8, 3), np.int32)),
+         'x_train must be floating point; got int32'),
+        (_small_regression(x_test=np.ones((4, 3), bool)),
+         'x_test must be floating point; got bool'),
+        (_small_regression(y_test=np.ones((4, 2), np.int64)),
+         r'y_test \(regression targets\) must be floating point; got int64'),
+        (_small_regression(y_train=reg.y_train[:, :1],
+                           y_test=reg.y_test[:, :1], num_outputs=True),
+         'num_outputs=True; accepted'),
+    ]
+    for bad, pattern in cases:
+      with self.subTest(pattern=pattern):
+        with self.assertRaisesRegex(ValueError, pattern):
+          data_lib.check_dataset(bad)
+
   def test_the_engine_checks_a_users_data_before_anything_runs(self):
     # A label out of range ran, then read as every member diverging at
     # step 0; [n] regression targets broadcast the loss to [n, n].
@@ -311,6 +375,18 @@ class CheckDatasetTest(parameterized.TestCase):
       with self.subTest(pattern=pattern):
         with self.assertRaisesRegex(ValueError, pattern):
           rj.run(config, grid, bad)
+
+
+class BatchIndicesTest(absltest.TestCase):
+
+  def test_a_batch_size_outside_1_to_n_is_a_clear_error(self):
+    # batch_size > n raised ZeroDivisionError (no full batch per epoch).
+    for batch_size in (20, 0):
+      with self.assertRaisesRegex(
+          ValueError, r'batch_size must be an integer in \[1, n=10\] .*; '
+          f'got {batch_size}'):
+        data_lib.batch_indices(jax.random.key(0), n=10,
+                               batch_size=batch_size, steps=3)
 
 
 class RegistryTest(parameterized.TestCase):

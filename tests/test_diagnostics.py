@@ -208,3 +208,73 @@ def test_restricted_hessian_quotients_directions(x64):
   # Every one of those directions changes the function: J is injective there.
   jac = _hand_jacobian(params)
   assert np.linalg.svd(jac @ complement, compute_uv=False).min() > 1e-6
+
+
+def test_gauss_newton_eigenvalues_keep_a_float32_jacobians_small_ones():
+  """From ``J``'s singular values: ``eigh(J^T J)`` squared the condition
+  number (singular values 1 ... 1e-4: smallest eigenvalue 4.99e-8 for 1e-8),
+  and a Jacobian with fewer rows than columns has zero eigenvalues."""
+  rng = np.random.default_rng(0)
+  u, _ = np.linalg.qr(rng.standard_normal((20, 8)))
+  v, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+  for jac in ((u * np.logspace(0, -4, 8)) @ v.T, rng.standard_normal((3, 5))):
+    jac = jnp.asarray(jac, jnp.float32)
+    n = jac.shape[1]
+    got = jax.jit(lambda j: diagnostics.gauss_newton_eigenvalues(
+        lambda p: j @ p['w'] - 1.0, {'w': jnp.zeros(n, jnp.float32)}))(jac)
+    s = np.linalg.svd(np.asarray(jac, np.float64), compute_uv=False)
+    want = np.sort(np.concatenate([s**2, np.zeros(n - s.size)]))
+    chex.assert_trees_all_close(got, want, rtol=1e-3, atol=1e-12)
+
+
+def _restricted_quadratic(directions, n=8):
+  """``restricted_hessian`` of ``0.5 w^T H w`` (float32) and the numpy
+  reference: H's eigenvalues 1 ... n on the SVD complement, in float64."""
+  q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((n, n)))
+  hessian = q @ np.diag(np.arange(1.0, n + 1)) @ q.T
+  d = directions(q)
+  got = jax.jit(lambda h, t: diagnostics.restricted_hessian(
+      lambda p: 0.5 * p['w'] @ h @ p['w'], {'w': jnp.zeros(n, jnp.float32)},
+      t))(jnp.asarray(hessian, jnp.float32), jnp.asarray(d, jnp.float32))
+  complement = np.linalg.svd(d)[2][len(d):].T
+  return got, np.linalg.eigvalsh(complement.T @ hessian @ complement)
+
+
+def test_restricted_hessian_rows_of_different_scales():
+  # The eigenvectors of eigenvalues 1 and 2, scaled 1 and 1e-4: the
+  # complement from eigh(D^T D) mixed the second in ([2.116, 3.004, ...]).
+  got, want = _restricted_quadratic(lambda q: np.stack([q[:, 0],
+                                                        1e-4 * q[:, 1]]))
+  chex.assert_trees_all_close(want, np.arange(3.0, 9.0), atol=1e-12)
+  chex.assert_trees_all_close(got, want, atol=1e-4)
+
+
+def test_restricted_hessian_of_dependent_rows_is_nan():
+  got, _ = _restricted_quadratic(lambda q: np.stack([q[:, 0], 2 * q[:, 0]]))
+  chex.assert_shape(got, (6,))
+  assert np.all(np.isnan(got)), got
+  with pytest.raises(ValueError, match='directions has 9 rows of 8 entries'):
+    _restricted_quadratic(lambda q: np.concatenate([q, q[:1]]))
+
+
+def test_bad_lanczos_and_density_arguments():
+  params = {'x': jnp.ones(3)}
+  loss = lambda p: 0.5 * jnp.sum(p['x'] ** 2)
+  key = jax.random.key(0)
+  grid = jnp.linspace(-1.0, 2.0, 5)
+  for num_iters in (0, -3, 2.0):
+    with pytest.raises(ValueError, match='num_iters must be an integer >= 1; '
+                       f'got {num_iters!r}'):
+      diagnostics.hessian_eigenvalues(loss, params, key, num_iters)
+  cases = [
+      ({'grid': grid[::-1]}, r'grid must be a strictly increasing \[m >= 2\] '
+       r'array; got shape \(5,\), from \[2\.\] to \[-1\.\]'),
+      ({'grid': grid[:1]}, r'got shape \(1,\)'),
+      ({'width': 0.0}, r'width must be a finite number > 0; got 0\.0'),
+      ({'width': -0.1}, r'got -0\.1'),
+      ({'num_probes': 0}, 'num_probes must be an integer >= 1; got 0'),
+  ]
+  for kwargs, match in cases:
+    with pytest.raises(ValueError, match=match):
+      diagnostics.hessian_density(loss, params, key, **({'grid': grid}
+                                                         | kwargs))

@@ -194,6 +194,7 @@ def test_an_unwritable_cache_dir_still_returns_data(tmp_path, monkeypatch):
     ({'train_split': float('nan')}, 'got nan'),
     ({'train_split': float('inf')}, 'got inf'),
     ({'seed': -1}, r'seed must be an integer in \[0, 2\*\*32\); got -1'),
+    ({'seed': True}, r'seed must be an integer in \[0, 2\*\*32\); got True'),
 ])
 def test_bad_arguments_are_one_line_errors(kwargs, bad):
   with pytest.raises(ValueError, match=bad) as e:

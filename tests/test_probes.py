@@ -168,6 +168,32 @@ def test_a_one_layer_net_has_no_covariate_shift():
   assert l2[0] == 0.0 and cos[0] == 1.0
 
 
+def test_a_dead_layer_has_no_cosine_and_leaves_the_summary(x64):
+  """A layer whose gradient is 0 (here: one the loss does not read) read
+  cosine 1.0, which the summary averaged in; now NaN, left out."""
+  ws, np_deep_loss, deep_loss = _deep_linear(widths=(4, 5, 5, 2))
+
+  def loss(p, key=None):  # layer 1 unused: x w0 w2
+    return deep_loss([p[0], jnp.eye(5), p[2]], key)
+
+  def logged(params):
+    return diagnostics.LOGGED['covariate_shift'](diagnostics.Probe(
+        params=params, key=jax.random.key(2), train_loss=loss, loss=loss,
+        keys=(jax.random.key(0), jax.random.key(1)), update=_sgd,
+        depth=[0, 1, 2], preactivations=None, learning_rate=jnp.asarray(LR)))
+
+  out = jax.jit(logged)([jnp.asarray(w) for w in ws])
+  # Layer 2's cosine by hand: its gradient before and after layer 0's step.
+  np_loss = lambda p: np_deep_loss([p[0], np.eye(5), p[1]])
+  g0, g2 = _fd_grad(np_loss, [ws[0], ws[2]])
+  after = _fd_grad(np_loss, [ws[0] - LR * g0, ws[2]])[1]
+  want = np.sum(g2 * after) / (np.linalg.norm(g2) * np.linalg.norm(after))
+  assert np.isnan(out['ics_cos_layer1']), out
+  chex.assert_trees_all_close(
+      (out['ics_cos_layer2'], out['ics_cos'], out['ics_l2_layer1']),
+      (want, want, 0.0), rtol=1e-6)
+
+
 def test_covariate_shift_vmaps_over_members(x64):
   members = [_deep_linear(seed)[0] for seed in range(3)]
   _, _, loss = _deep_linear()

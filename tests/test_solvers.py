@@ -249,3 +249,24 @@ def test_levenberg_marquardt_reaches_machine_precision(rahimi_small):
 def test_bad_options(kwargs, match):
   with pytest.raises(ValueError, match=match):
     solvers.levenberg_marquardt(**kwargs)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    ({'rcond': -1.0}, r'rcond .* must be a finite number >= 0; got -1\.0'),
+    ({'rcond': float('nan')}, r'rcond .* >= 0; got nan'),
+    ({'solver': 'cg', 'tol': -1.0}, r'tol .* must be a finite number > 0; '
+     r'got -1\.0'),
+    ({'solver': 'cg', 'tol': 0.0}, r'tol .* > 0; got 0\.0'),
+    ({'solver': 'cg', 'maxiter': 0}, r'maxiter .* must be an integer >= 1; '
+     r'got 0'),
+    ({'solver': 'cg', 'maxiter': 2.5}, r'maxiter .* >= 1; got 2\.5'),
+])
+def test_bad_solver_options_fail_before_compiling(kwargs, match):
+  # They ran: rcond=-1 kept every singular value (a step of norm 1e8), tol
+  # <= 0 or maxiter=0 returned a zero step.
+  for make in (solvers.gauss_newton, solvers.levenberg_marquardt):
+    with pytest.raises(ValueError, match=match):
+      make(**kwargs)
+  with pytest.raises(ValueError, match=match):
+    least_squares.gauss_newton_direction(lambda p: p['w'], {'w': jnp.ones(2)},
+                                         0.0, **kwargs)

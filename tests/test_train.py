@@ -426,7 +426,7 @@ def test_cost_ratios_are_traced_once_per_step_and_code(
                         grid_lib.Seeds(3))
   engine.cost_ratios(CONFIG, other, tiny_digits)
   assert len(traces) == 5  # relaxed and batch; none's step is remembered
-  monkeypatch.setattr(tuning, '_CODE_VERSION', ['edited'])  # other code
+  monkeypatch.setattr(tuning.provenance, 'code_sha256', lambda: 'edited')
   assert engine.cost_ratios(CONFIG, grid, tiny_digits) == first
   assert len(traces) == 8
 

@@ -15,6 +15,7 @@ reverse-differentiable: ``linalg.eigh`` (a sequential vmap) has no transpose.
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
+import numpy as np
 
 from rahimi_jax import linalg
 
@@ -34,6 +35,14 @@ def condition_number(matrix: jax.Array) -> jax.Array:
   """Ratio of the largest to the smallest singular value of ``matrix``."""
   s = jnp.linalg.svd(matrix, compute_uv=False)
   return s[0] / s[-1]
+
+
+def _check_count(name: str, value) -> int:
+  """``value`` as an int; ``ValueError`` unless it is an integer >= 1."""
+  if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
+      or value < 1):
+    raise ValueError(f'{name} must be an integer >= 1; got {value!r}.')
+  return int(value)
 
 
 def _flat_hvp(loss_fn, params):
@@ -98,12 +107,13 @@ def lanczos(loss_fn, params, key, num_iters: int):
     loss_fn: ``params -> scalar``.
     params: the point.
     key: PRNG key of the starting vector.
-    num_iters: Krylov depth; capped at the number of parameters.
+    num_iters: Krylov depth, >= 1; capped at the number of parameters.
 
   Returns:
     ``(nodes, weights)``: Ritz values ``[k]`` ascending and the squared first
     components of their eigenvectors ``[k]`` (quadrature weights, sum 1).
   """
+  num_iters = _check_count('num_iters', num_iters)
   flat, matvec = _flat_hvp(loss_fn, params)
   k = min(num_iters, flat.size)
   start_key, restart_key = jax.random.split(key)
@@ -132,17 +142,31 @@ def hessian_density(loss_fn, params, key, grid: jax.Array, *,
     loss_fn: ``params -> scalar``.
     params: the point.
     key: PRNG key of the probe vectors.
-    grid: ``[m]`` eigenvalue locations at which to evaluate the density.
-    num_iters: Lanczos depth per probe.
-    num_probes: random probes averaged.
-    width: standard deviation of the Gaussian smoothing (default: 2% of the
-      grid's span).
+    grid: ``[m]`` eigenvalue locations at which to evaluate the density,
+      strictly increasing, ``m >= 2`` (checked where the grid is concrete).
+    num_iters: Lanczos depth per probe, >= 1.
+    num_probes: random probes averaged, >= 1.
+    width: standard deviation of the Gaussian smoothing, > 0 (default: 2% of
+      the grid's span).
 
   Returns:
     ``[m]`` density values (integrating to ~1 over a grid covering the
     spectrum).
   """
-  width = width or 0.02 * (grid[-1] - grid[0])
+  num_iters = _check_count('num_iters', num_iters)
+  num_probes = _check_count('num_probes', num_probes)
+  if not isinstance(grid, jax.core.Tracer):
+    points = np.asarray(grid)
+    if (points.ndim != 1 or points.size < 2
+        or not np.all(np.diff(points) > 0)):
+      raise ValueError(f'grid must be a strictly increasing [m >= 2] array; '
+                       f'got shape {points.shape}, from {points[:1]} to '
+                       f'{points[-1:]}.')
+  if width is None:
+    width = 0.02 * (jnp.max(grid) - jnp.min(grid))
+  elif not isinstance(width, jax.core.Tracer) and not (
+      np.isfinite(width) and width > 0):
+    raise ValueError(f'width must be a finite number > 0; got {width!r}.')
   nodes, weights = jax.vmap(lambda k: lanczos(loss_fn, params, k, num_iters))(
       jax.random.split(key, num_probes))
   kernel = jnp.exp(-0.5 * ((grid[:, None, None] - nodes) / width) ** 2)
@@ -159,30 +183,69 @@ def gauss_newton_eigenvalues(residual_fn, params) -> jax.Array:
   """Eigenvalues (ascending) of ``J^T J``, ``J`` the residuals' Jacobian.
 
   The Gauss–Newton matrix of ``0.5 ||residual_fn(params)||^2`` (the
-  Hessian without the residual-weighted second derivatives), formed
-  explicitly: for small models. Its null space holds every direction that
-  leaves the residuals unchanged to first order (a model's symmetries).
+  Hessian without the residual-weighted second derivatives), for small
+  models: ``J`` is formed explicitly, and the eigenvalues are its squared
+  singular values (zero-padded to ``n`` where ``J`` has fewer rows than
+  columns). ``J^T J`` is never formed: its eigendecomposition would square
+  ``J``'s condition number (float32, ``J`` with singular values 1 ... 1e-4:
+  smallest eigenvalue 4.99e-8 for 1e-8). Its null space holds every
+  direction that leaves the residuals unchanged to first order (a model's
+  symmetries).
+
+  Returns:
+    ``[n]`` eigenvalues, ``n`` the number of parameters.
   """
   flat, unravel = ravel_pytree(params)
   jac = jax.jacfwd(lambda f: jnp.ravel(residual_fn(unravel(f))))(flat)
-  return linalg.eigh(jac.T @ jac)[0]
+  s = linalg.svd(jac)[1]                              # [min(m, n)] descending
+  s = jnp.concatenate([s, jnp.zeros(flat.size - s.size, s.dtype)])
+  return jnp.sort(s * s)
 
 
-def restricted_hessian(loss_fn, params, directions: jax.Array) -> jax.Array:
+def restricted_hessian(loss_fn, params, directions: jax.Array, *,
+                       rtol: float | None = None) -> jax.Array:
   """Eigenvalues (ascending) of the Hessian on the complement of ``directions``.
 
   ``C^T H C`` with ``C`` an orthonormal basis of the orthogonal complement
   of the rows of ``directions: [k, n]`` (flattened like ``ravel_pytree``;
-  assumed linearly independent, so the complement has ``n - k`` dimensions):
-  the curvature of the loss with the moves along ``directions`` (e.g. a
-  symmetry's orbit, which no loss value distinguishes) quotiented out.
-  The Hessian is formed explicitly: for small models.
+  ``k <= n``): the curvature of the loss with the moves along ``directions``
+  (e.g. a symmetry's orbit, which no loss value distinguishes) quotiented
+  out. ``C`` is the right singular vectors of ``directions`` past the
+  ``k``-th (not ``eigh(D^T D)``, which squares the condition number: rows of
+  scale 1 and 1e-4 in float32 left a row in the "complement"). The Hessian
+  is formed explicitly: for small models.
+
+  Args:
+    loss_fn: ``params -> scalar``.
+    params: the point.
+    directions: ``[k, n]``, linearly independent rows (of any scales).
+    rtol: rows whose ``k``-th singular value is at most ``rtol`` times the
+      largest count as dependent (default ``max(k, n) * eps``, numpy's
+      ``matrix_rank``).
 
   Returns:
-    ``[n - k]`` eigenvalues.
+    ``[n - k]`` eigenvalues; all NaN where the rows are dependent (their
+    complement then has more than ``n - k`` dimensions).
   """
   k, n = directions.shape
-  _, basis = linalg.eigh(directions.T @ directions)  # ascending: null first
-  complement = basis[:, :n - k]
+  if k > n:
+    raise ValueError(f'directions has {k} rows of {n} entries: more than {n} '
+                     'rows are never linearly independent.')
+  flat, _ = ravel_pytree(params)
+  if flat.size != n:
+    raise ValueError(f'directions has rows of {n} entries; params have '
+                     f'{flat.size}.')
+  dtype = jnp.result_type(directions.dtype, flat.dtype)
+  eps = jnp.finfo(dtype).eps
+  rtol = max(k, n) * eps if rtol is None else rtol
+  # The SVD of the rows padded to [n, n] (zero rows): all n right singular
+  # vectors, the last n - k spanning the complement.
+  padded = jnp.zeros((n, n), dtype).at[:k].set(directions.astype(dtype))
+  _, s, vt = linalg.svd(padded)
+  complement = vt[k:].T                                   # [n, n - k]
   hessian = _flat_hessian(loss_fn, params)
-  return linalg.eigh(complement.T @ hessian @ complement)[0]
+  values = linalg.eigh(complement.T @ hessian @ complement)[0]
+  if k == 0:
+    return values
+  dependent = s[k - 1] <= rtol * s[0]
+  return jnp.where(dependent, jnp.nan, values)

@@ -130,7 +130,8 @@ def covariate_shift(loss: Callable[[Any, jax.Array], jax.Array], params,
 
   Returns:
     ``(l2, cosine)``, each ``[layers]``: ``||G_i - G'_i||`` and
-    ``<G_i, G'_i> / (||G_i|| ||G'_i||)``.
+    ``<G_i, G'_i> / (||G_i|| ||G'_i||)``; the cosine is NaN where either
+    gradient is 0 (a dead layer: no direction to compare).
   """
   k = num_layers(depth)
   key_now, key_next = keys
@@ -162,7 +163,8 @@ def covariate_shift(loss: Callable[[Any, jax.Array], jax.Array], params,
                          (passes, jnp.maximum(passes - 1, 0), keys))
   diff2, dot, norm2, norm2_after = sums[1:].T
   denom = jnp.sqrt(norm2 * norm2_after)
-  cosine = jnp.where(denom > 0, dot / jnp.where(denom > 0, denom, 1.0), 1.0)
+  cosine = jnp.where(denom > 0, dot / jnp.where(denom > 0, denom, 1.0),
+                     jnp.nan)
   return jnp.sqrt(diff2), cosine
 
 
@@ -228,21 +230,24 @@ def preactivation_drift(before: Sequence[jax.Array],
   return jnp.stack(mean), jnp.stack(var)
 
 
-def _per_layer(name: str, values: jax.Array, first: int = 0
-               ) -> dict[str, jax.Array]:
-  """Columns ``name_layer<i>`` and their mean over layers ``>= first``."""
+def _per_layer(name: str, values: jax.Array, first: int = 0,
+               skip_nan: bool = False) -> dict[str, jax.Array]:
+  """Columns ``name_layer<i>`` and their mean over layers ``>= first``
+  (``skip_nan``: over those not NaN; NaN if all are)."""
   out = {f'{name}_layer{i}': v for i, v in enumerate(values)}
   if values.shape[0] > first:
-    out[name] = jnp.mean(values[first:])
+    mean = jnp.nanmean if skip_nan else jnp.mean
+    out[name] = mean(values[first:])
   return out
 
 
 def log_covariate_shift(probe: Probe) -> dict[str, jax.Array]:
   l2, cosine = covariate_shift(probe.loss, probe.params, probe.update,
                                probe.depth, probe.keys, probe.stepped)
-  # Layer 0 has nothing below it: its summary would dilute the others'.
-  return _per_layer('ics_l2', l2, first=1) | _per_layer('ics_cos', cosine,
-                                                        first=1)
+  # Layer 0 has nothing below it: its summary would dilute the others'. A
+  # dead layer's cosine (NaN) is left out of the summary.
+  return _per_layer('ics_l2', l2, first=1) | _per_layer(
+      'ics_cos', cosine, first=1, skip_nan=True)
 
 
 def log_landscape(probe: Probe) -> dict[str, jax.Array]:

@@ -55,6 +55,7 @@ from typing import Any, NamedTuple
 import jax
 from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from rahimi_jax import linalg
@@ -119,6 +120,29 @@ def check_solver(solver: str) -> str:
   return solver
 
 
+def _is_number(value) -> bool:
+  return (isinstance(value, (int, float, np.integer, np.floating))
+          and not isinstance(value, bool))
+
+
+def _check_options(*, maxiter: int | None = None, tol: float | None = None,
+                  rcond: float | None = None) -> None:
+  """Raises ``ValueError`` on a bad solver option (None: the default)."""
+  if maxiter is not None and (
+      not isinstance(maxiter, (int, np.integer)) or isinstance(maxiter, bool)
+      or maxiter < 1):
+    raise ValueError(f'maxiter (CG iterations) must be an integer >= 1; got '
+                     f'{maxiter!r}.')
+  if tol is not None and not (_is_number(tol) and math.isfinite(tol)
+                              and tol > 0):
+    raise ValueError(f'tol (CG relative residual) must be a finite number > '
+                     f'0; got {tol!r}.')
+  if rcond is not None and not (_is_number(rcond) and math.isfinite(rcond)
+                                and rcond >= 0):
+    raise ValueError(f'rcond (the singular-value cutoff relative to the '
+                     f'largest) must be a finite number >= 0; got {rcond!r}.')
+
+
 def _pick(solver, n, m):
   if solver != 'auto':
     return solver
@@ -144,6 +168,7 @@ def linearize(residual_fn, params, *, solver: str = 'auto',
     A ``Linearization``.
   """
   check_solver(solver)
+  _check_options(maxiter=maxiter, tol=tol, rcond=rcond)
   flat_params, unravel = ravel_pytree(params)
   dtype = flat_params.dtype
   eps = jnp.finfo(dtype).eps
@@ -219,6 +244,7 @@ def _least_squares(*, initial_damping: float, factor: float | None,
                    min_damping: float | None, max_damping: float | None,
                    **solver_kwargs):
   check_solver(solver_kwargs.get('solver', 'auto'))
+  _check_options(**{k: v for k, v in solver_kwargs.items() if k != 'solver'})
   for name, value in (('initial_damping', initial_damping),
                       ('min_damping', min_damping), ('max_damping', max_damping)):
     if value is not None and not (math.isfinite(value) and value >= 0):
