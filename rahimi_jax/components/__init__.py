@@ -15,6 +15,7 @@ from rahimi_jax.components.activations import ACTIVATIONS
 from rahimi_jax.components.activations import relaxed_activation
 from rahimi_jax.components.inits import INITS
 from rahimi_jax.components.inits import relaxed_init
+from rahimi_jax.components.inits import scaled_init
 from rahimi_jax.components.norms import Norm
 from rahimi_jax.components.norms import NORMS
 from rahimi_jax.components.norms import relaxed_norm

@@ -64,3 +64,21 @@ def relaxed_init(names: Sequence[str]):
   """
   names = AXIS.check(names)
   return relaxed.relax([INITS[n] for n in names])
+
+
+def scaled_init(names: Sequence[str]):
+  """``at(knobs)``: the initializer of a layer's weights, ``init(key, shape,
+  dtype)``, ``init_scale`` times the relaxed init of ``names`` at
+  ``knobs['init']``, drawn in float32 whatever ``dtype`` asks (a flax
+  ``kernel_init`` too). ``names`` are checked now."""
+  init_fn = relaxed_init(names)
+
+  def at(knobs):
+    def init(key, shape, dtype=jnp.float32):
+      del dtype  # drawn in float32, as every model's weights
+      return knobs['init_scale'] * init_fn(knobs['init'], key, shape,
+                                           jnp.float32)
+
+    return init
+
+  return at

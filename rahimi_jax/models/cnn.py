@@ -37,18 +37,6 @@ def kernel_size(layer: int) -> int:
   return 5 if layer == 0 else 3
 
 
-def _scaled_init(options, knobs):
-  """A flax initializer: ``init_scale`` times the relaxed init of ``knobs``."""
-  init_fn = components.relaxed_init(options['init'])
-
-  def init(key, shape, dtype=jnp.float32):
-    del dtype  # drawn in float32, as the other models' weights
-    return knobs['init_scale'] * init_fn(knobs['init'], key, shape,
-                                         jnp.float32)
-
-  return init
-
-
 class Conv(nn.Module):
   """``nn.Conv(features, (width,), strides=stride, padding=((padding,
   padding),), use_bias=False)`` on ``[batch, length, channels]``, computed as
@@ -113,7 +101,7 @@ class ConvLayer(nn.Module):
     norm_init, norm_apply = components.relaxed_norm(options['norm'])
     act = components.relaxed_activation(options['activation'])
     h = Conv(self.features, kernel_size(self.layer),
-             _scaled_init(options, knobs), name='conv')(x)
+             components.scaled_init(options['init'])(knobs), name='conv')(x)
     norm_params = self.param('norm', lambda _: norm_init(self.features)[0])
     norm_state = self.variable('norm_state', 'norm',
                                lambda: norm_init(self.features)[1])
@@ -148,9 +136,8 @@ class CNN(nn.Module):
       h = ConvLayer(features, i, self.options, name=f'layer_{i}')(
           h, knobs, train, key, preactivation)
     h = h.reshape(h.shape[0], -1)
-    return nn.Dense(self.num_outputs,
-                    kernel_init=_scaled_init(dict(self.options), knobs),
-                    name='readout')(h)
+    init = components.scaled_init(dict(self.options)['init'])(knobs)
+    return nn.Dense(self.num_outputs, kernel_init=init, name='readout')(h)
 
 
 def cnn(hidden: Sequence[int], options: Mapping[str, Sequence[str]]) -> Model:

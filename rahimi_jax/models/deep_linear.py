@@ -10,7 +10,6 @@ norms' effect on a deep linear net, layer by layer.
 from collections.abc import Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 
 from rahimi_jax import components
 from rahimi_jax.models.base import layer_depth
@@ -90,18 +89,16 @@ def deep_linear(hidden: Sequence[int],
     rounds as its run without the axis.
   """
   hidden = tuple(hidden)
-  init_fn = components.relaxed_init(options['init'])
   norm_names = tuple(options.get('norm', ('none',)))
   norm_init, norm_apply = components.relaxed_norm(norm_names)
+  init_at = components.scaled_init(options['init'])
   plain = norm_names == ('none',)
 
   def init(key, in_dim, out_dim, knobs):
     widths = (in_dim,) + hidden + (out_dim,)
-    ws = [
-        knobs['init_scale'] * init_fn(knobs['init'], jax.random.fold_in(key, i),
-                                      (fan_in, fan_out), jnp.float32)
-        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]))
-    ]
+    init_w = init_at(knobs)
+    ws = [init_w(jax.random.fold_in(key, i), (fan_in, fan_out))
+          for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]))]
     if plain:
       return {'w': ws}, {}
     norms = [norm_init(width) for width in hidden]

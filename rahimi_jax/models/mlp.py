@@ -31,17 +31,16 @@ def mlp(hidden: Sequence[int], options: Mapping[str, Sequence[str]]) -> Model:
     A ``Model``; its knobs are the weights of those axes and ``init_scale``.
   """
   hidden = tuple(hidden)
-  init_fn = components.relaxed_init(options['init'])
   norm_init, norm_apply = components.relaxed_norm(options['norm'])
+  init_at = components.scaled_init(options['init'])
   act = components.relaxed_activation(options['activation'])
 
   def init(key, in_dim, out_dim, knobs):
+    init_w = init_at(knobs)
     widths = (in_dim,) + hidden + (out_dim,)
     params, state = {'dense': [], 'norm': []}, {'norm': []}
     for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-      w = knobs['init_scale'] * init_fn(
-          knobs['init'], jax.random.fold_in(key, i), (fan_in, fan_out),
-          jnp.float32)
+      w = init_w(jax.random.fold_in(key, i), (fan_in, fan_out))
       b = jnp.zeros((fan_out,))
       if i == len(hidden):
         params['readout'] = {'w': w.T, 'b': b}
