@@ -527,6 +527,16 @@ class SwitchedTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, r'shape \(2,\) for 3 options'):
       relaxed.choose(np.ones(2, np.float32), [lambda: 0.0] * 3)
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_pick_is_the_row_of_the_one_hot_weight(self):
+    table = {'a': np.arange(6.0).reshape(3, 2), 'b': np.asarray([7, 8, 9])}
+    pick = self.variant(relaxed.pick)
+    chex.assert_trees_all_equal(pick(np.asarray([0.0, 1.0, 0.0]), table),
+                                {'a': np.asarray([2.0, 3.0]), 'b': 8})
+    with self.assertRaisesRegex(ValueError, r'shape \(2,\) for a table of '
+                                r'\[3\] rows'):
+      relaxed.pick(np.ones(2), table)
+
 
 class MixTest(chex.TestCase):
 

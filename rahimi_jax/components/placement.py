@@ -173,12 +173,12 @@ class Policy:
         knobs['rounding'])
     table = jnp.asarray([[p in AXIS.get(o) for p in PLACES]
                          for o in AXIS.check(options['placement'])])
-    self._on = table[jnp.argmax(knobs['placement'])]
+    self._on = relaxed.pick(knobs['placement'], table)
     self.stochastic = 'stochastic' in options['rounding']
     self.key = key
     scalings = LOSS_SCALING_AXIS.check(options['loss_scaling'])
-    self.scaling = jnp.asarray([LOSS_SCALINGS.index(s) for s in scalings]
-                               )[jnp.argmax(knobs['loss_scaling'])]
+    self.scaling = relaxed.pick(knobs['loss_scaling'], jnp.asarray(
+        [LOSS_SCALINGS.index(s) for s in scalings]))
     self.dynamic = 'dynamic' in scalings
     self.scaled = scalings != ('none',)
     self.loss_scale = jnp.asarray(knobs['loss_scale'], jnp.float32)

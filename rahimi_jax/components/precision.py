@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rahimi_jax import registry
+from rahimi_jax.components import relaxed
 
 SR_BITS = 16  # random bits per stochastically rounded value
 MODES = ('nearest_even', 'toward_zero', 'stochastic')
@@ -269,7 +270,7 @@ def select(formats, format_weights: jax.Array, modes,
   """The format knobs and mode code that one-hot weights pick.
 
   The options of the ``precision`` and ``rounding`` axes are tables of
-  numbers; ``argmax`` of the weights picks a row (traced), so every format and
+  numbers; the weights pick a row (``relaxed.pick``), so every format and
   mode of a grid shares one program.
 
   Returns:
@@ -277,7 +278,7 @@ def select(formats, format_weights: jax.Array, modes,
   """
   table = jax.tree.map(lambda *a: jnp.stack(a),
                        *[format_knobs(AXIS.get(f)) for f in AXIS.check(formats)])
-  fmt = jax.tree.map(lambda a: a[jnp.argmax(format_weights)], table)
   codes = jnp.asarray([get_mode(m) for m in ROUNDING_AXIS.check(modes)],
                       jnp.int32)
-  return fmt, codes[jnp.argmax(mode_weights)]
+  return (relaxed.pick(format_weights, table),
+          relaxed.pick(mode_weights, codes))

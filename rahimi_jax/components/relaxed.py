@@ -259,6 +259,20 @@ def choose(weights: jax.Array, branches: Sequence[Callable[[], Any]]) -> Any:
   return jax.lax.switch(jnp.argmax(weights), list(branches))
 
 
+def pick(weights: jax.Array, table: Any) -> Any:
+  """The row of ``table`` (a pytree of arrays, one row per option along
+  their first axis) that one-hot ``weights`` pick: ``argmax`` traced, so
+  every option of a grid shares one program. For the axes that are tables
+  of numbers, not relaxable (a number format, a rounding mode, a placement).
+  """
+  rows = {jnp.shape(leaf)[0] for leaf in jax.tree.leaves(table)}
+  if rows != {jnp.shape(weights)[-1]} or jnp.ndim(weights) != 1:
+    raise ValueError(
+        f'pick got weights of shape {jnp.shape(weights)} for a table of '
+        f'{sorted(rows)} rows; expected one weight per row.')
+  return jax.tree.map(lambda a: a[jnp.argmax(weights)], table)
+
+
 def relax(fns: Sequence[Callable[..., Any]], axis: str | None = None
           ) -> Callable[..., Any]:
   """Returns ``f(weights, *args) = mix(weights, [fn_i(*guard(w_i, args))])``.
