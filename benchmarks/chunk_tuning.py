@@ -35,6 +35,7 @@ not take: the run reuses its own width's compile):
 """
 
 import atexit
+import functools
 import os
 import shutil
 import tempfile
@@ -111,6 +112,11 @@ def _group_size(config, grid, data) -> tuple[int, int]:
   return len(sizes), max(sizes)
 
 
+def _run_s(config, grid, data, chunk_size=None) -> float:
+  """A warm run's seconds (``_run``)."""
+  return _run(config, grid, data, chunk_size)['run_s']
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -152,16 +158,16 @@ def main(argv):
     from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
     rule = tuning.rule_width(
         g, step_flops=engine.step_flops(config, grid, data))
-    times = {w: [] for w in hand}
     compile_s = {w: _run(config, grid, data, w)['compile_s'] for w in hand}
     # The default's first use: nothing of this workload compiled.
     program.clear_compiled()
     auto = _run(config, grid, data)['chunk_choice']  # does tuning pay?
-    default_times = []  # its later runs, reading the cache
-    for _ in range(FLAGS.repeats):
-      for w in hand:
-        times[w].append(_run(config, grid, data, w)['run_s'])
-      default_times.append(_run(config, grid, data)['run_s'])
+    # Its later runs read the cache ('auto'), interleaved with the widths'.
+    timed = measure.interleaved(
+        {**{w: functools.partial(_run_s, config, grid, data, w) for w in hand},
+         'auto': functools.partial(_run_s, config, grid, data)}, FLAGS.repeats)
+    default_times = timed.pop('auto')
+    times = timed
     first = _run(config, grid, data, mode='tune')  # measures, then runs
     again = _run(config, grid, data)  # reads the cache
     auto_times = [again['run_s']]

@@ -20,6 +20,7 @@ processes within 1.3x of one):
   python -m benchmarks.durability --steps=500 --repeats=3
 """
 
+import functools
 import json
 import os
 import socket
@@ -101,22 +102,25 @@ def main(argv):
           'every call': {'progress': True, 'checkpoint_every_s': 0.0}}
   measured = measure.measure_peak(FLAGS.peak_n)
   engine.run(train_config, grid, data, partition=())  # compile
-  times = {name: [] for name in ways}
   saves = {}
+
+  def way(name, options):  # one warm run's seconds; its saves kept
+    with tempfile.TemporaryDirectory() as tmp:
+      if name != 'plain':
+        options = dict(options, checkpoint_dir=tmp)
+      with program.run_options(**options):
+        info = engine.run(train_config, grid, data,
+                          partition=()).metadata['engine']
+    saves[name] = (info.get('checkpoints', 0), info.get('calls'),
+                   info.get('checkpoint_s', 0.0))
+    return info['run_s']
+
   with open(os.devnull, 'w') as devnull:
     stderr, sys.stderr = sys.stderr, devnull  # the bars
     try:
-      for _ in range(FLAGS.repeats):
-        for name, options in ways.items():
-          with tempfile.TemporaryDirectory() as tmp:
-            if name != 'plain':
-              options = dict(options, checkpoint_dir=tmp)
-            with program.run_options(**options):
-              info = engine.run(train_config, grid, data,
-                                partition=()).metadata['engine']
-          times[name].append(info['run_s'])
-          saves[name] = (info.get('checkpoints', 0), info.get('calls'),
-                         info.get('checkpoint_s', 0.0))
+      times = measure.interleaved(
+          {name: functools.partial(way, name, options)
+           for name, options in ways.items()}, FLAGS.repeats)
     finally:
       sys.stderr = stderr
   # Read again after the runs; divide by the best reading (the host drifts).

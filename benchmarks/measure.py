@@ -71,6 +71,18 @@ def measure_peak(n: int | None = None, reps: int = 5) -> dict[str, Any]:
   return out
 
 
+def interleaved(ways: dict[Any, Callable[[], float]], repeats: int
+                ) -> dict[Any, list[float]]:
+  """Each way's seconds (``way()`` returns them) over ``repeats`` rounds,
+  each round running every way once, in order: on a shared host the fastest
+  of each is its least disturbed run, and all ways saw the same load."""
+  times = {name: [] for name in ways}
+  for _ in range(repeats):
+    for name, way in ways.items():
+      times[name].append(way())
+  return times
+
+
 def best_peak(*readings: dict[str, Any]) -> dict[str, Any]:
   """The best of a run's ``measure_peak`` readings, column by column.
 

@@ -22,6 +22,8 @@ machine's float32 matmul peak measured in the same run:
 """
 
 
+import functools
+
 from absl import app
 from absl import flags
 
@@ -41,6 +43,13 @@ cli.define_switch_flag()
 FLAGS = flags.FLAGS
 CELLS = 7  # float32 + 3 modes x 2 placements
 
+
+
+def _run_s(config, grid, data, switch) -> float:
+  """One warm run's seconds (``engine.run``, one program)."""
+  from rahimi_jax import engine  # pylint: disable=g-import-not-at-top
+  return engine.run(config, grid, data, partition=(),
+                    switch=switch).metadata['engine']['run_s']
 
 
 def main(argv):
@@ -83,13 +92,10 @@ def main(argv):
   for name, (cfg, grid) in runs.items():  # compile, first call
     res = engine.run(cfg, grid, data, partition=(), switch=switched[name])
     lines[name] = cli.switch_line(res.metadata)
-  # Warm runs, interleaved: on a shared machine the fastest of each is the
-  # least disturbed, and all saw the same load pattern.
-  times = {name: [] for name in runs}
-  for _ in range(FLAGS.repeats):
-    for name, (cfg, grid) in runs.items():
-      res = engine.run(cfg, grid, data, partition=(), switch=switched[name])
-      times[name].append(res.metadata['engine']['run_s'])
+  # Warm runs, interleaved (the fastest of each counts).
+  times = measure.interleaved({
+      name: functools.partial(_run_s, cfg, grid, data, switched[name])
+      for name, (cfg, grid) in runs.items()}, FLAGS.repeats)
   # Read again after the runs; divide by the best reading (the host drifts).
   measured = measure.best_peak(measured, measure.measure_peak(FLAGS.peak_n))
   peak = measured['peak']
