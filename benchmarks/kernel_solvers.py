@@ -297,9 +297,10 @@ def main(argv):
     return
   # First calls compile, as in a fresh process (a cache that the user turns
   # on is counted below).
-  os.environ.setdefault('JAX_ENABLE_COMPILATION_CACHE', 'false')
-  cli.start(argv)
   import jax  # pylint: disable=g-import-not-at-top
+  if 'JAX_ENABLE_COMPILATION_CACHE' not in os.environ:  # read at jax's import
+    jax.config.update('jax_enable_compilation_cache', False)
+  cli.start(argv)
   from rahimi_jax import program  # pylint: disable=g-import-not-at-top
   from rahimi_jax.studies import kernel_data  # pylint: disable=g-import-not-at-top
   print(f'CPU: {measure.cpu_model()}; {len(jax.devices())} XLA device(s); jax '

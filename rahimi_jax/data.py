@@ -26,17 +26,6 @@ from rahimi_jax import storage
 TASKS = ('classification', 'regression')
 
 
-def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
-  """``value`` as an ``int``; ``ValueError`` unless it is an integer (Python
-  or NumPy, not a bool) in ``[lo, hi)`` (``hi=None``: no upper bound)."""
-  if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
-      or value < lo or (hi is not None and value >= hi)):
-    accepted = (f'>= {lo}' if hi is None else
-                f'in [{lo}, {"2**32" if hi == 2**32 else hi})')
-    raise ValueError(f'{name} must be an integer {accepted}; got {value!r}.')
-  return int(value)
-
-
 @struct.dataclass
 class Dataset:
   """Train/test arrays; ``y`` holds int labels or float targets by ``task``."""
@@ -137,8 +126,8 @@ def digits(*, test_fraction: float = 0.25, seed: int = 0,
   if seed is None:
     raise ValueError('seed must be an integer in [0, 2**32); got None (a '
                      'fresh split each call, which the cache cannot hold).')
-  test_fraction, seed = float(test_fraction), _check_int('seed', seed, 0,
-                                                          2**32)
+  test_fraction = float(test_fraction)
+  seed = registry.check_int('seed', seed, 0, 2**32)
   n_test = math.ceil(test_fraction * n)
   n_train = n - n_test
 
@@ -214,8 +203,8 @@ def synthetic(*, n_train: int = 1000, n_test: int = 1000, in_dim: int = 6,
                      f'{", ".join(SYNTHETIC_DTYPES)}.')
   for name, n in (('n_train', n_train), ('n_test', n_test),
                   ('in_dim', in_dim), ('out_dim', out_dim)):
-    _check_int(name, n, 1)
-  _check_int('seed', seed, 0, 2**32)
+    registry.check_int(name, n, 1)
+  registry.check_int('seed', seed, 0, 2**32)
   if (not isinstance(condition_number, (int, float, np.number))
       or not np.isfinite(condition_number) or condition_number < 1):
     raise ValueError(f'condition_number must be a finite number >= 1; got '
@@ -265,7 +254,7 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
 
 def _batches_per_epoch(n: int, batch_size: int) -> int:
   """``n // batch_size``; ``ValueError`` unless ``1 <= batch_size <= n``."""
-  n = _check_int('n', n, 1)
+  n = registry.check_int('n', n, 1)
   if (not isinstance(batch_size, (int, np.integer))
       or isinstance(batch_size, bool) or not 1 <= batch_size <= n):
     raise ValueError(f'batch_size must be an integer in [1, n={n}] (a full '
@@ -513,13 +502,13 @@ def mnist1d(*, num_samples: int = 5000, train_split: float = 0.8,
   References:
     Greydanus, "Scaling down deep learning", 2020 (arXiv:2011.14439).
   """
-  num_samples = _check_int('num_samples', num_samples, 10)
+  num_samples = registry.check_int('num_samples', num_samples, 10)
   total = num_samples // 10 * 10
   if (not isinstance(train_split, (int, float, np.number))
       or not 0 < train_split < 1 or not 0 < int(total * train_split) < total):
     raise ValueError(f'train_split must leave both splits non-empty (in (0, '
                      f'1)); got {train_split!r}.')
-  _check_int('seed', seed, 0, 2**32)
+  registry.check_int('seed', seed, 0, 2**32)
   args = {'num_samples': int(num_samples), 'train_split': float(train_split),
           'seed': int(seed), 'shuffle_seq': bool(shuffle_seq)}
   n_train = int(total * train_split)

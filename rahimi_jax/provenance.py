@@ -126,17 +126,19 @@ def _visit_user_code(obj, texts, seen, depth):
   if id(obj) in seen:
     return
   seen.add(id(obj))
+  visit = functools.partial(_visit_user_code, texts=texts, seen=seen,
+                            depth=depth + 1)
   if isinstance(obj, functools.partial):
     obj = (obj.func, obj.args, obj.keywords)
   if isinstance(obj, (tuple, list)):
     texts.append(f'{type(obj).__name__}[{len(obj)}]')
     for x in obj:
-      _visit_user_code(x, texts, seen, depth + 1)
+      visit(x)
     return
   if isinstance(obj, dict):
     for k, v in obj.items():
       texts.append(_stable_repr(k))
-      _visit_user_code(v, texts, seen, depth + 1)
+      visit(v)
     return
   if isinstance(obj, (set, frozenset)):
     texts.append(repr(sorted(_stable_repr(x) for x in obj)))
@@ -144,48 +146,67 @@ def _visit_user_code(obj, texts, seen, depth):
   if hasattr(obj, 'dtype') and hasattr(obj, 'shape') and hasattr(
       obj, '__array__'):  # an array (numpy, JAX): its values
     try:
-      a = np.ascontiguousarray(obj)
+      a = np.asarray(obj)
     except TypeError:  # typed PRNG keys
       texts.append(_stable_repr(obj))
     else:
       texts.append(f'{a.dtype}{a.shape}:'
                    + hashlib.sha256(a.tobytes()).hexdigest())
     return
+  if isinstance(obj, types.ModuleType):
+    texts.append(obj.__name__)  # what a function reads of it: by name below
+    return
   if isinstance(obj, types.MethodType):
-    obj = obj.__func__
-  if not isinstance(obj, (types.FunctionType, type)):
-    if _is_user(type(obj)):  # a user class's instance: its class, its state
-      _visit_user_code(type(obj), texts, seen, depth + 1)
-      _visit_user_code(getattr(obj, '__dict__', {}), texts, seen, depth + 1)
-    else:  # a library's function by its name; a module or object, its kind
-      texts.append(_library_name(obj) if callable(obj) else
-                   type(obj).__qualname__)
+    visit((obj.__func__, obj.__self__))
     return
-  if not _is_user(obj):
-    texts.append(_library_name(obj))
+  wrapped = getattr(obj, '__wrapped__', None)
+  if wrapped is not None and callable(obj):  # jax.jit, custom_jvp, wraps
+    texts.append(type(obj).__qualname__)
+    visit(wrapped)
     return
-  if isinstance(obj, type):  # its attributes, then each method as code
-    for k, v in vars(obj).items():
+  if isinstance(obj, types.FunctionType) and _is_user(obj):
+    try:
+      texts.append(inspect.getsource(obj))
+    except (OSError, TypeError):  # no source file: a compiled string
+      texts.append(_code_text(obj.__code__))
+    names = _global_names(obj.__code__)
+    for name in names:
+      if name in obj.__globals__:
+        value = obj.__globals__[name]
+        visit(value)
+        if isinstance(value, types.ModuleType) and _is_user(value):
+          # ``helpers.helper(x)``: what it reads of the user's module.
+          visit([getattr(value, n) for n in names if hasattr(value, n)])
+  if isinstance(obj, types.FunctionType):
+    if not _is_user(obj):  # a library's function: its name, what it closes
+      texts.append(_library_name(obj))
+    for cell in obj.__closure__ or ():
+      try:
+        visit(cell.cell_contents)
+      except ValueError:  # an empty cell
+        pass
+    if obj.__defaults__ or obj.__kwdefaults__:
+      visit((obj.__defaults__, obj.__kwdefaults__))
+    return
+  if isinstance(obj, type):
+    if not _is_user(obj):
+      texts.append(_library_name(obj))
+      return
+    for k, v in vars(obj).items():  # its attributes, each method as code
       if not k.startswith('__') or callable(v):
         texts.append(k)
         v = (v.fget, v.fset) if isinstance(v, property) else v
-        _visit_user_code(getattr(v, '__func__', v), texts, seen, depth + 1)
+        visit(getattr(v, '__func__', v))
     return
-  try:
-    texts.append(inspect.getsource(obj))
-  except (OSError, TypeError):  # no source file: a compiled string
-    texts.append(_code_text(obj.__code__))
-  for name in _global_names(obj.__code__):
-    if name in obj.__globals__:
-      _visit_user_code(obj.__globals__[name], texts, seen, depth + 1)
-  for cell in obj.__closure__ or ():
-    try:
-      _visit_user_code(cell.cell_contents, texts, seen, depth + 1)
-    except ValueError:  # an empty cell
-      pass
-  if obj.__defaults__ or obj.__kwdefaults__:
-    _visit_user_code((obj.__defaults__, obj.__kwdefaults__), texts, seen,
-                     depth + 1)
+  # An instance: its class, and its state (a library's: its public
+  # attributes, the settings it was made with: ``nn.Dense(4)``).
+  user = _is_user(type(obj))
+  visit(type(obj))
+  state = getattr(obj, '__dict__', None)
+  if isinstance(state, dict):
+    visit({k: v for k, v in state.items() if user or not k.startswith('_')})
+  if callable(obj) and not user:  # np.tanh, a builtin, a C++ callable
+    texts.append(_library_name(obj))
 
 
 _SCALARS = (bool, int, float, complex, str, bytes, type(None))
@@ -194,9 +215,8 @@ _SCALARS = (bool, int, float, complex, str, bytes, type(None))
 def _library_name(obj) -> str:
   """A library's function or class by its module and name (``jax.nn.relu``
   read from a global is not ``jax.nn.gelu``)."""
-  return (f'{getattr(obj, "__module__", "")}.'
-          f'{getattr(obj, "__qualname__", getattr(obj, "__name__", ""))}'
-          or type(obj).__qualname__)
+  return (f'{getattr(obj, "__module__", None)}.'
+          f'{getattr(obj, "__qualname__", getattr(obj, "__name__", None))}')
 
 
 def _global_names(code: types.CodeType) -> list[str]:
@@ -236,8 +256,9 @@ def _installed_roots() -> tuple[str, ...]:
 
 
 def _is_user(obj) -> bool:
-  """Whether ``obj`` (a function or class) is defined in user code."""
-  module = sys.modules.get(getattr(obj, '__module__', None) or '')
+  """Whether ``obj`` (a function, class or module) is user code."""
+  module = obj if isinstance(obj, types.ModuleType) else sys.modules.get(
+      getattr(obj, '__module__', None) or '')
   if module is None or module.__name__ in sys.builtin_module_names:
     return module is None
   path = getattr(module, '__file__', None)

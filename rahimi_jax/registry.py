@@ -16,7 +16,21 @@ import dataclasses
 import math
 from typing import Any, TypeVar
 
+import numpy as np
+
 T = TypeVar('T')
+
+
+def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
+  """``value`` as an ``int``; ``ValueError`` naming it unless it is an
+  integer (Python or NumPy, not a bool) in ``[lo, hi)`` (``hi=None``: no
+  upper bound)."""
+  if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
+      or value < lo or (hi is not None and value >= hi)):
+    accepted = (f'>= {lo}' if hi is None else
+                f'in [{lo}, {"2**32" if hi == 2**32 else hi})')
+    raise ValueError(f'{name} must be an integer {accepted}; got {value!r}.')
+  return int(value)
 
 
 def accepted(registry: Mapping[str, Any], ordered: bool = False) -> str:

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import tempfile
 import warnings
 
@@ -80,12 +79,20 @@ def is_results_dir(path: str) -> bool:
 
 
 def lock(out_dir: str) -> int:
-  """Takes ``out_dir``'s run lock (``flock`` of the directory, created if
-  missing) and returns its descriptor, to ``os.close`` when the run is
-  saved; ``ValueError`` if another process holds it (two runs into one
-  directory would share its checkpoint)."""
-  os.makedirs(out_dir, exist_ok=True)
-  fd = os.open(out_dir, os.O_RDONLY)
+  """Takes ``out_dir``'s run lock and returns its descriptor, to
+  ``os.close`` when the run is saved; ``ValueError`` if another process
+  holds it (two runs into one directory would share its checkpoint).
+
+  The lock is an ``flock`` of ``.<name>.lock`` beside ``out_dir`` (created
+  if missing, and left there), not of the directory: a save swaps the
+  directory for another, and a killed save may have left none
+  (``recover``).
+  """
+  out_dir = os.path.abspath(os.path.expanduser(out_dir))
+  parent, name = os.path.split(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  fd = os.open(os.path.join(parent, f'.{name}.lock'), os.O_RDWR | os.O_CREAT,
+               0o666 & ~_umask())
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
@@ -195,40 +202,23 @@ def _fsync_dir(path: str) -> None:
     os.close(fd)
 
 
-def _owner() -> str:
-  """This process, as staging folders name their owner: ``pid@host``."""
-  return f'{os.getpid()}@{socket.gethostname()}'
+# The staging folders of this process's saves under way (``staged``).
+_ACTIVE: set[str] = set()
 
 
 def _stale(out_dir: str) -> list[str]:
   """The staging folders beside ``out_dir`` (``staged``'s ``.new-`` and
-  ``.old-``) whose save was killed: their process is gone from this host. A
-  folder of another host's process, or of a live one, is left alone."""
+  ``.old-``) but this process's saves under way: those of a save that was
+  killed or failed mid-way. Another process's save into ``out_dir`` would
+  hold its run lock (``lock``), which a caller of ``recover`` holds."""
   parent, name = os.path.split(out_dir)
   try:
     entries = os.listdir(parent)
   except OSError:
     return []
-  stale = []
-  for entry in sorted(entries):
-    for kind in ('new', 'old'):
-      prefix = f'.{name}.{kind}-'
-      if not entry.startswith(prefix):
-        continue
-      owner = entry[len(prefix):].rpartition('-')[0]  # mkdtemp's suffix
-      pid, _, host = owner.partition('@')
-      if host == socket.gethostname() and pid.isdigit():
-        try:
-          os.kill(int(pid), 0)
-          continue  # a save under way
-        except ProcessLookupError:
-          pass
-        except PermissionError:  # another user's live process
-          continue
-      elif host:  # another host's save: cannot tell
-        continue
-      stale.append(os.path.join(parent, entry))
-  return stale
+  return [os.path.join(parent, e) for e in sorted(entries)
+          if e.startswith((f'.{name}.new-', f'.{name}.old-'))
+          and os.path.join(parent, e) not in _ACTIVE]
 
 
 def recover(out_dir: str) -> bool:
@@ -240,16 +230,18 @@ def recover(out_dir: str) -> bool:
   results) from the old contents into the new. Killed between the two,
   the new results record an entry (``metadata.json``'s ``files``) that sits
   in the staging folder: it is moved back. Killed between the two renames
-  of a system without an atomic swap, ``out_dir`` is missing: the previous
-  contents are moved back. Call it holding the directory's run lock
-  (``lock``): ``staged`` and a launcher's start do.
+  of a system without an atomic swap, ``out_dir`` is missing (or empty): the
+  previous contents are moved back. Call it holding the directory's run
+  lock (``lock``), as a launcher's start does, before it reads a checkpoint;
+  ``staged`` calls it too.
   """
   out_dir = os.path.abspath(os.path.expanduser(out_dir))
   stale = _stale(out_dir)
   name = os.path.basename(out_dir)
   olds = [os.path.join(s, name) for s in stale if '.old-' in s]
   moved = False
-  if not os.path.lexists(out_dir):
+  if not os.path.lexists(out_dir) or (os.path.isdir(out_dir) and
+                                      not os.listdir(out_dir)):
     for old in olds:
       if os.path.isdir(old):
         os.replace(old, out_dir)
@@ -286,8 +278,10 @@ def staged(out_dir: str, keep: tuple[str, ...] = ()):
   out_dir = check_writable(out_dir)
   recover(out_dir)
   parent, name = os.path.split(out_dir)
-  stage = tempfile.mkdtemp(dir=parent, prefix=f'.{name}.new-{_owner()}-')
+  stage = tempfile.mkdtemp(dir=parent, prefix=f'.{name}.new-')
   old, swapped = stage, False  # where the old contents are after the swap
+  mine = [stage]
+  _ACTIVE.update(mine)
   try:
     os.chmod(stage, 0o777 & ~_umask())
     yield stage
@@ -310,7 +304,9 @@ def staged(out_dir: str, keep: tuple[str, ...] = ()):
     if not os.path.exists(out_dir) or not os.listdir(out_dir):
       os.replace(stage, out_dir)  # onto nothing or an empty directory
     elif not _exchange(stage, out_dir):
-      holder = tempfile.mkdtemp(dir=parent, prefix=f'.{name}.old-{_owner()}-')
+      holder = tempfile.mkdtemp(dir=parent, prefix=f'.{name}.old-')
+      mine.append(holder)
+      _ACTIVE.add(holder)
       old = os.path.join(holder, name)
       os.replace(out_dir, old)
       os.replace(stage, out_dir)
@@ -327,6 +323,7 @@ def staged(out_dir: str, keep: tuple[str, ...] = ()):
       stage = None  # not all moved back: ``recover``'s
     raise
   finally:
+    _ACTIVE.difference_update(mine)  # what is left is ``recover``'s
     if stage is not None:
       shutil.rmtree(stage, ignore_errors=True)  # the old contents
 

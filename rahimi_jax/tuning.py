@@ -312,27 +312,43 @@ def _update_cache(key: str, update: Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def _entry(cache: dict[str, Any], key: str) -> dict[str, Any]:
-  """``cache[key]`` if its fields read as ``choose_chunk`` reads them, else
-  ``{}``: an entry written by hand or by other code is measured again."""
+  """``cache[key]`` if its fields are what ``choose_chunk`` wrote (numbers
+  as JSON numbers, widths and device counts as integers >= 1), else ``{}``:
+  an entry written by hand or by other code is measured again."""
+
+  def number(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+      raise TypeError(v)
+
+  def count(v):
+    if type(v) is not int or v < 1:  # pylint: disable=unidiomatic-typecheck
+      raise TypeError(v)
+
   entry = cache.get(key, {})
   try:
     if not isinstance(entry, dict):
       raise TypeError(entry)
-    for v in [*entry.get('us_per_member_step', {}).values(),
-              *([entry['probe_s'], entry.get('time_s', 0.0)]  # a short run's
-                if entry.get('us_per_member_step') and 'width' not in entry
-                else [])]:
-      float(v)
-    for k in entry.get('us_per_member_step', {}):
-      int(k)
-    widths = [int(entry[k]) for k in ('width', 'short_width') if k in entry]
-    widths += _short_runs(entry, 1).values()
-    if any(w < 1 for w in widths):
-      raise ValueError(widths)
+    timed = entry.get('us_per_member_step', {})
+    for k, v in timed.items():
+      count(int(k))
+      number(v)
+    if timed and 'width' not in entry:  # a short run's probe
+      number(entry['probe_s'])
+      number(entry.get('time_s', 0.0))
+    for k in ('width', 'short_width'):
+      if k in entry:
+        count(entry[k])
+    runs = entry.get('short_runs', {})
+    for w in runs.values() if isinstance(runs, dict) else []:
+      count(w)
+    if not isinstance(runs, (dict, list)):
+      raise TypeError(runs)
     for here in entry.get('by_devices', {}).values():
       if here['devices'] is not None:
-        int(here['devices'])
-      {int(k): float(v) for k, v in here['us_by_devices'].items()}  # pylint: disable=expression-not-assigned
+        count(here['devices'])
+      for k, v in here['us_by_devices'].items():
+        count(int(k))
+        number(v)
   except (KeyError, TypeError, ValueError, AttributeError):
     return {}
   return entry

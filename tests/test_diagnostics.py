@@ -247,6 +247,11 @@ def test_restricted_hessian_rows_of_different_scales():
                                                         1e-4 * q[:, 1]]))
   chex.assert_trees_all_close(want, np.arange(3.0, 9.0), atol=1e-12)
   chex.assert_trees_all_close(got, want, atol=1e-4)
+  # Scales 1 and 1e-6 at n = 16: unnormalized, the second singular value is
+  # below the default rtol (16 eps) and the rows read as dependent (NaN).
+  got, want = _restricted_quadratic(
+      lambda q: np.stack([q[:, 0], 1e-6 * q[:, 1]]), n=16)
+  chex.assert_trees_all_close(got, want, atol=1e-4)
 
 
 def test_restricted_hessian_of_dependent_rows_is_nan():

@@ -107,12 +107,19 @@ def test_user_code_hash_reads_the_code_a_component_runs():
   import optax  # pylint: disable=g-import-not-at-top
   from rahimi_jax import components  # pylint: disable=g-import-not-at-top
   empty = provenance.user_code_sha256([])
-  # The library's and installed packages' functions count by name only.
-  bundled = [optax.adam, components.OPTIMIZERS['sgd'], jax.nn.relu, len]
-  assert provenance.user_code_sha256(bundled) == (
-      provenance.user_code_sha256(list(bundled)))
-  assert provenance.user_code_sha256([jax.nn.relu]) != (
-      provenance.user_code_sha256([jax.nn.gelu]))
+  # The library's and installed packages' functions count by name and by
+  # what they close over (the settings a factory made them with).
+  def sha(*objects):
+    return provenance.user_code_sha256(objects)
+
+  assert sha(jax.nn.relu) != sha(jax.nn.gelu)
+  assert sha(optax.adam(1e-3)) != sha(optax.sgd(0.5))
+  assert sha(optax.adam(1e-3)) != sha(optax.adam(2e-3))
+  assert sha(optax.adam(1e-3)) == sha(optax.adam(1e-3))
+  scaled = jax.nn.initializers.variance_scaling
+  assert sha(scaled(1.0, 'fan_in', 'normal')) != (
+      sha(scaled(2.0, 'fan_in', 'normal')))
+  assert sha(components.OPTIMIZERS['sgd'], len) != empty
 
   def build(helper_body, op='*'):
     scope = {'__name__': 'a_notebook_cell'}  # a module not imported
@@ -169,6 +176,12 @@ def test_user_code_hash_reads_the_values_it_reads():
       sha(functools.partial(scope['act'], m=b)))
   assert sha(scope['Holder'](a)) != sha(scope['Holder'](b))
   assert sha(scope['Holder'](a)) == sha(scope['Holder'](a.copy()))
+  assert sha(np.float32(3)) != sha(np.asarray([3.0], np.float32))
+  # A jitted user function counts by the function it wraps.
+  exec('import jax\n@jax.jit\ndef jitted(x):\n  return ACT(x)\n', scope)
+  before = sha(scope['jitted'])
+  scope['ACT'] = np.sin
+  assert sha(scope['jitted']) != before
 
 
 
@@ -183,3 +196,22 @@ def test_versions_are_read_without_importing(monkeypatch):
   assert versions['sklearn'] == sklearn.__version__
   assert versions['jax'] == jax.__version__
   assert provenance._version('no_such_module', 'no-such-dist') is None  # pylint: disable=protected-access
+
+
+def test_user_code_hash_follows_what_a_function_reads_of_a_user_module(
+    tmp_path, monkeypatch):
+  """``helpers.helper(x)`` with ``import helpers``, a module of the user's:
+  an edit of ``helper`` is another code."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  module = tmp_path / 'rj_user_helpers.py'
+  module.write_text('def helper(x):\n  return x * 2\n')
+  monkeypatch.setattr(sys, 'dont_write_bytecode', True)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  helpers = importlib.import_module('rj_user_helpers')
+  scope = {'__name__': 'a_notebook_cell', 'rj_user_helpers': helpers}
+  exec('def f(x):\n  return rj_user_helpers.helper(x)\n', scope)
+  before = provenance.user_code_sha256([scope['f']])
+  module.write_text('def helper(x):\n  return x * 3\n')
+  importlib.invalidate_caches()
+  importlib.reload(helpers)
+  assert provenance.user_code_sha256([scope['f']]) != before

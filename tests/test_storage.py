@@ -3,7 +3,6 @@
 import json
 import os
 import pathlib
-import socket
 
 import chex
 import numpy as np
@@ -297,15 +296,15 @@ class _Killed(BaseException):
 def test_a_save_killed_midway_is_recovered(res, tmp_path, monkeypatch,
                                            exchange, at):
   """Killed after the swap and before the checkpoint moved into the new
-  results (or, without an atomic swap, between the two renames): ``recover``
-  (run by the next save and a launcher's start) puts it back and leaves no
-  staging folder; a live process's staging folder is left alone."""
+  results (or, without an atomic swap, between the two renames): a launcher
+  takes the run lock and ``recover``s (the next save does too), which puts
+  the checkpoint back (or the previous results with it) and leaves no
+  staging folder; a save under way in this process is left alone."""
   out = tmp_path / 'out'
   storage.save(res, str(out))
   state = out / storage.CHECKPOINT / 'run0' / 'state'
   state.parent.mkdir(parents=True)
   state.write_text('passes 3')
-  host = socket.gethostname()
   replace = os.replace
 
   def dying(src, dst):
@@ -316,20 +315,24 @@ def test_a_save_killed_midway_is_recovered(res, tmp_path, monkeypatch,
     replace(src, dst)
 
   with monkeypatch.context() as m:
-    m.setattr(storage, '_owner', lambda: f'999999999@{host}')  # gone after
     if not exchange:
       m.setattr(storage, '_exchange', lambda a, b: False)
-    m.setattr(storage.shutil, 'rmtree', lambda *a, **k: None)
+    m.setattr(storage.shutil, 'rmtree', lambda *a, **k: None)  # nothing runs
     m.setattr(storage.os, 'replace', dying)
     with pytest.raises(_Killed):
       storage.save(res.where(optimizer='adam'), str(out),
                    keep=(storage.CHECKPOINT,))
   assert not state.exists()  # hidden in a staging folder
-  live = tmp_path / f'.out.new-{os.getpid()}@{host}-x'
-  live.mkdir()
-  assert storage.recover(str(out))
+  held = storage.lock(str(out))  # a launcher's start: the lock, then recover
+  try:
+    with storage.staged(str(tmp_path / 'other')):  # another save under way
+      assert storage.recover(str(out))
+      assert storage.recover(str(tmp_path / 'other')) is False
+      assert len([e for e in os.listdir(tmp_path) if '.other.new-' in e]) == 1
+  finally:
+    os.close(held)
   assert state.read_text() == 'passes 3'
-  assert sorted(os.listdir(tmp_path)) == sorted(['out', live.name])
+  assert sorted(os.listdir(tmp_path)) == ['.out.lock', 'other', 'out']
   want = res if at == 'rename' else res.where(optimizer='adam')
   with pytest.warns(UserWarning, match='unfinished'):  # not marked interrupted
     assert len(storage.load(str(out))) == len(want)

@@ -341,7 +341,9 @@ def test_a_concurrent_runs_cache_entry_is_merged_not_lost(tmp_path,
     [], {'width': None}, {'width': 0}, {'us_per_member_step': {'8': 1.0}},
     {'us_per_member_step': {'eight': 1.0}, 'probe_s': 1.0},
     {'width': 4, 'by_devices': {'1': {'devices': 'all'}}},
-    {'short_runs': {'8 members x 12 steps': 'eight'}}])
+    {'short_runs': {'8 members x 12 steps': 'eight'}},
+    {'us_per_member_step': {'8': '1.0'}, 'probe_s': 1.0},
+    {'width': 4.7}, {'width': True}, {'short_runs': 'x'}])
 def test_a_malformed_cache_entry_is_measured_again(entry, tmp_path,
                                                    monkeypatch):
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))

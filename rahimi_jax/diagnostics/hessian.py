@@ -18,6 +18,7 @@ from jax.flatten_util import ravel_pytree
 import numpy as np
 
 from rahimi_jax import linalg
+from rahimi_jax import registry
 
 
 def hvp(loss_fn, params, v):
@@ -35,14 +36,6 @@ def condition_number(matrix: jax.Array) -> jax.Array:
   """Ratio of the largest to the smallest singular value of ``matrix``."""
   s = jnp.linalg.svd(matrix, compute_uv=False)
   return s[0] / s[-1]
-
-
-def _check_count(name: str, value) -> int:
-  """``value`` as an int; ``ValueError`` unless it is an integer >= 1."""
-  if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
-      or value < 1):
-    raise ValueError(f'{name} must be an integer >= 1; got {value!r}.')
-  return int(value)
 
 
 def _flat_hvp(loss_fn, params):
@@ -113,7 +106,7 @@ def lanczos(loss_fn, params, key, num_iters: int):
     ``(nodes, weights)``: Ritz values ``[k]`` ascending and the squared first
     components of their eigenvectors ``[k]`` (quadrature weights, sum 1).
   """
-  num_iters = _check_count('num_iters', num_iters)
+  num_iters = registry.check_int('num_iters', num_iters, 1)
   flat, matvec = _flat_hvp(loss_fn, params)
   k = min(num_iters, flat.size)
   start_key, restart_key = jax.random.split(key)
@@ -153,8 +146,8 @@ def hessian_density(loss_fn, params, key, grid: jax.Array, *,
     ``[m]`` density values (integrating to ~1 over a grid covering the
     spectrum).
   """
-  num_iters = _check_count('num_iters', num_iters)
-  num_probes = _check_count('num_probes', num_probes)
+  num_iters = registry.check_int('num_iters', num_iters, 1)
+  num_probes = registry.check_int('num_probes', num_probes, 1)
   if not isinstance(grid, jax.core.Tracer):
     points = np.asarray(grid)
     if (points.ndim != 1 or points.size < 2
@@ -219,9 +212,9 @@ def restricted_hessian(loss_fn, params, directions: jax.Array, *,
     loss_fn: ``params -> scalar``.
     params: the point.
     directions: ``[k, n]``, linearly independent rows (of any scales).
-    rtol: rows whose ``k``-th singular value is at most ``rtol`` times the
-      largest count as dependent (default ``max(k, n) * eps``, numpy's
-      ``matrix_rank``).
+    rtol: rows (each scaled to unit norm) whose ``k``-th singular value is
+      at most ``rtol`` times the largest count as dependent (default
+      ``max(k, n) * eps``, numpy's ``matrix_rank``).
 
   Returns:
     ``[n - k]`` eigenvalues; all NaN where the rows are dependent (their
@@ -238,9 +231,13 @@ def restricted_hessian(loss_fn, params, directions: jax.Array, *,
   dtype = jnp.result_type(directions.dtype, flat.dtype)
   eps = jnp.finfo(dtype).eps
   rtol = max(k, n) * eps if rtol is None else rtol
-  # The SVD of the rows padded to [n, n] (zero rows): all n right singular
-  # vectors, the last n - k spanning the complement.
-  padded = jnp.zeros((n, n), dtype).at[:k].set(directions.astype(dtype))
+  # Each row scaled to unit norm (the same span; dependence then reads as a
+  # small singular value whatever the rows' scales), padded to [n, n] with
+  # zero rows: all n right singular vectors, the last n - k the complement.
+  rows = directions.astype(dtype)
+  rows = rows / jnp.maximum(jnp.linalg.norm(rows, axis=1, keepdims=True),
+                            jnp.finfo(dtype).tiny)
+  padded = jnp.zeros((n, n), dtype).at[:k].set(rows)
   _, s, vt = linalg.svd(padded)
   complement = vt[k:].T                                   # [n, n - k]
   hessian = _flat_hessian(loss_fn, params)

@@ -59,6 +59,7 @@ import numpy as np
 import optax
 
 from rahimi_jax import linalg
+from rahimi_jax import registry
 
 SOLVERS = ('auto', 'dense', 'cg')
 DENSE_MAX_PARAMS = 512
@@ -128,11 +129,8 @@ def _is_number(value) -> bool:
 def _check_options(*, maxiter: int | None = None, tol: float | None = None,
                   rcond: float | None = None) -> None:
   """Raises ``ValueError`` on a bad solver option (None: the default)."""
-  if maxiter is not None and (
-      not isinstance(maxiter, (int, np.integer)) or isinstance(maxiter, bool)
-      or maxiter < 1):
-    raise ValueError(f'maxiter (CG iterations) must be an integer >= 1; got '
-                     f'{maxiter!r}.')
+  if maxiter is not None:
+    registry.check_int('maxiter (CG iterations)', maxiter, 1)
   if tol is not None and not (_is_number(tol) and math.isfinite(tol)
                               and tol > 0):
     raise ValueError(f'tol (CG relative residual) must be a finite number > '
