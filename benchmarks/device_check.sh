@@ -25,7 +25,7 @@
 #   falkon      FALKON at n = 1e7, M = 1e4 (issue 14)            <= 90 s
 # A stage cut off by its limit prints "stage STAGE: timed out".
 # Expects wheels of the packages the GPU image lacks in .device_wheels/
-# (matfree, ml_collections: pip download --no-deps --only-binary=:all:
+# (ml_collections: pip download --no-deps --only-binary=:all:
 # --python-version 3.12 -d .device_wheels NAME).
 set -uo pipefail
 out=${1:?usage: device_check.sh OUT_DIR [STAGE ...]}
