@@ -237,14 +237,13 @@ class TrainConfig:
     return dataclasses.replace(self, options=tuple(options.items()))
 
   def check_knobs_read(self, grid: grid_lib.Grid) -> None:
-    """Raises ``ValueError`` for a ``Values`` axis that no member of
-    ``grid`` reads: of several values, its members would be copies (an effect
-    of exactly 0); of one, a setting the run ignores (``--weight_decay``
-    beside momentum). Called on a whole grid (``engine.run``), not on the
-    groups it runs in."""
+    """Raises ``ValueError`` for a ``Values`` axis of several values that no
+    member of ``grid`` reads (its members would be copies: an effect of
+    exactly 0). Called on a whole grid (``engine.run``), not on the groups
+    it runs in."""
     options = self.option_dict()
     for axis in grid.axes:
-      if not isinstance(axis, grid_lib.Values):
+      if not isinstance(axis, grid_lib.Values) or len(axis.values) < 2:
         continue
       owner = registry.knob_axis(axis.name)
       if owner.name not in self.reads:
