@@ -81,6 +81,13 @@ BAD_CONFIGS = {
     'activations_for_deep_linear': (
         dict(model='deep_linear', options={'activation': ('relu',)}),
         ['activations', "'deep_linear'", 'no activation axis']),
+    # One value no option reads: a setting the run would ignore (the
+    # README's momentum example passed --weight_decay=0).
+    'weight_decay_unread': (
+        dict(options={'optimizer': ('momentum', 'nesterov')},
+             values={'weight_decay': '0'}),
+        ['weight_decay: no member reads it', 'momentum, nesterov', 'adamw',
+         'drop --weight_decay']),
 }
 
 

@@ -82,12 +82,18 @@ class AblationConfig:
       options[name] = registry.check_options(axis.options, value, axis.flag)
     object.__setattr__(self, 'options', _pairs(options))
     knobs = registry.knobs()
-    given = {ALWAYS_VARIED: (knobs[ALWAYS_VARIED].default,),
-             **dict(self.values or {})}
+    user_given = dict(self.values or {})
+    given = {ALWAYS_VARIED: (knobs[ALWAYS_VARIED].default,), **user_given}
     parsed = {name: cli.parse_knob(name, items)
               for name, items in given.items()}
     object.__setattr__(self, 'values', tuple(
         (k, parsed[k]) for k in knobs if k in parsed))
+    chosen = dict(self.options)
+    for name in given:  # a value given (one: TrainConfig checks several)
+      owner = registry.knob_axis(name)
+      if name in user_given and owner.name in chosen:
+        registry.check_knob_read(name, chosen[owner.name],
+                                 f'; add one of those or drop --{name}')
     if (not isinstance(self.seeds, int) or isinstance(self.seeds, bool)
         or self.seeds < 1):
       raise ValueError(f'seeds must be a count >= 1; got {self.seeds!r}.')
