@@ -50,6 +50,26 @@ def tiny_synthetic():
                             condition_number=10.0)
 
 
+@pytest.fixture(autouse=True)
+def _float32_unless_the_module_says(request):
+  """Each test runs with float64 off unless its module sets ``USES_X64``.
+
+  Those modules turn it on in module-scoped fixtures, until the module's
+  teardown; under xdist's work stealing a worker can run another module's
+  test before that teardown (a stolen next item), which then traced in
+  float64 (a scan carry float32 in, float64 out).
+  """
+  if getattr(request.module, 'USES_X64', False):
+    yield
+    return
+  previous = jax.config.jax_enable_x64
+  if previous:
+    jax.config.update('jax_enable_x64', False)
+  yield
+  if previous:
+    jax.config.update('jax_enable_x64', True)
+
+
 @pytest.fixture
 def x64():
   """Enables float64 for one test."""

@@ -41,6 +41,10 @@ def _knobs(member, momentum=MOMENTUM):
           'momentum': jnp.asarray(momentum, jnp.float32)}
 
 
+# Module fixtures here turn float64 on until the module ends (conftest).
+USES_X64 = True
+
+
 @pytest.fixture(scope='module')
 def x64_module():
   previous = jax.config.jax_enable_x64

@@ -23,6 +23,10 @@ def _optimal_loss(config):
   return 0.5 * np.mean(np.sum(r**2, -1))
 
 
+# Module fixtures here turn float64 on until the module ends (conftest).
+USES_X64 = True
+
+
 @pytest.fixture(scope='module')
 def small_run():
   """The shrunk study (every method, float64), run once for the module."""

@@ -167,6 +167,10 @@ def test_needs_residual_fn():
     tx.update(params, tx.init(params), params)
 
 
+# Module fixtures here turn float64 on until the module ends (conftest).
+USES_X64 = True
+
+
 @pytest.fixture(scope='module')
 def rahimi_small():
   """A shrunk talk problem: x in R^4, hidden 4, y in R^6, 60 samples, float64.
