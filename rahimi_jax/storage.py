@@ -37,8 +37,9 @@ def _ours(checkpoint: str) -> bool:
     names = os.listdir(checkpoint)
   except OSError:
     return False
-  return all(n == 'flags.json' or (n.startswith('run') and n[3:].isdigit())
-             for n in names)
+  # ``.flags.json*``: its atomic write's temporary file, left by a kill.
+  return all(n == 'flags.json' or n.startswith('.flags.json')
+             or (n.startswith('run') and n[3:].isdigit()) for n in names)
 _KINDS = {'b': 'bool', 'i': 'int', 'u': 'int', 'f': 'float', 'U': 'str', 'O': 'str'}
 _DTYPES = {'bool': bool, 'int': np.int64, 'float': np.float64, 'str': str}
 
