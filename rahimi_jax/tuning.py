@@ -28,8 +28,8 @@ share of the cores), which favours wider chunks in short runs.
 """
 
 import dataclasses
-import functools
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -40,7 +40,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from absl import logging
-
 import jax
 import numpy as np
 
