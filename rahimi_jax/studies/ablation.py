@@ -89,9 +89,9 @@ class AblationConfig:
     object.__setattr__(self, 'values', tuple(
         (k, parsed[k]) for k in knobs if k in parsed))
     chosen = dict(self.options)
-    for name in given:  # a value given (one: TrainConfig checks several)
+    for name in user_given:  # read by an option (TrainConfig: by a member)
       owner = registry.knob_axis(name)
-      if name in user_given and owner.name in chosen:
+      if owner.name in chosen:
         registry.check_knob_read(name, chosen[owner.name],
                                  f'; add one of those or drop --{name}')
     if (not isinstance(self.seeds, int) or isinstance(self.seeds, bool)
