@@ -191,7 +191,9 @@ def synthetic(*, n_train: int = 1000, n_test: int = 1000, in_dim: int = 6,
     condition_number: ratio of the largest to smallest singular value of W*.
     noise: standard deviation of Gaussian target noise (0: realizable by a
       linear model).
-    seed: seed of the target and the samples.
+    seed: seed of the target and the samples. ``W*`` and the training set
+      come from one stream, the test set from another: the test set does not
+      depend on ``n_train``, nor the training set on ``n_test``.
     dtype: 'float32' or 'float64', the stored arrays' type (float64 arrays
       need ``jax_enable_x64`` to reach a jitted program as float64).
 
@@ -215,11 +217,15 @@ def synthetic(*, n_train: int = 1000, n_test: int = 1000, in_dim: int = 6,
   rng = np.random.default_rng(seed)
   w = ill_conditioned_matrix(rng, in_dim, out_dim, condition_number)
 
-  def sample(n):
+  def sample(rng, n):
     x = rng.standard_normal((n, in_dim))
     return x, x @ w + noise * rng.standard_normal((n, out_dim))
 
-  (x_train, y_train), (x_test, y_test) = sample(n_train), sample(n_test)
+  # The test set has a stream of its own, so runs that differ in n_train are
+  # scored on the same test samples.
+  x_train, y_train = sample(rng, n_train)
+  x_test, y_test = sample(
+      np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0]), n_test)
   return check_dataset(Dataset(
       x_train=x_train.astype(dtype), y_train=y_train.astype(dtype),
       x_test=x_test.astype(dtype), y_test=y_test.astype(dtype),

@@ -267,6 +267,26 @@ class SyntheticTest(parameterized.TestCase):
     b = data_lib.synthetic(n_train=10, n_test=5, seed=1)
     self.assertFalse(np.allclose(a.x_train, b.x_train))
 
+  def test_the_test_set_does_not_depend_on_the_training_set_size(self):
+    # Runs that differ in n_train are scored on the same test samples.
+    small = data_lib.synthetic(n_train=10, n_test=5, noise=0.1)
+    large = data_lib.synthetic(n_train=40, n_test=5, noise=0.1)
+    chex.assert_trees_all_equal((small.x_test, small.y_test),
+                                (large.x_test, large.y_test))
+    # and the training set not on n_test: W* and the training samples, in
+    # order, from the seed's stream (a numpy reference of the construction).
+    rng = np.random.default_rng(0)
+    u, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    v, _ = np.linalg.qr(rng.standard_normal((10, 6)))
+    w = (u * np.logspace(0, -5, 6)) @ v.T
+    x = rng.standard_normal((10, 6))
+    y = x @ w + 0.1 * rng.standard_normal((10, 10))
+    other = data_lib.synthetic(n_train=10, n_test=50, noise=0.1)
+    for d in (small, other):
+      chex.assert_trees_all_close((d.x_train, d.y_train),
+                                  (x.astype(np.float32), y.astype(np.float32)),
+                                  rtol=1e-6)
+
   @parameterized.parameters(0.5, 0.0, -10.0, float('nan'), float('inf'))
   def test_invalid_condition_number(self, cond):
     with self.assertRaisesRegex(ValueError, f'condition_number.*{cond}'):
