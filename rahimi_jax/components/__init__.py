@@ -23,4 +23,6 @@ from rahimi_jax.components.optimizers import LEAST_SQUARES
 from rahimi_jax.components.optimizers import OPTIMIZERS
 from rahimi_jax.components.optimizers import relaxed_optimizer
 from rahimi_jax.components.relaxed import component_key
+from rahimi_jax.components.relaxed import layer_key
+from rahimi_jax.components.relaxed import LayerKeys
 from rahimi_jax.components.relaxed import mix

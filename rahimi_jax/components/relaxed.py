@@ -43,7 +43,7 @@ import functools
 import threading
 import types
 import zlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 from jax.extend import core as jex_core
@@ -151,17 +151,47 @@ def _guard_function(weight, fn):
   return guarded
 
 
-def component_key(key: jax.Array | None, axis: str, layer: int = 0
-                  ) -> jax.Array | None:
+class LayerKeys(NamedTuple):
+  """A step's key that differs by layer: ``below`` for the layers below
+  ``boundary``, ``above`` for the rest.
+
+  The covariate-shift probe (``diagnostics.covariate_shift``) computes a
+  layer's gradient after the layers below it took their step: their
+  randomness (noisy batch norm's noise, dropout's mask) is then the next
+  step's, while the layer itself and those above keep this step's. A model
+  gets it as its ``key`` and hands it to ``component_key`` (or
+  ``layer_key``), which pick the layer's key.
+  """
+  below: jax.Array
+  above: jax.Array
+  boundary: jax.Array
+
+
+def layer_key(key: 'jax.Array | LayerKeys | None', layer: int = 0
+              ) -> jax.Array | None:
+  """``key`` as one PRNG key for ``layer``: resolves a ``LayerKeys``.
+
+  A component that has no layer (a flax PRNG stream) takes layer 0's: the
+  moved layers' key as soon as any layer moved.
+  """
+  if isinstance(key, LayerKeys):
+    return jnp.where(layer < key.boundary, key.below, key.above)
+  return key
+
+
+def component_key(key: 'jax.Array | LayerKeys | None', axis: str,
+                  layer: int = 0) -> jax.Array | None:
   """The PRNG key of one component (``axis``) in one ``layer`` for one step.
 
   It depends only on the step's key (the member's seed and the step) and on
   where the component sits, never on which option is chosen, so two members
   that differ only in a component draw identical random numbers (common
-  random numbers across arms). ``None`` (no key given) stays ``None``.
+  random numbers across arms). ``None`` (no key given) stays ``None``; a
+  ``LayerKeys`` gives the key of ``layer``'s side of its boundary.
   """
   if key is None:
     return None
+  key = layer_key(key, layer)
   axis_id = zlib.crc32(axis.encode()) & 0x7FFFFFFF
   return jax.random.fold_in(jax.random.fold_in(key, axis_id), layer)
 

@@ -7,9 +7,8 @@ Three probes of one member at one point ``params`` of its training run:
   that layer's parameters and ``G'_i`` the same gradient after every layer
   below ``i`` has taken the optimizer's step (computed from the same batch);
   the shift is ``||G_i - G'_i||`` and its cosine. The layers at and above
-  ``i`` keep their values, so a layer with nothing below it (the first) has
-  shift exactly 0 unless the network itself is random (noisy batch norm:
-  below, "keys").
+  ``i`` keep their values (and their randomness, below: "keys"), so a layer
+  with nothing below it (the first) has shift exactly 0.
 * ``landscape``: the loss along the gradient ``g``: at ``params - eta g`` for
   a set of step sizes ``eta`` (evaluated at once, vmapped), the range of the
   loss; the largest change of the gradient, ``max ||g - g(eta)||`` ("gradient
@@ -23,12 +22,13 @@ Three probes of one member at one point ``params`` of its training run:
   as a root mean square over units.
 
 Keys: the gradient before a step is taken with the key of the step it
-simulates and the gradient (or pre-activations) after it with the next step's
-key, as the run itself would see them; a deterministic network ignores both,
-while noisy batch norm's fresh noise then counts as the shift it adds on
-purpose (so its readings are mostly that noise: a step of size 0 gave a CNN's
-layers 0.2-0.58 of ICS, against 0.0135 for batch norm's whole step; the
-batch-norm study's verdicts say so). The landscape is one function,
+simulates. In ``G'_i`` the layers below ``i`` moved to the next step, their
+randomness included: they draw from the next step's key, while layer ``i``
+and those above keep this step's (``components.LayerKeys``). A deterministic
+network ignores both; noisy batch norm's fresh noise below a layer counts as
+the shift it adds on purpose, and the first layer's shift is 0 exactly. The
+pre-activation drift compares the whole network before and after the step,
+its noise redrawn with the next step's key. The landscape is one function,
 evaluated with one key.
 
 References:
@@ -43,6 +43,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from rahimi_jax import components
 
 # Step sizes of ``landscape`` as multiples of the member's learning rate:
 # Santurkar et al. move up to four times the learning rate along the gradient
@@ -66,7 +68,8 @@ class Probe:
       training mode.
     loss: ``(params, key) -> scalar``: the loss on the probe batch (a batch of
       the training batch size drawn for this log) in training mode, the
-      network's randomness drawn from ``key``.
+      network's randomness drawn from ``key`` (a PRNG key, or a
+      ``components.LayerKeys`` that the model resolves per layer).
     keys: ``(key_now, key_next)``: the training keys of the step the probes
       simulate and of the one after it.
     update: ``(params, grads) -> params``: the member's optimizer step from
@@ -124,7 +127,8 @@ def covariate_shift(loss: Callable[[Any, jax.Array], jax.Array], params,
     update: ``(params, grads) -> params``: one optimizer step.
     depth: each leaf's layer index, a pytree like ``params`` of ints.
     keys: ``(key_now, key_next)``: the network's randomness before and after
-      the step.
+      the step; ``loss`` gets a ``components.LayerKeys`` of the two (the
+      layers below the one measured draw from ``key_next``).
     stepped: ``update(params, grad(loss)(params, key_now))`` where the caller
       has it; computed when None.
 
@@ -138,19 +142,20 @@ def covariate_shift(loss: Callable[[Any, jax.Array], jax.Array], params,
   if stepped is None:
     stepped = update(params, jax.grad(loss)(params, key_now))
 
-  def gradient(below, key):
-    # Layers below ``below`` stepped; the others as they were.
+  def gradient(below):
+    # Layers below ``below`` stepped, with the next step's randomness; the
+    # others as they were, with this step's.
     return jax.grad(loss)(jax.tree.map(
         lambda d, p, s: jnp.where(d < below, s, p), depth, params, stepped),
-                          key)
+                          components.LayerKeys(key_next, key_now, below))
 
   def body(reference, inputs):
     # Pass 0 takes G (nothing stepped, this step's key) as the reference;
     # pass i + 1 takes G'_i and compares. One compiled gradient for both, so
-    # a layer with nothing below it in a deterministic net has shift 0
-    # exactly; scanned, not unrolled, so a deep net compiles one gradient.
-    j, below, key = inputs
-    g = gradient(below, key)
+    # a layer with nothing below it has shift 0 exactly; scanned, not
+    # unrolled, so a deep net compiles one gradient.
+    j, below = inputs
+    g = gradient(below)
     reference = jax.tree.map(lambda r, a: jnp.where(j == 0, a, r), reference, g)
     sums = [_layer_sums(depth, jax.tree.map(f, reference, g), k)
             for f in (lambda a, b: (a - b)**2, lambda a, b: a * b,
@@ -158,9 +163,8 @@ def covariate_shift(loss: Callable[[Any, jax.Array], jax.Array], params,
     return reference, jnp.stack(sums)[:, jnp.maximum(below, 0)]
 
   passes = jnp.arange(k + 1)
-  keys = jnp.stack([key_now] + [key_next] * k)
   _, sums = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params),
-                         (passes, jnp.maximum(passes - 1, 0), keys))
+                         (passes, jnp.maximum(passes - 1, 0)))
   diff2, dot, norm2, norm2_after = sums[1:].T
   denom = jnp.sqrt(norm2 * norm2_after)
   cosine = jnp.where(denom > 0, dot / jnp.where(denom > 0, denom, 1.0),

@@ -14,7 +14,8 @@ class Model(NamedTuple):
     apply: ``apply(params, state, x, knobs, train, key=None) -> (y, state)``
       with ``x: [batch, in_dim]`` and ``y: [batch, out_dim]``; ``key`` is the
       step's PRNG key (``train.step_key``), from which the model gives each
-      component its own (``components.component_key``).
+      component its own (``components.component_key``, with the component's
+      layer: the covariate-shift probe passes a ``components.LayerKeys``).
     choice_axes: the choice axes whose knobs the model reads (e.g. ``norm``).
     matmul_hook: ``apply`` accepts ``matmul_input=``, a function it applies
       to both inputs of every matmul (the ``activations`` placement rounds

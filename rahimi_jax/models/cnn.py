@@ -156,4 +156,4 @@ def cnn(hidden: Sequence[int], options: Mapping[str, Sequence[str]]) -> Model:
   hidden = tuple(int(h) for h in hidden)
   return flax_adapter.from_flax(
       lambda out_dim: CNN(hidden, checked, out_dim), choice_axes=AXES,
-      per_sample=True)
+      per_sample=True, layer_keys=True)

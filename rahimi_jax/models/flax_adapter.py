@@ -16,7 +16,8 @@ Module``, when the output width comes from the data) into the framework's
   parameter of that name: ``knobs`` (the member's knobs: simplex weights of
   the choice axes and value knobs), ``train`` (or ``deterministic=not
   train``), ``key`` (the step's PRNG key, as the built-in models get it,
-  ``None`` at init) and ``preactivation`` (see ``Model.preactivation_hook``);
+  ``None`` at init; see ``layer_keys``) and ``preactivation`` (see
+  ``Model.preactivation_hook``);
 * the step's key also reaches the module as flax PRNG streams: stream
   ``name`` (``rngs=``, default ``('dropout',)``) draws from
   ``components.component_key(key, name)``.
@@ -72,7 +73,7 @@ def from_flax(module: nn.Module | Callable[[int], nn.Module], *,
               depth: Callable[[Any], Any] | None = None,
               rngs: Sequence[str] = ('dropout',),
               out_dim: Callable[[Any], int] | None = None,
-              per_sample: bool = False) -> Model:
+              per_sample: bool = False, layer_keys: bool = False) -> Model:
   """A flax linen module as a pure ``Model``.
 
   Args:
@@ -92,6 +93,12 @@ def from_flax(module: nn.Module | Callable[[int], nn.Module], *,
     per_sample: ``Model.per_sample``: the module in evaluation (``train=False``
       / ``deterministic=True``) computes each output row from its input row
       alone (no batch statistics); only the module's author can say so.
+    layer_keys: the module hands ``key`` to ``components.component_key``
+      with each layer's index (``depth``'s), as ``models.cnn`` does: it may
+      then get a ``components.LayerKeys`` (the covariate-shift probe's keys,
+      which differ by layer). Otherwise ``key`` is always one PRNG key: under
+      that probe, the moved layers' key once any layer moved (its reading
+      then includes the module's own redrawn randomness).
 
   Returns:
     A ``Model``. ``matmul_hook`` is ``False`` (the ``activations`` placement
@@ -138,7 +145,7 @@ def from_flax(module: nn.Module | Callable[[int], nn.Module], *,
     elif 'deterministic' in accepts:
       out['deterministic'] = not train
     if 'key' in accepts:
-      out['key'] = key
+      out['key'] = key if layer_keys else components.layer_key(key)
     if preactivation is not None:
       if 'preactivation' not in accepts:
         raise ValueError(
