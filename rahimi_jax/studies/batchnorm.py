@@ -303,18 +303,20 @@ def _smoothness(gain, beta, n_gain=None, n_beta=None, overflowed=0,
                  'undecided at these seeds (its beta interval crosses zero).')
 
 
-def _shift(gain, n_gain, n_shift, n_drift) -> str:
+def _shift(gain, n_gain, n_shift, n_drift, level: float) -> str:
   """What noisy batch norm's added shift says of batch norm's gain.
 
-  ``n_shift`` and ``n_drift`` are intervals at half the others' error rate
-  (Bonferroni: "more shift" is either reading above 0).
+  ``n_shift`` and ``n_drift`` are intervals at ``level``, half the others'
+  error rate (Bonferroni: "more shift" is either reading above 0).
   """
   if not _known(gain, n_gain, n_shift, n_drift):
     return _TOO_FEW
   if not (n_shift.low > 0 or n_drift.low > 0):
+    where = lambda i: 'is below 0' if i.high < 0 else 'reaches 0'  # pylint: disable=unnecessary-lambda-assignment
     return ('undecided: noisy batch norm\'s added shift is not shown at these '
-            'seeds (its ICS and drift intervals reach 0), and the test needs '
-            'it.')
+            f'seeds (at {results_lib.percent(level)} each, Bonferroni: its ICS '
+            f'interval {where(n_shift)}, its drift interval {where(n_drift)}), '
+            'and the test needs it.')
   if n_gain.high < 0:
     return 'the added shift costs accuracy here: consistent with the folklore.'
   if not n_gain.low > 0:
@@ -368,7 +370,7 @@ def verdicts(means: results_lib.Results, level: float = 0.95) -> list[str]:
               accuracy=n_gain, ICS=n_shift, drift=n_drift,
               beta_smoothness=n_beta))
       line.append('  => covariate shift: ' + _shift(
-          gain.interval, n_gain.interval, t_shift, t_drift))
+          gain.interval, n_gain.interval, t_shift, t_drift, bonferroni))
       line.append('  => smoothness: ' + _smoothness(
           gain.interval, beta.interval, n_gain.interval, n_beta.interval,
           _overflowed(beta), _overflowed(n_beta)))
