@@ -26,7 +26,10 @@ simulates. In ``G'_i`` the layers below ``i`` moved to the next step, their
 randomness included: they draw from the next step's key, while layer ``i``
 and those above keep this step's (``components.LayerKeys``). A deterministic
 network ignores both; noisy batch norm's fresh noise below a layer counts as
-the shift it adds on purpose, and the first layer's shift is 0 exactly. The
+the shift it adds on purpose, and the first layer's shift is 0 exactly. (Its
+readings are mostly that noise: at init a step of size 0 gives the batch-norm
+study's CNN 0.52-0.73 of ICS in layers 1-3, against 0.012-0.046 for batch
+norm's step at learning rate 0.01; the study's verdicts say so.) The
 pre-activation drift compares the whole network before and after the step,
 its noise redrawn with the next step's key. The landscape is one function,
 evaluated with one key.
