@@ -184,7 +184,9 @@ def test_tuned_chunk_is_measured_once_cached_and_reproducible(
   monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
   monkeypatch.setattr(tuning, 'MIN_PROBE_S', 0.005)  # short timed stretches
   config = CONFIG.for_grid(GRID)
-  train = train_lib.make_train(config)
+  # Its own programs (not make_train's cached ones, which another test of
+  # this worker may have compiled at these widths: compile_s 0 below).
+  train = train_lib.make_train.__wrapped__(config)
   with program.run_options(chunk_size='tune'):
     first = program.execute(train, GRID, tiny_digits)
   with program.run_options(chunk_size='auto'):
