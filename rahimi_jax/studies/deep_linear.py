@@ -317,8 +317,10 @@ def stall_spectrum(config: DeepLinearConfig, depth: int,
                                   (params, x, y)))
 
 
-def _spectra(params, x, y) -> dict[str, Any]:
-  """``stall_spectrum``'s readings at ``params`` on ``(x, y)``."""
+@jax.jit
+def _spectra_program(params, x, y):
+  """``_spectra``'s one program (module-level: a later call of the same
+  shapes reuses it)."""
   n = x.shape[0]
 
   def predict(p):
@@ -331,20 +333,22 @@ def _spectra(params, x, y) -> dict[str, Any]:
     return (predict(p) - y) / jnp.sqrt(jnp.asarray(n, x.dtype))
 
   n_params = sum(p.size for p in jax.tree.leaves(params))
-  tangents = symmetry_tangents(params)
+  flat, unravel = ravel_pytree(params)
+  return (diagnostics.hessian_eigenvalues(loss, params, jax.random.key(0),
+                                          n_params),
+          jax.jacfwd(lambda f: jnp.ravel(residual(unravel(f))))(flat),
+          jax.hessian(lambda f: loss(unravel(f)))(flat),
+          diagnostics.gradient_norm(loss, params), loss(params))
 
-  @jax.jit
-  def spectra(p):
-    flat, unravel = ravel_pytree(p)
-    return (diagnostics.hessian_eigenvalues(loss, p, jax.random.key(0),
-                                            n_params),
-            jax.jacfwd(lambda f: jnp.ravel(residual(unravel(f))))(flat),
-            jax.hessian(lambda f: loss(unravel(f)))(flat),
-            diagnostics.gradient_norm(loss, p), loss(p))
+
+def _spectra(params, x, y) -> dict[str, Any]:
+  """``stall_spectrum``'s readings at ``params`` on ``(x, y)``."""
+  n_params = sum(p.size for p in jax.tree.leaves(params))
+  tangents = symmetry_tangents(params)
 
   # One program (evaluated op by op, the dense Hessian alone took 2.8 s).
   eigenvalues, jac, hessian, grad_norm, loss_value = jax.tree.map(
-      np.asarray, spectra(params))
+      np.asarray, _spectra_program(params, x, y))
   top = eigenvalues.max()
   null = np.abs(eigenvalues) <= NULL_TOLERANCE * top
   positive = eigenvalues[(eigenvalues > 0) & ~null]
