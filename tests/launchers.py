@@ -1,5 +1,6 @@
 """Running the experiment launchers as a user would, and checking bad input."""
 
+import atexit
 import fcntl
 import json
 import os
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The suite's tiny programs are compile-bound; XLA's CPU backend compiles at
@@ -57,37 +59,94 @@ def launch_many(module: str, flag_lists, timeout: int = 300):
   return launch_runs([(module, flags) for flags in flag_lists], timeout)
 
 
-# One process imports what every launcher imports (JAX, rahimi_jax: ~1.4 s of
-# CPU, most of a run that fails validation), starts no backend, then forks once
-# per run; each fork runs its module as ``python -m`` does (runpy's
+# One process per distinct environment (per pytest process) imports what
+# every launcher imports (JAX, rahimi_jax, matplotlib's pyplot: ~1.8 s of
+# CPU, most of a run that fails validation), starts no backend, and stays:
+# each batch of runs it is sent (a JSON line on its stdin) it forks once per
+# run; each fork runs its module as ``python -m`` does (runpy's
 # _run_module_as_main: argv[0] the module's file, run as __main__, uncaught
 # exceptions and exit codes as usual), or its code as ``python -c`` does (in a
-# fresh __main__), its stdout and stderr in its own files.
+# fresh __main__), its stdout and stderr in its own files, stdin /dev/null;
+# the exit codes come back as a JSON line.
 _FORK_SERVER = r"""
 import gc, json, os, runpy, sys, types
 import jax, rahimi_jax
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot
 from jax._src import xla_bridge
 assert not xla_bridge.backends_are_initialized()  # forks start JAX themselves
 gc.freeze()  # the collector leaves the shared imports alone (0.5 -> 0.1 s/fork)
-pids = []
-for module, flags, out, err in json.loads(sys.argv[1]):
-  sys.stdout.flush(); sys.stderr.flush()
-  pid = os.fork()
-  if pid == 0:
-    for fd, path in ((1, out), (2, err)):
-      os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-    if module == '-c':
-      sys.argv = ['-c', *flags[1:]]
-      sys.modules['__main__'] = main = types.ModuleType('__main__')
-      exec(compile(flags[0], '<string>', 'exec'), main.__dict__)
-    else:
-      sys.argv = ['-m', *flags]
-      runpy._run_module_as_main(module)
-    sys.exit(0)
-  pids.append(pid)
-print(json.dumps([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-                  for pid in pids]))
+reply = os.fdopen(os.dup(1), 'w')
+for line in sys.stdin:
+  pids = []
+  for module, flags, out, err in json.loads(line):
+    sys.stdout.flush(); sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+      os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+      for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+      if module == '-c':
+        sys.argv = ['-c', *flags[1:]]
+        sys.modules['__main__'] = main = types.ModuleType('__main__')
+        exec(compile(flags[0], '<string>', 'exec'), main.__dict__)
+      else:
+        sys.argv = ['-m', *flags]
+        runpy._run_module_as_main(module)
+      sys.exit(0)
+    pids.append(pid)
+  reply.write(json.dumps([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+                          for pid in pids]) + '\n')
+  reply.flush()
 """
+
+_SERVERS: dict = {}  # frozen environment -> its server (this process's)
+_LOCK = threading.Lock()  # one batch at a time (tests run some in threads)
+
+
+def _server(environ):
+  """``(key, server)``: this environment's server, started if none is alive.
+
+  Its own stderr goes to a file (``server.log``), read when it fails: an
+  unread pipe would stop it once full.
+  """
+  # pytest's PYTEST_CURRENT_TEST names each test: not part of the key.
+  key = tuple(sorted((k, v) for k, v in environ.items()
+                     if k != 'PYTEST_CURRENT_TEST'))
+  server = _SERVERS.get(key)
+  if server is None or server.poll() is not None:
+    log = tempfile.NamedTemporaryFile(prefix='launch_server_', suffix='.log',
+                                      delete=False)
+    server = _SERVERS[key] = subprocess.Popen(
+        [sys.executable, '-c', _FORK_SERVER], cwd=ROOT, env=environ,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+        start_new_session=True)
+    server.log = log.name
+    log.close()
+  return key, server
+
+
+def _stop(key, kill: bool) -> str:
+  """Stops the server of ``key`` (its forks too when ``kill``); its log."""
+  server = _SERVERS.pop(key)
+  if kill:
+    os.killpg(server.pid, signal.SIGKILL)
+  elif server.poll() is None:
+    server.stdin.close()
+  server.wait()
+  with open(server.log) as f:
+    text = f.read()
+  os.unlink(server.log)
+  return text
+
+
+def close_servers():
+  for key in list(_SERVERS):
+    _stop(key, kill=False)
+
+
+atexit.register(close_servers)
 
 
 def launch_runs(runs, timeout: int = 300,
@@ -99,23 +158,28 @@ def launch_runs(runs, timeout: int = 300,
   their args the command a user would type.
   """
   runs = [(module, [*flags]) for module, flags in runs]
-  with tempfile.TemporaryDirectory(prefix='launch_') as tmp:
+  with _LOCK, tempfile.TemporaryDirectory(prefix='launch_') as tmp:
     files = [(os.path.join(tmp, f'{i}.out'), os.path.join(tmp, f'{i}.err'))
              for i in range(len(runs))]
-    server = subprocess.Popen(
-        [sys.executable, '-c', _FORK_SERVER,
-         json.dumps([[m, f, *paths] for (m, f), paths in zip(runs, files)])],
-        cwd=ROOT, env=env() if environ is None else environ,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+    key, server = _server(env() if environ is None else environ)
+    done_line = []
+    reader = threading.Thread(
+        target=lambda: done_line.append(server.stdout.readline()), daemon=True)
     try:
-      stdout, stderr = server.communicate(timeout=timeout)
+      server.stdin.write(json.dumps(
+          [[m, f, *paths] for (m, f), paths in zip(runs, files)]) + '\n')
+      server.stdin.flush()
+      reader.start()
+      reader.join(timeout)
+      if reader.is_alive():
+        raise TimeoutError(f'launch_runs: no answer in {timeout} s')
     except BaseException:  # a timeout: the forks too (the server's group)
-      os.killpg(server.pid, signal.SIGKILL)
-      server.wait()
+      _stop(key, kill=True)
       raise
-    assert server.returncode == 0, stderr[-3000:]
-    codes = json.loads(stdout.strip().splitlines()[-1])
+    if not done_line[0]:  # the server itself ended
+      raise RuntimeError('launch_runs: the fork server exited:\n'
+                         + _stop(key, kill=True)[-3000:])
+    codes = json.loads(done_line[0])
     done = []
     for (module, flags), (out, err), code in zip(runs, files, codes):
       command = ['-c'] if module == '-c' else ['-m', module]

@@ -8,7 +8,6 @@ run a dry run), and once through ``python -m`` for the exit code.
 
 import json
 import pathlib
-import subprocess
 import sys
 import textwrap
 
@@ -223,9 +222,8 @@ _RUNNER = textwrap.dedent('''
 
 
 def _run_launchers(runs):
-  proc = subprocess.run([sys.executable, '-c', _RUNNER, json.dumps(runs)],
-                        cwd=ROOT, env=launchers.env(), capture_output=True,
-                        text=True, timeout=240)
+  proc, = launchers.launch_runs([('-c', [_RUNNER, json.dumps(runs)])],
+                                timeout=240)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.splitlines()[-1])
 
