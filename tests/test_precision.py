@@ -233,7 +233,7 @@ def _cell(res, name):
 
 @pytest.fixture(scope='module')
 def precision_run(tiny_digits):
-  return engine.run(_CONFIG, _GRID, tiny_digits)
+  return engine.run(_CONFIG, _GRID, tiny_digits, partition=(), switch=())
 
 
 def test_float32_member_is_the_run_without_the_axis(precision_run,
