@@ -626,7 +626,7 @@ def make_loop(config: TrainConfig) -> Loop:
         keys=(key_now, key_next),
         update=update, depth=model.depth and model.depth(params),
         preactivations=preactivations if model.preactivation_hook else None,
-        learning_rate=k['learning_rate'])
+        learning_rate=k['learning_rate'], layer_keys=model.layer_keys)
 
   def log(knobs, data, carry, t):
     k, opt, loss_fn, data, policy = setup(knobs, data)

@@ -67,10 +67,14 @@ def launch_many(module: str, flag_lists, timeout: int = 300):
 # _run_module_as_main: argv[0] the module's file, run as __main__, uncaught
 # exceptions and exit codes as usual), or its code as ``python -c`` does (in a
 # fresh __main__), its stdout and stderr in its own files, stdin /dev/null;
-# the exit codes come back as a JSON line.
+# the exit codes come back as a JSON line. What a fork shares with the others,
+# unlike a fresh ``python -m``: the imports' state (matplotlib's Agg backend,
+# which rahimi_jax.plots sets anyway; warnings printed at import go to the
+# server's log) and NumPy's legacy global RNG, reseeded in each fork.
 _FORK_SERVER = r"""
 import gc, json, os, runpy, sys, types
 import jax, rahimi_jax
+import numpy as np
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot
@@ -84,6 +88,8 @@ for line in sys.stdin:
     sys.stdout.flush(); sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
+      reply.close()  # only the server answers: a dead server reads as EOF
+      np.random.seed()
       os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
       for fd, path in ((1, out), (2, err)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
@@ -112,8 +118,8 @@ def _server(environ):
   unread pipe would stop it once full.
   """
   # pytest's PYTEST_CURRENT_TEST names each test: not part of the key.
-  key = tuple(sorted((k, v) for k, v in environ.items()
-                     if k != 'PYTEST_CURRENT_TEST'))
+  environ = {k: v for k, v in environ.items() if k != 'PYTEST_CURRENT_TEST'}
+  key = tuple(sorted(environ.items()))
   server = _SERVERS.get(key)
   if server is None or server.poll() is not None:
     log = tempfile.NamedTemporaryFile(prefix='launch_server_', suffix='.log',
@@ -172,13 +178,18 @@ def launch_runs(runs, timeout: int = 300,
       reader.start()
       reader.join(timeout)
       if reader.is_alive():
-        raise TimeoutError(f'launch_runs: no answer in {timeout} s')
-    except BaseException:  # a timeout: the forks too (the server's group)
+        raise TimeoutError(f'launch_runs: no answer in {timeout} s; the '
+                           'server\'s log:\n' + _stop(key, kill=True)[-3000:])
+    except TimeoutError:
+      raise
+    except BaseException:  # the forks too (the server's group)
       _stop(key, kill=True)
       raise
     if not done_line[0]:  # the server itself ended
       raise RuntimeError('launch_runs: the fork server exited:\n'
                          + _stop(key, kill=True)[-3000:])
+    if environ is not None:  # a one-off environment: not kept
+      _stop(key, kill=False)
     codes = json.loads(done_line[0])
     done = []
     for (module, flags), (out, err), code in zip(runs, files, codes):

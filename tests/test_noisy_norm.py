@@ -403,16 +403,22 @@ def test_covariate_shift_redraws_only_the_noise_below_the_layer():
 
   keys = (jax.random.key(1), jax.random.key(2))
   depth = model.depth(params)
+  assert model.layer_keys
   l2, _ = jax.jit(lambda p, k: diagnostics.covariate_shift(
-      loss, p, lambda p, g: p, depth, k))(params, keys)
+      loss, p, lambda p, g: p, depth, k, layer_keys=True))(params, keys)
   chex.assert_shape(l2, (3,))
   assert l2[0] == 0, l2
-  top = max(jax.tree.leaves(depth))
   grad = jax.jit(jax.grad(loss))
   now, after = (grad(params, k) for k in keys)
-  want = np.sqrt(sum(np.sum((np.asarray(a, np.float64) - b) ** 2)
-                     for d, a, b in zip(jax.tree.leaves(depth),
-                                        jax.tree.leaves(now),
-                                        jax.tree.leaves(after)) if d == top))
-  np.testing.assert_allclose(l2[2], want, rtol=1e-5)
-  assert l2[1] > 1e-3 * want, l2  # the noise of layer 0's norm, below it
+
+  def full_redraw(layer):  # the layer's shift with every layer's noise new
+    return np.sqrt(sum(np.sum((np.asarray(a, np.float64) - b) ** 2)
+                       for d, a, b in zip(jax.tree.leaves(depth),
+                                          jax.tree.leaves(now),
+                                          jax.tree.leaves(after))
+                       if d == layer))
+
+  np.testing.assert_allclose(l2[2], full_redraw(2), rtol=1e-5)
+  # Layer 1: the noise of layer 0's norm, below it, and not its own.
+  assert l2[1] > 1e-3 * full_redraw(2), l2
+  assert not np.isclose(l2[1], full_redraw(1), rtol=1e-3), (l2, full_redraw(1))

@@ -150,6 +150,25 @@ def test_a_log_traces_the_step_its_probes_simulate_once(x64):
       np.sqrt(np.mean((stepped[0].mean(0) - ws[0].mean(0))**2)), rtol=1e-6)
 
 
+def test_a_loss_that_draws_from_its_key_gets_one_key():
+  # A model without per-layer keys (Model.layer_keys False) may draw from
+  # its key directly: it gets one PRNG key, this step's while nothing below
+  # the measured layer moved, then the next step's for the whole network.
+  x = jnp.asarray([0.5, -1.0, 2.0])
+
+  def loss(p, key):
+    h = p[0] * x + jax.random.normal(key, (3,))
+    return jnp.sum((p[1] * h) ** 2)
+
+  params = [jnp.float32(0.7), jnp.float32(1.3)]
+  keys = (jax.random.key(1), jax.random.key(2))
+  l2, _ = jax.jit(lambda p, k: diagnostics.covariate_shift(
+      loss, p, lambda p, g: p, [0, 1], k))(params, keys)  # a step of size 0
+  assert l2[0] == 0, l2
+  now, after = (jax.grad(loss)(params, k)[1] for k in keys)
+  np.testing.assert_allclose(l2[1], abs(now - after), rtol=1e-5)
+
+
 def test_a_one_layer_net_has_no_covariate_shift():
   rng = np.random.default_rng(0)
   x, y = jnp.asarray(rng.normal(size=(32, 6))), jnp.asarray(rng.integers(0, 3, 32))

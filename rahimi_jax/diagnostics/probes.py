@@ -72,7 +72,7 @@ class Probe:
     loss: ``(params, key) -> scalar``: the loss on the probe batch (a batch of
       the training batch size drawn for this log) in training mode, the
       network's randomness drawn from ``key`` (a PRNG key, or a
-      ``components.LayerKeys`` that the model resolves per layer).
+      ``components.LayerKeys`` where ``layer_keys``).
     keys: ``(key_now, key_next)``: the training keys of the step the probes
       simulate and of the one after it.
     update: ``(params, grads) -> params``: the member's optimizer step from
@@ -83,6 +83,8 @@ class Probe:
       pre-activation on the probe batch, ``[batch, ..., units]``; None for
       models without the hook.
     learning_rate: the member's learning rate (a traced scalar).
+    layer_keys: ``loss`` takes a ``components.LayerKeys``
+      (``Model.layer_keys``).
   """
   params: Any
   key: jax.Array
@@ -93,6 +95,7 @@ class Probe:
   depth: Any
   preactivations: Callable[[Any, jax.Array], list[jax.Array]] | None
   learning_rate: jax.Array
+  layer_keys: bool = False
 
   @functools.cached_property
   def grads(self):
@@ -120,7 +123,8 @@ def _layer_sums(depth, tree, k: int) -> jax.Array:
 
 def covariate_shift(loss: Callable[[Any, jax.Array], jax.Array], params,
                     update: Callable[[Any, Any], Any], depth,
-                    keys: tuple[jax.Array, jax.Array], stepped=None
+                    keys: tuple[jax.Array, jax.Array], stepped=None,
+                    layer_keys: bool = False
                     ) -> tuple[jax.Array, jax.Array]:
   """Santurkar et al.'s internal covariate shift of every layer.
 
@@ -130,10 +134,14 @@ def covariate_shift(loss: Callable[[Any, jax.Array], jax.Array], params,
     update: ``(params, grads) -> params``: one optimizer step.
     depth: each leaf's layer index, a pytree like ``params`` of ints.
     keys: ``(key_now, key_next)``: the network's randomness before and after
-      the step; ``loss`` gets a ``components.LayerKeys`` of the two (the
-      layers below the one measured draw from ``key_next``).
+      the step.
     stepped: ``update(params, grad(loss)(params, key_now))`` where the caller
       has it; computed when None.
+    layer_keys: ``loss`` takes a ``components.LayerKeys`` (its model draws
+      each layer's randomness by ``component_key``, ``Model.layer_keys``):
+      the layers below the one measured draw from ``key_next``, the rest from
+      ``key_now``. Otherwise ``loss`` gets one key: ``key_now`` while nothing
+      below moved (the first layer), then ``key_next`` for the whole network.
 
   Returns:
     ``(l2, cosine)``, each ``[layers]``: ``||G_i - G'_i||`` and
@@ -148,9 +156,10 @@ def covariate_shift(loss: Callable[[Any, jax.Array], jax.Array], params,
   def gradient(below):
     # Layers below ``below`` stepped, with the next step's randomness; the
     # others as they were, with this step's.
+    key = components.LayerKeys(key_next, key_now, below)
     return jax.grad(loss)(jax.tree.map(
         lambda d, p, s: jnp.where(d < below, s, p), depth, params, stepped),
-                          components.LayerKeys(key_next, key_now, below))
+                          key if layer_keys else components.layer_key(key))
 
   def body(reference, inputs):
     # Pass 0 takes G (nothing stepped, this step's key) as the reference;
@@ -250,7 +259,8 @@ def _per_layer(name: str, values: jax.Array, first: int = 0,
 
 def log_covariate_shift(probe: Probe) -> dict[str, jax.Array]:
   l2, cosine = covariate_shift(probe.loss, probe.params, probe.update,
-                               probe.depth, probe.keys, probe.stepped)
+                               probe.depth, probe.keys, probe.stepped,
+                               probe.layer_keys)
   # Layer 0 has nothing below it: its summary would dilute the others'. A
   # dead layer's cosine (NaN) is left out of the summary.
   return _per_layer('ics_l2', l2, first=1) | _per_layer(

@@ -15,7 +15,7 @@ class Model(NamedTuple):
       with ``x: [batch, in_dim]`` and ``y: [batch, out_dim]``; ``key`` is the
       step's PRNG key (``train.step_key``), from which the model gives each
       component its own (``components.component_key``, with the component's
-      layer: the covariate-shift probe passes a ``components.LayerKeys``).
+      layer; see ``layer_keys``).
     choice_axes: the choice axes whose knobs the model reads (e.g. ``norm``).
     matmul_hook: ``apply`` accepts ``matmul_input=``, a function it applies
       to both inputs of every matmul (the ``activations`` placement rounds
@@ -34,6 +34,13 @@ class Model(NamedTuple):
       transpose of an ``[out_dim, batch]`` product: a training loop on one
       fixed batch then holds its targets feature-major too
       (``train.Loop.targets``), so that the residual reads both in order.
+    layer_keys: ``apply`` draws every layer's randomness from
+      ``components.component_key(key, name, layer)`` with ``depth``'s layer
+      index, so its ``key`` may be a ``components.LayerKeys`` (the
+      covariate-shift probe redraws only the layers below the one it
+      measures). Otherwise ``key`` is always one PRNG key, and under that
+      probe the whole network's randomness is redrawn once any layer below
+      moved.
     per_sample: ``apply(..., train=False)`` computes each row of ``y`` from
       that row of ``x`` alone (no batch statistics, no draws): an evaluation
       may run it over blocks of rows (``train.EVAL_BLOCK_ELEMENTS``).
@@ -45,6 +52,7 @@ class Model(NamedTuple):
   depth: Callable[[Any], Any] | None = None
   preactivation_hook: bool = False
   feature_major: bool = False
+  layer_keys: bool = False
   per_sample: bool = False
 
 

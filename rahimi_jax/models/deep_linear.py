@@ -138,4 +138,4 @@ def deep_linear(hidden: Sequence[int],
 
   return Model(init, apply, choice_axes=('norm', 'init'), depth=depth,
                preactivation_hook=True, feature_major=plain,
-               per_sample=True)
+               layer_keys=True, per_sample=True)

@@ -93,12 +93,11 @@ def from_flax(module: nn.Module | Callable[[int], nn.Module], *,
     per_sample: ``Model.per_sample``: the module in evaluation (``train=False``
       / ``deterministic=True``) computes each output row from its input row
       alone (no batch statistics); only the module's author can say so.
-    layer_keys: the module hands ``key`` to ``components.component_key``
-      with each layer's index (``depth``'s), as ``models.cnn`` does: it may
-      then get a ``components.LayerKeys`` (the covariate-shift probe's keys,
-      which differ by layer). Otherwise ``key`` is always one PRNG key: under
-      that probe, the moved layers' key once any layer moved (its reading
-      then includes the module's own redrawn randomness).
+    layer_keys: ``Model.layer_keys``: the module hands ``key`` to
+      ``components.component_key`` with each layer's index (``depth``'s), as
+      ``models.cnn`` does, so it may get a ``components.LayerKeys``. The flax
+      PRNG streams (``rngs``) know no layer: they always draw from layer 0's
+      key (the moved layers' once any layer moved).
 
   Returns:
     A ``Model``. ``matmul_hook`` is ``False`` (the ``activations`` placement
@@ -145,7 +144,7 @@ def from_flax(module: nn.Module | Callable[[int], nn.Module], *,
     elif 'deterministic' in accepts:
       out['deterministic'] = not train
     if 'key' in accepts:
-      out['key'] = key if layer_keys else components.layer_key(key)
+      out['key'] = key
     if preactivation is not None:
       if 'preactivation' not in accepts:
         raise ValueError(
@@ -186,4 +185,4 @@ def from_flax(module: nn.Module | Callable[[int], nn.Module], *,
   return Model(init, apply, choice_axes=tuple(choice_axes),
                depth=depth or sequential_depth,
                preactivation_hook='preactivation' in accepts,
-               per_sample=per_sample)
+               layer_keys=layer_keys, per_sample=per_sample)

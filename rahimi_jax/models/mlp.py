@@ -76,4 +76,4 @@ def mlp(hidden: Sequence[int], options: Mapping[str, Sequence[str]]) -> Model:
 
   return Model(init, apply, choice_axes=('norm', 'activation', 'init'),
                matmul_hook=True, depth=depth, preactivation_hook=True,
-               per_sample=True)
+               layer_keys=True, per_sample=True)
