@@ -161,23 +161,22 @@ def covariate_shift(loss: Callable[[Any, jax.Array], jax.Array], params,
         lambda d, p, s: jnp.where(d < below, s, p), depth, params, stepped),
                           key if layer_keys else components.layer_key(key))
 
-  def body(reference, inputs):
-    # Pass 0 takes G (nothing stepped, this step's key) as the reference;
-    # pass i + 1 takes G'_i and compares. One compiled gradient for both, so
-    # a layer with nothing below it has shift 0 exactly; scanned, not
-    # unrolled, so a deep net compiles one gradient.
-    j, below = inputs
+  def body(reference, below):
+    # Pass 0 takes G (nothing stepped, this step's keys) as the reference,
+    # and is layer 0's G' too: nothing is below it, so its shift is 0
+    # exactly. Pass i > 0 takes G'_i and compares. Scanned, not unrolled, so
+    # a deep net compiles one gradient.
     g = gradient(below)
-    reference = jax.tree.map(lambda r, a: jnp.where(j == 0, a, r), reference, g)
+    reference = jax.tree.map(lambda r, a: jnp.where(below == 0, a, r),
+                             reference, g)
     sums = [_layer_sums(depth, jax.tree.map(f, reference, g), k)
             for f in (lambda a, b: (a - b)**2, lambda a, b: a * b,
                       lambda a, b: a * a, lambda a, b: b * b)]
-    return reference, jnp.stack(sums)[:, jnp.maximum(below, 0)]
+    return reference, jnp.stack(sums)[:, below]
 
-  passes = jnp.arange(k + 1)
   _, sums = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params),
-                         (passes, jnp.maximum(passes - 1, 0)))
-  diff2, dot, norm2, norm2_after = sums[1:].T
+                         jnp.arange(k))
+  diff2, dot, norm2, norm2_after = sums.T
   denom = jnp.sqrt(norm2 * norm2_after)
   cosine = jnp.where(denom > 0, dot / jnp.where(denom > 0, denom, 1.0),
                      jnp.nan)
