@@ -177,14 +177,12 @@ def launch_runs(runs, timeout: int = 300,
       server.stdin.flush()
       reader.start()
       reader.join(timeout)
-      if reader.is_alive():
-        raise TimeoutError(f'launch_runs: no answer in {timeout} s; the '
-                           'server\'s log:\n' + _stop(key, kill=True)[-3000:])
-    except TimeoutError:
-      raise
-    except BaseException:  # the forks too (the server's group)
+    except BaseException:  # interrupted: the forks too (the server's group)
       _stop(key, kill=True)
       raise
+    if reader.is_alive():
+      raise TimeoutError(f'launch_runs: no answer in {timeout} s; the '
+                         'server\'s log:\n' + _stop(key, kill=True)[-3000:])
     if not done_line[0]:  # the server itself ended
       raise RuntimeError('launch_runs: the fork server exited:\n'
                          + _stop(key, kill=True)[-3000:])
