@@ -24,6 +24,7 @@ from rahimi_jax import registry
 from rahimi_jax import storage
 
 TASKS = ('classification', 'regression')
+ARRAY_FIELDS = ('x_train', 'y_train', 'x_test', 'y_test')
 
 
 @struct.dataclass
@@ -46,7 +47,17 @@ class Dataset:
 
 
 def check_dataset(data: Dataset) -> Dataset:
-  """Raises ``ValueError`` on bad shapes, dtypes or non-finite values."""
+  """``data``, its array fields as arrays (nested lists become numpy's);
+  raises ``ValueError`` on bad shapes, dtypes or non-finite values and
+  ``TypeError`` on what is no ``Dataset``."""
+  if not isinstance(data, Dataset):
+    raise TypeError(
+        'data must be a rahimi_jax.data.Dataset(x_train, y_train, x_test, '
+        f'y_test, task, num_outputs); got {type(data).__name__}.')
+  lists = {f: np.asarray(getattr(data, f)) for f in ARRAY_FIELDS
+           if not hasattr(getattr(data, f), 'shape')}
+  if lists:
+    data = data.replace(**lists)
   if data.task not in TASKS:
     raise ValueError(f'Unknown task {data.task!r}; accepted: {", ".join(TASKS)}.')
   if (not isinstance(data.num_outputs, (int, np.integer))
@@ -425,9 +436,6 @@ def cache_dir() -> str:
   return os.path.join(base, 'rahimi_jax')
 
 
-_FIELDS = ('x_train', 'y_train', 'x_test', 'y_test')
-
-
 def _load_cached(path: str, shapes: dict[str, tuple[int, ...]] | None
                  ) -> dict[str, np.ndarray] | None:
   """The arrays cached at ``path``, or ``None`` if absent, partial or corrupt
@@ -435,20 +443,20 @@ def _load_cached(path: str, shapes: dict[str, tuple[int, ...]] | None
   each split's rows and the features' widths consistent)."""
   try:
     with np.load(path, allow_pickle=False) as f:  # zip CRCs checked on read
-      arrays = {k: f[k] for k in _FIELDS}
+      arrays = {k: f[k] for k in ARRAY_FIELDS}
   except FileNotFoundError:
     return None
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
     logging.warning('Regenerating the unreadable cache file %s (%s).', path, e)
     return None
-  x, y, xt, yt = (arrays[k] for k in _FIELDS)
+  x, y, xt, yt = (arrays[k] for k in ARRAY_FIELDS)
   if shapes is None:
     shapes = {'x_train': (len(y), *xt.shape[1:]), 'y_train': (len(x),),
               'x_test': (len(yt), *x.shape[1:]), 'y_test': (len(xt),)}
   dtypes = {'x_train': np.float32, 'y_train': np.int32,
             'x_test': np.float32, 'y_test': np.int32}
   if any(arrays[k].shape != shapes[k] or arrays[k].dtype != dtypes[k]
-         for k in _FIELDS):
+         for k in ARRAY_FIELDS):
     logging.warning('Regenerating the cache file %s: unexpected arrays.', path)
     return None
   if not (np.all(np.isfinite(x)) and np.all(np.isfinite(xt))):
@@ -467,7 +475,7 @@ def _save_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
 def _cached(name: str, key: Any, make: Callable[[], dict[str, np.ndarray]],
             cache: bool, shapes: dict[str, tuple[int, ...]] | None = None
             ) -> dict[str, np.ndarray]:
-  """``make()``'s arrays (``_FIELDS``), kept in ``cache_dir()`` as one
+  """``make()``'s arrays (``ARRAY_FIELDS``), kept in ``cache_dir()`` as one
   ``.npz`` per ``name`` and JSON-able ``key`` (written atomically): a later
   call loads them; an unreadable or partial file is made again."""
   path = os.path.join(cache_dir(), f'{name}-' + hashlib.sha256(

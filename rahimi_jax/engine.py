@@ -261,7 +261,7 @@ def run(config: train_lib.TrainConfig, grid: grid_lib.Grid, data: Dataset, *,
     program.Interrupted: on Ctrl-C, with the members of the programs and
       member-batches that had finished.
   """
-  check_dataset(data)
+  data = check_dataset(data)
   whole = config.for_grid(grid)
   whole.check_knobs_read(grid)
   train_lib.check_task(whole, data.task)

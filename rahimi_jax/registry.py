@@ -118,8 +118,12 @@ class Knob:
     read_by: the options of its axis that read it (``None``: every one
       but ``ignored_by``); the others must ignore it
       (tests/test_components.py checks both).
-    ignored_by: with ``read_by=None``, the options that do not read it (an
-      option registered later reads it).
+    ignored_by: with ``read_by=None``, the options that do not read it.
+    declared_for: the options ``read_by`` and ``ignored_by`` describe (set
+      by an ``Axis`` with ``open_knobs``: its options when declared;
+      ``None``: every option). One registered later may read the knob (a
+      user's optimizer built with ``hp['momentum']``), so it counts as a
+      reader.
   """
   name: str
   default: float
@@ -128,11 +132,15 @@ class Knob:
   inclusive: bool = False
   read_by: tuple[str, ...] | None = None
   ignored_by: tuple[str, ...] = ()
+  declared_for: tuple[str, ...] | None = None
 
   def readers(self, options: Sequence[str]) -> tuple[str, ...]:
-    """The ones of ``options`` that read this knob."""
-    return tuple(o for o in options if o not in self.ignored_by and (
-        self.read_by is None or o in self.read_by))
+    """The ones of ``options`` that read this knob, or may (registered after
+    the declaration)."""
+    return tuple(o for o in options if (
+        self.declared_for is not None and o not in self.declared_for) or (
+            o not in self.ignored_by
+            and (self.read_by is None or o in self.read_by)))
 
   def bound(self) -> str:
     """The values allowed, in words (``>= 0``, ``> 0``, or empty: any)."""
@@ -180,6 +188,9 @@ class Axis:
       for a choice that is a table lookup, not a mixture (a number format).
     switchable: its components compute only the chosen option when told
       (``relaxed.switching``; ``TrainConfig.switched``).
+    open_knobs: every option, one registered later too, is handed all the
+      axis's knobs (the optimizers' ``hp``), so a later one may read a knob
+      its ``read_by`` does not list (``Knob.declared_for``).
   """
   name: str
   options: Mapping[str, Any]
@@ -191,6 +202,7 @@ class Axis:
   loop: bool = False
   relaxable: bool = True
   switchable: bool = False
+  open_knobs: bool = False
 
   def __post_init__(self):
     self.get(self.default)
@@ -201,6 +213,10 @@ class Axis:
         self.check(knob.read_by)
       if knob.ignored_by:
         self.check(knob.ignored_by)
+    if self.open_knobs:
+      declared = tuple(self.options)
+      object.__setattr__(self, 'knobs', tuple(
+          dataclasses.replace(k, declared_for=declared) for k in self.knobs))
 
   def get(self, name: str) -> Any:
     """The option ``name``; an error names the accepted ones."""

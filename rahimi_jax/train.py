@@ -24,6 +24,7 @@ from rahimi_jax import diagnostics as diagnostics_lib
 from rahimi_jax import flops as flops_lib
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import models
+from rahimi_jax import provenance
 from rahimi_jax import registry
 from rahimi_jax.data import Dataset
 
@@ -133,7 +134,8 @@ class TrainConfig:
     if len(set(axes)) < len(axes):
       raise ValueError(f'options: an axis listed twice in {axes}; give each '
                        'axis once, with all of its options.')
-    options = tuple((axis, tuple(names)) for axis, names in self.options)
+    options = tuple((axis, (names,) if isinstance(names, str) else tuple(names))
+                    for axis, names in self.options)  # 'adam': one option
     object.__setattr__(self, 'options', options)
     reads = self.reads
     for axis, names in options:
@@ -174,7 +176,7 @@ class TrainConfig:
              for attr in diagnostics_lib.probes.NEEDS.get(name, ())]
     if 'activations' in components.placement.places(self.option_dict()):
       needs.append(('placement activations', 'matmul_hook'))
-    model = models.get_model(self.model)(self.hidden, self.option_dict())
+    model = models.make_model(self.model, self.hidden, self.option_dict())
     for what, attr in needs:
       if not getattr(model, attr):
         raise ValueError(f'{what}: model {self.model!r} has no '
@@ -187,7 +189,7 @@ class TrainConfig:
   @property
   def reads(self) -> tuple[str, ...]:
     """The choice axes a run of this config reads: the loop's and the model's."""
-    model = models.get_model(self.model)((), {
+    model = models.make_model(self.model, (), {
         a: (axis.default,) for a, axis in registry.AXES.items()})
     return tuple(a for a, axis in registry.AXES.items()
                  if axis.loop) + model.choice_axes
@@ -397,17 +399,20 @@ class _Same:
     return isinstance(other, _Same) and other.entry is self.entry
 
 
-def _code(config: TrainConfig) -> tuple[_Same, ...]:
+def _code(config: TrainConfig) -> tuple[Any, ...]:
   """What ``config``'s names resolve to now: its model's ``make`` and each
   option's component (a ``Parsed`` registry builds its options from the
-  name). An option or model redefined under its name (a notebook cell run
-  again) is another program."""
+  name), and the user code they call (``provenance.user_code_sha256``). An
+  option or model redefined under its name (a notebook cell run again) is
+  another program, and so is one whose registered factory is unchanged but
+  refers by name to a class or function the cell redefined (``lambda h, o:
+  from_flax(Net())`` after ``Net`` was edited)."""
   entries = [models.MODELS.get(config.model)]
   for axis, names in config.option_dict().items():
     options = registry.AXES[axis].options
     if not isinstance(options, registry.Parsed):
       entries += [options.get(n) for n in names]
-  return tuple(map(_Same, entries))
+  return (*map(_Same, entries), provenance.user_code_sha256(entries))
 
 
 def _cached_by_code(make):
@@ -425,7 +430,7 @@ def _cached_by_code(make):
 def make_loop(config: TrainConfig) -> Loop:
   """The ``Loop`` of ``config``; ``make_train`` scans it."""
   options = config.option_dict()
-  model = models.get_model(config.model)(config.hidden, options)
+  model = models.make_model(config.model, config.hidden, options)
   if config.dtype == 'float64' and not jax.config.jax_enable_x64:
     raise ValueError(
         "dtype 'float64' needs 64-bit JAX, which is off: call "

@@ -130,7 +130,7 @@ class DigitsTest(absltest.TestCase):
     # A consistent file of 10 rows per split was read as the dataset, and
     # one with NaN features failed check_dataset instead of being remade.
     want = _digits()
-    arrays = {k: np.asarray(getattr(want, k)) for k in data_lib._FIELDS}
+    arrays = {k: np.asarray(getattr(want, k)) for k in data_lib.ARRAY_FIELDS}
     with tempfile.TemporaryDirectory() as cache, mock.patch.dict(
         os.environ, {'RAHIMI_JAX_CACHE': cache}):
       data_lib.digits()
@@ -359,6 +359,20 @@ class CheckDatasetTest(parameterized.TestCase):
         with self.assertRaisesRegex(ValueError, pattern):
           data_lib.check_dataset(bad)
 
+
+  def test_takes_nested_lists_and_rejects_what_is_no_dataset(self):
+    d = _small_classification()
+    listed = dataclasses.replace(d, x_train=d.x_train.tolist(),
+                                 y_test=d.y_test.tolist())
+    checked = data_lib.check_dataset(listed)
+    chex.assert_trees_all_equal((checked.x_train, checked.y_test),
+                                (d.x_train, d.y_test.astype(np.int64)))
+    for bad in ((d.x_train, d.y_train, d.x_test, d.y_test),
+                {'x_train': d.x_train}):
+      with self.assertRaisesRegex(
+          TypeError, 'data must be a rahimi_jax.data.Dataset.*; got '
+          + type(bad).__name__):
+        data_lib.check_dataset(bad)
 
   def test_rejects_non_float_data_and_a_bool_num_outputs(self):
     reg = _small_regression()

@@ -297,7 +297,8 @@ def test_value_axes_from_python_are_checked_against_the_knob_bound(
     CONFIG.for_grid(grid_lib.Grid(grid_lib.Values(knob, values)))
 
 
-def test_a_value_axis_no_member_reads_fails_before_compiling(tiny_digits):
+def test_a_value_axis_no_member_reads_fails_before_compiling(tiny_digits,
+                                                             monkeypatch):
   # Two momenta under sgd and adam would be copies: an "effect" of exactly 0.
   with pytest.raises(ValueError, match=re.escape(
       'momentum: no member reads it: the optimizer options here are sgd, '
@@ -316,6 +317,16 @@ def test_a_value_axis_no_member_reads_fails_before_compiling(tiny_digits):
   assert knob.readers(('sgd', 'lion', 'gauss_newton')) == ('sgd', 'lion')
   assert knob.full_help().endswith(
       'Ignored by: gauss_newton, levenberg_marquardt.')
+  # So may the momentum: a user's optimizer gets all of hp, and one built
+  # with hp['momentum'] was refused a momentum axis ("no member reads it").
+  monkeypatch.setitem(components.OPTIMIZERS, 'my_momentum', lambda hp: (
+      optax.sgd(hp['learning_rate'], momentum=hp['momentum'])))
+  grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('my_momentum',)),
+                       grid_lib.Values('momentum', (0.0, 0.9)))
+  CONFIG.for_grid(grid).check_knobs_read(grid)
+  # The norms' noise knobs reach only the declared noisy norms: a user's
+  # norm (which never gets them) is no reader.
+  assert components.norms.AXIS.knobs[0].readers(('batch', 'user_norm')) == ()
 
 
 def test_an_option_or_model_redefined_under_its_name_is_a_new_program(
@@ -340,6 +351,43 @@ def test_an_option_or_model_redefined_under_its_name_is_a_new_program(
   again = lambda hidden, options: mlp(hidden, options)
   assert models.register('user_mlp', again) is again
   assert train_lib.make_loop(user) is not first
+  # A factory registered once that calls, by name, a function or class a
+  # cell redefined (``lambda h, o: from_flax(Net())``): the factory is the
+  # same object, the program is not (it was: the old model trained).
+  models.register('user_mlp', lambda hidden, options: _USER_NET(hidden,
+                                                                options))
+  first = train_lib.make_loop(user)
+  assert train_lib.make_loop(user) is first
+  monkeypatch.setitem(globals(), '_USER_NET', _narrow_net)
+  assert train_lib.make_loop(user) is not first
+
+
+def _wide_net(hidden, options):
+  del hidden
+  from rahimi_jax import models  # pylint: disable=g-import-not-at-top
+  return models.MODELS['mlp']((16,), options)
+
+
+def _narrow_net(hidden, options):
+  del hidden
+  from rahimi_jax import models  # pylint: disable=g-import-not-at-top
+  return models.MODELS['mlp']((4,), options)
+
+
+_USER_NET = _wide_net
+
+
+def test_config_takes_one_option_as_a_string_and_refuses_a_non_model(
+    monkeypatch):
+  # ('optimizer', 'adam') was read letter by letter: "Unknown optimizer 'a'".
+  config = train_lib.TrainConfig(options=(('optimizer', 'adam'),))
+  assert config.option_dict()['optimizer'] == ('adam',)
+  # A factory returning no Model failed later with an AttributeError.
+  from rahimi_jax import models  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(models.MODELS, 'not_a_model', lambda hidden, options: 3)
+  with pytest.raises(TypeError, match="model 'not_a_model': its factory "
+                     'returned a int, not a rahimi_jax.models.Model'):
+    train_lib.TrainConfig(model='not_a_model')
 
 
 def test_a_grid_keeps_the_config_options_it_does_not_choose():

@@ -49,7 +49,7 @@ AXIS = registry.register(registry.Axis(
     name='optimizer', options=OPTIMIZERS, default='sgd', flag='optimizers',
     help='Optimizers (gauss_newton, levenberg_marquardt: regression only).',
     study=('sgd', 'momentum', 'adam'), loop=True,
-    switchable=True,
+    switchable=True, open_knobs=True,  # each option's factory gets all of hp
     knobs=(registry.Knob('learning_rate', 0.01, 'Learning rate.',
                          ignored_by=LEAST_SQUARES),
            registry.Knob('momentum', 0.9, "Momentum (Adam's b1 stays 0.9).",

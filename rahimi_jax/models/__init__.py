@@ -23,6 +23,18 @@ def get_model(name: str):
   return registry.get(MODELS, name, 'model')
 
 
+def make_model(name: str, hidden: Sequence[int],
+               options: Mapping[str, Sequence[str]]) -> Model:
+  """``MODELS[name](hidden, options)``; a factory that returns no ``Model``
+  is an error that names it."""
+  model = get_model(name)(hidden, options)
+  if not isinstance(model, Model):
+    raise TypeError(
+        f'model {name!r}: its factory returned a {type(model).__name__}, not '
+        'a rahimi_jax.models.Model (a flax module: rj.models.from_flax(...)).')
+  return model
+
+
 def register(name: str, make: MakeModel) -> MakeModel:
   """Adds ``make(hidden, options) -> Model`` to ``MODELS`` as ``name``, so
   that ``TrainConfig(model=name)`` trains it (e.g. ``from_flax`` of your
