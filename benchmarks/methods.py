@@ -51,7 +51,8 @@ def run_a(bench: Bench, members: np.ndarray) -> Timing:
   idx = np.asarray([order[name] for name in final['member']])
   loss = np.empty(len(bench))
   loss[idx] = final['train_loss']
-  note = (f'{info["member_batches"]} call(s) of {info["member_batch_size"]}'
+  note = (f'{info["member_batches"]} member batch(es) of '
+          f'{info["member_batch_size"]}'
           if info['member_batches'] > 1 else '')
   # Its first use, as (b)'s and (c)'s stopwatch around their first call:
   # the first call's wall time (tracing, choosing the chunk, compiling, the

@@ -118,7 +118,7 @@ def main(argv):
     return '\n'.join([
         f'compile {info["compile_s"]:.1f}s, run {info["run_s"]:.1f}s, '
         f'{info.get("programs", 1)} program(s), {info["member_batches"]} '
-        f'call(s) of up to {info["member_batch_size"]} members on '
+        f'member batch(es) of up to {info["member_batch_size"]} members on '
         f'{info["num_devices"]} device(s)',
         partition_line(res.metadata['partition']), cli.switch_line(res.metadata),
         res.summary_table(metric), res.effects_table(metric),

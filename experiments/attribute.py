@@ -66,9 +66,10 @@ def main(argv):
     info = out['results'].metadata['engine']
     timing = (f'grid: compile {info["compile_s"]:.1f}s run '
               f'{info["run_s"]:.1f}s; gate paths {out.get("gate_s", 0):.1f}s; ')
-    files = ('results.csv, metadata.json, contributions.csv, contributions.png, '
-             'interactions.png, curves_<axis>.png' if 'rows' in out
-             else 'results.csv, metadata.json')
+    files = ', '.join(['results.csv', 'metadata.json'] + (
+        ['contributions.csv', 'contributions.png', 'interactions.png']
+        + [f'curves_{name}.png' for name in out['names']]
+        if 'rows' in out else []))
     return (f'{attribute.report(config, out, directory)}\n{timing}wrote '
             f'{FLAGS.out}/: {files}\n{cli.switch_line(out["results"].metadata)}')
 

@@ -24,6 +24,7 @@ from absl import flags
 from rahimi_jax import cli
 from rahimi_jax import data
 from rahimi_jax import models
+from rahimi_jax import registry
 from rahimi_jax.components import norms
 from rahimi_jax.studies import batchnorm
 
@@ -43,16 +44,18 @@ flags.DEFINE_list('norms', ['none', 'batch', 'noisy_batch', 'layer'],
 flags.DEFINE_string('optimizer', 'sgd', 'A first-order optimizer.')
 flags.DEFINE_list('learning_rates', ['0.01', '0.05', '0.2'],
                   'At least three learning rates.')
-for _knob in ('noise_shift_mean', 'noise_shift_var', 'noise_scale_mean',
-              'noise_scale_var'):
-  flags.DEFINE_float(_knob, None, f'Noisy batch norm: {_knob} (default: '
-                     "0.05 for the variances, else the norm axis's).")
+for _knob in batchnorm.NOISE_KNOBS:
+  _default = dict(batchnorm.DEFAULT_NOISE).get(_knob,
+                                               registry.knobs()[_knob].default)
+  flags.DEFINE_float(_knob, None, registry.knobs()[_knob].help.rstrip('.')
+                     + f' (default: {_default:g}).')
 # --momentum, --weight_decay, --init_scale: one value for every member.
 cli.define_axis_flags(choices=False, grid=False, knobs=batchnorm.VALUE_KNOBS)
 flags.DEFINE_integer('seeds', 5, 'Number of seeds (paired across arms).')
 flags.DEFINE_integer('steps', 1000, 'Optimizer steps.')
 flags.DEFINE_integer('batch_size', 100, 'Minibatch size.')
-flags.DEFINE_integer('log_every', 100, 'Steps between evaluations and probes.')
+flags.DEFINE_integer('log_every', None, 'Steps between evaluations and probes '
+                     '(default: 100, or --steps when fewer).')
 flags.DEFINE_string('out', '/tmp/rahimi_batchnorm', 'Directory for the '
                     'per-member summary (results.csv, metadata.json), one '
                     'subdirectory of full logs per model, and the PNG curves '

@@ -44,8 +44,11 @@ def final_metric(config: train_lib.TrainConfig, metric: str = 'test_loss'
   everywhere), so only losses are offered.
   """
   if metric not in DIFFERENTIABLE_METRICS:
-    raise ValueError(f'metric {metric!r} is not differentiable; accepted: '
-                     f'{", ".join(DIFFERENTIABLE_METRICS)}.')
+    known = metric == 'test_accuracy'
+    raise ValueError(f'metric {metric!r} is '
+                     + ('not differentiable (piecewise constant)' if known
+                        else 'unknown')
+                     + f'; accepted: {", ".join(DIFFERENTIABLE_METRICS)}.')
   train = train_lib.make_train(config)
 
   def f(knobs, data):

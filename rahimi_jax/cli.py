@@ -542,6 +542,17 @@ def _flag_argument(name: str, value: Any) -> str:
                    'number, a string, a bool or a list of them.')
 
 
+def check_aliases(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Raises ``ValueError`` if a flag was given both by its name and by an
+  alias (``--learning_rate`` and ``--lrs``: absl kept the last silently)."""
+  for name in flag_values:
+    alias = flag_values[name]
+    match = _ALIAS.fullmatch(alias.help or '')
+    if match and alias.present and flag_values[match[1]].present > alias.present:
+      raise ValueError(f'{match[1]}: given twice on the command line, as '
+                       f'--{match[1]} and --{name}; give one.')
+
+
 def apply_config(module_name: str = '__main__',
                  flag_values: flags.FlagValues = flags.FLAGS
                  ) -> dict[str, Any]:
@@ -624,6 +635,7 @@ def start(argv: Sequence[str], module_name: str = '__main__') -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   quiet_logging()  # before JAX's first operation, which logs its backends
   try:
+    check_aliases()
     apply_config(module_name)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
@@ -810,6 +822,8 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
       if partial is None:
         print(f'interrupted: no member had finished{resume}.', file=sys.stderr)
       else:
+        # As a finished run's (``--config=DIR`` re-runs it).
+        partial.metadata.setdefault('flags', key_flags('__main__'))
         storage.save(partial, out, keep=(storage.CHECKPOINT,))
         print(f'interrupted: saved the {e.finished} of {e.total} members that '
               f'had finished to {out}/{storage.CSV} (metadata marks it '

@@ -234,8 +234,14 @@ def two_seed_note(intervals) -> list[str]:
   skewed seeds (91% for exponential ones at a nominal 95%; the module's
   table).
   """
-  if not any(ci.n == 2 and np.isfinite(ci.low) and np.isfinite(ci.high)
-             for ci in intervals):
+  return seeds_note(2 if any(
+      ci.n == 2 and np.isfinite(ci.low) and np.isfinite(ci.high)
+      for ci in intervals) else 0)
+
+
+def seeds_note(seeds: int) -> list[str]:
+  """``two_seed_note`` of a table whose intervals are over ``seeds`` seeds."""
+  if seeds != 2:
     return []
   return ['note: an interval over 2 seeds is Student-t alone (two values '
           'show no skew) and undercovers skewed seeds: about 91% at a nominal '

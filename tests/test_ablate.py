@@ -232,6 +232,8 @@ def test_ctrl_c_saves_finished_members_and_exits_cleanly(tmp_path):
   assert res.metadata['interrupted']['members'] == 8
   assert 2 <= finished < 8
   assert len(set(res.columns['member'])) == finished
+  # Its flags, as a finished run's: --config=DIR re-runs it (it was refused).
+  assert res.metadata['flags']['steps'] == 4000
 
 
 def _passes_checkpointed(out) -> int:

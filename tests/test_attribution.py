@@ -145,8 +145,12 @@ def test_aumann_shapley_is_complete_and_zero_for_a_null_component(
 
 
 def test_bad_input():
-  with pytest.raises(ValueError, match='accuracy'):
+  with pytest.raises(ValueError, match="'test_accuracy' is not "
+                     r'differentiable \(piecewise constant\); accepted'):
     attribution.final_metric(train_lib.TrainConfig(), 'test_accuracy')
+  with pytest.raises(ValueError, match="metric 'foo' is unknown; accepted: "
+                     'train_loss, test_loss'):
+    attribution.final_metric(train_lib.TrainConfig(), 'foo')
   with pytest.raises(ValueError, match='bogus'):
     attribution.directions(('none', 'batch'), 'bogus')
   with pytest.raises(ValueError, match='bogus'):

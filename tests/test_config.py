@@ -95,6 +95,16 @@ def test_field_override_and_command_line_wins(monkeypatch, tmp_path):
   assert got['steps'] == 9
 
 
+def test_a_flag_and_its_alias_together_are_an_error(monkeypatch):
+  # --steps=3 --n=9 ran 9 steps, silently (absl keeps the last).
+  for argv in (('--steps=3', '--n=9'), ('--n=9', '--steps=3')):
+    with pytest.raises(ValueError, match=r'^steps: given twice on the command '
+                       r'line, as --steps and --n; give one\.$'):
+      cli.check_aliases(_parse(monkeypatch, *argv))
+  for argv in (('--n=9',), ('--steps=3',), ('--steps=3', '--steps=4')):
+    cli.check_aliases(_parse(monkeypatch, *argv))  # the last one kept
+
+
 @pytest.mark.parametrize('argv, fields, match', [
     (['--config.stepz=3'], {'steps': 1},
      r"^config: unknown field 'stepz' in .*config_0\.py; accepted: "

@@ -152,6 +152,11 @@ def test_depths_and_small_init(x64):
       'init': 'gaussian', 'init_scales': (0.01, 0.3)})
   res = deep_linear.run(config)
   assert sorted(set(res.columns['depth'].tolist())) == [1, 2]
+  # One member per depth and grid member: the names held no depth, and each
+  # (member, step) was three rows of results.csv.
+  names = res.final().columns['member']
+  assert len(set(names)) == len(names) == 8, names
+  assert names[0].startswith('depth=1,optimizer=sgd'), names
   start = res.where(step=0)
   # A smaller initialization starts closer to zero output: the loss at step 0
   # is the target's energy, the same for both depths.
@@ -260,7 +265,9 @@ def test_launcher_end_to_end(launched):
                'least-squares grid: switched: none',
                # Realizable: numpy's lstsq residual is rounding, not a floor
                # (LM ends below it), so it is not called the optimum.
-               'the optimum is 0: realizable; this is float64 rounding'):
+               'the optimum is 0: realizable; this is float64 rounding',
+               # Two seeds: Student-t alone, said under the table.
+               'note: an interval over 2 seeds is Student-t alone'):
     assert text in proc.stdout, proc.stdout
   res = storage.load(str(out))
   assert set(res.columns['optimizer']) == {'sgd', 'levenberg_marquardt'}

@@ -195,6 +195,9 @@ def test_bad_config_fails_before_anything_runs():
   for kwargs, message in ((dict(lam=-1.0), 'lam=-1.0'),
                           (dict(sizes=(2000, 1000)), 'increasing'),
                           (dict(tol=0.0), 'tol=0.0'),
+                          # Reached at iteration 0: "0.0x (0 / 0 to 2.0e+00)".
+                          (dict(tol=2.0), r'tol=2\.0; accepted: a relative '
+                           r'residual in \(0, 1\)'),
                           (dict(kernel='rbf'), "'rbf'"),
                           (dict(dtype='float16'), "'float16'")):
     with pytest.raises(ValueError, match=message):

@@ -180,7 +180,8 @@ def covariate_shift(loss: Callable[[Any, jax.Array], jax.Array], params,
   denom = jnp.sqrt(norm2 * norm2_after)
   cosine = jnp.where(denom > 0, dot / jnp.where(denom > 0, denom, 1.0),
                      jnp.nan)
-  return jnp.sqrt(diff2), cosine
+  # Rounding can put it a few ulps past +-1 (1.0000001 for equal gradients).
+  return jnp.sqrt(diff2), jnp.clip(cosine, -1.0, 1.0)
 
 
 def _norm(tree) -> jax.Array:

@@ -175,6 +175,11 @@ def run(config: AttributeConfig) -> dict[str, Any]:
           'gate_total': gates.sum(1), 'gate_s': gate_s}
 
 
+# A completeness gap above this share of f(all on) - f(all off) is called a
+# rough path (the eleventh session's default run: 6% at 8 nodes).
+ROUGH_PATH = 0.25
+
+
 def report(config: AttributeConfig, out: dict[str, Any],
            out_dir: str | None = None) -> str:
   """The contribution table (and CSV + PNGs in ``out_dir``)."""
@@ -194,8 +199,11 @@ def report(config: AttributeConfig, out: dict[str, Any],
   if not n:
     return '\n'.join(head + ['no seed without a diverged member: nothing to '
                               'attribute (try a smaller --learning_rate)'])
+  interval = ('95% t-interval over seeds, extended for skew' if n >= 3 else
+              '95% t-interval over seeds' if n == 2 else
+              'no interval from one seed')
   lines = head + [f'contributions to the final {config.metric} (off -> on), mean over '
-           f'{n} seeds [95% t-interval over seeds, extended for skew]',
+           f'{n} seeds [{interval}]',
            f'{"component":<36}{"Shapley (grid)":>30}{"Aumann-Shapley (gates)":>30}'
            f'{"difference (gates - grid)":>30}']
   fmt = lambda ci: stats.format_interval(ci, '+.4f')
@@ -207,11 +215,19 @@ def report(config: AttributeConfig, out: dict[str, Any],
       ci = r[method]
       csv_rows.append(f'"{r["component"]}",{method},{ci.mean!r},{ci.low!r},'
                       f'{ci.high!r},{ci.n}')
-  lines.append(f'completeness: f(all on) - f(all off) = '
-               f'{np.mean(out["total"]):+.4f}; sum of gate credits '
-               f'{np.mean(out["gate_total"]):+.4f} (gap from quadrature with '
-               f'{config.nodes} nodes; a ReLU net\'s path is only piecewise '
-               'smooth)')
+  lines += stats.seeds_note(n)
+  total, gate_total = np.mean(out['total']), np.mean(out['gate_total'])
+  gap = abs(gate_total - total) / max(abs(total), np.finfo(float).tiny)
+  lines.append(f'completeness: f(all on) - f(all off) = {total:+.4f}; sum of '
+               f'gate credits {gate_total:+.4f} (a gap of {gap:.0%} of the '
+               f'difference, from quadrature with {config.nodes} nodes; a ReLU '
+               'net\'s path is only piecewise smooth)')
+  if gap > ROUGH_PATH:
+    lines.append(f'  the gate credits miss the difference by more than '
+                 f'{ROUGH_PATH:.0%}: the path is too rough for {config.nodes} '
+                 'nodes (a chaotic or diverging run along it); the '
+                 'Aumann-Shapley column is unreliable, read Shapley (grid), '
+                 'or rerun with more --nodes.')
   lines.append('ANOVA (two-level factorial): main effects and two-way interactions')
   for k, ci in out['anova'].items():
     label = ' x '.join(k) if isinstance(k, tuple) else k

@@ -44,6 +44,10 @@ _FIRST_ORDER = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'rmsprop')
 VALUE_KNOBS = ('momentum', 'weight_decay', 'init_scale')
 
 
+# Steps between the probes by default: each costs several gradients.
+PROBE_EVERY = 100
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchNormConfig:
   """The batch-norm study: one grid per model.
@@ -63,7 +67,9 @@ class BatchNormConfig:
       the norm axis's defaults (``DEFAULT_NOISE`` sets the variances).
     values: ``(knob, value)`` of ``VALUE_KNOBS`` (or a dict), one value for
       every member; the others keep their defaults.
-    seeds, steps, batch_size, log_every: as in ``AblationConfig``.
+    seeds, steps, batch_size: as in ``AblationConfig``.
+    log_every: steps between evaluations and probes (``None``:
+      ``PROBE_EVERY``, or ``steps`` when fewer).
   """
   dataset: str = 'mnist1d'
   models: tuple[str, ...] = ('cnn', 'mlp', 'deep_linear')
@@ -78,9 +84,11 @@ class BatchNormConfig:
   seeds: int = 5
   steps: int = 1000
   batch_size: int = 100
-  log_every: int | None = 100
+  log_every: int | None = None  # None: PROBE_EVERY, or steps when fewer
 
   def __post_init__(self):
+    if self.log_every is None and isinstance(self.steps, int):
+      object.__setattr__(self, 'log_every', min(PROBE_EVERY, self.steps))
     for name in ('models', 'channels', 'norms', 'learning_rates'):
       object.__setattr__(self, name, tuple(getattr(self, name)))
     object.__setattr__(self, 'noise', tuple(dict(self.noise).items()))
@@ -388,10 +396,11 @@ def report(results: dict[str, results_lib.Results], level: float = 0.95
   for model, res in results.items():
     metrics = [m for m in (*SHIFT, *SMOOTHNESS) if m in res.columns]
     means = time_means(res, metrics)
+    seeds = len(np.unique(res.columns['seed']))
     parts += [f'== {model}: final test accuracy (%), probes averaged over '
-              f'training; mean over {len(np.unique(res.columns["seed"]))} '
-              f'seeds [{results_lib.percent(level)} interval]',
-              table(means, level),
+              f'training; mean over {seeds} seeds '
+              f'[{results_lib.percent(level)} interval]',
+              *stats.seeds_note(seeds), table(means, level),
               *verdicts(means, level), '']
   return '\n'.join(parts)
 

@@ -192,6 +192,12 @@ def run(config: DeepLinearConfig) -> results_lib.Results:
     meta['partition'] = [p.metadata['partition'] for p in parts]
     return results_lib.concat(parts, meta)
 
+  def at_depth(part, depth):  # a member's name says its depth too
+    part.columns['member'] = np.asarray(
+        [member_name(depth, m) for m in part.columns['member']])
+    part.columns['depth'] = np.full(len(part), depth)
+    parts.append(part)
+
   done = 0
   for depth in config.depths:
     for least_squares, grid in grids.items():
@@ -203,15 +209,19 @@ def run(config: DeepLinearConfig) -> results_lib.Results:
       except KeyboardInterrupt as e:  # program.Interrupted, or in a compile
         last = getattr(e, 'results', None)
         if last is not None:
-          last.columns['depth'] = np.full(len(last), depth)
-          parts.append(last)
+          at_depth(last, depth)
         raise program.Interrupted(merged() if parts else None,
                                   done + getattr(e, 'finished', 0),
                                   total) from None
-      part.columns['depth'] = np.full(len(part), depth)
-      parts.append(part)
+      at_depth(part, depth)
       done += len(grid)
   return merged()
+
+
+def member_name(depth: int, grid_member: str) -> str:
+  """A member's name in the results: its depth, then its grid member's
+  name (the grids of every depth name theirs alike)."""
+  return f'depth={depth},{grid_member}'
 
 
 def _log_interval(values, floor: float):
@@ -269,7 +279,9 @@ def symmetry_tangents(weights) -> jax.Array:
 
 def stall_point(config: DeepLinearConfig, depth: int, member: str):
   """The weights at the end of ``member``'s run (``[W_1, ..., W_L]``), and
-  the training data."""
+  the training data. ``member``: its name in the results (``member_name``)
+  or its grid's."""
+  member = member.removeprefix(member_name(depth, ''))
   for least_squares, grid in config.grids().items():
     names = [m.name for m in grid.members]
     if member in names:
@@ -603,13 +615,14 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
             f'{"steps":>7} {"loss":>10} {"low":>10} {"high":>10} '
             f'{"grad_norm":>10} {"diverged":>8}')
   lines += [header, '-' * len(header)]
-  best, ranks, per_seed, zero_notes = {}, {}, [], []
+  best, ranks, per_seed, zero_notes, printed = {}, {}, [], [], []
   for cfg, rows in final.configs().items():
     c = dict(cfg)
     method = inverse[c['optimizer']]
     alive = rows.columns['diverged_step'] < 0
     ci, zeros = _log_interval(rows.columns['train_loss'][alive], floor)
     grad, _ = _log_interval(rows.columns['grad_norm'][alive], floor)
+    printed.append(ci)
     lr = '-' if method in LEAST_SQUARES else f'{c["learning_rate"]:g}'
     depth = int(rows.columns['depth'][0])
     steps = int(rows.columns['step'][0])
@@ -642,7 +655,7 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
       cells.append((int(seed), cell))
     per_seed.append((depth, method, lr, c['init_scale'], steps,
                      [cell for _, cell in sorted(cells)]))
-  lines += zero_notes
+  lines += zero_notes + stats.two_seed_note(printed)
   lines.append('')
   lines.append(f'per seed: final train loss (least squares: in parentheses '
                f'the first step within {excess:.2g} of the optimal loss; - '
@@ -697,7 +710,8 @@ def _depth_summary(config, results, final, best, depth, scale, target,
   lines.append('')
   lines.append(
       f'depth {depth}, init_scale {scale:g}: gradient descent after '
-      f'{config.steps} steps, its best step size per seed: '
+      f'{config.steps} steps, its lowest final loss over the step sizes, '
+      'per seed: '
       + ', '.join(f'{v:.2e}' for v in lowest)
       + f' (lowest {min(lowest):.2e})')
   for method in LEAST_SQUARES:
@@ -731,17 +745,20 @@ def _depth_summary(config, results, final, best, depth, scale, target,
   half = traj.columns['train_loss'][len(traj) // 2]
   last = traj.columns['train_loss'][-1]
   lr = float(rows.columns['learning_rate'][0])
+  span = config.steps - int(traj.columns['step'][len(traj) // 2])
+  pace = (f' (a factor e every {span / math.log(half / last):.3g} steps at '
+          'that pace)' if half > last else '')
   lines.append(
       f'  best gradient descent (lr {lr:g}) ends at {loss:.3e} (geometric '
-      f'mean); over its last {config.steps - traj.columns["step"][len(traj) // 2]} '
-      f'steps the loss fell only {half / last:.2f}x.')
+      f'mean); over its last {span} steps the loss fell {half / last:.3g}x'
+      f'{pace}.')
   spec = stall_spectrum(config, depth, member)
   k = spec['symmetry_dim']
   null_dim = spec['unchanging_dim']
   n_params = len(spec['eigenvalues'])
   flat = spec['restricted_min']
   lines.append(
-      f'  at its stall (seed {seed}): gradient norm '
+      f'  at its last step (seed {seed}): gradient norm '
       f'{spec["grad_norm"]:.2e} (not zero: not a critical point). Hessian '
       f'({n_params} eigenvalues, exact): lambda_max {spec["lambda_max"]:.3e}, '
       f'{spec["n_negative"]} negative (down to {spec["lambda_min"]:.2e}), '

@@ -29,6 +29,7 @@ import numpy as np
 from rahimi_jax import kernels
 from rahimi_jax import provenance
 from rahimi_jax import results as results_lib
+from rahimi_jax import stats
 from rahimi_jax import studies
 from rahimi_jax.solvers import kernel_ridge as kr
 from rahimi_jax.studies import kernel_data
@@ -88,6 +89,9 @@ class LinearSolverConfig:
       kernels.check_positive('bandwidth', self.bandwidth)
     kernels.check_positive('lam', self.lam)
     kernels.check_positive('tol', self.tol)
+    if not self.tol < 1:  # a relative residual: 1 at the start
+      raise ValueError(f'tol={self.tol!r}; accepted: a relative residual in '
+                       '(0, 1).')
     kernels.check_block_size(self.block_size)
     for name, low in (('maxiter', 1), ('exact_max', 0), ('in_dim', 1),
                       ('devices', 0)):
@@ -243,7 +247,9 @@ def _ratio(cfg: dict, falkon: dict, cg: dict) -> str:
     return f'n={n}: none ({", ".join(failed)})'
   target = max(cfg['tol'], falkon['residual'], cg['residual'])
   cg_it, falkon_it = (iterations_to(h, target) for h in (cg, falkon))
-  return (f'n={n}: {cg_it / max(falkon_it, 1):.1f}x ({cg_it} / {falkon_it} '
+  ratio = (f'{cg_it / falkon_it:.1f}x' if falkon_it else
+           'no ratio (FALKON started there)')
+  return (f'n={n}: {ratio} ({cg_it} / {falkon_it} '
           f'to {target:.1e}' + ('' if falkon['residual'] <= cfg['tol'] else
                                 '; FALKON did not converge') + ')')
 
@@ -268,7 +274,7 @@ def report(res: results_lib.Results) -> str:
                  f'{c["residual"][i]:>10.1e}{str(bool(c["converged"][i])):>10}'
                  f'{c["compile_s"][i]:>10.2f}{c["run_s"][i]:>8.2f}'
                  f'{c["peak_mb"][i]:>9.1f}{c["test_mse"][i]:>10.5f}'
-                 f'{c["gap"][i]:>10.2e}'
+                 f'{stats.number(c["gap"][i], ".2e"):>10}'
                  + (f'  {FAILURES[c["solver"][i]]}' if failed[i] else ''))
   by = {(h['n'], h['solver']): h for h in meta['residuals']}
   lines.append(

@@ -326,6 +326,9 @@ def table(res: results_lib.Results, rows: list[dict]) -> str:
       lines.append(
           f'  {r["label"]:<{width}}{_fmt_ci(r["value"], seeds=r["seeds"]):>28}'
           f'{_fmt_ci(r["effect"], True, r["seeds"]):>30}  {_collapse_text(r)}')
+  lines += stats.two_seed_note(ci for r in rows for ci in (r['value'],
+                                                          r['effect'])
+                               if ci is not None)
   threshold = res.metadata.get('chance_threshold')
   if threshold is not None:
     lines.append(f'chance level: test accuracy <= {threshold:.4f} (the '
