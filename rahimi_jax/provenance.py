@@ -2,6 +2,7 @@
 and git state."""
 
 from collections.abc import Iterable
+import dataclasses
 import functools
 import hashlib
 import importlib.metadata
@@ -199,10 +200,14 @@ def _visit_user_code(obj, texts, seen, depth):
         visit(getattr(v, '__func__', v))
     return
   # An instance: its class, and its state (a library's: its public
-  # attributes, the settings it was made with: ``nn.Dense(4)``).
+  # attributes, the settings it was made with: ``nn.Dense(4)``). A
+  # dataclass's state is its fields: a flax module's attributes also hold
+  # its bookkeeping (``_state``), which its first use changes.
   user = _is_user(type(obj))
   visit(type(obj))
-  state = getattr(obj, '__dict__', None)
+  state = ({f.name: getattr(obj, f.name, None)
+            for f in dataclasses.fields(obj)}
+           if dataclasses.is_dataclass(obj) else getattr(obj, '__dict__', None))
   if isinstance(state, dict):
     visit({k: v for k, v in state.items() if user or not k.startswith('_')})
   if callable(obj) and not user:  # np.tanh, a builtin, a C++ callable

@@ -137,3 +137,16 @@ def test_default_depth_is_the_creation_order():
       [('b', {'w': 1}), ('a', {'w': 2, 'v': {'u': 3}})])
   assert flax_adapter.sequential_depth(params) == {'b': {'w': 0},
                                                    'a': {'w': 1, 'v': {'u': 1}}}
+
+
+def test_a_module_instance_behind_a_factory_keeps_its_program(monkeypatch):
+  """The program cache keys on the user code a factory calls: a module
+  instance's first use changed its flax bookkeeping, so the second run of
+  the same config built (and compiled) its program again."""
+  from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  net = UserMlp()
+  monkeypatch.setitem(models.MODELS, 'test_instance_net',
+                      lambda hidden, options: models.from_flax(net))
+  config = rj.TrainConfig(model='test_instance_net', steps=4, log_every=4)
+  loop = train_lib.make_loop(config)  # builds the model: uses the module
+  assert train_lib.make_loop(config) is loop

@@ -92,8 +92,9 @@ class AblationConfig:
     for name in user_given:  # read by an option (TrainConfig: by a member)
       owner = registry.knob_axis(name)
       if owner.name in chosen:
-        registry.check_knob_read(name, chosen[owner.name],
-                                 f'; add one of those or drop --{name}')
+        registry.check_knob_read(
+            name, chosen[owner.name],
+            f'; add one of those or drop the {name} values (--{name})')
     if (not isinstance(self.seeds, int) or isinstance(self.seeds, bool)
         or self.seeds < 1):
       raise ValueError(f'seeds must be a count >= 1; got {self.seeds!r}.')
