@@ -87,7 +87,7 @@ BAD_CONFIGS = {
         dict(options={'optimizer': ('momentum', 'nesterov')},
              values={'weight_decay': '0'}),
         ['weight_decay: no member reads it', 'momentum, nesterov', 'adamw',
-         'drop --weight_decay']),
+         'drop the weight_decay values (--weight_decay)']),
 }
 
 
