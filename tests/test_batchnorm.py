@@ -11,6 +11,7 @@ import pytest
 
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import results as results_lib
+from rahimi_jax import stats
 from rahimi_jax.studies import batchnorm
 
 NORMS = ('none', 'batch', 'noisy_batch')
@@ -71,6 +72,19 @@ def test_verdicts_read_the_noisy_arm():
                    {'none': 3.0, 'batch': 5.0, 'noisy_batch': 5.0})
   assert text.count('consistent with the folklore') == 3
   assert text.count('is LESS smooth') == 3 and 'follows smoothness' not in text
+  # Noisy batch norm smoother too, yet losing accuracy: against smoothness
+  # as the whole story (it read "consistent with smoothness"); less smooth
+  # and losing: consistent with it.
+  text = _verdicts({'none': 0.5, 'batch': 0.6, 'noisy_batch': 0.4},
+                   {'none': 0.1, 'batch': 0.05, 'noisy_batch': 0.5},
+                   {'none': 5.0, 'batch': 3.0, 'noisy_batch': 3.0})
+  assert text.count('noisy batch norm is smoother too and LOSES accuracy: '
+                    'smoothness does not explain the gain alone') == 3, text
+  text = _verdicts({'none': 0.5, 'batch': 0.6, 'noisy_batch': 0.4},
+                   {'none': 0.1, 'batch': 0.05, 'noisy_batch': 0.5},
+                   {'none': 5.0, 'batch': 3.0, 'noisy_batch': 8.0})
+  assert text.count('noisy batch norm is less smooth and loses accuracy: '
+                    'consistent with smoothness') == 3, text
 
 
 def test_an_interval_that_reaches_zero_is_read_as_undecided():
@@ -144,6 +158,15 @@ def test_verdicts_without_an_interval_decide_nothing():
   # The other rates, all pairs kept, read as before.
   rest = '\n'.join(text[4:])
   assert 'dropped' not in rest and rest.count('follows smoothness') == 2, rest
+  # Two of four pairs left: those intervals are over 2 seeds, and the note
+  # says so (it was keyed to the grid's 4 seeds).
+  shown = []
+  text = batchnorm.verdicts(_santurkar(diverged_seeds=(0, 1)), shown=shown)
+  assert 'over 2 seed(s), 2 of 4 pairs dropped' in text[0], text[0]
+  assert stats.two_seed_note(shown), [ci.n for ci in shown]
+  shown = []
+  batchnorm.verdicts(_santurkar(), shown=shown)
+  assert not stats.two_seed_note(shown), [ci.n for ci in shown]
 
 
 def test_an_overflowed_probe_leaves_smoothness_undecided():

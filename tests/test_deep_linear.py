@@ -7,6 +7,7 @@ import pytest
 
 import launchers
 
+from rahimi_jax import results as results_lib
 from rahimi_jax import storage
 from rahimi_jax.studies import deep_linear
 
@@ -364,3 +365,64 @@ def test_a_wide_nets_function_changing_directions_are_js_row_space(x64):
   chex.assert_trees_all_close(
       spec['restricted'],
       np.linalg.eigvalsh(changing.T @ hessian @ changing), atol=1e-6)
+
+
+def _summary(monkeypatch, **spec):
+  """``_depth_summary`` of made-up runs (GD on 2 seeds; LM seed 0 reaches
+  1e-25 at step 2, then diverges at step 3) and a made-up spectrum."""
+  config = deep_linear.DeepLinearConfig(
+      condition_number=10.0, steps=100, solver_steps=4, methods=('gd', 'lm'),
+      gd_lrs=(0.1,), seeds=2)
+  spec = dict(symmetry_dim=36, unchanging_dim=36, eigenvalues=np.ones(96),
+              restricted_min=1e-3, restricted_max=1.0, lambda_max=2.0,
+              lambda_min=0.0, n_null=36, n_null_range=(36, 36),
+              lambda_min_positive=1e-3, negative_share_in_symmetry=1.0,
+              restricted_negative=0, gn_null=36, gn_min_positive=1e-3,
+              restricted=np.ones(60), weights_norm=5.0) | spec
+  monkeypatch.setattr(deep_linear, 'stall_spectrum', lambda *a: spec)
+  columns = {k: [] for k in ('member', 'step', 'seed', 'optimizer',
+                             'learning_rate', 'init_scale', 'depth',
+                             'train_loss', 'diverged_step')}
+  for name, opt, seed, losses, diverged in (
+      ('gd0', 'sgd', 0, [1, 1e-3, 1e-4], -1),
+      ('gd1', 'sgd', 1, [1, 2e-3, 2e-4], -1),
+      ('lm0', 'levenberg_marquardt', 0, [1, 1e-5, 1e-25, np.nan, np.nan], 3),
+      ('lm1', 'levenberg_marquardt', 1, [1, 1e-5, 1e-25, 1e-26, 1e-26], -1)):
+    steps = [0, 50, 100] if opt == 'sgd' else list(range(5))
+    for step, loss in zip(steps, losses):
+      for k, v in zip(columns, (name, step, seed, opt, 0.1, 1.0, 1, loss,
+                                diverged)):
+        columns[k].append(v)
+  res = results_lib.Results({k: np.asarray(v) for k, v in columns.items()}, {
+      'axes': {'optimizer': ['sgd', 'levenberg_marquardt'],
+               'learning_rate': [0.1], 'init_scale': [1.0], 'seed': [0, 1],
+               'depth': [1]}})
+  final = res.final()
+  best = {(1, 'gd', 1.0): (1.4e-4, final.where(optimizer='sgd')),
+          (1, 'lm', 1.0): (1e-26, final.where(
+              optimizer='levenberg_marquardt'))}
+  return '\n'.join(deep_linear._depth_summary(config, res, final, best, 1,
+                                              1.0, 1e-20, 1e-20, None))
+
+
+def test_the_stall_text_says_only_what_its_readings_show(monkeypatch, x64):
+  # Each phrase was printed whatever the numbers: "not zero: not a critical
+  # point" at the least-squares optimum, "a continuum" across a 15-decade
+  # gap, a share of the negative eigenvectors when there were none, and
+  # "every seed within 4 iterations" with a seed diverged after.
+  text = _summary(monkeypatch, grad_norm=1e-15, n_negative=0)
+  assert 'critical to that precision' in text, text
+  assert 'not a critical point' not in text, text
+  assert 'a gap separates them' in text and 'continuum' not in text, text
+  assert 'negative eigenvector' not in text, text
+  assert ('every seed within 4 iterations; 1 of 2 diverged (step 3), left '
+          'out of the final loss') in text, text
+  assert "seed 0's loss fell 10x over its last 50 steps" in text, text
+  text = _summary(monkeypatch, grad_norm=1e-3, n_negative=3,
+                  n_null_range=(30, 40))
+  # 1e-3 / (float64 eps x 2 x 5 = 2.2e-15) = 4.5e11
+  assert '4.5e+11x what rounding the weights to float64 could leave: not a ' \
+      'critical point' in text, text
+  assert 'continuum here: 30 at a threshold 10x lower, 40 at 10x higher' \
+      in text, text
+  assert 'each negative eigenvector lies >= 100% in them' in text, text

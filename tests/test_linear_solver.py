@@ -128,7 +128,8 @@ def test_report_compares_iterations_to_one_residual_and_says_what_failed():
   # of two different systems, and "nan True" for a failed Cholesky.
   text = _report()
   assert ('first reached the larger of tol and both final residuals: '
-          'n=2000: 1.8x (31 / 17 to 7.4e-05; FALKON did not converge)'
+          'n=2000: 1.8x (31 / 17 to 7.4e-05; FALKON did not converge; '
+          'plain CG did not converge)'
           in text), text
   assert 'at least' not in text
   assert 'float32 CG stalls there' in text and '--dtype=float64' in text

@@ -215,7 +215,8 @@ def report(config: AttributeConfig, out: dict[str, Any],
       ci = r[method]
       csv_rows.append(f'"{r["component"]}",{method},{ci.mean!r},{ci.low!r},'
                       f'{ci.high!r},{ci.n}')
-  lines += stats.seeds_note(n)
+  lines += stats.two_seed_note([r[m] for r in out['rows'] for m in (
+      'shapley', 'aumann_shapley', 'difference')])
   total, gate_total = np.mean(out['total']), np.mean(out['gate_total'])
   gap = abs(gate_total - total) / max(abs(total), np.finfo(float).tiny)
   lines.append(f'completeness: f(all on) - f(all off) = {total:+.4f}; sum of '

@@ -381,6 +381,13 @@ def _spectra(params, x, y) -> dict[str, Any]:
       'eigenvalues': eigenvalues, 'lambda_max': float(top),
       'lambda_min': float(eigenvalues.min()),
       'n_null': int(null.sum()),
+      # The null count at a threshold 10x either side: equal where a gap
+      # separates the null eigenvalues from the rest.
+      'n_null_range': tuple(
+          int(np.sum(np.abs(eigenvalues) <= f * NULL_TOLERANCE * top))
+          for f in (0.1, 10.0)),
+      'weights_norm': float(np.linalg.norm(
+          np.concatenate([np.ravel(w) for w in jax.tree.leaves(params)]))),
       'n_negative': int(np.sum((eigenvalues < 0) & ~null)),
       'lambda_min_positive': float(positive.min()),
       'negative_share_in_symmetry': float(np.min(share[negative],
@@ -499,7 +506,7 @@ def _saxe_report(config, lr, scale, out_dir):
            f'(tau = {1 / lr:g} steps), modes of Sigma_xy = X^T Y / n; step at '
            'which u_a = U_a^T W1 W2 V_a first reaches s_a/2 (interpolated)']
   header = (f'{"mode":>4} {"s":>9} {"measured":>10} {"discrete":>10} '
-            f'{"rel.err":>8} {"(tau/2s)ln(s/u0)":>17} {"rel.err":>8}')
+            f'{"rel.err":>8} {"(tau/2s)ln(s/u0-1)":>19} {"rel.err":>8}')
   lines += [header, '-' * len(header)]
   for j in range(len(s)):
     meas, disc, cont = (modes[k][j] for k in ('measured', 'discrete',
@@ -517,7 +524,7 @@ def _saxe_report(config, lr, scale, out_dir):
       lines.append(f'{j + 1:>4} {s[j]:>9.3g} {note}')
     else:
       lines.append(f'{j + 1:>4} {s[j]:>9.3g} {meas:>10.1f} {disc:>10.1f} '
-                   f'{(meas - disc) / disc:>+8.2%} {cont:>17.1f} '
+                   f'{(meas - disc) / disc:>+8.2%} {cont:>19.1f} '
                    f'{(meas - cont) / cont:>+8.2%}')
   if out_dir:
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -728,6 +735,11 @@ def _depth_summary(config, results, final, best, depth, scale, target,
     verdict = (f'every seed within {config.solver_steps} iterations'
                if len(reached) == len(firsts) else
                f'{len(firsts) - len(reached)} of {len(firsts)} seeds never')
+    diverged = rows.columns['diverged_step']
+    if np.any(diverged >= 0):  # a seed may diverge after reaching it
+      verdict += (f'; {int(np.sum(diverged >= 0))} of {len(firsts)} diverged '
+                  f'(step {", ".join(str(d) for d in diverged if d >= 0)}), '
+                  'left out of the final loss')
     lines.append(
         f'  {method}: first step within {excess:.2g} of the optimal loss '
         'per seed: '
@@ -750,32 +762,45 @@ def _depth_summary(config, results, final, best, depth, scale, target,
           'that pace)' if half > last else '')
   lines.append(
       f'  best gradient descent (lr {lr:g}) ends at {loss:.3e} (geometric '
-      f'mean); over its last {span} steps the loss fell {half / last:.3g}x'
-      f'{pace}.')
+      f'mean); seed {seed}\'s loss fell {half / last:.3g}x over its last '
+      f'{span} steps{pace}.')
   spec = stall_spectrum(config, depth, member)
   k = spec['symmetry_dim']
   null_dim = spec['unchanging_dim']
   n_params = len(spec['eigenvalues'])
   flat = spec['restricted_min']
+  # The gradient that rounding the weights to the run's dtype alone could
+  # leave at a critical point: eps x lambda_max x ||w||.
+  rounding = (float(np.finfo(np.dtype(config.dtype)).eps)
+              * spec['lambda_max'] * spec['weights_norm'])
+  critical = (f'{spec["grad_norm"] / rounding:.2g}x what rounding the weights '
+              f'to {config.dtype} could leave: not a critical point'
+              if spec['grad_norm'] > 10 * rounding else
+              f'within 10x of what rounding the weights to {config.dtype} '
+              'could leave: critical to that precision')
+  low, high = spec['n_null_range']
+  continuum = ('a gap separates them: the count is the same at thresholds '
+               '10x either side' if low == high else
+               f'the small eigenvalues form a continuum here: {low} at a '
+               f'threshold 10x lower, {high} at 10x higher')
   lines.append(
       f'  at its last step (seed {seed}): gradient norm '
-      f'{spec["grad_norm"]:.2e} (not zero: not a critical point). Hessian '
+      f'{spec["grad_norm"]:.2e} ({critical}). Hessian '
       f'({n_params} eigenvalues, exact): lambda_max {spec["lambda_max"]:.3e}, '
       f'{spec["n_negative"]} negative (down to {spec["lambda_min"]:.2e}), '
       f'{spec["n_null"]} |lambda| <= {NULL_TOLERANCE:g} lambda_max, smallest '
-      f'positive above that {spec["lambda_min_positive"]:.2e} (the Hessian\'s '
-      'small eigenvalues form a continuum here: both counts move with the '
-      'threshold).')
+      f'positive above that {spec["lambda_min_positive"]:.2e} ({continuum}).')
   share = spec['negative_share_in_symmetry']
+  negative = (
+      f'; each negative eigenvector lies >= {share:.0%} in them'
+      + (' (curvature along the orbit, where the loss is constant only to '
+         'first order away from a critical point: not a saddle of the '
+         'function)' if share >= 0.9 else '')
+      if spec['n_negative'] else '')
   lines.append(
       f'  The weights move along {null_dim} directions that change no '
       f'prediction (J\'s null space; the symmetry W_i -> W_i G, W_i+1 -> '
-      f'G^-1 W_i+1 spans {k} of them); each negative eigenvector lies >= '
-      f'{share:.0%} in them'
-      + (' (curvature along the orbit, where the loss is constant only to '
-         'first order away from a critical point: not a saddle of the '
-         'function).' if share >= 0.9 else '.')
-      + ' Quotiented out:')
+      f'G^-1 W_i+1 spans {k} of them){negative}. Quotiented out:')
   lines.append(
       f'  Hessian on the {n_params - null_dim} function-changing directions '
       f'(the row space of the residuals\' Jacobian J): eigenvalues '
@@ -793,8 +818,8 @@ def _depth_summary(config, results, final, best, depth, scale, target,
         f'shrinks by (1 - {lr:g} x {flat:.2e}) per step, a factor e every '
         f'{efold:.2e} steps ({config.steps / efold:.1e} e-folds in the whole '
         f'run); even the largest stable step (2/lambda_max = '
-        f'{2 / spec["lambda_max"]:.3g}) needs ratio/2 = {ratio / 2:.2e} steps '
-        'per e-fold.')
+        f'{2 / spec["lambda_max"]:.3g}) needs lambda_max / (2 x that '
+        f'curvature) = {spec["lambda_max"] / (2 * flat):.2e} steps per e-fold.')
   else:
     lines.append(
         f'  The smallest function-changing curvature is {flat:.3e} <= 0: '

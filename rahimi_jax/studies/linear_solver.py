@@ -249,9 +249,10 @@ def _ratio(cfg: dict, falkon: dict, cg: dict) -> str:
   cg_it, falkon_it = (iterations_to(h, target) for h in (cg, falkon))
   ratio = (f'{cg_it / falkon_it:.1f}x' if falkon_it else
            'no ratio (FALKON started there)')
-  return (f'n={n}: {ratio} ({cg_it} / {falkon_it} '
-          f'to {target:.1e}' + ('' if falkon['residual'] <= cfg['tol'] else
-                                '; FALKON did not converge') + ')')
+  missed = [name for name, h in (('FALKON', falkon), ('plain CG', cg))
+            if h['residual'] > cfg['tol']]
+  return (f'n={n}: {ratio} ({cg_it} / {falkon_it} to {target:.1e}'
+          + ''.join(f'; {name} did not converge' for name in missed) + ')')
 
 
 def report(res: results_lib.Results) -> str:

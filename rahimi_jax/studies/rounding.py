@@ -539,18 +539,22 @@ def explanations(res: results_lib.Results, rows: list[dict],
     if (sr is not None and not sr['collapses'] and significant_gap(r, gap)
         and not r['reference_collapsed']):
       e = sr['effect']
+      # nearest_even's side of float32, by the metric's direction.
+      worse = (r['effect'].mean < 0) == stats.higher_is_better(
+          headline_metric(res))
+      nearest = (f'where nearest_even is {"worse" if worse else "better"}: '
+                 f'{_fmt_ci(r["effect"], True, r["seeds"])}')
       if -gap < e.low and e.high < gap:
         contrasts.append(
-            f'{opt}, {prec} {place}: stochastic rounding recovers float32 '
-            f'(effect {_fmt_ci(e, True, sr["seeds"])}, within +-{gap:g}) '
-            f'where nearest_even loses {_fmt_ci(r["effect"], True, r["seeds"])}')
+            f'{opt}, {prec} {place}: stochastic rounding '
+            f'{"recovers" if worse else "matches"} float32 (effect '
+            f'{_fmt_ci(e, True, sr["seeds"])}, within +-{gap:g}) {nearest}')
       elif not large_gap(sr, gap) and e.low <= 0 <= e.high:
         contrasts.append(
             f'{opt}, {prec} {place}: stochastic rounding is not '
             f'distinguishable from float32 at {sr["seeds"]} seeds (effect '
             f'{_fmt_ci(e, True, sr["seeds"])}, wider than +-{gap:g}: not '
-            f'shown equal) where nearest_even loses '
-            f'{_fmt_ci(r["effect"], True, r["seeds"])}')
+            f'shown equal) {nearest}')
   if contrasts:
     lines += ['contrasts:'] + [f'  {c}' for c in contrasts]
   lines += [f'{opt}: its float32 reference collapsed on {k} of {n} seeds; its '
