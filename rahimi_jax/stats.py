@@ -237,10 +237,10 @@ def two_seed_note(intervals) -> list[str]:
   if not any(ci.n == 2 and np.isfinite(ci.low) and np.isfinite(ci.high)
              for ci in intervals):
     return []
-  return ['note: an interval over 2 seeds is Student-t alone (two values '
-          'show no skew) and undercovers skewed seeds: about 91% at a nominal '
-          '95% for exponential-like skew; from 3 seeds on it is extended for '
-          'skew, which lifts that to about 93% (stats.py\'s coverage table)']
+  return ['note: with 2 seeds the skew extension is nil (two values show no '
+          'skew): such an interval is Student-t alone and undercovers skewed '
+          'seeds, about 91% at a nominal 95% for exponential-like skew (about '
+          '93% from 3 seeds on; stats.py\'s coverage table)']
 
 
 def paired_ci(a, b, level: float = 0.95, *,

@@ -47,7 +47,7 @@ def test_end_to_end(launched):
   assert 'completeness' in proc.stdout
   assert 'curves_optimizer.png' in proc.stdout  # it printed curves_<axis>.png
   assert '<axis>' not in proc.stdout
-  assert 'note: an interval over 2 seeds is Student-t alone' in proc.stdout
+  assert 'note: with 2 seeds the skew extension is nil' in proc.stdout
   with open(out / 'contributions.csv') as f:
     rows = list(csv.DictReader(f))
   methods = {(r['component'], r['method']) for r in rows}

@@ -229,7 +229,7 @@ def test_launcher_end_to_end_and_bad_input(tmp_path):
   assert ok.stdout.count('=> covariate shift') == 3  # one per learning rate
   assert '== mlp: final test accuracy' in ok.stdout
   # Two seeds: the tables' intervals are Student-t alone, and say so.
-  assert 'note: an interval over 2 seeds is Student-t alone' in ok.stdout
+  assert 'note: with 2 seeds the skew extension is nil' in ok.stdout
   # A group per norm, each member computing only its own.
   assert 'switched: norm (3 groups of members' in ok.stdout
   for name in ('results.csv', 'metadata.json', 'mlp/results.csv',

@@ -268,7 +268,7 @@ def test_launcher_end_to_end(launched):
                # (LM ends below it), so it is not called the optimum.
                'the optimum is 0: realizable; this is float64 rounding',
                # Two seeds: Student-t alone, said under the table.
-               'note: an interval over 2 seeds is Student-t alone'):
+               'note: with 2 seeds the skew extension is nil'):
     assert text in proc.stdout, proc.stdout
   res = storage.load(str(out))
   assert set(res.columns['optimizer']) == {'sgd', 'levenberg_marquardt'}

@@ -137,6 +137,10 @@ def test_report_compares_iterations_to_one_residual_and_says_what_failed():
            if ' exact ' in l][0]
   assert exact.split()[3:5] == ['nan', 'False'], exact
   assert exact.endswith('Cholesky failed (NaN)'), exact
+  # A direct solve that worked has no tolerance to reach: "converged True"
+  # beside a residual of 1e-4 and tol 1e-6 read as reaching it.
+  exact = [l for l in _report().splitlines() if ' exact ' in l][0]
+  assert exact.split()[3:5] == ['1.0e-04', '-'], exact
   text = _report('float64')
   assert 'float64 CG stalls there' in text, text
   assert '--dtype=float64 reaches it' not in text and 'float32' not in text

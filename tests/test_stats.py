@@ -63,7 +63,7 @@ def test_two_seeds_get_the_student_t_interval_and_the_tables_say_so():
   chex.assert_trees_all_close((ci.low, ci.high), (want.low, want.high),
                               rtol=1e-12)
   # One note per table, only where some interval is from two seeds.
-  note = 'an interval over 2 seeds is Student-t alone'
+  note = 'with 2 seeds the skew extension is nil'
   effects = {'none': 0.90, 'batch': 0.93}
   two = _results(effects, seeds=2, noise=0.01)
   three = _results(effects, seeds=3, noise=0.01)

@@ -175,7 +175,9 @@ def rounding_lines(res: results_lib.Results, level: float = 0.95
     left = f'{m.diverged}/{m.members} diverged'
     if m.non_finite:
       left += f', {m.non_finite}/{m.members} finished, updates_lost not finite'
-    lines.append(f'  {label:<36}{stats.format_interval(m.interval, ".1%")}'
+    # float32 loses ~0.02% of updates too: not "0.0% [0.0%, 0.0%]".
+    fmt = '.1%' if abs(m.interval.mean) >= 0.01 else '.3%'
+    lines.append(f'  {label:<36}{stats.format_interval(m.interval, fmt)}'
                  f'  ({m.interval.n} seeds; {left})')
   # The note on two-seed intervals, if any, ends the header: the report
   # reads the lines after it as one per combination.

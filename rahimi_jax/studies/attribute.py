@@ -221,14 +221,14 @@ def report(config: AttributeConfig, out: dict[str, Any],
   gap = abs(gate_total - total) / max(abs(total), np.finfo(float).tiny)
   lines.append(f'completeness: f(all on) - f(all off) = {total:+.4f}; sum of '
                f'gate credits {gate_total:+.4f} (a gap of {gap:.0%} of the '
-               f'difference, from quadrature with {config.nodes} nodes; a ReLU '
-               'net\'s path is only piecewise smooth)')
+               f'difference: quadrature with {config.nodes} nodes, and the '
+               'jumps of a ReLU net\'s training along the path, which its '
+               'derivative does not see)')
   if gap > ROUGH_PATH:
     lines.append(f'  the gate credits miss the difference by more than '
-                 f'{ROUGH_PATH:.0%}: the path is too rough for {config.nodes} '
-                 'nodes (a chaotic or diverging run along it); the '
-                 'Aumann-Shapley column is unreliable, read Shapley (grid), '
-                 'or rerun with more --nodes.')
+                 f'{ROUGH_PATH:.0%}: the metric jumps or is rough along the '
+                 'path (a chaotic or diverging run along it); the '
+                 'Aumann-Shapley column is unreliable, read Shapley (grid).')
   lines.append('ANOVA (two-level factorial): main effects and two-way interactions')
   for k, ci in out['anova'].items():
     label = ' x '.join(k) if isinstance(k, tuple) else k

@@ -270,9 +270,13 @@ def report(res: results_lib.Results) -> str:
            f'{"test_mse":>10}{"gap":>10}']
   failed = ~np.isfinite(c['residual']) | ((c['solver'] == 'exact')
                                           & ~c['converged'])
+
+  def converged(i):  # a direct solve has no tolerance to reach
+    return ('-' if c['solver'][i] == 'exact' and not failed[i] else
+            str(bool(c['converged'][i])))
   for i in range(len(res)):
     lines.append(f'{c["n"][i]:>8} {c["solver"][i]:<8}{c["iterations"][i]:>11}'
-                 f'{c["residual"][i]:>10.1e}{str(bool(c["converged"][i])):>10}'
+                 f'{c["residual"][i]:>10.1e}{converged(i):>10}'
                  f'{c["compile_s"][i]:>10.2f}{c["run_s"][i]:>8.2f}'
                  f'{c["peak_mb"][i]:>9.1f}{c["test_mse"][i]:>10.5f}'
                  f'{stats.number(c["gap"][i], ".2e"):>10}'
@@ -302,7 +306,8 @@ def report(res: results_lib.Results) -> str:
   lines.append('(residual: the Nyström system\'s ||K_nM^T y/n - H a|| / '
                '||K_nM^T y/n||, recomputed at the end, for both solvers; '
                'exact: Cholesky of the n x n system, residual ||y - (K + n '
-               'lam I) c|| / ||y||, converged: its coefficients are finite; '
+               'lam I) c|| / ||y||, converged: - (a direct solve, no '
+               'tolerance), False where it failed; '
                'peak_MB: XLA\'s estimate for the compiled solve; gap: '
                'relative distance of the test predictions from the float64 '
                'solution of the same Nyström system)')
