@@ -44,11 +44,12 @@ def final_metric(config: train_lib.TrainConfig, metric: str = 'test_loss'
   everywhere), so only losses are offered.
   """
   if metric not in DIFFERENTIABLE_METRICS:
-    known = metric == 'test_accuracy'
-    raise ValueError(f'metric {metric!r} is '
-                     + ('not differentiable (piecewise constant)' if known
-                        else 'unknown')
-                     + f'; accepted: {", ".join(DIFFERENTIABLE_METRICS)}.')
+    why = ('not differentiable (piecewise constant)'
+           if metric == 'test_accuracy' else
+           'not a loss of the trained model' if metric in stats.METRICS else
+           'unknown')
+    raise ValueError(f'metric {metric!r} is {why}; accepted: '
+                     f'{", ".join(DIFFERENTIABLE_METRICS)}.')
   train = train_lib.make_train(config)
 
   def f(knobs, data):

@@ -109,7 +109,10 @@ def user_code_sha256(objects: Iterable[Any]) -> str:
   and attributes. A checkpoint records it: resuming after an option defined
   in a notebook was edited would mix two codes' steps.
   """
-  texts, seen = [], set()
+  # Visited objects by id, each kept alive until the end: a temporary (a
+  # filtered attribute dict, a partial's tuple) freed mid-walk would hand its
+  # id to a later object, which would then be skipped unhashed.
+  texts, seen = [], {}
   for obj in objects:
     _visit_user_code(obj, texts, seen, depth=0)
   return hashlib.sha256('\0'.join(texts).encode()).hexdigest()
@@ -126,7 +129,7 @@ def _visit_user_code(obj, texts, seen, depth):
     return
   if id(obj) in seen:
     return
-  seen.add(id(obj))
+  seen[id(obj)] = obj
   visit = functools.partial(_visit_user_code, texts=texts, seen=seen,
                             depth=depth + 1)
   if isinstance(obj, functools.partial):
@@ -201,15 +204,21 @@ def _visit_user_code(obj, texts, seen, depth):
     return
   # An instance: its class, and its state (a library's: its public
   # attributes, the settings it was made with: ``nn.Dense(4)``). A
-  # dataclass's state is its fields: a flax module's attributes also hold
-  # its bookkeeping (``_state``), which its first use changes.
+  # dataclass's state is its fields and its other public attributes: a flax
+  # module's private ones hold its bookkeeping (``_state``), which its first
+  # use changes.
   user = _is_user(type(obj))
   visit(type(obj))
-  state = ({f.name: getattr(obj, f.name, None)
-            for f in dataclasses.fields(obj)}
-           if dataclasses.is_dataclass(obj) else getattr(obj, '__dict__', None))
-  if isinstance(state, dict):
-    visit({k: v for k, v in state.items() if user or not k.startswith('_')})
+  state = getattr(obj, '__dict__', None)
+  state = state if isinstance(state, dict) else {}
+  if dataclasses.is_dataclass(obj):
+    state = {**{f.name: getattr(obj, f.name, None)
+                for f in dataclasses.fields(obj)},
+             **{k: v for k, v in state.items() if not k.startswith('_')}}
+  elif not user:
+    state = {k: v for k, v in state.items() if not k.startswith('_')}
+  if state:
+    visit(state)
   if callable(obj) and not user:  # np.tanh, a builtin, a C++ callable
     texts.append(_library_name(obj))
 

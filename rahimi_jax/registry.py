@@ -273,7 +273,10 @@ def check_knob_read(name: str, options: Sequence[str], hint: str = '') -> None:
   knob ``name``) reads it: a knob set for members that ignore it."""
   owner, knob = knob_axis(name), knobs()[name]
   if not knob.readers(options):
+    declared = knob.readers(knob.declared_for or tuple(owner.options))
+    later = [o for o in knob.readers(owner.options) if o not in declared]
     raise ValueError(
         f'{name}: no member reads it: the {owner.name} options here are '
-        f'{", ".join(options)}, and it is read by '
-        f'{", ".join(knob.readers(owner.options))}{hint}.')
+        f'{", ".join(options)}, and it is read by {", ".join(declared)}'
+        + (f' (and may be by {", ".join(later)}, registered since)'
+           if later else '') + f'{hint}.')

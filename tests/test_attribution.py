@@ -151,6 +151,9 @@ def test_bad_input():
   with pytest.raises(ValueError, match="metric 'foo' is unknown; accepted: "
                      'train_loss, test_loss'):
     attribution.final_metric(train_lib.TrainConfig(), 'foo')
+  with pytest.raises(ValueError, match="metric 'grad_norm' is not a loss of "
+                     'the trained model; accepted'):
+    attribution.final_metric(train_lib.TrainConfig(), 'grad_norm')
   with pytest.raises(ValueError, match='bogus'):
     attribution.directions(('none', 'batch'), 'bogus')
   with pytest.raises(ValueError, match='bogus'):

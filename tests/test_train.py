@@ -324,6 +324,13 @@ def test_a_value_axis_no_member_reads_fails_before_compiling(tiny_digits,
   grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('my_momentum',)),
                        grid_lib.Values('momentum', (0.0, 0.9)))
   CONFIG.for_grid(grid).check_knobs_read(grid)
+  # It may: the error says so, apart from the declared readers.
+  with pytest.raises(ValueError, match=re.escape(
+      'it is read by momentum, nesterov (and may be by my_momentum, '
+      'registered since); add one')):
+    engine.run(CONFIG, grid_lib.Grid(
+        grid_lib.Choice('optimizer', ('sgd', 'adam')),
+        grid_lib.Values('momentum', (0.5, 0.9))), tiny_digits)
   # The norms' noise knobs reach only the declared noisy norms: a user's
   # norm (which never gets them) is no reader.
   assert components.norms.AXIS.knobs[0].readers(('batch', 'user_norm')) == ()
