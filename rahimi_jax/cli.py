@@ -249,6 +249,7 @@ EXECUTION_FLAGS = ('out', 'overwrite', 'dry_run', 'logs_per_call',
 
 def parse_numbers(name: str, items: Sequence[str] | str, kind: type = float, *,
                   minimum: float | None = 0.0, inclusive: bool = False,
+                  maximum: float | None = None,
                   distinct: bool = True) -> tuple[Any, ...]:
   """A comma list of numbers; the error names the bad item and what is wanted.
 
@@ -258,6 +259,7 @@ def parse_numbers(name: str, items: Sequence[str] | str, kind: type = float, *,
     kind: ``float`` or ``int``.
     minimum: values must exceed it (``None``: any finite value).
     inclusive: values may also equal ``minimum``.
+    maximum: values must be below it (``None``: no upper bound).
     distinct: reject repeated values.
   """
   if isinstance(items, str):
@@ -276,10 +278,11 @@ def parse_numbers(name: str, items: Sequence[str] | str, kind: type = float, *,
                        f'{noun}; give {what}.') from None
     low = minimum is not None and (value < minimum if inclusive
                                    else value <= minimum)
-    if not math.isfinite(value) or low:
-      raise ValueError(f'{name}: {s!r} must be a finite {noun}' + (
-          f' {">=" if inclusive else ">"} {minimum:g}.' if minimum is not None
-          else '.'))
+    high = maximum is not None and value >= maximum
+    if not math.isfinite(value) or low or high:
+      bound = registry.bound_text(minimum, inclusive, maximum)
+      raise ValueError(f'{name}: {s!r} must be a finite {noun}'
+                       + (f' {bound}.' if bound else '.'))
     if distinct and value in out:
       raise ValueError(f'{name}: {s!r} is listed twice.')
     out.append(value)
@@ -341,7 +344,7 @@ def parse_knob(name: str, items) -> tuple[float, ...]:
   knob = registry.get(registry.knobs(), name, 'value knob')
   items = items if isinstance(items, (str, list, tuple)) else [items]
   return parse_numbers(name, items, minimum=knob.minimum,
-                       inclusive=knob.inclusive)
+                       inclusive=knob.inclusive, maximum=knob.maximum)
 
 
 def parse_single_knobs(values: Mapping[str, Any] | Sequence | None,

@@ -103,6 +103,15 @@ class Parsed(Mapping):
     return len(self._names)
 
 
+def bound_text(minimum: float | None, inclusive: bool = False,
+               maximum: float | None = None) -> str:
+  """Allowed values in words: ``>= 0 and < 1``, ``> 0``, or empty: any."""
+  low = ('' if minimum is None else
+         f'{">=" if inclusive else ">"} {minimum:g}')
+  high = '' if maximum is None else f'< {maximum:g}'
+  return ' and '.join(b for b in (low, high) if b)
+
+
 @dataclasses.dataclass(frozen=True)
 class Knob:
   """A scalar a component reads: a grid's ``Values`` axis may vary it.
@@ -115,6 +124,7 @@ class Knob:
     minimum: values must exceed it (or equal it, if ``inclusive``); ``None``:
       any finite value.
     inclusive: ``minimum`` itself is allowed (a momentum of 0).
+    maximum: values must be below it (``None``: no upper bound).
     read_by: the options of its axis that read it (``None``: every one
       but ``ignored_by``); the others must ignore it
       (tests/test_components.py checks both).
@@ -130,6 +140,7 @@ class Knob:
   help: str
   minimum: float | None = 0.0
   inclusive: bool = False
+  maximum: float | None = None
   read_by: tuple[str, ...] | None = None
   ignored_by: tuple[str, ...] = ()
   declared_for: tuple[str, ...] | None = None
@@ -144,9 +155,7 @@ class Knob:
 
   def bound(self) -> str:
     """The values allowed, in words (``>= 0``, ``> 0``, or empty: any)."""
-    if self.minimum is None:
-      return ''
-    return f'{">=" if self.inclusive else ">"} {self.minimum:g}'
+    return bound_text(self.minimum, self.inclusive, self.maximum)
 
   def check(self, values: Sequence[float]) -> None:
     """Raises ``ValueError`` naming the first value out of bounds (the
@@ -154,7 +163,8 @@ class Knob:
     for v in values:
       low = self.minimum is not None and (
           v < self.minimum if self.inclusive else v <= self.minimum)
-      if not math.isfinite(v) or low:
+      high = self.maximum is not None and v >= self.maximum
+      if not math.isfinite(v) or low or high:
         raise ValueError(f"{self.name}: '{v:g}' must be a finite number"
                          + (f' {self.bound()}.' if self.bound() else '.'))
 

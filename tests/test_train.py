@@ -284,7 +284,11 @@ def test_unknown_value_axis_fails_before_compiling():
 
 
 @pytest.mark.parametrize('knob, values, message', [
-    ('momentum', (0.9, -1.0), "momentum: '-1' must be a finite number >= 0."),
+    ('momentum', (0.9, -1.0),
+     "momentum: '-1' must be a finite number >= 0 and < 1."),
+    # 1 and above: no decay of the velocity (1.5 was accepted).
+    ('momentum', (0.9, 1.5),
+     "momentum: '1.5' must be a finite number >= 0 and < 1."),
     ('learning_rate', (0.0,), "learning_rate: '0' must be a finite number > 0."),
     ('noise_scale_var', (0.1, -0.5),
      "noise_scale_var: '-0.5' must be a finite number >= 0."),

@@ -53,7 +53,8 @@ AXIS = registry.register(registry.Axis(
     knobs=(registry.Knob('learning_rate', 0.01, 'Learning rate.',
                          ignored_by=LEAST_SQUARES),
            registry.Knob('momentum', 0.9, "Momentum (Adam's b1 stays 0.9).",
-                         inclusive=True, read_by=('momentum', 'nesterov')),
+                         inclusive=True, maximum=1.0,  # 1: no decay at all
+                         read_by=('momentum', 'nesterov')),
            registry.Knob('weight_decay', 1e-4, 'Decoupled weight decay.',
                          inclusive=True, read_by=('adamw',)))))
 

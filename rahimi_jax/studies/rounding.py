@@ -329,6 +329,13 @@ def table(res: results_lib.Results, rows: list[dict]) -> str:
   lines += stats.two_seed_note(ci for r in rows for ci in (r['value'],
                                                           r['effect'])
                                if ci is not None)
+  compared = sum(r['effect'] is not None and np.isfinite(r['effect'].low)
+                 for r in rows)
+  if compared > 1:
+    lines.append(f'each effect interval is 95% on its own, not adjusted for '
+                 f'the {compared} cells compared: with no effect anywhere, '
+                 'some would exclude 0 by chance (the explanations below name '
+                 'gaps of at least --gap only)')
   threshold = res.metadata.get('chance_threshold')
   if threshold is not None:
     lines.append(f'chance level: test accuracy <= {threshold:.4f} (the '
