@@ -286,8 +286,3 @@ NEEDS = {
     'covariate_shift': ('depth',),
     'preactivation_drift': ('preactivation_hook',),
 }
-
-# Columns the probes write, by base name (``<name>_layer<i>`` per layer).
-COLUMNS = ('ics_l2', 'ics_cos', 'loss_range', 'grad_change',
-           'beta_smoothness', 'preact_mean_drift', 'preact_var_drift')
-

@@ -384,7 +384,7 @@ def verdicts(means: results_lib.Results, level: float = 0.95,
       shown += [e.interval for e in (n_gain, n_shift, n_drift, n_beta)]
       # "More shift" is either of two readings above 0: each tested at half
       # the error rate (Bonferroni), so the claim keeps the level's.
-      bonferroni = 1 - (1 - level) / 2
+      bonferroni = stats.bonferroni(level, 2)
       t_shift, t_drift = (_effect(at, m, 'noisy_batch', bonferroni).interval
                           for m in ('ics_l2', 'preact_mean_drift'))
       line.append(
