@@ -364,13 +364,15 @@ def _spectra(params, x, y) -> dict[str, Any]:
   top = eigenvalues.max()
   null = np.abs(eigenvalues) <= NULL_TOLERANCE * top
   positive = eigenvalues[(eigenvalues > 0) & ~null]
-  gn = np.linalg.eigvalsh(jac.T @ jac)
-  gn_null = gn <= NULL_TOLERANCE * gn.max()
-  # J's row space (the function-changing directions) and null space (the
-  # directions that change no prediction), from its right singular vectors.
+  # J's singular values give J^T J's eigenvalues without forming it (which
+  # squares the condition number: diagnostics.gauss_newton_eigenvalues), and
+  # its right singular vectors the row space (the function-changing
+  # directions) and null space (the directions that change no prediction).
   # Thin where J has at least as many rows as columns (its full U, 10000^2
   # for the talk's data, took 16 s of a 37 s run; vt is n x n either way).
-  _, _, vt = np.linalg.svd(jac, full_matrices=jac.shape[0] < jac.shape[1])
+  _, sv, vt = np.linalg.svd(jac, full_matrices=jac.shape[0] < jac.shape[1])
+  gn = np.sort(np.concatenate([sv**2, np.zeros(n_params - sv.size)]))
+  gn_null = gn <= NULL_TOLERANCE * gn.max()
   rank = n_params - int(gn_null.sum())
   changing, unchanging = vt[:rank].T, vt[rank:].T
   restricted = np.linalg.eigvalsh(changing.T @ hessian @ changing)
