@@ -279,6 +279,15 @@ class Grid:
       if len(kinds) > 1:
         raise ValueError(f'Axis {first.name!r} is of different kinds in '
                          f'Grid.union: {sorted(k.__name__ for k in kinds)}.')
+      if isinstance(first, Gate):  # its values mean first.off..first.on
+        ends = list(dict.fromkeys((g.axes[i].off, g.axes[i].on)
+                                  for g in grids))
+        if len(ends) > 1:
+          raise ValueError(
+              f'Gate {first.name!r} runs between other options in Grid.union: '
+              + ', '.join(f'{off}..{on}' for off, on in ends)
+              + '; a union keeps one pair (gate 1 would run the first '
+              'grid\'s option).')
       labels = tuple(dict.fromkeys(l for g in grids for l in g.axes[i].labels))
       axes.append(_with_labels(first, labels))
     grid = cls.__new__(cls)

@@ -125,13 +125,14 @@ class Results:
     return list(self.metadata.get('axes', {}))
 
   def where(self, **equal) -> 'Results':
-    """The rows whose columns equal the given values (``subset``: the axes
-    in the metadata keep only the values that remain, so a table of
-    ``where(optimizer='sgd')`` has no empty ``adam`` row)."""
+    """The rows whose columns equal the given values, or one of a list of
+    them (``subset``: the axes in the metadata keep only the values that
+    remain, so a table of ``where(optimizer='sgd')`` has no empty ``adam``
+    row). A float matches to 1e-6 relative (``matches``)."""
     mask = np.ones(len(self), bool)
     for name, value in equal.items():
       self._check_column(name)
-      mask &= self.columns[name] == value
+      mask &= matches(self.columns[name], value)
     return self.subset(mask)
 
   def subset(self, mask) -> 'Results':
@@ -139,7 +140,7 @@ class Results:
     values that remain (a sub-design, e.g. a factorial inside a union)."""
     mask = np.asarray(mask, bool)
     columns = {k: v[mask] for k, v in self.columns.items()}
-    axes = {a: [v for v in values if np.any(columns[a] == v)]
+    axes = {a: [v for v in values if np.any(matches(columns[a], v))]
             for a, values in self.metadata.get('axes', {}).items()}
     return Results(columns, {**self.metadata, 'axes': axes})
 
@@ -198,7 +199,7 @@ class Results:
     final = self.final().columns
     rows = []
     for value in self.metadata['axes'][by]:
-      at = final[by] == value
+      at = matches(final[by], value)
       m = seed_mean({c: v[at] for c, v in final.items()}, metric, level)
       rows.append(Summary(value, m.interval, m.diverged, m.members,
                           m.non_finite))
@@ -222,25 +223,30 @@ class Results:
     """
     self._check_metric(metric)
     self._check_axis(axis)
-    if baseline not in self.metadata['axes'].get(axis, []):
+    if not any(matches(np.asarray([v]), baseline)[0]
+               for v in self.metadata['axes'].get(axis, [])):
       raise ValueError(f'{axis}: baseline {baseline!r} is not among its values '
                        f'{self.metadata["axes"].get(axis)}.')
     higher = stats.higher_is_better(metric)
     final = self.final().columns
     diverged, non_finite = left_out(final, metric)
     done = ~diverged & ~non_finite
-    values = np.where(done, final[metric], np.nan)
+    # float64: in-memory columns may be float32, and a per-seed mean in
+    # float32 moved the effect's last digits against the loaded results.
+    values = np.where(done, np.asarray(final[metric], np.float64), np.nan)
     others = [a for a in self.axes if a != axis]
     keys = list(zip(*(final[a].tolist() for a in others)))
     configs = [tuple(v for a, v in zip(others, k) if a != grid_lib.SEED)
                for k in keys]
-    base = {k: i for i, k in enumerate(keys) if final[axis][i] == baseline}
+    is_base = matches(final[axis], baseline)
+    base = {k: i for i, k in enumerate(keys) if is_base[i]}
     rows = []
     for value in self.metadata['axes'][axis]:
-      if value == baseline:
+      at = matches(final[axis], value)
+      if np.array_equal(at, is_base):
         continue
       b_at = np.asarray([i for i, k in enumerate(keys)
-                         if final[axis][i] == value and k in base], int)
+                         if at[i] and k in base], int)
       a_at = np.asarray([base[keys[i]] for i in b_at], int)
       both = done[a_at] & done[b_at]
       seed = final[grid_lib.SEED][b_at]
@@ -363,6 +369,23 @@ class Results:
                      f'{f"{row.diverged}/{row.members}":>10}{flag}')
     lines += stats.two_seed_note(intervals)
     return '\n'.join(lines)
+
+
+def matches(column: np.ndarray, value: Any) -> np.ndarray:
+  """Where ``column`` equals ``value`` (or one of a list of values): a
+  float to 1e-6 relative, so a grid's float32 value (0.10000000149) is the
+  0.1 its label says; a grid refuses values that close
+  (``grid.Values``: 6 significant digits)."""
+  values = (list(value) if isinstance(value, (list, tuple, set, np.ndarray))
+            else [value])
+  column = np.asarray(column)
+  if not np.issubdtype(column.dtype, np.floating):
+    return np.isin(column, values)
+  out = np.zeros(column.shape, bool)
+  for v in values:
+    if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
+      out |= np.isclose(column, float(v), rtol=1e-6, atol=0.0)
+  return out
 
 
 def concat(parts: list[Results], metadata: dict[str, Any] | None = None

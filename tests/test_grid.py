@@ -220,6 +220,12 @@ class UnionTest(parameterized.TestCase):
           Grid(Choice('norm', ['none', 'batch'])),
           Grid(Choice('norm', ['batch']))),
        'listed twice: norm=batch,seed=0'),
+      # It kept the first grid's pair: gate 1 of the second ran batch norm.
+      ('gate_ends', lambda: Grid.union(
+          Grid(Gate('norm', 'none', 'batch', (0.0,))),
+          Grid(Gate('norm', 'none', 'layer', (1.0,)))),
+       r"Gate 'norm' runs between other options in Grid.union: none..batch, "
+       r'none..layer'),
   )
   def test_bad_unions(self, make, pattern):
     with self.assertRaisesRegex(ValueError, pattern):

@@ -218,6 +218,31 @@ def test_where_selects_equal_rows(res):
   assert adam.varied_axes == ['learning_rate']
 
 
+def test_where_reads_a_float_as_its_label_and_takes_lists():
+  # A grid of float32 learning rates stores 0.10000000149: where(0.1) was
+  # empty, every axis emptied with it, and compare(baseline=0.1) raised.
+  grid = grid_lib.Grid(grid_lib.Choice('optimizer', OPTIMIZERS),
+                       grid_lib.Values('learning_rate',
+                                       np.asarray(LRS, np.float32)),
+                       grid_lib.Seeds(N_SEEDS))
+  res = results.from_outputs(grid, _outputs(grid))
+  assert res.columns['learning_rate'].dtype == np.float64
+  assert 0.1 not in set(res.columns['learning_rate'].tolist())
+  sel = res.where(learning_rate=0.1)
+  assert len(sel) == len(res) // 2
+  assert sel.metadata['axes']['learning_rate'] == [
+      v for v in res.metadata['axes']['learning_rate'] if abs(v - 0.1) < 1e-6]
+  assert len(res.where(learning_rate=np.float32(0.01))) == len(res) // 2
+  assert len(res.where(learning_rate=0.1 * (1 + 1e-5))) == 0  # not a label's
+  effects = res.compare('train_loss', 'learning_rate', 0.1)
+  assert [e.value for e in effects] == [
+      v for v in res.metadata['axes']['learning_rate'] if abs(v - 0.01) < 1e-6]
+  # A list: either value (it raised a broadcasting error).
+  assert len(res.where(optimizer=['sgd', 'adam'])) == len(res)
+  assert len(res.where(optimizer=('adam',), learning_rate=[0.1, 0.01])) == (
+      len(res) // 2)
+
+
 def _hand_t_interval(values, level=0.95, low=0.0):
   """The textbook t-interval, clipped below at ``low`` (a loss is >= 0).
 
