@@ -331,4 +331,5 @@ def test_the_report_gives_the_lost_updates_per_precision(precision_run):
     # The mean over the 2 seeds of each member's last logged fraction.
     mean = np.mean(final.where(precision=precision_, rounding=rounding
                                ).columns['updates_lost'])
-    assert line.split()[2] == f'{mean:.1%}', (line, mean)
+    fmt = '.1%' if abs(mean) >= 0.01 else '.3%'  # below 1%: 3 decimals
+    assert line.split()[2] == format(mean, fmt), (line, mean)
