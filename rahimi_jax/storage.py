@@ -354,8 +354,18 @@ def save(results: Results, out_dir: str, keep: tuple[str, ...] = ()) -> None:
     write(results, stage)
 
 
+# Metadata keys ``write`` and ``staged`` add (and ``load`` takes back).
+RESERVED = ('columns', 'dtypes', 'rows', 'csv_sha256', 'files')
+
+
 def write(results: Results, directory: str) -> None:
-  """Writes ``results.csv`` and ``metadata.json`` into ``directory``."""
+  """Writes ``results.csv`` and ``metadata.json`` into ``directory``; a
+  number or bool column loads back in its dtype (``dtypes``)."""
+  taken = [k for k in RESERVED if k in results.metadata]
+  if taken:
+    raise ValueError(f'metadata key(s) {", ".join(taken)}: reserved for the '
+                     f'saved files\' record ({", ".join(RESERVED)}); rename '
+                     'them.')
   kinds = {k: _KINDS[v.dtype.kind] for k, v in results.columns.items()}
   buf = io.StringIO()
   writer = csv.writer(buf, lineterminator='\n')
@@ -363,7 +373,10 @@ def write(results: Results, directory: str) -> None:
   for row in zip(*results.columns.values()):
     writer.writerow(_cell(v, kinds[k]) for k, v in zip(results.columns, row))
   text = buf.getvalue()
-  meta = {**results.metadata, 'columns': kinds, 'rows': len(results),
+  meta = {**results.metadata, 'columns': kinds,
+          'dtypes': {k: v.dtype.str for k, v in results.columns.items()
+                     if v.dtype.kind in 'biuf'},
+          'rows': len(results),
           'csv_sha256': hashlib.sha256(text.encode()).hexdigest()}
   for name, content in ((CSV, text), (METADATA, json.dumps(
       _finite(meta), indent=2, default=_json_default, allow_nan=False) + '\n')):
@@ -411,6 +424,7 @@ def load(out_dir: str) -> Results:
   rows = list(csv.reader(io.StringIO(text)))
   header, body = rows[0], rows[1:]
   kinds = meta.pop('columns')
+  dtypes = meta.pop('dtypes', {})  # absent: written before it was recorded
   meta.pop('rows')
   meta.pop('csv_sha256')
   meta.pop('files', None)
@@ -421,5 +435,5 @@ def load(out_dir: str) -> Results:
     if kind == 'bool':
       columns[name] = np.asarray([c == '1' for c in cells], bool)
     else:
-      columns[name] = np.asarray(cells).astype(_DTYPES[kind])
+      columns[name] = np.asarray(cells).astype(dtypes.get(name, _DTYPES[kind]))
   return Results(columns, meta)
