@@ -7,6 +7,7 @@ the member's rows. ``rahimi_jax.storage`` saves and loads them.
 """
 
 import dataclasses
+import numbers
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -128,7 +129,7 @@ class Results:
     """The rows whose columns equal the given values, or one of a list of
     them (``subset``: the axes in the metadata keep only the values that
     remain, so a table of ``where(optimizer='sgd')`` has no empty ``adam``
-    row). A float matches to 1e-6 relative (``matches``)."""
+    row). A float matches at float32 precision (``matches``)."""
     mask = np.ones(len(self), bool)
     for name, value in equal.items():
       self._check_column(name)
@@ -223,6 +224,8 @@ class Results:
     """
     self._check_metric(metric)
     self._check_axis(axis)
+    if isinstance(baseline, (list, tuple, set)) or np.ndim(baseline) > 0:
+      raise ValueError(f'{axis}: baseline {baseline!r}: give one value.')
     if not any(matches(np.asarray([v]), baseline)[0]
                for v in self.metadata['axes'].get(axis, [])):
       raise ValueError(f'{axis}: baseline {baseline!r} is not among its values '
@@ -372,19 +375,20 @@ class Results:
 
 
 def matches(column: np.ndarray, value: Any) -> np.ndarray:
-  """Where ``column`` equals ``value`` (or one of a list of values): a
-  float to 1e-6 relative, so a grid's float32 value (0.10000000149) is the
-  0.1 its label says; a grid refuses values that close
-  (``grid.Values``: 6 significant digits)."""
-  values = (list(value) if isinstance(value, (list, tuple, set, np.ndarray))
-            else [value])
+  """Where ``column`` equals ``value`` (or one of a list of values); a float
+  column at float32 precision, the precision a program reads its knobs in:
+  a grid of float32 learning rates stores 0.10000000149, the 0.1 its label
+  says (two values equal in float32 are one run's knob)."""
+  values = (list(value) if isinstance(value, (list, tuple, set))
+            or np.ndim(value) > 0 else [value])
   column = np.asarray(column)
-  if not np.issubdtype(column.dtype, np.floating):
-    return np.isin(column, values)
+  floating = np.issubdtype(column.dtype, np.floating)
   out = np.zeros(column.shape, bool)
   for v in values:
-    if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
-      out |= np.isclose(column, float(v), rtol=1e-6, atol=0.0)
+    if floating and isinstance(v, numbers.Real):
+      out |= column.astype(np.float32) == np.float32(v)
+    else:
+      out |= column == v
   return out
 
 

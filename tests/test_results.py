@@ -234,6 +234,15 @@ def test_where_reads_a_float_as_its_label_and_takes_lists():
       v for v in res.metadata['axes']['learning_rate'] if abs(v - 0.1) < 1e-6]
   assert len(res.where(learning_rate=np.float32(0.01))) == len(res) // 2
   assert len(res.where(learning_rate=0.1 * (1 + 1e-5))) == 0  # not a label's
+  # Values a grid keeps apart stay apart (a 1e-6 tolerance merged these).
+  close = grid_lib.Grid(grid_lib.Values('learning_rate', (1.0000049, 1.0000051)),
+                        grid_lib.Seeds(3))
+  both = results.from_outputs(close, _outputs(close))
+  assert len(both.where(learning_rate=1.0000049)) == len(both) // 2
+  assert len(both.compare('train_loss', 'learning_rate', 1.0000049)) == 1
+  with pytest.raises(ValueError, match='give one value'):
+    both.compare('train_loss', 'learning_rate', [1.0000049, 1.0000051])
+  assert len(res.where(optimizer=np.asarray('sgd'))) == len(res) // 2
   effects = res.compare('train_loss', 'learning_rate', 0.1)
   assert [e.value for e in effects] == [
       v for v in res.metadata['axes']['learning_rate'] if abs(v - 0.01) < 1e-6]
