@@ -96,9 +96,8 @@ def main(argv):
 
   def run(built):
     config, budget, partition = built
-    res = ablation.run(config, memory_budget_bytes=budget, partition=partition)
-    res.metadata['flags'] = cli.key_flags(__name__)
-    return res
+    return ablation.run(config, memory_budget_bytes=budget,
+                        partition=partition)
 
   def write(built, res, directory):
     from rahimi_jax import plots  # pylint: disable=g-import-not-at-top

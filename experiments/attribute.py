@@ -56,11 +56,6 @@ def main(argv):
     return (f'{len(config.grid())} members (2^{len(config.gates)} x '
             f'{config.seeds} seeds) + {config.nodes} gate-path runs per seed')
 
-  def run(config):
-    out = attribute.run(config)
-    out['results'].metadata['flags'] = cli.key_flags(__name__)
-    return out
-
   def write(config, out, directory):
     storage.write(out['results'], directory)
     info = out['results'].metadata['engine']
@@ -73,7 +68,7 @@ def main(argv):
     return (f'{attribute.report(config, out, directory)}\n{timing}wrote '
             f'{FLAGS.out}/: {files}\n{cli.switch_line(out["results"].metadata)}')
 
-  return cli.launch(build, describe, run, write, FLAGS.out,
+  return cli.launch(build, describe, attribute.run, write, FLAGS.out,
                     dry_run=FLAGS.dry_run)
 
 

@@ -101,13 +101,6 @@ def main(argv):
             f'{config.seeds} seeds, {config.steps} steps, probes every '
             f'{config.train_config(config.models[0]).log_every}')
 
-  def run(config):
-    out = batchnorm.run(config)
-    used = cli.key_flags(__name__)
-    for res in out.values():
-      res.metadata['flags'] = used
-    return out
-
   def write(config, out, directory):
     from rahimi_jax import plots  # pylint: disable=g-import-not-at-top
     summary = batchnorm.summary(out)
@@ -136,7 +129,7 @@ def main(argv):
         batchnorm.report(out),
         f'wrote {FLAGS.out}/: {", ".join(files)}'])
 
-  return cli.launch(build, describe, run, write, FLAGS.out,
+  return cli.launch(build, describe, batchnorm.run, write, FLAGS.out,
                     dry_run=FLAGS.dry_run)
 
 

@@ -83,11 +83,6 @@ def main(argv):
     return (f'{len(config.grid())} members per depth, depths '
             f'{list(config.depths)}')
 
-  def run(config):
-    res = deep_linear.run(config)
-    res.metadata['flags'] = cli.key_flags(__name__)
-    return res
-
   def write(config, res, directory):
     storage.write(res, directory)
     wall = sum(e['wall_s'] for e in res.metadata['engine'])
@@ -102,7 +97,7 @@ def main(argv):
                       f'grid wall time {wall:.1f}s; wrote {FLAGS.out}/'
                       'results.csv, metadata.json and PNG plots'])
 
-  return cli.launch(build, describe, run, write, FLAGS.out,
+  return cli.launch(build, describe, deep_linear.run, write, FLAGS.out,
                     dry_run=FLAGS.dry_run)
 
 

@@ -82,11 +82,6 @@ def main(argv):
             'preconditioned CG and plain CG'
             + (f'; exact kernel ridge for n = {exact}' if exact else ''))
 
-  def run(config):
-    res = linear_solver.run(config)
-    res.metadata['flags'] = cli.key_flags(__name__)
-    return res
-
   def write(config, res, directory):
     del config
     storage.write(res, directory)
@@ -94,7 +89,7 @@ def main(argv):
     return '\n'.join([linear_solver.report(res), f'wrote {FLAGS.out}/: '
                       f'{storage.CSV}, {storage.METADATA}, convergence.png'])
 
-  return cli.launch(build, describe, run, write, FLAGS.out,
+  return cli.launch(build, describe, linear_solver.run, write, FLAGS.out,
                     dry_run=FLAGS.dry_run)
 
 

@@ -73,9 +73,7 @@ def main(argv):
             + ('; scikit-learn peers' if config.peers else ''))
 
   def run(built):
-    res = random_features.run(built[0])
-    res.metadata['flags'] = cli.key_flags(__name__)
-    return res
+    return random_features.run(built[0])
 
   def write(built, res, directory):
     del built

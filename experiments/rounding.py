@@ -99,11 +99,6 @@ def main(argv):
                'the gradient placements' if len(config.loss_scalings) > 1
                else '') + f']) x {config.seeds} seeds')
 
-  def run(config):
-    res = rounding.run(config)
-    res.metadata['flags'] = cli.key_flags(__name__)
-    return res
-
   def write(config, res, directory):
     from rahimi_jax import plots  # pylint: disable=g-import-not-at-top
     storage.write(res, directory)
@@ -129,7 +124,7 @@ def main(argv):
         rounding.report(res, config.gap),
         f'wrote {FLAGS.out}/: {", ".join(files)}'])
 
-  return cli.launch(build, describe, run, write, FLAGS.out,
+  return cli.launch(build, describe, rounding.run, write, FLAGS.out,
                     dry_run=FLAGS.dry_run)
 
 

@@ -743,6 +743,17 @@ def _check_resume(out: str) -> str | None:
   return f'resuming the unfinished run checkpointed in {checkpoint}'
 
 
+def record_flags(outcome: Any) -> None:
+  """Records the running launcher's flags (``key_flags``) in the metadata
+  of every ``Results`` in ``outcome`` (one, or a dict holding some), so its
+  results directory re-runs as it ran (``--config=DIR``)."""
+  if isinstance(outcome, storage.Results):
+    outcome.metadata['flags'] = key_flags('__main__')
+  elif isinstance(outcome, dict):
+    for value in outcome.values():
+      record_flags(value)
+
+
 def launch(build: Callable[[], Any], describe: Callable[[Any], str],
            run: Callable[[Any], Any], write: Callable[[Any, Any, str], str],
            out: str, *, dry_run: bool = False) -> int:
@@ -755,7 +766,7 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
     run: ``run(config) -> outcome``, inside ``program.run_options`` of the
       run flags (``engine.run`` takes ``--switch`` from there); on Ctrl-C it
       may raise ``program.Interrupted`` carrying the members that had
-      finished.
+      finished. Its ``Results`` get the flags (``record_flags``).
     write: ``write(config, outcome, directory) -> text``: writes the outcome's
       files into ``directory`` (staged: they replace ``out`` together) and
       returns the report printed after the files are in place.
@@ -817,6 +828,7 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
       with program.run_options(checkpoint_dir=checkpoint, switch=switch_value(),
                                **options):
         outcome = run(config)
+      record_flags(outcome)
     except program.CheckpointMismatch as e:
       print(f'error: {e}', file=sys.stderr)
       return 1
@@ -825,8 +837,7 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
       if partial is None:
         print(f'interrupted: no member had finished{resume}.', file=sys.stderr)
       else:
-        # As a finished run's (``--config=DIR`` re-runs it).
-        partial.metadata.setdefault('flags', key_flags('__main__'))
+        record_flags(partial)  # --config=DIR re-runs it, as a finished run
         storage.save(partial, out, keep=(storage.CHECKPOINT,))
         print(f'interrupted: saved the {e.finished} of {e.total} members that '
               f'had finished to {out}/{storage.CSV} (metadata marks it '

@@ -291,3 +291,12 @@ def test_launch_never_replaces_finished_results_unless_told(tmp_path, capsys):
     flag.value = False
   assert len(storage.load(out)) == 1
   assert storage.CHECKPOINT not in os.listdir(out)  # gone with the run
+
+
+def test_record_flags_reaches_every_results_of_an_outcome(monkeypatch):
+  # One place records them now, for every launcher's outcome (a Results, a
+  # dict of them per model, a study's dict holding one) and a partial one.
+  monkeypatch.setattr(cli, 'key_flags', lambda name: {'steps': 3})
+  a, b = _results(1), _results(2)
+  cli.record_flags({'cnn': a, 'study': {'results': b, 'rows': [1, 2]}})
+  assert a.metadata['flags'] == b.metadata['flags'] == {'steps': 3}
