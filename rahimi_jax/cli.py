@@ -34,7 +34,6 @@ config file, and there is one answer to which of two sources wins.
 
 from collections.abc import Callable, Mapping, Sequence
 import json
-import math
 import os
 import re
 import shutil
@@ -276,10 +275,7 @@ def parse_numbers(name: str, items: Sequence[str] | str, kind: type = float, *,
     except ValueError:
       raise ValueError(f'{name}: {s!r} is not {"an" if kind is int else "a"} '
                        f'{noun}; give {what}.') from None
-    low = minimum is not None and (value < minimum if inclusive
-                                   else value <= minimum)
-    high = maximum is not None and value >= maximum
-    if not math.isfinite(value) or low or high:
+    if not registry.in_bounds(value, minimum, inclusive, maximum):
       bound = registry.bound_text(minimum, inclusive, maximum)
       raise ValueError(f'{name}: {s!r} must be a finite {noun}'
                        + (f' {bound}.' if bound else '.'))

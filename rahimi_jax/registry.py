@@ -103,6 +103,15 @@ class Parsed(Mapping):
     return len(self._names)
 
 
+def in_bounds(value: float, minimum: float | None, inclusive: bool = False,
+              maximum: float | None = None) -> bool:
+  """Whether ``value`` is finite and within the bounds ``bound_text`` says."""
+  low = minimum is not None and (value < minimum if inclusive
+                                 else value <= minimum)
+  high = maximum is not None and value >= maximum
+  return math.isfinite(value) and not low and not high
+
+
 def bound_text(minimum: float | None, inclusive: bool = False,
                maximum: float | None = None) -> str:
   """Allowed values in words: ``>= 0 and < 1``, ``> 0``, or empty: any."""
@@ -161,10 +170,7 @@ class Knob:
     """Raises ``ValueError`` naming the first value out of bounds (the
     launchers' flags are parsed with the same bound: ``cli.parse_knob``)."""
     for v in values:
-      low = self.minimum is not None and (
-          v < self.minimum if self.inclusive else v <= self.minimum)
-      high = self.maximum is not None and v >= self.maximum
-      if not math.isfinite(v) or low or high:
+      if not in_bounds(v, self.minimum, self.inclusive, self.maximum):
         raise ValueError(f"{self.name}: '{v:g}' must be a finite number"
                          + (f' {self.bound()}.' if self.bound() else '.'))
 
