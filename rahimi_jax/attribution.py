@@ -304,7 +304,7 @@ def shapley(results, metric: str, components: Sequence[str],
 
   The game is ``v(S)`` = the metric with the components in ``S`` on and the
   rest at their baselines (other axes averaged), computed per seed; each value
-  comes with a ``stats.mean_ci`` interval over seeds (t, extended for skew).
+  comes with a ``stats.mean_ci`` interval over seeds.
   The values add up to ``v(all) - v(none)`` (efficiency).
 
   Returns:
@@ -324,7 +324,7 @@ def anova(results, metric: str, components: Sequence[str],
   Main effect of ``i``: mean metric with ``i`` on minus with ``i`` off (over
   all patterns of the others). Interaction of ``i, j``: half the difference
   between ``i``'s effect with ``j`` on and with ``j`` off. Per seed, with a
-  ``stats.mean_ci`` interval over seeds (t, extended for skew).
+  ``stats.mean_ci`` interval over seeds.
 
   Returns:
     ``{component or (component, component): stats.Interval}``.

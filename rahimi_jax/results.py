@@ -304,8 +304,7 @@ class Results:
     lines = [
         f'paired effect on final {metric} ({better} is better) vs each axis\'s '
         f'first value: mean over seeds of the difference value - baseline, '
-        f'{percent(level)} t-interval (extended for skew, Hall 1992) over '
-        'seeds']
+        f'{percent(level)} interval over seeds ({stats.METHOD})']
     if n > 1:
       lines.append(
           f'each interval is {percent(level)} on its own, not adjusted for the '
@@ -340,7 +339,6 @@ class Results:
           f'{stats.number(ci.high, "+.4f"):>9}{ci.n:>7d}'
           f'{f"{e.dropped}/{e.pairs}":>9}{stats.number(e.p_better, ".2f"):>11}'
           f'  {note}'.rstrip())
-    lines += stats.two_seed_note(e.interval for _, _, e in effects)
     return '\n'.join(lines)
 
   def summary_table(self, metric: str, level: float = 0.95) -> str:
@@ -349,20 +347,18 @@ class Results:
     wa, wv = self._widths()
     low, high = stats.metric_range(metric)
     lines = [f'final {metric}: mean over seeds of each seed\'s mean over its '
-             f'members that finished, {percent(level)} t-interval over seeds '
-             f'(extended for skew, Hall 1992; clipped to [{low:g}, {high:g}])',
+             f'members that finished, {percent(level)} interval over seeds '
+             f'({stats.METHOD}; clipped to [{low:g}, {high:g}])',
              'diverged members are excluded from the mean (survivor bias: '
              'read the mean beside "diverged", flagged !)']
     header = (f'{"axis":<{wa}}{"value":<{wv}}{"mean":>9}{"low":>9}{"high":>9}'
               f'{"seeds":>7}{"diverged":>10}')
     lines += [header, '-' * len(header)]
-    intervals = []
     for axis in self.axes:
       if axis == grid_lib.SEED:
         continue
       for row in self.summarize(metric, axis, level):
         ci = row.interval
-        intervals.append(ci)
         flag = ' !' if row.diverged else ''
         if row.non_finite:
           flag += f' ({row.non_finite} finished, {metric} non-finite)'
@@ -370,7 +366,6 @@ class Results:
                      f'{stats.number(ci.mean, ".4f"):>9}{stats.number(ci.low, ".4f"):>9}'
                      f'{stats.number(ci.high, ".4f"):>9}{ci.n:>7d}'
                      f'{f"{row.diverged}/{row.members}":>10}{flag}')
-    lines += stats.two_seed_note(intervals)
     return '\n'.join(lines)
 
 

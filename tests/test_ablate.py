@@ -94,7 +94,7 @@ def test_shrunk_end_to_end_run(tiny_run):
   stdout = proc.stdout
   assert '8 members: 2 optimizer x 2 norm x 1 init x 1 learning_rate x 2 seed' in stdout
   assert ("final test_accuracy: mean over seeds of each seed's mean over its "
-          'members that finished, 95% t-interval over seeds') in stdout
+          'members that finished, 95% interval over seeds') in stdout
   # The default, --partition=auto, keeps sgd and adam in one program (their
   # steps do the same matmuls) and says so.
   assert ('partition: auto -> none (one relaxed program); relaxed step FLOPs '

@@ -11,6 +11,7 @@ from rahimi_jax.studies import ablation
 from rahimi_jax import components
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import results as results_lib
+from rahimi_jax import stats
 
 OPTIMIZERS = ', '.join(sorted(components.OPTIMIZERS))
 NORMS = ', '.join(sorted(components.NORMS))
@@ -212,7 +213,7 @@ def test_rounding_lines_without_a_varied_rounding_axis(axes, label):
   assert '[90% interval]' in header and 'note:' not in header
   # Each seed's members that finished, then over seeds (symmetric: t).
   per_seed = [0.1, 0.2, 0.3, 0.4]
-  want = scipy_stats.t.interval(0.9, 3, loc=np.mean(per_seed),
+  want = scipy_stats.t.interval(stats.calibrated_level(4, 0.9), 3, loc=np.mean(per_seed),
                                 scale=scipy_stats.sem(per_seed))
   assert rows == [
       f'  {label:<36}{np.mean(per_seed):.1%} [{want[0]:.1%}, {want[1]:.1%}]'
@@ -228,26 +229,22 @@ def test_rounding_lines_show_a_small_loss_in_its_digits():
                         ), row
 
 
-def test_rounding_lines_per_varied_axis_note_two_seed_intervals():
+def test_rounding_lines_per_varied_axis():
   # Members: float32 seeds 0-2, then bfloat16 seeds 0-2.
   lost = np.asarray([0.1, np.nan, 0.2, 0.3, 0.5, np.nan])
   res = _rounding_results(
       (grid_lib.Choice('precision', ('float32', 'bfloat16')),
        grid_lib.Seeds(3)), lost, diverged=[1])
   header, *rows = ablation.rounding_lines(res)
-  assert header.endswith('for good. note: with 2 seeds the skew extension '
-                         'is nil (two values show no skew): such an interval '
-                         'is Student-t alone and undercovers skewed seeds, '
-                         'about 91% at a nominal 95% for exponential-like '
-                         "skew (about 93% from 3 seeds on; stats.py's "
-                         'coverage table)'), header
+  assert header.endswith('lose them for good.'), header
   want = []
   for precision, members, left in (
       ('float32', [0, 2], '1/3 diverged'),
       ('bfloat16', [3, 4],
        '0/3 diverged, 1/3 finished, updates_lost not finite')):
     x = lost[members]  # one member per seed: two seeds, so t alone
-    low, high = scipy_stats.t.interval(0.95, 1, loc=x.mean(),
+    low, high = scipy_stats.t.interval(stats.calibrated_level(2, 0.95), 1,
+                                       loc=x.mean(),
                                        scale=scipy_stats.sem(x))
     want.append(f'  {precision:<36}{x.mean():.1%} [{max(low, 0):.1%}, '
                 f'{min(high, 1):.1%}]  (2 seeds; {left})')

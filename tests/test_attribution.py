@@ -11,6 +11,7 @@ from scipy import stats as scipy_stats
 from rahimi_jax import attribution
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import registry
+from rahimi_jax import stats
 from rahimi_jax import train as train_lib
 
 # tanh: the final loss is smooth in the gates (ReLU makes it piecewise
@@ -237,7 +238,8 @@ def test_shapley_and_anova_intervals_are_t_intervals_over_seeds():
   res = results_lib.from_outputs(grid, {
       'step': np.zeros((len(grid), 1), np.int32), 'test_loss': loss[:, None],
       'diverged_step': np.full(len(grid), -1, np.int32)})
-  want = scipy_stats.ttest_1samp(0.05 + dev, 0.0).confidence_interval(0.95)
+  want = scipy_stats.ttest_1samp(0.05 + dev, 0.0).confidence_interval(
+      stats.calibrated_level(4, 0.95))
   for ci in (attribution.shapley(res, 'test_loss', ['norm'])['norm'],
              attribution.anova(res, 'test_loss', ['norm'])['norm']):
     chex.assert_trees_all_close((ci.mean, ci.low, ci.high),

@@ -267,8 +267,7 @@ def test_launcher_end_to_end(launched):
                # Realizable: numpy's lstsq residual is rounding, not a floor
                # (LM ends below it), so it is not called the optimum.
                'the optimum is 0: realizable; this is float64 rounding',
-               # Two seeds: Student-t alone, said under the table.
-               'note: with 2 seeds the skew extension is nil'):
+               'calibrated to exponential skew]'):
     assert text in proc.stdout, proc.stdout
   res = storage.load(str(out))
   assert set(res.columns['optimizer']) == {'sgd', 'levenberg_marquardt'}

@@ -8,6 +8,7 @@ from scipy import stats as scipy_stats
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import plots
 from rahimi_jax import results as results_lib
+from rahimi_jax import stats
 
 OPTIMIZERS, NORMS, SEEDS, STEPS = ('sgd', 'adam'), ('none', 'batch'), (0, 1, 2), (0, 10, 20)
 PNG = b'\x89PNG\r\n\x1a\n'
@@ -118,22 +119,22 @@ def test_effects_draw_each_value_vs_baseline_paired_over_seeds(saved, tmp_path):
 
 def test_effects_colour_only_what_the_bonferroni_interval_excludes_0(
     saved, tmp_path):
-  # Per seed, batch - none = 0.02, 0.03, 0.04 (symmetric: the t-interval):
+  # Per seed, batch - none = 0.024, 0.03, 0.036 (symmetric: the t-interval):
   # its 95% interval excludes 0, its Bonferroni 97.5% one (two comparisons)
   # does not. adam - sgd = 0.2, 0.21, 0.19: excluded either way.
   grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'batch')),
                        grid_lib.Choice('optimizer', ('sgd', 'adam')),
                        grid_lib.Seeds(3))
-  acc = np.asarray([0.5 + 0.01 * (m.values['seed'] + 2) * (
+  acc = np.asarray([0.5 + (0.024 + 0.006 * m.values['seed']) * (
       m.values['norm'] == 'batch') + (m.values['optimizer'] == 'adam') * (
           0.2 + 0.01 * (0, 1, -1)[m.values['seed']]) for m in grid.members])
   res = results_lib.from_outputs(grid, {
       'step': np.zeros((len(grid), 1), np.int32),
       'test_accuracy': acc[:, None],
       'diverged_step': np.full(len(grid), -1, np.int32)})
-  diffs = np.asarray([0.02, 0.03, 0.04])
+  diffs = np.asarray([0.024, 0.03, 0.036])
   for level, crosses in ((0.95, False), (1 - 0.05 / 2, True)):
-    low, high = scipy_stats.t.interval(level, 2, loc=diffs.mean(),
+    low, high = scipy_stats.t.interval(stats.calibrated_level(3, level), 2, loc=diffs.mean(),
                                        scale=scipy_stats.sem(diffs))
     assert (low < 0 < high) == crosses, (level, low, high)
   plots.effects(res, 'test_accuracy', str(tmp_path / 'effects.png'))

@@ -114,7 +114,8 @@ def test_seed_mean_leaves_out_and_counts_what_did_not_finish():
              'diverged_step': np.asarray([-1, -1, -1, -1, 5])}
   m = results.seed_mean(columns, 'train_loss')
   assert (m.diverged, m.non_finite, m.members) == (1, 1, 5)
-  want = scipy_stats.ttest_1samp([2.0, 4.0], 0.0).confidence_interval(0.95)
+  want = scipy_stats.ttest_1samp([2.0, 4.0], 0.0).confidence_interval(
+      stats.calibrated_level(2, 0.95))
   chex.assert_trees_all_close(tuple(m.interval),
                               (3.0, max(want.low, 0.0), want.high, 2),
                               rtol=1e-12)
@@ -255,12 +256,14 @@ def test_where_reads_a_float_as_its_label_and_takes_lists():
 def _hand_t_interval(values, level=0.95, low=0.0):
   """The textbook t-interval, clipped below at ``low`` (a loss is >= 0).
 
-  For two values the sample skewness is 0, so this is ``stats.mean_ci``.
+  For two values the sample skewness is 0, so this is ``stats.mean_ci``
+  (taken at its calibrated level).
   """
   x = np.asarray(values, np.float64)
   n = len(x)
   mean = x.sum() / n
   sd = np.sqrt(np.sum((x - mean) ** 2) / (n - 1))
+  level = stats.calibrated_level(n, level)
   half = scipy_stats.t.ppf(0.5 + level / 2, df=n - 1) * sd / np.sqrt(n)
   return mean, max(mean - half, low), mean + half, n
 
@@ -382,7 +385,7 @@ def test_summary_table_lists_axis_values(res):
   lines = table.splitlines()
   assert lines[0].startswith("final train_loss: mean over seeds of each "
                              "seed's mean over its members that finished, "
-                             "95% t-interval over seeds")
+                             "95% interval over seeds")
   assert 'clipped to [0, inf]' in lines[0]
   assert 'diverged members are excluded from the mean' in lines[1]
   assert 'mean' in lines[2] and 'diverged' in lines[2]

@@ -246,7 +246,6 @@ def test_launcher_end_to_end(study):
   assert 'why:' in text and 'attribution (format x mode x placement):' in text
   assert 'rounding events over the run' in text
   assert 'each effect interval is 95% on its own, not adjusted for the ' in text
-  assert 'note: with 2 seeds the skew extension is nil' in text, text
   # float16 rounds eps = 1e-8 to 0: Adam divides 0/0 where a gradient is 0.
   assert 'eps 1e-08 -> 0 ' in text, text
   # Toward zero flushes what is below the smallest subnormal (5.96e-8),

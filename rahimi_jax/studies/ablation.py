@@ -163,14 +163,13 @@ def rounding_lines(res: results_lib.Results, level: float = 0.95
             'many unchanged, but moves a weight a whole ulp with probability '
             'update/ulp, so on average nothing is lost; nearest-even and '
             'toward zero lose them for good.')
-  lines, intervals = [], []
+  lines = []
   for key in keys:
     at = np.ones(len(final[grid_lib.SEED]), bool)
     for a, v in zip(axes, key):
       at &= final[a] == v
     m = results_lib.seed_mean({c: v[at] for c, v in final.items()},
                               'updates_lost', level)
-    intervals.append(m.interval)
     label = ' '.join(map(str, key)) or ' '.join(fixed) or 'all members'
     left = f'{m.diverged}/{m.members} diverged'
     if m.non_finite:
@@ -179,6 +178,4 @@ def rounding_lines(res: results_lib.Results, level: float = 0.95
     fmt = '.1%' if abs(m.interval.mean) >= 0.01 else '.3%'
     lines.append(f'  {label:<36}{stats.format_interval(m.interval, fmt)}'
                  f'  ({m.interval.n} seeds; {left})')
-  # The note on two-seed intervals, if any, ends the header: the report
-  # reads the lines after it as one per combination.
-  return [' '.join([header, *stats.two_seed_note(intervals)]), *lines]
+  return [header, *lines]

@@ -6,7 +6,7 @@ Shapley values and the ANOVA (main effects, two-way interactions). The same
 components as continuous gates give Aumann–Shapley credits: gradients of the
 final metric along the straight gate path from all-off to all-on, integrated
 by quadrature (each node a training run, differentiated through the whole
-run). Both come per seed, with t-intervals over seeds (extended for skew),
+run). Both come per seed, with intervals over seeds (``stats.mean_ci``),
 and their difference per seed. A seed whose grid or gate path diverged is
 left out of every column, and named.
 """
@@ -199,8 +199,7 @@ def report(config: AttributeConfig, out: dict[str, Any],
   if not n:
     return '\n'.join(head + ['no seed without a diverged member: nothing to '
                               'attribute (try a smaller --learning_rate)'])
-  interval = ('95% t-interval over seeds, extended for skew' if n >= 3 else
-              '95% t-interval over seeds' if n == 2 else
+  interval = (f'95% interval over seeds ({stats.METHOD})' if n >= 2 else
               'no interval from one seed')
   lines = head + [f'contributions to the final {config.metric} (off -> on), mean over '
            f'{n} seeds [{interval}]',
@@ -215,8 +214,6 @@ def report(config: AttributeConfig, out: dict[str, Any],
       ci = r[method]
       csv_rows.append(f'"{r["component"]}",{method},{ci.mean!r},{ci.low!r},'
                       f'{ci.high!r},{ci.n}')
-  lines += stats.two_seed_note([r[m] for r in out['rows'] for m in (
-      'shapley', 'aumann_shapley', 'difference')])
   total, gate_total = np.mean(out['total']), np.mean(out['gate_total'])
   gap = abs(gate_total - total) / max(abs(total), np.finfo(float).tiny)
   lines.append(f'completeness: f(all on) - f(all off) = {total:+.4f}; sum of '

@@ -203,12 +203,11 @@ def _percent(interval, signed=False) -> str:
   return _ci(scaled, '.1f', signed)
 
 
-def table(means: results_lib.Results, level: float = 0.95,
-          shown: list[stats.Interval] | None = None) -> str:
+def table(means: results_lib.Results, level: float = 0.95) -> str:
   """Per learning rate and norm: accuracy and each probe, mean [interval];
   ``(k/n div.)``: members that diverged, ``(j/n non-finite)``: members that
   finished with the reading not finite (a probe that overflowed), each left
-  out of the mean. ``shown`` collects the intervals printed."""
+  out of the mean."""
   metrics = ['test_accuracy', *[m for m in (*SHIFT, *SMOOTHNESS)
                                 if m in means.columns]]
   lines = [f'{"lr":>7} {"norm":<12} ' + ' '.join(f'{m:>26}' for m in metrics)]
@@ -220,8 +219,6 @@ def table(means: results_lib.Results, level: float = 0.95,
       cells = []
       for m in metrics:
         s = per_metric[m][norm]
-        if shown is not None:
-          shown.append(s.interval)
         text = (_percent(s.interval) if m == 'test_accuracy'
                 else _ci(s.interval))
         if s.diverged:
@@ -352,25 +349,21 @@ def _shift(gain, n_gain, n_shift, n_drift, level: float) -> str:
           'of covariate shift.')
 
 
-def verdicts(means: results_lib.Results, level: float = 0.95,
-             shown: list[stats.Interval] | None = None) -> list[str]:
+def verdicts(means: results_lib.Results, level: float = 0.95) -> list[str]:
   """Per learning rate: batch norm's gain, and what the noisy arm says.
 
   Effects are paired against no norm (same seed). Covariate shift decides
   nothing if noisy batch norm, with more shift than no norm, keeps the gain;
   smoothness is supported when the arms that gain have a smaller effective
   beta than no norm. "Undecided" where an interval crosses zero or is
-  missing (fewer than two seeds where both arms finished). ``shown``
-  collects the intervals printed.
+  missing (fewer than two seeds where both arms finished).
   """
   lines = []
-  shown = [] if shown is None else shown
   noisy = 'noisy_batch' in means.metadata['axes']['norm']
   for lr in means.metadata['axes']['learning_rate']:
     at = means.where(learning_rate=lr)
     gain, beta, shift = (_effect(at, m, 'batch', level) for m in (
         'test_accuracy', 'beta_smoothness', 'ics_l2'))
-    shown += [e.interval for e in (gain, beta, shift)]
     line = [f'lr {lr:g}: batch norm vs none: accuracy '
             f'{_percent(gain.interval, True)} points, ICS (l2) '
             f'{_ci(shift.interval, signed=True)}, beta-smoothness '
@@ -381,7 +374,6 @@ def verdicts(means: results_lib.Results, level: float = 0.95,
           _effect(at, m, 'noisy_batch', level) for m in (
               'test_accuracy', 'ics_l2', 'preact_mean_drift',
               'beta_smoothness'))
-      shown += [e.interval for e in (n_gain, n_shift, n_drift, n_beta)]
       # "More shift" is either of two readings above 0: each tested at half
       # the error rate (Bonferroni), so the claim keeps the level's.
       bonferroni = stats.bonferroni(level, 2)
@@ -414,12 +406,11 @@ def report(results: dict[str, results_lib.Results], level: float = 0.95
   for model, res in results.items():
     metrics = [m for m in (*SHIFT, *SMOOTHNESS) if m in res.columns]
     means = time_means(res, metrics)
-    shown = []
-    rows, said = table(means, level, shown), verdicts(means, level, shown)
+    rows, said = table(means, level), verdicts(means, level)
     parts += [f'== {model}: final test accuracy (%), probes averaged over '
               f'training; mean over {len(np.unique(res.columns["seed"]))} '
               f'seeds [{results_lib.percent(level)} interval]',
-              *stats.two_seed_note(shown), rows, *said, '']
+              rows, *said, '']
   return '\n'.join(parts)
 
 

@@ -227,10 +227,11 @@ def member_name(depth: int, grid_member: str) -> str:
 def _log_interval(values, floor: float):
   """Geometric mean of ``values`` and its 95% interval; values >= 0.
 
-  ``stats.mean_ci`` of the log10 values (t, extended for skew), mapped back:
+  ``stats.mean_ci`` of the log10 values, mapped back:
   an interval for the geometric mean ``10**E[log10 x]`` (the median, for
   log-symmetric seeds), not for the arithmetic mean; its coverage is
-  ``mean_ci``'s on the log values (nominal when they are normal). A loss of
+  ``mean_ci``'s on the log values (at least nominal when they are
+  normal, or skewed up to an exponential's). A loss of
   exactly 0 has no logarithm: it counts as ``floor`` (the dtype's smallest
   normal number), so a mean and interval with zeros are upper bounds; the
   count of zeros comes back with them. NaN (a diverged run) is left out.
@@ -621,19 +622,18 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
   lines.append(f'target condition number {config.condition_number:g}; '
                f'full batch; final train loss, geometric mean over the seeds '
                f'that finished (of {config.seeds}) [95% interval of the '
-               'geometric mean: t on log10, extended for skew]')
+               f'geometric mean: on log10, {stats.METHOD}]')
   header = (f'{"depth":>5} {"method":<6} {"lr":>8} {"init_scale":>10} '
             f'{"steps":>7} {"loss":>10} {"low":>10} {"high":>10} '
             f'{"grad_norm":>10} {"diverged":>8}')
   lines += [header, '-' * len(header)]
-  best, ranks, per_seed, zero_notes, printed = {}, {}, [], [], []
+  best, ranks, per_seed, zero_notes = {}, {}, [], []
   for cfg, rows in final.configs().items():
     c = dict(cfg)
     method = inverse[c['optimizer']]
     alive = rows.columns['diverged_step'] < 0
     ci, zeros = _log_interval(rows.columns['train_loss'][alive], floor)
     grad, _ = _log_interval(rows.columns['grad_norm'][alive], floor)
-    printed.append(ci)
     lr = '-' if method in LEAST_SQUARES else f'{c["learning_rate"]:g}'
     depth = int(rows.columns['depth'][0])
     steps = int(rows.columns['step'][0])
@@ -666,7 +666,7 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
       cells.append((int(seed), cell))
     per_seed.append((depth, method, lr, c['init_scale'], steps,
                      [cell for _, cell in sorted(cells)]))
-  lines += zero_notes + stats.two_seed_note(printed)
+  lines += zero_notes
   lines.append('')
   lines.append(f'per seed: final train loss (least squares: in parentheses '
                f'the first step within {excess:.2g} of the optimal loss; - '

@@ -326,9 +326,6 @@ def table(res: results_lib.Results, rows: list[dict]) -> str:
       lines.append(
           f'  {r["label"]:<{width}}{_fmt_ci(r["value"], seeds=r["seeds"]):>28}'
           f'{_fmt_ci(r["effect"], True, r["seeds"]):>30}  {_collapse_text(r)}')
-  lines += stats.two_seed_note(ci for r in rows for ci in (r['value'],
-                                                          r['effect'])
-                               if ci is not None)
   compared = sum(r['effect'] is not None and np.isfinite(r['effect'].low)
                  for r in rows)
   if compared > 1:
