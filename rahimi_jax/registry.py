@@ -13,6 +13,7 @@ is one declaration plus the line where its component acts (a model's
 
 from collections.abc import Mapping, Sequence
 import dataclasses
+import inspect
 import math
 from typing import Any, TypeVar
 
@@ -79,6 +80,120 @@ def check_options(registry: Mapping[str, Any], names: Sequence[str],
         raise ValueError(f'{what}: {names[j]!r} and {names[i]!r} are one '
                          'option listed twice; keep one.')
   return names
+
+
+class Options(dict):
+  """An axis's registry, option name -> component: a ``dict`` that keeps its
+  built-in entries and checks the ones added.
+
+  Adding an option is an assignment (``OPTIMIZERS['lion'] = ...``), checked
+  by ``check(what, name, value)`` when given (a ``Signature`` or
+  ``InstanceOf``); an option a user added may be assigned again (a notebook
+  cell run again). A built-in option may not be replaced or removed: its
+  results would carry its name for another option.
+  """
+
+  def __init__(self, what: str, options: Mapping[str, Any], check=None):
+    super().__init__()
+    self.what, self.check, self.builtin = what, check, tuple(options)
+    for name, value in options.items():
+      self._check(name, value)
+      super().__setitem__(name, value)
+
+  def _check(self, name, value):
+    if not isinstance(name, str) or not name:
+      raise TypeError(f'{self.what} option name {name!r}; accepted: a '
+                      'non-empty string.')
+    if self.check is not None:
+      self.check(self.what, name, value)
+
+  def _keep_builtin(self, name):
+    if name in self.builtin:
+      raise ValueError(
+          f'{self.what} {name!r} is built in: its results would carry its '
+          'name for another option. Register yours under a new name (built '
+          f'in: {", ".join(self.builtin)}).')
+
+  def __setitem__(self, name, value):
+    if name in self.builtin and value is not dict.get(self, name):
+      self._keep_builtin(name)
+    self._check(name, value)
+    super().__setitem__(name, value)
+
+  def __delitem__(self, name):
+    self._keep_builtin(name)
+    super().__delitem__(name)
+
+  def pop(self, name, *default):
+    self._keep_builtin(name)
+    return super().pop(name, *default)
+
+  def popitem(self):
+    raise ValueError(f'{self.what} options: popitem would remove a built-in '
+                     'one; delete a registered option by name.')
+
+  def clear(self):
+    for name in [n for n in self if n not in self.builtin]:
+      super().__delitem__(name)
+
+  def update(self, *args, **kwargs):
+    for name, value in dict(*args, **kwargs).items():
+      self[name] = value
+
+  def __ior__(self, other):
+    self.update(other)
+    return self
+
+  def setdefault(self, name, value=None):
+    if name not in self:
+      self[name] = value
+    return self[name]
+
+  def __reduce__(self):
+    return _options, (self.what, self.builtin, dict(self), self.check)
+
+
+def _options(what, builtin, items, check):
+  """``Options`` rebuilt (a copy or an unpickling): the same built-ins."""
+  options = Options(what, {n: items[n] for n in builtin}, check)
+  options.update({n: v for n, v in items.items() if n not in builtin})
+  return options
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+  """An ``Options`` check: each option is a function that can be called as
+  ``text`` says, with ``args`` and ``kwargs`` standing for its arguments."""
+  text: str
+  args: tuple[Any, ...] = ()
+  kwargs: tuple[tuple[str, Any], ...] = ()
+
+  def __call__(self, what: str, name: str, value: Any) -> None:
+    if not callable(value):
+      raise TypeError(f'{what} {name!r}: got {value!r}; accepted: a function '
+                      f'{self.text}.')
+    label = getattr(value, '__qualname__', None) or repr(value)
+    try:
+      signature = inspect.signature(value)
+    except (TypeError, ValueError):
+      return  # no signature to read (a builtin): it is checked when called
+    try:
+      signature.bind(*self.args, **dict(self.kwargs))
+    except TypeError as e:
+      raise TypeError(f'{what} {name!r}: {label} cannot be called as '
+                      f'{self.text} ({e}).') from None
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceOf:
+  """An ``Options`` check: each option is an instance of ``cls``."""
+  cls: type
+  text: str
+
+  def __call__(self, what: str, name: str, value: Any) -> None:
+    if not isinstance(value, self.cls):
+      label = getattr(value, '__qualname__', None) or repr(value)
+      raise TypeError(f'{what} {name!r}: got {label}; accepted: {self.text}.')
 
 
 class Parsed(Mapping):

@@ -6,6 +6,7 @@ level, so one compiled program serves all the parametrized cases.
 """
 
 import functools
+import re
 from unittest import mock
 
 from absl.testing import absltest
@@ -16,8 +17,10 @@ from jax import test_util as jtu
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from rahimi_jax import components
+from rahimi_jax.components import optimizers
 from rahimi_jax.components import relaxed
 
 NORM_NAMES = sorted(components.NORMS)
@@ -980,3 +983,21 @@ class ErrorTest(parameterized.TestCase):
 
 if __name__ == '__main__':
   absltest.main()
+
+
+def test_an_optimizer_that_reads_no_knob_or_returns_none_is_named(monkeypatch):
+  # They failed inside optax's tracing with KeyError: 'beta2' or
+  # AttributeError: 'NoneType' object has no attribute 'init'.
+  monkeypatch.setitem(components.OPTIMIZERS, 'user_lion', lambda hp: (
+      optax.lion(hp['learning_rate'], b2=hp['beta2'])))
+  monkeypatch.setitem(components.OPTIMIZERS, 'user_none', lambda hp: None)
+  hp = {'learning_rate': 0.1, 'momentum': 0.9, 'weight_decay': 0.0}
+  weights = jnp.ones(1)
+  with pytest.raises(KeyError, match=re.escape(
+      "optimizer 'user_lion' reads hp['beta2'], which is no knob; hp holds: "
+      'b1, b2, decay, eps, learning_rate, momentum, weight_decay')):
+    optimizers.relaxed_optimizer(('user_lion',), weights, hp)
+  with pytest.raises(TypeError, match=re.escape(
+      "optimizer 'user_none' returned None; accepted: an "
+      'optax.GradientTransformation (init, update).')):
+    optimizers.relaxed_optimizer(('user_none',), weights, hp)

@@ -1,13 +1,17 @@
 """An axis is one declaration: a throwaway axis reaches every layer from it."""
 
+import copy
+import pickle
 import re
 
 from absl import flags
 import jax
 import numpy as np
+import optax
 import pytest
 
 from rahimi_jax import cli
+from rahimi_jax import components
 from rahimi_jax import engine
 from rahimi_jax import models
 from rahimi_jax import registry
@@ -117,3 +121,50 @@ def test_a_string_or_two_names_of_one_option_are_refused():
   assert precision.AXIS.check(('bfloat16', 'e8m3')) == ('bfloat16', 'e8m3')
   with pytest.raises(ValueError, match=r'accepted: .*e<E>m<M>'):
     precision.AXIS.check(())
+
+
+def test_options_keep_their_built_ins_and_check_what_is_added(monkeypatch):
+  optimizers = components.OPTIMIZERS
+  sgd = lambda hp: optax.sgd(hp['learning_rate'])
+  # A built-in name given to another option: its results would say 'adam'
+  # for SGD's (they did: two equal rows, one labelled adam).
+  built_in = re.escape("optimizer 'adam' is built in: its results would "
+                       'carry its name for another option. Register yours '
+                       'under a new name (built in: sgd, momentum,')
+  for change in (lambda: optimizers.__setitem__('adam', sgd),
+                 lambda: optimizers.update(adam=sgd),
+                 lambda: optimizers.__delitem__('adam'),
+                 lambda: optimizers.pop('adam')):
+    with pytest.raises(ValueError, match=built_in):
+      change()
+  adam = optimizers['adam']
+  optimizers['adam'] = adam  # the same object: nothing changes
+  assert optimizers['adam'] is adam
+  # A user's name may be registered again (a cell run again), and removed.
+  monkeypatch.setitem(optimizers, 'user_sgd', sgd)
+  optimizers['user_sgd'] = again = lambda hp: sgd(hp)
+  assert optimizers['user_sgd'] is again
+  # Copies keep which ones are built in.
+  for other in (copy.copy(optimizers), copy.deepcopy(optimizers),
+                pickle.loads(pickle.dumps(registry.Options('output', {
+                    'abs': abs, 'len': len})))):
+    assert isinstance(other, registry.Options)
+    with pytest.raises(ValueError, match='is built in'):
+      other[other.builtin[0]] = None
+  # What is added is checked when assigned, with the accepted form named.
+  for options, value, label, accepted in (
+      (optimizers, 3, "optimizer 'bad': got 3", '; accepted: a function '
+       'make(hp) -> optax.GradientTransformation.'),
+      (components.ACTIVATIONS, lambda x: x, "activation 'bad': ",
+       '<lambda> cannot be called as act(x, key=None) -> y (got an '
+       "unexpected keyword argument 'key')."),
+      (components.INITS, lambda key, shape: key, "init 'bad': ",
+       '<lambda> cannot be called as init(key, shape, dtype) -> array'),
+      (components.NORMS, lambda x: x, "norm 'bad': got ",
+       '<lambda>; accepted: a components.norms.Norm (init, apply).')):
+    with pytest.raises(TypeError,
+                       match=re.escape(label) + '.*' + re.escape(accepted)):
+      options['bad'] = value
+    assert 'bad' not in options
+  with pytest.raises(TypeError, match="option name 3; accepted: a non-empty"):
+    optimizers[3] = sgd

@@ -344,15 +344,17 @@ def test_an_option_or_model_redefined_under_its_name_is_a_new_program(
     monkeypatch):
   # Before, the loop was cached by the names alone: a notebook cell that
   # redefined an optimizer trained the old one.
-  loop = train_lib.make_loop(CONFIG)
-  assert train_lib.make_loop(CONFIG) is loop
-  old = components.OPTIMIZERS['sgd']
-  monkeypatch.setitem(components.OPTIMIZERS, 'sgd', lambda hp: old(hp))
-  assert train_lib.make_loop(CONFIG) is not loop
-  train = train_lib.make_train(CONFIG)
-  monkeypatch.setitem(components.OPTIMIZERS, 'sgd', old)
-  assert train_lib.make_loop(CONFIG) is loop
-  assert train_lib.make_train(CONFIG) is not train
+  sgd = components.OPTIMIZERS['sgd']
+  monkeypatch.setitem(components.OPTIMIZERS, 'user_sgd', sgd)
+  config = dataclasses.replace(CONFIG, options=(('optimizer', 'user_sgd'),))
+  loop = train_lib.make_loop(config)
+  assert train_lib.make_loop(config) is loop
+  monkeypatch.setitem(components.OPTIMIZERS, 'user_sgd', lambda hp: sgd(hp))
+  assert train_lib.make_loop(config) is not loop
+  train = train_lib.make_train(config)
+  monkeypatch.setitem(components.OPTIMIZERS, 'user_sgd', sgd)
+  assert train_lib.make_loop(config) is loop
+  assert train_lib.make_train(config) is not train
   # A user's model registered again (the cell run again) replaces the old.
   from rahimi_jax import models  # pylint: disable=g-import-not-at-top
   mlp = models.MODELS['mlp']

@@ -19,13 +19,14 @@ def _deterministic(fn: Callable[[jax.Array], jax.Array]):
   return act
 
 
-ACTIVATIONS: dict[str, Callable[..., jax.Array]] = {
+ACTIVATIONS: dict[str, Callable[..., jax.Array]]
+ACTIVATIONS = registry.Options('activation', {
     'relu': _deterministic(jax.nn.relu),
     'tanh': _deterministic(jax.numpy.tanh),
     'gelu': _deterministic(jax.nn.gelu),
     'silu': _deterministic(jax.nn.silu),
     'identity': _deterministic(lambda x: x),
-}
+}, registry.Signature('act(x, key=None) -> y', (None,), (('key', None),)))
 
 
 AXIS = registry.register(registry.Axis(

@@ -40,13 +40,13 @@ def _orthogonal(key, shape, dtype=jnp.float32):
   return (q.T if rows < cols else q).reshape(shape)
 
 
-INITS: dict[str, Init] = {
+INITS: dict[str, Init] = registry.Options('init', {
     'lecun_normal': jax.nn.initializers.lecun_normal(),
     'glorot_normal': jax.nn.initializers.glorot_normal(),
     'he_normal': jax.nn.initializers.he_normal(),
     'orthogonal': _orthogonal,
     'gaussian': _gaussian,
-}
+}, registry.Signature('init(key, shape, dtype) -> array', (None, None, None)))
 
 
 AXIS = registry.register(registry.Axis(

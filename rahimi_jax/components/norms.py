@@ -173,13 +173,13 @@ def _noisy_batch(momentum: float = BATCH_NORM_MOMENTUM,
   return Norm(batch.init, apply)
 
 
-NORMS: dict[str, Norm] = {
+NORMS: dict[str, Norm] = registry.Options('norm', {
     'none': _none(),
     'batch': _batch(),
     'layer': _layer(),
     'rms': _rms(),
     'noisy_batch': _noisy_batch(),
-}
+}, registry.InstanceOf(Norm, 'a components.norms.Norm (init, apply)'))
 
 
 _NOISY = ('noisy_batch',)

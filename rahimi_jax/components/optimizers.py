@@ -25,7 +25,8 @@ Hyperparams = Mapping[str, jax.typing.ArrayLike]
 # AdamW's b1, b2 and eps; RMSProp's decay and eps.
 CONSTANTS = {'b1': 0.9, 'b2': 0.999, 'eps': 1e-8, 'decay': 0.9}
 
-OPTIMIZERS: dict[str, Callable[[Hyperparams], optax.GradientTransformation]] = {
+OPTIMIZERS: dict[str, Callable[[Hyperparams], optax.GradientTransformation]]
+OPTIMIZERS = registry.Options('optimizer', {
     'sgd': lambda hp: optax.sgd(hp['learning_rate']),
     'momentum': lambda hp: optax.sgd(hp['learning_rate'],
                                      momentum=hp['momentum']),
@@ -41,7 +42,7 @@ OPTIMIZERS: dict[str, Callable[[Hyperparams], optax.GradientTransformation]] = {
     # Least squares only (they need residual_fn); the learning rate is unused.
     'gauss_newton': lambda hp: solvers.gauss_newton(),
     'levenberg_marquardt': lambda hp: solvers.levenberg_marquardt(),
-}
+}, registry.Signature('make(hp) -> optax.GradientTransformation', (None,)))
 # Optimizers that step from the residual function, not the gradient.
 LEAST_SQUARES = ('gauss_newton', 'levenberg_marquardt')
 
@@ -59,6 +60,30 @@ AXIS = registry.register(registry.Axis(
                          inclusive=True, read_by=('adamw',)))))
 
 
+class _Knobs(dict):
+  """An option's ``hp``: reading a knob it does not hold names the option
+  and the knobs it holds."""
+
+  def __init__(self, option: str, hp: Hyperparams):
+    super().__init__(hp)
+    self.option = option
+
+  def __missing__(self, name):
+    raise KeyError(f'optimizer {self.option!r} reads hp[{name!r}], which '
+                   f'is no knob; hp holds: {", ".join(sorted(self))}')
+
+
+def _build(name: str, hp: Hyperparams) -> optax.GradientTransformation:
+  """Option ``name``'s transformation from ``hp``; a clear error if it is
+  not one."""
+  tx = OPTIMIZERS[name](_Knobs(name, hp))
+  if not (callable(getattr(tx, 'init', None))
+          and callable(getattr(tx, 'update', None))):
+    raise TypeError(f'optimizer {name!r} returned {tx!r}; accepted: an '
+                    'optax.GradientTransformation (init, update).')
+  return tx
+
+
 def relaxed_optimizer(names: Sequence[str], weights: jax.Array,
                       hp: Hyperparams) -> optax.GradientTransformation:
   """The mixture of optimizers ``names``: updates ``sum_i weights[i] * u_i``.
@@ -71,8 +96,7 @@ def relaxed_optimizer(names: Sequence[str], weights: jax.Array,
   """
   names = AXIS.check(names)
   hp = {**CONSTANTS, **hp}  # constants the caller did not round
-  txs = [OPTIMIZERS[n](relaxed.guard(weights[i], hp))
-         for i, n in enumerate(names)]
+  txs = [_build(n, relaxed.guard(weights[i], hp)) for i, n in enumerate(names)]
   txs = [optax.with_extra_args_support(tx) for tx in txs]
 
   def init(params):
