@@ -638,6 +638,37 @@ def test_ctrl_c_while_checkpoints_close_keeps_the_finished_group(
   assert set(e.value.results.columns['norm']) == {'none'}
 
 
+def test_ctrl_c_checkpoints_the_chunks_that_had_finished(tiny_digits,
+                                                        tmp_path):
+  """Ctrl-C after the first of four chunks, before any periodic save: that
+  chunk's final state is checkpointed, so the resume runs the other three
+  alone (it ran all four again), to the uninterrupted run's bits."""
+  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none',)), grid_lib.Seeds(4))
+  info = program.logging.info
+
+  def pressed_after_the_first_chunk(message, *args):
+    info(message, *args)
+    if str(message).startswith('member-batch') and args[0] == 1:
+      raise KeyboardInterrupt
+
+  def run(directory):
+    with program.run_options(checkpoint_dir=directory, progress=False,
+                             checkpoint_every_s=1e6, chunk_size=1):
+      return engine.run(CONFIG, grid, tiny_digits, switch=())
+
+  with mock.patch.object(program.logging, 'info',
+                         pressed_after_the_first_chunk):
+    with pytest.raises(program.Interrupted) as e:
+      run(str(tmp_path / 'a'))
+  assert (e.value.finished, e.value.total) == (1, 4)
+  resumed = run(str(tmp_path / 'a'))
+  passes = resumed.metadata['engine']['resumed_passes']
+  assert passes[0] > 0 and passes[1:] == [0, 0, 0], passes
+  plain = run(str(tmp_path / 'b'))
+  assert plain.metadata['engine']['resumed_passes'] == [0] * 4
+  chex.assert_trees_all_equal(resumed.columns, plain.columns)
+
+
 def test_auto_partition_splits_off_levenberg_marquardt(tiny_synthetic):
   config = train_lib.TrainConfig(model='deep_linear', hidden=(3,), steps=6,
                                  log_every=3, batch_size=0)
