@@ -1,5 +1,7 @@
 """Differentiable ablations: forward, reverse and finite differences agree."""
 
+import itertools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -177,8 +179,9 @@ def test_bad_input():
       attribution.gate_sensitivities(None, knobs, None, 'norm', dirs)
 
 
-def _factorial(effect, interaction=0.0, seeds=5):
-  """Results of a 2^3 grid with known additive effects (+ one interaction)."""
+def _factorial(effect, interaction=0.0, seeds=5, triple=0.0):
+  """Results of a 2^3 grid with known additive effects (+ one interaction,
+  + ``triple`` when all three components are on)."""
   from rahimi_jax import results as results_lib  # pylint: disable=g-import-not-at-top
   grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'batch')),
                        grid_lib.Choice('optimizer', ('sgd', 'momentum')),
@@ -192,6 +195,7 @@ def _factorial(effect, interaction=0.0, seeds=5):
     x = {c: float(m.values[c] == on[c]) for c in on}
     values.append(0.8 + sum(effect[c] * x[c] for c in on) +
                   interaction * x['norm'] * x['optimizer'] +
+                  triple * x['norm'] * x['optimizer'] * x['init'] +
                   seed_noise[m.values['seed']])
   outputs = {'step': np.zeros((len(grid), 1), np.int32),
              'test_accuracy': np.asarray(values)[:, None],
@@ -222,6 +226,33 @@ def test_shapley_splits_an_interaction_and_is_efficient():
   chex.assert_trees_all_close(effects[('norm', 'optimizer')].mean, 0.02,
                               atol=1e-12)
   chex.assert_trees_all_close(effects[('norm', 'init')].mean, 0.0, atol=1e-12)
+
+
+def test_shapley_weights_a_three_way_interaction_by_coalition_size():
+  # Additive and pairwise effects are split alike by any weights symmetric
+  # in the coalition size (Banzhaf's 1/2**(n-1) too); a term present only
+  # when all three are on is not. The reference averages each component's
+  # marginal contribution over the 3! orders, on the game as defined here.
+  effect = {'norm': 0.05, 'optimizer': 0.02, 'init': 0.01}
+  interaction, triple = 0.04, 0.06
+  res = _factorial(effect, interaction=interaction, triple=triple)
+  values = attribution.shapley(res, 'test_accuracy', list(effect))
+
+  def v(on):
+    return (0.8 + sum(effect[c] for c in on) +
+            interaction * ('norm' in on and 'optimizer' in on) +
+            triple * (len(on) == 3))
+
+  want = dict.fromkeys(effect, 0.0)
+  orders = list(itertools.permutations(effect))
+  for order in orders:
+    for i, c in enumerate(order):
+      want[c] += (v(set(order[:i + 1])) - v(set(order[:i]))) / len(orders)
+  chex.assert_trees_all_close({c: values[c].mean for c in effect}, want,
+                              atol=1e-12)
+  # Efficiency: the values add up to v(all) - v(none).
+  chex.assert_trees_all_close(sum(ci.mean for ci in values.values()),
+                              v(set(effect)) - v(set()), atol=1e-12)
 
 
 def test_shapley_and_anova_intervals_are_t_intervals_over_seeds():
@@ -280,6 +311,32 @@ def test_drop_diverged_seeds_keeps_complete_seeds():
   seed_of_bad = res.columns['seed'][2]
   assert seed_of_bad not in set(kept.columns['seed'])
   assert len(kept) == 4
+
+
+def test_a_finished_run_with_a_non_finite_metric_drops_its_seed_too():
+  # diverged_step -1 (the run finished) but the final metric is NaN (a
+  # reading that overflowed): its cell would be averaged over a different
+  # mix of members, so its seed goes like a diverged member's.
+  from rahimi_jax import results as results_lib  # pylint: disable=g-import-not-at-top
+  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'batch')),
+                       grid_lib.Choice('init', ('lecun_normal', 'orthogonal')),
+                       grid_lib.Seeds(3))
+  loss = np.asarray([1.0 + 0.5 * (m.values['norm'] == 'batch') +
+                     0.1 * m.values['seed'] for m in grid.members])
+  bad = next(m for m in grid.members if m.values['seed'] == 1
+             and m.values['norm'] == 'batch' and m.values['init'] == 'orthogonal')
+  loss[bad.index] = np.nan
+  res = results_lib.from_outputs(grid, {
+      'step': np.full((len(grid), 1), 10, np.int32),
+      'test_loss': loss[:, None],
+      'diverged_step': np.full(len(grid), -1, np.int32)})
+  dropped, kept = attribution.drop_diverged_seeds(res, 'test_loss')
+  assert dropped == [(bad.name, -1)]
+  assert sorted(set(kept.columns['seed'].tolist())) == [0, 2]
+  assert len(kept) == len(grid) - 4
+  value = attribution.shapley(res, 'test_loss', ['norm'])['norm']
+  chex.assert_trees_all_close(value.mean, 0.5, atol=1e-12)
+  assert value.n == 2
 
 
 def test_a_diverged_member_drops_its_seed_not_its_cell():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import types
 
 from absl import flags
@@ -72,6 +73,16 @@ def test_parse_single_knobs():
   ]:
     with pytest.raises(ValueError, match=match):
       cli.parse_single_knobs(values, accepted, 'one value')
+
+
+def test_parse_knob_checks_the_knob_upper_bound():
+  # The momentum knob declares maximum=1 (exclusive: 1 is no decay at all);
+  # the launchers' flags must refuse what a grid built in Python refuses.
+  assert cli.parse_knob('momentum', '0,0.5,0.99') == (0.0, 0.5, 0.99)
+  for items, bad in (('1', '1'), ('0.5,1.5', '1.5'), ([0.9, 1.0], '1.0')):
+    with pytest.raises(ValueError, match=re.escape(
+        f"momentum: '{bad}' must be a finite number >= 0 and < 1.")):
+      cli.parse_knob('momentum', items)
 
 
 def test_set_matmul_precision_names_a_bad_value_and_the_accepted():

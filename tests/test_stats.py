@@ -417,6 +417,38 @@ def test_p_better_ranks_runs_of_the_same_configuration():
   chex.assert_trees_all_close(pooled.statistic / 64, 0.75, atol=1e-12)
 
 
+def test_p_better_pools_unequal_configurations_by_their_pairs_of_runs():
+  # A union of runs: sgd with 4 seeds, adam with 2. P(better) is the share
+  # of all within-configuration (baseline run, value run) pairs the value
+  # wins: sgd's 16 pairs weigh 4 times adam's 4 (weighting by seeds, 4:2,
+  # gives another number). Counted here pair by pair.
+  acc = {('sgd', 'none'): [0.90, 0.92, 0.94, 0.96],
+         ('sgd', 'batch'): [0.91, 0.89, 0.93, 0.95],
+         ('adam', 'none'): [0.80, 0.82], ('adam', 'batch'): [0.85, 0.86]}
+  parts = []
+  for opt, seeds in (('sgd', 4), ('adam', 2)):
+    grid = grid_lib.Grid(grid_lib.Choice('norm', ('none', 'batch')),
+                         grid_lib.Choice('optimizer', (opt,)),
+                         grid_lib.Seeds(seeds))
+    value = [acc[(opt, m.values['norm'])][m.values['seed']]
+             for m in grid.members]
+    parts.append(results_lib.from_outputs(grid, {
+        'step': np.zeros((len(grid), 1), np.int32),
+        'test_accuracy': np.asarray(value)[:, None],
+        'diverged_step': np.full(len(grid), -1, np.int32)}))
+  res = results_lib.concat(parts)
+  (e,) = res.compare('test_accuracy', 'norm', baseline='none')
+  assert e.pairs == 6
+  score = count = 0.0
+  for opt in ('sgd', 'adam'):
+    for x in acc[(opt, 'none')]:
+      for y in acc[(opt, 'batch')]:
+        score += float(y > x) + 0.5 * float(y == x)
+        count += 1
+  assert count == 20
+  chex.assert_trees_all_close(e.p_better, score / count, rtol=1e-12)
+
+
 def test_compare_baseline_diverged_everywhere_is_said_not_hidden():
   seeds = 3
   diverged = {('none', o, s) for o in ('sgd', 'adam') for s in range(seeds)}

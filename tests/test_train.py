@@ -18,6 +18,7 @@ from rahimi_jax import data as data_lib
 from rahimi_jax import engine
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import program
+from rahimi_jax import results as results_lib
 from rahimi_jax import train as train_lib
 from rahimi_jax import tuning
 
@@ -132,6 +133,63 @@ def test_diverged_step_is_first_step_with_nonfinite_params(tiny_synthetic):
   assert np.isnan(final.where(learning_rate=3.0).columns['train_loss'][0])
 
 
+def test_a_metric_that_overflows_before_the_parameters_is_a_divergence(
+    tiny_synthetic):
+  # The blow-up above, logged every 2 steps: the squared residuals overflow
+  # float32 (prediction ~ W^2 ~ 1e19) steps before any parameter does, so
+  # the first log whose loss is not finite marks the divergence, not the
+  # later step whose parameters are. Found here by full-batch gradient
+  # descent on 0.5 * mean ||x W1 W2 - y||^2 in float64 numpy from the run's
+  # initial factors.
+  config = train_lib.TrainConfig(model='deep_linear', hidden=(3,), steps=8,
+                                 log_every=2, batch_size=0)
+  grid = grid_lib.Grid(grid_lib.Values('learning_rate', (3.0,)))
+  knobs = jax.tree.map(lambda v: v[0], grid.knobs([0]))
+  train = train_lib.make_train(config)
+  init = train_lib.make_loop(config).init
+  out, (w1, w2) = jax.jit(lambda k, data: (
+      train(k, data), init(k, data).params['w']))(knobs, tiny_synthetic)
+  out = results_lib.from_outputs(grid, jax.tree.map(lambda v: np.asarray(v)[
+      None], out))
+  w1, w2 = np.asarray(w1, np.float64), np.asarray(w2, np.float64)
+  x, y = (np.asarray(a, np.float64) for a in (tiny_synthetic.x_train,
+                                              tiny_synthetic.y_train))
+  x_test, y_test = (np.asarray(a, np.float64) for a in (tiny_synthetic.x_test,
+                                                        tiny_synthetic.y_test))
+  big = float(np.finfo(np.float32).max)
+  sums, losses, first_params = {}, {}, -1
+  for t in range(config.steps + 1):
+    if t:
+      r = (x @ w1 @ w2 - y) / len(x)
+      w1, w2 = w1 - 3.0 * x.T @ r @ w2.T, w2 - 3.0 * (x @ w1).T @ r
+    top = max(np.max(np.abs(w1)), np.max(np.abs(w2)))
+    if not top < big:
+      first_params = t
+      break
+    assert top < 1e-3 * big, (t, top)  # finite in float32 too
+    if t % config.log_every == 0:
+      train_sum = np.sum(np.square(x @ w1 @ w2 - y))
+      sums[t] = max(train_sum,
+                    np.sum(np.square(x_test @ w1 @ w2 - y_test)))
+      losses[t] = 0.5 * train_sum / len(x)
+  # Far from float32's largest number either way: no rounding question.
+  assert all(v > 1e3 * big or v < 1e-3 * big for v in sums.values()), sums
+  first_log = min(t for t, v in sums.items() if v > big)
+  assert 0 < first_log < first_params <= config.steps, (first_log,
+                                                        first_params)
+  logged = out.columns['step'] >= first_log
+  # The numpy reference follows the run: their losses agree before it.
+  chex.assert_trees_all_close(out.columns['train_loss'][~logged],
+                              np.asarray([losses[t] for t in range(first_log)
+                                          if t in losses]), rtol=1e-4)
+  assert np.all(np.isnan(out.columns['train_loss'][logged]))
+  chex.assert_trees_all_equal(out.final().columns['diverged_step'],
+                              np.asarray([first_log], np.int32))
+  # Results count the member as diverged, not as a finished run.
+  (row,) = out.summarize('train_loss', 'learning_rate')
+  assert (row.diverged, row.non_finite, row.members) == (1, 0, 1)
+
+
 def test_log_steps_with_remainder(tiny_synthetic):
   config = train_lib.TrainConfig(model='deep_linear', hidden=(3,), steps=7,
                                  log_every=3, batch_size=0)
@@ -239,6 +297,19 @@ def test_permutation_is_uniform():
   assert abs(where0.mean() - 673) < 4 * 389 / np.sqrt(2000)
 
 
+def test_permutation_breaks_ties_between_keys():
+  # 2**19 samples leave 13 random key bits per round: one round alone puts
+  # ~2**19 / 2**13 = 64 pairs (i, i + 1) in one tie, kept in index order, so
+  # i + 1 follows i directly ~64 times. In a uniform permutation the number
+  # of such successions is Poisson(1) (Kaplansky): 10 or more has
+  # probability 1.1e-7.
+  n = 2**19
+  perm = np.asarray(jax.jit(lambda k: data_lib.permutation(k, n))(
+      jax.random.key(3)))
+  successions = int(np.sum(np.diff(perm) == 1))
+  assert successions < 10, successions
+
+
 @pytest.mark.parametrize('kwargs, match', [
     ({'steps': 0}, 'steps'),
     ({'log_every': 40}, 'log_every'),
@@ -289,6 +360,9 @@ def test_unknown_value_axis_fails_before_compiling():
     # 1 and above: no decay of the velocity (1.5 was accepted).
     ('momentum', (0.9, 1.5),
      "momentum: '1.5' must be a finite number >= 0 and < 1."),
+    # Exactly 1 is out too: the bound is strict (no decay at all).
+    ('momentum', (0.9, 1.0),
+     "momentum: '1' must be a finite number >= 0 and < 1."),
     ('learning_rate', (0.0,), "learning_rate: '0' must be a finite number > 0."),
     ('noise_scale_var', (0.1, -0.5),
      "noise_scale_var: '-0.5' must be a finite number >= 0."),
