@@ -810,7 +810,11 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
 
   def run_and_save() -> int:
     checkpoint = os.path.join(out, storage.CHECKPOINT)
-    if flags.FLAGS['overwrite'].value:
+    overwrite = flags.FLAGS['overwrite'].value
+    if overwrite and os.path.isdir(checkpoint):
+      print(f'--overwrite: starting afresh; the checkpoint of an unfinished '
+            f'run in {checkpoint} is discarded (without --overwrite, a run '
+            'resumes from it).', flush=True)
       shutil.rmtree(checkpoint, ignore_errors=True)
     if resuming:
       print(resuming, flush=True)
@@ -818,8 +822,8 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
       os.makedirs(checkpoint, exist_ok=True)
       storage.write_text(os.path.join(checkpoint, 'flags.json'),
                          json.dumps(run_flags(), default=str, indent=1))
-    resume = (' (the same command resumes from its checkpoint in '
-              f'{checkpoint})')
+    resume = (f' (the same command{" without --overwrite" * overwrite} '
+              f'resumes from its checkpoint in {checkpoint})')
     try:
       with program.run_options(checkpoint_dir=checkpoint, switch=switch_value(),
                                **options):

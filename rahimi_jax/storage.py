@@ -136,7 +136,12 @@ def check_writable(out_dir: str, create: bool = True) -> str:
   """
   out_dir = os.path.abspath(os.path.expanduser(out_dir))
   if os.path.lexists(out_dir):
-    if not os.path.isdir(out_dir) or os.path.islink(out_dir):
+    if os.path.islink(out_dir):
+      raise ValueError(f'out: {out_dir!r} is a symbolic link, which a save '
+                       'cannot replace (it renames the directory); give the '
+                       f'directory it points to ({os.path.realpath(out_dir)!r}) '
+                       'or a new one.')
+    if not os.path.isdir(out_dir):
       raise ValueError(f'out: {out_dir!r} exists and is not a directory; give '
                        'a new directory or one that holds earlier results.')
     if os.path.ismount(out_dir):

@@ -304,6 +304,34 @@ def test_launch_never_replaces_finished_results_unless_told(tmp_path, capsys):
   assert storage.CHECKPOINT not in os.listdir(out)  # gone with the run
 
 
+def test_overwrite_over_a_checkpoint_says_it_starts_afresh(tmp_path, capsys):
+  # It discarded the checkpoint of an interrupted run without a word, and the
+  # interrupted run's own hint ("the same command resumes") was wrong for a
+  # command that gave --overwrite.
+  out = str(tmp_path / 'out')
+
+  def interrupted(config):
+    raise KeyboardInterrupt
+
+  flag = flags.FLAGS['overwrite']
+  flag.value = True
+  try:
+    assert cli.launch(lambda: 'config', str, interrupted, _write,
+                      out) == cli.INTERRUPTED
+    first = capsys.readouterr()
+    assert 'starting afresh' not in first.out  # nothing to discard yet
+    assert ('(the same command without --overwrite resumes from its '
+            'checkpoint in') in first.err, first.err
+    assert cli.launch(lambda: 'config', str, lambda c: _results(1), _write,
+                      out) == 0
+  finally:
+    flag.value = False
+  said = capsys.readouterr().out
+  assert (f'--overwrite: starting afresh; the checkpoint of an unfinished run '
+          f'in {out}/{storage.CHECKPOINT} is discarded') in said, said
+  assert len(storage.load(out)) == 1
+
+
 def test_record_flags_reaches_every_results_of_an_outcome(monkeypatch):
   # One place records them now, for every launcher's outcome (a Results, a
   # dict of them per model, a study's dict holding one) and a partial one.

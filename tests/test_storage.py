@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 
 import chex
 import numpy as np
@@ -369,3 +370,17 @@ def test_a_save_killed_midway_is_recovered(res, tmp_path, monkeypatch,
   with pytest.warns(UserWarning, match='unfinished'):  # not marked interrupted
     assert len(storage.load(str(out))) == len(want)
   assert not storage.recover(str(out))  # nothing left to do
+
+
+def test_a_symbolic_link_out_is_refused_and_named(res, tmp_path):
+  # It said "exists and is not a directory" of a link to a directory.
+  target = tmp_path / 'target'
+  storage.save(res, str(target))
+  link = tmp_path / 'link'
+  os.symlink(target, link)
+  with pytest.raises(ValueError, match=re.escape(
+      f"out: '{link}' is a symbolic link, which a save cannot replace (it "
+      f"renames the directory); give the directory it points to "
+      f"('{target}') or a new one.")):
+    storage.save(res, str(link))
+  assert len(storage.load(str(target))) == len(res)
