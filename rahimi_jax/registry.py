@@ -90,7 +90,8 @@ class Options(dict):
   by ``check(what, name, value)`` when given (a ``Signature`` or
   ``InstanceOf``); an option a user added may be assigned again (a notebook
   cell run again). A built-in option may not be replaced or removed: its
-  results would carry its name for another option.
+  results would carry its name for another option (``clear`` removes the
+  ones added).
   """
 
   def __init__(self, what: str, options: Mapping[str, Any], check=None):
@@ -137,8 +138,17 @@ class Options(dict):
       super().__delitem__(name)
 
   def update(self, *args, **kwargs):
-    for name, value in dict(*args, **kwargs).items():
-      self[name] = value
+    items = dict(*args, **kwargs)
+    for name, value in items.items():  # all checked before any is added
+      if name in self.builtin and value is not dict.get(self, name):
+        self._keep_builtin(name)
+      self._check(name, value)
+    for name, value in items.items():
+      super().__setitem__(name, value)
+
+  @classmethod
+  def fromkeys(cls, keys, value=None):
+    return dict.fromkeys(keys, value)  # a plain dict, as ``copy`` gives
 
   def __ior__(self, other):
     self.update(other)

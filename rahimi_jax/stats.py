@@ -238,7 +238,10 @@ def calibrated_level(n: int, level: float = 0.95) -> float:
   ``(n, level)`` always gets the same level; Monte Carlo error of its
   coverage 0.0006 at 95%); ``level`` itself past CALIBRATED_UP_TO seeds. At
   a nominal 95%: 0.974 / 0.971 / 0.975 / 0.972 / 0.963 at n = 2 / 3 / 4 / 5
-  / 8, and 0.95 from n = 16 on.
+  / 8, and 0.95 from n = 16 on. A level rests on the ``(1 - level) *
+  CALIBRATION_DRAWS`` samples beyond it: 6,554 at 95%, 92 at 0.9993 (a
+  Bonferroni 95% over 72 intervals), 13 at 0.9999, so levels that high are
+  calibrated only roughly.
 
   Raises:
     ValueError: ``level`` is not in (0, 1), or ``n`` < 2.
@@ -247,9 +250,14 @@ def calibrated_level(n: int, level: float = 0.95) -> float:
   if not isinstance(n, (int, np.integer)) or n < 2:
     raise ValueError(f'calibrated_level: n={n!r} seeds; accepted: an integer '
                      '>= 2.')
+  return _calibrated_level(int(n), float(level))
+
+
+@functools.lru_cache(maxsize=None)
+def _calibrated_level(n: int, level: float) -> float:
   if n > CALIBRATED_UP_TO:
     return level
-  q = float(np.quantile(_reference_quantiles(int(n)), level))
+  q = float(np.quantile(_reference_quantiles(n), level))
   return max(level, float(2 * special.stdtr(n - 1, np.sqrt(n) * q) - 1))
 
 

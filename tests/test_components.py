@@ -981,10 +981,6 @@ class ErrorTest(parameterized.TestCase):
       make([first, second, first])
 
 
-if __name__ == '__main__':
-  absltest.main()
-
-
 def test_an_optimizer_that_reads_no_knob_or_returns_none_is_named(monkeypatch):
   # They failed inside optax's tracing with KeyError: 'beta2' or
   # AttributeError: 'NoneType' object has no attribute 'init'.
@@ -1001,3 +997,15 @@ def test_an_optimizer_that_reads_no_knob_or_returns_none_is_named(monkeypatch):
       "optimizer 'user_none' returned None; accepted: an "
       'optax.GradientTransformation (init, update).')):
     optimizers.relaxed_optimizer(('user_none',), weights, hp)
+  # hp is still a pytree of its knobs (an option may map over it).
+  monkeypatch.setitem(components.OPTIMIZERS, 'user_mapped', lambda hp: (
+      optax.sgd(jax.tree.map(lambda v: 2.0 * v, hp)['learning_rate'])))
+  tx = optimizers.relaxed_optimizer(('user_mapped',), weights, hp)
+  params = {'w': jnp.ones(3)}
+  updates, _ = tx.update({'w': jnp.ones(3)}, tx.init(params), params)
+  chex.assert_trees_all_close(updates, {'w': jnp.full(3, -0.2)})
+
+
+if __name__ == '__main__':
+  absltest.main()
+

@@ -168,3 +168,7 @@ def test_options_keep_their_built_ins_and_check_what_is_added(monkeypatch):
     assert 'bad' not in options
   with pytest.raises(TypeError, match="option name 3; accepted: a non-empty"):
     optimizers[3] = sgd
+  # An update that holds a refused entry adds none of its entries.
+  with pytest.raises(ValueError, match="'adam' is built in"):
+    optimizers.update({'user_other': sgd, 'adam': sgd})
+  assert 'user_other' not in optimizers

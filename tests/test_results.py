@@ -309,7 +309,7 @@ def test_summarize_diverged_member_excluded_from_mean():
   assert row.value == 'sgd'
   assert (row.diverged, row.members) == (1, 4)
   # seed 0: mean(1, 3) = 2; seed 1: only 5 (the diverged member dropped). The
-  # t-interval's low end, -15.6, is clipped to 0: a loss is never negative.
+  # t-interval's low end, -32.8, is clipped to 0: a loss is never negative.
   chex.assert_trees_all_close(tuple(row.interval),
                               _hand_t_interval([2.0, 5.0]), rtol=1e-12, atol=0)
   assert row.interval.low == 0.0

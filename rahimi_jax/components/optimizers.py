@@ -62,7 +62,8 @@ AXIS = registry.register(registry.Axis(
 
 class _Knobs(dict):
   """An option's ``hp``: reading a knob it does not hold names the option
-  and the knobs it holds."""
+  and the knobs it holds. A pytree as a dict is (``jax.tree.map`` over it
+  keeps it one)."""
 
   def __init__(self, option: str, hp: Hyperparams):
     super().__init__(hp)
@@ -71,6 +72,13 @@ class _Knobs(dict):
   def __missing__(self, name):
     raise KeyError(f'optimizer {self.option!r} reads hp[{name!r}], which '
                    f'is no knob; hp holds: {", ".join(sorted(self))}')
+
+
+jax.tree_util.register_pytree_with_keys(
+    _Knobs,
+    lambda k: ([(jax.tree_util.DictKey(n), k[n]) for n in sorted(k)],
+               (k.option, tuple(sorted(k)))),
+    lambda aux, leaves: _Knobs(aux[0], dict(zip(aux[1], leaves))))
 
 
 def _build(name: str, hp: Hyperparams) -> optax.GradientTransformation:
