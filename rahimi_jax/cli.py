@@ -29,7 +29,11 @@ results directory or its ``metadata.json``:
 run is the same one (``out`` included: give ``--out`` to keep the first
 results). One flag serves both, rather than a separate ``--rerun_from``, so a
 re-run has the same precedence rules and ``--config.FIELD`` overrides as a
-config file, and there is one answer to which of two sources wins.
+config file, and there is one answer to which of two sources wins. A run from a
+config file records it too (``metadata['config_file']``, ``config_file``): a
+re-run from the results loads that file first when it still exists, so the
+options it registers (``components.OPTIMIZERS['lion'] = ...``) are there
+again; its fields give way to the recorded flags.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -435,7 +439,8 @@ def config_from_results(path: str,
   file = os.path.join(path, storage.METADATA) if os.path.isdir(path) else path
   try:
     with open(file) as f:
-      recorded = json.load(f).get('flags')
+      metadata = json.load(f)
+    recorded = metadata.get('flags')
   except (OSError, ValueError, AttributeError) as e:
     raise ValueError(f'config: cannot read {file}: '
                      f'{str(e).splitlines()[0]}') from None
@@ -453,7 +458,31 @@ def config_from_results(path: str,
       value = config_dict.placeholder(
           _field_type(flag_values[name]) if name in flag_values else str)
     config[name] = value
+  spec = metadata.get('config_file')
+  if isinstance(spec, str) and os.path.isfile(spec.split(':', 1)[0]):
+    # Run for what it registers (a user's options); the recorded flags win.
+    with warnings.catch_warnings():  # ml_collections' own loader
+      warnings.filterwarnings('ignore', 'the load_module', DeprecationWarning)
+      config_flags_lib.ConfigFileFlagParser(name=CONFIG).parse(spec)
+    parser = getattr(flag_values[CONFIG], 'parser', None) if (
+        CONFIG in flag_values) else None
+    if isinstance(parser, _ConfigParser):
+      parser.recorded_file = spec
   return config
+
+
+def config_file(flag_values: flags.FlagValues = flags.FLAGS) -> str | None:
+  """The Python config file this run was given (``--config=FILE.py``, its
+  absolute path, ``:arg`` kept), or the one the results directory it re-runs
+  recorded; ``None`` if neither."""
+  if CONFIG not in flag_values or flag_values[CONFIG].value is None:
+    return None
+  holder = flag_values[CONFIG]
+  spec = holder.config_filename or ''
+  path, sep, arg = spec.partition(':')
+  if path.endswith('.py'):
+    return os.path.abspath(path) + sep + arg
+  return getattr(holder.parser, 'recorded_file', None)
 
 
 _SCALARS = (bool, int, float, str)
@@ -482,6 +511,7 @@ class _ConfigParser(config_flags_lib.ConfigFileFlagParser):
   def __init__(self, flag_values: flags.FlagValues):
     super().__init__(name=CONFIG, lock_config=False)
     self._flag_values = flag_values
+    self.recorded_file = None  # the config file a results directory names
 
   def parse(self, path):
     file = path.split(':', 1)[0]
@@ -745,6 +775,8 @@ def record_flags(outcome: Any) -> None:
   results directory re-runs as it ran (``--config=DIR``)."""
   if isinstance(outcome, storage.Results):
     outcome.metadata['flags'] = key_flags('__main__')
+    if config_file() is not None:
+      outcome.metadata['config_file'] = config_file()
   elif isinstance(outcome, dict):
     for value in outcome.values():
       record_flags(value)

@@ -336,6 +336,9 @@ def test_record_flags_reaches_every_results_of_an_outcome(monkeypatch):
   # One place records them now, for every launcher's outcome (a Results, a
   # dict of them per model, a study's dict holding one) and a partial one.
   monkeypatch.setattr(cli, 'key_flags', lambda name: {'steps': 3})
+  monkeypatch.setattr(cli, 'config_file', lambda: '/configs/run.py')
   a, b = _results(1), _results(2)
   cli.record_flags({'cnn': a, 'study': {'results': b, 'rows': [1, 2]}})
   assert a.metadata['flags'] == b.metadata['flags'] == {'steps': 3}
+  assert a.metadata['config_file'] == b.metadata['config_file'] == (
+      '/configs/run.py')

@@ -288,3 +288,47 @@ def test_launcher_bad_config_exits_with_one_error_line():
                           '--config.stepz=3', '--dry_run')
   launchers.assert_clean_error(proc, "unknown field 'stepz'")
   assert proc.returncode == 1 and proc.stdout == ''
+
+
+def test_a_rerun_loads_the_config_file_that_registered_its_options(
+    monkeypatch, tmp_path):
+  # A run whose config file registered an optimizer could not be re-run
+  # from its results ("Unknown optimizers 'user_from_config'"): a fresh
+  # process had not run the file.
+  from rahimi_jax import components  # pylint: disable=g-import-not-at-top
+  config = tmp_path / 'register.py'
+  config.write_text(textwrap.dedent('''
+      import optax
+      from ml_collections import config_dict
+      from rahimi_jax import components
+      components.OPTIMIZERS['user_from_config'] = lambda hp: optax.sgd(
+          hp['learning_rate'])
+
+      def get_config():
+        config = config_dict.ConfigDict()
+        config.optimizers = 'sgd,user_from_config'
+        return config
+  '''))
+  try:
+    fv = _parse(monkeypatch, f'--config={config}')
+    assert cli.config_file(fv) == str(config)
+    assert 'user_from_config' in components.OPTIMIZERS
+    del components.OPTIMIZERS['user_from_config']  # as in a fresh process
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'metadata.json').write_text(json.dumps({
+        'flags': {'optimizers': ['sgd', 'user_from_config'], 'steps': 7},
+        'config_file': str(config)}))
+    fv = _parse(monkeypatch, f'--config={run}')
+    assert 'user_from_config' in components.OPTIMIZERS
+    assert cli.config_file(fv) == str(config)  # recorded again by the re-run
+    cli.apply_config(__name__, fv)
+    assert (fv.steps, fv.optimizers) == (7, ['sgd', 'user_from_config'])
+    # The file gone: the re-run goes on (an option it named is then unknown).
+    del components.OPTIMIZERS['user_from_config']
+    config.unlink()
+    fv = _parse(monkeypatch, f'--config={run}')
+    assert 'user_from_config' not in components.OPTIMIZERS
+    assert cli.config_file(fv) is None
+  finally:
+    components.OPTIMIZERS.pop('user_from_config', None)
