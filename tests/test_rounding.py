@@ -86,19 +86,25 @@ def test_rtz_trains_and_rne_collapses_with_the_mechanism(study):
   assert rtz['value'].mean > res.metadata['chance_threshold']
   text = rounding.explanations(res, rows, gap=0.02)
   assert 'b2 0.999 -> 1 ' in text
-  # 2 of 2 seeds against 0 of 2 could be chance (Fisher's p = 1/6).
+  # 2 of 2 seeds against 0 of 2 could be chance: paired by seed, the two
+  # seeds whose outcomes differ both go nearest_even's way with probability
+  # 1/4 (an unpaired Fisher test said 1/6, as if the runs were independent).
   assert ("adam, bfloat16 constants: toward_zero trains" in text
           and "2 of 2 seeds against 0 of 2 is too few to call it the mode's "
-          'doing (one-sided Fisher exact p = 0.17)' in text), text
+          'doing (exact paired sign test over seeds p = 0.25; it needs 5 '
+          'seeds, all collapsing, for p < 0.05)' in text), text
   assert 'changing only the rounding mode' not in text
-  # 5 of 5 against 0 of 5 is not (p = 1/252).
+  # 5 of 5 against 0 of 5 is not (p = 1/32).
   five = [r | {'seeds': 5, 'collapses': r['collapses'] * (5 // max(
       len(r['collapses']), 1) + 1)} for r in rows]
   five = [r | {'collapses': r['collapses'][:5]} for r in five]
   text = rounding.explanations(res, five, gap=0.02)
   assert ('changing only the rounding mode to nearest_even collapses it '
-          '(non-finite from step 1 (5/5 seeds); one-sided Fisher exact p = '
-          '0.004)') in text, text
+          '(non-finite from step 1 (5/5 seeds); exact paired sign test over '
+          'seeds p = 0.031)') in text, text
+  # Four of four, the paired test's smallest p at 4 seeds, is not yet.
+  four = [r | {'seeds': 4, 'collapses': r['collapses'][:4]} for r in five]
+  assert 'p = 0.062; it needs 5' in rounding.explanations(res, four, gap=0.02)
   # Reference and storage cells: finite, no collapse.
   for r in rows:
     if r['cell']['placement'] == 'storage':

@@ -89,7 +89,7 @@ class RoundingConfig:
   loss_scalings: tuple[str, ...] = ('none',)
   loss_scale: float = 2.0**15
   values: tuple[tuple[str, float], ...] = ()
-  seeds: int = 4
+  seeds: int = 5
   steps: int = 500
   batch_size: int = 64
   log_every: int | None = None
@@ -496,8 +496,10 @@ def explanations(res: results_lib.Results, rows: list[dict],
                  gap: float) -> str:
   """Why: every collapse or mean gap of at least ``gap`` (its interval
   printed beside it), then the contrasts the talk asks about: toward zero
-  trains where nearest-even collapses (called the mode's doing where a
-  one-sided Fisher exact test on the seeds that collapsed gives p < 0.05);
+  trains where nearest-even collapses (called the mode's doing where the
+  exact paired sign test over seeds gives p < 0.05: the cells share each
+  seed's init and data order, and the seeds whose outcomes differ are
+  nearest-even's collapses, so p = 0.5^k for k of them: 5 seeds at least);
   stochastic rounding within ``gap`` of float32 (its whole interval inside
   +-gap: an equivalence test) where nearest-even is significantly ``gap`` or
   more away."""
@@ -524,22 +526,22 @@ def explanations(res: results_lib.Results, rows: list[dict],
     tz, sr = other('toward_zero'), other('stochastic')
     if (tz is not None and r['collapses'] and not tz['collapses']
         and not r['reference_collapsed']):
-      p = scipy_stats.fisher_exact(
-          [[len(r['collapses']), r['seeds'] - len(r['collapses'])],
-           [0, tz['seeds']]], alternative='greater').pvalue
+      k = len(r['collapses'])  # seeds where only nearest_even collapsed
+      p = scipy_stats.binomtest(k, k, 0.5, alternative='greater').pvalue
       trains = (f'{opt}, {prec} {place}: toward_zero trains '
                 f'({_fmt_ci(tz["value"], seeds=tz["seeds"])})')
       if p < 0.05:
         contrasts.append(
             f'{trains}; changing only the rounding mode to nearest_even '
-            f'collapses it ({_collapse_text(r)}; one-sided Fisher exact p = '
-            f'{p:.2g})')
+            f'collapses it ({_collapse_text(r)}; exact paired sign test over '
+            f'seeds p = {p:.2g})')
       else:
         contrasts.append(
             f'{trains} and nearest_even collapses ({_collapse_text(r)}), but '
             f'{len(r["collapses"])} of {r["seeds"]} seeds against 0 of '
             f'{tz["seeds"]} is too few to call it the mode\'s doing '
-            f'(one-sided Fisher exact p = {p:.2g})')
+            f'(exact paired sign test over seeds p = {p:.2g}; it needs 5 '
+            'seeds, all collapsing, for p < 0.05)')
     if (sr is not None and not sr['collapses'] and significant_gap(r, gap)
         and not r['reference_collapsed']):
       e = sr['effect']
