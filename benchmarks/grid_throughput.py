@@ -18,7 +18,7 @@ numbers equal (b)'s. The PyTorch runs start from rahimi_jax's initial weights
 and use its batch order, so every method trains the very same runs.
 
 Conventions: compile time includes each method's first call, whose one-time
-set-up (~60 ms for a fresh XLA executable on this CPU) would otherwise swamp
+set-up (~60 ms for a fresh XLA executable on a 2-core AMD EPYC) would otherwise swamp
 small grids: (a) runs the grid twice through the engine and reports the second
 (warm) ``run_s``, the engine's ``compile_s`` plus the first call's extra as
 compile; (b) times ``jit(train).lower().compile()`` and one run; (c), (d) and
