@@ -21,7 +21,9 @@ from absl import flags
 from rahimi_jax import cli
 
 flags.DEFINE_float('condition_number', 1e5, 'Condition number of the target.')
-flags.DEFINE_float('noise', 0.0, 'Target noise std (0: realizable).')
+flags.DEFINE_float('noise', 0.0, 'Target noise std (0: none; the target is '
+                   'then realizable when --width >= min(--in_dim, '
+                   '--out_dim)).')
 flags.DEFINE_integer('n_train', 1000, 'Samples (full batch).')
 flags.DEFINE_integer('in_dim', 6, 'Input width.')
 flags.DEFINE_integer('out_dim', 10, 'Output width.')

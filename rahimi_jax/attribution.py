@@ -317,6 +317,12 @@ def shapley(results, metric: str, components: Sequence[str],
           for i, c in enumerate(components)}
 
 
+# How reports name ``anova``'s numbers (two-level factorial effects).
+ANOVA_TEXT = ('two-level factorial effects: main effect = mean with the '
+              'component on - off; interaction = half the change of one\'s '
+              'effect when the other turns on')
+
+
 def anova(results, metric: str, components: Sequence[str],
           baselines: dict[str, Any] | None = None, level: float = 0.95):
   """Main effects and two-way interactions of on/off components (2^n design).

@@ -226,7 +226,7 @@ def report(config: AttributeConfig, out: dict[str, Any],
                  f'{ROUGH_PATH:.0%}: the metric jumps or is rough along the '
                  'path (a chaotic or diverging run along it); the '
                  'Aumann-Shapley column is unreliable, read Shapley (grid).')
-  lines.append('ANOVA (two-level factorial): main effects and two-way interactions')
+  lines.append(f'ANOVA ({attribution.ANOVA_TEXT})')
   for k, ci in out['anova'].items():
     label = ' x '.join(k) if isinstance(k, tuple) else k
     lines.append(f'  {label:<30}{fmt(ci):>30}')

@@ -330,11 +330,12 @@ def _shift(gain, n_gain, n_shift, n_drift, level: float) -> str:
   if not _known(gain, n_gain, n_shift, n_drift):
     return _TOO_FEW
   if not (n_shift.low > 0 or n_drift.low > 0):
-    where = lambda i: 'is below 0' if i.high < 0 else 'reaches 0'  # pylint: disable=unnecessary-lambda-assignment
+    where = lambda i: (f'{_ci(i, signed=True)} '  # pylint: disable=unnecessary-lambda-assignment
+                       + ('is below 0' if i.high < 0 else 'reaches 0'))
     return ('undecided: noisy batch norm\'s added shift is not shown at these '
-            f'seeds (at {results_lib.percent(level)} each, Bonferroni: its ICS '
-            f'interval {where(n_shift)}, its drift interval {where(n_drift)}), '
-            'and the test needs it.')
+            f'seeds (at {results_lib.percent(level)} each, Bonferroni, wider '
+            f'than the table\'s: its ICS interval {where(n_shift)}, its drift '
+            f'interval {where(n_drift)}), and the test needs it.')
   if n_gain.high < 0:
     return 'the added shift costs accuracy here: consistent with the folklore.'
   if not n_gain.low > 0:

@@ -744,15 +744,27 @@ def _depth_summary(config, results, final, best, depth, scale, target,
       verdict += (f'; {int(np.sum(diverged >= 0))} of {len(firsts)} diverged '
                   f'(step {", ".join(str(d) for d in diverged if d >= 0)}), '
                   'left out of the final loss')
+    finished = rows.columns['train_loss'][diverged < 0]
+    if (depth, method, scale) in best and len(finished):
+      gd_loss, ls_loss = best[(depth, 'gd', scale)][0], best[(depth, method,
+                                                               scale)][0]
+      optimum = target - excess
+      orders = math.log10(gd_loss / max(ls_loss, 1e-300))
+      below = (f'{orders:+.1f} orders of magnitude below gradient descent '
+               '(geometric means')
+      if 0 < ls_loss < optimum:  # past the optimum's own rounding
+        below += (f'; {math.log10(gd_loss / optimum):+.1f} counted from the '
+                  f'optimal loss {optimum:.3g}, which it undercuts: the rest '
+                  'is rounding')
+      final_loss = (f'final loss {np.min(finished):.2e}..'
+                    f'{np.max(finished):.2e}, {below})')
+    else:
+      final_loss = 'no seed finished'
     lines.append(
         f'  {method}: first step within {excess:.2g} of the optimal loss '
         'per seed: '
         + ', '.join('-' if f is None else str(f) for f in firsts)
-        + f' ({verdict}); final loss '
-        f'{np.nanmin(rows.columns["train_loss"]):.2e}'
-        f'..{np.nanmax(rows.columns["train_loss"]):.2e}, '
-        f'{math.log10(best[(depth, "gd", scale)][0] / max(best[(depth, method, scale)][0], 1e-300)):+.1f} '
-        'orders of magnitude below gradient descent (geometric means)')
+        + f' ({verdict}); {final_loss}')
   loss, rows = best[(depth, 'gd', scale)]
   alive = rows.columns['diverged_step'] < 0  # the stall of a run that ended
   seed = rows.columns[grid_lib.SEED][np.argmax(alive)]

@@ -501,8 +501,8 @@ def explanations(res: results_lib.Results, rows: list[dict],
   seed's init and data order, and the seeds whose outcomes differ are
   nearest-even's collapses, so p = 0.5^k for k of them: 5 seeds at least);
   stochastic rounding within ``gap`` of float32 (its whole interval inside
-  +-gap: an equivalence test) where nearest-even is significantly ``gap`` or
-  more away."""
+  +-gap: an equivalence test) where nearest-even's mean is ``gap`` or more
+  away and its interval excludes 0 (``significant_gap``)."""
   lines = []
   unexplained = {}  # optimizer -> seeds whose float32 reference collapsed
   for r in rows:
@@ -626,7 +626,7 @@ def attribution_lines(res: results_lib.Results) -> list[str]:
                  'interval]')
     for a in names:
       lines.append(f'  {a:<30}{_fmt_ci(shapley[a], True):>32}')
-    lines.append('  ANOVA: main effects and two-way interactions')
+    lines.append(f'  ANOVA ({attribution.ANOVA_TEXT})')
     for k, ci in anova.items():
       label = ' x '.join(k) if isinstance(k, tuple) else k
       lines.append(f'  {label:<30}{_fmt_ci(ci, True):>32}')
