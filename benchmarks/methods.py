@@ -44,8 +44,8 @@ def run_a(bench: Bench, members: np.ndarray) -> Timing:
   from rahimi_jax import program  # pylint: disable=g-import-not-at-top
   # A first use compiles, as (b)'s and (c)'s: the engine's own cache of
   # programs (by chunk width and devices, not G) handed a later G the
-  # program an earlier one compiled (4.13 -> 0.21 s, a_x_total 23.6 where
-  # compiling gives 1.5). This clears JAX's caches too.
+  # program an earlier one compiled (compile 4.13 -> 0.21 s, a_x_total 23.6
+  # at G=64; compiling there, 0.94). This clears JAX's caches too.
   program.clear_compiled()
   first = bench.run_grid().metadata['engine']  # compiles; first call warms up
   res = bench.run_grid()  # the same program again, warm

@@ -37,6 +37,7 @@ again; its fields give way to the recorded flags.
 """
 
 from collections.abc import Callable, Mapping, Sequence
+import hashlib
 import json
 import os
 import re
@@ -459,16 +460,45 @@ def config_from_results(path: str,
           _field_type(flag_values[name]) if name in flag_values else str)
     config[name] = value
   spec = metadata.get('config_file')
-  if isinstance(spec, str) and os.path.isfile(spec.split(':', 1)[0]):
-    # Run for what it registers (a user's options); the recorded flags win.
-    with warnings.catch_warnings():  # ml_collections' own loader
-      warnings.filterwarnings('ignore', 'the load_module', DeprecationWarning)
-      config_flags_lib.ConfigFileFlagParser(name=CONFIG).parse(spec)
-    parser = getattr(flag_values[CONFIG], 'parser', None) if (
-        CONFIG in flag_values) else None
-    if isinstance(parser, _ConfigParser):
-      parser.recorded_file = spec
+  if not isinstance(spec, str):
+    return config
+  script, sep, arg = spec.partition(':')
+  spec = os.path.abspath(script) + sep + arg
+  parser = flag_values[CONFIG].parser if CONFIG in flag_values else None
+  if isinstance(parser, _ConfigParser):
+    parser.recorded_file = spec  # recorded again by the re-run
+  if not (script.endswith('.py') and os.path.isfile(script)):
+    return config
+  # Run for what it registers (a user's options); the recorded flags win.
+  changed = metadata.get('config_file_sha256') not in (None,
+                                                       _sha256(script))
+  print(f'config: running {spec}, the config file of the run {file} records, '
+        'for the options it registers (the recorded flags win over its '
+        'fields)' + ('; it changed since that run (its sha256 differs): '
+                     'what it registers may differ' if changed else ''),
+        file=sys.stderr)
+  try:
+    _load_config_file(spec)
+  except Exception as e:  # pylint: disable=broad-except
+    text = ([l for l in str(e).splitlines() if l.strip()] or [''])[-1].strip()
+    raise ValueError(f'config: {spec}, which {file} records: '
+                     f'{type(e).__name__}: {text}') from None
   return config
+
+
+def _sha256(path: str) -> str:
+  with open(path, 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def _load_config_file(spec: str, parse: Callable[[str], Any] | None = None):
+  """``parse(spec)``, ml_collections' loader by default (it runs the file
+  and returns its ``get_config()``), without the loader's own deprecation
+  warning."""
+  parse = parse or config_flags_lib.ConfigFileFlagParser(name=CONFIG).parse
+  with warnings.catch_warnings():
+    warnings.filterwarnings('ignore', 'the load_module', DeprecationWarning)
+    return parse(spec)
 
 
 def config_file(flag_values: flags.FlagValues = flags.FLAGS) -> str | None:
@@ -515,6 +545,7 @@ class _ConfigParser(config_flags_lib.ConfigFileFlagParser):
 
   def parse(self, path):
     file = path.split(':', 1)[0]
+    self.recorded_file = None
     try:
       if os.path.isdir(path) or path.endswith('.json'):
         return config_from_results(path, self._flag_values)
@@ -524,9 +555,7 @@ class _ConfigParser(config_flags_lib.ConfigFileFlagParser):
                            f'{storage.METADATA}.')
       if not os.path.isfile(file):
         return _Unreadable(f'config: no such file {file!r}.')
-      with warnings.catch_warnings():  # ml_collections' own loader
-        warnings.filterwarnings('ignore', 'the load_module', DeprecationWarning)
-        config = super().parse(path)
+      config = _load_config_file(path, super().parse)
       getattr(config, 'keys', None)  # a load error surfaces here
       return (_comma_lists(config) if isinstance(config, config_dict.ConfigDict)
               else config)
@@ -775,8 +804,12 @@ def record_flags(outcome: Any) -> None:
   results directory re-runs as it ran (``--config=DIR``)."""
   if isinstance(outcome, storage.Results):
     outcome.metadata['flags'] = key_flags('__main__')
-    if config_file() is not None:
-      outcome.metadata['config_file'] = config_file()
+    spec = config_file()
+    if spec is not None:
+      outcome.metadata['config_file'] = spec
+      script = spec.partition(':')[0]
+      if os.path.isfile(script):
+        outcome.metadata['config_file_sha256'] = _sha256(script)
   elif isinstance(outcome, dict):
     for value in outcome.values():
       record_flags(value)

@@ -8,6 +8,7 @@ run a dry run), and once through ``python -m`` for the exit code.
 
 import json
 import pathlib
+import re
 import sys
 import textwrap
 
@@ -291,7 +292,7 @@ def test_launcher_bad_config_exits_with_one_error_line():
 
 
 def test_a_rerun_loads_the_config_file_that_registered_its_options(
-    monkeypatch, tmp_path):
+    monkeypatch, tmp_path, capsys):
   # A run whose config file registered an optimizer could not be re-run
   # from its results ("Unknown optimizers 'user_from_config'"): a fresh
   # process had not run the file.
@@ -309,26 +310,53 @@ def test_a_rerun_loads_the_config_file_that_registered_its_options(
         config.optimizers = 'sgd,user_from_config'
         return config
   '''))
+  run = tmp_path / 'run'
+  run.mkdir()
+
+  def recorded(**metadata):
+    (run / 'metadata.json').write_text(json.dumps({
+        'flags': {'optimizers': ['sgd', 'user_from_config'], 'steps': 7},
+        **metadata}))
+
   try:
     fv = _parse(monkeypatch, f'--config={config}')
     assert cli.config_file(fv) == str(config)
     assert 'user_from_config' in components.OPTIMIZERS
     del components.OPTIMIZERS['user_from_config']  # as in a fresh process
-    run = tmp_path / 'run'
-    run.mkdir()
-    (run / 'metadata.json').write_text(json.dumps({
-        'flags': {'optimizers': ['sgd', 'user_from_config'], 'steps': 7},
-        'config_file': str(config)}))
+    recorded(config_file=str(config),
+             config_file_sha256=cli._sha256(str(config)))  # pylint: disable=protected-access
     fv = _parse(monkeypatch, f'--config={run}')
     assert 'user_from_config' in components.OPTIMIZERS
     assert cli.config_file(fv) == str(config)  # recorded again by the re-run
+    said = capsys.readouterr().err
+    assert f'config: running {config}, the config file of the run' in said
+    assert 'changed since' not in said
     cli.apply_config(__name__, fv)
     assert (fv.steps, fv.optimizers) == (7, ['sgd', 'user_from_config'])
-    # The file gone: the re-run goes on (an option it named is then unknown).
+    # Edited since: it runs, and says so.
+    config.write_text(config.read_text() + '\n# edited\n')
+    _parse(monkeypatch, f'--config={run}')
+    assert 'it changed since that run' in capsys.readouterr().err
+    # A file that fails is named (not the results directory alone).
+    config.write_text('raise RuntimeError("broken")\n')
+    with pytest.raises(ValueError, match=re.escape(
+        f'config: {config}, which {run}/metadata.json records: RuntimeError: '
+        'broken')):
+      cli.apply_config(__name__, _parse(monkeypatch, f'--config={run}'))
+    capsys.readouterr()
+    # Gone, or no Python file: the re-run goes on (an option it named is
+    # then unknown), the record kept; nothing else is run.
     del components.OPTIMIZERS['user_from_config']
     config.unlink()
-    fv = _parse(monkeypatch, f'--config={run}')
-    assert 'user_from_config' not in components.OPTIMIZERS
-    assert cli.config_file(fv) is None
+    for gone in (str(config), str(tmp_path / 'notes.txt')):
+      (tmp_path / 'notes.txt').write_text('raise SystemExit(3)\n')
+      recorded(config_file=gone)
+      fv = _parse(monkeypatch, f'--config={run}')
+      assert 'user_from_config' not in components.OPTIMIZERS
+      assert cli.config_file(fv) == gone
+      assert 'running' not in capsys.readouterr().err
+    # A later --config without a record forgets the earlier one's.
+    (run / 'metadata.json').write_text(json.dumps({'flags': {'steps': 9}}))
+    assert cli.config_file(_parse(monkeypatch, f'--config={run}')) is None
   finally:
     components.OPTIMIZERS.pop('user_from_config', None)

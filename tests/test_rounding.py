@@ -89,22 +89,42 @@ def test_rtz_trains_and_rne_collapses_with_the_mechanism(study):
   # 2 of 2 seeds against 0 of 2 could be chance: paired by seed, the two
   # seeds whose outcomes differ both go nearest_even's way with probability
   # 1/4 (an unpaired Fisher test said 1/6, as if the runs were independent).
+  assert rne['collapsed_seeds'] == [0, 1] and rtz['seed_ids'] == [0, 1]
   assert ("adam, bfloat16 constants: toward_zero trains" in text
           and "2 of 2 seeds against 0 of 2 is too few to call it the mode's "
-          'doing (exact paired sign test over seeds p = 0.25; it needs 5 '
-          'seeds, all collapsing, for p < 0.05)' in text), text
+          'doing (exact paired sign test over the 2 seeds where only '
+          'nearest_even collapsed: p = 0.25; p < 0.05 needs 5 of them)'
+          in text), text
   assert 'changing only the rounding mode' not in text
+
+  def seeds(n, paired=None):
+    """The rows as if run with ``n`` seeds, nearest_even's constants cell
+    collapsing on each, toward_zero's run on ``paired`` of them."""
+    out = []
+    for r in rows:
+      r = r | {'seeds': n, 'seed_ids': list(range(n))}
+      if r['collapses']:
+        r |= {'collapses': [r['collapses'][0]] * n,
+              'collapsed_seeds': list(range(n))}
+      if paired is not None and r['label'] == rtz['label'] and (
+          r['optimizer'] == 'adam'):
+        r |= {'seed_ids': list(range(paired))}
+      out.append(r)
+    return out
+
   # 5 of 5 against 0 of 5 is not (p = 1/32).
-  five = [r | {'seeds': 5, 'collapses': r['collapses'] * (5 // max(
-      len(r['collapses']), 1) + 1)} for r in rows]
-  five = [r | {'collapses': r['collapses'][:5]} for r in five]
-  text = rounding.explanations(res, five, gap=0.02)
+  text = rounding.explanations(res, seeds(5), gap=0.02)
   assert ('changing only the rounding mode to nearest_even collapses it '
           '(non-finite from step 1 (5/5 seeds); exact paired sign test over '
-          'seeds p = 0.031)') in text, text
-  # Four of four, the paired test's smallest p at 4 seeds, is not yet.
-  four = [r | {'seeds': 4, 'collapses': r['collapses'][:4]} for r in five]
-  assert 'p = 0.062; it needs 5' in rounding.explanations(res, four, gap=0.02)
+          'the 5 seeds where only nearest_even collapsed: p = 0.031)') in text, (
+              text)
+  # Four of four, the paired test's smallest p at 4 seeds, is not yet; nor
+  # are five collapses of which toward_zero ran only two seeds (partial
+  # results): only the seeds both cells ran pair.
+  assert 'p = 0.062; p < 0.05 needs 5' in rounding.explanations(
+      res, seeds(4), gap=0.02)
+  assert 'the 2 seeds where only nearest_even collapsed: p = 0.25' in (
+      rounding.explanations(res, seeds(5, paired=2), gap=0.02))
   # Reference and storage cells: finite, no collapse.
   for r in rows:
     if r['cell']['placement'] == 'storage':

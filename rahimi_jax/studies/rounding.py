@@ -276,6 +276,7 @@ def cells(res: results_lib.Results, level: float = 0.95) -> list[dict]:
         mask &= final[a] == v
       values = _per_seed(final, mask, metric, seeds)
       members = final['member'][mask]
+      member_seeds = [int(s) for s in final[grid_lib.SEED][mask]]
       collapses = [collapse(res.where(member=m), metric, threshold)
                    for m in members]
       out.append({
@@ -288,6 +289,9 @@ def cells(res: results_lib.Results, level: float = 0.95) -> list[dict]:
           'effect': (None if _is_reference(cell) else stats.paired_ci(
               ref, values, level, bounds=stats.difference_range(metric))),
           'collapses': [c for c in collapses if c is not None],
+          'collapsed_seeds': [s for s, c in zip(member_seeds, collapses)
+                              if c is not None],
+          'seed_ids': member_seeds,
           'reference_collapsed': any(c is not None for c in ref_collapses),
           'seeds': len(members), 'members': list(members)})
   return out
@@ -526,7 +530,9 @@ def explanations(res: results_lib.Results, rows: list[dict],
     tz, sr = other('toward_zero'), other('stochastic')
     if (tz is not None and r['collapses'] and not tz['collapses']
         and not r['reference_collapsed']):
-      k = len(r['collapses'])  # seeds where only nearest_even collapsed
+      # The seeds where only nearest_even collapsed, of those both cells ran
+      # (toward_zero collapsed on none).
+      k = len(set(r['collapsed_seeds']) & set(tz['seed_ids']))
       p = scipy_stats.binomtest(k, k, 0.5, alternative='greater').pvalue
       trains = (f'{opt}, {prec} {place}: toward_zero trains '
                 f'({_fmt_ci(tz["value"], seeds=tz["seeds"])})')
@@ -534,14 +540,14 @@ def explanations(res: results_lib.Results, rows: list[dict],
         contrasts.append(
             f'{trains}; changing only the rounding mode to nearest_even '
             f'collapses it ({_collapse_text(r)}; exact paired sign test over '
-            f'seeds p = {p:.2g})')
+            f'the {k} seeds where only nearest_even collapsed: p = {p:.2g})')
       else:
         contrasts.append(
             f'{trains} and nearest_even collapses ({_collapse_text(r)}), but '
             f'{len(r["collapses"])} of {r["seeds"]} seeds against 0 of '
             f'{tz["seeds"]} is too few to call it the mode\'s doing '
-            f'(exact paired sign test over seeds p = {p:.2g}; it needs 5 '
-            'seeds, all collapsing, for p < 0.05)')
+            f'(exact paired sign test over the {k} seeds where only '
+            f'nearest_even collapsed: p = {p:.2g}; p < 0.05 needs 5 of them)')
     if (sr is not None and not sr['collapses'] and significant_gap(r, gap)
         and not r['reference_collapsed']):
       e = sr['effect']
