@@ -115,10 +115,14 @@ class Options(dict):
           'name for another option. Register yours under a new name (built '
           f'in: {", ".join(self.builtin)}).')
 
-  def __setitem__(self, name, value):
+  def _admit(self, name, value):
+    """Raises unless ``value`` may be registered as ``name``."""
     if name in self.builtin and value is not dict.get(self, name):
       self._keep_builtin(name)
     self._check(name, value)
+
+  def __setitem__(self, name, value):
+    self._admit(name, value)
     super().__setitem__(name, value)
 
   def __delitem__(self, name):
@@ -140,9 +144,7 @@ class Options(dict):
   def update(self, *args, **kwargs):
     items = dict(*args, **kwargs)
     for name, value in items.items():  # all checked before any is added
-      if name in self.builtin and value is not dict.get(self, name):
-        self._keep_builtin(name)
-      self._check(name, value)
+      self._admit(name, value)
     for name, value in items.items():
       super().__setitem__(name, value)
 
