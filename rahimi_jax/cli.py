@@ -30,8 +30,9 @@ run is the same one (``out`` included: give ``--out`` to keep the first
 results). One flag serves both, rather than a separate ``--rerun_from``, so a
 re-run has the same precedence rules and ``--config.FIELD`` overrides as a
 config file, and there is one answer to which of two sources wins. A run from a
-config file records it too (``metadata['config_file']``, ``config_file``): a
-re-run from the results loads that file first when it still exists, so the
+config file records it too (``metadata['config_file']`` and its sha256,
+``config_file``): a re-run from the results runs that file first when it is
+still there and a ``.py`` (and says so, and whether it changed since), so the
 options it registers (``components.OPTIMIZERS['lion'] = ...``) are there
 again; its fields give way to the recorded flags.
 """
