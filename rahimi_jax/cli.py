@@ -892,7 +892,7 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
               f'resumes from its checkpoint in {checkpoint})')
     try:
       with program.run_options(checkpoint_dir=checkpoint, switch=switch_value(),
-                               **options):
+                               **options), program.watch_interrupts():
         outcome = run(config)
       record_flags(outcome)
     except program.CheckpointMismatch as e:

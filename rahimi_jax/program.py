@@ -728,22 +728,69 @@ def wait(outputs, fetch: bool = True):
   return jax.device_get(outputs) if fetch else jax.block_until_ready(outputs)
 
 
+# Ctrl-C presses seen by ``watch_interrupts``'s handler and not yet acted on.
+_PRESSES = []
+
+
+def _record_press(signum, frame):
+  """SIGINT as Python's own handler answers it, and recorded."""
+  _PRESSES.append(True)
+  signal.default_int_handler(signum, frame)
+
+
+def _interruptible() -> bool:
+  """On the main thread, with SIGINT Python's ``KeyboardInterrupt`` (or
+  ``watch_interrupts``'s recording of it), not ignored or a caller's own."""
+  return (threading.current_thread() is threading.main_thread()
+          and signal.getsignal(signal.SIGINT) in (signal.default_int_handler,
+                                                  _record_press))
+
+
+@contextlib.contextmanager
+def watch_interrupts():
+  """Within the block, Ctrl-C also leaves a record, so a press whose
+  ``KeyboardInterrupt`` Python ignored still stops the run: raised inside a
+  garbage-collection callback (XLA's: "Exception ignored in:
+  _xla_gc_callback"), it was lost, and the run went on to the end (one early
+  press in five, in a review). ``execute`` raises it at its next call.
+  Elsewhere than ``_interruptible``, the block runs as it is."""
+  if not _interruptible():
+    yield
+    return
+  previous = signal.getsignal(signal.SIGINT)
+  del _PRESSES[:]
+  signal.signal(signal.SIGINT, _record_press)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+    del _PRESSES[:]
+
+
+def _raise_missed_interrupt() -> None:
+  """Raises ``KeyboardInterrupt`` if a recorded press did not stop the run
+  (a ``KeyboardInterrupt`` that arrives stops it before this is reached)."""
+  if _PRESSES:
+    del _PRESSES[:]
+    raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def _deferred_interrupt():
   """Holds Ctrl-C (SIGINT) until the block is done; yields a list that then
-  holds ``True`` if one came. Off the main thread, or where SIGINT is not
-  Python's ``KeyboardInterrupt`` (ignored, or a handler of its own), the
-  block runs as it is."""
+  holds ``True`` if one came. Where not ``_interruptible`` (off the main
+  thread, SIGINT ignored or a handler of the caller's), the block runs as it
+  is."""
   pressed = []
-  if (threading.current_thread() is not threading.main_thread()
-      or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+  if not _interruptible():
     yield pressed
     return
+  previous = signal.getsignal(signal.SIGINT)
   signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
   try:
     yield pressed
   finally:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, previous)
 
 
 def train_config_of(train_fn) -> dict[str, Any] | None:
@@ -1680,6 +1727,7 @@ def execute(train_fn: Callable[..., Any], grid: grid_lib.Grid, data: Any, *,
               moved_next = call(following, n)
               ahead = (n, moved_next) if moved_next else None
           wait(states, fetch=False)
+          _raise_missed_interrupt()
           returned = time.perf_counter()
           calls += 1
           # Per pass run (passes past the last do nothing).

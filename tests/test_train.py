@@ -1,6 +1,7 @@
 """The training loop: paired design, member == solo run, tracing, divergence."""
 
 import dataclasses
+import gc
 import os
 import re
 import signal
@@ -926,3 +927,38 @@ def test_step_batches_draw_the_runs_order_one_epoch_at_a_time():
   chex.assert_trees_all_equal(np.asarray(jax.jit(
       data_lib.batch_indices, static_argnums=(1, 2, 3))(key, n, batch, steps)),
                               before)
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_a_ctrl_c_python_ignored_stops_the_run_at_its_next_call(tiny_digits):
+  """A KeyboardInterrupt raised inside a garbage-collection callback (XLA
+  has one) is printed as "Exception ignored" and lost: the run went on to
+  its end. Within ``watch_interrupts`` (the launchers') the press is
+  recorded, and the run stops at its next call, its finished members kept."""
+  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none',)), grid_lib.Seeds(2))
+  pressed = []
+
+  def press_in_a_gc_callback(phase, info):
+    del info
+    if phase == 'start' and not pressed:
+      pressed.append(True)
+      os.kill(os.getpid(), signal.SIGINT)  # handled here, in the callback
+
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with program.watch_interrupts():
+      gc.callbacks.append(press_in_a_gc_callback)
+      try:
+        gc.collect()  # "Exception ignored in: <function press_in_...>"
+      finally:
+        gc.callbacks.remove(press_in_a_gc_callback)
+      assert pressed  # the press came, and nothing stopped
+      with program.run_options(progress=False, logs_per_call=1):
+        with pytest.raises(program.Interrupted) as e:
+          engine.run(CONFIG, grid, tiny_digits, switch=())
+    assert e.value.finished < e.value.total == 2
+    # Outside the block a run is as before.
+    with program.run_options(progress=False):
+      assert len(engine.run(CONFIG, grid, tiny_digits, switch=()).final()) == 2
+  finally:
+    signal.signal(signal.SIGINT, previous)
