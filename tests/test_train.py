@@ -5,6 +5,7 @@ import gc
 import os
 import re
 import signal
+import types
 from unittest import mock
 
 import chex
@@ -742,6 +743,38 @@ def test_ctrl_c_checkpoints_the_chunks_that_had_finished(tiny_digits,
   plain = run(str(tmp_path / 'b'))
   assert plain.metadata['engine']['resumed_passes'] == [0] * 4
   chex.assert_trees_all_equal(resumed.columns, plain.columns)
+
+
+def test_a_periodic_save_takes_the_chunks_finished_since_the_last(
+    tiny_digits, tmp_path, monkeypatch):
+  """Four chunks, one call each; the clock jumps past checkpoint_every_s
+  after the third call: that save holds chunk 2 and the two finished before
+  it (they had no checkpoint at their last pass), not chunk 3, which came
+  after. A resume in the same directory shows what was saved."""
+  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none',)), grid_lib.Seeds(4))
+  waits, wait = [], program.wait
+
+  def counted(outputs, fetch=True):
+    waits.append(fetch)
+    return wait(outputs, fetch)
+
+  clock = lambda: 1e9 if waits.count(False) >= 3 else 0.0  # pylint: disable=unnecessary-lambda-assignment
+
+  def run():
+    with program.run_options(checkpoint_dir=str(tmp_path), progress=False,
+                             checkpoint_every_s=100.0, chunk_size=1,
+                             logs_per_call=100):
+      return engine.run(CONFIG, grid, tiny_digits, switch=())
+
+  with monkeypatch.context() as m:
+    m.setattr(program, 'wait', counted)
+    m.setattr(program, 'time', types.SimpleNamespace(perf_counter=clock))
+    plain = run()
+  assert waits.count(False) == 4  # one call per chunk
+  passes = run().metadata['engine']['resumed_passes']
+  assert passes[:3] == [passes[0]] * 3 and passes[0] > 0, passes
+  assert passes[3] == 0, passes
+  chex.assert_trees_all_equal(run().columns, plain.columns)
 
 
 def test_auto_partition_splits_off_levenberg_marquardt(tiny_synthetic):
