@@ -298,6 +298,40 @@ class NormTest(chex.TestCase):
     self.assertGreater(np.abs(m - 1.0).max(), 1e-3)  # the noise is there
     chex.assert_trees_all_close(ys['noisy_batch'][1], ys['batch'][1])
 
+  def test_eps_is_added_to_the_variance_inside_the_square_root(self):
+    """At feature/row variances comparable to eps = 1e-5 the placement of eps
+    decides the output (a factor ~sqrt(2) here): y = (x - mu) / sqrt(var +
+    eps) for batch and layer norm (as flax.linen's BatchNorm/LayerNorm) and
+    x / sqrt(mean(x^2) + eps) for RMS norm (flax's RMSNorm); and an
+    all-constant (variance 0) feature or row gives 0, not NaN."""
+    rng = np.random.default_rng(5)
+    x64 = 3e-3 * rng.standard_normal((6, 5))  # variances ~1e-5 ~ eps
+    x64[:, 2] = 0.7  # a constant feature (batch norm: variance 0)
+    x64[4] = 0.0     # an all-zero row (layer and RMS norm: variance 0)
+    x = x64.astype(np.float32)
+    x64 = x.astype(np.float64)
+    scale = np.linspace(0.5, 1.5, 5)
+    params = {'scale': scale.astype(np.float32)}
+    state = {'mean': np.full(5, 1e-3, np.float32),
+             'var': np.full(5, 2e-5, np.float32)}
+    eps = 1e-5
+    ys = {}
+    for name in ('batch', 'layer', 'rms'):
+      for train in (True, False):
+        ys[name, train] = np.asarray(jax.jit(
+            components.NORMS[name].apply, static_argnums=3)(
+                params, state, x, train)[0], np.float64)
+    m, v = x64.mean(0), x64.var(0)
+    want = {('batch', True): (x64 - m) / np.sqrt(v + eps) * scale,
+            ('batch', False): (x64 - 1e-3) / np.sqrt(2e-5 + eps) * scale}
+    m, v = x64.mean(-1, keepdims=True), x64.var(-1, keepdims=True)
+    want['layer', True] = want['layer', False] = (
+        (x64 - m) / np.sqrt(v + eps) * scale)
+    want['rms', True] = want['rms', False] = (
+        x64 / np.sqrt((x64**2).mean(-1, keepdims=True) + eps) * scale)
+    chex.assert_tree_all_finite(ys)
+    chex.assert_trees_all_close(ys, want, rtol=1e-4, atol=1e-6)
+
   def test_none_is_the_identity(self):
     norm = components.norms.AXIS.get('none')
     params, state = norm.init(5)
@@ -354,6 +388,19 @@ class ActivationTest(chex.TestCase):
     refs = _np(_plain_acts_jit(x))
     np.testing.assert_allclose(_act_jit(w, x), 0.3 * refs[a] + 0.7 * refs[b],
                                rtol=1e-5, atol=1e-6)
+
+  def test_values_are_the_published_formulas(self):
+    """Each option against NumPy: gelu is the tanh approximation (Hendrycks
+    & Gimpel 2016, eq. in section 2), as the axis's help says; silu is x
+    sigmoid(x)."""
+    x = np.linspace(-4.0, 4.0, 33).astype(np.float32)
+    x64 = x.astype(np.float64)
+    want = {'relu': np.maximum(x64, 0), 'tanh': np.tanh(x64),
+            'gelu': 0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi)
+                                             * (x64 + 0.044715 * x64**3))),
+            'silu': x64 / (1 + np.exp(-x64)), 'identity': x64}
+    got = {n: _act_jit(_onehot(ACT_NAMES, n), x) for n in ACT_NAMES}
+    chex.assert_trees_all_close(_np(got), want, rtol=1e-5, atol=1e-6)
 
 
 class OptimizerTest(chex.TestCase):
@@ -461,6 +508,49 @@ class OptimizerTest(chex.TestCase):
       else:
         chex.assert_trees_all_equal(moved, base)
 
+  def test_each_option_is_optax_at_optaxs_own_defaults(self):
+    """Independent of ``CONSTANTS``: the one-hot mixture, built from ``HP``
+    alone, steps as optax's own transformation built here at optax's
+    defaults (Adam's b1 0.9, b2 0.999, eps 1e-8; RMSProp's decay 0.9, eps
+    1e-8). Small gradients (1e-4), so that eps shows in Adam's and
+    RMSProp's steps; three steps, so that b2 shows past the bias
+    correction."""
+    refs = {'sgd': optax.sgd(0.1), 'momentum': optax.sgd(0.1, momentum=0.8),
+            'nesterov': optax.sgd(0.1, momentum=0.8, nesterov=True),
+            'adam': optax.adam(0.1),
+            'adamw': optax.adamw(0.1, weight_decay=0.05),
+            'rmsprop': optax.rmsprop(0.1)}
+    grads = [jax.tree.map(lambda g: 1e-4 * g, _opt_grads(step))
+             for step in range(3)]
+    for name, ref in refs.items():
+      w = _onehot(OPT_NAMES, name)
+      params = ref_params = _opt_params()
+      state = components.relaxed_optimizer(OPT_NAMES, w, HP).init(params)
+      ref_state = ref.init(ref_params)
+      for g in grads:
+        updates, state = _relaxed_opt_update_jit(w, g, state, params, HP)
+        ref_updates, ref_state = ref.update(g, ref_state, ref_params)
+        chex.assert_trees_all_close(updates, ref_updates, rtol=1e-5,
+                                    atol=1e-12, custom_message=name)
+        params = optax.apply_updates(params, updates)
+        ref_params = optax.apply_updates(ref_params, ref_updates)
+    # Constants the caller passes (the ``constants`` placement rounds them)
+    # are the ones used, not the defaults.
+    hp = {**HP, 'b1': 0.5, 'b2': 0.9, 'eps': 1e-3, 'decay': 0.5}
+    refs = {'adam': optax.adam(0.1, b1=0.5, b2=0.9, eps=1e-3),
+            'rmsprop': optax.rmsprop(0.1, decay=0.5, eps=1e-3)}
+    step = jax.jit(_relaxed_opt_step)  # another hp structure: its own trace
+    for name, ref in refs.items():
+      w = _onehot(OPT_NAMES, name)
+      params = _opt_params()
+      state = components.relaxed_optimizer(OPT_NAMES, w, hp).init(params)
+      ref_state = ref.init(params)
+      for g in grads[:2]:
+        updates, state = step(w, g, state, params, hp)
+        ref_updates, ref_state = ref.update(g, ref_state, params)
+        chex.assert_trees_all_close(updates, ref_updates, rtol=1e-5,
+                                    atol=1e-12, custom_message=name)
+
 
 def _switching(axis, fn):
   """``fn`` traced with ``axis`` switched (``relaxed.switching``)."""
@@ -557,7 +647,9 @@ class MixTest(chex.TestCase):
   def test_integer_leaves_mix_to_the_nearest_count(self):
     # (The weights cast to int32 first made 0.5 * 2 + 0.5 * 4 = 0.)
     counts = [np.int32(2), np.int32(4)]
-    for weights, want in (([0.5, 0.5], 3), ([0.0, 1.0], 4), ([0.8, 0.2], 2)):
+    # 3.6 rounds to 4 (truncating gave 3).
+    for weights, want in (([0.5, 0.5], 3), ([0.0, 1.0], 4), ([0.8, 0.2], 2),
+                          ([0.2, 0.8], 4)):
       out = self.variant(relaxed.mix)(np.asarray(weights, np.float32), counts)
       chex.assert_trees_all_equal(out, np.int32(want))
     # A vertex is its count exactly, past float32's integers (2**24).

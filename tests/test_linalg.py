@@ -54,7 +54,8 @@ def test_values_match_numpy():
 
 def test_orthogonal_init_equals_jax_initializer():
   key = jax.random.key(3)
-  for shape in [(64, 10), (10, 64), (6, 6)]:
+  # And conv kernels [*window, in, out]: the [prod(window) * in, out] matrix.
+  for shape in [(64, 10), (10, 64), (6, 6), (3, 4, 5), (2, 2, 3, 4)]:
     chex.assert_trees_all_equal(
         inits.INITS['orthogonal'](key, shape),
         jax.nn.initializers.orthogonal()(key, shape))

@@ -139,10 +139,15 @@ def test_a_log_traces_the_step_its_probes_simulate_once(x64):
   # The shared gradient, covariate shift's scanned one and the landscape's
   # vmapped one (each probe taking its own step traced five).
   assert len(traced) == 3
-  want_l2, _, stepped = _fd_covariate_shift(ws, np_loss)
+  want_l2, want_cos, stepped = _fd_covariate_shift(ws, np_loss)
   chex.assert_trees_all_close(
       [out[f'ics_l2_layer{i}'] for i in range(3)], list(want_l2), rtol=1e-6,
       atol=1e-9)
+  # The summaries average the layers with something below them (1 and 2):
+  # layer 0's shift is 0 by definition and would dilute them.
+  chex.assert_trees_all_close(
+      (out['ics_l2'], out['ics_cos']),
+      (want_l2[1:].mean(), want_cos[1:].mean()), rtol=1e-6)
   # The first layer's weights as its "pre-activations": the drift of their
   # column means over one SGD step, by hand.
   chex.assert_trees_all_close(

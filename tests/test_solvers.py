@@ -151,6 +151,96 @@ def test_rejected_step_keeps_params_and_raises_damping():
   assert bool(state.accepted) and float(state.damping) < dampings[-1]
 
 
+
+@pytest.mark.parametrize('solver', ['dense', 'cg'])
+def test_levenberg_marquardt_step_is_the_relatively_damped_solve(solver, x64):
+  """Against NumPy: the first step solves ``(J^T J + tau s I) delta = -J^T
+  r`` with ``tau = initial_damping`` and ``s`` the largest eigenvalue of ``J^T
+  J`` ('dense') or the Rayleigh quotient ``||J g||^2 / ||g||^2`` at the
+  gradient ``g = J^T r`` ('cg'); the step lowers the loss, so it is taken
+  and the damping divided by exactly 10 (Marquardt)."""
+  residual, params, _ = _problem(10.0, n=30)
+  params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  jac = np.asarray(jax.jacfwd(lambda f: residual(unravel(f)).ravel())(flat),
+                   np.float64)
+  g = jac.T @ np.asarray(residual(params), np.float64).ravel()
+  jtj = jac.T @ jac
+  scale = (np.linalg.eigvalsh(jtj)[-1] if solver == 'dense'
+           else np.sum((jac @ g) ** 2) / (g @ g))
+  assert scale > 2.0  # relative and absolute damping differ here
+  tau = 0.3
+  want = np.linalg.solve(jtj + tau * scale * np.eye(flat.size), -g)
+  tx = solvers.levenberg_marquardt(initial_damping=tau, solver=solver)
+  state = tx.init(params)
+  assert float(state.damping) == tau
+  updates, state = jax.jit(lambda s, p: tx.update(None, s, p,
+                                                  residual_fn=residual))(
+                                                      state, params)
+  chex.assert_trees_all_close(jax.flatten_util.ravel_pytree(updates)[0],
+                              want, rtol=1e-7, atol=1e-12)
+  assert bool(state.accepted)
+  np.testing.assert_allclose(float(state.damping), tau / 10, rtol=1e-12)
+
+
+@pytest.mark.parametrize('increase', [0.0, 1e-5])
+def test_a_step_that_does_not_lower_the_loss_is_rejected(increase):
+  """A step is taken iff the loss falls: a trial point whose loss is the
+  same, or higher by a relative 2e-5 (far below the linear model's
+  predicted decrease), is rejected."""
+  residual, params, _ = _problem(10.0, n=30)
+  r0 = residual(params)
+  flat0 = jax.flatten_util.ravel_pytree(params)[0]
+
+  def no_better(p):  # the residual near params; any move: (1 + increase) r0
+    moved = jnp.any(jax.flatten_util.ravel_pytree(p)[0] != flat0)
+    return jnp.where(moved, (1 + increase) * r0, residual(p))
+
+  tx = solvers.levenberg_marquardt(initial_damping=1e-3)
+  updates, state = tx.update(None, tx.init(params), params,
+                             residual_fn=no_better)
+  assert not bool(state.accepted)
+  chex.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like, params))
+  np.testing.assert_allclose(float(state.damping), 1e-2, rtol=1e-5)
+
+
+def test_levenberg_marquardt_damping_is_clipped_to_eps_and_one_over_eps():
+  """The relative damping stays in ``[eps, 1 / eps]`` of the params' dtype
+  by default: divided below eps after an accepted step it is eps; multiplied
+  past 1 / eps after a rejected one it is 1 / eps."""
+  residual, params, _ = _problem(10.0, n=30)
+  eps = float(np.finfo(jax.tree.leaves(params)[0].dtype).eps)
+  tx = solvers.levenberg_marquardt(initial_damping=0.5 * eps)
+  _, state = tx.update(None, tx.init(params), params, residual_fn=residual)
+  assert bool(state.accepted)
+  np.testing.assert_allclose(float(state.damping), eps, rtol=1e-6)
+  jumpy = lambda p: residual(p) + 10.0 * jnp.any(p['w1'] != params['w1'])
+  tx = solvers.levenberg_marquardt(initial_damping=0.5 / eps)
+  _, state = tx.update(None, tx.init(params), params, residual_fn=jumpy)
+  assert not bool(state.accepted)
+  np.testing.assert_allclose(float(state.damping), 1 / eps, rtol=1e-6)
+
+
+def test_gauss_newton_cutoff_is_relative_to_the_largest_singular_value(x64):
+  """The dense step is the minimum-norm ``-J^+ r`` with singular values below
+  ``n eps s_max`` dropped (NumPy's ``pinv`` rcond, relative): on residuals
+  scaled by 1e4, the rounding-level singular values of the network's null
+  space (its GL(4) symmetry) are far above an absolute ``n eps`` and must
+  still count as zero."""
+  residual, params, _ = _problem(10.0, n=30)
+  params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+  scaled = lambda p: 1e4 * residual(p)
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  jac = np.asarray(jax.jacfwd(lambda f: scaled(unravel(f)).ravel())(flat),
+                   np.float64)
+  r = np.asarray(scaled(params), np.float64).ravel()
+  want = -np.linalg.pinv(jac, rcond=flat.size * np.finfo(np.float64).eps) @ r
+  tx = solvers.gauss_newton(solver='dense')
+  updates, _ = jax.jit(lambda s, p: tx.update(None, s, p, residual_fn=scaled))(
+      tx.init(params), params)
+  chex.assert_trees_all_close(jax.flatten_util.ravel_pytree(updates)[0],
+                              want, rtol=1e-6, atol=1e-9)
+
 @pytest.mark.parametrize('solver', ['dense', 'cg'])
 def test_gauss_newton_takes_full_steps(solver, x64):
   residual, params, _ = _problem(10.0)

@@ -105,6 +105,14 @@ def test_near_ties_go_to_the_wider_width():
   assert tuning.cheapest(got, 0.03) == 16 and 32 in got
 
 
+def test_a_width_measured_for_another_grid_maps_to_the_nearest_by_ratio():
+  # 2 is as near 1 as 4 (a factor 2 each way): the narrower wins the tie.
+  assert tuning._nearest([1, 4, 16], 2) == 1  # pylint: disable=protected-access
+  assert tuning._nearest([1, 4, 16], 3) == 4  # pylint: disable=protected-access
+  assert tuning._nearest([4, 16], 8) == 4  # pylint: disable=protected-access
+  assert tuning._nearest([4, 16], 9) == 16  # pylint: disable=protected-access
+
+
 def test_choose_chunk_validates_the_mode():
   for bad in ('fast', 0, -3, True, 2.5, None):
     with pytest.raises(ValueError, match='auto, tune, rule or an integer'):
@@ -131,6 +139,22 @@ def test_signature_is_the_step_and_the_host(tiny_digits, monkeypatch):
     assert tuning.signature(CONFIG, tiny_digits) != base
   monkeypatch.setattr(tuning, 'cpu_model', lambda: 'Another CPU')
   assert tuning.signature(CONFIG, tiny_digits) != base
+
+
+def test_signature_tells_the_datas_dtypes_and_shapes_apart(tiny_digits):
+  """The data's shapes and dtypes are part of the program (the docstring's
+  key): the same numbers in float64, or fewer rows, are another program."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  base = tuning.signature(CONFIG, tiny_digits)
+  as64 = dataclasses.replace(
+      tiny_digits, x_train=np.asarray(tiny_digits.x_train, np.float64))
+  assert tuning.signature(CONFIG, as64) != base
+  fewer = dataclasses.replace(tiny_digits, x_train=tiny_digits.x_train[:128],
+                              y_train=tiny_digits.y_train[:128])
+  assert tuning.signature(CONFIG, fewer) != base
+  same = dataclasses.replace(tiny_digits,
+                             x_train=np.array(tiny_digits.x_train))
+  assert tuning.signature(CONFIG, same) == base
 
 
 def test_a_user_model_edited_is_another_program(tiny_digits, monkeypatch):
