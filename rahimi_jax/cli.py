@@ -471,8 +471,10 @@ def config_from_results(path: str,
   if not (script.endswith('.py') and os.path.isfile(script)):
     return config
   # Run for what it registers (a user's options); the recorded flags win.
-  changed = metadata.get('config_file_sha256') not in (None,
-                                                       _sha256(script))
+  sha256 = _sha256(script)
+  if isinstance(parser, _ConfigParser):
+    parser.file_sha256 = sha256  # the version run, recorded again
+  changed = metadata.get('config_file_sha256') not in (None, sha256)
   print(f'config: running {spec}, the config file of the run {file} records, '
         'for the options it registers (the recorded flags win over its '
         'fields)' + ('; it changed since that run (its sha256 differs): '
@@ -543,10 +545,11 @@ class _ConfigParser(config_flags_lib.ConfigFileFlagParser):
     super().__init__(name=CONFIG, lock_config=False)
     self._flag_values = flag_values
     self.recorded_file = None  # the config file a results directory names
+    self.file_sha256 = None  # of the config file run, as it was run
 
   def parse(self, path):
     file = path.split(':', 1)[0]
-    self.recorded_file = None
+    self.recorded_file = self.file_sha256 = None
     try:
       if os.path.isdir(path) or path.endswith('.json'):
         return config_from_results(path, self._flag_values)
@@ -556,6 +559,7 @@ class _ConfigParser(config_flags_lib.ConfigFileFlagParser):
                            f'{storage.METADATA}.')
       if not os.path.isfile(file):
         return _Unreadable(f'config: no such file {file!r}.')
+      self.file_sha256 = _sha256(file)
       config = _load_config_file(path, super().parse)
       getattr(config, 'keys', None)  # a load error surfaces here
       return (_comma_lists(config) if isinstance(config, config_dict.ConfigDict)
@@ -808,9 +812,11 @@ def record_flags(outcome: Any) -> None:
     spec = config_file()
     if spec is not None:
       outcome.metadata['config_file'] = spec
-      script = spec.partition(':')[0]
-      if os.path.isfile(script):
-        outcome.metadata['config_file_sha256'] = _sha256(script)
+      # As it was run (an edit during the run is a change a re-run reports).
+      sha256 = (getattr(flags.FLAGS[CONFIG].parser, 'file_sha256', None)
+                if CONFIG in flags.FLAGS else None)
+      if sha256 is not None:
+        outcome.metadata['config_file_sha256'] = sha256
   elif isinstance(outcome, dict):
     for value in outcome.values():
       record_flags(value)

@@ -728,13 +728,16 @@ def wait(outputs, fetch: bool = True):
   return jax.device_get(outputs) if fetch else jax.block_until_ready(outputs)
 
 
-# Ctrl-C presses seen by ``watch_interrupts``'s handler and not yet acted on.
+# Ctrl-C presses seen by ``watch_interrupts``'s handler and not yet acted on,
+# and whether a block watches (a press outside one is never acted on later).
 _PRESSES = []
+_WATCHING = []
 
 
 def _record_press(signum, frame):
   """SIGINT as Python's own handler answers it, and recorded."""
-  _PRESSES.append(True)
+  if _WATCHING:
+    _PRESSES.append(True)
   signal.default_int_handler(signum, frame)
 
 
@@ -758,19 +761,22 @@ def watch_interrupts():
     yield
     return
   previous = signal.getsignal(signal.SIGINT)
-  del _PRESSES[:]
-  signal.signal(signal.SIGINT, _record_press)
   try:
+    del _PRESSES[:]
+    _WATCHING.append(True)
+    signal.signal(signal.SIGINT, _record_press)
     yield
   finally:
+    # Unwatched first: a press from here on is not kept for a later run.
+    del _WATCHING[:], _PRESSES[:]
     signal.signal(signal.SIGINT, previous)
-    del _PRESSES[:]
 
 
 def _raise_missed_interrupt() -> None:
-  """Raises ``KeyboardInterrupt`` if a recorded press did not stop the run
-  (a ``KeyboardInterrupt`` that arrives stops it before this is reached)."""
-  if _PRESSES:
+  """Raises ``KeyboardInterrupt`` if, in a ``watch_interrupts`` block, a
+  recorded press did not stop the run (a ``KeyboardInterrupt`` that arrives
+  stops it before this is reached)."""
+  if _WATCHING and _PRESSES:
     del _PRESSES[:]
     raise KeyboardInterrupt
 

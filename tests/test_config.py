@@ -322,6 +322,11 @@ def test_a_rerun_loads_the_config_file_that_registered_its_options(
     fv = _parse(monkeypatch, f'--config={config}')
     assert cli.config_file(fv) == str(config)
     assert 'user_from_config' in components.OPTIMIZERS
+    # The hash recorded is the file's as it was run (not after an edit).
+    loaded = cli._sha256(str(config))  # pylint: disable=protected-access
+    config.write_text(config.read_text() + '\n# edited during the run\n')
+    assert fv['config'].parser.file_sha256 == loaded
+    assert cli._sha256(str(config)) != loaded  # pylint: disable=protected-access
     del components.OPTIMIZERS['user_from_config']  # as in a fresh process
     recorded(config_file=str(config),
              config_file_sha256=cli._sha256(str(config)))  # pylint: disable=protected-access

@@ -125,6 +125,9 @@ def test_rtz_trains_and_rne_collapses_with_the_mechanism(study):
       res, seeds(4), gap=0.02)
   assert 'the 2 seeds where only nearest_even collapsed: p = 0.25' in (
       rounding.explanations(res, seeds(5, paired=2), gap=0.02))
+  # No seed in both cells: no contrast (binomtest of 0 seeds raised).
+  assert 'toward_zero trains' not in rounding.explanations(
+      res, seeds(5, paired=0), gap=0.02)
   # Reference and storage cells: finite, no collapse.
   for r in rows:
     if r['cell']['placement'] == 'storage':

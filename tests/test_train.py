@@ -990,8 +990,11 @@ def test_a_ctrl_c_python_ignored_stops_the_run_at_its_next_call(tiny_digits):
         with pytest.raises(program.Interrupted) as e:
           engine.run(CONFIG, grid, tiny_digits, switch=())
     assert e.value.finished < e.value.total == 2
-    # Outside the block a run is as before.
+    # Outside the block a run is as before, even with a press left recorded
+    # (a second Ctrl-C as the block restored the handler).
+    program._PRESSES.append(True)  # pylint: disable=protected-access
     with program.run_options(progress=False):
       assert len(engine.run(CONFIG, grid, tiny_digits, switch=()).final()) == 2
   finally:
     signal.signal(signal.SIGINT, previous)
+    program._PRESSES.clear()  # pylint: disable=protected-access

@@ -528,11 +528,11 @@ def explanations(res: results_lib.Results, rows: list[dict],
       continue
     other = lambda m: by_cell.get((opt, prec, m, place, scaling))
     tz, sr = other('toward_zero'), other('stochastic')
-    if (tz is not None and r['collapses'] and not tz['collapses']
-        and not r['reference_collapsed']):
-      # The seeds where only nearest_even collapsed, of those both cells ran
-      # (toward_zero collapsed on none).
-      k = len(set(r['collapsed_seeds']) & set(tz['seed_ids']))
+    # The seeds where only nearest_even collapsed, of those both cells ran
+    # (toward_zero collapsed on none); none (partial results): no contrast.
+    k = 0 if tz is None else len(set(r['collapsed_seeds'])
+                                 & set(tz['seed_ids']))
+    if (k and not tz['collapses'] and not r['reference_collapsed']):
       p = scipy_stats.binomtest(k, k, 0.5, alternative='greater').pvalue
       trains = (f'{opt}, {prec} {place}: toward_zero trains '
                 f'({_fmt_ci(tz["value"], seeds=tz["seeds"])})')
