@@ -24,9 +24,9 @@
 #   tf32        the compute regime at tensorfloat32 (stated)     <= 45 s
 #   falkon      FALKON at n = 1e7, M = 1e4 (issue 14)            <= 90 s
 # A stage cut off by its limit prints "stage STAGE: timed out".
-# Expects wheels of the packages the GPU image lacks in .device_wheels/
-# (ml_collections: pip download --no-deps --only-binary=:all:
-# --python-version 3.12 -d .device_wheels NAME).
+# Expects wheels of the packages the GPU image lacks in .device_wheels/ (git-
+# ignored; carry it): benchmarks/device_wheels.py says how to fill it, and
+# installs those whose module does not import.
 set -uo pipefail
 out=${1:?usage: device_check.sh OUT_DIR [STAGE ...]}
 shift
@@ -35,7 +35,7 @@ stages=("$@")
 mkdir -p "$out"
 export PYTHONPATH=$PWD
 if ls .device_wheels/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-deps --no-index .device_wheels/*.whl 2>&1 | tail -1
+  python3 -m benchmarks.device_wheels .device_wheels 2>&1 | tail -2
 fi
 
 limited() {  # limited SECONDS STAGE COMMAND...

@@ -538,3 +538,14 @@ def test_best_peak_divides_by_the_runs_best_reading():
   rec = report.with_peak({'gflops': 123.0}, best)
   np.testing.assert_allclose(rec['pct_peak'], 60.0)
   assert rec['peak_readings'] == [150.0, 205.0]
+
+
+def test_device_wheels_installs_only_what_does_not_import(tmp_path):
+  # A GPU image has its own jax and numpy: a wheel of one must not replace it.
+  from benchmarks import device_wheels  # pylint: disable=g-import-not-at-top
+  for name in ('numpy-2.0.0-cp312-cp312-manylinux_2_28_x86_64.whl',
+               'orbax_checkpoint-0.12.8-py3-none-any.whl',
+               'no_such_module_xyz-1.0-py3-none-any.whl'):
+    (tmp_path / name).write_bytes(b'')
+  assert [p.rsplit('/', 1)[1] for p in device_wheels.missing(str(tmp_path))] == [
+      'no_such_module_xyz-1.0-py3-none-any.whl']
