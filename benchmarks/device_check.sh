@@ -22,6 +22,13 @@
 #               that XLA's command buffers do not hide them)     <= 60 s
 #   deep_linear the deep linear launcher (default, float64)      <= 90 s
 #   tf32        the compute regime at tensorfloat32 (stated)     <= 45 s
+#   epilogues   the compute regime at G=4096, profiled, with the GEMM
+#               back ends that can fuse an elementwise epilogue (the
+#               ReLU backward's select, 12% of the H200's device time
+#               in the twenty-eighth session) into the product: Triton
+#               for every GEMM (--xla_gpu_triton_gemm_any), cuBLASLt
+#               (--xla_gpu_enable_cublaslt, Triton off); CUDA graphs
+#               off, as in 'kernels', whose run is the reference <= 100 s
 #   falkon      FALKON at n = 1e7, M = 1e4 (issue 14)            <= 90 s
 # A stage cut off by its limit prints "stage STAGE: timed out".
 # Expects wheels of the packages the GPU image lacks in .device_wheels/ (git-
@@ -74,6 +81,16 @@ run_stage() {
       limited 45 tf32 python3 -m benchmarks.grid_throughput --regime=compute --repeats=1 \
           --grid_sizes=128,4096 --methods=a --matmul_precision=tensorfloat32 \
           --profile --json_out="$out/bench_compute_tf32.json" ;;
+    epilogues)
+      local name xf
+      for name in triton_any cublaslt; do
+        xf='--xla_gpu_enable_command_buffer= --xla_gpu_triton_gemm_any=true'
+        [ "$name" = cublaslt ] && xf='--xla_gpu_enable_command_buffer= --xla_gpu_enable_triton_gemm=false --xla_gpu_enable_cublaslt=true'
+        echo "== compute regime G=4096, $name (XLA_FLAGS='$xf') =="
+        XLA_FLAGS=$xf limited 50 epilogues python3 -m benchmarks.grid_throughput \
+            --regime=compute --grid_sizes=4096 --repeats=1 --methods=a --profile \
+            --json_out="$out/epilogues_$name.json"
+      done ;;
     tuning)
       echo "== chunk tuning (issue 16) =="
       limited 180 tuning python3 -m benchmarks.chunk_tuning --repeats=2 \
@@ -105,7 +122,7 @@ run_stage() {
       echo "== FALKON at n=1e7, M=1e4 (issue 14) =="
       limited 90 falkon /usr/bin/time -f 'wall %es maxrss %MkB' python3 -m \
           benchmarks.kernel_solvers --parts=scale --scale_n=10000000 ;;
-    *) echo "unknown stage $1; accepted: throughput gemm studies tuning kernels deep_linear tf32 falkon"
+    *) echo "unknown stage $1; accepted: throughput gemm studies tuning kernels deep_linear tf32 epilogues falkon"
        return 2 ;;
   esac
 }
