@@ -1098,6 +1098,24 @@ def test_an_optimizer_that_reads_no_knob_or_returns_none_is_named(monkeypatch):
   chex.assert_trees_all_close(updates, {'w': jnp.full(3, -0.2)})
 
 
+
+def test_pick_refuses_weights_that_are_not_one_vector():
+  # [3, 3] weights have a last axis of 3 rows, but argmax of them would
+  # index the flattened matrix (a row past the table's end).
+  table = {'a': np.arange(6.0).reshape(3, 2)}
+  with pytest.raises(ValueError, match=re.escape(
+      'pick got weights of shape (3, 3) for a table of [3] rows')):
+    relaxed.pick(np.eye(3), table)
+
+
+def test_switching_nests_and_restores_the_outer_axes():
+  assert not relaxed.switched('norm')
+  with relaxed.switching(['norm']):
+    with relaxed.switching(['placement']):
+      assert relaxed.switched('norm') and relaxed.switched('placement')
+    assert relaxed.switched('norm') and not relaxed.switched('placement')
+  assert not relaxed.switched('norm')
+
 if __name__ == '__main__':
   absltest.main()
 

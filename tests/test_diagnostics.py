@@ -283,3 +283,57 @@ def test_bad_lanczos_and_density_arguments():
     with pytest.raises(ValueError, match=match):
       diagnostics.hessian_density(loss, params, key, **({'grid': grid}
                                                          | kwargs))
+
+
+def test_lanczos_depth_past_the_parameter_count_is_capped(x64):
+  """``num_iters`` above the number of parameters (4) stops at 4: the exact
+  spectrum (numpy's ``eigvalsh``), not extra Ritz values from a Krylov
+  space that has no room left."""
+  q, _ = np.linalg.qr(np.random.default_rng(2).standard_normal((4, 4)))
+  matrix = q @ np.diag([-1.0, 0.5, 2.0, 3.0]) @ q.T
+  ritz = jax.jit(lambda m: diagnostics.hessian_eigenvalues(
+      lambda p: 0.5 * p['x'] @ m @ p['x'], {'x': jnp.ones(4, jnp.float64)},
+      jax.random.key(1), 9))(jnp.asarray(matrix))
+  chex.assert_shape(ritz, (4,))
+  chex.assert_trees_all_close(ritz, np.linalg.eigvalsh(matrix), atol=1e-12)
+
+
+def test_density_default_width_is_two_percent_of_the_grid(x64):
+  """For ``H = 2 I`` every probe's quadrature puts weight 1 on 2, so the
+  density is one Gaussian at 2 of standard deviation 2% of the grid's span
+  (here 0.1), whatever the probes (scipy's normal pdf)."""
+  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
+  grid = np.linspace(0.0, 5.0, 51)
+  density = jax.jit(lambda g: diagnostics.hessian_density(
+      lambda p: jnp.sum(p['x'] ** 2), {'x': jnp.ones(2, jnp.float64)},
+      jax.random.key(0), g, num_iters=1, num_probes=1))(jnp.asarray(grid))
+  chex.assert_trees_all_close(density,
+                              scipy_stats.norm.pdf(grid, 2.0, 0.1),
+                              rtol=1e-9, atol=1e-12)
+
+
+def test_density_grid_with_a_repeated_point_is_refused():
+  grid = jnp.asarray([0.0, 1.0, 1.0, 2.0])
+  with pytest.raises(ValueError, match=r'grid must be a strictly increasing '
+                     r'\[m >= 2\] array; got shape \(4,\)'):
+    diagnostics.hessian_density(lambda p: jnp.sum(p['x'] ** 2),
+                                {'x': jnp.ones(3)}, jax.random.key(0), grid)
+
+
+def test_restricted_hessian_default_rtol_is_numpys_matrix_rank():
+  """Rows ``q0`` and ``q0 + 1.4e-6 q1`` (n = 16, float32): their second
+  singular value over the first, ~7e-7, is below numpy's ``matrix_rank``
+  tolerance ``max(k, n) eps`` = 1.9e-6, so numpy counts rank 1 and the rows
+  read as dependent (NaN); ``min(k, n) eps`` = 2.4e-7 would pass them."""
+  def directions(q):
+    return np.stack([q[:, 0], q[:, 0] + 1.4e-6 * q[:, 1]]).astype(np.float32)
+
+  q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((16, 16)))
+  rows = directions(q)
+  rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+  assert np.linalg.matrix_rank(rows) == 1
+  s = np.linalg.svd(rows.astype(np.float64), compute_uv=False)
+  assert 2 * np.finfo(np.float32).eps < s[1] / s[0] < 16 * np.finfo(
+      np.float32).eps
+  got, _ = _restricted_quadratic(directions, n=16)
+  assert np.all(np.isnan(got)), got

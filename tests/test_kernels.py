@@ -202,8 +202,8 @@ def test_fractional_sizes_bools_and_non_finite_inputs_are_refused(points):
   with pytest.raises(ValueError, match=r'num_features=2\.5; accepted: '
                      r'integers in 1\.\.8'):
     kernels.rff_features(rff, x, 1.0, 2.5)
-  with pytest.raises(ValueError, match=r'num_features=6\.5; accepted: '
-                     r'integers in 1\.\.10'):
+  with pytest.raises(ValueError, match=r'num_centres=6\.5; accepted: '
+                     r'integers in 1\.\.10 \(the centres given\)'):
     kernels.nystrom(kernel, x[:10], 1.0, 6.5)
   features.check_num_features(np.float32(3.0), 8)  # whole: accepted
   bad = np.where(np.eye(30, 3) > 0, np.nan, x)  # 3 NaNs
@@ -287,9 +287,37 @@ def test_random_binning_features_hash_one_signed_column_per_grid(points):
   # Unbiased: the hashed features' kernel is as close as the bins' own.
   assert np.linalg.norm(z @ zy.T - exact) / np.linalg.norm(exact) < 0.1
   for bad, message in ((dict(bandwidth=-1.0), 'bandwidth=-1.0'),
-                       (dict(num_grids=4096), r'num_features=4096')):
+                       (dict(num_grids=4096),
+                        r'num_grids=4096; accepted: integers in 1\.\.2048 '
+                        r'\(max_grids\)')):
     args = dict(bandwidth=BANDWIDTH, num_grids=10) | bad
     with pytest.raises(ValueError, match=message):
       binning.binning_features(b, x, **args)
   with pytest.raises(ValueError, match='max_grids=0'):
     binning.draw_binning(jax.random.key(0), 3, 0)
+
+
+def test_nystrom_cutoff_drops_rounding_noise_and_only_that():
+  # Nyström's kernel K(x, C) K_CC^+ K(C, x) is a projection of k(x, .):
+  # never above k(x, x) = 1. Rank-deficient K_CC (100 centres in 2-d): with
+  # every positive eigenvalue kept (the cutoff s > 0), float32's rounding
+  # noise eigenvalues blew a diagonal up to 1.43. Well-conditioned K_CC (150
+  # centres in 6-d, smallest eigenvalue far above rounding): the cutoff M eps
+  # s_max dropped real eigenvalues, 1.5e-2 from scikit-learn's float64
+  # Nystroem (which keeps them), where the kept ones give 2e-4.
+  kernel = kernels.get_kernel('gaussian')
+  for (m, d, bandwidth, seeds), check in (
+      ((100, 2, 2.0, (1, 2)), 'bounded'), ((150, 6, 2.0, (0,)), 'sklearn')):
+    for seed in seeds:
+      rng = np.random.default_rng(seed)
+      x = rng.normal(size=(60, d)).astype(np.float32)
+      c = rng.normal(size=(m, d)).astype(np.float32)
+      phi = np.float64(_nystrom(kernel, x, c, bandwidth))
+      ours = phi @ phi.T
+      if check == 'bounded':
+        assert np.diag(ours).max() <= 1 + 1e-4, np.diag(ours).max()
+      else:
+        f = kernel_approximation.Nystroem(
+            gamma=kernels.sklearn_gamma('gaussian', bandwidth),
+            n_components=m).fit(np.float64(c)).transform(np.float64(x))
+        chex.assert_trees_all_close(ours, f @ f.T, atol=1e-3)

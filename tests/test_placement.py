@@ -400,3 +400,98 @@ def test_stochastic_bits_follow_an_arrays_path_not_its_position():
                                        'readout': w}, {})
   chex.assert_trees_all_equal(alone['readout'], beside['readout'])
   assert not np.array_equal(alone['readout'], w)  # it did round, at random
+
+
+def test_count_both_at_and_past_fifteen_bits():
+  """The packed count holds 2**15 - 1 per half; at 2**15 entries it must
+  take the two plain sums (numpy's counts)."""
+  for n in (2**15 - 1, 2**15, 2**15 + 3):
+    for a, b in [(np.ones(n, bool), np.zeros(n, bool)),
+                 (np.zeros(n, bool), np.ones(n, bool)),
+                 (np.ones(n, bool), np.ones(n, bool))]:
+      got = jax.jit(placement.count_both)(a, b)
+      assert tuple(int(c) for c in got) == (a.sum(), b.sum()), (n, got)
+
+
+def _scaling_policy(scaling):
+  options = {'precision': ('float16',), 'rounding': ('nearest_even',),
+             'placement': ('gradients',), 'loss_scaling': ('static', 'dynamic')}
+  return placement.Policy(options, {
+      'precision': np.ones(1, np.float32), 'rounding': np.ones(1, np.float32),
+      'placement': np.ones(1, np.float32),
+      'loss_scaling': np.asarray([scaling == 'static', scaling == 'dynamic'],
+                                 np.float32),
+      'loss_scale': np.float32(2.0**10)}, None)
+
+
+def test_dynamic_scale_doubles_after_2000_finite_steps_in_a_row():
+  """PyTorch's GradScaler (growth_interval 2000, factors 2 and 1/2),
+  replayed by hand: the 2000th finite step in a row doubles the scale and
+  restarts the count; a non-finite one halves it and restarts the count. A
+  static member of the same grid keeps its scale and never skips."""
+  dynamic = _scaling_policy('dynamic')
+  step = jax.jit(dynamic.next_scaler)
+  for (scale, good), finite, want in [
+      ((1024.0, 0.0), True, (1024.0, 1.0)),
+      ((1024.0, 1998.0), True, (1024.0, 1999.0)),
+      ((1024.0, 1999.0), True, (2048.0, 0.0)),
+      ((1024.0, 1999.0), False, (512.0, 0.0)),
+      ((1024.0, 5.0), False, (512.0, 0.0))]:
+    got = step(jnp.asarray([scale, good], jnp.float32), jnp.bool_(finite))
+    chex.assert_trees_all_equal(np.asarray(got), np.asarray(want, np.float32))
+  assert bool(dynamic.skips(jnp.bool_(False)))
+  assert not bool(dynamic.skips(jnp.bool_(True)))
+  static = _scaling_policy('static')
+  assert not bool(static.skips(jnp.bool_(False)))
+  scaler = jnp.asarray([1024.0, 1999.0], jnp.float32)
+  chex.assert_trees_all_equal(static.next_scaler(scaler, jnp.bool_(True)),
+                              scaler)
+  assert float(static.scale(scaler)) == 2.0**10
+
+
+def test_constants_round_to_nearest_under_stochastic_rounding():
+  """A stochastic member's ``constants`` are its format's nearest-even
+  values (ml_dtypes' casts: b2 0.999 -> 1.0 in bfloat16), not a coin flip
+  and not NaN (no random bits are drawn for them)."""
+  options = {'precision': ('bfloat16',),
+             'rounding': ('nearest_even', 'stochastic'),
+             'placement': ('constants',), 'loss_scaling': ('none',)}
+  hp = {'learning_rate': np.float32(0.01), 'b1': np.float32(0.9),
+        'b2': np.float32(0.999), 'eps': np.float32(1e-8)}
+  for mode in ((1.0, 0.0), (0.0, 1.0)):
+    policy = placement.Policy(options, {
+        'precision': np.ones(1, np.float32),
+        'rounding': np.asarray(mode, np.float32),
+        'placement': np.ones(1, np.float32),
+        'loss_scaling': np.ones(1, np.float32),
+        'loss_scale': np.float32(1.0)}, jax.random.key(0))
+    got = jax.jit(policy.constants)(hp)
+    chex.assert_trees_all_equal(
+        {n: np.asarray(v) for n, v in got.items()},
+        {n: _bf16(v) for n, v in hp.items()})
+  assert _bf16(0.999) == 1.0
+
+
+def test_activation_events_count_each_matmul_input_once_per_step(problem):
+  """The ``activations`` place rounds the inputs and the weights of every
+  matmul of the forward pass: at learning rate 0 both stay, so each log
+  counts, per step, the inputs and weights ml_dtypes' float16 cast flushes
+  to zero (inputs times 3e-8: about two thirds of them)."""
+  data = dataclasses.replace(
+      problem, x_train=np.asarray(problem.x_train) * np.float32(3e-8))
+  config = train_lib.TrainConfig(
+      hidden=(), steps=4, batch_size=0, log_every=2, rounding_events=True,
+      options=(('precision', ('float16',)), ('placement', ('activations',))))
+  knobs = {grid_lib.SEED: jax.random.key(0), 'learning_rate': jnp.float32(0)}
+  out = jax.jit(train_lib.make_train(config))(knobs, data)
+  w = np.asarray(jax.jit(train_lib.make_loop(config).init)(
+      knobs, data).params['readout']['w'])
+  x = np.asarray(data.x_train)
+  flushed = sum(int(np.sum((a != 0) & (_f16(a) == 0))) for a in (x, w))
+  assert 0 < flushed < x.size
+  chex.assert_trees_all_equal(np.asarray(out['step']), np.asarray([0, 2, 4]))
+  chex.assert_trees_all_equal(np.asarray(out['underflows_activations']),
+                              np.asarray([0, 2 * flushed, 2 * flushed],
+                                         np.float32))
+  chex.assert_trees_all_equal(np.asarray(out['overflows_activations']),
+                              np.zeros(3, np.float32))

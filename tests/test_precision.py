@@ -1,5 +1,6 @@
 """Rounding to low-precision formats, checked against ml_dtypes and gfloat."""
 
+import functools
 import warnings
 
 import chex
@@ -56,6 +57,8 @@ def _samples(n=100_000, seed=0):
 
 X = _samples()
 _quantize = jax.jit(precision.quantize, static_argnames='saturate')
+_quantize_overflows = jax.jit(functools.partial(precision.quantize,
+                                                overflows=True))
 
 
 def _assert_same_bits(got, want):
@@ -79,6 +82,22 @@ def test_nearest_even_is_ml_dtypes_cast_bit_for_bit(name):
     want = X.astype(dtype).astype(np.float32)
   _assert_same_bits(_quantize(X, _knobs(name), 0), want)
 
+
+
+@pytest.mark.parametrize('name', PEERS)
+def test_overflows_are_finite_inputs_whose_ml_dtypes_cast_is_not(name):
+  """``overflows=True`` flags a finite ``x`` whose nearest-even value is
+  past the format's largest (ml_dtypes' cast is inf or NaN); an input that
+  is already inf or NaN did not overflow here (counted at every place it
+  passed, one overflow would be counted again at each)."""
+  dtype, _ = PEERS[name]
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    cast = X.astype(dtype).astype(np.float32)
+  _, over = _quantize_overflows(X, _knobs(name), 0)
+  want = np.isfinite(X) & ~np.isfinite(cast)
+  assert np.any(want) and np.any(~np.isfinite(X))  # both kinds are sampled
+  chex.assert_trees_all_equal(np.asarray(over), want)
 
 def test_formats_and_modes_are_traced_one_program_for_all():
   """Formats x modes vmapped in one jitted program equal each on its own."""

@@ -49,6 +49,79 @@ def test_landscape_of_a_quadratic_is_its_curvature(x64):
   chex.assert_trees_all_close(given, want, rtol=1e-10)
 
 
+def test_landscape_off_a_quadratic_takes_the_maxima_over_steps(x64):
+  """On ``sum(sin(c x))`` the loss, the gradient change and the ratio peak
+  at different step sizes, none at the last (a quadratic's change and ratio
+  are monotone and constant in eta, so it cannot tell a max from the last
+  value or a mean). The logged probe moves 0.5, 1, 2 and 4 learning rates
+  along the gradient of the probe batch's loss with this step's key
+  (numpy, by hand, from the analytic gradient)."""
+  c = np.array([1.0, 2.0, 0.5, 1.5])
+  p = np.array([0.3, 1.0, -0.5, 2.0])
+  lr = 0.6
+  keys = (jax.random.key(0), jax.random.key(1))
+  noise = 0.1 * np.asarray(jax.random.normal(keys[0], (4,), jnp.float64))
+  np_grad = lambda x: c * np.cos(c * (x + noise))
+  g = np_grad(p)
+  steps = lr * np.array([0.5, 1.0, 2.0, 4.0])
+  values = [np.sum(np.sin(c * (p - s * g + noise))) for s in steps]
+  changes = [np.linalg.norm(g - np_grad(p - s * g)) for s in steps]
+  ratios = [d / (s * np.linalg.norm(g)) for d, s in zip(changes, steps)]
+  # Not vacuous: the extremes sit inside the range of steps.
+  assert np.argmin(values) == 2 and np.argmax(changes) == 2
+  assert np.max(ratios) > 1.2 * np.mean(ratios)
+  want = {'loss_range': max(values) - min(values),
+          'grad_change': max(changes), 'beta_smoothness': max(ratios)}
+
+  def loss(params, key):
+    shift = 0.1 * jax.random.normal(key, (4,), jnp.float64)
+    return jnp.sum(jnp.sin(jnp.asarray(c) * (params['x'] + shift)))
+
+  got = diagnostics.landscape(lambda q: loss(q, keys[0]),
+                              {'x': jnp.asarray(p)}, jnp.asarray(steps))
+  chex.assert_trees_all_close(got, want, rtol=1e-10)
+  assert diagnostics.probes.STEP_MULTIPLIERS == (0.5, 1.0, 2.0, 4.0)
+  probe = diagnostics.Probe(
+      params={'x': jnp.asarray(p)}, key=jax.random.key(2), train_loss=None,
+      loss=loss, keys=keys,
+      update=lambda q, gr: jax.tree.map(lambda a, b: a - lr * b, q, gr),
+      depth=None, preactivations=None, learning_rate=jnp.asarray(lr))
+  chex.assert_trees_all_close(diagnostics.LOGGED['landscape'](probe), want,
+                              rtol=1e-10)
+
+
+def test_preactivation_drift_redraws_the_noise_with_the_next_key(x64):
+  """The logged drift compares the pre-activations at ``params`` with this
+  step's key to those after the optimizer's step with the next step's key
+  (the module's "Keys"), by hand in numpy."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(8, 3))
+  w = rng.normal(size=(3, 2))
+  keys = (jax.random.key(0), jax.random.key(1))
+  noise = [np.asarray(jax.random.normal(k, (8, 2), jnp.float64)) for k in keys]
+
+  def preactivations(params, key):
+    return [jnp.asarray(x) @ params['w'] + jax.random.normal(key, (8, 2),
+                                                              jnp.float64)]
+
+  def loss(params, key):
+    return 0.5 * jnp.sum(preactivations(params, key)[0] ** 2)
+
+  g = x.T @ (x @ w + noise[0])  # the gradient with this step's noise
+  stepped = w - LR * g
+  before, after = x @ w + noise[0], x @ stepped + noise[1]
+  want_mean = np.sqrt(np.mean((after.mean(0) - before.mean(0)) ** 2))
+  want_var = np.sqrt(np.mean((after.var(0) - before.var(0)) ** 2))
+  probe = diagnostics.Probe(
+      params={'w': jnp.asarray(w)}, key=jax.random.key(2), train_loss=None,
+      loss=loss, keys=keys, update=_sgd, depth=None,
+      preactivations=preactivations, learning_rate=jnp.asarray(LR))
+  out = diagnostics.LOGGED['preactivation_drift'](probe)
+  chex.assert_trees_all_close(
+      (out['preact_mean_drift_layer0'], out['preact_var_drift_layer0']),
+      (want_mean, want_var), rtol=1e-10)
+
+
 def _deep_linear(seed=0, widths=(4, 5, 3, 2), n=16):
   rng = np.random.default_rng(seed)
   x, y = rng.normal(size=(n, widths[0])), rng.normal(size=(n, widths[-1]))
@@ -255,3 +328,43 @@ def test_bad_probe_names_fail_before_compile():
   from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match=r"'ics'.*covariate_shift.*landscape"):
     train_lib.TrainConfig(diagnostics=('covariate_shift', 'ics'))
+
+
+def test_covariate_shift_with_layer_keys_by_hand(x64):
+  """Two noisy scalar layers, ``out = p1 (p0 x + n0) + n1``, each drawing its
+  noise from its own layer's key. Definition 2.1 by hand (numpy): G_1 with
+  this step's noise everywhere; G'_1 after layer 0's SGD step, with layer
+  0's noise from the next step's key and layer 1's from this step's."""
+  from rahimi_jax import components  # pylint: disable=g-import-not-at-top
+  x = np.asarray([0.5, -1.0, 2.0])
+  keys = (jax.random.key(3), jax.random.key(4))
+
+  def noise(key, layer):
+    return np.asarray(jax.random.normal(jax.random.fold_in(key, layer), (3,),
+                                        jnp.float64))
+
+  def loss(p, key):
+    h = p[0] * x + jax.random.normal(
+        jax.random.fold_in(components.layer_key(key, 0), 0), (3,),
+        jnp.float64)
+    out = p[1] * h + jax.random.normal(
+        jax.random.fold_in(components.layer_key(key, 1), 1), (3,),
+        jnp.float64)
+    return jnp.sum(out ** 2)
+
+  def np_grads(p0, p1, n0, n1):
+    h = p0 * x + n0
+    out = p1 * h + n1
+    return np.sum(2 * out * p1 * x), np.sum(2 * out * h)
+
+  p0, p1 = 0.7, 1.3
+  now = [noise(keys[0], i) for i in range(2)]
+  g0, g1 = np_grads(p0, p1, *now)
+  _, g1_after = np_grads(p0 - LR * g0, p1, noise(keys[1], 0), now[1])
+  l2, cos = jax.jit(lambda p: diagnostics.covariate_shift(
+      loss, p, _sgd, [0, 1], keys, layer_keys=True))(
+          [jnp.float64(p0), jnp.float64(p1)])
+  chex.assert_trees_all_close(l2, np.asarray([0.0, abs(g1 - g1_after)]),
+                              rtol=1e-10, atol=1e-12)
+  chex.assert_trees_all_close(cos, np.asarray([1.0, np.sign(g1 * g1_after)]))
+  assert abs(g1 - g1_after) > 0.1  # not vacuous

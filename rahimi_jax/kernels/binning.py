@@ -117,7 +117,8 @@ def binning_kernel(draw: Binning, x: jax.Array, y: jax.Array,
   """``[n, m]``: the fraction of the first ``num_grids`` grids (traced;
   default all) in which ``x_i`` and ``y_j`` share a bin; an unbiased
   estimate of the Laplacian kernel at ``bandwidth``."""
-  num_grids, keep = features_lib.prefix_mask(num_grids, draw.pitches.shape[0])
+  num_grids, keep = features_lib.prefix_mask(num_grids, draw.pitches.shape[0],
+                                             'num_grids', 'max_grids')
   hx, hy = _hashes(draw, x, bandwidth), _hashes(draw, y, bandwidth)
 
   def one_grid(total, grid):
@@ -141,7 +142,8 @@ def binning_features(draw: Binning, x: jax.Array, bandwidth: jax.Array,
   if not (isinstance(buckets, int) and buckets >= 1):
     raise ValueError(f'buckets={buckets!r}; accepted: an integer >= 1.')
   max_grids = draw.pitches.shape[0]
-  num_grids, keep = features_lib.prefix_mask(num_grids, max_grids)
+  num_grids, keep = features_lib.prefix_mask(num_grids, max_grids,
+                                             'num_grids', 'max_grids')
   h = _hashes(draw, x, bandwidth)
   column = (h[0] ^ h[1]) % jnp.uint32(buckets)
   sign = jnp.where(h[2] >> 31 == 1, -1.0, 1.0).astype(x.dtype)
