@@ -72,9 +72,10 @@ def check_dataset(data: Dataset) -> Dataset:
                        f'{x.shape}.')
     if not jnp.issubdtype(x.dtype, jnp.floating):
       raise ValueError(f'x_{split} must be floating point; got {x.dtype}.')
-    if y.shape[0] != x.shape[0]:
+    if y.ndim == 0 or y.shape[0] != x.shape[0]:
       raise ValueError(
-          f'x_{split} has {x.shape[0]} rows but y_{split} has {y.shape[0]}.')
+          f'x_{split} has {x.shape[0]} rows but y_{split} has '
+          f'{y.shape[0] if y.ndim else "none (a scalar)"}.')
     if not np.all(np.isfinite(x)):
       raise ValueError(f'x_{split} has {np.sum(~np.isfinite(x))} non-finite '
                        'values; data must be finite.')
@@ -256,6 +257,7 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
   grid's run time (WORKSPACE.md). For ``n > 2**24`` too few key bits are
   left; that falls back to ``jax.random.permutation``.
   """
+  n = registry.check_int('n', n, 0)
   bits = max(1, (n - 1).bit_length())
   if bits > 24:
     return jax.random.permutation(key, n).astype(jnp.int32)

@@ -136,9 +136,14 @@ class DigitsTest(absltest.TestCase):
       data_lib.digits()
       (name,) = os.listdir(cache)
       for bad in ({k: a[:10] for k, a in arrays.items()},
-                  arrays | {'x_test': np.full_like(arrays['x_test'], np.nan)}):
+                  arrays | {'x_test': np.full_like(arrays['x_test'], np.nan)},
+                  arrays | {'x_train': np.full_like(arrays['x_train'], np.nan)},
+                  # float64 features: the dataset is float32 whatever the file.
+                  arrays | {'x_train': arrays['x_train'].astype(np.float64)}):
         np.savez(os.path.join(cache, name), **bad)
-        chex.assert_trees_all_equal(data_lib.digits(), want)
+        got = data_lib.digits()
+        chex.assert_trees_all_equal(got, want)
+        chex.assert_trees_all_equal_dtypes(got, want)
       # The generator's version is part of the key: a new one, a new file.
       with mock.patch.object(data_lib, '_DIGITS_VERSION', 2):
         data_lib.digits()
@@ -306,11 +311,13 @@ class CheckDatasetTest(parameterized.TestCase):
        'x_test has 1 non-finite'),
       ('nan_in_y_train', _small_regression, 'y_train', np.nan,
        'y_train has non-finite'),
+      ('inf_in_last_row', _small_regression, 'x_train', -np.inf,
+       'x_train has 1 non-finite', -1),
   )
-  def test_rejects_non_finite(self, make, field, value, pattern):
+  def test_rejects_non_finite(self, make, field, value, pattern, row=1):
     d = make()
     bad = np.array(getattr(d, field))
-    bad[1, 0] = value
+    bad[row, 0] = value
     with self.assertRaisesRegex(ValueError, pattern):
       data_lib.check_dataset(dataclasses.replace(d, **{field: bad}))
 
@@ -330,12 +337,15 @@ class CheckDatasetTest(parameterized.TestCase):
        'but y_train has 7'),
       ('classification_test', _small_classification, 'y_test',
        'x_test has 4 rows but y_test has 3'),
+      # A scalar label raised IndexError (tuple index out of range).
+      ('scalar_label', _small_classification, 'y_train',
+       r'x_train has 8 rows but y_train has none \(a scalar\)', 0),
   )
-  def test_rejects_row_count_mismatch(self, make, field, pattern):
+  def test_rejects_row_count_mismatch(self, make, field, pattern, row=None):
     d = make()
+    bad = getattr(d, field)[:-1] if row is None else getattr(d, field)[row]
     with self.assertRaisesRegex(ValueError, pattern):
-      data_lib.check_dataset(
-          dataclasses.replace(d, **{field: getattr(d, field)[:-1]}))
+      data_lib.check_dataset(dataclasses.replace(d, **{field: bad}))
 
   def test_rejects_bad_shapes_and_types(self):
     d = _small_classification()
@@ -349,6 +359,9 @@ class CheckDatasetTest(parameterized.TestCase):
          r'x_train must be \[n > 0, features > 0\]'),
         (dataclasses.replace(d, y_train=d.y_train.astype(np.float32)),
          'y_train must be integer labels'),
+        # [n, 1] labels broadcast a classification loss to [n, n].
+        (dataclasses.replace(d, y_test=d.y_test[:, None]),
+         r'y_test must be integer labels \[n\]; got int32\[4, 1\]'),
         (dataclasses.replace(d, x_test=d.x_test[:, :2]),
          'different feature counts'),
         (dataclasses.replace(_small_regression(), num_outputs=3),
@@ -421,6 +434,55 @@ class BatchIndicesTest(absltest.TestCase):
           f'got {batch_size}'):
         data_lib.batch_indices(jax.random.key(0), n=10,
                                batch_size=batch_size, steps=3)
+
+  def test_a_full_batch_is_a_fresh_permutation_each_step(self):
+    # batch_size == n is accepted (one batch per epoch): each step's indices
+    # are all n samples, in a new order each epoch.
+    idx = np.asarray(jax.jit(data_lib.batch_indices, static_argnums=(1, 2, 3))(
+        jax.random.key(0), 10, 10, 4))
+    chex.assert_shape(idx, (4, 10))
+    chex.assert_trees_all_equal(np.sort(idx, axis=1),
+                                np.tile(np.arange(10, dtype=np.int32), (4, 1)))
+    self.assertLen({tuple(row) for row in idx.tolist()}, 4)
+
+  def test_numpy_integer_sizes_are_the_int_sizes(self):
+    # n from a NumPy shape or count: permutation raised AttributeError
+    # ('numpy.int64' object has no attribute 'bit_length').
+    key = jax.random.key(1)
+    idx = np.asarray(jax.jit(data_lib.batch_indices, static_argnums=(1, 2, 3))(
+        key, np.int64(10), np.int32(5), np.int64(2)))
+    chex.assert_trees_all_equal(np.sort(idx.ravel()),
+                                np.arange(10, dtype=np.int32))
+    chex.assert_trees_all_equal(data_lib.permutation(key, np.int64(7)),
+                                data_lib.permutation(key, 7))
+    with self.assertRaisesRegex(ValueError, 'n must be an integer >= 0; got '
+                                '2.5'):
+      data_lib.permutation(key, 2.5)
+
+
+class PermutationTest(absltest.TestCase):
+
+  def test_fixed_points_are_poisson_as_a_uniform_permutations(self):
+    # A uniform permutation's fixed points are Poisson(1) (scipy's law; numpy's
+    # rng.permutation shows the same). At 1347 (the digits training set) the
+    # shuffle runs 2 sorting rounds: a round that reused the first round's
+    # key squared its permutation (mean 2 fixed points), which the mean
+    # position of one element does not show.
+    from scipy import stats  # pylint: disable=g-import-not-at-top
+    n, draws = 1347, 500
+    perms = np.asarray(jax.jit(jax.vmap(lambda k: data_lib.permutation(k, n)))(
+        jax.random.split(jax.random.key(4), draws)))
+    fixed = np.sum(perms == np.arange(n), axis=1)
+    observed = np.bincount(np.minimum(fixed, 3), minlength=4)
+    p = stats.poisson.pmf(np.arange(3), 1.0)
+    expected = draws * np.append(p, 1 - p.sum())
+    self.assertGreater(stats.chisquare(observed, expected).pvalue, 1e-3)
+    rng = np.random.default_rng(0)
+    reference = np.sum(np.stack([rng.permutation(n) for _ in range(draws)])
+                       == np.arange(n), axis=1)
+    self.assertGreater(stats.chisquare(
+        np.bincount(np.minimum(reference, 3), minlength=4),
+        expected).pvalue, 1e-3)
 
 
 class RegistryTest(parameterized.TestCase):

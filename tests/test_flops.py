@@ -82,3 +82,32 @@ def test_elements_written_count_matmuls_too():
   # A jit called twice is one sub-jaxpr walked once, counted twice.
   twice = jax.jit(jnp.tanh)
   assert flops.elements_written(lambda a: twice(twice(a)), A) == 2 * A.size
+
+
+def test_several_contracted_axes_count_their_product():
+  # 'ijk,jkl->il' sums over j and k: 2 * (3 * 7) outputs * (4 * 5) terms by
+  # hand (XLA's cost_analysis also reads 840 flops).
+  a, b = np.ones((3, 4, 5), np.float32), np.ones((4, 5, 7), np.float32)
+  assert flops.matmul_flops(lambda a, b: jnp.einsum('ijk,jkl->il', a, b),
+                            a, b) == 2 * 3 * 7 * 4 * 5 == 840
+
+
+def test_rematerialized_code_counts():
+  # jax.checkpoint holds its body as an open Jaxpr, not a ClosedJaxpr.
+  assert flops.matmul_flops(jax.checkpoint(jnp.matmul), A, B) == ONE
+  assert flops.element_ops(jax.checkpoint(jnp.tanh), A) == A.size
+
+
+def test_element_ops_leave_out_convolutions_and_count_every_output():
+  x = np.ones((4, 12, 3), np.float32)
+  w = np.ones((5, 3, 7), np.float32)
+  conv = lambda x, w: jax.lax.conv_general_dilated(  # pylint: disable=g-long-lambda
+      x, w, (2,), ((1, 1),), dimension_numbers=('NWC', 'WIO', 'NWC'))
+  # A convolution is matmul work: no element op; its [4, 5, 7] output is
+  # written.
+  assert flops.element_ops(conv, x, w) == 0
+  assert flops.elements_written(conv, x, w) == 4 * 5 * 7
+  # A sort of keys with values writes both sorted arrays.
+  v = np.arange(5, dtype=np.float32)
+  assert flops.element_ops(
+      lambda k, v: jax.lax.sort((k, v), num_keys=1), v[::-1], v) == 2 * 5

@@ -109,6 +109,40 @@ class GridTest(parameterized.TestCase):
           _key_data(knobs['seed'][m.index]),
           _key_data(jax.random.key(m.values['seed'])))
 
+  def test_gate_knobs_weigh_off_and_on(self):
+    # Gate g is the weight pair (1 - g, g) on (off, on): gate 0 runs the
+    # ablated option alone, gate 1 the present one (by hand).
+    grid = Grid(Gate('norm', 'none', 'batch', (0.0, 0.3, 1.0)))
+    self.assertEqual(grid.choices, {'norm': ('none', 'batch')})
+    self.assertEqual([m.name for m in grid.members],
+                     ['norm=0,seed=0', 'norm=0.3,seed=0', 'norm=1,seed=0'])
+    knobs = grid.knobs()['norm']
+    self.assertEqual(knobs.dtype, np.float32)
+    chex.assert_trees_all_close(
+        knobs, np.asarray([[1.0, 0.0], [0.7, 0.3], [0.0, 1.0]], np.float32))
+
+  def test_seeds_past_2_31_are_their_own_keys(self):
+    # Each seed's key is jax.random.key(seed), up to 2**32 - 1: seeds that
+    # differ by 2**31 are different runs.
+    seeds = (5, 2**31 + 5, 2**32 - 1)
+    keys = _key_data(Grid(Seeds(seeds)).knobs()['seed'])
+    chex.assert_trees_all_equal(
+        keys, np.stack([_key_data(jax.random.key(s)) for s in seeds]))
+
+  def test_subset_keeps_every_option_of_a_kept_axis(self):
+    # Member 4 is (adam, 0.1, seed 0): a kept axis keeps its three options,
+    # so its knob is the full grid's row; the others keep the labels used.
+    grid = _grid()
+    sub = grid.subset([4], keep=['optimizer'])
+    self.assertEqual(sub.axis('optimizer').options, OPTIMIZERS)
+    self.assertEqual(sub.axis('learning_rate').values, (0.1,))
+    self.assertEqual(sub.axis('seed').seeds, (0,))
+    self.assertEqual([m.name for m in sub.members], [grid.members[4].name])
+    chex.assert_trees_all_equal(sub.knobs()['optimizer'],
+                                np.asarray([[0.0, 1.0, 0.0]], np.float32))
+    chex.assert_trees_all_equal(grid.subset([4]).knobs()['optimizer'],
+                                np.asarray([[1.0]], np.float32))
+
   def test_seed_keys_follow_the_prng_implementation_in_force(self):
     grid = Grid(Seeds((3, 7)))
     assert Seeds(s for s in (3, 7)) == grid.axes[0]  # any iterable of seeds
@@ -290,6 +324,11 @@ class AxisTest(parameterized.TestCase):
       ('seeds_fractions', lambda: Seeds((1.9, 2.5)), r'integers.*1\.9'),
       ('gates_string', lambda: Gate('norm', 'none', 'batch', '01'),
        r"gates must be numbers; got '01'"),
+      # A weight pair (1 - g, g) off the simplex: (-0.5, 1.5).
+      ('gates_above_1', lambda: Gate('norm', 'none', 'batch', (0.0, 1.5)),
+       r'norm: gates must be a non-empty list in \[0, 1\]; got \[0\.0, 1\.5\]'),
+      ('gates_below_0', lambda: Gate('norm', 'none', 'batch', (-0.25,)),
+       r'got \[-0\.25\]'),
       ('choice_name_space', lambda: Choice('my norm', ('none',)),
        r"identifier; got 'my norm'"),
       ('values_name_digit', lambda: Values('1lr', (0.1,)),

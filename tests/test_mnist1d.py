@@ -193,6 +193,10 @@ def test_an_unwritable_cache_dir_still_returns_data(tmp_path, monkeypatch):
     ({'train_split': 0.0}, 'got 0.0'),
     ({'train_split': float('nan')}, 'got nan'),
     ({'train_split': float('inf')}, 'got inf'),
+    # 0 of 20 sequences in training: failed later, in check_dataset, naming
+    # x_train's shape instead of train_split.
+    ({'num_samples': 20, 'train_split': 0.01},
+     r'train_split must leave both splits non-empty .*; got 0\.01'),
     ({'seed': -1}, r'seed must be an integer in \[0, 2\*\*32\); got -1'),
     ({'seed': True}, r'seed must be an integer in \[0, 2\*\*32\); got True'),
 ])

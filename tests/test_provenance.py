@@ -147,6 +147,41 @@ def test_user_code_hash_reads_the_code_a_component_runs():
       provenance.user_code_sha256([functools.partial(a['make'], 2)]))
 
 
+def test_user_code_hash_follows_defaults_and_not_addresses():
+  # A function a default argument names is code the component runs; the
+  # same code built twice (a cell run again: new objects, new addresses)
+  # hashes the same.
+  def build(helper_body):
+    scope = {'__name__': 'a_notebook_cell'}
+    exec(compile('def helper(x):\n  return ' + helper_body + '\n'
+                 'CHOICES = {helper}\n'
+                 'def apply(x, act=helper):\n  return act(x)\n'
+                 'def pick():\n  return CHOICES\n', '<cell>', 'exec'), scope)
+    return scope
+
+  a, again, b = build('x + 1'), build('x + 1'), build('x + 2')
+  sha = lambda s, name: provenance.user_code_sha256([s[name]])
+  assert sha(a, 'apply') != sha(b, 'apply')
+  assert sha(a, 'apply') == sha(again, 'apply')
+  assert a['helper'] is not again['helper']
+  assert sha(a, 'pick') == sha(again, 'pick')
+  # A user's instance counts by all its state, private attributes too; a set
+  # by its members.
+
+  class Scaled:
+
+    def __init__(self, scale):
+      self._scale = scale
+
+    def __call__(self, x):
+      return x * self._scale
+
+  assert provenance.user_code_sha256([Scaled(1.0)]) != (
+      provenance.user_code_sha256([Scaled(2.0)]))
+  assert provenance.user_code_sha256([{1, 2}]) != (
+      provenance.user_code_sha256([{1, 3}]))
+
+
 def test_user_code_hash_reads_the_values_it_reads():
   """A constant or array a component reads by global name, by closure, by
   a ``partial``'s argument or an instance's attribute counts by its value
@@ -247,3 +282,30 @@ def test_user_code_hash_follows_what_a_function_reads_of_a_user_module(
   importlib.invalidate_caches()
   importlib.reload(helpers)
   assert provenance.user_code_sha256([scope['f']]) != before
+
+
+def test_code_hash_reads_each_source_file_and_its_path(tmp_path, monkeypatch):
+  # A package of two modules: an edit, or a module renamed with its code
+  # unchanged, is other code (hashlib of path and contents by hand).
+  import hashlib  # pylint: disable=g-import-not-at-top
+  package = tmp_path / 'rahimi_jax'
+  package.mkdir()
+  (package / 'a.py').write_text('x = 1\n')
+  (package / 'b.py').write_text('y = 2\n')
+  monkeypatch.setattr(provenance, '__file__', str(package / 'provenance.py'))
+
+  def sha():
+    provenance.code_sha256.cache_clear()
+    return provenance.code_sha256()
+
+  try:
+    first = sha()
+    assert first == hashlib.sha256(
+        b'a.py\0x = 1\nb.py\0y = 2\n').hexdigest()
+    (package / 'a.py').write_text('x = 3\n')
+    edited = sha()
+    (package / 'b.py').rename(package / 'c.py')
+    renamed = sha()
+  finally:
+    provenance.code_sha256.cache_clear()
+  assert len({first, edited, renamed}) == 3

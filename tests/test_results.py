@@ -201,6 +201,40 @@ def test_final_keeps_runs_that_repeat_a_member_name():
   chex.assert_trees_all_equal(final.columns['step'], np.asarray([10, 10]))
 
 
+def test_final_keeps_one_log_runs_that_repeat_a_member_name_at_a_step():
+  # Two runs of one member, each logging only step 10, concatenated: the
+  # step does not increase, so each row is a run's last.
+  grid = grid_lib.Grid(grid_lib.Choice('optimizer', ('sgd',)),
+                       grid_lib.Seeds(1))
+  joined = results.concat([results.from_outputs(grid, {
+      'step': np.asarray([[10]], np.int32),
+      'train_loss': np.asarray([[loss]], np.float32)}) for loss in (1.0, 0.5)])
+  chex.assert_trees_all_equal(joined.final().columns['train_loss'],
+                              np.asarray([1.0, 0.5], np.float32))
+
+
+def test_p_better_weighs_each_configuration_by_its_pairs_of_runs():
+  # lr 0.1 has 3 seeds (9 pairs of runs), lr 0.01 one (1 pair): P(adam beats
+  # sgd) is the pairs-weighted mean of scipy's Mann-Whitney U / (n1 n2) per
+  # configuration (lower loss is better: U counts sgd runs above adam runs).
+  grid = grid_lib.Grid.union(*(grid_lib.Grid(
+      grid_lib.Choice('optimizer', ('sgd', 'adam')),
+      grid_lib.Values('learning_rate', (lr,)), grid_lib.Seeds(n))
+                               for lr, n in ((0.1, 3), (0.01, 1))))
+  sgd, adam = {0.1: [1.0, 2.0, 3.0], 0.01: [1.0]}, {0.1: [2.5, 0.5, 1.5],
+                                                    0.01: [2.0]}
+  loss = sgd[0.1] + adam[0.1] + sgd[0.01] + adam[0.01]
+  res = results.from_outputs(grid, {
+      'step': np.full((len(grid), 1), 10, np.int32),
+      'train_loss': np.asarray(loss, np.float32)[:, None]})
+  (effect,) = res.compare('train_loss', 'optimizer', 'sgd')
+  ps = {lr: scipy_stats.mannwhitneyu(sgd[lr], adam[lr]).statistic
+        / (len(sgd[lr]) * len(adam[lr])) for lr in sgd}
+  assert ps == {0.1: 6 / 9, 0.01: 0.0}
+  chex.assert_trees_all_close(effect.p_better, (9 * ps[0.1] + ps[0.01]) / 10)
+  assert effect.pairs == 4
+
+
 def test_where_selects_equal_rows(res):
   sel = res.where(optimizer='adam', step=10)
   assert len(sel) == len(LRS) * N_SEEDS
