@@ -219,13 +219,13 @@ def synthetic(*, n_train: int = 1000, n_test: int = 1000, in_dim: int = 6,
                   ('in_dim', in_dim), ('out_dim', out_dim)):
     registry.check_int(name, n, 1)
   registry.check_int('seed', seed, 0, 2**32)
-  if (not isinstance(condition_number, (int, float, np.number))
-      or not np.isfinite(condition_number) or condition_number < 1):
-    raise ValueError(f'condition_number must be a finite number >= 1; got '
-                     f'{condition_number!r}.')
-  if (not isinstance(noise, (int, float, np.number)) or not np.isfinite(noise)
-      or noise < 0):
-    raise ValueError(f'noise must be a finite number >= 0; got {noise!r}.')
+  for name, value, least in (('condition_number', condition_number, 1),
+                             ('noise', noise, 0)):
+    if (not isinstance(value, (int, float, np.number))
+        or isinstance(value, bool)  # True is not 1
+        or not np.isfinite(value) or value < least):
+      raise ValueError(f'{name} must be a finite number >= {least}; got '
+                       f'{value!r}.')
   rng = np.random.default_rng(seed)
   w = ill_conditioned_matrix(rng, in_dim, out_dim, condition_number)
 

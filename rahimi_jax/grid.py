@@ -84,10 +84,12 @@ class Values:
   def __post_init__(self):
     _check_name(self.name)
     try:
+      items = (list(self.values) if isinstance(self.values, (list, tuple))
+               else np.atleast_1d(self.values).tolist())
       if isinstance(self.values, str) or any(
-          isinstance(v, str) for v in np.atleast_1d(self.values)):
+          isinstance(v, (str, bool, np.bool_)) for v in items):  # True: not 1
         raise TypeError
-      values = tuple(float(v) for v in np.atleast_1d(self.values))
+      values = tuple(float(v) for v in items)
     except (TypeError, ValueError):
       raise ValueError(
           f'{self.name}: values must be numbers; got {self.values!r}.') from None
@@ -290,6 +292,12 @@ class Grid:
               'grid\'s option).')
       labels = tuple(dict.fromkeys(l for g in grids for l in g.axes[i].labels))
       axes.append(_with_labels(first, labels))
+    count = sum(len(g) for g in grids)
+    if count > MAX_MEMBERS:
+      raise ValueError(
+          f'A union of {count:,} members (' + ' + '.join(
+              f'{len(g):,}' for g in grids) + f') is over {MAX_MEMBERS:,}: '
+          'every member is built on the host first; run it in parts.')
     grid = cls.__new__(cls)
     grid._set(tuple(axes), [tuple(m.values[n] for n in names)
                             for g in grids for m in g.members])

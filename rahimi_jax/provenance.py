@@ -146,6 +146,10 @@ def _visit_user_code(obj, texts, seen, depth):
     return
   if isinstance(obj, (set, frozenset)):
     texts.append(repr(sorted(_stable_repr(x) for x in obj)))
+    # In a set's order by name (its own is the hash seed's): what is not a
+    # plain value counts by its code, not its name.
+    visit([x for x in sorted(obj, key=_stable_repr)
+           if not isinstance(x, _SCALARS)])
     return
   if hasattr(obj, 'dtype') and hasattr(obj, 'shape') and hasattr(
       obj, '__array__'):  # an array (numpy, JAX): its values

@@ -236,6 +236,12 @@ class SyntheticTest(parameterized.TestCase):
       with self.assertRaisesRegex(
           ValueError, f'{name} must be an integer >= 1; got {value!r}'):
         data_lib.synthetic(**{name: value})
+    for name, value, least in (('condition_number', True, 1),
+                               ('noise', True, 0), ('noise', -0.5, 0)):
+      with self.assertRaisesRegex(
+          ValueError, f'{name} must be a finite number >= {least}; got '
+          f'{value!r}'):
+        data_lib.synthetic(**{name: value})
     for value in (True, -1, None):
       with self.assertRaisesRegex(ValueError, r'seed must be an integer in '
                                   rf'\[0, 2\*\*32\); got {value!r}'):

@@ -2,6 +2,7 @@
 
 import dataclasses
 import itertools
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -9,6 +10,7 @@ import chex
 import jax
 import numpy as np
 
+from rahimi_jax import grid as grid_lib
 from rahimi_jax.grid import Choice
 from rahimi_jax.grid import Gate
 from rahimi_jax.grid import Grid
@@ -265,6 +267,15 @@ class UnionTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, pattern):
       make()
 
+  def test_a_union_over_the_member_limit_is_refused(self):
+    # Each grid is within the limit, the union is not (both built on the
+    # host first, as a product over it would be).
+    with mock.patch.object(grid_lib, 'MAX_MEMBERS', 5):
+      with self.assertRaisesRegex(ValueError, r'A union of 6 members \(3 \+ 3\) '
+                                  r'is over 5'):
+        Grid.union(Grid(Seeds(3)), Grid(Seeds((3, 4, 5))))
+      self.assertLen(Grid.union(Grid(Seeds(3)), Grid(Seeds((3, 4)))), 5)
+
 
 class AxisTest(parameterized.TestCase):
 
@@ -313,6 +324,8 @@ class AxisTest(parameterized.TestCase):
        r"learning_rate: 1e\+39 is out of float32's range"),
       ('values_not_numbers', lambda: Values('learning_rate', ('fast',)),
        r"learning_rate: values must be numbers.*'fast'"),
+      ('values_bool', lambda: Values('learning_rate', (0.1, True)),
+       r'learning_rate: values must be numbers.*True'),
       ('seeds_zero', lambda: Seeds(0), r'seeds must be a count from 1 to .*; got 0'),
       ('seeds_negative_count', lambda: Seeds(-3), r'got -3'),
       ('seeds_negative', lambda: Seeds((1, -2)), r'\[0, 2\*\*32\).*-2'),

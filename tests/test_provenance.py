@@ -165,6 +165,7 @@ def test_user_code_hash_follows_defaults_and_not_addresses():
   assert sha(a, 'apply') == sha(again, 'apply')
   assert a['helper'] is not again['helper']
   assert sha(a, 'pick') == sha(again, 'pick')
+  assert sha(a, 'pick') != sha(b, 'pick')  # a set of functions: their code
   # A user's instance counts by all its state, private attributes too; a set
   # by its members.
 
