@@ -244,6 +244,14 @@ class TrainConfig:
     exactly 0). Called on a whole grid (``engine.run``), not on the groups
     it runs in."""
     options = self.option_dict()
+    if tuple(options['precision']) == ('float32',):  # nothing rounds
+      for name in ('rounding', 'placement'):
+        if name in grid.choices and len(grid.choices[name]) > 1:
+          raise ValueError(
+              f'{name}: no member reads it: the precision options here are '
+              f'float32 (nothing is rounded), so its options '
+              f'{", ".join(grid.choices[name])} would train copies; add a '
+              f'precision that rounds (e.g. bfloat16) or keep one {name}.')
     for axis in grid.axes:
       if not isinstance(axis, grid_lib.Values) or len(axis.values) < 2:
         continue

@@ -194,6 +194,28 @@ def test_mean_ci_of_equal_values_is_unknown_not_zero_width():
     assert coverage >= 0.95, (n, coverage, len(printed))
 
 
+def test_equal_float32_accuracies_have_unknown_interval_not_zero_width():
+  # train.py logs accuracy in float32: a seed that gains 3 of 450 test
+  # points from 50 and one that gains 3 from 51 differ by 1e-8 after
+  # rounding (numpy's float32, not the project's), so the paired differences
+  # are the same 3/450 and say nothing of the spread: no interval, as for
+  # exactly equal values, never a zero-width one.
+  n_test = 450
+  base = np.float32(np.array([50, 51]) / n_test)
+  gain = np.float32(np.array([53, 54]) / n_test)
+  diff = gain.astype(np.float64) - base.astype(np.float64)
+  assert diff[0] != diff[1]  # float32 rounding, not a spread
+  chex.assert_trees_all_close(diff, np.full(2, 3 / n_test), atol=1e-7)
+  ci = stats.paired_ci(base, gain,
+                       bounds=stats.difference_range('test_accuracy'))
+  chex.assert_trees_all_close(ci.mean, 3 / n_test, atol=1e-7)
+  assert np.isnan(ci.low) and np.isnan(ci.high), ci
+  # One test point apart on one seed is a spread: an interval.
+  ci = stats.paired_ci(base, np.float32(np.array([53, 55]) / n_test),
+                       bounds=(-1.0, 1.0))
+  assert ci.low < 3 / n_test < 4 / n_test < ci.high, ci
+
+
 def test_mean_ci_clipped_to_the_metric_range():
   losses = [0.01, 0.02, 0.5]
   free = stats.mean_ci(losses)
@@ -338,9 +360,12 @@ def test_compare_recovers_known_effects():
 
 def test_compare_p_better_follows_the_metric_direction():
   # 'batch' has the lower loss: it is better, and the effect is negative.
-  res = _results({'none': 0.50, 'batch': 0.40}, metric='test_loss')
+  # (With noise: equal differences on every seed would have no interval,
+  # not the zero-width one this asserted below 0.)
+  res = _results({'none': 0.50, 'batch': 0.40}, metric='test_loss',
+                 noise=0.01)
   (e,) = res.compare('test_loss', 'norm', baseline='none')
-  chex.assert_trees_all_close(e.interval.mean, -0.1, atol=1e-9)
+  chex.assert_trees_all_close(e.interval.mean, -0.1, atol=0.02)
   assert e.interval.high < 0
   assert e.p_better > 0.5
   (worse,) = res.compare('test_loss', 'norm', baseline='batch')

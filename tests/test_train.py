@@ -416,6 +416,29 @@ def test_a_value_axis_no_member_reads_fails_before_compiling(tiny_digits,
   assert components.norms.AXIS.knobs[0].readers(('batch', 'user_norm')) == ()
 
 
+@pytest.mark.parametrize('axis, options', [
+    ('rounding', ('nearest_even', 'stochastic')),
+    ('placement', ('storage', 'gradients')),
+])
+def test_a_rounding_axis_under_float32_alone_fails_before_compiling(
+    tiny_digits, axis, options):
+  # float32 rounds nothing, so rounding modes or placements beside it alone
+  # are copies (the launcher trained 8 bit-identical members for
+  # --roundings=nearest_even,stochastic --placements=storage,activations).
+  with pytest.raises(ValueError, match=re.escape(
+      f'{axis}: no member reads it: the precision options here are float32 '
+      f'(nothing is rounded), so its options {", ".join(options)} would '
+      'train copies')):
+    engine.run(CONFIG, grid_lib.Grid(grid_lib.Choice(axis, options)),
+               tiny_digits)
+  # A precision that rounds reads it; one option is no axis of copies.
+  for grid in (grid_lib.Grid(grid_lib.Choice('precision',
+                                             ('float32', 'bfloat16')),
+                             grid_lib.Choice(axis, options)),
+               grid_lib.Grid(grid_lib.Choice(axis, options[:1]))):
+    CONFIG.for_grid(grid).check_knobs_read(grid)
+
+
 def test_an_option_or_model_redefined_under_its_name_is_a_new_program(
     monkeypatch):
   # Before, the loop was cached by the names alone: a notebook cell that
