@@ -90,7 +90,7 @@ def main(argv):
                       f'{storage.CSV}, {storage.METADATA}, convergence.png'])
 
   return cli.launch(build, describe, linear_solver.run, write, FLAGS.out,
-                    dry_run=FLAGS.dry_run)
+                    dry_run=FLAGS.dry_run, grid=False)
 
 
 if __name__ == '__main__':

@@ -84,7 +84,7 @@ def main(argv):
                       f'wrote {FLAGS.out}/: {", ".join(files)}'])
 
   return cli.launch(build, describe, run, write, FLAGS.out,
-                    dry_run=FLAGS.dry_run)
+                    dry_run=FLAGS.dry_run, grid=False)
 
 
 if __name__ == '__main__':

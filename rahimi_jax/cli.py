@@ -243,6 +243,8 @@ def set_matmul_precision(value: str, device=None) -> None:
 
 RUN_FLAGS = ('overwrite', 'logs_per_call', 'checkpoint_every_s',
              'keep_checkpoints', 'progress', 'chunk_size')  # read by launch
+# Those only a grid's run reads (``program.run_options``).
+GRID_RUN_FLAGS = RUN_FLAGS[1:]
 # Flags that change how a run goes, not its results: a run may resume with
 # others.
 EXECUTION_FLAGS = ('out', 'overwrite', 'dry_run', 'logs_per_call',
@@ -824,7 +826,7 @@ def record_flags(outcome: Any) -> None:
 
 def launch(build: Callable[[], Any], describe: Callable[[Any], str],
            run: Callable[[Any], Any], write: Callable[[Any, Any, str], str],
-           out: str, *, dry_run: bool = False) -> int:
+           out: str, *, dry_run: bool = False, grid: bool = True) -> int:
   """Builds, runs and saves one study; returns the exit code.
 
   Args:
@@ -840,6 +842,9 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
       returns the report printed after the files are in place.
     out: the results directory.
     dry_run: stop after checking the input and printing ``describe``.
+    grid: whether ``run`` trains a grid (``program``'s chunks, checkpoints
+      and progress); if not, a ``GRID_RUN_FLAGS`` flag given another value
+      than its default is bad input (nothing would read it).
 
   Returns:
     0, 1 for bad input, or ``INTERRUPTED`` after Ctrl-C (give it to
@@ -854,6 +859,14 @@ def launch(build: Callable[[], Any], describe: Callable[[Any], str],
                 'none': False}[flags.FLAGS['progress'].value],
       chunk_size=flags.FLAGS['chunk_size'].value)
   try:
+    if not grid:
+      for name in GRID_RUN_FLAGS:
+        flag = flags.FLAGS[name]
+        if flag.value != flag.default:
+          raise ValueError(
+              f'--{name}={flag.value}: this launcher trains no grid, so '
+              'nothing reads it; the grid launchers do (ablate, attribute, '
+              'batchnorm, deep_linear, rounding).')
     program.RunOptions(**options)  # checks the run flags
     if options['chunk_size'] is None:
       program.env_chunk_mode()

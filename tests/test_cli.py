@@ -209,6 +209,28 @@ def test_launch_bad_run_flags_are_one_line_before_anything(
   assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize('given', [{'checkpoint_every_s': 60.0},
+                                   {'chunk_size': '8'}, {'progress': 'bar'}])
+def test_a_launcher_without_a_grid_refuses_the_grid_run_flags(
+    tmp_path, capsys, given):
+  # random_features and linear_solver run no grid: these flags would be
+  # ignored without a word. A grid launcher takes them.
+  def build():
+    raise AssertionError('must not build')
+
+  with flagsaver.flagsaver(**given):
+    assert cli.launch(build, str, build, _write, str(tmp_path / 'out'),
+                      grid=False) == 1
+    (name, value), = given.items()
+    err = capsys.readouterr().err
+    assert err == (f'error: --{name}={value}: this launcher trains no grid, '
+                   'so nothing reads it; the grid launchers do (ablate, '
+                   'attribute, batchnorm, deep_linear, rounding).\n'), err
+    assert cli.launch(lambda: 'config', str, lambda c: _results(), _write,
+                      str(tmp_path / 'grid')) == 0
+  assert 'out' not in os.listdir(tmp_path)
+
+
 def test_launch_resumes_only_under_the_checkpointed_flags(tmp_path, capsys,
                                                           monkeypatch):
   """A checkpoint of a run with other result flags is refused before
