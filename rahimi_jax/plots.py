@@ -13,6 +13,12 @@ import numpy as np
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import results as results_lib
 
+# The top of a log axis: matplotlib's log locator overflows (OverflowError in
+# savefig) once a log axis reaches past about 1e250, and silently shows (1,
+# 10) past about 1e300; a diverging float64 run's loss gets there before it
+# turns non-finite. Values above it are drawn at the edge and counted.
+LOG_TOP = 1e200
+
 
 def save_figure(fig, path: str) -> None:
   """Saves ``fig`` to ``path`` atomically and closes it."""
@@ -66,6 +72,7 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
     groups = {f'{by}={results_lib.value_label(v)}': results.where(**{by: v})
               for v in results.metadata['axes'][by]}
   fig, ax = plt.subplots(figsize=(7, 4.5))
+  past_top, lowest = False, np.inf  # a log axis's view, when past LOG_TOP
   for label, rows in groups.items():
     diverged, non_finite = results_lib.left_out(rows.final().columns, metric)
     if diverged.any():
@@ -93,15 +100,27 @@ def curves(results: results_lib.Results, metric: str, path: str, *,
     mean, low, high = (np.asarray([getattr(i, f) for i in intervals])
                        for f in ('mean', 'low', 'high'))
     if log_y:
-      mean, low, high = 10**mean, 10**low, 10**high
+      with np.errstate(over='ignore'):  # past float64's range: inf
+        mean, low, high = 10**mean, 10**low, 10**high
+      above = (mean > LOG_TOP) | (high > LOG_TOP)
+      if above.any():
+        label += (f' ({above.sum()} steps past {LOG_TOP:.0e}: at the top '
+                  'edge)')
+      low, high = np.minimum(low, LOG_TOP), np.minimum(high, LOG_TOP)
+      past_top |= bool(above.any())
+      drawn = np.concatenate([mean, low])
+      drawn = drawn[np.isfinite(drawn) & (drawn > 0)]
+      lowest = min(lowest, drawn.min(initial=np.inf))
     line, = ax.plot(steps, mean, label=label,
                     marker='o' if len(steps) == 1 else None)
     if np.isfinite(low).any():
       ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
   if log_y:
     ax.set_yscale('log')
+    if past_top:  # matplotlib's own view would overflow or miss the lines
+      ax.set_ylim(max(min(lowest, LOG_TOP) / 2, 1e-300), LOG_TOP)
   ax.set_xlabel('step')
-  ax.set_ylabel(metric)
+  ax.set_ylabel(metric + (' (log scale)' if log_y else ''))
   ax.set_title(title or f'{metric}' + (f' by {by}, other axes averaged' if by
                                         else '') + ': ' + mean_words(log_y, level))
   ax.legend(fontsize=7, loc='best')

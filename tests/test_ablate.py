@@ -90,9 +90,10 @@ def tiny_run(launched):
 def test_shrunk_end_to_end_run(tiny_run):
   proc, out = tiny_run
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'Traceback' not in proc.stderr
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
   stdout = proc.stdout
-  assert '8 members: 2 optimizer x 2 norm x 1 init x 1 learning_rate x 2 seed' in stdout
+  assert ('8 members: 2 optimizer x 2 norm x 1 init x 1 learning_rate x 2 seed'
+          in stdout), stdout[-3000:]
   assert ("final test_accuracy: mean over seeds of each seed's mean over its "
           'members that finished, 95% interval over seeds') in stdout
   # The default, --partition=auto, keeps sgd and adam in one program (their
@@ -127,7 +128,8 @@ def test_shrunk_end_to_end_run(tiny_run):
   # Plots of the varied axes (not init, learning_rate: one value each).
   pngs = ['curves_optimizer.png', 'curves_norm.png', 'effects.png']
   assert stdout.splitlines()[-1] == (
-      f'wrote {out}/: results.csv, metadata.json, {", ".join(pngs)}')
+      f'wrote {out}/: results.csv, metadata.json, {", ".join(pngs)}'), (
+          stdout[-3000:])
   assert sorted(os.listdir(out)) == sorted(['metadata.json', 'results.csv',
                                             *pngs])
   for png in pngs:

@@ -11,6 +11,7 @@ import pytest
 
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import results as results_lib
+from rahimi_jax import stats
 from rahimi_jax.studies import batchnorm
 
 NORMS = ('none', 'batch', 'noisy_batch')
@@ -248,3 +249,15 @@ def test_launcher_end_to_end_and_bad_input(tmp_path):
   for proc, value in zip(bad, ('bogus', '0.1', '-1', 'bogus', 'seed')):
     launchers.assert_clean_error(proc, value)
   assert not any((tmp_path / f'b{i}').exists() for i in range(1, 6))
+
+
+def test_the_report_header_names_the_interval_method():
+  # The table's intervals are stats.mean_ci's (t widened for skew, at a
+  # calibrated level): the header says so, as summary_table's does.
+  res = _results({'none': 0.5, 'batch': 0.6, 'noisy_batch': 0.58},
+                 {'none': 0.1, 'batch': 0.1, 'noisy_batch': 0.5},
+                 {'none': 5.0, 'batch': 3.0, 'noisy_batch': 3.0})
+  header = batchnorm.report({'mlp': res}).splitlines()[0]
+  assert header.startswith('== mlp: final test accuracy (%)'), header
+  assert f'mean over 4 seeds [95% interval over seeds: {stats.METHOD}]' in (
+      header), header

@@ -212,3 +212,33 @@ def test_contributions_without_an_interval_draw_no_bar(saved, tmp_path):
   spans = [seg[:, 0] for c in ax.collections for seg in c.get_segments()]
   assert len(spans) == 2 and all(np.ptp(s) > 0 for s in spans), spans
   assert [t.get_text() for t in ax.texts] == ['no interval'] * 2
+
+
+def test_curves_on_a_log_axis_past_float64_ticks_save_and_say_so(
+    saved, tmp_path):
+  # A diverging float64 run's loss reaches 1e280 before it turns non-finite:
+  # matplotlib's log ticks overflowed there (OverflowError in savefig, the
+  # launcher's whole write lost). The line keeps its data, the axis stops
+  # at LOG_TOP and the legend counts the steps drawn at its edge.
+  acc = _accuracy()
+  sgd10 = acc[0, :, :, 1]  # [norm, seed]; NaN where it diverged
+  acc[0, :, :, 1] = np.where(np.isnan(sgd10), np.nan, 1e280 * np.arange(1, 4))
+  path = tmp_path / 'c.png'
+  plots.curves(_results(acc), 'test_accuracy', str(path), by='optimizer',
+               log_y=True)
+  _assert_png(path)
+  ax, = saved[0].axes
+  assert ax.get_ylim()[1] == plots.LOG_TOP and 'log scale' in ax.get_ylabel()
+  lines = {l.get_label(): l.get_ydata() for l in ax.get_lines()}
+  sgd = 'optimizer=sgd (1/6 diverged) (1 steps past 1e+200: at the top edge)'
+  assert sorted(lines) == ['optimizer=adam', sgd], sorted(lines)
+  # The geometric mean over seeds of each seed's mean over its finished
+  # members, from numpy: 1e280 is drawn as what it is, not dropped.
+  per_seed = np.nanmean(acc[0], axis=0)  # [seed, step]
+  want = 10 ** np.log10(per_seed).mean(0)
+  np.testing.assert_allclose(lines[sgd], want, rtol=1e-9)
+  assert want[1] > plots.LOG_TOP
+  # The band stops at the edge.
+  edge = ax.collections[0].get_paths()[0].vertices
+  assert np.isfinite(edge).all() and edge[:, 1].max() == plots.LOG_TOP
+  assert set(edge[edge[:, 1] == plots.LOG_TOP, 0]) == {STEPS[1]}

@@ -9,6 +9,7 @@ import launchers
 from rahimi_jax import data as data_lib
 from rahimi_jax import grid as grid_lib
 from rahimi_jax import results as results_lib
+from rahimi_jax import stats
 from rahimi_jax import storage
 from rahimi_jax.studies import rounding
 
@@ -306,3 +307,46 @@ def test_updates_rounded_away_are_averaged_up_to_a_divergence():
   assert rounding._lost_until_divergence(columns) == pytest.approx(0.15)
   columns['diverged_step'][:] = -1  # a run that finished: every log
   assert rounding._lost_until_divergence(columns) == pytest.approx(0.075)
+
+
+def _factorial_results():
+  """float32 + a 2^3 factorial of (precision, rounding, placement) cells for
+  one optimizer, 3 seeds, random final accuracies: no training."""
+  rng = np.random.default_rng(0)
+  cells = [('float32', 'nearest_even', 'storage')] + [
+      (p, r, w) for p in ('bfloat16', 'e5m2')
+      for r in ('nearest_even', 'stochastic') for w in ('storage', 'updates')]
+  names = ('member', 'optimizer', 'learning_rate', 'precision', 'rounding',
+           'placement', 'loss_scaling', 'seed', 'step', 'test_accuracy',
+           'diverged_step')
+  columns = {k: [] for k in names}
+  for p, r, w in cells:
+    for seed in range(3):
+      for step in (0, 10):
+        for k, v in zip(names, (f'{p}/{r}/{w}/{seed}', 'sgd', 0.01, p, r, w,
+                                'none', seed, step, rng.uniform(0.5, 0.9),
+                                -1)):
+          columns[k].append(v)
+  return results_lib.Results(
+      {k: np.asarray(v) for k, v in columns.items()},
+      {'axes': {'optimizer': ['sgd'], 'learning_rate': [0.01],
+                'precision': ['float32', 'bfloat16', 'e5m2'],
+                'rounding': ['nearest_even', 'stochastic'],
+                'placement': ['storage', 'updates'],
+                'loss_scaling': ['none'], 'seed': [0, 1, 2]},
+       'config': {'precisions': ['bfloat16', 'e5m2'],
+                  'roundings': ['nearest_even', 'stochastic'],
+                  'placements': ['storage', 'updates']}})
+
+
+def test_the_table_headers_name_the_interval_method():
+  # Every printed interval is stats.mean_ci's (t widened for skew, at a
+  # calibrated level): its header says so, as summary_table's does, not a
+  # bare "95% interval" a reader takes for the t-interval.
+  res = _factorial_results()
+  text = '\n'.join([rounding.table(res, rounding.cells(res)),
+                    *rounding.attribution_lines(res)])
+  headers = [l for l in text.splitlines() if '95% interval' in l]
+  assert len(headers) == 2, text  # the cells' table and the attribution's
+  for line in headers:
+    assert f'95% interval over seeds: {stats.METHOD}]' in line, line

@@ -324,7 +324,8 @@ def table(res: results_lib.Results, rows: list[dict]) -> str:
     mine = [r for r in rows if r['optimizer'] == opt]
     lines.append(
         f'{opt} (learning rate {mine[0]["learning_rate"]:g}): final '
-        f'{metric}, mean over {mine[0]["seeds"]} seeds [95% interval]; effect '
+        f'{metric}, mean over {mine[0]["seeds"]} seeds [95% interval over '
+        f'seeds: {stats.METHOD}]; effect '
         'vs float32 paired by seed; (n=k): over the k seeds that finished')
     for r in mine:
       lines.append(
@@ -629,7 +630,7 @@ def attribution_lines(res: results_lib.Results) -> list[str]:
             'with a diverged member left out')
     lines.append(f'{opt}: Shapley values of final {metric} over the 2^'
                  f'{len(names)} factorial ({levels}), mean over {over} [95% '
-                 'interval]')
+                 f'interval over seeds: {stats.METHOD}]')
     for a in names:
       lines.append(f'  {a:<30}{_fmt_ci(shapley[a], True):>32}')
     lines.append(f'  ANOVA ({attribution.ANOVA_TEXT})')
