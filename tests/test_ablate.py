@@ -127,7 +127,12 @@ def test_shrunk_end_to_end_run(tiny_run):
     assert any(r[:2] == ['norm', option] for r in rows), option
   # Plots of the varied axes (not init, learning_rate: one value each).
   pngs = ['curves_optimizer.png', 'curves_norm.png', 'effects.png']
-  assert stdout.splitlines()[-1] == (
+  lines = stdout.splitlines()
+  if re.match(r'\d+ programs? loaded from the compilation cache', lines[-1]):
+    # A small program (a seed's key) that took >= 0.1 s to compile under load
+    # is cached, and the same program on the other device loads it.
+    lines.pop()
+  assert lines[-1] == (
       f'wrote {out}/: results.csv, metadata.json, {", ".join(pngs)}'), (
           stdout[-3000:])
   assert sorted(os.listdir(out)) == sorted(['metadata.json', 'results.csv',
