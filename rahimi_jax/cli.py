@@ -779,28 +779,36 @@ def _check_resume(out: str) -> str | None:
                      'run; give another --out, or --overwrite to replace them.')
   if not os.path.isdir(checkpoint):
     return None
+  file = os.path.join(checkpoint, 'flags.json')
   try:
-    with open(os.path.join(checkpoint, 'flags.json')) as f:
+    with open(file) as f:
       saved = json.load(f)
   except FileNotFoundError:  # not written yet (another process's run)
     return None
-  except (OSError, ValueError):
-    saved = None
+  except (OSError, ValueError) as e:
+    saved = e
+  if not isinstance(saved, dict):  # no flags to re-run with: none resumes
+    why = (str(saved).splitlines() or [''])[0] if isinstance(
+        saved, Exception) else f'not a JSON object: {saved!r:.40}'
+    raise ValueError(
+        f'out: {out} holds the checkpoint of an unfinished run whose flags '
+        f'cannot be read ({file}: {why}); --overwrite to start afresh, or '
+        'give another --out.')
   now = json.loads(json.dumps(run_flags(), default=str))
   if saved != now:
-    differ = sorted(n for n in set(saved or {}) | set(now)
-                    if (saved or {}).get(n) != now.get(n))
+    differ = sorted(n for n in set(saved) | set(now)
+                    if saved.get(n) != now.get(n))
 
     def typed(value):  # as typed on the command line
       if value is None:
         return '(not given)'
       return ','.join(map(str, value)) if isinstance(value, list) else value
 
-    raise ValueError(
+    raise ValueError(  # every one: re-run with some, it is refused again
         f'out: {out} holds the checkpoint of an unfinished run with other '
         'flags (' + ', '.join(
-            f'--{n}={typed((saved or {}).get(n))}, not {typed(now.get(n))}'
-            for n in differ[:3]) +
+            f'--{n}={typed(saved.get(n))}, not {typed(now.get(n))}'
+            for n in differ) +
         '); re-run with those to resume, or --overwrite to start afresh.')
   return f'resuming the unfinished run checkpointed in {checkpoint}'
 

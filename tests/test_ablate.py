@@ -41,6 +41,10 @@ BAD_INPUTS = {
     'partition_not_a_choice': (['--partition=seed'], "partition: 'seed'"),
     'negative_noise_variance': (['--norms=none,noisy_batch',
                                  '--noise_shift_var=-1'], "noise_shift_var: '-1'"),
+    'zero_memory_budget': (['--memory_budget_mb=0'],
+                           'memory_budget_mb must be finite and > 0; got 0.0'),
+    'switch_not_a_choice': (['--switch=seed'], "switch: 'seed' is not a "
+                            'switchable choice axis'),
 }
 
 
@@ -80,6 +84,17 @@ def test_bad_input_fails_early_and_writes_nothing(bad_runs, name):
   _assert_clean_error(proc, BAD_INPUTS[name][1])
   assert not (directory / 'out').exists()
   assert os.listdir(directory) == []
+
+
+def test_hidden_none_is_a_linear_model(tmp_path):
+  """--hidden=none, as its help says (no hidden layer), not a bad width."""
+  proc = launchers.launch('experiments.ablate', '--hidden=none', '--seeds=1',
+                          '--optimizers=sgd', '--norms=none',
+                          '--inits=lecun_normal', '--dry_run',
+                          f'--out={tmp_path / "out"}')
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.splitlines()[0] == ('1 members: 1 optimizer x 1 norm x '
+                                         '1 init x 1 learning_rate x 1 seed')
 
 
 @pytest.fixture(scope='module')

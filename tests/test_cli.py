@@ -1,8 +1,10 @@
 """Tests of rahimi_jax.cli: list parsing, errors, Ctrl-C and staged output."""
 
+import hashlib
 import json
 import os
 import re
+import sys
 import types
 
 from absl import flags
@@ -118,6 +120,11 @@ def test_matmul_precisions_where_each_exists():
   assert cli.matmul_precisions(device('gpu', '9.0')) == (
       'float32', 'tensorfloat32', 'default')
   assert cli.matmul_precisions(device('gpu', '7.5')) == ('float32', 'default')
+  # TF32 tensor cores came with Ampere, compute capability 8.0 (the A100's;
+  # 8.6, 8.9: consumer Ampere, Ada): NVIDIA's CUDA C++ Programming Guide.
+  for ampere_on in ('8.0', '8.6', '8.9'):
+    assert cli.matmul_precisions(device('gpu', ampere_on)) == (
+        'float32', 'tensorfloat32', 'default'), ampere_on
   assert cli.matmul_precisions(device('tpu')) == ('float32', 'bfloat16',
                                                   'default')
   with pytest.raises(ValueError, match=r"'bfloat16' does not exist on gpu .*"
@@ -364,3 +371,161 @@ def test_record_flags_reaches_every_results_of_an_outcome(monkeypatch):
   assert a.metadata['flags'] == b.metadata['flags'] == {'steps': 3}
   assert a.metadata['config_file'] == b.metadata['config_file'] == (
       '/configs/run.py')
+
+
+def _launcher(monkeypatch, *argv) -> flags.FlagValues:
+  """A small launcher's flags, parsed from ``argv``: this module's key
+  flags, which ``run_flags`` and ``record_flags`` read as ``__main__``'s."""
+  fv = flags.FlagValues()
+  flags.DEFINE_integer('steps', 60, 'Steps.', flag_values=fv)
+  flags.DEFINE_string('out', '/tmp/unused', 'Output.', flag_values=fv)
+  flags.DEFINE_float('memory_budget_mb', None, 'Budget.', flag_values=fv)
+  cli.define_precision_flag(fv)
+  cli.define_config_flag(fv)
+  argv = ['launcher', *argv]
+  monkeypatch.setattr(sys, 'argv', argv)  # ml_collections reads overrides
+  fv(argv)
+  monkeypatch.setitem(sys.modules, '__main__', sys.modules[__name__])
+  key_flags, config_file = cli.key_flags, cli.config_file
+  monkeypatch.setattr(cli, 'key_flags',
+                      lambda name, flag_values=fv: key_flags(name, flag_values))
+  monkeypatch.setattr(cli, 'config_file', lambda flag_values=fv: config_file(
+      flag_values))
+  return fv
+
+
+def test_a_checkpoint_resumes_only_under_the_flags_of_its_results(
+    monkeypatch, tmp_path, capsys):
+  """The flags a checkpoint is saved with (run_flags): the launcher's key
+  flags but those that change how a run goes, not its results."""
+  fv = _launcher(monkeypatch, '--out=/tmp/first')
+  out = tmp_path / 'out'
+
+  def interrupted(config):
+    raise KeyboardInterrupt
+
+  assert cli.launch(lambda: 'config', str, interrupted, _write,
+                    str(out)) == cli.INTERRUPTED
+  capsys.readouterr()
+  saved = out / storage.CHECKPOINT / 'flags.json'
+  assert json.loads(saved.read_text()) == {'matmul_precision': 'float32',
+                                           'steps': 60}
+  # Another --out or --memory_budget_mb computes the same results.
+  fv.out, fv.memory_budget_mb = '/tmp/second', 1.0
+  assert cli._check_resume(str(out)).startswith('resuming')  # pylint: disable=protected-access
+  # Other products (TF32, bfloat16 passes) are other results.
+  fv.matmul_precision = 'default'
+  with pytest.raises(ValueError, match=re.escape(
+      '(--matmul_precision=float32, not default)')):
+    cli._check_resume(str(out))  # pylint: disable=protected-access
+  fv.matmul_precision = 'float32'
+  # Unreadable: not a licence to resume, nor a run whose flags were not
+  # given ("re-run with those to resume": no command would).
+  for text in ('{"steps": 6', '[60]'):
+    saved.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(
+        f'{out} holds the checkpoint of an unfinished run whose flags cannot '
+        f'be read ({saved}: ')) as e:
+      cli._check_resume(str(out))  # pylint: disable=protected-access
+    assert 'not given' not in str(e.value) and '--overwrite' in str(e.value)
+
+
+def test_a_refused_resume_names_every_flag_that_differs(tmp_path,
+                                                        monkeypatch):
+  # It named the first three only: re-run "with those", the command was
+  # refused again, for a flag it had not been told of.
+  out = tmp_path / 'out'
+  (out / storage.CHECKPOINT).mkdir(parents=True)
+  saved = {'a': 1, 'b': 1, 'c': 1, 'd': 1, 'e': 1, 'steps': 60}
+  (out / storage.CHECKPOINT / 'flags.json').write_text(json.dumps(saved))
+  monkeypatch.setattr(cli, 'run_flags', lambda: saved | {
+      'a': 2, 'b': 2, 'c': 2, 'd': 2, 'e': 2})
+  with pytest.raises(ValueError, match=re.escape(
+      '(--a=1, not 2, --b=1, not 2, --c=1, not 2, --d=1, not 2, --e=1, '
+      'not 2); re-run with those to resume')):
+    cli._check_resume(str(out))  # pylint: disable=protected-access
+
+
+def test_launch_interrupted_keeps_its_checkpoint_and_records_the_flags(
+    monkeypatch, tmp_path, capsys):
+  _launcher(monkeypatch, '--steps=7')
+  out = tmp_path / 'out'
+
+  def run(config):
+    (out / storage.CHECKPOINT / 'run0').mkdir()  # what the grid had saved
+    raise program.Interrupted(_results(1), 1, 3)
+
+  assert cli.launch(lambda: 'config', str, run, _write,
+                    str(out)) == cli.INTERRUPTED
+  assert ('(the same command resumes from its checkpoint in '
+          f'{out}/{storage.CHECKPOINT})') in capsys.readouterr().err
+  # As that line says: the checkpoint beside the finished members.
+  assert sorted(os.listdir(out / storage.CHECKPOINT)) == ['flags.json', 'run0']
+  assert cli._check_resume(str(out)).startswith('resuming')  # pylint: disable=protected-access
+  # --config=DIR re-runs it: its flags, as a finished run's.
+  assert storage.load(str(out)).metadata['flags'] == {
+      'steps': 7, 'out': '/tmp/unused', 'memory_budget_mb': None,
+      'matmul_precision': 'float32'}
+
+
+def test_record_flags_records_the_config_file_as_it_was_run(monkeypatch,
+                                                            tmp_path):
+  config = tmp_path / 'run.py'
+  config.write_text('from ml_collections import config_dict\n\n\n'
+                    'def get_config():\n'
+                    '  return config_dict.ConfigDict({"steps": 5})\n')
+  want = hashlib.sha256(config.read_bytes()).hexdigest()
+  fv = _launcher(monkeypatch, f'--config={config}')
+  monkeypatch.setattr(flags, 'FLAGS', fv)
+  config.write_text(config.read_text() + '# edited during the run\n')
+  res = _results(1)
+  cli.record_flags(res)
+  assert res.metadata['config_file'] == str(config)
+  assert res.metadata['config_file_sha256'] == want  # not the edited file's
+
+
+@pytest.mark.parametrize('progress, shown', [('bar', True), ('none', False),
+                                             ('auto', None)])
+def test_launch_runs_with_the_progress_flag(tmp_path, progress, shown):
+  seen = []
+
+  def run(config):
+    seen.append(program.current_options().progress)
+    return _results(1)
+
+  with flagsaver.flagsaver(progress=progress):
+    assert cli.launch(lambda: 'config', str, run, _write,
+                      str(tmp_path / 'out')) == 0
+  assert seen == [shown]
+
+
+def test_launch_records_the_flags_with_the_results(monkeypatch, tmp_path):
+  _launcher(monkeypatch, '--steps=7', '--matmul_precision=default')
+  out = str(tmp_path / 'out')
+  assert cli.launch(lambda: 'config', str, lambda c: _results(1), _write,
+                    out) == 0
+  assert storage.load(out).metadata['flags'] == {
+      'steps': 7, 'out': '/tmp/unused', 'memory_budget_mb': None,
+      'matmul_precision': 'default'}
+
+
+def test_a_checkpoint_a_killed_save_left_is_checked_before_it_resumes(
+    monkeypatch, tmp_path, capsys):
+  # Killed between a save's two renames: --out is gone, its contents (the
+  # checkpoint of a run with --steps=5) in the save's staging folder. The
+  # first check saw no checkpoint; the one after recovering it must refuse.
+  checkpoint = tmp_path / '.out.old-killed' / 'out' / storage.CHECKPOINT
+  checkpoint.mkdir(parents=True)
+  (checkpoint / 'flags.json').write_text(json.dumps(
+      {'matmul_precision': 'float32', 'steps': 5}))
+  _launcher(monkeypatch, '--steps=60')
+
+  def run(config):
+    raise AssertionError('must not run')
+
+  assert cli.launch(lambda: 'config', str, run, _write,
+                    str(tmp_path / 'out')) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and '(--steps=5, not 60)' in err, err
+  assert json.loads((tmp_path / 'out' / storage.CHECKPOINT /
+                     'flags.json').read_text())['steps'] == 5  # kept

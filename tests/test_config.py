@@ -171,6 +171,67 @@ def test_results_directory_round_trips(monkeypatch, tmp_path):
       'bandwidth': 0.25, 'optimizers': ['adam'], 'out': '/tmp/second'})
 
 
+def test_a_rerun_does_not_overwrite_because_the_run_did(monkeypatch, tmp_path):
+  """A run given --overwrite records it (a launcher's key flag, like every
+  run flag); a re-run from its results must not replace what its --out
+  holds without being told (nor dry-run because the run was a dry run)."""
+  fv = flags.FlagValues()
+  flags.DEFINE_integer('steps', 500, 'Steps.', flag_values=fv)
+  flags.DEFINE_bool('overwrite', False, 'Replace.', flag_values=fv)
+  flags.DEFINE_bool('dry_run', False, 'Dry run.', flag_values=fv)
+  cli.define_config_flag(fv)
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'metadata.json').write_text(json.dumps({'flags': {
+      'steps': 3, 'overwrite': True, 'dry_run': True}}))
+  argv = ['launcher', f'--config={run}']
+  monkeypatch.setattr(sys, 'argv', argv)
+  fv(argv)
+  assert cli.apply_config(__name__, fv) == {'steps': 3}
+  assert (fv.steps, fv.overwrite, fv.dry_run) == (3, False, False)
+
+
+def test_a_config_value_a_flag_validator_refuses_is_one_line(monkeypatch,
+                                                             tmp_path):
+  # As --chunk_size=0 from a config: absl's validator raised through start
+  # (a traceback, not one error line).
+  path = _config_file(tmp_path, steps=0)
+  fv = _parse(monkeypatch, f'--config={path}')
+  flags.register_validator('steps', lambda v: v >= 1, message='steps >= 1',
+                           flag_values=fv)
+  with pytest.raises(ValueError, match=r'^config\.steps: flag --steps=0: '
+                     r'steps >= 1$'):
+    cli.apply_config(__name__, fv)
+
+
+def test_a_relative_config_file_is_recorded_by_its_absolute_path(
+    monkeypatch, tmp_path):
+  # The re-run from the results runs it again, from any directory.
+  monkeypatch.chdir(tmp_path)
+  name = pathlib.Path(_config_file(tmp_path, steps=3)).name
+  for arg, want in ((name, tmp_path / name),
+                    (f'./{name}', tmp_path / name)):
+    fv = _parse(monkeypatch, f'--config={arg}')
+    assert cli.config_file(fv) == str(want)
+
+
+def test_a_rerun_says_its_config_file_changed_only_when_it_did(
+    monkeypatch, tmp_path, capsys):
+  path = pathlib.Path(_config_file(tmp_path, steps=3))
+  run = tmp_path / 'run'
+  run.mkdir()
+  for recorded, changed in (
+      ({}, False),  # no sha256 recorded (a re-run of a re-run without it)
+      ({'config_file_sha256': cli._sha256(str(path))}, False),  # pylint: disable=protected-access
+      ({'config_file_sha256': '0' * 64}, True)):
+    (run / 'metadata.json').write_text(json.dumps({
+        'flags': {'steps': 3}, 'config_file': str(path), **recorded}))
+    _parse(monkeypatch, f'--config={run}')
+    said = capsys.readouterr().err
+    assert f'config: running {path}' in said, said
+    assert ('it changed since that run' in said) == changed, (recorded, said)
+
+
 def test_matmul_precision_round_trips_like_the_other_flags(monkeypatch,
                                                           tmp_path):
   """--matmul_precision: a config field, recorded and re-run from a results
@@ -275,6 +336,8 @@ def test_every_launcher_takes_a_config(tmp_path):
     assert 'dry run: ' in good['stdout'], name
     assert good['flags']['out'] == str(tmp_path / name), name
     assert good['flags']['matmul_precision'] == 'float32', name  # recorded
+    # And the run flags (--chunk_size, --progress, ...): config fields too.
+    assert set(cli.RUN_FLAGS) <= set(good['flags']), name
     assert bad['code'] == 1 and bad['stdout'] == '', name
     errors = bad['stderr'].splitlines()
     assert len(errors) == 1 and errors[0].startswith(
