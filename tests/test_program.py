@@ -580,6 +580,41 @@ def test_a_checkpoint_of_other_code_is_not_resumed(tiny_digits, tmp_path,
     checkpoints.plan(after)
 
 
+def test_a_checkpoint_of_other_data_is_not_resumed(tiny_digits, tmp_path):
+  """Data of the same shapes and one other value is another run: resumed, its
+  members would train on two datasets."""
+  before = program._fingerprint(_train(), GRID, tiny_digits)  # pylint: disable=protected-access
+  x_train = np.array(tiny_digits.x_train)
+  x_train[0, 0] += 1.0
+  other = tiny_digits.replace(x_train=x_train)
+  after = program._fingerprint(_train(), GRID, other)  # pylint: disable=protected-access
+  assert [k for k in after if after[k] != before[k]] == ['data']
+  checkpoints = program._Checkpoints(str(tmp_path), keep=1)  # pylint: disable=protected-access
+  checkpoints.write_plan({'fingerprint': before})
+  with pytest.raises(program.CheckpointMismatch, match=r'\(its data differs\)'):
+    checkpoints.plan(after)
+
+
+def test_no_chunk_mixes_two_groups():
+  """Groups of 3 and 3 in chunks of 2: each group's last chunk holds its
+  third member alone (padded), not the next group's first too; every member's
+  output is its own learning rate, once."""
+  rates = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+  grid = grid_lib.Grid(grid_lib.Values('learning_rate', rates))
+
+  def fn(knobs, data):
+    del data
+    return {'step': jnp.zeros((1,), jnp.int32),
+            'lr': knobs['learning_rate'][None]}
+
+  res = program.execute(fn, grid, {'x': np.zeros(3, np.float32)},
+                        chunk_size=2, groups=[3, 3])
+  assert res.metadata['engine']['chunks'] == 4  # 2 per group
+  chex.assert_trees_all_equal(res.columns['member'],
+                              np.asarray([m.name for m in grid.members]))
+  chex.assert_trees_all_equal(res.columns['lr'], np.asarray(rates, np.float32))
+
+
 def test_a_plan_differing_by_a_key_either_side_is_another_runs(tmp_path):
   """A checkpoint of a run in several groups (its plan has ``groups``) is
   not resumed by a run without them, nor the other way round."""
@@ -628,6 +663,30 @@ def test_a_checkpoint_is_not_resumed_into_other_members_or_chunks(tmp_path):
   chex.assert_trees_all_equal(again.columns['lr'], done.columns['lr'])
   chex.assert_trees_all_close(again.columns['lr'],  # each member's own
                               done.columns['learning_rate'].astype(np.float32))
+
+
+def test_a_run_capped_by_member_batch_size_resumes_under_the_same_cap(
+    tmp_path):
+  """The plan records the chunks that ran (1 member, the cap), not the width
+  chosen before the cap (3): the same command resumes."""
+  grid = grid_lib.Grid(grid_lib.Values('learning_rate', (0.1, 0.2, 0.3)))
+
+  def fn(knobs, data):
+    del data
+    return {'step': jnp.zeros((1,), jnp.int32),
+            'lr': knobs['learning_rate'][None]}
+
+  def execute():
+    with program.run_options(checkpoint_dir=str(tmp_path), progress=False):
+      return program.execute(fn, grid, {'x': np.zeros(3, np.float32)},
+                             chunk_size=3, member_batch_size=1)
+
+  done = execute()
+  assert done.metadata['engine']['chunks'] == 3
+  again = execute()
+  assert again.metadata['engine']['chunk_choice']['source'] == 'checkpoint'
+  chex.assert_trees_all_equal(again.columns['lr'],
+                              np.asarray((0.1, 0.2, 0.3), np.float32))
 
 
 def test_a_checkpoint_of_edited_user_code_is_not_resumed(tiny_digits, tmp_path,

@@ -197,6 +197,19 @@ def test_save_refuses_a_directory_of_other_files(res, tmp_path):
   with pytest.raises(ValueError, match='not rahimi_jax results'):
     storage.save(res, str(tmp_path))
   assert (tmp_path / storage.CHECKPOINT / 'model.ckpt').read_text() == 'weights'
+  # Only a run's own ``run<k>`` folders: the user's ``runs.md`` there is not.
+  (tmp_path / storage.CHECKPOINT / 'model.ckpt').unlink()
+  (tmp_path / storage.CHECKPOINT / 'runs.md').write_text('my runs')
+  with pytest.raises(ValueError, match='not rahimi_jax results'):
+    storage.save(res, str(tmp_path))
+  assert (tmp_path / storage.CHECKPOINT / 'runs.md').read_text() == 'my runs'
+  # Another tool's metadata.json is not a save's (no csv_sha256).
+  (tmp_path / storage.CHECKPOINT / 'runs.md').unlink()
+  (tmp_path / storage.CHECKPOINT).rmdir()
+  (tmp_path / storage.METADATA).write_text('{"author": "me"}')
+  with pytest.raises(ValueError, match='not rahimi_jax results'):
+    storage.save(res, str(tmp_path))
+  assert (tmp_path / storage.METADATA).read_text() == '{"author": "me"}'
 
 
 def test_save_refuses_entries_no_save_wrote_beside_results(res, tmp_path):
@@ -259,16 +272,18 @@ def test_metadata_is_strict_json_and_warns_of_a_newer_unfinished_run(
     storage.load(str(tmp_path))
 
 
-def test_write_text_failure_leaves_no_temp_file(tmp_path, monkeypatch):
+# A failed write, and a Ctrl-C (KeyboardInterrupt, not an Exception) in it.
+@pytest.mark.parametrize('error', [OSError, KeyboardInterrupt])
+def test_write_text_failure_leaves_no_temp_file(tmp_path, monkeypatch, error):
   path = tmp_path / 'records.json'
   path.write_text('old')
 
   def fsync(fd):
     del fd
-    raise OSError('io error (simulated)')
+    raise error('io error (simulated)')
 
   monkeypatch.setattr(storage.os, 'fsync', fsync)
-  with pytest.raises(OSError, match='simulated'):
+  with pytest.raises(error, match='simulated'):
     storage.write_text(str(path), 'new')
   assert os.listdir(tmp_path) == ['records.json']
   assert path.read_text() == 'old'
@@ -370,6 +385,35 @@ def test_a_save_killed_midway_is_recovered(res, tmp_path, monkeypatch,
   with pytest.warns(UserWarning, match='unfinished'):  # not marked interrupted
     assert len(storage.load(str(out))) == len(want)
   assert not storage.recover(str(out))  # nothing left to do
+
+
+def test_previous_results_come_back_into_an_empty_directory(res, tmp_path,
+                                                            monkeypatch):
+  """Killed between the two renames of a system without an atomic swap, then
+  ``out`` made again, empty (a user's ``mkdir``), before the next start:
+  ``recover`` moves the previous results into it, not away with the
+  staging folders it removes."""
+  out = tmp_path / 'out'
+  storage.save(res, str(out))
+  before = _snapshot(out)
+  replace = os.replace
+
+  def dying(src, dst):
+    if '.new-' in str(src) and str(dst) == str(out):
+      raise _Killed
+    replace(src, dst)
+
+  with monkeypatch.context() as m:
+    m.setattr(storage, '_exchange', lambda a, b: False)
+    m.setattr(storage.shutil, 'rmtree', lambda *a, **k: None)  # nothing runs
+    m.setattr(storage.os, 'replace', dying)
+    with pytest.raises(_Killed):
+      storage.save(res.where(optimizer='adam'), str(out))
+  assert not out.exists()
+  out.mkdir()
+  assert storage.recover(str(out))
+  assert _snapshot(out) == before
+  assert os.listdir(tmp_path) == ['out']  # no staging folder left
 
 
 def test_a_symbolic_link_out_is_refused_and_named(res, tmp_path):

@@ -635,6 +635,12 @@ def test_switching_needs_a_switchable_axis_and_one_option_per_call(
   assert engine.auto_switch(grid, costly) == ('norm',)
   assert engine.auto_switch(grid, cheap) == ()
   assert engine.auto_switch(solo, costly) == ()
+  # 'auto' partitions an axis whose relaxed step does at least
+  # AUTO_PARTITION_RATIO times its members' own matmuls.
+  for matmul, want in ((engine.AUTO_PARTITION_RATIO, ('norm',)),
+                       (engine.AUTO_PARTITION_RATIO - 0.01, ())):
+    assert engine.auto_partition({'norm': engine.CostRatio(matmul, 1.0)}
+                                 ) == want, matmul
   with mock.patch.object(jax, 'default_backend', return_value='gpu'):
     assert engine.auto_switch(grid, costly) == ()  # one wide relaxed vmap
 
@@ -766,6 +772,45 @@ def test_ctrl_c_checkpoints_the_chunks_that_had_finished(tiny_digits,
   plain = run(str(tmp_path / 'b'))
   assert plain.metadata['engine']['resumed_passes'] == [0] * 4
   chex.assert_trees_all_equal(resumed.columns, plain.columns)
+  # The finished member's rows, under its own name: the uninterrupted run's.
+  first = plain.where(member=grid.members[0].name)
+  chex.assert_trees_all_equal(e.value.results.columns, first.columns)
+
+
+def test_a_chunk_resumed_midway_goes_on_to_the_uninterrupted_bits(
+    tiny_digits, tmp_path, monkeypatch):
+  """Checkpointed after each call of one pass, Ctrl-C in the second call:
+  the resume goes on from the first pass's state (the other resumes here
+  restart finished chunks, whose last pass only logs) to the uninterrupted
+  run's bits, and its checkpoint then records the run's 4 passes (logs at
+  steps 0, 10, 20 and 30), not the passes its call was allowed."""
+  grid = grid_lib.Grid(grid_lib.Choice('norm', ('none',)), grid_lib.Seeds(1))
+  waits, wait = [], program.wait
+
+  def pressed_in_the_second_call(outputs, fetch=True):
+    if not fetch:
+      waits.append(fetch)
+      if len(waits) == 2:
+        raise KeyboardInterrupt
+    return wait(outputs, fetch)
+
+  def run(directory, **options):
+    with program.run_options(checkpoint_dir=directory, progress=False,
+                             chunk_size=1, **options):
+      return engine.run(CONFIG, grid, tiny_digits, switch=())
+
+  with monkeypatch.context() as m:
+    m.setattr(program, 'wait', pressed_in_the_second_call)
+    with pytest.raises(program.Interrupted) as e:
+      run(str(tmp_path / 'a'), logs_per_call=1, checkpoint_every_s=0)
+  assert e.value.finished == 0
+  resumed = run(str(tmp_path / 'a'), logs_per_call=100, checkpoint_every_s=0)
+  assert resumed.metadata['engine']['resumed_passes'] == [1]
+  plain = run(str(tmp_path / 'b'))
+  chex.assert_trees_all_equal(resumed.columns, plain.columns)
+  again = run(str(tmp_path / 'a'))
+  assert again.metadata['engine']['resumed_passes'] == [4]
+  chex.assert_trees_all_equal(again.columns, plain.columns)
 
 
 def test_a_periodic_save_takes_the_chunks_finished_since_the_last(

@@ -363,6 +363,29 @@ def test_a_concurrent_runs_cache_entry_is_merged_not_lost(tmp_path,
   assert (again.width, again.source) == (4, 'cached'), again
 
 
+def test_a_cache_write_waits_for_another_processs_write(tmp_path,
+                                                        monkeypatch):
+  """Another process updating the cache holds its lock: an update here waits,
+  then merges that write, rather than replacing it with the entries it read
+  before (a tuned width lost)."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('RAHIMI_JAX_CACHE', str(tmp_path))
+  path = tuning.cache_path()
+  with open(path + '.lock', 'a') as lock:  # another open file: as a process
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    update = threading.Thread(target=tuning._update_cache, args=(  # pylint: disable=protected-access
+        'short', lambda entry: {**entry, 'width': 2}))
+    update.start()
+    update.join(0.3)
+    assert update.is_alive()  # waiting for the lock
+    with open(path, 'w') as f:  # the other process's write
+      json.dump({'long': {'width': 4}}, f)
+  update.join(5)
+  with open(path) as f:
+    assert json.load(f) == {'long': {'width': 4}, 'short': {'width': 2}}
+
+
 @pytest.mark.parametrize('entry', [
     [], {'width': None}, {'width': 0}, {'us_per_member_step': {'8': 1.0}},
     {'us_per_member_step': {'eight': 1.0}, 'probe_s': 1.0},
