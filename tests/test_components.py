@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from scipy import stats as scipy_stats
 
 from rahimi_jax import components
 from rahimi_jax.components import optimizers
@@ -367,6 +368,31 @@ class InitTest(chex.TestCase):
     refs = _np(_plain_inits_jit(key, (5, 4), jnp.float32))
     np.testing.assert_allclose(mixed, 0.3 * refs[a] + 0.7 * refs[b],
                                rtol=1e-5, atol=1e-6)
+
+
+  def test_draws_are_the_published_distributions(self):
+    """Each option's draw against scipy, on a conv kernel ``[window, in,
+    out]`` whose fans count the window (fan_in = 3 * 40, fan_out = 3 * 160):
+    lecun/he/glorot normal are normals of variance 1/fan_in, 2/fan_in and
+    2/(fan_in + fan_out), truncated at two standard deviations of the normal
+    before its rescaling (as ``jax.nn.initializers`` documents them);
+    gaussian is N(0, 1) (orthogonal: tests/test_linalg.py). A
+    Kolmogorov-Smirnov distance of 0.012 over 57600 draws refuses a fan off
+    by any factor (distance >= 0.09), the untruncated normal (0.022) and the
+    uniform of the same variance (0.045)."""
+    shape, fan_in, fan_out = (3, 40, 160), 120, 480
+    truncated_std = scipy_stats.truncnorm(-2, 2).std()  # 0.8796
+    variance = {'lecun_normal': 1 / fan_in, 'he_normal': 2 / fan_in,
+                'glorot_normal': 2 / (fan_in + fan_out)}
+    want = {n: scipy_stats.truncnorm(-2, 2, scale=np.sqrt(v) / truncated_std)
+            for n, v in variance.items()} | {'gaussian': scipy_stats.norm()}
+    self.assertEqual(set(want) | {'orthogonal'}, set(INIT_NAMES))
+    draws = _np(jax.jit(lambda key: {n: components.INITS[n](
+        key, shape, jnp.float32) for n in want})(jax.random.key(7)))
+    for name, dist in want.items():
+      chex.assert_shape(draws[name], shape)
+      distance = scipy_stats.kstest(draws[name].ravel(), dist.cdf).statistic
+      self.assertLess(distance, 0.012, name)
 
 
 class ActivationTest(chex.TestCase):

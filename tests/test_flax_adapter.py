@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import rahimi_jax as rj
+from rahimi_jax import components
 from rahimi_jax import models
 from rahimi_jax.models import flax_adapter
 
@@ -150,3 +151,30 @@ def test_a_module_instance_behind_a_factory_keeps_its_program(monkeypatch):
   config = rj.TrainConfig(model='test_instance_net', steps=4, log_every=4)
   loop = train_lib.make_loop(config)  # builds the model: uses the module
   assert train_lib.make_loop(config) is loop
+
+
+class DropoutNet(nn.Module):
+  """A module that takes ``deterministic`` (flax's convention), not ``train``."""
+
+  @nn.compact
+  def __call__(self, x, deterministic):
+    return nn.Dense(3)(nn.Dropout(0.5, deterministic=deterministic)(x))
+
+
+def test_deterministic_is_not_train():
+  """``deterministic=not train``: the model's training apply drops inputs as
+  flax's own ``apply(..., deterministic=False)`` with the same stream key,
+  and its evaluation is flax's deterministic apply (no dropout)."""
+  model = models.from_flax(DropoutNet())
+  params, state = model.init(jax.random.key(0), 8, 3, KNOBS)
+  x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+  key = jax.random.key(1)
+  variables = {'params': params}
+  y_eval, _ = model.apply(params, state, x, KNOBS, False, key)
+  chex.assert_trees_all_close(y_eval, DropoutNet().apply(
+      variables, x, deterministic=True), rtol=1e-6)
+  y_train, _ = model.apply(params, state, x, KNOBS, True, key)
+  chex.assert_trees_all_close(y_train, DropoutNet().apply(
+      variables, x, deterministic=False,
+      rngs={'dropout': components.component_key(key, 'dropout')}), rtol=1e-6)
+  assert not np.allclose(y_train, y_eval)

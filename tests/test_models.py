@@ -183,6 +183,19 @@ class ModelTest(parameterized.TestCase):
     # Layers draw from different keys.
     self.assertFalse(np.allclose(np.ravel(mats_a[0])[:6], np.ravel(mats_a[1])[:6]))
 
+  @parameterized.parameters(MODEL_NAMES)
+  def test_layers_of_one_shape_draw_independent_weights(self, name):
+    """Hidden layers of one shape (8 -> 8 twice) draw from their own keys:
+    their weights are uncorrelated (|r| < 0.45, 3.5 standard errors of r
+    over >= 64 pairs; one key for both gives r = 1)."""
+    model = models.get_model(name)((8, 8, 8), PLAIN)
+    params, _ = jax.jit(model.init, static_argnums=(1, 2))(
+        jax.random.key(0), 8, OUT_DIM, _knobs(PLAIN))
+    second, third = _weight_matrices(_np(params))[1:3]
+    chex.assert_equal_shape((second, third))
+    self.assertLess(abs(np.corrcoef(second.ravel(), third.ravel())[0, 1]),
+                    0.45)
+
   @parameterized.named_parameters(
       *[v for name in MODEL_NAMES for v in _vertices(name)])
   def test_vertex_of_relaxed_model_is_exactly_the_plain_model(
@@ -208,6 +221,29 @@ class ModelTest(parameterized.TestCase):
       chex.assert_trees_all_close(y_r, y_a, rtol=1e-6, atol=1e-6)
     else:
       chex.assert_trees_all_equal(y_r, y_a)
+
+  @parameterized.parameters(MODEL_NAMES)
+  def test_lecun_normal_weights_have_variance_one_over_fan_in(self, name):
+    """At ``init_scale`` 1 every weight matrix and kernel drawn by
+    lecun_normal has variance 1/fan_in, fan_in the inputs one output unit
+    reads (LeCun et al. 1998): the layer's input width; the window times the
+    input channels for a conv kernel; the flattened map for the CNN's readout
+    (40 -> 19 -> 10 positions of 16 channels); the MLP's readout, stored
+    [out, in], reads its 128 hidden units. 5 standard errors of each
+    variance (>= 640 draws: < 0.3) refuse a fan off by 2x or more."""
+    options = PLAIN | {'init': ('lecun_normal',)}
+    model = models.get_model(name)((128,) if name != 'cnn' else (128, 16),
+                                   options)
+    params, _ = jax.jit(model.init, static_argnums=(1, 2))(
+        jax.random.key(0), 64 if name != 'cnn' else 40, 16, _knobs(options))
+    fan_in = {'mlp': [64, 128], 'deep_linear': [64, 128],
+              'cnn': [5 * 1, 3 * 128, 10 * 16]}[name]
+    mats = _weight_matrices(_np(params))
+    self.assertLen(mats, len(fan_in))
+    for w, fan in zip(mats, fan_in):
+      self.assertGreaterEqual(w.size, 640)
+      np.testing.assert_allclose(np.mean(w**2) * fan, 1.0,
+                                 rtol=5 * np.sqrt(2 / w.size))
 
   def test_unknown_model(self):
     with self.assertRaisesRegex(ValueError, r"'resnet'.*deep_linear.*mlp"):
@@ -411,6 +447,26 @@ class CnnTest(parameterized.TestCase):
         jax.vmap(lambda p: flax_conv.apply(p, x))(params), rtol=1e-5,
         atol=1e-5)
 
+  def test_hidden_25_25_25_is_mnist1ds_convbase(self):
+    """On MNIST-1D's length-40 sequences, hidden (25, 25, 25) is ConvBase
+    (Greydanus 2020, notebooks/models.py): ``Conv1d`` kernels 5, 3, 3 of
+    stride 2 and padding 1 (40 -> 19 -> 10 -> 5 positions), a linear readout
+    of the 25 * 5 = 125 flattened features, 5210 parameters (the count its
+    constructor prints), and 5 output positions of the last conv layer."""
+    model = models.get_model('cnn')((25, 25, 25), PLAIN)
+    params, state = jax.eval_shape(functools.partial(
+        model.init, in_dim=40, out_dim=10, knobs=_knobs(PLAIN)),
+                                   jax.random.key(0))
+    self.assertEqual([w.shape for w in _weight_matrices(params)],
+                     [(5, 1, 25), (3, 25, 25), (3, 25, 25), (125, 10)])
+    self.assertEqual(sum(p.size for p in jax.tree.leaves(params)), 5210)
+    seen, hook = _recorder()
+    jax.eval_shape(functools.partial(model.apply, knobs=_knobs(PLAIN),
+                                     train=False, preactivation=hook),
+                   params, state, jax.ShapeDtypeStruct((2, 40), jnp.float32))
+    self.assertEqual([shape for _, shape in seen],
+                     [(2, 19, 25), (2, 10, 25), (2, 5, 25)])
+
   def test_an_input_shorter_than_the_kernel_is_refused(self):
     model = models.get_model('cnn')((3,), PLAIN)
     with self.assertRaisesRegex(ValueError, 'input of length 2 is shorter'):
@@ -490,6 +546,38 @@ class HookTest(parameterized.TestCase):
     y_zero, _ = model.apply(params, state, x, knobs, True, key,
                             preactivation=lambda i, h: h * (i != 1))
     self.assertFalse(np.allclose(y_zero, y))
+
+
+  @parameterized.parameters(MODEL_NAMES)
+  def test_each_layer_draws_its_noise_from_its_own_key(self, name):
+    """``Model.layer_keys``: given a ``LayerKeys`` of boundary 1, layer 0's
+    noisy batch norm draws from ``below`` and layer 1's from ``above``, so
+    layer 0's pre-activation is the one the plain key ``below`` gives and
+    layer 1's is not."""
+    options = PLAIN | {'norm': ('noisy_batch',)}
+    model = models.get_model(name)((4, 4), options)
+    self.assertTrue(model.layer_keys)
+    knobs = _knobs(options)
+    params, state = jax.jit(model.init, static_argnums=(1, 2))(
+        jax.random.key(0), 8, OUT_DIM, knobs)
+    x = np.random.default_rng(0).standard_normal((BATCH, 8)).astype(
+        np.float32)
+
+    @jax.jit
+    def preactivations(key):
+      seen = []
+      model.apply(params, state, x, knobs, True, key,
+                  preactivation=lambda i, h: seen.append(h) or h)
+      return seen
+
+    below, above = jax.random.key(1), jax.random.key(2)
+    # Both LayerKeys: one program. (below, below) is the plain key below.
+    plain = preactivations(components.LayerKeys(below, below,
+                                                jnp.asarray(1)))
+    split = preactivations(components.LayerKeys(below, above,
+                                                jnp.asarray(1)))
+    chex.assert_trees_all_equal(split[0], plain[0])
+    self.assertFalse(np.allclose(split[1], plain[1]))
 
 
 class DeepTest(parameterized.TestCase):

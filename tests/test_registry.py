@@ -172,3 +172,27 @@ def test_options_keep_their_built_ins_and_check_what_is_added(monkeypatch):
   with pytest.raises(ValueError, match="'adam' is built in"):
     optimizers.update({'user_other': sgd, 'adam': sgd})
   assert 'user_other' not in optimizers
+
+
+@pytest.mark.parametrize('value, ok', [
+    (-1, False), (0, True), (2**32 - 1, True), (2**32, False),
+    (np.int64(7), True), (True, False), (1.0, False)])
+def test_check_int_is_the_half_open_interval_it_names(value, ok):
+  """``check_int(name, value, 0, 2**32)`` accepts exactly the integers of
+  [0, 2**32) its message names (the upper end excluded: a uint32 seed)."""
+  if ok:
+    assert registry.check_int('seed', value, 0, 2**32) == int(value)
+  else:
+    with pytest.raises(ValueError, match=re.escape(
+        f'seed must be an integer in [0, 2**32); got {value!r}.')):
+      registry.check_int('seed', value, 0, 2**32)
+
+
+def test_a_knob_no_option_reads_is_refused_naming_its_readers():
+  """momentum is read by the momentum and nesterov optimizers only: a grid
+  of sgd and adam that sets it would hold identical copies."""
+  registry.check_knob_read('momentum', ('sgd', 'nesterov'))
+  with pytest.raises(ValueError, match='momentum: no member reads it: the '
+                     'optimizer options here are sgd, adam, and it is read by '
+                     'momentum, nesterov'):
+    registry.check_knob_read('momentum', ('sgd', 'adam'))
