@@ -58,7 +58,6 @@ import re
 from typing import NamedTuple
 
 import numpy as np
-from scipy import special
 
 
 # How tables name the method (this docstring says what it covers).
@@ -190,6 +189,7 @@ def t_skew_bounds(x, level: float = 0.95):
     raise ValueError(f't_skew_bounds: samples of n={n} values (x of shape '
                      f'{x.shape}); accepted: x: [..., n] with n >= 2.')
   mean, s, g = _moments(x)
+  from scipy import special  # pylint: disable=g-import-not-at-top  (0.16 s: not at import)
   q = special.stdtrit(n - 1, 0.5 + level / 2) / np.sqrt(n)  # t quantile
 
   def w_at(u):
@@ -257,6 +257,7 @@ def _calibrated_level(n: int, level: float) -> float:
   if n > CALIBRATED_UP_TO:
     return level
   q = float(np.quantile(_reference_quantiles(n), level))
+  from scipy import special  # pylint: disable=g-import-not-at-top
   return max(level, float(2 * special.stdtr(n - 1, np.sqrt(n) * q) - 1))
 
 
