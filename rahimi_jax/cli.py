@@ -243,8 +243,8 @@ def set_matmul_precision(value: str, device=None) -> None:
 
 RUN_FLAGS = ('overwrite', 'logs_per_call', 'checkpoint_every_s',
              'keep_checkpoints', 'progress', 'chunk_size')  # read by launch
-# Those only a grid's run reads (``program.run_options``).
-GRID_RUN_FLAGS = RUN_FLAGS[1:]
+# Those only a grid's run reads (``program.run_options``): all but overwrite.
+GRID_RUN_FLAGS = tuple(n for n in RUN_FLAGS if n != 'overwrite')
 # Flags that change how a run goes, not its results: a run may resume with
 # others.
 EXECUTION_FLAGS = ('out', 'overwrite', 'dry_run', 'logs_per_call',
