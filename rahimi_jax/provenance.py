@@ -146,10 +146,19 @@ def _visit_user_code(obj, texts, seen, depth):
     return
   if isinstance(obj, (set, frozenset)):
     texts.append(repr(sorted(_stable_repr(x) for x in obj)))
-    # In a set's order by name (its own is the hash seed's): what is not a
-    # plain value counts by its code, not its name.
-    visit([x for x in sorted(obj, key=_stable_repr)
-           if not isinstance(x, _SCALARS)])
+    # What is not a plain value counts by its code, not its name: each member
+    # hashed on its own (from what was seen before the set) and the texts
+    # sorted, since a set's order (and like-named closures' order by any
+    # key) follows the hash seed and memory addresses.
+    parts, reached = [], {}
+    for x in obj:
+      if not isinstance(x, _SCALARS):
+        part, seen_by_x = [], dict(seen)
+        _visit_user_code(x, part, seen_by_x, depth + 1)
+        parts.append('\0'.join(part))
+        reached.update(seen_by_x)
+    seen.update(reached)
+    texts.extend(sorted(parts))
     return
   if hasattr(obj, 'dtype') and hasattr(obj, 'shape') and hasattr(
       obj, '__array__'):  # an array (numpy, JAX): its values

@@ -261,7 +261,7 @@ def _calibrated_level(n: int, level: float) -> float:
   return max(level, float(2 * special.stdtr(n - 1, np.sqrt(n) * q) - 1))
 
 
-# The metrics are logged in float32 (an accuracy of 3/450 is 0.00666666...
+# Bounded metrics (accuracies) are logged in float32 (3/450 is 0.00666666...
 # to float32's 24 bits), so values (or their differences, means, Shapley
 # values) that agree to a few float32 ulps of the metric's scale are the same
 # number rounded differently, not a spread over seeds.
@@ -269,11 +269,13 @@ TIE_ULPS = 8
 
 
 def _all_equal(x: np.ndarray, bounds: tuple[float, float]) -> bool:
-  """Whether the finite ``x`` agree to ``TIE_ULPS`` float32 ulps of their
-  scale: the larger of the finite ``bounds``' magnitudes (an accuracy's 1)
-  and the values' own."""
-  scale = max([float(np.max(np.abs(x)))] +
-              [abs(float(b)) for b in bounds if np.isfinite(b)])
+  """Whether the finite ``x`` are one value: of a bounded metric (an
+  accuracy, its differences: both ``bounds`` finite), to ``TIE_ULPS`` float32
+  ulps of the larger of the bounds' and the values' magnitudes; else exactly
+  (a loss may be float64, and a log10 of one has no float32 scale)."""
+  if not np.all(np.isfinite(bounds)):
+    return bool(np.all(x == x[0]))
+  scale = max(float(np.max(np.abs(x))), *(abs(float(b)) for b in bounds))
   return float(np.ptp(x)) <= TIE_ULPS * float(np.finfo(np.float32).eps) * scale
 
 
@@ -287,10 +289,10 @@ def mean_ci(values, level: float = 0.95, *,
   interval is NaN (unknown), never zero: equal seeds say nothing of the
   spread (paired accuracies that differ on one seed in three are all equal
   at n=4 a quarter of the time, and a zero-width interval there covered
-  76%; printed only when the seeds differ, 100%). Equal means equal to
-  float32's rounding at the metric's scale (``TIE_ULPS``): accuracies are
-  logged in float32, so two seeds that each gained 3 of 450 test points
-  differ by 1e-8.
+  76%; printed only when the seeds differ, 100%). For a bounded metric
+  (both ``bounds`` finite) equal means equal to float32's rounding at its
+  scale (``TIE_ULPS``): accuracies are logged in float32, so two seeds that
+  each gained 3 of 450 test points differ by 1e-8.
 
   Raises:
     ValueError: ``level`` is not in (0, 1), or ``bounds`` is not

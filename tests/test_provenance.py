@@ -181,6 +181,20 @@ def test_user_code_hash_follows_defaults_and_not_addresses():
       provenance.user_code_sha256([Scaled(2.0)]))
   assert provenance.user_code_sha256([{1, 2}]) != (
       provenance.user_code_sha256([{1, 3}]))
+  # Like-named closures in a set: the same hash in any order of the set
+  # (which follows their addresses), another when one's value changes.
+  def make(k):
+    return lambda x: x * k
+
+  def closures(ks):
+    fs = [make(k) for k in ks]
+    return frozenset(fs[::-1]), fs
+
+  (a, keep_a), (b, keep_b) = closures((1, 2, 3)), closures((3, 1, 2))
+  assert provenance.user_code_sha256([a]) == provenance.user_code_sha256([b])
+  assert provenance.user_code_sha256([a]) != provenance.user_code_sha256(
+      [closures((1, 2, 4))[0]])
+  del keep_a, keep_b
 
 
 def test_user_code_hash_reads_the_values_it_reads():

@@ -210,6 +210,11 @@ def test_equal_float32_accuracies_have_unknown_interval_not_zero_width():
                        bounds=stats.difference_range('test_accuracy'))
   chex.assert_trees_all_close(ci.mean, 3 / n_test, atol=1e-7)
   assert np.isnan(ci.low) and np.isnan(ci.high), ci
+  # Unbounded values (a log10 of float64 losses 1e-5 apart in relative
+  # terms): equal only when exactly equal, as before.
+  logs = np.log10(1e-20 * np.asarray([1, 1 + 1e-5, 1 + 2e-5, 1 + 3e-5]))
+  ci = stats.mean_ci(logs)
+  assert ci.low < ci.mean < ci.high, ci
   # One test point apart on one seed is a spread: an interval.
   ci = stats.paired_ci(base, np.float32(np.array([53, 55]) / n_test),
                        bounds=(-1.0, 1.0))
