@@ -33,6 +33,15 @@ SEED = 'seed'
 MAX_MEMBERS = 10**6
 
 
+def _check_size(what: str, count: int, parts: str) -> None:
+  """``ValueError`` if a ``what`` (grid, union) of ``count`` members, made of
+  ``parts`` (as the message shows them), is over ``MAX_MEMBERS``."""
+  if count > MAX_MEMBERS:
+    raise ValueError(
+        f'A {what} of {count:,} members ({parts}) is over {MAX_MEMBERS:,}: '
+        'every member is built on the host first; run it in parts.')
+
+
 @functools.lru_cache(maxsize=None)
 def _key_maker(impl: str):
   """The seeds' PRNG keys of ``impl``, compiled (per chunk width): the engine
@@ -237,12 +246,8 @@ class Grid:
     if sum(isinstance(a, Seeds) for a in axes) == 0:
       axes = tuple(axes) + (Seeds(1),)
     count = math.prod(len(a.labels) for a in axes)
-    if count > MAX_MEMBERS:
-      raise ValueError(
-          f'A grid of {count:,} members (' + ' x '.join(
-              f'{len(a.labels)} {a.name}' for a in axes) + ') is over '
-          f'{MAX_MEMBERS:,}: every member is built on the host first; run it '
-          'in parts.')
+    _check_size('grid', count, ' x '.join(f'{len(a.labels)} {a.name}'
+                                          for a in axes))
     self._set(tuple(axes), itertools.product(*(a.labels for a in axes)))
 
   def _set(self, axes, points):
@@ -292,12 +297,8 @@ class Grid:
               'grid\'s option).')
       labels = tuple(dict.fromkeys(l for g in grids for l in g.axes[i].labels))
       axes.append(_with_labels(first, labels))
-    count = sum(len(g) for g in grids)
-    if count > MAX_MEMBERS:
-      raise ValueError(
-          f'A union of {count:,} members (' + ' + '.join(
-              f'{len(g):,}' for g in grids) + f') is over {MAX_MEMBERS:,}: '
-          'every member is built on the host first; run it in parts.')
+    _check_size('union', sum(len(g) for g in grids),
+                ' + '.join(f'{len(g):,}' for g in grids))
     grid = cls.__new__(cls)
     grid._set(tuple(axes), [tuple(m.values[n] for n in names)
                             for g in grids for m in g.members])
