@@ -118,6 +118,10 @@ flags.DEFINE_bool('profile', False, 'Also trace one more run of (a) at the '
                   'instruction, with the products\' GFLOP/s, and torch\'s on '
                   'the same products when the torch methods run '
                   '(jax.profiler; stored in the JSON record).')
+flags.DEFINE_string('profile_dir', None, 'With --profile, also keep each '
+                    'workload\'s trace (*.trace.json.gz, for Perfetto or '
+                    'TensorBoard) and the traced program\'s compiled HLO '
+                    '(program.hlo.txt) in DIR/WORKLOAD.')
 flags.DEFINE_string('json_out', None, 'Write the measurements here as a JSON '
                     'list of records (atomically).')
 
@@ -134,7 +138,8 @@ def main(argv):
         loop_members_cap=FLAGS.loop_members_cap, peak_n=FLAGS.peak_n,
         tolerance=FLAGS.tolerance, json_out=FLAGS.json_out,
         torch_threads=FLAGS.torch_threads, chunk_size=FLAGS.chunk_size,
-        profile=FLAGS.profile, repeats=FLAGS.repeats)
+        profile=FLAGS.profile, repeats=FLAGS.repeats,
+        profile_dir=FLAGS.profile_dir)
     if FLAGS.cpu_devices < 0:
       raise ValueError(f'cpu_devices must be >= 0; got {FLAGS.cpu_devices}.')
   except ValueError as e:

@@ -170,7 +170,7 @@ _CONTAINERS = ('while', 'call', 'conditional', 'tuple', 'get-tuple-element',
 
 
 def profile_ops(run: Callable[[], Any], hlo_text: str,
-                top: int = 12) -> dict[str, Any]:
+                top: int = 12, keep: str | None = None) -> dict[str, Any]:
   """Device time per XLA instruction during ``run()``, from a profiler trace.
 
   Args:
@@ -178,6 +178,8 @@ def profile_ops(run: Callable[[], Any], hlo_text: str,
     hlo_text: the compiled program's HLO (``compiled.as_text()``), which
       names the instructions the trace times.
     top: how many of the costliest instructions to return.
+    keep: a folder to also keep the trace (``*.trace.json.gz``) and
+      ``hlo_text`` (``program.hlo.txt``) in; None keeps neither.
 
   Returns:
     ``device_time``'s record of the trace, with ``wall_ms`` the run's wall
@@ -201,6 +203,13 @@ def profile_ops(run: Callable[[], Any], hlo_text: str,
     for path in paths:
       with gzip.open(path) as f:
         events += json.load(f).get('traceEvents', [])
+    if keep:
+      import shutil  # pylint: disable=g-import-not-at-top
+      from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
+      os.makedirs(keep, exist_ok=True)
+      for path in paths:
+        shutil.copy(path, os.path.join(keep, os.path.basename(path)))
+      storage.write_text(os.path.join(keep, 'program.hlo.txt'), hlo_text)
   return device_time(events, hlo_text, top) | {'wall_ms': wall_ms}
 
 
@@ -211,10 +220,14 @@ def device_time(events: list[dict[str, Any]], hlo_text: str,
   A complete event (``ph == 'X'``) counts for the instruction its
   ``hlo_op`` argument names (a GPU kernel's), else the one its name is (a
   CPU thunk's); instructions that only hold others (``while``, ``call``,
-  ...) do not count. A kernel on an accelerator (a process named
-  ``/device:GPU...`` or ``/device:TPU...``) that names no instruction of
-  ``hlo_text`` (a library's, a CUDA graph's, another program's) counts under
-  its own name, opcode ``kernel``.
+  ...) do not count. Where the trace has an accelerator (a process named
+  ``/device:GPU...`` or ``/device:TPU...``) only its events count: the
+  host's events named as an instruction are its launches, not its work
+  (counted, they doubled an instruction's calls and rate on an H200). A
+  kernel there that names no instruction of ``hlo_text`` (a library's, a
+  CUDA graph's, another program's) counts under its own name, opcode
+  ``kernel``. An instruction's ``calls`` are its executions: the launches
+  of its most launched kernel (a split-K GEMM runs two kernels a call).
 
   Returns:
     ``{'ops': records, 'busy_ms'}``: records ``{op, opcode, shape, ms,
@@ -230,9 +243,9 @@ def device_time(events: list[dict[str, Any]], hlo_text: str,
                  if e.get('ph') == 'M' and e.get('name') == 'process_name'
                  and re.search(r'/device:(GPU|TPU)', str(
                      (e.get('args') or {}).get('name', '')))}
-  total_us, calls = {}, {}
+  total_us, launches = {}, {}
   for e in events:
-    if e.get('ph') != 'X':
+    if e.get('ph') != 'X' or (accelerator and e.get('pid') not in accelerator):
       continue
     op = (e.get('args') or {}).get('hlo_op') or e.get('name')
     if op in defs:
@@ -243,7 +256,9 @@ def device_time(events: list[dict[str, Any]], hlo_text: str,
     else:
       continue
     total_us[op] = total_us.get(op, 0.0) + e.get('dur', 0.0)
-    calls[op] = calls.get(op, 0) + 1
+    kernels = launches.setdefault(op, {})
+    kernels[e.get('name')] = kernels.get(e.get('name'), 0) + 1
+  calls = {op: max(k.values()) for op, k in launches.items()}
   everything = sum(total_us.values()) or 1.0
   ranked = sorted(total_us, key=total_us.get, reverse=True)[:top]
   products = hlo_products(hlo_text)
@@ -418,13 +433,14 @@ def torch_product_rates(profile: dict[str, Any], seconds: float = 0.02,
     torch.set_num_threads(threads)
 
 
-def profile_a(bench: Bench) -> dict[str, Any]:
-  """``profile_ops`` of (a)'s program on ``bench`` (compiled by ``run_a``)."""
+def profile_a(bench: Bench, keep: str | None = None) -> dict[str, Any]:
+  """``profile_ops`` of (a)'s program on ``bench`` (compiled by ``run_a``);
+  ``keep``: a folder for its trace and HLO."""
   from rahimi_jax import program  # pylint: disable=g-import-not-at-top
   from rahimi_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   bench.run_grid()  # compiled (cached) and warm
   compiled = program.compiled_programs(train_lib.make_train(bench.config))[-1]
-  return profile_ops(bench.run_grid, compiled.as_text())
+  return profile_ops(bench.run_grid, compiled.as_text(), keep=keep)
 
 
 def cpu_model() -> str:

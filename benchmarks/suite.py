@@ -32,13 +32,15 @@ class BenchConfig(NamedTuple):
   chunk_size: int | str | None = None  # a width, 0, or a tuning mode
   profile: bool = False
   repeats: int = 1  # runs of each method; the fastest counts
+  profile_dir: str | None = None  # keeps each workload's trace and HLO
 
 
 def make_bench_config(*, regime: str, grid_sizes, methods, steps=None,
                       workloads=None, loop_members_cap=16, peak_n=None,
                       tolerance=1e-5, json_out=None,
                       torch_threads=0, chunk_size=None,
-                      profile=False, repeats=1) -> BenchConfig:
+                      profile=False, repeats=1,
+                      profile_dir=None) -> BenchConfig:
   """Validates the options; raises ``ValueError`` naming the bad value."""
   if regime not in workloads_lib.REGIMES:
     raise ValueError(f'Unknown regime {regime!r}; accepted: '
@@ -93,7 +95,7 @@ def make_bench_config(*, regime: str, grid_sizes, methods, steps=None,
                      float(tolerance), json_out, int(torch_threads),
                      chunk_size if chunk_size is None or isinstance(
                          chunk_size, str) else int(chunk_size),
-                     bool(profile), int(repeats))
+                     bool(profile), int(repeats), profile_dir or None)
 
 
 def fastest_of(runner, repeats: int):
@@ -199,7 +201,8 @@ def run_benchmark(cfg: BenchConfig, out=print) -> list[dict[str, Any]]:
               f'{rec["max_abs_diff_vs_a"]:.3g} > '
               f'{methods_lib.tolerance(method, cfg.tolerance):g}')
       if cfg.profile and g == max(cfg.grid_sizes) and a_record is not None:
-        a_record['profile'] = measure.profile_a(bench)
+        a_record['profile'] = measure.profile_a(
+            bench, cfg.profile_dir and os.path.join(cfg.profile_dir, name))
         if (jax.default_backend() == 'cpu' and
             any(m in methods_lib.TORCH_METHODS for m in methods)):
           measure.torch_product_rates(a_record['profile'])  # torch imported

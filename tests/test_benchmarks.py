@@ -6,6 +6,7 @@ final numbers equal the per-member loop's, and that the PyTorch methods are
 skipped cleanly where torch is missing (CI does not install it).
 """
 
+import gzip
 import importlib.util
 import json
 import os
@@ -88,6 +89,7 @@ def _both_runs(tmp):
     no_torch, = launchers.launch_runs(
         [('benchmarks.grid_throughput',
           [*TINY, '--methods=a,b,c,d,e', '--profile',
+           f'--profile_dir={tmp / "profile"}',
            f'--json_out={tmp / "no_torch.json"}'])],
         timeout=120, environ=_env([fake]))
     done = {'no_torch': (no_torch, tmp / 'no_torch.json')}
@@ -129,6 +131,16 @@ def test_shrunk_run_without_torch(runs):
       assert any(o['opcode'] in ('dot', 'fusion') for o in ops)
       # The products' own rates (their FLOPs over their time).
       assert any(o.get('gflops', 0) > 0 for o in ops), ops
+  # --profile_dir: each workload's trace and the program it timed.
+  kept = out.parent / 'profile'
+  for workload in ('deep_linear', 'mlp32'):
+    hlo = (kept / workload / 'program.hlo.txt').read_text()
+    assert hlo.startswith('HloModule') and 'ENTRY' in hlo, hlo[:200]
+    (trace,) = (kept / workload).glob('*.trace.json.gz')
+    with gzip.open(trace) as f:
+      names = {e.get('name') for e in json.load(f)['traceEvents']}
+    # The trace times the kept program's instructions.
+    assert any(f'%{n} = ' in hlo for n in names if n), sorted(names)[:20]
 
   records = _records(out)
   assert {(r['workload'], r['method']) for r in records} == {
@@ -384,11 +396,19 @@ def test_chunk_tuning_benchmark_runs_shrunk(shrunk):
 
 def test_device_time_attributes_gpu_kernels_by_their_hlo_op():
   """A GPU trace (kernels on a /device:GPU process, named by the library that
-  ran them, with the instruction in ``args.hlo_op``) and a CPU one (thunks
-  named as the instruction, on the host) are both read per instruction."""
+  ran them, with the instruction in ``args.hlo_op``; the host's launch
+  annotations named as the instruction) and a CPU one (thunks named as the
+  instruction, on the host) are both read per instruction."""
   hlo = '\n'.join([
+      '%gemm_computation {',
+      '  %a = f32[8,2]{1,0} parameter(0)',
+      '  %b = f32[2,4]{1,0} parameter(1)',
+      '  ROOT %d = f32[8,4]{1,0} dot(f32[8,2]{1,0} %a, f32[2,4]{1,0} %b), '
+      'lhs_contracting_dims={1}, rhs_contracting_dims={0}',
+      '}',
       'ENTRY %main {',
-      '  %gemm_fusion.1 = f32[8,4]{1,0} fusion(f32[8,2] %p0), kind=kCustom',
+      '  %gemm_fusion.1 = f32[8,4]{1,0} fusion(f32[8,2] %p0, f32[2,4] %p1), '
+      'kind=kCustom, calls=%gemm_computation',
       '  %while.2 = (s32[]) while((s32[]) %t), condition=%c, body=%b',
       '  ROOT %loop_fusion.3 = f32[8]{0} fusion(f32[8,4] %gemm_fusion.1)',
       '}'])
@@ -402,20 +422,31 @@ def test_device_time_attributes_gpu_kernels_by_their_hlo_op():
        'args': {'hlo_op': 'gemm_fusion.1'}},
       {'ph': 'X', 'pid': 1, 'name': 'sm90_xmma_gemm_f32', 'dur': 100.0,
        'args': {'hlo_op': 'gemm_fusion.1'}},
+      # A split-K call of it: the product and its reduction, two kernels.
+      {'ph': 'X', 'pid': 1, 'name': 'triton_gemm_split_k', 'dur': 60.0,
+       'args': {'hlo_op': 'gemm_fusion.1'}},
+      {'ph': 'X', 'pid': 1, 'name': 'triton_reduce_split_k', 'dur': 40.0,
+       'args': {'hlo_op': 'gemm_fusion.1'}},
       {'ph': 'X', 'pid': 1, 'name': 'loop_fusion.3', 'dur': 50.0},
       {'ph': 'X', 'pid': 1, 'name': 'command_buffer_9', 'dur': 50.0},
       # Not counted: a container, host-side work, an instant event.
       {'ph': 'X', 'pid': 1, 'name': 'while.2', 'dur': 1e6},
       {'ph': 'X', 'pid': 2, 'name': 'PjitFunction(main)', 'dur': 1e6},
+      {'ph': 'X', 'pid': 2, 'name': 'gemm_fusion.1', 'dur': 7.0,
+       'args': {'hlo_op': 'gemm_fusion.1'}},  # a launch, on the host
+      {'ph': 'X', 'pid': 2, 'name': 'loop_fusion.3', 'dur': 5.0},
       {'ph': 'i', 'pid': 1, 'name': 'loop_fusion.3', 'dur': 1e6},
   ]
   got = measure.device_time(events, hlo)
-  assert got['busy_ms'] == pytest.approx(0.5)
+  assert got['busy_ms'] == pytest.approx(0.6)
   assert [(o['op'], o['opcode'], o['shape'], o['calls']) for o in got['ops']] == [
       ('gemm_fusion.1', 'fusion', 'f32[8,4]{1,0}', 2),
       ('loop_fusion.3', 'fusion', 'f32[8]{0}', 1),
       ('command_buffer_9', 'kernel', '', 1)]
-  chex.assert_trees_all_close([o['share'] for o in got['ops']], [0.8, 0.1, 0.1])
+  chex.assert_trees_all_close([o['share'] for o in got['ops']],
+                              [5 / 6, 1 / 12, 1 / 12])
+  # The GEMM's rate: 2 * 8 * 2 * 4 FLOPs a call, 2 calls in 500 us.
+  assert got['ops'][0]['gflops'] == pytest.approx(2 * 128 / 500e3)
   # On a CPU trace, only the program's own instructions count.
   cpu = [{'ph': 'X', 'pid': 2, 'name': 'loop_fusion.3', 'dur': 20.0},
          {'ph': 'X', 'pid': 2, 'name': 'Eigen::ThreadPool', 'dur': 80.0}]
