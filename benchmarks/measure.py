@@ -203,12 +203,13 @@ def profile_ops(run: Callable[[], Any], hlo_text: str,
     for path in paths:
       with gzip.open(path) as f:
         events += json.load(f).get('traceEvents', [])
-    if keep:
-      import shutil  # pylint: disable=g-import-not-at-top
+    if keep:  # each file whole or not at all
       from rahimi_jax import storage  # pylint: disable=g-import-not-at-top
       os.makedirs(keep, exist_ok=True)
       for path in paths:
-        shutil.copy(path, os.path.join(keep, os.path.basename(path)))
+        with open(path, 'rb') as f, storage.atomic_file(
+            os.path.join(keep, os.path.basename(path)), 'wb') as out:
+          out.write(f.read())
       storage.write_text(os.path.join(keep, 'program.hlo.txt'), hlo_text)
   return device_time(events, hlo_text, top) | {'wall_ms': wall_ms}
 

@@ -83,6 +83,9 @@ def make_bench_config(*, regime: str, grid_sizes, methods, steps=None,
                      f' got {chunk_size!r}.')
   if not tolerance > 0:
     raise ValueError(f'tolerance must be > 0; got {tolerance}.')
+  if profile_dir and not profile:
+    raise ValueError(f'profile_dir={profile_dir!r} keeps the traces of '
+                     '--profile, which is off: add --profile or drop it.')
   if json_out is not None:
     directory = os.path.dirname(os.path.abspath(json_out))
     if not os.path.isdir(directory) or not os.access(directory, os.W_OK):

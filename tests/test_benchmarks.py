@@ -185,6 +185,7 @@ BAD = {
     'zero_repeats': (dict(repeats=0), 'repeats'),
     'workload_of_other_regime': (dict(workloads=['mlp128']), "'mlp128'"),
     'unwritable_json': (dict(json_out='/nonexistent/dir/x.json'), 'json_out'),
+    'profile_dir_without_profile': (dict(profile_dir='/tmp/p'), '--profile'),
 }
 
 
