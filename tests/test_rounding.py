@@ -1,5 +1,6 @@
 """The rounding study and its launcher: ``python -m experiments.rounding``."""
 
+import jax
 import numpy as np
 import pytest
 from sklearn import dummy
@@ -11,6 +12,7 @@ from rahimi_jax import grid as grid_lib
 from rahimi_jax import results as results_lib
 from rahimi_jax import stats
 from rahimi_jax import storage
+from rahimi_jax.components import precision as precision_lib
 from rahimi_jax.studies import rounding
 
 # Adam in bfloat16: nearest-even rounds b2 = 0.999 to 1 (a collapse at step
@@ -350,3 +352,44 @@ def test_the_table_headers_name_the_interval_method():
   assert len(headers) == 2, text  # the cells' table and the attribution's
   for line in headers:
     assert f'95% interval over seeds: {stats.METHOD}]' in line, line
+
+
+@pytest.mark.parametrize('mode', ['nearest_even', 'toward_zero', 'stochastic'])
+def test_overflow_lines_say_what_the_counter_counts(mode):
+  """``quantize`` counts a value whose rounding passed max, not every value
+  beyond max: float16 nearest-even sends 65510 and -65519 to +-65504
+  (uncounted) and 65530 to infinity (counted); 70000 overflows in every
+  mode. The line read "values beyond +-65504 ... rounded to infinity, but
+  those within half a unit in the last place of +-max to +-max": it counted
+  2 of the 4 values beyond, and none it counted went to max."""
+  x = np.asarray([65510.0, 65530.0, -65519.0, 70000.0, 1.0], np.float32)
+  bits = jax.random.bits(jax.random.key(0), x.shape, np.uint32)
+  fmt = precision_lib.format_knobs(precision_lib.get_format('float16'))
+  q, over = precision_lib.quantize(x, fmt, precision_lib.get_mode(mode), bits,
+                                   overflows=True)
+  counted = int(np.sum(over))
+  assert counted < np.sum(np.abs(x) > 65504)  # not every value beyond max
+  assert np.all(np.abs(np.asarray(q)[~np.asarray(over)]) <= 65504)
+  if mode != 'toward_zero':
+    assert np.all(np.isinf(np.asarray(q)[np.asarray(over)]))
+  config = rounding.RoundingConfig(
+      optimizers=('sgd',), learning_rates=(0.1,), precisions=('float16',),
+      roundings=(mode,), placements=('gradients',), seeds=2)
+  grid = config.grid()
+  n = len(grid)
+  res = results_lib.from_outputs(grid, {
+      'step': np.tile([0, 10], (n, 1)),
+      'test_accuracy': np.tile([0.1, 0.8], (n, 1)),
+      'overflows_gradients': np.tile([0.0, counted], (n, 1)),
+      'diverged_step': np.full(n, -1)}, {
+          'config': config.to_dict(), 'task': 'classification',
+          'chance_accuracy': 0.1, 'chance_threshold': 0.15})
+  (row,) = [r for r in rounding.cells(res) if r['cell']['precision'] ==
+            'float16']
+  (line,) = [l for l in rounding.explain(res, row) if 'overflow' in l
+             or '65504' in l]
+  assert line.startswith(f'gradients: {counted} values rounded past +-65504 '
+                         'over the run'), line
+  assert 'not counted' in line or 'counted only past it' in line, line
+  events = rounding.events(res, rounding.cells(res))
+  assert 'overflows: values rounded past the format' in events, events

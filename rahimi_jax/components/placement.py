@@ -22,6 +22,11 @@ products in float32:
   the rounding as the identity (straight-through) and runs in float32; the
   least-squares optimizers' residual function is not rounded.
 
+Only the training steps round: the logged evaluations (train and test loss
+and accuracy) run the forward pass in float32 on the stored parameters, so
+an ``activations`` member is evaluated unrounded and a ``storage`` member on
+its rounded parameters.
+
 An option is one place or several joined by ``+`` (``storage+gradients``), so
 a grid can separate their effects and combine them. Each option is a row of
 booleans; ``argmax`` of the member's one-hot weights picks it (traced), and

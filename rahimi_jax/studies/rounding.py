@@ -15,7 +15,10 @@ The grid (per optimizer, at its own learning rate, all in one program): the
 float32 reference, plus precisions x roundings x placements without loss
 scaling, plus the placements that round gradients under each other loss
 scaling (loss scaling acts only there). float32 appears once: rounding to it
-is the identity whatever the mode and place.
+is the identity whatever the mode and place. The final metric is the float32
+evaluation of the stored parameters (``placement``: only training rounds).
+The ``constants`` placement rounds to nearest under stochastic rounding, so
+its stochastic cells repeat its nearest-even cells.
 """
 
 import dataclasses
@@ -462,20 +465,27 @@ def explain(res: results_lib.Results, row: dict) -> list[str]:
                  f'stored parameter unchanged), mean over the run (a diverged '
                  f'run\'s up to its divergence): '
                  f'{stats.format_interval(ci, ".1%")}')
+  # What a counted overflow became, and which values past max the count
+  # leaves out: ``quantize`` counts a value whose rounded magnitude passed
+  # max, not every value beyond max.
   beyond = 'infinity' if fmt.has_inf else 'NaN (no infinity)'
   overflow_to = {
-      'toward_zero': 'its largest finite value',
-      'nearest_even': f'{beyond}, but those within half a unit in the last '
-                      'place of +-max to +-max',
-      'stochastic': f'{beyond}, but those within a unit in the last place of '
-                    f'+-max to +-max or {beyond.split()[0]} at random',
+      'toward_zero': 'each saturated to +-max (a value less than a unit in '
+                     'the last place past +-max truncates to +-max and is '
+                     'not counted)',
+      'nearest_even': f'each became {beyond} (a value less than half a unit '
+                      'in the last place past +-max rounds to +-max and is '
+                      'not counted)',
+      'stochastic': f'each became {beyond} (a value less than a unit in the '
+                    'last place past +-max rounds to +-max or past it at '
+                    'random, counted only past it)',
   }[cell['rounding']]
   for name, (total, first) in _counts(res, members).items():
     kind, _, place = name.partition('_')
     if kind == 'overflows':
-      lines.append(f'{place}: {_count(total)} values beyond +-{fmt.max:g} over '
-                   f'the run (mean over seeds; first by step {first}), '
-                   f'rounded to {overflow_to}')
+      lines.append(f'{place}: {_count(total)} values rounded past '
+                   f'+-{fmt.max:g} over the run (mean over seeds; first by '
+                   f'step {first}): {overflow_to}')
     elif kind == 'underflows':
       lines.append(f'{place}: {_count(total)} nonzero values flushed to 0 over '
                    f'the run (mean over seeds; first by step {first})')
@@ -651,9 +661,9 @@ def events(res: results_lib.Results, rows: list[dict]) -> str:
     if counts:
       lines.append(f'  {r["optimizer"]}, {r["label"]}: ' + ', '.join(
           f'{n} {_count(total)}' for n, (total, _) in counts.items()))
-  head = ('rounding events over the run (mean over seeds; overflows: beyond '
-          'the format\'s largest finite value; underflows: nonzero values '
-          'flushed to 0):')
+  head = ('rounding events over the run (mean over seeds; overflows: values '
+          'rounded past the format\'s largest finite value; underflows: '
+          'nonzero values flushed to 0):')
   return '\n'.join([head] + (lines or ['  none']))
 
 
