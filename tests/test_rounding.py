@@ -93,7 +93,7 @@ def test_rtz_trains_and_rne_collapses_with_the_mechanism(study):
   # seeds whose outcomes differ both go nearest_even's way with probability
   # 1/4 (an unpaired Fisher test said 1/6, as if the runs were independent).
   assert rne['collapsed_seeds'] == [0, 1] and rtz['seed_ids'] == [0, 1]
-  assert ("adam, bfloat16 constants: toward_zero trains" in text
+  assert ("adam, bfloat16 constants: toward_zero collapses on no seed" in text
           and "2 of 2 seeds against 0 of 2 is too few to call it the mode's "
           'doing (exact paired sign test over the 2 seeds where only '
           'nearest_even collapsed: p = 0.25; p < 0.05 needs 5 of them)'
@@ -129,7 +129,7 @@ def test_rtz_trains_and_rne_collapses_with_the_mechanism(study):
   assert 'the 2 seeds where only nearest_even collapsed: p = 0.25' in (
       rounding.explanations(res, seeds(5, paired=2), gap=0.02))
   # No seed in both cells: no contrast (binomtest of 0 seeds raised).
-  assert 'toward_zero trains' not in rounding.explanations(
+  assert 'toward_zero collapses on no seed' not in rounding.explanations(
       res, seeds(5, paired=0), gap=0.02)
   # Reference and storage cells: finite, no collapse.
   for r in rows:

@@ -1,7 +1,7 @@
 """Simple experiment 2: what low precision costs, where, and why.
 
 Rahimi's NIPS 2017 talk tells of a training run that went from under 25% error
-to chance when a framework changed its default rounding from toward-zero to
+to about 99.97% error when a framework changed its default rounding from toward-zero to
 nearest-even. This study trains the same model, data and seeds under float32
 (the reference) and under every (format, rounding mode, placement[, loss
 scaling]) cell, in one grid program, and reports per cell the final metric
@@ -484,11 +484,12 @@ def explain(res: results_lib.Results, row: dict) -> list[str]:
     kind, _, place = name.partition('_')
     if kind == 'overflows':
       lines.append(f'{place}: {_count(total)} values rounded past '
-                   f'+-{fmt.max:g} over the run (mean over seeds; first by '
-                   f'step {first}): {overflow_to}')
+                   f'+-{fmt.max:g} over the run (summed over steps, mean over '
+                   f'seeds; first by step {first}): {overflow_to}')
     elif kind == 'underflows':
       lines.append(f'{place}: {_count(total)} nonzero values flushed to 0 over '
-                   f'the run (mean over seeds; first by step {first})')
+                   f'the run (summed over steps, mean over seeds; first by '
+                   f'step {first})')
     else:
       lines.append(f'dynamic loss scaling skipped {_count(total)} steps (first '
                    f'by step {first})')
@@ -511,7 +512,7 @@ def explanations(res: results_lib.Results, rows: list[dict],
                  gap: float) -> str:
   """Why: every collapse or mean gap of at least ``gap`` (its interval
   printed beside it), then the contrasts the talk asks about: toward zero
-  trains where nearest-even collapses (called the mode's doing where the
+  collapses on no seed where nearest-even collapses (called the mode's doing where the
   exact paired sign test over seeds gives p < 0.05: the cells share each
   seed's init and data order, and the seeds whose outcomes differ are
   nearest-even's collapses, so p = 0.5^k for k of them: 5 seeds at least);
@@ -545,8 +546,8 @@ def explanations(res: results_lib.Results, rows: list[dict],
                                  & set(tz['seed_ids']))
     if (k and not tz['collapses'] and not r['reference_collapsed']):
       p = scipy_stats.binomtest(k, k, 0.5, alternative='greater').pvalue
-      trains = (f'{opt}, {prec} {place}: toward_zero trains '
-                f'({_fmt_ci(tz["value"], seeds=tz["seeds"])})')
+      trains = (f'{opt}, {prec} {place}: toward_zero collapses on no seed '
+                f'(final {_fmt_ci(tz["value"], seeds=tz["seeds"])})')
       if p < 0.05:
         contrasts.append(
             f'{trains}; changing only the rounding mode to nearest_even '
@@ -661,7 +662,9 @@ def events(res: results_lib.Results, rows: list[dict]) -> str:
     if counts:
       lines.append(f'  {r["optimizer"]}, {r["label"]}: ' + ', '.join(
           f'{n} {_count(total)}' for n, (total, _) in counts.items()))
-  head = ('rounding events over the run (mean over seeds; overflows: values '
+  head = ('rounding events over the run (summed over steps, so a value '
+          'rounded so at several steps counts at each; mean over seeds; '
+          'overflows: values '
           'rounded past the format\'s largest finite value; underflows: '
           'nonzero values flushed to 0):')
   return '\n'.join([head] + (lines or ['  none']))
