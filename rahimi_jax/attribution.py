@@ -19,6 +19,7 @@ Two modes, which agree (tests check both against central finite differences):
   pass; with ``TrainConfig(remat=True)`` each step is rematerialized.
 """
 
+import collections
 from collections.abc import Callable, Sequence
 import itertools
 import math
@@ -228,9 +229,10 @@ def component_table(results, metric: str, components: Sequence[str],
 
   Each component axis must have exactly two values: its baseline ('off', the
   first value unless ``baselines`` names it) and the other ('on'). Other
-  non-seed axes are averaged out within a seed. A seed with a diverged
-  member is left out (``drop_diverged_seeds``): the intervals' ``n`` counts
-  the seeds used.
+  non-seed axes are averaged out within a seed, so every pattern must hold
+  the same mix of them (a full product: not a union, no member removed;
+  else a ValueError). A seed with a diverged member is left out
+  (``drop_diverged_seeds``): the intervals' ``n`` counts the seeds used.
 
   Returns:
     ``(seeds, table)`` with ``table[s, pattern]`` where bit ``i`` of
@@ -271,6 +273,26 @@ def component_table(results, metric: str, components: Sequence[str],
   pattern = np.zeros(len(final[grid_lib.SEED]), int)
   for i, c in enumerate(components):
     pattern |= (final[c] == on[c]).astype(int) << i
+  # Every on/off pattern must average the same mix of the other axes: in a
+  # union or a subset with a member missing from one cell, that cell's mean
+  # would move with the other axes' effects and credit them to a component.
+  others = [a for a in axes if a not in components and a != grid_lib.SEED]
+  mixes = {}
+  for key in zip(final[grid_lib.SEED].tolist(), pattern.tolist(),
+                 *(final[a].tolist() for a in others)):
+    mix = mixes.setdefault(key[:2], collections.Counter())
+    mix[key[2:]] += 1
+  reference = next(iter(mixes.values()))
+  for (seed, p), mix in mixes.items():
+    if mix != reference:
+      cell = ', '.join(f'{c}={on[c] if p >> i & 1 else _other(axes[c], on[c])}'
+                       for i, c in enumerate(components))
+      raise ValueError(
+          f'{metric}: the grid is not the full factorial of the components '
+          f'crossed with the other axes ({", ".join(others)}): seed {seed}, '
+          f'{cell} has {sum(mix.values())} members over another mix of them '
+          f'than the first cell ({sum(reference.values())}); its mean would '
+          'credit the other axes\' effects to a component.')
   table = np.full((len(seeds), 2 ** len(components)), np.nan)
   for s_i, seed in enumerate(seeds):
     for p in range(2 ** len(components)):
@@ -283,6 +305,11 @@ def component_table(results, metric: str, components: Sequence[str],
                      '(diverged or missing members); the grid must be the full '
                      'factorial of the components.')
   return seeds, table
+
+
+def _other(values, on):
+  """The value of a two-valued axis that is not ``on`` (its baseline)."""
+  return values[0] if values[1] == on else values[1]
 
 
 def shapley_from_table(table, n: int):

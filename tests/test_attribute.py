@@ -156,3 +156,51 @@ def test_a_diverged_gate_path_leaves_its_seed_out_of_every_column(
   close = attribute.report(config, {**out, 'gate_total': out['total'] * 1.05})
   assert 'a gap of 5% of the difference' in close, close
   assert 'unreliable' not in close, close
+
+
+def test_completeness_is_judged_per_seed():
+  """Gaps of opposite sign in two seeds cancel in the seed means; each
+  seed's credits still miss its own difference by 40%."""
+  config = attribute.AttributeConfig(gates=(('norm', 'none', 'batch'),),
+                                     seeds=2, nodes=2)
+  ci = lambda mean: attribute.stats.Interval(mean, mean - 0.1, mean + 0.1, 2)
+  out = {'seeds_used': [0, 1], 'diverged': [], 'names': ['norm'],
+         'rows': [{'component': 'norm: none -> batch', 'shapley': ci(-1.0),
+                   'aumann_shapley': ci(-1.0), 'difference': ci(0.0)}],
+         'anova': {'norm': ci(-1.0)}, 'total': np.array([-1.0, -1.0]),
+         'gate_total': np.array([-0.6, -1.4])}
+  text = attribute.report(config, out)
+  assert 'a gap of 0% of the difference, 40% in the worst seed' in text, text
+  assert 'the Aumann-Shapley column is unreliable' in text, text
+
+
+def test_the_difference_column_pairs_each_seed_with_itself(monkeypatch):
+  """Seed-dependent credits and effects: the gate row of seed s is paired
+  with the grid row of seed s (a pairing off by a seed changes the interval,
+  not the mean), and the seed named diverged is the one that did."""
+  def credits(f, knobs, data, components, nodes):
+    del f, data, nodes
+    seed = jax.random.key_data(knobs['seed'])[-1].astype(jnp.float32)
+    return jnp.where(seed == 0, jnp.nan, seed**2) * jnp.ones(len(components))
+
+  def trained(config, grid, data, metadata):
+    del config, data
+    loss = [[1.0 - 0.1 * (m.values['seed'] + 1) * (m.values['norm'] == 'batch')]
+            for m in grid.members]
+    return results_lib.from_outputs(grid, {
+        'step': np.full((len(grid), 1), 10, np.int32),
+        'test_loss': np.asarray(loss),
+        'diverged_step': np.full(len(grid), -1, np.int32)}, metadata)
+
+  monkeypatch.setattr(attribute.attribution, 'aumann_shapley', credits)
+  monkeypatch.setattr(attribute.engine, 'run', trained)
+  config = attribute.AttributeConfig(
+      gates=(('norm', 'none', 'batch'),), hidden=(8,), steps=10, seeds=4,
+      nodes=2, batch_size=32)
+  out = attribute.run(config)
+  assert out['gate_diverged'] == [0] and out['seeds_used'] == [1, 2, 3]
+  seeds = np.asarray([1.0, 2.0, 3.0])
+  want = attribute.stats.mean_ci(seeds**2 + 0.1 * (seeds + 1))
+  (row,) = out['rows']
+  chex.assert_trees_all_close(tuple(row['difference']), tuple(want),
+                              rtol=1e-6)

@@ -372,3 +372,33 @@ def test_a_diverged_member_drops_its_seed_not_its_cell():
       'diverged_step': np.full(len(grid), 3, np.int32)})
   with pytest.raises(ValueError, match='every seed has a diverged member'):
     attribution.shapley(every, 'test_loss', ['a', 'b'])
+
+
+def test_an_unbalanced_grid_is_refused_not_averaged():
+  # b does nothing; the larger rate lowers the loss by 1. A union that runs
+  # b=on only at rate 0.1 is the full factorial of (a, b), but b's cells
+  # average other rates than its baseline's: that credited b with +0.5.
+  from rahimi_jax import results as results_lib  # pylint: disable=g-import-not-at-top
+  def part(b, rates):
+    return grid_lib.Grid(grid_lib.Choice('a', ('off', 'on')),
+                         grid_lib.Choice('b', (b,)),
+                         grid_lib.Values('learning_rate', rates),
+                         grid_lib.Seeds(3))
+  grid = grid_lib.Grid.union(part('off', (0.1, 0.2)), part('on', (0.1,)))
+  loss = [[2.0 + 0.3 * (m.values['a'] == 'on') -
+           (m.values['learning_rate'] == 0.2) + 0.01 * m.values['seed']]
+          for m in grid.members]
+  res = results_lib.from_outputs(grid, {
+      'step': np.zeros((len(grid), 1), np.int32),
+      'test_loss': np.asarray(loss),
+      'diverged_step': np.full(len(grid), -1, np.int32)})
+  for attribute in (attribution.shapley, attribution.anova):
+    with pytest.raises(ValueError, match=r'not the full factorial of the '
+                       r'components crossed with the other axes '
+                       r'\(learning_rate\): seed 0, a=off, b=on'):
+      attribute(res, 'test_loss', ['a', 'b'])
+  # Without the rate axis's imbalance (its rate-0.1 members only) it is exact.
+  sub = res.subset(np.isclose(res.columns['learning_rate'], 0.1))
+  values = attribution.shapley(sub, 'test_loss', ['a', 'b'])
+  chex.assert_trees_all_close((values['a'].mean, values['b'].mean),
+                              (0.3, 0.0), atol=1e-6)
