@@ -10,7 +10,7 @@ Gaussian kernel, lam 1e-5, tol 1e-6, at most 1000 iterations):
   python -m experiments.linear_solver --out=/tmp/rahimi_linear_solver
 
 In float64, where both solvers' residuals reach the default tol (float32's
-stall at 1e-5..1e-3):
+stall, size-dependent, at about 1e-6..1e-3):
 
   python -m experiments.linear_solver --dtype=float64 --out=/tmp/ls64
 

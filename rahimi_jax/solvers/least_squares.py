@@ -20,8 +20,11 @@ Two solvers of the same equations (``solver=``):
 * ``'dense'``: the Jacobian ``[m, n]`` from ``n`` Jacobian–vector products and
   its thin SVD (of ``R`` from the QR of ``[J | r]`` where ``m > n``);
   ``delta = -V diag(s / (s^2 + mu)) U^T r`` with singular values
-  below ``rcond * s_max`` (default ``n * eps``) counted as zero. Exact to
-  rounding, however ill-conditioned ``J`` is, and every damping costs one
+  below ``rcond * s_max`` (default ``n * eps``) counted as zero: the
+  truncated pseudo-inverse's step, to rounding, however ill-conditioned
+  ``J`` is (a ``J`` whose condition number passes ``1 / rcond``, ~4e5 at
+  ``n = 20`` in float32, is solved as rank-deficient: its flattest
+  directions are dropped, not solved), and every damping costs one
   matrix-vector product once the SVD is known. For small problems (the
   talk's network: ``m = 10000`` residuals, ``n = 96`` parameters).
 * ``'cg'``: matrix-free conjugate gradients on the normal equations, using
