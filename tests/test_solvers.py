@@ -221,12 +221,15 @@ def test_levenberg_marquardt_damping_is_clipped_to_eps_and_one_over_eps():
   np.testing.assert_allclose(float(state.damping), 1 / eps, rtol=1e-6)
 
 
-def test_gauss_newton_cutoff_is_relative_to_the_largest_singular_value(x64):
-  """The dense step is the minimum-norm ``-J^+ r`` with singular values below
+@pytest.mark.parametrize('solver', ['dense', 'cg'])
+def test_gauss_newton_cutoff_is_relative_to_the_largest_singular_value(
+    solver, x64):
+  """The step is the minimum-norm ``-J^+ r`` with singular values below
   ``n eps s_max`` dropped (NumPy's ``pinv`` rcond, relative): on residuals
   scaled by 1e4, the rounding-level singular values of the network's null
   space (its GL(4) symmetry) are far above an absolute ``n eps`` and must
-  still count as zero."""
+  still count as zero (dense); CG from zero stays in J's row space, so it
+  finds the same minimum-norm step."""
   residual, params, _ = _problem(10.0, n=30)
   params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
   scaled = lambda p: 1e4 * residual(p)
@@ -235,7 +238,7 @@ def test_gauss_newton_cutoff_is_relative_to_the_largest_singular_value(x64):
                    np.float64)
   r = np.asarray(scaled(params), np.float64).ravel()
   want = -np.linalg.pinv(jac, rcond=flat.size * np.finfo(np.float64).eps) @ r
-  tx = solvers.gauss_newton(solver='dense')
+  tx = solvers.gauss_newton(solver=solver)
   updates, _ = jax.jit(lambda s, p: tx.update(None, s, p, residual_fn=scaled))(
       tx.init(params), params)
   chex.assert_trees_all_close(jax.flatten_util.ravel_pytree(updates)[0],
