@@ -140,7 +140,10 @@ def _noisy_batch(momentum: float = BATCH_NORM_MOMENTUM,
   noise_scale_var)`` and ``n_j ~ N(noise_shift_mean, noise_shift_var)``,
   drawn anew every step from the layer's ``key`` and shared by the rows of
   the batch (and by the positions of a conv map: the noise is per channel):
-  the unit's mean moves by ``n_j`` and its scale by ``m_j``.
+  the unit's mean moves by ``n_j`` and its scale by ``m_j``. A variant:
+  the paper perturbs each activation of each sample with i.i.d. noise, which
+  also adds per-sample noise (a regularizer, perhaps); this moves each unit's
+  batch distribution only, the property the study's verdict reads.
   Members that share a seed draw the same noise. In eval mode, or without a
   key, it is batch norm (the running averages are batch norm's, taken before
   the noise). At zero variances and mean scale 1, shift 0 it is batch norm

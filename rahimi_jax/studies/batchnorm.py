@@ -3,7 +3,9 @@
 Rahimi's talk asks why batch norm speeds training when all we are told is that
 it "reduces internal covariate shift". Santurkar et al. (2018) answered with a
 measure of that shift, a noisy batch norm that adds shift on purpose yet
-trains as well, and probes of the loss along the gradient. This study trains,
+trains as well, and probes of the loss along the gradient (the noisy arm here
+is a variant: one random scale and shift per unit and step, shared by the
+batch, ``components.norms``). This study trains,
 per model, one grid: normalization (none, batch, noisy batch, layer) x
 learning rates x seeds, paired across arms, every member logging the probes
 of ``diagnostics.probes``; it reports accuracy and each probe per arm with
@@ -272,9 +274,10 @@ _TOO_FEW = ('undecided: an interval needs two seeds where both arms finished '
 
 
 def _smoothness(gain, beta, n_gain=None, n_beta=None, overflowed=0,
-                n_overflowed=0) -> str:
+                n_overflowed=0, kept=None) -> str:
   """What the effective beta says of batch norm's gain (paired intervals;
-  ``overflowed``: runs whose beta reading overflowed, left out)."""
+  ``overflowed``: runs whose beta reading overflowed, left out; ``kept``:
+  noisy batch norm's accuracy minus batch norm's)."""
   if not _known(gain, beta):
     return _TOO_FEW
   if overflowed:
@@ -312,6 +315,11 @@ def _smoothness(gain, beta, n_gain=None, n_beta=None, overflowed=0,
     return text + (': consistent with smoothness (noisy batch norm loses '
                    'accuracy; whether it is smoother is undecided).')
   if n_beta.high < 0:
+    if kept is not None and _known(kept) and kept.high < 0:
+      return text + (', and so does noisy batch norm, but it gains less than '
+                     f'batch norm ({_percent(kept, True)} points against it): '
+                     'the gains follow smoothness in sign; their difference '
+                     'is not read here.')
     return text + (', and so does noisy batch norm: the gain follows '
                    'smoothness.')
   if n_beta.low > 0:
@@ -321,13 +329,18 @@ def _smoothness(gain, beta, n_gain=None, n_beta=None, overflowed=0,
                  'undecided at these seeds (its beta interval crosses zero).')
 
 
-def _shift(gain, n_gain, n_shift, n_drift, level: float) -> str:
+def _shift(gain, n_gain, n_shift, n_drift, level: float, kept=None) -> str:
   """What noisy batch norm's added shift says of batch norm's gain.
 
   ``n_shift`` and ``n_drift`` are intervals at ``level``, half the others'
   error rate (Bonferroni: "more shift" is either reading above 0).
+  ``kept``: noisy batch norm's accuracy minus batch norm's (paired), the
+  comparison Santurkar et al. read (noisy batch norm trains as well as batch
+  norm); a noisy arm that gains over no norm but loses to batch norm keeps
+  only part of the gain, and the part it loses may follow the shift.
   """
-  if not _known(gain, n_gain, n_shift, n_drift):
+  if not _known(gain, n_gain, n_shift, n_drift,
+                *(() if kept is None else (kept,))):
     return _TOO_FEW
   if not (n_shift.low > 0 or n_drift.low > 0):
     where = lambda i: (f'{_ci(i, signed=True)} '  # pylint: disable=unnecessary-lambda-assignment
@@ -344,10 +357,18 @@ def _shift(gain, n_gain, n_shift, n_drift, level: float) -> str:
   if not gain.low > 0:
     return ('undecided: noisy batch norm has MORE shift and gains, but batch '
             'norm\'s own gain is not shown at these seeds.')
-  return ('noisy batch norm has MORE shift than no norm (its readings '
+  more = ('noisy batch norm has MORE shift than no norm (its readings '
           'include the noise it redraws each step: the shift it adds by '
-          'design) and still gains: the gain does not follow a reduction '
-          'of covariate shift.')
+          'design) and still gains')
+  if kept is not None and kept.high < 0:
+    return (more + f', but less than batch norm ({_percent(kept, True)} '
+            'points against it): the part of the gain it keeps does not '
+            'follow a reduction of covariate shift; the part it loses may.')
+  return more + (': the gain does not follow a reduction of covariate shift.'
+                 if kept is None else
+                 f' (against batch norm {_percent(kept, True)} points: no '
+                 'loss shown): the gain does not follow a reduction of '
+                 'covariate shift.')
 
 
 def verdicts(means: results_lib.Results, level: float = 0.95) -> list[str]:
@@ -375,6 +396,10 @@ def verdicts(means: results_lib.Results, level: float = 0.95) -> list[str]:
           _effect(at, m, 'noisy_batch', level) for m in (
               'test_accuracy', 'ics_l2', 'preact_mean_drift',
               'beta_smoothness'))
+      # Santurkar et al.'s test: does the noisy arm train as well as batch
+      # norm (not only better than no norm)?
+      kept = {e.value: e for e in at.compare('test_accuracy', 'norm', 'batch',
+                                             level)}['noisy_batch']
       # "More shift" is either of two readings above 0: each tested at half
       # the error rate (Bonferroni), so the claim keeps the level's.
       bonferroni = stats.bonferroni(level, 2)
@@ -382,17 +407,19 @@ def verdicts(means: results_lib.Results, level: float = 0.95) -> list[str]:
                           for m in ('ics_l2', 'preact_mean_drift'))
       line.append(
           f'  noisy batch norm vs none: accuracy '
-          f'{_percent(n_gain.interval, True)} points, ICS (l2) '
+          f'{_percent(n_gain.interval, True)} points (vs batch norm '
+          f'{_percent(kept.interval, True)}), ICS (l2) '
           f'{_ci(n_shift.interval, signed=True)}, pre-activation mean drift '
           f'{_ci(n_drift.interval, signed=True)}, beta-smoothness '
           f'{_ci(n_beta.interval, signed=True)}.' + _seeds_used(
-              accuracy=n_gain, ICS=n_shift, drift=n_drift,
-              beta_smoothness=n_beta))
+              accuracy=n_gain, accuracy_vs_batch_norm=kept, ICS=n_shift,
+              drift=n_drift, beta_smoothness=n_beta))
       line.append('  => covariate shift: ' + _shift(
-          gain.interval, n_gain.interval, t_shift, t_drift, bonferroni))
+          gain.interval, n_gain.interval, t_shift, t_drift, bonferroni,
+          kept.interval))
       line.append('  => smoothness: ' + _smoothness(
           gain.interval, beta.interval, n_gain.interval, n_beta.interval,
-          _overflowed(beta), _overflowed(n_beta)))
+          _overflowed(beta), _overflowed(n_beta), kept.interval))
     else:
       line.append('  => smoothness: ' + _smoothness(
           gain.interval, beta.interval, overflowed=_overflowed(beta)))
