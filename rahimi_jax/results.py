@@ -304,7 +304,7 @@ class Results:
     lines = [
         f'paired effect on final {metric} ({better} is better) vs each axis\'s '
         f'first value: mean over seeds of the difference value - baseline, '
-        f'{percent(level)} interval over seeds ({stats.METHOD})']
+        f'{stats.interval_label(level)}']
     if n > 1:
       lines.append(
           f'each interval is {percent(level)} on its own, not adjusted for the '
@@ -347,8 +347,8 @@ class Results:
     wa, wv = self._widths()
     low, high = stats.metric_range(metric)
     lines = [f'final {metric}: mean over seeds of each seed\'s mean over its '
-             f'members that finished, {percent(level)} interval over seeds '
-             f'({stats.METHOD}; clipped to [{low:g}, {high:g}])',
+             f'members that finished, '
+             f'{stats.interval_label(level, f"clipped to [{low:g}, {high:g}]")}',
              'diverged members are excluded from the mean (survivor bias: '
              'read the mean beside "diverged", flagged !)']
     header = (f'{"axis":<{wa}}{"value":<{wv}}{"mean":>9}{"low":>9}{"high":>9}'

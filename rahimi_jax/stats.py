@@ -64,6 +64,13 @@ import numpy as np
 METHOD = 't, extended for skew (Hall 1992) and calibrated to exponential skew'
 
 
+def interval_label(level: float = 0.95, note: str | None = None) -> str:
+  """How every table names its intervals: ``'95% interval over seeds
+  (METHOD)'``, ``note`` added inside the parentheses."""
+  return (f'{100 * level:g}% interval over seeds '
+          f'({METHOD}{"; " + note if note else ""})')
+
+
 class Interval(NamedTuple):
   mean: float
   low: float

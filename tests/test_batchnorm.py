@@ -293,5 +293,5 @@ def test_the_report_header_names_the_interval_method():
                  {'none': 5.0, 'batch': 3.0, 'noisy_batch': 3.0})
   header = batchnorm.report({'mlp': res}).splitlines()[0]
   assert header.startswith('== mlp: final test accuracy (%)'), header
-  assert f'mean over 4 seeds [95% interval over seeds: {stats.METHOD}]' in (
+  assert f'mean over 4 seeds [95% interval over seeds ({stats.METHOD})]' in (
       header), header

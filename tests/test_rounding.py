@@ -351,7 +351,7 @@ def test_the_table_headers_name_the_interval_method():
   headers = [l for l in text.splitlines() if '95% interval' in l]
   assert len(headers) == 2, text  # the cells' table and the attribution's
   for line in headers:
-    assert f'95% interval over seeds: {stats.METHOD}]' in line, line
+    assert f'95% interval over seeds ({stats.METHOD})]' in line, line
 
 
 @pytest.mark.parametrize('mode', ['nearest_even', 'toward_zero', 'stochastic'])

@@ -199,7 +199,7 @@ def report(config: AttributeConfig, out: dict[str, Any],
   if not n:
     return '\n'.join(head + ['no seed without a diverged member: nothing to '
                               'attribute (try a smaller --learning_rate)'])
-  interval = (f'95% interval over seeds ({stats.METHOD})' if n >= 2 else
+  interval = (stats.interval_label() if n >= 2 else
               'no interval from one seed')
   lines = head + [f'contributions to the final {config.metric} (off -> on), mean over '
            f'{n} seeds [{interval}]',

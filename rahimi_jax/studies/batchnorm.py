@@ -437,8 +437,7 @@ def report(results: dict[str, results_lib.Results], level: float = 0.95
     rows, said = table(means, level), verdicts(means, level)
     parts += [f'== {model}: final test accuracy (%), probes averaged over '
               f'training; mean over {len(np.unique(res.columns["seed"]))} '
-              f'seeds [{results_lib.percent(level)} interval over seeds: '
-              f'{stats.METHOD}]',
+              f'seeds [{stats.interval_label(level)}]',
               rows, *said, '']
   return '\n'.join(parts)
 

@@ -327,8 +327,8 @@ def table(res: results_lib.Results, rows: list[dict]) -> str:
     mine = [r for r in rows if r['optimizer'] == opt]
     lines.append(
         f'{opt} (learning rate {mine[0]["learning_rate"]:g}): final '
-        f'{metric}, mean over {mine[0]["seeds"]} seeds [95% interval over '
-        f'seeds: {stats.METHOD}]; effect '
+        f'{metric}, mean over {mine[0]["seeds"]} seeds '
+        f'[{stats.interval_label()}]; effect '
         'vs float32 paired by seed; (n=k): over the k seeds that finished')
     for r in mine:
       lines.append(
@@ -640,8 +640,8 @@ def attribution_lines(res: results_lib.Results) -> list[str]:
     over = (f'{n} seeds' if n == seeds else f'{n} of {seeds} seeds, those '
             'with a diverged member left out')
     lines.append(f'{opt}: Shapley values of final {metric} over the 2^'
-                 f'{len(names)} factorial ({levels}), mean over {over} [95% '
-                 f'interval over seeds: {stats.METHOD}]')
+                 f'{len(names)} factorial ({levels}), mean over {over} '
+                 f'[{stats.interval_label()}]')
     for a in names:
       lines.append(f'  {a:<30}{_fmt_ci(shapley[a], True):>32}')
     lines.append(f'  ANOVA ({attribution.ANOVA_TEXT})')
