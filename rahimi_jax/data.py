@@ -191,9 +191,10 @@ def synthetic(*, n_train: int = 1000, n_test: int = 1000, in_dim: int = 6,
   The defaults are the widths of the talk's two-layer linear network
   demonstration (x in R^6, y in R^10, 1000 samples). Everything is drawn and
   computed in float64 and stored in ``dtype``: stored as float64, a noiseless
-  target is realizable to float64 rounding (least-squares residual ~1e-28 of
-  the loss); stored as float32, the rounding of ``x`` and ``y`` separately
-  leaves a least-squares optimum of ~1e-15, which no linear model removes.
+  target is realizable to float64 rounding (least-squares optimum ~1e-30 of
+  the loss at ``W = 0``); stored as float32, the rounding of ``x`` and ``y``
+  separately leaves a least-squares optimum of ~1e-15 of it, which no linear
+  model removes.
 
   Args:
     n_train: training samples.

@@ -450,3 +450,35 @@ def test_the_stall_text_says_only_what_its_readings_show(monkeypatch, x64):
   assert 'continuum here: 30 at a threshold 10x lower, 40 at 10x higher' \
       in text, text
   assert 'each negative eigenvector lies >= 100% in them' in text, text
+
+
+def test_the_problem_line_reads_condition_numbers_in_float64(monkeypatch):
+  # A float32 run leaves x64 off; JAX's float32 SVD then read the target's
+  # condition number 7.89e+07 where numpy's float64 reads 1.02e+08.
+  import jax  # pylint: disable=g-import-not-at-top
+  config = deep_linear.DeepLinearConfig(
+      condition_number=1e8, n_train=100, dtype='float32', methods=('gd',),
+      gd_lrs=(0.1,), seeds=1, steps=10)
+  columns = {'member': ['gd0'] * 2, 'step': [0, 10], 'seed': [0, 0],
+             'optimizer': ['sgd'] * 2, 'learning_rate': [0.1] * 2,
+             'init_scale': [1.0] * 2, 'depth': [1, 1],
+             'train_loss': [1.0, 0.5], 'grad_norm': [1.0, 0.5],
+             'diverged_step': [-1, -1]}
+  res = results_lib.Results(
+      {k: np.asarray(v) for k, v in columns.items()},
+      {'axes': {'optimizer': ['sgd'], 'learning_rate': [0.1],
+                'init_scale': [1.0], 'seed': [0], 'depth': [1]}})
+  monkeypatch.setattr(deep_linear, '_depth_summary', lambda *a: [])
+  previous = jax.config.jax_enable_x64
+  jax.config.update('jax_enable_x64', False)  # (module fixtures set it)
+  try:
+    text = deep_linear.report(config, res)
+  finally:
+    jax.config.update('jax_enable_x64', previous)
+  d = config.dataset()
+  x = np.asarray(d.x_train, np.float64)
+  w = np.linalg.lstsq(x, np.asarray(d.y_train, np.float64), rcond=None)[0]
+  s_w, s_x = (np.linalg.svd(a, compute_uv=False) for a in (w, x))
+  assert (f'condition number of the least-squares target '
+          f'{s_w[0] / s_w[-1]:.3g}, of the inputs {s_x[0] / s_x[-1]:.3g};'
+          ) in text, text

@@ -11,7 +11,11 @@ every kernel (the readout's too) is ``init_scale`` times the relaxed init.
 Inputs ``[batch, length]`` are one-channel sequences; ``[batch, length,
 channels]`` are taken as they are. The norms see ``[batch, length, channels]``
 maps: batch norm per channel over batch and positions, layer/RMS norm over
-each position's channels (``components.norms``).
+each position's channels (``components.norms``). The readout reads the last
+map flattened position-major (``[(position, channel)]``), where ConvBase's
+``view`` flattens channel-major: the same function, its readout's rows
+permuted (torch's ``linear.weight`` is ``kernel.reshape(L, C, out)
+.transpose(1, 0, 2).reshape(C * L, out).T``).
 
 It is a flax linen module turned into a ``Model`` by ``from_flax``, the
 adapter a user's own flax model goes through.
