@@ -282,7 +282,9 @@ def test_launcher_end_to_end(launched):
                'least-squares grid: switched: none',
                # Realizable: numpy's lstsq residual is rounding, not a floor
                # (LM ends below it), so it is not called the optimum.
-               'the optimum is 0: realizable; this is float64 rounding',
+               'realizable up to the rounding of the stored targets y = x '
+               'W*, whose optimum is below this and not 0; this is float64 '
+               'rounding',
                'calibrated to exponential skew]'):
     assert text in proc.stdout, proc.stdout
   res = storage.load(str(out))
@@ -382,10 +384,12 @@ def test_a_wide_nets_function_changing_directions_are_js_row_space(x64):
       np.linalg.eigvalsh(changing.T @ hessian @ changing), atol=1e-6)
 
 
-def _summary(monkeypatch, lm_all_diverged=False, **spec):
-  """``_depth_summary`` of made-up runs (GD on 2 seeds; LM seed 0 reaches
-  1e-25 at step 2, then diverges at step 3; seed 1 too where
-  ``lm_all_diverged``) and a made-up spectrum."""
+def _summary(monkeypatch, lm_all_diverged=False,
+             gd0=(1, 1e-2, 1e-3, 3e-4, 1e-4), **spec):
+  """``_depth_summary`` of made-up runs (GD on 2 seeds, seed 0's losses
+  ``gd0`` at steps 0, 25, ..., 100; LM seed 0 reaches 1e-25 at step 2, then
+  diverges at step 3; seed 1 too where ``lm_all_diverged``) and a made-up
+  spectrum."""
   config = deep_linear.DeepLinearConfig(
       condition_number=10.0, steps=100, solver_steps=4, methods=('gd', 'lm'),
       gd_lrs=(0.1,), seeds=2)
@@ -400,13 +404,13 @@ def _summary(monkeypatch, lm_all_diverged=False, **spec):
                              'learning_rate', 'init_scale', 'depth',
                              'train_loss', 'diverged_step')}
   for name, opt, seed, losses, diverged in (
-      ('gd0', 'sgd', 0, [1, 1e-3, 1e-4], -1),
-      ('gd1', 'sgd', 1, [1, 2e-3, 2e-4], -1),
+      ('gd0', 'sgd', 0, list(gd0), -1),
+      ('gd1', 'sgd', 1, [1, 2e-2, 2e-3, 6e-4, 2e-4], -1),
       ('lm0', 'levenberg_marquardt', 0, [1, 1e-5, 1e-25, np.nan, np.nan], 3),
       ('lm1', 'levenberg_marquardt', 1, [1, 1e-5, 1e-25] + (
           [np.nan] * 2 if lm_all_diverged else [1e-26] * 2),
        3 if lm_all_diverged else -1)):
-    steps = [0, 50, 100] if opt == 'sgd' else list(range(5))
+    steps = [0, 25, 50, 75, 100] if opt == 'sgd' else list(range(5))
     for step, loss in zip(steps, losses):
       for k, v in zip(columns, (name, step, seed, opt, 0.1, 1.0, 1, loss,
                                 diverged)):
@@ -450,6 +454,109 @@ def test_the_stall_text_says_only_what_its_readings_show(monkeypatch, x64):
   assert 'continuum here: 30 at a threshold 10x lower, 40 at 10x higher' \
       in text, text
   assert 'each negative eigenvector lies >= 100% in them' in text, text
+
+
+def test_the_pace_is_read_only_where_the_loss_fell_steadily(monkeypatch,
+                                                            x64):
+  # The Saxe command's depth 3, init 0.03, seed 0: 0.5019 at step 2000,
+  # 0.005005 from step 2800 to 4000 (its next plateau), read "fell 100x over
+  # its last 2000 steps (a factor e every 434 steps at that pace)".
+  text = _summary(monkeypatch, gd0=(1, 0.9, 0.5, 5e-3, 5e-3),
+                  grad_norm=1e-15, n_negative=0)
+  assert ("seed 0's loss fell 100x over its last 50 steps (100x, then 1x "
+          'over its halves: not a steady pace)') in text, text
+  assert 'at that pace' not in text, text
+  text = _summary(monkeypatch, grad_norm=1e-15, n_negative=0)
+  assert ("fell 10x over its last 50 steps (3.33x, then 3x over its halves: "
+          'a factor e every 21.7 steps at that pace)') in text, text
+
+
+def test_the_stall_text_rounds_bounds_the_safe_way(monkeypatch, x64):
+  # A share of 94.79% (the default study's stall) read ">= 95%"; the
+  # curvature's e-fold is the error's, the loss's (its square) half of it.
+  text = _summary(monkeypatch, grad_norm=1e-3, n_negative=3,
+                  negative_share_in_symmetry=0.9479)
+  assert 'each negative eigenvector lies >= 94% in them' in text, text
+  # flattest curvature 1e-3 at lr 0.1: the error e-folds every 1e4 steps.
+  assert ('a factor e every 1.00e+04 steps (the loss, quadratic in it, every '
+          '5.00e+03;') in text, text
+  assert 'The weights can move along 36 directions' in text, text
+
+
+def test_a_small_function_changing_curvature_is_not_null(x64):
+  """Both factors with a singular value 1e-7 along one hidden direction (an
+  unlearned mode of a small init): J has singular values ~1e-7 of its
+  largest (J^T J ~1e-14 lambda_max, far above float64's rounding of J's
+  SVD), and its null space is still the symmetry's 9 tangents (hidden 3 <=
+  in 4, out 3; full-rank factors). A null threshold of 1e-12 lambda_max
+  on J^T J called them null (at depth 3, init 0.03, 2800 steps of the Saxe
+  command: 112 null where the symmetry has 108)."""
+  import scipy.linalg  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  n = 20
+  x, y = rng.standard_normal((n, 4)), rng.standard_normal((n, 3))
+  u, _, q = np.linalg.svd(rng.standard_normal((4, 3)), full_matrices=False)
+  v = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+  w1 = (u * np.asarray([1.0, 0.5, 1e-7])) @ q
+  w2 = (q.T * np.asarray([1.0, 0.7, 1e-7])) @ v.T
+  spec = deep_linear._spectra([w1, w2], x, y)  # pylint: disable=protected-access
+  # NumPy: J by hand (r = (x W1 W2 - y) / sqrt(n)), the Hessian by central
+  # differences of the gradient J^T r, the null space from the tangents.
+  def jac_at(f):
+    a, b = f[:12].reshape(4, 3), f[12:].reshape(3, 3)
+    return np.concatenate([
+        np.einsum('ia,bc->icab', x, b).reshape(3 * n, -1),
+        np.einsum('ib,cd->icbd', x @ a, np.eye(3)).reshape(3 * n, -1)],
+                          1) / np.sqrt(n)
+
+  def grad(f):
+    r = (x @ f[:12].reshape(4, 3) @ f[12:].reshape(3, 3) - y) / np.sqrt(n)
+    return jac_at(f).T @ r.ravel()
+
+  flat = np.concatenate([w1.ravel(), w2.ravel()])
+  hessian = np.stack([(grad(flat + 1e-6 * e) - grad(flat - 1e-6 * e)) / 2e-6
+                      for e in np.eye(21)], 1)
+  sv = np.linalg.svd(jac_at(flat), compute_uv=False)
+  tangents = np.stack([np.concatenate([(w1 @ e).ravel(), (-e @ w2).ravel()])
+                       for e in np.eye(9).reshape(9, 3, 3)])
+  chex.assert_trees_all_close(
+      np.linalg.norm(jac_at(flat) @ tangents.T), 0.0, atol=1e-12)
+  assert sv[11] ** 2 < 1e-13 * sv[0] ** 2 and sv[11] > 1e-9 * sv[0], sv
+  assert spec['gn_null'] == spec['unchanging_dim'] == 9, spec['gn_null']
+  chex.assert_trees_all_close(spec['gn_min_positive'], sv[11] ** 2,
+                              rtol=1e-6)
+  complement = scipy.linalg.null_space(tangents)  # [21, 12]
+  chex.assert_trees_all_close(
+      spec['restricted'],
+      np.linalg.eigvalsh(complement.T @ hessian @ complement), atol=1e-8)
+
+
+def test_noiseless_float64_data_are_realizable_only_to_rounding(x64):
+  # The stored y = fl(x W*) is not in the span of x: the exact optimum
+  # (rational arithmetic on the stored floats) is above 0, and the text
+  # said "the optimum is 0".
+  from fractions import Fraction  # pylint: disable=g-import-not-at-top
+  config = deep_linear.DeepLinearConfig(**SMALL)
+  d = config.dataset()
+  x = [[Fraction(v) for v in row] for row in np.asarray(d.x_train)]
+  y = [[Fraction(v) for v in row] for row in np.asarray(d.y_train)]
+  # Normal equations x^T x w = x^T y, solved exactly (Gauss-Jordan).
+  rows = [[sum(r[i] * r[j] for r in x) for j in range(6)]
+          + [sum(r[i] * t[j] for r, t in zip(x, y)) for j in range(10)]
+          for i in range(6)]
+  for c in range(6):
+    rows[c] = [v / rows[c][c] for v in rows[c]]
+    for r in range(6):
+      if r != c:
+        rows[r] = [a - rows[r][c] * b for a, b in zip(rows[r], rows[c])]
+  w = [row[6:] for row in rows]
+  exact = sum((sum(r[i] * w[i][j] for i in range(6)) - t[j]) ** 2
+              for r, t in zip(x, y) for j in range(10)) / (2 * len(x))
+  assert 0 < exact < 1e-30, float(exact)
+  meaning = deep_linear._optimum_meaning(config, 0.0)  # pylint: disable=protected-access
+  assert 'the optimum is 0' not in meaning, meaning
+  assert meaning.startswith('realizable up to the rounding of the stored '
+                            'targets'), meaning
 
 
 def test_the_problem_line_reads_condition_numbers_in_float64(monkeypatch):

@@ -7,9 +7,11 @@ directions on the same problem, reach float64's rounding floor in a few dozen
 steps. The curvature where gradient descent stalls explains it, once the
 network's symmetry ``W_1 -> W_1 G, W_2 -> G^{-1} W_2`` (which changes no
 prediction) is quotiented out: along the directions that change the function,
-the Hessian's eigenvalues span several decades (3.7-4.8 at the default
-study's stalls, about the target's condition number), so any stable step
-size moves along the flattest of them at a crawl.
+the Hessian's eigenvalues span several decades (at the default study's
+stalls 3.7-5.7, about the target's condition number; at 4 of its 16, one
+seed of lr 0.01, two of 0.1, one of 0.3, the smallest is slightly negative,
+-3.2e-6 at most: as slow to leave), so any stable step size moves along the
+flattest of them at a crawl.
 
 The first-order methods (step sizes, scales, seeds) run ``steps`` iterations
 as one grid, the least-squares ones ``solver_steps`` as another (one program
@@ -46,6 +48,12 @@ METHODS = {'gd': 'sgd', 'adam': 'adam', 'lm': 'levenberg_marquardt',
            'gn': 'gauss_newton'}
 LEAST_SQUARES = ('lm', 'gn')
 NULL_TOLERANCE = 1e-12  # |lambda| <= this * lambda_max counts as null
+# J's null space (the directions that change no prediction) is where its
+# singular values are at rounding: at most max(J.shape) eps sigma_max (numpy's
+# ``matrix_rank``). NULL_TOLERANCE on J^T J's eigenvalues (1e-6 sigma_max on
+# J's) called 4 function-changing directions null at depth 3, init 0.03 after
+# 2800 steps: GN eigenvalues 9.6e-13 lambda_max, where the null ones are
+# 2e-31.
 # "Machine precision" of a least-squares run: how far above the net's optimal
 # loss it may end (plus 1e3 eps of the optimum, the rounding of a loss of
 # that size; WORKSPACE.md, "The target measured from the optimum").
@@ -373,8 +381,8 @@ def _spectra(params, x, y) -> dict[str, Any]:
   # for the talk's data, took 16 s of a 37 s run; vt is n x n either way).
   _, sv, vt = np.linalg.svd(jac, full_matrices=jac.shape[0] < jac.shape[1])
   gn = np.sort(np.concatenate([sv**2, np.zeros(n_params - sv.size)]))
-  gn_null = gn <= NULL_TOLERANCE * gn.max()
-  rank = n_params - int(gn_null.sum())
+  rank = int(np.sum(sv > max(jac.shape) * np.finfo(jac.dtype).eps * sv.max()))
+  gn_null = np.arange(n_params) < n_params - rank  # gn ascending
   changing, unchanging = vt[:rank].T, vt[rank:].T
   restricted = np.linalg.eigvalsh(changing.T @ hessian @ changing)
   # Where the Hessian's negative curvature lives: the share of each negative
@@ -584,6 +592,25 @@ def _optimal_fits(x, y, width):
   return linear + 0.5 * np.sum(dropped ** 2) / len(x), linear, w
 
 
+def _optimum_meaning(config: DeepLinearConfig, linear: float) -> str:
+  """What ``report``'s optimal loss is (``linear``: the least-squares fit's).
+
+  Noiseless float64 data are realizable only up to the rounding of the
+  stored targets ``y = fl(x W*)``, which is not in the span of ``x``: the
+  default study's stored data have the exact optimum 3.9e-33 (rational
+  arithmetic), numpy's least-squares loss reads 2.7e-31 and LM ends at
+  5.7e-33..1.7e-32.
+  """
+  if config.width < min(config.in_dim, config.out_dim):
+    return (f'the best rank-{config.width} map, numpy\'s SVD of the '
+            f'least-squares fit; the fit itself {linear:.3g}')
+  if config.noise == 0 and config.dtype == 'float64':
+    return ('realizable up to the rounding of the stored targets y = x W*, '
+            'whose optimum is below this and not 0; this is float64 '
+            'rounding, which a solver may undercut')
+  return 'the optimum of the stored data, to float64 rounding'
+
+
 def _first_below(values, steps, target):
   below = np.flatnonzero(values < target)
   return int(steps[below[0]]) if len(below) else None
@@ -600,15 +627,7 @@ def report(config: DeepLinearConfig, results: results_lib.Results,
   x = np.asarray(d.x_train, np.float64)
   y = np.asarray(d.y_train, np.float64)
   optimum, linear, w = _optimal_fits(x, y, config.width)
-  rank = min(config.in_dim, config.out_dim)
-  if config.width < rank:
-    meaning = (f'the best rank-{config.width} map, numpy\'s SVD of the '
-               f'least-squares fit; the fit itself {linear:.3g}')
-  elif config.noise == 0 and config.dtype == 'float64':
-    meaning = ('the optimum is 0: realizable; this is float64 rounding, '
-               'which a solver may undercut')
-  else:
-    meaning = 'the optimum of the stored data, to float64 rounding'
+  meaning = _optimum_meaning(config, linear)
   # A converged run ends within this of the optimum: the dtype's target
   # plus the rounding of a loss as large as the optimum.
   excess = config.target_loss + 1e3 * float(
@@ -773,12 +792,24 @@ def _depth_summary(config, results, final, best, optimum, depth, scale,
   seed = rows.columns[grid_lib.SEED][np.argmax(alive)]
   member = rows.where(seed=seed).columns['member'][0]
   traj = results.where(member=member, depth=depth)
-  half = traj.columns['train_loss'][len(traj) // 2]
-  last = traj.columns['train_loss'][-1]
+  losses, steps = traj.columns['train_loss'], traj.columns['step']
+  h, m = len(traj) // 2, (len(traj) // 2 + len(traj) - 1) // 2
+  half, last = losses[h], losses[-1]
   lr = float(rows.columns['learning_rate'][0])
-  span = config.steps - int(traj.columns['step'][len(traj) // 2])
+  span = config.steps - int(steps[h])
   pace = (f' (a factor e every {span / math.log(half / last):.3g} steps at '
           'that pace)' if half > last else '')
+  if half > last and h < m < len(traj) - 1:
+    # A sigmoid drop onto a plateau (a small init's next mode) is no pace:
+    # the same factor e per step in both halves of the span, within 1.5x.
+    rates = [math.log(losses[m] / half) / (int(steps[h]) - int(steps[m])),
+             math.log(last / losses[m]) / (int(steps[m]) - int(steps[-1]))]
+    steady = min(rates) > 0 and max(rates) <= 1.5 * min(rates)
+    halves = (f'{losses[h] / losses[m]:.3g}x, then {losses[m] / last:.3g}x '
+              'over its halves')
+    pace = (f' ({halves}: a factor e every {span / math.log(half / last):.3g}'
+            ' steps at that pace)' if steady else
+            f' ({halves}: not a steady pace)')
   lines.append(
       f'  best gradient descent (lr {lr:g}) ends at {loss:.3e} (geometric '
       f'mean); seed {seed}\'s loss fell {half / last:.3g}x over its last '
@@ -811,13 +842,14 @@ def _depth_summary(config, results, final, best, optimum, depth, scale,
       f'positive above that {spec["lambda_min_positive"]:.2e} ({continuum}).')
   share = spec['negative_share_in_symmetry']
   negative = (
-      f'; each negative eigenvector lies >= {share:.0%} in them'
+      f'; each negative eigenvector lies >= {math.floor(100 * share)}% in '
+      'them'
       + (' (curvature along the orbit, where the loss is constant only to '
          'first order away from a critical point: not a saddle of the '
          'function)' if share >= 0.9 else '')
       if spec['n_negative'] else '')
   lines.append(
-      f'  The weights move along {null_dim} directions that change no '
+      f'  The weights can move along {null_dim} directions that change no '
       f'prediction (J\'s null space; the symmetry W_i -> W_i G, W_i+1 -> '
       f'G^-1 W_i+1 spans {k} of them){negative}. Quotiented out:')
   lines.append(
@@ -835,7 +867,8 @@ def _depth_summary(config, results, final, best, optimum, depth, scale,
         f'{ratio:.2e}. In steps of gradient descent: at this run\'s step '
         f'{lr:g} the error along the flattest function-changing direction '
         f'shrinks by (1 - {lr:g} x {flat:.2e}) per step, a factor e every '
-        f'{efold:.2e} steps ({config.steps / efold:.1e} e-folds in the whole '
+        f'{efold:.2e} steps (the loss, quadratic in it, every '
+        f'{efold / 2:.2e}; {config.steps / efold:.1e} e-folds in the whole '
         f'run); even the largest stable step (2/lambda_max = '
         f'{2 / spec["lambda_max"]:.3g}) needs lambda_max / (2 x that '
         f'curvature) = {spec["lambda_max"] / (2 * flat):.2e} steps per e-fold.')
