@@ -20,7 +20,8 @@ and use its batch order, so every method trains the very same runs.
 Conventions: compile time includes each method's first call, whose one-time
 set-up (~60 ms for a fresh XLA executable on a 2-core AMD EPYC) would otherwise swamp
 small grids: (a) runs the grid twice through the engine and reports the second
-(warm) ``run_s``, the engine's ``compile_s`` plus the first call's extra as
+(warm) call's wall time as run (the engine's own work around its program
+included, as (b)'s and (c)'s loops include theirs), the first call's extra as
 compile; (b) times ``jit(train).lower().compile()`` and one run; (c), (d) and
 (e) time their first calls (compile or one-time set-up, plus one step). Loop
 methods (b, c, d) time at most ``--loop_members_cap`` evenly spaced members and

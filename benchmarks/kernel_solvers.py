@@ -240,8 +240,8 @@ def scale(peak):
   mse = float(np.mean((np.asarray(pred) - d.y_test)**2))
   flops = measure.falkon_flops(FLAGS.scale_n, FLAGS.n_test, FLAGS.in_dim,
                                FLAGS.scale_centres, it)
-  entries = ((it + 1) * FLAGS.scale_n + FLAGS.n_test
-             + FLAGS.scale_centres) * FLAGS.scale_centres
+  entries = measure.falkon_kernel_entries(FLAGS.scale_n, FLAGS.n_test,
+                                         FLAGS.scale_centres, it)
   history = ', '.join(f'{r:.1e}' for r in np.asarray(res.residuals)[:it + 1])
   block = FLAGS.block_size or kernels.ACCELERATOR_BLOCK_SIZE
   tile = kernels.default_block_size(FLAGS.scale_centres)

@@ -158,6 +158,17 @@ def falkon_flops(n: int, n_test: int, dim: int, centres: int,
           + (5 * iterations + 6) * m * m + 2 * n_test * m * (dim + 1))
 
 
+def falkon_kernel_entries(n: int, n_test: int, centres: int,
+                          iterations: int) -> int:
+  """Kernel entries (each an exponential) that ``kernel_ridge.nystrom_fit``
+  (FALKON) after ``iterations`` CG steps and its prediction evaluate, as
+  ``falkon_flops`` counts its products: ``K_MM`` (``M^2``); ``K_nM`` once
+  for the right-hand side, once per iteration and once for the Nyström
+  system's residual at the end (``(iterations + 2) n M``); the prediction's
+  ``n_test M``."""
+  return ((iterations + 2) * n + n_test + centres) * centres
+
+
 def rate(flops: float, seconds: float, peak: dict) -> str:
   """``flops`` in ``seconds`` as GFLOP/s and its share of the measured peak."""
   gflops = flops / seconds / 1e9
@@ -231,20 +242,26 @@ def device_time(events: list[dict[str, Any]], hlo_text: str,
   of its most launched kernel (a split-K GEMM runs two kernels a call).
 
   Returns:
-    ``{'ops': records, 'busy_ms'}``: records ``{op, opcode, shape, ms,
-    calls, share}``, costliest first (``ms`` sums every device and call,
-    ``share`` is of all counted time), and for an instruction that computes
-    matrix products (``hlo_products``) their ``products`` and ``gflops``,
-    their FLOPs over its time; ``busy_ms`` that total.
+    ``{'ops': records, 'busy_ms', 'devices'}``: records ``{op, opcode,
+    shape, ms, calls, share}``, costliest first (``ms`` sums every device
+    and call, ``share`` is of all counted time), and for an instruction that
+    computes matrix products (``hlo_products``) their ``products`` and
+    ``gflops``, their FLOPs over its time; ``busy_ms`` that total, summed
+    over the ``devices`` whose events it counted (a CPU thunk's
+    ``device_ordinal``, an accelerator process's ``/device:GPU:N``; at
+    least 1): up to ``devices`` times the run's wall time.
   """
   defs = {}
   for _, name, shape, opcode, _ in _instructions(hlo_text):
     defs.setdefault(name, (opcode, shape))
-  accelerator = {e.get('pid') for e in events
-                 if e.get('ph') == 'M' and e.get('name') == 'process_name'
-                 and re.search(r'/device:(GPU|TPU)', str(
-                     (e.get('args') or {}).get('name', '')))}
-  total_us, launches = {}, {}
+  accelerator = {}  # pid -> its device
+  for e in events:
+    m = (e.get('ph') == 'M' and e.get('name') == 'process_name'
+         and re.search(r'/device:((?:GPU|TPU)(?::\d+)?)',
+                       str((e.get('args') or {}).get('name', ''))))
+    if m:
+      accelerator[e.get('pid')] = m.group(1)
+  total_us, launches, devices = {}, {}, set()
   for e in events:
     if e.get('ph') != 'X' or (accelerator and e.get('pid') not in accelerator):
       continue
@@ -257,6 +274,8 @@ def device_time(events: list[dict[str, Any]], hlo_text: str,
     else:
       continue
     total_us[op] = total_us.get(op, 0.0) + e.get('dur', 0.0)
+    devices.add(accelerator.get(e.get('pid'),
+                                (e.get('args') or {}).get('device_ordinal')))
     kernels = launches.setdefault(op, {})
     kernels[e.get('name')] = kernels.get(e.get('name'), 0) + 1
   calls = {op: max(k.values()) for op, k in launches.items()}
@@ -273,7 +292,8 @@ def device_time(events: list[dict[str, Any]], hlo_text: str,
       op |= {'products': [p._asdict() for p in products[n]],
              'gflops': flops * calls[n] / (total_us[n] * 1e3)}
     ops.append(op)
-  return {'ops': ops, 'busy_ms': sum(total_us.values()) / 1e3}
+  return {'ops': ops, 'busy_ms': sum(total_us.values()) / 1e3,
+          'devices': max(1, len(devices - {None}))}
 
 
 class Product(NamedTuple):

@@ -23,7 +23,10 @@ METHODS: dict[str, str] = {
 }
 LOOP_METHODS = ('b', 'c', 'd')  # time a subset of members, extrapolate
 TORCH_METHODS = ('d', 'e')
-TORCH_TOLERANCE = 1e-3  # torch orders float ops differently (seen: 1.1e-5)
+# torch orders float ops differently (seen: 1.1e-5). One SGD step more or
+# fewer moved mlp32's final train loss by 8.1e-4 at G=1 (lr 1e-3, 200
+# steps): the check must tell that apart.
+TORCH_TOLERANCE = 1e-4
 
 
 def tolerance(method: str, jax_tolerance: float) -> float:
@@ -47,8 +50,17 @@ def run_a(bench: Bench, members: np.ndarray) -> Timing:
   # program an earlier one compiled (compile 4.13 -> 0.21 s, a_x_total 23.6
   # at G=64; compiling there, 0.94). This clears JAX's caches too.
   program.clear_compiled()
+  start = time.perf_counter()
   first = bench.run_grid().metadata['engine']  # compiles; first call warms up
-  res = bench.run_grid()  # the same program again, warm
+  first_s = time.perf_counter() - start
+  # The same program again, warm, on the benchmark's stopwatch as (b)'s and
+  # (c)'s loops: the whole call a user waits for, the engine's own work
+  # around its program (choosing the chunk, finding the program, provenance,
+  # gathering the results; ~5 ms a call on a 2-core Xeon, as long as the
+  # program's run at G=1) included, which its ``run_s`` leaves out.
+  start = time.perf_counter()
+  res = bench.run_grid()
+  run_s = time.perf_counter() - start
   info = res.metadata['engine']
   final = res.final().columns
   order = {m.name: m.index for m in bench.grid.members}
@@ -60,8 +72,8 @@ def run_a(bench: Bench, members: np.ndarray) -> Timing:
           if info['member_batches'] > 1 else '')
   # Its first use, as (b)'s and (c)'s stopwatch around their first call:
   # the first call's wall time (tracing, choosing the chunk, compiling, the
-  # first execution) less a warm run's.
-  return Timing(max(0.0, first['wall_s'] - info['run_s']), info['run_s'],
+  # first execution) less a warm call's.
+  return Timing(max(0.0, first_s - run_s), run_s,
                 np.arange(len(bench)), loss, info['program_bytes'], note,
                 first['chunk_choice'])
 

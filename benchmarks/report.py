@@ -143,9 +143,14 @@ def format_profile(profile: dict[str, Any]) -> str:
     return f'{o[key]:>7.1f}' if key in o else f'{"":>7}'
 
   torch = any('torch_gflops' in o for o in profile['ops'])
-  lines = [f'device busy {profile["busy_ms"]:.1f} ms of the run\'s '
-           f'{profile["wall_ms"]:.1f} ms wall; GFLOP/s: an instruction\'s '
-           'matmul FLOPs over its time'
+  n = profile.get('devices', 1)
+  busy, wall = profile['busy_ms'], profile['wall_ms']
+  lines = [(f'device busy {busy:.1f} ms of the run\'s {wall:.1f} ms wall'
+            if n == 1 else
+            f'devices busy {busy:.1f} ms, summed over {n} devices, of the '
+            f'run\'s {wall:.1f} ms wall ({busy / (n * wall):.0%} of their '
+            'time)')
+           + '; GFLOP/s: an instruction\'s matmul FLOPs over its time'
            + ('; torch: the same products as torch.einsum, one thread'
               if torch else ''),
            f'{"share":>6} {"ms":>9} {"calls":>6}  {"GFLOP/s":>7} '

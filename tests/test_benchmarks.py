@@ -456,6 +456,105 @@ def test_device_time_attributes_gpu_kernels_by_their_hlo_op():
   assert got['busy_ms'] == pytest.approx(0.02)
 
 
+def test_busy_time_of_several_cpu_devices_says_it_is_summed():
+  """On a CPU of two devices each thunk's event names its device: the busy
+  time sums both, up to twice the wall, and the profile says so."""
+  hlo = '\n'.join(['ENTRY %main {',
+                   '  %p = f32[8]{0} parameter(0)',
+                   '  ROOT %loop_fusion.3 = f32[8]{0} fusion(f32[8] %p)', '}'])
+  cpu = [{'ph': 'X', 'pid': 2, 'tid': t, 'name': 'loop_fusion.3',
+          'dur': 3000.0, 'args': {'hlo_op': 'loop_fusion.3',
+                                  'device_ordinal': str(t)}}
+         for t in (0, 1)]
+  got = measure.device_time(cpu, hlo) | {'wall_ms': 4.0}
+  assert got['busy_ms'] == pytest.approx(6.0) and got['devices'] == 2
+  line = report.format_profile(got).splitlines()[0]
+  # 6 ms of busy time in a 4-ms run is two devices' 75% of their time.
+  assert 'summed over 2 devices' in line and '(75% of their time)' in line, line
+  one = measure.device_time(cpu[:1], hlo) | {'wall_ms': 4.0}
+  assert one['devices'] == 1
+  assert report.format_profile(one).startswith(
+      "device busy 3.0 ms of the run's 4.0 ms wall;")
+
+
+def test_grid_run_time_is_the_warm_calls_wall(monkeypatch):
+  """(a)'s run is the warm call as a user waits for it (the loops' (b), (c)
+  are timed whole), not the engine's own ``run_s``, which leaves out its
+  work around the program."""
+  import time  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(program, 'clear_compiled', lambda: None)
+
+  class Bench:
+    grid = types.SimpleNamespace(members=[types.SimpleNamespace(
+        name='m0', index=0)])
+
+    def __len__(self):
+      return 1
+
+    def run_grid(self):
+      time.sleep(0.05)  # the engine's work around its program
+      final = types.SimpleNamespace(columns={'member': ['m0'],
+                                             'train_loss': [0.5]})
+      return types.SimpleNamespace(
+          metadata={'engine': {'run_s': 0.001, 'wall_s': 0.06,
+                               'member_batches': 1, 'member_batch_size': 1,
+                               'program_bytes': 1, 'chunk_choice': None}},
+          final=lambda: final)
+
+  t = methods.run_a(Bench(), np.arange(1))
+  assert t.run_s >= 0.05, t
+  chex.assert_trees_all_close(t.final_train_loss, np.array([0.5]))
+
+
+def test_torch_agreement_tells_one_step_apart():
+  # One SGD step more or fewer moved mlp32's final train loss by 8.1e-4 at
+  # G=1 (lr 1e-3, 200 steps; torch's own rounding: at most 1.1e-5 seen).
+  assert methods.tolerance('d', 1e-5) < 8.1e-4 / 4
+  assert methods.tolerance('e', 1e-5) < 8.1e-4 / 4
+  assert methods.tolerance('b', 1e-5) == 1e-5
+
+
+def test_falkon_kernel_entries_are_the_exponentials_it_evaluates():
+  """Counted by hand, and as the ``exp`` evaluations of the traced fit and
+  prediction (a ``while`` body once per CG iteration, a ``scan``'s per
+  trip): ``K_MM``, ``K_nM`` for the right-hand side, each iteration and
+  the final residual, and the prediction's ``K(x_test, centres)``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.extend import core as jex_core  # pylint: disable=g-import-not-at-top
+  from rahimi_jax import kernels  # pylint: disable=g-import-not-at-top
+  from rahimi_jax.solvers import kernel_ridge as kr  # pylint: disable=g-import-not-at-top
+  assert measure.falkon_kernel_entries(100, 50, 4, 3) == (5 * 100 + 50 + 4) * 4
+  n, n_test, m, it = 64, 8, 6, 3
+  rng = np.random.default_rng(0)
+  x, x_test = (rng.standard_normal((k, 2), np.float32) for k in (n, n_test))
+  y = rng.standard_normal(n, np.float32)
+
+  def solve(x, y, x_test):
+    c = x[:m]
+    res = kr.nystrom_fit('gaussian', x, y, c, 1.0, 1e-3, maxiter=it)
+    return kernels.kernel_matvec(kernels.get_kernel('gaussian'), x_test, c,
+                                 res.coef, 1.0)
+
+  def exps(jaxpr):
+    total = 0
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'exp':
+        total += int(np.prod(eqn.outvars[0].aval.shape))
+      trips = {'scan': eqn.params.get('length', 1), 'while': it}.get(
+          eqn.primitive.name, 1)
+      for v in eqn.params.values():
+        for sub in v if isinstance(v, (tuple, list)) else (v,):
+          if isinstance(sub, jex_core.ClosedJaxpr):
+            total += trips * exps(sub.jaxpr)
+          elif isinstance(sub, jex_core.Jaxpr):
+            total += trips * exps(sub)
+    return total
+
+  assert exps(jax.make_jaxpr(solve)(x, y, x_test).jaxpr) == (
+      measure.falkon_kernel_entries(n, n_test, m, it))
+
+
 @pytest.mark.parametrize('dims', [
     # (lhs shape, rhs shape, contracting (lhs, rhs), batch (lhs, rhs))
     ((5, 3), (3, 4), ((1,), (0,)), ((), ())),
