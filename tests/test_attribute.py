@@ -111,30 +111,37 @@ def test_diverging_run_is_saved_and_named(tmp_path):
   assert len(storage.load(str(tmp_path / 'saved'))) == len(out['results'])
 
 
+def _run_known(monkeypatch, credits, loss, seeds):
+  """``attribute.run`` on a norm gate with its per-seed gate credits
+  ``credits(seed)`` and each grid member's final loss ``loss(values)``
+  given (nothing trained); ``(config, out)``."""
+  def aumann_shapley(f, knobs, data, components, nodes):
+    del f, data, nodes
+    seed = jax.random.key_data(knobs['seed'])[-1].astype(jnp.float32)
+    return credits(seed) * jnp.ones(len(components))
+
+  def trained(config, grid, data, metadata):  # the grid's run, known
+    del config, data
+    return results_lib.from_outputs(grid, {
+        'step': np.full((len(grid), 1), 10, np.int32),
+        'test_loss': np.asarray([[loss(m.values)] for m in grid.members]),
+        'diverged_step': np.full(len(grid), -1, np.int32)}, metadata)
+
+  monkeypatch.setattr(attribute.attribution, 'aumann_shapley', aumann_shapley)
+  monkeypatch.setattr(attribute.engine, 'run', trained)
+  config = attribute.AttributeConfig(
+      gates=(('norm', 'none', 'batch'),), hidden=(8,), steps=10, seeds=seeds,
+      nodes=2, batch_size=32)
+  return config, attribute.run(config)
+
+
 def test_a_diverged_gate_path_leaves_its_seed_out_of_every_column(
     monkeypatch):
   """A seed whose gate credits are non-finite is dropped from the Shapley,
   Aumann-Shapley, difference and ANOVA columns alike, and named."""
-  def credits(f, knobs, data, components, nodes):
-    del f, data, nodes
-    seed = jax.random.key_data(knobs['seed'])[-1]
-    return jnp.where(seed == 1, jnp.nan, 1.0) * jnp.ones(len(components))
-
-  def trained(config, grid, data, metadata):  # the grid's run, known
-    del config, data
-    loss = [[1.0 - 0.1 * (m.values['norm'] == 'batch') + 0.01 *
-             m.values['seed']] for m in grid.members]
-    return results_lib.from_outputs(grid, {
-        'step': np.full((len(grid), 1), 10, np.int32),
-        'test_loss': np.asarray(loss),
-        'diverged_step': np.full(len(grid), -1, np.int32)}, metadata)
-
-  monkeypatch.setattr(attribute.attribution, 'aumann_shapley', credits)
-  monkeypatch.setattr(attribute.engine, 'run', trained)
-  config = attribute.AttributeConfig(
-      gates=(('norm', 'none', 'batch'),), hidden=(8,), steps=10, seeds=3,
-      nodes=2, batch_size=32)
-  out = attribute.run(config)
+  config, out = _run_known(
+      monkeypatch, lambda seed: jnp.where(seed == 1, jnp.nan, 1.0),
+      lambda v: 1.0 - 0.1 * (v['norm'] == 'batch') + 0.01 * v['seed'], 3)
   assert out['diverged'] == [] and out['gate_diverged'] == [1]
   assert out['seeds_used'] == [0, 2]
   (row,) = out['rows']
@@ -178,26 +185,9 @@ def test_the_difference_column_pairs_each_seed_with_itself(monkeypatch):
   """Seed-dependent credits and effects: the gate row of seed s is paired
   with the grid row of seed s (a pairing off by a seed changes the interval,
   not the mean), and the seed named diverged is the one that did."""
-  def credits(f, knobs, data, components, nodes):
-    del f, data, nodes
-    seed = jax.random.key_data(knobs['seed'])[-1].astype(jnp.float32)
-    return jnp.where(seed == 0, jnp.nan, seed**2) * jnp.ones(len(components))
-
-  def trained(config, grid, data, metadata):
-    del config, data
-    loss = [[1.0 - 0.1 * (m.values['seed'] + 1) * (m.values['norm'] == 'batch')]
-            for m in grid.members]
-    return results_lib.from_outputs(grid, {
-        'step': np.full((len(grid), 1), 10, np.int32),
-        'test_loss': np.asarray(loss),
-        'diverged_step': np.full(len(grid), -1, np.int32)}, metadata)
-
-  monkeypatch.setattr(attribute.attribution, 'aumann_shapley', credits)
-  monkeypatch.setattr(attribute.engine, 'run', trained)
-  config = attribute.AttributeConfig(
-      gates=(('norm', 'none', 'batch'),), hidden=(8,), steps=10, seeds=4,
-      nodes=2, batch_size=32)
-  out = attribute.run(config)
+  _, out = _run_known(
+      monkeypatch, lambda seed: jnp.where(seed == 0, jnp.nan, seed**2),
+      lambda v: 1.0 - 0.1 * (v['seed'] + 1) * (v['norm'] == 'batch'), 4)
   assert out['gate_diverged'] == [0] and out['seeds_used'] == [1, 2, 3]
   seeds = np.asarray([1.0, 2.0, 3.0])
   want = attribute.stats.mean_ci(seeds**2 + 0.1 * (seeds + 1))
