@@ -177,8 +177,17 @@ def test_completeness_is_judged_per_seed():
          'anova': {'norm': ci(-1.0)}, 'total': np.array([-1.0, -1.0]),
          'gate_total': np.array([-0.6, -1.4])}
   text = attribute.report(config, out)
-  assert 'a gap of 0% of the difference, 40% in the worst seed' in text, text
+  assert ("a gap of 0% of the difference; the worst seed's 40% of the seeds' "
+          'mean |difference|') in text, text
   assert 'the Aumann-Shapley column is unreliable' in text, text
+  # A seed whose components cancel (difference 0.001) and whose credits miss
+  # it by 0.002: 200% of its own difference, 0.4% of the typical one (0.5);
+  # the worst gap is seed 0's 0.01, 2%.
+  out |= {'total': np.array([-1.0, 0.001]),
+          'gate_total': np.array([-1.01, 0.003])}
+  text = attribute.report(config, out)
+  assert "the worst seed's 2% of the seeds' mean |difference|" in text, text
+  assert 'unreliable' not in text, text
 
 
 def test_the_difference_column_pairs_each_seed_with_itself(monkeypatch):

@@ -402,3 +402,23 @@ def test_an_unbalanced_grid_is_refused_not_averaged():
   values = attribution.shapley(sub, 'test_loss', ['a', 'b'])
   chex.assert_trees_all_close((values['a'].mean, values['b'].mean),
                               (0.3, 0.0), atol=1e-6)
+
+
+def test_an_unbalanced_cell_is_the_one_named():
+  """A member missing from the first cell (seed 0 all off): the error named
+  seed 1's complete all-off cell, against the first cell's mix."""
+  from rahimi_jax import results as results_lib  # pylint: disable=g-import-not-at-top
+  grid = grid_lib.Grid(grid_lib.Choice('a', ('off', 'on')),
+                       grid_lib.Choice('b', ('off', 'on')),
+                       grid_lib.Values('learning_rate', (0.1, 0.2)),
+                       grid_lib.Seeds(3))
+  res = results_lib.from_outputs(grid, {
+      'step': np.zeros((len(grid), 1), np.int32),
+      'test_loss': np.ones((len(grid), 1)),
+      'diverged_step': np.full(len(grid), -1, np.int32)})
+  c = res.columns
+  missing = ((c['a'] == 'off') & (c['b'] == 'off') & (c['seed'] == 0)
+             & np.isclose(c['learning_rate'], 0.2))
+  with pytest.raises(ValueError, match=r'seed 0, a=off, b=off has 1 members '
+                     r'over another mix of them than most cells \(2\)'):
+    attribution.shapley(res.subset(~missing), 'test_loss', ['a', 'b'])

@@ -385,9 +385,10 @@ def test_a_wide_nets_function_changing_directions_are_js_row_space(x64):
 
 
 def _summary(monkeypatch, lm_all_diverged=False,
-             gd0=(1, 1e-2, 1e-3, 3e-4, 1e-4), **spec):
+             gd0=(1, 1e-2, 1e-3, 3e-4, 1e-4), gd_steps=(0, 25, 50, 75, 100),
+             **spec):
   """``_depth_summary`` of made-up runs (GD on 2 seeds, seed 0's losses
-  ``gd0`` at steps 0, 25, ..., 100; LM seed 0 reaches 1e-25 at step 2, then
+  ``gd0`` at ``gd_steps``, 0, 25, ..., 100 unless given; LM seed 0 reaches 1e-25 at step 2, then
   diverges at step 3; seed 1 too where ``lm_all_diverged``) and a made-up
   spectrum."""
   config = deep_linear.DeepLinearConfig(
@@ -410,7 +411,7 @@ def _summary(monkeypatch, lm_all_diverged=False,
       ('lm1', 'levenberg_marquardt', 1, [1, 1e-5, 1e-25] + (
           [np.nan] * 2 if lm_all_diverged else [1e-26] * 2),
        3 if lm_all_diverged else -1)):
-    steps = [0, 25, 50, 75, 100] if opt == 'sgd' else list(range(5))
+    steps = list(gd_steps) if opt == 'sgd' else list(range(5))
     for step, loss in zip(steps, losses):
       for k, v in zip(columns, (name, step, seed, opt, 0.1, 1.0, 1, loss,
                                 diverged)):
@@ -469,6 +470,26 @@ def test_the_pace_is_read_only_where_the_loss_fell_steadily(monkeypatch,
   text = _summary(monkeypatch, grad_norm=1e-15, n_negative=0)
   assert ("fell 10x over its last 50 steps (3.33x, then 3x over its halves: "
           'a factor e every 21.7 steps at that pace)') in text, text
+
+
+def test_two_readings_read_no_pace(monkeypatch, x64):
+  # Three logged points (--log_every=50 of 100 steps): the span holds two
+  # readings, 0.5 then 5e-3, which a sigmoid drop onto a plateau gives as
+  # well as a steady pace; it read "a factor e every 10.9 steps at that
+  # pace", the reading the halves' check exists to withhold.
+  text = _summary(monkeypatch, gd0=(1, 0.5, 5e-3), gd_steps=(0, 50, 100),
+                  grad_norm=1e-15, n_negative=0)
+  assert ("seed 0's loss fell 100x over its last 50 steps (two readings: "
+          'too few to tell a steady pace)') in text, text
+  assert 'at that pace' not in text, text
+  # Four logged points: again two readings in the span's last half.
+  text = _summary(monkeypatch, gd0=(1, 0.9, 0.5, 5e-3),
+                  gd_steps=(0, 34, 67, 100), grad_norm=1e-15, n_negative=0)
+  assert 'fell 100x over its last 33 steps (two readings: too few' in text, text
+  # A loss of exactly 0 at the end (math.log(0) raised a ValueError).
+  text = _summary(monkeypatch, gd0=(1, 0.9, 0.5, 5e-3, 0.0), grad_norm=1e-15,
+                  n_negative=0)
+  assert 'at that pace' not in text, text
 
 
 def test_the_stall_text_rounds_bounds_the_safe_way(monkeypatch, x64):

@@ -217,12 +217,15 @@ def report(config: AttributeConfig, out: dict[str, Any],
   total, gate_total = np.mean(out['total']), np.mean(out['gate_total'])
   gap = abs(gate_total - total) / max(abs(total), np.finfo(float).tiny)
   # Completeness holds per seed (each seed's credits sum to its own
-  # difference); gaps of opposite sign in two seeds cancel in the means.
-  worst = float(np.max(np.abs(out['gate_total'] - out['total']) / np.maximum(
-      np.abs(out['total']), np.finfo(float).tiny)))
+  # difference); gaps of opposite sign in two seeds cancel in the means. Each
+  # seed's gap is read against the seeds' typical difference (mean |f(on) -
+  # f(off)|), not its own, which a seed whose components cancel makes ~0.
+  worst = float(np.max(np.abs(out['gate_total'] - out['total']))) / max(
+      float(np.mean(np.abs(out['total']))), np.finfo(float).tiny)
   lines.append(f'completeness: f(all on) - f(all off) = {total:+.4f}; sum of '
                f'gate credits {gate_total:+.4f} (a gap of {gap:.0%} of the '
-               f'difference, {worst:.0%} in the worst seed: quadrature with '
+               f'difference; the worst seed\'s {worst:.0%} of the seeds\' mean '
+               f'|difference|: quadrature with '
                f'{config.nodes} nodes, and the jumps of a ReLU net\'s '
                'training along the path, which its derivative does not see)')
   if worst > ROUGH_PATH:

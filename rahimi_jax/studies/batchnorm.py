@@ -364,11 +364,18 @@ def _shift(gain, n_gain, n_shift, n_drift, level: float, kept=None) -> str:
     return (more + f', but less than batch norm ({_percent(kept, True)} '
             'points against it): the part of the gain it keeps does not '
             'follow a reduction of covariate shift; the part it loses may.')
-  return more + (': the gain does not follow a reduction of covariate shift.'
-                 if kept is None else
-                 f' (against batch norm {_percent(kept, True)} points: no '
-                 'loss shown): the gain does not follow a reduction of '
-                 'covariate shift.')
+  if kept is None:
+    return more + ': the gain does not follow a reduction of covariate shift.'
+  if kept.low > 0:
+    return more + (f', more than batch norm ({_percent(kept, True)} '
+                   'points): the gain does not follow a reduction of '
+                   'covariate shift.')
+  # A loss to batch norm not shown is not shown absent (the interval
+  # reaches 0): the part kept is read, the whole gain is undecided.
+  return more + (f' (against batch norm {_percent(kept, True)} points: '
+                 'whether it keeps all of batch norm\'s gain is undecided '
+                 'at these seeds): the part of the gain it keeps does not '
+                 'follow a reduction of covariate shift.')
 
 
 def verdicts(means: results_lib.Results, level: float = 0.95) -> list[str]:

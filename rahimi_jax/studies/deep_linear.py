@@ -797,14 +797,18 @@ def _depth_summary(config, results, final, best, optimum, depth, scale,
   half, last = losses[h], losses[-1]
   lr = float(rows.columns['learning_rate'][0])
   span = config.steps - int(steps[h])
-  pace = (f' (a factor e every {span / math.log(half / last):.3g} steps at '
-          'that pace)' if half > last else '')
-  if half > last and h < m < len(traj) - 1:
+  pace = ''
+  if half > last > 0 and not h < m < len(traj) - 1:
+    # Two readings (3 or 4 logged): a drop onto a plateau reads the same.
+    pace = ' (two readings: too few to tell a steady pace)'
+  elif half > last > 0:
     # A sigmoid drop onto a plateau (a small init's next mode) is no pace:
     # the same factor e per step in both halves of the span, within 1.5x.
-    rates = [math.log(losses[m] / half) / (int(steps[h]) - int(steps[m])),
-             math.log(last / losses[m]) / (int(steps[m]) - int(steps[-1]))]
-    steady = min(rates) > 0 and max(rates) <= 1.5 * min(rates)
+    steady = False
+    if losses[m] > 0:  # (a loss of exactly 0 has no log)
+      rates = [math.log(losses[m] / half) / (int(steps[h]) - int(steps[m])),
+               math.log(last / losses[m]) / (int(steps[m]) - int(steps[-1]))]
+      steady = min(rates) > 0 and max(rates) <= 1.5 * min(rates)
     halves = (f'{losses[h] / losses[m]:.3g}x, then {losses[m] / last:.3g}x '
               'over its halves')
     pace = (f' ({halves}: a factor e every {span / math.log(half / last):.3g}'
