@@ -486,10 +486,12 @@ def test_two_readings_read_no_pace(monkeypatch, x64):
   text = _summary(monkeypatch, gd0=(1, 0.9, 0.5, 5e-3),
                   gd_steps=(0, 34, 67, 100), grad_norm=1e-15, n_negative=0)
   assert 'fell 100x over its last 33 steps (two readings: too few' in text, text
-  # A loss of exactly 0 at the end (math.log(0) raised a ValueError).
+  # A loss of exactly 0 at the end (math.log(0) raised a ValueError; the
+  # ratio read "infx").
   text = _summary(monkeypatch, gd0=(1, 0.9, 0.5, 5e-3, 0.0), grad_norm=1e-15,
                   n_negative=0)
   assert 'at that pace' not in text, text
+  assert "seed 0's loss fell from 0.5 to 0 over its last 50 steps." in text, text
 
 
 def test_the_stall_text_rounds_bounds_the_safe_way(monkeypatch, x64):

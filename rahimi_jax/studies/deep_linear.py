@@ -804,20 +804,21 @@ def _depth_summary(config, results, final, best, optimum, depth, scale,
   elif half > last > 0:
     # A sigmoid drop onto a plateau (a small init's next mode) is no pace:
     # the same factor e per step in both halves of the span, within 1.5x.
-    steady = False
-    if losses[m] > 0:  # (a loss of exactly 0 has no log)
+    steady, halves = False, 'a loss of 0 mid-span'  # (0 has no log)
+    if losses[m] > 0:
       rates = [math.log(losses[m] / half) / (int(steps[h]) - int(steps[m])),
                math.log(last / losses[m]) / (int(steps[m]) - int(steps[-1]))]
       steady = min(rates) > 0 and max(rates) <= 1.5 * min(rates)
-    halves = (f'{losses[h] / losses[m]:.3g}x, then {losses[m] / last:.3g}x '
-              'over its halves')
+      halves = (f'{losses[h] / losses[m]:.3g}x, then {losses[m] / last:.3g}x '
+                'over its halves')
     pace = (f' ({halves}: a factor e every {span / math.log(half / last):.3g}'
             ' steps at that pace)' if steady else
             f' ({halves}: not a steady pace)')
+  fell = (f'fell {half / last:.3g}x' if last > 0 else
+          f'fell from {half:.3g} to 0' if half > 0 else 'stayed at 0')
   lines.append(
       f'  best gradient descent (lr {lr:g}) ends at {loss:.3e} (geometric '
-      f'mean); seed {seed}\'s loss fell {half / last:.3g}x over its last '
-      f'{span} steps{pace}.')
+      f'mean); seed {seed}\'s loss {fell} over its last {span} steps{pace}.')
   spec = stall_spectrum(config, depth, member)
   k = spec['symmetry_dim']
   null_dim = spec['unchanging_dim']
