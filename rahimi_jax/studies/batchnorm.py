@@ -360,12 +360,12 @@ def _shift(gain, n_gain, n_shift, n_drift, level: float, kept=None) -> str:
   more = ('noisy batch norm has MORE shift than no norm (its readings '
           'include the noise it redraws each step: the shift it adds by '
           'design) and still gains')
-  if kept is not None and kept.high < 0:
+  if kept is None:
+    return more + ': the gain does not follow a reduction of covariate shift.'
+  if kept.high < 0:
     return (more + f', but less than batch norm ({_percent(kept, True)} '
             'points against it): the part of the gain it keeps does not '
             'follow a reduction of covariate shift; the part it loses may.')
-  if kept is None:
-    return more + ': the gain does not follow a reduction of covariate shift.'
   if kept.low > 0:
     return more + (f', more than batch norm ({_percent(kept, True)} '
                    'points): the gain does not follow a reduction of '
