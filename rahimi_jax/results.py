@@ -89,9 +89,7 @@ def value_label(value) -> str:
   return f'{value:g}' if isinstance(value, float) else str(value)
 
 
-def percent(level: float) -> str:
-  """An interval's level as a label: 0.95 -> '95%', 0.975 -> '97.5%'."""
-  return f'{100 * level:g}%'
+percent = stats.percent  # an interval's level as a label: 0.95 -> '95%'
 
 
 def _p_better(values: np.ndarray, a_at: np.ndarray, b_at: np.ndarray,

@@ -64,10 +64,15 @@ import numpy as np
 METHOD = 't, extended for skew (Hall 1992) and calibrated to exponential skew'
 
 
+def percent(level: float) -> str:
+  """An interval's level as a label: 0.95 -> '95%', 0.975 -> '97.5%'."""
+  return f'{100 * level:g}%'
+
+
 def interval_label(level: float = 0.95, note: str | None = None) -> str:
   """How every table names its intervals: ``'95% interval over seeds
   (METHOD)'``, ``note`` added inside the parentheses."""
-  return (f'{100 * level:g}% interval over seeds '
+  return (f'{percent(level)} interval over seeds '
           f'({METHOD}{"; " + note if note else ""})')
 
 
